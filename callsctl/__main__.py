@@ -1,0 +1,5 @@
+"""Allow `python -m callsctl`."""
+
+from callsctl.app import main
+
+main()

@@ -1,0 +1,84 @@
+"""The typer root: `callsctl <command>`; one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from callsctl import __version__
+from callsctl.errors import EXIT_FAIL, CliError, print_error
+
+app = typer.Typer(
+    name="callsctl",
+    help=(
+        "Serve and diagnose self-hosted voice and video calls.\n\n"
+        "serve runs the SFU (all media on UDP 8443, API on 8045); check finds out why a "
+        "participant cannot connect or hear; tune sets the kernel's UDP buffers; "
+        "token prints join links."
+    ),
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"callsctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        help="Print the version and exit.",
+        callback=_version_callback,
+        is_eager=True,
+    ),
+) -> None:
+    """Serve and diagnose self-hosted voice and video calls."""
+
+
+def _register_commands() -> None:
+    # Imported here so that `callsctl --version` stays fast and a broken
+    # optional group cannot take the whole CLI down at import time.
+    from callsctl import serve, token
+
+    app.command("serve", help=serve.serve.__doc__)(serve.serve)
+    app.command("token", help=token.token.__doc__)(token.token)
+    try:
+        from callsctl.check import app as check_app
+    except ImportError:  # pragma: no cover - group still being built
+        check_app = None
+    if check_app is not None:
+        app.add_typer(check_app, name="check")
+    try:
+        from callsctl import tune
+    except ImportError:  # pragma: no cover
+        tune = None
+    if tune is not None:
+        app.command("tune", help=tune.tune.__doc__)(tune.tune)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry: turn CliError into one line and an exit code."""
+    try:
+        app()
+    except CliError as exc:
+        print_error(exc.message)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # last resort: never show a traceback to operators
+        print_error(f"{type(exc).__name__}: {exc} (run with CALLSCTL_DEBUG=1 for details)")
+        if __import__("os").environ.get("CALLSCTL_DEBUG"):
+            raise
+        sys.exit(EXIT_FAIL)

@@ -1,0 +1,34 @@
+"""How every callsctl command reports failure: one line on stderr, an exit code.
+
+Exit codes, the same across commands:
+  0  success (for `check`: every check passed)
+  1  the operation failed (a check failed, a port is in use, no privilege, ...)
+  2  usage error (bad flag or value), as typer/click report it
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """An error the user can act on; printed as one line, never as a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def fail(message: str, exit_code: int = EXIT_FAIL) -> NoReturn:
+    raise CliError(message, exit_code)
+
+
+def print_error(message: str) -> None:
+    sys.stderr.write(f"callsctl: error: {message}\n")
+    sys.stderr.flush()

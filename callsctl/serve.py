@@ -1,0 +1,5 @@
+"""Placeholder for `callsctl serve` (being built)."""
+
+
+def serve() -> None:
+    """Run the SFU."""

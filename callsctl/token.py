@@ -1,0 +1,51 @@
+"""`callsctl token`: mint a join token (and link) for a call."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from callsctl.errors import fail
+from callsctl.timespec import parse_duration
+from callsctl_sfu.config import ConfigError, load_config
+from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+from callsctl_sfu.tokens import TokenError, issue_token
+
+
+def token(
+    call: str = typer.Option(..., "--call", "-c", help="Call id the token admits to."),
+    user: str = typer.Option(..., "--user", "-u", help="User id (the JWT `sub`)."),
+    ttl: str = typer.Option("24h", "--ttl", help="Lifetime: seconds or 30s/15m/24h/7d."),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="Data dir of the server whose secret signs the token."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="Serve config file (TOML)."),
+    base_url: str = typer.Option(
+        "", "--url", help="Server base URL for the join link (default from the config)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print token, link and expiry as JSON."),
+) -> None:
+    """Print a join token for CALL and USER, signed with the server's secret.
+
+    The secret is read from (or created in) the server's data dir, so run this
+    on the server host with the same --data-dir/--config as `callsctl serve`.
+    """
+    try:
+        cfg = load_config(config, overrides={"data_dir": data_dir})
+        seconds = parse_duration(ttl)
+        secret = load_or_create_secret(cfg.data_dir)
+        value = issue_token(secret, call, user, seconds)
+    except (ConfigError, DataDirError, TokenError, ValueError) as exc:
+        fail(str(exc))
+    host = "127.0.0.1" if cfg.bind in ("0.0.0.0", "::") else cfg.bind
+    base = base_url.rstrip("/") or f"http://{host}:{cfg.api_port}"
+    link = f"{base}/?token={value}"
+    if as_json:
+        typer.echo(json.dumps({"token": value, "link": link, "call": call, "user": user,
+                               "expires_at": int(time.time() + seconds)}))
+    else:
+        typer.echo(value)
+        typer.echo(f"join link: {link}", err=True)

@@ -1,0 +1,267 @@
+"""One typed configuration for `callsctl serve`.
+
+Four sources, later ones win: built-in defaults < TOML file (`--config`) <
+`CALLSCTL_*` environment variables < command-line flags. Every value is
+validated in one place so that a bad setting stops startup with a single line
+naming the key, the value it got and what is allowed, whichever source it came
+from. Names follow the seed deployment guide's vocabulary
+(`ice_host_override`, `max_call_participants`, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CALLSCTL_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(ValueError):
+    """A setting was rejected; the message is a complete one-line explanation."""
+
+    def __init__(self, key: str, value: object, allowed: str, source: str = "") -> None:
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid {key}={value!r}{where}: {allowed}")
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+
+
+def default_data_dir() -> str:
+    """XDG data home, so a plain `callsctl serve` keeps state across restarts."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return os.path.join(base, "callsctl")
+
+
+def _port(allow_zero: bool = False) -> Callable[[Any], str | None]:
+    low = 0 if allow_zero else 1
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+            return f"must be a port number from {low} to 65535"
+        return None
+
+    return check
+
+
+def _non_negative_int(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return "must be a whole number, 0 or more"
+    return None
+
+
+def _positive_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return "must be a number greater than 0"
+    return None
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in options:
+            return "must be one of " + ", ".join(options)
+        return None
+
+    return check
+
+
+def _ip_address(value: Any) -> str | None:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return "must be an IPv4 or IPv6 address such as 0.0.0.0 or 127.0.0.1"
+    return None
+
+
+def _host_or_empty(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be an IP address or host name"
+    if value and (" " in value or "/" in value):
+        return "must be an IP address or host name (no spaces, no port)"
+    return None
+
+
+def _call_id(value: Any) -> str | None:
+    if not isinstance(value, str) or not value or len(value) > 64:
+        return "must be a call id of 1 to 64 characters"
+    return None
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _setting(default: Any, help: str, check: Callable[[Any], str | None]) -> Any:
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every setting `callsctl serve` understands, with its default and meaning."""
+
+    bind: str = _setting("0.0.0.0", "address the API and media sockets listen on", _ip_address)
+    api_port: int = _setting(
+        8045, "TCP port of the HTTP API, web client, /ws signaling and /metrics", _port(True)
+    )
+    udp_port: int = _setting(
+        8443, "the one UDP port carrying every session's ICE, DTLS and SRTP", _port(True)
+    )
+    ice_host_override: str = _setting(
+        "",
+        "address advertised in ICE candidates (public IP of a NATed server); "
+        "empty = the bind address, or the first non-loopback interface address",
+        _host_or_empty,
+    )
+    data_dir: str = _setting(
+        "", "directory for the database and generated secrets (default: XDG data home)", _string
+    )
+    max_call_participants: int = _setting(
+        0, "most participants one call accepts; 0 = unlimited", _non_negative_int
+    )
+    log_level: str = _setting("info", "log verbosity", _choice(LOG_LEVELS))
+    log_format: str = _setting("text", "log line format", _choice(LOG_FORMATS))
+    default_call: str = _setting(
+        "default", "call id used for the join link printed at startup", _call_id
+    )
+    session_timeout: float = _setting(
+        10.0,
+        "seconds without any packet from a connected participant before it is removed",
+        _positive_number,
+    )
+    reconnect_grace: float = _setting(
+        5.0,
+        "seconds a participant whose signaling connection dropped may reconnect "
+        "before it is removed",
+        _positive_number,
+    )
+    max_message_size: int = _setting(
+        65536, "largest signaling message accepted, in bytes", _positive_number
+    )
+    udp_buffer_size: int = _setting(
+        16 * 1024 * 1024,
+        "SO_RCVBUF/SO_SNDBUF asked for on the media socket (see `callsctl tune`)",
+        _positive_number,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.data_dir:
+            object.__setattr__(self, "data_dir", default_data_dir())
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(ServeConfig)]
+
+
+def setting_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in fields(ServeConfig)}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def _coerce(key: str, raw: Any, source: str) -> Any:
+    """Turn a TOML/env/flag value into the field's type, or reject it."""
+    target = {f.name: f for f in fields(ServeConfig)}[key]
+    kind = target.type
+    if kind == "int":
+        if isinstance(raw, bool):
+            raise ConfigError(key, raw, "must be a whole number", source)
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                raise ConfigError(key, raw, "must be a whole number", source) from None
+        return raw
+    if kind == "float":
+        if isinstance(raw, str):
+            try:
+                return float(raw.strip())
+            except ValueError:
+                raise ConfigError(key, raw, "must be a number", source) from None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        return raw
+    if kind == "str" and isinstance(raw, str):
+        return raw.strip()
+    return raw
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config; settings may sit at the top level or under [serve]."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config", str(path), "file does not exist") from None
+    except OSError as exc:
+        raise ConfigError("config", str(path), f"cannot be read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from None
+    section = data.get("serve", data)
+    if not isinstance(section, dict):
+        raise ConfigError("config", str(path), "[serve] must be a table")
+    return {k: v for k, v in section.items() if k != "serve"}
+
+
+def load_config(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServeConfig:
+    """Merge defaults < TOML < environment < overrides and validate the result."""
+    env = os.environ if env is None else env
+    names = setting_names()
+    merged: dict[str, Any] = {}
+
+    if config_file is not None:
+        for key, value in read_toml(Path(config_file)).items():
+            if key not in names:
+                raise ConfigError(
+                    key, value, f"unknown setting in {config_file}; known: {', '.join(names)}"
+                )
+            merged[key] = (_coerce(key, value, str(config_file)), str(config_file))
+    for key in names:
+        if env_name(key) in env:
+            merged[key] = (_coerce(key, env[env_name(key)], env_name(key)), env_name(key))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key not in names:
+            raise ConfigError(key, value, "unknown setting")
+        merged[key] = (_coerce(key, value, "flag"), "flag")
+
+    checks = {f.name: f.metadata["check"] for f in fields(ServeConfig)}
+    for key, (value, source) in merged.items():
+        problem = checks[key](value)
+        if problem:
+            raise ConfigError(key, value, problem, source)
+    return ServeConfig(**{k: v for k, (v, _) in merged.items()})
+
+
+def to_toml(config: ServeConfig) -> str:
+    """Render the merged config as TOML that `--config` reads back unchanged."""
+    lines = ["[serve]"]
+    for f in fields(ServeConfig):
+        value = getattr(config, f.name)
+        if isinstance(value, str):
+            rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, bool):
+            rendered = "true" if value else "false"
+        else:
+            rendered = repr(value)
+        lines.append(f"# {f.metadata['help']}")
+        lines.append(f"{f.name} = {rendered}")
+    return "\n".join(lines) + "\n"

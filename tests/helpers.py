@@ -1,0 +1,49 @@
+"""Shared test utilities: free loopback ports, running the CLI as a user would."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on 127.0.0.1 for the given socket type (TCP by default)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP (the media port is both)."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            with socket.socket() as tcp:
+                tcp.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free for both UDP and TCP")
+
+
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m callsctl ARGS` as a separate process, bounded in time."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "callsctl", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=REPO, input=input)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None

@@ -1,0 +1,55 @@
+"""Routes on the API port: web client, /ws, /version, /healthz, /readyz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from callsctl_sfu import __version__
+from callsctl_sfu.api.signaling import websocket_handler
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+async def index(_request: web.Request) -> web.StreamResponse:
+    page = WEB_DIR / "index.html"
+    if not page.exists():
+        return web.Response(text="callsctl web client is not installed", status=500)
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def version(request: web.Request) -> web.Response:
+    info: dict[str, Any] = request.app["server_info"]()
+    return web.json_response({"version": __version__, **info})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready, reason = request.app["readiness"]()
+    return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn aiohttp's HTML error pages into JSON bodies scripts can read."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.json_response({"error": exc.reason, "status": exc.status,
+                                  "path": request.path}, status=exc.status)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_static("/web/", WEB_DIR, show_index=False)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/version", version)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

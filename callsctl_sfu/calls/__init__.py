@@ -1,0 +1,1 @@
+"""The call model and the manager of live calls."""

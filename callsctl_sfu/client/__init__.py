@@ -1,0 +1,1 @@
+"""Scripted participants (aiortc) for tests, checks and load tests."""

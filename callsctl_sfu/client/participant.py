@@ -1,0 +1,244 @@
+"""A scripted call participant: real signaling, real ICE/DTLS/SRTP, real Opus.
+
+Used wherever callsctl needs a participant without a browser: the integration
+tests, `callsctl check webrtc` and the load generator. It speaks exactly the
+protocol the web client speaks, answers the server's renegotiation offers, and
+counts the audio frames it receives from each publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+import math
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms
+
+
+class ToneTrack(MediaStreamTrack):
+    """A sine tone (or silence) as a microphone: loud enough to count as speech."""
+
+    kind = "audio"
+
+    def __init__(self, frequency: float = 440.0, amplitude: float = 0.3) -> None:
+        super().__init__()
+        self.frequency = frequency
+        self.amplitude = amplitude
+        self._pts = 0
+        self._start: float | None = None
+        # One second of samples, computed once; frames are slices of it (48000 is a
+        # multiple of 960, so frames never straddle the wrap-around).
+        peak = amplitude * 32767
+        self._second = array("h", (int(peak * math.sin(2 * math.pi * frequency * n / SAMPLE_RATE))
+                                   for n in range(SAMPLE_RATE))).tobytes()
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        target = self._start + self._pts / SAMPLE_RATE
+        delay = target - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        start = self._pts % SAMPLE_RATE
+        chunk = self._second[start * 2:(start + FRAME_SAMPLES) * 2]
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(chunk)
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._pts += FRAME_SAMPLES
+        return frame
+
+
+class ParticipantError(RuntimeError):
+    """The participant could not join or connect; the message names the stage."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+
+
+class Participant:
+    """One synthetic participant in one call."""
+
+    def __init__(self, ws_url: str, token: str, call: str, name: str = "bot",
+                 tone: float | None = 440.0, ssl: Any = None) -> None:
+        self.ws_url = ws_url
+        self.token = token
+        self.call = call
+        self.name = name
+        self.tone = tone
+        self.ssl = ssl
+        self.session_id: str | None = None
+        self.joined: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] = []
+        self.frames_from: Counter[str] = Counter()
+        self.pc: RTCPeerConnection | None = None
+        self.dc_pongs = 0
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._event_arrived = asyncio.Event()
+        self._signals: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.connected_at: float | None = None
+        self.started_at = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def join(self, timeout: float = 15.0) -> None:
+        """Connect signaling, join, offer media; returns once `joined` arrived."""
+        self._http = aiohttp.ClientSession()
+        url = f"{self.ws_url}?token={self.token}"
+        try:
+            self._ws = await self._http.ws_connect(url, ssl=self.ssl, timeout=timeout)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            await self._http.close()
+            raise ParticipantError("signaling", f"cannot open {self.ws_url}: {exc}") from None
+        self._tasks.append(asyncio.create_task(self._read_loop()))
+        await self.send({"type": "join", "call": self.call, "name": self.name})
+        event = await self.wait_for(lambda e: e["type"] in ("joined", "error"), timeout)
+        if event["type"] == "error":
+            raise ParticipantError("join", f"{event.get('code')}: {event.get('message')}")
+        self.joined = event
+        self.session_id = event["session_id"]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self.pc.addTrack(ToneTrack(self.tone or 440.0, 0.3 if self.tone else 0.0))
+        channel = self.pc.createDataChannel("calls-dc")
+        channel.on("open", lambda: self._tasks.append(asyncio.create_task(self._ping(channel))))
+        channel.on("message", self._on_dc_message)
+        self._tasks.append(asyncio.create_task(self._signal_loop()))
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        await self.send({"type": "signal", "data": {"type": "offer",
+                                                    "sdp": self.pc.localDescription.sdp}})
+
+    async def wait_connected(self, timeout: float = 15.0) -> float:
+        """Seconds from join to a connected peer connection; raises with the stage."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pc is not None and self.pc.connectionState == "connected":
+                return (self.connected_at or time.monotonic()) - self.started_at
+            if self.pc is not None and self.pc.connectionState == "failed":
+                raise ParticipantError("ice", "the peer connection failed (ICE/DTLS)")
+            await asyncio.sleep(0.05)
+        state = self.pc.connectionState if self.pc else "no peer"
+        raise ParticipantError("ice", f"not connected after {timeout:g} s (state {state})")
+
+    async def leave(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.send({"type": "leave"})
+        await self.close()
+
+    async def close(self) -> None:
+        """Drop everything without saying goodbye (what a closed tab does)."""
+        for task in self._tasks:
+            task.cancel()
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.pc.close(), 5)
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._http is not None:
+            await self._http.close()
+
+    # -- signaling ---------------------------------------------------------------------
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(json.dumps(message))
+
+    async def send_raw(self, text: str) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(text)
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0,
+                       since: int = 0) -> dict[str, Any]:
+        """The first event (from index `since`) matching predicate, waiting up to timeout."""
+        deadline = time.monotonic() + timeout
+        checked = since
+        while True:
+            while checked < len(self.events):
+                event = self.events[checked]
+                checked += 1
+                if predicate(event):
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                types = [e.get("type") for e in self.events[since:]]
+                raise TimeoutError(f"no matching event in {timeout:g} s; got {types}")
+            self._event_arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._event_arrived.wait(), remaining)
+
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        async for frame in self._ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                continue
+            event = json.loads(frame.data)
+            self.events.append(event)
+            self._event_arrived.set()
+            if event.get("type") == "signal":
+                self._signals.put_nowait(event["data"])
+        self.events.append({"type": "_closed"})
+        self._event_arrived.set()
+
+    async def _signal_loop(self) -> None:
+        assert self.pc is not None
+        while True:
+            data = await self._signals.get()
+            kind = data.get("type")
+            if kind == "answer":
+                await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "answer"))
+            elif kind == "offer":
+                await self.pc.setRemoteDescription(RTCSessionDescription(data["sdp"], "offer"))
+                answer = await self.pc.createAnswer()
+                await self.pc.setLocalDescription(answer)
+                await self.send({"type": "signal", "data": {
+                    "type": "answer", "sdp": self.pc.localDescription.sdp}})
+
+    # -- media -------------------------------------------------------------------------
+
+    def _on_connection_state(self) -> None:
+        if self.pc is not None and self.pc.connectionState == "connected":
+            self.connected_at = time.monotonic()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        publisher = track.id.rsplit("-", 1)[0]
+        self._tasks.append(asyncio.create_task(self._consume(track, publisher)))
+
+    async def _consume(self, track: MediaStreamTrack, publisher: str) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.frames_from[publisher] += 1
+
+    async def _ping(self, channel: Any) -> None:
+        while channel.readyState == "open":
+            channel.send("ping")
+            await asyncio.sleep(1)
+
+    def _on_dc_message(self, message: Any) -> None:
+        if message == "pong":
+            self.dc_pongs += 1

@@ -1,0 +1,1 @@
+"""Media: the shared UDP port, per-session peers and the forwarding path."""

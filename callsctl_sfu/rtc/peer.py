@@ -1,0 +1,362 @@
+"""One participant's WebRTC connection to the SFU, on the shared media socket.
+
+aiortc negotiates ICE, DTLS and SRTP keys. Everything after that bypasses its
+track machinery: decrypted RTP is handed to the call (`on_rtp`), and forwarded
+copies are protected with this peer's outbound SRTP context and sent on the
+shared socket (`send_rtp`). aiortc's per-track sender/receiver loops are
+silenced so they neither burn CPU nor emit RTCP about streams they never saw.
+
+Signaling follows notes/mattermost-client-interop.md: the client makes the
+first offer; the server re-offers when the set of forwarded tracks changes;
+signals are handled strictly in order, and on glare the server does not yield
+(a client offer that collides with the server's pending offer is ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pylibsrtp
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.sdp import candidate_from_sdp
+
+from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
+from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, Rewrite, is_rtcp
+from callsctl_sfu.rtc.sdp_munge import Numbering, harmonise, numbering_of
+
+log = logging.getLogger("callsctl_sfu.rtc.peer")
+
+OPUS_KEY = ("audio", "opus", 48000, 2)
+SignalSender = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class SignalError(ValueError):
+    """A signal the peer cannot apply; reported to the client as an error event."""
+
+
+async def _idle(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for aiortc's per-track RTP/RTCP loops, which a forwarding SFU must not run."""
+
+
+@dataclass
+class DownTrack:
+    """A publisher's audio as one receiver gets it: a send-only transceiver of ours."""
+
+    publisher_id: str
+    transceiver: Any
+    rewrite: Rewrite
+    mid: str | None = None
+    negotiated: bool = False
+
+
+class MediaPeer:
+    """Server side of one participant's RTCPeerConnection."""
+
+    def __init__(
+        self,
+        session_id: str,
+        mux: UdpMux,
+        send_signal: SignalSender,
+        on_rtp: Callable[[MediaPeer, bytes], None],
+        on_state: Callable[[MediaPeer, str], None],
+    ) -> None:
+        self.session_id = session_id
+        self.mux = mux
+        self._send_signal = send_signal
+        self._on_rtp = on_rtp
+        self._on_state = on_state
+        self.pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(), name=f"peer-{session_id}")
+        self._pending_candidates: list[dict[str, Any]] = []
+        self.numbering = Numbering()
+        self.downtracks: dict[str, DownTrack] = {}
+        self.wanted_publishers: set[str] = set()
+        self._negotiation_needed = False
+        self.proto: MuxedStunProtocol | None = None
+        self._rx_srtp: pylibsrtp.Session | None = None
+        self._tx_srtp: pylibsrtp.Session | None = None
+        self.connected = False
+        self.closed = False
+        self.opus_pt: int | None = None
+        self.audio_level_id: int | None = None
+        self.glare_ignored = 0
+        self.srtp_errors = 0
+        self.rtcp_in = 0
+
+    # -- signaling ----------------------------------------------------------------
+
+    def handle_signal(self, data: dict[str, Any]) -> None:
+        """Queue a client signal; it is processed after everything queued before it."""
+        self._queue.put_nowait(("signal", data))
+
+    def set_publishers(self, publisher_ids: set[str]) -> None:
+        """The publishers this peer should receive; renegotiates when it changes."""
+        if publisher_ids != self.wanted_publishers:
+            self.wanted_publishers = set(publisher_ids)
+            self._queue.put_nowait(("negotiate", None))
+
+    async def _run(self) -> None:
+        while True:
+            kind, item = await self._queue.get()
+            if self.closed:
+                return
+            try:
+                if kind == "signal":
+                    await self._apply_signal(item)
+                else:
+                    self._negotiation_needed = True
+                await self._maybe_offer()
+            except SignalError as exc:
+                await self._send_signal({"type": "error", "code": "bad_signal",
+                                         "message": str(exc)})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # aiortc rejects an SDP: tell the client, keep serving
+                log.warning("session %s: signal failed: %s", self.session_id, exc)
+                await self._send_signal({"type": "error", "code": "bad_signal",
+                                         "message": f"could not apply signal: {exc}"})
+
+    async def _apply_signal(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "offer":
+            await self._on_offer(_sdp_of(data))
+        elif kind == "answer":
+            await self._on_answer(_sdp_of(data))
+        elif kind == "candidate":
+            candidate = data.get("candidate")
+            if candidate is None:
+                return  # end-of-candidates: nothing to do for a controlled agent
+            if not isinstance(candidate, dict):
+                raise SignalError("candidate must be an object with a 'candidate' string")
+            if self.pc.remoteDescription is None:
+                self._pending_candidates.append(candidate)
+            else:
+                await self._add_candidate(candidate)
+        else:
+            raise SignalError("signal.data.type must be offer, answer or candidate")
+
+    async def _on_offer(self, sdp: str) -> None:
+        if self.pc.signalingState == "have-local-offer":
+            # Glare: the server's offer stands; the client yields and answers it.
+            self.glare_ignored += 1
+            log.info("session %s: ignored client offer colliding with ours", self.session_id)
+            return
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._silence_aiortc_loops()
+        answer = await self.pc.createAnswer()
+        self._attach_mux()
+        await self.pc.setLocalDescription(answer)
+        await self._send_signal({"type": "signal", "data": {
+            "type": "answer", "sdp": self.pc.localDescription.sdp}})
+        await self._after_negotiation()
+        for candidate in self._pending_candidates:
+            await self._add_candidate(candidate)
+        self._pending_candidates.clear()
+
+    async def _on_answer(self, sdp: str) -> None:
+        if self.pc.signalingState != "have-local-offer":
+            raise SignalError("unexpected answer: the server has no offer pending")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._silence_aiortc_loops()
+        await self._after_negotiation()
+
+    async def _add_candidate(self, candidate: dict[str, Any]) -> None:
+        text = candidate.get("candidate")
+        if not isinstance(text, str):
+            raise SignalError("candidate.candidate must be a string")
+        if not text:
+            return  # an empty candidate string is end-of-candidates
+        if text.startswith("candidate:"):
+            text = text[len("candidate:"):]
+        try:
+            parsed = candidate_from_sdp(text)
+        except (AssertionError, ValueError, IndexError):
+            raise SignalError(f"malformed ICE candidate: {text[:80]!r}") from None
+        if parsed.protocol.lower() != "udp" or parsed.ip.endswith(".local"):
+            # TCP is served passively and mDNS names would make the server send
+            # multicast queries; the client's checks reveal its address anyway.
+            return
+        mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+        parsed.sdpMid = mid if isinstance(mid, str) else None
+        parsed.sdpMLineIndex = index if isinstance(index, int) else None
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(parsed)
+
+    async def _maybe_offer(self) -> None:
+        """Offer a new description when the forwarded set changed and we may offer."""
+        if not self._negotiation_needed or self.pc.remoteDescription is None:
+            return
+        if self.pc.signalingState != "stable" or self.closed:
+            return
+        self._negotiation_needed = False
+        if not self._sync_downtracks():
+            return
+        offer = await self.pc.createOffer()
+        self._silence_aiortc_loops()
+        self._attach_mux()
+        await self.pc.setLocalDescription(offer)
+        sdp = harmonise(self.pc.localDescription.sdp, self.numbering)
+        await self._send_signal({"type": "signal", "data": {"type": "offer", "sdp": sdp}})
+
+    def _sync_downtracks(self) -> bool:
+        """Add/retire send-only transceivers to match wanted_publishers; True if changed."""
+        changed = False
+        for publisher_id in list(self.downtracks):
+            if publisher_id not in self.wanted_publishers:
+                # Retired, not reused: a receiver keeps a transceiver's first track
+                # identity (msid), so a reused one would show the old participant.
+                self.downtracks.pop(publisher_id).transceiver.direction = "inactive"
+                changed = True
+        for publisher_id in sorted(self.wanted_publishers - set(self.downtracks)):
+            transceiver = self.pc.addTransceiver("audio", direction="sendonly")
+            sender = transceiver.sender
+            sender._ssrc = random.getrandbits(32) or 1
+            sender._stream_id = publisher_id
+            sender._track_id = f"{publisher_id}-audio"
+            self.downtracks[publisher_id] = DownTrack(
+                publisher_id, transceiver, Rewrite(ssrc=sender._ssrc, payload_type=111))
+            changed = True
+        return changed
+
+    async def _after_negotiation(self) -> None:
+        """Read the numbering both sides now agree on and arm the forwarded tracks."""
+        remote = self.pc.remoteDescription
+        if remote is None:
+            return
+        current = numbering_of(remote.sdp)
+        current.payload_types = {**self.numbering.payload_types, **current.payload_types}
+        current.extension_ids = {**self.numbering.extension_ids, **current.extension_ids}
+        self.numbering = current
+        self.opus_pt = current.payload_types.get(OPUS_KEY)
+        self.audio_level_id = current.extension_ids.get(AUDIO_LEVEL_URI)
+        if self.pc.signalingState == "stable":
+            for track in self.downtracks.values():
+                track.mid = track.transceiver.mid
+                if self.opus_pt is not None:
+                    track.rewrite.payload_type = self.opus_pt
+                track.rewrite.audio_level_id = self.audio_level_id
+                track.negotiated = True
+
+    def _attach_mux(self) -> None:
+        """Put every ICE agent of this connection on the shared socket before it gathers."""
+        for ice_transport in list(self.pc._RTCPeerConnection__iceTransports):  # type: ignore[attr-defined]
+            self.mux.attach(ice_transport._connection)
+        for dtls in list(self.pc._RTCPeerConnection__dtlsTransports):  # type: ignore[attr-defined]
+            if not getattr(dtls, "_callsctl_watched", False):
+                dtls._callsctl_watched = True
+                dtls.on("statechange", lambda d=dtls: self._on_dtls_state(d))
+
+    def _silence_aiortc_loops(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            for part in (transceiver.sender, transceiver.receiver):
+                if not getattr(part, "_callsctl_silenced", False):
+                    part._callsctl_silenced = True
+                    part._run_rtp = _idle
+                    part._run_rtcp = _idle
+
+    # -- media --------------------------------------------------------------------
+
+    def _on_dtls_state(self, dtls: Any) -> None:
+        if dtls.state != "connected" or self.connected:
+            return
+        connection = dtls.transport._connection
+        proto = next((p for p in connection._protocols if isinstance(p, MuxedStunProtocol)),
+                     None)
+        if proto is None or dtls._rx_srtp is None:
+            return
+        self.proto = proto
+        self._rx_srtp = dtls._rx_srtp
+        self._tx_srtp = dtls._tx_srtp
+        self._ice = connection
+        self.connected = True
+        proto.fast_rx = self._fast_rx
+        self._on_state(self, "connected")
+
+    def _fast_rx(self, data: bytes) -> None:
+        """SRTP/SRTCP straight from the shared socket: decrypt and hand RTP to the call."""
+        try:
+            if is_rtcp(data):
+                self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
+                self.rtcp_in += 1
+                return
+            plain = self._rx_srtp.unprotect(data)  # type: ignore[union-attr]
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return
+        self._on_rtp(self, plain)
+
+    def send_rtp(self, packet: bytes) -> bool:
+        """Protect with this receiver's SRTP context and send to its nominated address."""
+        pair = self._ice._nominated.get(1) if self.connected else None
+        if pair is None:
+            return False
+        try:
+            self.mux.sendto(self._tx_srtp.protect(packet), pair.remote_addr)  # type: ignore[union-attr]
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return False
+        return True
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        pair = self._ice._nominated.get(1) if self.connected else None
+        return pair.remote_addr if pair else None
+
+    @property
+    def last_rx(self) -> float:
+        return self.proto.last_rx if self.proto else 0.0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != "calls-dc":
+            return
+
+        @channel.on("message")
+        def on_message(message: Any) -> None:
+            if message == "ping" and channel.readyState == "open":
+                channel.send("pong")
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state in ("failed", "closed"):
+            self._on_state(self, state)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.put_nowait(("negotiate", None))
+        if self.proto is not None:
+            self.proto.fast_rx = None
+        self._worker.cancel()
+        try:
+            await asyncio.wait_for(self.pc.close(), timeout=5)
+        except (TimeoutError, Exception) as exc:  # never let one peer block shutdown
+            log.debug("session %s: close: %s", self.session_id, exc)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._worker
+
+
+def _sdp_of(data: dict[str, Any]) -> str:
+    sdp = data.get("sdp")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise SignalError("signal.data.sdp must be an SDP string starting with v=0")
+    return sdp

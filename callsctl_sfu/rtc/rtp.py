@@ -1,0 +1,154 @@
+"""RTP header parsing and per-receiver rewriting for the forwarding hot path.
+
+Forwarded packets are rebuilt from the parsed header rather than re-serialised
+through aiortc's RtpPacket: the payload is never touched, and only the fields a
+receiver negotiated differently are changed (SSRC, payload type, sequence and
+timestamp continuity, header extension ids). References: RTP header RFC 3550
+§5.1; header extensions RFC 8285 (one-byte form 0xBEDE, two-byte form 0x100X);
+client-to-mixer audio level RFC 6464; demultiplexing RFC 7983 / RFC 5761.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+RTP_HEADER = struct.Struct("!BBHII")
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+# Audio level is "unknown/silent" when the extension is absent (RFC 6464: 127 = -127 dBov).
+SILENT_LEVEL = 127
+
+
+def is_rtcp(data: bytes | bytearray) -> bool:
+    """RFC 5761 §4: RTCP packet types 192-223 sit where RTP has marker+PT."""
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+@dataclass(slots=True)
+class ParsedRtp:
+    """The fields of one incoming RTP packet the SFU needs, parsed once."""
+
+    first_byte: int
+    marker: bool
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: memoryview
+    extensions: dict[int, bytes]
+
+
+def parse_rtp(data: bytes) -> ParsedRtp | None:
+    """Parse an RTP header; None for anything malformed (never raises)."""
+    size = len(data)
+    if size < 12:
+        return None
+    b0, b1, seq, ts, ssrc = RTP_HEADER.unpack_from(data, 0)
+    if b0 >> 6 != 2:
+        return None
+    offset = 12 + 4 * (b0 & 0x0F)
+    extensions: dict[int, bytes] = {}
+    if b0 & 0x10:
+        if offset + 4 > size:
+            return None
+        profile, words = struct.unpack_from("!HH", data, offset)
+        start = offset + 4
+        end = start + 4 * words
+        if end > size:
+            return None
+        if profile == 0xBEDE:
+            _parse_one_byte(data, start, end, extensions)
+        elif profile & 0xFFF0 == 0x1000:
+            _parse_two_byte(data, start, end, extensions)
+        offset = end
+    if offset > size:
+        return None
+    view = memoryview(data)[offset:]
+    return ParsedRtp(b0, bool(b1 & 0x80), b1 & 0x7F, seq, ts, ssrc, view, extensions)
+
+
+def _parse_one_byte(data: bytes, pos: int, end: int, out: dict[int, bytes]) -> None:
+    while pos < end:
+        byte = data[pos]
+        if byte == 0:  # padding (RFC 8285 §4.2)
+            pos += 1
+            continue
+        ext_id, length = byte >> 4, (byte & 0x0F) + 1
+        if ext_id == 15:  # reserved: stop parsing
+            return
+        pos += 1
+        if pos + length > end:
+            return
+        out[ext_id] = bytes(data[pos : pos + length])
+        pos += length
+
+
+def _parse_two_byte(data: bytes, pos: int, end: int, out: dict[int, bytes]) -> None:
+    while pos + 1 < end:
+        ext_id = data[pos]
+        if ext_id == 0:
+            pos += 1
+            continue
+        length = data[pos + 1]
+        pos += 2
+        if pos + length > end:
+            return
+        out[ext_id] = bytes(data[pos : pos + length])
+        pos += length
+
+
+def audio_level(packet: ParsedRtp, level_id: int | None) -> tuple[int, bool]:
+    """(level in -dBov 0..127, voice-activity flag) from RFC 6464, or silent."""
+    if level_id is None:
+        return SILENT_LEVEL, False
+    value = packet.extensions.get(level_id)
+    if not value:
+        return SILENT_LEVEL, False
+    return value[0] & 0x7F, bool(value[0] & 0x80)
+
+
+@dataclass(slots=True)
+class Rewrite:
+    """How one receiver expects one forwarded stream: its SSRC, PT and extension ids.
+
+    Sequence numbers and timestamps are offset so the receiver sees one
+    continuous stream even when the publisher's SSRC changes (a libwebrtc
+    re-offer after glare can do that; see notes/mattermost-client-interop.md).
+    """
+
+    ssrc: int
+    payload_type: int
+    audio_level_id: int | None = None
+    source_ssrc: int | None = None
+    seq_offset: int = 0
+    ts_offset: int = 0
+    last_seq: int = 0
+    last_ts: int = 0
+    packets: int = 0
+    octets: int = 0
+
+    def build(self, packet: ParsedRtp, level_byte: int | None) -> bytes:
+        """The packet this receiver gets: new header, same payload."""
+        if packet.ssrc != self.source_ssrc:
+            if self.source_ssrc is not None:
+                # Continue where the old source stopped (one 20 ms Opus frame later).
+                self.seq_offset = (self.last_seq + 1 - packet.sequence) & 0xFFFF
+                self.ts_offset = (self.last_ts + 960 - packet.timestamp) & 0xFFFFFFFF
+            self.source_ssrc = packet.ssrc
+        seq = (packet.sequence + self.seq_offset) & 0xFFFF
+        ts = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
+        self.last_seq, self.last_ts = seq, ts
+        # Keep version and padding bit; drop CSRCs and every foreign extension.
+        b0 = 0x80 | (packet.first_byte & 0x20)
+        b1 = (0x80 if packet.marker else 0) | self.payload_type
+        if level_byte is not None and self.audio_level_id is not None:
+            header = RTP_HEADER.pack(b0 | 0x10, b1, seq, ts, self.ssrc) + bytes(
+                (0xBE, 0xDE, 0x00, 0x01, self.audio_level_id << 4, level_byte, 0, 0)
+            )
+        else:
+            header = RTP_HEADER.pack(b0, b1, seq, ts, self.ssrc)
+        out = header + packet.payload
+        self.packets += 1
+        self.octets += len(out)
+        return out

@@ -1,0 +1,125 @@
+"""Make the server's renegotiation offers speak the client's numbering.
+
+aiortc writes every offer with its own payload types (Opus = 96) and header
+extension ids (mid = 1, audio level = 2). A browser that made the first offer
+has already bound other numbers to those, and within one BUNDLE group a
+payload type or an extension id must not mean two things (RFC 8843 §9.1-9.2;
+libwebrtc rejects "RTP extension ID reassignment" and codec collisions). So
+before an offer leaves the server, each codec takes the payload type the
+client used for it, each extension the client's id, and anything the client
+never offered takes a number the client does not use.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^/\s]+)/(\d+)(?:/(\d+))?")
+_EXTMAP = re.compile(r"^a=extmap:(\d+)(/\w+)? (\S+)(.*)$")
+_PT_ATTR = re.compile(r"^a=(rtpmap|fmtp|rtcp-fb):(\d+)(.*)$")
+
+
+@dataclass
+class Numbering:
+    """Payload types by codec and extension ids by URI, as a peer uses them."""
+
+    payload_types: dict[tuple[str, str, int, int], int] = field(default_factory=dict)
+    extension_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def used_payload_types(self) -> set[int]:
+        return set(self.payload_types.values())
+
+    @property
+    def used_extension_ids(self) -> set[int]:
+        return set(self.extension_ids.values())
+
+
+def _codec_key(kind: str, name: str, clock: str, channels: str | None) -> tuple[str, str, int, int]:
+    return (kind, name.lower(), int(clock), int(channels or 1))
+
+
+def numbering_of(sdp: str) -> Numbering:
+    """Collect the numbering a (client) description uses across all m-sections.
+
+    RTX is keyed by the codec it repairs, since each video codec has its own.
+    """
+    result = Numbering()
+    kind = ""
+    rtx_apt: dict[int, int] = {}
+    names: dict[int, tuple[str, str, int, int]] = {}
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            kind = line[2:].split(" ", 1)[0]
+            continue
+        match = _RTPMAP.match(line)
+        if match:
+            pt = int(match.group(1))
+            names[pt] = _codec_key(kind, match.group(2), match.group(3), match.group(4))
+            continue
+        match = _EXTMAP.match(line)
+        if match:
+            result.extension_ids.setdefault(match.group(3), int(match.group(1)))
+            continue
+        if line.startswith("a=fmtp:"):
+            fmtp = re.match(r"^a=fmtp:(\d+) .*apt=(\d+)", line)
+            if fmtp:
+                rtx_apt[int(fmtp.group(1))] = int(fmtp.group(2))
+    for pt, key in names.items():
+        if key[1] == "rtx" and pt in rtx_apt and rtx_apt[pt] in names:
+            key = (key[0], "rtx:" + names[rtx_apt[pt]][1], key[2], key[3])
+        result.payload_types.setdefault(key, pt)
+    return result
+
+
+def _allocator(used: set[int], low: int, high: int):
+    def allocate() -> int:
+        for candidate in range(low, high + 1):
+            if candidate not in used:
+                used.add(candidate)
+                return candidate
+        raise ValueError("no free number left in the BUNDLE group")
+
+    return allocate
+
+
+def harmonise(offer: str, reference: Numbering) -> str:
+    """Rewrite `offer`'s payload types and extension ids to agree with `reference`."""
+    own = numbering_of(offer)
+    used_pts = set(reference.used_payload_types)
+    new_pt = _allocator(used_pts, 96, 127)
+    pt_map: dict[int, int] = {}
+    # First codecs the client knows, so free numbers are not taken by others first.
+    for key, pt in own.payload_types.items():
+        if key in reference.payload_types:
+            pt_map[pt] = reference.payload_types[key]
+    for pt in own.payload_types.values():
+        if pt in pt_map:
+            continue
+        pt_map[pt] = pt if pt < 96 and pt not in used_pts else new_pt()
+        used_pts.add(pt_map[pt])
+
+    used_ids = set(reference.used_extension_ids)
+    new_id = _allocator(used_ids, 1, 14)
+    id_map: dict[int, int] = {}
+    for uri, ext_id in own.extension_ids.items():
+        id_map[ext_id] = reference.extension_ids.get(uri) or new_id()
+
+    out = []
+    for line in offer.splitlines():
+        if line.startswith("m=") and " RTP/" in line:
+            head, *fmts = line.split(" ")[:3], line.split(" ")[3:]
+            line = " ".join(head[0] + [str(pt_map.get(int(f), f)) for f in fmts])
+        elif (match := _PT_ATTR.match(line)) is not None:
+            pt = int(match.group(2))
+            rest = match.group(3)
+            rest = re.sub(r"apt=(\d+)", lambda m: f"apt={pt_map.get(int(m.group(1)), m.group(1))}",
+                          rest)
+            line = f"a={match.group(1)}:{pt_map.get(pt, pt)}{rest}"
+        elif (match := _EXTMAP.match(line)) is not None:
+            ext_id = int(match.group(1))
+            line = f"a=extmap:{id_map.get(ext_id, ext_id)}{match.group(2) or ''} " \
+                   f"{match.group(3)}{match.group(4)}"
+        out.append(line)
+    return "\r\n".join(out) + "\r\n"

@@ -1,0 +1,190 @@
+"""Start and stop everything `callsctl serve` runs, in one event loop.
+
+Order matters for operators: the data dir and secret first (a bad data dir
+should fail before any port is taken), then the media socket, then HTTP. Any
+failure is a StartupError with one line naming the problem and the fix.
+Shutdown ends every call with call_end, closes peers and frees the ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from callsctl_sfu.api.routes import add_routes, json_errors
+from callsctl_sfu.calls.manager import CallManager
+from callsctl_sfu.config import ServeConfig
+from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
+from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
+
+log = logging.getLogger("callsctl_sfu.server")
+
+
+class StartupError(RuntimeError):
+    """serve cannot start; the message is one line with the fix."""
+
+
+@dataclass(frozen=True)
+class Advertised:
+    host: str
+    port: int
+    source: str  # override | bind | interface | loopback
+
+
+def _bind_error(kind: str, host: str, port: int, exc: OSError, flag: str) -> StartupError:
+    where = f"{kind} port {port} on {host}"
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(f"{where} is already in use (another callsctl serve?): stop that "
+                            f"process or choose another {flag}")
+    if exc.errno == errno.EACCES:
+        return StartupError(f"no permission to bind {where}: use a port above 1023 or grant "
+                            "CAP_NET_BIND_SERVICE")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+        return StartupError(f"cannot bind {where}: {host} is not an address of this host; "
+                            "use --bind 0.0.0.0 or one of this host's addresses")
+    return StartupError(f"cannot bind {where}: {exc.strerror or exc}")
+
+
+def choose_advertised(config: ServeConfig, port: int) -> Advertised:
+    """The address put in ICE candidates: override, else bind, else an interface address."""
+    if config.ice_host_override:
+        host = config.ice_host_override
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            try:
+                host = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
+            except OSError as exc:
+                raise StartupError(f"ice_host_override {config.ice_host_override!r} does not "
+                                   f"resolve ({exc}); give an IP address instead") from None
+        return Advertised(host, port, "override")
+    bind = ipaddress.ip_address(config.bind)
+    if not bind.is_unspecified:
+        return Advertised(config.bind, port, "bind")
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family == socket.AF_INET and not ipaddress.ip_address(
+                    address.address).is_loopback:
+                return Advertised(address.address, port, "interface")
+    return Advertised("127.0.0.1", port, "loopback")
+
+
+class Server:
+    """The running SFU: media mux, call manager and HTTP app."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.mux: UdpMux | None = None
+        self.manager: CallManager | None = None
+        self.runner: web.AppRunner | None = None
+        self.advertised: Advertised | None = None
+        self.udp_port = 0
+        self.api_port = 0
+        self.buffer_sizes = (0, 0)
+        self.stopping = False
+        self.started_at = 0.0
+
+    async def start(self) -> None:
+        config = self.config
+        try:
+            ensure_data_dir(config.data_dir)
+            secret = load_or_create_secret(config.data_dir)
+        except DataDirError as exc:
+            raise StartupError(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        try:
+            transport, mux = await loop.create_datagram_endpoint(
+                UdpMux, local_addr=(config.bind, config.udp_port))
+        except OSError as exc:
+            raise _bind_error("UDP", config.bind, config.udp_port, exc, "--udp-port") from None
+        self.mux = mux
+        self.udp_port = transport.get_extra_info("sockname")[1]
+        self._size_socket(transport)
+        try:
+            self.advertised = choose_advertised(config, self.udp_port)
+        except StartupError:
+            transport.close()
+            raise
+        mux.advertised = (self.advertised.host, self.advertised.port)
+        self.manager = CallManager(config, mux)
+
+        app = web.Application(middlewares=[json_errors])
+        app["config"] = config
+        app["manager"] = self.manager
+        app["jwt_secret"] = secret
+        app["server_info"] = self.info
+        app["readiness"] = self.readiness
+        app["ws_stats"] = {"connections": 0}
+        add_routes(app)
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                    shutdown_timeout=2)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, config.bind, config.api_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            transport.close()
+            raise _bind_error("TCP", config.bind, config.api_port, exc, "--api-port") from None
+        server = site._server
+        self.api_port = server.sockets[0].getsockname()[1] if server else config.api_port
+        self.started_at = loop.time()
+        log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
+                 self.advertised.host, self.advertised.port, self.advertised.source)
+
+    def _size_socket(self, transport: asyncio.DatagramTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        wanted = self.config.udp_buffer_size
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, wanted)
+            except OSError as exc:
+                log.warning("could not size the media socket buffer: %s", exc)
+        self.buffer_sizes = socket_buffer_sizes(transport)
+        # Linux doubles the value for bookkeeping and caps it at net.core.[rw]mem_max.
+        if min(self.buffer_sizes) < wanted:
+            log.warning("the kernel capped the media socket buffers at %d/%d bytes (asked %d); "
+                        "a busy SFU will drop packets: run `callsctl tune --apply`",
+                        self.buffer_sizes[0] // 2, self.buffer_sizes[1] // 2, wanted)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "shutting down"
+        if self.mux is None or self.mux.transport is None:
+            return False, "media socket not open"
+        return True, "ok"
+
+    def info(self) -> dict[str, Any]:
+        assert self.advertised is not None
+        return {
+            "udp_port": self.udp_port,
+            "tcp_port": None,
+            "api_port": self.api_port,
+            "ice": {"host": self.advertised.host, "udp_port": self.advertised.port,
+                    "tcp_port": None, "source": self.advertised.source},
+            "udp_socket": {"requested_bytes": self.config.udp_buffer_size,
+                           "rcvbuf_bytes": self.buffer_sizes[0],
+                           "sndbuf_bytes": self.buffer_sizes[1]},
+            "calls": len(self.manager.calls) if self.manager else 0,
+            "sessions": len(self.manager.participants) if self.manager else 0,
+        }
+
+    async def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.manager is not None:
+            await self.manager.shutdown()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.mux is not None and self.mux.transport is not None:
+            self.mux.transport.close()
+        log.info("stopped")

@@ -109,7 +109,7 @@ class Participant:
         url = f"{self.ws_url}?token={self.token}"
         try:
             self._ws = await self._http.ws_connect(url, ssl=self.ssl, timeout=timeout)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             await self._http.close()
             raise ParticipantError("signaling", f"cannot open {self.ws_url}: {exc}") from None
         self._tasks.append(asyncio.create_task(self._read_loop()))

@@ -45,8 +45,20 @@ class SignalError(ValueError):
     """A signal the peer cannot apply; reported to the client as an error event."""
 
 
-async def _idle(*_args: Any, **_kwargs: Any) -> None:
-    """Stands in for aiortc's per-track RTP/RTCP loops, which a forwarding SFU must not run."""
+def _idle_loop(part: Any, prefix: str, *events: str) -> Callable[..., Awaitable[None]]:
+    """Stands in for one of aiortc's per-track RTP/RTCP loops, which an SFU must not run.
+
+    aiortc's stop() waits for the loop's started/exited events, so the stand-in
+    sets them; otherwise closing a peer would hang.
+    """
+
+    async def idle(*_args: Any, **_kwargs: Any) -> None:
+        for name in events:
+            event = getattr(part, f"_{prefix}__{name}", None)
+            if event is not None:
+                event.set()
+
+    return idle
 
 
 @dataclass
@@ -265,11 +277,16 @@ class MediaPeer:
 
     def _silence_aiortc_loops(self) -> None:
         for transceiver in self.pc.getTransceivers():
-            for part in (transceiver.sender, transceiver.receiver):
-                if not getattr(part, "_callsctl_silenced", False):
-                    part._callsctl_silenced = True
-                    part._run_rtp = _idle
-                    part._run_rtcp = _idle
+            sender, receiver = transceiver.sender, transceiver.receiver
+            if not getattr(sender, "_callsctl_silenced", False):
+                sender._callsctl_silenced = True
+                sender._run_rtp = _idle_loop(sender, "RTCRtpSender", "rtp_started", "rtp_exited")
+                sender._run_rtcp = _idle_loop(sender, "RTCRtpSender", "rtcp_started",
+                                              "rtcp_exited")
+            if not getattr(receiver, "_callsctl_silenced", False):
+                receiver._callsctl_silenced = True
+                receiver._run_rtcp = _idle_loop(receiver, "RTCRtpReceiver", "rtcp_started",
+                                                "rtcp_exited")
 
     # -- media --------------------------------------------------------------------
 

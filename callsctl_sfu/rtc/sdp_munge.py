@@ -108,9 +108,10 @@ def harmonise(offer: str, reference: Numbering) -> str:
 
     out = []
     for line in offer.splitlines():
-        if line.startswith("m=") and " RTP/" in line:
-            head, *fmts = line.split(" ")[:3], line.split(" ")[3:]
-            line = " ".join(head[0] + [str(pt_map.get(int(f), f)) for f in fmts])
+        if line.startswith("m=") and "RTP/" in line:
+            parts = line.split(" ")
+            fmts = [str(pt_map.get(int(f), f)) if f.isdigit() else f for f in parts[3:]]
+            line = " ".join(parts[:3] + fmts)
         elif (match := _PT_ATTR.match(line)) is not None:
             pt = int(match.group(2))
             rest = match.group(3)

@@ -9,9 +9,11 @@ Shutdown ends every call with call_end, closes peers and frees the ports.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from callsctl_sfu.calls.manager import CallManager
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
+from callsctl_sfu.tuning import udp_buffer_warning
 
 log = logging.getLogger("callsctl_sfu.server")
 
@@ -122,6 +125,7 @@ class Server:
         app["jwt_secret"] = secret
         app["server_info"] = self.info
         app["readiness"] = self.readiness
+        app["stats"] = self.stats
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -149,11 +153,9 @@ class Server:
             except OSError as exc:
                 log.warning("could not size the media socket buffer: %s", exc)
         self.buffer_sizes = socket_buffer_sizes(transport)
-        # Linux doubles the value for bookkeeping and caps it at net.core.[rw]mem_max.
-        if min(self.buffer_sizes) < wanted:
-            log.warning("the kernel capped the media socket buffers at %d/%d bytes (asked %d); "
-                        "a busy SFU will drop packets: run `callsctl tune --apply`",
-                        self.buffer_sizes[0] // 2, self.buffer_sizes[1] // 2, wanted)
+        warning = udp_buffer_warning(wanted, *self.buffer_sizes)
+        if warning:
+            log.warning("%s", warning)
 
     def readiness(self) -> tuple[bool, str]:
         if self.stopping:
@@ -176,6 +178,13 @@ class Server:
             "calls": len(self.manager.calls) if self.manager else 0,
             "sessions": len(self.manager.participants) if self.manager else 0,
         }
+
+    def stats(self) -> dict[str, Any]:
+        assert self.mux is not None and self.manager is not None
+        return {"media_socket": self.mux.stats.as_dict(),
+                "forwarding": dataclasses.asdict(self.manager.stats),
+                "calls": len(self.manager.calls), "sessions": len(self.manager.participants),
+                "pid": os.getpid()}
 
     async def stop(self) -> None:
         if self.stopping:

@@ -25,6 +25,11 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": __version__, **info})
 
 
+async def stats(request: web.Request) -> web.Response:
+    """Raw counters of the media path (what bench/ and `callsctl tune` read)."""
+    return web.json_response(request.app["stats"]())
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -51,5 +56,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_static("/web/", WEB_DIR, show_index=False)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/version", version)
+    app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

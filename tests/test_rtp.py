@@ -1,0 +1,71 @@
+"""RTP parsing and per-receiver rewriting (RFC 3550, RFC 8285, RFC 6464)."""
+
+from __future__ import annotations
+
+import struct
+
+from callsctl_sfu.rtc.rtp import Rewrite, audio_level, is_rtcp, parse_rtp
+
+
+def make_packet(seq: int, ts: int, ssrc: int, pt: int = 111, level: int | None = 30,
+                level_id: int = 1, extra_ext: bool = True, payload: bytes = b"opus") -> bytes:
+    exts = b""
+    if level is not None:
+        exts += bytes([(level_id << 4) | 0, 0x80 | level])
+    if extra_ext:
+        exts += bytes([(4 << 4) | 0, ord("0")])  # mid "0"
+    ext_block = b""
+    first = 0x80
+    if exts:
+        exts += b"\x00" * (-len(exts) % 4)
+        ext_block = struct.pack("!HH", 0xBEDE, len(exts) // 4) + exts
+        first |= 0x10
+    return struct.pack("!BBHII", first, 0x80 | pt, seq, ts, ssrc) + ext_block + payload
+
+
+def test_parse_reads_header_extensions_and_payload():
+    packet = parse_rtp(make_packet(10, 960, 0xABC))
+    assert packet is not None
+    assert (packet.sequence, packet.timestamp, packet.ssrc, packet.payload_type) == (
+        10, 960, 0xABC, 111)
+    assert packet.marker and bytes(packet.payload) == b"opus"
+    assert audio_level(packet, 1) == (30, True)
+    assert audio_level(packet, None) == (127, False)
+
+
+def test_malformed_packets_are_rejected_not_raised():
+    assert parse_rtp(b"\x80\x6f") is None
+    assert parse_rtp(b"\x00" * 20) is None  # version 0
+    truncated = make_packet(1, 1, 1)[:14]
+    assert parse_rtp(truncated) is None
+
+
+def test_rewrite_sets_receiver_ssrc_pt_and_only_known_extension():
+    rewrite = Rewrite(ssrc=0x1234, payload_type=96, audio_level_id=3)
+    out = rewrite.build(parse_rtp(make_packet(100, 4800, 0xABC)), level_byte=30)
+    parsed = parse_rtp(out)
+    assert parsed.ssrc == 0x1234 and parsed.payload_type == 96
+    assert parsed.extensions == {3: bytes([30])}  # mid (foreign id 4) is gone
+    assert bytes(parsed.payload) == b"opus"
+
+
+def test_rewrite_without_audio_level_has_no_extension():
+    rewrite = Rewrite(ssrc=1, payload_type=111, audio_level_id=None)
+    out = rewrite.build(parse_rtp(make_packet(5, 5, 9)), level_byte=None)
+    assert out[0] & 0x10 == 0 and out[12:] == b"opus"
+
+
+def test_source_ssrc_change_keeps_sequence_and_timestamp_continuous():
+    rewrite = Rewrite(ssrc=7, payload_type=111)
+    for seq in (1000, 1001, 1002):
+        last = parse_rtp(rewrite.build(parse_rtp(make_packet(seq, seq * 960, 0xA)), None))
+    switched = parse_rtp(rewrite.build(parse_rtp(make_packet(50, 123, 0xB)), None))
+    assert switched.sequence == (last.sequence + 1) & 0xFFFF
+    assert switched.timestamp == (last.timestamp + 960) & 0xFFFFFFFF
+    following = parse_rtp(rewrite.build(parse_rtp(make_packet(51, 123 + 960, 0xB)), None))
+    assert following.sequence == switched.sequence + 1
+
+
+def test_rtcp_is_told_apart_from_rtp():
+    assert is_rtcp(bytes([0x80, 200]) + b"\x00" * 6)
+    assert not is_rtcp(make_packet(1, 1, 1))

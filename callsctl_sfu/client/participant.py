@@ -108,7 +108,8 @@ class Participant:
         self._http = aiohttp.ClientSession()
         url = f"{self.ws_url}?token={self.token}"
         try:
-            self._ws = await self._http.ws_connect(url, ssl=self.ssl, timeout=timeout)
+            self._ws = await asyncio.wait_for(self._http.ws_connect(
+                url, ssl=True if self.ssl is None else self.ssl), timeout)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             await self._http.close()
             raise ParticipantError("signaling", f"cannot open {self.ws_url}: {exc}") from None

@@ -25,6 +25,7 @@ from typing import Any
 import pylibsrtp
 from aiortc import (
     RTCConfiguration,
+    RTCIceCandidate,
     RTCPeerConnection,
     RTCSessionDescription,
 )
@@ -95,7 +96,7 @@ class MediaPeer:
         self.pc.on("connectionstatechange", self._on_connection_state)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name=f"peer-{session_id}")
-        self._pending_candidates: list[dict[str, Any]] = []
+        self._pending_candidates: list[RTCIceCandidate] = []
         self.numbering = Numbering()
         self.downtracks: dict[str, DownTrack] = {}
         self.wanted_publishers: set[str] = set()
@@ -156,10 +157,13 @@ class MediaPeer:
                 return  # end-of-candidates: nothing to do for a controlled agent
             if not isinstance(candidate, dict):
                 raise SignalError("candidate must be an object with a 'candidate' string")
+            parsed = _parse_candidate(candidate)  # malformed ones are refused right away
+            if parsed is None:
+                return
             if self.pc.remoteDescription is None:
-                self._pending_candidates.append(candidate)
+                self._pending_candidates.append(parsed)
             else:
-                await self._add_candidate(candidate)
+                await self.pc.addIceCandidate(parsed)
         else:
             raise SignalError("signal.data.type must be offer, answer or candidate")
 
@@ -177,8 +181,8 @@ class MediaPeer:
         await self._send_signal({"type": "signal", "data": {
             "type": "answer", "sdp": self.pc.localDescription.sdp}})
         await self._after_negotiation()
-        for candidate in self._pending_candidates:
-            await self._add_candidate(candidate)
+        for parsed in self._pending_candidates:
+            await self.pc.addIceCandidate(parsed)
         self._pending_candidates.clear()
 
     async def _on_answer(self, sdp: str) -> None:
@@ -187,29 +191,6 @@ class MediaPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._silence_aiortc_loops()
         await self._after_negotiation()
-
-    async def _add_candidate(self, candidate: dict[str, Any]) -> None:
-        text = candidate.get("candidate")
-        if not isinstance(text, str):
-            raise SignalError("candidate.candidate must be a string")
-        if not text:
-            return  # an empty candidate string is end-of-candidates
-        if text.startswith("candidate:"):
-            text = text[len("candidate:"):]
-        try:
-            parsed = candidate_from_sdp(text)
-        except (AssertionError, ValueError, IndexError):
-            raise SignalError(f"malformed ICE candidate: {text[:80]!r}") from None
-        if parsed.protocol.lower() != "udp" or parsed.ip.endswith(".local"):
-            # TCP is served passively and mDNS names would make the server send
-            # multicast queries; the client's checks reveal its address anyway.
-            return
-        mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
-        parsed.sdpMid = mid if isinstance(mid, str) else None
-        parsed.sdpMLineIndex = index if isinstance(index, int) else None
-        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
-            parsed.sdpMLineIndex = 0
-        await self.pc.addIceCandidate(parsed)
 
     async def _maybe_offer(self) -> None:
         """Offer a new description when the forwarded set changed and we may offer."""
@@ -377,3 +358,32 @@ def _sdp_of(data: dict[str, Any]) -> str:
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise SignalError("signal.data.sdp must be an SDP string starting with v=0")
     return sdp
+
+
+def _parse_candidate(candidate: dict[str, Any]) -> RTCIceCandidate | None:
+    """A trickled candidate as aiortc wants it, or None when there is nothing to add.
+
+    TCP candidates are skipped (the server's ICE-TCP is passive) and so are mDNS
+    names, which would make the server send multicast queries; the client's
+    connectivity checks reveal its address anyway (peer-reflexive, RFC 8445 §7.3.1.3).
+    """
+    text = candidate.get("candidate")
+    if not isinstance(text, str):
+        raise SignalError("candidate.candidate must be a string")
+    if not text:
+        return None  # an empty candidate string is end-of-candidates
+    if text.startswith("candidate:"):
+        text = text[len("candidate:"):]
+    try:
+        parsed = candidate_from_sdp(text)
+    except (AssertionError, ValueError, IndexError):
+        raise SignalError(f"malformed ICE candidate: {text[:80]!r}") from None
+    if parsed.protocol.lower() != "udp" or parsed.ip.endswith(".local"):
+        return None
+    mid, index = candidate.get("sdpMid"), candidate.get("sdpMLineIndex")
+    parsed.sdpMid = mid if isinstance(mid, str) else None
+    valid_index = isinstance(index, int) and not isinstance(index, bool)
+    parsed.sdpMLineIndex = index if valid_index else None
+    if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+        parsed.sdpMLineIndex = 0
+    return parsed

@@ -13,9 +13,9 @@
   const REACTION_SHOW_MS = 4000;
   const LOG_LIMIT = 300;
   const REACTIONS = ["👍", "👏", "😂", "❤️", "🎉", "👋"];
-  // A participant announced by `user_joined` without a mute flag joins muted
-  // (as in Mattermost); `user_unmuted` follows when they talk.
-  const DEFAULT_REMOTE_MUTED = true;
+  // `user_joined` carries no state: a new session starts unmuted on the server
+  // (calls/model.py ParticipantState) and changes arrive as user_muted etc.
+  const DEFAULT_REMOTE_MUTED = false;
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -531,8 +531,8 @@
 
     S.timers.mediaTimeout = setTimeout(() => {
       if (S.pc === pc && pc.connectionState !== "connected" && S.state === "joined") {
-        showError("Media could not connect within 15 s. The server's media port (UDP 8443, " +
-          "or TCP 8443 as fallback) is probably unreachable from this browser; ask the " +
+        showError("Media could not connect within 15 s. The server's media port (UDP, 8443 by default; " +
+          "TCP as fallback) is probably unreachable from this browser; ask the " +
           "operator to run `callsctl check`.", "media_timeout");
       }
     }, MEDIA_CONNECT_TIMEOUT_MS);
@@ -680,9 +680,9 @@
       clearError("media_failed");
       $("#notice").hidden = true;
     } else if (state === "failed") {
-      showError("Media connection failed: no audio can flow. The server's media port (UDP " +
-        "8443, or TCP 8443) is probably blocked between this browser and the server.",
-      "media_failed");
+      showError("Media connection failed: no audio can flow. The server's media port (UDP, " +
+        "8443 by default; TCP as fallback) is probably blocked between this browser and the " +
+        "server; ask the operator to run `callsctl check`.", "media_failed");
     } else if (state === "disconnected") {
       showNotice("Media connection interrupted; trying to recover…");
     }

@@ -1,0 +1,111 @@
+"""The single-port demultiplexer (RFC 7983 + RFC 8445 §7.3), exercised with real ICE agents."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from aioice import Connection, stun
+
+from callsctl_sfu.rtc.mux import UdpMux
+
+
+async def open_mux() -> tuple[UdpMux, int]:
+    loop = asyncio.get_running_loop()
+    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    mux.advertised = ("127.0.0.1", port)
+    return mux, port
+
+
+def udp_client() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2)
+    return sock
+
+
+async def recv(sock: socket.socket) -> bytes:
+    return await asyncio.get_running_loop().run_in_executor(None, sock.recv, 2048)
+
+
+async def test_bare_binding_is_answered_with_the_mapped_address():
+    mux, port = await open_mux()
+    try:
+        client = udp_client()
+        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        client.sendto(bytes(request), ("127.0.0.1", port))
+        response = stun.parse_message(await recv(client))
+        assert response.message_class == stun.Class.RESPONSE
+        assert response.transaction_id == request.transaction_id
+        assert response.attributes["XOR-MAPPED-ADDRESS"] == client.getsockname()
+        assert mux.stats.bare_binding_answered == 1
+        client.close()
+    finally:
+        mux.transport.close()
+
+
+async def test_two_ice_sessions_share_one_port_and_data_reaches_the_right_one():
+    mux, port = await open_mux()
+    servers, clients = [], []
+    try:
+        for _ in range(2):
+            server = Connection(ice_controlling=False, use_ipv6=False)
+            mux.attach(server)
+            await server.gather_candidates()
+            client = Connection(ice_controlling=True, use_ipv6=False)
+            client._use_ipv4 = True
+            await client.gather_candidates()
+            server.remote_username, server.remote_password = (client.local_username,
+                                                              client.local_password)
+            client.remote_username, client.remote_password = (server.local_username,
+                                                              server.local_password)
+            for candidate in server.local_candidates:
+                await client.add_remote_candidate(candidate)
+            await client.add_remote_candidate(None)
+            servers.append(server)
+            clients.append(client)
+        assert all(s.local_candidates[0].port == port for s in servers)
+        await asyncio.wait_for(asyncio.gather(*(c.connect() for c in clients),
+                                              *(s.connect() for s in servers)), 10)
+        # Two clients, two learned addresses, one socket.
+        assert len(mux.by_addr) >= 2 and len(mux.by_ufrag) == 2
+        await clients[0].send(b"\x17to-zero")  # DTLS-range first byte
+        await clients[1].send(b"\x17to-one")
+        got0 = await asyncio.wait_for(servers[0].recv(), 5)
+        got1 = await asyncio.wait_for(servers[1].recv(), 5)
+        assert (got0, got1) == (b"\x17to-zero", b"\x17to-one")
+    finally:
+        for conn in servers + clients:
+            await conn.close()
+        assert mux.by_ufrag == {} and mux.by_addr == {}
+        mux.transport.close()
+
+
+async def test_wrong_password_is_refused_and_address_not_learned():
+    mux, port = await open_mux()
+    server = Connection(ice_controlling=False, use_ipv6=False)
+    try:
+        mux.attach(server)
+        await server.gather_candidates()
+        client = udp_client()
+        request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+        request.attributes["USERNAME"] = f"{server.local_username}:attacker"
+        request.attributes["PRIORITY"] = 1
+        request.attributes["ICE-CONTROLLING"] = 1
+        request.add_message_integrity(b"not-the-password")
+        client.sendto(bytes(request), ("127.0.0.1", port))
+        response = stun.parse_message(await recv(client))
+        assert response.message_class == stun.Class.ERROR
+        assert response.attributes["ERROR-CODE"][0] == 401
+        assert mux.by_addr == {} and mux.stats.auth_failed == 1
+        # Non-STUN bytes from a stranger are dropped, not delivered to anyone.
+        client.sendto(b"\x80\x6f" + b"\x00" * 30, ("127.0.0.1", port))
+        client.sendto(b"\x16\xfe\xfd" + b"\x00" * 30, ("127.0.0.1", port))
+        await asyncio.sleep(0.2)
+        assert mux.stats.unknown_dropped == 2
+        assert server._queue.empty()
+        client.close()
+    finally:
+        await server.close()
+        mux.transport.close()

@@ -80,13 +80,14 @@ class Participant:
     """One synthetic participant in one call."""
 
     def __init__(self, ws_url: str, token: str, call: str, name: str = "bot",
-                 tone: float | None = 440.0, ssl: Any = None) -> None:
+                 tone: float | None = 440.0, ssl: Any = None, send_audio: bool = True) -> None:
         self.ws_url = ws_url
         self.token = token
         self.call = call
         self.name = name
         self.tone = tone
         self.ssl = ssl
+        self.send_audio = send_audio
         self.session_id: str | None = None
         self.joined: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
@@ -123,7 +124,10 @@ class Participant:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
-        self.pc.addTrack(ToneTrack(self.tone or 440.0, 0.3 if self.tone else 0.0))
+        if self.send_audio:
+            self.pc.addTrack(ToneTrack(self.tone or 440.0, 0.3 if self.tone else 0.0))
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
         channel = self.pc.createDataChannel("calls-dc")
         channel.on("open", lambda: self._tasks.append(asyncio.create_task(self._ping(channel))))
         channel.on("message", self._on_dc_message)

@@ -1,0 +1,307 @@
+"""End to end: the web client in real headless Chromium against a real `callsctl serve`.
+
+Three browser contexts (separate profiles, fake microphones) open join links for
+the same call, talk through the SFU and see each other's state changes. Audio
+flow is checked with `RTCPeerConnection.getStats()` on every page: inbound audio
+from each of the other two participants must have packets and non-zero energy
+(the client plays every remote stream through an <audio> element, which is what
+makes Chromium compute the level).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from callsctl_sfu.tokens import issue_token
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+]
+JOIN_TIMEOUT_MS = 15_000
+MEDIA_TIMEOUT_MS = 15_000
+UI_TIMEOUT_MS = 5_000
+AUDIO_TIMEOUT_S = 20.0
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed"),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+# Inbound audio per publishing session: the client records which session each
+# remote track belongs to (window.callsctl.remoteTracks, keyed by track id);
+# inbound-rtp stats name their track (trackIdentifier) and transceiver (mid).
+INBOUND_AUDIO_JS = """
+async () => {
+  const c = window.callsctl;
+  if (!c || !c.pc) return {};
+  const tracks = c.remoteTracks;
+  const byMid = {};
+  for (const t of c.pc.getTransceivers()) {
+    const info = t.receiver && t.receiver.track && tracks[t.receiver.track.id];
+    if (t.mid !== null && info) byMid[t.mid] = info.sessionId;
+  }
+  const out = {};
+  const stats = await c.pc.getStats();
+  stats.forEach((r) => {
+    if (r.type !== "inbound-rtp" || r.kind !== "audio") return;
+    const info = tracks[r.trackIdentifier];
+    const sid = info ? info.sessionId : byMid[r.mid];
+    if (!sid) return;
+    const o = out[sid] || (out[sid] = {packetsReceived: 0, audioLevel: 0, totalAudioEnergy: 0});
+    o.packetsReceived += r.packetsReceived || 0;
+    o.audioLevel = Math.max(o.audioLevel, r.audioLevel || 0);
+    o.totalAudioEnergy += r.totalAudioEnergy || 0;
+  });
+  return out;
+}
+"""
+
+RAW_RTP_JS = """
+async () => {
+  if (!window.callsctl || !window.callsctl.pc) return null;
+  const out = [];
+  (await window.callsctl.pc.getStats()).forEach((r) => {
+    if (r.type === "inbound-rtp") {
+      out.push({type: "in", kind: r.kind, mid: r.mid, ssrc: r.ssrc, track: r.trackIdentifier,
+                packets: r.packetsReceived, energy: r.totalAudioEnergy});
+    } else if (r.type === "outbound-rtp") {
+      out.push({type: "out", kind: r.kind, mid: r.mid, ssrc: r.ssrc, packets: r.packetsSent});
+    }
+  });
+  const transceivers = window.callsctl.pc.getTransceivers().map((t) => ({
+    mid: t.mid, direction: t.direction, current: t.currentDirection,
+    track: t.receiver.track && t.receiver.track.id}));
+  return {rtp: out, transceivers};
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    # Playwright gives every launch a fresh temporary profile directory.
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_FLAGS,
+                                             ignore_default_args=["--mute-audio"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Participant:
+    """One browser context on the web client, with its console kept for diagnostics."""
+
+    def __init__(self, browser: Any, label: str) -> None:
+        self.label = label
+        self.context = browser.new_context()
+        self.context.set_default_timeout(JOIN_TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.console: list[str] = []
+        self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
+        self.page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
+        self.session_id = ""
+
+    def open(self, url: str) -> None:
+        self.page.goto(url, timeout=JOIN_TIMEOUT_MS)
+
+    def join(self, url: str, name: str) -> str:
+        self.open(url)
+        self.page.fill("#name", name, timeout=UI_TIMEOUT_MS)
+        self.page.click("#join", timeout=UI_TIMEOUT_MS)
+        self.page.wait_for_function("window.callsctl.state === 'joined'", timeout=JOIN_TIMEOUT_MS)
+        self.session_id = self.page.evaluate("window.callsctl.sessionId")
+        assert self.session_id, self.diagnostics()
+        return self.session_id
+
+    def wait_media_connected(self) -> None:
+        self.page.wait_for_function("window.callsctl.media === 'connected'",
+                                    timeout=MEDIA_TIMEOUT_MS)
+
+    def row(self, session_id: str) -> Any:
+        return self.page.locator(f'#participants [data-session-id="{session_id}"]')
+
+    def inbound_audio(self) -> dict[str, dict[str, float]]:
+        return self.page.evaluate(INBOUND_AUDIO_JS)
+
+    def page_errors(self) -> list[str]:
+        return [line for line in self.console if line.startswith("pageerror")]
+
+    def diagnostics(self) -> str:
+        try:
+            state = self.page.evaluate(
+                "({state: window.callsctl.state, media: window.callsctl.media,"
+                " error: window.callsctl.error, participants: window.callsctl.participants,"
+                " remoteTracks: window.callsctl.remoteTracks,"
+                " log: window.callsctl.log.slice(-40)})")
+            rtp = self.page.evaluate(RAW_RTP_JS)
+        except Exception as exc:  # the page may be gone
+            state, rtp = f"(page state unavailable: {exc})", None
+        return (f"--- {self.label} ({self.session_id}) ---\n{state}\nrtp: {rtp}\n"
+                + "\n".join(self.console[-20:]))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def wait_for_audio(listener: Participant, publishers: list[str]) -> dict[str, dict[str, float]]:
+    """Poll getStats until audio with energy has arrived from every publisher."""
+    deadline = time.monotonic() + AUDIO_TIMEOUT_S
+    stats: dict[str, dict[str, float]] = {}
+    while time.monotonic() < deadline:
+        stats = listener.inbound_audio()
+        if all(stats.get(sid, {}).get("packetsReceived", 0) > 0
+               and (stats[sid]["audioLevel"] > 0 or stats[sid]["totalAudioEnergy"] > 0)
+               for sid in publishers):
+            return stats
+        listener.page.wait_for_timeout(250)
+    raise AssertionError(f"{listener.label} did not hear {publishers} within {AUDIO_TIMEOUT_S} s;"
+                         f" inbound audio by session: {stats}")
+
+
+def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: "") -> None:
+    """Three join, all hear each other, mute/hand/reactions show elsewhere, leave removes."""
+    labels = ["alice", "bob", "carol"]
+    people = [Participant(browser, label) for label in labels]
+    try:
+        for person, url in zip(people, join_urls, strict=True):
+            person.join(url, f"{person.label.title()} E2E")
+        for person in people:
+            person.wait_media_connected()
+        sids = [p.session_id for p in people]
+        assert len(set(sids)) == 3, sids
+
+        # Everyone lists everyone with the display name they chose, and one host.
+        for person in people:
+            for other in people:
+                person.row(other.session_id).wait_for(timeout=UI_TIMEOUT_MS)
+                assert person.row(other.session_id).locator(".name").inner_text() == \
+                    f"{other.label.title()} E2E"
+        hosts = {p.page.locator("#participants [data-host='true']").get_attribute("data-session-id")
+                 for p in people}
+        assert len(hosts) == 1 and hosts <= set(sids), hosts
+        for person in people:
+            assert person.page.locator("#participants .badge.host").count() == 1
+
+        # Audio from each of the other two arrives, is decoded and played.
+        for person in people:
+            others = [sid for sid in sids if sid != person.session_id]
+            wait_for_audio(person, others)
+            playing = person.page.evaluate(
+                "[...document.querySelectorAll('#media audio')]"
+                ".filter((a) => !a.paused && a.srcObject).length")
+            assert playing >= 2, person.diagnostics()
+
+        # Nobody is muted yet. Then bob mutes: alice (who learnt of bob from
+        # user_joined) and carol (from joined.participants) show him muted.
+        alice, bob, carol = people
+        for person in people:
+            assert person.page.locator("#participants .muted").count() == 0, person.diagnostics()
+        bob.page.click("#mute", timeout=UI_TIMEOUT_MS)
+        assert bob.page.evaluate("window.callsctl.muted") is True
+        assert bob.page.locator("#mute").get_attribute("aria-pressed") == "true"
+        for person in (alice, carol):
+            person.row(bob.session_id).locator(".muted").wait_for(timeout=UI_TIMEOUT_MS)
+            assert person.row(bob.session_id).get_attribute("data-muted") == "true"
+            assert person.page.evaluate(
+                f"window.callsctl.participants[{bob.session_id!r}].muted") is True
+            assert person.page.locator("#participants .muted").count() == 1
+        bob.page.click("#mute", timeout=UI_TIMEOUT_MS)
+        for person in (alice, carol):
+            person.row(bob.session_id).locator(".muted").wait_for(state="detached",
+                                                                  timeout=UI_TIMEOUT_MS)
+
+        # A raised hand and a reaction from bob reach alice.
+        bob.page.click("#hand", timeout=UI_TIMEOUT_MS)
+        alice.row(bob.session_id).locator(".hand").wait_for(timeout=UI_TIMEOUT_MS)
+        bob.page.click("#reaction-buttons [data-emoji='👍']", timeout=UI_TIMEOUT_MS)
+        alice.page.locator(f"#reactions [data-session-id='{bob.session_id}']").wait_for(
+            timeout=UI_TIMEOUT_MS)
+        bob.page.click("#hand", timeout=UI_TIMEOUT_MS)
+        alice.row(bob.session_id).locator(".hand").wait_for(state="detached",
+                                                            timeout=UI_TIMEOUT_MS)
+
+        # Leaving removes carol from the others' lists (and the page says so).
+        carol.page.click("#leave", timeout=UI_TIMEOUT_MS)
+        assert carol.page.evaluate("window.callsctl.state") == "left"
+        for person in (alice, bob):
+            person.row(carol.session_id).wait_for(state="detached", timeout=UI_TIMEOUT_MS)
+            assert carol.session_id not in person.page.evaluate("window.callsctl.participants")
+
+        for person in people:
+            assert not person.page_errors(), person.diagnostics()
+    except Exception as exc:
+        details = "\n".join(p.diagnostics() for p in people)
+        raise AssertionError(
+            f"{exc}\n{details}\n--- server log ---\n{server_log()[-4000:]}") from exc
+    finally:
+        for person in people:
+            person.close()
+
+
+def test_three_browsers_talk_mute_and_leave(browser, server) -> None:
+    urls = [server.join_url("e2e-call", user) for user in ("alice", "bob", "carol")]
+    run_three_party_call(browser, urls, server.log)
+
+
+def test_bad_or_missing_token_shows_error(browser, server) -> None:
+    page_user = Participant(browser, "mallory")
+    try:
+        forged = issue_token(b"not-the-server-secret-0123456789", "e2e-call", "mallory", 600)
+        page_user.open(f"{server.api_url}/?token={forged}")
+        page_user.page.click("#join", timeout=UI_TIMEOUT_MS)
+        error = page_user.page.locator("#error")
+        error.wait_for(state="visible", timeout=JOIN_TIMEOUT_MS)
+        assert error.inner_text().strip(), page_user.diagnostics()
+        assert page_user.page.evaluate("window.callsctl.error.code") == "unauthorized", \
+            page_user.diagnostics()
+        assert page_user.page.evaluate("window.callsctl.state") == "error"
+        assert page_user.page.evaluate("window.callsctl.sessionId") is None
+
+        page_user.open(f"{server.api_url}/")
+        error.wait_for(state="visible", timeout=UI_TIMEOUT_MS)
+        assert "token" in error.inner_text()
+        assert page_user.page.locator("#join").is_hidden()
+        assert not page_user.page_errors(), page_user.diagnostics()
+    finally:
+        page_user.close()
+
+
+# Stand-in for a blocked media port: no TURN server is configured, so a relay-only
+# ICE policy leaves the peer connection without a single candidate pair.
+FORCE_RELAY_ONLY_JS = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.RTCPeerConnection = function (config) {
+    return new Native({...(config || {}), iceTransportPolicy: "relay"});
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+})();
+"""
+
+
+def test_media_that_cannot_connect_is_reported(browser, server) -> None:
+    person = Participant(browser, "dave")
+    try:
+        person.page.add_init_script(FORCE_RELAY_ONLY_JS)
+        person.join(server.join_url("e2e-blocked", "dave"), "Dave")
+        # The client gives up waiting after 15 s and says why.
+        person.page.wait_for_function("window.callsctl.error !== null", timeout=25_000)
+        assert person.page.evaluate("window.callsctl.error.code") in (
+            "media_timeout", "media_failed"), person.diagnostics()
+        assert person.page.evaluate("window.callsctl.media") != "connected"
+        assert "media" in person.page.locator("#error").inner_text().lower()
+        assert not person.page_errors(), person.diagnostics()
+    finally:
+        person.close()

@@ -20,6 +20,8 @@ from callsctl.check import (  # noqa: E402,F401  (each module adds its commands 
     capture,
     config_cmd,
     netcat,
+    report,
+    rtc,
     stun_cmd,
     turn_cmd,
 )

@@ -352,3 +352,33 @@ def test_privileged_port_without_permission():
     shutil.rmtree(data_dir, ignore_errors=True)
     assert result.returncode == 1
     assert "no permission" in result.stderr and "CAP_NET_BIND_SERVICE" in result.stderr
+
+
+async def test_glare_server_offer_wins_and_client_offer_is_ignored(server):
+    first = Participant(server.ws_url, server.token("room", "a"), "room", "A")
+    await first.join()
+    await first.wait_connected(15)
+    # Hold A's incoming signals so the server's next offer stays pending.
+    held: asyncio.Queue = asyncio.Queue()
+    live_queue, first._signals = first._signals, held
+    mark = len(first.events)
+    second = Participant(server.ws_url, server.token("room", "b"), "room", "B")
+    await second.join()
+    await second.wait_connected(15)
+    server_offer = await asyncio.wait_for(held.get(), 10)
+    assert server_offer["type"] == "offer"
+    # A now offers too (its current description re-sent): a collision.
+    await first.send({"type": "signal", "data": {"type": "offer",
+                                                 "sdp": first.pc.localDescription.sdp}})
+    await asyncio.sleep(0.5)
+    assert not any(e["type"] == "error" for e in first.events[mark:])
+    assert not any(e.get("type") == "signal" and e["data"]["type"] == "answer"
+                   for e in first.events[mark:])
+    # A yields, as the Mattermost client does: it answers the server's offer.
+    first._signals = live_queue
+    live_queue.put_nowait(server_offer)
+    try:
+        assert await wait_until(lambda: first.frames_from[second.session_id] > 20, 10)
+        assert await wait_until(lambda: second.frames_from[first.session_id] > 20, 10)
+    finally:
+        await close_all([first, second])

@@ -245,13 +245,13 @@ def _round_trip(client: TurnClient, creds: Credentials, peer_ip: str, timeout: f
         # Indications are not retransmitted by TURN; resend a few times within the deadline.
         while time.monotonic() < deadline and source is None:
             client.send_indication(peer, payload)
-            echo.settimeout(max(min(0.5, deadline - time.monotonic()), 0.01))
+            resend_at = min(deadline, time.monotonic() + 0.5)
             try:
-                while True:
+                while source is None and time.monotonic() < resend_at:
+                    echo.settimeout(max(resend_at - time.monotonic(), 0.01))
                     data, raw_source = echo.recvfrom(2048)
-                    if data == payload:
+                    if data == payload:  # anything else is a stray datagram: ignore it
                         source = (str(raw_source[0]), int(raw_source[1]))
-                        break
             except TimeoutError:
                 continue
         if source is None:
@@ -294,7 +294,7 @@ def check_transport(url: TurnUrl, transport: Transport, creds: Credentials, time
                     expected_realm: str | None, peer_ip: str | None) -> list[CheckResult]:
     """All verdicts for one transport: allocation, realm, relay round trip."""
     name = f"turn {transport}"
-    where = f"turn:{url.host}:{url.port}?transport={transport}"
+    where = f"turn:{fmt_addr((url.host, url.port))}?transport={transport}"
     try:
         server = resolve(url.host, url.port,
                          socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM)

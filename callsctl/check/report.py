@@ -1,0 +1,120 @@
+"""`callsctl check all`: every relevant check against one server, as one report.
+
+An operator asking "why can't people join?" wants one command and one table:
+pass / warn / fail, the measured figure, and what to do. The checks run in
+the order a connection is made (API, media over UDP, media over TCP, the
+advertised address, optionally STUN), sharing one `RtcProbe` so nothing is
+measured twice.
+
+Adding a check is one line in `STEPS`: a name, a function from the run's
+`Context` to CheckResults and, optionally, a condition for running it. For
+example, once netcat.py offers probe functions:
+
+    Step("udp echo", lambda ctx: [netcat.udp_probe_result(ctx.rtc.target.host, ...)]),
+
+A step that raises is reported as a failed check; the remaining steps still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import typer
+
+from callsctl.check import app
+from callsctl.check.render import emit
+from callsctl.check.result import CheckResult
+from callsctl.check.rtc import (
+    DEFAULT_API_PORT,
+    DEFAULT_MEDIA_PORT,
+    RtcProbe,
+    RtcTarget,
+    advertised_result,
+    api_result,
+    tcp_result,
+    udp_result,
+    validate_host,
+)
+from callsctl.check.stun_cmd import DEFAULT_STUN_SERVER, parse_stun_server, stun_results
+
+
+@dataclass
+class Context:
+    """What one `check all` run knows: the server's probe and the optional STUN server."""
+
+    rtc: RtcProbe
+    stun_server: str | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self.rtc.target.timeout
+
+
+@dataclass(frozen=True)
+class Step:
+    """One entry of the report: `run` returns its results; `when` decides whether it runs."""
+
+    name: str
+    run: Callable[[Context], list[CheckResult]]
+    when: Callable[[Context], bool] = lambda _ctx: True
+
+
+STEPS: list[Step] = [
+    Step("api", lambda ctx: [api_result(ctx.rtc)]),
+    Step("rtc udp", lambda ctx: [udp_result(ctx.rtc)]),
+    Step("rtc tcp", lambda ctx: [tcp_result(ctx.rtc)]),
+    Step("advertised address", lambda ctx: [advertised_result(ctx.rtc)]),
+    Step("stun", lambda ctx: stun_results(ctx.stun_server or DEFAULT_STUN_SERVER, ctx.timeout),
+         when=lambda ctx: ctx.stun_server is not None),
+]
+
+
+def run_steps(ctx: Context, steps: list[Step] | None = None) -> list[CheckResult]:
+    """Run the enabled steps in order; a crashing step becomes a failed result, not a traceback."""
+    results: list[CheckResult] = []
+    for step in STEPS if steps is None else steps:
+        if not step.when(ctx):
+            continue
+        try:
+            results.extend(step.run(ctx))
+        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+            results.append(CheckResult(step.name, "fail",
+                                       f"the check itself failed: {type(exc).__name__}: {exc}",
+                                       fix="please report this as a callsctl bug"))
+    return results
+
+
+@app.command("all")
+def all_command(
+    host: str = typer.Option(..., "--host", "-H", help="Server host name or IP, as clients "
+                             "reach it."),
+    udp_port: int = typer.Option(DEFAULT_MEDIA_PORT, "--udp-port", min=1, max=65535,
+                                 help="Media port over UDP."),
+    tcp_port: int = typer.Option(DEFAULT_MEDIA_PORT, "--tcp-port", min=1, max=65535,
+                                 help="ICE-TCP fallback port."),
+    api_port: int = typer.Option(DEFAULT_API_PORT, "--api-port", min=1, max=65535,
+                                 help="HTTP API port."),
+    api_url: str | None = typer.Option(None, "--api-url", help="API base URL when it is not "
+                                       "http://HOST:API_PORT (TLS, reverse proxy)."),
+    stun_server: str | None = typer.Option(
+        None, "--stun-server", help="Also run the STUN/NAT check against this server."),
+    with_stun: bool = typer.Option(
+        False, "--with-stun", help=f"Also run the STUN/NAT check against {DEFAULT_STUN_SERVER}."),
+    timeout: float = typer.Option(3.0, "--timeout", "-t", min=0.1, max=60,
+                                  help="Seconds to wait for each answer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Run every relevant check against one server and print one report.
+
+    Order: API (/healthz), media over UDP, media over TCP, the advertised ICE
+    address; STUN only with --stun-server or --with-stun. Exit 0 when nothing
+    failed (warnings allowed), 1 when a check failed, 2 on a usage error.
+    """
+    target = RtcTarget(validate_host(host), udp_port, tcp_port, api_port, timeout, api_url)
+    if stun_server is not None:
+        parse_stun_server(stun_server)  # a malformed server is a usage error before any probe
+    elif with_stun:
+        stun_server = DEFAULT_STUN_SERVER
+    ctx = Context(RtcProbe(target), stun_server)
+    raise typer.Exit(emit(run_steps(ctx), as_json, title=f"callsctl check all: {host}"))

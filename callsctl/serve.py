@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -14,9 +15,10 @@ from callsctl.errors import fail
 from callsctl_sfu import __version__
 from callsctl_sfu.config import ConfigError, ServeConfig, load_config, to_toml
 from callsctl_sfu.datadir import load_or_create_secret
-from callsctl_sfu.logsetup import configure_logging
-from callsctl_sfu.server import Server, StartupError
 from callsctl_sfu.tokens import issue_token
+
+if TYPE_CHECKING:
+    from callsctl_sfu.server import Server
 
 JOIN_LINK_TTL = 24 * 3600
 
@@ -74,6 +76,11 @@ def serve(
     if print_config:
         typer.echo(to_toml(config), nl=False)
         return
+    # The engine (aiortc, aiohttp) is imported only when serving, so every other
+    # command starts fast.
+    from callsctl_sfu.logsetup import configure_logging
+    from callsctl_sfu.server import StartupError
+
     configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(_run(config))
@@ -82,6 +89,8 @@ def serve(
 
 
 async def _run(config: ServeConfig) -> None:
+    from callsctl_sfu.server import Server
+
     server = Server(config)
     await server.start()
     stop = asyncio.Event()

@@ -345,7 +345,8 @@ class PacketInfo:
 
     @property
     def flow(self) -> str:
-        return f"{self.transport} {_hostport(self.src, self.sport)} → " \
+        """The flow's key: protocol and both ends (one TCP connection direction = one flow)."""
+        return f"{self.proto} {_hostport(self.src, self.sport)} → " \
                f"{_hostport(self.dst, self.dport)}"
 
 
@@ -446,6 +447,7 @@ _MAX_FLOWS = 256
 @dataclass
 class FlowStats:
     flow: str
+    ice_tcp: bool = False  # RFC 4571 frames seen: shown as "ice-tcp" instead of "tcp"
     packets: int = 0
     bytes: int = 0
     kinds: Counter[str] = field(default_factory=Counter)
@@ -454,9 +456,13 @@ class FlowStats:
     shown_packets: int = 0
     shown_bytes: int = 0
 
+    @property
+    def label(self) -> str:
+        return "ice-" + self.flow if self.ice_tcp else self.flow
+
     def to_json(self) -> dict[str, Any]:
         span = max(self.last - self.first, 1e-9)
-        return {"flow": self.flow, "packets": self.packets, "bytes": self.bytes,
+        return {"flow": self.label, "packets": self.packets, "bytes": self.bytes,
                 "kinds": dict(self.kinds), "first": round(self.first, 3),
                 "last": round(self.last, 3),
                 "avg_pps": round(self.packets / span, 1) if self.packets > 1 else None}
@@ -480,7 +486,8 @@ class CaptureState:
     def _milestone(self, key: str, text: str, info: PacketInfo, ts: float) -> None:
         if key not in self.milestones:
             self.milestones[key] = {"t": round(ts - self.start, 3), "event": text,
-                                    "flow": info.flow}
+                                    "flow": ("ice-" if info.transport == "ice-tcp" else "")
+                                    + info.flow}
             self.new_milestones.append(key)
 
     def _items(self, info: PacketInfo) -> list[Classification]:
@@ -512,7 +519,9 @@ class CaptureState:
         stats.packets += 1
         stats.bytes += info.size
         stats.last = ts
-        kinds = [item.kind for item in items] or [TCP_CONTROL]
+        stats.ice_tcp = stats.ice_tcp or info.transport == "ice-tcp"
+        # A segment carrying only part of a frame adds to no kind; one without data is control.
+        kinds = [item.kind for item in items] or ([] if info.payload else [TCP_CONTROL])
         for kind in kinds:
             stats.kinds[kind] += 1
             self.kinds[kind] += 1
@@ -571,7 +580,7 @@ class CaptureState:
                 kbps = (stats.bytes - stats.shown_bytes) * 8 / 1000 / elapsed
             stats.shown_packets, stats.shown_bytes = stats.packets, stats.bytes
             kinds = " · ".join(f"{k} {n}" for k, n in stats.kinds.most_common())
-            table.add_row(escape(stats.flow), kinds, str(stats.packets), str(stats.bytes),
+            table.add_row(escape(stats.label), kinds, str(stats.packets), str(stats.bytes),
                           f"{pps:.1f}", f"{kbps:.1f}")
         self.last_refresh = now
         if not milestones:

@@ -384,23 +384,29 @@ def _udp_verdict(name: str, outcome: str, addr: str, port: int, sent: int, answe
     if outcome == "refused":
         return CheckResult(
             name, "fail", f"refused: {addr} answered with ICMP port unreachable — the host is "
-            f"reachable but nothing listens on UDP {port}", figure,
+            f"reachable but nothing listens on UDP {port} (or a firewall REJECT rule, which "
+            "sends the same ICMP)", figure,
             fix=f"start the server (`callsctl serve`, udp_port {port}) or, to test only the "
                 f"path, `callsctl check listen --udp --port {port} --echo` on the host; behind "
                 "NAT, check the forward points at the right internal port")
     if outcome == "silent":
-        listener = "a STUN server or the SFU" if stun else "the listener"
+        plural = "s" if sent != 1 else ""
+        head = (f"silent: {sent} datagram{plural} sent, no reply and no ICMP error within "
+                f"{timeout:g} s each — either a firewall drops UDP {port} (on the way or on "
+                "the host), or ")
+        if stun:
+            return CheckResult(
+                name, "fail", head + "what listens there does not answer STUN (the SFU "
+                "does; nc does not)", figure,
+                fix=f"check that the SFU runs with udp_port {port}; if it does, open/forward "
+                    f"UDP {port} in the host and cloud firewall")
         return CheckResult(
-            name, "fail",
-            f"silent: {sent} datagram{'s' if sent != 1 else ''} sent, no reply and no ICMP "
-            f"error within {timeout:g} s each — either a firewall drops UDP {port} (on the "
-            "way or on the host), or "
-            f"{listener} received them and did not answer (`nc -l -u` only answers when you "
-            "type)", figure,
-            fix=f"on the host run `callsctl check listen --udp --port {port} --echo` (stop the "
-                "SFU first) and probe again: if it prints nothing, open/forward UDP "
-                f"{port} in the host and cloud firewall; if the SFU is running, probe with "
-                "--stun, which it answers")
+            name, "fail", head + "the listener received them and did not answer (`nc -l -u` "
+            "answers only when you type; the SFU answers only STUN)", figure,
+            fix=f"if the SFU is running, probe with --stun, which it answers; otherwise run "
+                f"`callsctl check listen --udp --port {port} --echo` on the host and probe "
+                f"again: if it prints nothing, open/forward UDP {port} in the host and cloud "
+                "firewall")
     if outcome == "unreachable":
         return CheckResult(name, "fail", f"unreachable: {error_text} ({addr})", figure,
                            fix="check the address and this machine's routing; the host may "
@@ -443,6 +449,7 @@ class _TcpTally:
     closed_without_reply: int = 0
     no_reply: int = 0
     error_text: str = ""
+    attempts: int = 0
 
     def failed(self, kind: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
@@ -469,6 +476,7 @@ def tcp_probe(host: str, port: int, *, message: str | None = None, count: int = 
     for seq in range(1, count + 1):
         if stopped():
             break
+        tally.attempts += 1
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             started = time.monotonic()
@@ -492,7 +500,7 @@ def tcp_probe(host: str, port: int, *, message: str | None = None, count: int = 
             say(f"connected to {addr} in {connect_ms:.2f} ms")
             if send:
                 _tcp_exchange(sock, tally, message, seq, count, stun, timeout, addr, say)
-    return _tcp_result(name, host, addr, port, count, timeout, send, stun, tally)
+    return _tcp_result(name, host, addr, port, timeout, send, stun, tally)
 
 
 def _tcp_exchange(sock: socket.socket, tally: _TcpTally, message: str | None, seq: int,
@@ -526,14 +534,18 @@ def _tcp_exchange(sock: socket.socket, tally: _TcpTally, message: str | None, se
         say(f"← {len(data)} B in {rtt:.2f} ms: {reply['preview']}")
 
 
-def _tcp_result(name: str, host: str, addr: str, port: int, count: int, timeout: float,
+def _tcp_result(name: str, host: str, addr: str, port: int, timeout: float,
                 send: bool, stun: bool, tally: _TcpTally) -> CheckResult:
     connected = len(tally.connects)
+    count = tally.attempts  # fewer than asked when Ctrl-C ended the probe
+    if count == 0:
+        tally.error_text = "interrupted before any connection attempt"
     figure = _fmt_stats("connect", tally.connects)
     if tally.reply_rtts:
         figure += ", " + _fmt_stats("reply", tally.reply_rtts)
-    main_failure = max(tally.failures, key=lambda k: tally.failures[k]) if tally.failures else ""
-    verdict = "connected" if connected == count else (
+    main_failure = max(tally.failures, key=lambda k: tally.failures[k]) if tally.failures \
+        else "error"
+    verdict = "connected" if connected == count > 0 else (
         "partial" if connected else main_failure)
     details: dict[str, Any] = {
         "verdict": verdict, "host": host, "address": addr, "port": port, "attempts": count,
@@ -564,8 +576,8 @@ def _tcp_result(name: str, host: str, addr: str, port: int, count: int, timeout:
         return CheckResult(name, status, summary, figure or None, fix, details)
     if verdict == "refused":
         result = CheckResult(
-            name, "fail", f"refused: {addr} answered with a TCP reset — the host is reachable "
-            f"but nothing listens on TCP {port}", None,
+            name, "fail", f"refused: {addr} refused the connection — the host is reachable "
+            f"but nothing listens on TCP {port} (or a firewall REJECT rule)", None,
             fix=f"start the server (`callsctl serve` listens for ICE-TCP on TCP {port}) or "
                 f"`callsctl check listen --tcp --port {port}` to test the path; behind NAT, "
                 "check the forward")
@@ -922,7 +934,8 @@ def _accept(server: socket.socket, clients: dict[socket.socket, str],
 def listen_cmd(
     udp: bool = typer.Option(False, "--udp", "-u", help="Listen on UDP (the default)."),
     tcp: bool = typer.Option(False, "--tcp", help="Listen on TCP (the ICE-TCP fallback)."),
-    port: int = _PORT,
+    port: int = typer.Option(8443, "--port", "-p", parser=parse_port, metavar="PORT",
+                             help="Port to listen on."),
     bind: str = typer.Option("0.0.0.0", "--bind", "-b",
                              help="Local address to listen on (0.0.0.0 = all IPv4, :: = all)."),
     echo: bool = typer.Option(False, "--echo", "-e",

@@ -89,6 +89,10 @@ def _host_or_empty(value: Any) -> str | None:
     return None
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def _call_id(value: Any) -> str | None:
     if not isinstance(value, str) or not value or len(value) > 64:
         return "must be a call id of 1 to 64 characters"
@@ -151,6 +155,14 @@ class ServeConfig:
         _positive_number,
     )
 
+    allow_screen_sharing: bool = _setting(
+        True, "whether participants may share their screen (one share per call)", _boolean
+    )
+    nack_buffer_size: int = _setting(
+        256, "video packets kept per published stream to answer NACKs (RFC 4585)",
+        _positive_number,
+    )
+
     def __post_init__(self) -> None:
         if not self.data_dir:
             object.__setattr__(self, "data_dir", default_data_dir())
@@ -193,6 +205,13 @@ def _coerce(key: str, raw: Any, source: str) -> Any:
         if isinstance(raw, int) and not isinstance(raw, bool):
             return float(raw)
         return raw
+    if kind == "bool" and isinstance(raw, str):
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, raw, "must be true or false", source)
     if kind == "str" and isinstance(raw, str):
         return raw.strip()
     return raw

@@ -33,7 +33,6 @@ MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
     "react": {"emoji": (str, True)},
     "reconnect": {"session_id": (str, True)},
     "ping": {},
-    # Video and screen share are announced here; media for them arrives with issue 4.
     "screen_on": {"stream_id": (str, False)},
     "screen_off": {},
     "video_on": {},

@@ -125,11 +125,18 @@ class SignalingConnection:
     async def on_ping(self, _m: dict[str, Any]) -> None:
         await self.send({"type": "pong"})
 
-    async def _not_yet(self, message: dict[str, Any]) -> None:
-        await self.error("not_supported", f"{message['type']}: video and screen sharing are "
-                                          "not available on this server yet")
+    async def on_screen_on(self, message: dict[str, Any]) -> None:
+        await self.manager.set_screen(self.session_id, True,  # type: ignore[arg-type]
+                                      message.get("stream_id"))
 
-    on_screen_on = on_screen_off = on_video_on = on_video_off = _not_yet
+    async def on_screen_off(self, _m: dict[str, Any]) -> None:
+        await self.manager.set_screen(self.session_id, False)  # type: ignore[arg-type]
+
+    async def on_video_on(self, _m: dict[str, Any]) -> None:
+        await self.manager.set_state(self.session_id, "video", True)  # type: ignore[arg-type]
+
+    async def on_video_off(self, _m: dict[str, Any]) -> None:
+        await self.manager.set_state(self.session_id, "video", False)  # type: ignore[arg-type]
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:

@@ -18,8 +18,11 @@ from typing import Any
 from callsctl_sfu.calls.model import Call, Session, new_session_id
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.rtc.mux import UdpMux
-from callsctl_sfu.rtc.peer import MediaPeer
-from callsctl_sfu.rtc.rtp import audio_level, parse_rtp
+from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
+from callsctl_sfu.rtc.rtcp import missing_between, nack, pli
+from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
+from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp
+from callsctl_sfu.rtc.tracks import PublishedTrack
 
 log = logging.getLogger("callsctl_sfu.calls")
 
@@ -48,6 +51,12 @@ class ForwardingStats:
     dropped_muted: int = 0
     dropped_unknown_pt: int = 0
     dropped_malformed: int = 0
+    nacks_received: int = 0
+    nacks_answered: int = 0
+    nacks_sent_upstream: int = 0
+    plis_received: int = 0
+    plis_sent: int = 0
+    sender_reports_forwarded: int = 0
 
 
 @dataclass
@@ -71,6 +80,7 @@ class CallManager:
         self.stats = ForwardingStats()
         self._loop = asyncio.get_event_loop()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.rtcp = RtcpRouter(self)
         self.closing = False
 
     # -- joining and leaving -------------------------------------------------------
@@ -88,7 +98,8 @@ class CallManager:
             call = self.calls[call_id] = Call(call_id)
         session = Session(new_session_id(), user, name or user, call_id)
         peer = MediaPeer(session.session_id, self.mux, self._peer_signal_sender(session),
-                         self._on_rtp, self._on_peer_state)
+                         self._on_rtp, self._on_peer_state, on_rtcp=self.rtcp.on_rtcp,
+                         on_tracks=self._on_tracks, ring_size=self.config.nack_buffer_size)
         self.participants[session.session_id] = Participant(session, peer, send)
         call.add(session)
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
@@ -158,7 +169,8 @@ class CallManager:
             return False
         setattr(state, attribute, value)
         event = {("muted", True): "user_muted", ("muted", False): "user_unmuted",
-                 ("hand", True): "user_raise_hand", ("hand", False): "user_lower_hand"}
+                 ("hand", True): "user_raise_hand", ("hand", False): "user_lower_hand",
+                 ("video", True): "user_video_on", ("video", False): "user_video_off"}
         call = self.calls[participant.session.call_id]
         await self.broadcast(call, {"type": event[(attribute, value)],
                                     "session_id": session_id})
@@ -166,6 +178,30 @@ class CallManager:
             state.voice = False
             await self.broadcast(call, {"type": "user_voice_off", "session_id": session_id})
         return True
+
+    async def set_screen(self, session_id: str, on: bool, stream_id: str | None = None) -> None:
+        """Start or stop a screen share: at most one per call, and only if allowed."""
+        participant = self.participants[session_id]
+        session = participant.session
+        call = self.calls[session.call_id]
+        if on:
+            if not self.config.allow_screen_sharing:
+                raise JoinRefused("screen_sharing_disabled",
+                                  "screen sharing is disabled on this server")
+            sharer = next((s for s in call.sessions.values() if s.state.screen), None)
+            if sharer is not None and sharer.session_id != session_id:
+                raise JoinRefused("screen_share_taken",
+                                  f"{sharer.name} is already sharing a screen in this call; "
+                                  "only one screen share per call")
+        if session.state.screen == on and participant.peer.screen_stream == stream_id:
+            return
+        session.state.screen = on
+        participant.peer.set_screen_stream(stream_id if on else None)
+        event: dict[str, Any] = {"type": "user_screen_on" if on else "user_screen_off",
+                                 "session_id": session_id}
+        if on and stream_id:
+            event["stream_id"] = stream_id
+        await self.broadcast(call, event)
 
     async def react(self, session_id: str, emoji: str) -> None:
         session = self.participants[session_id].session
@@ -202,12 +238,46 @@ class CallManager:
     # -- media ---------------------------------------------------------------------------
 
     def _rewire(self, call: Call) -> None:
-        """Tell every peer whose audio it should receive after membership changed."""
-        members = list(call.sessions)
-        for session_id in members:
+        """Tell every peer which publisher tracks it should receive (after any change)."""
+        offered: dict[str, tuple[str, str]] = {}
+        for session_id in call.sessions:
+            participant = self.participants.get(session_id)
+            if participant is None:
+                continue
+            for label in {t.label for t in participant.peer.published.values()}:
+                offered[f"{session_id}:{label}"] = (session_id, label)
+        for session_id in call.sessions:
             participant = self.participants.get(session_id)
             if participant is not None:
-                participant.peer.set_publishers({s for s in members if s != session_id})
+                participant.peer.set_sources({key: source for key, source in offered.items()
+                                              if source[0] != session_id})
+
+    def _on_tracks(self, peer: MediaPeer) -> None:
+        participant = self.participants.get(peer.session_id)
+        call = self.calls.get(participant.session.call_id) if participant else None
+        if call is not None:
+            self._rewire(call)
+            # New receivers of video need a keyframe to start decoding.
+            for other in call.others(peer.session_id):
+                other_participant = self.participants.get(other.session_id)
+                if other_participant is not None:
+                    self.request_keyframes_for(other_participant.peer)
+
+    def request_keyframes_for(self, receiver: MediaPeer) -> None:
+        """Ask every video publisher this receiver gets for a keyframe (throttled)."""
+        for track in receiver.downtracks.values():
+            if track.kind == "video":
+                self.rtcp.keyframe_for_downtrack(track)
+
+    def published_track(self, publisher_id: str, label: str) -> tuple[MediaPeer,
+                                                                      PublishedTrack] | None:
+        participant = self.participants.get(publisher_id)
+        if participant is None:
+            return None
+        for track in participant.peer.published.values():
+            if track.label == label:
+                return participant.peer, track
+        return None
 
     def _on_peer_state(self, peer: MediaPeer, state: str) -> None:
         participant = self.participants.get(peer.session_id)
@@ -231,14 +301,65 @@ class CallManager:
         if packet is None:
             stats.dropped_malformed += 1
             return
-        if packet.payload_type != peer.opus_pt:
-            stats.dropped_unknown_pt += 1
-            return
+        mid_id = peer.mid_ext_id
+        track = peer.track_for(packet.ssrc, packet.extensions.get(mid_id) if mid_id else None)
+        if track is None:
+            track = self._track_by_payload_type(peer, packet.payload_type)
+            if track is None:
+                stats.dropped_unknown_pt += 1
+                return
+            track.ssrcs.add(packet.ssrc)
+            peer.ssrc_to_mid[packet.ssrc] = track.mid
+        if packet.payload_type in track.rtx_payload_types:
+            packet = _unwrap_rtx(packet, track)
+            if packet is None:
+                stats.dropped_malformed += 1
+                return
+            data = b""  # a retransmission: do not store it again
         session = participant.session
-        if session.state.muted:
-            stats.dropped_muted += 1
+        level_byte = None
+        if track.kind == "audio":
+            if session.state.muted and track.label == "audio":
+                stats.dropped_muted += 1
+                return
+            if track.label == "audio":
+                level, _vad = audio_level(packet, peer.audio_level_id)
+                self._voice_activity(session, level)
+                if peer.audio_level_id is not None:
+                    level_byte = level
+        elif track.ring is not None:
+            if data:
+                track.ring.put(packet.sequence, data)
+            self._detect_loss(peer, track, packet)
+        track.packets += 1
+        track.octets += len(packet.payload)
+        call = self.calls.get(session.call_id)
+        if call is None:
             return
-        level, _vad = audio_level(packet, peer.audio_level_id)
+        key = f"{session.session_id}:{track.label}"
+        for other_id in call.sessions:
+            if other_id == session.session_id:
+                continue
+            other = self.participants.get(other_id)
+            if other is None:
+                continue
+            down = other.peer.downtracks.get(key)
+            if down is None or not down.negotiated:
+                continue
+            out = down.rewrite.build(packet, level_byte)
+            if other.peer.send_rtp(out):
+                stats.rtp_forwarded += 1
+                stats.bytes_forwarded += len(out)
+
+    @staticmethod
+    def _track_by_payload_type(peer: MediaPeer, payload_type: int) -> PublishedTrack | None:
+        """Last resort when neither MID nor SSRC is known: the one track of that kind."""
+        kind = "audio" if payload_type == peer.opus_pt else (
+            "video" if payload_type == peer.vp8_pt else None)
+        candidates = [t for t in peer.published.values() if t.kind == kind]
+        return candidates[0] if len(candidates) == 1 else None
+
+    def _voice_activity(self, session: Session, level: int) -> None:
         if level <= VOICE_LEVEL_DBOV:
             session.last_loud = self._loop.time()
             if not session.state.voice:
@@ -247,24 +368,25 @@ class CallManager:
                 if call is not None:
                     asyncio.ensure_future(self.broadcast(call, {
                         "type": "user_voice_on", "session_id": session.session_id}))
-        level_byte = level if peer.audio_level_id is not None else None
-        publisher_id = session.session_id
-        call = self.calls.get(session.call_id)
-        if call is None:
-            return
-        for other_id in call.sessions:
-            if other_id == publisher_id:
-                continue
-            other = self.participants.get(other_id)
-            if other is None:
-                continue
-            track = other.peer.downtracks.get(publisher_id)
-            if track is None or not track.negotiated:
-                continue
-            out = track.rewrite.build(packet, level_byte)
-            if other.peer.send_rtp(out):
-                stats.rtp_forwarded += 1
-                stats.bytes_forwarded += len(out)
+
+    def _detect_loss(self, peer: MediaPeer, track: PublishedTrack, packet: ParsedRtp) -> None:
+        """Gaps in a publisher's video: ask it again (NACK upstream, RFC 4585 §6.2.1)."""
+        highest = track.highest_seq
+        if highest is None or (packet.sequence - highest) & 0xFFFF < 0x8000:
+            if highest is not None:
+                missing = missing_between(highest, packet.sequence)
+                if missing and peer.send_rtcp(nack(packet.ssrc, missing)):
+                    track.nacks_sent += 1
+                    self.stats.nacks_sent_upstream += 1
+            track.highest_seq = packet.sequence
+
+    def send_keyframe_request(self, publisher: MediaPeer, track: PublishedTrack) -> None:
+        ssrc = track.primary_ssrc or next(iter(track.ssrcs), None)
+        if ssrc is not None and publisher.send_rtcp(pli(ssrc)):
+            self.stats.plis_sent += 1
+
+    def downtrack_source(self, down: DownTrack) -> tuple[MediaPeer, PublishedTrack] | None:
+        return self.published_track(down.publisher_id, down.label)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -310,3 +432,13 @@ class CallManager:
     def snapshot(self) -> dict[str, Any]:
         return {"calls": [c.summary() for c in self.calls.values()],
                 "sessions": len(self.participants), "time": time.time()}
+
+
+def _unwrap_rtx(packet: ParsedRtp, track: PublishedTrack) -> ParsedRtp | None:
+    """RFC 4588 §4: the original sequence number leads the RTX payload."""
+    if len(packet.payload) < 2:
+        return None
+    original = int.from_bytes(packet.payload[:2], "big")
+    return ParsedRtp(packet.first_byte, packet.marker,
+                     track.rtx_payload_types[packet.payload_type], original, packet.timestamp,
+                     track.primary_ssrc or packet.ssrc, packet.payload[2:], packet.extensions)

@@ -33,12 +33,19 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
-from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, Rewrite, is_rtcp
+from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, Rewrite, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import Numbering, harmonise, numbering_of
+from callsctl_sfu.rtc.tracks import (
+    LABEL_KINDS,
+    PublishedTrack,
+    discover_published,
+    stream_id_for,
+)
 
 log = logging.getLogger("callsctl_sfu.rtc.peer")
 
 OPUS_KEY = ("audio", "opus", 48000, 2)
+VP8_KEY = ("video", "vp8", 90000, 1)
 SignalSender = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -64,13 +71,25 @@ def _idle_loop(part: Any, prefix: str, *events: str) -> Callable[..., Awaitable[
 
 @dataclass
 class DownTrack:
-    """A publisher's audio as one receiver gets it: a send-only transceiver of ours."""
+    """One publisher track as one receiver gets it: a send-only transceiver of ours."""
 
+    key: str
     publisher_id: str
+    label: str
     transceiver: Any
     rewrite: Rewrite
     mid: str | None = None
     negotiated: bool = False
+    plis_received: int = 0
+    nacks_received: int = 0
+    retransmitted: int = 0
+    # Receiver-reported quality (RFC 3550 §6.4.2 report block), latest values.
+    fraction_lost: float | None = None
+    jitter: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return LABEL_KINDS[self.label]
 
 
 class MediaPeer:
@@ -83,12 +102,18 @@ class MediaPeer:
         send_signal: SignalSender,
         on_rtp: Callable[[MediaPeer, bytes], None],
         on_state: Callable[[MediaPeer, str], None],
+        on_rtcp: Callable[[MediaPeer, bytes], None] | None = None,
+        on_tracks: Callable[[MediaPeer], None] | None = None,
+        ring_size: int = 256,
     ) -> None:
         self.session_id = session_id
         self.mux = mux
         self._send_signal = send_signal
         self._on_rtp = on_rtp
         self._on_state = on_state
+        self._on_rtcp = on_rtcp
+        self._on_tracks = on_tracks
+        self.ring_size = ring_size
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
@@ -99,7 +124,14 @@ class MediaPeer:
         self._pending_candidates: list[RTCIceCandidate] = []
         self.numbering = Numbering()
         self.downtracks: dict[str, DownTrack] = {}
-        self.wanted_publishers: set[str] = set()
+        self.downtracks_by_ssrc: dict[int, DownTrack] = {}
+        self.wanted: dict[str, tuple[str, str]] = {}
+        self.server_mids: set[str] = set()
+        self.published: dict[str, PublishedTrack] = {}
+        self.ssrc_to_mid: dict[int, str] = {}
+        self.screen_stream: str | None = None
+        self.mid_ext_id: int | None = None
+        self.vp8_pt: int | None = None
         self._negotiation_needed = False
         self.proto: MuxedStunProtocol | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
@@ -118,11 +150,19 @@ class MediaPeer:
         """Queue a client signal; it is processed after everything queued before it."""
         self._queue.put_nowait(("signal", data))
 
-    def set_publishers(self, publisher_ids: set[str]) -> None:
-        """The publishers this peer should receive; renegotiates when it changes."""
-        if publisher_ids != self.wanted_publishers:
-            self.wanted_publishers = set(publisher_ids)
+    def set_sources(self, sources: dict[str, tuple[str, str]]) -> None:
+        """The publisher tracks this peer should receive (key -> (publisher, label)).
+
+        Renegotiates when the set changes.
+        """
+        if sources != self.wanted:
+            self.wanted = dict(sources)
             self._queue.put_nowait(("negotiate", None))
+
+    def set_screen_stream(self, stream_id: str | None) -> None:
+        """The client said which of its streams is a screen share: relabel its tracks."""
+        self.screen_stream = stream_id
+        self._queue.put_nowait(("rediscover", None))
 
     async def _run(self) -> None:
         while True:
@@ -132,6 +172,8 @@ class MediaPeer:
             try:
                 if kind == "signal":
                     await self._apply_signal(item)
+                elif kind == "rediscover":
+                    self._discover_published()
                 else:
                     self._negotiation_needed = True
                 await self._maybe_offer()
@@ -211,20 +253,25 @@ class MediaPeer:
     def _sync_downtracks(self) -> bool:
         """Add/retire send-only transceivers to match wanted_publishers; True if changed."""
         changed = False
-        for publisher_id in list(self.downtracks):
-            if publisher_id not in self.wanted_publishers:
+        for key in list(self.downtracks):
+            if key not in self.wanted:
                 # Retired, not reused: a receiver keeps a transceiver's first track
                 # identity (msid), so a reused one would show the old participant.
-                self.downtracks.pop(publisher_id).transceiver.direction = "inactive"
+                track = self.downtracks.pop(key)
+                track.transceiver.direction = "inactive"
+                self.downtracks_by_ssrc.pop(track.rewrite.ssrc, None)
                 changed = True
-        for publisher_id in sorted(self.wanted_publishers - set(self.downtracks)):
-            transceiver = self.pc.addTransceiver("audio", direction="sendonly")
+        for key in sorted(set(self.wanted) - set(self.downtracks)):
+            publisher_id, label = self.wanted[key]
+            transceiver = self.pc.addTransceiver(LABEL_KINDS[label], direction="sendonly")
             sender = transceiver.sender
             sender._ssrc = random.getrandbits(32) or 1
-            sender._stream_id = publisher_id
-            sender._track_id = f"{publisher_id}-audio"
-            self.downtracks[publisher_id] = DownTrack(
-                publisher_id, transceiver, Rewrite(ssrc=sender._ssrc, payload_type=111))
+            sender._stream_id = stream_id_for(publisher_id, label)
+            sender._track_id = f"{publisher_id}-{label}"
+            track = DownTrack(key, publisher_id, label, transceiver,
+                              Rewrite(ssrc=sender._ssrc, payload_type=0))
+            self.downtracks[key] = track
+            self.downtracks_by_ssrc[sender._ssrc] = track
             changed = True
         return changed
 
@@ -238,14 +285,47 @@ class MediaPeer:
         current.extension_ids = {**self.numbering.extension_ids, **current.extension_ids}
         self.numbering = current
         self.opus_pt = current.payload_types.get(OPUS_KEY)
+        self.vp8_pt = current.payload_types.get(VP8_KEY)
         self.audio_level_id = current.extension_ids.get(AUDIO_LEVEL_URI)
+        self.mid_ext_id = current.extension_ids.get(MID_URI)
         if self.pc.signalingState == "stable":
             for track in self.downtracks.values():
                 track.mid = track.transceiver.mid
-                if self.opus_pt is not None:
-                    track.rewrite.payload_type = self.opus_pt
-                track.rewrite.audio_level_id = self.audio_level_id
-                track.negotiated = True
+                if track.mid is not None:
+                    self.server_mids.add(track.mid)
+                pt = self.opus_pt if track.kind == "audio" else self.vp8_pt
+                if pt is not None:
+                    track.rewrite.payload_type = pt
+                track.rewrite.audio_level_id = (self.audio_level_id if track.kind == "audio"
+                                                else None)
+                track.negotiated = pt is not None
+            self._discover_published()
+
+    def _discover_published(self) -> None:
+        """Re-read what the client sends; tell the call when that changed."""
+        remote = self.pc.remoteDescription
+        if remote is None:
+            return
+        before = {mid: t.label for mid, t in self.published.items()}
+        self.published = discover_published(remote.sdp, self.server_mids, self.screen_stream,
+                                            self.ring_size, self.published)
+        for mid, track in self.published.items():
+            for ssrc in track.ssrcs:
+                self.ssrc_to_mid[ssrc] = mid
+        if {mid: t.label for mid, t in self.published.items()} != before and self._on_tracks:
+            self._on_tracks(self)
+
+    def track_for(self, ssrc: int, mid: bytes | None) -> PublishedTrack | None:
+        """Route an incoming packet: MID extension first, then SSRC (RFC 8843 §9.2)."""
+        if mid is not None:
+            track = self.published.get(mid.decode("ascii", "replace"))
+            if track is not None:
+                if ssrc not in track.ssrcs:
+                    track.ssrcs.add(ssrc)
+                    self.ssrc_to_mid[ssrc] = track.mid
+                return track
+        known = self.ssrc_to_mid.get(ssrc)
+        return self.published.get(known) if known is not None else None
 
     def _attach_mux(self) -> None:
         """Put every ICE agent of this connection on the shared socket before it gathers."""
@@ -291,8 +371,10 @@ class MediaPeer:
         """SRTP/SRTCP straight from the shared socket: decrypt and hand RTP to the call."""
         try:
             if is_rtcp(data):
-                self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
+                plain_rtcp = self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
                 self.rtcp_in += 1
+                if self._on_rtcp is not None:
+                    self._on_rtcp(self, plain_rtcp)
                 return
             plain = self._rx_srtp.unprotect(data)  # type: ignore[union-attr]
         except pylibsrtp.Error:
@@ -307,6 +389,18 @@ class MediaPeer:
             return False
         try:
             self.mux.sendto(self._tx_srtp.protect(packet), pair.remote_addr)  # type: ignore[union-attr]
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return False
+        return True
+
+    def send_rtcp(self, packet: bytes) -> bool:
+        """Protect an RTCP compound with this peer's context and send it."""
+        pair = self._ice._nominated.get(1) if self.connected else None
+        if pair is None:
+            return False
+        try:
+            self.mux.sendto(self._tx_srtp.protect_rtcp(packet), pair.remote_addr)  # type: ignore[union-attr]
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return False

@@ -128,8 +128,17 @@ class Rewrite:
     packets: int = 0
     octets: int = 0
 
-    def build(self, packet: ParsedRtp, level_byte: int | None) -> bytes:
-        """The packet this receiver gets: new header, same payload."""
+    def build(self, packet: ParsedRtp, level_byte: int | None,
+              retransmission: bool = False) -> bytes:
+        """The packet this receiver gets: new header, same payload.
+
+        A retransmission (answering a NACK) reuses the current offsets and leaves
+        the stream state and counters alone.
+        """
+        if retransmission:
+            seq = (packet.sequence + self.seq_offset) & 0xFFFF
+            ts = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
+            return self._header(packet, seq, ts, level_byte) + packet.payload
         if packet.ssrc != self.source_ssrc:
             if self.source_ssrc is not None:
                 # Continue where the old source stopped (one 20 ms Opus frame later).
@@ -139,16 +148,17 @@ class Rewrite:
         seq = (packet.sequence + self.seq_offset) & 0xFFFF
         ts = (packet.timestamp + self.ts_offset) & 0xFFFFFFFF
         self.last_seq, self.last_ts = seq, ts
+        out = self._header(packet, seq, ts, level_byte) + packet.payload
+        self.packets += 1
+        self.octets += len(packet.payload)
+        return out
+
+    def _header(self, packet: ParsedRtp, seq: int, ts: int, level_byte: int | None) -> bytes:
         # Keep version and padding bit; drop CSRCs and every foreign extension.
         b0 = 0x80 | (packet.first_byte & 0x20)
         b1 = (0x80 if packet.marker else 0) | self.payload_type
         if level_byte is not None and self.audio_level_id is not None:
-            header = RTP_HEADER.pack(b0 | 0x10, b1, seq, ts, self.ssrc) + bytes(
+            return RTP_HEADER.pack(b0 | 0x10, b1, seq, ts, self.ssrc) + bytes(
                 (0xBE, 0xDE, 0x00, 0x01, self.audio_level_id << 4, level_byte, 0, 0)
             )
-        else:
-            header = RTP_HEADER.pack(b0, b1, seq, ts, self.ssrc)
-        out = header + packet.payload
-        self.packets += 1
-        self.octets += len(out)
-        return out
+        return RTP_HEADER.pack(b0, b1, seq, ts, self.ssrc)

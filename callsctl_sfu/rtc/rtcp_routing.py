@@ -1,0 +1,153 @@
+"""Where incoming RTCP goes: the SFU terminates it and answers or translates.
+
+- PLI/FIR from a receiver (about one of our forwarding SSRCs) becomes one PLI
+  to the publisher, at most one per second per publisher stream (RFC 4585
+  §6.3.1, RFC 5104 §4.3.1); requests in between are folded into one.
+- Generic NACK from a receiver is answered from the publisher stream's ring
+  buffer, rewritten for that receiver (RFC 4585 §6.2.1); it never reaches the
+  publisher.
+- Sender reports from a publisher are translated for each receiver: its SSRC,
+  timestamp offset and its own packet/octet counts (RFC 3550 §6.4.1), with an
+  SDES CNAME so the compound is valid (RFC 3550 §6.1), keeping lip sync.
+- Report blocks from receivers record loss and jitter per forwarded stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
+
+from callsctl_sfu.rtc.rtp import parse_rtp
+
+if TYPE_CHECKING:
+    from callsctl_sfu.calls.manager import CallManager
+    from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
+
+log = logging.getLogger("callsctl_sfu.rtc.rtcp")
+
+
+class RtcpRouter:
+    def __init__(self, manager: CallManager) -> None:
+        self.manager = manager
+
+    def on_rtcp(self, peer: MediaPeer, data: bytes) -> None:
+        try:
+            packets = RtcpPacket.parse(data)
+        except ValueError:
+            return
+        for packet in packets:
+            if isinstance(packet, RtcpPsfbPacket):
+                if packet.fmt == RTCP_PSFB_PLI:
+                    self._keyframe_request(peer, packet.media_ssrc)
+                elif packet.fmt == RTCP_PSFB_FIR and len(packet.fci) >= 4:
+                    self._keyframe_request(peer, int.from_bytes(packet.fci[:4], "big"))
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                self._answer_nack(peer, packet.media_ssrc, packet.lost)
+            elif isinstance(packet, RtcpSrPacket):
+                self._forward_sender_report(peer, packet)
+                self._record_reports(peer, packet.reports)
+            elif isinstance(packet, RtcpRrPacket):
+                self._record_reports(peer, packet.reports)
+
+    # -- keyframes ----------------------------------------------------------------
+
+    def _keyframe_request(self, receiver: MediaPeer, media_ssrc: int) -> None:
+        down = receiver.downtracks_by_ssrc.get(media_ssrc)
+        if down is None:
+            return
+        down.plis_received += 1
+        self.manager.stats.plis_received += 1
+        self.keyframe_for_downtrack(down)
+
+    def keyframe_for_downtrack(self, down: DownTrack) -> None:
+        source = self.manager.downtrack_source(down)
+        if source is None:
+            return
+        publisher, track = source
+        delay = track.keyframes.request()
+        if delay == 0:
+            self.manager.send_keyframe_request(publisher, track)
+        elif delay is not None:
+            def later() -> None:
+                again = self.manager.downtrack_source(down)
+                if again is not None and again[1].keyframes.request() == 0:
+                    self.manager.send_keyframe_request(*again)
+
+            asyncio.get_event_loop().call_later(delay, later)
+
+    # -- retransmission ---------------------------------------------------------------
+
+    def _answer_nack(self, receiver: MediaPeer, media_ssrc: int, lost: list[int]) -> None:
+        down = receiver.downtracks_by_ssrc.get(media_ssrc)
+        if down is None:
+            return
+        down.nacks_received += 1
+        self.manager.stats.nacks_received += 1
+        source = self.manager.downtrack_source(down)
+        if source is None or source[1].ring is None:
+            return
+        ring = source[1].ring
+        for sequence in lost:
+            original = ring.get((sequence - down.rewrite.seq_offset) & 0xFFFF)
+            if original is None:
+                continue
+            packet = parse_rtp(original)
+            if packet is None:
+                continue
+            if receiver.send_rtp(down.rewrite.build(packet, None, retransmission=True)):
+                down.retransmitted += 1
+                self.manager.stats.nacks_answered += 1
+
+    # -- reports -------------------------------------------------------------------------
+
+    def _forward_sender_report(self, publisher: MediaPeer, report: RtcpSrPacket) -> None:
+        mid = publisher.ssrc_to_mid.get(report.ssrc)
+        track = publisher.published.get(mid) if mid is not None else None
+        if track is None:
+            return
+        key = f"{publisher.session_id}:{track.label}"
+        call_id = self.manager.participants[publisher.session_id].session.call_id \
+            if publisher.session_id in self.manager.participants else None
+        call = self.manager.calls.get(call_id) if call_id else None
+        if call is None:
+            return
+        for other_id in call.sessions:
+            other = self.manager.participants.get(other_id)
+            down = other.peer.downtracks.get(key) if other else None
+            if down is None or not down.negotiated or other is None:
+                continue
+            rewrite = down.rewrite
+            translated = RtcpSrPacket(ssrc=rewrite.ssrc, sender_info=RtcpSenderInfo(
+                ntp_timestamp=report.sender_info.ntp_timestamp,
+                rtp_timestamp=(report.sender_info.rtp_timestamp + rewrite.ts_offset)
+                & 0xFFFFFFFF,
+                packet_count=rewrite.packets & 0xFFFFFFFF,
+                octet_count=rewrite.octets & 0xFFFFFFFF))
+            cname = getattr(other.peer.pc, "_RTCPeerConnection__cname", "callsctl")
+            sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=rewrite.ssrc,
+                                                         items=[(1, cname.encode())])])
+            if other.peer.send_rtcp(bytes(translated) + bytes(sdes)):
+                self.manager.stats.sender_reports_forwarded += 1
+
+    @staticmethod
+    def _record_reports(receiver: MediaPeer, reports: list) -> None:
+        for block in reports:
+            down = receiver.downtracks_by_ssrc.get(block.ssrc)
+            if down is not None:
+                down.fraction_lost = block.fraction_lost / 256
+                down.jitter = block.jitter

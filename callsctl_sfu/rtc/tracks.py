@@ -1,0 +1,82 @@
+"""What a participant publishes, as the SFU sees it: one entry per sending m-section.
+
+A published track is found from the negotiated SDP (a client m-section that the
+client sends on and that is not one of the server's own forwarding
+transceivers). Incoming RTP is routed to it by the MID header extension
+(RFC 8843 §15) when present, else by SSRC, so an SSRC change on an existing
+mid (libwebrtc does that after glare) is followed rather than dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiortc import sdp as aiortc_sdp
+
+from callsctl_sfu.rtc.rtcp import KeyframeThrottle, RingBuffer
+
+# What the receivers see: stream ids group tracks in the browser (one stream per
+# participant for mic+camera, one for the screen share and its audio).
+LABEL_KINDS = {"audio": "audio", "video": "video", "screen": "video", "screenaudio": "audio"}
+
+
+@dataclass
+class PublishedTrack:
+    mid: str
+    kind: str
+    label: str
+    stream_id: str | None
+    ssrcs: set[int] = field(default_factory=set)
+    rtx_payload_types: dict[int, int] = field(default_factory=dict)  # rtx pt -> media pt
+    ring: RingBuffer | None = None
+    keyframes: KeyframeThrottle = field(default_factory=KeyframeThrottle)
+    highest_seq: int | None = None
+    packets: int = 0
+    octets: int = 0
+    nacks_sent: int = 0
+    primary_ssrc: int | None = None
+
+    @property
+    def key_suffix(self) -> str:
+        return self.label
+
+
+def stream_id_for(publisher_id: str, label: str) -> str:
+    return f"screen-{publisher_id}" if label.startswith("screen") else publisher_id
+
+
+def discover_published(remote_sdp: str, server_mids: set[str], screen_stream: str | None,
+                       ring_size: int, previous: dict[str, PublishedTrack]
+                       ) -> dict[str, PublishedTrack]:
+    """The client's sending m-sections, keyed by mid, keeping state of known ones."""
+    description = aiortc_sdp.SessionDescription.parse(remote_sdp)
+    found: dict[str, PublishedTrack] = {}
+    for media in description.media:
+        mid = media.rtp.muxId
+        if media.kind not in ("audio", "video") or mid is None:
+            continue
+        if media.direction not in ("sendrecv", "sendonly"):
+            continue
+        stream = media.msid.split(" ", 1)[0] if media.msid else None
+        if mid in server_mids and stream in (None, "-"):
+            # One of our forwarding transceivers that the client marked sendrecv
+            # without a track (a Firefox workaround in the Mattermost client):
+            # nothing is published there. With a real track it is the client's own
+            # media (a late track landing on our transceiver), handled below.
+            continue
+        is_screen = screen_stream is not None and stream == screen_stream
+        label = ("screen" if media.kind == "video" else "screenaudio") if is_screen else media.kind
+        track = previous.get(mid)
+        if track is None or track.kind != media.kind or track.label != label:
+            track = PublishedTrack(mid=mid, kind=media.kind, label=label, stream_id=stream,
+                                   ring=RingBuffer(ring_size) if media.kind == "video" else None)
+        track.ssrcs |= {s.ssrc for s in media.ssrc}
+        if media.ssrc and track.primary_ssrc is None:
+            track.primary_ssrc = media.ssrc[0].ssrc
+        track.rtx_payload_types = {
+            codec.payloadType: int(codec.parameters["apt"])
+            for codec in media.rtp.codecs
+            if codec.mimeType.lower().endswith("/rtx") and "apt" in codec.parameters
+        }
+        found[mid] = track
+    return found

@@ -159,8 +159,8 @@ class ServeConfig:
         True, "whether participants may share their screen (one share per call)", _boolean
     )
     nack_buffer_size: int = _setting(
-        256, "video packets kept per published stream to answer NACKs (RFC 4585)",
-        _positive_number,
+        256, "video packets kept per published stream to answer NACKs (RFC 4585); "
+        "0 disables NACK handling", _non_negative_int,
     )
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from aiortc import (
     RTCConfiguration,
     RTCPeerConnection,
     RTCSessionDescription,
+    VideoStreamTrack,
 )
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
@@ -80,7 +81,8 @@ class Participant:
     """One synthetic participant in one call."""
 
     def __init__(self, ws_url: str, token: str, call: str, name: str = "bot",
-                 tone: float | None = 440.0, ssl: Any = None, send_audio: bool = True) -> None:
+                 tone: float | None = 440.0, ssl: Any = None, send_audio: bool = True,
+                 video: bool = False) -> None:
         self.ws_url = ws_url
         self.token = token
         self.call = call
@@ -88,10 +90,12 @@ class Participant:
         self.tone = tone
         self.ssl = ssl
         self.send_audio = send_audio
+        self.video = video
         self.session_id: str | None = None
         self.joined: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.frames_from: Counter[str] = Counter()
+        self.media_frames: Counter[tuple[str, str]] = Counter()
         self.pc: RTCPeerConnection | None = None
         self.dc_pongs = 0
         self._http: aiohttp.ClientSession | None = None
@@ -128,6 +132,8 @@ class Participant:
             self.pc.addTrack(ToneTrack(self.tone or 440.0, 0.3 if self.tone else 0.0))
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
+        if self.video:
+            self.pc.addTrack(VideoStreamTrack())
         channel = self.pc.createDataChannel("calls-dc")
         channel.on("open", lambda: self._tasks.append(asyncio.create_task(self._ping(channel))))
         channel.on("message", self._on_dc_message)
@@ -136,6 +142,16 @@ class Participant:
         await self.pc.setLocalDescription(offer)
         await self.send({"type": "signal", "data": {"type": "offer",
                                                     "sdp": self.pc.localDescription.sdp}})
+
+    async def add_track(self, track: MediaStreamTrack) -> str:
+        """Publish one more track (renegotiating); returns its stream id."""
+        assert self.pc is not None
+        sender = self.pc.addTrack(track)
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        await self.send({"type": "signal", "data": {"type": "offer",
+                                                    "sdp": self.pc.localDescription.sdp}})
+        return sender._stream_id
 
     async def wait_connected(self, timeout: float = 15.0) -> float:
         """Seconds from join to a connected peer connection; raises with the stage."""
@@ -230,14 +246,18 @@ class Participant:
             self.connected_at = time.monotonic()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        publisher = track.id.rsplit("-", 1)[0]
-        self._tasks.append(asyncio.create_task(self._consume(track, publisher)))
+        publisher, _, label = track.id.rpartition("-")
+        self._tasks.append(asyncio.create_task(self._consume(track, publisher, label)))
 
-    async def _consume(self, track: MediaStreamTrack, publisher: str) -> None:
+    async def _consume(self, track: MediaStreamTrack, publisher: str, label: str) -> None:
+        """Count decoded frames: mic audio in frames_from, anything else in media_frames."""
         with contextlib.suppress(MediaStreamError):
             while True:
                 await track.recv()
-                self.frames_from[publisher] += 1
+                if label == "audio":
+                    self.frames_from[publisher] += 1
+                else:
+                    self.media_frames[(publisher, label)] += 1
 
     async def _ping(self, channel: Any) -> None:
         while channel.readyState == "open":

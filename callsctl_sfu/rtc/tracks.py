@@ -69,7 +69,8 @@ def discover_published(remote_sdp: str, server_mids: set[str], screen_stream: st
         track = previous.get(mid)
         if track is None or track.kind != media.kind or track.label != label:
             track = PublishedTrack(mid=mid, kind=media.kind, label=label, stream_id=stream,
-                                   ring=RingBuffer(ring_size) if media.kind == "video" else None)
+                                   ring=RingBuffer(ring_size) if media.kind == "video" and ring_size
+                                   else None)
         track.ssrcs |= {s.ssrc for s in media.ssrc}
         if media.ssrc and track.primary_ssrc is None:
             track.primary_ssrc = media.ssrc[0].ssrc

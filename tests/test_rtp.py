@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from callsctl_sfu.rtc.rtp import Rewrite, audio_level, is_rtcp, parse_rtp
+from callsctl_sfu.rtc.rtp import Rewrite, audio_level, is_rtcp, parse_rtp, vp8_keyframe
 
 
 def make_packet(seq: int, ts: int, ssrc: int, pt: int = 111, level: int | None = 30,
@@ -69,3 +69,21 @@ def test_source_ssrc_change_keeps_sequence_and_timestamp_continuous():
 def test_rtcp_is_told_apart_from_rtp():
     assert is_rtcp(bytes([0x80, 200]) + b"\x00" * 6)
     assert not is_rtcp(make_packet(1, 1, 1))
+
+
+def test_vp8_keyframe_detection_rfc7741():
+    # Descriptor with X, I (15-bit picture id) and partition start; payload header P=0.
+    key = bytes([0x90, 0x80, 0x80 | 0x12, 0x34, 0x10])
+    delta = bytes([0x90, 0x80, 0x80 | 0x12, 0x34, 0x11])
+    not_start = bytes([0x80, 0x80, 0x05, 0x10])
+    simple_key = bytes([0x10, 0x00])
+    assert vp8_keyframe(key) and vp8_keyframe(simple_key)
+    assert not vp8_keyframe(delta) and not vp8_keyframe(not_start) and not vp8_keyframe(b"")
+
+
+def test_retransmission_reuses_offsets_without_touching_state():
+    rewrite = Rewrite(ssrc=7, payload_type=96)
+    rewrite.build(parse_rtp(make_packet(10, 100, 0xA, pt=100, level=None, extra_ext=False)), None)
+    again = parse_rtp(rewrite.build(parse_rtp(make_packet(
+        9, 90, 0xA, pt=100, level=None, extra_ext=False)), None, retransmission=True))
+    assert again.sequence == 9 and rewrite.last_seq == 10 and rewrite.packets == 1

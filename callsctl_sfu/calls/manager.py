@@ -17,11 +17,12 @@ from typing import Any
 
 from callsctl_sfu.calls.model import Call, Session, new_session_id
 from callsctl_sfu.config import ServeConfig
+from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
 from callsctl_sfu.rtc.rtcp import missing_between, nack, pli
 from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
-from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp
+from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
 from callsctl_sfu.rtc.tracks import PublishedTrack
 
 log = logging.getLogger("callsctl_sfu.calls")
@@ -32,6 +33,8 @@ EventSender = Callable[[dict[str, Any]], Awaitable[None]]
 VOICE_LEVEL_DBOV = 50
 VOICE_OFF_AFTER = 1.0
 HOUSEKEEPING_INTERVAL = 0.25
+# A gap the publisher has not filled after this long will not be: ask for a keyframe.
+UNREPAIRED_AFTER = 0.3
 
 
 class JoinRefused(Exception):
@@ -82,6 +85,10 @@ class CallManager:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.rtcp = RtcpRouter(self)
         self.closing = False
+        # Admin plane hooks (issue 5): observers see every call event (history, SSE,
+        # metrics); join checks may refuse a join with JoinRefused (per-call settings).
+        self.observers: list[Callable[[Call, dict[str, Any]], None]] = []
+        self.join_checks: list[Callable[[str, Call | None], None]] = []
 
     # -- joining and leaving -------------------------------------------------------
 
@@ -89,6 +96,8 @@ class CallManager:
         if self.closing:
             raise JoinRefused("shutting_down", "the server is shutting down; try again shortly")
         call = self.calls.get(call_id)
+        for check in self.join_checks:
+            check(call_id, call)
         limit = self.config.max_call_participants
         if limit and call is not None and len(call.sessions) >= limit:
             raise JoinRefused("call_full", f"call {call_id!r} is full: {limit} participants is "
@@ -96,16 +105,20 @@ class CallManager:
         new_call = call is None
         if call is None:
             call = self.calls[call_id] = Call(call_id)
+            self.notify(call, {"type": "call_start", "call": call_id,
+                               "started_at": call.started_at})
         session = Session(new_session_id(), user, name or user, call_id)
         peer = MediaPeer(session.session_id, self.mux, self._peer_signal_sender(session),
                          self._on_rtp, self._on_peer_state, on_rtcp=self.rtcp.on_rtcp,
-                         on_tracks=self._on_tracks, ring_size=self.config.nack_buffer_size)
+                         on_tracks=self._on_tracks,
+                         on_downtracks_ready=self._on_downtracks_ready,
+                         ring_size=self.config.nack_buffer_size)
         self.participants[session.session_id] = Participant(session, peer, send)
         call.add(session)
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
-                    "ice_servers": []})
+                    "ice_servers": client_ice_servers(self.config, user)})
         if new_call:
             await send({"type": "call_start", "call": call_id, "started_at": call.started_at})
         await self.broadcast(call, {"type": "user_joined", "session_id": session.session_id,
@@ -130,6 +143,8 @@ class CallManager:
                 await self.broadcast(call, {"type": "call_host_changed", "host": call.host})
             if not call.sessions:
                 del self.calls[call.call_id]
+                self.notify(call, {"type": "call_end", "call": call.call_id,
+                                   "reason": "the last participant left"})
                 log.info("call %s ended", call.call_id)
             else:
                 self._rewire(call)
@@ -212,6 +227,7 @@ class CallManager:
 
     async def broadcast(self, call: Call, event: dict[str, Any], exclude: str | None = None
                         ) -> None:
+        self.notify(call, event)
         sends = []
         for session_id in list(call.sessions):
             participant = self.participants.get(session_id)
@@ -219,6 +235,14 @@ class CallManager:
                 sends.append(self._safe_send(participant.send, event))
         if sends:
             await asyncio.gather(*sends)
+
+    def notify(self, call: Call, event: dict[str, Any]) -> None:
+        """Tell the observers; one failing observer never stops events to participants."""
+        for observer in self.observers:
+            try:
+                observer(call, event)
+            except Exception:
+                log.exception("call event observer failed on %s", event.get("type"))
 
     @staticmethod
     async def _safe_send(send: EventSender, event: dict[str, Any]) -> None:
@@ -262,6 +286,12 @@ class CallManager:
                 other_participant = self.participants.get(other.session_id)
                 if other_participant is not None:
                     self.request_keyframes_for(other_participant.peer)
+
+    def _on_downtracks_ready(self, _receiver: MediaPeer, tracks: list[DownTrack]) -> None:
+        """A receiver can now decode a new video stream: it needs a keyframe to start."""
+        for track in tracks:
+            if track.kind == "video":
+                self.rtcp.keyframe_for_downtrack(track)
 
     def request_keyframes_for(self, receiver: MediaPeer) -> None:
         """Ask every video publisher this receiver gets for a keyframe (throttled)."""
@@ -315,7 +345,7 @@ class CallManager:
             if packet is None:
                 stats.dropped_malformed += 1
                 return
-            data = b""  # a retransmission: do not store it again
+            data = packet.plain()  # the repaired original, so receivers' NACKs find it
         session = participant.session
         level_byte = None
         if track.kind == "audio":
@@ -331,6 +361,7 @@ class CallManager:
             if data:
                 track.ring.put(packet.sequence, data)
             self._detect_loss(peer, track, packet)
+        keyframe = track.kind == "video" and vp8_keyframe(packet.payload)
         track.packets += 1
         track.octets += len(packet.payload)
         call = self.calls.get(session.call_id)
@@ -346,6 +377,8 @@ class CallManager:
             down = other.peer.downtracks.get(key)
             if down is None or not down.negotiated:
                 continue
+            if keyframe:
+                down.needs_keyframe = False
             out = down.rewrite.build(packet, level_byte)
             if other.peer.send_rtp(out):
                 stats.rtp_forwarded += 1
@@ -371,13 +404,18 @@ class CallManager:
 
     def _detect_loss(self, peer: MediaPeer, track: PublishedTrack, packet: ParsedRtp) -> None:
         """Gaps in a publisher's video: ask it again (NACK upstream, RFC 4585 §6.2.1)."""
+        track.missing.pop(packet.sequence, None)
         highest = track.highest_seq
         if highest is None or (packet.sequence - highest) & 0xFFFF < 0x8000:
             if highest is not None:
                 missing = missing_between(highest, packet.sequence)
-                if missing and peer.send_rtcp(nack(packet.ssrc, missing)):
-                    track.nacks_sent += 1
-                    self.stats.nacks_sent_upstream += 1
+                if missing:
+                    now = self._loop.time()
+                    for sequence in missing:
+                        track.missing[sequence] = now
+                    if peer.send_rtcp(nack(packet.ssrc, missing)):
+                        track.nacks_sent += 1
+                        self.stats.nacks_sent_upstream += 1
             track.highest_seq = packet.sequence
 
     def send_keyframe_request(self, publisher: MediaPeer, track: PublishedTrack) -> None:
@@ -399,8 +437,24 @@ class CallManager:
             except Exception:  # keep the loop alive whatever one pass hits
                 log.exception("housekeeping pass failed")
 
+    def _keyframe_upkeep(self, now: float) -> None:
+        """Keyframes for receivers still waiting for one, and after losses nobody repaired.
+
+        Requests go through each publisher stream's throttle (at most one a second).
+        """
+        for participant in self.participants.values():
+            for down in participant.peer.downtracks.values():
+                if down.kind == "video" and down.negotiated and down.needs_keyframe:
+                    self.rtcp.keyframe_for_downtrack(down)
+            for track in participant.peer.published.values():
+                if track.missing and now - min(track.missing.values()) > UNREPAIRED_AFTER:
+                    track.missing.clear()
+                    if track.keyframes.request() == 0:
+                        self.send_keyframe_request(participant.peer, track)
+
     async def _housekeep_once(self) -> None:
         now = self._loop.time()
+        self._keyframe_upkeep(now)
         for participant in list(self.participants.values()):
             session = participant.session
             if session.state.voice and now - session.last_loud > VOICE_OFF_AFTER:

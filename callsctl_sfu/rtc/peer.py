@@ -80,6 +80,9 @@ class DownTrack:
     rewrite: Rewrite
     mid: str | None = None
     negotiated: bool = False
+    # A video receiver cannot decode until it has a keyframe: set when the track
+    # starts (or the source changes), cleared when a keyframe is forwarded.
+    needs_keyframe: bool = True
     plis_received: int = 0
     nacks_received: int = 0
     retransmitted: int = 0
@@ -104,6 +107,7 @@ class MediaPeer:
         on_state: Callable[[MediaPeer, str], None],
         on_rtcp: Callable[[MediaPeer, bytes], None] | None = None,
         on_tracks: Callable[[MediaPeer], None] | None = None,
+        on_downtracks_ready: Callable[[MediaPeer, list[DownTrack]], None] | None = None,
         ring_size: int = 256,
     ) -> None:
         self.session_id = session_id
@@ -113,6 +117,7 @@ class MediaPeer:
         self._on_state = on_state
         self._on_rtcp = on_rtcp
         self._on_tracks = on_tracks
+        self._on_downtracks_ready = on_downtracks_ready
         self.ring_size = ring_size
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
@@ -289,6 +294,7 @@ class MediaPeer:
         self.audio_level_id = current.extension_ids.get(AUDIO_LEVEL_URI)
         self.mid_ext_id = current.extension_ids.get(MID_URI)
         if self.pc.signalingState == "stable":
+            ready = []
             for track in self.downtracks.values():
                 track.mid = track.transceiver.mid
                 if track.mid is not None:
@@ -298,7 +304,11 @@ class MediaPeer:
                     track.rewrite.payload_type = pt
                 track.rewrite.audio_level_id = (self.audio_level_id if track.kind == "audio"
                                                 else None)
+                if pt is not None and not track.negotiated:
+                    ready.append(track)
                 track.negotiated = pt is not None
+            if ready and self._on_downtracks_ready is not None:
+                self._on_downtracks_ready(self, ready)
             self._discover_published()
 
     def _discover_published(self) -> None:
@@ -383,12 +393,16 @@ class MediaPeer:
         self._on_rtp(self, plain)
 
     def send_rtp(self, packet: bytes) -> bool:
-        """Protect with this receiver's SRTP context and send to its nominated address."""
+        """Protect with this receiver's SRTP context and send on its selected pair's path.
+
+        The pair's protocol sends on the path the client chose: the shared UDP
+        socket (IPv4 or IPv6) or its ICE-TCP connection (rtc/mux.py, rtc/icetcp.py).
+        """
         pair = self._ice._nominated.get(1) if self.connected else None
         if pair is None:
             return False
         try:
-            self.mux.sendto(self._tx_srtp.protect(packet), pair.remote_addr)  # type: ignore[union-attr]
+            pair.protocol.send_datagram(self._tx_srtp.protect(packet), pair.remote_addr)  # type: ignore[union-attr]
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return False
@@ -400,7 +414,7 @@ class MediaPeer:
         if pair is None:
             return False
         try:
-            self.mux.sendto(self._tx_srtp.protect_rtcp(packet), pair.remote_addr)  # type: ignore[union-attr]
+            pair.protocol.send_datagram(self._tx_srtp.protect_rtcp(packet), pair.remote_addr)  # type: ignore[union-attr]
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return False

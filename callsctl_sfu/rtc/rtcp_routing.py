@@ -102,9 +102,11 @@ class RtcpRouter:
         if source is None or source[1].ring is None:
             return
         ring = source[1].ring
+        unrepairable = False
         for sequence in lost:
             original = ring.get((sequence - down.rewrite.seq_offset) & 0xFFFF)
             if original is None:
+                unrepairable = True
                 continue
             packet = parse_rtp(original)
             if packet is None:
@@ -112,6 +114,10 @@ class RtcpRouter:
             if receiver.send_rtp(down.rewrite.build(packet, None, retransmission=True)):
                 down.retransmitted += 1
                 self.manager.stats.nacks_answered += 1
+        if unrepairable and down.kind == "video":
+            # The SFU no longer has (or never had) what was lost: only a keyframe
+            # lets this receiver decode again.
+            self.keyframe_for_downtrack(down)
 
     # -- reports -------------------------------------------------------------------------
 

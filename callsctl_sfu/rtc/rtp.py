@@ -38,6 +38,12 @@ class ParsedRtp:
     payload: memoryview
     extensions: dict[int, bytes]
 
+    def plain(self) -> bytes:
+        """This packet as plain RTP without CSRCs or extensions (for the NACK ring)."""
+        b1 = (0x80 if self.marker else 0) | self.payload_type
+        return RTP_HEADER.pack(0x80 | (self.first_byte & 0x20), b1, self.sequence,
+                               self.timestamp, self.ssrc) + self.payload
+
 
 def parse_rtp(data: bytes) -> ParsedRtp | None:
     """Parse an RTP header; None for anything malformed (never raises)."""
@@ -162,3 +168,33 @@ class Rewrite:
                 (0xBE, 0xDE, 0x00, 0x01, self.audio_level_id << 4, level_byte, 0, 0)
             )
         return RTP_HEADER.pack(b0, b1, seq, ts, self.ssrc)
+
+
+def vp8_keyframe(payload: memoryview | bytes) -> bool:
+    """Whether a VP8 RTP payload starts a keyframe (RFC 7741 §4.2-4.3).
+
+    Skips the payload descriptor (X/I/L/T/K extensions, 7- or 15-bit picture id)
+    and reads the P bit of the VP8 payload header of a partition-0 start.
+    """
+    size = len(payload)
+    if size < 1:
+        return False
+    first = payload[0]
+    start_of_partition, partition = first & 0x10, first & 0x07
+    offset = 1
+    if first & 0x80:  # X: extension octet follows
+        if size < 2:
+            return False
+        ext = payload[1]
+        offset = 2
+        if ext & 0x80:  # I: picture id, 2 bytes when its M bit is set
+            if size <= offset:
+                return False
+            offset += 2 if payload[offset] & 0x80 else 1
+        if ext & 0x40:  # L: TL0PICIDX
+            offset += 1
+        if ext & 0x30:  # T or K: TID/KEYIDX byte
+            offset += 1
+    if not start_of_partition or partition != 0 or size <= offset:
+        return False
+    return payload[offset] & 0x01 == 0

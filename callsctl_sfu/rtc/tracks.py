@@ -35,6 +35,9 @@ class PublishedTrack:
     octets: int = 0
     nacks_sent: int = 0
     primary_ssrc: int | None = None
+    # Sequence numbers the SFU itself is missing, with when the gap was seen: not
+    # filled in time means receivers cannot be repaired either, so ask for a keyframe.
+    missing: dict[int, float] = field(default_factory=dict)
 
     @property
     def key_suffix(self) -> str:

@@ -1,0 +1,1 @@
+"""Scripts the tests run inside network namespaces they create."""

@@ -69,6 +69,8 @@ def start_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
            "--api-port", str(api_port), "--udp-port", str(udp_port),
            "--data-dir", str(data_dir), *args]
     full_env = dict(os.environ)
+    # Tests never ask a public STUN server for the address to advertise.
+    full_env["CALLSCTL_STUN_SERVER"] = ""
     full_env.update(env or {})
     log = log_path.open("w")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,

@@ -24,4 +24,5 @@ from callsctl.check import (  # noqa: E402,F401  (each module adds its commands 
     rtc,
     stun_cmd,
     turn_cmd,
+    webrtc_cmd,
 )

@@ -17,6 +17,7 @@ A step that raises is reported as a failed check; the remaining steps still run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ from callsctl.check.rtc import (
     validate_host,
 )
 from callsctl.check.stun_cmd import DEFAULT_STUN_SERVER, parse_stun_server, stun_results
+from callsctl.check.webrtc_cmd import CallTarget, mint_tokens, run_call, token_call
+from callsctl.errors import EXIT_USAGE, fail
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Context:
 
     rtc: RtcProbe
     stun_server: str | None = None
+    call: CallTarget | None = None
 
     @property
     def timeout(self) -> float:
@@ -67,6 +71,8 @@ STEPS: list[Step] = [
     Step("advertised address", lambda ctx: [advertised_result(ctx.rtc)]),
     Step("stun", lambda ctx: stun_results(ctx.stun_server or DEFAULT_STUN_SERVER, ctx.timeout),
          when=lambda ctx: ctx.stun_server is not None),
+    Step("webrtc", lambda ctx: asyncio.run(run_call(ctx.call)),  # type: ignore[arg-type]
+         when=lambda ctx: ctx.call is not None),
 ]
 
 
@@ -103,6 +109,10 @@ def all_command(
         False, "--with-stun", help=f"Also run the STUN/NAT check against {DEFAULT_STUN_SERVER}."),
     timeout: float = typer.Option(3.0, "--timeout", "-t", min=0.1, max=60,
                                   help="Seconds to wait for each answer."),
+    token: str | None = typer.Option(
+        None, "--token", help="A join token: also make a real test call (check webrtc)."),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="A local server's data dir: also make a real test call."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Run every relevant check against one server and print one report.
@@ -116,5 +126,13 @@ def all_command(
         parse_stun_server(stun_server)  # a malformed server is a usage error before any probe
     elif with_stun:
         stun_server = DEFAULT_STUN_SERVER
-    ctx = Context(RtcProbe(target), stun_server)
+    call = None
+    if token is not None or data_dir is not None:
+        if token is not None and data_dir is not None:
+            fail("give at most one of --token or --data-dir", EXIT_USAGE)
+        base = (api_url or f"http://{host}:{api_port}").rstrip("/")
+        name, tokens = ((token_call(token), (token, token)) if token is not None
+                        else mint_tokens(data_dir))  # type: ignore[arg-type]
+        call = CallTarget("ws" + base[4:] + "/ws", name, tokens, max(timeout, 10.0))
+    ctx = Context(RtcProbe(target), stun_server, call)
     raise typer.Exit(emit(run_steps(ctx), as_json, title=f"callsctl check all: {host}"))

@@ -98,6 +98,9 @@ class Participant:
         self.media_frames: Counter[tuple[str, str]] = Counter()
         self.pc: RTCPeerConnection | None = None
         self.dc_pongs = 0
+        self.dc_rtts: list[float] = []
+        self._ping_sent: float | None = None
+        self.ping_interval = 1.0
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -260,10 +263,35 @@ class Participant:
                     self.media_frames[(publisher, label)] += 1
 
     async def _ping(self, channel: Any) -> None:
+        """Like the Mattermost client: `ping` on calls-dc every second, RTT from `pong`."""
         while channel.readyState == "open":
+            self._ping_sent = time.monotonic()
             channel.send("ping")
-            await asyncio.sleep(1)
+            await asyncio.sleep(self.ping_interval)
 
     def _on_dc_message(self, message: Any) -> None:
         if message == "pong":
             self.dc_pongs += 1
+            if self._ping_sent is not None:
+                self.dc_rtts.append(time.monotonic() - self._ping_sent)
+                self._ping_sent = None
+
+    def selected_pair(self) -> dict[str, str] | None:
+        """The nominated ICE pair as an operator reads it: types, protocol, addresses."""
+        if self.pc is None or self.pc.sctp is None:
+            return None
+        pair = self.pc.sctp.transport.transport._connection._nominated.get(1)
+        if pair is None:
+            return None
+        local, remote = pair.local_candidate, pair.remote_candidate
+        return {"local": f"{local.host}:{local.port}", "local_type": local.type,
+                "remote": f"{remote.host}:{remote.port}", "remote_type": remote.type,
+                "protocol": local.transport.lower()}
+
+    async def inbound_audio_stats(self) -> list[dict[str, Any]]:
+        """aiortc's inbound-rtp stats for audio: packets, loss and jitter per stream."""
+        if self.pc is None:
+            return []
+        report = await self.pc.getStats()
+        return [{"packets": s.packetsReceived, "lost": s.packetsLost, "jitter": s.jitter}
+                for s in report.values() if s.type == "inbound-rtp" and s.kind == "audio"]

@@ -1,0 +1,185 @@
+"""`callsctl check webrtc`: a real two-party call through a server, stage by stage.
+
+When the port probes pass and people still cannot hear each other, the only
+convincing test is a call: two scripted participants (callsctl_sfu.client)
+join through the real signaling, do ICE, DTLS and SRTP with the server, and
+send Opus to each other. The report names the first stage that failed
+(signaling, join, ice, media) and, when everything works, the figures an
+operator compares with what users report: connect time, selected candidate
+pair, round trip (calls-dc ping/pong, as the Mattermost client measures it),
+loss and jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+from callsctl.check import app
+from callsctl.check.render import emit
+from callsctl.check.result import CheckResult
+from callsctl.errors import EXIT_USAGE, fail
+
+MEDIA_SECONDS = 3.0
+FRAMES_PER_SECOND = 50  # 20 ms Opus frames
+
+
+@dataclass(frozen=True)
+class CallTarget:
+    ws_url: str
+    call: str
+    tokens: tuple[str, str]
+    timeout: float
+
+
+def token_call(token: str) -> str:
+    """The `call` claim of a join token, read without verifying (the server verifies)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims["call"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        fail("--token is not a callsctl join token (mint one with `callsctl token`)", EXIT_USAGE)
+
+
+def mint_tokens(data_dir: str) -> tuple[str, tuple[str, str]]:
+    """Two tokens for a throw-away call, signed with a local server's secret."""
+    from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+    from callsctl_sfu.tokens import issue_token
+
+    try:
+        secret = load_or_create_secret(data_dir)
+    except DataDirError as exc:
+        fail(str(exc))
+    call = f"callsctl-check-{secrets.token_hex(4)}"
+    return call, (issue_token(secret, call, "check-a", 300), issue_token(secret, call, "check-b",
+                                                                          300))
+
+
+async def run_call(target: CallTarget) -> list[CheckResult]:
+    """Join two participants and measure; every await is bounded by target.timeout."""
+    from callsctl_sfu.client.participant import Participant, ParticipantError
+
+    people = [Participant(target.ws_url, token, target.call, f"check-{side}", tone=tone)
+              for token, side, tone in zip(target.tokens, "ab", (440.0, 660.0), strict=True)]
+    results: list[CheckResult] = []
+    started = time.monotonic()
+    try:
+        for person in people:
+            try:
+                await person.join(target.timeout)
+            except ParticipantError as exc:
+                results.append(_stage_failure(exc.stage, str(exc)))
+                return results
+            except TimeoutError:
+                results.append(_stage_failure("join", "no answer to join"))
+                return results
+        results.append(CheckResult("signaling", "pass", f"joined call {target.call!r} over "
+                                   f"{target.ws_url}",
+                                   figure=f"{(time.monotonic() - started) * 1000:.0f} ms"))
+        try:
+            connect_times = [await p.wait_connected(target.timeout) for p in people]
+        except ParticipantError as exc:
+            results.append(_stage_failure("ice", str(exc)))
+            return results
+        pair = people[0].selected_pair() or {}
+        results.append(CheckResult(
+            "ice+dtls", "pass" if pair.get("protocol") == "udp" else "warn",
+            f"connected over {pair.get('protocol', '?')}: {pair.get('local', '?')} "
+            f"({pair.get('local_type', '?')}) -> {pair.get('remote', '?')} "
+            f"({pair.get('remote_type', '?')})",
+            figure=f"{max(connect_times) * 1000:.0f} ms",
+            fix=None if pair.get("protocol") == "udp" else
+            "media fell back to TCP: open UDP on the media port for better quality",
+            details={"candidate_pair": pair, "connect_ms": [t * 1000 for t in connect_times]}))
+        results.append(await _media_result(people))
+    finally:
+        for person in people:
+            await person.leave()
+        results.append(CheckResult("duration", "pass", "whole test",
+                                   figure=f"{time.monotonic() - started:.1f} s"))
+    return results
+
+
+async def _media_result(people: list[Any]) -> CheckResult:
+    a, b = people
+    await asyncio.sleep(0.5)
+    start = (a.frames_from[b.session_id], b.frames_from[a.session_id])
+    await asyncio.sleep(MEDIA_SECONDS)
+    got = (a.frames_from[b.session_id] - start[0], b.frames_from[a.session_id] - start[1])
+    expected = MEDIA_SECONDS * FRAMES_PER_SECOND
+    loss = max(0.0, 1 - min(got) / expected)
+    rtts = a.dc_rtts + b.dc_rtts
+    stats = await a.inbound_audio_stats() + await b.inbound_audio_stats()
+    jitter_ms = max((s["jitter"] or 0) * 1000 for s in stats) if stats else None
+    figures = {"frames_a_from_b": got[0], "frames_b_from_a": got[1], "loss": round(loss, 3),
+               "rtt_ms": round(statistics.median(rtts) * 1000, 1) if rtts else None,
+               "jitter_ms": jitter_ms}
+    if min(got) == 0:
+        side = "a hears nothing from b" if got[0] == 0 else "b hears nothing from a"
+        return CheckResult("media", "fail", f"audio does not flow both ways: {side}",
+                           fix="ICE connected but no audio: check that nothing between clients "
+                               "and server drops UDP after the handshake (stateful firewall "
+                               "timeouts), and the server log for SRTP errors",
+                           details=figures)
+    status = "pass" if loss < 0.05 else "warn"
+    rtt = f", RTT {figures['rtt_ms']} ms" if figures["rtt_ms"] is not None else ""
+    return CheckResult("media", status, f"audio both ways: {got[0]} and {got[1]} frames in "
+                       f"{MEDIA_SECONDS:g} s{rtt}", figure=f"loss {loss:.1%}",
+                       fix=None if status == "pass" else
+                       "loss above 5%: check the network path, then `callsctl tune`",
+                       details=figures)
+
+
+def _stage_failure(stage: str, message: str) -> CheckResult:
+    fixes = {
+        "signaling": "the API port is not reachable or not a callsctl server: check "
+                     "`callsctl check all`, the --api-port and any reverse proxy for WebSockets",
+        "join": "the server refused the join: check the token (expired? another server's?) "
+                "and whether calls are enabled for this call id",
+        "ice": "signaling works but media cannot connect: run `callsctl check rtc` — usually "
+               "the advertised address (ice_host_override) or a firewall on the media port",
+    }
+    return CheckResult(stage, "fail", message, fix=fixes.get(stage, "see the server log"))
+
+
+@app.command("webrtc")
+def webrtc_command(
+    host: str = typer.Option(..., "--host", "-H", help="Server host name or IP."),
+    api_port: int = typer.Option(8045, "--api-port", min=1, max=65535, help="API port."),
+    api_url: str | None = typer.Option(
+        None, "--api-url", help="API base URL when not http://HOST:API_PORT (https, proxy)."),
+    token: str | None = typer.Option(
+        None, "--token", help="A join token (both test participants use it)."),
+    data_dir: str | None = typer.Option(
+        None, "--data-dir", help="A local server's data dir: mint test tokens with its secret."),
+    timeout: float = typer.Option(15.0, "--timeout", "-t", min=1, max=120,
+                                  help="Seconds each stage may take."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Make a real two-party audio call through the server and report each stage.
+
+    Needs a join token (--token, from `callsctl token`) or, on the server host,
+    --data-dir to mint one. Exit 0 when audio flowed both ways, 1 when a stage
+    failed, 2 on a usage error.
+    """
+    if (token is None) == (data_dir is None):
+        fail("give exactly one of --token or --data-dir", EXIT_USAGE)
+    base = (api_url or f"http://{host}:{api_port}").rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        fail(f"--api-url must start with http:// or https://, got {base!r}", EXIT_USAGE)
+    ws_url = "ws" + base[4:] + "/ws"
+    if token is not None:
+        call, tokens = token_call(token), (token, token)
+    else:
+        call, tokens = mint_tokens(data_dir)  # type: ignore[arg-type]
+    results = asyncio.run(run_call(CallTarget(ws_url, call, tokens, timeout)))
+    raise typer.Exit(emit(results, as_json, title=f"callsctl check webrtc: {base}"))

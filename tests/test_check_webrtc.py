@@ -1,0 +1,63 @@
+"""`callsctl check webrtc`: a real call through a live server, and the stage that fails."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import free_port, run_cli
+
+
+def test_webrtc_passes_against_a_live_server(server):
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port",
+                     str(server.api_port), "--data-dir", str(server.data_dir), "--json",
+                     timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = {r["name"]: r for r in json.loads(result.stdout)["results"]}
+    assert report["ice+dtls"]["status"] == "pass"
+    assert report["ice+dtls"]["details"]["candidate_pair"]["protocol"] == "udp"
+    media = report["media"]
+    assert media["status"] == "pass"
+    assert media["details"]["frames_a_from_b"] > 50 and media["details"]["frames_b_from_a"] > 50
+    assert media["details"]["rtt_ms"] is not None
+
+
+def test_webrtc_with_a_token_from_callsctl_token(server):
+    token = run_cli("token", "--call", "probe", "--user", "ops", "--data-dir",
+                    str(server.data_dir)).stdout.strip()
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port",
+                     str(server.api_port), "--token", token, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "audio both ways" in result.stdout
+
+
+def test_webrtc_names_the_failing_stage(serve_factory, tmp_path):
+    closed = free_port()
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port", str(closed),
+                     "--data-dir", str(tmp_path), "--json", "--timeout", "5", timeout=60)
+    assert result.returncode == 1
+    first = json.loads(result.stdout)["results"][0]
+    assert first["name"] == "signaling" and first["status"] == "fail"
+    # A server that advertises an address where nothing listens (another loopback
+    # address; the server is bound to 127.0.0.1): ICE fails, not signaling.
+    server = serve_factory("--ice-host-override", "127.0.0.2")
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port",
+                     str(server.api_port), "--data-dir", str(server.data_dir), "--json",
+                     "--timeout", "6", timeout=90)
+    assert result.returncode == 1
+    names = {r["name"]: r["status"] for r in json.loads(result.stdout)["results"]}
+    assert names.get("signaling") == "pass" and names.get("ice") == "fail"
+
+
+def test_webrtc_usage_errors():
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1")
+    assert result.returncode == 2 and "exactly one of --token or --data-dir" in result.stderr
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--token", "garbage")
+    assert result.returncode == 2 and "not a callsctl join token" in result.stderr
+
+
+def test_check_all_includes_a_real_call_when_given_a_data_dir(server):
+    result = run_cli("check", "all", "--host", "127.0.0.1", "--api-port", str(server.api_port),
+                     "--udp-port", str(server.udp_port), "--tcp-port", str(server.udp_port),
+                     "--data-dir", str(server.data_dir), "--json", timeout=120)
+    names = {r["name"]: r["status"] for r in json.loads(result.stdout)["results"]}
+    assert names.get("media") == "pass", result.stdout

@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install serve test lint clean
+.PHONY: install serve test lint clean docs dist
 
 $(BIN)/callsctl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,10 +17,18 @@ serve: install
 	$(BIN)/callsctl serve
 
 lint: install
-	$(BIN)/ruff check callsctl callsctl_sfu tests bench
+	$(BIN)/ruff check callsctl callsctl_sfu tests bench tools
 
 test: install lint
 	$(BIN)/pytest -q -ra
 
+# Regenerate completions/, man/callsctl.1 and README's generated blocks from the CLI.
+docs: install
+	$(BIN)/python -m tools.gen_docs
+
+# The wheel and dist/callsctl, one executable file that needs only Python 3.11.
+dist: install
+	$(BIN)/python -m tools.build_dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

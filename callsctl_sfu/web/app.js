@@ -16,6 +16,20 @@
   // `user_joined` carries no state: a new session starts unmuted on the server
   // (calls/model.py ParticipantState) and changes arrive as user_muted etc.
   const DEFAULT_REMOTE_MUTED = false;
+  // What the SFU sends (DESIGN.md): a publisher's mic and camera carry the msid
+  // stream id <session_id>; its screen share (and screen audio) "screen-<session_id>".
+  const SCREEN_STREAM_PREFIX = "screen-";
+  const CAMERA_CONSTRAINTS = {width: {ideal: 640}, height: {ideal: 360}, frameRate: {ideal: 15}};
+  const CAMERA_MAX_BITRATE = 800000;
+  // One encoding (the SFU has no simulcast yet), as the Mattermost client sends
+  // a screen without simulcast: about 1 Mbps at 10 fps.
+  const SCREEN_CONSTRAINTS = {video: {frameRate: {ideal: 10, max: 15}}, audio: false};
+  const SCREEN_MAX_BITRATE = 1000000;
+  const SCREEN_MAX_FPS = 10;
+  // The server answers screen_on with user_screen_on (to everyone, us included)
+  // or an error; without an answer in this time we share anyway.
+  const SCREEN_ACK_TIMEOUT_MS = 5000;
+  const SCREEN_ERRORS = new Set(["screen_share_taken", "screen_sharing_disabled"]);
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -46,8 +60,11 @@
     sessionId: null,
     host: null,
     participants: new Map(), // session_id -> participant
-    remoteTracks: new Map(), // track id -> {sessionId, kind, streamId, mid}
-    mediaElements: new Map(), // "audio:<stream id>" / "video:<stream id>" -> element
+    remoteTracks: new Map(), // track id -> {sessionId, kind, source, streamId, mid}
+    remoteTrackObjs: new Map(), // track id -> MediaStreamTrack
+    mediaElements: new Map(), // "audio:<track id>" -> <audio> element
+    videoTiles: new Map(), // session id -> {node, video, label, trackId}
+    screenView: null, // {sessionId, trackId, video} while a remote screen is shown
     ws: null,
     pc: null,
     dc: null,
@@ -56,6 +73,18 @@
     micSender: null,
     muted: false,
     hand: false,
+    camTrack: null, // local camera track while the camera is on
+    camTransceiver: null, // kept after the camera stops: turning it on again is replaceTrack
+    cameraBusy: false,
+    screenStream: null, // local screen share (getDisplayMedia) while sharing or asking to
+    screenTransceiver: null, // reused by the next share
+    // The stream (msid) the screen is sent in, its id announced in screen_on: its
+    // own, never the mic/camera one, and kept as long as the transceiver. (With
+    // sender.setStreams() on a reused transceiver, Chromium 156 offered the new
+    // stream id once and then, on its next negotiationneeded, the old one again.)
+    screenMsid: null,
+    screenPending: null, // {streamId, resolve, reject} while waiting for the server's verdict
+    screenBusy: false,
     signaling: "idle",
     media: "new",
     rtt: null,
@@ -212,6 +241,8 @@
         "data-muted": String(!!p.muted),
         "data-speaking": String(!!p.voice),
         "data-hand": String(!!p.hand),
+        "data-video": String(!!p.video),
+        "data-screen": String(!!p.screen),
         "data-host": String(isHost),
         "data-self": String(isSelf),
       },
@@ -229,6 +260,98 @@
     }
     list.replaceChildren(...items);
     $("#participant-count").textContent = String(S.participants.size);
+    renderVideos(ordered);
+    renderScreenView();
+  }
+
+  // ---------------------------------------------------------------- video tiles / screen view
+  function remoteTrackFor(sid, source) {
+    let found = null; // the newest live one: a retired transceiver's track may linger
+    for (const [trackId, info] of S.remoteTracks) {
+      if (info.sessionId !== sid || info.source !== source) continue;
+      const track = S.remoteTrackObjs.get(trackId);
+      if (track && track.readyState !== "ended") found = track;
+    }
+    return found;
+  }
+
+  function displayName(p) {
+    return p.name || p.user || p.session_id;
+  }
+
+  function videoFor(track, sid, isSelf) {
+    const video = el("video", {autoplay: true, muted: true, playsInline: true,
+      "data-session-id": sid, "data-track-id": track.id, "data-self": String(isSelf)});
+    // Only the video track: the audio plays through its own <audio> element.
+    video.srcObject = new MediaStream([track]);
+    playElement(video);
+    return video;
+  }
+
+  // A tile per participant whose camera is on (by the server's user_video_on,
+  // or our own state) and whose video track we have.
+  function renderVideos(ordered) {
+    const wanted = new Map();
+    for (const p of ordered) {
+      if (!p.video) continue;
+      const isSelf = p.session_id === S.sessionId;
+      const track = isSelf ? S.camTrack : remoteTrackFor(p.session_id, "camera");
+      if (track) wanted.set(p.session_id, {p, track, isSelf});
+    }
+    for (const [sid, tile] of [...S.videoTiles]) {
+      const want = wanted.get(sid);
+      if (want && want.track.id === tile.trackId) continue;
+      tile.video.srcObject = null;
+      tile.node.remove();
+      S.videoTiles.delete(sid);
+    }
+    const box = $("#videos");
+    for (const [sid, {p, track, isSelf}] of wanted) {
+      let tile = S.videoTiles.get(sid);
+      if (!tile) {
+        const video = videoFor(track, sid, isSelf);
+        const label = el("span", {"class": "label"});
+        const node = el("figure", {"class": "tile", "data-session-id": sid,
+          "data-self": String(isSelf)}, video, label);
+        // Appended, never moved: moving a playing <video> pauses it.
+        box.append(node);
+        tile = {node, video, label, trackId: track.id};
+        S.videoTiles.set(sid, tile);
+      }
+      tile.label.textContent = isSelf ? `${displayName(p)} (you)` : displayName(p);
+    }
+    box.hidden = S.videoTiles.size === 0;
+  }
+
+  function screenSharer() {
+    for (const p of S.participants.values()) {
+      if (p.screen) return p;
+    }
+    return null;
+  }
+
+  function renderScreenView() {
+    const view = $("#screen-view");
+    const sharer = screenSharer();
+    const remote = sharer && sharer.session_id !== S.sessionId;
+    const track = remote ? remoteTrackFor(sharer.session_id, "screen") : null;
+    const shown = S.screenView;
+    if (shown && (!track || shown.trackId !== track.id)) {
+      shown.video.srcObject = null;
+      shown.video.remove();
+      S.screenView = null;
+    }
+    if (track && !S.screenView) {
+      const video = videoFor(track, sharer.session_id, false);
+      view.append(video);
+      S.screenView = {sessionId: sharer.session_id, trackId: track.id, video};
+    }
+    view.hidden = !sharer;
+    view.dataset.sessionId = sharer ? sharer.session_id : "";
+    let label = "";
+    if (sharer && !remote) label = "You are sharing your screen.";
+    else if (sharer) label = `${displayName(sharer)} is sharing their screen${track ? "" : " (connecting…)"}.`;
+    $("#screen-label").textContent = label;
   }
 
   function renderControls() {
@@ -240,6 +363,17 @@
     hand.textContent = S.hand ? "Lower hand" : "Raise hand";
     hand.setAttribute("aria-pressed", String(S.hand));
     hand.dataset.hand = String(S.hand);
+    const ready = !!S.pc && S.state === "joined";
+    const camera = $("#camera");
+    const cameraOn = !!S.camTrack;
+    camera.textContent = cameraOn ? "Stop camera" : "Camera";
+    camera.setAttribute("aria-pressed", String(cameraOn));
+    camera.disabled = !ready || S.cameraBusy;
+    const screen = $("#screen");
+    const sharing = !!S.screenStream;
+    screen.textContent = sharing ? "Stop sharing" : "Share screen";
+    screen.setAttribute("aria-pressed", String(sharing));
+    screen.disabled = !ready || S.screenBusy;
   }
 
   // ---------------------------------------------------------------- participants
@@ -267,8 +401,11 @@
     }
     const isSelf = sid === S.sessionId;
     for (const [key, value] of Object.entries(fields)) {
-      // Our own mute and hand state is decided locally; the server echoes it.
-      if (isSelf && (key === "muted" || key === "hand")) continue;
+      // Our own mute, hand, camera and screen state is decided locally; the
+      // server echoes it.
+      if (isSelf && (key === "muted" || key === "hand" || key === "video" || key === "screen")) {
+        continue;
+      }
       p[key] = value;
     }
     renderParticipants();
@@ -429,8 +566,18 @@
       case "user_voice_off": updateParticipant(msg.session_id, {voice: false}); break;
       case "user_raise_hand": updateParticipant(msg.session_id, {hand: true}); break;
       case "user_lower_hand": updateParticipant(msg.session_id, {hand: false}); break;
-      case "user_screen_on": updateParticipant(msg.session_id, {screen: true}); break;
-      case "user_screen_off": updateParticipant(msg.session_id, {screen: false}); break;
+      case "user_screen_on":
+        if (msg.session_id === S.sessionId && S.screenPending) S.screenPending.resolve();
+        updateParticipant(msg.session_id, {screen: true});
+        break;
+      case "user_screen_off":
+        if (msg.session_id === S.sessionId && S.screenStream && !S.screenPending) {
+          // Not our own stop (that clears screenStream first): the server ended the share.
+          stopScreen(false);
+          showNotice("Your screen share was stopped by the server.", 5000);
+        }
+        updateParticipant(msg.session_id, {screen: false});
+        break;
       case "user_video_on": updateParticipant(msg.session_id, {video: true}); break;
       case "user_video_off": updateParticipant(msg.session_id, {video: false}); break;
       case "user_reacted":
@@ -472,6 +619,13 @@
     S.gotServerError = true;
     const code = msg.code || "error";
     const message = msg.message || "the server reported an error";
+    if (SCREEN_ERRORS.has(code)) {
+      // The answer to our screen_on: the share must not go ahead.
+      if (S.screenPending) S.screenPending.reject(code, message);
+      else if (S.screenStream) stopScreen(false);
+      showError(`Cannot share your screen: ${message}`, code);
+      return;
+    }
     if (S.state === "joined") {
       showError(`Server error (${code}): ${message}`, code);
       return;
@@ -488,7 +642,7 @@
     S.participants.clear();
     joinOrder = 0;
     upsertParticipant({session_id: S.sessionId, user: S.user, name: S.name, muted: S.muted,
-      hand: S.hand, voice: false});
+      hand: S.hand, voice: false, video: false, screen: false});
     for (const p of msg.participants || []) {
       if (p.session_id !== S.sessionId) upsertParticipant(p);
     }
@@ -578,6 +732,7 @@
     dc.onclose = () => log("data channel closed");
     // Tell the server our mute state explicitly (its default may differ).
     send({type: S.muted ? "mute" : "unmute"});
+    renderControls(); // camera and screen buttons work from now on
     // The first offer follows from `negotiationneeded` (track + data channel).
   }
 
@@ -688,38 +843,44 @@
     }
   }
 
+  // Whose track this is and what it carries, from the stream id the SFU sets.
+  function sourceOf(streamId, kind) {
+    if (streamId && streamId.startsWith(SCREEN_STREAM_PREFIX)) {
+      return {sessionId: streamId.slice(SCREEN_STREAM_PREFIX.length),
+        source: kind === "audio" ? "screenaudio" : "screen"};
+    }
+    return {sessionId: streamId || null, source: kind === "audio" ? "mic" : "camera"};
+  }
+
   function onTrack(event) {
     const track = event.track;
-    const stream = event.streams[0] || new MediaStream([track]);
-    const sid = event.streams[0] ? event.streams[0].id : null;
-    S.remoteTracks.set(track.id, {sessionId: sid, kind: track.kind, streamId: stream.id,
+    const stream = event.streams[0] || null;
+    const {sessionId, source} = sourceOf(stream ? stream.id : null, track.kind);
+    S.remoteTracks.set(track.id, {sessionId, kind: track.kind, source,
+      streamId: stream ? stream.id : null,
       mid: event.transceiver ? event.transceiver.mid : null});
-    log(`remote ${track.kind} track from ${sid || "(no stream)"}`);
-    attachMedia(stream, track.kind, sid);
+    S.remoteTrackObjs.set(track.id, track);
+    log(`remote ${source} track from ${sessionId || "(no stream)"}`);
+    if (track.kind === "audio") attachAudio(track, sessionId);
     const forget = () => {
+      if (!S.remoteTrackObjs.has(track.id)) return;
       S.remoteTracks.delete(track.id);
-      if (!stream.getTracks().some((t) => t.kind === track.kind && t.readyState !== "ended")) {
-        detachMedia(`${track.kind}:${stream.id}`);
-      }
+      S.remoteTrackObjs.delete(track.id);
+      detachMedia(`audio:${track.id}`);
       renderParticipants();
     };
     track.addEventListener("ended", forget);
-    stream.addEventListener("removetrack", (e) => { if (e.track === track) forget(); });
+    // The server retires a transceiver (inactive) when a track goes away.
+    if (stream) stream.addEventListener("removetrack", (e) => { if (e.track === track) forget(); });
     renderParticipants();
   }
 
-  function attachMedia(stream, kind, sid) {
-    const key = `${kind}:${stream.id}`;
+  function attachAudio(track, sid) {
+    const key = `audio:${track.id}`;
     if (S.mediaElements.has(key)) return;
-    let node;
-    if (kind === "audio") {
-      node = el("audio", {autoplay: true, "data-session-id": sid || "", "data-stream-id": stream.id});
-    } else {
-      // Video element is muted: its stream's audio already plays through the <audio>.
-      node = el("video", {autoplay: true, muted: true, playsInline: true,
-        "data-session-id": sid || "", "data-stream-id": stream.id});
-    }
-    node.srcObject = stream;
+    const node = el("audio", {autoplay: true, "data-session-id": sid || "",
+      "data-track-id": track.id});
+    node.srcObject = new MediaStream([track]);
     S.mediaElements.set(key, node);
     $("#media").append(node);
     playElement(node);
@@ -748,7 +909,10 @@
       if (node.dataset.sessionId === sid) detachMedia(key);
     }
     for (const [trackId, info] of [...S.remoteTracks]) {
-      if (info.sessionId === sid) S.remoteTracks.delete(trackId);
+      if (info.sessionId === sid) {
+        S.remoteTracks.delete(trackId);
+        S.remoteTrackObjs.delete(trackId);
+      }
     }
   }
 
@@ -785,6 +949,190 @@
     renderParticipants();
   }
 
+  // The SFU forwards VP8: offer it first on the video we send.
+  function preferVp8(transceiver) {
+    if (!transceiver.setCodecPreferences || !RTCRtpReceiver.getCapabilities) return;
+    const codecs = (RTCRtpReceiver.getCapabilities("video") || {codecs: []}).codecs;
+    const isVp8 = (c) => c.mimeType.toLowerCase() === "video/vp8";
+    if (!codecs.some(isVp8)) return;
+    try {
+      transceiver.setCodecPreferences([...codecs.filter(isVp8), ...codecs.filter((c) => !isVp8(c))]);
+    } catch (err) {
+      log("setCodecPreferences failed:", describeError(err));
+    }
+  }
+
+  function setSelf(fields) {
+    const self = S.participants.get(S.sessionId);
+    if (self) Object.assign(self, fields);
+    renderControls();
+    renderParticipants();
+  }
+
+  // Camera on: a send-only transceiver of our own (never one the server created
+  // to send us someone else's video), re-offered to the server; video_on tells
+  // everyone. Camera off: replaceTrack(null), no renegotiation; video_off.
+  async function startCamera() {
+    if (S.camTrack || S.cameraBusy || !S.pc || S.state !== "joined") return;
+    S.cameraBusy = true;
+    renderControls();
+    try {
+      let stream;
+      try {
+        stream = await navigator.mediaDevices.getUserMedia({video: CAMERA_CONSTRAINTS});
+      } catch (err) {
+        showError(`Camera unavailable (${describeError(err)}).`, "no_camera");
+        return;
+      }
+      const track = stream.getVideoTracks()[0];
+      const pc = S.pc;
+      if (!track || !pc || pc.signalingState === "closed" || S.state !== "joined") {
+        stream.getTracks().forEach((t) => t.stop());
+        return;
+      }
+      clearError("no_camera");
+      const reusable = S.camTransceiver && S.camTransceiver.currentDirection !== "stopped";
+      if (reusable) {
+        await S.camTransceiver.sender.replaceTrack(track);
+      } else {
+        S.camTransceiver = pc.addTransceiver(track, {direction: "sendonly",
+          streams: [new MediaStream()], sendEncodings: [{maxBitrate: CAMERA_MAX_BITRATE}]});
+        preferVp8(S.camTransceiver);
+        // negotiationneeded follows: the re-offer carries the new m-section.
+      }
+      S.camTrack = track;
+      track.addEventListener("ended", () => { if (S.camTrack === track) stopCamera(); });
+      send({type: "video_on"});
+      log("camera on");
+    } finally {
+      S.cameraBusy = false;
+      setSelf({video: !!S.camTrack});
+    }
+  }
+
+  function stopCamera() {
+    const track = S.camTrack;
+    if (!track) return;
+    S.camTrack = null;
+    if (S.camTransceiver && S.pc && S.pc.signalingState !== "closed") {
+      S.camTransceiver.sender.replaceTrack(null)
+        .catch((err) => log("replaceTrack failed:", describeError(err)));
+    }
+    track.stop();
+    send({type: "video_off"});
+    log("camera off");
+    setSelf({video: false});
+  }
+
+  // Ask the server for the call's one screen-share slot, naming the stream that
+  // will carry the screen. Resolves on our user_screen_on, rejects on an error.
+  function requestScreenSlot(streamId) {
+    return new Promise((resolve, reject) => {
+      const pending = {streamId};
+      const finish = () => {
+        clearTimeout(pending.timer);
+        if (S.screenPending === pending) S.screenPending = null;
+      };
+      pending.resolve = () => { finish(); resolve(); };
+      pending.reject = (code, message) => {
+        finish();
+        reject(Object.assign(new Error(message), {code}));
+      };
+      pending.timer = setTimeout(() => {
+        log("no answer to screen_on; sharing anyway");
+        pending.resolve();
+      }, SCREEN_ACK_TIMEOUT_MS);
+      S.screenPending = pending;
+      if (!send({type: "screen_on", stream_id: streamId})) {
+        pending.reject("ws_closed", "the signaling connection is closed");
+      }
+    });
+  }
+
+  async function startScreen() {
+    if (S.screenStream || S.screenBusy || !S.pc || S.state !== "joined") return;
+    if (!navigator.mediaDevices.getDisplayMedia) {
+      showError("This browser cannot share its screen.", "screen_unsupported");
+      return;
+    }
+    S.screenBusy = true;
+    renderControls();
+    try {
+      let stream;
+      try {
+        stream = await navigator.mediaDevices.getDisplayMedia(SCREEN_CONSTRAINTS);
+      } catch (err) {
+        if (err && err.name === "NotAllowedError") log("screen share cancelled");
+        else showError(`Cannot share your screen (${describeError(err)}).`, "screen_failed");
+        return;
+      }
+      const track = stream.getVideoTracks()[0];
+      // Only the picture is shared; stop anything else the picker granted.
+      stream.getAudioTracks().forEach((t) => { stream.removeTrack(t); t.stop(); });
+      if (!track || !S.pc || S.state !== "joined") {
+        stream.getTracks().forEach((t) => t.stop());
+        return;
+      }
+      S.screenStream = stream;
+      renderControls();
+      const reusable = S.screenTransceiver && S.screenTransceiver.currentDirection !== "stopped" &&
+        !S.screenTransceiver.sender.track;
+      if (!reusable) S.screenMsid = new MediaStream();
+      const msid = S.screenMsid;
+      try {
+        await requestScreenSlot(msid.id);
+      } catch (err) {
+        // Refused (someone else shares, or sharing is disabled): the error banner
+        // is already up (onServerError); drop what we captured.
+        if (S.screenStream === stream) S.screenStream = null;
+        stream.getTracks().forEach((t) => t.stop());
+        if (err.code === "ws_closed") showError(`Cannot share your screen: ${err.message}`, err.code);
+        return;
+      }
+      const pc = S.pc;
+      if (S.screenStream !== stream || !pc || pc.signalingState === "closed") return; // stopped meanwhile
+      clearError("screen_share_taken");
+      clearError("screen_sharing_disabled");
+      track.contentHint = "detail";
+      track.addEventListener("ended", () => { if (S.screenStream === stream) stopScreen(true); });
+      if (reusable && S.screenMsid === msid) {
+        // The previous share's m-section (same msid): new track, send again.
+        await S.screenTransceiver.sender.replaceTrack(track);
+        S.screenTransceiver.direction = "sendonly";
+      } else {
+        S.screenTransceiver = pc.addTransceiver(track, {direction: "sendonly", streams: [msid],
+          sendEncodings: [{maxBitrate: SCREEN_MAX_BITRATE, maxFramerate: SCREEN_MAX_FPS}]});
+        preferVp8(S.screenTransceiver);
+      }
+      log(`sharing screen (stream ${msid.id})`);
+    } finally {
+      S.screenBusy = false;
+      setSelf({screen: !!S.screenStream && !S.screenPending});
+    }
+  }
+
+  // Stop sharing: the track leaves the connection (renegotiation) and, unless the
+  // server already ended it, screen_off tells everyone.
+  function stopScreen(notify = true) {
+    const stream = S.screenStream;
+    if (!stream) return;
+    S.screenStream = null;
+    const pending = S.screenPending;
+    const t = S.screenTransceiver;
+    if (t && t.sender.track && S.pc && S.pc.signalingState !== "closed") {
+      try {
+        S.pc.removeTrack(t.sender);
+      } catch (err) {
+        log("removeTrack failed:", describeError(err));
+      }
+    }
+    stream.getTracks().forEach((track) => track.stop());
+    if (notify) send({type: "screen_off"});
+    if (pending) pending.resolve(); // startScreen sees the stream gone and stops there
+    log("screen share stopped");
+    setSelf({screen: false});
+  }
+
   function react(emoji) {
     if (S.state !== "joined") return;
     send({type: "react", emoji});
@@ -814,8 +1162,29 @@
     S.micStream = null;
     S.micTrack = null;
     S.micSender = null;
+    if (S.camTrack) S.camTrack.stop();
+    S.camTrack = null;
+    S.camTransceiver = null;
+    if (S.screenPending) S.screenPending.reject("closed", "the call is over");
+    if (S.screenStream) S.screenStream.getTracks().forEach((t) => t.stop());
+    S.screenStream = null;
+    S.screenTransceiver = null;
+    S.screenMsid = null;
     for (const key of [...S.mediaElements.keys()]) detachMedia(key);
     S.remoteTracks.clear();
+    S.remoteTrackObjs.clear();
+    for (const tile of S.videoTiles.values()) {
+      tile.video.srcObject = null;
+      tile.node.remove();
+    }
+    S.videoTiles.clear();
+    if (S.screenView) {
+      S.screenView.video.srcObject = null;
+      S.screenView.video.remove();
+      S.screenView = null;
+    }
+    $("#videos").hidden = true;
+    $("#screen-view").hidden = true;
     if (S.ws) {
       const ws = S.ws;
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
@@ -827,6 +1196,11 @@
   }
 
   // ---------------------------------------------------------------- wiring
+  function videoInfo(video, trackId) {
+    return {trackId, width: video.videoWidth, height: video.videoHeight, paused: video.paused,
+      self: video.dataset.self === "true"};
+  }
+
   function exposeApi() {
     const api = {};
     const props = {
@@ -854,11 +1228,26 @@
         for (const [id, info] of S.remoteTracks) out[id] = {...info};
         return out;
       },
+      camera: () => !!S.camTrack,
+      // True once the server accepted our share (and until we stop it).
+      screenSharing: () => !!S.screenStream && !S.screenPending,
+      screenSharer: () => { const p = screenSharer(); return p ? p.session_id : null; },
+      // Camera tiles on screen, by session id (ours included while our camera is on).
+      videos: () => {
+        const out = {};
+        for (const [sid, tile] of S.videoTiles) out[sid] = videoInfo(tile.video, tile.trackId);
+        return out;
+      },
+      screenView: () => (S.screenView ? {sessionId: S.screenView.sessionId,
+        ...videoInfo(S.screenView.video, S.screenView.trackId)} : null),
       log: () => S.log.slice(),
     };
     for (const [name, get] of Object.entries(props)) {
       Object.defineProperty(api, name, {get, enumerable: true});
     }
+    // The <video> elements themselves, for tests (by session id; the screen view).
+    api.videoElement = (sid) => (S.videoTiles.has(sid) ? S.videoTiles.get(sid).video : null);
+    api.screenElement = () => (S.screenView ? S.screenView.video : null);
     window.callsctl = Object.freeze(api);
   }
 
@@ -872,6 +1261,15 @@
     }
     $("#mute").addEventListener("click", () => setMuted(!S.muted));
     $("#hand").addEventListener("click", () => setHand(!S.hand));
+    $("#camera").addEventListener("click", () => {
+      if (S.camTrack) stopCamera();
+      else startCamera().catch((err) => showError(`Camera failed: ${describeError(err)}`, "no_camera"));
+    });
+    $("#screen").addEventListener("click", () => {
+      if (S.screenStream) stopScreen(true);
+      else startScreen().catch((err) => showError(`Screen share failed: ${describeError(err)}`,
+        "screen_failed"));
+    });
     $("#leave").addEventListener("click", leave);
     $("#error-dismiss").addEventListener("click", () => clearError());
     $("#rejoin").addEventListener("click", () => location.reload());

@@ -1,0 +1,316 @@
+# fish completion for callsctl
+# Generated from the callsctl CLI by `make docs` (tools/gen_completions.py).
+# Do not edit: change the CLI and run `make docs`. Install: see README, Shell completion.
+
+function __callsctl_path --description 'The callsctl command being completed'
+    set -l path callsctl
+    set -l skip 0
+    for tok in (commandline -opc)[2..-1]
+        if test $skip -eq 1
+            set skip 0
+            continue
+        end
+        switch "$path $tok"
+            case 'callsctl serve' 'callsctl token' 'callsctl tune' 'callsctl top' 'callsctl loadtest' 'callsctl check' 'callsctl check udp' 'callsctl check tcp' 'callsctl check listen' 'callsctl check capture' 'callsctl check config' 'callsctl check stun' 'callsctl check rtc' 'callsctl check all' 'callsctl check turn' 'callsctl check webrtc' 'callsctl calls' 'callsctl calls list' 'callsctl calls show' 'callsctl calls mute' 'callsctl calls mute-others' 'callsctl calls stop-screen' 'callsctl calls lower-hand' 'callsctl calls remove' 'callsctl calls end' 'callsctl calls host' 'callsctl calls enable' 'callsctl calls disable' 'callsctl calls settings' 'callsctl calls history'
+                set path "$path $tok"
+                continue
+        end
+        switch "$path/$tok"
+            case 'callsctl serve/--config' 'callsctl serve/--bind' 'callsctl serve/--api-port' 'callsctl serve/--udp-port' 'callsctl serve/--ice-host-override' 'callsctl serve/--data-dir' 'callsctl serve/--max-call-participants' 'callsctl serve/--log-level' 'callsctl serve/--log-format' 'callsctl serve/--default-call' 'callsctl serve/--session-timeout' 'callsctl serve/--udp-buffer-size' 'callsctl serve/--tcp-port' 'callsctl serve/--ice-tcp' 'callsctl serve/--ice-host-port-override' 'callsctl serve/--stun-server' 'callsctl serve/--ice-servers' 'callsctl serve/--turn-static-auth-secret' 'callsctl serve/--turn-credentials-expiration-minutes' 'callsctl serve/--admin-key-file' 'callsctl serve/--tls-cert' 'callsctl serve/--tls-key' 'callsctl token/--call' 'callsctl token/-c' 'callsctl token/--user' 'callsctl token/-u' 'callsctl token/--ttl' 'callsctl token/--data-dir' 'callsctl token/--config' 'callsctl token/--url' 'callsctl tune/--data-dir' 'callsctl tune/--server' 'callsctl top/--host' 'callsctl top/--server' 'callsctl top/--admin-key' 'callsctl top/--admin-key-file' 'callsctl top/--data-dir' 'callsctl top/--ca-cert' 'callsctl top/--client-config' 'callsctl top/--refresh' 'callsctl loadtest/--host' 'callsctl loadtest/--calls' 'callsctl loadtest/--users-per-call' 'callsctl loadtest/--unmuted' 'callsctl loadtest/--duration' 'callsctl loadtest/--join-duration' 'callsctl loadtest/--data-dir' 'callsctl loadtest/--secret-file' 'callsctl loadtest/--token-secret' 'callsctl loadtest/--call-prefix' 'callsctl check udp/--host' 'callsctl check udp/-H' 'callsctl check udp/--port' 'callsctl check udp/-p' 'callsctl check udp/--message' 'callsctl check udp/-m' 'callsctl check udp/--count' 'callsctl check udp/-c' 'callsctl check udp/--timeout' 'callsctl check udp/-t' 'callsctl check tcp/--host' 'callsctl check tcp/-H' 'callsctl check tcp/--port' 'callsctl check tcp/-p' 'callsctl check tcp/--message' 'callsctl check tcp/-m' 'callsctl check tcp/--count' 'callsctl check tcp/-c' 'callsctl check tcp/--timeout' 'callsctl check tcp/-t' 'callsctl check listen/--port' 'callsctl check listen/-p' 'callsctl check listen/--bind' 'callsctl check listen/-b' 'callsctl check listen/--count' 'callsctl check listen/-c' 'callsctl check listen/--duration' 'callsctl check listen/-d' 'callsctl check capture/--port' 'callsctl check capture/-p' 'callsctl check capture/--iface' 'callsctl check capture/-i' 'callsctl check capture/--duration' 'callsctl check capture/-d' 'callsctl check capture/--count' 'callsctl check capture/-c' 'callsctl check capture/--write' 'callsctl check capture/-w' 'callsctl check capture/--host' 'callsctl check config/--config' 'callsctl check config/-f' 'callsctl check stun/--server' 'callsctl check stun/-s' 'callsctl check stun/--timeout' 'callsctl check stun/-t' 'callsctl check rtc/--host' 'callsctl check rtc/-H' 'callsctl check rtc/--udp-port' 'callsctl check rtc/--tcp-port' 'callsctl check rtc/--api-port' 'callsctl check rtc/--api-url' 'callsctl check rtc/--timeout' 'callsctl check rtc/-t' 'callsctl check all/--host' 'callsctl check all/-H' 'callsctl check all/--udp-port' 'callsctl check all/--tcp-port' 'callsctl check all/--api-port' 'callsctl check all/--api-url' 'callsctl check all/--stun-server' 'callsctl check all/--timeout' 'callsctl check all/-t' 'callsctl check all/--token' 'callsctl check all/--data-dir' 'callsctl check turn/--server' 'callsctl check turn/-s' 'callsctl check turn/--secret' 'callsctl check turn/--user' 'callsctl check turn/-u' 'callsctl check turn/--password' 'callsctl check turn/-p' 'callsctl check turn/--realm' 'callsctl check turn/--peer-ip' 'callsctl check turn/--timeout' 'callsctl check turn/-t' 'callsctl check webrtc/--host' 'callsctl check webrtc/-H' 'callsctl check webrtc/--api-port' 'callsctl check webrtc/--api-url' 'callsctl check webrtc/--token' 'callsctl check webrtc/--data-dir' 'callsctl check webrtc/--timeout' 'callsctl check webrtc/-t' 'callsctl calls/--server' 'callsctl calls/-s' 'callsctl calls/--admin-key' 'callsctl calls/--admin-key-file' 'callsctl calls/--ca-cert' 'callsctl calls/--client-config' 'callsctl calls/--timeout' 'callsctl calls end/--reason' 'callsctl calls enable/--max-participants' 'callsctl calls settings/--max-participants' 'callsctl calls history/--limit' 'callsctl calls history/-n' 'callsctl calls history/--call'
+                set skip 1
+        end
+    end
+    echo $path
+end
+
+function __callsctl_at --description 'Is this callsctl command being completed?'
+    test (__callsctl_path) = "$argv"
+end
+
+complete -c callsctl -f
+
+# callsctl
+complete -c callsctl -n '__callsctl_at callsctl' -a serve -d 'Run the SFU: all media on one UDP port, API/web client/signaling on --api-port.'
+complete -c callsctl -n '__callsctl_at callsctl' -a token -d 'Print a join token for CALL and USER, signed with the server\'s secret.'
+complete -c callsctl -n '__callsctl_at callsctl' -a tune -d 'Show and set the kernel UDP buffer limits a busy SFU needs.'
+complete -c callsctl -n '__callsctl_at callsctl' -a top -d 'Live view of calls, sessions and server health, with host controls (a TUI).'
+complete -c callsctl -n '__callsctl_at callsctl' -a loadtest -d 'Load-test a server: synthetic participants join, talk, and measure what comes back.'
+complete -c callsctl -n '__callsctl_at callsctl' -a check -d 'Diagnose connectivity: netcat-style UDP/TCP probes and listeners, STUN/NAT discovery, TUR…'
+complete -c callsctl -n '__callsctl_at callsctl' -a calls -d 'List, inspect and moderate live calls (the admin API of `callsctl serve`).'
+complete -c callsctl -n '__callsctl_at callsctl' -l version -s V -d 'Print the version and exit.'
+complete -c callsctl -n '__callsctl_at callsctl' -l install-completion -d 'Install completion for the current shell.'
+complete -c callsctl -n '__callsctl_at callsctl' -l show-completion -d 'Show completion for the current shell, to copy it or customize the installation.'
+complete -c callsctl -n '__callsctl_at callsctl' -l help -s h -d 'Show this message and exit.'
+
+# callsctl serve
+complete -c callsctl -n '__callsctl_at callsctl serve' -l config -r -F -d 'TOML file with settings (top level or a [serve] table).'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l bind -x -d 'Listen address. [default: 0.0.0.0]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l api-port -x -d 'HTTP API, web client and /ws port. [default: 8045]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l udp-port -x -d 'The one UDP port for all media. [default: 8443]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l ice-host-override -x -d 'IP or host name to advertise in ICE candidates (the public address of a NATed server).'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l data-dir -x -d 'Where secrets and the database live. [default: $XDG_DATA_HOME/callsctl]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l max-call-participants -x -d 'Most participants per call; 0 = unlimited.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l log-level -x -d 'debug, info, warning or error. [default: info]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l log-format -x -d 'text or json. [default: text]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l default-call -x -d 'Call id of the join link printed at startup.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l session-timeout -x -d 'Seconds without packets before a connected participant is removed. [default: 10]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l udp-buffer-size -x -d 'Socket buffer asked for on the media socket, bytes. [default: 16 MiB]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l tcp-port -x -d 'TCP port for ICE-TCP, the fallback of clients whose UDP is blocked. [default: the --udp-p…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l ice-tcp -x -d 'Listen for ICE-TCP. [default: on]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l ice-host-port-override -x -d 'Port to advertise instead of the real one (port forwarding, Docker, load balancers): one…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l stun-server -x -d 'STUN server asked once at startup for the public address when there is no --ice-host-over…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l ice-servers -x -d 'STUN/TURN URIs handed to clients, e.g. stun:stun.example.com:3478,turn:turn.example.com:3…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l turn-static-auth-secret -x -d 'coturn\'s static-auth-secret: clients get TURN REST credentials. Prefer CALLSCTL_TURN_STAT…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l turn-credentials-expiration-minutes -x -d 'How long TURN credentials stay valid (max 10080, one week). [default: 1440]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l enable-ipv6 -d 'Also listen on IPv6 (same ports) and advertise IPv6 host candidates.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l admin-key-file -x -d 'File with the admin API key. [default: generated into <data dir>/admin_key on first start]'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l default-enabled -l no-default-enabled -d 'Whether any call id may start a call; --no-default-enabled is test mode: only call ids en…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l tls-cert -x -d 'PEM certificate for HTTPS/WSS on the API port.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l tls-key -x -d 'PEM key of --tls-cert.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l tls-self-signed -d 'Serve HTTPS with a self-signed certificate generated once into the data dir and reused.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l print-config -d 'Print the merged configuration as TOML and exit.'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l help -s h -d 'Show this message and exit.'
+
+# callsctl token
+complete -c callsctl -n '__callsctl_at callsctl token' -l call -s c -x -d 'Call id the token admits to.'
+complete -c callsctl -n '__callsctl_at callsctl token' -l user -s u -x -d 'User id (the JWT `sub`).'
+complete -c callsctl -n '__callsctl_at callsctl token' -l ttl -x -d 'Lifetime: seconds or 30s/15m/24h/7d.'
+complete -c callsctl -n '__callsctl_at callsctl token' -l data-dir -x -d 'Data dir of the server whose secret signs the token.'
+complete -c callsctl -n '__callsctl_at callsctl token' -l config -r -F -d 'Serve config file (TOML).'
+complete -c callsctl -n '__callsctl_at callsctl token' -l url -x -d 'Server base URL for the join link (default from the config).'
+complete -c callsctl -n '__callsctl_at callsctl token' -l json -d 'Print token, link and expiry as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl token' -l help -s h -d 'Show this message and exit.'
+
+# callsctl tune
+complete -c callsctl -n '__callsctl_at callsctl tune' -l apply -d 'Raise LOW settings to the recommendation now (needs root).'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l persist -d 'Write /etc/sysctl.d/99-callsctl.conf so the values survive reboot.'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l revert -d 'Restore the values saved by --apply and remove the --persist file.'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l dry-run -d 'Only print what would change (alone: what --apply would do).'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l yes -s y -d 'Do not ask for confirmation.'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l json -d 'Print the report or result as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l data-dir -x -d 'Where --apply saves the previous values for --revert (default: $XDG_DATA_HOME/callsctl).'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l server -x -d 'URL of a running `callsctl serve`, asked which socket buffer it got.'
+complete -c callsctl -n '__callsctl_at callsctl tune' -l help -s h -d 'Show this message and exit.'
+
+# callsctl top
+complete -c callsctl -n '__callsctl_at callsctl top' -l host -l server -x -d 'Base URL of the server\'s API port. [default: http://127.0.0.1:8045]'
+complete -c callsctl -n '__callsctl_at callsctl top' -l admin-key -x -d 'Admin API key (prefer the env var or a file: flags show in ps).'
+complete -c callsctl -n '__callsctl_at callsctl top' -l admin-key-file -x -d 'File holding the admin API key (the server\'s <data dir>/admin_key).'
+complete -c callsctl -n '__callsctl_at callsctl top' -l data-dir -x -d 'Data dir of a server on this host: its admin_key file is read. [default: $XDG_DATA_HOME/c…'
+complete -c callsctl -n '__callsctl_at callsctl top' -l ca-cert -x -d 'PEM certificate to trust for https (e.g. the server\'s self-signed one).'
+complete -c callsctl -n '__callsctl_at callsctl top' -l insecure -s k -d 'Do not verify the server\'s TLS certificate.'
+complete -c callsctl -n '__callsctl_at callsctl top' -l client-config -x -d 'Client config TOML. [default: $XDG_CONFIG_HOME/callsctl/client.toml]'
+complete -c callsctl -n '__callsctl_at callsctl top' -l refresh -x -d 'Seconds between updates (with --once: the interval rates are measured over).'
+complete -c callsctl -n '__callsctl_at callsctl top' -l read-only -d 'Only watch: no mute, remove, end call or other control.'
+complete -c callsctl -n '__callsctl_at callsctl top' -l once -d 'Print one snapshot (server, calls, sessions) and exit.'
+complete -c callsctl -n '__callsctl_at callsctl top' -l json -d 'With --once: the snapshot as one JSON object (implies --once).'
+complete -c callsctl -n '__callsctl_at callsctl top' -l help -s h -d 'Show this message and exit.'
+
+# callsctl loadtest
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l host -x -d 'Server URL, e.g. http://127.0.0.1:8045.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l calls -x -d 'Number of calls.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l users-per-call -x -d 'Participants per call.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l unmuted -x -d 'Participants per call who send audio (Opus, 50 pkt/s).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l screen-sharing -d 'The first participant of each call shares a screen (VP8, 1280x720, ~1.6 Mbit/s).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l video -d 'Unmuted participants also send camera video (VP8, 640x360).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l duration -x -d 'Whole run, joins included; it then stops by itself.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l join-duration -x -d 'Joins are spread evenly over this time.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l data-dir -x -d 'The server\'s data dir: its jwt_secret signs the join tokens. [default: the default data d…'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l secret-file -r -F -d 'File holding the server\'s JWT secret (<data dir>/jwt_secret).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l token-secret -x -d 'The server\'s JWT secret itself (prefer the environment variable).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l call-prefix -x -d 'Call ids are PREFIX-1 .. PREFIX-N.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l allow-remote -d 'Allow a target that is not loopback (a server you run).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l insecure -d 'Accept any TLS certificate (a self-signed one).'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l json -d 'Print the report as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check
+complete -c callsctl -n '__callsctl_at callsctl check' -a udp -d 'Probe a UDP port like `nc -v -u HOST 8443`: answered, refused or silent.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a tcp -d 'Probe a TCP port like `nc -v HOST 8443`: connected, refused or timed out (filtered).'
+complete -c callsctl -n '__callsctl_at callsctl check' -a listen -d 'Listen like `nc -l -u -p 8443` and print what arrives, with its source.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a capture -d 'Capture packets on the media port and name each one: STUN, DTLS, SRTP, ICE-TCP.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a config -d 'Validate a `callsctl serve` config without starting; print the merged result.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a stun -d 'Find this host\'s public address, the RTT to a STUN server and the NAT behaviour.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a rtc -d 'Probe a running server\'s media ports with STUN and check its advertised ICE address.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a all -d 'Run every relevant check against one server and print one report.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a turn -d 'Allocate a relay on a TURN server and send data through it and back.'
+complete -c callsctl -n '__callsctl_at callsctl check' -a webrtc -d 'Make a real two-party audio call through the server and report each stage.'
+complete -c callsctl -n '__callsctl_at callsctl check' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check udp
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l host -s H -x -d 'Server address or name (the ICE host override / public IP clients use).'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l port -s p -x -d 'Port to probe.'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l message -s m -x -d 'Text to send (a newline is added, as nc sends a typed line).'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l count -s c -x -d 'Datagrams to send.'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l timeout -s t -x -d 'How long to wait for each reply.'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l stun -d 'Send a STUN Binding Request instead of text: the callsctl SFU answers it, so a running se…'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l json -d 'Print the result as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check udp' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check tcp
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l host -s H -x -d 'Server address or name (the ICE host override / public IP clients use).'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l port -s p -x -d 'Port to probe.'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l message -s m -x -d 'Text to send (a newline is added, as nc sends a typed line).'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l count -s c -x -d 'Connections to open (each sends the message once).'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l timeout -s t -x -d 'How long to wait for the connection and the reply.'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l stun -d 'Send a STUN Binding Request instead of text: the callsctl SFU answers it, so a running se…'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l json -d 'Print the result as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check tcp' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check listen
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l udp -s u -d 'Listen on UDP (the default).'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l tcp -d 'Listen on TCP (the ICE-TCP fallback).'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l port -s p -x -d 'Port to listen on.'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l bind -s b -x -d 'Local address to listen on (0.0.0.0 = all IPv4, :: = all).'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l echo -s e -d 'Send every packet back, so `check udp` gets an answer.'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l count -s c -x -d 'Stop after N packets.'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l duration -s d -x -d 'Stop after this long (default: until Ctrl-C).'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l json -d 'Print the result as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check listen' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check capture
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l port -s p -x -d 'Media port to watch (UDP and ICE-TCP).'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l iface -s i -x -d 'Interface to capture on, or \'any\' for all of them.'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l duration -s d -x -d 'Stop after this long (30s, 2m).'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l count -s c -x -d 'Stop after N packets.'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l write -s w -r -F -d 'Also write the packets to FILE (pcap; `tcpdump -r FILE`, Wireshark).'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l host -x -d 'Only packets to or from this host.'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l json -d 'Print the result as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check capture' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check config
+complete -c callsctl -n '__callsctl_at callsctl check config' -l config -s f -r -F -d 'Serve config file (TOML) to validate; the CALLSCTL_* environment is applied on top.'
+complete -c callsctl -n '__callsctl_at callsctl check config' -l json -d 'Print the result as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check config' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check stun
+complete -c callsctl -n '__callsctl_at callsctl check stun' -l server -s s -x -d 'STUN server as HOST:PORT or stun:HOST:PORT (the seed deployment\'s default).'
+complete -c callsctl -n '__callsctl_at callsctl check stun' -l timeout -s t -x -d 'Seconds to wait for each STUN answer (retransmitting meanwhile).'
+complete -c callsctl -n '__callsctl_at callsctl check stun' -l json -d 'Print the results as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check stun' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check rtc
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l host -s H -x -d 'Server host name or IP, as clients reach it (the ice_host_override, if set).'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l udp-port -x -d 'Media port over UDP.'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l tcp-port -x -d 'ICE-TCP fallback port.'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l api-port -x -d 'HTTP API port (for GET /version).'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l api-url -x -d 'API base URL when it is not http://HOST:API_PORT (TLS, reverse proxy).'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l timeout -s t -x -d 'Seconds to wait for each answer.'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l json -d 'Print the results as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check rtc' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check all
+complete -c callsctl -n '__callsctl_at callsctl check all' -l host -s H -x -d 'Server host name or IP, as clients reach it.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l udp-port -x -d 'Media port over UDP.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l tcp-port -x -d 'ICE-TCP fallback port.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l api-port -x -d 'HTTP API port.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l api-url -x -d 'API base URL when it is not http://HOST:API_PORT (TLS, reverse proxy).'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l stun-server -x -d 'Also run the STUN/NAT check against this server.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l with-stun -d 'Also run the STUN/NAT check against stun.global.calls.mattermost.com:3478.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l timeout -s t -x -d 'Seconds to wait for each answer.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l token -x -d 'A join token: also make a real test call (check webrtc).'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l data-dir -x -d 'A local server\'s data dir: also make a real test call.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l json -d 'Print the report as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check all' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check turn
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l server -s s -x -d 'TURN server URI: turn:HOST[:PORT][?transport=udp|tcp]; without ?transport both UDP and TC…'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l secret -x -d 'Static auth secret (coturn static-auth-secret, Calls turn_static_auth_secret): REST crede…'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l user -s u -x -d 'Static TURN user; with --secret, the name part of the REST username (default callsctl-che…'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l password -s p -x -d 'Password of the static --user.'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l realm -x -d 'The realm you expect the server to announce (warns if not).'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l peer-ip -x -d 'Local address for the echo peer the relay sends to (default: the address this host uses t…'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l timeout -s t -x -d 'Seconds to wait for each answer.'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l json -d 'Print the results as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check turn' -l help -s h -d 'Show this message and exit.'
+
+# callsctl check webrtc
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l host -s H -x -d 'Server host name or IP.'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l api-port -x -d 'API port.'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l api-url -x -d 'API base URL when not http://HOST:API_PORT (https, proxy).'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l token -x -d 'A join token (both test participants use it).'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l data-dir -x -d 'A local server\'s data dir: mint test tokens with its secret.'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l timeout -s t -x -d 'Seconds each stage may take.'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l json -d 'Print results as JSON.'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls
+complete -c callsctl -n '__callsctl_at callsctl calls' -a list -d 'Live calls: participants, age, host, screen sharer, bitrates.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a show -d 'One call: every session with its state, ICE pair, quality and tracks.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a mute -d 'Mute a participant (the server stops forwarding its audio; its client is told).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a mute-others -d 'Mute everyone in the call except SESSION.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a stop-screen -d 'Stop a participant\'s screen share.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a lower-hand -d 'Lower a participant\'s raised hand.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a remove -d 'Remove a participant from the call.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a end -d 'End the call for everyone.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a host -d 'Make SESSION the host of the call.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a enable -d 'Allow calls in CALL (needed in test mode, --no-default-enabled).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a disable -d 'Refuse new joins in CALL (participants already in it stay).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a settings -d 'Show (or change) CALL\'s settings: enabled and max participants.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -a history -d 'Past and live calls with who was in them (kept across restarts).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l server -s s -x -d 'Base URL of callsctl serve\'s API port. [default: http://127.0.0.1:8045]'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l admin-key -x -d 'Admin API key (prefer the env var or a file: flags show in ps).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l admin-key-file -x -d 'File holding the admin API key (the server\'s <data dir>/admin_key).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l ca-cert -x -d 'PEM certificate to trust for https (e.g. the server\'s self-signed one).'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l insecure -s k -d 'Do not verify the server\'s TLS certificate.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l client-config -x -d 'Client config TOML. [default: $XDG_CONFIG_HOME/callsctl/client.toml]'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l timeout -x -d 'Seconds to wait for the server.'
+complete -c callsctl -n '__callsctl_at callsctl calls' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls list
+complete -c callsctl -n '__callsctl_at callsctl calls list' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls list' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls show
+complete -c callsctl -n '__callsctl_at callsctl calls show' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls show' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls mute
+complete -c callsctl -n '__callsctl_at callsctl calls mute' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls mute' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls mute-others
+complete -c callsctl -n '__callsctl_at callsctl calls mute-others' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls mute-others' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls stop-screen
+complete -c callsctl -n '__callsctl_at callsctl calls stop-screen' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls stop-screen' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls lower-hand
+complete -c callsctl -n '__callsctl_at callsctl calls lower-hand' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls lower-hand' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls remove
+complete -c callsctl -n '__callsctl_at callsctl calls remove' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls remove' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls end
+complete -c callsctl -n '__callsctl_at callsctl calls end' -l reason -x -d 'Shown to the participants.'
+complete -c callsctl -n '__callsctl_at callsctl calls end' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls end' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls host
+complete -c callsctl -n '__callsctl_at callsctl calls host' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls host' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls enable
+complete -c callsctl -n '__callsctl_at callsctl calls enable' -l max-participants -x -d 'Also limit this call\'s size.'
+complete -c callsctl -n '__callsctl_at callsctl calls enable' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls enable' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls disable
+complete -c callsctl -n '__callsctl_at callsctl calls disable' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls disable' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls settings
+complete -c callsctl -n '__callsctl_at callsctl calls settings' -l max-participants -x -d 'Set this call\'s size limit.'
+complete -c callsctl -n '__callsctl_at callsctl calls settings' -l reset -d 'Forget this call\'s overrides (server defaults apply).'
+complete -c callsctl -n '__callsctl_at callsctl calls settings' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls settings' -l help -s h -d 'Show this message and exit.'
+
+# callsctl calls history
+complete -c callsctl -n '__callsctl_at callsctl calls history' -l limit -s n -x -d 'How many calls, newest first.'
+complete -c callsctl -n '__callsctl_at callsctl calls history' -l call -x -d 'Only this call id.'
+complete -c callsctl -n '__callsctl_at callsctl calls history' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl calls history' -l help -s h -d 'Show this message and exit.'

@@ -1,0 +1,282 @@
+"""The facts the man page and the README share, read from the code wherever the code has them.
+
+Derived, never restated: the config reference (callsctl_sfu.config: every
+field's help, default and `CALLSCTL_*` name, plus the `serve` flag whose
+parameter has the field's name), the exit codes (callsctl.errors), the check
+result fields (callsctl.check.result.CheckResult), the file names
+(callsctl_sfu.datadir, callsctl_sfu.tuning) and which commands take `--json`
+(the command tree).
+
+Written here, because no code says it: what each non-check command's JSON
+holds, what a few environment variables outside the config schema do, and the
+examples taken from the deployment guide's tasks. tests/test_docs_fresh.py
+checks that every command line quoted in the examples still parses against
+the CLI and that every `CALLSCTL_*` name in the source is documented, so this
+prose cannot silently go stale either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+from tools.clitree import Command
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    flag: str | None
+    env: str
+    default: str
+    meaning: str
+
+
+def _render_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, int) and value >= 1024 * 1024 and value % (1024 * 1024) == 0:
+        return f"{value} ({value // (1024 * 1024)} MiB)"
+    return str(value)
+
+
+def settings(tree: Command) -> list[Setting]:
+    """One row per ServeConfig field, in schema order."""
+    from callsctl_sfu.config import ServeConfig, env_name
+
+    serve = tree.find(["serve"])
+    flags: dict[str, str] = {}
+    if serve is not None:
+        for opt in serve.options:
+            # clitree keeps option names only; match a flag to a field by its spelling.
+            flags[opt.long[2:].replace("-", "_")] = opt.long
+    rows = []
+    for f in fields(ServeConfig):
+        if f.default is not MISSING:
+            default: Any = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = ""
+        rows.append(Setting(
+            name=f.name,
+            flag=flags.get(f.name),
+            env=env_name(f.name),
+            default=_render_default(default),
+            meaning=str(f.metadata.get("help", "")),
+        ))
+    return rows
+
+
+# --- environment outside the config schema ---------------------------------------------------
+
+EXTRA_ENVIRONMENT: dict[str, str] = {
+    "CALLSCTL_DEBUG": "When set, an unexpected internal error prints its Python traceback "
+                      "instead of the one-line message.",
+    "XDG_DATA_HOME": "Base of the default data directory ($XDG_DATA_HOME/callsctl, else "
+                     "~/.local/share/callsctl).",
+    "NO_COLOR": "When set, human output has no colours (rich honours it).",
+    "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
+                 "run (default ~/.shiv).",
+}
+
+
+# --- exit codes ------------------------------------------------------------------------------
+
+
+def exit_codes() -> list[tuple[int, str]]:
+    from callsctl.errors import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+
+    return [
+        (EXIT_OK, "Success. For `callsctl check …`: every check passed or only warned."),
+        (EXIT_FAIL, "The operation failed: a check failed, a port is in use, a privilege or "
+                    "file is missing, the server refused. One line on stderr says why."),
+        (EXIT_USAGE, "Usage error: unknown option, missing or invalid value. Nothing was done."),
+        (130, "Interrupted (Ctrl-C)."),
+    ]
+
+
+# --- JSON output -----------------------------------------------------------------------------
+
+CHECK_RESULT_MEANING: dict[str, str] = {
+    "name": "which check (`udp`, `stun`, `rtc.udp`, …)",
+    "status": "`pass`, `warn` or `fail`; only `fail` makes `ok` false and the exit code 1",
+    "summary": "one line for a human",
+    "figure": "the measured number, e.g. an RTT, or null",
+    "fix": "what to do when it is not a pass, or null",
+    "details": "check-specific object (addresses, counts, timings)",
+}
+
+# Top-level keys of the JSON that commands outside `check` print. Commands under
+# `check` all print the check envelope described by check_result_fields().
+JSON_SHAPES: dict[str, str] = {
+    "callsctl token": "`{token, link, call, user, expires_at}` (expires_at: Unix seconds)",
+    "callsctl tune": "without --apply/--persist/--revert: `{ok, settings[], evidence, "
+                     "persist_file, saved_values}` (`ok` is false while a setting is LOW or "
+                     "MISSING; the exit code stays 0, showing succeeded); with them: "
+                     "`{action, dry_run, changes[], …, notes[], done}`",
+}
+
+JSON_RULES: tuple[str, ...] = (
+    "With `--json`, stdout carries exactly one JSON object and nothing else; progress and "
+    "prompts go to stderr.",
+    "Every `callsctl check …` command prints `{\"ok\": bool, \"results\": [result, …]}`; "
+    "`ok` is false exactly when a result has status `fail`, and then the exit code is 1.",
+    "Errors that stop a command before it has a result print nothing on stdout, one line "
+    "`callsctl: error: …` on stderr, and exit 1 (2 for usage errors).",
+)
+
+
+def check_result_fields() -> list[tuple[str, str, str]]:
+    """(field, type, meaning) of one entry of `results`, read from the dataclass."""
+    from callsctl.check.result import CheckResult
+
+    rows = []
+    for f in fields(CheckResult):
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        rows.append((f.name, _json_type(str(annotation)), CHECK_RESULT_MEANING.get(f.name, "")))
+    return rows
+
+
+_JSON_TYPES = {"str": "string", "Status": "string", "int": "number", "float": "number",
+               "bool": "boolean", "None": "null", "dict": "object", "list": "array"}
+
+
+def _json_type(annotation: str) -> str:
+    """`str | None` -> `string or null`: the reader of --json output thinks in JSON types."""
+    parts = []
+    for part in annotation.split("|"):
+        base = part.strip().split("[", 1)[0]
+        parts.append(_JSON_TYPES.get(base, base))
+    return " or ".join(parts)
+
+
+def json_commands(tree: Command) -> list[tuple[str, str]]:
+    """(command, what its --json prints) for every command that has --json."""
+    rows = []
+    for cmd in tree.walk():
+        opt = cmd.option("--json")
+        if opt is None:
+            continue
+        if cmd.path[:2] == ("callsctl", "check"):
+            shape = "the check envelope `{ok, results[]}`"
+        else:
+            shape = JSON_SHAPES.get(cmd.name, opt.help or "a JSON object")
+        rows.append((cmd.name, shape))
+    return rows
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def files() -> list[tuple[str, str]]:
+    from callsctl_sfu import tuning
+    from callsctl_sfu.datadir import JWT_SECRET_FILE
+
+    return [
+        ("$XDG_DATA_HOME/callsctl/ (--data-dir)",
+         "The data directory (0700): state that must survive restarts."),
+        (f"<data dir>/{JWT_SECRET_FILE}",
+         "Secret that signs join tokens (0600), generated on first start."),
+        (f"<data dir>/{tuning.STATE_FILE_NAME}",
+         "Kernel values that `callsctl tune --apply` replaced, for `--revert`."),
+        (str(tuning.persist_path()),
+         "Written by `callsctl tune --persist` so the UDP buffer settings survive reboot."),
+        ("serve.toml (--config)",
+         "Optional TOML settings file, keys at top level or under [serve]; "
+         "`callsctl serve --print-config` writes one."),
+        ("/etc/systemd/system/callsctl.service",
+         "Where deploy/callsctl.service goes for a systemd install."),
+    ]
+
+
+# --- examples: the deployment guide's tasks, the callsctl way ---------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    task: str
+    guide: str  # what the deployment guide has you run, or "" when it has no recipe
+    commands: tuple[str, ...]
+    note: str
+
+
+EXAMPLES: tuple[Example, ...] = (
+    Example(
+        "Run a server and join the default call",
+        "",
+        ("callsctl serve",),
+        "Prints the listening addresses and a join link; open it in two browsers.",
+    ),
+    Example(
+        "Advertise the public address of a NATed server",
+        "ICE Host Override",
+        ("callsctl serve --ice-host-override 203.0.113.10",
+         "CALLSCTL_ICE_HOST_OVERRIDE=203.0.113.10 callsctl serve"),
+        "Clients get 203.0.113.10 in the ICE candidates; no STUN lookup is needed.",
+    ),
+    Example(
+        "Can a client reach the UDP media port?",
+        "nc -l -u -p 8443 (server), nc -v -u HOST_IP 8443 (client)",
+        ("callsctl check listen --udp --echo --port 8443",
+         "callsctl check udp --host HOST_IP --port 8443"),
+        "Run the first on the server (with the SFU stopped), the second on the client. "
+        "Against a running SFU use `callsctl check udp --host HOST_IP --stun`: it answers "
+        "STUN on the media port.",
+    ),
+    Example(
+        "Can a client reach the TCP fallback port?",
+        "nc -l -p 8443 (server), nc -v HOST_IP 8443 (client)",
+        ("callsctl check listen --tcp --echo --port 8443",
+         "callsctl check tcp --host HOST_IP --port 8443"),
+        "The TCP port is the ICE-TCP fallback for clients whose UDP is blocked.",
+    ),
+    Example(
+        "Watch media packets arrive",
+        "sudo tcpdump -n port 8443",
+        ("sudo callsctl check capture --port 8443 --duration 30",),
+        "Names each packet (STUN, DTLS, SRTP, ICE-TCP) and tells how far a session got.",
+    ),
+    Example(
+        "Find the public address and NAT behaviour (what STUN tells the server)",
+        "STUN server on UDP 3478",
+        ("callsctl check stun --server stun.global.calls.mattermost.com:3478",),
+        "",
+    ),
+    Example(
+        "Test a TURN server for clients behind strict firewalls",
+        "coturn with static-auth-secret",
+        ("callsctl check turn --server turn:turn.example.com:3478 --secret SECRET",),
+        "Allocates a relay and sends data through it over UDP and TCP.",
+    ),
+    Example(
+        "Check a running server from outside",
+        "",
+        ("callsctl check all --host calls.example.com",
+         "callsctl check rtc --host calls.example.com --json"),
+        "Probes the media ports with STUN and compares the advertised ICE address.",
+    ),
+    Example(
+        "Validate a config before restarting",
+        "",
+        ("callsctl check config --config /etc/callsctl/serve.toml",),
+        "",
+    ),
+    Example(
+        "Apply the kernel UDP buffer tunings",
+        "net.core.rmem_max = 16777216, net.core.wmem_max, net.core.optmem_max",
+        ("callsctl tune", "sudo callsctl tune --apply --persist"),
+        "The first shows current vs recommended values; the second raises them now and "
+        "at every boot. `sudo callsctl tune --revert` undoes both.",
+    ),
+    Example(
+        "Give someone a join link",
+        "",
+        ("callsctl token --call standup --user alice --ttl 2h",),
+        "Prints the token on stdout and the link on stderr; --json prints both.",
+    ),
+)

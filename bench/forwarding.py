@@ -94,7 +94,8 @@ async def run(participants: int, speakers: int, window: float) -> dict[str, floa
         cpu = cpu1 - cpu0
         return {
             "participants": participants, "speakers": speakers, "window_s": wall1 - wall0,
-            "forwarded_pps": forwarded / (wall1 - wall0), "received_pps": received / (wall1 - wall0),
+            "forwarded_pps": forwarded / (wall1 - wall0),
+            "received_pps": received / (wall1 - wall0),
             "cpu_percent": 100 * cpu / (wall1 - wall0),
             "us_per_forwarded": 1e6 * cpu / forwarded if forwarded else float("nan"),
             "rss_idle_mb": idle_rss / 2**20, "rss_joined_mb": joined_rss / 2**20,

@@ -63,6 +63,15 @@ def _register_commands() -> None:
         tune = None
     if tune is not None:
         app.command("tune", help=tune.tune.__doc__)(tune.tune)
+    from callsctl.calls import app as calls_app
+
+    app.add_typer(calls_app, name="calls")
+    from callsctl.top.command import top
+
+    app.command("top", help=top.__doc__)(top)
+    from callsctl.loadtest import loadtest
+
+    app.command("loadtest", help=loadtest.__doc__)(loadtest)
 
 
 _register_commands()

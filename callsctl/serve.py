@@ -52,6 +52,47 @@ def serve(
     udp_buffer_size: int | None = typer.Option(
         None, "--udp-buffer-size",
         help="Socket buffer asked for on the media socket, bytes. [default: 16 MiB]"),
+    tcp_port: int | None = typer.Option(
+        None, "--tcp-port", help="TCP port for ICE-TCP, the fallback of clients whose UDP is "
+                                 "blocked. [default: the --udp-port number, 8443]"),
+    ice_tcp: str | None = typer.Option(
+        None, "--ice-tcp", metavar="on|off", help="Listen for ICE-TCP. [default: on]"),
+    ice_host_port_override: str | None = typer.Option(
+        None, "--ice-host-port-override", metavar="PORT|IP/PORT,...",
+        help="Port to advertise instead of the real one (port forwarding, Docker, load "
+             "balancers): one port, or LOCAL_IP/PORT entries like 10.0.0.1/8443,10.0.0.2/8444."),
+    stun_server: str | None = typer.Option(
+        None, "--stun-server", metavar="HOST:PORT",
+        help="STUN server asked once at startup for the public address when there is no "
+             "--ice-host-override; \"\" = do not ask. "
+             "[default: stun.global.calls.mattermost.com:3478]"),
+    ice_servers: str | None = typer.Option(
+        None, "--ice-servers", metavar="URI,...",
+        help="STUN/TURN URIs handed to clients, e.g. stun:stun.example.com:3478,"
+             "turn:turn.example.com:3478?transport=udp"),
+    turn_static_auth_secret: str | None = typer.Option(
+        None, "--turn-static-auth-secret",
+        help="coturn's static-auth-secret: clients get TURN REST credentials. Prefer "
+             "CALLSCTL_TURN_STATIC_AUTH_SECRET (flags show in ps)."),
+    turn_credentials_expiration_minutes: int | None = typer.Option(
+        None, "--turn-credentials-expiration-minutes",
+        help="How long TURN credentials stay valid (max 10080, one week). [default: 1440]"),
+    enable_ipv6: bool = typer.Option(
+        False, "--enable-ipv6", help="Also listen on IPv6 (same ports) and advertise IPv6 "
+                                     "host candidates."),
+    admin_key_file: str | None = typer.Option(
+        None, "--admin-key-file", help="File with the admin API key. [default: generated "
+                                       "into <data dir>/admin_key on first start]"),
+    default_enabled: bool | None = typer.Option(
+        None, "--default-enabled/--no-default-enabled",
+        help="Whether any call id may start a call; --no-default-enabled is test mode: only "
+             "call ids enabled with `callsctl calls enable` can. [default: enabled]"),
+    tls_cert: str | None = typer.Option(
+        None, "--tls-cert", help="PEM certificate for HTTPS/WSS on the API port."),
+    tls_key: str | None = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
+    tls_self_signed: bool = typer.Option(
+        False, "--tls-self-signed", help="Serve HTTPS with a self-signed certificate "
+                                         "generated once into the data dir and reused."),
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the merged configuration as TOML and exit."),
 ) -> None:
@@ -68,6 +109,14 @@ def serve(
         "max_call_participants": max_call_participants, "log_level": log_level,
         "log_format": log_format, "default_call": default_call,
         "session_timeout": session_timeout, "udp_buffer_size": udp_buffer_size,
+        "tcp_port": tcp_port, "ice_tcp": ice_tcp, "ice_host_port_override":
+        ice_host_port_override, "stun_server": stun_server, "ice_servers": ice_servers,
+        "turn_static_auth_secret": turn_static_auth_secret,
+        "turn_credentials_expiration_minutes": turn_credentials_expiration_minutes,
+        "enable_ipv6": True if enable_ipv6 else None,
+        "admin_key_file": admin_key_file, "default_enabled": default_enabled,
+        "tls_cert": tls_cert, "tls_key": tls_key,
+        "tls_self_signed": True if tls_self_signed else None,
     }
     try:
         config = load_config(config_file, overrides=overrides)
@@ -113,10 +162,26 @@ def _print_banner(server: Server) -> None:
     advertised = server.advertised
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     console.print(f"[bold]callsctl serve {__version__}[/bold]")
-    console.print(f"  API, web client, /ws : http://{config.bind}:{server.api_port}")
+    control = server.control
+    scheme = "https" if control is not None and control.tls is not None else "http"
+    console.print(f"  API, web client, /ws : {scheme}://{config.bind}:{server.api_port}")
     console.print(f"  media (all sessions)  : udp {config.bind}:{server.udp_port}, advertised "
                   f"as {advertised.host}:{advertised.port} ({advertised.source})")
+    if server.connectivity is not None and server.connectivity.tcp_port:
+        console.print(f"  ICE-TCP fallback      : tcp {config.bind}:"
+                      f"{server.connectivity.tcp_port}, advertised as {advertised.host}:"
+                      f"{advertised.tcp_port}")
     console.print(f"  data dir              : {config.data_dir}")
+    if control is not None:
+        console.print(f"  admin API             : {scheme}://{host}:{server.api_port}/api/v1 "
+                      f"(key in {control.admin_key_path}; `callsctl calls list`)")
+        if control.tls is not None:
+            kind = "self-signed" if control.tls.self_signed else "certificate"
+            console.print(f"  TLS {kind:<18}: {control.tls.cert_path} (SHA-256 "
+                          f"{control.tls.fingerprint_sha256})")
+        if not config.default_enabled:
+            console.print("  test mode             : only call ids enabled with `callsctl "
+                          "calls enable ID` can start")
     console.print("  join the default call (valid 24 h; mint more with `callsctl token`):")
-    console.print(f"    http://{host}:{server.api_port}/?token={token}")
+    console.print(f"    {scheme}://{host}:{server.api_port}/?token={token}")
     sys.stdout.flush()

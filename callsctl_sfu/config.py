@@ -19,6 +19,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from callsctl_sfu.iceconfig import (
+    MAX_TURN_EXPIRATION_MINUTES,
+    IceSettingError,
+    parse_host_port,
+    parse_ice_servers,
+    parse_port_override,
+)
+
 ENV_PREFIX = "CALLSCTL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -103,6 +111,34 @@ def _string(value: Any) -> str | None:
     return None if isinstance(value, str) else "must be a string"
 
 
+def _parsed_by(parser: Callable[[str], Any]) -> Callable[[Any], str | None]:
+    """A check that runs one of iceconfig's parsers and reports its one-line complaint."""
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return "must be a string"
+        try:
+            parser(value)
+        except IceSettingError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def _stun_server_or_empty(value: str) -> None:
+    if value.strip():
+        parse_host_port(value)
+
+
+def _turn_minutes(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 1 <= value <= MAX_TURN_EXPIRATION_MINUTES:
+        return f"must be a whole number of minutes from 1 to {MAX_TURN_EXPIRATION_MINUTES} " \
+               "(one week)"
+    return None
+
+
 def _setting(default: Any, help: str, check: Callable[[Any], str | None]) -> Any:
     return field(default=default, metadata={"help": help, "check": check})
 
@@ -158,9 +194,71 @@ class ServeConfig:
     allow_screen_sharing: bool = _setting(
         True, "whether participants may share their screen (one share per call)", _boolean
     )
+    enable_simulcast: bool = _setting(
+        False, "accept simulcast layers from clients and send each receiver the layer its "
+        "bandwidth allows", _boolean
+    )
     nack_buffer_size: int = _setting(
         256, "video packets kept per published stream to answer NACKs (RFC 4585); "
         "0 disables NACK handling", _non_negative_int,
+    )
+
+    # -- connectivity: ICE-TCP, NAT, STUN, TURN, IPv6 (issue 4) --
+    tcp_port: int = _setting(
+        0, "TCP port for ICE-TCP (RFC 6544), the fallback of clients whose UDP is blocked; "
+        "0 = the same number as udp_port", _port(True),
+    )
+    ice_tcp: bool = _setting(True, "listen for ICE-TCP and advertise TCP candidates", _boolean)
+    ice_host_port_override: str = _setting(
+        "", "port advertised in ICE candidates instead of the real one (port forwarding, "
+        "Docker, load balancers): one port, or LOCAL_IP/PORT entries such as "
+        "10.0.0.1/8443,10.0.0.2/8444", _parsed_by(parse_port_override),
+    )
+    stun_server: str = _setting(
+        "stun.global.calls.mattermost.com:3478",
+        "STUN server (host:port) asked once at startup for the public address when "
+        "ice_host_override is empty; empty = do not ask", _parsed_by(_stun_server_or_empty),
+    )
+    ice_servers: str = _setting(
+        "", "STUN/TURN URIs handed to clients, comma-separated (stun:, turn:, turns:), or a "
+        "JSON list of {urls, username, credential}", _parsed_by(parse_ice_servers),
+    )
+    turn_static_auth_secret: str = _setting(
+        "", "coturn's static-auth-secret: clients get TURN REST credentials for the TURN "
+        "URIs in ice_servers", _string,
+    )
+    turn_credentials_expiration_minutes: int = _setting(
+        1440, "how long TURN credentials stay valid, in minutes (at most one week)",
+        _turn_minutes,
+    )
+    enable_ipv6: bool = _setting(
+        False, "also listen on IPv6 (same port numbers) and advertise IPv6 host candidates",
+        _boolean,
+    )
+
+    # -- admin API, call settings, TLS (issue 5) --
+    admin_key_file: str = _setting(
+        "", "file holding the admin API key (sent as Authorization: Bearer); "
+        "empty = generate one into <data_dir>/admin_key (0600) on first start", _string,
+    )
+    default_enabled: bool = _setting(
+        True, "whether calls may start in any call id; false = test mode: only call ids "
+        "enabled through the admin API can start", _boolean,
+    )
+    tls_cert: str = _setting(
+        "", "PEM certificate (chain) for HTTPS/WSS on the API port; needs tls_key", _string
+    )
+    tls_key: str = _setting("", "PEM private key of tls_cert", _string)
+    tls_self_signed: bool = _setting(
+        False, "serve HTTPS with a self-signed certificate generated (and reused) in the "
+        "data dir", _boolean,
+    )
+    ws_rate_limit: float = _setting(
+        10.0, "signaling messages per second one connection may send on average",
+        _positive_number,
+    )
+    ws_rate_burst: int = _setting(
+        100, "signaling messages one connection may send in a burst", _positive_number
     )
 
     def __post_init__(self) -> None:

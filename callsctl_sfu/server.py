@@ -11,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import ipaddress
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any
 
-import psutil
 from aiohttp import web
 
 from callsctl_sfu.api.routes import add_routes, json_errors
 from callsctl_sfu.calls.manager import CallManager
 from callsctl_sfu.config import ServeConfig
+from callsctl_sfu.control import ControlError, ControlPlane
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
+from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
 from callsctl_sfu.tuning import udp_buffer_warning
 
@@ -33,13 +32,6 @@ log = logging.getLogger("callsctl_sfu.server")
 
 class StartupError(RuntimeError):
     """serve cannot start; the message is one line with the fix."""
-
-
-@dataclass(frozen=True)
-class Advertised:
-    host: str
-    port: int
-    source: str  # override | bind | interface | loopback
 
 
 def _bind_error(kind: str, host: str, port: int, exc: OSError, flag: str) -> StartupError:
@@ -56,30 +48,6 @@ def _bind_error(kind: str, host: str, port: int, exc: OSError, flag: str) -> Sta
     return StartupError(f"cannot bind {where}: {exc.strerror or exc}")
 
 
-def choose_advertised(config: ServeConfig, port: int) -> Advertised:
-    """The address put in ICE candidates: override, else bind, else an interface address."""
-    if config.ice_host_override:
-        host = config.ice_host_override
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            try:
-                host = socket.getaddrinfo(host, None, socket.AF_INET)[0][4][0]
-            except OSError as exc:
-                raise StartupError(f"ice_host_override {config.ice_host_override!r} does not "
-                                   f"resolve ({exc}); give an IP address instead") from None
-        return Advertised(host, port, "override")
-    bind = ipaddress.ip_address(config.bind)
-    if not bind.is_unspecified:
-        return Advertised(config.bind, port, "bind")
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family == socket.AF_INET and not ipaddress.ip_address(
-                    address.address).is_loopback:
-                return Advertised(address.address, port, "interface")
-    return Advertised("127.0.0.1", port, "loopback")
-
-
 class Server:
     """The running SFU: media mux, call manager and HTTP app."""
 
@@ -89,6 +57,8 @@ class Server:
         self.manager: CallManager | None = None
         self.runner: web.AppRunner | None = None
         self.advertised: Advertised | None = None
+        self.connectivity: Connectivity | None = None
+        self.control: ControlPlane | None = None  # admin API, store, metrics, TLS
         self.udp_port = 0
         self.api_port = 0
         self.buffer_sizes = (0, 0)
@@ -102,21 +72,29 @@ class Server:
             secret = load_or_create_secret(config.data_dir)
         except DataDirError as exc:
             raise StartupError(str(exc)) from None
+        try:  # admin key, database, TLS files: checked before any port is taken
+            self.control = await ControlPlane.open(
+                config, [config.bind, config.ice_host_override])
+        except ControlError as exc:
+            raise StartupError(str(exc)) from None
         loop = asyncio.get_running_loop()
         try:
             transport, mux = await loop.create_datagram_endpoint(
                 UdpMux, local_addr=(config.bind, config.udp_port))
         except OSError as exc:
+            await self.control.close()
             raise _bind_error("UDP", config.bind, config.udp_port, exc, "--udp-port") from None
         self.mux = mux
         self.udp_port = transport.get_extra_info("sockname")[1]
         self._size_socket(transport)
         try:
-            self.advertised = choose_advertised(config, self.udp_port)
-        except StartupError:
+            # ICE-TCP, IPv6, STUN discovery, overrides: rtc/connectivity.py.
+            self.connectivity = await Connectivity.open(config, mux, self.udp_port)
+        except ConnectivityError as exc:
             transport.close()
-            raise
-        mux.advertised = (self.advertised.host, self.advertised.port)
+            await self.control.close()
+            raise StartupError(str(exc)) from None
+        self.advertised = self.connectivity.advertised
         self.manager = CallManager(config, mux)
 
         app = web.Application(middlewares=[json_errors])
@@ -128,15 +106,19 @@ class Server:
         app["stats"] = self.stats
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
+        self.control.attach(app, self.manager, mux)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                     shutdown_timeout=2)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, config.bind, config.api_port, reuse_address=True)
+        site = web.TCPSite(self.runner, config.bind, config.api_port, reuse_address=True,
+                           ssl_context=self.control.ssl_context)
         try:
             await site.start()
         except OSError as exc:
             await self.runner.cleanup()
+            self.connectivity.close()
             transport.close()
+            await self.control.close()
             raise _bind_error("TCP", config.bind, config.api_port, exc, "--api-port") from None
         server = site._server
         self.api_port = server.sockets[0].getsockname()[1] if server else config.api_port
@@ -168,10 +150,11 @@ class Server:
         assert self.advertised is not None
         return {
             "udp_port": self.udp_port,
-            "tcp_port": None,
+            "tcp_port": self.connectivity.tcp_port if self.connectivity else None,
             "api_port": self.api_port,
-            "ice": {"host": self.advertised.host, "udp_port": self.advertised.port,
-                    "tcp_port": None, "source": self.advertised.source},
+            "ice": self.connectivity.info() if self.connectivity else {
+                "host": self.advertised.host, "udp_port": self.advertised.port,
+                "tcp_port": None, "source": self.advertised.source},
             "udp_socket": {"requested_bytes": self.config.udp_buffer_size,
                            "rcvbuf_bytes": self.buffer_sizes[0],
                            "sndbuf_bytes": self.buffer_sizes[1]},
@@ -184,6 +167,12 @@ class Server:
         return {"media_socket": self.mux.stats.as_dict(),
                 "forwarding": dataclasses.asdict(self.manager.stats),
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),
+                **(self.connectivity.stats() if self.connectivity else {}),
+                "negotiating": sum(p.peer.negotiating
+                                   for p in self.manager.participants.values()),
+                "offers_sent": sum(p.peer.offers_sent
+                                   for p in self.manager.participants.values()),
+                "simulcast": self.manager.simulcast_snapshot(),
                 "pid": os.getpid()}
 
     async def stop(self) -> None:
@@ -194,6 +183,10 @@ class Server:
             await self.manager.shutdown()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.control is not None:  # after the calls ended: their history is written
+            await self.control.close()
+        if self.connectivity is not None:
+            self.connectivity.close()
         if self.mux is not None and self.mux.transport is not None:
             self.mux.transport.close()
         log.info("stopped")

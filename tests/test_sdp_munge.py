@@ -73,3 +73,43 @@ def test_extension_unknown_to_client_gets_a_free_id():
         "a=extmap:3 urn:example:new")
     out = numbering_of(harmonise(offer, client))
     assert out.extension_ids["urn:example:new"] not in client.used_extension_ids
+
+
+CHROME_VIDEO = "\r\n".join([
+    "v=0",
+    "m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 108 109",
+    "a=rtpmap:96 VP8/90000", "a=rtpmap:97 rtx/90000", "a=fmtp:97 apt=96",
+    "a=rtpmap:102 H264/90000",
+    "a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+    "a=rtpmap:103 rtx/90000", "a=fmtp:103 apt=102",
+    "a=rtpmap:108 H264/90000",
+    "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+    "a=rtpmap:109 rtx/90000", "a=fmtp:109 apt=108",
+    "",
+])
+
+AIORTC_VIDEO = "\r\n".join([
+    "v=0",
+    "m=video 9 UDP/TLS/RTP/SAVPF 97 98 99 100 101 102",
+    "a=rtpmap:97 VP8/90000", "a=rtpmap:98 rtx/90000", "a=fmtp:98 apt=97",
+    "a=rtpmap:99 H264/90000",
+    "a=fmtp:99 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+    "a=rtpmap:100 rtx/90000", "a=fmtp:100 apt=99",
+    "a=rtpmap:101 H264/90000",
+    "a=fmtp:101 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+    "a=rtpmap:102 rtx/90000", "a=fmtp:102 apt=101",
+    "",
+])
+
+
+def test_codec_variants_and_their_rtx_never_share_a_number():
+    out = harmonise(AIORTC_VIDEO, numbering_of(CHROME_VIDEO))
+    mline = next(line for line in out.splitlines() if line.startswith("m=video"))
+    numbers = mline.split(" ")[3:]
+    assert len(numbers) == len(set(numbers)) == 6
+    rtpmaps = [line for line in out.splitlines() if line.startswith("a=rtpmap:")]
+    assert len({line.split(" ")[0] for line in rtpmaps}) == 6
+    # Each variant keeps the client's number; each RTX points at its own codec.
+    assert "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f" \
+        in out
+    assert "a=fmtp:109 apt=108" in out and "a=fmtp:97 apt=96" in out

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from callsctl_sfu import __version__
 from callsctl_sfu.api.signaling import websocket_handler
+from callsctl_sfu.api.turn import add_turn_routes
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -59,3 +60,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/stats", stats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_turn_routes(app)

@@ -16,7 +16,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
+from callsctl_sfu.api.ratelimit import TokenBucket
 from callsctl_sfu.calls.manager import CallManager, JoinRefused
+from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.tokens import JoinGrant, TokenError, verify_token
 
 log = logging.getLogger("callsctl_sfu.api.ws")
@@ -41,17 +43,40 @@ class SignalingConnection:
     """One WebSocket: its grant, its session once joined, and an ordered send path."""
 
     def __init__(self, ws: web.WebSocketResponse, grant: JoinGrant, manager: CallManager,
-                 max_size: int) -> None:
+                 max_size: int, rate: float = 0.0, burst: float = 0.0,
+                 stats: dict[str, Any] | None = None) -> None:
         self.ws = ws
         self.grant = grant
         self.manager = manager
         self.max_size = max_size
         self.session_id: str | None = None
         self._send_lock = asyncio.Lock()
+        # rate <= 0 disables the limit (embedding, tests of the handler alone).
+        self.bucket = TokenBucket(rate, burst) if rate > 0 else None
+        self.stats = stats
+
+    def _count(self, key: str, kind: str) -> None:
+        """rtcd_ws_messages_total by direction and type (see metrics.py)."""
+        counter = self.stats.get(key) if self.stats is not None else None
+        if counter is not None:
+            counter[kind] += 1
+
+    async def admit(self) -> bool:
+        """Token bucket per connection; over the limit, drop with a rare error event."""
+        if self.bucket is None or self.bucket.take():
+            return True
+        if self.stats is not None:
+            self.stats["rate_limited"] = self.stats.get("rate_limited", 0) + 1
+        if self.bucket.should_notify():
+            await self.error("rate_limited", f"more than {self.bucket.rate:g} messages per "
+                                             f"second (burst {self.bucket.burst:g}): messages "
+                                             "are being dropped; slow down")
+        return False
 
     async def send(self, event: dict[str, Any]) -> None:
         if self.ws.closed:
             return
+        self._count("messages_out", str(event.get("type")))
         async with self._send_lock:
             await self.ws.send_str(json.dumps(event))
 
@@ -59,12 +84,16 @@ class SignalingConnection:
         await self.send({"type": "error", "code": code, "message": message})
 
     async def handle(self, raw: str) -> None:
+        if not await self.admit():
+            return
         try:
             message = parse_message(raw, self.max_size)
         except ProtocolError as exc:
+            self._count("messages_in", "invalid")
             await self.send(exc.event())
             return
         kind = message["type"]
+        self._count("messages_in", kind)
         if self.session_id is None and kind not in BEFORE_JOIN:
             await self.error("not_joined", f"{kind}: send join first")
             return
@@ -98,7 +127,8 @@ class SignalingConnection:
         await self.send({"type": "joined", "session_id": session.session_id,
                          "call": session.call_id, "host": call.host, "reconnected": True,
                          "participants": [s.public() for s in call.others(session.session_id)],
-                         "ice_servers": []})
+                         "ice_servers": client_ice_servers(self.manager.config,
+                                                           self.grant.user)})
 
     async def on_leave(self, _message: dict[str, Any]) -> None:
         session_id, self.session_id = self.session_id, None
@@ -152,14 +182,16 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                                       "message": str(exc)}))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
-    connection = SignalingConnection(ws, grant, manager, config.max_message_size)
+    connection = SignalingConnection(ws, grant, manager, config.max_message_size,
+                                     config.ws_rate_limit, config.ws_rate_burst, metrics)
     if metrics is not None:
         metrics["connections"] += 1
+        metrics["active"] = metrics.get("active", 0) + 1
     try:
         async for frame in ws:
             if frame.type == WSMsgType.TEXT:
                 await connection.handle(frame.data)
-            elif frame.type == WSMsgType.BINARY:
+            elif frame.type == WSMsgType.BINARY and await connection.admit():
                 await connection.error("bad_message", "binary frames are not part of the "
                                                       "protocol; send JSON text")
             elif frame.type == WSMsgType.ERROR:
@@ -169,6 +201,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     except Exception:  # never let one connection's bug take the server down
         log.exception("signaling connection failed")
     finally:
+        if metrics is not None:
+            metrics["active"] = metrics.get("active", 1) - 1
         if connection.session_id is not None:
             manager.detach(connection.session_id)
     return ws

@@ -20,9 +20,11 @@ from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
+from callsctl_sfu.rtc.reports import UplinkReport, clamp_remb
 from callsctl_sfu.rtc.rtcp import missing_between, nack, pli
 from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
 from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
+from callsctl_sfu.rtc.simulcast import choose_layer
 from callsctl_sfu.rtc.tracks import PublishedTrack
 
 log = logging.getLogger("callsctl_sfu.calls")
@@ -35,6 +37,7 @@ VOICE_OFF_AFTER = 1.0
 HOUSEKEEPING_INTERVAL = 0.25
 # A gap the publisher has not filled after this long will not be: ask for a keyframe.
 UNREPAIRED_AFTER = 0.3
+REPORT_INTERVAL = 1.0
 
 
 class JoinRefused(Exception):
@@ -60,6 +63,7 @@ class ForwardingStats:
     plis_received: int = 0
     plis_sent: int = 0
     sender_reports_forwarded: int = 0
+    simulcast_switches: int = 0
 
 
 @dataclass
@@ -84,6 +88,11 @@ class CallManager:
         self._loop = asyncio.get_event_loop()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         self.rtcp = RtcpRouter(self)
+        # Publisher track key -> [(receiver peer, its downtrack)], rebuilt on any change
+        # of membership or negotiation, so the hot path does no per-receiver lookups.
+        self._routes: dict[str, list[tuple[MediaPeer, DownTrack]]] = {}
+        self._last_reports = 0.0
+        self._last_layer_rates = 0.0
         self.closing = False
         # Admin plane hooks (issue 5): observers see every call event (history, SSE,
         # metrics); join checks may refuse a join with JoinRefused (per-call settings).
@@ -112,9 +121,11 @@ class CallManager:
                          self._on_rtp, self._on_peer_state, on_rtcp=self.rtcp.on_rtcp,
                          on_tracks=self._on_tracks,
                          on_downtracks_ready=self._on_downtracks_ready,
-                         ring_size=self.config.nack_buffer_size)
+                         ring_size=self.config.nack_buffer_size,
+                         simulcast=self.config.enable_simulcast)
         self.participants[session.session_id] = Participant(session, peer, send)
         call.add(session)
+        self._routes.clear()
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
@@ -135,6 +146,7 @@ class CallManager:
             return
         session = participant.session
         call = self.calls.get(session.call_id)
+        self._routes.clear()
         if call is not None:
             host_changed = call.remove(session_id)
             await self.broadcast(call, {"type": "user_left", "session_id": session_id,
@@ -288,7 +300,8 @@ class CallManager:
                     self.request_keyframes_for(other_participant.peer)
 
     def _on_downtracks_ready(self, _receiver: MediaPeer, tracks: list[DownTrack]) -> None:
-        """A receiver can now decode a new video stream: it needs a keyframe to start."""
+        """A receiver's forwarded tracks changed; new video ones need a keyframe to start."""
+        self._routes.clear()
         for track in tracks:
             if track.kind == "video":
                 self.rtcp.keyframe_for_downtrack(track)
@@ -340,12 +353,17 @@ class CallManager:
                 return
             track.ssrcs.add(packet.ssrc)
             peer.ssrc_to_mid[packet.ssrc] = track.mid
+        if not track.forwarded:
+            stats.dropped_unknown_pt += 1
+            return
         if packet.payload_type in track.rtx_payload_types:
             packet = _unwrap_rtx(packet, track)
             if packet is None:
                 stats.dropped_malformed += 1
                 return
             data = packet.plain()  # the repaired original, so receivers' NACKs find it
+        elif data:
+            track.received(packet.ssrc, packet.sequence, packet.timestamp, self._loop.time())
         session = participant.session
         level_byte = None
         if track.kind == "audio":
@@ -362,27 +380,54 @@ class CallManager:
                 track.ring.put(packet.sequence, data)
             self._detect_loss(peer, track, packet)
         keyframe = track.kind == "video" and vp8_keyframe(packet.payload)
+        rid = None
+        if track.rids:
+            rid_id = peer.rid_ext_id
+            rid = track.rid_of(packet.ssrc, packet.extensions.get(rid_id) if rid_id else None)
+            if rid is None:
+                stats.dropped_unknown_pt += 1
+                return
+            track.layer_bytes[rid] = track.layer_bytes.get(rid, 0) + len(packet.payload)
         track.packets += 1
         track.octets += len(packet.payload)
         call = self.calls.get(session.call_id)
         if call is None:
             return
         key = f"{session.session_id}:{track.label}"
-        for other_id in call.sessions:
-            if other_id == session.session_id:
+        routes = self._routes.get(key)
+        if routes is None:
+            routes = self._routes[key] = self._build_routes(call, session.session_id, key)
+        forwarded = 0
+        for receiver, down in routes:
+            if not down.negotiated:
                 continue
-            other = self.participants.get(other_id)
-            if other is None:
-                continue
-            down = other.peer.downtracks.get(key)
-            if down is None or not down.negotiated:
-                continue
+            if rid is not None and rid != down.layer:
+                # Simulcast: switch to the wanted layer only at its keyframe.
+                if not (keyframe and rid == (down.target_layer or track.rids[0])):
+                    continue
+                down.layer = rid
+                down.switched_at = self._loop.time()
+                down.layer_switches += 1
+                stats.simulcast_switches += 1
             if keyframe:
                 down.needs_keyframe = False
             out = down.rewrite.build(packet, level_byte)
-            if other.peer.send_rtp(out):
-                stats.rtp_forwarded += 1
+            if receiver.send_rtp(out):
+                forwarded += 1
                 stats.bytes_forwarded += len(out)
+        stats.rtp_forwarded += forwarded
+
+    def _build_routes(self, call: Call, publisher_id: str, key: str
+                      ) -> list[tuple[MediaPeer, DownTrack]]:
+        routes = []
+        for other_id in call.sessions:
+            other = self.participants.get(other_id)
+            if other_id == publisher_id or other is None:
+                continue
+            down = other.peer.downtracks.get(key)
+            if down is not None:
+                routes.append((other.peer, down))
+        return routes
 
     @staticmethod
     def _track_by_payload_type(peer: MediaPeer, payload_type: int) -> PublishedTrack | None:
@@ -405,7 +450,7 @@ class CallManager:
     def _detect_loss(self, peer: MediaPeer, track: PublishedTrack, packet: ParsedRtp) -> None:
         """Gaps in a publisher's video: ask it again (NACK upstream, RFC 4585 §6.2.1)."""
         track.missing.pop(packet.sequence, None)
-        highest = track.highest_seq
+        highest = track.highest_seq.get(packet.ssrc)  # per SSRC: simulcast layers differ
         if highest is None or (packet.sequence - highest) & 0xFFFF < 0x8000:
             if highest is not None:
                 missing = missing_between(highest, packet.sequence)
@@ -416,10 +461,16 @@ class CallManager:
                     if peer.send_rtcp(nack(packet.ssrc, missing)):
                         track.nacks_sent += 1
                         self.stats.nacks_sent_upstream += 1
-            track.highest_seq = packet.sequence
+            track.highest_seq[packet.ssrc] = packet.sequence
 
-    def send_keyframe_request(self, publisher: MediaPeer, track: PublishedTrack) -> None:
-        ssrc = track.primary_ssrc or next(iter(track.ssrcs), None)
+    def send_keyframe_request(self, publisher: MediaPeer, track: PublishedTrack,
+                              ssrc: int | None = None) -> None:
+        if ssrc is None and track.rids:
+            # Simulcast: ask for a keyframe on every layer (each is its own stream).
+            for layer_ssrc in list(track.ssrc_rid):
+                self.send_keyframe_request(publisher, track, layer_ssrc)
+            return
+        ssrc = ssrc or track.primary_ssrc or next(iter(track.ssrcs), None)
         if ssrc is not None and publisher.send_rtcp(pli(ssrc)):
             self.stats.plis_sent += 1
 
@@ -437,6 +488,46 @@ class CallManager:
             except Exception:  # keep the loop alive whatever one pass hits
                 log.exception("housekeeping pass failed")
 
+    def _choose_layers(self, now: float) -> None:
+        """Simulcast: each receiver's target layer from its bandwidth estimate (REMB)."""
+        interval = now - self._last_layer_rates
+        if interval >= 1.0:
+            self._last_layer_rates = now
+        for participant in self.participants.values():
+            for track in participant.peer.published.values():
+                if not track.rids:
+                    continue
+                if interval >= 1.0:
+                    track.layer_bps = {rid: 8 * count / interval
+                                       for rid, count in track.layer_bytes.items()}
+                    track.layer_bytes = {}
+                for _receiver, down in self._routes.get(
+                        f"{participant.session.session_id}:{track.label}", []):
+                    target = choose_layer(track.rids, track.layer_bps, down.remb_bps,
+                                          down.layer, now - down.switched_at)
+                    if target != down.layer and target != down.target_layer:
+                        down.target_layer = target
+                        ssrc = track.ssrc_of(target)
+                        if ssrc is not None and track.keyframes.request() == 0:
+                            self.send_keyframe_request(participant.peer, track, ssrc)
+                    elif target == down.layer:
+                        down.target_layer = target
+
+    def simulcast_snapshot(self) -> list[dict[str, Any]]:
+        """Per simulcast publisher track: layer bitrates, and the layer each receiver gets."""
+        out = []
+        for participant in self.participants.values():
+            for track in participant.peer.published.values():
+                if not track.rids:
+                    continue
+                key = f"{participant.session.session_id}:{track.label}"
+                out.append({"publisher": participant.session.session_id, "label": track.label,
+                            "layers_bps": {rid: round(track.layer_bps.get(rid, 0.0))
+                                           for rid in track.rids},
+                            "receivers": {peer.session_id: down.layer
+                                          for peer, down in self._routes.get(key, [])}})
+        return out
+
     def _keyframe_upkeep(self, now: float) -> None:
         """Keyframes for receivers still waiting for one, and after losses nobody repaired.
 
@@ -444,7 +535,9 @@ class CallManager:
         """
         for participant in self.participants.values():
             for down in participant.peer.downtracks.values():
-                if down.kind == "video" and down.negotiated and down.needs_keyframe:
+                switching = down.target_layer is not None and down.target_layer != down.layer
+                if down.kind == "video" and down.negotiated and (down.needs_keyframe
+                                                                 or switching):
                     self.rtcp.keyframe_for_downtrack(down)
             for track in participant.peer.published.values():
                 if track.missing and now - min(track.missing.values()) > UNREPAIRED_AFTER:
@@ -452,9 +545,37 @@ class CallManager:
                     if track.keyframes.request() == 0:
                         self.send_keyframe_request(participant.peer, track)
 
+    def _report_to_publishers(self, now: float) -> None:
+        """Once a second: receiver reports and REMB to every publisher (RFC 3550 §6.2)."""
+        if now - self._last_reports < REPORT_INTERVAL:
+            return
+        self._last_reports = now
+        for participant in self.participants.values():
+            peer = participant.peer
+            if not peer.connected or not peer.published:
+                continue
+            report = UplinkReport()
+            estimates: list[int] = []
+            for track in peer.published.values():
+                for ssrc, stats in track.reception.items():
+                    report.blocks.append(stats.block(ssrc, now))
+                if track.kind == "video" and track.reception:
+                    report.remb_ssrcs.extend(track.reception)
+                    estimates.extend(self._receiver_estimates(peer.session_id, track.label))
+            if report.remb_ssrcs:
+                report.remb_bps = clamp_remb(estimates)
+            if report.blocks:
+                peer.send_rtcp(report.packet())
+
+    def _receiver_estimates(self, publisher_id: str, label: str) -> list[int]:
+        routes = self._routes.get(f"{publisher_id}:{label}") or []
+        return [down.remb_bps for _peer, down in routes if down.remb_bps]
+
     async def _housekeep_once(self) -> None:
         now = self._loop.time()
+        self._choose_layers(now)
         self._keyframe_upkeep(now)
+        self._report_to_publishers(now)
         for participant in list(self.participants.values()):
             session = participant.session
             if session.state.voice and now - session.last_loud > VOICE_OFF_AFTER:

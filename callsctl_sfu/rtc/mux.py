@@ -14,6 +14,14 @@ Demultiplexing (RFC 7983 first-byte ranges, RFC 8445 §7.3):
 - a Binding Request without USERNAME gets a plain XOR-MAPPED-ADDRESS answer
   (RFC 8489 §6.3.1), so `callsctl check rtc` can prove the port is reachable
   from outside before any call exists.
+
+Each session gets one *primary* protocol (IPv4 UDP, the one the media path
+hooks its SRTP fast path into) and, when enabled, siblings for the same
+session on other paths: IPv6 UDP (a second, v6-only socket on the same port
+number) and ICE-TCP (rtc/icetcp.py). Siblings share the primary's `fast_rx`
+and `last_rx`, so media arriving on any path takes the same fast path and
+keeps the session alive. Every protocol offers `send_datagram(data, addr)`,
+which sends on the path the selected candidate pair uses.
 """
 
 from __future__ import annotations
@@ -22,15 +30,52 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
+from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
+
 log = logging.getLogger("callsctl_sfu.rtc.mux")
 
 Address = tuple[str, int]
+# Local preference of IPv6 host candidates: one below IPv4's so priorities stay
+# unique (RFC 8445 §5.1.2.1); the client, which is controlling, decides anyway.
+IPV6_LOCAL_PREFERENCE = 65534
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """One local candidate every session advertises (same for all sessions: one port)."""
+
+    transport: str  # "udp" or "tcp" (passive)
+    type: str  # "host" or "srflx"
+    host: str
+    port: int
+    related: Address | None = None  # base of a server-reflexive candidate
+
+    @property
+    def path(self) -> str:
+        """Which socket carries it: udp4, udp6, tcp4 or tcp6."""
+        return f"{self.transport}{6 if ':' in self.host else 4}"
+
+    def candidate(self) -> Candidate:
+        base = self.related[0] if self.related else self.host
+        v6 = ":" in self.host
+        if self.transport == "tcp":
+            priority = tcp_candidate_priority(self.type, "passive", 8190 if v6 else 8191)
+        else:
+            priority = candidate_priority(1, self.type, IPV6_LOCAL_PREFERENCE if v6 else 65535)
+        return Candidate(
+            foundation=candidate_foundation(self.type, self.transport, base),
+            component=1, transport=self.transport, priority=priority, host=self.host,
+            port=self.port, type=self.type,
+            related_address=self.related[0] if self.related else None,
+            related_port=self.related[1] if self.related else None,
+            tcptype="passive" if self.transport == "tcp" else None)
 
 
 class MuxStats:
@@ -63,6 +108,10 @@ class MuxedStunProtocol(StunProtocol):
         # Set by the session once DTLS is up: decrypts and forwards SRTP directly.
         self.fast_rx: Callable[[bytes], None] | None = None
         self._closed_once = False
+        # The same session's protocols on other paths, keyed udp6/tcp4/tcp6.
+        self.siblings: dict[str, StunProtocol] = {}
+        # Synchronous send on this path (the media path's per-packet call).
+        self.send_datagram: Callable[[bytes, Address], None] = mux.sendto
 
     @property
     def connection(self) -> Connection:
@@ -95,6 +144,31 @@ class MuxedStunProtocol(StunProtocol):
         self.connection_lost(None)
 
 
+class SiblingUdpProtocol(MuxedStunProtocol):
+    """A session's IPv6 UDP path: its own candidate and pairs, the primary's fast path."""
+
+    def __init__(self, connection: Connection, mux: UdpMux, primary: MuxedStunProtocol) -> None:
+        self.primary = primary
+        super().__init__(connection, mux)
+
+    @property  # type: ignore[override]
+    def fast_rx(self) -> Callable[[bytes], None] | None:
+        return self.primary.fast_rx
+
+    @fast_rx.setter
+    def fast_rx(self, _value: Callable[[bytes], None] | None) -> None:
+        pass  # the session sets its fast path on the primary only
+
+    @property  # type: ignore[override]
+    def last_rx(self) -> float:
+        return self.primary.last_rx
+
+    @last_rx.setter
+    def last_rx(self, value: float) -> None:
+        if value:
+            self.primary.last_rx = value
+
+
 class UdpMux(asyncio.DatagramProtocol):
     """The shared media socket and its routing tables."""
 
@@ -106,6 +180,12 @@ class UdpMux(asyncio.DatagramProtocol):
         self.stats = MuxStats()
         self._loop = asyncio.get_event_loop()
         self.advertised: Address = ("127.0.0.1", 0)
+        # What every session advertises; None = one UDP host candidate at `advertised`.
+        self.candidate_specs: list[CandidateSpec] | None = None
+        self.transport6: asyncio.DatagramTransport | None = None  # --enable-ipv6
+        self.tcp: TcpMux | None = None  # ICE-TCP, when enabled
+        # Answers to the server's own STUN requests (public address discovery).
+        self.stun_waiters: dict[bytes, asyncio.Future[tuple[stun.Message, Address]]] = {}
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -153,8 +233,11 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
             proto = self.transactions.get(message.transaction_id)
+            waiter = self.stun_waiters.get(message.transaction_id)
             if proto is not None:
                 proto.datagram_received(data, addr)
+            elif waiter is not None and not waiter.done():
+                waiter.set_result((message, addr))
             else:
                 self.stats.unknown_dropped += 1
             return
@@ -170,6 +253,8 @@ class UdpMux(asyncio.DatagramProtocol):
         if proto is None:
             self.stats.unknown_dropped += 1
             return
+        if ":" in addr[0]:
+            proto = proto.siblings.get("udp6", proto)  # type: ignore[assignment]
         password = proto.connection.local_password.encode("utf8")
         try:
             verified = message.check_message_integrity(password)
@@ -212,6 +297,8 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def sendto(self, data: bytes, addr: Address) -> None:
         transport = self.transport
+        if self.transport6 is not None and ":" in addr[0]:
+            transport = self.transport6
         if transport is None or transport.is_closing():
             return
         try:
@@ -228,11 +315,20 @@ class UdpMux(asyncio.DatagramProtocol):
 
     # -- attaching aiortc/aioice connections ------------------------------------------
 
-    def attach(self, connection: Connection) -> None:
-        """Make `connection` gather one host candidate: the shared socket's advertised address.
+    def specs(self) -> list[CandidateSpec]:
+        """The candidates to advertise, the primary (IPv4 UDP host) first."""
+        specs = self.candidate_specs or [CandidateSpec("udp", "host", *self.advertised)]
+        return sorted(specs, key=lambda s: (s.path != "udp4", s.type != "host"))
 
-        Replaces gather_candidates on this instance only, so aiortc clients in the
-        same process (checks, load tests) keep their normal behaviour.
+    def attach(self, connection: Connection) -> None:
+        """Make `connection` gather the shared sockets' candidates instead of its own sockets.
+
+        One protocol per path (udp4 primary, then udp6/tcp4/tcp6 siblings) whose
+        local candidate is that path's host candidate; server-reflexive
+        candidates are only advertised, their base is the host candidate's socket
+        (RFC 8445 §5.1.1.2). Replaces gather_candidates on this instance only, so
+        aiortc clients in the same process (checks, load tests) keep their
+        normal behaviour.
         """
         if getattr(connection, "_callsctl_muxed", False):
             return
@@ -243,21 +339,27 @@ class UdpMux(asyncio.DatagramProtocol):
             if connection._local_candidates_start:
                 return
             connection._local_candidates_start = True
-            proto = MuxedStunProtocol(connection, mux)
-            host, port = mux.advertised
-            proto.local_candidate = Candidate(
-                foundation=candidate_foundation("host", "udp", host),
-                component=1,
-                transport="udp",
-                priority=candidate_priority(1, "host"),
-                host=host,
-                port=port,
-                type="host",
-            )
-            connection._protocols.append(proto)
-            connection._local_candidates.append(proto.local_candidate)
+            primary = MuxedStunProtocol(connection, mux)
+            for spec in mux.specs():
+                candidate = spec.candidate()
+                connection._local_candidates.append(candidate)
+                if spec.type != "host" or spec.path in primary.siblings:
+                    continue
+                proto: StunProtocol
+                if spec.path == "udp4" and not hasattr(primary, "local_candidate"):
+                    proto = primary
+                elif spec.path == "udp6" and mux.transport6 is not None:
+                    proto = SiblingUdpProtocol(connection, mux, primary)
+                elif spec.transport == "tcp" and mux.tcp is not None:
+                    proto = mux.tcp.make_protocol(connection, primary)
+                else:
+                    continue
+                proto.local_candidate = candidate
+                connection._protocols.append(proto)
+                if proto is not primary:
+                    primary.siblings[spec.path] = proto
             connection._local_candidates_end = True
-            mux.register(proto)
+            mux.register(primary)
 
         connection.gather_candidates = gather_candidates  # type: ignore[method-assign]
 

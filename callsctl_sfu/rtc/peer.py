@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pylibsrtp
@@ -35,6 +35,7 @@ from aiortc.sdp import candidate_from_sdp
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, Rewrite, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import Numbering, harmonise, numbering_of
+from callsctl_sfu.rtc.simulcast import RID_URI, accept_layers, offered_layers, receive_layers
 from callsctl_sfu.rtc.tracks import (
     LABEL_KINDS,
     PublishedTrack,
@@ -53,20 +54,14 @@ class SignalError(ValueError):
     """A signal the peer cannot apply; reported to the client as an error event."""
 
 
-def _idle_loop(part: Any, prefix: str, *events: str) -> Callable[..., Awaitable[None]]:
-    """Stands in for one of aiortc's per-track RTP/RTCP loops, which an SFU must not run.
+async def _not_started(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for aiortc's RTCRtpSender.send / RTCRtpReceiver.receive.
 
-    aiortc's stop() waits for the loop's started/exited events, so the stand-in
-    sets them; otherwise closing a peer would hang.
+    Those start an encoder loop, an RTCP loop and a decoder thread per track; a
+    forwarding SFU needs none of them (it owns RTP and RTCP itself), and left
+    running they cost CPU, a thread per track and send bogus RTCP. Never started,
+    aiortc's stop() has nothing to wait for.
     """
-
-    async def idle(*_args: Any, **_kwargs: Any) -> None:
-        for name in events:
-            event = getattr(part, f"_{prefix}__{name}", None)
-            if event is not None:
-                event.set()
-
-    return idle
 
 
 @dataclass
@@ -83,12 +78,24 @@ class DownTrack:
     # A video receiver cannot decode until it has a keyframe: set when the track
     # starts (or the source changes), cleared when a keyframe is forwarded.
     needs_keyframe: bool = True
+    # Simulcast: the layer this receiver gets now, and the one it should get
+    # (switched to at that layer's next keyframe).
+    layer: str | None = None
+    target_layer: str | None = None
+    layer_switches: int = 0
+    switched_at: float = 0.0
     plis_received: int = 0
     nacks_received: int = 0
     retransmitted: int = 0
     # Receiver-reported quality (RFC 3550 §6.4.2 report block), latest values.
     fraction_lost: float | None = None
     jitter: int | None = None
+    jitter_ms: float | None = None
+    rtt_ms: float | None = None
+    remb_bps: int | None = None
+    # Sender reports forwarded to this receiver: NTP middle 32 bits -> when sent,
+    # so its receiver reports (LSR/DLSR) give the SFU-to-receiver round trip.
+    sr_sent: dict[int, float] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -109,6 +116,7 @@ class MediaPeer:
         on_tracks: Callable[[MediaPeer], None] | None = None,
         on_downtracks_ready: Callable[[MediaPeer, list[DownTrack]], None] | None = None,
         ring_size: int = 256,
+        simulcast: bool = False,
     ) -> None:
         self.session_id = session_id
         self.mux = mux
@@ -119,6 +127,10 @@ class MediaPeer:
         self._on_tracks = on_tracks
         self._on_downtracks_ready = on_downtracks_ready
         self.ring_size = ring_size
+        self.simulcast = simulcast
+        # mid -> rids this client simulcasts there (only with simulcast enabled).
+        self.layers: dict[str, list[str]] = {}
+        self.rid_ext_id: int | None = None
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
@@ -130,11 +142,15 @@ class MediaPeer:
         self.numbering = Numbering()
         self.downtracks: dict[str, DownTrack] = {}
         self.downtracks_by_ssrc: dict[int, DownTrack] = {}
+        self.retired: dict[str, DownTrack] = {}
         self.wanted: dict[str, tuple[str, str]] = {}
         self.server_mids: set[str] = set()
         self.published: dict[str, PublishedTrack] = {}
         self.ssrc_to_mid: dict[int, str] = {}
         self.screen_stream: str | None = None
+        # Every stream this client ever announced as a screen share: a track stays a
+        # screen until it leaves the SDP, even when screen_off arrives first.
+        self.screen_streams: set[str] = set()
         self.mid_ext_id: int | None = None
         self.vp8_pt: int | None = None
         self._negotiation_needed = False
@@ -142,10 +158,14 @@ class MediaPeer:
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
         self.connected = False
+        self._pair: Any = None
+        self._addr: tuple[str, int] = ("", 0)
+        self._send: Callable[[bytes, tuple[str, int]], None] = lambda _d, _a: None
         self.closed = False
         self.opus_pt: int | None = None
         self.audio_level_id: int | None = None
         self.glare_ignored = 0
+        self.offers_sent = 0
         self.srtp_errors = 0
         self.rtcp_in = 0
 
@@ -167,6 +187,8 @@ class MediaPeer:
     def set_screen_stream(self, stream_id: str | None) -> None:
         """The client said which of its streams is a screen share: relabel its tracks."""
         self.screen_stream = stream_id
+        if stream_id is not None:
+            self.screen_streams.add(stream_id)
         self._queue.put_nowait(("rediscover", None))
 
     async def _run(self) -> None:
@@ -225,8 +247,12 @@ class MediaPeer:
         answer = await self.pc.createAnswer()
         self._attach_mux()
         await self.pc.setLocalDescription(answer)
+        answer_sdp = self.pc.localDescription.sdp
+        if self.simulcast:
+            self.layers.update(offered_layers(sdp))
+            answer_sdp = accept_layers(answer_sdp, sdp)
         await self._send_signal({"type": "signal", "data": {
-            "type": "answer", "sdp": self.pc.localDescription.sdp}})
+            "type": "answer", "sdp": answer_sdp}})
         await self._after_negotiation()
         for parsed in self._pending_candidates:
             await self.pc.addIceCandidate(parsed)
@@ -253,6 +279,9 @@ class MediaPeer:
         self._attach_mux()
         await self.pc.setLocalDescription(offer)
         sdp = harmonise(self.pc.localDescription.sdp, self.numbering)
+        if self.layers:
+            sdp = receive_layers(sdp, self.layers, self.numbering.extension_ids)
+        self.offers_sent += 1
         await self._send_signal({"type": "signal", "data": {"type": "offer", "sdp": sdp}})
 
     def _sync_downtracks(self) -> bool:
@@ -260,13 +289,22 @@ class MediaPeer:
         changed = False
         for key in list(self.downtracks):
             if key not in self.wanted:
-                # Retired, not reused: a receiver keeps a transceiver's first track
-                # identity (msid), so a reused one would show the old participant.
+                # Retired, kept for the same publisher and label: a receiver keeps a
+                # transceiver's track identity (msid), so it may only ever carry that
+                # one source, and a second transceiver with the same msid is invalid.
                 track = self.downtracks.pop(key)
                 track.transceiver.direction = "inactive"
-                self.downtracks_by_ssrc.pop(track.rewrite.ssrc, None)
+                track.negotiated = False
+                self.retired[key] = track
                 changed = True
         for key in sorted(set(self.wanted) - set(self.downtracks)):
+            revived = self.retired.pop(key, None)
+            if revived is not None:
+                revived.transceiver.direction = "sendonly"
+                revived.needs_keyframe = True
+                self.downtracks[key] = revived
+                changed = True
+                continue
             publisher_id, label = self.wanted[key]
             transceiver = self.pc.addTransceiver(LABEL_KINDS[label], direction="sendonly")
             sender = transceiver.sender
@@ -278,6 +316,8 @@ class MediaPeer:
             self.downtracks[key] = track
             self.downtracks_by_ssrc[sender._ssrc] = track
             changed = True
+        if changed and self._on_downtracks_ready is not None:
+            self._on_downtracks_ready(self, [])  # the call's forwarding routes changed
         return changed
 
     async def _after_negotiation(self) -> None:
@@ -288,11 +328,13 @@ class MediaPeer:
         current = numbering_of(remote.sdp)
         current.payload_types = {**self.numbering.payload_types, **current.payload_types}
         current.extension_ids = {**self.numbering.extension_ids, **current.extension_ids}
+        current.identities = {**self.numbering.identities, **current.identities}
         self.numbering = current
         self.opus_pt = current.payload_types.get(OPUS_KEY)
         self.vp8_pt = current.payload_types.get(VP8_KEY)
         self.audio_level_id = current.extension_ids.get(AUDIO_LEVEL_URI)
         self.mid_ext_id = current.extension_ids.get(MID_URI)
+        self.rid_ext_id = current.extension_ids.get(RID_URI) if self.layers else None
         if self.pc.signalingState == "stable":
             ready = []
             for track in self.downtracks.values():
@@ -317,8 +359,10 @@ class MediaPeer:
         if remote is None:
             return
         before = {mid: t.label for mid, t in self.published.items()}
-        self.published = discover_published(remote.sdp, self.server_mids, self.screen_stream,
+        self.published = discover_published(remote.sdp, self.server_mids, self.screen_streams,
                                             self.ring_size, self.published)
+        for mid, track in self.published.items():
+            track.rids = self.layers.get(mid, [])
         for mid, track in self.published.items():
             for ssrc in track.ssrcs:
                 self.ssrc_to_mid[ssrc] = mid
@@ -348,16 +392,8 @@ class MediaPeer:
 
     def _silence_aiortc_loops(self) -> None:
         for transceiver in self.pc.getTransceivers():
-            sender, receiver = transceiver.sender, transceiver.receiver
-            if not getattr(sender, "_callsctl_silenced", False):
-                sender._callsctl_silenced = True
-                sender._run_rtp = _idle_loop(sender, "RTCRtpSender", "rtp_started", "rtp_exited")
-                sender._run_rtcp = _idle_loop(sender, "RTCRtpSender", "rtcp_started",
-                                              "rtcp_exited")
-            if not getattr(receiver, "_callsctl_silenced", False):
-                receiver._callsctl_silenced = True
-                receiver._run_rtcp = _idle_loop(receiver, "RTCRtpReceiver", "rtcp_started",
-                                                "rtcp_exited")
+            transceiver.sender.send = _not_started
+            transceiver.receiver.receive = _not_started
 
     # -- media --------------------------------------------------------------------
 
@@ -398,14 +434,21 @@ class MediaPeer:
         The pair's protocol sends on the path the client chose: the shared UDP
         socket (IPv4 or IPv6) or its ICE-TCP connection (rtc/mux.py, rtc/icetcp.py).
         """
-        pair = self._ice._nominated.get(1) if self.connected else None
+        if not self.connected:
+            return False
+        pair = self._ice._nominated.get(1)
         if pair is None:
             return False
+        if pair is not self._pair:
+            # The client may renominate; rebuild the send path only when it does.
+            self._pair, self._addr = pair, pair.remote_addr
+            self._send = pair.protocol.send_datagram
         try:
-            pair.protocol.send_datagram(self._tx_srtp.protect(packet), pair.remote_addr)  # type: ignore[union-attr]
+            data = self._tx_srtp.protect(packet)  # type: ignore[union-attr]
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return False
+        self._send(data, self._addr)
         return True
 
     def send_rtcp(self, packet: bytes) -> bool:
@@ -419,6 +462,28 @@ class MediaPeer:
             self.srtp_errors += 1
             return False
         return True
+
+    def quality(self) -> dict[str, float | None]:
+        """Connection quality for operators: RTT, worst loss and jitter, both directions.
+
+        Downlink figures come from this client's receiver reports about what the
+        SFU sends it; uplink from the SFU's own reception of what it publishes.
+        """
+        downs = [d for d in self.downtracks.values() if d.negotiated]
+        ups = [stats for track in self.published.values() for stats in track.reception.values()]
+        rtts = sorted(d.rtt_ms for d in downs if d.rtt_ms is not None)
+        losses = [d.fraction_lost for d in downs if d.fraction_lost is not None] + \
+            [stats.lost_fraction for stats in ups]
+        jitters = [d.jitter_ms for d in downs if d.jitter_ms is not None] + \
+            [stats.jitter_ms for stats in ups]
+        return {"rtt_ms": rtts[len(rtts) // 2] if rtts else None,
+                "loss": max(losses) if losses else None,
+                "jitter_ms": max(jitters) if jitters else None}
+
+    @property
+    def negotiating(self) -> bool:
+        """Whether an offer/answer exchange is under way or due."""
+        return self._negotiation_needed or self.pc.signalingState != "stable"
 
     @property
     def remote_address(self) -> tuple[str, int] | None:

@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiortc.rtp import (
+    RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
@@ -30,6 +31,7 @@ from aiortc.rtp import (
     RtcpSenderInfo,
     RtcpSourceInfo,
     RtcpSrPacket,
+    unpack_remb_fci,
 )
 
 from callsctl_sfu.rtc.rtp import parse_rtp
@@ -52,13 +54,16 @@ class RtcpRouter:
             return
         for packet in packets:
             if isinstance(packet, RtcpPsfbPacket):
-                if packet.fmt == RTCP_PSFB_PLI:
+                if packet.fmt == RTCP_PSFB_APP:
+                    self._record_remb(peer, packet.fci)
+                elif packet.fmt == RTCP_PSFB_PLI:
                     self._keyframe_request(peer, packet.media_ssrc)
                 elif packet.fmt == RTCP_PSFB_FIR and len(packet.fci) >= 4:
                     self._keyframe_request(peer, int.from_bytes(packet.fci[:4], "big"))
             elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 self._answer_nack(peer, packet.media_ssrc, packet.lost)
             elif isinstance(packet, RtcpSrPacket):
+                self._note_sender_report(peer, packet)
                 self._forward_sender_report(peer, packet)
                 self._record_reports(peer, packet.reports)
             elif isinstance(packet, RtcpRrPacket):
@@ -109,7 +114,8 @@ class RtcpRouter:
                 unrepairable = True
                 continue
             packet = parse_rtp(original)
-            if packet is None:
+            if packet is None or packet.ssrc != down.rewrite.source_ssrc:
+                unrepairable = True  # another simulcast layer's packet took the slot
                 continue
             if receiver.send_rtp(down.rewrite.build(packet, None, retransmission=True)):
                 down.retransmitted += 1
@@ -149,11 +155,46 @@ class RtcpRouter:
                                                          items=[(1, cname.encode())])])
             if other.peer.send_rtcp(bytes(translated) + bytes(sdes)):
                 self.manager.stats.sender_reports_forwarded += 1
+                sent = down.sr_sent
+                sent[(report.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF] = self._now()
+                while len(sent) > 8:
+                    del sent[next(iter(sent))]
 
-    @staticmethod
-    def _record_reports(receiver: MediaPeer, reports: list) -> None:
+    def _record_reports(self, receiver: MediaPeer, reports: list) -> None:
+        """Loss, jitter and round trip of what the SFU sends this receiver (RFC 3550 §6.4.1)."""
+        now = self._now()
         for block in reports:
             down = receiver.downtracks_by_ssrc.get(block.ssrc)
+            if down is None:
+                continue
+            down.fraction_lost = block.fraction_lost / 256
+            down.jitter = block.jitter
+            down.jitter_ms = 1000 * block.jitter / (48000 if down.kind == "audio" else 90000)
+            sent = down.sr_sent.get(block.lsr) if block.lsr else None
+            if sent is not None:
+                down.rtt_ms = max(0.0, 1000 * (now - sent - block.dlsr / 65536))
+
+    @staticmethod
+    def _record_remb(receiver: MediaPeer, fci: bytes) -> None:
+        try:
+            bitrate, ssrcs = unpack_remb_fci(fci)
+        except ValueError:
+            return
+        for ssrc in ssrcs:
+            down = receiver.downtracks_by_ssrc.get(ssrc)
             if down is not None:
-                down.fraction_lost = block.fraction_lost / 256
-                down.jitter = block.jitter
+                down.remb_bps = bitrate
+
+    @staticmethod
+    def _note_sender_report(publisher: MediaPeer, report: RtcpSrPacket) -> None:
+        """Remember the publisher's SR so our receiver reports carry LSR/DLSR for its RTT."""
+        mid = publisher.ssrc_to_mid.get(report.ssrc)
+        track = publisher.published.get(mid) if mid is not None else None
+        stats = track.reception.get(report.ssrc) if track is not None else None
+        if stats is not None:
+            stats.last_sr = (report.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+            stats.last_sr_at = asyncio.get_event_loop().time()
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_event_loop().time()

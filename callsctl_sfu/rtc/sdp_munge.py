@@ -20,20 +20,36 @@ _EXTMAP = re.compile(r"^a=extmap:(\d+)(/\w+)? (\S+)(.*)$")
 _PT_ATTR = re.compile(r"^a=(rtpmap|fmtp|rtcp-fb):(\d+)(.*)$")
 
 
+# fmtp parameters that make two entries of one codec different codecs (RFC 6184
+# H.264 profiles and packetization modes, VP9/AV1 profiles). Others (Opus
+# useinbandfec, minptime) are preferences of the same codec.
+_VARIANT_PARAMS = ("profile-level-id", "packetization-mode", "profile-id", "profile")
+Identity = tuple[str, ...]
+
+
 @dataclass
 class Numbering:
-    """Payload types by codec and extension ids by URI, as a peer uses them."""
+    """Payload types by codec and extension ids by URI, as a peer uses them.
+
+    `payload_types` answers "which number is Opus / VP8" (first entry of a
+    codec); `identities` tells every payload type apart, codec variants and
+    each RTX entry (keyed by the codec it repairs) included.
+    """
 
     payload_types: dict[tuple[str, str, int, int], int] = field(default_factory=dict)
     extension_ids: dict[str, int] = field(default_factory=dict)
+    identities: dict[int, Identity] = field(default_factory=dict)
 
     @property
     def used_payload_types(self) -> set[int]:
-        return set(self.payload_types.values())
+        return set(self.payload_types.values()) | set(self.identities)
 
     @property
     def used_extension_ids(self) -> set[int]:
         return set(self.extension_ids.values())
+
+    def number_for(self, identity: Identity) -> int | None:
+        return next((pt for pt, ident in self.identities.items() if ident == identity), None)
 
 
 def _codec_key(kind: str, name: str, clock: str, channels: str | None) -> tuple[str, str, int, int]:
@@ -41,14 +57,11 @@ def _codec_key(kind: str, name: str, clock: str, channels: str | None) -> tuple[
 
 
 def numbering_of(sdp: str) -> Numbering:
-    """Collect the numbering a (client) description uses across all m-sections.
-
-    RTX is keyed by the codec it repairs, since each video codec has its own.
-    """
+    """Collect the numbering a description uses across all m-sections."""
     result = Numbering()
     kind = ""
-    rtx_apt: dict[int, int] = {}
     names: dict[int, tuple[str, str, int, int]] = {}
+    params: dict[int, dict[str, str]] = {}
     for line in sdp.splitlines():
         if line.startswith("m="):
             kind = line[2:].split(" ", 1)[0]
@@ -62,14 +75,23 @@ def numbering_of(sdp: str) -> Numbering:
         if match:
             result.extension_ids.setdefault(match.group(3), int(match.group(1)))
             continue
-        if line.startswith("a=fmtp:"):
-            fmtp = re.match(r"^a=fmtp:(\d+) .*apt=(\d+)", line)
-            if fmtp:
-                rtx_apt[int(fmtp.group(1))] = int(fmtp.group(2))
+        fmtp = re.match(r"^a=fmtp:(\d+) (.*)$", line)
+        if fmtp:
+            params[int(fmtp.group(1))] = dict(
+                item.strip().split("=", 1) for item in fmtp.group(2).split(";") if "=" in item)
+
+    def variant(pt: int) -> Identity:
+        found = params.get(pt, {})
+        return tuple(str(x) for x in names[pt]) + tuple(
+            f"{k}={found[k].lower()}" for k in _VARIANT_PARAMS if k in found)
+
     for pt, key in names.items():
-        if key[1] == "rtx" and pt in rtx_apt and rtx_apt[pt] in names:
-            key = (key[0], "rtx:" + names[rtx_apt[pt]][1], key[2], key[3])
-        result.payload_types.setdefault(key, pt)
+        apt = params.get(pt, {}).get("apt")
+        if key[1] == "rtx" and apt is not None and apt.isdigit() and int(apt) in names:
+            result.identities[pt] = ("rtx",) + variant(int(apt))
+        else:
+            result.identities[pt] = variant(pt)
+            result.payload_types.setdefault(key, pt)
     return result
 
 
@@ -90,11 +112,13 @@ def harmonise(offer: str, reference: Numbering) -> str:
     used_pts = set(reference.used_payload_types)
     new_pt = _allocator(used_pts, 96, 127)
     pt_map: dict[int, int] = {}
-    # First codecs the client knows, so free numbers are not taken by others first.
-    for key, pt in own.payload_types.items():
-        if key in reference.payload_types:
-            pt_map[pt] = reference.payload_types[key]
-    for pt in own.payload_types.values():
+    # First the codecs the client knows (exact variant), so that free numbers are
+    # not taken by others first; then every other entry gets a number of its own.
+    for pt, identity in own.identities.items():
+        known = reference.number_for(identity)
+        if known is not None and known not in pt_map.values():
+            pt_map[pt] = known
+    for pt in own.identities:
         if pt in pt_map:
             continue
         pt_map[pt] = pt if pt < 96 and pt not in used_pts else new_pt()

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 from aiortc import sdp as aiortc_sdp
 
+from callsctl_sfu.rtc.reports import ReceptionStats
 from callsctl_sfu.rtc.rtcp import KeyframeThrottle, RingBuffer
+
+CLOCK_RATES = {"audio": 48000, "video": 90000}
 
 # What the receivers see: stream ids group tracks in the browser (one stream per
 # participant for mic+camera, one for the screen share and its audio).
@@ -30,7 +33,7 @@ class PublishedTrack:
     rtx_payload_types: dict[int, int] = field(default_factory=dict)  # rtx pt -> media pt
     ring: RingBuffer | None = None
     keyframes: KeyframeThrottle = field(default_factory=KeyframeThrottle)
-    highest_seq: int | None = None
+    highest_seq: dict[int, int] = field(default_factory=dict)
     packets: int = 0
     octets: int = 0
     nacks_sent: int = 0
@@ -38,6 +41,29 @@ class PublishedTrack:
     # Sequence numbers the SFU itself is missing, with when the gap was seen: not
     # filled in time means receivers cannot be repaired either, so ask for a keyframe.
     missing: dict[int, float] = field(default_factory=dict)
+    reception: dict[int, ReceptionStats] = field(default_factory=dict)
+    forwarded: bool = True
+    # Simulcast layers (rids, lowest first) and which SSRC carries which.
+    rids: list[str] = field(default_factory=list)
+    ssrc_rid: dict[int, str] = field(default_factory=dict)
+    layer_bytes: dict[str, int] = field(default_factory=dict)
+    layer_bps: dict[str, float] = field(default_factory=dict)
+
+    def rid_of(self, ssrc: int, rid_value: bytes | None) -> str | None:
+        if rid_value is not None:
+            rid = rid_value.decode("ascii", "replace")
+            self.ssrc_rid[ssrc] = rid
+            return rid
+        return self.ssrc_rid.get(ssrc)
+
+    def ssrc_of(self, rid: str) -> int | None:
+        return next((ssrc for ssrc, r in self.ssrc_rid.items() if r == rid), None)
+
+    def received(self, ssrc: int, sequence: int, rtp_timestamp: int, arrival: float) -> None:
+        stats = self.reception.get(ssrc)
+        if stats is None:
+            stats = self.reception[ssrc] = ReceptionStats(CLOCK_RATES[self.kind])
+        stats.update(sequence, rtp_timestamp, arrival)
 
     @property
     def key_suffix(self) -> str:
@@ -48,7 +74,7 @@ def stream_id_for(publisher_id: str, label: str) -> str:
     return f"screen-{publisher_id}" if label.startswith("screen") else publisher_id
 
 
-def discover_published(remote_sdp: str, server_mids: set[str], screen_stream: str | None,
+def discover_published(remote_sdp: str, server_mids: set[str], screen_streams: set[str],
                        ring_size: int, previous: dict[str, PublishedTrack]
                        ) -> dict[str, PublishedTrack]:
     """The client's sending m-sections, keyed by mid, keeping state of known ones."""
@@ -67,7 +93,7 @@ def discover_published(remote_sdp: str, server_mids: set[str], screen_stream: st
             # nothing is published there. With a real track it is the client's own
             # media (a late track landing on our transceiver), handled below.
             continue
-        is_screen = screen_stream is not None and stream == screen_stream
+        is_screen = stream is not None and stream in screen_streams
         label = ("screen" if media.kind == "video" else "screenaudio") if is_screen else media.kind
         track = previous.get(mid)
         if track is None or track.kind != media.kind or track.label != label:
@@ -83,4 +109,10 @@ def discover_published(remote_sdp: str, server_mids: set[str], screen_stream: st
             if codec.mimeType.lower().endswith("/rtx") and "apt" in codec.parameters
         }
         found[mid] = track
+    # One forwarded track per label (the first by m-line order): receivers get one
+    # "<publisher>-<label>" track, and two sources must never share its numbering.
+    labels: set[str] = set()
+    for track in found.values():
+        track.forwarded = track.label not in labels
+        labels.add(track.label)
     return found

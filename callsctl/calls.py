@@ -1,0 +1,472 @@
+"""`callsctl calls …`: list, inspect and moderate live calls through the admin API.
+
+Where the server and key come from, first match wins:
+  --server / CALLSCTL_SERVER / `server` in the client config / http://127.0.0.1:8045
+  --admin-key / CALLSCTL_ADMIN_KEY / --admin-key-file / CALLSCTL_ADMIN_KEY_FILE /
+  `admin_key` or `admin_key_file` in the client config / <default data dir>/admin_key
+The client config is TOML at --client-config, CALLSCTL_CLIENT_CONFIG or
+$XDG_CONFIG_HOME/callsctl/client.toml, keys at the top level or under [client]:
+server, admin_key, admin_key_file, ca_cert, insecure. The last fallback means
+that on the server host, as the user running `callsctl serve` with its default
+data dir, no configuration is needed at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from callsctl.errors import fail
+from callsctl_sfu.config import default_data_dir
+
+DEFAULT_SERVER = "http://127.0.0.1:8045"
+CLIENT_KEYS = {"server", "admin_key", "admin_key_file", "ca_cert", "insecure"}
+
+app = typer.Typer(
+    name="calls",
+    help="List, inspect and moderate live calls (the admin API of `callsctl serve`).\n\n"
+         "Server and admin key come from flags, CALLSCTL_SERVER / CALLSCTL_ADMIN_KEY, a client "
+         "config (~/.config/callsctl/client.toml) or, on the server host, its data dir.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@dataclass
+class ClientOptions:
+    server: str | None
+    admin_key: str | None
+    admin_key_file: str | None
+    ca_cert: str | None
+    insecure: bool
+    client_config: str | None
+    timeout: float
+
+
+@app.callback()
+def calls_root(
+    ctx: typer.Context,
+    server: str | None = typer.Option(
+        None, "--server", "-s", envvar="CALLSCTL_SERVER",
+        help=f"Base URL of callsctl serve's API port. [default: {DEFAULT_SERVER}]"),
+    admin_key: str | None = typer.Option(
+        None, "--admin-key", envvar="CALLSCTL_ADMIN_KEY",
+        help="Admin API key (prefer the env var or a file: flags show in ps)."),
+    admin_key_file: str | None = typer.Option(
+        None, "--admin-key-file", envvar="CALLSCTL_ADMIN_KEY_FILE",
+        help="File holding the admin API key (the server's <data dir>/admin_key)."),
+    ca_cert: str | None = typer.Option(
+        None, "--ca-cert", envvar="CALLSCTL_CA_CERT",
+        help="PEM certificate to trust for https (e.g. the server's self-signed one)."),
+    insecure: bool = typer.Option(
+        False, "--insecure", "-k", help="Do not verify the server's TLS certificate."),
+    client_config: str | None = typer.Option(
+        None, "--client-config", envvar="CALLSCTL_CLIENT_CONFIG",
+        help="Client config TOML. [default: $XDG_CONFIG_HOME/callsctl/client.toml]"),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the server."),
+) -> None:
+    """List, inspect and moderate live calls."""
+    ctx.obj = ClientOptions(server, admin_key, admin_key_file, ca_cert, insecure,
+                            client_config, timeout)
+
+
+# -- where to connect ----------------------------------------------------------------------------
+
+
+def _client_config(explicit: str | None) -> dict[str, Any]:
+    if explicit:
+        path = Path(explicit).expanduser()
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+        path = Path(base) / "callsctl" / "client.toml"
+        if not path.exists():
+            return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"client config {path} does not exist")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read client config {path}: {exc}")
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"client config {path} is not valid TOML ({exc})")
+    section = data.get("client", data)
+    unknown = set(section) - CLIENT_KEYS - {"client"}
+    if unknown:
+        fail(f"client config {path}: unknown key(s) {', '.join(sorted(unknown))}; known: "
+             f"{', '.join(sorted(CLIENT_KEYS))}")
+    return section
+
+
+def _read_key(path: str, what: str) -> str:
+    try:
+        key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"cannot read the admin key from {path} ({what}): {exc.strerror or exc}")
+    if not key:
+        fail(f"admin key file {path} ({what}) is empty")
+    return key
+
+
+@dataclass
+class Connection:
+    server: str
+    key: str
+    verify: bool | ssl.SSLContext
+    timeout: float
+
+
+def _connection(ctx: typer.Context) -> Connection:
+    options: ClientOptions = ctx.obj
+    config = _client_config(options.client_config)
+    server = (options.server or config.get("server") or DEFAULT_SERVER).rstrip("/")
+    if not server.startswith(("http://", "https://")):
+        server = "http://" + server
+    if options.admin_key:
+        key = options.admin_key.strip()
+    elif options.admin_key_file:
+        key = _read_key(options.admin_key_file, "--admin-key-file")
+    elif config.get("admin_key"):
+        key = str(config["admin_key"]).strip()
+    elif config.get("admin_key_file"):
+        key = _read_key(str(config["admin_key_file"]), "client config admin_key_file")
+    else:
+        fallback = Path(default_data_dir()) / "admin_key"
+        if not fallback.exists():
+            fail("no admin key: pass --admin-key-file <server data dir>/admin_key, set "
+                 "CALLSCTL_ADMIN_KEY, or put admin_key_file in ~/.config/callsctl/client.toml")
+        key = _read_key(str(fallback), "the default data dir")
+    verify: bool | ssl.SSLContext = True
+    if options.insecure or config.get("insecure") is True:
+        verify = False
+    elif options.ca_cert or config.get("ca_cert"):
+        path = Path(str(options.ca_cert or config.get("ca_cert"))).expanduser()
+        try:
+            verify = ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            fail(f"cannot use --ca-cert {path}: {getattr(exc, 'strerror', None) or exc}")
+    return Connection(server, key, verify, options.timeout)
+
+
+# -- talking to the server -----------------------------------------------------------------------
+
+
+def _request(ctx: typer.Context, method: str, path: str,
+             body: dict[str, Any] | None = None) -> dict[str, Any]:
+    conn = _connection(ctx)
+    url = conn.server + path
+    try:
+        with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
+            response = client.request(method, url, json=body, headers={
+                "Authorization": f"Bearer {conn.key}", "Accept": "application/json"})
+    except httpx.ConnectError as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
+            fail(f"the TLS certificate of {conn.server} is not trusted: pass --ca-cert "
+                 "<server data dir>/tls/self-signed.crt, or --insecure")
+        fail(f"cannot reach callsctl serve at {conn.server}: {_reason(exc)}; is it running, "
+             "and is --server / CALLSCTL_SERVER right?")
+    except httpx.TimeoutException:
+        fail(f"callsctl serve at {conn.server} did not answer within {conn.timeout:g} s")
+    except httpx.HTTPError as exc:
+        fail(f"request to {url} failed: {_reason(exc)}")
+    return _decode(response, conn)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _decode(response: httpx.Response, conn: Connection) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code == 401:
+        fail(f"the admin key was rejected by {conn.server}: use the key from the server's "
+             "<data dir>/admin_key (--admin-key-file or CALLSCTL_ADMIN_KEY)")
+    if response.status_code >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        fail(message or f"{conn.server} answered HTTP {response.status_code}")
+    if not isinstance(data, dict):
+        fail(f"{conn.server} did not answer with JSON: is this a callsctl server?")
+    return data
+
+
+def _call_path(call_id: str, *rest: str) -> str:
+    parts = [quote(call_id, safe="")] + [quote(p, safe="") for p in rest]
+    return "/api/v1/calls/" + "/".join(parts)
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def _age(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    seconds = max(0, int(time.time() - timestamp))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _rate(bps: float | None) -> str:
+    if bps is None:
+        return "-"
+    if bps >= 1_000_000:
+        return f"{bps / 1_000_000:.1f} Mb/s"
+    return f"{bps / 1000:.0f} kb/s"
+
+
+def _num(value: float | None, fmt: str = "{:.0f}", suffix: str = "") -> str:
+    return "-" if value is None else fmt.format(value) + suffix
+
+
+def _flags(session: dict[str, Any]) -> str:
+    names = [("muted", "muted"), ("hand", "hand"), ("voice", "speaking"),
+             ("screen", "screen"), ("video", "video")]
+    return ", ".join(label for key, label in names if session.get(key)) or "-"
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+JSON_OPTION = typer.Option(False, "--json", help="Print the server's JSON answer.")
+
+
+@app.command("list")
+def list_calls(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
+    """Live calls: participants, age, host, screen sharer, bitrates."""
+    data = _request(ctx, "GET", "/api/v1/calls")
+    if as_json:
+        _emit_json(data)
+        return
+    calls = data.get("calls", [])
+    console = _console()
+    if not calls:
+        console.print("no live calls")
+        return
+    table = Table(title=f"{len(calls)} live call(s)")
+    for column in ("call", "participants", "age", "host", "screen", "in", "out"):
+        table.add_column(column, justify="right" if column in ("participants", "in", "out")
+                         else "left")
+    for call in calls:
+        table.add_row(call["id"], str(call["participants"]), _age(call.get("started_at")),
+                      call.get("host_user") or "-", call.get("screen_sharer") or "-",
+                      _rate(call.get("in_bps")), _rate(call.get("out_bps")))
+    console.print(table)
+
+
+@app.command("show")
+def show_call(ctx: typer.Context, call_id: str = typer.Argument(..., metavar="CALL"),
+              as_json: bool = JSON_OPTION) -> None:
+    """One call: every session with its state, ICE pair, quality and tracks."""
+    data = _request(ctx, "GET", _call_path(call_id))
+    if as_json:
+        _emit_json(data)
+        return
+    console = _console()
+    console.print(f"[bold]call {data['id']}[/bold]: {data['participants']} participant(s), "
+                  f"started {_when(data.get('started_at'))} ({_age(data.get('started_at'))} "
+                  f"ago), host {data.get('host') or '-'}, "
+                  f"screen {data.get('screen_sharer') or '-'}")
+    people = Table(title="participants")
+    media = Table(title="media")
+    for column in ("session", "user", "name", "in call", "state"):
+        people.add_column(column)
+    for column in ("session", "ICE", "pair", "RTT", "loss", "jitter", "in", "out", "tracks"):
+        media.add_column(column, justify="right" if column in ("RTT", "loss", "jitter", "in",
+                                                               "out") else "left")
+    for s in data.get("sessions", []):
+        pair = s.get("candidate_pair")
+        pair_text = f"{pair['type']}/{pair['protocol']} {pair['remote']}" if pair else "-"
+        host_mark = " (host)" if s["session_id"] == data.get("host") else ""
+        loss = s.get("loss")
+        tracks = s.get("tracks") or []
+        ins = sum(1 for t in tracks if t.get("direction") == "in")
+        people.add_row(s["session_id"] + host_mark, s["user"], s["name"],
+                       _age(s["joined_at"]), _flags(s))
+        media.add_row(s["session_id"], s.get("ice_state") or "-", pair_text,
+                      _num(s.get("rtt_ms"), "{:.1f}", " ms"),
+                      "-" if loss is None else f"{loss * 100:.1f}%",
+                      _num(s.get("jitter_ms"), "{:.1f}", " ms"),
+                      _rate(s.get("in_bps")), _rate(s.get("out_bps")),
+                      f"{ins} in / {len(tracks) - ins} out")
+    console.print(people)
+    console.print(media)
+
+
+def _done(data: dict[str, Any], as_json: bool, message: str) -> None:
+    if as_json:
+        _emit_json(data)
+    else:
+        _console().print(message)
+
+
+SESSION_ARG = typer.Argument(..., metavar="SESSION", help="Session id (see `calls show`).")
+CALL_ARG = typer.Argument(..., metavar="CALL", help="Call id.")
+
+
+@app.command("mute")
+def mute(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
+         as_json: bool = JSON_OPTION) -> None:
+    """Mute a participant (the server stops forwarding its audio; its client is told)."""
+    data = _request(ctx, "POST", _call_path(call_id, "sessions", session_id, "mute"))
+    _done(data, as_json, f"muted {session_id}" if data.get("changed")
+          else f"{session_id} was already muted")
+
+
+@app.command("mute-others")
+def mute_others(ctx: typer.Context, call_id: str = CALL_ARG,
+                session_id: str = typer.Argument(..., metavar="SESSION",
+                                                 help="The one session left unmuted."),
+                as_json: bool = JSON_OPTION) -> None:
+    """Mute everyone in the call except SESSION."""
+    data = _request(ctx, "POST", _call_path(call_id, "mute-others"),
+                    {"session_id": session_id})
+    _done(data, as_json, f"muted {len(data.get('muted', []))} participant(s)")
+
+
+@app.command("stop-screen")
+def stop_screen(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
+                as_json: bool = JSON_OPTION) -> None:
+    """Stop a participant's screen share."""
+    data = _request(ctx, "POST", _call_path(call_id, "sessions", session_id, "stop-screen"))
+    _done(data, as_json, f"stopped the screen share of {session_id}" if data.get("changed")
+          else f"{session_id} was not sharing a screen")
+
+
+@app.command("lower-hand")
+def lower_hand(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
+               as_json: bool = JSON_OPTION) -> None:
+    """Lower a participant's raised hand."""
+    data = _request(ctx, "POST", _call_path(call_id, "sessions", session_id, "lower-hand"))
+    _done(data, as_json, f"lowered the hand of {session_id}" if data.get("changed")
+          else f"{session_id} had no hand raised")
+
+
+@app.command("remove")
+def remove(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
+           as_json: bool = JSON_OPTION) -> None:
+    """Remove a participant from the call."""
+    data = _request(ctx, "DELETE", _call_path(call_id, "sessions", session_id))
+    _done(data, as_json, f"removed {session_id} from {call_id}")
+
+
+@app.command("end")
+def end(ctx: typer.Context, call_id: str = CALL_ARG,
+        reason: str = typer.Option("ended by an admin", "--reason",
+                                   help="Shown to the participants."),
+        as_json: bool = JSON_OPTION) -> None:
+    """End the call for everyone."""
+    data = _request(ctx, "DELETE", _call_path(call_id), {"reason": reason})
+    _done(data, as_json, f"ended {call_id} ({data.get('removed', 0)} participant(s) removed)")
+
+
+@app.command("host")
+def make_host(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
+              as_json: bool = JSON_OPTION) -> None:
+    """Make SESSION the host of the call."""
+    data = _request(ctx, "POST", _call_path(call_id, "host"), {"session_id": session_id})
+    _done(data, as_json, f"{session_id} is now the host of {call_id}")
+
+
+def _settings_line(data: dict[str, Any]) -> str:
+    effective = data.get("effective", {})
+    limit = effective.get("max_participants")
+    state = "enabled" if effective.get("enabled") else "disabled"
+    return (f"{data['call']}: calls {state}, max participants "
+            f"{limit if limit else 'unlimited'}"
+            f"{'' if data.get('default_enabled', True) else ' (server in test mode)'}")
+
+
+def _put_settings(ctx: typer.Context, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    return _request(ctx, "PUT", "/api/v1/settings/calls/" + quote(call_id, safe=""), body)
+
+
+@app.command("enable")
+def enable(ctx: typer.Context, call_id: str = CALL_ARG,
+           max_participants: int | None = typer.Option(
+               None, "--max-participants", min=1, help="Also limit this call's size."),
+           as_json: bool = JSON_OPTION) -> None:
+    """Allow calls in CALL (needed in test mode, --no-default-enabled)."""
+    body: dict[str, Any] = {"enabled": True}
+    if max_participants is not None:
+        body["max_participants"] = max_participants
+    data = _put_settings(ctx, call_id, body)
+    _done(data, as_json, _settings_line(data))
+
+
+@app.command("disable")
+def disable(ctx: typer.Context, call_id: str = CALL_ARG, as_json: bool = JSON_OPTION) -> None:
+    """Refuse new joins in CALL (participants already in it stay)."""
+    data = _put_settings(ctx, call_id, {"enabled": False})
+    _done(data, as_json, _settings_line(data))
+
+
+@app.command("settings")
+def settings(ctx: typer.Context, call_id: str = CALL_ARG,
+             max_participants: int | None = typer.Option(
+                 None, "--max-participants", min=1, help="Set this call's size limit."),
+             reset: bool = typer.Option(
+                 False, "--reset", help="Forget this call's overrides (server defaults apply)."),
+             as_json: bool = JSON_OPTION) -> None:
+    """Show (or change) CALL's settings: enabled and max participants."""
+    if reset:
+        data = _put_settings(ctx, call_id, {"enabled": None, "max_participants": None})
+    elif max_participants is not None:
+        data = _put_settings(ctx, call_id, {"max_participants": max_participants})
+    else:
+        data = _request(ctx, "GET", "/api/v1/settings/calls/" + quote(call_id, safe=""))
+    _done(data, as_json, _settings_line(data))
+
+
+@app.command("history")
+def history(ctx: typer.Context,
+            limit: int = typer.Option(20, "--limit", "-n", min=1, max=1000,
+                                      help="How many calls, newest first."),
+            call_id: str | None = typer.Option(None, "--call", help="Only this call id."),
+            as_json: bool = JSON_OPTION) -> None:
+    """Past and live calls with who was in them (kept across restarts)."""
+    path = f"/api/v1/history?limit={limit}"
+    if call_id:
+        path += "&call=" + quote(call_id, safe="")
+    data = _request(ctx, "GET", path)
+    if as_json:
+        _emit_json(data)
+        return
+    if not data.get("calls"):
+        _console().print("no calls recorded yet")
+        return
+    table = Table(title="call history")
+    for column in ("call", "started", "ended", "participants", "end reason"):
+        table.add_column(column)
+    for call in data.get("calls", []):
+        people = ", ".join(p["user"] for p in call.get("participants", []))
+        table.add_row(call["id"], _when(call.get("started_at")),
+                      _when(call.get("ended_at")) if call.get("ended_at") else "live",
+                      people or "-", call.get("end_reason") or "-")
+    _console().print(table)

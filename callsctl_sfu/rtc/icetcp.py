@@ -1,0 +1,418 @@
+"""ICE-TCP: passive TCP candidates on ONE listening socket for every session.
+
+Clients whose firewall drops UDP (some corporate networks) can still reach
+the SFU over TCP, the seed deployment's "TCP 8443 as fallback". aioice has no
+ICE-TCP, so this module supplies it the way the UDP mux supplies one-port UDP:
+
+- one asyncio server accepts every connection (RFC 6544 §5: the server's
+  candidates are `tcptype passive`, the browser connects actively);
+- each connection carries RFC 4571 frames: a two-byte big-endian length, then
+  one STUN, DTLS or SRTP packet (RFC 6544 §3);
+- the connection is unbound until its first frame, which must be a STUN
+  Binding Request. Without USERNAME it is a reachability probe (`callsctl
+  check rtc`) and gets a framed XOR-MAPPED-ADDRESS answer. With USERNAME
+  (`serverUfrag:clientUfrag`, RFC 8445 §7.2.2) it names a session, and the
+  connection is bound to that session only after MESSAGE-INTEGRITY verifies
+  with the session's password — the rule the UDP mux applies to a new address;
+- once bound, the connection is a path of that session's aioice Connection:
+  `TcpStunProtocol` is the aioice protocol object of the session's TCP
+  candidate, and the client's address is registered as a peer-reflexive TCP
+  candidate (RFC 8445 §7.3.1.3) so aioice pairs it with that protocol.
+
+STUN transactions over TCP are not retransmitted (RFC 8489 §6.2.2): the
+stream is reliable, so a request aioice would resend is sent once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aioice import stun
+from aioice.candidate import Candidate, candidate_priority
+from aioice.ice import Connection, StunProtocol
+
+if TYPE_CHECKING:
+    from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
+
+log = logging.getLogger("callsctl_sfu.rtc.icetcp")
+
+Address = tuple[str, int]
+MAX_FRAME = 0xFFFF  # RFC 4571 §2: the length field is 16 bits
+UNBOUND_TIMEOUT = 10.0  # seconds a connection may stay without naming a session
+MAX_UNBOUND = 512  # connections allowed to wait for their first check at once
+WRITE_HIGH_WATER = 512 * 1024  # bytes queued in user space before frames are dropped
+REMEMBERED_REQUESTS = 64
+
+
+def frame(data: bytes) -> bytes:
+    """One RFC 4571 frame: the 16-bit length, then the packet."""
+    if len(data) > MAX_FRAME:
+        raise ValueError(f"a packet of {len(data)} bytes does not fit an RFC 4571 frame")
+    return len(data).to_bytes(2, "big") + data
+
+
+class Deframer:
+    """Reassembles RFC 4571 frames from TCP reads of any size."""
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        start = 0
+        end = len(buffer)
+        while end - start >= 2:
+            length = (buffer[start] << 8) | buffer[start + 1]
+            if end - start - 2 < length:
+                break
+            frames.append(bytes(buffer[start + 2:start + 2 + length]))
+            start += 2 + length
+        if start:
+            del buffer[:start]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+
+def tcp_local_preference(candidate_type: str, tcptype: str, other_pref: int = 8191) -> int:
+    """RFC 6544 §4.2: local preference = 2^13 * direction-pref + other-pref.
+
+    Recommended direction-pref for host (and relayed) candidates: active 6,
+    passive 4, simultaneous-open 2; for server-reflexive ones: S-O 6, active 4,
+    passive 2. With the host type preference (126) this keeps a passive TCP
+    host candidate below the UDP host candidate (local preference 65535), so
+    clients that can use UDP do.
+    """
+    host_like = {"active": 6, "passive": 4, "so": 2}
+    reflexive = {"so": 6, "active": 4, "passive": 2}
+    table = reflexive if candidate_type in ("srflx", "prflx") else host_like
+    return (table[tcptype] << 13) + other_pref
+
+
+def tcp_candidate_priority(candidate_type: str, tcptype: str = "passive",
+                           other_pref: int = 8191) -> int:
+    """RFC 5245 §4.1.2.1 priority with RFC 6544's TCP local preference (component 1)."""
+    return candidate_priority(1, candidate_type,
+                              tcp_local_preference(candidate_type, tcptype, other_pref))
+
+
+class TcpStats:
+    """Counters an operator wants when the TCP fallback does not work."""
+
+    __slots__ = ("connections_accepted", "connections_bound", "connections_open",
+                 "bare_binding_answered", "auth_failed", "unknown_session", "rejected",
+                 "timed_out", "frames_in", "bytes_in", "frames_out", "bytes_out",
+                 "dropped_backpressure")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _binding_error(request: stun.Message, code: int, reason: str) -> bytes:
+    response = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.ERROR,
+                            transaction_id=request.transaction_id)
+    response.attributes["ERROR-CODE"] = (code, reason)
+    response.add_fingerprint()  # 401s are not signed (RFC 8489 §9.1.3)
+    return bytes(response)
+
+
+def _bare_binding_answer(request: stun.Message, addr: Address) -> bytes:
+    response = stun.Message(message_method=stun.Method.BINDING,
+                            message_class=stun.Class.RESPONSE,
+                            transaction_id=request.transaction_id)
+    response.attributes["XOR-MAPPED-ADDRESS"] = addr
+    response.attributes["SOFTWARE"] = "callsctl"
+    response.add_fingerprint()
+    return bytes(response)
+
+
+class IceTcpStream(asyncio.Protocol):
+    """One accepted TCP connection: unbound until a verified check names its session."""
+
+    def __init__(self, mux: TcpMux) -> None:
+        self.mux = mux
+        self.transport: asyncio.Transport | None = None
+        self.peer: Address = ("", 0)
+        self.proto: TcpStunProtocol | None = None
+        self._deframer = Deframer()
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0], peer[1])
+        mux = self.mux
+        mux.stats.connections_accepted += 1
+        mux.stats.connections_open += 1
+        mux.streams.add(self)
+        if len(mux.unbound) >= MAX_UNBOUND:
+            mux.stats.rejected += 1
+            self.close()
+            return
+        mux.unbound.add(self)
+        self._timer = asyncio.get_running_loop().call_later(UNBOUND_TIMEOUT, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        frames = self._deframer.feed(data)
+        stats = self.mux.stats
+        for packet in frames:
+            stats.frames_in += 1
+            stats.bytes_in += len(packet)
+            if self._closed or not packet:
+                continue
+            proto = self.proto
+            if proto is not None:
+                proto.frame_received(packet, self.peer)
+            else:
+                self._first_frame(packet)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        mux = self.mux
+        if self in mux.streams:
+            mux.streams.discard(self)
+            mux.stats.connections_open -= 1
+        mux.unbound.discard(self)
+        if self.proto is not None:
+            self.proto.stream_lost(self)
+
+    # -- binding ----------------------------------------------------------------------
+
+    def _first_frame(self, packet: bytes) -> None:
+        """RFC 6544 §7.2-style admission: only a Binding Request may open a session path."""
+        stats = self.mux.stats
+        if packet[0] > 3:
+            stats.rejected += 1
+            self.close()
+            return
+        try:
+            message = stun.parse_message(packet)
+        except ValueError:
+            stats.rejected += 1
+            self.close()
+            return
+        if message.message_class != stun.Class.REQUEST or \
+                message.message_method != stun.Method.BINDING:
+            stats.rejected += 1
+            self.close()
+            return
+        username = message.attributes.get("USERNAME")
+        if username is None:
+            stats.bare_binding_answered += 1
+            self.write_frame(_bare_binding_answer(message, self.peer))
+            return
+        primary = self.mux.udp_mux.by_ufrag.get(str(username).split(":", 1)[0])
+        proto = None
+        if primary is not None:
+            proto = primary.siblings.get("tcp6" if ":" in self.peer[0] else "tcp4")
+        if primary is None or not isinstance(proto, TcpStunProtocol):
+            stats.unknown_session += 1
+            self.close()
+            return
+        password = primary.connection.local_password.encode("utf8")
+        try:
+            verified = message.check_message_integrity(password)
+        except Exception:  # malformed attributes: treat as unauthenticated
+            verified = False
+        if not verified:
+            stats.auth_failed += 1
+            self.write_frame(_binding_error(message, 401, "Unauthenticated"))
+            self.close()
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.mux.unbound.discard(self)
+        stats.connections_bound += 1
+        self.proto = proto
+        proto.bind(self, self.peer, message)
+        proto.frame_received(packet, self.peer)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.proto is None and not self._closed:
+            self.mux.stats.timed_out += 1
+            self.close()
+
+    # -- sending ---------------------------------------------------------------------
+
+    def write_frame(self, data: bytes) -> bool:
+        """Frame and queue one packet; drops it (like a full UDP socket) when the peer lags."""
+        transport = self.transport
+        if transport is None or self._closed or transport.is_closing():
+            return False
+        stats = self.mux.stats
+        if transport.get_write_buffer_size() > WRITE_HIGH_WATER or len(data) > MAX_FRAME:
+            stats.dropped_backpressure += 1
+            return False
+        transport.write(len(data).to_bytes(2, "big") + data)
+        stats.frames_out += 1
+        stats.bytes_out += len(data)
+        return True
+
+    def close(self) -> None:
+        """Close after queued frames are flushed (a 401 still reaches the client)."""
+        self._closed = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class TcpStunProtocol(StunProtocol):
+    """The aioice protocol of one session's passive TCP candidate, over bound TCP streams.
+
+    It has the interface the media path uses on MuxedStunProtocol: `send_datagram`
+    (synchronous send to an address) and the session's `fast_rx`/`last_rx`, which
+    live on the session's primary (UDP) protocol so that whichever path the
+    client ends up on, SRTP goes to the same fast path and counts as activity.
+    """
+
+    def __init__(self, connection: Connection, mux: TcpMux, primary: MuxedStunProtocol) -> None:
+        super().__init__(connection)
+        self.mux = mux
+        self.primary = primary
+        self.streams: dict[Address, IceTcpStream] = {}
+        self._sent_requests: dict[bytes, None] = {}
+        self._closed_once = False
+        self._loop = asyncio.get_event_loop()
+
+    @property
+    def connection(self) -> Connection:
+        return self.receiver  # type: ignore[return-value]
+
+    # -- receiving --------------------------------------------------------------------
+
+    def frame_received(self, data: bytes, addr: Address) -> None:
+        """Demultiplex one frame as the UDP mux does a datagram (RFC 7983 first byte)."""
+        primary = self.primary
+        primary.last_rx = self._loop.time()
+        first = data[0]
+        if 127 < first < 192:
+            fast: Callable[[bytes], None] | None = primary.fast_rx
+            if fast is not None:
+                fast(data)
+            else:
+                self.receiver.data_received(data, 1)
+        elif first < 4:
+            self.datagram_received(data, addr)
+        else:
+            self.receiver.data_received(data, 1)
+
+    def bind(self, stream: IceTcpStream, addr: Address, request: stun.Message) -> None:
+        """Route addr to stream and make the client's TCP address a remote candidate.
+
+        aioice would learn the address as a peer-reflexive *UDP* candidate; it is
+        registered first as what it is, a TCP active one (RFC 6544 §7.1), with the
+        PRIORITY the client put in its check (RFC 8445 §7.3.1.3).
+        """
+        old = self.streams.get(addr)
+        if old is not None and old is not stream:
+            old.close()
+        self.streams[addr] = stream
+        connection = self.connection
+        for candidate in connection._remote_candidates:
+            if candidate._network_host == addr[0] and candidate.port == addr[1]:
+                return
+        priority = request.attributes.get("PRIORITY")
+        if not isinstance(priority, int):
+            priority = tcp_candidate_priority("prflx", "active")
+        connection._remote_candidates.append(Candidate(
+            foundation=secrets.token_hex(5), component=1, transport="tcp", priority=priority,
+            host=addr[0], port=addr[1], type="prflx", tcptype="active"))
+
+    def stream_lost(self, stream: IceTcpStream) -> None:
+        """A bound TCP connection closed; if it carried the selected pair, the path is gone."""
+        addr = stream.peer
+        if self.streams.get(addr) is not stream:
+            return
+        del self.streams[addr]
+        pair = self.connection._nominated.get(1)
+        if pair is not None and pair.protocol is self and pair.remote_addr == addr:
+            log.info("%s: ICE-TCP connection from %s:%d closed", self.connection, *addr)
+            self.connection.protocol_lost(self)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send_datagram(self, data: bytes, addr: Address) -> None:
+        stream = self.streams.get(addr)
+        if stream is not None:
+            stream.write_frame(data)
+
+    async def send_data(self, data: bytes, addr: Address) -> None:
+        self.send_datagram(data, addr)
+
+    def send_stun(self, message: stun.Message, addr: Address) -> None:
+        if message.message_class == stun.Class.REQUEST:
+            sent = self._sent_requests
+            if message.transaction_id in sent:
+                return  # a retransmission: never on a reliable transport (RFC 8489 §6.2.2)
+            sent[message.transaction_id] = None
+            if len(sent) > REMEMBERED_REQUESTS:
+                del sent[next(iter(sent))]
+        self.send_datagram(bytes(message), addr)
+
+    async def close(self) -> None:
+        if self._closed_once:
+            return
+        self._closed_once = True
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.proto = None
+            stream.close()
+        self.connection_lost(None)
+
+
+class TcpMux:
+    """The ICE-TCP listening socket(s) and the connections they accepted."""
+
+    def __init__(self, udp_mux: UdpMux) -> None:
+        self.udp_mux = udp_mux
+        self.servers: list[asyncio.Server] = []
+        self.streams: set[IceTcpStream] = set()
+        self.unbound: set[IceTcpStream] = set()
+        self.stats = TcpStats()
+        self.port = 0
+
+    async def listen(self, host: str, port: int) -> int:
+        """Listen on host:port (IPv6 sockets are v6-only); returns the bound port."""
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = await loop.create_server(lambda: IceTcpStream(self), host=host, port=port,
+                                          family=family, reuse_address=True, backlog=256)
+        self.servers.append(server)
+        self.port = server.sockets[0].getsockname()[1]
+        return self.port
+
+    def make_protocol(self, connection: Connection, primary: MuxedStunProtocol) -> TcpStunProtocol:
+        return TcpStunProtocol(connection, self, primary)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for stream in list(self.streams):
+            stream.close()
+        self.servers.clear()
+
+    def info(self) -> dict[str, Any]:
+        return {"port": self.port or None, **self.stats.as_dict()}

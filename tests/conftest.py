@@ -105,6 +105,12 @@ def serve_factory(tmp_path: Path) -> Iterator:
     yield factory
     for server in started:
         server.stop(signal.SIGKILL if server.process.poll() is None else signal.SIGTERM)
+    # Whatever a test threw at it, the server must never have logged a traceback.
+    for server in started:
+        log = server.log()
+        if "Traceback" in log:
+            start = max(0, log.index("Traceback") - 300)
+            pytest.fail(f"serve logged a traceback:\n{log[start:start + 3000]}")
 
 
 @pytest.fixture

@@ -368,11 +368,19 @@ def load_config(
     return ServeConfig(**{k: v for k, (v, _) in merged.items()})
 
 
-def to_toml(config: ServeConfig) -> str:
-    """Render the merged config as TOML that `--config` reads back unchanged."""
+def to_toml(config: ServeConfig, show_secrets: bool = False) -> str:
+    """Render the merged config as TOML that `--config` reads back unchanged.
+
+    A secret that is set is left out (as a comment saying so) unless asked for, so
+    `--print-config` output can be pasted into a ticket without leaking it.
+    """
     lines = ["[serve]"]
     for f in fields(ServeConfig):
         value = getattr(config, f.name)
+        if "secret" in f.name and value and not show_secrets:
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"# {f.name} = (set; not shown)")
+            continue
         if isinstance(value, str):
             rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         elif isinstance(value, bool):

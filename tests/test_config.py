@@ -105,3 +105,11 @@ def test_cli_invalid_value_is_one_line_exit_1(tmp_path):
 def test_serve_config_is_immutable():
     with pytest.raises(AttributeError):
         ServeConfig().udp_port = 1  # type: ignore[misc]
+
+
+def test_print_config_never_shows_a_secret(tmp_path):
+    config = load_config(env={"CALLSCTL_TURN_STATIC_AUTH_SECRET": "hunter2"},
+                         overrides={"data_dir": str(tmp_path)})
+    text = to_toml(config)
+    assert "hunter2" not in text and "turn_static_auth_secret = (set; not shown)" in text
+    assert "hunter2" in to_toml(config, show_secrets=True)

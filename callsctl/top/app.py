@@ -31,7 +31,7 @@ from callsctl.top.view import fmt_duration
 
 POLL_ROUNDS = 3  # one poll plus at most two catch-up rounds for requests made meanwhile
 EVENT_RETRY_S = (1.0, 10.0)  # backoff of the event stream after it fails: first, most
-EVENT_MIN_GAP_S = 0.2  # event-triggered refreshes are at least this far apart
+EVENT_MIN_GAP_S = 0.5  # event-triggered refreshes are at least this far apart
 # Server-wide events that do not change what the tables show.
 QUIET_EVENTS = {"stats", "message"}
 
@@ -67,6 +67,7 @@ class TopApp(App[None]):
         self._polling = False
         self._again = False
         self._last_event_poll = 0.0
+        self._deferred = False
 
     def get_default_screen(self) -> Screen[Any]:
         return MainScreen()
@@ -158,14 +159,29 @@ class TopApp(App[None]):
             delay = min(delay * 2, EVENT_RETRY_S[1])
 
     async def _poll_soon(self) -> None:
-        now = time.monotonic()
+        """An event arrived: refresh now, or at the end of the gap if one just happened.
+
+        Voice activity alone can produce several events a second per call; the gap
+        keeps that to a couple of fetches a second, and the deferred fetch makes
+        sure the last event of a burst is still shown promptly.
+        """
         if self._polling:
             self._again = True
             return
-        if now - self._last_event_poll < EVENT_MIN_GAP_S:
+        wait = self._last_event_poll + EVENT_MIN_GAP_S - time.monotonic()
+        if wait > 0:
+            if not self._deferred:
+                self._deferred = True
+                self.set_timer(wait, self._deferred_poll)
             return
-        self._last_event_poll = now
+        self._last_event_poll = time.monotonic()
         self.request_poll()
+
+    def _deferred_poll(self) -> None:
+        self._deferred = False
+        self._last_event_poll = time.monotonic()
+        if not self.paused:
+            self.request_poll()
 
     # -- what the screens show -------------------------------------------------------------
 

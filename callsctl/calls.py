@@ -128,7 +128,7 @@ class Connection:
     timeout: float
 
 
-def _connection(ctx: typer.Context) -> Connection:
+def connection_for(ctx: typer.Context) -> Connection:
     options: ClientOptions = ctx.obj
     config = _client_config(options.client_config)
     server = (options.server or config.get("server") or DEFAULT_SERVER).rstrip("/")
@@ -165,7 +165,7 @@ def _connection(ctx: typer.Context) -> Connection:
 
 def _request(ctx: typer.Context, method: str, path: str,
              body: dict[str, Any] | None = None) -> dict[str, Any]:
-    conn = _connection(ctx)
+    conn = connection_for(ctx)
     url = conn.server + path
     try:
         with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:

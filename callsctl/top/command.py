@@ -110,7 +110,7 @@ def resolve_connection(host: str | None, admin_key: str | None, admin_key_file: 
                        data_dir: str | None, ca_cert: str | None, insecure: bool,
                        client_config: str | None, timeout: float) -> Connection:
     """Server, key and TLS trust, the way `callsctl calls` finds them (see module doc)."""
-    from callsctl.calls import ClientOptions, _connection
+    from callsctl.calls import ClientOptions, connection_for
 
     if data_dir and not admin_key and not admin_key_file:
         path = Path(data_dir).expanduser() / ADMIN_KEY_FILE
@@ -120,7 +120,7 @@ def resolve_connection(host: str | None, admin_key: str | None, admin_key_file: 
         admin_key_file = str(path)
     options = ClientOptions(normalize_url(host) if host else None, admin_key, admin_key_file,
                             ca_cert, insecure, client_config, timeout)
-    conn = _connection(SimpleNamespace(obj=options))  # type: ignore[arg-type]
+    conn = connection_for(SimpleNamespace(obj=options))  # type: ignore[arg-type]
     conn.server = normalize_url(conn.server)
     return conn
 

@@ -14,8 +14,9 @@ app = typer.Typer(
     help=(
         "Serve and diagnose self-hosted voice and video calls.\n\n"
         "serve runs the SFU (all media on UDP 8443, API on 8045); check finds out why a "
-        "participant cannot connect or hear; tune sets the kernel's UDP buffers; "
-        "token prints join links."
+        "participant cannot connect or hear; tune sets the kernel's UDP buffers; calls and "
+        "top watch and control live calls; loadtest measures what a server carries; token "
+        "prints join links."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -45,32 +46,23 @@ def root(
 
 
 def _register_commands() -> None:
-    # Imported here so that `callsctl --version` stays fast and a broken
-    # optional group cannot take the whole CLI down at import time.
-    from callsctl import serve, token
+    """Every command group, in the order `--help` lists them.
+
+    Each module keeps its heavy imports (aiortc, scapy, textual) inside its
+    command, so `callsctl --version` and `--help` stay fast.
+    """
+    from callsctl import serve, token, tune
+    from callsctl.calls import app as calls_app
+    from callsctl.check import app as check_app
+    from callsctl.loadtest import loadtest
+    from callsctl.top.command import top
 
     app.command("serve", help=serve.serve.__doc__)(serve.serve)
     app.command("token", help=token.token.__doc__)(token.token)
-    try:
-        from callsctl.check import app as check_app
-    except ImportError:  # pragma: no cover - group still being built
-        check_app = None
-    if check_app is not None:
-        app.add_typer(check_app, name="check")
-    try:
-        from callsctl import tune
-    except ImportError:  # pragma: no cover
-        tune = None
-    if tune is not None:
-        app.command("tune", help=tune.tune.__doc__)(tune.tune)
-    from callsctl.calls import app as calls_app
-
+    app.add_typer(check_app, name="check")
+    app.command("tune", help=tune.tune.__doc__)(tune.tune)
     app.add_typer(calls_app, name="calls")
-    from callsctl.top.command import top
-
     app.command("top", help=top.__doc__)(top)
-    from callsctl.loadtest import loadtest
-
     app.command("loadtest", help=loadtest.__doc__)(loadtest)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -117,3 +119,31 @@ def serve_factory(tmp_path: Path) -> Iterator:
 def server(serve_factory) -> ServeProcess:
     """One running server with default settings."""
     return serve_factory()
+
+
+@pytest.fixture()
+def udp_echo() -> Iterator[int]:
+    """A UDP echo socket on loopback (a stand-in for `check listen --udp --echo`)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def echo() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.sendto(data, peer)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()

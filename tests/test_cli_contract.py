@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
@@ -61,33 +59,6 @@ def test_every_json_command_is_documented() -> None:
     for cmd in COMMANDS:
         if cmd.option("--json") is not None:
             assert cmd.name in documented
-
-
-@pytest.fixture()
-def udp_echo() -> Iterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
-
-    def echo() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.sendto(data, peer)
-
-    thread = threading.Thread(target=echo, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        sock.close()
 
 
 def assert_check_envelope(out: str) -> dict:

@@ -14,8 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,34 +60,6 @@ def run_artifact(python: str, artifact: Path, shiv_root: Path, *args: str,
            "LANG": "C.UTF-8"}
     return subprocess.run([python, "-I", str(artifact), *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
-
-
-@pytest.fixture()
-def udp_echo() -> Iterator[int]:
-    """A UDP echo socket on loopback, like `callsctl check listen --udp --echo`."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    stop = threading.Event()
-
-    def echo() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.sendto(data, peer)
-
-    thread = threading.Thread(target=echo, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        sock.close()
 
 
 def test_artifact_is_one_executable_file(artifact: Path) -> None:

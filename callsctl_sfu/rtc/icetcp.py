@@ -29,12 +29,13 @@ import asyncio
 import logging
 import secrets
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioice import stun
 from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import Connection, StunProtocol
+
+from callsctl_sfu.rtc.demux import deliver
 
 if TYPE_CHECKING:
     from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
@@ -304,19 +305,7 @@ class TcpStunProtocol(StunProtocol):
 
     def frame_received(self, data: bytes, addr: Address) -> None:
         """Demultiplex one frame as the UDP mux does a datagram (RFC 7983 first byte)."""
-        primary = self.primary
-        primary.last_rx = self._loop.time()
-        first = data[0]
-        if 127 < first < 192:
-            fast: Callable[[bytes], None] | None = primary.fast_rx
-            if fast is not None:
-                fast(data)
-            else:
-                self.receiver.data_received(data, 1)
-        elif first < 4:
-            self.datagram_received(data, addr)
-        else:
-            self.receiver.data_received(data, 1)
+        deliver(data, addr, self.primary, self, self._loop.time())
 
     def bind(self, stream: IceTcpStream, addr: Address, request: stun.Message) -> None:
         """Route addr to stream and make the client's TCP address a remote candidate.

@@ -37,6 +37,7 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
+from callsctl_sfu.rtc.demux import deliver
 from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
 
 log = logging.getLogger("callsctl_sfu.rtc.mux")
@@ -204,21 +205,10 @@ class UdpMux(asyncio.DatagramProtocol):
         if not data:
             return
         proto = self.by_addr.get(addr)
-        first = data[0]
         if proto is not None:
-            proto.last_rx = self._loop.time()
-            if 127 < first < 192:
-                fast = proto.fast_rx
-                if fast is not None:
-                    fast(data)
-                else:
-                    proto.receiver.data_received(data, 1)
-            elif first < 4:
-                proto.datagram_received(data, addr)
-            else:
-                proto.receiver.data_received(data, 1)
+            deliver(data, addr, proto, proto, self._loop.time())
             return
-        if first < 4:
+        if data[0] < 4:
             self._unknown_stun(data, addr)
         else:
             stats.unknown_dropped += 1

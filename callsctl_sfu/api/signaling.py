@@ -9,6 +9,7 @@ event, not the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
@@ -77,8 +78,11 @@ class SignalingConnection:
         if self.ws.closed:
             return
         self._count("messages_out", str(event.get("type")))
+        # A client that went away mid-send is detached when the read loop ends;
+        # nobody is left to tell, so the error is not worth a traceback.
         async with self._send_lock:
-            await self.ws.send_str(json.dumps(event))
+            with contextlib.suppress(ConnectionError):
+                await self.ws.send_str(json.dumps(event))
 
     async def error(self, code: str, message: str) -> None:
         await self.send({"type": "error", "code": code, "message": message})

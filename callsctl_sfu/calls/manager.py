@@ -154,10 +154,13 @@ class CallManager:
             if host_changed:
                 await self.broadcast(call, {"type": "call_host_changed", "host": call.host})
             if not call.sessions:
-                del self.calls[call.call_id]
-                self.notify(call, {"type": "call_end", "call": call.call_id,
-                                   "reason": "the last participant left"})
-                log.info("call %s ended", call.call_id)
+                # Several leaves can reach this point for the same call (each awaited
+                # its broadcasts): only the one that removes the call announces its end.
+                if self.calls.get(call.call_id) is call:
+                    del self.calls[call.call_id]
+                    self.notify(call, {"type": "call_end", "call": call.call_id,
+                                       "reason": "the last participant left"})
+                    log.info("call %s ended", call.call_id)
             else:
                 self._rewire(call)
         if reason not in ("left", "shutdown") and participant.send is not None:

@@ -1,0 +1,631 @@
+"""Issue 9's benchmark scenarios, each beside two references, written into bench/RESULTS.md.
+
+For every scenario, in one run on this machine, three measurements:
+
+1. `callsctl serve` on loopback (a subprocess), loaded by the load generator
+   (callsctl_sfu.client.loadgen, in this process): real signaling, ICE, DTLS,
+   SRTP, pre-encoded Opus (and VP8 for the screen share).
+2. The reference naive Python SFU, aiortc's MediaRelay (bench/mediarelay_server.py),
+   under the same load or, where that is beyond this machine, the largest
+   shape of it the section states.
+3. The raw floor (bench/srtp_floor.py): SRTP unprotect once, protect + sendto
+   per receiver, no SFU logic.
+
+Figures: server CPU per forwarded packet = (utime+stime of the server process
+from /proc/<pid>/stat) / (packets forwarded, the server's /stats `rtp_forwarded`
+counter; for the reference, which has no such counter, the packets its
+receivers got), taken over slices of a steady window; the median slice is the
+figure (min-max beside it) because the machine is shared and noisy. Memory per
+session = (RSS at the end of the window - RSS of the idle server before any
+join) / participants. Join p99, forwarding delay p99 and loss come from the
+load generator. Ratios to the floor and to the reference are within one run.
+
+    python bench/run_all.py --write bench/RESULTS.md          # every scenario
+    python bench/run_all.py --only 1x50 --window 10           # one, printed only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from forwarding import write_section  # noqa: E402
+
+from callsctl_sfu.client.loadgen import (  # noqa: E402
+    LoadConfig,
+    LoadTest,
+    proc_cpu_seconds,
+    proc_rss_bytes,
+)
+from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
+from callsctl_sfu.tokens import issue_token  # noqa: E402
+
+RESULTS_JSON = BENCH / "results.json"
+START_TIMEOUT_S = 30.0
+TARGET_US_AT_200 = 10.0
+TARGET_FLOOR_RATIO = 3.0
+TARGET_RELAY_RATIO = 10.0
+TARGET_SESSION_KB = 1024.0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the load generator simulates."""
+
+    calls: int
+    users: int
+    unmuted: int
+    screen: bool = False
+
+    @property
+    def participants(self) -> int:
+        return self.calls * self.users
+
+    def describe(self) -> str:
+        text = f"{self.calls} call{'s' if self.calls > 1 else ''} x {self.users}, " \
+               f"{self.unmuted} unmuted"
+        return text + (", 1 screen share" if self.screen else "")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    shape: Shape
+
+
+SCENARIOS = (
+    Scenario("1x10", "1 call, 10 participants, 2 unmuted", Shape(1, 10, 2)),
+    Scenario("1x50", "1 call, 50 participants, 2 unmuted", Shape(1, 50, 2)),
+    Scenario("1x200", "1 call, 200 participants, 2 unmuted", Shape(1, 200, 2)),
+    Scenario("10x10", "10 calls of 10 participants, 2 unmuted each", Shape(10, 10, 2)),
+    Scenario("1x50-screen", "1 call, 50 participants, 1 screen share (the presenter, "
+                            "also unmuted)", Shape(1, 50, 1, screen=True)),
+)
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- servers under test --------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    process: asyncio.subprocess.Process
+    base_url: str
+    ws_url: str
+    secret: bytes | None
+    has_stats: bool
+    log: Path
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 15)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def _wait_ready(base: str, process: asyncio.subprocess.Process, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise RuntimeError(f"server exited early:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                async with http.get(f"{base}/readyz",
+                                    timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"server not ready in {START_TIMEOUT_S:g} s:\n{log.read_text()[-2000:]}")
+
+
+async def start_callsctl(workdir: Path) -> Running:
+    api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    data_dir = workdir / f"data-{api}"
+    log = workdir / f"serve-{api}.log"
+    with log.open("w") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
+            str(api), "--udp-port", str(udp), "--data-dir", str(data_dir), "--log-level",
+            "warning", cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    base = f"http://127.0.0.1:{api}"
+    await _wait_ready(base, process, log)
+    return Running(process, base, f"ws://127.0.0.1:{api}/ws",
+                   load_or_create_secret(data_dir), True, log)
+
+
+async def start_relay(workdir: Path) -> Running:
+    log = workdir / f"relay-{time.monotonic_ns()}.log"
+    with log.open("w") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(BENCH / "mediarelay_server.py"), "--port", "0", cwd=REPO,
+            stdout=asyncio.subprocess.PIPE, stderr=err)
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
+    port = int(line.split()[1])
+    base = f"http://127.0.0.1:{port}"
+    await _wait_ready(base, process, log)
+    return Running(process, base, f"ws://127.0.0.1:{port}/ws", None, False, log)
+
+
+def machine_steal() -> tuple[float, float]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: time the hypervisor took away."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0.0), sum(fields[:8])
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds pid's main thread spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+# -- one measurement -----------------------------------------------------------------------------
+
+
+class WindowSampler:
+    """Samples the server's CPU, RSS and packet counters through the steady window."""
+
+    def __init__(self, pid: int, running: Running, slices: int) -> None:
+        self.pid = pid
+        self.running = running
+        self.slices = slices
+        self.test: LoadTest | None = None
+        self.samples: list[dict[str, float | None]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self.slice_s = 1.0
+
+    async def _forwarded(self) -> float | None:
+        if not self.running.has_stats or self._http is None:
+            return None
+        try:
+            async with self._http.get(f"{self.running.base_url}/stats",
+                                      timeout=aiohttp.ClientTimeout(total=3)) as response:
+                return float((await response.json())["forwarding"]["rtp_forwarded"])
+        except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
+            return None
+
+    async def sample(self) -> None:
+        assert self.test is not None
+        forwarded = await self._forwarded()
+        steal, total = machine_steal()
+        self.samples.append({
+            "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
+            "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded,
+            "delivered": float(self.test.progress().packets_received),
+            "wait": run_queue_wait(self.pid), "steal": steal, "total": total})
+
+    async def hook(self, edge: str) -> None:
+        if edge == "start":
+            self._http = aiohttp.ClientSession()
+            await self.sample()
+            self._task = asyncio.create_task(self._every())
+        else:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await self.sample()
+            if self._http is not None:
+                await self._http.close()
+
+    async def _every(self) -> None:
+        while True:
+            await asyncio.sleep(self.slice_s)
+            await self.sample()
+
+    def figures(self) -> dict[str, Any]:
+        """Per-slice CPU µs per packet (forwarded counter, else delivered) and totals."""
+        first, last = self.samples[0], self.samples[-1]
+        seconds = last["t"] - first["t"]  # type: ignore[operator]
+        key = "forwarded" if first["forwarded"] is not None and last["forwarded"] is not None \
+            else "delivered"
+        per_slice = []
+        for a, b in zip(self.samples, self.samples[1:], strict=False):
+            if a[key] is None or b[key] is None:
+                continue
+            packets = b[key] - a[key]  # type: ignore[operator]
+            if packets > 0:
+                per_slice.append(1e6 * (b["cpu"] - a["cpu"]) / packets)  # type: ignore[operator]
+        packets = last[key] - first[key]  # type: ignore[operator]
+        cpu = last["cpu"] - first["cpu"]  # type: ignore[operator]
+        return {
+            "counter": key, "window_s": round(seconds, 2), "slices": len(per_slice),
+            "us_per_packet": round(statistics.median(per_slice), 2) if per_slice else None,
+            "us_min": round(min(per_slice), 2) if per_slice else None,
+            "us_max": round(max(per_slice), 2) if per_slice else None,
+            "us_whole_window": round(1e6 * cpu / packets, 2) if packets > 0 else None,
+            "packets_per_s": round(packets / seconds, 1) if seconds > 0 else None,
+            "cpu_percent": round(100 * cpu / seconds, 1) if seconds > 0 else None,
+            "rss_end": last["rss"],
+            # Contention: the server's main thread waiting for a CPU, and the VM's steal.
+            "server_wait_percent": round(100 * (last["wait"] - first["wait"])  # type: ignore
+                                         / seconds, 1) if seconds > 0 else None,
+            "steal_percent": round(100 * (last["steal"] - first["steal"])  # type: ignore
+                                   / max(1.0, last["total"] - first["total"]), 1),  # type: ignore
+        }
+
+
+async def measure(kind: str, shape: Shape, window: float, slices: int,
+                  workdir: Path) -> dict[str, Any]:
+    """One system under one shape: start it, load it, sample it, stop it."""
+    running = await (start_callsctl(workdir) if kind == "callsctl" else start_relay(workdir))
+    try:
+        pid = running.process.pid
+        await asyncio.sleep(1.0)
+        idle_rss = proc_rss_bytes(pid)
+        secret = running.secret
+
+        def token_for(call: str, user: str) -> str:
+            return issue_token(secret, call, user, 3600) if secret else "reference"
+
+        join = max(1.0, shape.participants / 25)
+        config = LoadConfig(ws_url=running.ws_url, token_for=token_for, calls=shape.calls,
+                            users_per_call=shape.users, unmuted=shape.unmuted,
+                            screen_sharing=shape.screen, duration=join + 15 + window + 5,
+                            join_duration=join, window=window, call_prefix=f"bench-{kind}",
+                            local_address="127.0.0.1", settle_timeout=15)
+        sampler = WindowSampler(pid, running, slices)
+        sampler.slice_s = window / slices
+        test = LoadTest(config, on_window=sampler.hook)
+        sampler.test = test
+        report = (await test.run()).to_dict()
+    finally:
+        await running.stop()
+    media = report["media"] or {}
+    figures = sampler.figures() if len(sampler.samples) >= 2 else {}
+    joined = report["participants"]["joined"]
+    rss_end = figures.get("rss_end")
+    return {
+        "system": kind, "shape": asdict(shape), "participants": shape.participants,
+        "joined": joined, "failed": report["participants"]["failed"],
+        "failures": report["participants"]["failure_examples"],
+        "cpu": {k: v for k, v in figures.items() if k != "rss_end"},
+        "rss_idle_mb": round(idle_rss / 2**20, 1),
+        "rss_end_mb": round(rss_end / 2**20, 1) if rss_end else None,
+        "rss_per_session_kb": round((rss_end - idle_rss) / joined / 1024, 0)
+        if rss_end and joined else None,
+        "join_s": report["join_s"], "delay_ms": report["delay_ms"],
+        "loss": media.get("loss"), "loss_by_label": media.get("by_label"),
+        "loadgen": {k: report["loadgen"][k] for k in ("cpu_percent", "window_cpu_percent",
+                                                      "loop_lag_ms")},
+        "notes": report["notes"],
+    }
+
+
+async def floor(shape: Shape) -> dict[str, Any]:
+    args = [sys.executable, str(BENCH / "srtp_floor.py"), "--receivers", str(shape.users - 1),
+            "--publishers", str(shape.unmuted),
+            "--min-sent", "50000", "--repeats", "5", "--json"]
+    if shape.screen:
+        args.append("--screen")
+    process = await asyncio.create_subprocess_exec(*args, cwd=REPO,
+                                                   stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(process.communicate(), 300)
+    if process.returncode != 0:
+        raise RuntimeError("srtp_floor.py failed")
+    return json.loads(out)
+
+
+def relay_shape(shape: Shape, relay_max: int, relay_max_screen: int) -> Shape:
+    """The largest same-kind load the reference gets: it re-encodes per subscriber."""
+    cap = relay_max_screen if shape.screen else relay_max
+    if shape.participants <= cap:
+        return shape
+    users = min(shape.users, cap)
+    return Shape(1, users, min(shape.unmuted, users), shape.screen)
+
+
+async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max: int,
+                       relay_max_screen: int, skip_relay: bool) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
+    started = datetime.datetime.now(datetime.UTC)
+    with tempfile.TemporaryDirectory(prefix="callsctl-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"[{scenario.key}] callsctl serve: {scenario.shape.describe()}", file=sys.stderr)
+        sfu = await measure("callsctl", scenario.shape, window, slices, workdir)
+        relay = None
+        rshape = relay_shape(scenario.shape, relay_max, relay_max_screen)
+        if not skip_relay:
+            print(f"[{scenario.key}] MediaRelay reference: {rshape.describe()}", file=sys.stderr)
+            relay = await measure("mediarelay", rshape, window, slices, workdir)
+        print(f"[{scenario.key}] raw floor", file=sys.stderr)
+        floor_result = await floor(scenario.shape)
+    return {"key": scenario.key, "title": scenario.title, "shape": asdict(scenario.shape),
+            "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "callsctl": sfu, "mediarelay": relay, "relay_shape": asdict(rshape),
+            "floor": floor_result}
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = " " + line.split(":", 1)[1].strip()
+                break
+    import aiortc
+
+    return (f"{os.cpu_count()} vCPU{model}, {platform.machine()}, Linux "
+            f"{platform.release()}, Python {platform.python_version()}, "
+            f"aiortc {aiortc.__version__}")
+
+
+def _ms(values: dict[str, float] | None, key: str, unit: str = "ms", digits: int = 1) -> str:
+    return "n/a" if not values or key not in values else f"{values[key]:.{digits}f} {unit}"
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def _row(name: str, result: dict[str, Any], floor_us: float) -> str:
+    cpu = result["cpu"]
+    us = cpu.get("us_per_packet")
+    shape = Shape(**result["shape"])
+    cells = [name, f"{shape.describe()} ({result['joined']}/{result['participants']} joined)"]
+    if us is None:
+        cells += ["n/a", "n/a", "n/a", "n/a"]
+    else:
+        cells += [f"{cpu['packets_per_s']:.0f}", f"{cpu['cpu_percent']:.1f} %",
+                  f"**{us:.1f}** ({cpu['us_min']:.1f}-{cpu['us_max']:.1f})",
+                  f"{us / floor_us:.1f}x"]
+    kb = result["rss_per_session_kb"]
+    cells.append("n/a" if kb is None else f"{kb:.0f} KB")
+    cells.append(_ms(result["join_s"], "p99", "s", digits=2))
+    cells.append("n/a (re-encoded)" if result["system"] == "mediarelay"
+                 else _ms(result["delay_ms"], "p99"))
+    cells.append(_loss(result["loss"]))
+    return "| " + " | ".join(cells) + " |"
+
+
+def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
+    sfu, relay, fl = result["callsctl"], result["mediarelay"], result["floor"]
+    floor_us = fl["us_per_packet"]
+    lines = [
+        f"## {result['title']}",
+        "",
+        f"Command: `{command}`  ",
+        f"Measured: {result['measured_at']} on {host}; load average "
+        f"{result['load_average'][0]:g} before, {result['load_average'][1]:g} after (a shared "
+        "machine: other jobs ran too).",
+        "",
+        "| system | load | packets/s out | server CPU | CPU µs / packet, median slice (min-max) "
+        "| x floor | RSS / session | join p99 | delay p99 | loss |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        _row("callsctl serve", sfu, floor_us),
+    ]
+    if relay is not None:
+        lines.append(_row("aiortc MediaRelay (reference)", relay, floor_us))
+    lines.append(f"| raw floor: SRTP unprotect once, protect + sendto per receiver | "
+                 f"{fl['receivers']} receivers, {fl['mean_packet_octets']:.0f}-octet packets "
+                 f"| - | - | **{floor_us:.1f}** ({fl['min']:.1f}-{fl['max']:.1f}) | 1.0x "
+                 "| - | - | - | - |")
+    lines.append("")
+    notes = []
+    waits = [f"{name} waited for a CPU {r['cpu']['server_wait_percent']:g} % of the window "
+             f"(steal {r['cpu']['steal_percent']:g} %)"
+             for name, r in (("callsctl serve", sfu), ("MediaRelay", relay))
+             if r is not None and r["cpu"].get("server_wait_percent") is not None]
+    if waits:
+        notes.append("Contention: " + "; ".join(waits) + ". Delay figures suffer from it; "
+                     "CPU per packet much less (CPU time only counts while running).")
+    sfu_us = sfu["cpu"].get("us_per_packet")
+    if relay is not None:
+        relay_us = relay["cpu"].get("us_per_packet")
+        if sfu_us and relay_us:
+            notes.append(f"callsctl spends {relay_us / sfu_us:.0f}x less CPU per delivered "
+                         "packet than the MediaRelay reference (which decodes each published "
+                         "stream once and re-encodes it per subscriber).")
+        if Shape(**result["relay_shape"]) != Shape(**result["shape"]):
+            shape = Shape(**result["shape"])
+            streams = shape.unmuted + (1 if shape.screen else 0)
+            encoders = shape.calls * streams * (shape.users - 1)
+            notes.append(
+                f"The MediaRelay reference ran at {Shape(**result['relay_shape']).describe()}, "
+                f"not at {shape.describe()}: it needs one encoder per subscriber and stream "
+                f"({encoders} here), beyond this 2-core machine; its per-packet figure is "
+                "the comparison.")
+        if relay["loss"] is not None and relay["loss"] > 0.05:
+            notes.append(f"The reference could not keep up even so: {_loss(relay['loss'])} of "
+                         "the packets its receivers should have got never came (it saturates; "
+                         "its CPU figure is then CPU per packet it managed to deliver). For "
+                         "video its packet counts also differ because it re-encodes at its own "
+                         "bitrate.")
+    if sfu["failed"]:
+        notes.append(f"{sfu['failed']} participants failed to join callsctl serve: "
+                     f"{'; '.join(sfu['failures'].values())}")
+    lag = (sfu["loadgen"].get("loop_lag_ms") or {}).get("p99")
+    if lag is not None and lag > 20:
+        notes.append(f"The load generator's event loop lagged (p99 {lag:.0f} ms) during "
+                     "the callsctl run: delay percentiles include that lag.")
+    for note in sfu["notes"]:
+        notes.append(f"Load generator: {note}.")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines).rstrip()
+
+
+def _span(values: list[tuple[str, float]], fmt: str) -> str:
+    return ", ".join(f"{key} {fmt.format(value)}" for key, value in values)
+
+
+def render_summary(results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "## Summary of the scenarios (bench/run_all.py)",
+        "",
+        "Each row comes from the scenario's own section in this file (its date, command, "
+        "machine load and notes are there). In a cProfile of the MediaRelay reference the "
+        "largest share of its event-loop thread went to aiortc's pure-Python audio-level "
+        "computation (aiortc/rtp.py), run for every frame of every subscriber beside an Opus "
+        "encode: that is what forwarding through aiortc's track machinery costs.",
+        "",
+        "| scenario | callsctl µs/pkt | floor µs/pkt | callsctl / floor | MediaRelay µs/pkt "
+        "(at) | MediaRelay / callsctl | RSS / session | join p99 | delay p99 | loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    floor_ratio: list[tuple[str, float]] = []
+    relay_ratio: list[tuple[str, float]] = []
+    per_session: list[tuple[str, float]] = []
+    at_200: float | None = None
+    for scenario in SCENARIOS:
+        result = results.get(scenario.key)
+        if result is None:
+            lines.append(f"| {scenario.title} | not measured yet | | | | | | | | |")
+            continue
+        sfu, relay, fl = result["callsctl"], result["mediarelay"], result["floor"]
+        us = sfu["cpu"].get("us_per_packet")
+        relay_us = relay["cpu"].get("us_per_packet") if relay else None
+        at = Shape(**result["relay_shape"]).describe() if relay else "-"
+        kb = sfu["rss_per_session_kb"]
+        if us:
+            floor_ratio.append((scenario.key, us / fl["us_per_packet"]))
+            if relay_us:
+                relay_ratio.append((scenario.key, relay_us / us))
+            if scenario.key == "1x200":
+                at_200 = us
+        if kb is not None:
+            per_session.append((scenario.key, kb))
+        cells = [
+            scenario.title, f"{us:.1f}" if us else "n/a", f"{fl['us_per_packet']:.1f}",
+            f"{us / fl['us_per_packet']:.1f}x" if us else "n/a",
+            f"{relay_us:.0f} ({at})" if relay_us else "n/a",
+            f"{relay_us / us:.0f}x" if us and relay_us else "n/a",
+            f"{kb:.0f} KB" if kb is not None else "n/a",
+            _ms(sfu["join_s"], "p99", "s", digits=2), _ms(sfu["delay_ms"], "p99"),
+            _loss(sfu["loss"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Issue 9's targets for the server, as measured in this file:", ""]
+
+    def verdict(name: str, rows: list[tuple[str, float]], ok: Any, fmt: str) -> str:
+        if not rows:
+            return f"- {name}: not measured"
+        good = [(k, v) for k, v in rows if ok(v)]
+        bad = [(k, v) for k, v in rows if not ok(v)]
+        text = f"- {name}: "
+        if good:
+            text += f"met in {_span(good, fmt)}"
+        if bad:
+            text += ("; " if good else "") + f"NOT met in {_span(bad, fmt)}"
+        return text
+
+    lines.append(verdict(f"<= {TARGET_US_AT_200:g} µs server CPU per forwarded audio packet at "
+                         "200 participants", [("1x200", at_200)] if at_200 else [],
+                         lambda v: v <= TARGET_US_AT_200, "({:.1f} µs)"))
+    lines.append(verdict(f"within {TARGET_FLOOR_RATIO:g}x of the raw floor", floor_ratio,
+                         lambda v: v <= TARGET_FLOOR_RATIO, "({:.1f}x)"))
+    lines.append(verdict(f">= {TARGET_RELAY_RATIO:g}x cheaper than MediaRelay", relay_ratio,
+                         lambda v: v >= TARGET_RELAY_RATIO, "({:.0f}x)"))
+    lines.append(verdict(f"<= {TARGET_SESSION_KB / 1024:g} MB per session", per_session,
+                         lambda v: v <= TARGET_SESSION_KB, "({:.0f} KB)"))
+    return "\n".join(lines)
+
+
+def command_line(key: str, args: argparse.Namespace) -> str:
+    """The command that re-measures one scenario with this run's settings."""
+    parts = ["python bench/run_all.py --only", key]
+    defaults = {"window": 15.0, "slices": 5, "relay_max": 10, "relay_max_screen": 4}
+    for name, default in defaults.items():
+        value = getattr(args, name)
+        if value != default:
+            parts.append(f"--{name.replace('_', '-')} {value:g}")
+    if args.skip_relay:
+        parts.append("--skip-relay")
+    return " ".join(parts)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    chosen = [s for s in SCENARIOS if not args.only or s.key in args.only]
+    results: dict[str, dict[str, Any]] = {}
+    if (args.write or args.render_only) and RESULTS_JSON.exists():
+        with contextlib.suppress(ValueError):
+            results = json.loads(RESULTS_JSON.read_text())
+    if args.render_only:  # the stored measurements, rendered again (after a wording change)
+        for scenario in chosen:
+            result = results.get(scenario.key)
+            if result is not None:
+                body = render_scenario(result, result["command"], result["host"])
+                print(body + "\n")
+                if args.write:
+                    write_section(args.write, f"scenario-{scenario.key}", body)
+        chosen = []
+    host = machine()
+    for scenario in chosen:
+        command = command_line(scenario.key, args)
+        result = await run_scenario(scenario, args.window, args.slices, args.relay_max,
+                                    args.relay_max_screen, args.skip_relay)
+        result["command"] = command
+        result["host"] = host
+        results[scenario.key] = result
+        body = render_scenario(result, command, host)
+        print(body + "\n")
+        if args.write:
+            write_section(args.write, f"scenario-{scenario.key}", body)
+            RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
+    summary = render_summary(results)
+    print(summary)
+    if args.write:
+        write_section(args.write, "scenario-summary", summary)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", nargs="+", default=[],
+                        choices=[s.key for s in SCENARIOS], help="scenario keys to run")
+    parser.add_argument("--window", type=float, default=15.0,
+                        help="seconds of steady state measured per system (default 15)")
+    parser.add_argument("--slices", type=int, default=5, help="slices of the window (median)")
+    parser.add_argument("--relay-max", type=int, default=10,
+                        help="most participants the MediaRelay reference gets (default 10)")
+    parser.add_argument("--relay-max-screen", type=int, default=4,
+                        help="most participants it gets with a screen share (default 4)")
+    parser.add_argument("--skip-relay", action="store_true", help="no MediaRelay reference")
+    parser.add_argument("--write", type=Path, help="update this results file in place "
+                                                   "(and bench/results.json)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: render bench/results.json again")
+    args = parser.parse_args()
+    if not (3 <= args.window <= 600 and 2 <= args.slices <= 60
+            and 2 <= args.relay_max <= 100 and 2 <= args.relay_max_screen <= 50):
+        parser.error("window 3..600 s, slices 2..60, relay-max 2..100, relay-max-screen 2..50")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

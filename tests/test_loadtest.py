@@ -1,0 +1,105 @@
+"""`callsctl loadtest` against a real `callsctl serve` on loopback, and its admission rules.
+
+The run is short (a handful of participants, seconds), so it checks that the
+measurement works, never a performance figure: figures live in bench/.
+"""
+
+from __future__ import annotations
+
+import json
+
+from callsctl_sfu.client.loadgen import LoadConfig, LoadConfigError, _source_of, percentiles
+from tests.helpers import run_cli
+
+
+def _one_line_error(result) -> str:
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("callsctl: error: ")
+    return lines[0]
+
+
+def test_loadtest_json_report_against_a_real_server(server) -> None:
+    result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
+                     "--calls", "1", "--users-per-call", "4", "--unmuted", "2",
+                     "--duration", "5s", "--join-duration", "1s", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr + server.log()[-2000:]
+    report = json.loads(result.stdout)  # stdout is exactly one JSON object
+    assert report["ok"] is True
+    people = report["participants"]
+    assert people == {**people, "requested": 4, "joined": 4, "failed": 0}
+    assert report["join_s"]["p99"] > 0
+
+    media = report["media"]
+    assert media["senders"] == 2 and media["packets_sent"] > 0
+    assert media["loss"] <= 0.02, media
+    receivers = {r["user"]: r for r in media["per_receiver"]}
+    assert len(receivers) == 4
+    speakers = ["loadtest-1-u1", "loadtest-1-u2"]
+    for user, receiver in receivers.items():
+        for speaker in speakers:
+            if speaker == user:
+                continue
+            expected, received = receiver["sources"][f"{speaker}/audio"]
+            assert expected > 0 and received >= 0.95 * expected, (user, receiver)
+
+    # The send-time stamp rode through the SFU in RTP padding and was read back.
+    delay = report["delay_ms"]
+    assert delay["samples"] > 0 and 0 <= delay["p50"] <= delay["p99"]
+
+    window = report["server"]["window"]
+    assert report["server"]["source"] == "proc"
+    assert window["forwarded_packets"] > 0 and window["cpu_us_per_forwarded_packet"] > 0
+
+
+def test_loadtest_human_report(server) -> None:
+    result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
+                     "--users-per-call", "2", "--unmuted", "1", "--duration", "3s",
+                     "--join-duration", "0", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "2/2 joined, 0 failed" in result.stdout
+    assert "forwarding delay" in result.stdout and "loss" in result.stdout
+
+
+def test_non_loopback_target_is_refused_without_allow_remote(tmp_path) -> None:
+    result = run_cli("loadtest", "--host", "http://203.0.113.7:8045", "--token-secret", "s",
+                     "--duration", "3s", "--join-duration", "1s", timeout=30)
+    assert result.returncode == 2
+    assert "--allow-remote" in _one_line_error(result)
+
+
+def test_absurd_values_are_refused(tmp_path) -> None:
+    cases = [("--users-per-call", "100000"), ("--calls", "0"), ("--unmuted", "50"),
+             ("--duration", "9h"), ("--join-duration", "10s")]
+    for flag, value in cases:
+        args = ["loadtest", "--host", "http://127.0.0.1:9", "--token-secret", "s",
+                "--duration", "5s", "--join-duration", "1s", flag, value]
+        result = run_cli(*args, timeout=30)
+        assert result.returncode == 2, (flag, value, result.stderr)
+        _one_line_error(result)
+
+
+def test_missing_secret_is_one_line(tmp_path) -> None:
+    result = run_cli("loadtest", "--host", "http://127.0.0.1:9", "--data-dir",
+                     str(tmp_path / "nothing-here"), "--duration", "3s", "--join-duration", "1s",
+                     timeout=30)
+    assert result.returncode == 1
+    assert "jwt_secret" in _one_line_error(result)
+
+
+def test_engine_helpers() -> None:
+    assert _source_of("abc abc-audio", "audio") == ("abc", "audio")
+    assert _source_of("screen-abc abc-screen", "video") == ("abc", "screen")
+    assert _source_of("screen-abc x", "video") == ("abc", "screen")
+    assert _source_of("- x", "audio") is None
+    assert percentiles([]) is None
+    assert percentiles(range(1, 101)) == {"p50": 50, "p95": 95, "p99": 99, "max": 100}
+    config = LoadConfig(ws_url="ws://127.0.0.1:1/ws", token_for=lambda c, u: "t",
+                        calls=3, users_per_call=400)
+    try:
+        config.validate()
+    except LoadConfigError as exc:
+        assert "1200 participants" in str(exc)
+    else:
+        raise AssertionError("1200 participants were admitted")

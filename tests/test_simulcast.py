@@ -52,3 +52,10 @@ def test_layer_choice_follows_the_receivers_estimate():
     assert choose_layer(rids, rates, 500_000, "l", 3) == "l"  # stays low...
     assert choose_layer(rids, rates, 500_000, "l", PROBE_AFTER) == "h"  # ...until a probe
     assert choose_layer(rids, rates, 100_000, None, 0) == "l"  # nothing fits: lowest
+
+
+def test_layers_the_publisher_stopped_sending_are_not_chosen():
+    rids = ["l", "h"]
+    only_low = {"l": 300_000.0, "h": 0.0}
+    assert choose_layer(rids, only_low, None, None, 0) == "l"
+    assert choose_layer(rids, only_low, 5_000_000, "h", 0.1) == "l"  # h went silent

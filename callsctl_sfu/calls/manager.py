@@ -38,6 +38,7 @@ HOUSEKEEPING_INTERVAL = 0.25
 # A gap the publisher has not filled after this long will not be: ask for a keyframe.
 UNREPAIRED_AFTER = 0.3
 REPORT_INTERVAL = 1.0
+SIMULCAST_REMB_BPS = 3_000_000
 
 
 class JoinRefused(Exception):
@@ -566,7 +567,10 @@ class CallManager:
                     report.remb_ssrcs.extend(track.reception)
                     estimates.extend(self._receiver_estimates(peer.session_id, track.label))
             if report.remb_ssrcs:
-                report.remb_bps = clamp_remb(estimates)
+                simulcast = any(t.rids for t in peer.published.values())
+                # A simulcast publisher must keep every layer going (each receiver gets
+                # the layer it can take); a single-layer one is held to its weakest viewer.
+                report.remb_bps = SIMULCAST_REMB_BPS if simulcast else clamp_remb(estimates)
             if report.blocks:
                 peer.send_rtcp(report.packet())
 

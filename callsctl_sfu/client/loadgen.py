@@ -63,6 +63,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import av
@@ -104,6 +105,8 @@ STAMP_LEN = _STAMP.size  # 12
 MAX_CATCH_UP = 5  # frames one stream may send late in one tick before frames are skipped
 MAX_DELAY_SAMPLES = 500_000
 RECEIVER_REPORT_INTERVAL = 1.0
+SETTLED_DELAY_MS = 100.0  # the window opens once recent forwarding delay is below this
+MAX_OK_LOSS = 0.05  # above this a run is reported as failed (exit code 1)
 
 
 class LoadConfigError(ValueError):
@@ -649,7 +652,6 @@ class LightParticipant:
         """The receive path: count SRTP per SSRC undecrypted; sample every Nth for the stamp."""
         received = self.received
         every = self.test.config.delay_sample_every
-        test = self.test
         loop = asyncio.get_running_loop()
         watch_rtcp = any(s.sample.kind == "video" for s in self.senders)
 
@@ -665,7 +667,7 @@ class LightParticipant:
                 received[ssrc] = count
                 if count == 1 and self.first_media_at is None:
                     self.first_media_at = loop.time()
-                if count % every == 0 and test.sampling:
+                if count % every == 0:
                     self._sample_delay(data)
                 return
             original(data, addr)
@@ -855,7 +857,6 @@ class LoadTest:
         self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
         self.local_address = config.local_address or "127.0.0.1"
         self.delays: list[int] = []
-        self.sampling = False
         self.active: list[StreamSender] = []
         self.started = 0.0
         self.window: tuple[float, float] | None = None
@@ -876,6 +877,8 @@ class LoadTest:
 
     def request_stop(self) -> None:
         """Finish early (Ctrl-C): measure what ran, then leave."""
+        if not self._stop.is_set():
+            self.notes.append(f"stopped early (interrupted) in the {self.phase} phase")
         self._stop.set()
 
     # -- running ------------------------------------------------------------------------------
@@ -906,10 +909,7 @@ class LoadTest:
         loop = asyncio.get_running_loop()
         self.prepare_media()
         if config.local_address is None:
-            host = re.sub(r"^wss?://", "", config.ws_url).split("/", 1)[0]
-            host = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else \
-                host[1:].split("]", 1)[0]
-            self.local_address = local_address_for(host)
+            self.local_address = local_address_for(urlsplit(config.ws_url).hostname or "")
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         background: list[asyncio.Task[Any]] = []
         cpu_start = time.process_time()
@@ -1003,18 +1003,38 @@ class LoadTest:
                     return False
         return True
 
+    def _recent_delay_ms(self, count: int = 200) -> float | None:
+        recent = self.delays[-count:]
+        return sorted(recent)[len(recent) // 2] / 1e6 if recent else None
+
     async def _settle(self, end: float) -> None:
-        """Wait until every expected stream reached every receiver (bounded)."""
+        """Wait until every expected stream reached every receiver and queues drained.
+
+        Joining is the heavy part for a server (handshakes, renegotiations); a
+        server that fell behind then still holds a queue of media, so the window
+        also waits for the median of the latest delay samples to drop under
+        SETTLED_DELAY_MS. Bounded by settle_timeout; a note says what was not met.
+        """
         loop = asyncio.get_running_loop()
         deadline = min(end - 0.5, loop.time() + self.config.settle_timeout)
+        flowing = False
         while loop.time() < deadline and not self._stop.is_set():
-            if self._flowing():
+            flowing = flowing or self._flowing()
+            recent = self._recent_delay_ms()
+            if flowing and (recent is None or recent < SETTLED_DELAY_MS):
                 await asyncio.sleep(0.5)  # let the last renegotiations' first packets pass
                 return
             await asyncio.sleep(0.1)
-        if not self._stop.is_set() and loop.time() >= deadline:
+        if self._stop.is_set():
+            return
+        if not flowing:
             self.notes.append("some streams had not reached every receiver when the window "
                               "opened; they count as loss")
+        recent = self._recent_delay_ms()
+        if recent is not None and recent >= SETTLED_DELAY_MS:
+            self.notes.append(f"the server still had a queue when the window opened (recent "
+                              f"delay median {recent:.0f} ms after {self.config.settle_timeout:g}"
+                              " s of settling)")
 
     async def _open_window(self) -> None:
         self._window_counts["sent0"] = {id(s): s.sent for p in self.participants
@@ -1024,7 +1044,6 @@ class LoadTest:
                                               for s in p.senders)
         self.delays.clear()
         self._loop_lag.clear()
-        self.sampling = True
         self._cpu0 = (time.process_time(), asyncio.get_running_loop().time())
         if self.monitor is not None:
             await self.monitor.mark("start")
@@ -1033,7 +1052,7 @@ class LoadTest:
 
     async def _close_window(self, opened: float) -> None:
         loop = asyncio.get_running_loop()
-        self.sampling = False
+        self._window_counts["delays"] = len(self.delays)
         if self.on_window is not None:
             await self.on_window("end")
         if self.monitor is not None:
@@ -1127,7 +1146,7 @@ class LoadTest:
         first_media = [p.first_media_at - p.started_at for p in joined
                        if p.first_media_at is not None]
         media = self._media_figures()
-        delays_ms = [d / 1e6 for d in self.delays]
+        delays_ms = [d / 1e6 for d in self.delays[:self._window_counts.get("delays", 0)]]
         lag = percentiles([x * 1000 for x in self._loop_lag], (50, 99))
         samples = {name: {"bitrate_kbps": round(s.bitrate / 1000, 1),
                           "packets_per_second": round(s.packets_per_second, 1)}
@@ -1136,8 +1155,9 @@ class LoadTest:
         for p in self.participants:
             errors.update(p.error_codes)
         requested = config.participants
-        ok = (len(joined) == requested and media is not None and media["loss"] is not None
-              and media["loss"] <= 0.05)
+        silent = not any(p.senders for p in self.participants)  # --unmuted 0: joins only
+        ok = len(joined) == requested and (silent or (
+            media is not None and media["loss"] is not None and media["loss"] <= MAX_OK_LOSS))
         return LoadReport(
             ok=ok,
             target=config.ws_url,
@@ -1175,6 +1195,7 @@ class LoadTest:
         total_expected = total_received = 0
         pairs = lossy_pairs = 0
         worst = 0.0
+        extra = 0
         by_label: dict[str, list[int]] = {}
         for receiver in self.participants:
             if receiver.connected_at is None:
@@ -1201,6 +1222,7 @@ class LoadTest:
                     lossy_pairs += pair_loss > 0.01
                     expected += want
                     received += min(have, want)
+                    extra += max(0, have - want)
                     sources[f"{p.user}/{sender.label}"] = [want, have]
                     totals = by_label.setdefault(sender.label, [0, 0])
                     totals[0] += want
@@ -1218,6 +1240,8 @@ class LoadTest:
             "expected": total_expected, "received": total_received,
             "loss": round(1 - total_received / total_expected, 5) if total_expected else None,
             "pairs": pairs, "pairs_over_1pct_loss": lossy_pairs, "worst_pair_loss": round(worst, 5),
+            # More than was sent in the window: in flight when it opened, or duplicates.
+            "received_beyond_expected": extra,
             "frames_skipped_by_generator": counts["skipped1"] - counts["skipped0"],
             "keyframe_requests": sum(s.keyframe_requests for s in senders),
             "by_label": {label: {"expected": e, "received": r,

@@ -86,14 +86,19 @@ def choose_layer(rids: list[str], layer_bps: dict[str, float], estimate_bps: int
     higher one would fit: after PROBE_AFTER seconds on a lower layer it is tried
     again, and it stays only if the estimate then keeps up.
     """
-    best = rids[-1]
+    # Only layers the publisher is actually sending: a sender's own bandwidth
+    # estimate may have switched its higher layers off.
+    active = [rid for rid in rids if layer_bps.get(rid, 0.0) > 0] or rids
+    best = active[-1]
     if estimate_bps is None:
         return best
-    fitting = [rid for rid in rids if layer_bps.get(rid, 0.0) * HEADROOM <= estimate_bps]
-    choice = fitting[-1] if fitting else rids[0]
+    fitting = [rid for rid in active if layer_bps.get(rid, 0.0) * HEADROOM <= estimate_bps]
+    choice = fitting[-1] if fitting else active[0]
+    if current not in active:
+        return choice
     if current is not None and rids.index(choice) < rids.index(current):
         return choice  # down at once: the receiver is losing packets otherwise
     if current is not None and rids.index(choice) <= rids.index(current) \
             and since_switch >= PROBE_AFTER and current != best:
-        return rids[rids.index(current) + 1]
+        return active[active.index(current) + 1]
     return choice if current is None or since_switch >= MIN_DWELL else current

@@ -138,6 +138,7 @@ def loadtest(
     or loss exceeded 5 %.
     """
     from callsctl_sfu.client.loadgen import (
+        MAX_OK_LOSS,
         LoadConfig,
         LoadConfigError,
         LoadTest,
@@ -194,7 +195,7 @@ def loadtest(
                  f"{participants['requested']} participants did not join")
         if media.get("loss") is None:
             fail("no steady window was measured (raise --duration)")
-        fail(f"loss {100 * media['loss']:.2f} % is above 5 %")
+        fail(f"loss {100 * media['loss']:.2f} % is above {100 * MAX_OK_LOSS:g} %")
 
 
 async def _run(test: Any, monitor: Any, base: str, tls: Any, reporter: Any) -> Any:

@@ -112,7 +112,7 @@ class MuxedStunProtocol(StunProtocol):
         # The same session's protocols on other paths, keyed udp6/tcp4/tcp6.
         self.siblings: dict[str, StunProtocol] = {}
         # Synchronous send on this path (the media path's per-packet call).
-        self.send_datagram: Callable[[bytes, Address], None] = mux.sendto
+        self.send_datagram: Callable[[bytes, Address], None] = mux.send4
 
     @property
     def connection(self) -> Connection:
@@ -151,6 +151,7 @@ class SiblingUdpProtocol(MuxedStunProtocol):
     def __init__(self, connection: Connection, mux: UdpMux, primary: MuxedStunProtocol) -> None:
         self.primary = primary
         super().__init__(connection, mux)
+        self.send_datagram = mux.sendto  # picks the IPv6 socket by address family
 
     @property  # type: ignore[override]
     def fast_rx(self) -> Callable[[bytes], None] | None:
@@ -184,6 +185,8 @@ class UdpMux(asyncio.DatagramProtocol):
         # What every session advertises; None = one UDP host candidate at `advertised`.
         self.candidate_specs: list[CandidateSpec] | None = None
         self.transport6: asyncio.DatagramTransport | None = None  # --enable-ipv6
+        self._sock: socket.socket | None = None
+        self._backlogged = False
         self.tcp: TcpMux | None = None  # ICE-TCP, when enabled
         # Answers to the server's own STUN requests (public address discovery).
         self.stun_waiters: dict[bytes, asyncio.Future[tuple[stun.Message, Address]]] = {}
@@ -192,6 +195,13 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # The real socket behind asyncio's transport (get_extra_info gives a wrapper
+        # without sendto); only send4 uses it, and only while the kernel takes data.
+        sock = getattr(transport, "_sock", None)
+        self._sock = sock if isinstance(sock, socket.socket) else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sock = None
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable from a vanished client) must not stop the socket.
@@ -298,6 +308,32 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
+
+    def send4(self, data: bytes, addr: Address) -> None:
+        """The forwarding path's send on the IPv4 socket: straight to the kernel.
+
+        asyncio's transport.sendto does the same after several checks that cost
+        about as much as the send; only when the kernel's buffer is full does this
+        fall back to it, which queues and drains when the socket is writable.
+        """
+        sock = self._sock
+        if sock is not None and not self._backlogged:
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self._backlogged = True
+            except OSError:
+                self.stats.send_errors += 1
+                return
+            else:
+                stats = self.stats
+                stats.datagrams_out += 1
+                stats.bytes_out += len(data)
+                return
+        self.sendto(data, addr)
+        transport = self.transport
+        if transport is not None and not transport.get_write_buffer_size():
+            self._backlogged = False
 
     @property
     def session_count(self) -> int:

@@ -18,6 +18,9 @@ AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 # Audio level is "unknown/silent" when the extension is absent (RFC 6464: 127 = -127 dBov).
 SILENT_LEVEL = 127
+# One-byte-header extension blocks carrying just an audio level (RFC 8285 §4.2), by
+# (id, level byte): at most 14 x 256 of them, built once instead of per packet.
+_LEVEL_EXTENSIONS: dict[tuple[int, int], bytes] = {}
 
 
 def is_rtcp(data: bytes | bytearray) -> bool:
@@ -164,9 +167,12 @@ class Rewrite:
         b0 = 0x80 | (packet.first_byte & 0x20)
         b1 = (0x80 if packet.marker else 0) | self.payload_type
         if level_byte is not None and self.audio_level_id is not None:
-            return RTP_HEADER.pack(b0 | 0x10, b1, seq, ts, self.ssrc) + bytes(
-                (0xBE, 0xDE, 0x00, 0x01, self.audio_level_id << 4, level_byte, 0, 0)
-            )
+            key = (self.audio_level_id, level_byte)
+            extension = _LEVEL_EXTENSIONS.get(key)
+            if extension is None:
+                extension = _LEVEL_EXTENSIONS[key] = bytes(
+                    (0xBE, 0xDE, 0x00, 0x01, self.audio_level_id << 4, level_byte, 0, 0))
+            return RTP_HEADER.pack(b0 | 0x10, b1, seq, ts, self.ssrc) + extension
         return RTP_HEADER.pack(b0, b1, seq, ts, self.ssrc)
 
 

@@ -77,6 +77,7 @@ class Shape:
     users: int
     unmuted: int
     screen: bool = False
+    video: bool = False  # the unmuted participants also send a VP8 camera
 
     @property
     def participants(self) -> int:
@@ -85,6 +86,7 @@ class Shape:
     def describe(self) -> str:
         text = f"{self.calls} call{'s' if self.calls > 1 else ''} x {self.users}, " \
                f"{self.unmuted} unmuted"
+        text += " with cameras" if self.video else ""
         return text + (", 1 screen share" if self.screen else "")
 
 
@@ -102,6 +104,9 @@ SCENARIOS = (
     Scenario("10x10", "10 calls of 10 participants, 2 unmuted each", Shape(10, 10, 2)),
     Scenario("1x50-screen", "1 call, 50 participants, 1 screen share (the presenter, "
                             "also unmuted)", Shape(1, 50, 1, screen=True)),
+    Scenario("1x10-av", "1 call, 10 participants, 2 cameras and 1 screen share (single "
+                        "layer: the load generator does not simulcast)",
+             Shape(1, 10, 2, screen=True, video=True)),
 )
 
 
@@ -295,7 +300,8 @@ async def measure(kind: str, shape: Shape, window: float, slices: int,
         join = max(1.0, shape.participants / 25)
         config = LoadConfig(ws_url=running.ws_url, token_for=token_for, calls=shape.calls,
                             users_per_call=shape.users, unmuted=shape.unmuted,
-                            screen_sharing=shape.screen, duration=join + 15 + window + 5,
+                            screen_sharing=shape.screen, video=shape.video,
+                            duration=join + 15 + window + 5,
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
                             local_address="127.0.0.1", settle_timeout=15)
         sampler = WindowSampler(pid, running, slices)
@@ -330,8 +336,8 @@ async def floor(shape: Shape) -> dict[str, Any]:
     args = [sys.executable, str(BENCH / "srtp_floor.py"), "--receivers", str(shape.users - 1),
             "--publishers", str(shape.unmuted),
             "--min-sent", "50000", "--repeats", "5", "--json"]
-    if shape.screen:
-        args.append("--screen")
+    if shape.screen or shape.video:
+        args.append("--screen")  # video-sized packets
     process = await asyncio.create_subprocess_exec(*args, cwd=REPO,
                                                    stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(process.communicate(), 300)
@@ -342,11 +348,11 @@ async def floor(shape: Shape) -> dict[str, Any]:
 
 def relay_shape(shape: Shape, relay_max: int, relay_max_screen: int) -> Shape:
     """The largest same-kind load the reference gets: it re-encodes per subscriber."""
-    cap = relay_max_screen if shape.screen else relay_max
+    cap = relay_max_screen if shape.screen or shape.video else relay_max
     if shape.participants <= cap:
         return shape
     users = min(shape.users, cap)
-    return Shape(1, users, min(shape.unmuted, users), shape.screen)
+    return Shape(1, users, min(shape.unmuted, users), shape.screen, shape.video)
 
 
 async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max: int,
@@ -456,7 +462,7 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                          "stream once and re-encodes it per subscriber).")
         if Shape(**result["relay_shape"]) != Shape(**result["shape"]):
             shape = Shape(**result["shape"])
-            streams = shape.unmuted + (1 if shape.screen else 0)
+            streams = shape.unmuted * (2 if shape.video else 1) + (1 if shape.screen else 0)
             encoders = shape.calls * streams * (shape.users - 1)
             notes.append(
                 f"The MediaRelay reference ran at {Shape(**result['relay_shape']).describe()}, "

@@ -502,19 +502,26 @@ async def test_live_calls_drill_down_sort_filter_and_mute(serve_factory: Any) ->
                         "both calls listed", pilot)
 
             # Sorting: by call id, both ways; the selection follows its call.
+            # Each key travels through textual's queues; the assertions below wait
+            # (bounded) for the table to show the result rather than racing them.
             while calls.sort_column != "id":
                 await press(pilot, "s")
-            assert calls.shown_keys == ["lobby", "room"]
+            await until(lambda: calls.shown_keys == ["lobby", "room"], 2.0, "sorted by id",
+                        pilot)
             await press(pilot, "down")
-            assert calls.selected_key == "room"
+            await until(lambda: calls.selected_key == "room", 2.0, "room selected", pilot)
             await press(pilot, "r")
-            assert calls.shown_keys == ["room", "lobby"]
+            await until(lambda: calls.shown_keys == ["room", "lobby"], 2.0, "reversed", pilot)
             assert calls.selected_key == "room"
             # Filtering by text; Esc clears it.
-            await press(pilot, "slash", "l", "o", "b")
-            assert calls.shown_keys == ["lobby"]
+            await press(pilot, "slash")
+            await until(lambda: getattr(app.focused, "id", None) == "filter", 2.0,
+                        "the filter line has focus", pilot)
+            await press(pilot, "l", "o", "b")
+            await until(lambda: calls.shown_keys == ["lobby"], 2.0, "filtered to lobby", pilot)
             await press(pilot, "escape")
-            assert sorted(calls.shown_keys) == ["lobby", "room"]
+            await until(lambda: sorted(calls.shown_keys) == ["lobby", "room"], 2.0,
+                        "filter cleared", pilot)
             assert isinstance(app.screen, MainScreen)
 
             # Drill down into the call: both sessions within 2 s.

@@ -39,7 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class Shape:
     unmuted: int
     screen: bool = False
     video: bool = False  # the unmuted participants also send a VP8 camera
+    # The screen share as simulcast layers l and h (the server runs with simulcast enabled).
+    simulcast: bool = False
 
     @property
     def participants(self) -> int:
@@ -87,7 +89,9 @@ class Shape:
         text = f"{self.calls} call{'s' if self.calls > 1 else ''} x {self.users}, " \
                f"{self.unmuted} unmuted"
         text += " with cameras" if self.video else ""
-        return text + (", 1 screen share" if self.screen else "")
+        if not self.screen:
+            return text
+        return text + (", 1 simulcast screen share" if self.simulcast else ", 1 screen share")
 
 
 @dataclass(frozen=True)
@@ -104,9 +108,8 @@ SCENARIOS = (
     Scenario("10x10", "10 calls of 10 participants, 2 unmuted each", Shape(10, 10, 2)),
     Scenario("1x50-screen", "1 call, 50 participants, 1 screen share (the presenter, "
                             "also unmuted)", Shape(1, 50, 1, screen=True)),
-    Scenario("1x10-av", "1 call, 10 participants, 2 cameras and 1 screen share (single "
-                        "layer: the load generator does not simulcast)",
-             Shape(1, 10, 2, screen=True, video=True)),
+    Scenario("1x10-av", "1 call, 10 participants, 2 cameras and 1 simulcast screen share",
+             Shape(1, 10, 2, screen=True, video=True, simulcast=True)),
 )
 
 
@@ -154,15 +157,23 @@ async def _wait_ready(base: str, process: asyncio.subprocess.Process, log: Path)
     raise RuntimeError(f"server not ready in {START_TIMEOUT_S:g} s:\n{log.read_text()[-2000:]}")
 
 
-async def start_callsctl(workdir: Path) -> Running:
+async def start_callsctl(workdir: Path, simulcast: bool = False) -> Running:
+    """`callsctl serve` on loopback; with simulcast it accepts the screen share's layers.
+
+    Simulcast is off by default in the server, so a simulcast scenario has to
+    turn it on (CALLSCTL_ENABLE_SIMULCAST), or the server would take one stream.
+    """
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = workdir / f"data-{api}"
     log = workdir / f"serve-{api}.log"
+    env = dict(os.environ)
+    if simulcast:
+        env["CALLSCTL_ENABLE_SIMULCAST"] = "true"
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
             str(api), "--udp-port", str(udp), "--data-dir", str(data_dir), "--log-level",
-            "warning", cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT)
+            "warning", cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{api}"
     await _wait_ready(base, process, log)
     return Running(process, base, f"ws://127.0.0.1:{api}/ws",
@@ -212,6 +223,9 @@ class WindowSampler:
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
+        # GET /stats "simulcast" entries seen while media flowed: the layer bitrates
+        # the server measured and the layer each receiver got.
+        self.simulcast: list[list[dict[str, Any]]] = []
 
     async def _forwarded(self) -> float | None:
         if not self.running.has_stats or self._http is None:
@@ -219,9 +233,30 @@ class WindowSampler:
         try:
             async with self._http.get(f"{self.running.base_url}/stats",
                                       timeout=aiohttp.ClientTimeout(total=3)) as response:
-                return float((await response.json())["forwarding"]["rtp_forwarded"])
+                stats = await response.json()
+                if stats.get("simulcast"):
+                    self.simulcast.append(stats["simulcast"])
+                return float(stats["forwarding"]["rtp_forwarded"])
         except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
             return None
+
+    def layers(self) -> dict[str, Any] | None:
+        """The screen's layers over the window: median bitrate per rid, receivers per rid.
+
+        The server's per-layer rates cover its last second, so the samples taken
+        after sending stopped (the window's last one) are left out.
+        """
+        screens = [[e for e in sample if e.get("label") == "screen"]
+                   for sample in self.simulcast[:-1]]
+        screens = [s[0] for s in screens if s]
+        if not screens:
+            return None
+        rids = list(screens[-1]["layers_bps"])
+        return {"kbps": {rid: round(statistics.median(s["layers_bps"].get(rid, 0)
+                                                      for s in screens) / 1000, 0)
+                         for rid in rids},
+                "receivers_on": {rid: sum(1 for layer in screens[-1]["receivers"].values()
+                                          if layer == rid) for rid in rids}}
 
     async def sample(self) -> None:
         assert self.test is not None
@@ -287,7 +322,8 @@ class WindowSampler:
 async def measure(kind: str, shape: Shape, window: float, slices: int,
                   workdir: Path) -> dict[str, Any]:
     """One system under one shape: start it, load it, sample it, stop it."""
-    running = await (start_callsctl(workdir) if kind == "callsctl" else start_relay(workdir))
+    running = await (start_callsctl(workdir, shape.simulcast) if kind == "callsctl"
+                     else start_relay(workdir))
     try:
         pid = running.process.pid
         await asyncio.sleep(1.0)
@@ -301,6 +337,7 @@ async def measure(kind: str, shape: Shape, window: float, slices: int,
         config = LoadConfig(ws_url=running.ws_url, token_for=token_for, calls=shape.calls,
                             users_per_call=shape.users, unmuted=shape.unmuted,
                             screen_sharing=shape.screen, video=shape.video,
+                            simulcast=shape.simulcast,
                             duration=join + 15 + window + 5,
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
                             local_address="127.0.0.1", settle_timeout=15)
@@ -329,6 +366,7 @@ async def measure(kind: str, shape: Shape, window: float, slices: int,
         "loadgen": {k: report["loadgen"][k] for k in ("cpu_percent", "window_cpu_percent",
                                                       "loop_lag_ms")},
         "notes": report["notes"],
+        "simulcast": sampler.layers(),
     }
 
 
@@ -347,7 +385,12 @@ async def floor(shape: Shape) -> dict[str, Any]:
 
 
 def relay_shape(shape: Shape, relay_max: int, relay_max_screen: int) -> Shape:
-    """The largest same-kind load the reference gets: it re-encodes per subscriber."""
+    """The largest same-kind load the reference gets: it re-encodes per subscriber.
+
+    MediaRelay cannot take simulcast (aiortc negotiates no rids): its screen
+    share is always the single `h`-sized layer.
+    """
+    shape = replace(shape, simulcast=False)
     cap = relay_max_screen if shape.screen or shape.video else relay_max
     if shape.participants <= cap:
         return shape
@@ -460,7 +503,12 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
             notes.append(f"callsctl spends {relay_us / sfu_us:.0f}x less CPU per delivered "
                          "packet than the MediaRelay reference (which decodes each published "
                          "stream once and re-encodes it per subscriber).")
-        if Shape(**result["relay_shape"]) != Shape(**result["shape"]):
+        if Shape(**result["shape"]).simulcast:
+            notes.append("The MediaRelay reference cannot take simulcast (aiortc negotiates "
+                         "no rids), so its screen share is a single layer, the same picture "
+                         "as callsctl's `h` layer.")
+        if Shape(**result["relay_shape"]) != replace(Shape(**result["shape"]),
+                                                      simulcast=False):
             shape = Shape(**result["shape"])
             streams = shape.unmuted * (2 if shape.video else 1) + (1 if shape.screen else 0)
             encoders = shape.calls * streams * (shape.users - 1)
@@ -475,6 +523,14 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                          "its CPU figure is then CPU per packet it managed to deliver). For "
                          "video its packet counts also differ because it re-encodes at its own "
                          "bitrate.")
+    layers = sfu.get("simulcast")
+    if layers:
+        rates = ", ".join(f"`{rid}` {kbps:.0f} kbit/s" for rid, kbps in layers["kbps"].items())
+        viewers = ", ".join(f"{n} on `{rid}`" for rid, n in layers["receivers_on"].items())
+        notes.append(f"Simulcast: callsctl received the screen share as two layers ({rates}, "
+                     f"median of the window's samples of GET /stats) and forwarded one per "
+                     f"viewer ({viewers}). Its CPU per forwarded packet includes "
+                     "decrypting the layer nobody received.")
     if sfu["failed"]:
         notes.append(f"{sfu['failed']} participants failed to join callsctl serve: "
                      f"{'; '.join(sfu['failures'].values())}")

@@ -6,9 +6,19 @@ measurement works, never a performance figure: figures live in bench/.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
-from callsctl_sfu.client.loadgen import LoadConfig, LoadConfigError, _source_of, percentiles
+import httpx
+
+from callsctl_sfu.client.loadgen import (
+    LoadConfig,
+    LoadConfigError,
+    LoadTest,
+    _source_of,
+    percentiles,
+)
 from tests.helpers import run_cli
 
 
@@ -103,3 +113,41 @@ def test_engine_helpers() -> None:
         assert "1200 participants" in str(exc)
     else:
         raise AssertionError("1200 participants were admitted")
+
+
+def test_simulcast_screen_share_reaches_both_layers(serve_factory) -> None:
+    """The load generator's simulcast screen share against a server that accepts it.
+
+    Both layers must arrive (the server measures each layer's bitrate from the
+    rid in every packet) and the viewers must get the screen: one layer each.
+    """
+    server = serve_factory(env={"CALLSCTL_ENABLE_SIMULCAST": "true"})
+    seen: list[dict[str, Any]] = []  # GET /stats "simulcast" entries while media flows
+
+    async def during_window(edge: str) -> None:
+        # The server's layer rates are per second: read them while everyone still
+        # sends (the generator stops sending before the window's "end" edge).
+        if edge == "start":
+            async with httpx.AsyncClient() as http:
+                for _ in range(4):
+                    stats = (await http.get(f"{server.api_url}/stats", timeout=5)).json()
+                    seen.extend(s for s in stats.get("simulcast", []) if s["label"] == "screen")
+                    await asyncio.sleep(0.5)
+
+    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
+                        calls=1, users_per_call=3, unmuted=1, screen_sharing=True,
+                        simulcast=True, duration=12, join_duration=0.5, window=3,
+                        local_address="127.0.0.1", settle_timeout=5)
+    report = asyncio.run(LoadTest(config, on_window=during_window).run()).to_dict()
+
+    assert report["participants"]["joined"] == 3, report["participants"]
+    assert seen, "GET /stats never listed the simulcast screen share"
+    layers = {rid: max(s["layers_bps"].get(rid, 0) for s in seen) for rid in ("l", "h")}
+    assert layers["l"] > 0 and layers["h"] > layers["l"], layers
+    assert len(seen[-1]["receivers"]) == 2, seen[-1]
+    presenter = "loadtest-1-u1"
+    for receiver in report["media"]["per_receiver"]:
+        if receiver["user"] == presenter:
+            continue
+        expected, received = receiver["sources"][f"{presenter}/screen"]
+        assert expected > 0 and received > 0, receiver

@@ -92,11 +92,15 @@ AUDIO_FRAME = 960  # 20 ms
 AUDIO_BITRATE = 80_000  # the deployment guide's speech sample
 CAMERA_SIZE, CAMERA_FPS, CAMERA_BITRATE = (640, 360), 30, 500_000
 SCREEN_SIZE, SCREEN_FPS, SCREEN_BITRATE = (1280, 720), 15, 1_600_000  # the guide's screen sample
+# The simulcast screen's low layer: half the resolution, a quarter of the bitrate.
+SCREEN_LOW_SIZE, SCREEN_LOW_BITRATE = (640, 360), 400_000
+SIMULCAST_RIDS = ("l", "h")  # lowest first, the names the Mattermost web app uses
 VIDEO_CLOCK = 90000
 VP8_MAX_PAYLOAD = 1200
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"  # RFC 8852
 
 _RTP = struct.Struct("!BBHII")
 _STAMP = struct.Struct("!2sQBB")
@@ -261,6 +265,53 @@ def screen_sample() -> MediaSample:
     return vp8_sample("screen", SCREEN_SIZE, SCREEN_FPS, SCREEN_BITRATE)
 
 
+def screen_low_sample() -> MediaSample:
+    """The simulcast screen's `l` layer: same picture and frame rate as `screen`, smaller."""
+    return vp8_sample("screen-l", SCREEN_LOW_SIZE, SCREEN_FPS, SCREEN_LOW_BITRATE)
+
+
+def simulcast_offer(sdp: str, mid: str, rids: Iterable[str] = SIMULCAST_RIDS) -> str:
+    """`sdp` with the m-section `mid` offering to send `rids` as simulcast (RFC 8853, 8851).
+
+    aiortc cannot offer simulcast, so its offer is completed the way a browser
+    writes one: `a=rid:<rid> send` per layer, `a=simulcast:send l;h` and the
+    RtpStreamId extension (RFC 8852) the layers are told apart by, on an id no
+    other extension of the offer uses (BUNDLE shares one id space). The
+    section's a=ssrc lines go: each layer has its own SSRC, announced by the
+    rid in its packets, as browsers do.
+    """
+    rids = list(rids)
+    used = {int(i) for i in re.findall(r"^a=extmap:(\d+)", sdp, flags=re.M)}
+    existing = re.search(r"^a=extmap:(\d+)(?:/\w+)? " + re.escape(RID_URI), sdp, flags=re.M)
+    free = [i for i in range(1, 15) if i not in used]  # one-byte form: ids 1..14
+    if existing is None and not free:
+        raise ValueError("no free one-byte header extension id for the rid")
+    rid_id = int(existing.group(1)) if existing else free[0]
+    out: list[str] = []
+    for section in re.split(r"(?=^m=)", sdp, flags=re.M):
+        match = re.search(r"^a=mid:(\S+)", section, flags=re.M)
+        if match is None or match.group(1) != mid or "a=simulcast:" in section:
+            out.append(section)
+            continue
+        lines = [line for line in section.rstrip("\r\n").split("\r\n")
+                 if not line.startswith(("a=ssrc:", "a=ssrc-group:"))]
+        if f" {RID_URI}" not in section:
+            lines.append(f"a=extmap:{rid_id} {RID_URI}")
+        lines += [f"a=rid:{rid} send" for rid in rids]
+        lines.append("a=simulcast:send " + ";".join(rids))
+        out.append("\r\n".join(lines) + "\r\n")
+    return "".join(out)
+
+
+def _answer_accepts_simulcast(sdp: str, mid: str) -> bool:
+    """Whether the answer's m-section `mid` receives our layers (`a=simulcast:recv`)."""
+    for section in re.split(r"(?=^m=)", sdp, flags=re.M):
+        match = re.search(r"^a=mid:(\S+)", section, flags=re.M)
+        if match is not None and match.group(1) == mid:
+            return re.search(r"^a=simulcast:recv ", section, flags=re.M) is not None
+    return False
+
+
 # -- aiortc: handshake only -------------------------------------------------------------------
 
 _LIGHT_FLAG = "_callsctl_loadgen"
@@ -350,15 +401,19 @@ class Negotiated:
     mid: str
     mid_id: int | None
     level_id: int | None
+    rid_id: int | None = None  # RtpStreamId: only when the answer accepted simulcast
 
 
 @functools.lru_cache(maxsize=256)
-def _tails(sample: MediaSample, mid: str, mid_id: int | None, level_id: int | None
+def _tails(sample: MediaSample, mid: str, mid_id: int | None, level_id: int | None,
+           rid_id: int | None = None, rid: str | None = None
            ) -> tuple[tuple[bytes, ...], ...]:
     """Per frame, per packet: the RFC 8285 one-byte header extension block + payload.
 
     Shared by every sender with the same negotiation (usually all of them), so
-    a hundred senders of the same sample cost one copy.
+    a hundred senders of the same sample cost one copy. A simulcast layer's rid
+    (RFC 8852) goes in the same block as the MID: RFC 8285 allows one block per
+    packet, so the elements are concatenated, then padded to 32 bits.
     """
     out = []
     for index, frame in enumerate(sample.frames):
@@ -367,6 +422,8 @@ def _tails(sample: MediaSample, mid: str, mid_id: int | None, level_id: int | No
             elements += bytes(((mid_id << 4) | (len(mid) - 1),)) + mid.encode("ascii")
         if level_id is not None and sample.levels:
             elements += bytes(((level_id << 4), sample.levels[index]))
+        if rid_id is not None and rid:
+            elements += bytes(((rid_id << 4) | (len(rid) - 1),)) + rid.encode("ascii")
         if elements:
             elements += b"\x00" * (-len(elements) % 4)
             block = struct.pack("!HH", 0xBEDE, len(elements) // 4) + elements
@@ -380,12 +437,17 @@ class StreamSender:
     """One published stream (audio, camera or screen) replaying its sample."""
 
     def __init__(self, owner: LightParticipant, label: str, sample: MediaSample,
-                 transceiver: Any) -> None:
+                 transceiver: Any, rid: str | None = None, ssrc: int | None = None) -> None:
         self.owner = owner
         self.label = label
         self.sample = sample
         self.transceiver = transceiver
-        self.ssrc: int = transceiver.sender._ssrc
+        self.ssrc: int = ssrc if ssrc is not None else transceiver.sender._ssrc
+        # Simulcast: this sender is the layer `rid`; `layers` are the publisher's other
+        # layers on the same m-section. Only this (the top) sender is in the owner's
+        # `senders`: receivers get one layer, and the loss figures compare against it.
+        self.rid = rid
+        self.layers: list[StreamSender] = []
         self.sequence = random.getrandbits(16)
         self.timestamp = random.getrandbits(32)
         self.index = 0
@@ -400,10 +462,24 @@ class StreamSender:
         self.keyframe_requests = 0
 
     def arm(self, negotiated: Negotiated) -> None:
+        """Fix the numbers the answer agreed on; a simulcast sender arms its layers too.
+
+        An answer without `a=simulcast:recv` (rid_id None) means the server takes
+        one stream: the extra layers then stay silent rather than mix into it.
+        """
+        rid = self.rid if negotiated.rid_id is not None else None
         self.payload_type = negotiated.payload_type
-        self.tails = _tails(self.sample, negotiated.mid, negotiated.mid_id, negotiated.level_id)
+        self.tails = _tails(self.sample, negotiated.mid, negotiated.mid_id, negotiated.level_id,
+                            negotiated.rid_id if rid else None, rid)
         self.first_octet = 0xB0 if self.tails and self.tails[0][0][:2] == b"\xbe\xde" else 0xA0
         self.ready = True
+        if rid is not None:
+            for layer in self.layers:
+                layer.arm(negotiated)
+
+    def all_layers(self) -> list[StreamSender]:
+        """This sender and its simulcast layers: everything the media clock drives."""
+        return [self, *self.layers]
 
     def send_frame(self, send: Callable[[bytes], None], clock: Callable[[], int]) -> None:
         """Build, stamp and send every packet of the next frame; advance the loop."""
@@ -524,7 +600,13 @@ class LightParticipant:
         if self.role.screen:
             screen = pc.addTransceiver("video", direction="sendonly")
             screen.sender._stream_id = f"screen-{self.user}-{random.getrandbits(32):08x}"
-            self.senders.append(StreamSender(self, "screen", test.samples["screen"], screen))
+            if test.config.simulcast:
+                top = StreamSender(self, "screen", test.samples["screen"], screen, rid="h")
+                top.layers.append(StreamSender(self, "screen", test.samples["screen-l"], screen,
+                                               rid="l", ssrc=_other_ssrc(top.ssrc)))
+                self.senders.append(top)
+            else:
+                self.senders.append(StreamSender(self, "screen", test.samples["screen"], screen))
             # Before the offer, so the server labels the stream as a screen from the start.
             await self._send({"type": "screen_on", "stream_id": screen.sender._stream_id})
         if self.role.camera:
@@ -533,8 +615,18 @@ class LightParticipant:
         self._tasks.append(asyncio.create_task(self._signal_loop()))
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
-        await self._send({"type": "signal", "data": {"type": "offer",
-                                                     "sdp": pc.localDescription.sdp}})
+        sdp = pc.localDescription.sdp
+        for sender in self.senders:
+            if sender.layers and sender.transceiver.mid is not None:
+                # Only what the server sees changes: aiortc's RTP machinery is off
+                # here, so its own idea of the m-section does not matter.
+                sdp = simulcast_offer(sdp, sender.transceiver.mid,
+                                      [s.rid for s in reversed(sender.all_layers()) if s.rid])
+        await self._send({"type": "signal", "data": {"type": "offer", "sdp": sdp}})
+
+    def all_senders(self) -> list[StreamSender]:
+        """Every stream this participant sends, simulcast layers included."""
+        return [layer for sender in self.senders for layer in sender.all_layers()]
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self._ws is not None and not self._ws.closed:
@@ -586,15 +678,17 @@ class LightParticipant:
             except Exception as exc:  # a bad SDP fails this participant's negotiation only
                 self.error_codes[f"negotiation: {type(exc).__name__}"] += 1
                 continue
-            self._read_negotiation()
+            self._read_negotiation(str(data.get("sdp") or ""))
 
-    def _read_negotiation(self) -> None:
-        """Map receiving SSRCs to publishers; arm our senders with the agreed numbers."""
-        assert self.pc is not None
-        remote = self.pc.remoteDescription
-        if remote is None:
+    def _read_negotiation(self, remote_sdp: str) -> None:
+        """Map receiving SSRCs to publishers; arm our senders with the agreed numbers.
+
+        Reads the server's SDP as it came: aiortc's `remoteDescription` is
+        re-serialized from what aiortc understood, without the simulcast lines.
+        """
+        if not remote_sdp:
             return
-        description = aiortc_sdp.SessionDescription.parse(remote.sdp)
+        description = aiortc_sdp.SessionDescription.parse(remote_sdp)
         ours = {s.transceiver.mid: s for s in self.senders}
         for media in description.media:
             if media.kind not in ("audio", "video"):
@@ -614,9 +708,13 @@ class LightParticipant:
                     self.error_codes[f"no {wanted} in answer"] += 1
                     continue
                 ids = {e.uri: e.id for e in media.rtp.headerExtensions}
+                rid_id = ids.get(RID_URI) if sender.layers and _answer_accepts_simulcast(
+                    remote_sdp, mid) else None
+                if sender.layers and rid_id is None:
+                    self.error_codes["simulcast not accepted"] += 1
                 sender.arm(Negotiated(codec.payloadType, mid, ids.get(MID_URI),
                                       ids.get(AUDIO_LEVEL_URI) if media.kind == "audio"
-                                      else None))
+                                      else None, rid_id))
 
     # -- media -----------------------------------------------------------------------------------
 
@@ -643,7 +741,7 @@ class LightParticipant:
         protocol.datagram_received = self._receiver(protocol.datagram_received)
         now = asyncio.get_running_loop().time()
         self.connected_at = now
-        for sender in self.senders:
+        for sender in self.all_senders():
             sender.next_due = now + random.uniform(0, sender.sample.interval)
         self._connected.set()
         self.test.on_connected(self)
@@ -700,7 +798,7 @@ class LightParticipant:
             if kind == 206 and fmt in (1, 4):
                 at = offset + 8 if fmt == 1 else offset + 12
                 target = int.from_bytes(plain[at:at + 4], "big")
-                for sender in self.senders:
+                for sender in self.all_senders():
                     if sender.ssrc == target:
                         sender.restart_at_keyframe()
             offset += length
@@ -717,7 +815,7 @@ class LightParticipant:
         if self.closed:
             return
         self.closed = True
-        for sender in self.senders:
+        for sender in self.all_senders():
             sender.ready = False
         with contextlib.suppress(Exception):
             await self._send({"type": "leave"})
@@ -733,6 +831,15 @@ class LightParticipant:
 
 class LoadJoinError(RuntimeError):
     """A participant could not join; the message starts with the stage."""
+
+
+def _other_ssrc(taken: int) -> int:
+    """A random nonzero SSRC other than `taken`: each simulcast layer is its own stream."""
+    for _ in range(8):  # a collision is 1 in 2**32; bounded all the same
+        ssrc = random.getrandbits(32)
+        if ssrc not in (0, taken):
+            return ssrc
+    return (taken % 0xFFFFFFFF) + 1
 
 
 def _source_of(msid: str, kind: str) -> tuple[str, str] | None:
@@ -765,6 +872,8 @@ class LoadConfig:
     users_per_call: int = 2
     unmuted: int = 1
     screen_sharing: bool = False
+    # The screen share as two simulcast layers (rids l and h); needs a server that accepts them.
+    simulcast: bool = False
     video: bool = False
     duration: float = 60.0
     join_duration: float = 30.0
@@ -873,7 +982,7 @@ class LoadTest:
             self.delays.append(nanoseconds)
 
     def on_connected(self, participant: LightParticipant) -> None:
-        self.active.extend(participant.senders)
+        self.active.extend(participant.all_senders())
 
     def request_stop(self) -> None:
         """Finish early (Ctrl-C): measure what ran, then leave."""
@@ -903,6 +1012,8 @@ class LoadTest:
             self.samples["camera"] = camera_sample()
         if self.config.screen_sharing:
             self.samples["screen"] = screen_sample()
+            if self.config.simulcast:
+                self.samples["screen-l"] = screen_low_sample()
 
     async def run(self) -> LoadReport:
         config = self.config
@@ -960,7 +1071,7 @@ class LoadTest:
 
     def _stop_sending(self) -> None:
         for participant in self.participants:
-            for sender in participant.senders:
+            for sender in participant.all_senders():
                 sender.ready = False
 
     async def _join_all(self, end: float) -> None:
@@ -1041,7 +1152,7 @@ class LoadTest:
                                         for s in p.senders}
         self._window_counts["recv0"] = {id(p): dict(p.received) for p in self.participants}
         self._window_counts["skipped0"] = sum(s.skipped_frames for p in self.participants
-                                              for s in p.senders)
+                                              for s in p.all_senders())
         self.delays.clear()
         self._loop_lag.clear()
         self._cpu0 = (time.process_time(), asyncio.get_running_loop().time())
@@ -1064,7 +1175,7 @@ class LoadTest:
                                         for s in p.senders}
         self._window_counts["recv1"] = {id(p): dict(p.received) for p in self.participants}
         self._window_counts["skipped1"] = sum(s.skipped_frames for p in self.participants
-                                              for s in p.senders)
+                                              for s in p.all_senders())
         self.window = (opened - self.started, loop.time() - opened)
 
     async def _media_clock(self, end: float) -> None:
@@ -1163,6 +1274,7 @@ class LoadTest:
             target=config.ws_url,
             settings={"calls": config.calls, "users_per_call": config.users_per_call,
                       "unmuted": config.unmuted, "screen_sharing": config.screen_sharing,
+                      "simulcast": config.simulcast,
                       "video": config.video, "duration_s": config.duration,
                       "join_duration_s": config.join_duration,
                       "delay_sample_every": config.delay_sample_every},
@@ -1243,7 +1355,8 @@ class LoadTest:
             # More than was sent in the window: in flight when it opened, or duplicates.
             "received_beyond_expected": extra,
             "frames_skipped_by_generator": counts["skipped1"] - counts["skipped0"],
-            "keyframe_requests": sum(s.keyframe_requests for s in senders),
+            "keyframe_requests": sum(s.keyframe_requests for p in self.participants
+                                     for s in p.all_senders()),
             "by_label": {label: {"expected": e, "received": r,
                                  "loss": round(1 - r / e, 5) if e else None}
                          for label, (e, r) in sorted(by_label.items())},

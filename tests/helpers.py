@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,3 +48,20 @@ def is_root() -> bool:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def run_main(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
+    from callsctl.app import main
+
+    saved = sys.argv
+    sys.argv = ["callsctl", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -37,7 +37,7 @@ from callsctl.check.capture import (
     classify_tcp_payload,
     split_rfc4571,
 )
-from tests.helpers import REPO, free_port, have, is_root
+from tests.helpers import REPO, free_port, have, is_root, run_main
 
 COOKIE = 0x2112A442
 TXID = bytes(range(12))
@@ -419,22 +419,6 @@ def test_capture_without_cap_net_raw_is_one_line() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("callsctl: error: "), proc.stderr
     assert "CAP_NET_RAW" in lines[0] and "sudo" in lines[0]
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from callsctl.app import main
-
-    saved = sys.argv
-    sys.argv = ["callsctl", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize(

@@ -3,30 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from callsctl.check.config_cmd import config_sources
-from tests.helpers import run_cli
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
-    from callsctl.app import main
-
-    saved = sys.argv
-    sys.argv = ["callsctl", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.helpers import run_cli, run_main
 
 
 @pytest.fixture(autouse=True)

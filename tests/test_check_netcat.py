@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from callsctl.check.netcat import tcp_probe, udp_probe
-from tests.helpers import REPO, free_port, have, is_root, run_cli
+from tests.helpers import REPO, free_port, have, is_root, run_cli, run_main
 
 CLI = [sys.executable, "-m", "callsctl"]
 needs_nc = pytest.mark.skipif(not have("nc"), reason="needs nc (Debian netcat-openbsd)")
@@ -32,23 +32,6 @@ needs_netns = pytest.mark.skipif(not (is_root() and have("ip")),
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run the real entry point in-process; return (exit code, stdout, stderr)."""
-    from callsctl.app import main
-
-    saved = sys.argv
-    sys.argv = ["callsctl", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def read_until(stream, needle: bytes, timeout: float = 10.0) -> bytes:  # noqa: ANN001

@@ -60,4 +60,10 @@ def test_nacks_are_answered_and_video_survives_loss(lossy_namespace):
     assert with_nack["nacks_received"] > 0 and with_nack["nacks_answered"] > 0, with_nack
     assert with_nack["nacks_sent_upstream"] > 0, with_nack
     assert without["nacks_answered"] == 0, without
-    assert with_nack["frames"] > without["frames"], (with_nack, without)
+    # The viewer sees the loss repaired: its own RTP statistics count far fewer
+    # missing packets with NACK than without (two lossy hops, ~10 % unrepaired).
+    assert with_nack["viewer_received"] > 0 and without["viewer_received"] > 0
+    assert with_nack["viewer_loss"] < without["viewer_loss"] / 2, (with_nack, without)
+    # And its decoder is never worse off (aiortc's own decoder can stall on a lost
+    # keyframe either way, so decoded frames are compared, not required to differ).
+    assert with_nack["frames"] >= without["frames"], (with_nack, without)

@@ -66,7 +66,17 @@ async def main(nack_buffer: int, seconds: float) -> dict:
         await asyncio.sleep(seconds)
         frames = viewer.media_frames[(camera.session_id, "video")] - start
         forwarding = httpx.get(f"{base}/stats", timeout=5).json()["forwarding"]
-        return {"frames": frames, "frames_before": start, "seconds": seconds, **forwarding}
+        # What the viewer's own RTP statistics say it never got (RFC 3550 A.3):
+        # retransmissions that arrive in time fill the gaps, so this is the loss
+        # its decoder really had to live with.
+        report = await viewer.pc.getStats()
+        video = [s for s in report.values() if s.type == "inbound-rtp" and s.kind == "video"]
+        received = sum(s.packetsReceived for s in video)
+        lost = sum(max(0, s.packetsLost) for s in video)
+        return {"frames": frames, "frames_before": start, "seconds": seconds,
+                "viewer_received": received, "viewer_lost": lost,
+                "viewer_loss": lost / (received + lost) if received + lost else None,
+                **forwarding}
     finally:
         for person in people:
             await person.close()

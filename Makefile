@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install serve test lint clean docs dist
 
-$(BIN)/callsctl: pyproject.toml
+$(BIN)/callsctl: pyproject.toml setup.py callsctl_sfu/rtc/_fanout.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -153,6 +153,11 @@ class Metrics:
                                        "Client latency jitter (RTCP receiver reports), seconds",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.registry.register(_LiveCollector(self))
+        # The C fan-out reports a sample of its writes (per datagram) here.
+        manager.write_timer = self._observe_write
+
+    def _observe_write(self, kind: str, seconds: float) -> None:
+        self.writes_time.labels(type=kind).observe(seconds)
 
     # -- the /metrics body ---------------------------------------------------------------
 

@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from callsctl_sfu.calls.forwarding import Plan, build_plan
 from callsctl_sfu.calls.model import Call, Session, new_session_id
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.iceconfig import client_ice_servers
+from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
 from callsctl_sfu.rtc.reports import UplinkReport, clamp_remb
@@ -39,6 +41,8 @@ HOUSEKEEPING_INTERVAL = 0.25
 UNREPAIRED_AFTER = 0.3
 REPORT_INTERVAL = 1.0
 SIMULCAST_REMB_BPS = 3_000_000
+# One C fan-out in this many is timed for rtcd_rtc_rtp_tracks_writes_time.
+WRITE_SAMPLE_EVERY = 64
 
 
 class JoinRefused(Exception):
@@ -65,6 +69,7 @@ class ForwardingStats:
     plis_sent: int = 0
     sender_reports_forwarded: int = 0
     simulcast_switches: int = 0
+    srtp_protect_errors: int = 0
 
 
 @dataclass
@@ -92,6 +97,11 @@ class CallManager:
         # Publisher track key -> [(receiver peer, its downtrack)], rebuilt on any change
         # of membership or negotiation, so the hot path does no per-receiver lookups.
         self._routes: dict[str, list[tuple[MediaPeer, DownTrack]]] = {}
+        # The same routes split for the C fan-out (calls/forwarding.py), cleared with them.
+        self._plans: dict[str, Plan] = {}
+        self._fanouts = 0
+        # Metrics: called with (kind, seconds per datagram) for a sample of fan-outs.
+        self.write_timer: Callable[[str, float], None] | None = None
         self._last_reports = 0.0
         self._last_layer_rates = 0.0
         self.closing = False
@@ -126,7 +136,7 @@ class CallManager:
                          simulcast=self.config.enable_simulcast)
         self.participants[session.session_id] = Participant(session, peer, send)
         call.add(session)
-        self._routes.clear()
+        self._invalidate_routes()
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
@@ -147,7 +157,7 @@ class CallManager:
             return
         session = participant.session
         call = self.calls.get(session.call_id)
-        self._routes.clear()
+        self._invalidate_routes()
         if call is not None:
             host_changed = call.remove(session_id)
             await self.broadcast(call, {"type": "user_left", "session_id": session_id,
@@ -305,7 +315,7 @@ class CallManager:
 
     def _on_downtracks_ready(self, _receiver: MediaPeer, tracks: list[DownTrack]) -> None:
         """A receiver's forwarded tracks changed; new video ones need a keyframe to start."""
-        self._routes.clear()
+        self._invalidate_routes()
         for track in tracks:
             if track.kind == "video":
                 self.rtcp.keyframe_for_downtrack(track)
@@ -332,6 +342,7 @@ class CallManager:
             return
         if state == "connected":
             participant.connected_at = self._loop.time()
+            self._plans.clear()  # a receiver the plans sent the slow way can now be fanned to
             log.info("session %s media connected from %s", peer.session_id,
                      peer.remote_address)
         elif state in ("failed", "closed"):
@@ -401,11 +412,59 @@ class CallManager:
         routes = self._routes.get(key)
         if routes is None:
             routes = self._routes[key] = self._build_routes(call, session.session_id, key)
+        if rid is not None or not fastpath.AVAILABLE:
+            # Simulcast picks a layer per receiver: decided here, in Python.
+            stats.rtp_forwarded += self._send_each(routes, packet, level_byte, keyframe,
+                                                   rid, track)
+            return
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = build_plan(routes)
+        forwarded = self._fan_out(key, plan, packet, level_byte, keyframe, track.kind)
+        if plan.slow:
+            forwarded += self._send_each(plan.slow, packet, level_byte, keyframe, None, track)
+        stats.rtp_forwarded += forwarded
+
+    def _fan_out(self, key: str, plan: Plan, packet: ParsedRtp, level_byte: int | None,
+                 keyframe: bool, kind: str) -> int:
+        """Send to the plan's UDP/IPv4 receivers with the C fan-out; returns copies sent."""
+        if not plan.targets:
+            return 0
+        fd = self.mux.fanout_fd()
+        if fd < 0:  # asyncio holds queued datagrams: keep their order
+            return self._send_each(plan.fast, packet, level_byte, keyframe, None, None)
+        if keyframe:
+            for _receiver, down in plan.fast:
+                down.needs_keyframe = False
+        self._fanouts += 1
+        timed = self.write_timer is not None and not self._fanouts % WRITE_SAMPLE_EVERY
+        start = time.perf_counter() if timed else 0.0
+        sent, plain_octets, wire_octets, errors, srtp_errors, stale, unsent = fastpath.fanout(
+            fd, packet.first_byte, packet.marker, packet.sequence, packet.timestamp,
+            packet.ssrc, packet.payload, -1 if level_byte is None else level_byte,
+            plan.targets)
+        if timed and sent and self.write_timer is not None:
+            self.write_timer(kind, (time.perf_counter() - start) / sent)
+        self.mux.fanned_out(sent, wire_octets, errors, unsent)
+        self.stats.bytes_forwarded += plain_octets
+        self.stats.srtp_protect_errors += srtp_errors
+        if stale:
+            # A receiver's selected pair changed: send it the Python way, replan next time.
+            self._plans.pop(key, None)
+            sent += self._send_each([plan.fast[i] for i in stale], packet, level_byte,
+                                    keyframe, None, None)
+        return sent
+
+    def _send_each(self, routes: list[tuple[MediaPeer, DownTrack]], packet: ParsedRtp,
+                   level_byte: int | None, keyframe: bool, rid: str | None,
+                   track: PublishedTrack | None) -> int:
+        """The per-receiver Python path; returns copies sent."""
+        stats = self.stats
         forwarded = 0
         for receiver, down in routes:
             if not down.negotiated:
                 continue
-            if rid is not None and rid != down.layer:
+            if rid is not None and track is not None and rid != down.layer:
                 # Simulcast: switch to the wanted layer only at its keyframe.
                 if not (keyframe and rid == (down.target_layer or track.rids[0])):
                     continue
@@ -419,7 +478,12 @@ class CallManager:
             if receiver.send_rtp(out):
                 forwarded += 1
                 stats.bytes_forwarded += len(out)
-        stats.rtp_forwarded += forwarded
+        return forwarded
+
+    def _invalidate_routes(self) -> None:
+        """Membership, negotiation or connection state changed: rebuild routes and plans."""
+        self._routes.clear()
+        self._plans.clear()
 
     def _build_routes(self, call: Call, publisher_id: str, key: str
                       ) -> list[tuple[MediaPeer, DownTrack]]:

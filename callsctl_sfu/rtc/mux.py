@@ -335,6 +335,32 @@ class UdpMux(asyncio.DatagramProtocol):
         if transport is not None and not transport.get_write_buffer_size():
             self._backlogged = False
 
+    def fanout_fd(self) -> int:
+        """The IPv4 socket for the C fan-out, or -1 while asyncio holds queued data.
+
+        While the kernel's buffer is full the fan-out steps aside, so datagrams
+        keep their order through asyncio's queue (send4 clears the state).
+        """
+        sock = self._sock
+        if sock is None or self._backlogged:
+            return -1
+        return sock.fileno()
+
+    def fanned_out(self, sent: int, wire_octets: int, errors: int,
+                   unsent: list[tuple[bytes, Address]] | None) -> None:
+        """Account for one C fan-out; queue what the kernel would not take now."""
+        stats = self.stats
+        stats.datagrams_out += sent
+        stats.bytes_out += wire_octets
+        stats.send_errors += errors
+        if unsent:
+            self._backlogged = True
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            for data, addr in unsent:
+                transport.sendto(data, addr)
+
     @property
     def session_count(self) -> int:
         return len(self.by_ufrag)

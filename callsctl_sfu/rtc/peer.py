@@ -32,8 +32,9 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
+from callsctl_sfu.rtc.fastpath import Rewrite, packed_ipv4, srtp_context_address
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
-from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, Rewrite, is_rtcp
+from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import Numbering, harmonise, numbering_of
 from callsctl_sfu.rtc.simulcast import RID_URI, accept_layers, offered_layers, receive_layers
 from callsctl_sfu.rtc.tracks import (
@@ -157,6 +158,7 @@ class MediaPeer:
         self.proto: MuxedStunProtocol | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
+        self._tx_context: int | None = None  # its srtp_t, for the C fan-out
         self.connected = False
         self._pair: Any = None
         self._addr: tuple[str, int] = ("", 0)
@@ -408,6 +410,7 @@ class MediaPeer:
         self.proto = proto
         self._rx_srtp = dtls._rx_srtp
         self._tx_srtp = dtls._tx_srtp
+        self._tx_context = None
         self._ice = connection
         self.connected = True
         proto.fast_rx = self._fast_rx
@@ -450,6 +453,29 @@ class MediaPeer:
             return False
         self._send(data, self._addr)
         return True
+
+    def fanout_target(self, down: DownTrack) -> tuple[Any, ...] | None:
+        """This receiver as a target of the C fan-out (fastpath.fanout), or None.
+
+        Only a connected receiver whose selected pair is on the shared IPv4 UDP
+        socket qualifies; ICE-TCP and IPv6 receivers take send_rtp. The tuple holds
+        the SRTP session (so its srtp_t outlives any use) and the nominated-pair
+        dict with the pair the address came from, which the C side compares on
+        every packet to notice a renomination.
+        """
+        if not self.connected or self._tx_srtp is None:
+            return None
+        nominated = self._ice._nominated
+        pair = nominated.get(1)
+        if pair is None or pair.protocol.send_datagram != self.mux.send4:
+            return None
+        addr = (pair.remote_addr[0], pair.remote_addr[1])
+        if ":" in addr[0]:
+            return None
+        if self._tx_context is None:
+            self._tx_context = srtp_context_address(self._tx_srtp)
+        return (down.rewrite, self._tx_srtp, self._tx_context, packed_ipv4(addr), addr,
+                nominated, pair)
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect an RTCP compound with this peer's context and send it."""

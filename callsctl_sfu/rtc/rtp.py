@@ -118,8 +118,11 @@ def audio_level(packet: ParsedRtp, level_id: int | None) -> tuple[int, bool]:
 
 
 @dataclass(slots=True)
-class Rewrite:
+class PyRewrite:
     """How one receiver expects one forwarded stream: its SSRC, PT and extension ids.
+
+    The Python twin of the C `Rewrite` in rtc/_fanout.c (fastpath.Rewrite is the
+    one in use); tests/test_rtp.py holds both to the same outputs.
 
     Sequence numbers and timestamps are offset so the receiver sees one
     continuous stream even when the publisher's SSRC changes (a libwebrtc

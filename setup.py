@@ -1,0 +1,19 @@
+"""Builds the one C extension (the forwarding hot path); everything else is in pyproject.toml.
+
+The extension is optional: without a C compiler the install still succeeds and
+the server forwards in Python (callsctl_sfu/rtc/fastpath.py reports which).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "callsctl_sfu.rtc._fanout",
+            sources=["callsctl_sfu/rtc/_fanout.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
+            optional=True,
+        )
+    ]
+)

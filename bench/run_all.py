@@ -4,7 +4,9 @@ For every scenario, in one run on this machine, three measurements:
 
 1. `callsctl serve` on loopback (a subprocess), loaded by the load generator
    (callsctl_sfu.client.loadgen, in this process): real signaling, ICE, DTLS,
-   SRTP, pre-encoded Opus (and VP8 for the screen share).
+   SRTP, pre-encoded Opus (and VP8 for the screen share). It runs twice: with
+   its C fan-out (rtc/_fanout.c, the default) and with the Python engine
+   (CALLSCTL_FAST_PATH=0), so what the extension buys is measured side by side.
 2. The reference naive Python SFU, aiortc's MediaRelay (bench/mediarelay_server.py),
    under the same load or, where that is beyond this machine, the largest
    shape of it the section states.
@@ -62,6 +64,7 @@ from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
 from callsctl_sfu.tokens import issue_token  # noqa: E402
 
 RESULTS_JSON = BENCH / "results.json"
+PYTHON_ENGINE = "callsctl-python"  # callsctl serve with CALLSCTL_FAST_PATH=0
 START_TIMEOUT_S = 30.0
 TARGET_US_AT_200 = 10.0
 TARGET_FLOOR_RATIO = 3.0
@@ -157,11 +160,13 @@ async def _wait_ready(base: str, process: asyncio.subprocess.Process, log: Path)
     raise RuntimeError(f"server not ready in {START_TIMEOUT_S:g} s:\n{log.read_text()[-2000:]}")
 
 
-async def start_callsctl(workdir: Path, simulcast: bool = False) -> Running:
+async def start_callsctl(workdir: Path, simulcast: bool = False,
+                         python_engine: bool = False) -> Running:
     """`callsctl serve` on loopback; with simulcast it accepts the screen share's layers.
 
     Simulcast is off by default in the server, so a simulcast scenario has to
     turn it on (CALLSCTL_ENABLE_SIMULCAST), or the server would take one stream.
+    python_engine turns the C fan-out off (CALLSCTL_FAST_PATH=0).
     """
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = workdir / f"data-{api}"
@@ -169,6 +174,9 @@ async def start_callsctl(workdir: Path, simulcast: bool = False) -> Running:
     env = dict(os.environ)
     if simulcast:
         env["CALLSCTL_ENABLE_SIMULCAST"] = "true"
+    env.pop("CALLSCTL_FAST_PATH", None)
+    if python_engine:
+        env["CALLSCTL_FAST_PATH"] = "0"
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
@@ -322,8 +330,8 @@ class WindowSampler:
 async def measure(kind: str, shape: Shape, window: float, slices: int,
                   workdir: Path) -> dict[str, Any]:
     """One system under one shape: start it, load it, sample it, stop it."""
-    running = await (start_callsctl(workdir, shape.simulcast) if kind == "callsctl"
-                     else start_relay(workdir))
+    running = await (start_relay(workdir) if kind == "mediarelay" else
+                     start_callsctl(workdir, shape.simulcast, kind == PYTHON_ENGINE))
     try:
         pid = running.process.pid
         await asyncio.sleep(1.0)
@@ -399,13 +407,19 @@ def relay_shape(shape: Shape, relay_max: int, relay_max_screen: int) -> Shape:
 
 
 async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max: int,
-                       relay_max_screen: int, skip_relay: bool) -> dict[str, Any]:
+                       relay_max_screen: int, skip_relay: bool,
+                       skip_python_engine: bool) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="callsctl-bench-") as tmp:
         workdir = Path(tmp)
         print(f"[{scenario.key}] callsctl serve: {scenario.shape.describe()}", file=sys.stderr)
         sfu = await measure("callsctl", scenario.shape, window, slices, workdir)
+        python_engine = None
+        if not skip_python_engine:
+            print(f"[{scenario.key}] callsctl serve, Python engine", file=sys.stderr)
+            python_engine = await measure(PYTHON_ENGINE, scenario.shape, window, slices,
+                                          workdir)
         relay = None
         rshape = relay_shape(scenario.shape, relay_max, relay_max_screen)
         if not skip_relay:
@@ -416,7 +430,8 @@ async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max
     return {"key": scenario.key, "title": scenario.title, "shape": asdict(scenario.shape),
             "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "callsctl": sfu, "mediarelay": relay, "relay_shape": asdict(rshape),
+            "callsctl": sfu, "callsctl_python": python_engine, "mediarelay": relay,
+            "relay_shape": asdict(rshape),
             "floor": floor_result}
 
 
@@ -481,6 +496,10 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         _row("callsctl serve", sfu, floor_us),
     ]
+    python_engine = result.get("callsctl_python")
+    if python_engine is not None:
+        lines.append(_row("callsctl serve, Python engine (CALLSCTL_FAST_PATH=0)",
+                          python_engine, floor_us))
     if relay is not None:
         lines.append(_row("aiortc MediaRelay (reference)", relay, floor_us))
     lines.append(f"| raw floor: SRTP unprotect once, protect + sendto per receiver | "
@@ -497,6 +516,10 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
         notes.append("Contention: " + "; ".join(waits) + ". Delay figures suffer from it; "
                      "CPU per packet much less (CPU time only counts while running).")
     sfu_us = sfu["cpu"].get("us_per_packet")
+    python_us = python_engine["cpu"].get("us_per_packet") if python_engine else None
+    if sfu_us and python_us:
+        notes.append(f"The C fan-out (rtc/_fanout.c) costs {python_us / sfu_us:.1f}x less CPU "
+                     "per forwarded packet than the same server forwarding in Python.")
     if relay is not None:
         relay_us = relay["cpu"].get("us_per_packet")
         if sfu_us and relay_us:
@@ -558,9 +581,10 @@ def render_summary(results: dict[str, dict[str, Any]]) -> str:
         "computation (aiortc/rtp.py), run for every frame of every subscriber beside an Opus "
         "encode: that is what forwarding through aiortc's track machinery costs.",
         "",
-        "| scenario | callsctl µs/pkt | floor µs/pkt | callsctl / floor | MediaRelay µs/pkt "
-        "(at) | MediaRelay / callsctl | RSS / session | join p99 | delay p99 | loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | callsctl µs/pkt | Python engine µs/pkt | floor µs/pkt | callsctl / floor "
+        "| MediaRelay µs/pkt (at) | MediaRelay / callsctl | RSS / session | join p99 "
+        "| delay p99 | loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     floor_ratio: list[tuple[str, float]] = []
     relay_ratio: list[tuple[str, float]] = []
@@ -569,11 +593,13 @@ def render_summary(results: dict[str, dict[str, Any]]) -> str:
     for scenario in SCENARIOS:
         result = results.get(scenario.key)
         if result is None:
-            lines.append(f"| {scenario.title} | not measured yet | | | | | | | | |")
+            lines.append(f"| {scenario.title} | not measured yet | | | | | | | | | |")
             continue
         sfu, relay, fl = result["callsctl"], result["mediarelay"], result["floor"]
         us = sfu["cpu"].get("us_per_packet")
         relay_us = relay["cpu"].get("us_per_packet") if relay else None
+        python_engine = result.get("callsctl_python")
+        python_us = python_engine["cpu"].get("us_per_packet") if python_engine else None
         at = Shape(**result["relay_shape"]).describe() if relay else "-"
         kb = sfu["rss_per_session_kb"]
         if us:
@@ -585,7 +611,8 @@ def render_summary(results: dict[str, dict[str, Any]]) -> str:
         if kb is not None:
             per_session.append((scenario.key, kb))
         cells = [
-            scenario.title, f"{us:.1f}" if us else "n/a", f"{fl['us_per_packet']:.1f}",
+            scenario.title, f"{us:.1f}" if us else "n/a",
+            f"{python_us:.1f}" if python_us else "n/a", f"{fl['us_per_packet']:.1f}",
             f"{us / fl['us_per_packet']:.1f}x" if us else "n/a",
             f"{relay_us:.0f} ({at})" if relay_us else "n/a",
             f"{relay_us / us:.0f}x" if us and relay_us else "n/a",
@@ -629,6 +656,8 @@ def command_line(key: str, args: argparse.Namespace) -> str:
             parts.append(f"--{name.replace('_', '-')} {value:g}")
     if args.skip_relay:
         parts.append("--skip-relay")
+    if args.skip_python_engine:
+        parts.append("--skip-python-engine")
     return " ".join(parts)
 
 
@@ -651,7 +680,8 @@ async def main_async(args: argparse.Namespace) -> None:
     for scenario in chosen:
         command = command_line(scenario.key, args)
         result = await run_scenario(scenario, args.window, args.slices, args.relay_max,
-                                    args.relay_max_screen, args.skip_relay)
+                                    args.relay_max_screen, args.skip_relay,
+                                    args.skip_python_engine)
         result["command"] = command
         result["host"] = host
         results[scenario.key] = result
@@ -678,6 +708,8 @@ def main() -> None:
     parser.add_argument("--relay-max-screen", type=int, default=4,
                         help="most participants it gets with a screen share (default 4)")
     parser.add_argument("--skip-relay", action="store_true", help="no MediaRelay reference")
+    parser.add_argument("--skip-python-engine", action="store_true",
+                        help="do not also run the server with its Python engine")
     parser.add_argument("--write", type=Path, help="update this results file in place "
                                                    "(and bench/results.json)")
     parser.add_argument("--render-only", action="store_true",

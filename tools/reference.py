@@ -80,6 +80,8 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
     "XDG_DATA_HOME": "Base of the default data directory ($XDG_DATA_HOME/callsctl, else "
                      "~/.local/share/callsctl).",
     "NO_COLOR": "When set, human output has no colours (rich honours it).",
+    "CALLSCTL_FAST_PATH": "Set to 0 to make `callsctl serve` forward in Python instead of its "
+                          "C fan-out (for comparisons; GET /version names the engine).",
     "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
                  "run (default ~/.shiv).",
 }

@@ -9,9 +9,13 @@ bench run on the same machine.
 
 Packets are the load generator's own (loadgen.opus_sample / screen_sample),
 sized as they go over the wire (12-octet header, header extensions, 12-octet
-delay stamp). The sink socket is drained by a child process, so the kernel
-delivers every datagram as it does to real receivers, and only the sending
-thread's CPU is measured (time.thread_time).
+delay stamp). Each receiver is its own UDP socket, drained by a child process
+the way the load generator's participants are, so the kernel delivers every
+copy as it does to real receivers (a socket lookup and a wake-up per
+destination; one shared sink socket would understate that). Incoming packets
+are paced (--pace-ms) rather than sent back to back, so the receivers sleep
+between bursts as they do in a call. Only the sending thread's CPU is measured
+(time.thread_time).
 
     python bench/srtp_floor.py --receivers 9 --publishers 2 --json
 """
@@ -41,13 +45,24 @@ from callsctl_sfu.client.loadgen import (  # noqa: E402
 )
 
 KEY_LEN = 30  # AES_CM_128_HMAC_SHA1_80: 16-octet key + 14-octet salt
-DRAIN = ("import socket,sys\n"
-         "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-         "s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,1<<22)\n"
-         "s.bind(('127.0.0.1',0))\n"
-         "print(s.getsockname()[1],flush=True)\n"
+DRAIN = ("import selectors,socket,sys\n"
+         "sel=selectors.DefaultSelector()\n"
+         "ports=[]\n"
+         "for _ in range(int(sys.argv[1])):\n"
+         "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+         "    s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,1<<20)\n"
+         "    s.bind(('127.0.0.1',0))\n"
+         "    s.setblocking(False)\n"
+         "    sel.register(s,selectors.EVENT_READ)\n"
+         "    ports.append(str(s.getsockname()[1]))\n"
+         "print(' '.join(ports),flush=True)\n"
          "while True:\n"
-         "    s.recv(4096)\n")
+         "    for key,_ in sel.select():\n"
+         "        try:\n"
+         "            while True:\n"
+         "                key.fileobj.recv(4096)\n"
+         "        except BlockingIOError:\n"
+         "            pass\n")
 
 
 def _session(key: bytes, outbound: bool) -> pylibsrtp.Session:
@@ -71,12 +86,13 @@ def _wire_packets(sample: MediaSample, count: int, ssrc: int) -> list[bytes]:
 
 
 def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
-            repeats: int) -> dict[str, float]:
+            repeats: int, pace_ms: float = 1.0) -> dict[str, float]:
     """CPU µs per sent packet, median of `repeats` runs of at least `min_sent` packets."""
-    drain = subprocess.Popen([sys.executable, "-c", DRAIN], stdout=subprocess.PIPE, text=True)
+    drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(receivers)],
+                             stdout=subprocess.PIPE, text=True)
     try:
-        port = int(drain.stdout.readline())  # type: ignore[union-attr]
-        sink = ("127.0.0.1", port)
+        ports = drain.stdout.readline().split()  # type: ignore[union-attr]
+        sinks = [("127.0.0.1", int(port)) for port in ports]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
         incoming_count = max(50, min_sent // max(1, receivers))
@@ -93,19 +109,24 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
         figures = []
         for _ in range(repeats):
             inbound = _session(sender_key, outbound=False)
-            outbound = [_session(os.urandom(KEY_LEN), outbound=True) for _ in range(receivers)]
+            outbound = [(_session(os.urandom(KEY_LEN), outbound=True), sink)
+                        for sink in sinks]
             sendto = sock.sendto
+            pace = pace_ms / 1000
             start = time.thread_time()
             sent = 0
             for packet in wire:
                 clear = inbound.unprotect(packet)
-                for session in outbound:
+                for session, sink in outbound:
                     sendto(session.protect(clear), sink)
                 sent += receivers
+                if pace:
+                    time.sleep(pace)
             figures.append(1e6 * (time.thread_time() - start) / max(1, sent))
         sock.close()
         return {"us_per_packet": statistics.median(figures), "min": min(figures),
                 "max": max(figures), "repeats": repeats, "packets_per_repeat": sent,
+                "pace_ms": pace_ms, "sockets": len(sinks),
                 "receivers": receivers, "mean_packet_octets": round(octets, 1)}
     finally:
         drain.kill()
@@ -119,14 +140,19 @@ def main() -> None:
     parser.add_argument("--screen", action="store_true", help="add one screen-share stream")
     parser.add_argument("--min-sent", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pace-ms", type=float, default=1.0,
+                        help="pause after each incoming packet's copies (0: back to back)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (1 <= args.receivers <= 2000 and 0 <= args.publishers <= 100
-            and 1_000 <= args.min_sent <= 5_000_000 and 1 <= args.repeats <= 50):
-        parser.error("receivers 1..2000, publishers 0..100, min-sent 1e3..5e6, repeats 1..50")
+            and 1_000 <= args.min_sent <= 5_000_000 and 1 <= args.repeats <= 50
+            and 0 <= args.pace_ms <= 20):
+        parser.error("receivers 1..2000, publishers 0..100, min-sent 1e3..5e6, repeats 1..50, "
+                     "pace-ms 0..20")
     if args.publishers == 0 and not args.screen:
         parser.error("nothing to send: give --publishers or --screen")
-    result = measure(args.receivers, args.publishers, args.screen, args.min_sent, args.repeats)
+    result = measure(args.receivers, args.publishers, args.screen, args.min_sent, args.repeats,
+                     args.pace_ms)
     print(json.dumps(result) if args.json else
           f"{result['us_per_packet']:.2f} µs CPU per sent packet (median of {args.repeats}, "
           f"{result['receivers']} receivers, {result['mean_packet_octets']:.0f} octets)")

@@ -339,6 +339,7 @@ class MediaPeer:
         self.rid_ext_id = current.extension_ids.get(RID_URI) if self.layers else None
         if self.pc.signalingState == "stable":
             ready = []
+            lost = False  # a forwarded track lost its codec: the call's plans must drop it
             for track in self.downtracks.values():
                 track.mid = track.transceiver.mid
                 if track.mid is not None:
@@ -350,8 +351,9 @@ class MediaPeer:
                                                 else None)
                 if pt is not None and not track.negotiated:
                     ready.append(track)
+                lost = lost or (pt is None and track.negotiated)
                 track.negotiated = pt is not None
-            if ready and self._on_downtracks_ready is not None:
+            if (ready or lost) and self._on_downtracks_ready is not None:
                 self._on_downtracks_ready(self, ready)
             self._discover_published()
 

@@ -502,8 +502,11 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                           python_engine, floor_us))
     if relay is not None:
         lines.append(_row("aiortc MediaRelay (reference)", relay, floor_us))
-    lines.append(f"| raw floor: SRTP unprotect once, protect + sendto per receiver | "
-                 f"{fl['receivers']} receivers, {fl['mean_packet_octets']:.0f}-octet packets "
+    profile = fl.get("srtp_profile", "SRTP_AES128_CM_SHA1_80")
+    sockets = "one socket each" if fl.get("sockets") else "one shared sink socket"
+    lines.append(f"| raw floor (Python): SRTP unprotect once, protect + sendto per receiver | "
+                 f"{fl['receivers']} receivers ({sockets}), {profile}, "
+                 f"{fl['mean_packet_octets']:.0f}-octet packets "
                  f"| - | - | **{floor_us:.1f}** ({fl['min']:.1f}-{fl['max']:.1f}) | 1.0x "
                  "| - | - | - | - |")
     lines.append("")

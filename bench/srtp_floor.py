@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import pylibsrtp
+from aiortc.rtcdtlstransport import SRTP_PROFILES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,7 +45,10 @@ from callsctl_sfu.client.loadgen import (  # noqa: E402
     screen_sample,
 )
 
-KEY_LEN = 30  # AES_CM_128_HMAC_SHA1_80: 16-octet key + 14-octet salt
+# The SRTP profile aiortc negotiates first (AEAD_AES_256_GCM where libsrtp has it), which
+# is what the server's sessions with the load generator and with Chrome use.
+PROFILE = SRTP_PROFILES[0]
+KEY_LEN = PROFILE.key_length + PROFILE.salt_length
 DRAIN = ("import selectors,socket,sys\n"
          "sel=selectors.DefaultSelector()\n"
          "ports=[]\n"
@@ -67,7 +71,8 @@ DRAIN = ("import selectors,socket,sys\n"
 
 def _session(key: bytes, outbound: bool) -> pylibsrtp.Session:
     policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND if outbound
-                              else pylibsrtp.Policy.SSRC_ANY_INBOUND)
+                              else pylibsrtp.Policy.SSRC_ANY_INBOUND,
+                              srtp_profile=PROFILE.libsrtp_profile)
     policy.allow_repeat_tx = True
     policy.window_size = 1024
     return pylibsrtp.Session(policy)
@@ -127,6 +132,7 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
         return {"us_per_packet": statistics.median(figures), "min": min(figures),
                 "max": max(figures), "repeats": repeats, "packets_per_repeat": sent,
                 "pace_ms": pace_ms, "sockets": len(sinks),
+                "srtp_profile": PROFILE.openssl_profile.decode(),
                 "receivers": receivers, "mean_packet_octets": round(octets, 1)}
     finally:
         drain.kill()

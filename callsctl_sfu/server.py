@@ -129,7 +129,7 @@ class Server:
         if fastpath.AVAILABLE:
             log.info("forwarding engine: C fan-out (rewrite, SRTP protect, sendmmsg)")
         else:
-            log.warning("forwarding engine: Python, about 2.5x the CPU per packet: %s",
+            log.warning("forwarding engine: Python, up to 2.4x the CPU per packet: %s",
                         fastpath.REASON)
 
     def _size_socket(self, transport: asyncio.DatagramTransport) -> None:

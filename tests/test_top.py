@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 from textual.widgets.data_table import ColumnKey
 
 from callsctl.errors import CliError
@@ -212,6 +212,7 @@ class StubSource:
     def __init__(self) -> None:
         self.polls = 0
         self.down = False
+        self.engine: str | None = None  # /version's forwarding_engine, when set
         self.actions: list[Action] = []
         standup = [
             _stub_session("a1", "alice", "Alice", voice=True),
@@ -259,7 +260,8 @@ class StubSource:
             system={"cpu_load": 0.31 + (self.polls % 5) / 100, "memory_bytes": 3 * 2**30,
                     "memory_total": 16 * 2**30, "sessions": 6, "calls": 3,
                     "uptime_s": 86400 + 3723 + self.polls},
-            version={"version": "1.2.3"},
+            version={"version": "1.2.3", **({"forwarding_engine": {"engine": self.engine}}
+                                             if self.engine else {})},
             stats={"forwarding": {"rtp_in": total, "rtp_forwarded": total * 2},
                    "media_socket": {"bytes_in": total * 160, "bytes_out": total * 320}},
             rcvbuf_errors=12 + (3 if self.polls > 20 else 0))
@@ -342,6 +344,17 @@ def test_snapshot_connection_lost_banner_and_filter(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run)
+
+
+@pytest.mark.parametrize(("engine", "shown"), [("c", "forwarding C"),
+                                               ("python", "forwarding in Python")])
+async def test_server_line_names_the_forwarding_engine(engine: str, shown: str) -> None:
+    app, source = stub_app()
+    source.engine = engine
+    async with app.run_test(size=SIZE) as pilot:
+        await prime(pilot, 2)
+        line = app.query_one("#server-line", Static).render()
+        assert shown in str(line)
 
 
 async def test_stub_actions_confirm_and_read_only() -> None:
@@ -649,6 +662,7 @@ def test_once_json_and_cli_errors(serve_factory: Any) -> None:
     assert snapshot["host"] == server.api_url and snapshot["calls"] == []
     assert snapshot["server"]["version"] and snapshot["server"]["udp_rcvbuf_errors"] is not None
     assert snapshot["server"]["in_pps"] == 0
+    assert snapshot["server"]["forwarding_engine"] in ("c", "python")
 
     result = run_cli("top", "--host", server.api_url, "--once", "--json",
                      env={"CALLSCTL_ADMIN_KEY": "wrong-key-wrong-key"}, timeout=30)

@@ -163,6 +163,8 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
         "time": (state.updated_at or 0.0) + state.clock_offset,  # the server's clock
         "server": {
             "version": (overview.version or {}).get("version"),
+            "forwarding_engine": ((overview.version or {}).get("forwarding_engine")
+                                  or {}).get("engine"),
             "uptime_s": (overview.system or {}).get("uptime_s"),
             "cpu_load": (overview.system or {}).get("cpu_load"),
             "memory_bytes": (overview.system or {}).get("memory_bytes"),

@@ -266,6 +266,11 @@ class ServerPanel(Vertical):
         calls = system.get("calls", len(state.calls) if overview else None)
         line.append(f"   calls {calls if calls is not None else '–'}")
         line.append(f"   sessions {system.get('sessions', '–')}")
+        engine = (version.get("forwarding_engine") or {}).get("engine")
+        if engine == "python":  # the slower engine: say so, with the reason on /version
+            line.append("   forwarding in Python", style=BAD_STYLE)
+        elif engine:
+            line.append(f"   forwarding {engine.upper()}")
         self.query_one("#server-line", Static).update(line)
 
         cpu = system.get("cpu_load")

@@ -15,6 +15,7 @@ import pylibsrtp
 import pytest
 
 from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import parse_rtp
 from tests.test_serve_integration import close_all, join_all, wait_until
 
@@ -178,3 +179,25 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
         assert forwarding["rtp_forwarded"] > 150 and forwarding["srtp_protect_errors"] == 0
     finally:
         await close_all(people)
+
+
+async def test_copies_the_kernel_would_not_take_wait_in_asyncios_queue_in_order():
+    """A full socket buffer: the fan-out steps aside until asyncio's queue has drained."""
+    loop = asyncio.get_running_loop()
+    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(2)
+    addr = receiver.getsockname()
+    try:
+        assert mux.fanout_fd() >= 0
+        mux.fanned_out(3, 300, 0, [(b"first", addr), (b"second", addr)])
+        assert mux.fanout_fd() == -1  # later packets must queue behind these
+        assert [receiver.recv(64), receiver.recv(64)] == [b"first", b"second"]
+        assert mux.stats.datagrams_out == 3 and mux.stats.bytes_out == 300
+        mux.send4(b"third", addr)  # the Python path drains and hands back the fast path
+        assert receiver.recv(64) == b"third"
+        assert mux.fanout_fd() >= 0
+    finally:
+        receiver.close()
+        transport.close()

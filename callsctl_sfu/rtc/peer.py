@@ -158,7 +158,6 @@ class MediaPeer:
         self.proto: MuxedStunProtocol | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
-        self._tx_context: int | None = None  # its srtp_t, for the C fan-out
         self.connected = False
         self._pair: Any = None
         self._addr: tuple[str, int] = ("", 0)
@@ -412,7 +411,6 @@ class MediaPeer:
         self.proto = proto
         self._rx_srtp = dtls._rx_srtp
         self._tx_srtp = dtls._tx_srtp
-        self._tx_context = None
         self._ice = connection
         self.connected = True
         proto.fast_rx = self._fast_rx
@@ -474,10 +472,8 @@ class MediaPeer:
         addr = (pair.remote_addr[0], pair.remote_addr[1])
         if ":" in addr[0]:
             return None
-        if self._tx_context is None:
-            self._tx_context = srtp_context_address(self._tx_srtp)
-        return (down.rewrite, self._tx_srtp, self._tx_context, packed_ipv4(addr), addr,
-                nominated, pair)
+        return (down.rewrite, self._tx_srtp, srtp_context_address(self._tx_srtp),
+                packed_ipv4(addr), addr, nominated, pair)
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect an RTCP compound with this peer's context and send it."""

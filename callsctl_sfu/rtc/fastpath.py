@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from callsctl_sfu.rtc.rtp import PyRewrite
@@ -72,11 +73,15 @@ def packed_ipv4(addr: tuple[str, int]) -> bytes:
                                                            socket.inet_aton(addr[0]))
 
 
-def fanout(fd: int, first_byte: int, marker: bool, sequence: int, timestamp: int, ssrc: int,
-           payload: Any, level_byte: int, targets: list[tuple[Any, ...]]
-           ) -> tuple[int, int, int, int, int, list[int] | None,
-                      list[tuple[bytes, tuple[str, int]]] | None]:
-    """The C fan-out (only call when AVAILABLE); see _fanout.fanout's docstring."""
-    assert _fanout is not None
-    return _fanout.fanout(fd, first_byte, marker, sequence, timestamp, ssrc, payload,
-                          level_byte, targets)
+FanoutResult = tuple[int, int, int, int, int, list[int] | None,
+                     list[tuple[bytes, tuple[str, int]]] | None]
+
+
+def _no_fanout(*_args: Any) -> FanoutResult:
+    raise RuntimeError(f"the C fan-out is not available: {REASON}")
+
+
+# fanout(fd, first_byte, marker, sequence, timestamp, ssrc, payload, level_byte, targets):
+# see _fanout.fanout's docstring. Bound directly (no wrapper frame on the hot path).
+fanout: Callable[..., FanoutResult] = (
+    _fanout.fanout if AVAILABLE and _fanout is not None else _no_fanout)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
 
 Route = tuple[MediaPeer, DownTrack]
@@ -30,13 +29,13 @@ class Plan:
 
 
 def build_plan(routes: list[Route]) -> Plan:
-    """Split routes into fan-out targets and the rest (all slow without the C engine)."""
+    """Split routes into fan-out targets and the rest (only called with the C engine)."""
     plan = Plan()
     for route in routes:
         receiver, down = route
         if not down.negotiated:
             continue
-        target = receiver.fanout_target(down) if fastpath.AVAILABLE else None
+        target = receiver.fanout_target(down)
         if target is None:
             plan.slow.append(route)
         else:

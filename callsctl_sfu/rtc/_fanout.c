@@ -23,7 +23,6 @@
 #include <structmember.h>
 
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -131,41 +130,6 @@ optional_int(PyObject *value, int *out, const char *name)
     return 0;
 }
 
-static int
-Rewrite_init(RewriteObject *self, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"ssrc", "payload_type", "audio_level_id", "source_ssrc",
-                             "seq_offset", "ts_offset", "last_seq", "last_ts", "packets",
-                             "octets", NULL};
-    unsigned int ssrc = 0, payload_type = 0;
-    PyObject *level = Py_None, *source = Py_None;
-    unsigned int seq_offset = 0, ts_offset = 0, last_seq = 0, last_ts = 0;
-    unsigned long long packets = 0, octets = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "II|OOIIIIKK", kwlist, &ssrc, &payload_type,
-                                     &level, &source, &seq_offset, &ts_offset, &last_seq,
-                                     &last_ts, &packets, &octets))
-        return -1;
-    if (optional_int(level, &self->audio_level_id, "audio_level_id") < 0)
-        return -1;
-    self->ssrc = ssrc;
-    self->payload_type = payload_type;
-    self->has_source = source != Py_None;
-    self->source_ssrc = 0;
-    if (self->has_source) {
-        unsigned long v = PyLong_AsUnsignedLong(source);
-        if (v == (unsigned long)-1 && PyErr_Occurred())
-            return -1;
-        self->source_ssrc = (unsigned int)v;
-    }
-    self->seq_offset = seq_offset;
-    self->ts_offset = ts_offset;
-    self->last_seq = last_seq;
-    self->last_ts = last_ts;
-    self->packets = packets;
-    self->octets = octets;
-    return 0;
-}
-
 static PyObject *
 Rewrite_get_level(RewriteObject *self, void *closure)
 {
@@ -204,6 +168,35 @@ Rewrite_set_source(RewriteObject *self, PyObject *value, void *closure)
         return -1;
     self->has_source = 1;
     self->source_ssrc = (unsigned int)v;
+    return 0;
+}
+
+static int
+Rewrite_init(RewriteObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"ssrc", "payload_type", "audio_level_id", "source_ssrc",
+                             "seq_offset", "ts_offset", "last_seq", "last_ts", "packets",
+                             "octets", NULL};
+    unsigned int ssrc = 0, payload_type = 0;
+    PyObject *level = Py_None, *source = Py_None;
+    unsigned int seq_offset = 0, ts_offset = 0, last_seq = 0, last_ts = 0;
+    unsigned long long packets = 0, octets = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "II|OOIIIIKK", kwlist, &ssrc, &payload_type,
+                                     &level, &source, &seq_offset, &ts_offset, &last_seq,
+                                     &last_ts, &packets, &octets))
+        return -1;
+    if (optional_int(level, &self->audio_level_id, "audio_level_id") < 0)
+        return -1;
+    if (Rewrite_set_source(self, source, NULL) < 0)
+        return -1;
+    self->ssrc = ssrc;
+    self->payload_type = payload_type;
+    self->seq_offset = seq_offset;
+    self->ts_offset = ts_offset;
+    self->last_seq = last_seq;
+    self->last_ts = last_ts;
+    self->packets = packets;
+    self->octets = octets;
     return 0;
 }
 

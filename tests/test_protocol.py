@@ -14,7 +14,7 @@ LIMIT = 65536
 @pytest.mark.parametrize("kind", sorted(MESSAGES))
 def test_every_type_parses_with_its_required_fields(kind):
     sample = {"call": "c", "data": {"type": "offer", "sdp": "v=0"}, "emoji": "👍",
-              "session_id": "abc"}
+              "session_id": "abc", "action": "end", "name": "Ada"}
     message = {"type": kind}
     for name, (_type, required) in MESSAGES[kind].items():
         if required:
@@ -38,6 +38,14 @@ def test_every_type_parses_with_its_required_fields(kind):
         ('{"type": "react", "emoji": ""}', "bad_message"),
         ('{"type": "react", "emoji": "' + "x" * 50 + '"}', "bad_message"),
         ('{"type": "join", "call": "c", "name": "' + "n" * 100 + '"}', "bad_message"),
+        ('{"type": "host_control"}', "bad_message"),
+        ('{"type": "host_control", "action": "dance"}', "bad_message"),
+        ('{"type": "host_control", "action": "mute"}', "bad_message"),
+        ('{"type": "host_control", "action": "remove", "session_id": ""}', "bad_message"),
+        ('{"type": "host_control", "action": "end", "session_id": 5}', "bad_message"),
+        ('{"type": "invite"}', "bad_message"),
+        ('{"type": "invite", "name": "   "}', "bad_message"),
+        ('{"type": "invite", "name": "' + "n" * 100 + '"}', "bad_message"),
     ],
 )
 def test_malformed_messages_get_a_code(raw, code):

@@ -37,7 +37,15 @@ MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
     "screen_off": {},
     "video_on": {},
     "video_off": {},
+    # The call's host moderating from its own page (calls/host.py checks it is the host).
+    "host_control": {"action": (str, True), "session_id": (str, False)},
+    # The host mints a join link for someone else (answered with `invite_created`).
+    "invite": {"name": (str, True)},
 }
+# host_control actions; those in HOST_TARGETED need the target's session_id.
+HOST_ACTIONS = ("mute", "mute_others", "stop_screen", "lower_hand", "remove", "make_host",
+                "end")
+HOST_TARGETED = {"mute", "stop_screen", "lower_hand", "remove", "make_host"}
 BEFORE_JOIN = {"join", "reconnect", "ping"}
 MAX_NAME = 64
 MAX_EMOJI = 16
@@ -71,6 +79,15 @@ def parse_message(raw: str | bytes, max_size: int) -> dict[str, Any]:
                                 f"{kind}: field {name!r} must be {expected.__name__}")
     if kind == "join" and len(message.get("name", "")) > MAX_NAME:
         raise ProtocolError("bad_message", f"join: name longer than {MAX_NAME} characters")
+    if kind == "host_control":
+        action = message["action"]
+        if action not in HOST_ACTIONS:
+            raise ProtocolError("bad_message", f"host_control: unknown action {action[:40]!r}; "
+                                               f"one of {', '.join(HOST_ACTIONS)}")
+        if action in HOST_TARGETED and not message.get("session_id"):
+            raise ProtocolError("bad_message", f"host_control: {action} needs 'session_id'")
+    if kind == "invite" and not 0 < len(message["name"].strip()) <= MAX_NAME:
+        raise ProtocolError("bad_message", f"invite: name must be 1 to {MAX_NAME} characters")
     if kind == "react" and not 0 < len(message["emoji"]) <= MAX_EMOJI:
         raise ProtocolError("bad_message", f"react: emoji must be 1 to {MAX_EMOJI} characters")
     return message

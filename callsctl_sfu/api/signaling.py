@@ -16,13 +16,18 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from callsctl_sfu.api.invite import mint_invite
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
 from callsctl_sfu.api.ratelimit import TokenBucket
+from callsctl_sfu.calls.host import HostControlError, HostControls
 from callsctl_sfu.calls.manager import CallManager, JoinRefused
 from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.tokens import JoinGrant, TokenError, verify_token
 
 log = logging.getLogger("callsctl_sfu.api.ws")
+
+# host_control refusals (HostControlError.status) as error codes the page can act on.
+HOST_ERROR_CODES = {400: "bad_message", 403: "not_host", 404: "no_session"}
 
 # Frames above this are refused by aiohttp itself (close 1009); below it, frames
 # over config.max_message_size get an error event and the connection stays.
@@ -45,8 +50,10 @@ class SignalingConnection:
 
     def __init__(self, ws: web.WebSocketResponse, grant: JoinGrant, manager: CallManager,
                  max_size: int, rate: float = 0.0, burst: float = 0.0,
-                 stats: dict[str, Any] | None = None) -> None:
+                 stats: dict[str, Any] | None = None, secret: bytes | None = None) -> None:
         self.ws = ws
+        # The server's token secret: only for links the host mints (on_invite).
+        self.secret = secret
         self.grant = grant
         self.manager = manager
         self.max_size = max_size
@@ -172,6 +179,34 @@ class SignalingConnection:
     async def on_video_off(self, _m: dict[str, Any]) -> None:
         await self.manager.set_state(self.session_id, "video", False)  # type: ignore[arg-type]
 
+    def _is_host(self) -> bool:
+        participant = self.manager.participants.get(self.session_id or "")
+        call = self.manager.calls.get(participant.session.call_id) if participant else None
+        return call is not None and call.host == self.session_id
+
+    async def on_host_control(self, message: dict[str, Any]) -> None:
+        """Mute, remove, end…: the same controls as the admin API, for the host only."""
+        action = message["action"]
+        try:
+            outcome = await HostControls(self.manager).by_session(
+                self.session_id, action, message.get("session_id"))  # type: ignore[arg-type]
+        except HostControlError as exc:
+            await self.error(HOST_ERROR_CODES.get(exc.status, "host_control_failed"),
+                             exc.message)
+            return
+        log.info("host %s: %s %s", self.session_id, action, message.get("session_id") or "")
+        await self.send({"type": "host_control_done", **outcome})
+
+    async def on_invite(self, message: dict[str, Any]) -> None:
+        """A join link for someone else, to the host's own call (never another one)."""
+        if not self._is_host():
+            await self.error("not_host", "invite: only the host of the call may invite")
+            return
+        if self.secret is None:
+            await self.error("invite_unavailable", "invite: this server cannot mint links")
+            return
+        await self.send(mint_invite(self.secret, self.grant.call, message["name"]))
+
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     manager: CallManager = request.app["manager"]
@@ -187,7 +222,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,
-                                     config.ws_rate_limit, config.ws_rate_burst, metrics)
+                                     config.ws_rate_limit, config.ws_rate_burst, metrics,
+                                     secret=request.app["jwt_secret"])
     if metrics is not None:
         metrics["connections"] += 1
         metrics["active"] = metrics.get("active", 0) + 1

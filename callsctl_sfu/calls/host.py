@@ -13,6 +13,12 @@ updates its own UI (mute button, stopped share, "you were removed"):
 | lower hand   | host_lower_hand      | user_lower_hand               |
 | remove       | host_removed         | user_left                     |
 | end call     | call_end (everyone)  | user_left as each one goes    |
+
+Two callers use them: the admin API (an operator, `by="admin"`) and the
+call's own host over signaling (`by="host"`, see `HostControls.by_session`,
+which checks that the sender IS the host before anything changes). The
+target is told who acted, so its page can say "removed by the host" or "by
+an administrator" truthfully.
 """
 
 from __future__ import annotations
@@ -116,20 +122,21 @@ class HostControls:
         return await self.manager.set_state(session_id, "hand", False)
 
     async def remove(self, call_id: str, session_id: str,
-                     reason: str = "removed by the host") -> None:
+                     reason: str = "removed by the host", by: str = "host") -> None:
         call, _session = self.session(call_id, session_id)
         await self._tell(call, session_id, {"type": "host_removed", "session_id": session_id,
-                                            "call": call_id})
+                                            "call": call_id, "by": by, "reason": reason})
         # host_removed said it all: detach first so the manager's generic
         # "session_removed" error does not overwrite that in the client.
         self.manager.detach(session_id)
         await self.manager.leave(session_id, reason)
 
-    async def end(self, call_id: str, reason: str = "ended by the host") -> int:
+    async def end(self, call_id: str, reason: str = "ended by the host",
+                  by: str = "host") -> int:
         """call_end to everyone, then every session leaves; returns how many were removed."""
         call = self.call(call_id)
         await self.manager.broadcast(call, {"type": "call_end", "call": call_id,
-                                            "reason": reason})
+                                            "reason": reason, "by": by})
         removed = 0
         sessions = [sid for sid in call.sessions if sid in self.manager.participants]
         for session_id in sessions:  # call_end said it all (see remove())
@@ -138,3 +145,40 @@ class HostControls:
             await self.manager.leave(session_id, "call ended")
             removed += 1
         return removed
+
+    # -- the host's own controls, over signaling -----------------------------------------
+
+    async def by_session(self, actor: str, action: str, target: str | None) -> dict[str, Any]:
+        """Apply `action` for the participant `actor` if, and only if, it is its call's host.
+
+        The page never decides who may moderate: the server looks the sender up
+        and refuses with HostControlError (403 not the host, 404 no such target,
+        400 the action needs a target). Returns the outcome for the sender's
+        `host_control_done` event.
+        """
+        participant = self.manager.participants.get(actor)
+        if participant is None:
+            raise HostControlError(404, "you are no longer in the call")
+        call = self.call(participant.session.call_id)
+        if call.host != actor:
+            raise HostControlError(403, f"{action}: only the host of the call may do this")
+        call_id = call.call_id
+        if action == "end":
+            removed = await self.end(call_id, "ended by the host")
+            return {"action": action, "removed": removed}
+        if action == "mute_others":
+            muted = await self.mute_others(call_id, actor)
+            return {"action": action, "muted": muted}
+        if target is None:
+            raise HostControlError(400, f"{action}: needs the target's session_id")
+        self.session(call_id, target)  # 404 before anything changes
+        if action == "remove":
+            if target == actor:
+                raise HostControlError(400, "remove: the host cannot remove itself; "
+                                            "leave the call instead")
+            await self.remove(call_id, target, "removed by the host", by="host")
+            return {"action": action, "session_id": target, "changed": True}
+        operation = {"mute": self.mute, "stop_screen": self.stop_screen,
+                     "lower_hand": self.lower_hand, "make_host": self.make_host}[action]
+        changed = await operation(call_id, target)
+        return {"action": action, "session_id": target, "changed": changed}

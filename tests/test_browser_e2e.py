@@ -1,7 +1,9 @@
 """End to end: the web client in real headless Chromium against a real `callsctl serve`.
 
 Three browser contexts (separate profiles, fake microphones) open join links for
-the same call, talk through the SFU and see each other's state changes. Audio
+the same call, unmute (everyone joins muted and adds the microphone on the
+first unmute, as Mattermost's client does), talk through the SFU and see each
+other's state changes. Audio
 flow is checked with `RTCPeerConnection.getStats()` on every page: inbound audio
 from each of the other two participants must have packets and non-zero energy
 (the client plays every remote stream through an <audio> element, which is what
@@ -103,9 +105,9 @@ def browser() -> Iterator[Any]:
 class Participant:
     """One browser context on the web client, with its console kept for diagnostics."""
 
-    def __init__(self, browser: Any, label: str) -> None:
+    def __init__(self, browser: Any, label: str, **context_options: Any) -> None:
         self.label = label
-        self.context = browser.new_context()
+        self.context = browser.new_context(**context_options)
         self.context.set_default_timeout(JOIN_TIMEOUT_MS)
         self.page = self.context.new_page()
         self.console: list[str] = []
@@ -128,6 +130,17 @@ class Participant:
     def wait_media_connected(self) -> None:
         self.page.wait_for_function("window.callsctl.media === 'connected'",
                                     timeout=MEDIA_TIMEOUT_MS)
+
+    def unmute(self) -> None:
+        """Click the microphone button: the first time it asks for the microphone."""
+        assert self.page.evaluate("window.callsctl.muted") is True, self.diagnostics()
+        self.page.click("#mute", timeout=UI_TIMEOUT_MS)
+        self.page.wait_for_function("window.callsctl.muted === false", timeout=UI_TIMEOUT_MS)
+        assert self.page.locator("#mute").get_attribute("aria-pressed") == "false"
+
+    def react(self, emoji: str) -> None:
+        self.page.click("#react", timeout=UI_TIMEOUT_MS)
+        self.page.click(f"#reaction-buttons [data-emoji='{emoji}']", timeout=UI_TIMEOUT_MS)
 
     def row(self, session_id: str) -> Any:
         return self.page.locator(f'#participants [data-session-id="{session_id}"]')
@@ -194,6 +207,15 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
         for person in people:
             assert person.page.locator("#participants .badge.host").count() == 1
 
+        # Everyone joined muted, with no microphone on the connection yet.
+        for person in people:
+            assert person.page.evaluate("window.callsctl.muted") is True
+            assert person.page.evaluate(
+                "window.callsctl.pc.getSenders().filter((s) => s.track).length") == 0
+        # Each unmutes in turn (the microphone is added then, renegotiating).
+        for person in people:
+            person.unmute()
+
         # Audio from each of the other two arrives, is decoded and played.
         for person in people:
             others = [sid for sid in sids if sid != person.session_id]
@@ -203,14 +225,21 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
                 ".filter((a) => !a.paused && a.srcObject).length")
             assert playing >= 2, person.diagnostics()
 
-        # Nobody is muted yet. Then bob mutes: alice (who learnt of bob from
+        # Nobody is muted now. Then bob mutes: alice (who learnt of bob from
         # user_joined) and carol (from joined.participants) show him muted.
         alice, bob, carol = people
         for person in people:
-            assert person.page.locator("#participants .muted").count() == 0, person.diagnostics()
+            person.page.wait_for_function(
+                "document.querySelectorAll('#participants .muted').length === 0",
+                timeout=UI_TIMEOUT_MS)
         bob.page.click("#mute", timeout=UI_TIMEOUT_MS)
         assert bob.page.evaluate("window.callsctl.muted") is True
         assert bob.page.locator("#mute").get_attribute("aria-pressed") == "true"
+        # Mute is replaceTrack(null): the sender stays, without a track.
+        bob.page.wait_for_function(
+            "window.callsctl.pc.getSenders().some((s) => s.track === null)"
+            " && !window.callsctl.pc.getSenders().some((s) => s.track && s.track.kind === 'audio')",
+            timeout=UI_TIMEOUT_MS)
         for person in (alice, carol):
             person.row(bob.session_id).locator(".muted").wait_for(timeout=UI_TIMEOUT_MS)
             assert person.row(bob.session_id).get_attribute("data-muted") == "true"
@@ -225,7 +254,7 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
         # A raised hand and a reaction from bob reach alice.
         bob.page.click("#hand", timeout=UI_TIMEOUT_MS)
         alice.row(bob.session_id).locator(".hand").wait_for(timeout=UI_TIMEOUT_MS)
-        bob.page.click("#reaction-buttons [data-emoji='👍']", timeout=UI_TIMEOUT_MS)
+        bob.react("👍")
         alice.page.locator(f"#reactions [data-session-id='{bob.session_id}']").wait_for(
             timeout=UI_TIMEOUT_MS)
         bob.page.click("#hand", timeout=UI_TIMEOUT_MS)

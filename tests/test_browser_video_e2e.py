@@ -195,7 +195,11 @@ def test_screen_share_one_at_a_time(browser, server) -> None:  # noqa: F811
         alice.page.wait_for_function("window.callsctl.screenSharing === true",
                                      timeout=UI_TIMEOUT_MS)
         assert "sharing your screen" in alice.page.locator("#screen-view").inner_text()
-        assert alice.page.locator("#screen-view video").count() == 0  # no mirror of oneself
+        # Her own screen is previewed (the local capture, not a round trip through the SFU).
+        preview = alice.page.locator(f'#screen-view video[data-session-id="{alice.session_id}"]')
+        preview.wait_for(timeout=UI_TIMEOUT_MS)
+        assert preview.get_attribute("data-self") == "true"
+        assert f"{alice.session_id}:screen" not in inbound_video(alice)
 
         # The other two learn of it, decode it, and show it large.
         for viewer in (bob, carol):

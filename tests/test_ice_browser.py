@@ -123,6 +123,7 @@ def test_udp_blocked_browser_connects_over_ice_tcp(browser, serve_factory,  # no
             person.join(server.join_url("tcp-call", person.label), person.label.title())
         for person in people:
             person.wait_media_connected()
+            person.unmute()
         for person, other in (people, people[::-1]):
             pair = selected_pair(person)
             assert pair["local"]["protocol"] == "tcp", pair
@@ -175,6 +176,7 @@ def test_turn_relay_only_browser_gets_media_through_coturn(browser, serve_factor
             person.join(f"{server.api_url}/?token={token}", label.title())
         for person in people:
             person.wait_media_connected()
+            person.unmute()
         for person, other in (people, people[::-1]):
             pair = selected_pair(person)
             assert pair["local"]["type"] == "relay", pair

@@ -162,7 +162,9 @@ async def test_chromium_joins_over_https_with_the_self_signed_cert_and_hears_aud
                 got = heard.get(speaker.session_id, {})
                 assert got.get("packets", 0) > 50 and got.get("energy", 0) > 0, (
                     heard, await page.evaluate("window.callsctl.log.slice(-30)"))
-                # And the browser's microphone reaches the aiortc participant.
+                # And the browser's microphone, once unmuted, reaches the aiortc participant.
+                await page.click("#mute", timeout=5_000)
+                await page.wait_for_function("window.callsctl.muted === false", timeout=5_000)
                 browser_sid = await page.evaluate("window.callsctl.sessionId")
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline and speaker.frames_from[browser_sid] < 25:

@@ -1,9 +1,13 @@
 // callsctl web client: joins a call on a `callsctl serve` SFU.
 //
-// Signaling is JSON over ws(s)://<same host>/ws?token=JWT (protocol in DESIGN.md);
-// media is one RTCPeerConnection to the SFU. The client makes the first offer,
-// answers the server's renegotiation offers, and is the polite side on glare.
-// Read-only state for tests and debugging is exposed as `window.callsctl`.
+// Signaling is JSON over ws(s)://<same host>/ws?token=JWT (protocol in
+// docs/signaling.md); media is one RTCPeerConnection to the SFU. The client
+// publishes as Mattermost's own client (calls-common RTCPeer) does: it joins
+// muted, its first offer carries only the `calls-dc` data channel, the
+// microphone is asked for and added with addTrack on the first unmute
+// (renegotiating), and mute/unmute afterwards is sender.replaceTrack(null /
+// track). It answers the server's renegotiation offers and is the polite side
+// on glare. Read-only state for tests and debugging is `window.callsctl`.
 "use strict";
 
 (() => {
@@ -12,17 +16,30 @@
   const WS_PING_INTERVAL_MS = 20000;
   const REACTION_SHOW_MS = 4000;
   const LOG_LIMIT = 300;
-  const REACTIONS = ["👍", "👏", "😂", "❤️", "🎉", "👋"];
+  const END_CONFIRM_MS = 4000;
+  const NAME_KEY = "callsctl.name";
+  // Tokens minted without a person in mind (the link `callsctl serve` prints).
+  const GENERIC_USERS = new Set(["guest", "user", "anonymous"]);
+  // Reactions travel as emoji (the protocol's `react {emoji}`), but are drawn
+  // as inline SVG: machines without an emoji font show empty boxes otherwise.
+  const REACTIONS = [
+    {emoji: "👍", icon: "thumbs-up", label: "thumbs up"},
+    {emoji: "👏", icon: "sparkle", label: "applause"},
+    {emoji: "😂", icon: "laugh", label: "laughing"},
+    {emoji: "❤️", icon: "heart", label: "heart"},
+    {emoji: "🎉", icon: "burst", label: "celebrate"},
+    {emoji: "👋", icon: "wave", label: "wave"},
+  ];
   // `user_joined` carries no state: a new session starts unmuted on the server
-  // (calls/model.py ParticipantState) and changes arrive as user_muted etc.
+  // (calls/model.py ParticipantState) until its client says `mute`.
   const DEFAULT_REMOTE_MUTED = false;
-  // What the SFU sends (DESIGN.md): a publisher's mic and camera carry the msid
-  // stream id <session_id>; its screen share (and screen audio) "screen-<session_id>".
+  // What the SFU sends: a publisher's mic and camera carry the msid stream id
+  // <session_id>; its screen share (and screen audio) "screen-<session_id>".
   const SCREEN_STREAM_PREFIX = "screen-";
   const CAMERA_CONSTRAINTS = {width: {ideal: 640}, height: {ideal: 360}, frameRate: {ideal: 15}};
   const CAMERA_MAX_BITRATE = 800000;
-  // One encoding (the SFU has no simulcast yet), as the Mattermost client sends
-  // a screen without simulcast: about 1 Mbps at 10 fps.
+  // One encoding, as the Mattermost client sends a screen without simulcast:
+  // about 1 Mbps at 10 fps.
   const SCREEN_CONSTRAINTS = {video: {frameRate: {ideal: 10, max: 15}}, audio: false};
   const SCREEN_MAX_BITRATE = 1000000;
   const SCREEN_MAX_FPS = 10;
@@ -30,6 +47,97 @@
   // or an error; without an answer in this time we share anyway.
   const SCREEN_ACK_TIMEOUT_MS = 5000;
   const SCREEN_ERRORS = new Set(["screen_share_taken", "screen_sharing_disabled"]);
+  // Grid: the smallest tile worth showing before the rest go to another page.
+  const MIN_TILE_WIDTH = 200;
+  const MIN_TILE_WIDTH_NARROW = 150;
+  const NARROW_WIDTH = 700; // below this the stage stacks (screen above a camera strip)
+  const TILE_GAP = 8;
+  const MIN_ASPECT = 3 / 4;
+  const MAX_ASPECT = 16 / 9;
+  const PAGER_SPACE = 44; // room below the tiles for the page buttons
+  const SIDE_OPEN_MIN_WIDTH = 1000; // the participant list starts open on wide windows
+
+  // ---------------------------------------------------------------- icons (24x24, stroked)
+  // Drawn for this client; `fill: true` icons are filled shapes.
+  const ICONS = {
+    "mic": ["M12 3a3 3 0 0 0-3 3v6a3 3 0 0 0 6 0V6a3 3 0 0 0-3-3z", "M5 11a7 7 0 0 0 14 0",
+      "M12 18v3", "M8.5 21h7"],
+    "mic-off": ["M12 3a3 3 0 0 0-3 3v6a3 3 0 0 0 6 0V6a3 3 0 0 0-3-3z", "M5 11a7 7 0 0 0 14 0",
+      "M12 18v3", "M8.5 21h7", "M3.5 3.5l17 17"],
+    "camera": ["M3 7.5A1.5 1.5 0 0 1 4.5 6h9A1.5 1.5 0 0 1 15 7.5v9a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 3 16.5z",
+      "M15 10.5l6-3.5v10l-6-3.5"],
+    "camera-off": ["M3 7.5A1.5 1.5 0 0 1 4.5 6h9A1.5 1.5 0 0 1 15 7.5v9a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 3 16.5z",
+      "M15 10.5l6-3.5v10l-6-3.5", "M2.5 3.5l17 17"],
+    "screen": ["M3 5a1 1 0 0 1 1-1h16a1 1 0 0 1 1 1v10a1 1 0 0 1-1 1H4a1 1 0 0 1-1-1z",
+      "M8.5 20h7", "M12 16v4", "M9 10l3-3 3 3", "M12 7v6"],
+    "screen-off": ["M3 5a1 1 0 0 1 1-1h16a1 1 0 0 1 1 1v10a1 1 0 0 1-1 1H4a1 1 0 0 1-1-1z",
+      "M8.5 20h7", "M12 16v4", "M9.5 7.5l5 5", "M14.5 7.5l-5 5"],
+    "hand": ["M8 13V6.5a1.5 1.5 0 0 1 3 0V12", "M11 11.5V4.5a1.5 1.5 0 0 1 3 0v7",
+      "M14 11.5V6a1.5 1.5 0 0 1 3 0v6.5",
+      "M17 12V9.5a1.5 1.5 0 0 1 3 0v4.5a7 7 0 0 1-7 7h-1.2a6 6 0 0 1-4.8-2.4l-3.2-4.3a1.6 1.6 0 0 1 2.5-2L8 14.5"],
+    "smile": ["M12 3a9 9 0 1 0 0 18 9 9 0 1 0 0-18z", "M8 14a4.5 4.5 0 0 0 8 0",
+      "M9 9.5h.01", "M15 9.5h.01"],
+    "users": ["M9 11a3.5 3.5 0 1 0 0-7 3.5 3.5 0 0 0 0 7z", "M2.5 20a6.5 6.5 0 0 1 13 0",
+      "M16 4.3a3.5 3.5 0 0 1 0 6.4", "M18 14.2A6.5 6.5 0 0 1 21.5 20"],
+    "sliders": ["M4 6h9", "M17 6h3", "M15 4v4", "M4 12h3", "M11 12h9", "M9 10v4", "M4 18h11",
+      "M19 18h1", "M17 16v4"],
+    "leave": ["M14 4h4a2 2 0 0 1 2 2v12a2 2 0 0 1-2 2h-4", "M10 16l-4-4 4-4", "M6 12h10"],
+    "end": {fill: true, d: ["M2.6 13.4c5.2-4.6 13.6-4.6 18.8 0 .5.5.5 1.3 0 1.8l-1.9 1.9a1.3 1.3 0 0 1-1.7.1l-2.4-1.8a1.3 1.3 0 0 1-.5-1v-1.6a11 11 0 0 0-5.8 0v1.6c0 .4-.2.8-.5 1l-2.4 1.8a1.3 1.3 0 0 1-1.7-.1l-1.9-1.9a1.3 1.3 0 0 1 0-1.8z"]},
+    "link": ["M10 14a4 4 0 0 0 5.7 0l3-3a4 4 0 0 0-5.7-5.7l-1 1",
+      "M14 10a4 4 0 0 0-5.7 0l-3 3a4 4 0 0 0 5.7 5.7l1-1"],
+    "copy": ["M9 9h10v11H9z", "M5 15V4h10"],
+    "more": {width: 3, d: ["M12 5h.01", "M12 12h.01", "M12 19h.01"]},
+    "star": ["M12 3.5l2.6 5.3 5.8.8-4.2 4.1 1 5.8-5.2-2.7-5.2 2.7 1-5.8-4.2-4.1 5.8-.8z"],
+    "close": ["M6 6l12 12", "M18 6L6 18"],
+    "remove": ["M10 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z", "M3 21a7 7 0 0 1 12.5-4.3",
+      "M16 16l5 5", "M21 16l-5 5"],
+    "chevron-left": ["M15 5l-7 7 7 7"],
+    "chevron-right": ["M9 5l7 7-7 7"],
+    "speaker": ["M4 9h4l5-4v14l-5-4H4z", "M16.5 9a4 4 0 0 1 0 6", "M19 6a8 8 0 0 1 0 12"],
+    "thumbs-up": ["M7 11v9H4v-9z",
+      "M7 11l3.6-6.6A1.8 1.8 0 0 1 14 5.6L13.4 10H19a2 2 0 0 1 2 2.3l-1.1 6A2 2 0 0 1 17.9 20H7"],
+    "sparkle": {fill: true, d: ["M12 2.5l2.2 7.3 7.3 2.2-7.3 2.2-2.2 7.3-2.2-7.3-7.3-2.2 7.3-2.2z"]},
+    "laugh": ["M12 3a9 9 0 1 0 0 18 9 9 0 1 0 0-18z", "M7.5 13h9a4.5 4.5 0 0 1-9 0z",
+      "M7.5 9l2 1", "M16.5 9l-2 1"],
+    "heart": {fill: true, d: ["M12 20.5S3.5 15.4 3.5 9.4A4.4 4.4 0 0 1 12 7.2a4.4 4.4 0 0 1 8.5 2.2c0 6-8.5 11.1-8.5 11.1z"]},
+    "burst": ["M12 2.5v4", "M12 17.5v4", "M2.5 12h4", "M17.5 12h4", "M5.3 5.3l2.8 2.8",
+      "M15.9 15.9l2.8 2.8", "M5.3 18.7l2.8-2.8", "M15.9 8.1l2.8-2.8", "M12 10.5v3", "M10.5 12h3"],
+    "wave": ["M8 13V6.5a1.5 1.5 0 0 1 3 0V12", "M11 11.5V4.5a1.5 1.5 0 0 1 3 0v7",
+      "M14 11.5V6a1.5 1.5 0 0 1 3 0v6.5",
+      "M17 12V9.5a1.5 1.5 0 0 1 3 0v4.5a7 7 0 0 1-7 7h-1.2a6 6 0 0 1-4.8-2.4l-3.2-4.3a1.6 1.6 0 0 1 2.5-2L8 14.5",
+      "M3 7.5a5 5 0 0 1 2-3.5", "M20.5 3.5a4 4 0 0 1 1 2.5"],
+  };
+  const SVG_NS = "http://www.w3.org/2000/svg";
+
+  function icon(name, extraClass) {
+    const spec = ICONS[name] || ICONS.close;
+    const paths = Array.isArray(spec) ? spec : spec.d;
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    svg.setAttribute("class", `ic ic-${name}${extraClass ? ` ${extraClass}` : ""}`);
+    const filled = !Array.isArray(spec) && spec.fill;
+    svg.setAttribute("fill", filled ? "currentColor" : "none");
+    svg.setAttribute("stroke", filled ? "none" : "currentColor");
+    svg.setAttribute("stroke-width", String(!Array.isArray(spec) && spec.width ? spec.width : 2));
+    svg.setAttribute("stroke-linecap", "round");
+    svg.setAttribute("stroke-linejoin", "round");
+    for (const d of paths) {
+      const path = document.createElementNS(SVG_NS, "path");
+      path.setAttribute("d", d);
+      svg.append(path);
+    }
+    return svg;
+  }
+
+  // A control button's face: its icon, and a label (hidden on narrow screens).
+  function setButton(button, iconName, label) {
+    if (button.dataset.face === `${iconName}|${label}`) return;
+    button.dataset.face = `${iconName}|${label}`;
+    button.replaceChildren(icon(iconName), el("span", {"class": "label", text: label}));
+    button.setAttribute("aria-label", label);
+  }
 
   const $ = (selector) => document.querySelector(selector);
 
@@ -63,19 +171,27 @@
     remoteTracks: new Map(), // track id -> {sessionId, kind, source, streamId, mid}
     remoteTrackObjs: new Map(), // track id -> MediaStreamTrack
     mediaElements: new Map(), // "audio:<track id>" -> <audio> element
-    videoTiles: new Map(), // session id -> {node, video, label, trackId}
-    screenView: null, // {sessionId, trackId, video} while a remote screen is shown
+    tiles: new Map(), // session id -> {node, box, video, trackId, ...}: one per participant
+    screenView: null, // {sessionId, trackId, video, self} while a screen is shown
+    page: 0,
+    pages: 1,
+    perPage: 0,
+    promoted: new Map(), // session id -> when it spoke while off the first page
     ws: null,
     pc: null,
     dc: null,
     micStream: null,
-    micTrack: null,
+    micTrack: null, // acquired on the first unmute, kept while muted
     micSender: null,
-    muted: false,
+    micBusy: false,
+    muted: true, // everyone joins muted, as in Mattermost
     hand: false,
     camTrack: null, // local camera track while the camera is on
     camTransceiver: null, // kept after the camera stops: turning it on again is replaceTrack
     cameraBusy: false,
+    micDeviceId: "",
+    camDeviceId: "",
+    speakerId: "",
     screenStream: null, // local screen share (getDisplayMedia) while sharing or asking to
     screenTransceiver: null, // reused by the next share
     // The stream (msid) the screen is sent in, its id announced in screen_on: its
@@ -85,6 +201,7 @@
     screenMsid: null,
     screenPending: null, // {streamId, resolve, reject} while waiting for the server's verdict
     screenBusy: false,
+    invite: null, // the last invite_created
     signaling: "idle",
     media: "new",
     rtt: null,
@@ -162,7 +279,7 @@
     return claims;
   }
 
-  // ---------------------------------------------------------------- rendering
+  // ---------------------------------------------------------------- rendering: page state
   function setState(state) {
     S.state = state;
     document.body.dataset.state = state;
@@ -173,6 +290,7 @@
     // After a failed join with a usable token, offer to try again.
     $("#ended").hidden = !(over || (state === "error" && S.call && S.token));
     if (state === "error") $("#ended-text").textContent = "Not connected.";
+    if (inCall) layoutSoon();
     renderStatus();
   }
 
@@ -194,7 +312,28 @@
     media.textContent = S.media === "new" && !S.pc ? "not started" : S.media;
     media.dataset.state = S.media;
     $("#rtt").textContent = S.rtt === null ? "–" : `${Math.round(S.rtt)} ms`;
-    $("#call-id").textContent = S.call ? `call ${S.call}` : "";
+    $("#call-id").textContent = S.call ? S.call : "";
+  }
+
+  function displayName(p) {
+    return p.name || p.user || p.session_id;
+  }
+
+  // "Ada Lovelace" -> "AL", "Guest 07" -> "G7", "bob" -> "BO".
+  function initials(name) {
+    const words = String(name).trim().split(/[\s._-]+/).filter(Boolean);
+    const alpha = words.filter((w) => /^\p{L}/u.test(w));
+    if (alpha.length > 1) return (alpha[0][0] + alpha[alpha.length - 1][0]).toUpperCase();
+    const number = words.find((w) => /^\d+$/.test(w));
+    if (alpha.length === 1 && number) return `${alpha[0][0]}${String(Number(number)).slice(-2)}`.toUpperCase();
+    return (alpha[0] || words[0] || "?").slice(0, 2).toUpperCase();
+  }
+
+  // A stable colour per session for avatars.
+  function hue(sid) {
+    let h = 0;
+    for (const ch of String(sid)) h = (h * 31 + ch.charCodeAt(0)) % 360;
+    return h;
   }
 
   function participantSnapshot(p) {
@@ -223,17 +362,45 @@
     };
   }
 
+  function iAmHost() {
+    return !!S.sessionId && S.host === S.sessionId;
+  }
+
+  // Self first, then whoever spoke while off the first page (most recent first),
+  // then join order.
+  function orderedParticipants() {
+    return [...S.participants.values()].sort((a, b) => {
+      const selfRank = (p) => (p.session_id === S.sessionId ? 0 : 1);
+      const promoted = (p) => S.promoted.get(p.session_id) || 0;
+      return selfRank(a) - selfRank(b) || promoted(b) - promoted(a) || a.order - b.order;
+    });
+  }
+
+  // ---------------------------------------------------------------- rendering: participant list
+  function stateIcons(p, cls) {
+    const out = [];
+    if (p.muted) out.push(el("span", {"class": `${cls} muted`, "title": "muted", "aria-label": "muted"}, icon("mic-off")));
+    if (p.voice) out.push(el("span", {"class": `${cls} speaking`, "title": "speaking", "aria-label": "speaking"}, icon("speaker")));
+    if (p.hand) out.push(el("span", {"class": `${cls} hand`, "title": "hand raised", "aria-label": "hand raised"}, icon("hand")));
+    if (p.screen) out.push(el("span", {"class": `${cls} screen`, "title": "sharing screen", "aria-label": "sharing screen"}, icon("screen")));
+    if (p.video) out.push(el("span", {"class": `${cls} video`, "title": "camera on", "aria-label": "camera on"}, icon("camera")));
+    return out;
+  }
+
+  function reactionIcon(emoji) {
+    const r = REACTIONS.find((x) => x.emoji === emoji);
+    return r ? icon(r.icon, `reaction-${r.icon}`) : el("span", {text: emoji});
+  }
+
   function renderParticipants() {
     const list = $("#participants");
     const items = [];
-    const ordered = [...S.participants.values()].sort((a, b) => {
-      const rank = (p) => (p.session_id === S.sessionId ? 0 : 1);
-      return rank(a) - rank(b) || a.order - b.order;
-    });
+    const ordered = orderedParticipants();
+    const host = iAmHost();
     for (const p of ordered) {
       const isSelf = p.session_id === S.sessionId;
       const isHost = p.session_id === S.host;
-      const displayName = p.name || p.user || p.session_id;
+      const name = displayName(p);
       const li = el("li", {
         "class": "participant",
         "data-session-id": p.session_id,
@@ -246,25 +413,30 @@
         "data-host": String(isHost),
         "data-self": String(isSelf),
       },
-      el("span", {"class": "speaking-dot", "title": p.voice ? "speaking" : ""}),
-      el("span", {"class": "name", "text": displayName}),
-      isSelf ? el("span", {"class": "you", "text": "(you)"}) : null,
-      isHost ? el("span", {"class": "badge host", "text": "host"}) : null,
-      p.muted ? el("span", {"class": "muted", "title": "muted", "text": "🔇 muted"}) : null,
-      p.voice ? el("span", {"class": "speaking", "title": "speaking", "text": "🔊 speaking"}) : null,
-      p.hand ? el("span", {"class": "hand", "title": "hand raised", "text": "✋ hand raised"}) : null,
-      p.screen ? el("span", {"class": "screen", "title": "sharing screen", "text": "🖥"}) : null,
-      p.video ? el("span", {"class": "video", "title": "camera on", "text": "🎥"}) : null,
-      p.reaction ? el("span", {"class": "reaction", "text": p.reaction}) : null);
+      el("span", {"class": "avatar", "style": `--hue: ${hue(p.session_id)}`, "aria-hidden": "true",
+        text: initials(name)}),
+      el("span", {"class": "who"},
+        el("span", {"class": "name", "text": name}),
+        isSelf ? el("span", {"class": "you", "text": "(you)"}) : null,
+        isHost ? el("span", {"class": "badge host", "title": "host"}, icon("star"), "host") : null),
+      el("span", {"class": "states"}, ...stateIcons(p, "state"),
+        p.reaction ? el("span", {"class": "reaction"}, reactionIcon(p.reaction)) : null),
+      host && !isSelf ? el("button", {type: "button", "class": "icon more",
+        "aria-label": `host controls for ${name}`, "title": "host controls",
+        "data-target": p.session_id, "aria-haspopup": "menu"}, icon("more")) : null);
       items.push(li);
     }
     list.replaceChildren(...items);
     $("#participant-count").textContent = String(S.participants.size);
-    renderVideos(ordered);
+    $("#host-tools").hidden = !host;
+    $("#end-call").hidden = !host;
+    setButton($("#participants-toggle"), "users", `People ${S.participants.size}`);
+    renderTiles(ordered);
     renderScreenView();
+    layoutTiles();
   }
 
-  // ---------------------------------------------------------------- video tiles / screen view
+  // ---------------------------------------------------------------- rendering: tiles
   function remoteTrackFor(sid, source) {
     let found = null; // the newest live one: a retired transceiver's track may linger
     for (const [trackId, info] of S.remoteTracks) {
@@ -273,10 +445,6 @@
       if (track && track.readyState !== "ended") found = track;
     }
     return found;
-  }
-
-  function displayName(p) {
-    return p.name || p.user || p.session_id;
   }
 
   function videoFor(track, sid, isSelf) {
@@ -288,39 +456,155 @@
     return video;
   }
 
-  // A tile per participant whose camera is on (by the server's user_video_on,
-  // or our own state) and whose video track we have.
-  function renderVideos(ordered) {
-    const wanted = new Map();
-    for (const p of ordered) {
-      if (!p.video) continue;
-      const isSelf = p.session_id === S.sessionId;
-      const track = isSelf ? S.camTrack : remoteTrackFor(p.session_id, "camera");
-      if (track) wanted.set(p.session_id, {p, track, isSelf});
-    }
-    for (const [sid, tile] of [...S.videoTiles]) {
-      const want = wanted.get(sid);
-      if (want && want.track.id === tile.trackId) continue;
-      tile.video.srcObject = null;
-      tile.node.remove();
-      S.videoTiles.delete(sid);
-    }
+  // One tile per participant: the camera when it is on, otherwise an avatar;
+  // the name, mute and hand state on it; the speaker highlighted. Tiles are
+  // appended once and never moved (moving a playing <video> pauses it): order
+  // and paging are CSS (`order`, a hidden class).
+  function renderTiles(ordered) {
     const box = $("#videos");
-    for (const [sid, {p, track, isSelf}] of wanted) {
-      let tile = S.videoTiles.get(sid);
+    const seen = new Set();
+    ordered.forEach((p, index) => {
+      const sid = p.session_id;
+      seen.add(sid);
+      const isSelf = sid === S.sessionId;
+      let tile = S.tiles.get(sid);
       if (!tile) {
-        const video = videoFor(track, sid, isSelf);
-        const label = el("span", {"class": "label"});
+        const avatar = el("span", {"class": "avatar", "aria-hidden": "true"});
+        const name = el("span", {"class": "name"});
+        const icons = el("span", {"class": "tile-icons"});
+        const reaction = el("span", {"class": "tile-reaction", "aria-hidden": "true"});
+        const media = el("div", {"class": "tile-media"}, avatar);
         const node = el("figure", {"class": "tile", "data-session-id": sid,
-          "data-self": String(isSelf)}, video, label);
-        // Appended, never moved: moving a playing <video> pauses it.
+          "data-self": String(isSelf)}, media, reaction,
+        el("figcaption", {"class": "tile-label"}, icons, name));
         box.append(node);
-        tile = {node, video, label, trackId: track.id};
-        S.videoTiles.set(sid, tile);
+        tile = {node, media, avatar, name, icons, reaction, video: null, trackId: null};
+        S.tiles.set(sid, tile);
       }
-      tile.label.textContent = isSelf ? `${displayName(p)} (you)` : displayName(p);
+      const label = displayName(p);
+      tile.name.textContent = isSelf ? `${label} (you)` : label;
+      tile.avatar.textContent = initials(label);
+      tile.avatar.style.setProperty("--hue", String(hue(sid)));
+      const host = sid === S.host;
+      tile.icons.replaceChildren(...(host ? [el("span", {"class": "tile-state host", "title": "host"}, icon("star"))] : []),
+        ...stateIcons({...p, voice: false, video: false}, "tile-state"));
+      tile.reaction.replaceChildren(...(p.reaction ? [reactionIcon(p.reaction)] : []));
+      const d = tile.node.dataset;
+      d.muted = String(!!p.muted);
+      d.speaking = String(!!p.voice);
+      d.hand = String(!!p.hand);
+      d.host = String(host);
+      d.screen = String(!!p.screen);
+      d.index = String(index);
+      tile.node.style.order = String(index);
+      const track = p.video ? (isSelf ? S.camTrack : remoteTrackFor(sid, "camera")) : null;
+      d.video = String(!!track);
+      if (track && tile.trackId !== track.id) {
+        if (tile.video) {
+          tile.video.srcObject = null;
+          tile.video.remove();
+        }
+        tile.video = videoFor(track, sid, isSelf);
+        tile.media.append(tile.video);
+        tile.trackId = track.id;
+      } else if (!track && tile.video) {
+        tile.video.srcObject = null;
+        tile.video.remove();
+        tile.video = null;
+        tile.trackId = null;
+      }
+    });
+    for (const [sid, tile] of [...S.tiles]) {
+      if (seen.has(sid)) continue;
+      if (tile.video) tile.video.srcObject = null;
+      tile.node.remove();
+      S.tiles.delete(sid);
     }
-    box.hidden = S.videoTiles.size === 0;
+  }
+
+  // The largest tiles for k of them in W x H: each column count is tried, and
+  // the tile's shape follows its cell between portrait 3:4 and 16:9 (videos
+  // are cropped to fit), so a few tiles fill the stage on any screen.
+  function bestFit(k, width, height) {
+    let best = {w: 0, h: 0, cols: 1};
+    for (let cols = 1; cols <= k; cols++) {
+      const rows = Math.ceil(k / cols);
+      const cellW = (width - TILE_GAP * (cols - 1)) / cols;
+      const cellH = (height - TILE_GAP * (rows - 1)) / rows;
+      if (cellW <= 0 || cellH <= 0) continue;
+      const aspect = Math.min(MAX_ASPECT, Math.max(MIN_ASPECT, cellW / cellH));
+      const w = Math.min(cellW, cellH * aspect);
+      const h = w / aspect;
+      if (w * h > best.w * best.h) best = {w, h, cols};
+    }
+    return best;
+  }
+
+  let layoutPending = false;
+  function layoutSoon() {
+    if (layoutPending) return;
+    layoutPending = true;
+    requestAnimationFrame(() => {
+      layoutPending = false;
+      layoutTiles();
+    });
+  }
+
+  // Grid: tiles as large as the stage allows, in pages when they would get
+  // smaller than MIN_TILE_WIDTH. Screen share: the screen large, every tile in
+  // a scrolling strip beside it (below it on narrow screens).
+  function layoutTiles() {
+    const stage = $("#stage");
+    const box = $("#videos");
+    if (!stage || $("#call").hidden) return;
+    const narrow = stage.clientWidth < NARROW_WIDTH;
+    stage.dataset.narrow = String(narrow);
+    const sharing = !$("#screen-view").hidden;
+    stage.dataset.layout = sharing ? "screen" : "grid";
+    const tiles = [...S.tiles.values()].sort((a, b) => Number(a.node.dataset.index) - Number(b.node.dataset.index));
+    const n = tiles.length;
+    if (sharing || n === 0) {
+      for (const tile of tiles) tile.node.classList.remove("off-page");
+      box.style.removeProperty("--tile-w");
+      box.style.removeProperty("--tile-h");
+      stage.dataset.paged = "false";
+      $("#pager").hidden = true;
+      S.pages = 1;
+      S.page = 0;
+      S.perPage = n;
+      return;
+    }
+    const width = box.clientWidth;
+    const fullHeight = box.clientHeight; // padding included: the pager's strip when paged
+    if (!width || !fullHeight) return;
+    const minW = Math.min(narrow ? MIN_TILE_WIDTH_NARROW : MIN_TILE_WIDTH, width);
+    const fits = (k, height) => bestFit(k, width, height).w >= minW;
+    // Pages only when they are needed; then the page buttons take a strip below.
+    let height = fullHeight;
+    let perPage = n;
+    if (!fits(n, height)) {
+      height = fullHeight - PAGER_SPACE;
+      while (perPage > 1 && !fits(perPage, height)) perPage -= 1;
+    }
+    S.perPage = perPage;
+    S.pages = Math.max(1, Math.ceil(n / perPage));
+    S.page = Math.min(S.page, S.pages - 1);
+    const start = S.page * perPage;
+    // Every page uses the first page's tile size, so tiles do not jump between pages.
+    const fit = bestFit(perPage, width, height);
+    box.style.setProperty("--tile-w", `${Math.floor(fit.w) - 1}px`);
+    box.style.setProperty("--tile-h", `${Math.floor(fit.h) - 1}px`);
+    stage.dataset.paged = String(S.pages > 1);
+    tiles.forEach((tile, i) => tile.node.classList.toggle("off-page", i < start || i >= start + perPage));
+    $("#pager").hidden = S.pages <= 1;
+    $("#page-label").textContent = `${S.page + 1} / ${S.pages}`;
+    $("#page-prev").disabled = S.page === 0;
+    $("#page-next").disabled = S.page >= S.pages - 1;
+  }
+
+  function turnPage(delta) {
+    S.page = Math.max(0, Math.min(S.pages - 1, S.page + delta));
+    layoutTiles();
   }
 
   function screenSharer() {
@@ -330,11 +614,15 @@
     return null;
   }
 
+  // The shared screen, large: someone else's as it arrives, our own as a
+  // preview of what the others see.
   function renderScreenView() {
     const view = $("#screen-view");
     const sharer = screenSharer();
-    const remote = sharer && sharer.session_id !== S.sessionId;
-    const track = remote ? remoteTrackFor(sharer.session_id, "screen") : null;
+    const isSelf = !!sharer && sharer.session_id === S.sessionId;
+    let track = null;
+    if (sharer && !isSelf) track = remoteTrackFor(sharer.session_id, "screen");
+    if (isSelf && S.screenStream) track = S.screenStream.getVideoTracks()[0] || null;
     const shown = S.screenView;
     if (shown && (!track || shown.trackId !== track.id)) {
       shown.video.srcObject = null;
@@ -342,38 +630,48 @@
       S.screenView = null;
     }
     if (track && !S.screenView) {
-      const video = videoFor(track, sharer.session_id, false);
+      const video = videoFor(track, sharer.session_id, isSelf);
       view.append(video);
-      S.screenView = {sessionId: sharer.session_id, trackId: track.id, video};
+      S.screenView = {sessionId: sharer.session_id, trackId: track.id, video, self: isSelf};
     }
     view.hidden = !sharer;
     view.dataset.sessionId = sharer ? sharer.session_id : "";
+    view.dataset.self = String(isSelf);
     let label = "";
-    if (sharer && !remote) label = "You are sharing your screen.";
+    if (isSelf) label = "You are sharing your screen: this is what the others see.";
     else if (sharer) label = `${displayName(sharer)} is sharing their screen${track ? "" : " (connecting…)"}.`;
     $("#screen-label").textContent = label;
   }
 
   function renderControls() {
+    const ready = !!S.pc && S.state === "joined";
     const mute = $("#mute");
-    mute.textContent = S.muted ? "Unmute" : "Mute";
+    setButton(mute, S.muted ? "mic-off" : "mic", S.muted ? "Unmute" : "Mute");
+    mute.title = S.muted ? "Unmute (M)" : "Mute (M)";
     mute.setAttribute("aria-pressed", String(S.muted));
     mute.dataset.muted = String(S.muted);
+    mute.disabled = S.micBusy;
     const hand = $("#hand");
-    hand.textContent = S.hand ? "Lower hand" : "Raise hand";
+    setButton(hand, "hand", S.hand ? "Lower hand" : "Raise hand");
+    hand.title = S.hand ? "Lower hand (H)" : "Raise hand (H)";
     hand.setAttribute("aria-pressed", String(S.hand));
     hand.dataset.hand = String(S.hand);
-    const ready = !!S.pc && S.state === "joined";
     const camera = $("#camera");
     const cameraOn = !!S.camTrack;
-    camera.textContent = cameraOn ? "Stop camera" : "Camera";
+    setButton(camera, cameraOn ? "camera" : "camera-off", cameraOn ? "Stop camera" : "Camera");
     camera.setAttribute("aria-pressed", String(cameraOn));
     camera.disabled = !ready || S.cameraBusy;
     const screen = $("#screen");
     const sharing = !!S.screenStream;
-    screen.textContent = sharing ? "Stop sharing" : "Share screen";
+    setButton(screen, sharing ? "screen-off" : "screen", sharing ? "Stop sharing" : "Share screen");
     screen.setAttribute("aria-pressed", String(sharing));
     screen.disabled = !ready || S.screenBusy;
+    setButton($("#react"), "smile", "React");
+    setButton($("#settings"), "sliders", "Devices");
+    setButton($("#leave"), "leave", "Leave");
+    if (!endConfirm) setButton($("#end-call"), "end", "End call");
+    $("#participants-toggle").setAttribute("aria-pressed", String(!$("#side").hidden));
+    if (!$("#participants-toggle").dataset.face) setButton($("#participants-toggle"), "users", "People");
   }
 
   // ---------------------------------------------------------------- participants
@@ -401,20 +699,34 @@
     }
     const isSelf = sid === S.sessionId;
     for (const [key, value] of Object.entries(fields)) {
-      // Our own mute, hand, camera and screen state is decided locally; the
-      // server echoes it.
-      if (isSelf && (key === "muted" || key === "hand" || key === "video" || key === "screen")) {
-        continue;
+      if (isSelf) {
+        // Our own state is decided here and the server echoes it, except when
+        // someone else changed it (a host or an admin lowered our hand or muted us).
+        if (key === "hand" && !value && S.hand) {
+          S.hand = false;
+          renderControls();
+        } else if (key === "muted" && value && !S.muted) {
+          mute(false);
+        }
+        if (key === "muted" || key === "hand" || key === "video" || key === "screen") continue;
       }
       p[key] = value;
     }
+    if (fields.voice && !isSelf) promoteIfOffPage(sid);
     renderParticipants();
+  }
+
+  // A speaker on another page comes to the first one (without reshuffling the rest).
+  function promoteIfOffPage(sid) {
+    const tile = S.tiles.get(sid);
+    if (!tile || !tile.node.classList.contains("off-page") || S.page !== 0) return;
+    S.promoted.set(sid, performance.now());
   }
 
   const reactionTimers = new Map();
   function showReaction(sid, emoji) {
     const p = S.participants.get(sid);
-    const who = p ? p.name || p.user || sid : sid;
+    const who = p ? displayName(p) : sid;
     if (p) {
       p.reaction = emoji;
       clearTimeout(reactionTimers.get(sid));
@@ -427,8 +739,8 @@
       }, REACTION_SHOW_MS));
       renderParticipants();
     }
-    const bubble = el("div", {"class": "reaction-bubble", "data-session-id": sid},
-      el("span", {"class": "emoji", "text": emoji}), el("span", {"class": "who", "text": who}));
+    const bubble = el("div", {"class": "reaction-bubble", "data-session-id": sid, "data-emoji": emoji},
+      el("span", {"class": "emoji"}, reactionIcon(emoji)), el("span", {"class": "who", "text": who}));
     $("#reactions").append(bubble);
     setTimeout(() => bubble.remove(), REACTION_SHOW_MS);
   }
@@ -453,6 +765,9 @@
 
   function connect() {
     S.name = ($("#name").value || "").trim() || S.user;
+    try {
+      if (S.name && S.name !== S.user) localStorage.setItem(NAME_KEY, S.name);
+    } catch (_err) { /* storage disabled */ }
     clearError();
     S.gotServerError = false;
     setState("connecting");
@@ -537,9 +852,20 @@
       detail ? `; ${detail}` : ""}).`, "ws_failed");
   }
 
+  const HOST_DONE = {
+    mute: (n) => `${n} is muted.`,
+    mute_others: () => "Everyone else is muted.",
+    stop_screen: (n) => `${n}'s screen share is stopped.`,
+    lower_hand: (n) => `${n}'s hand is lowered.`,
+    remove: (n) => `${n} was removed from the call.`,
+    make_host: (n) => `${n} is the host now.`,
+  };
+
   function handleMessage(msg) {
     const type = msg && msg.type;
-    if (type !== "pong" && type !== "signal") log("←", type, type === "joined" ? "" : msg);
+    if (type !== "pong" && type !== "signal") {
+      log("←", type, type === "joined" || type === "invite_created" ? "" : msg);
+    }
     switch (type) {
       case "joined":
         onJoined(msg);
@@ -556,6 +882,7 @@
       case "user_left":
         if (msg.session_id !== S.sessionId) {
           S.participants.delete(msg.session_id);
+          S.promoted.delete(msg.session_id);
           removeMediaFor(msg.session_id);
           renderParticipants();
         }
@@ -583,26 +910,55 @@
       case "user_reacted":
         if (msg.session_id !== S.sessionId) showReaction(msg.session_id, msg.emoji);
         break;
-      case "call_host_changed":
+      case "call_host_changed": {
+        const was = iAmHost();
         S.host = msg.host;
+        if (!was && iAmHost()) showNotice("You are the host now.", 5000);
+        if (was && !iAmHost()) closeHostMenu();
         renderParticipants();
         break;
+      }
       case "call_start":
         showNotice("The call started.", 3000);
         break;
-      case "call_end":
+      case "call_end": {
+        const who = msg.by === "admin" ? " by an administrator" : msg.by === "host" ? " by the host" : "";
         teardown("ended");
-        $("#ended-text").textContent = `The call ended${msg.reason ? ` (${msg.reason})` : ""}.`;
+        $("#ended-text").textContent = `The call was ended${who}${msg.reason ? ` (${msg.reason})` : ""}.`;
         showNotice(`The call ended${msg.reason ? `: ${msg.reason}` : ""}.`);
         break;
+      }
       case "host_mute":
-        setMuted(true);
-        showNotice("The host muted you.", 5000);
+        mute(false);
+        showNotice("The host muted you. Unmute when you want to speak.", 5000);
         break;
-      case "host_removed":
+      case "host_lower_hand":
+        S.hand = false;
+        setSelf({hand: false});
+        showNotice("The host lowered your hand.", 5000);
+        break;
+      case "host_screen_off":
+        if (S.screenStream) stopScreen(false);
+        showNotice("The host stopped your screen share.", 5000);
+        break;
+      case "host_removed": {
+        const text = msg.by === "admin" ? "You were removed from the call by an administrator."
+          : "You were removed from the call by the host.";
         teardown("removed");
-        $("#ended-text").textContent = "You were removed from the call by the host.";
-        showError("You were removed from the call by the host.", "host_removed");
+        $("#ended-text").textContent = text;
+        showError(text, "host_removed");
+        break;
+      }
+      case "host_control_done": {
+        const p = S.participants.get(msg.session_id);
+        const say = HOST_DONE[msg.action];
+        if (say && (msg.changed !== false || msg.action === "mute_others")) {
+          showNotice(say(p ? displayName(p) : "The participant"), 4000);
+        }
+        break;
+      }
+      case "invite_created":
+        onInvite(msg);
         break;
       case "error":
         onServerError(msg);
@@ -640,12 +996,15 @@
     if (msg.call) S.call = msg.call;
     S.host = msg.host || null;
     S.participants.clear();
+    S.promoted.clear();
     joinOrder = 0;
     upsertParticipant({session_id: S.sessionId, user: S.user, name: S.name, muted: S.muted,
       hand: S.hand, voice: false, video: false, screen: false});
     for (const p of msg.participants || []) {
       if (p.session_id !== S.sessionId) upsertParticipant(p);
     }
+    // We join muted (the server's default is unmuted): say so before anything else.
+    send({type: "mute"});
     setState("joined");
     renderParticipants();
     renderControls();
@@ -664,6 +1023,8 @@
     return chain;
   }
 
+  // The peer connection with only the `calls-dc` data channel: nothing is
+  // captured until the first unmute (or camera, or screen share).
   async function startMedia(iceServers) {
     if (S.state !== "joined") return;
     const pc = new RTCPeerConnection({iceServers, bundlePolicy: "max-bundle"});
@@ -691,27 +1052,6 @@
       }
     }, MEDIA_CONNECT_TIMEOUT_MS);
 
-    let stream = null;
-    try {
-      stream = await navigator.mediaDevices.getUserMedia({audio: true});
-    } catch (err) {
-      showError(`Microphone unavailable (${describeError(err)}); you can listen but not speak.`,
-        "no_microphone");
-    }
-    if (S.pc !== pc || S.state !== "joined") {
-      if (stream) stream.getTracks().forEach((t) => t.stop());
-      return;
-    }
-    if (stream) {
-      S.micStream = stream;
-      S.micTrack = stream.getAudioTracks()[0];
-      S.micSender = pc.addTrack(S.micTrack, stream);
-      applyMute();
-    } else {
-      pc.addTransceiver("audio", {direction: "recvonly"});
-      S.muted = true;
-      renderControls();
-    }
     const dc = pc.createDataChannel("calls-dc");
     S.dc = dc;
     dc.onopen = () => {
@@ -730,10 +1070,8 @@
       }
     };
     dc.onclose = () => log("data channel closed");
-    // Tell the server our mute state explicitly (its default may differ).
-    send({type: S.muted ? "mute" : "unmute"});
     renderControls(); // camera and screen buttons work from now on
-    // The first offer follows from `negotiationneeded` (track + data channel).
+    // The first offer follows from `negotiationneeded` (the data channel).
   }
 
   async function maybeOffer() {
@@ -883,6 +1221,9 @@
     node.srcObject = new MediaStream([track]);
     S.mediaElements.set(key, node);
     $("#media").append(node);
+    if (S.speakerId && node.setSinkId) {
+      node.setSinkId(S.speakerId).catch((err) => log("setSinkId failed:", describeError(err)));
+    }
     playElement(node);
   }
 
@@ -891,7 +1232,7 @@
     if (result && result.catch) {
       result.catch((err) => {
         log("playback blocked:", describeError(err));
-        $("#enable-audio-box").hidden = false;
+        if (node.tagName === "AUDIO") $("#enable-audio-box").hidden = false;
       });
     }
   }
@@ -916,37 +1257,89 @@
     }
   }
 
-  // ---------------------------------------------------------------- controls
-  function applyMute() {
-    if (S.micTrack) S.micTrack.enabled = !S.muted;
+  // ---------------------------------------------------------------- microphone
+  function micConstraints() {
+    return S.micDeviceId ? {deviceId: {exact: S.micDeviceId}} : true;
+  }
+
+  // Mute: the sender stops (replaceTrack(null), no renegotiation); the
+  // microphone stays open for a quick unmute. `notify` = tell the server (not
+  // needed when the server muted us).
+  function mute(notify = true) {
+    S.muted = true;
     if (S.micSender && S.pc && S.pc.signalingState !== "closed") {
-      S.micSender.replaceTrack(S.muted ? null : S.micTrack)
-        .catch((err) => log("replaceTrack failed:", describeError(err)));
+      S.micSender.replaceTrack(null).catch((err) => log("replaceTrack failed:", describeError(err)));
     }
+    if (notify) send({type: "mute"});
+    setSelf({muted: true});
+  }
+
+  // Unmute: the first time, ask for the microphone and add it to the
+  // connection (addTrack renegotiates); afterwards replaceTrack(track).
+  async function unmute() {
+    if (S.micBusy || !S.pc || S.state !== "joined") return;
+    if (!S.micTrack) {
+      S.micBusy = true;
+      renderControls();
+      let stream = null;
+      try {
+        stream = await navigator.mediaDevices.getUserMedia({audio: micConstraints()});
+      } catch (err) {
+        showError(`Microphone unavailable (${describeError(err)}); you can listen but not speak.`,
+          "no_microphone");
+      } finally {
+        S.micBusy = false;
+      }
+      const pc = S.pc;
+      if (!stream || !pc || pc.signalingState === "closed" || S.state !== "joined") {
+        if (stream) stream.getTracks().forEach((t) => t.stop());
+        renderControls();
+        return;
+      }
+      clearError("no_microphone");
+      S.micStream = stream;
+      S.micTrack = stream.getAudioTracks()[0];
+      S.micSender = pc.addTrack(S.micTrack, stream); // negotiationneeded follows
+      log("microphone added");
+      refreshDevices();
+    } else if (S.micSender) {
+      await S.micSender.replaceTrack(S.micTrack);
+    }
+    S.muted = false;
+    S.micTrack.enabled = true;
+    send({type: "unmute"});
+    setSelf({muted: false});
   }
 
   function setMuted(muted) {
     if (muted === S.muted) return;
-    if (!muted && !S.micTrack && S.pc) {
-      showNotice("No microphone: cannot unmute.", 4000);
+    if (muted) mute();
+    else unmute().catch((err) => showError(`Cannot unmute: ${describeError(err)}`, "no_microphone"));
+  }
+
+  async function switchMicrophone() {
+    const old = S.micTrack;
+    if (!old || !S.micSender) return;
+    const stream = await navigator.mediaDevices.getUserMedia({audio: micConstraints()});
+    const track = stream.getAudioTracks()[0];
+    if (S.micTrack !== old) { // the call ended or another switch won meanwhile
+      track.stop();
       return;
     }
-    S.muted = muted;
-    applyMute();
-    send({type: muted ? "mute" : "unmute"});
-    const self = S.participants.get(S.sessionId);
-    if (self) self.muted = muted;
-    renderControls();
-    renderParticipants();
+    if (S.micStream) {
+      S.micStream.removeTrack(old);
+      S.micStream.addTrack(track);
+    }
+    S.micTrack = track;
+    if (!S.muted) await S.micSender.replaceTrack(track);
+    old.stop();
+    log(`microphone: ${track.label}`);
   }
 
   function setHand(raised) {
     S.hand = raised;
     send({type: raised ? "raise_hand" : "lower_hand"});
-    const self = S.participants.get(S.sessionId);
-    if (self) self.hand = raised;
-    renderControls();
-    renderParticipants();
+    setSelf({hand: raised});
   }
 
   // The SFU forwards VP8: offer it first on the video we send.
@@ -969,6 +1362,11 @@
     renderParticipants();
   }
 
+  // ---------------------------------------------------------------- camera
+  function cameraConstraints() {
+    return S.camDeviceId ? {...CAMERA_CONSTRAINTS, deviceId: {exact: S.camDeviceId}} : CAMERA_CONSTRAINTS;
+  }
+
   // Camera on: a send-only transceiver of our own (never one the server created
   // to send us someone else's video), re-offered to the server; video_on tells
   // everyone. Camera off: replaceTrack(null), no renegotiation; video_off.
@@ -979,7 +1377,7 @@
     try {
       let stream;
       try {
-        stream = await navigator.mediaDevices.getUserMedia({video: CAMERA_CONSTRAINTS});
+        stream = await navigator.mediaDevices.getUserMedia({video: cameraConstraints()});
       } catch (err) {
         showError(`Camera unavailable (${describeError(err)}).`, "no_camera");
         return;
@@ -1004,6 +1402,7 @@
       track.addEventListener("ended", () => { if (S.camTrack === track) stopCamera(); });
       send({type: "video_on"});
       log("camera on");
+      refreshDevices();
     } finally {
       S.cameraBusy = false;
       setSelf({video: !!S.camTrack});
@@ -1024,6 +1423,29 @@
     setSelf({video: false});
   }
 
+  async function switchCamera() {
+    const old = S.camTrack;
+    if (!old || !S.camTransceiver || S.cameraBusy) return;
+    S.cameraBusy = true;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({video: cameraConstraints()});
+      const track = stream.getVideoTracks()[0];
+      if (S.camTrack !== old) {
+        track.stop();
+        return;
+      }
+      await S.camTransceiver.sender.replaceTrack(track);
+      S.camTrack = track;
+      track.addEventListener("ended", () => { if (S.camTrack === track) stopCamera(); });
+      old.stop();
+      log(`camera: ${track.label}`);
+    } finally {
+      S.cameraBusy = false;
+      setSelf({video: !!S.camTrack});
+    }
+  }
+
+  // ---------------------------------------------------------------- screen share
   // Ask the server for the call's one screen-share slot, naming the stream that
   // will carry the screen. Resolves on our user_screen_on, rejects on an error.
   function requestScreenSlot(streamId) {
@@ -1133,16 +1555,46 @@
     setSelf({screen: false});
   }
 
+  // ---------------------------------------------------------------- reactions, leaving
   function react(emoji) {
     if (S.state !== "joined") return;
     send({type: "react", emoji});
     showReaction(S.sessionId, emoji);
+    toggleReactions(false);
+  }
+
+  function toggleReactions(open) {
+    const box = $("#reaction-buttons");
+    const show = open === undefined ? box.hidden : open;
+    box.hidden = !show;
+    $("#react").setAttribute("aria-expanded", String(show));
   }
 
   function leave() {
     if (S.state === "joined" || S.state === "joining") send({type: "leave"});
     teardown("left");
     $("#ended-text").textContent = "You left the call.";
+  }
+
+  // "End call" asks once more (a second click within a few seconds) instead of a modal.
+  let endConfirm = null;
+  function endCall() {
+    if (!iAmHost()) return;
+    if (!endConfirm) {
+      setButton($("#end-call"), "end", "Click again to end for everyone");
+      $("#end-call").dataset.confirm = "true";
+      endConfirm = setTimeout(resetEndCall, END_CONFIRM_MS);
+      return;
+    }
+    resetEndCall();
+    hostControl("end");
+  }
+
+  function resetEndCall() {
+    clearTimeout(endConfirm);
+    endConfirm = null;
+    delete $("#end-call").dataset.confirm;
+    setButton($("#end-call"), "end", "End call");
   }
 
   function teardown(state) {
@@ -1173,18 +1625,19 @@
     for (const key of [...S.mediaElements.keys()]) detachMedia(key);
     S.remoteTracks.clear();
     S.remoteTrackObjs.clear();
-    for (const tile of S.videoTiles.values()) {
-      tile.video.srcObject = null;
+    for (const tile of S.tiles.values()) {
+      if (tile.video) tile.video.srcObject = null;
       tile.node.remove();
     }
-    S.videoTiles.clear();
+    S.tiles.clear();
     if (S.screenView) {
       S.screenView.video.srcObject = null;
       S.screenView.video.remove();
       S.screenView = null;
     }
-    $("#videos").hidden = true;
     $("#screen-view").hidden = true;
+    closeHostMenu();
+    for (const dialog of document.querySelectorAll("dialog[open]")) dialog.close();
     if (S.ws) {
       const ws = S.ws;
       if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
@@ -1193,6 +1646,153 @@
       }
     }
     setState(state);
+  }
+
+  // ---------------------------------------------------------------- host controls
+  // The server decides (only the host's commands take effect); the page only
+  // offers them to the host.
+  function hostControl(action, sessionId) {
+    const message = {type: "host_control", action};
+    if (sessionId) message.session_id = sessionId;
+    send(message);
+  }
+
+  let hostMenuTarget = null;
+  function openHostMenu(sid, anchor) {
+    const p = S.participants.get(sid);
+    if (!p || !iAmHost()) return;
+    const menu = $("#host-menu");
+    hostMenuTarget = sid;
+    menu.dataset.target = sid;
+    for (const button of menu.querySelectorAll("button[data-action]")) {
+      const action = button.dataset.action;
+      button.hidden = (action === "mute" && p.muted) || (action === "lower_hand" && !p.hand) ||
+        (action === "stop_screen" && !p.screen);
+    }
+    menu.hidden = false;
+    const rect = anchor.getBoundingClientRect();
+    const width = menu.offsetWidth;
+    const height = menu.offsetHeight;
+    const left = Math.max(8, Math.min(rect.right - width, window.innerWidth - width - 8));
+    const below = rect.bottom + 4 + height < window.innerHeight;
+    menu.style.left = `${left}px`;
+    menu.style.top = `${below ? rect.bottom + 4 : Math.max(8, rect.top - height - 4)}px`;
+    const first = menu.querySelector("button:not([hidden])");
+    if (first) first.focus();
+  }
+
+  function closeHostMenu() {
+    const menu = $("#host-menu");
+    if (menu) menu.hidden = true;
+    hostMenuTarget = null;
+  }
+
+  // ---------------------------------------------------------------- invite links
+  function openInvite() {
+    const dialog = $("#invite-dialog");
+    $("#invite-link").value = "";
+    $("#invite-copy").disabled = true;
+    if (!dialog.open) dialog.showModal();
+    $("#invite-name").focus();
+  }
+
+  function requestInvite(event) {
+    event.preventDefault();
+    const name = $("#invite-name").value.trim();
+    if (!name) return;
+    send({type: "invite", name});
+  }
+
+  async function copyInvite() {
+    const link = $("#invite-link").value;
+    if (!link) return false;
+    try {
+      await navigator.clipboard.writeText(link);
+      showNotice("Join link copied.", 3000);
+      return true;
+    } catch (_err) {
+      $("#invite-link").select(); // the clipboard needs permission: let the user copy
+      showNotice("Select the link and copy it (the browser refused the clipboard).", 5000);
+      return false;
+    }
+  }
+
+  function onInvite(msg) {
+    const link = new URL(msg.path, location.href).href;
+    S.invite = {...msg, link};
+    $("#invite-link").value = link;
+    $("#invite-copy").disabled = false;
+    copyInvite();
+  }
+
+  // ---------------------------------------------------------------- devices
+  function fillDevices(select, devices, current, noun) {
+    const options = devices.map((d, i) => el("option", {value: d.deviceId,
+      text: d.label || `${noun} ${i + 1}`}));
+    if (!options.length) options.push(el("option", {value: "", text: `no ${noun.toLowerCase()} found`}));
+    select.replaceChildren(...options);
+    select.disabled = !devices.length;
+    if (current && devices.some((d) => d.deviceId === current)) select.value = current;
+  }
+
+  function trackDevice(track) {
+    const settings = track && track.getSettings ? track.getSettings() : {};
+    return settings.deviceId || "";
+  }
+
+  async function refreshDevices() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+    let devices = [];
+    try {
+      devices = await navigator.mediaDevices.enumerateDevices();
+    } catch (err) {
+      log("enumerateDevices failed:", describeError(err));
+      return;
+    }
+    fillDevices($("#mic-select"), devices.filter((d) => d.kind === "audioinput"),
+      S.micDeviceId || trackDevice(S.micTrack), "Microphone");
+    fillDevices($("#cam-select"), devices.filter((d) => d.kind === "videoinput"),
+      S.camDeviceId || trackDevice(S.camTrack), "Camera");
+    const canPick = "setSinkId" in HTMLMediaElement.prototype;
+    $("#speaker-select").hidden = !canPick;
+    $("#speaker-label").hidden = !canPick;
+    if (canPick) {
+      fillDevices($("#speaker-select"), devices.filter((d) => d.kind === "audiooutput"),
+        S.speakerId, "Speaker");
+    }
+  }
+
+  function openSettings() {
+    refreshDevices();
+    const dialog = $("#settings-dialog");
+    if (!dialog.open) dialog.showModal();
+  }
+
+  async function onDeviceChoice(kind, value) {
+    try {
+      if (kind === "mic") {
+        S.micDeviceId = value;
+        await switchMicrophone();
+      } else if (kind === "cam") {
+        S.camDeviceId = value;
+        await switchCamera();
+      } else {
+        S.speakerId = value;
+        for (const node of S.mediaElements.values()) {
+          if (node.setSinkId) await node.setSinkId(value);
+        }
+      }
+    } catch (err) {
+      showError(`Cannot switch to that device: ${describeError(err)}`, "device_failed");
+    }
+  }
+
+  // ---------------------------------------------------------------- side panel
+  function toggleSide(open) {
+    const side = $("#side");
+    side.hidden = open === undefined ? !side.hidden : !open;
+    $("#participants-toggle").setAttribute("aria-pressed", String(!side.hidden));
+    layoutSoon();
   }
 
   // ---------------------------------------------------------------- wiring
@@ -1210,6 +1810,7 @@
       user: () => S.user,
       name: () => S.name,
       host: () => S.host,
+      isHost: () => iAmHost(),
       muted: () => S.muted,
       hand: () => S.hand,
       signaling: () => S.signaling,
@@ -1229,38 +1830,75 @@
         return out;
       },
       camera: () => !!S.camTrack,
+      microphone: () => (S.micTrack ? {label: S.micTrack.label, deviceId: trackDevice(S.micTrack)} : null),
       // True once the server accepted our share (and until we stop it).
       screenSharing: () => !!S.screenStream && !S.screenPending,
       screenSharer: () => { const p = screenSharer(); return p ? p.session_id : null; },
-      // Camera tiles on screen, by session id (ours included while our camera is on).
+      // Camera videos on tiles, by session id (ours included while our camera is on).
       videos: () => {
         const out = {};
-        for (const [sid, tile] of S.videoTiles) out[sid] = videoInfo(tile.video, tile.trackId);
+        for (const [sid, tile] of S.tiles) if (tile.video) out[sid] = videoInfo(tile.video, tile.trackId);
         return out;
       },
       screenView: () => (S.screenView ? {sessionId: S.screenView.sessionId,
         ...videoInfo(S.screenView.video, S.screenView.trackId)} : null),
+      layout: () => ({mode: $("#stage").dataset.layout, page: S.page, pages: S.pages,
+        perPage: S.perPage, tiles: S.tiles.size}),
+      invite: () => (S.invite ? {...S.invite} : null),
       log: () => S.log.slice(),
     };
     for (const [name, get] of Object.entries(props)) {
       Object.defineProperty(api, name, {get, enumerable: true});
     }
     // The <video> elements themselves, for tests (by session id; the screen view).
-    api.videoElement = (sid) => (S.videoTiles.has(sid) ? S.videoTiles.get(sid).video : null);
+    api.videoElement = (sid) => (S.tiles.has(sid) ? S.tiles.get(sid).video : null);
     api.screenElement = () => (S.screenView ? S.screenView.video : null);
     window.callsctl = Object.freeze(api);
   }
 
+  function typingInto(target) {
+    return !!target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName));
+  }
+
+  function onKey(event) {
+    if (event.key === "Escape") {
+      closeHostMenu();
+      toggleReactions(false);
+      return;
+    }
+    if (S.state !== "joined" || event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    if (typingInto(event.target) || document.querySelector("dialog[open]")) return;
+    const key = event.key.toLowerCase();
+    if (key === "m") {
+      event.preventDefault();
+      setMuted(!S.muted);
+    } else if (key === "h") {
+      event.preventDefault();
+      setHand(!S.hand);
+    }
+  }
+
+  function decorateStaticButtons() {
+    for (const node of document.querySelectorAll("[data-icon]")) {
+      node.prepend(icon(node.dataset.icon));
+    }
+  }
+
   function init() {
     exposeApi();
-    for (const emoji of REACTIONS) {
-      const button = el("button", {type: "button", "class": "react", "data-emoji": emoji,
-        "title": `react ${emoji}`, text: emoji});
-      button.addEventListener("click", () => react(emoji));
+    decorateStaticButtons();
+    for (const r of REACTIONS) {
+      const button = el("button", {type: "button", "class": "react", "data-emoji": r.emoji,
+        "title": r.label, "aria-label": r.label}, icon(r.icon, `reaction-${r.icon}`));
+      button.addEventListener("click", () => react(r.emoji));
       $("#reaction-buttons").append(button);
     }
     $("#mute").addEventListener("click", () => setMuted(!S.muted));
     $("#hand").addEventListener("click", () => setHand(!S.hand));
+    $("#react").addEventListener("click", (event) => {
+      event.stopPropagation();
+      toggleReactions();
+    });
     $("#camera").addEventListener("click", () => {
       if (S.camTrack) stopCamera();
       else startCamera().catch((err) => showError(`Camera failed: ${describeError(err)}`, "no_camera"));
@@ -1271,6 +1909,38 @@
         "screen_failed"));
     });
     $("#leave").addEventListener("click", leave);
+    $("#end-call").addEventListener("click", endCall);
+    $("#participants-toggle").addEventListener("click", () => toggleSide());
+    $("#side-close").addEventListener("click", () => toggleSide(false));
+    $("#settings").addEventListener("click", openSettings);
+    $("#mic-select").addEventListener("change", (e) => onDeviceChoice("mic", e.target.value));
+    $("#cam-select").addEventListener("change", (e) => onDeviceChoice("cam", e.target.value));
+    $("#speaker-select").addEventListener("change", (e) => onDeviceChoice("speaker", e.target.value));
+    $("#mute-all").addEventListener("click", () => hostControl("mute_others"));
+    $("#invite").addEventListener("click", openInvite);
+    $("#invite-form").addEventListener("submit", requestInvite);
+    $("#invite-copy").addEventListener("click", copyInvite);
+    $("#invite-close").addEventListener("click", () => $("#invite-dialog").close());
+    $("#participants").addEventListener("click", (event) => {
+      const button = event.target.closest("button.more");
+      if (!button) return;
+      event.stopPropagation();
+      if (hostMenuTarget === button.dataset.target) closeHostMenu();
+      else openHostMenu(button.dataset.target, button);
+    });
+    $("#host-menu").addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-action]");
+      if (!button || !hostMenuTarget) return;
+      hostControl(button.dataset.action, hostMenuTarget);
+      closeHostMenu();
+    });
+    document.addEventListener("click", (event) => {
+      if (!event.target.closest("#host-menu")) closeHostMenu();
+      if (!event.target.closest(".popover-anchor")) toggleReactions(false);
+    });
+    document.addEventListener("keydown", onKey);
+    $("#page-prev").addEventListener("click", () => turnPage(-1));
+    $("#page-next").addEventListener("click", () => turnPage(1));
     $("#error-dismiss").addEventListener("click", () => clearError());
     $("#rejoin").addEventListener("click", () => location.reload());
     $("#enable-audio").addEventListener("click", () => {
@@ -1284,6 +1954,15 @@
     window.addEventListener("pagehide", () => {
       if (S.state === "joined") send({type: "leave"});
     });
+    if (window.ResizeObserver) new ResizeObserver(layoutSoon).observe($("#stage"));
+    else window.addEventListener("resize", layoutSoon);
+    if (navigator.mediaDevices.addEventListener) {
+      navigator.mediaDevices.addEventListener("devicechange", refreshDevices);
+    }
+    $("#side").hidden = window.innerWidth < SIDE_OPEN_MIN_WIDTH;
+    // The list covers the stage on narrow screens: it closes when the window gets narrow.
+    const narrowQuery = window.matchMedia(`(max-width: ${NARROW_WIDTH + 60}px)`);
+    narrowQuery.addEventListener("change", (event) => { if (event.matches) toggleSide(false); });
     renderControls();
 
     const params = new URLSearchParams(location.search);
@@ -1313,11 +1992,21 @@
     if (typeof S.claims.exp === "number" && S.claims.exp * 1000 < Date.now()) {
       showNotice("This join link looks expired; the server will probably refuse it.");
     }
-    $("#name").value = params.get("name") || S.user;
-    $("#lobby-info").textContent = `Join call “${S.call}” as user “${S.user}”.`;
+    // The name: the link's, else the one used last time, else the token's user
+    // unless that is a generic one ("guest"): then the prompt starts empty.
+    let remembered = "";
+    try {
+      remembered = localStorage.getItem(NAME_KEY) || "";
+    } catch (_err) { /* storage disabled */ }
+    const generic = !S.user || GENERIC_USERS.has(S.user.toLowerCase());
+    $("#name").value = params.get("name") || remembered || (generic ? "" : S.user);
+    $("#lobby-title").textContent = `Join “${S.call}”`;
+    $("#lobby-info").textContent = generic ? "Tell the others who you are." :
+      `Your link is for user “${S.user}”.`;
     renderStatus();
     setState("ready");
     if (params.get("autojoin") === "1") connect();
+    else $("#name").focus();
   }
 
   function boot() {

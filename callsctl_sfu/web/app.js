@@ -1133,12 +1133,15 @@
     }
     if (data.type !== "candidate") log("← signal", data.type, `(state ${pc.signalingState})`);
     if (data.type === "offer") {
+      let sdp = data.sdp;
       if (pc.signalingState === "have-local-offer") {
         // Glare: we are the polite peer; drop our offer, take the server's, re-offer later.
         log("offer collision: rolling back our offer");
+        const ours = pc.localDescription ? pc.localDescription.sdp : "";
         await pc.setLocalDescription({type: "rollback"});
+        sdp = adoptExtensionIds(sdp, ours);
       }
-      await pc.setRemoteDescription({type: "offer", sdp: data.sdp});
+      await pc.setRemoteDescription({type: "offer", sdp});
       await flushRemoteCandidates();
       S.localDescSent = false;
       const answer = await pc.createAnswer();
@@ -1160,6 +1163,43 @@
     } else {
       log("unknown signal type", data.type);
     }
+  }
+
+  // RTP header extension ids by URI ("a=extmap:ID[/dir] URI"), first use wins.
+  function extensionIds(sdp) {
+    const ids = new Map();
+    for (const line of sdp.split(/\r?\n/)) {
+      const match = /^a=extmap:(\d+)(?:\/\w+)? (\S+)/.exec(line);
+      if (match && !ids.has(match[2])) ids.set(match[2], Number(match[1]));
+    }
+    return ids;
+  }
+
+  // After a rollback Chromium keeps the extension ids its withdrawn offer gave
+  // a new m-section, and refuses an offer that binds one of them to another
+  // extension ("RTP extension ID reassignment not supported"); the server,
+  // which had not seen that offer, numbered its own independently. So the
+  // server's offer is renumbered to our ids (others to free ones); the answer
+  // carries them and the server adopts what the answer says (RFC 8285 §6).
+  function adoptExtensionIds(remoteSdp, ourSdp) {
+    const ours = extensionIds(ourSdp);
+    const theirs = extensionIds(remoteSdp);
+    const used = new Set(ours.values());
+    const remap = new Map();
+    for (const [uri, id] of theirs) if (ours.has(uri)) remap.set(id, ours.get(uri));
+    for (const [uri, id] of theirs) {
+      if (ours.has(uri)) continue;
+      let next = id;
+      if (used.has(next)) {
+        next = 1;
+        while (used.has(next) && next < 255) next += 1;
+      }
+      used.add(next);
+      remap.set(id, next);
+    }
+    if ([...remap].every(([from, to]) => from === to)) return remoteSdp;
+    log("renumbered the server's header extensions after the collision");
+    return remoteSdp.replace(/^a=extmap:(\d+)/gm, (line, id) => `a=extmap:${remap.has(Number(id)) ? remap.get(Number(id)) : id}`);
   }
 
   function onMediaStateChange(pc) {

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from callsctl.errors import fail
+from callsctl.errors import bad_option, fail
 from callsctl_sfu import __version__
 from callsctl_sfu.config import ConfigError, ServeConfig, load_config, to_toml
 from callsctl_sfu.datadir import load_or_create_secret
@@ -121,6 +121,8 @@ def serve(
     try:
         config = load_config(config_file, overrides=overrides)
     except ConfigError as exc:
+        if getattr(exc, "source", "") == "flag":  # a bad flag is a usage error (exit 2)
+            bad_option("--" + exc.key.replace("_", "-"), f"{exc.value!r} {exc.allowed}")
         fail(str(exc))
     if print_config:
         typer.echo(to_toml(config), nl=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from callsctl.errors import fail
+from callsctl.errors import bad_option, fail
 from callsctl.timespec import parse_duration
 from callsctl_sfu.config import ConfigError, load_config
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret
@@ -34,8 +34,11 @@ def token(
     on the server host with the same --data-dir/--config as `callsctl serve`.
     """
     try:
-        cfg = load_config(config, overrides={"data_dir": data_dir})
         seconds = parse_duration(ttl)
+    except ValueError as exc:
+        bad_option("--ttl", str(exc))
+    try:
+        cfg = load_config(config, overrides={"data_dir": data_dir})
         secret = load_or_create_secret(cfg.data_dir)
         value = issue_token(secret, call, user, seconds)
     except (ConfigError, DataDirError, TokenError, ValueError) as exc:

@@ -41,6 +41,7 @@ class ConfigError(ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
+        self.source = source
 
 
 def default_data_dir() -> str:

@@ -3,7 +3,8 @@
 Where the server and key come from, first match wins:
   --server / CALLSCTL_SERVER / `server` in the client config / http://127.0.0.1:8045
   --admin-key / CALLSCTL_ADMIN_KEY / --admin-key-file / CALLSCTL_ADMIN_KEY_FILE /
-  `admin_key` or `admin_key_file` in the client config / <default data dir>/admin_key
+  `admin_key` or `admin_key_file` in the client config / <the local server's data dir>/admin_key
+  (found as `callsctl token` finds it: CALLSCTL_DATA_DIR or the default one)
 The client config is TOML at --client-config, CALLSCTL_CLIENT_CONFIG or
 $XDG_CONFIG_HOME/callsctl/client.toml, keys at the top level or under [client]:
 server, admin_key, admin_key_file, ca_cert, insecure. The last fallback means
@@ -30,7 +31,6 @@ from rich.console import Console
 from rich.table import Table
 
 from callsctl.errors import fail
-from callsctl_sfu.config import default_data_dir
 
 DEFAULT_SERVER = "http://127.0.0.1:8045"
 CLIENT_KEYS = {"server", "admin_key", "admin_key_file", "ca_cert", "insecure"}
@@ -143,7 +143,9 @@ def connection_for(ctx: typer.Context) -> Connection:
     elif config.get("admin_key_file"):
         key = _read_key(str(config["admin_key_file"]), "client config admin_key_file")
     else:
-        fallback = Path(default_data_dir()) / "admin_key"
+        from callsctl import localserver
+
+        fallback = localserver.data_dir(None) / "admin_key"
         if not fallback.exists():
             fail("no admin key: pass --admin-key-file <server data dir>/admin_key, set "
                  "CALLSCTL_ADMIN_KEY, or put admin_key_file in ~/.config/callsctl/client.toml")

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from callsctl_sfu.calls.host import HostControlError
 from callsctl_sfu.calls.sessionstats import describe_call, summarize_call
+from callsctl_sfu.metrics import read_udp_snmp
 from callsctl_sfu.store import CallSettings
 
 if TYPE_CHECKING:
@@ -283,11 +284,20 @@ async def system(request: web.Request) -> web.Response:
     cpus = os.cpu_count() or 1
     load1, load5, load15 = os.getloadavg()
     memory = psutil.virtual_memory()
+    process = psutil.Process()
+    cpu = process.cpu_times()
+    rcvbuf = read_udp_snmp().get("RcvbufErrors")
     return web.json_response({
+        # cpu_load and load are the whole machine's; process_* are this server's own.
         "cpu_load": round(load1 / cpus, 3), "cpus": cpus,
         "load": {"Load1": load1, "Load5": load5, "Load15": load15},
         "memory_bytes": memory.total - memory.available, "memory_total": memory.total,
-        "process_rss_bytes": psutil.Process().memory_info().rss,
+        "process_rss_bytes": process.memory_info().rss,
+        "process_cpu_seconds": round(cpu.user + cpu.system, 3),
+        "udp_rcvbuf_errors": rcvbuf,
+        "udp_rcvbuf_errors_since_start": (
+            None if rcvbuf is None or control.rcvbuf_errors_at_start is None
+            else max(0, rcvbuf - control.rcvbuf_errors_at_start)),
         "sessions": len(manager.participants) if manager else 0,
         "calls": len(manager.calls) if manager else 0,
         "uptime_s": round(control.uptime(), 1), "time": time.time(),

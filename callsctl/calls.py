@@ -315,7 +315,7 @@ def render_call(data: dict[str, Any], console: Console) -> None:
                           numeric=("in", "out"))
     for s in data.get("sessions", []):
         pair = s.get("candidate_pair")
-        host_mark = " ★" if s["session_id"] == data.get("host") else ""
+        host_mark = " (host)" if s["session_id"] == data.get("host") else ""
         loss = s.get("loss")
         tracks = s.get("tracks") or []
         ins = sum(1 for t in tracks if t.get("direction") == "in")

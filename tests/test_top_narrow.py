@@ -114,7 +114,7 @@ def test_calls_show_fits_80_columns_with_ids_and_addresses_whole() -> None:
     text = console.export_text()
     assert "…" not in text  # nothing cut short
     assert all(cell_len(line) <= 80 for line in text.splitlines())
-    for whole in ("0123456789abcdef ★", "198.51.100.7:53211", "192.0.2.9:3478", "srflx/udp",
+    for whole in ("0123456789abcdef (host)", "198.51.100.7:53211", "192.0.2.9:3478", "srflx/udp",
                   "relay/tcp", "checking", "420.0", "7.0%", "muted, hand", "1 in / 1 out"):
         assert whole in text, whole
     # Each session's row keeps its id and its figures on one line.

@@ -42,6 +42,9 @@ def token(
         seconds = parse_duration(ttl)
     except ValueError as exc:
         bad_option("--ttl", str(exc))
+    for option, value in (("--call", call), ("--user", user)):
+        if not value.strip():
+            bad_option(option, "must not be empty")
     problem = public_url_problem(url)
     if problem:
         bad_option("--url", f"{url!r} {problem}")

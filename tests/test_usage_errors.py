@@ -35,6 +35,7 @@ CASES = [
     (["token", "--call", "c", "--user", "u", "--ttl", "5x"], ["--ttl", "5x"]),
     (["token", "--user", "u"], ["--call"]),
     (["token", "--call"], ["--call"]),
+    (["token", "--call", "", "--user", "u"], ["--call", "empty"]),
     (["check", "udp", "--host", "127.0.0.1", "--port", "99999"], ["99999"]),
     (["check", "rtc", "--hst", "x"], ["--hst", "check rtc"]),
     (["top", "--refresh", "0"], ["--refresh"]),

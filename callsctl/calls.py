@@ -273,10 +273,9 @@ def list_calls(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     if not calls:
         console.print("no live calls")
         return
-    table = Table(title=f"{len(calls)} live call(s)")
-    for column in ("call", "participants", "age", "host", "screen", "in", "out"):
-        table.add_column(column, justify="right" if column in ("participants", "in", "out")
-                         else "left")
+    table = _narrow_table(f"{len(calls)} live call(s)",
+                          ("call", "participants", "age", "host", "screen", "in", "out"),
+                          numeric=("participants", "in", "out"))
     for call in calls:
         table.add_row(call["id"], str(call["participants"]), _age(call.get("started_at")),
                       call.get("host_user") or "-", call.get("screen_sharer") or "-",

@@ -5,7 +5,7 @@
 # Does option $2 of command path $1 take a value (so the next word is not a command)?
 _callsctl_takes_value() {
     case "$1" in
-        "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key) return 0 ;; esac ;;
+        "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key|--public-url|--metrics-port|--metrics-bind|--metrics-auth) return 0 ;; esac ;;
         "callsctl token") case "$2" in --call|-c|--user|-u|--ttl|--data-dir|--config|--url) return 0 ;; esac ;;
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
         "callsctl top") case "$2" in --host|--server|--admin-key|--admin-key-file|--data-dir|--ca-cert|--client-config|--refresh) return 0 ;; esac ;;
@@ -102,9 +102,13 @@ _callsctl() {
                 --admin-key-file) return ;;  # free-form value
                 --tls-cert) return ;;  # free-form value
                 --tls-key) return ;;  # free-form value
+                --public-url) return ;;  # free-form value
+                --metrics-port) return ;;  # free-form value
+                --metrics-bind) return ;;  # free-form value
+                --metrics-auth) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--config --bind --api-port --udp-port --ice-host-override --data-dir --max-call-participants --log-level --log-format --default-call --session-timeout --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --admin-key-file --default-enabled --no-default-enabled --tls-cert --tls-key --tls-self-signed --print-config --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--config --bind --api-port --udp-port --ice-host-override --data-dir --max-call-participants --log-level --log-format --default-call --session-timeout --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --admin-key-file --default-enabled --no-default-enabled --tls-cert --tls-key --tls-self-signed --public-url --metrics-port --metrics-bind --metrics-auth --print-config --help -h" -- "$cur"))
             fi ;;
         "callsctl token")
             case $prev in

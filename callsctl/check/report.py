@@ -132,7 +132,7 @@ def all_command(
             fail("give at most one of --token or --data-dir", EXIT_USAGE)
         base = (api_url or f"http://{host}:{api_port}").rstrip("/")
         name, tokens = ((token_call(token), (token, token)) if token is not None
-                        else mint_tokens(data_dir))  # type: ignore[arg-type]
+                        else mint_tokens(data_dir))
         call = CallTarget("ws" + base[4:] + "/ws", name, tokens, max(timeout, 10.0))
     ctx = Context(RtcProbe(target), stun_server, call)
     raise typer.Exit(emit(run_steps(ctx), as_json, title=f"callsctl check all: {host}"))

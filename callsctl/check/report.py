@@ -33,6 +33,7 @@ from callsctl.check.rtc import (
     RtcTarget,
     advertised_result,
     api_result,
+    server_result,
     tcp_result,
     udp_result,
     validate_host,
@@ -65,6 +66,7 @@ class Step:
 
 
 STEPS: list[Step] = [
+    Step("server", lambda ctx: [server_result(ctx.rtc)]),
     Step("api", lambda ctx: [api_result(ctx.rtc)]),
     Step("rtc udp", lambda ctx: [udp_result(ctx.rtc)]),
     Step("rtc tcp", lambda ctx: [tcp_result(ctx.rtc)]),

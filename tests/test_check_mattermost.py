@@ -326,3 +326,19 @@ def test_usage_errors() -> None:
         proc = run_cli("check", *args, timeout=30)
         assert proc.returncode == 2, (args, proc.stderr)
         assert needle in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
+
+
+def test_check_all_runs_the_sessions_when_given(pionsfu: Path) -> None:
+    with stack(pionsfu, "rtcd") as s:
+        code, results, _ = s.cli("all", *_rtc_args(s), "--rtcd-url", _rtcd_url(s))
+    assert code == 0, results
+    assert results["rtc udp"]["figure"] == "inconclusive"
+    assert results["rtcd ice"]["status"] == "pass" and results["rtcd leave"]["status"] == "pass"
+    with stack(pionsfu, "mattermost") as s:
+        code, results, _ = s.cli("all", "--host", "127.0.0.1", "--udp-port", str(s.udp_port),
+                                 "--tcp-port", str(s.tcp_port), "--timeout", "1",
+                                 "--mattermost", f"http://127.0.0.1:{s.api_port}",
+                                 "--token", "pat", "--channel", CHANNEL)
+    assert code == 0, results
+    assert results["server"]["details"]["server_kind"] == "mattermost"
+    assert results["mattermost media"]["status"] == "pass"

@@ -155,7 +155,7 @@ def rtcd_app(sfu: Sfu, client_id: str, auth_key: str) -> web.Application:
 
 
 def mattermost_app(sfu: Sfu, token: str, channel: str, plugin_enabled: bool,
-                   live_call: bool) -> web.Application:
+                   live_call: bool, ice_servers: list[dict[str, Any]]) -> web.Application:
     app = web.Application()
     user_id = "u" * 26
     state: dict[str, Any] = {"sessions": {}}
@@ -193,7 +193,7 @@ def mattermost_app(sfu: Sfu, token: str, channel: str, plugin_enabled: bool,
         if not authed(request):
             return web.Response(status=401, text="Unauthorized")
         if path == "config":
-            return web.json_response({"ICEServersConfigs": [], "DefaultEnabled": True,
+            return web.json_response({"ICEServersConfigs": ice_servers, "DefaultEnabled": True,
                                       "AllowEnableCalls": True, "NeedsTURNCredentials": False})
         if path == channel:
             body: dict[str, Any] = {"channel_id": channel, "enabled": True}
@@ -283,12 +283,16 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--channel", default="c" * 26)
     parser.add_argument("--plugin-disabled", action="store_true")
     parser.add_argument("--live-call", action="store_true")
+    parser.add_argument("--turn", help="TURN URL for the plugin's ICEServersConfigs")
+    parser.add_argument("--turn-user", default="")
+    parser.add_argument("--turn-pass", default="")
     args = parser.parse_args(argv)
     sfu = Sfu(args.sfu)
     sfu.http = aiohttp.ClientSession()
     app = (rtcd_app(sfu, args.client_id, args.auth_key) if args.kind == "rtcd" else
            mattermost_app(sfu, args.token, args.channel, not args.plugin_disabled,
-                          args.live_call))
+                          args.live_call, [{"urls": [args.turn], "username": args.turn_user,
+                                            "credential": args.turn_pass}] if args.turn else []))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

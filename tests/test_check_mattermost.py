@@ -342,3 +342,38 @@ def test_check_all_runs_the_sessions_when_given(pionsfu: Path) -> None:
     assert code == 0, results
     assert results["server"]["details"]["server_kind"] == "mattermost"
     assert results["mattermost media"]["status"] == "pass"
+
+
+def test_webrtc_mattermost_force_turn_without_turn_configured(pionsfu: Path) -> None:
+    with stack(pionsfu, "mattermost") as s:
+        code, results, _ = s.cli(*_mm_args(s), "--force-turn")
+    assert code == 1
+    assert results["turn"]["status"] == "fail" and "ICE Servers" in results["turn"]["fix"]
+
+
+@pytest.mark.skipif(not have("turnserver"), reason="needs coturn")
+def test_webrtc_mattermost_force_turn_relays_through_the_plugins_turn(pionsfu: Path,
+                                                                       tmp_path: Path) -> None:
+    from tests.test_check_stun import start_coturn
+
+    coturn = start_coturn(tmp_path, two_addresses=False, secret=None, users=("calls:pw",))
+    try:
+        with stack(pionsfu, "mattermost", "--turn", f"turn:127.0.0.1:{coturn.port}",
+                   "--turn-user", "calls", "--turn-pass", "pw") as s:
+            code, results, _ = s.cli(*_mm_args(s), "--force-turn")
+    finally:
+        coturn.stop()
+    assert code == 0, results
+    pair = results["ice"]["details"]["candidate_pair"]
+    assert pair["local_type"] == "relay", pair
+    assert results["media"]["status"] == "pass"
+
+
+def test_check_rtcd_against_nothing_fails_at_the_api() -> None:
+    from tests.helpers import free_port
+
+    proc = run_cli("check", "rtcd", "--url", f"http://id:key@127.0.0.1:{free_port()}", "--json",
+                   "--timeout", "3", timeout=30)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    results = {r["name"]: r for r in json.loads(proc.stdout)["results"]}
+    assert list(results) == ["api"] and "is rtcd running" in results["api"]["fix"]

@@ -353,7 +353,8 @@ def api_result(probe: RtcProbe) -> CheckResult:
         load = kind.details.get("cpu_load")
         figure = f"{outcome.rtt_ms:.1f} ms" if outcome.rtt_ms is not None else None
         text = f"{outcome.url}: {kind.label}" + (
-            f"; CPU load {load:.2f} (GET /system)" if isinstance(load, int | float) else "")
+            f"; load {load:.2f} (GET /system: 1 / idle CPUs)" if isinstance(load, int | float)
+            else "")
         return CheckResult(name, "pass", text, figure=figure,
                            details={"url": outcome.url, "version": kind.version, "cpu_load": load})
     if kind.kind == "mattermost":

@@ -71,16 +71,18 @@ def candidates_result(peer: CallsPeer, target_ip: str | None) -> CheckResult:
                            fix="the SFU has no usable address: check its ICE settings",
                            details=details)
     notes = []
-    for cand in cands:
-        with_ip = _ip(cand.host)
-        if with_ip is not None and target_ip and cand.host != target_ip and \
-                (with_ip.is_loopback or with_ip.is_private) and _ip(target_ip) is not None and \
-                not _ip(target_ip).is_private and not _ip(target_ip).is_loopback:  # type: ignore[union-attr]
-            notes.append(f"{cand.host} is private, the server was reached at public {target_ip}")
+    reached = _ip(target_ip) if target_ip else None
+    if reached is not None and reached.is_global:
+        for cand in cands:
+            address = _ip(cand.host)
+            if address is not None and not address.is_global:
+                notes.append(f"{cand.host} is not a public address, but the server was reached "
+                             f"at public {target_ip}")
     text = ", ".join(c.as_text() for c in cands)
     return CheckResult("candidates", "warn" if notes else "pass",
                        f"server advertises {text}" + (f"; {'; '.join(notes)}" if notes else ""),
-                       figure=str(len(cands)), details=details)
+                       figure=str(len(cands)), fix="set the ICE host override to the public "
+                       "address clients reach" if notes else None, details=details)
 
 
 async def probes(peer: CallsPeer, target_ip: str | None, timeout: float) -> dict[str, IceProbe]:

@@ -255,7 +255,7 @@ _callsctl() {
                 --timeout|-t) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host -H --api-port --api-url --token --data-dir --mattermost --channel --config --force-turn --timeout -t --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host -H --api-port --api-url --token --data-dir --mattermost --channel --config --force-turn --force-tcp --timeout -t --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check all")
             case $prev in

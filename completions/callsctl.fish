@@ -216,6 +216,7 @@ complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l mattermost -x -
 complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l channel -x -d 'With --mattermost: id of a test channel to start the call in.'
 complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l config -x -d 'With --mattermost: a TOML file with url, token and channel (keeps the token off the comma…'
 complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l force-turn -d 'With --mattermost: relay candidates only, through the TURN servers the Calls plugin confi…'
+complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l force-tcp -d 'With --mattermost: media over TCP, relayed by a TURN server the plugin configures with ?t…'
 complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l timeout -s t -x -d 'Seconds each stage may take.'
 complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l json -d 'Print results as JSON.'
 complete -c callsctl -n '__callsctl_at callsctl check webrtc' -l help -s h -d 'Show this message and exit.'

@@ -352,21 +352,27 @@ def test_webrtc_mattermost_force_turn_without_turn_configured(pionsfu: Path) -> 
 
 
 @pytest.mark.skipif(not have("turnserver"), reason="needs coturn")
-def test_webrtc_mattermost_force_turn_relays_through_the_plugins_turn(pionsfu: Path,
-                                                                       tmp_path: Path) -> None:
+def test_webrtc_mattermost_force_turn_and_tcp_relay_through_the_plugins_turn(
+        pionsfu: Path, tmp_path: Path) -> None:
     from tests.test_check_stun import start_coturn
 
     coturn = start_coturn(tmp_path, two_addresses=False, secret=None, users=("calls:pw",))
+    turn = ("--turn-user", "calls", "--turn-pass", "pw")
     try:
-        with stack(pionsfu, "mattermost", "--turn", f"turn:127.0.0.1:{coturn.port}",
-                   "--turn-user", "calls", "--turn-pass", "pw") as s:
-            code, results, _ = s.cli(*_mm_args(s), "--force-turn")
+        with stack(pionsfu, "mattermost", "--turn", f"turn:127.0.0.1:{coturn.port}", *turn) as s:
+            relayed = s.cli(*_mm_args(s), "--force-turn")
+            no_tcp = s.cli(*_mm_args(s), "--force-tcp")  # this TURN URL is UDP only
+        with stack(pionsfu, "mattermost", "--turn",
+                   f"turn:127.0.0.1:{coturn.port}?transport=tcp", *turn) as s:
+            over_tcp = s.cli(*_mm_args(s), "--force-tcp")
     finally:
         coturn.stop()
-    assert code == 0, results
-    pair = results["ice"]["details"]["candidate_pair"]
-    assert pair["local_type"] == "relay", pair
-    assert results["media"]["status"] == "pass"
+    for code, results, _ in (relayed, over_tcp):
+        assert code == 0, results
+        assert results["ice"]["details"]["candidate_pair"]["local_type"] == "relay"
+        assert results["media"]["status"] == "pass"
+    code, results, _ = no_tcp
+    assert code == 1 and "?transport=tcp" in results["turn"]["fix"]
 
 
 def test_check_rtcd_against_nothing_fails_at_the_api() -> None:

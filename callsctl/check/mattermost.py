@@ -76,6 +76,7 @@ class MattermostTarget:
     channel: str
     timeout: float
     relay_only: bool = False
+    tcp_only: bool = False
 
     @property
     def host(self) -> str:
@@ -87,7 +88,7 @@ class MattermostTarget:
 
 
 def load_target(url: str | None, token: str | None, channel: str | None, config: str | None,
-                timeout: float, relay_only: bool) -> MattermostTarget:
+                timeout: float, relay_only: bool, tcp_only: bool = False) -> MattermostTarget:
     """Options win over the config file (TOML: url, token, channel); bad input is a usage error."""
     values: dict[str, Any] = {}
     if config is not None:
@@ -112,7 +113,8 @@ def load_target(url: str | None, token: str | None, channel: str | None, config:
     if not channel or not str(channel).isalnum() or len(str(channel)) != 26:
         fail("give the id of a test channel (--channel, 26 letters and digits: the channel's "
              "View Info)", EXIT_USAGE)
-    return MattermostTarget(url, str(token), str(channel), timeout, relay_only)
+    return MattermostTarget(url, str(token), str(channel), timeout, relay_only or tcp_only,
+                            tcp_only)
 
 
 class Api:
@@ -220,6 +222,19 @@ async def _rest_stages(api: Api, results: list[CheckResult]) -> list[dict[str, A
             status, creds, _, _ = await api.get(f"{PLUGIN}/turn-credentials")
             if status == 200 and isinstance(creds, list):
                 ice_servers.extend(c for c in creds if isinstance(c, dict) and c.get("urls"))
+    if target.tcp_only:
+        # aiortc has no ICE-TCP: media over TCP goes through a TURN server reached over TCP.
+        ice_servers = [{**s, "urls": tcp} for s in ice_servers
+                       if (tcp := [u for u in s["urls"] if _turn_over_tcp(str(u))])]
+        if not ice_servers:
+            results.append(CheckResult("turn", "fail", "--force-tcp, but the Calls plugin "
+                                       "configures no TURN server reachable over TCP",
+                                       figure="no TURN/TCP",
+                                       fix="add turn:HOST:3478?transport=tcp (or turns:HOST:443"
+                                       "?transport=tcp) to ICE Servers Configurations in System "
+                                       "Console > Plugins > Calls: clients behind UDP-blocking "
+                                       "firewalls need it"))
+            return None
     if target.relay_only and not any(
             str(u).startswith("turn") for s in ice_servers for u in s["urls"]):
         results.append(CheckResult("turn", "fail", "--force-turn, but the Calls plugin "
@@ -383,6 +398,10 @@ async def _leave(parts: list[Participant], results: list[CheckResult]) -> None:
         results.append(CheckResult("leave", "pass" if left == len(parts) else "warn",
                                    f"sent leave for {left} of {len(parts)} sessions and closed "
                                    "their connections"))
+
+
+def _turn_over_tcp(url: str) -> bool:
+    return url.startswith(("turn:", "turns:")) and url.endswith("?transport=tcp")
 
 
 def _resolve(host: str) -> str | None:

@@ -173,6 +173,9 @@ def webrtc_command(
     force_turn: bool = typer.Option(
         False, "--force-turn", help="With --mattermost: relay candidates only, through the "
         "TURN servers the Calls plugin configures."),
+    force_tcp: bool = typer.Option(
+        False, "--force-tcp", help="With --mattermost: media over TCP, relayed by a TURN server "
+        "the plugin configures with ?transport=tcp (ICE-TCP to the SFU is probed in any case)."),
     timeout: float = typer.Option(15.0, "--timeout", "-t", min=1, max=120,
                                   help="Seconds each stage may take."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
@@ -189,11 +192,11 @@ def webrtc_command(
 
         if host is not None or data_dir is not None:
             fail("--mattermost does not take --host or --data-dir", EXIT_USAGE)
-        target = load_target(mattermost, token, channel, config, timeout, force_turn)
+        target = load_target(mattermost, token, channel, config, timeout, force_turn, force_tcp)
         results = asyncio.run(run_mattermost(target))
         raise typer.Exit(emit(results, as_json, title=f"callsctl check webrtc: {target.url}"))
-    if channel is not None or force_turn:
-        fail("--channel and --force-turn need --mattermost", EXIT_USAGE)
+    if channel is not None or force_turn or force_tcp:
+        fail("--channel, --force-turn and --force-tcp need --mattermost", EXIT_USAGE)
     if host is None and api_url is None:
         fail("give --host (a callsctl server) or --mattermost URL", EXIT_USAGE)
     if (token is None) == (data_dir is None):

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -88,13 +89,15 @@ class Stack:
 
 
 def _start(cmd: list[str], netns: str | None) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """Start a process that prints one JSON ready line; its log goes to a file, not a pipe."""
     full = ["ip", "netns", "exec", netns, *cmd] if netns else cmd
-    proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the ready line (bounded: the process prints it or dies)
-    if not line:
-        raise AssertionError(f"{cmd[0]} did not start: {proc.stderr.read() if proc.stderr else ''}")
+    with tempfile.TemporaryFile(mode="w+") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the ready line (bounded: the process prints it or dies)
+        if not line:
+            log.seek(0)
+            raise AssertionError(f"{cmd[0]} did not start: {log.read()}")
     return proc, json.loads(line)
 
 

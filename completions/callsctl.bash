@@ -17,8 +17,9 @@ _callsctl_takes_value() {
         "callsctl check config") case "$2" in --config|-f) return 0 ;; esac ;;
         "callsctl check stun") case "$2" in --server|-s|--timeout|-t) return 0 ;; esac ;;
         "callsctl check rtc") case "$2" in --host|-H|--udp-port|--tcp-port|--api-port|--api-url|--timeout|-t) return 0 ;; esac ;;
-        "callsctl check webrtc") case "$2" in --host|-H|--api-port|--api-url|--token|--data-dir|--timeout|-t) return 0 ;; esac ;;
-        "callsctl check all") case "$2" in --host|-H|--udp-port|--tcp-port|--api-port|--api-url|--stun-server|--timeout|-t|--token|--data-dir) return 0 ;; esac ;;
+        "callsctl check rtcd") case "$2" in --url|--timeout|-t) return 0 ;; esac ;;
+        "callsctl check webrtc") case "$2" in --host|-H|--api-port|--api-url|--token|--data-dir|--mattermost|--channel|--config|--timeout|-t) return 0 ;; esac ;;
+        "callsctl check all") case "$2" in --host|-H|--udp-port|--tcp-port|--api-port|--api-url|--stun-server|--timeout|-t|--token|--rtcd-url|--mattermost|--channel|--mattermost-config|--data-dir) return 0 ;; esac ;;
         "callsctl check turn") case "$2" in --server|-s|--secret|--user|-u|--password|-p|--realm|--peer-ip|--timeout|-t) return 0 ;; esac ;;
         "callsctl calls") case "$2" in --server|-s|--admin-key|--admin-key-file|--ca-cert|--client-config|--timeout) return 0 ;; esac ;;
         "callsctl calls end") case "$2" in --reason) return 0 ;; esac ;;
@@ -61,12 +62,13 @@ _callsctl() {
             "callsctl top"|"callsctl loadtest"|"callsctl check"|\
             "callsctl check udp"|"callsctl check tcp"|"callsctl check listen"|\
             "callsctl check capture"|"callsctl check config"|"callsctl check stun"|\
-            "callsctl check rtc"|"callsctl check webrtc"|"callsctl check all"|\
-            "callsctl check turn"|"callsctl calls"|"callsctl calls list"|\
-            "callsctl calls show"|"callsctl calls mute"|"callsctl calls mute-others"|\
-            "callsctl calls stop-screen"|"callsctl calls lower-hand"|"callsctl calls remove"|\
-            "callsctl calls end"|"callsctl calls host"|"callsctl calls enable"|\
-            "callsctl calls disable"|"callsctl calls settings"|"callsctl calls history")
+            "callsctl check rtc"|"callsctl check rtcd"|"callsctl check webrtc"|\
+            "callsctl check all"|"callsctl check turn"|"callsctl calls"|\
+            "callsctl calls list"|"callsctl calls show"|"callsctl calls mute"|\
+            "callsctl calls mute-others"|"callsctl calls stop-screen"|"callsctl calls lower-hand"|\
+            "callsctl calls remove"|"callsctl calls end"|"callsctl calls host"|\
+            "callsctl calls enable"|"callsctl calls disable"|"callsctl calls settings"|\
+            "callsctl calls history")
                 cmd="$cmd $word" ;;
         esac
     done
@@ -163,7 +165,7 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "udp tcp listen capture config stun rtc webrtc all turn" -- "$cur"))
+                COMPREPLY=($(compgen -W "udp tcp listen capture config stun rtc rtcd webrtc all turn" -- "$cur"))
             fi ;;
         "callsctl check udp")
             case $prev in
@@ -236,6 +238,14 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--host -H --udp-port --tcp-port --api-port --api-url --timeout -t --json --help -h" -- "$cur"))
             fi ;;
+        "callsctl check rtcd")
+            case $prev in
+                --url) return ;;  # free-form value
+                --timeout|-t) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--url --timeout -t --json --help -h" -- "$cur"))
+            fi ;;
         "callsctl check webrtc")
             case $prev in
                 --host|-H) return ;;  # free-form value
@@ -243,10 +253,13 @@ _callsctl() {
                 --api-url) return ;;  # free-form value
                 --token) return ;;  # free-form value
                 --data-dir) return ;;  # free-form value
+                --mattermost) return ;;  # free-form value
+                --channel) return ;;  # free-form value
+                --config) return ;;  # free-form value
                 --timeout|-t) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host -H --api-port --api-url --token --data-dir --timeout -t --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host -H --api-port --api-url --token --data-dir --mattermost --channel --config --force-turn --force-tcp --timeout -t --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check all")
             case $prev in
@@ -258,10 +271,14 @@ _callsctl() {
                 --stun-server) return ;;  # free-form value
                 --timeout|-t) return ;;  # free-form value
                 --token) return ;;  # free-form value
+                --rtcd-url) return ;;  # free-form value
+                --mattermost) return ;;  # free-form value
+                --channel) return ;;  # free-form value
+                --mattermost-config) return ;;  # free-form value
                 --data-dir) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host -H --udp-port --tcp-port --api-port --api-url --stun-server --with-stun --timeout -t --token --data-dir --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host -H --udp-port --tcp-port --api-port --api-url --stun-server --with-stun --timeout -t --token --rtcd-url --mattermost --channel --mattermost-config --data-dir --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check turn")
             case $prev in

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from callsctl import __version__
-from callsctl.errors import EXIT_FAIL, CliError, print_error
+from callsctl.errors import EXIT_FAIL, EXIT_USAGE, CliError, print_error
 
 app = typer.Typer(
     name="callsctl",
@@ -70,9 +70,32 @@ _register_commands()
 
 
 def main() -> None:
-    """Console-script entry: turn CliError into one line and an exit code."""
+    """Console-script entry: every error becomes one line and an exit code.
+
+    click runs with standalone_mode=False so that it raises usage errors instead
+    of printing its box; callsctl.usage turns them into one line (exit 2).
+    """
+    from callsctl.usage import (
+        Abort,
+        ClickException,
+        NoArgsIsHelpError,
+        usage_exit_code,
+        usage_line,
+    )
+
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="callsctl")
+    except NoArgsIsHelpError as exc:  # a bare group: its help, exit 2, as click does
+        # With rich, typer has already printed the help while making this error.
+        if exc.format_message().strip():
+            typer.echo(exc.format_message(), err=True)
+        sys.exit(EXIT_USAGE)
+    except ClickException as exc:
+        print_error(usage_line(exc, sys.argv[1:]))
+        sys.exit(usage_exit_code(exc))
+    except Abort:  # end of input at a prompt
+        print_error("aborted; nothing was done")
+        sys.exit(EXIT_FAIL)
     except CliError as exc:
         print_error(exc.message)
         sys.exit(exc.exit_code)
@@ -83,3 +106,5 @@ def main() -> None:
         if __import__("os").environ.get("CALLSCTL_DEBUG"):
             raise
         sys.exit(EXIT_FAIL)
+    # click returns an Exit's code, or the command's return value (None).
+    sys.exit(code if isinstance(code, int) else 0)

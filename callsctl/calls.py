@@ -3,7 +3,8 @@
 Where the server and key come from, first match wins:
   --server / CALLSCTL_SERVER / `server` in the client config / http://127.0.0.1:8045
   --admin-key / CALLSCTL_ADMIN_KEY / --admin-key-file / CALLSCTL_ADMIN_KEY_FILE /
-  `admin_key` or `admin_key_file` in the client config / <default data dir>/admin_key
+  `admin_key` or `admin_key_file` in the client config / <the local server's data dir>/admin_key
+  (found as `callsctl token` finds it: CALLSCTL_DATA_DIR or the default one)
 The client config is TOML at --client-config, CALLSCTL_CLIENT_CONFIG or
 $XDG_CONFIG_HOME/callsctl/client.toml, keys at the top level or under [client]:
 server, admin_key, admin_key_file, ca_cert, insecure. The last fallback means
@@ -26,11 +27,12 @@ from urllib.parse import quote
 
 import httpx
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from callsctl.errors import fail
-from callsctl_sfu.config import default_data_dir
 
 DEFAULT_SERVER = "http://127.0.0.1:8045"
 CLIENT_KEYS = {"server", "admin_key", "admin_key_file", "ca_cert", "insecure"}
@@ -143,7 +145,9 @@ def connection_for(ctx: typer.Context) -> Connection:
     elif config.get("admin_key_file"):
         key = _read_key(str(config["admin_key_file"]), "client config admin_key_file")
     else:
-        fallback = Path(default_data_dir()) / "admin_key"
+        from callsctl import localserver
+
+        fallback = localserver.data_dir(None) / "admin_key"
         if not fallback.exists():
             fail("no admin key: pass --admin-key-file <server data dir>/admin_key, set "
                  "CALLSCTL_ADMIN_KEY, or put admin_key_file in ~/.config/callsctl/client.toml")
@@ -269,10 +273,9 @@ def list_calls(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     if not calls:
         console.print("no live calls")
         return
-    table = Table(title=f"{len(calls)} live call(s)")
-    for column in ("call", "participants", "age", "host", "screen", "in", "out"):
-        table.add_column(column, justify="right" if column in ("participants", "in", "out")
-                         else "left")
+    table = _narrow_table(f"{len(calls)} live call(s)",
+                          ("call", "participants", "age", "host", "screen", "in", "out"),
+                          numeric=("participants", "in", "out"))
     for call in calls:
         table.add_row(call["id"], str(call["participants"]), _age(call.get("started_at")),
                       call.get("host_user") or "-", call.get("screen_sharer") or "-",
@@ -288,35 +291,59 @@ def show_call(ctx: typer.Context, call_id: str = typer.Argument(..., metavar="CA
     if as_json:
         _emit_json(data)
         return
-    console = _console()
-    console.print(f"[bold]call {data['id']}[/bold]: {data['participants']} participant(s), "
-                  f"started {_when(data.get('started_at'))} ({_age(data.get('started_at'))} "
-                  f"ago), host {data.get('host') or '-'}, "
-                  f"screen {data.get('screen_sharer') or '-'}")
-    people = Table(title="participants")
-    media = Table(title="media")
-    for column in ("session", "user", "name", "in call", "state"):
-        people.add_column(column)
-    for column in ("session", "ICE", "pair", "RTT", "loss", "jitter", "in", "out", "tracks"):
-        media.add_column(column, justify="right" if column in ("RTT", "loss", "jitter", "in",
-                                                               "out") else "left")
+    render_call(data, _console())
+
+
+def render_call(data: dict[str, Any], console: Console) -> None:
+    """`calls show` as three narrow tables, so it reads in an 80-column terminal.
+
+    Full session ids stay in every table (`calls mute CALL SESSION` needs them);
+    the rest is split by what an operator asks: who is there, how each one is
+    connected, and what media flows.
+    """
+    console.print(f"[bold]call {escape(str(data['id']))}[/bold]: {data['participants']} "
+                  f"participant(s), host {escape(str(data.get('host') or '-'))}, "
+                  f"screen {escape(str(data.get('screen_sharer') or '-'))}")
+    console.print(f"started {_when(data.get('started_at'))} ({_age(data.get('started_at'))} "
+                  "ago)")
+    people = _narrow_table("participants", ("session", "user", "name", "in call", "state"))
+    network = _narrow_table("connection (RTT and jitter in ms)",
+                            ("session", "ICE", "path", "remote", "RTT", "loss", "jitter"),
+                            numeric=("RTT", "loss", "jitter"))
+    media = _narrow_table("media (kbps)", ("session", "in", "out", "tracks"),
+                          numeric=("in", "out"))
     for s in data.get("sessions", []):
         pair = s.get("candidate_pair")
-        pair_text = f"{pair['type']}/{pair['protocol']} {pair['remote']}" if pair else "-"
         host_mark = " (host)" if s["session_id"] == data.get("host") else ""
         loss = s.get("loss")
         tracks = s.get("tracks") or []
         ins = sum(1 for t in tracks if t.get("direction") == "in")
         people.add_row(s["session_id"] + host_mark, s["user"], s["name"],
                        _age(s["joined_at"]), _flags(s))
-        media.add_row(s["session_id"], s.get("ice_state") or "-", pair_text,
-                      _num(s.get("rtt_ms"), "{:.1f}", " ms"),
-                      "-" if loss is None else f"{loss * 100:.1f}%",
-                      _num(s.get("jitter_ms"), "{:.1f}", " ms"),
-                      _rate(s.get("in_bps")), _rate(s.get("out_bps")),
+        network.add_row(s["session_id"], s.get("ice_state") or "-",
+                        f"{pair['type']}/{pair['protocol']}" if pair else "-",
+                        str(pair.get("remote") or "-") if pair else "-",
+                        _num(s.get("rtt_ms"), "{:.1f}"),
+                        "-" if loss is None else f"{loss * 100:.1f}%",
+                        _num(s.get("jitter_ms"), "{:.1f}"))
+        media.add_row(s["session_id"], _kbps(s.get("in_bps")), _kbps(s.get("out_bps")),
                       f"{ins} in / {len(tracks) - ins} out")
     console.print(people)
+    console.print(network)
     console.print(media)
+
+
+def _narrow_table(title: str, columns: tuple[str, ...], numeric: tuple[str, ...] = ()) -> Table:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, collapse_padding=True)
+    for column in columns:
+        table.add_column(column, justify="right" if column in numeric else "left",
+                         no_wrap=True)
+    return table
+
+
+def _kbps(bps: float | None) -> str:
+    return "-" if bps is None else f"{bps / 1000:,.1f}"
 
 
 def _done(data: dict[str, Any], as_json: bool, message: str) -> None:

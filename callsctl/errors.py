@@ -29,6 +29,17 @@ def fail(message: str, exit_code: int = EXIT_FAIL) -> NoReturn:
     raise CliError(message, exit_code)
 
 
+def bad_option(option: str, message: str) -> NoReturn:
+    """A bad value of one option: a usage error (exit 2) naming it, like click's own.
+
+    For values only the command can judge (a duration, a port the config
+    schema rejects); app.main prints it as one line with the command's path.
+    """
+    from callsctl.usage import BadParameter, current_context
+
+    raise BadParameter(message, ctx=current_context(), param_hint=f"'{option}'")
+
+
 def print_error(message: str) -> None:
     sys.stderr.write(f"callsctl: error: {message}\n")
     sys.stderr.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from callsctl.errors import fail
-from callsctl_sfu import __version__
+from callsctl.errors import bad_option, fail
+from callsctl_sfu import __version__, links
 from callsctl_sfu.config import ConfigError, ServeConfig, load_config, to_toml
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import issue_token
@@ -93,6 +94,21 @@ def serve(
     tls_self_signed: bool = typer.Option(
         False, "--tls-self-signed", help="Serve HTTPS with a self-signed certificate "
                                          "generated once into the data dir and reused."),
+    public_url: str | None = typer.Option(
+        None, "--public-url", metavar="URL",
+        help="Base URL participants open (e.g. https://calls.example.com behind a TLS "
+             "proxy); join links start with it. [default: http(s)://<bind>:<api port>]"),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", metavar="PORT",
+        help="Serve /metrics on this separate port instead of the API port (Mattermost "
+             "uses 8067). [default: 0 = on the API port]"),
+    metrics_bind: str | None = typer.Option(
+        None, "--metrics-bind", metavar="IP",
+        help="Address of the --metrics-port listener, e.g. 127.0.0.1. [default: --bind]"),
+    metrics_auth: str | None = typer.Option(
+        None, "--metrics-auth", metavar="none|admin_key",
+        help="admin_key: /metrics answers only with 'Authorization: Bearer <admin key>'. "
+             "[default: none]"),
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the merged configuration as TOML and exit."),
 ) -> None:
@@ -117,10 +133,14 @@ def serve(
         "admin_key_file": admin_key_file, "default_enabled": default_enabled,
         "tls_cert": tls_cert, "tls_key": tls_key,
         "tls_self_signed": True if tls_self_signed else None,
+        "public_url": public_url, "metrics_port": metrics_port, "metrics_bind": metrics_bind,
+        "metrics_auth": metrics_auth,
     }
     try:
         config = load_config(config_file, overrides=overrides)
     except ConfigError as exc:
+        if getattr(exc, "source", "") == "flag":  # a bad flag is a usage error (exit 2)
+            bad_option("--" + exc.key.replace("_", "-"), f"{exc.value!r} {exc.allowed}")
         fail(str(exc))
     if print_config:
         typer.echo(to_toml(config), nl=False)
@@ -156,15 +176,19 @@ async def _run(config: ServeConfig) -> None:
 def _print_banner(server: Server) -> None:
     """Like Jupyter: where it listens and a link that joins the default call."""
     config = server.config
-    host = "127.0.0.1" if config.bind in ("0.0.0.0", "::") else config.bind
     secret = load_or_create_secret(config.data_dir)
     token = issue_token(secret, config.default_call, "guest", JOIN_LINK_TTL)
     advertised = server.advertised
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     console.print(f"[bold]callsctl serve {__version__}[/bold]")
     control = server.control
-    scheme = "https" if control is not None and control.tls is not None else "http"
+    tls = control is not None and control.tls is not None
+    scheme = "https" if tls else "http"
+    local = links.base_url(dataclasses.replace(config, public_url=""), server.api_port, tls)
+    public = links.base_url(config, server.api_port, tls)
     console.print(f"  API, web client, /ws : {scheme}://{config.bind}:{server.api_port}")
+    if config.public_url:
+        console.print(f"  public URL            : {public}")
     console.print(f"  media (all sessions)  : udp {config.bind}:{server.udp_port}, advertised "
                   f"as {advertised.host}:{advertised.port} ({advertised.source})")
     if server.connectivity is not None and server.connectivity.tcp_port:
@@ -173,8 +197,12 @@ def _print_banner(server: Server) -> None:
                       f"{advertised.tcp_port}")
     console.print(f"  data dir              : {config.data_dir}")
     if control is not None:
-        console.print(f"  admin API             : {scheme}://{host}:{server.api_port}/api/v1 "
+        console.print(f"  admin API             : {local}/api/v1 "
                       f"(key in {control.admin_key_path}; `callsctl calls list`)")
+        where = (f"{scheme}://{config.metrics_bind or config.bind}:{server.metrics_port}"
+                 if server.metrics_port else local)
+        guard = " (admin key required)" if config.metrics_auth == "admin_key" else ""
+        console.print(f"  Prometheus metrics    : {where}/metrics{guard}")
         if control.tls is not None:
             kind = "self-signed" if control.tls.self_signed else "certificate"
             console.print(f"  TLS {kind:<18}: {control.tls.cert_path} (SHA-256 "
@@ -183,5 +211,5 @@ def _print_banner(server: Server) -> None:
             console.print("  test mode             : only call ids enabled with `callsctl "
                           "calls enable ID` can start")
     console.print("  join the default call (valid 24 h; mint more with `callsctl token`):")
-    console.print(f"    {scheme}://{host}:{server.api_port}/?token={token}")
+    console.print(f"    {links.join_link(public, token)}")
     sys.stdout.flush()

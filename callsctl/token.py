@@ -8,10 +8,12 @@ from pathlib import Path
 
 import typer
 
-from callsctl.errors import fail
+from callsctl.errors import bad_option, fail
 from callsctl.timespec import parse_duration
-from callsctl_sfu.config import ConfigError, load_config
+from callsctl_sfu import links
+from callsctl_sfu.config import ConfigError, load_config, public_url_problem
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+from callsctl_sfu.links import join_link
 from callsctl_sfu.tokens import TokenError, issue_token
 
 
@@ -23,26 +25,36 @@ def token(
         None, "--data-dir", help="Data dir of the server whose secret signs the token."
     ),
     config: Path | None = typer.Option(None, "--config", help="Serve config file (TOML)."),
-    base_url: str = typer.Option(
-        "", "--url", help="Server base URL for the join link (default from the config)."
-    ),
+    url: str = typer.Option(
+        "", "--url", metavar="URL",
+        help="Base URL participants open, e.g. https://calls.example.com. [default: the "
+             "server's public_url setting (--config / CALLSCTL_PUBLIC_URL), else "
+             "http(s)://127.0.0.1:<api_port>]"),
     as_json: bool = typer.Option(False, "--json", help="Print token, link and expiry as JSON."),
 ) -> None:
     """Print a join token for CALL and USER, signed with the server's secret.
 
     The secret is read from (or created in) the server's data dir, so run this
     on the server host with the same --data-dir/--config as `callsctl serve`.
+    The link starts with the server's public_url when it has one (or --url).
     """
     try:
-        cfg = load_config(config, overrides={"data_dir": data_dir})
         seconds = parse_duration(ttl)
+    except ValueError as exc:
+        bad_option("--ttl", str(exc))
+    for option, value in (("--call", call), ("--user", user)):
+        if not value.strip():
+            bad_option(option, "must not be empty")
+    problem = public_url_problem(url)
+    if problem:
+        bad_option("--url", f"{url!r} {problem}")
+    try:
+        cfg = load_config(config, overrides={"data_dir": data_dir})
         secret = load_or_create_secret(cfg.data_dir)
         value = issue_token(secret, call, user, seconds)
     except (ConfigError, DataDirError, TokenError, ValueError) as exc:
         fail(str(exc))
-    host = "127.0.0.1" if cfg.bind in ("0.0.0.0", "::") else cfg.bind
-    base = base_url.rstrip("/") or f"http://{host}:{cfg.api_port}"
-    link = f"{base}/?token={value}"
+    link = join_link(url or links.base_url(cfg), value)
     if as_json:
         typer.echo(json.dumps({"token": value, "link": link, "call": call, "user": user,
                                "expires_at": int(time.time() + seconds)}))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from callsctl_sfu.iceconfig import (
     MAX_TURN_EXPIRATION_MINUTES,
@@ -30,6 +31,7 @@ from callsctl_sfu.iceconfig import (
 ENV_PREFIX = "CALLSCTL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+METRICS_AUTH = ("none", "admin_key")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,7 @@ class ConfigError(ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
+        self.source = source
 
 
 def default_data_dir() -> str:
@@ -137,6 +140,28 @@ def _turn_minutes(value: Any) -> str | None:
         return f"must be a whole number of minutes from 1 to {MAX_TURN_EXPIRATION_MINUTES} " \
                "(one week)"
     return None
+
+
+def public_url_problem(value: Any) -> str | None:
+    """Empty, or an http(s) base URL without query or fragment (links append /?token=)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        return "must be an http:// or https:// URL such as https://calls.example.com"
+    if parts.query or parts.fragment:
+        return "must not have a query (?...) or fragment (#...)"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    return None
+
+
+def _ip_or_empty(value: Any) -> str | None:
+    return None if value == "" else _ip_address(value)
 
 
 def _setting(default: Any, help: str, check: Callable[[Any], str | None]) -> Any:
@@ -259,6 +284,27 @@ class ServeConfig:
     )
     ws_rate_burst: int = _setting(
         100, "signaling messages one connection may send in a burst", _positive_number
+    )
+
+    # -- join links and /metrics exposure (issue 21) --
+    public_url: str = _setting(
+        "", "base URL participants open (e.g. https://calls.example.com behind a TLS proxy); "
+        "join links from serve and `callsctl token` start with it; empty = "
+        "http(s)://<bind address, or 127.0.0.1>:<api_port>", public_url_problem,
+    )
+    metrics_port: int = _setting(
+        0, "TCP port of a separate listener that serves only /metrics (like Mattermost's "
+        "metrics port 8067), which then leaves the API port; 0 = /metrics on the API port",
+        _port(True),
+    )
+    metrics_bind: str = _setting(
+        "", "address the metrics listener binds (e.g. 127.0.0.1 or a private address); "
+        "empty = bind", _ip_or_empty,
+    )
+    metrics_auth: str = _setting(
+        "none", "who may read /metrics: none = anyone (Prometheus without credentials); "
+        "admin_key = only requests with Authorization: Bearer <admin key>",
+        _choice(METRICS_AUTH),
     )
 
     def __post_init__(self) -> None:

@@ -36,7 +36,7 @@ from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.calls.sessionstats import SessionSampler
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret
-from callsctl_sfu.metrics import Metrics
+from callsctl_sfu.metrics import Metrics, read_udp_snmp
 from callsctl_sfu.store import CallSettings, Store, StoreError
 from callsctl_sfu.tls import TlsError, TlsMaterial, resolve_tls, server_context
 
@@ -104,6 +104,9 @@ class ControlPlane:
         self.sampler: SessionSampler | None = None
         self.metrics: Metrics | None = None
         self.started = time.monotonic()
+        # The host-wide UDP drop counter when this server started: `callsctl top` shows the
+        # drops since then, not since the machine booted.
+        self.rcvbuf_errors_at_start = read_udp_snmp().get("RcvbufErrors")
         self.write_errors = 0
         self._writes: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None

@@ -57,6 +57,8 @@ class Server:
         self.mux: UdpMux | None = None
         self.manager: CallManager | None = None
         self.runner: web.AppRunner | None = None
+        self.metrics_runner: web.AppRunner | None = None  # the metrics_port listener
+        self.metrics_port = 0
         self.advertised: Advertised | None = None
         self.connectivity: Connectivity | None = None
         self.control: ControlPlane | None = None  # admin API, store, metrics, TLS
@@ -123,6 +125,15 @@ class Server:
             raise _bind_error("TCP", config.bind, config.api_port, exc, "--api-port") from None
         server = site._server
         self.api_port = server.sockets[0].getsockname()[1] if server else config.api_port
+        if config.metrics_port:
+            try:
+                await self._start_metrics_listener()
+            except StartupError:
+                await self.runner.cleanup()
+                self.connectivity.close()
+                transport.close()
+                await self.control.close()
+                raise
         self.started_at = loop.time()
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)
@@ -131,6 +142,28 @@ class Server:
         else:
             log.warning("forwarding engine: Python, up to 2.4x the CPU per packet: %s",
                         fastpath.REASON)
+
+    async def _start_metrics_listener(self) -> None:
+        """/metrics alone on metrics_port (metrics_bind), with the API port's TLS settings."""
+        from callsctl_sfu.api.admin import metrics_app
+
+        config = self.config
+        assert self.control is not None
+        host = config.metrics_bind or config.bind
+        self.metrics_runner = web.AppRunner(metrics_app(self.control), handle_signals=False,
+                                            access_log=None, shutdown_timeout=1)
+        await self.metrics_runner.setup()
+        site = web.TCPSite(self.metrics_runner, host, config.metrics_port, reuse_address=True,
+                           ssl_context=self.control.ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.metrics_runner.cleanup()
+            self.metrics_runner = None
+            raise _bind_error("TCP", host, config.metrics_port, exc, "--metrics-port") from None
+        server = site._server
+        self.metrics_port = server.sockets[0].getsockname()[1] if server else config.metrics_port
+        log.info("metrics on %s:%d/metrics", host, self.metrics_port)
 
     def _size_socket(self, transport: asyncio.DatagramTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -190,6 +223,8 @@ class Server:
             await self.manager.shutdown()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         if self.control is not None:  # after the calls ended: their history is written
             await self.control.close()
         if self.connectivity is not None:

@@ -5,7 +5,7 @@
 # Does option $2 of command path $1 take a value (so the next word is not a command)?
 _callsctl_takes_value() {
     case "$1" in
-        "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key) return 0 ;; esac ;;
+        "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key|--public-url|--metrics-port|--metrics-bind|--metrics-auth) return 0 ;; esac ;;
         "callsctl token") case "$2" in --call|-c|--user|-u|--ttl|--data-dir|--config|--url) return 0 ;; esac ;;
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
         "callsctl top") case "$2" in --host|--server|--admin-key|--admin-key-file|--data-dir|--ca-cert|--client-config|--refresh) return 0 ;; esac ;;
@@ -17,8 +17,9 @@ _callsctl_takes_value() {
         "callsctl check config") case "$2" in --config|-f) return 0 ;; esac ;;
         "callsctl check stun") case "$2" in --server|-s|--timeout|-t) return 0 ;; esac ;;
         "callsctl check rtc") case "$2" in --host|-H|--udp-port|--tcp-port|--api-port|--api-url|--timeout|-t) return 0 ;; esac ;;
-        "callsctl check webrtc") case "$2" in --host|-H|--api-port|--api-url|--token|--data-dir|--timeout|-t) return 0 ;; esac ;;
-        "callsctl check all") case "$2" in --host|-H|--udp-port|--tcp-port|--api-port|--api-url|--stun-server|--timeout|-t|--token|--data-dir) return 0 ;; esac ;;
+        "callsctl check rtcd") case "$2" in --url|--timeout|-t) return 0 ;; esac ;;
+        "callsctl check webrtc") case "$2" in --host|-H|--api-port|--api-url|--token|--data-dir|--mattermost|--channel|--config|--timeout|-t) return 0 ;; esac ;;
+        "callsctl check all") case "$2" in --host|-H|--udp-port|--tcp-port|--api-port|--api-url|--stun-server|--timeout|-t|--token|--rtcd-url|--mattermost|--channel|--mattermost-config|--data-dir) return 0 ;; esac ;;
         "callsctl check turn") case "$2" in --server|-s|--secret|--user|-u|--password|-p|--realm|--peer-ip|--timeout|-t) return 0 ;; esac ;;
         "callsctl calls") case "$2" in --server|-s|--admin-key|--admin-key-file|--ca-cert|--client-config|--timeout) return 0 ;; esac ;;
         "callsctl calls end") case "$2" in --reason) return 0 ;; esac ;;
@@ -61,12 +62,13 @@ _callsctl() {
             "callsctl top"|"callsctl loadtest"|"callsctl check"|\
             "callsctl check udp"|"callsctl check tcp"|"callsctl check listen"|\
             "callsctl check capture"|"callsctl check config"|"callsctl check stun"|\
-            "callsctl check rtc"|"callsctl check webrtc"|"callsctl check all"|\
-            "callsctl check turn"|"callsctl calls"|"callsctl calls list"|\
-            "callsctl calls show"|"callsctl calls mute"|"callsctl calls mute-others"|\
-            "callsctl calls stop-screen"|"callsctl calls lower-hand"|"callsctl calls remove"|\
-            "callsctl calls end"|"callsctl calls host"|"callsctl calls enable"|\
-            "callsctl calls disable"|"callsctl calls settings"|"callsctl calls history")
+            "callsctl check rtc"|"callsctl check rtcd"|"callsctl check webrtc"|\
+            "callsctl check all"|"callsctl check turn"|"callsctl calls"|\
+            "callsctl calls list"|"callsctl calls show"|"callsctl calls mute"|\
+            "callsctl calls mute-others"|"callsctl calls stop-screen"|"callsctl calls lower-hand"|\
+            "callsctl calls remove"|"callsctl calls end"|"callsctl calls host"|\
+            "callsctl calls enable"|"callsctl calls disable"|"callsctl calls settings"|\
+            "callsctl calls history")
                 cmd="$cmd $word" ;;
         esac
     done
@@ -102,9 +104,13 @@ _callsctl() {
                 --admin-key-file) return ;;  # free-form value
                 --tls-cert) return ;;  # free-form value
                 --tls-key) return ;;  # free-form value
+                --public-url) return ;;  # free-form value
+                --metrics-port) return ;;  # free-form value
+                --metrics-bind) return ;;  # free-form value
+                --metrics-auth) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--config --bind --api-port --udp-port --ice-host-override --data-dir --max-call-participants --log-level --log-format --default-call --session-timeout --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --admin-key-file --default-enabled --no-default-enabled --tls-cert --tls-key --tls-self-signed --print-config --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--config --bind --api-port --udp-port --ice-host-override --data-dir --max-call-participants --log-level --log-format --default-call --session-timeout --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --admin-key-file --default-enabled --no-default-enabled --tls-cert --tls-key --tls-self-signed --public-url --metrics-port --metrics-bind --metrics-auth --print-config --help -h" -- "$cur"))
             fi ;;
         "callsctl token")
             case $prev in
@@ -159,7 +165,7 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "udp tcp listen capture config stun rtc webrtc all turn" -- "$cur"))
+                COMPREPLY=($(compgen -W "udp tcp listen capture config stun rtc rtcd webrtc all turn" -- "$cur"))
             fi ;;
         "callsctl check udp")
             case $prev in
@@ -232,6 +238,14 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--host -H --udp-port --tcp-port --api-port --api-url --timeout -t --json --help -h" -- "$cur"))
             fi ;;
+        "callsctl check rtcd")
+            case $prev in
+                --url) return ;;  # free-form value
+                --timeout|-t) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--url --timeout -t --json --help -h" -- "$cur"))
+            fi ;;
         "callsctl check webrtc")
             case $prev in
                 --host|-H) return ;;  # free-form value
@@ -239,10 +253,13 @@ _callsctl() {
                 --api-url) return ;;  # free-form value
                 --token) return ;;  # free-form value
                 --data-dir) return ;;  # free-form value
+                --mattermost) return ;;  # free-form value
+                --channel) return ;;  # free-form value
+                --config) return ;;  # free-form value
                 --timeout|-t) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host -H --api-port --api-url --token --data-dir --timeout -t --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host -H --api-port --api-url --token --data-dir --mattermost --channel --config --force-turn --force-tcp --timeout -t --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check all")
             case $prev in
@@ -254,10 +271,14 @@ _callsctl() {
                 --stun-server) return ;;  # free-form value
                 --timeout|-t) return ;;  # free-form value
                 --token) return ;;  # free-form value
+                --rtcd-url) return ;;  # free-form value
+                --mattermost) return ;;  # free-form value
+                --channel) return ;;  # free-form value
+                --mattermost-config) return ;;  # free-form value
                 --data-dir) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host -H --udp-port --tcp-port --api-port --api-url --stun-server --with-stun --timeout -t --token --data-dir --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host -H --udp-port --tcp-port --api-port --api-url --stun-server --with-stun --timeout -t --token --rtcd-url --mattermost --channel --mattermost-config --data-dir --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check turn")
             case $prev in

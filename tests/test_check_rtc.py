@@ -158,7 +158,8 @@ def _version(host: str, udp_port: int | None, tcp_port: int | None = None,
 def test_rtc_against_live_server(server) -> None:
     code, results = _run("rtc", *_ports(server))
     assert code == 0, results
-    assert list(results) == ["rtc udp", "rtc tcp", "advertised address"]
+    assert list(results) == ["server", "rtc udp", "rtc tcp", "advertised address"]
+    assert results["server"]["details"]["server_kind"] == "callsctl"
     udp = results["rtc udp"]
     assert udp["status"] == "pass"
     assert udp["figure"].endswith(" ms")
@@ -186,7 +187,7 @@ def test_rtc_flags_an_advertised_address_that_does_not_answer(serve_factory) -> 
 def test_all_against_live_server(server) -> None:
     code, results = _run("all", *_ports(server))
     assert code == 0, results
-    assert list(results) == ["api", "rtc udp", "rtc tcp", "advertised address"]
+    assert list(results) == ["server", "api", "rtc udp", "rtc tcp", "advertised address"]
     assert results["api"]["status"] == "pass"
     assert results["api"]["details"]["version"]
     # STUN runs only when asked; a dead STUN server fails the report.
@@ -244,6 +245,8 @@ def test_fake_server_with_udp_blocked_but_tcp_open() -> None:
         code, results = _run("rtc", *_fake_args(ports))
     assert code == 1
     udp = results["rtc udp"]
+    # callsctl answers bare probes, so its silence is a failure (pion's would be inconclusive)
+    assert results["server"]["details"]["server_kind"] == "callsctl"
     assert udp["status"] == "fail" and udp["figure"] == "timeout"
     assert "UDP blocked, TCP open" in udp["summary"]
     assert results["rtc tcp"]["status"] == "pass"

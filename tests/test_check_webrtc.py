@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 
+from callsctl_sfu.datadir import load_or_create_secret
 from tests.helpers import free_port, run_cli
 
 
-def test_webrtc_passes_against_a_live_server(server):
+def test_webrtc_passes_against_a_live_server(server, tmp_path):
+    # No --data-dir: the server's data dir is found where `callsctl token` looks, here
+    # the default one under XDG_DATA_HOME (a link to the test server's data dir).
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    (xdg / "callsctl").symlink_to(server.data_dir)
+    env = {"XDG_DATA_HOME": str(xdg)}
     result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port",
-                     str(server.api_port), "--data-dir", str(server.data_dir), "--json",
-                     timeout=90)
+                     str(server.api_port), "--json", timeout=90, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     report = {r["name"]: r for r in json.loads(result.stdout)["results"]}
     assert report["ice+dtls"]["status"] == "pass"
@@ -31,6 +37,7 @@ def test_webrtc_with_a_token_from_callsctl_token(server):
 
 
 def test_webrtc_names_the_failing_stage(serve_factory, tmp_path):
+    load_or_create_secret(tmp_path)  # a data dir with a secret, but no server on the port
     closed = free_port()
     result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port", str(closed),
                      "--data-dir", str(tmp_path), "--json", "--timeout", "5", timeout=60)
@@ -48,9 +55,15 @@ def test_webrtc_names_the_failing_stage(serve_factory, tmp_path):
     assert names.get("signaling") == "pass" and names.get("ice") == "fail"
 
 
-def test_webrtc_usage_errors():
-    result = run_cli("check", "webrtc", "--host", "127.0.0.1")
-    assert result.returncode == 2 and "exactly one of --token or --data-dir" in result.stderr
+def test_webrtc_usage_errors(tmp_path):
+    # Neither --token nor a local server's data dir: one line saying what to pass.
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1",
+                     env={"XDG_DATA_HOME": str(tmp_path), "CALLSCTL_DATA_DIR": ""})
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "jwt_secret" in result.stderr and "--token" in result.stderr
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--token", "t", "--data-dir",
+                     str(tmp_path))
+    assert result.returncode == 2 and "at most one of --token or --data-dir" in result.stderr
     result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--token", "garbage")
     assert result.returncode == 2 and "not a callsctl join token" in result.stderr
 

@@ -94,11 +94,11 @@ def test_cli_print_config_merges_all_sources(tmp_path):
         9001, 9443, 12)
 
 
-def test_cli_invalid_value_is_one_line_exit_1(tmp_path):
+def test_cli_invalid_flag_value_is_one_line_usage_error(tmp_path):
     result = run_cli("serve", "--udp-port", "99999", "--data-dir", str(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "udp_port" in result.stderr and "99999" in result.stderr
+    assert "--udp-port" in result.stderr and "99999" in result.stderr
     assert "Traceback" not in result.stderr
 
 

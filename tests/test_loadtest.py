@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from callsctl.loadtest.command import default_join_duration
 from callsctl_sfu.client.loadgen import (
     LoadConfig,
     LoadConfigError,
@@ -64,12 +65,23 @@ def test_loadtest_json_report_against_a_real_server(server) -> None:
 
 
 def test_loadtest_human_report(server) -> None:
+    # No --join-duration: its default scales with --duration (here 2 s of joins).
     result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
-                     "--users-per-call", "2", "--unmuted", "1", "--duration", "3s",
-                     "--join-duration", "0", timeout=60)
+                     "--users-per-call", "2", "--unmuted", "1", "--duration", "4s",
+                     timeout=60)
     assert result.returncode == 0, result.stderr
     assert "2/2 joined, 0 failed" in result.stdout
     assert "forwarding delay" in result.stdout and "loss" in result.stdout
+
+
+def test_a_short_duration_alone_is_admitted() -> None:
+    assert default_join_duration(60) == 30 and default_join_duration(15) == 7.5
+    assert default_join_duration(3600) == 30
+    # Admitted (no usage error about --join-duration): it gets as far as the server.
+    result = run_cli("loadtest", "--host", "http://127.0.0.1:9", "--token-secret", "s",
+                     "--duration", "15s", timeout=30)
+    assert result.returncode == 1
+    assert "cannot reach" in _one_line_error(result)
 
 
 def test_non_loopback_target_is_refused_without_allow_remote(tmp_path) -> None:

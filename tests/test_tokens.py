@@ -68,5 +68,6 @@ def test_cli_token_verifies_with_the_server_secret(tmp_path):
 def test_cli_token_bad_ttl_is_one_line(tmp_path):
     result = run_cli("token", "--call", "c", "--user", "u", "--ttl", "soon",
                      "--data-dir", str(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--ttl" in result.stderr
     assert "invalid duration" in result.stderr and "Traceback" not in result.stderr

@@ -82,8 +82,13 @@ def test_thresholds_flag_bad_values() -> None:
     rows = session_rows({"host": "s1", "sessions": [
         {"session_id": "s1", "user": "carol", "rtt_ms": 420, "loss": 0.07, "jitter_ms": 55,
          "ice_state": "failed", "candidate_pair": {"type": "relay", "protocol": "tcp"}}]})
-    styles = [str(cell.style) for cell in rows[0].cells[2:7]]
-    assert styles == ["bold red", "yellow", "bold red", "bold red", "bold red"]
+    styles = [str(cell.style) for cell in rows[0].cells[2:6]]
+    assert styles == ["bold red", "bold red", "bold red", "bold red"]  # ICE failed, RTT, ...
+    # Once connected, the ICE column names the path; relayed or TCP media is flagged.
+    rows = session_rows({"sessions": [
+        {"session_id": "s1", "ice_state": "completed",
+         "candidate_pair": {"type": "relay", "protocol": "tcp"}}]})
+    assert rows[0].cells[2].plain == "relay/tcp" and str(rows[0].cells[2].style) == "yellow"
 
 
 def test_rates_come_from_counter_deltas_and_a_restart_gives_no_rate() -> None:
@@ -259,12 +264,17 @@ class StubSource:
             calls=calls,
             system={"cpu_load": 0.31 + (self.polls % 5) / 100, "memory_bytes": 3 * 2**30,
                     "memory_total": 16 * 2**30, "sessions": 6, "calls": 3,
-                    "uptime_s": 86400 + 3723 + self.polls},
+                    "uptime_s": 86400 + 3723 + self.polls,
+                    # 0.12 s of CPU per 1 s poll: the server process runs at 12 %.
+                    "process_cpu_seconds": 500 + 0.12 * self.polls,
+                    "process_rss_bytes": 180 * 2**20,
+                    "udp_rcvbuf_errors": 4012 + (3 if self.polls > 20 else 0),
+                    "udp_rcvbuf_errors_since_start": 3 if self.polls > 20 else 0},
             version={"version": "1.2.3", **({"forwarding_engine": {"engine": self.engine}}
                                              if self.engine else {})},
             stats={"forwarding": {"rtp_in": total, "rtp_forwarded": total * 2},
                    "media_socket": {"bytes_in": total * 160, "bytes_out": total * 320}},
-            rcvbuf_errors=12 + (3 if self.polls > 20 else 0))
+            rcvbuf_errors=None)
 
     async def call_detail(self, call_id: str) -> dict[str, Any] | None:
         return self.details.get(call_id)
@@ -662,6 +672,9 @@ def test_once_json_and_cli_errors(serve_factory: Any) -> None:
     assert snapshot["host"] == server.api_url and snapshot["calls"] == []
     assert snapshot["server"]["version"] and snapshot["server"]["udp_rcvbuf_errors"] is not None
     assert snapshot["server"]["in_pps"] == 0
+    # The server process's own CPU (a rate over --refresh) and drops since it started.
+    assert 0 <= snapshot["server"]["process_cpu"] < 4
+    assert snapshot["server"]["udp_rcvbuf_errors_since_start"] >= 0
     assert snapshot["server"]["forwarding_engine"] in ("c", "python")
 
     result = run_cli("top", "--host", server.api_url, "--once", "--json",

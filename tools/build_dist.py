@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,8 @@ DEFAULT_CACHE = ROOT / "build" / "wheels"
 ARTIFACT_NAME = "callsctl"
 SHEBANG = "/usr/bin/env python3"
 # The build backend's own wheels, cached too so the offline attempt can build ours.
-BUILD_REQUIREMENTS = ("setuptools>=68", "wheel")
+_PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+BUILD_REQUIREMENTS = tuple(_PYPROJECT["build-system"]["requires"])
 
 # pip output that means "the index could not be reached", not "the project is broken".
 _OFFLINE_SIGNS = (

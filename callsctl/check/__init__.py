@@ -22,6 +22,7 @@ from callsctl.check import (  # noqa: E402,F401  (each module adds its commands 
     netcat,
     report,
     rtc,
+    rtcd_cmd,
     stun_cmd,
     turn_cmd,
     webrtc_cmd,

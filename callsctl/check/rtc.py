@@ -29,6 +29,7 @@ import httpx
 import typer
 
 from callsctl.check import app
+from callsctl.check.kind import ServerKind, detect
 from callsctl.check.render import emit
 from callsctl.check.result import CheckResult, Status
 from callsctl.check.stun_cmd import local_addresses
@@ -103,6 +104,7 @@ class ApiOutcome:
     body: Any = None
     rtt_ms: float | None = None
     error: str | None = None
+    version_header: str | None = None
 
 
 def probe_udp(dest: Address, timeout: float) -> ProbeOutcome:
@@ -172,6 +174,13 @@ class RtcProbe:
     _target_ip: str | None = None
     _resolve_error: str | None = None
     _locals: set[str] | None = None
+    _kind: ServerKind | None = None
+
+    def kind(self) -> ServerKind:
+        """callsctl, rtcd or Mattermost (see kind.py), asked once."""
+        if self._kind is None:
+            self._kind = detect(self)
+        return self._kind
 
     @property
     def target_ip(self) -> str | None:
@@ -209,6 +218,7 @@ class RtcProbe:
                 response = httpx.get(url, timeout=self.target.timeout, verify=False)
                 outcome.rtt_ms = (time.monotonic() - started) * 1000
                 outcome.status = response.status_code
+                outcome.version_header = response.headers.get("X-Version-Id")
                 try:
                     outcome.body = response.json()
                 except ValueError:
@@ -279,18 +289,86 @@ def _unresolved(name: str, probe: RtcProbe) -> CheckResult:
 # --- steps --------------------------------------------------------------------------
 
 
+PION_SILENCE = ("inconclusive: pion drops STUN whose ufrag names no session, so silence to a "
+                "bare probe proves nothing")
+PROOF_COMMANDS = ("run `callsctl check rtcd --url http://ID:KEY@HOST:8045` (rtcd) or `callsctl "
+                  "check webrtc --mattermost URL --token PAT --channel ID` for proof")
+
+# What a verdict of `check rtc` can and cannot prove, per server kind (docs/check-mattermost.md).
+PROVES: dict[str, dict[str, str]] = {
+    "callsctl": {"proves": "the media port answers bare STUN over UDP and ICE-TCP, and what the "
+                           "server advertises (GET /version) answers too",
+                 "cannot_prove": "that DTLS and media pass a middlebox that lets STUN through "
+                                 "(check webrtc does)"},
+    "rtcd": {"proves": "the API answers (/version, /system); a TCP connect to the media port",
+             "cannot_prove": "UDP reachability and the advertised ICE address: rtcd answers STUN "
+                             "only for a live session (check rtcd opens one)"},
+    "mattermost": {"proves": "Mattermost and the Calls plugin answer; a TCP connect to the media "
+                             "port",
+                   "cannot_prove": "UDP reachability and the advertised ICE address: the plugin's "
+                                   "SFU (or its rtcd) answers STUN only for a live session "
+                                   "(check webrtc --mattermost opens one)"},
+    "unknown": {"proves": "only what answered",
+                "cannot_prove": "what silence means: callsctl answers bare STUN, pion-based "
+                                "servers (rtcd, Mattermost Calls) never do"},
+}
+
+
+def _scope(probe: RtcProbe) -> dict[str, str]:
+    kind = probe.kind()
+    return {"server_kind": kind.kind, **PROVES[kind.kind]}
+
+
+def server_result(probe: RtcProbe) -> CheckResult:
+    """Which server answers on the API port, and therefore what the other verdicts can prove."""
+    name = "server"
+    if probe.target.api_url is None and probe.target_ip is None:
+        return _unresolved(name, probe)
+    kind = probe.kind()
+    details: dict[str, Any] = {**_scope(probe), **kind.details}
+    scope = PROVES[kind.kind]
+    if kind.kind == "unknown":
+        return CheckResult(name, "warn", f"{probe.target.api_base} is not recognisably callsctl, "
+                           "rtcd or Mattermost; " + scope["cannot_prove"], figure="unknown",
+                           fix="point --api-port/--api-url at the server's API (callsctl and "
+                           "rtcd: port 8045; Mattermost: its site URL)", details=details)
+    if kind.kind == "mattermost" and not kind.details.get("calls_plugin"):
+        status_code = kind.details.get("calls_plugin_status")
+        return CheckResult(name, "fail", f"{kind.label}: GET /plugins/com.mattermost.calls/version "
+                           f"answered {status_code or 'nothing'}", figure="no Calls plugin",
+                           fix="install and enable the Calls plugin (System Console > Plugins > "
+                           "Calls > Enable Plugin)", details=details)
+    return CheckResult(name, "pass", f"{kind.label}; this check proves {scope['proves']}; it "
+                       f"cannot prove {scope['cannot_prove']}", figure=kind.kind, details=details)
+
+
 def api_result(probe: RtcProbe) -> CheckResult:
-    """GET /healthz: is the API (signaling, web client) reachable and healthy?"""
+    """Is the API (signaling, web client) reachable and healthy? Asked the way each kind answers."""
     name = "api"
     if probe.target.api_url is None and probe.target_ip is None:
         return _unresolved(name, probe)
+    kind = probe.kind()
+    if kind.kind == "rtcd":
+        outcome = probe.api("/version")
+        load = kind.details.get("cpu_load")
+        figure = f"{outcome.rtt_ms:.1f} ms" if outcome.rtt_ms is not None else None
+        text = f"{outcome.url}: {kind.label}" + (
+            f"; load {load:.2f} (GET /system: 1 / idle CPUs)" if isinstance(load, int | float)
+            else "")
+        return CheckResult(name, "pass", text, figure=figure,
+                           details={"url": outcome.url, "version": kind.version, "cpu_load": load})
+    if kind.kind == "mattermost":
+        outcome = probe.api("/api/v4/system/ping")
+        figure = f"{outcome.rtt_ms:.1f} ms" if outcome.rtt_ms is not None else None
+        return CheckResult(name, "pass", f"{outcome.url}: status OK ({kind.label})",
+                           figure=figure, details={"url": outcome.url, **kind.details})
     outcome = probe.api("/healthz")
     details: dict[str, Any] = {"url": outcome.url, "status": outcome.status}
     if outcome.error:
         return CheckResult(name, "fail", f"{outcome.url}: {outcome.error}", figure="no answer",
-                           fix="is `callsctl serve` running, on this --api-port, and is TCP "
+                           fix="is the server running, on this --api-port, and is TCP "
                            f"{probe.target.api_port} open in the firewall? (behind a reverse "
-                           "proxy, pass --api-url)", details=details)
+                           "proxy or for Mattermost, pass --api-url)", details=details)
     if outcome.status != 200:
         return CheckResult(name, "fail", f"{outcome.url} answered HTTP {outcome.status}",
                            figure=f"HTTP {outcome.status}",
@@ -325,6 +403,14 @@ def udp_result(probe: RtcProbe) -> CheckResult:
         return CheckResult(name, "pass",
                            f"STUN Binding answered on {where}{_seen_as_note(outcome)}",
                            figure=f"{outcome.rtt_ms:.1f} ms", details=details)
+    details.update(_scope(probe))
+    kind = probe.kind()
+    if outcome.kind == "timeout" and kind.kind != "callsctl":
+        why = (f"{kind.label} is pion-based: {PION_SILENCE}" if kind.is_pion else
+               f"silence from {kind.label}: callsctl would have answered, rtcd and Mattermost "
+               "Calls never answer a bare probe")
+        return CheckResult(name, "warn", f"{where}: {outcome.error}; {why}", figure="inconclusive",
+                           fix=PROOF_COMMANDS, details={**details, "verdict": "inconclusive"})
     hints = []
     info = probe.version()
     if info and info.get("udp_port") and info["udp_port"] != outcome.dest[1]:
@@ -371,6 +457,13 @@ def tcp_result(probe: RtcProbe) -> CheckResult:
                            f"STUN Binding (RFC 4571 framing) answered on {where}"
                            f"{_seen_as_note(outcome)}",
                            figure=f"{outcome.rtt_ms:.1f} ms", details=details)
+    details.update(_scope(probe))
+    if probe.kind().kind != "callsctl" and outcome.local is not None:
+        return CheckResult(name, "pass", f"{where}: TCP connect succeeded, so the port is open; "
+                           "a pion-based SFU closes an ICE-TCP connection whose STUN names no "
+                           "session, so that the SFU itself answers there is proven only by a "
+                           "session", figure="connected", fix=None,
+                           details={**details, "verdict": "port open"})
     if outcome.kind in ("refused", "timeout") and outcome.local is None:
         verb = "refused" if outcome.kind == "refused" else "filtered (connect timed out)"
         return CheckResult(name, "warn", f"{where}: {verb}; TCP fallback unavailable from here",
@@ -440,6 +533,11 @@ def advertised_result(probe: RtcProbe) -> CheckResult:
     name = "advertised address"
     if probe.target_ip is None:
         return _unresolved(name, probe)
+    kind = probe.kind()
+    if kind.is_pion:
+        return CheckResult(name, "warn", f"unknown: {kind.label} tells its ICE address (ICE host "
+                           "override) only in a session's candidates", figure="unknown",
+                           fix=PROOF_COMMANDS, details={**_scope(probe), "verdict": "inconclusive"})
     info = probe.version()
     if info is None:
         outcome = probe.api("/version")
@@ -527,7 +625,7 @@ def advertised_result(probe: RtcProbe) -> CheckResult:
 def rtc_results(target: RtcTarget) -> list[CheckResult]:
     """`check rtc`: media reachability over UDP and TCP, then the advertised address."""
     probe = RtcProbe(target)
-    return [udp_result(probe), tcp_result(probe), advertised_result(probe)]
+    return [server_result(probe), udp_result(probe), tcp_result(probe), advertised_result(probe)]
 
 
 def validate_host(host: str) -> str:

@@ -50,15 +50,18 @@ def token_call(token: str) -> str:
         fail("--token is not a callsctl join token (mint one with `callsctl token`)", EXIT_USAGE)
 
 
-def mint_tokens(data_dir: str) -> tuple[str, tuple[str, str]]:
-    """Two tokens for a throw-away call, signed with a local server's secret."""
-    from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+def mint_tokens(data_dir: str | None) -> tuple[str, tuple[str, str]]:
+    """Two tokens for a throw-away call, signed with a local server's secret.
+
+    The data dir is found as `callsctl token` finds it (callsctl.localserver):
+    --data-dir, CALLSCTL_DATA_DIR, or the default one.
+    """
+    from callsctl import localserver
     from callsctl_sfu.tokens import issue_token
 
-    try:
-        secret = load_or_create_secret(data_dir)
-    except DataDirError as exc:
-        fail(str(exc))
+    secret = localserver.read_secret(
+        data_dir, missing_hint="on the server host, point --data-dir at its data dir; "
+                               "elsewhere pass --token (from `callsctl token` on the server)")
     call = f"callsctl-check-{secrets.token_hex(4)}"
     return call, (issue_token(secret, call, "check-a", 300), issue_token(secret, call, "check-b",
                                                                           300))
@@ -153,26 +156,57 @@ def _stage_failure(stage: str, message: str) -> CheckResult:
 
 @app.command("webrtc")
 def webrtc_command(
-    host: str = typer.Option(..., "--host", "-H", help="Server host name or IP."),
+    host: str | None = typer.Option(None, "--host", "-H", help="callsctl server host name or IP."),
     api_port: int = typer.Option(8045, "--api-port", min=1, max=65535, help="API port."),
     api_url: str | None = typer.Option(
         None, "--api-url", help="API base URL when not http://HOST:API_PORT (https, proxy)."),
     token: str | None = typer.Option(
-        None, "--token", help="A join token (both test participants use it)."),
+        None, "--token", help="A callsctl join token (both test participants use it); with "
+        "--mattermost, a personal access token."),
     data_dir: str | None = typer.Option(
-        None, "--data-dir", help="A local server's data dir: mint test tokens with its secret."),
+        None, "--data-dir", help="A local server's data dir: mint test tokens with its "
+                                 "secret. [default: as `callsctl token`: CALLSCTL_DATA_DIR or "
+                                 "$XDG_DATA_HOME/callsctl]"),
+    mattermost: str | None = typer.Option(
+        None, "--mattermost", help="Test a Mattermost server with the Calls plugin instead: its "
+        "site URL (https://chat.example.com)."),
+    channel: str | None = typer.Option(
+        None, "--channel", help="With --mattermost: id of a test channel to start the call in."),
+    config: str | None = typer.Option(
+        None, "--config", help="With --mattermost: a TOML file with url, token and channel "
+        "(keeps the token off the command line)."),
+    force_turn: bool = typer.Option(
+        False, "--force-turn", help="With --mattermost: relay candidates only, through the "
+        "TURN servers the Calls plugin configures."),
+    force_tcp: bool = typer.Option(
+        False, "--force-tcp", help="With --mattermost: media over TCP, relayed by a TURN server "
+        "the plugin configures with ?transport=tcp (ICE-TCP to the SFU is probed in any case)."),
     timeout: float = typer.Option(15.0, "--timeout", "-t", min=1, max=120,
                                   help="Seconds each stage may take."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Make a real two-party audio call through the server and report each stage.
 
-    Needs a join token (--token, from `callsctl token`) or, on the server host,
-    --data-dir to mint one. Exit 0 when audio flowed both ways, 1 when a stage
-    failed, 2 on a usage error.
+    callsctl: needs a join token (--token, from `callsctl token`); on the
+    server host it mints its own with the server's secret, from the data dir
+    `callsctl token` uses (or --data-dir). Mattermost: --mattermost URL --token
+    PAT --channel ID (or --config FILE) joins a call as the web app does.
+    Exit 0 when audio flowed both ways, 1 when a stage failed, 2 on a usage error.
     """
-    if (token is None) == (data_dir is None):
-        fail("give exactly one of --token or --data-dir", EXIT_USAGE)
+    if mattermost is not None or config is not None:
+        from callsctl.check.mattermost import load_target, run_mattermost
+
+        if host is not None or data_dir is not None:
+            fail("--mattermost does not take --host or --data-dir", EXIT_USAGE)
+        target = load_target(mattermost, token, channel, config, timeout, force_turn, force_tcp)
+        results = asyncio.run(run_mattermost(target))
+        raise typer.Exit(emit(results, as_json, title=f"callsctl check webrtc: {target.url}"))
+    if channel is not None or force_turn or force_tcp:
+        fail("--channel, --force-turn and --force-tcp need --mattermost", EXIT_USAGE)
+    if host is None and api_url is None:
+        fail("give --host (a callsctl server) or --mattermost URL", EXIT_USAGE)
+    if token is not None and data_dir is not None:
+        fail("give at most one of --token or --data-dir", EXIT_USAGE)
     base = (api_url or f"http://{host}:{api_port}").rstrip("/")
     if not base.startswith(("http://", "https://")):
         fail(f"--api-url must start with http:// or https://, got {base!r}", EXIT_USAGE)
@@ -180,6 +214,6 @@ def webrtc_command(
     if token is not None:
         call, tokens = token_call(token), (token, token)
     else:
-        call, tokens = mint_tokens(data_dir)  # type: ignore[arg-type]
+        call, tokens = mint_tokens(data_dir)
     results = asyncio.run(run_call(CallTarget(ws_url, call, tokens, timeout)))
     raise typer.Exit(emit(results, as_json, title=f"callsctl check webrtc: {base}"))

@@ -26,6 +26,7 @@ from callsctl.timespec import parse_duration
 
 FDS_PER_PARTICIPANT = 3  # UDP socket, signaling TCP connection, slack for aiortc
 FD_RESERVE = 64
+MAX_DEFAULT_JOIN_S = 30.0
 
 
 def _duration(text: str, flag: str, allow_zero: bool = False) -> float:
@@ -35,6 +36,11 @@ def _duration(text: str, flag: str, allow_zero: bool = False) -> float:
         return parse_duration(text)
     except ValueError as exc:
         fail(f"{flag}: {exc}", EXIT_USAGE)
+
+
+def default_join_duration(duration: float) -> float:
+    """Half the run, at most 30 s: a short --duration alone must still leave a steady window."""
+    return min(MAX_DEFAULT_JOIN_S, duration / 2)
 
 
 def _endpoints(host: str) -> tuple[str, str, str, int]:
@@ -68,21 +74,11 @@ def _secret(token_secret: str | None, secret_file: Path | None, data_dir: str | 
         if not value:
             fail(f"--secret-file {secret_file} is empty")
         return value.encode()
-    from callsctl_sfu.config import ConfigError, load_config
-    from callsctl_sfu.datadir import JWT_SECRET_FILE, DataDirError, load_or_create_secret
+    from callsctl import localserver
 
-    try:
-        directory = Path(load_config(None, overrides={"data_dir": data_dir}).data_dir)
-    except ConfigError as exc:
-        fail(str(exc))
-    if not (directory / JWT_SECRET_FILE).is_file():
-        where = "--data-dir" if data_dir else "the default data dir"
-        fail(f"no {JWT_SECRET_FILE} in {directory} ({where}): point --data-dir at the "
-             "server's data dir, or pass --secret-file / --token-secret")
-    try:
-        return load_or_create_secret(directory)
-    except DataDirError as exc:
-        fail(str(exc))
+    return localserver.read_secret(
+        data_dir, missing_hint="point --data-dir at the server's data dir, or pass "
+                               "--secret-file / --token-secret")
 
 
 def _ensure_fds(participants: int) -> None:
@@ -109,8 +105,10 @@ def loadtest(
         False, "--video", help="Unmuted participants also send camera video (VP8, 640x360)."),
     duration: str = typer.Option("60s", "--duration",
                                  help="Whole run, joins included; it then stops by itself."),
-    join_duration: str = typer.Option("30s", "--join-duration",
-                                      help="Joins are spread evenly over this time."),
+    join_duration: str | None = typer.Option(
+        None, "--join-duration",
+        help="Joins are spread evenly over this time. [default: half of --duration, at "
+             "most 30s]"),
     data_dir: str | None = typer.Option(
         None, "--data-dir", help="The server's data dir: its jwt_secret signs the join tokens. "
                                  "[default: the default data dir]"),
@@ -148,7 +146,8 @@ def loadtest(
 
     base, ws_url, hostname, _port = _endpoints(host)
     seconds = _duration(duration, "--duration")
-    join_seconds = _duration(join_duration, "--join-duration", allow_zero=True)
+    join_seconds = (default_join_duration(seconds) if join_duration is None
+                    else _duration(join_duration, "--join-duration", allow_zero=True))
     local = is_loopback_host(hostname)
     if not local and not allow_remote:
         fail(f"refusing to load-test {hostname}: it is not a loopback address; pass "

@@ -28,6 +28,7 @@ from callsctl.top.model import Action, Overview
 
 DEFAULT_TIMEOUT_S = 5.0
 RCVBUF_METRIC = "callsctl_udp_rcvbuf_errors"
+PROCESS_CPU_METRIC = "rtcd_process_cpu_seconds"
 
 # How each host control maps onto the admin API (method, path template, body).
 _ACTION_ROUTES: dict[str, tuple[str, str, bool]] = {
@@ -162,7 +163,9 @@ class AdminClient:
             raise error
         calls, system, version, stats, metrics = results
         return Overview(calls=calls, system=system, version=version, stats=stats,
-                        rcvbuf_errors=parse_rcvbuf_errors(metrics) if metrics else None)
+                        rcvbuf_errors=parse_rcvbuf_errors(metrics) if metrics else None,
+                        process_cpu_seconds=(parse_counter(metrics, PROCESS_CPU_METRIC)
+                                             if metrics else None))
 
     async def call_detail(self, call_id: str) -> dict[str, Any] | None:
         """GET /api/v1/calls/{id}, or None when the call has ended (404)."""
@@ -246,18 +249,24 @@ class SseParser:
         return None
 
 
-def parse_rcvbuf_errors(text: str) -> int | None:
-    """The host's UDP receive-buffer drop counter from a Prometheus exposition."""
+def parse_counter(text: str, name: str) -> float | None:
+    """A counter's value (summed over labels) from a Prometheus exposition, or None."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
         for family in text_string_to_metric_families(text):
-            if family.name == RCVBUF_METRIC:
-                return int(sum(sample.value for sample in family.samples
-                               if sample.name in (RCVBUF_METRIC, RCVBUF_METRIC + "_total")))
+            if family.name == name:
+                return sum(sample.value for sample in family.samples
+                           if sample.name in (name, name + "_total"))
     except ValueError:  # a broken exposition must not break the view
         return None
     return None
+
+
+def parse_rcvbuf_errors(text: str) -> int | None:
+    """The host's UDP receive-buffer drop counter from a Prometheus exposition."""
+    value = parse_counter(text, RCVBUF_METRIC)
+    return None if value is None else int(value)
 
 
 def _reason(exc: httpx.HTTPError) -> str:

@@ -68,8 +68,9 @@ def top(
 ) -> None:
     """Live view of calls, sessions and server health, with host controls (a TUI).
 
-    Shows the server's load, media rates and UDP drops, every call, and each
-    participant's connection and quality; Enter drills down, Esc goes back,
+    Shows the server process's CPU and memory, the host's load, media rates
+    and UDP receive-buffer drops (per second, and since the server started),
+    every call, and each participant's connection and quality; Enter drills down, Esc goes back,
     ? lists the keys. Mute, lower hand, stop screen share, remove, make host
     and end call each ask first; --read-only turns them off. Without a
     terminal, --once --json prints the same data for scripts.
@@ -166,6 +167,10 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
             "forwarding_engine": ((overview.version or {}).get("forwarding_engine")
                                   or {}).get("engine"),
             "uptime_s": (overview.system or {}).get("uptime_s"),
+            # The server process's CPU in cores (1.0 = one core busy), over --refresh.
+            "process_cpu": _round(rates.cpu, 3),
+            "process_rss_bytes": (overview.system or {}).get("process_rss_bytes"),
+            # The whole machine's 1-minute load average per core.
             "cpu_load": (overview.system or {}).get("cpu_load"),
             "memory_bytes": (overview.system or {}).get("memory_bytes"),
             "memory_total": (overview.system or {}).get("memory_total"),
@@ -173,15 +178,53 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
             "sessions": (overview.system or {}).get("sessions"),
             "in_pps": _round(rates.in_pps), "out_pps": _round(rates.out_pps),
             "in_bps": _round(rates.in_bps), "out_bps": _round(rates.out_bps),
-            "udp_rcvbuf_errors": overview.rcvbuf_errors,
+            "udp_rcvbuf_errors": _int(overview.host_rcvbuf_errors()),  # host, since boot
+            "udp_rcvbuf_errors_since_start": _int(overview.rcvbuf_errors_since_start()),
             "udp_rcvbuf_errors_per_s": _round(rates.rcvbuf_errors_per_s),
         },
         "calls": calls,
     }
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def snapshot_lines(snapshot: dict[str, Any]) -> list[str]:
+    """The server's state in four lines of at most 80 columns (as the TUI's panel)."""
+    from rich.markup import escape
+
+    from callsctl.top import view
+
+    server = snapshot["server"]
+    cpu, load = server.get("process_cpu"), server.get("cpu_load")
+    since = server.get("udp_rcvbuf_errors_since_start")
+    per_s = server.get("udp_rcvbuf_errors_per_s")
+    drops = f"UDP drops {view.NONE if per_s is None else f'{per_s:,.0f}/s'}"
+    if since is not None:
+        drops += f", {since:,} since start"
+    elif server.get("udp_rcvbuf_errors") is not None:
+        drops += f", {server['udp_rcvbuf_errors']:,} since boot"
+    if per_s:
+        drops += ": run `callsctl tune`"
+    return [
+        f"[bold]{escape(str(snapshot['host']))}[/]  callsctl {server.get('version') or '?'}  "
+        f"up {view.fmt_duration(server.get('uptime_s'))}  calls {server.get('calls')}  "
+        f"sessions {server.get('sessions')}",
+        f"server CPU {view.NONE if cpu is None else f'{cpu * 100:.0f}%'}  "
+        f"RSS {view.fmt_bytes(server.get('process_rss_bytes'))}  "
+        f"host load {view.NONE if load is None else f'{load:.2f}'}/core  "
+        f"mem {view.fmt_bytes(server.get('memory_bytes'))}/"
+        f"{view.fmt_bytes(server.get('memory_total'))}",
+        f"in {view.fmt_bps(server.get('in_bps'))} {view.fmt_rate(server.get('in_pps'), 'pkt/s')}"
+        f"  out {view.fmt_bps(server.get('out_bps'))} "
+        f"{view.fmt_rate(server.get('out_pps'), 'pkt/s')}",
+        drops,
+    ]
 
 
 def print_snapshot(snapshot: dict[str, Any]) -> None:
@@ -193,20 +236,8 @@ def print_snapshot(snapshot: dict[str, Any]) -> None:
 
     # Piped output gets room for the session table instead of rich's 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-    server = snapshot["server"]
-    cpu = server.get("cpu_load")
-    console.print(
-        f"[bold]{snapshot['host']}[/]  callsctl {server.get('version') or '?'}  "
-        f"up {view.fmt_duration(server.get('uptime_s'))}  "
-        f"CPU {'–' if cpu is None else f'{cpu * 100:.0f}%'}  "
-        f"mem {view.fmt_bytes(server.get('memory_bytes'))}/"
-        f"{view.fmt_bytes(server.get('memory_total'))}  "
-        f"calls {server.get('calls')}  sessions {server.get('sessions')}", highlight=False)
-    console.print(
-        f"in {view.fmt_bps(server.get('in_bps'))} {view.fmt_rate(server.get('in_pps'), 'pkt/s')}"
-        f"  out {view.fmt_bps(server.get('out_bps'))} "
-        f"{view.fmt_rate(server.get('out_pps'), 'pkt/s')}"
-        f"  UDP rcvbuf errors {server.get('udp_rcvbuf_errors', '–')}", highlight=False)
+    for line in snapshot_lines(snapshot):
+        console.print(line, highlight=False)
     now = snapshot.get("time") or time.time()
     calls = Table(title="calls", title_justify="left")
     for spec in view.CALL_COLUMNS:
@@ -216,7 +247,7 @@ def print_snapshot(snapshot: dict[str, Any]) -> None:
         calls.add_row(*row.cells)
     console.print(calls)
     for call in snapshot["calls"]:
-        sessions = Table(title=f"call {call.get('id')}", title_justify="left")
+        sessions = Table(title=f"call {call.get('id')} (in/out: kbps)", title_justify="left")
         for spec in view.SESSION_COLUMNS:
             sessions.add_column(spec.label, justify="right" if spec.numeric else "left")
         for row in view.session_rows(call):

@@ -48,7 +48,22 @@ class Overview:
     system: dict[str, Any] | None = None
     version: dict[str, Any] | None = None
     stats: dict[str, Any] | None = None
-    rcvbuf_errors: int | None = None
+    rcvbuf_errors: int | None = None  # from /metrics, for servers whose /system lacks it
+    process_cpu_seconds: float | None = None  # likewise (rtcd_process_cpu_seconds_total)
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU time the server process has used (user + system), from /system or /metrics."""
+        value = _number((self.system or {}).get("process_cpu_seconds"))
+        return value if value is not None else _number(self.process_cpu_seconds)
+
+    def host_rcvbuf_errors(self) -> float | None:
+        """The host's UDP receive-buffer drop counter (since boot)."""
+        value = _number((self.system or {}).get("udp_rcvbuf_errors"))
+        return value if value is not None else _number(self.rcvbuf_errors)
+
+    def rcvbuf_errors_since_start(self) -> float | None:
+        """The drops since the server started (None from servers that do not say)."""
+        return _number((self.system or {}).get("udp_rcvbuf_errors_since_start"))
 
 
 class DataSource(Protocol):
@@ -88,6 +103,7 @@ class ServerSample:
     bytes_in: float | None
     bytes_out: float | None
     rcvbuf_errors: float | None
+    cpu_seconds: float | None = None
 
     @classmethod
     def of(cls, overview: Overview, at: float) -> ServerSample:
@@ -96,7 +112,8 @@ class ServerSample:
                    rtp_out=_counter(stats, "forwarding", "rtp_forwarded"),
                    bytes_in=_counter(stats, "media_socket", "bytes_in"),
                    bytes_out=_counter(stats, "media_socket", "bytes_out"),
-                   rcvbuf_errors=_number(overview.rcvbuf_errors))
+                   rcvbuf_errors=overview.host_rcvbuf_errors(),
+                   cpu_seconds=overview.server_cpu_seconds())
 
 
 @dataclass
@@ -108,6 +125,7 @@ class ServerRates:
     in_bps: float | None = None
     out_bps: float | None = None
     rcvbuf_errors_per_s: float | None = None
+    cpu: float | None = None  # the server process's CPU, in cores (1.0 = one core busy)
 
     @classmethod
     def between(cls, old: ServerSample, new: ServerSample) -> ServerRates:
@@ -124,10 +142,11 @@ class ServerRates:
         return cls(in_pps=rate(old.rtp_in, new.rtp_in), out_pps=rate(old.rtp_out, new.rtp_out),
                    in_bps=rate(old.bytes_in, new.bytes_in, 8),
                    out_bps=rate(old.bytes_out, new.bytes_out, 8),
-                   rcvbuf_errors_per_s=rate(old.rcvbuf_errors, new.rcvbuf_errors))
+                   rcvbuf_errors_per_s=rate(old.rcvbuf_errors, new.rcvbuf_errors),
+                   cpu=rate(old.cpu_seconds, new.cpu_seconds))
 
 
-SERVER_SERIES = ("cpu", "in_bps", "out_bps", "in_pps", "out_pps", "rcvbuf")
+SERVER_SERIES = ("cpu", "load", "in_bps", "out_bps", "in_pps", "out_pps", "rcvbuf")
 
 
 @dataclass
@@ -170,8 +189,8 @@ class TopState:
         server_time = _number((overview.system or {}).get("time"))
         if server_time is not None:
             self.clock_offset = server_time - now
-        cpu = _number((overview.system or {}).get("cpu_load"))
-        for name, value in (("cpu", cpu), ("in_bps", self.rates.in_bps),
+        load = _number((overview.system or {}).get("cpu_load"))
+        for name, value in (("cpu", self.rates.cpu), ("load", load), ("in_bps", self.rates.in_bps),
                             ("out_bps", self.rates.out_bps), ("in_pps", self.rates.in_pps),
                             ("out_pps", self.rates.out_pps),
                             ("rcvbuf", self.rates.rcvbuf_errors_per_s)):

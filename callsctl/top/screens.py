@@ -334,23 +334,25 @@ class CallScreen(TopScreen):
         info.append(self.call_id, style="bold")
         started = summary.get("started_at")
         duration = self.top.server_now() - started if isinstance(started, int | float) else None
-        info.append(f"   up {fmt_duration(duration)}")
-        info.append(f"   {summary.get('participants', len((detail or {}).get('sessions') or []))}"
+        info.append(f"  up {fmt_duration(duration)}")
+        info.append(f"  {summary.get('participants', len((detail or {}).get('sessions') or []))}"
                     " participants")
         host_id = (detail or summary).get("host")
         host = next((s for s in (detail or {}).get("sessions") or []
                      if s.get("session_id") == host_id), None)
-        info.append(f"   host {who(host) if host else short_id(host_id)}")
+        info.append(f"  host {who(host) if host else short_id(host_id)}")
         sharer = (detail or summary).get("screen_sharer")
         if sharer:
             share = next((s for s in (detail or {}).get("sessions") or []
                           if s.get("session_id") == sharer), None)
-            info.append(f"   screen: {who(share) if share else short_id(sharer)}",
+            info.append(f"  screen {who(share) if share else short_id(sharer)}",
                         style="magenta")
-        info.append(f"   in {fmt_bps(summary.get('in_bps'))}"
+        info.append(f"\nmedia in {fmt_bps(summary.get('in_bps'))}"
                     f"  out {fmt_bps(summary.get('out_bps'))}")
         self.query_one("#call-info", Static).update(info)
-        self.query_one("#sessions-caption", Static).update(self.table_caption("sessions"))
+        caption = self.table_caption("sessions")
+        caption.append("  in/out: kbps", style="dim")
+        self.query_one("#sessions-caption", Static).update(caption)
         super().update_view()
 
     def target(self) -> tuple[str, dict[str, Any] | None] | None:
@@ -454,7 +456,7 @@ class SessionScreen(TopScreen):
         text.append("   candidate ")
         text.append(candidate, style=style)
         if isinstance(pair, dict):
-            text.append(f"   {pair.get('local') or NONE} ⇄ {pair.get('remote') or NONE}")
+            text.append(f"\npair   {pair.get('local') or NONE} ⇄ {pair.get('remote') or NONE}")
         jitter = session.get("jitter_ms")
         text.append("\njitter ")
         text.append(fmt_ms(jitter), style=level(jitter, JITTER_MS))

@@ -183,12 +183,25 @@ def call_rows(calls: list[dict[str, Any]], now: float,
 
 # -- sessions -------------------------------------------------------------------------------
 
+# Eight narrow columns so a call stays readable in an 80-column terminal: the ICE
+# column shows the candidate pair once connected (how media flows) and the ICE
+# state otherwise (why it does not); rates are kbps (the caption says so).
 SESSION_COLUMNS = (
     ColumnSpec("user", "user"), ColumnSpec("state", "state"), ColumnSpec("ice", "ICE"),
-    ColumnSpec("candidate", "candidate"), ColumnSpec("rtt", "RTT", numeric=True),
-    ColumnSpec("loss", "loss", numeric=True), ColumnSpec("jitter", "jitter", numeric=True),
-    ColumnSpec("in", "in kbps", numeric=True), ColumnSpec("out", "out kbps", numeric=True),
+    ColumnSpec("rtt", "RTT", numeric=True), ColumnSpec("loss", "loss", numeric=True),
+    ColumnSpec("jitter", "jitter", numeric=True), ColumnSpec("in", "in", numeric=True),
+    ColumnSpec("out", "out", numeric=True),
 )
+CONNECTED_ICE = {"connected", "completed"}
+
+
+def connection_text(session: dict[str, Any]) -> tuple[str, str]:
+    """('srflx/udp', style) once ICE is up, else the ICE state ('checking', 'failed')."""
+    ice = session.get("ice_state")
+    pair = session.get("candidate_pair")
+    if ice in CONNECTED_ICE and isinstance(pair, dict):
+        return candidate_text(pair)
+    return str(ice or NONE), ice_style(ice)
 
 STATE_STYLES = (("muted", DIM_STYLE), ("voice", "bold green"), ("hand", "bold yellow"),
                 ("screen", "magenta"), ("video", "cyan"))
@@ -236,8 +249,7 @@ def session_rows(detail: dict[str, Any] | None) -> list[TableRow]:
         rtt, loss = _num(session.get("rtt_ms")), _num(session.get("loss"))
         jitter = _num(session.get("jitter_ms"))
         in_bps, out_bps = _num(session.get("in_bps")), _num(session.get("out_bps"))
-        ice = session.get("ice_state")
-        candidate, candidate_style = candidate_text(session.get("candidate_pair"))
+        connection, connection_style = connection_text(session)
         label = who(session)
         user_cell = Text(no_wrap=True)
         user_cell.append("★ " if sid == host else "  ", style="bold yellow")
@@ -245,14 +257,13 @@ def session_rows(detail: dict[str, Any] | None) -> list[TableRow]:
         state = session_state(session)
         rows.append(TableRow(
             key=sid,
-            cells=(user_cell, state, _cell(str(ice or NONE), ice_style(ice)),
-                   _cell(candidate, candidate_style),
+            cells=(user_cell, state, _cell(connection, connection_style),
                    _cell(fmt_ms(rtt), level(rtt, RTT_MS), numeric=True),
                    _cell(fmt_loss(loss), level(loss, LOSS), numeric=True),
                    _cell(fmt_ms(jitter), level(jitter, JITTER_MS), numeric=True),
                    _cell(fmt_kbps(in_bps), numeric=True), _cell(fmt_kbps(out_bps), numeric=True)),
-            sort={"user": label.casefold(), "state": state.plain, "ice": str(ice or ""),
-                  "candidate": candidate, "rtt": rtt, "loss": loss, "jitter": jitter,
+            sort={"user": label.casefold(), "state": state.plain, "ice": connection,
+                  "rtt": rtt, "loss": loss, "jitter": jitter,
                   "in": in_bps, "out": out_bps}))
     return rows
 

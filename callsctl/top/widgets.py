@@ -22,6 +22,7 @@ from callsctl.top.model import TopState
 from callsctl.top.view import (
     BAD_STYLE,
     CPU_LOAD,
+    NONE,
     ColumnSpec,
     TableRow,
     fmt_bps,
@@ -227,7 +228,7 @@ class MetricLine(Horizontal):
 
     DEFAULT_CSS = """
     MetricLine { height: 1; }
-    MetricLine > .metric-text { width: 44; }
+    MetricLine > .metric-text { width: 46; }
     MetricLine > Spark { width: 1fr; margin-right: 1; }
     """
 
@@ -240,8 +241,55 @@ class MetricLine(Horizontal):
         self.query_one(Spark).set_series(series)
 
 
+def cpu_text(state: TopState) -> Text:
+    """The server process's own CPU (cores busy, like top's %CPU) and its memory."""
+    system = (state.overview.system if state.overview else None) or {}
+    cpu = state.rates.cpu
+    text = Text(no_wrap=True)
+    text.append("server CPU ")
+    text.append(NONE if cpu is None else f"{cpu * 100:4.0f}%", style=level(cpu, CPU_LOAD))
+    text.append(f"  RSS {fmt_bytes(system.get('process_rss_bytes'))}")
+    return text
+
+
+def host_text(state: TopState) -> Text:
+    """The whole machine: load average per core and memory in use (not only the server's)."""
+    system = (state.overview.system if state.overview else None) or {}
+    load = system.get("cpu_load")
+    text = Text(no_wrap=True)
+    text.append("host load ")
+    text.append(NONE if load is None else f"{load:4.2f}", style=level(load, CPU_LOAD))
+    text.append("/core")
+    text.append(f"  mem {fmt_bytes(system.get('memory_bytes'))}"
+                f"/{fmt_bytes(system.get('memory_total'))}")
+    return text
+
+
+def udp_text(state: TopState) -> Text:
+    """UDP receive-buffer drops: the rate now, and the count since the server started.
+
+    The kernel counter is host-wide and counts from boot, so the raw number says
+    little; what matters is whether it rises now, and how much since this server ran.
+    """
+    overview = state.overview
+    per_s = state.rates.rcvbuf_errors_per_s
+    since = overview.rcvbuf_errors_since_start() if overview else None
+    total = overview.host_rcvbuf_errors() if overview else None
+    style = BAD_STYLE if per_s else ""
+    text = Text(no_wrap=True)
+    text.append("UDP drops ")
+    text.append(NONE if per_s is None else f"{per_s:,.0f}/s", style=style)
+    if since is not None:
+        text.append(f"  {since:,.0f} since start", style=BAD_STYLE if since else "")
+    elif total is not None:
+        text.append(f"  {total:,.0f} since boot")
+    if per_s and len(text) <= 46 - len("  run tune"):
+        text.append("  run tune", style=BAD_STYLE)
+    return text
+
+
 class ServerPanel(Vertical):
-    """Version, uptime, load, memory, counts, media rates and UDP drops of the server."""
+    """Version, uptime, counts; server CPU; host load; media rates; UDP drops."""
 
     DEFAULT_CSS = """
     ServerPanel { height: auto; border: round $primary; padding: 0 1; }
@@ -251,6 +299,7 @@ class ServerPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="server-line")
         yield MetricLine(id="metric-cpu")
+        yield MetricLine(id="metric-host")
         yield MetricLine(id="metric-in")
         yield MetricLine(id="metric-out")
         yield MetricLine(id="metric-udp")
@@ -260,28 +309,22 @@ class ServerPanel(Vertical):
         system = (overview.system if overview else None) or {}
         version = (overview.version if overview else None) or {}
         self.border_title = f"server {base_url}"
-        line = Text(no_wrap=True)
+        line = Text(no_wrap=True, overflow="ellipsis")
         line.append(f"callsctl {version.get('version', '?')}", style="bold")
-        line.append(f"   up {fmt_duration(system.get('uptime_s'))}")
+        line.append(f"  up {fmt_duration(system.get('uptime_s'))}")
         calls = system.get("calls", len(state.calls) if overview else None)
-        line.append(f"   calls {calls if calls is not None else '–'}")
-        line.append(f"   sessions {system.get('sessions', '–')}")
+        line.append(f"  calls {calls if calls is not None else NONE}")
+        line.append(f"  sessions {system.get('sessions', NONE)}")
         engine = (version.get("forwarding_engine") or {}).get("engine")
         if engine == "python":  # the slower engine: say so, with the reason on /version
-            line.append("   forwarding in Python", style=BAD_STYLE)
+            line.append("  forwarding in Python", style=BAD_STYLE)
         elif engine:
-            line.append(f"   forwarding {engine.upper()}")
+            line.append(f"  forwarding {engine.upper()}")
         self.query_one("#server-line", Static).update(line)
 
-        cpu = system.get("cpu_load")
-        cpu_text = Text(no_wrap=True)
-        cpu_text.append("CPU ")
-        cpu_text.append("–" if cpu is None else f"{cpu * 100:3.0f}%",
-                        style=level(cpu, CPU_LOAD))
-        cpu_text.append(f"  mem {fmt_bytes(system.get('memory_bytes'))}"
-                        f" / {fmt_bytes(system.get('memory_total'))}")
-        self.query_one("#metric-cpu", MetricLine).show(cpu_text, state.history["cpu"])
-
+        self.query_one("#metric-cpu", MetricLine).show(cpu_text(state), state.history["cpu"])
+        self.query_one("#metric-host", MetricLine).show(host_text(state),
+                                                        state.history["load"])
         rates = state.rates
         self.query_one("#metric-in", MetricLine).show(
             f"in  {fmt_bps(rates.in_bps):>11} {fmt_rate(rates.in_pps, 'pkt/s'):>12}",
@@ -289,12 +332,4 @@ class ServerPanel(Vertical):
         self.query_one("#metric-out", MetricLine).show(
             f"out {fmt_bps(rates.out_bps):>11} {fmt_rate(rates.out_pps, 'pkt/s'):>12}",
             state.history["out_bps"])
-        errors = overview.rcvbuf_errors if overview else None
-        per_s = rates.rcvbuf_errors_per_s
-        udp = Text(no_wrap=True)
-        udp.append("UDP rcvbuf errors ")
-        udp.append("–" if errors is None else f"{errors:,}",
-                   style=BAD_STYLE if per_s else "")
-        if per_s:
-            udp.append(f" (+{per_s:.0f}/s: run callsctl tune)", style=BAD_STYLE)
-        self.query_one("#metric-udp", MetricLine).show(udp, state.history["rcvbuf"])
+        self.query_one("#metric-udp", MetricLine).show(udp_text(state), state.history["rcvbuf"])

@@ -4,7 +4,9 @@ Every /api/ route needs `Authorization: Bearer <admin key>`; without it the
 answer is 401 with a JSON body, before anything else is looked at (so an
 unauthenticated caller learns nothing, not even which calls exist). /system
 and /metrics are unauthenticated like rtcd's, for load balancers and
-Prometheus; they reveal counts, never ids or names.
+Prometheus; they reveal counts, never ids or names. For an API port exposed
+to the internet, metrics_auth = admin_key puts /metrics behind the admin key,
+and metrics_port moves it to a separate listener (metrics_app).
 
 Errors are always `{"error": "<sentence>", "status": N}`: 400 for a bad body
 or id, 401 without the key, 404 for an unknown call or session, 405 for a
@@ -24,6 +26,7 @@ from aiohttp import web
 
 from callsctl_sfu.calls.host import HostControlError
 from callsctl_sfu.calls.sessionstats import describe_call, summarize_call
+from callsctl_sfu.metrics import read_udp_snmp
 from callsctl_sfu.store import CallSettings
 
 if TYPE_CHECKING:
@@ -59,17 +62,9 @@ async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     """Bearer admin key on /api/*; ApiError/HostControlError become JSON errors."""
     if not request.path.startswith("/api/"):
         return await handler(request)
-    control = request.app.get("control")
-    if control is None:
-        return error(503, "the admin API is not available on this server")
-    header = request.headers.get("Authorization", "")
-    scheme, _, supplied = header.partition(" ")
-    if scheme.lower() != "bearer" or not supplied.strip():
-        return _unauthorized("admin key required: send 'Authorization: Bearer <key>' (the key "
-                             "is in the admin_key file of the server's data dir, or the "
-                             "file given to --admin-key-file)")
-    if not hmac.compare_digest(supplied.strip().encode(), control.admin_key.encode()):
-        return _unauthorized("admin key rejected")
+    refused = _check_admin_key(request)
+    if refused is not None:
+        return refused
     try:
         return await handler(request)
     except ApiError as exc:
@@ -82,6 +77,22 @@ async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
                           f"allowed: {allowed}")
     except web.HTTPNotFound:
         return error(404, f"no API route {request.method} {request.path}")
+
+
+def _check_admin_key(request: web.Request) -> web.Response | None:
+    """None when the request carries the admin key, else the response that refuses it."""
+    control = request.app.get("control")
+    if control is None:
+        return error(503, "the admin API is not available on this server")
+    header = request.headers.get("Authorization", "")
+    scheme, _, supplied = header.partition(" ")
+    if scheme.lower() != "bearer" or not supplied.strip():
+        return _unauthorized("admin key required: send 'Authorization: Bearer <key>' (the key "
+                             "is in the admin_key file of the server's data dir, or the "
+                             "file given to --admin-key-file)")
+    if not hmac.compare_digest(supplied.strip().encode(), control.admin_key.encode()):
+        return _unauthorized("admin key rejected")
+    return None
 
 
 def _unauthorized(message: str) -> web.Response:
@@ -273,11 +284,20 @@ async def system(request: web.Request) -> web.Response:
     cpus = os.cpu_count() or 1
     load1, load5, load15 = os.getloadavg()
     memory = psutil.virtual_memory()
+    process = psutil.Process()
+    cpu = process.cpu_times()
+    rcvbuf = read_udp_snmp().get("RcvbufErrors")
     return web.json_response({
+        # cpu_load and load are the whole machine's; process_* are this server's own.
         "cpu_load": round(load1 / cpus, 3), "cpus": cpus,
         "load": {"Load1": load1, "Load5": load5, "Load15": load15},
         "memory_bytes": memory.total - memory.available, "memory_total": memory.total,
-        "process_rss_bytes": psutil.Process().memory_info().rss,
+        "process_rss_bytes": process.memory_info().rss,
+        "process_cpu_seconds": round(cpu.user + cpu.system, 3),
+        "udp_rcvbuf_errors": rcvbuf,
+        "udp_rcvbuf_errors_since_start": (
+            None if rcvbuf is None or control.rcvbuf_errors_at_start is None
+            else max(0, rcvbuf - control.rcvbuf_errors_at_start)),
         "sessions": len(manager.participants) if manager else 0,
         "calls": len(manager.calls) if manager else 0,
         "uptime_s": round(control.uptime(), 1), "time": time.time(),
@@ -285,7 +305,12 @@ async def system(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus exposition; with metrics_auth = admin_key only for the admin key."""
     control = _control(request)
+    if control.config.metrics_auth == "admin_key":
+        refused = _check_admin_key(request)
+        if refused is not None:
+            return refused
     assert control.metrics is not None
     body = control.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": control.metrics.content_type})
@@ -312,5 +337,18 @@ def add_admin_routes(app: web.Application) -> None:
     r.add_get(f"{API}/history", history)
     r.add_get(f"{API}/events", events)
     r.add_get("/system", system)
-    r.add_get("/metrics", metrics)
+    if not app["config"].metrics_port:  # else only the metrics listener serves it
+        r.add_get("/metrics", metrics)
+
+
+def metrics_app(control: ControlPlane) -> web.Application:
+    """The separate metrics listener (metrics_port): /metrics and nothing else.
+
+    Operators who expose the API port publicly keep Prometheus scraping on a
+    port that only their network reaches, as Mattermost does with port 8067.
+    """
+    app = web.Application()
+    app["control"] = control
+    app.router.add_get("/metrics", metrics)
+    return app
 

@@ -35,12 +35,24 @@ from aiortc.sdp import candidate_from_sdp
 from callsctl_sfu.rtc.fastpath import Rewrite, packed_ipv4, srtp_context_address
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
-from callsctl_sfu.rtc.sdp_munge import Numbering, harmonise, numbering_of
-from callsctl_sfu.rtc.simulcast import RID_URI, accept_layers, offered_layers, receive_layers
+from callsctl_sfu.rtc.sdp_munge import (
+    harmonise,
+    libwebrtc_numbering,
+    merge_numbering,
+    numbering_of,
+)
+from callsctl_sfu.rtc.simulcast import (
+    RID_URI,
+    accept_layers,
+    offered_layers,
+    receive_layers,
+    with_rid_extensions,
+)
 from callsctl_sfu.rtc.tracks import (
     LABEL_KINDS,
     PublishedTrack,
     discover_published,
+    sending_sections,
     stream_id_for,
 )
 
@@ -49,6 +61,11 @@ log = logging.getLogger("callsctl_sfu.rtc.peer")
 OPUS_KEY = ("audio", "opus", 48000, 2)
 VP8_KEY = ("video", "vp8", 90000, 1)
 SignalSender = Callable[[dict[str, Any]], Awaitable[None]]
+
+# A server transceiver's direction from (the server forwards a track on it, the
+# client sends its own track on it): both may hold at once on one mid.
+_DIRECTIONS = {(True, True): "sendrecv", (True, False): "sendonly",
+               (False, True): "recvonly", (False, False): "inactive"}
 
 
 class SignalError(ValueError):
@@ -140,12 +157,16 @@ class MediaPeer:
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._worker = asyncio.create_task(self._run(), name=f"peer-{session_id}")
         self._pending_candidates: list[RTCIceCandidate] = []
-        self.numbering = Numbering()
+        self.numbering = libwebrtc_numbering()
         self.downtracks: dict[str, DownTrack] = {}
         self.downtracks_by_ssrc: dict[int, DownTrack] = {}
         self.retired: dict[str, DownTrack] = {}
         self.wanted: dict[str, tuple[str, str]] = {}
         self.server_mids: set[str] = set()
+        # Mids the client marks as sending, as of its latest description, and those
+        # of ours on which its RTP has actually arrived.
+        self.client_sending: set[str] = set()
+        self.active_mids: set[str] = set()
         self.published: dict[str, PublishedTrack] = {}
         self.ssrc_to_mid: dict[int, str] = {}
         self.screen_stream: str | None = None
@@ -241,10 +262,14 @@ class MediaPeer:
         if self.pc.signalingState == "have-local-offer":
             # Glare: the server's offer stands; the client yields and answers it.
             self.glare_ignored += 1
+            # Its numbers are bound on the client's side all the same (until it
+            # rolls back): the server's next offers must not contradict them.
+            self.numbering = merge_numbering(numbering_of(sdp), self.numbering)
             log.info("session %s: ignored client offer colliding with ours", self.session_id)
             return
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._silence_aiortc_loops()
+        self._read_client_sending(sdp)
         answer = await self.pc.createAnswer()
         self._attach_mux()
         await self.pc.setLocalDescription(answer)
@@ -252,6 +277,7 @@ class MediaPeer:
         if self.simulcast:
             self.layers.update(offered_layers(sdp))
             answer_sdp = accept_layers(answer_sdp, sdp)
+        answer_sdp = with_rid_extensions(answer_sdp, {}, offer=sdp)
         await self._send_signal({"type": "signal", "data": {
             "type": "answer", "sdp": answer_sdp}})
         await self._after_negotiation()
@@ -282,6 +308,7 @@ class MediaPeer:
         sdp = harmonise(self.pc.localDescription.sdp, self.numbering)
         if self.layers:
             sdp = receive_layers(sdp, self.layers, self.numbering.extension_ids)
+        sdp = with_rid_extensions(sdp, self.numbering.extension_ids)
         self.offers_sent += 1
         await self._send_signal({"type": "signal", "data": {"type": "offer", "sdp": sdp}})
 
@@ -294,14 +321,12 @@ class MediaPeer:
                 # transceiver's track identity (msid), so it may only ever carry that
                 # one source, and a second transceiver with the same msid is invalid.
                 track = self.downtracks.pop(key)
-                track.transceiver.direction = "inactive"
                 track.negotiated = False
                 self.retired[key] = track
                 changed = True
         for key in sorted(set(self.wanted) - set(self.downtracks)):
             revived = self.retired.pop(key, None)
             if revived is not None:
-                revived.transceiver.direction = "sendonly"
                 revived.needs_keyframe = True
                 self.downtracks[key] = revived
                 changed = True
@@ -317,19 +342,39 @@ class MediaPeer:
             self.downtracks[key] = track
             self.downtracks_by_ssrc[sender._ssrc] = track
             changed = True
+        self._apply_directions()
         if changed and self._on_downtracks_ready is not None:
             self._on_downtracks_ready(self, [])  # the call's forwarding routes changed
         return changed
+
+    def _read_client_sending(self, remote_sdp: str) -> None:
+        """Note where the client sends, and answer/offer each of our mids to match.
+
+        A client's addTrack may reuse a transceiver we created to send it someone
+        else's media; answering that mid send-only would tell the client not to
+        send, and the participant would never be heard. So every mid it marks as
+        sending is answered as receiving, track or not (a track-less one simply
+        sends nothing).
+        """
+        self.client_sending = {media.rtp.muxId for media in sending_sections(remote_sdp)}
+        self.active_mids &= self.client_sending
+        self._apply_directions()
+
+    def _apply_directions(self) -> None:
+        """Set each of our transceivers to what flows on its mid, both ways."""
+        tracks = [(track, True) for track in self.downtracks.values()] + \
+            [(track, False) for track in self.retired.values()]
+        for track, forwarding in tracks:
+            mid = track.transceiver.mid
+            client_sends = mid is not None and mid in self.client_sending
+            track.transceiver.direction = _DIRECTIONS[(forwarding, client_sends)]
 
     async def _after_negotiation(self) -> None:
         """Read the numbering both sides now agree on and arm the forwarded tracks."""
         remote = self.pc.remoteDescription
         if remote is None:
             return
-        current = numbering_of(remote.sdp)
-        current.payload_types = {**self.numbering.payload_types, **current.payload_types}
-        current.extension_ids = {**self.numbering.extension_ids, **current.extension_ids}
-        current.identities = {**self.numbering.identities, **current.identities}
+        current = merge_numbering(numbering_of(remote.sdp), self.numbering)
         self.numbering = current
         self.opus_pt = current.payload_types.get(OPUS_KEY)
         self.vp8_pt = current.payload_types.get(VP8_KEY)
@@ -354,6 +399,7 @@ class MediaPeer:
                 track.negotiated = pt is not None
             if (ready or lost) and self._on_downtracks_ready is not None:
                 self._on_downtracks_ready(self, ready)
+            self._read_client_sending(remote.sdp)
             self._discover_published()
 
     def _discover_published(self) -> None:
@@ -363,7 +409,7 @@ class MediaPeer:
             return
         before = {mid: t.label for mid, t in self.published.items()}
         self.published = discover_published(remote.sdp, self.server_mids, self.screen_streams,
-                                            self.ring_size, self.published)
+                                            self.ring_size, self.published, self.active_mids)
         for mid, track in self.published.items():
             track.rids = self.layers.get(mid, [])
         for mid, track in self.published.items():
@@ -375,7 +421,13 @@ class MediaPeer:
     def track_for(self, ssrc: int, mid: bytes | None) -> PublishedTrack | None:
         """Route an incoming packet: MID extension first, then SSRC (RFC 8843 §9.2)."""
         if mid is not None:
-            track = self.published.get(mid.decode("ascii", "replace"))
+            name = mid.decode("ascii", "replace")
+            track = self.published.get(name)
+            if track is None and name in self.client_sending and name not in self.active_mids:
+                # RTP on one of our mids that the SDP left in doubt: a real track.
+                self.active_mids.add(name)
+                self._discover_published()
+                track = self.published.get(name)
             if track is not None:
                 if ssrc not in track.ssrcs:
                     track.ssrcs.add(ssrc)

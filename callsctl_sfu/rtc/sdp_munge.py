@@ -52,6 +52,57 @@ class Numbering:
         return next((pt for pt, ident in self.identities.items() if ident == identity), None)
 
 
+def merge_numbering(current: Numbering, earlier: Numbering) -> Numbering:
+    """`current` (what the peer's latest description says), completed by `earlier`.
+
+    An earlier entry is kept only where it contradicts nothing current: neither
+    its codec/URI nor its number is bound otherwise now (within one BUNDLE group a
+    number must keep one meaning, RFC 8843 §9.1-9.2).
+    """
+    merged = Numbering(dict(current.payload_types), dict(current.extension_ids),
+                       dict(current.identities))
+    for pt, identity in earlier.identities.items():
+        if pt not in merged.identities and merged.number_for(identity) is None:
+            merged.identities[pt] = identity
+    for key, pt in earlier.payload_types.items():
+        if key not in merged.payload_types and merged.identities.get(pt, ())[:4] == \
+                tuple(str(x) for x in key):
+            merged.payload_types[key] = pt
+    for uri, ext_id in earlier.extension_ids.items():
+        if uri not in merged.extension_ids and ext_id not in merged.used_extension_ids:
+            merged.extension_ids[uri] = ext_id
+    return merged
+
+
+def libwebrtc_numbering() -> Numbering:
+    """The numbers libwebrtc (Chromium, Mattermost's desktop and mobile apps) picks itself.
+
+    Until a client has offered audio or video (the Mattermost client's first
+    offer carries only a data channel), the server's offers use these. A client
+    that adds a track while the server's offer is in flight (glare: it rolls its
+    own offer back and answers ours) has already bound these numbers to the same
+    meanings, so our offer cannot collide with them; with aiortc's own numbers
+    (mid = 1, audio level = 2, Opus = 96) Chromium refuses the offer with "RTP
+    extension ID reassignment not supported". Observed in Chromium's offers:
+    audio level 1, abs-send-time 2, transport-cc 3, mid 4, rid 10, repaired rid
+    11; Opus 111, VP8 96 with its RTX 97.
+    """
+    opus = ("audio", "opus", "48000", "2")
+    vp8 = ("video", "vp8", "90000", "1")
+    return Numbering(
+        payload_types={("audio", "opus", 48000, 2): 111, ("video", "vp8", 90000, 1): 96},
+        extension_ids={
+            "urn:ietf:params:rtp-hdrext:ssrc-audio-level": 1,
+            "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time": 2,
+            "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01": 3,
+            "urn:ietf:params:rtp-hdrext:sdes:mid": 4,
+            "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id": 10,
+            "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id": 11,
+        },
+        identities={111: opus, 96: vp8, 97: ("rtx", *vp8)},
+    )
+
+
 def _codec_key(kind: str, name: str, clock: str, channels: str | None) -> tuple[str, str, int, int]:
     return (kind, name.lower(), int(clock), int(channels or 1))
 

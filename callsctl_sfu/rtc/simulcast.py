@@ -77,6 +77,45 @@ def receive_layers(sdp: str, layers: dict[str, list[str]], ext_ids: dict[str, in
     return "".join(out)
 
 
+def with_rid_extensions(sdp: str, ext_ids: dict[str, int], offer: str | None = None) -> str:
+    """Negotiate the RtpStreamId extensions on the video m-sections we describe.
+
+    aiortc leaves them out, and Chromium then treats them as refused for the
+    whole session: a later simulcast transceiver of the client (the Mattermost
+    web app's screen share, rids l/h) fails its own setLocalDescription with
+    "negotiates simulcast but does not negotiate the RID RTP header extension".
+    Negotiated but unused they cost nothing (RFC 8852 §3). In an answer
+    (`offer` given) only where that m-section of the offer has them, since an
+    answer may only accept what was offered (RFC 8285 §6).
+    """
+    offered = _extensions_by_mid(offer) if offer is not None else None
+    out: list[str] = []
+    for section in re.split(r"(?=^m=)", sdp, flags=re.M):
+        mid = re.search(r"^a=mid:(\S+)", section, flags=re.M)
+        if not section.startswith("m=video") or mid is None:
+            out.append(section)
+            continue
+        ids = ext_ids if offered is None else offered.get(mid.group(1), {})
+        lines = section.rstrip("\r\n").split("\r\n")
+        used = {int(i) for i in re.findall(r"^a=extmap:(\d+)", section, flags=re.M)}
+        for uri in (RID_URI, REPAIRED_RID_URI):
+            ext_id = ids.get(uri)
+            if ext_id is not None and f" {uri}" not in section and ext_id not in used:
+                lines.append(f"a=extmap:{ext_id} {uri}")
+        out.append("\r\n".join(lines) + "\r\n")
+    return "".join(out)
+
+
+def _extensions_by_mid(sdp: str) -> dict[str, dict[str, int]]:
+    found: dict[str, dict[str, int]] = {}
+    for section in re.split(r"(?=^m=)", sdp, flags=re.M):
+        mid = re.search(r"^a=mid:(\S+)", section, flags=re.M)
+        if mid is not None:
+            found[mid.group(1)] = {uri: int(ext_id) for ext_id, uri in re.findall(
+                r"^a=extmap:(\d+)(?:/\w+)? (\S+)", section, flags=re.M)}
+    return found
+
+
 def choose_layer(rids: list[str], layer_bps: dict[str, float], estimate_bps: int | None,
                  current: str | None, since_switch: float) -> str:
     """The best layer that fits the receiver's estimate.

@@ -74,25 +74,50 @@ def stream_id_for(publisher_id: str, label: str) -> str:
     return f"screen-{publisher_id}" if label.startswith("screen") else publisher_id
 
 
-def discover_published(remote_sdp: str, server_mids: set[str], screen_streams: set[str],
-                       ring_size: int, previous: dict[str, PublishedTrack]
-                       ) -> dict[str, PublishedTrack]:
-    """The client's sending m-sections, keyed by mid, keeping state of known ones."""
+def _stream_of(media: aiortc_sdp.MediaDescription) -> str | None:
+    return media.msid.split(" ", 1)[0] if media.msid else None
+
+
+def sending_sections(remote_sdp: str, server_mids: set[str] | None = None,
+                     active_mids: set[str] | frozenset[str] = frozenset()
+                     ) -> list[aiortc_sdp.MediaDescription]:
+    """The audio/video m-sections on which the client says it sends.
+
+    Any m-section the client marks sendrecv/sendonly, whoever created it: a
+    standard client's addTrack reuses a transceiver the server created to send
+    it someone else's media (JSEP, RFC 8829 §5.2.2, addTrack's reuse rule), so
+    a mid of the server's may carry the client's track too.
+
+    With `server_mids` given, only those that certainly carry a track: a server
+    mid marked sendrecv with msid "-" may carry nothing (the Mattermost client
+    forces incoming video transceivers to sendrecv, a Firefox workaround) or a
+    real track whose stream Chromium forgot when it rolled back its own offer in
+    glare; such a mid counts once its RTP has been seen (`active_mids`).
+    """
     description = aiortc_sdp.SessionDescription.parse(remote_sdp)
-    found: dict[str, PublishedTrack] = {}
+    sections = []
     for media in description.media:
         mid = media.rtp.muxId
         if media.kind not in ("audio", "video") or mid is None:
             continue
         if media.direction not in ("sendrecv", "sendonly"):
             continue
-        stream = media.msid.split(" ", 1)[0] if media.msid else None
-        if mid in server_mids and stream in (None, "-"):
-            # One of our forwarding transceivers that the client marked sendrecv
-            # without a track (a Firefox workaround in the Mattermost client):
-            # nothing is published there. With a real track it is the client's own
-            # media (a late track landing on our transceiver), handled below.
+        if server_mids is not None and mid in server_mids and mid not in active_mids \
+                and _stream_of(media) in (None, "-"):
             continue
+        sections.append(media)
+    return sections
+
+
+def discover_published(remote_sdp: str, server_mids: set[str], screen_streams: set[str],
+                       ring_size: int, previous: dict[str, PublishedTrack],
+                       active_mids: set[str] | frozenset[str] = frozenset()
+                       ) -> dict[str, PublishedTrack]:
+    """The client's sending m-sections, keyed by mid, keeping state of known ones."""
+    found: dict[str, PublishedTrack] = {}
+    for media in sending_sections(remote_sdp, server_mids, active_mids):
+        mid = media.rtp.muxId
+        stream = _stream_of(media)
         is_screen = stream is not None and stream in screen_streams
         label = ("screen" if media.kind == "video" else "screenaudio") if is_screen else media.kind
         track = previous.get(mid)

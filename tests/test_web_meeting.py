@@ -28,6 +28,7 @@ from tests.test_browser_e2e import (
     UI_TIMEOUT_MS,
     Participant,
     browser,  # noqa: F401  (the module-scoped Chromium fixture)
+    wait_for_audio,
 )
 from tests.test_browser_video_e2e import CANVAS_SCREEN_JS
 
@@ -38,7 +39,7 @@ pytestmark = [
 
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
-MIN_TILE_WIDTH = {"desktop": 200, "phone": 150}  # app.js MIN_TILE_WIDTH(_NARROW)
+MIN_TILE_WIDTH = {"desktop": 180, "phone": 150}  # app.js MIN_TILE_WIDTH(_NARROW)
 
 # Geometry of what is on screen, in CSS pixels.
 LAYOUT_JS = """
@@ -393,6 +394,68 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, server, shots,  #
         assert geo["strip"]["scrollH"] > geo["strip"]["clientH"], geo["strip"]  # it scrolls
         shots(host, "fifty-screen-desktop")
         assert not host.page_errors(), host.diagnostics()
+    except Exception as exc:
+        raise failure(people, exc, server) from exc
+    finally:
+        for person in people:
+            person.close()
+
+
+def options(person: Participant, select: str) -> list[dict[str, str]]:
+    return person.page.eval_on_selector_all(
+        f"{select} option", "(os) => os.map((o) => ({value: o.value, label: o.textContent}))")
+
+
+def test_device_pickers_switch_microphone_camera_and_speaker(browser, server,  # noqa: F811
+                                                            shots) -> None:
+    people: list[Participant] = []
+    try:
+        alice = Participant(browser, "alice", **DESKTOP)
+        bob = Participant(browser, "bob", **DESKTOP)
+        people += [alice, bob]
+        alice.join(server.join_url("gear", "alice"), "Alice")
+        bob.join(server.join_url("gear", "bob"), "Bob")
+        for person in people:
+            person.wait_media_connected()
+        alice.unmute()
+        alice.page.click("#camera", timeout=UI_TIMEOUT_MS)
+        wait_camera_tile(bob, alice.session_id)
+        wait_for_audio(bob, [alice.session_id])
+
+        alice.page.click("#settings", timeout=UI_TIMEOUT_MS)
+        alice.page.locator("#settings-dialog").wait_for(timeout=UI_TIMEOUT_MS)
+        mics = options(alice, "#mic-select")
+        assert len(mics) >= 2 and all(m["label"] for m in mics), mics
+        current = alice.page.evaluate("window.callsctl.microphone.deviceId")
+        assert alice.page.input_value("#mic-select") == current
+        other = next(m for m in mics if m["value"] != current)
+        alice.page.select_option("#mic-select", other["value"])
+        alice.page.wait_for_function(
+            f"window.callsctl.microphone.deviceId === {other['value']!r}", timeout=UI_TIMEOUT_MS)
+        # The new microphone is what bob hears now: its packets keep arriving.
+        heard = bob.inbound_audio()[alice.session_id]["packetsReceived"]
+        for _ in range(40):
+            if bob.inbound_audio()[alice.session_id]["packetsReceived"] > heard + 50:
+                break
+            bob.page.wait_for_timeout(100)
+        assert bob.inbound_audio()[alice.session_id]["packetsReceived"] > heard + 50
+        assert alice.page.evaluate(
+            "window.callsctl.pc.getSenders().find((s) => s.track && s.track.kind === 'audio')"
+            ".track.getSettings().deviceId") == other["value"]
+        assert not alice.page.evaluate("window.callsctl.error"), alice.diagnostics()
+
+        cams = options(alice, "#cam-select")
+        assert cams and all(c["label"] for c in cams), cams
+        speakers = options(alice, "#speaker-select")
+        if alice.page.locator("#speaker-select").is_visible() and len(speakers) > 1:
+            choice = speakers[-1]["value"]
+            alice.page.select_option("#speaker-select", choice)
+            alice.page.wait_for_function(
+                f"[...document.querySelectorAll('#media audio')]"
+                f".every((a) => a.sinkId === {choice!r})", timeout=UI_TIMEOUT_MS)
+        shots(alice, "devices-desktop")
+        alice.page.click("#settings-close", timeout=UI_TIMEOUT_MS)
+        assert not alice.page_errors(), alice.diagnostics()
     except Exception as exc:
         raise failure(people, exc, server) from exc
     finally:

@@ -48,11 +48,14 @@
   const SCREEN_ACK_TIMEOUT_MS = 5000;
   const SCREEN_ERRORS = new Set(["screen_share_taken", "screen_sharing_disabled"]);
   // Grid: the smallest tile worth showing before the rest go to another page.
-  const MIN_TILE_WIDTH = 200;
+  const MIN_TILE_WIDTH = 180;
   const MIN_TILE_WIDTH_NARROW = 150;
   const NARROW_WIDTH = 700; // below this the stage stacks (screen above a camera strip)
   const TILE_GAP = 8;
-  const MIN_ASPECT = 3 / 4;
+  // Tile shapes: between 4:3 and 16:9 on a landscape stage; down to 3:4 on a
+  // portrait one (phones), where wide tiles would leave most of it empty.
+  const MIN_ASPECT_LANDSCAPE = 4 / 3;
+  const MIN_ASPECT_PORTRAIT = 3 / 4;
   const MAX_ASPECT = 16 / 9;
   const PAGER_SPACE = 44; // room below the tiles for the page buttons
   const SIDE_OPEN_MIN_WIDTH = 1000; // the participant list starts open on wide windows
@@ -413,8 +416,8 @@
         "data-host": String(isHost),
         "data-self": String(isSelf),
       },
-      el("span", {"class": "avatar", "style": `--hue: ${hue(p.session_id)}`, "aria-hidden": "true",
-        text: initials(name)}),
+      el("span", {"class": initials(name).length > 2 ? "avatar long" : "avatar",
+        "style": `--hue: ${hue(p.session_id)}`, "aria-hidden": "true", text: initials(name)}),
       el("span", {"class": "who"},
         el("span", {"class": "name", "text": name}),
         isSelf ? el("span", {"class": "you", "text": "(you)"}) : null,
@@ -523,16 +526,17 @@
   }
 
   // The largest tiles for k of them in W x H: each column count is tried, and
-  // the tile's shape follows its cell between portrait 3:4 and 16:9 (videos
+  // the tile's shape follows its cell within the allowed aspect ratios (videos
   // are cropped to fit), so a few tiles fill the stage on any screen.
   function bestFit(k, width, height) {
+    const minAspect = height > width ? MIN_ASPECT_PORTRAIT : MIN_ASPECT_LANDSCAPE;
     let best = {w: 0, h: 0, cols: 1};
     for (let cols = 1; cols <= k; cols++) {
       const rows = Math.ceil(k / cols);
       const cellW = (width - TILE_GAP * (cols - 1)) / cols;
       const cellH = (height - TILE_GAP * (rows - 1)) / rows;
       if (cellW <= 0 || cellH <= 0) continue;
-      const aspect = Math.min(MAX_ASPECT, Math.max(MIN_ASPECT, cellW / cellH));
+      const aspect = Math.min(MAX_ASPECT, Math.max(minAspect, cellW / cellH));
       const w = Math.min(cellW, cellH * aspect);
       const h = w / aspect;
       if (w * h > best.w * best.h) best = {w, h, cols};

@@ -66,7 +66,9 @@ async def test_only_the_host_moderates_and_every_target_is_told(server) -> None:
         answer = await control(alice, "mute", b)
         assert answer == {"type": "host_control_done", "action": "mute", "session_id": b,
                           "changed": True}
-        await bob.wait_for(lambda e: e["type"] == "host_mute" and e["session_id"] == b, 5)
+        event = await bob.wait_for(lambda e: e["type"] == "host_mute" and e["session_id"] == b,
+                                   5)
+        assert event["by"] == "host"
         await carol.wait_for(lambda e: e["type"] == "user_muted" and e["session_id"] == b, 5)
         assert (await control(alice, "mute", b))["changed"] is False
 
@@ -74,7 +76,8 @@ async def test_only_the_host_moderates_and_every_target_is_told(server) -> None:
         await carol.send({"type": "raise_hand"})
         await alice.wait_for(lambda e: e["type"] == "user_raise_hand", 5)
         assert (await control(alice, "lower_hand", c))["changed"] is True
-        await carol.wait_for(lambda e: e["type"] == "host_lower_hand", 5)
+        event = await carol.wait_for(lambda e: e["type"] == "host_lower_hand", 5)
+        assert event["by"] == "host"
         await carol.wait_for(lambda e: e["type"] == "user_lower_hand" and e["session_id"] == c,
                              5)
 

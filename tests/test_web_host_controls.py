@@ -187,6 +187,12 @@ def test_admin_actions_show_on_the_participants_page(browser, server) -> None:  
         assert response.status_code == 200 and response.json()["changed"] is True, response.text
         person.page.wait_for_function("window.callsctl.hand === false", timeout=UI_TIMEOUT_MS)
         assert person.page.locator("#hand").get_attribute("aria-pressed") == "false"
+        notice(person, "An administrator lowered your hand")
+        person.unmute()
+        response = admin.post(f"{base}/mute")
+        assert response.status_code == 200 and response.json()["changed"] is True, response.text
+        person.page.wait_for_function("window.callsctl.muted === true", timeout=UI_TIMEOUT_MS)
+        notice(person, "An administrator muted you")
 
         response = admin.delete(base)
         assert response.status_code == 200, response.text

@@ -168,7 +168,7 @@ async def end_call(request: web.Request) -> web.Response:
     reason = body.get("reason", "ended by an admin")
     if not isinstance(reason, str) or len(reason) > 200:
         raise ApiError(400, "\"reason\" must be a string of at most 200 characters")
-    removed = await control.host.end(call_id, reason, by="admin")
+    removed = await control.host.end(call_id, reason)
     return _ok(call=call_id, removed=removed)
 
 
@@ -196,7 +196,7 @@ def _session_action(action: str) -> Any:
         assert control.host is not None
         call_id, session_id = _id(request, "call_id"), _id(request, "session_id")
         if action == "remove":
-            await control.host.remove(call_id, session_id, "removed by an admin", by="admin")
+            await control.host.remove(call_id, session_id)
             return _ok(call=call_id, session_id=session_id, removed=True)
         operation = {"mute": control.host.mute, "stop-screen": control.host.stop_screen,
                      "lower-hand": control.host.lower_hand}[action]

@@ -14,11 +14,11 @@ updates its own UI (mute button, stopped share, "you were removed"):
 | remove       | host_removed         | user_left                     |
 | end call     | call_end (everyone)  | user_left as each one goes    |
 
-Two callers use them: the admin API (an operator, `by="admin"`) and the
-call's own host over signaling (`by="host"`, see `HostControls.by_session`,
-which checks that the sender IS the host before anything changes). The
-target is told who acted, so its page can say "removed by the host" or "by
-an administrator" truthfully.
+Two callers use them: the admin API (an operator; `by="admin"`, the default)
+and the call's own host over signaling (`by="host"`, see
+`HostControls.by_session`, which checks that the sender IS the host before
+anything changes). Every event to the target says who acted (`by`), so its
+page can say "removed by the host" or "by an administrator" truthfully.
 """
 
 from __future__ import annotations
@@ -88,41 +88,43 @@ class HostControls:
         await self.manager.broadcast(call, {"type": "call_host_changed", "host": session_id})
         return True
 
-    async def mute(self, call_id: str, session_id: str) -> bool:
+    async def mute(self, call_id: str, session_id: str, by: str = "admin") -> bool:
         call, _session = self.session(call_id, session_id)
         await self._tell(call, session_id, {"type": "host_mute", "session_id": session_id,
-                                            "call": call_id})
+                                            "call": call_id, "by": by})
         return await self.manager.set_state(session_id, "muted", True)
 
-    async def mute_others(self, call_id: str, keep: str) -> list[str]:
+    async def mute_others(self, call_id: str, keep: str, by: str = "admin") -> list[str]:
         """Mute everyone in the call except `keep` (who must be in it)."""
         call, _session = self.session(call_id, keep)
         muted = []
         for other in list(call.sessions):
             if other != keep and other in self.manager.participants and \
-                    await self.mute(call_id, other):
+                    await self.mute(call_id, other, by):
                 muted.append(other)
         return muted
 
-    async def stop_screen(self, call_id: str, session_id: str) -> bool:
+    async def stop_screen(self, call_id: str, session_id: str, by: str = "admin") -> bool:
         call, session = self.session(call_id, session_id)
         if not session.state.screen:
             return False
         await self._tell(call, session_id, {"type": "host_screen_off",
-                                            "session_id": session_id, "call": call_id})
+                                            "session_id": session_id, "call": call_id,
+                                            "by": by})
         await self.manager.set_screen(session_id, False)
         return True
 
-    async def lower_hand(self, call_id: str, session_id: str) -> bool:
+    async def lower_hand(self, call_id: str, session_id: str, by: str = "admin") -> bool:
         call, session = self.session(call_id, session_id)
         if not session.state.hand:
             return False
         await self._tell(call, session_id, {"type": "host_lower_hand",
-                                            "session_id": session_id, "call": call_id})
+                                            "session_id": session_id, "call": call_id,
+                                            "by": by})
         return await self.manager.set_state(session_id, "hand", False)
 
     async def remove(self, call_id: str, session_id: str,
-                     reason: str = "removed by the host", by: str = "host") -> None:
+                     reason: str = "removed by an admin", by: str = "admin") -> None:
         call, _session = self.session(call_id, session_id)
         await self._tell(call, session_id, {"type": "host_removed", "session_id": session_id,
                                             "call": call_id, "by": by, "reason": reason})
@@ -131,8 +133,8 @@ class HostControls:
         self.manager.detach(session_id)
         await self.manager.leave(session_id, reason)
 
-    async def end(self, call_id: str, reason: str = "ended by the host",
-                  by: str = "host") -> int:
+    async def end(self, call_id: str, reason: str = "ended by an admin",
+                  by: str = "admin") -> int:
         """call_end to everyone, then every session leaves; returns how many were removed."""
         call = self.call(call_id)
         await self.manager.broadcast(call, {"type": "call_end", "call": call_id,
@@ -164,10 +166,10 @@ class HostControls:
             raise HostControlError(403, f"{action}: only the host of the call may do this")
         call_id = call.call_id
         if action == "end":
-            removed = await self.end(call_id, "ended by the host")
+            removed = await self.end(call_id, "ended by the host", by="host")
             return {"action": action, "removed": removed}
         if action == "mute_others":
-            muted = await self.mute_others(call_id, actor)
+            muted = await self.mute_others(call_id, actor, by="host")
             return {"action": action, "muted": muted}
         if target is None:
             raise HostControlError(400, f"{action}: needs the target's session_id")
@@ -178,7 +180,10 @@ class HostControls:
                                             "leave the call instead")
             await self.remove(call_id, target, "removed by the host", by="host")
             return {"action": action, "session_id": target, "changed": True}
-        operation = {"mute": self.mute, "stop_screen": self.stop_screen,
-                     "lower_hand": self.lower_hand, "make_host": self.make_host}[action]
-        changed = await operation(call_id, target)
+        if action == "make_host":
+            changed = await self.make_host(call_id, target)
+        else:
+            operation = {"mute": self.mute, "stop_screen": self.stop_screen,
+                         "lower_hand": self.lower_hand}[action]
+            changed = await operation(call_id, target, by="host")
         return {"action": action, "session_id": target, "changed": changed}

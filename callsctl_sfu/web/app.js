@@ -171,6 +171,7 @@
     sessionId: null,
     host: null,
     participants: new Map(), // session_id -> participant
+    names: new Map(), // session_id -> display name, kept after they leave (for notices)
     remoteTracks: new Map(), // track id -> {sessionId, kind, source, streamId, mid}
     remoteTrackObjs: new Map(), // track id -> MediaStreamTrack
     mediaElements: new Map(), // "audio:<track id>" -> <audio> element
@@ -692,6 +693,7 @@
     for (const key of ["user", "name", "muted", "voice", "hand", "screen", "video"]) {
       if (info[key] !== undefined && info[key] !== null) p[key] = info[key];
     }
+    S.names.set(sid, displayName(p));
     return p;
   }
 
@@ -865,6 +867,11 @@
     make_host: (n) => `${n} is the host now.`,
   };
 
+  // Who did something to us: the call's host, or an operator through the admin API.
+  function actor(msg) {
+    return msg.by === "admin" ? "An administrator" : "The host";
+  }
+
   function handleMessage(msg) {
     const type = msg && msg.type;
     if (type !== "pong" && type !== "signal") {
@@ -934,30 +941,28 @@
       }
       case "host_mute":
         mute(false);
-        showNotice("The host muted you. Unmute when you want to speak.", 5000);
+        showNotice(`${actor(msg)} muted you. Unmute when you want to speak.`, 5000);
         break;
       case "host_lower_hand":
         S.hand = false;
         setSelf({hand: false});
-        showNotice("The host lowered your hand.", 5000);
+        showNotice(`${actor(msg)} lowered your hand.`, 5000);
         break;
       case "host_screen_off":
         if (S.screenStream) stopScreen(false);
-        showNotice("The host stopped your screen share.", 5000);
+        showNotice(`${actor(msg)} stopped your screen share.`, 5000);
         break;
       case "host_removed": {
-        const text = msg.by === "admin" ? "You were removed from the call by an administrator."
-          : "You were removed from the call by the host.";
+        const text = `You were removed from the call by ${actor(msg).toLowerCase()}.`;
         teardown("removed");
         $("#ended-text").textContent = text;
         showError(text, "host_removed");
         break;
       }
       case "host_control_done": {
-        const p = S.participants.get(msg.session_id);
         const say = HOST_DONE[msg.action];
         if (say && (msg.changed !== false || msg.action === "mute_others")) {
-          showNotice(say(p ? displayName(p) : "The participant"), 4000);
+          showNotice(say(S.names.get(msg.session_id) || "The participant"), 4000);
         }
         break;
       }

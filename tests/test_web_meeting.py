@@ -345,7 +345,11 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, server, shots,  #
         host.page.add_init_script(CANVAS_SCREEN_JS)
         host.join(server.join_url("allhands", "host"), "Host")
         host.wait_media_connected()
-        crowd("allhands", 49)
+        crowd("allhands", 48)
+        speaker = Participant(browser, "speaker", **DESKTOP)
+        people.append(speaker)
+        speaker.join(server.join_url("allhands", "speaker"), "Speaker")
+        speaker.wait_media_connected()
         wait_tiles(host, 50)
         host.page.locator("#participant-count").filter(has_text="50").wait_for(
             timeout=UI_TIMEOUT_MS)
@@ -357,6 +361,15 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, server, shots,  #
         check_grid(geo, mode["perPage"], "desktop")
         first_page = {t["sid"] for t in geo["tiles"]}
         assert host.session_id in first_page  # oneself on the first page
+        assert speaker.session_id not in first_page  # the last to join
+        # Someone on another page speaks: their tile comes to the first page, ringed.
+        speaker.unmute()
+        host.page.locator(f'#videos .tile[data-session-id="{speaker.session_id}"]'
+                          '[data-speaking="true"]').wait_for(timeout=20_000)
+        geo = layout(host)
+        check_grid(geo, mode["perPage"], "desktop")
+        assert speaker.session_id in {t["sid"] for t in geo["tiles"]}
+        first_page = {t["sid"] for t in geo["tiles"]}
         shots(host, "fifty-desktop")
         seen = set(first_page)
         for page in range(1, mode["pages"]):

@@ -671,6 +671,7 @@
     setButton(screen, sharing ? "screen-off" : "screen", sharing ? "Stop sharing" : "Share screen");
     screen.setAttribute("aria-pressed", String(sharing));
     screen.disabled = !ready || S.screenBusy;
+    screen.hidden = !navigator.mediaDevices.getDisplayMedia; // phones cannot share a screen
     setButton($("#react"), "smile", "React");
     setButton($("#settings"), "sliders", "Devices");
     setButton($("#leave"), "leave", "Leave");

@@ -207,11 +207,16 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
         for person in people:
             assert person.page.locator("#participants .badge.host").count() == 1
 
-        # Everyone joined muted, with no microphone on the connection yet.
+        # Everyone joined muted, with no microphone on the connection yet: nobody
+        # publishes, so every description is still the first one, the data channel alone.
         for person in people:
             assert person.page.evaluate("window.callsctl.muted") is True
             assert person.page.evaluate(
                 "window.callsctl.pc.getSenders().filter((s) => s.track).length") == 0
+            sections = person.page.evaluate(
+                "window.callsctl.pc.localDescription.sdp.split('\\r\\n')"
+                ".filter((l) => l.startsWith('m='))")
+            assert [m.split(" ")[0] for m in sections] == ["m=application"], sections
         # Each unmutes in turn (the microphone is added then, renegotiating).
         for person in people:
             person.unmute()

@@ -182,7 +182,7 @@ class SignalingConnection:
     def _is_host(self) -> bool:
         participant = self.manager.participants.get(self.session_id or "")
         call = self.manager.calls.get(participant.session.call_id) if participant else None
-        return call is not None and call.host == self.session_id
+        return call is not None and call.is_host(self.session_id)
 
     async def on_host_control(self, message: dict[str, Any]) -> None:
         """Mute, remove, end…: the same controls as the admin API, for the host only."""

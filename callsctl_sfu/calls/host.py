@@ -162,7 +162,7 @@ class HostControls:
         if participant is None:
             raise HostControlError(404, "you are no longer in the call")
         call = self.call(participant.session.call_id)
-        if call.host != actor:
+        if not call.is_host(actor):
             raise HostControlError(403, f"{action}: only the host of the call may do this")
         call_id = call.call_id
         if action == "end":

@@ -69,6 +69,10 @@ class Call:
             return self.host is not None
         return False
 
+    def is_host(self, session_id: str | None) -> bool:
+        """Whether `session_id` holds the host role now (host controls check this)."""
+        return session_id is not None and self.host == session_id
+
     def others(self, session_id: str) -> list[Session]:
         return [s for s in self.sessions.values() if s.session_id != session_id]
 

@@ -23,7 +23,7 @@ from tests.test_browser_e2e import (
     browser,  # noqa: F401  (the module-scoped Chromium fixture)
 )
 from tests.test_browser_video_e2e import CANVAS_SCREEN_JS
-from tests.test_web_meeting import failure
+from tests.test_web_meeting import failure, shots  # noqa: F401  (fixture)
 
 pytestmark = [
     pytest.mark.browser,
@@ -42,7 +42,7 @@ def notice(person: Participant, text: str) -> None:
     person.page.locator("#notice").filter(has_text=text).wait_for(timeout=UI_TIMEOUT_MS)
 
 
-def test_the_host_moderates_from_the_page(browser, server) -> None:  # noqa: F811
+def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # noqa: F811
     people: list[Participant] = []
     try:
         alice = Participant(browser, "alice")
@@ -66,6 +66,13 @@ def test_the_host_moderates_from_the_page(browser, server) -> None:  # noqa: F81
         bob.page.locator("body").press("h")
         assert bob.page.locator("#hand").get_attribute("aria-pressed") == "true"
         alice.row(bob.session_id).locator(".hand").wait_for(timeout=UI_TIMEOUT_MS)
+        bob.page.click("#react", timeout=UI_TIMEOUT_MS)
+        bob.page.locator("#reaction-buttons").wait_for(timeout=UI_TIMEOUT_MS)
+        shots(bob, "reactions-desktop")
+        bob.page.click("#reaction-buttons [data-emoji='❤️']", timeout=UI_TIMEOUT_MS)
+        alice.page.locator(f"#reactions [data-session-id='{bob.session_id}']"
+                           "[data-emoji='❤️'] svg").wait_for(timeout=UI_TIMEOUT_MS)
+        shots(alice, "reaction-received-desktop")
         alice.row(bob.session_id).locator(".muted").wait_for(state="detached",
                                                              timeout=UI_TIMEOUT_MS)
         # With a dialog open (its selects take keys) letters are not shortcuts.
@@ -128,6 +135,7 @@ def test_the_host_moderates_from_the_page(browser, server) -> None:  # noqa: F81
                                    timeout=UI_TIMEOUT_MS)
         link = bob.page.input_value("#invite-link")
         assert link.startswith(server.api_url + "/?token="), link
+        shots(bob, "invite-desktop")
         bob.page.click("#invite-close", timeout=UI_TIMEOUT_MS)
         dora = Participant(browser, "dora")
         people.append(dora)

@@ -323,10 +323,10 @@ class Crowd:
 
 
 @pytest.fixture
-def crowd(server) -> Iterator[Any]:
+def crowd() -> Iterator[Any]:
     crowds: list[Crowd] = []
 
-    def make(call: str, count: int) -> Crowd:
+    def make(server: Any, call: str, count: int) -> Crowd:
         group = Crowd(server, call, count).__enter__()
         crowds.append(group)
         return group
@@ -336,8 +336,11 @@ def crowd(server) -> Iterator[Any]:
         group.__exit__(None, None, None)
 
 
-def test_fifty_participants_page_on_desktop_and_phone(browser, server, shots,  # noqa: F811
-                                                     crowd) -> None:
+def test_fifty_participants_page_on_desktop_and_phone(browser, serve_factory,  # noqa: F811
+                                                     shots, crowd) -> None:
+    # The crowd never connects media: give it longer than the test before a server
+    # that removes such sessions (media_connect_timeout) would.
+    server = serve_factory(env={"CALLSCTL_MEDIA_CONNECT_TIMEOUT": "300"})
     people: list[Participant] = []
     try:
         host = Participant(browser, "host", **DESKTOP)
@@ -345,7 +348,7 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, server, shots,  #
         host.page.add_init_script(CANVAS_SCREEN_JS)
         host.join(server.join_url("allhands", "host"), "Host")
         host.wait_media_connected()
-        crowd("allhands", 48)
+        crowd(server, "allhands", 48)
         speaker = Participant(browser, "speaker", **DESKTOP)
         people.append(speaker)
         speaker.join(server.join_url("allhands", "speaker"), "Speaker")

@@ -25,12 +25,13 @@ import pytest
 
 from tests.test_browser_e2e import (
     CHROMIUM,
+    CHROMIUM_FLAGS,
     UI_TIMEOUT_MS,
     Participant,
     browser,  # noqa: F401  (the module-scoped Chromium fixture)
     wait_for_audio,
 )
-from tests.test_browser_video_e2e import CANVAS_SCREEN_JS
+from tests.test_browser_video_e2e import CANVAS_SCREEN_JS, wait_video_flowing
 
 pytestmark = [
     pytest.mark.browser,
@@ -424,9 +425,16 @@ def options(person: Participant, select: str) -> list[dict[str, str]]:
 
 def test_device_pickers_switch_microphone_camera_and_speaker(browser, server,  # noqa: F811
                                                             shots) -> None:
+    # Alice's browser has three fake cameras (the shared one has a single camera).
+    # Chromium's second fake camera delivers Y16 depth frames, which no encoder
+    # sends; the third (MJPEG) stands in for a real second camera.
+    more_cameras = browser.browser_type.launch(
+        executable_path=CHROMIUM, headless=True, ignore_default_args=["--mute-audio"],
+        args=[*(f for f in CHROMIUM_FLAGS if not f.startswith("--use-fake-device")),
+              "--use-fake-device-for-media-stream=device-count=3"])
     people: list[Participant] = []
     try:
-        alice = Participant(browser, "alice", **DESKTOP)
+        alice = Participant(more_cameras, "alice", **DESKTOP)
         bob = Participant(browser, "bob", **DESKTOP)
         people += [alice, bob]
         alice.join(server.join_url("gear", "alice"), "Alice")
@@ -460,8 +468,21 @@ def test_device_pickers_switch_microphone_camera_and_speaker(browser, server,  #
             ".track.getSettings().deviceId") == other["value"]
         assert not alice.page.evaluate("window.callsctl.error"), alice.diagnostics()
 
+        # The other camera: the page sends it instead (no renegotiation), bob sees it.
         cams = options(alice, "#cam-select")
-        assert cams and all(c["label"] for c in cams), cams
+        assert len(cams) == 3 and all(c["label"] for c in cams), cams
+        camera = alice.page.evaluate("window.callsctl.videos")[alice.session_id]
+        assert alice.page.input_value("#cam-select") != cams[2]["value"]
+        other = cams[2]
+        alice.page.select_option("#cam-select", other["value"])
+        alice.page.wait_for_function(
+            f"(() => {{ const v = window.callsctl.videos[{alice.session_id!r}];"
+            f" return v && v.trackId !== {camera['trackId']!r} && v.width > 0; }})()",
+            timeout=UI_TIMEOUT_MS)
+        assert alice.page.evaluate(
+            "window.callsctl.pc.getSenders().find((s) => s.track && s.track.kind === 'video')"
+            ".track.getSettings().deviceId") == other["value"]
+        wait_video_flowing(bob, f"{alice.session_id}:camera")
         speakers = options(alice, "#speaker-select")
         if alice.page.locator("#speaker-select").is_visible() and len(speakers) > 1:
             choice = speakers[-1]["value"]
@@ -477,3 +498,4 @@ def test_device_pickers_switch_microphone_camera_and_speaker(browser, server,  #
     finally:
         for person in people:
             person.close()
+        more_cameras.close()

@@ -57,6 +57,9 @@ def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # no
         # Only the host sees the controls.
         assert alice.row(bob.session_id).locator("button.more").count() == 1
         assert bob.page.locator("#participants button.more").count() == 0
+        assert bob.page.locator("#videos button.tile-more:visible").count() == 0
+        assert alice.page.locator(f'#videos .tile[data-session-id="{alice.session_id}"]'
+                                  ' button.tile-more').is_hidden()
         assert bob.page.locator("#end-call").is_hidden()
         assert bob.page.locator("#host-tools").is_hidden()
 
@@ -104,8 +107,11 @@ def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # no
         notice(bob, "stopped your screen share")
         alice.page.locator("#screen-view").wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
 
-        # Mute: bob's page is muted (his microphone no longer sent).
-        host_action(alice, bob.session_id, "mute")
+        # Mute, this time from bob's tile: bob's page is muted (his microphone no longer sent).
+        tile = alice.page.locator(f'#videos .tile[data-session-id="{bob.session_id}"]')
+        tile.hover()
+        tile.locator("button.tile-more").click(timeout=UI_TIMEOUT_MS)
+        alice.page.click("#host-menu [data-action='mute']", timeout=UI_TIMEOUT_MS)
         bob.page.wait_for_function("window.callsctl.muted === true", timeout=UI_TIMEOUT_MS)
         assert bob.page.locator("#mute").get_attribute("aria-pressed") == "true"
         assert bob.page.evaluate(

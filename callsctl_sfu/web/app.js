@@ -478,15 +478,19 @@
         const icons = el("span", {"class": "tile-icons"});
         const reaction = el("span", {"class": "tile-reaction", "aria-hidden": "true"});
         const media = el("div", {"class": "tile-media"}, avatar);
+        const more = el("button", {type: "button", "class": "icon tile-more", "data-target": sid,
+          "aria-haspopup": "menu", "title": "host controls"}, icon("more"));
         const node = el("figure", {"class": "tile", "data-session-id": sid,
-          "data-self": String(isSelf)}, media, reaction,
+          "data-self": String(isSelf)}, media, reaction, more,
         el("figcaption", {"class": "tile-label"}, icons, name));
         box.append(node);
-        tile = {node, media, avatar, name, icons, reaction, video: null, trackId: null};
+        tile = {node, media, avatar, name, icons, reaction, more, video: null, trackId: null};
         S.tiles.set(sid, tile);
       }
       const label = displayName(p);
       tile.name.textContent = isSelf ? `${label} (you)` : label;
+      tile.more.hidden = isSelf || !iAmHost();
+      tile.more.setAttribute("aria-label", `host controls for ${label}`);
       tile.avatar.textContent = initials(label);
       tile.avatar.style.setProperty("--hue", String(hue(sid)));
       const host = sid === S.host;
@@ -1708,6 +1712,7 @@
   }
 
   let hostMenuTarget = null;
+  let hostMenuAnchor = null;
   function openHostMenu(sid, anchor) {
     const p = S.participants.get(sid);
     if (!p || !iAmHost()) return;
@@ -1720,6 +1725,8 @@
         (action === "stop_screen" && !p.screen);
     }
     menu.hidden = false;
+    hostMenuAnchor = anchor;
+    anchor.setAttribute("aria-expanded", "true");
     const rect = anchor.getBoundingClientRect();
     const width = menu.offsetWidth;
     const height = menu.offsetHeight;
@@ -1734,6 +1741,8 @@
   function closeHostMenu() {
     const menu = $("#host-menu");
     if (menu) menu.hidden = true;
+    if (hostMenuAnchor) hostMenuAnchor.removeAttribute("aria-expanded");
+    hostMenuAnchor = null;
     hostMenuTarget = null;
   }
 
@@ -1971,6 +1980,13 @@
     $("#invite-form").addEventListener("submit", requestInvite);
     $("#invite-copy").addEventListener("click", copyInvite);
     $("#invite-close").addEventListener("click", () => $("#invite-dialog").close());
+    $("#videos").addEventListener("click", (event) => {
+      const button = event.target.closest("button.tile-more");
+      if (!button) return;
+      event.stopPropagation();
+      if (hostMenuTarget === button.dataset.target) closeHostMenu();
+      else openHostMenu(button.dataset.target, button);
+    });
     $("#participants").addEventListener("click", (event) => {
       const button = event.target.closest("button.more");
       if (!button) return;

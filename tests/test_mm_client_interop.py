@@ -109,6 +109,8 @@ class MMParticipant:
             state = self.page.evaluate("window.mm.state()")
             state["events"] = state["events"][-15:]
             outbound = self.page.evaluate("window.mm.outbound()")
+            outbound["transcript"] = self.page.evaluate("window.mm.transcript()")
+            outbound["transceivers"] = self.call("transceivers")
         except Exception as exc:  # the page may be gone
             state, outbound = {"unavailable": str(exc)}, {}
         return (f"--- {self.label} ({self.session_id}) ---\n{state}\noutbound: {outbound}\n"

@@ -35,7 +35,7 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
-from callsctl_sfu.rtc.demux import deliver
+from callsctl_sfu.rtc.demux import deliver, parse_stun
 
 if TYPE_CHECKING:
     from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
@@ -179,11 +179,14 @@ class IceTcpStream(asyncio.Protocol):
             stats.bytes_in += len(packet)
             if self._closed or not packet:
                 continue
-            proto = self.proto
-            if proto is not None:
-                proto.frame_received(packet, self.peer)
-            else:
-                self._first_frame(packet)
+            try:
+                proto = self.proto
+                if proto is not None:
+                    proto.frame_received(packet, self.peer)
+                else:
+                    self._first_frame(packet)
+            except Exception as exc:  # noqa: BLE001 - a frame never costs a traceback
+                self.mux.udp_mux.malformed_packet("tcp", "handler", self.peer, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -205,12 +208,13 @@ class IceTcpStream(asyncio.Protocol):
         stats = self.mux.stats
         if packet[0] > 3:
             stats.rejected += 1
+            self.mux.udp_mux.malformed_packet("tcp", "frame", self.peer)
             self.close()
             return
-        try:
-            message = stun.parse_message(packet)
-        except ValueError:
+        message = parse_stun(packet)
+        if isinstance(message, Exception):
             stats.rejected += 1
+            self.mux.udp_mux.malformed_packet("tcp", "stun", self.peer, message)
             self.close()
             return
         if message.message_class != stun.Class.REQUEST or \
@@ -305,7 +309,7 @@ class TcpStunProtocol(StunProtocol):
 
     def frame_received(self, data: bytes, addr: Address) -> None:
         """Demultiplex one frame as the UDP mux does a datagram (RFC 7983 first byte)."""
-        deliver(data, addr, self.primary, self, self._loop.time())
+        deliver(data, addr, self.primary, self, self._loop.time(), "tcp")
 
     def bind(self, stream: IceTcpStream, addr: Address, request: stun.Message) -> None:
         """Route addr to stream and make the client's TCP address a remote candidate.

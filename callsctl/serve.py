@@ -160,8 +160,11 @@ def _print_banner(server: Server) -> None:
     secret = load_or_create_secret(config.data_dir)
     token = issue_token(secret, config.default_call, "guest", JOIN_LINK_TTL)
     advertised = server.advertised
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-    console.print(f"[bold]callsctl serve {__version__}[/bold]")
+    # Values (paths, fingerprints, tokens) are printed as they are: with markup or
+    # emoji codes on, `[red]` in a path vanishes and `:cd:` in a fingerprint is an emoji.
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True, markup=False,
+                      emoji=False)
+    console.print(f"callsctl serve {__version__}", style="bold")
     control = server.control
     scheme = "https" if control is not None and control.tls is not None else "http"
     console.print(f"  API, web client, /ws : {scheme}://{config.bind}:{server.api_port}")

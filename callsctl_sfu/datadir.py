@@ -32,6 +32,31 @@ def ensure_data_dir(path: str | os.PathLike[str]) -> Path:
     return directory
 
 
+def load_secret(data_dir: str | os.PathLike[str], name: str = JWT_SECRET_FILE) -> bytes:
+    """Return the secret in `data_dir/name`; never create one.
+
+    For tools that sign for a running server (`callsctl token`, `check webrtc`):
+    a new secret would sign tokens that no server accepts, so a missing one is
+    an error naming the path that was looked for.
+    """
+    path = Path(data_dir).expanduser() / name
+    try:
+        value = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        raise DataDirError(f"no {name} at {path}: point --data-dir (or data_dir in --config) "
+                           "at the data dir of the running `callsctl serve`; its first "
+                           "start creates the secret") from None
+    except PermissionError:
+        raise DataDirError(f"cannot read {path}: permission denied; run this as the user "
+                           "that runs `callsctl serve` (e.g. sudo -u callsctl)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataDirError(f"cannot read secret {path}: {exc}") from None
+    if not value:
+        raise DataDirError(f"secret {path} is empty: restore it from a backup, or delete it "
+                           "and restart `callsctl serve` (old tokens stop working)")
+    return value.encode("ascii")
+
+
 def load_or_create_secret(data_dir: str | os.PathLike[str], name: str = JWT_SECRET_FILE) -> bytes:
     """Return the secret stored in `data_dir/name`, generating it (0600) if absent."""
     directory = ensure_data_dir(data_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from callsctl_sfu.datadir import load_or_create_secret
 from tests.helpers import free_port, run_cli
 
 
@@ -31,6 +32,7 @@ def test_webrtc_with_a_token_from_callsctl_token(server):
 
 
 def test_webrtc_names_the_failing_stage(serve_factory, tmp_path):
+    load_or_create_secret(tmp_path)  # a data dir whose server is not running
     closed = free_port()
     result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--api-port", str(closed),
                      "--data-dir", str(tmp_path), "--json", "--timeout", "5", timeout=60)
@@ -46,6 +48,12 @@ def test_webrtc_names_the_failing_stage(serve_factory, tmp_path):
     assert result.returncode == 1
     names = {r["name"]: r["status"] for r in json.loads(result.stdout)["results"]}
     assert names.get("signaling") == "pass" and names.get("ice") == "fail"
+
+
+def test_webrtc_with_a_data_dir_without_a_secret_names_the_path(tmp_path):
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--data-dir", str(tmp_path))
+    assert result.returncode == 1 and str(tmp_path / "jwt_secret") in result.stderr
+    assert not (tmp_path / "jwt_secret").exists()
 
 
 def test_webrtc_usage_errors():

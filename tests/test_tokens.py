@@ -56,6 +56,7 @@ def test_secret_is_generated_once_with_mode_0600(tmp_path):
 
 
 def test_cli_token_verifies_with_the_server_secret(tmp_path):
+    load_or_create_secret(tmp_path)  # what the server's first start does
     result = run_cli("token", "--call", "standup", "--user", "bob", "--ttl", "15m",
                      "--data-dir", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
@@ -70,3 +71,18 @@ def test_cli_token_bad_ttl_is_one_line(tmp_path):
                      "--data-dir", str(tmp_path))
     assert result.returncode == 1
     assert "invalid duration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_token_never_creates_a_secret(tmp_path):
+    """A secret no server uses would sign links every server rejects (issue 15, item 10)."""
+    missing = tmp_path / "no-such-dir"
+    result = run_cli("token", "--call", "c", "--user", "u", "--data-dir", str(missing))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing / "jwt_secret") in lines[0], result.stderr
+    assert result.stdout == "" and not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("token", "--call", "c", "--user", "u", "--data-dir", str(empty))
+    assert result.returncode == 1 and str(empty / "jwt_secret") in result.stderr
+    assert list(empty.iterdir()) == []

@@ -52,11 +52,11 @@ def token_call(token: str) -> str:
 
 def mint_tokens(data_dir: str) -> tuple[str, tuple[str, str]]:
     """Two tokens for a throw-away call, signed with a local server's secret."""
-    from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+    from callsctl_sfu.datadir import DataDirError, load_secret
     from callsctl_sfu.tokens import issue_token
 
     try:
-        secret = load_or_create_secret(data_dir)
+        secret = load_secret(data_dir)
     except DataDirError as exc:
         fail(str(exc))
     call = f"callsctl-check-{secrets.token_hex(4)}"

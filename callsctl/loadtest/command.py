@@ -69,20 +69,16 @@ def _secret(token_secret: str | None, secret_file: Path | None, data_dir: str | 
             fail(f"--secret-file {secret_file} is empty")
         return value.encode()
     from callsctl_sfu.config import ConfigError, load_config
-    from callsctl_sfu.datadir import JWT_SECRET_FILE, DataDirError, load_or_create_secret
+    from callsctl_sfu.datadir import DataDirError, load_secret
 
     try:
         directory = Path(load_config(None, overrides={"data_dir": data_dir}).data_dir)
     except ConfigError as exc:
         fail(str(exc))
-    if not (directory / JWT_SECRET_FILE).is_file():
-        where = "--data-dir" if data_dir else "the default data dir"
-        fail(f"no {JWT_SECRET_FILE} in {directory} ({where}): point --data-dir at the "
-             "server's data dir, or pass --secret-file / --token-secret")
     try:
-        return load_or_create_secret(directory)
+        return load_secret(directory)
     except DataDirError as exc:
-        fail(str(exc))
+        fail(f"{exc} (or pass --secret-file / --token-secret)")
 
 
 def _ensure_fds(participants: int) -> None:

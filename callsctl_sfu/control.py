@@ -35,7 +35,7 @@ from callsctl_sfu.calls.host import HostControls
 from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.calls.sessionstats import SessionSampler
 from callsctl_sfu.config import ServeConfig
-from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+from callsctl_sfu.datadir import DataDirError, load_or_create_secret, tighten_mode
 from callsctl_sfu.metrics import Metrics
 from callsctl_sfu.store import CallSettings, Store, StoreError
 from callsctl_sfu.tls import TlsError, TlsMaterial, resolve_tls, server_context
@@ -76,7 +76,7 @@ def load_admin_key(config: ServeConfig) -> tuple[str, Path]:
             raise ControlError(f"admin key in {path} must be one line of at least "
                                f"{MIN_ADMIN_KEY} characters without spaces")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("admin key file %s is readable by other users; chmod 600 it", path)
+            tighten_mode(path, "admin key file")
         return key, path
     try:
         key = load_or_create_secret(config.data_dir, ADMIN_KEY_FILE).decode("ascii")

@@ -7,11 +7,40 @@ the host can mint tokens.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 JWT_SECRET_FILE = "jwt_secret"
+SECRET_MODE = 0o600
+
+log = logging.getLogger("callsctl_sfu.datadir")
+
+
+def tighten_mode(path: str | os.PathLike[str], what: str = "secret") -> None:
+    """Make a secret file owner-only (0600) if group or others may read or write it.
+
+    The server reads it anyway (refusing to start over a mode would turn a
+    permissions slip into an outage), but never silently: the warning names the
+    file, the mode it had and, when the server cannot change it, the command.
+    """
+    path = Path(path)
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # reading it reports the real problem
+    if not current & (stat.S_IRWXG | stat.S_IRWXO):
+        return
+    try:
+        path.chmod(SECRET_MODE)
+    except OSError as exc:
+        log.warning("%s %s has mode %04o (other users may read it) and could not be changed "
+                    "(%s): run chmod 600 %s", what, path, current, exc.strerror, path)
+        return
+    log.warning("%s %s had mode %04o (other users could read it); changed it to 0600",
+                what, path, current)
 
 
 class DataDirError(OSError):
@@ -40,6 +69,7 @@ def load_secret(data_dir: str | os.PathLike[str], name: str = JWT_SECRET_FILE) -
     an error naming the path that was looked for.
     """
     path = Path(data_dir).expanduser() / name
+    tighten_mode(path)
     try:
         value = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
@@ -61,6 +91,7 @@ def load_or_create_secret(data_dir: str | os.PathLike[str], name: str = JWT_SECR
     """Return the secret stored in `data_dir/name`, generating it (0600) if absent."""
     directory = ensure_data_dir(data_dir)
     path = directory / name
+    tighten_mode(path)
     try:
         value = path.read_text(encoding="ascii").strip()
         if value:

@@ -121,7 +121,9 @@ def serve(
     try:
         config = load_config(config_file, overrides=overrides)
     except ConfigError as exc:
-        fail(str(exc))
+        more = len(exc.all) - 1
+        fail(str(exc) + (f" (and {more} more: `callsctl check config` lists every one)"
+                         if more else ""))
     if print_config:
         typer.echo(to_toml(config), nl=False)
         return

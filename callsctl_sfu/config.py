@@ -11,6 +11,7 @@ from. Names follow the seed deployment guide's vocabulary
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -41,6 +42,8 @@ class ConfigError(ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
+        # Every problem found in the same pass, this one first (`check config` shows all).
+        self.all: list[ConfigError] = [self]
 
 
 def default_data_dir() -> str:
@@ -327,10 +330,31 @@ def read_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from None
-    section = data.get("serve", data)
+    if "serve" not in data:
+        return dict(data)
+    section = data["serve"]
     if not isinstance(section, dict):
         raise ConfigError("config", str(path), "[serve] must be a table")
-    return {k: v for k, v in section.items() if k != "serve"}
+    outside = [key for key in data if key != "serve"]
+    if outside:
+        raise ConfigError("config", str(path),
+                          f"has settings both at the top level ({', '.join(outside)}) and in "
+                          "a [serve] table, and the top-level ones would be ignored: move them "
+                          "into [serve] (or drop the [serve] line)")
+    return dict(section)
+
+
+def _unknown(key: str, value: Any, where: str, names: list[str]) -> ConfigError:
+    """An unknown key, with the setting (or table) it most likely meant."""
+    if isinstance(value, dict):
+        if difflib.get_close_matches(key, ["serve"], n=1, cutoff=0.6):
+            hint = "did you mean [serve]?"
+        else:
+            hint = "the only table is [serve]"
+        return ConfigError(f"[{key}]", "(table)", f"unknown table in {where}; {hint}")
+    match = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"did you mean {match[0]!r}?" if match else "known: " + ", ".join(names)
+    return ConfigError(key, value, f"unknown setting in {where}; {hint}")
 
 
 def load_config(
@@ -342,29 +366,41 @@ def load_config(
     env = os.environ if env is None else env
     names = setting_names()
     merged: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+
+    def take(key: str, raw: Any, source: str) -> None:
+        try:
+            merged[key] = (_coerce(key, raw, source), source)
+        except ConfigError as exc:
+            errors.append(exc)
+            merged.pop(key, None)
 
     if config_file is not None:
         for key, value in read_toml(Path(config_file)).items():
             if key not in names:
-                raise ConfigError(
-                    key, value, f"unknown setting in {config_file}; known: {', '.join(names)}"
-                )
-            merged[key] = (_coerce(key, value, str(config_file)), str(config_file))
+                errors.append(_unknown(key, value, str(config_file), names))
+                continue
+            take(key, value, str(config_file))
     for key in names:
         if env_name(key) in env:
-            merged[key] = (_coerce(key, env[env_name(key)], env_name(key)), env_name(key))
+            take(key, env[env_name(key)], env_name(key))
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key not in names:
-            raise ConfigError(key, value, "unknown setting")
-        merged[key] = (_coerce(key, value, "flag"), "flag")
+            errors.append(ConfigError(key, value, "unknown setting"))
+            continue
+        take(key, value, "flag")
 
     checks = {f.name: f.metadata["check"] for f in fields(ServeConfig)}
     for key, (value, source) in merged.items():
         problem = checks[key](value)
         if problem:
-            raise ConfigError(key, value, problem, source)
+            errors.append(ConfigError(key, value, problem, source))
+    if errors:
+        first = errors[0]
+        first.all = errors
+        raise first
     return ServeConfig(**{k: v for k, (v, _) in merged.items()})
 
 

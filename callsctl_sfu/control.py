@@ -38,6 +38,7 @@ from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret, tighten_mode
 from callsctl_sfu.metrics import Metrics
 from callsctl_sfu.store import CallSettings, Store, StoreError
+from callsctl_sfu.tasks import spawn
 from callsctl_sfu.tls import TlsError, TlsMaterial, resolve_tls, server_context
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ class ControlPlane:
             await store.close()
             raise ControlError(f"cannot read database {store.path}: {exc}") from None
         plane = cls(config, store, admin_key, admin_key_path, settings, tls, context)
-        plane._writer = asyncio.create_task(plane._write_loop(), name="history-writer")
+        plane._writer = spawn(plane._write_loop(), "history-writer")
         return plane
 
     def attach(self, app: web.Application, manager: CallManager, mux: UdpMux) -> None:
@@ -165,7 +166,7 @@ class ControlPlane:
             self.hub.close()
 
         app.on_shutdown.append(end_streams)
-        self._ticker = asyncio.create_task(self._tick_loop(), name="admin-ticker")
+        self._ticker = spawn(self._tick_loop(), "admin-ticker")
 
     async def close(self) -> None:
         """After the calls ended: stop sampling, write what is queued, close the database."""

@@ -26,6 +26,7 @@ from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_s
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
+from callsctl_sfu.tasks import install_exception_handler
 from callsctl_sfu.tuning import udp_buffer_warning
 
 log = logging.getLogger("callsctl_sfu.server")
@@ -79,6 +80,7 @@ class Server:
         except ControlError as exc:
             raise StartupError(str(exc)) from None
         loop = asyncio.get_running_loop()
+        install_exception_handler(loop)  # library tasks' failures: one line each
         try:
             transport, mux = await loop.create_datagram_endpoint(
                 UdpMux, local_addr=(config.bind, config.udp_port))

@@ -28,6 +28,7 @@ from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
 from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
 from callsctl_sfu.rtc.simulcast import choose_layer
 from callsctl_sfu.rtc.tracks import PublishedTrack
+from callsctl_sfu.tasks import spawn
 
 log = logging.getLogger("callsctl_sfu.calls")
 
@@ -92,7 +93,7 @@ class CallManager:
         self.participants: dict[str, Participant] = {}
         self.stats = ForwardingStats()
         self._loop = asyncio.get_event_loop()
-        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._housekeeping = spawn(self._housekeep(), "housekeeping")
         self.rtcp = RtcpRouter(self)
         # Publisher track key -> [(receiver peer, its downtrack)], rebuilt on any change
         # of membership or negotiation, so the hot path does no per-receiver lookups.
@@ -346,7 +347,8 @@ class CallManager:
             log.info("session %s media connected from %s", peer.session_id,
                      peer.remote_address)
         elif state in ("failed", "closed"):
-            asyncio.ensure_future(self.leave(peer.session_id, f"media connection {state}"))
+            spawn(self.leave(peer.session_id, f"media connection {state}"),
+                  f"leave-{peer.session_id}")
 
     def _on_rtp(self, peer: MediaPeer, data: bytes) -> None:
         """The hot path: one decrypted packet from a publisher, out to everyone else."""
@@ -512,8 +514,9 @@ class CallManager:
                 session.state.voice = True
                 call = self.calls.get(session.call_id)
                 if call is not None:
-                    asyncio.ensure_future(self.broadcast(call, {
-                        "type": "user_voice_on", "session_id": session.session_id}))
+                    spawn(self.broadcast(call, {"type": "user_voice_on",
+                                                "session_id": session.session_id}),
+                          "voice-on")
 
     def _detect_loss(self, peer: MediaPeer, track: PublishedTrack, packet: ParsedRtp) -> None:
         """Gaps in a publisher's video: ask it again (NACK upstream, RFC 4585 §6.2.1)."""

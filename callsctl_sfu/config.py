@@ -185,6 +185,19 @@ class ServeConfig:
         "before it is removed",
         _positive_number,
     )
+    media_connect_timeout: float = _setting(
+        20.0,
+        "seconds a joined session may take to connect media (ICE + DTLS) before it is "
+        "removed; clients give up after 15 s",
+        _positive_number,
+    )
+    max_sessions_per_user: int = _setting(
+        2,
+        "sessions one user (token subject) may hold in one call; a join beyond that "
+        "replaces the user's oldest session (one whose signaling dropped goes first); "
+        "0 = unlimited",
+        _non_negative_int,
+    )
     max_message_size: int = _setting(
         65536, "largest signaling message accepted, in bytes", _positive_number
     )

@@ -81,6 +81,7 @@ class Participant:
     detached_at: float | None = None
     connected_at: float | None = None
     forward_to: list[tuple[MediaPeer, Any]] = field(default_factory=list)
+    created_at: float = 0.0  # loop time of the join (media_connect_timeout)
 
 
 class CallManager:
@@ -117,12 +118,20 @@ class CallManager:
         if self.closing:
             raise JoinRefused("shutting_down", "the server is shutting down; try again shortly")
         call = self.calls.get(call_id)
-        for check in self.join_checks:
-            check(call_id, call)
+        replaced = self._to_replace(call_id, user)
+        try:
+            for check in self.join_checks:
+                check(call_id, call)
+        except JoinRefused as exc:
+            if exc.code != "call_full" or not replaced:
+                raise  # a user taking their own place again does not need a free one
         limit = self.config.max_call_participants
-        if limit and call is not None and len(call.sessions) >= limit:
+        if limit and call is not None and len(call.sessions) >= limit and not replaced:
             raise JoinRefused("call_full", f"call {call_id!r} is full: {limit} participants is "
                                            "the server's max_call_participants")
+        for old_id in replaced:
+            await self.leave(old_id, "you joined this call again from another connection")
+        call = self.calls.get(call_id)
         new_call = call is None
         if call is None:
             call = self.calls[call_id] = Call(call_id)
@@ -135,7 +144,8 @@ class CallManager:
                          on_downtracks_ready=self._on_downtracks_ready,
                          ring_size=self.config.nack_buffer_size,
                          simulcast=self.config.enable_simulcast)
-        self.participants[session.session_id] = Participant(session, peer, send)
+        self.participants[session.session_id] = Participant(session, peer, send,
+                                                             created_at=self._loop.time())
         call.add(session)
         self._invalidate_routes()
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
@@ -151,6 +161,21 @@ class CallManager:
         log.info("session %s (%s) joined call %s (%d participants)", session.session_id,
                  user, call_id, len(call.sessions))
         return session
+
+    def _to_replace(self, call_id: str, user: str) -> list[str]:
+        """The user's sessions in the call a new join replaces (max_sessions_per_user).
+
+        A session whose signaling connection already dropped goes first (the
+        page was reloaded: a reconnect in all but name), then the oldest, until
+        the new one fits.
+        """
+        limit = self.config.max_sessions_per_user
+        mine = [p for p in self.participants.values()
+                if p.session.call_id == call_id and p.session.user == user]
+        dropped = [p.session.session_id for p in mine if p.send is None]
+        live = sorted((p for p in mine if p.send is not None), key=lambda p: p.created_at)
+        excess = len(live) - (limit - 1) if limit else 0
+        return dropped + [p.session.session_id for p in live[:max(0, excess)]]
 
     async def leave(self, session_id: str, reason: str = "left") -> None:
         participant = self.participants.pop(session_id, None)
@@ -670,6 +695,11 @@ class CallManager:
                 await self.leave(session.session_id, "signaling connection lost")
                 continue
             peer = participant.peer
+            if participant.connected_at is None and not peer.connected and \
+                    now - participant.created_at > self.config.media_connect_timeout:
+                await self.leave(session.session_id, "media did not connect within "
+                                 f"{self.config.media_connect_timeout:g} s")
+                continue
             if peer.connected and now - peer.last_rx > self.config.session_timeout:
                 await self.leave(session.session_id,
                                  f"no media for {self.config.session_timeout:g} s")

@@ -198,6 +198,18 @@ class ServeConfig:
         "0 = unlimited",
         _non_negative_int,
     )
+    http_idle_timeout: float = _setting(
+        15.0,
+        "seconds an API connection may take to send a complete request, and may stay idle "
+        "between requests, before it is closed (slow or silent clients)",
+        _positive_number,
+    )
+    max_http_connections: int = _setting(
+        0,
+        "most connections open on the API port at once (websockets included); beyond it "
+        "new ones get 503; 0 = three quarters of the open-files limit",
+        _non_negative_int,
+    )
     max_message_size: int = _setting(
         65536, "largest signaling message accepted, in bytes", _positive_number
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from callsctl_sfu.api.conncap import ConnectionCap, auto_cap
 from callsctl_sfu.api.routes import add_routes, json_errors
 from callsctl_sfu.calls.manager import CallManager
 from callsctl_sfu.config import ServeConfig
@@ -58,6 +59,8 @@ class Server:
         self.mux: UdpMux | None = None
         self.manager: CallManager | None = None
         self.runner: web.AppRunner | None = None
+        self.http_server: asyncio.Server | None = None
+        self.connection_cap: ConnectionCap | None = None
         self.advertised: Advertised | None = None
         self.connectivity: Connectivity | None = None
         self.control: ControlPlane | None = None  # admin API, store, metrics, TLS
@@ -110,21 +113,30 @@ class Server:
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
         self.control.attach(app, self.manager, mux)
+        # keepalive_timeout is armed when a connection opens and after each response:
+        # a client that does not complete a request within it is closed.
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                    shutdown_timeout=2)
+                                    shutdown_timeout=2,
+                                    keepalive_timeout=config.http_idle_timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, config.bind, config.api_port, reuse_address=True,
-                           ssl_context=self.control.ssl_context)
+        handler_factory = self.runner.server
+        assert handler_factory is not None
+        self.connection_cap = ConnectionCap(
+            handler_factory, lambda: len(handler_factory.connections),
+            config.max_http_connections or auto_cap())
         try:
-            await site.start()
+            self.http_server = await loop.create_server(
+                self.connection_cap, config.bind, config.api_port, reuse_address=True,
+                ssl=self.control.ssl_context, backlog=128,
+                ssl_handshake_timeout=config.http_idle_timeout
+                if self.control.ssl_context else None)
         except OSError as exc:
             await self.runner.cleanup()
             self.connectivity.close()
             transport.close()
             await self.control.close()
             raise _bind_error("TCP", config.bind, config.api_port, exc, "--api-port") from None
-        server = site._server
-        self.api_port = server.sockets[0].getsockname()[1] if server else config.api_port
+        self.api_port = self.http_server.sockets[0].getsockname()[1]
         self.started_at = loop.time()
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)
@@ -190,6 +202,8 @@ class Server:
         self.stopping = True
         if self.manager is not None:
             await self.manager.shutdown()
+        if self.http_server is not None:
+            self.http_server.close()  # no new connections; the runner ends the open ones
         if self.runner is not None:
             await self.runner.cleanup()
         if self.control is not None:  # after the calls ended: their history is written

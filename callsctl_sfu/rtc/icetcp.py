@@ -26,6 +26,7 @@ stream is reliable, so a request aioice would resend is sent once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import socket
@@ -35,6 +36,7 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
+from callsctl_sfu.ratelog import RateLimitedLog
 from callsctl_sfu.rtc.demux import deliver, parse_stun
 
 if TYPE_CHECKING:
@@ -44,10 +46,26 @@ log = logging.getLogger("callsctl_sfu.rtc.icetcp")
 
 Address = tuple[str, int]
 MAX_FRAME = 0xFFFF  # RFC 4571 §2: the length field is 16 bits
-UNBOUND_TIMEOUT = 10.0  # seconds a connection may stay without naming a session
+# A browser sends its first connectivity check as soon as the TCP connection is up;
+# a connection that has not sent a valid one after this long is someone else's.
+UNBOUND_TIMEOUT = 5.0
 MAX_UNBOUND = 512  # connections allowed to wait for their first check at once
+# ... and from one source address (IPv6: one /64, what one host usually holds), so
+# one attacker cannot take every slot; when all slots are taken, the busiest
+# source's oldest connection makes room for a new source.
+MAX_UNBOUND_PER_SOURCE = 8
 WRITE_HIGH_WATER = 512 * 1024  # bytes queued in user space before frames are dropped
 REMEMBERED_REQUESTS = 64
+
+
+def source_key(host: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
 
 
 def frame(data: bytes) -> bytes:
@@ -113,7 +131,7 @@ class TcpStats:
 
     __slots__ = ("connections_accepted", "connections_bound", "connections_open",
                  "bare_binding_answered", "auth_failed", "unknown_session", "rejected",
-                 "timed_out", "frames_in", "bytes_in", "frames_out", "bytes_out",
+                 "timed_out", "evicted", "frames_in", "bytes_in", "frames_out", "bytes_out",
                  "dropped_backpressure")
 
     def __init__(self) -> None:
@@ -164,11 +182,10 @@ class IceTcpStream(asyncio.Protocol):
         mux.stats.connections_accepted += 1
         mux.stats.connections_open += 1
         mux.streams.add(self)
-        if len(mux.unbound) >= MAX_UNBOUND:
+        if not mux.admit(self):
             mux.stats.rejected += 1
             self.close()
             return
-        mux.unbound.add(self)
         self._timer = asyncio.get_running_loop().call_later(UNBOUND_TIMEOUT, self._expire)
 
     def data_received(self, data: bytes) -> None:
@@ -197,7 +214,7 @@ class IceTcpStream(asyncio.Protocol):
         if self in mux.streams:
             mux.streams.discard(self)
             mux.stats.connections_open -= 1
-        mux.unbound.discard(self)
+        mux.release(self)
         if self.proto is not None:
             self.proto.stream_lost(self)
 
@@ -248,7 +265,7 @@ class IceTcpStream(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.mux.unbound.discard(self)
+        self.mux.release(self)
         stats.connections_bound += 1
         self.proto = proto
         proto.bind(self, self.peer, message)
@@ -384,6 +401,9 @@ class TcpMux:
         self.servers: list[asyncio.Server] = []
         self.streams: set[IceTcpStream] = set()
         self.unbound: set[IceTcpStream] = set()
+        # source key -> its connections waiting for a first check, oldest first
+        self.unbound_by_source: dict[str, dict[IceTcpStream, None]] = {}
+        self._refusals = RateLimitedLog(log)
         self.stats = TcpStats()
         self.port = 0
 
@@ -396,6 +416,47 @@ class TcpMux:
         self.servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
         return self.port
+
+    def admit(self, stream: IceTcpStream) -> bool:
+        """Room for one more connection waiting for its first check, or False.
+
+        Per source (MAX_UNBOUND_PER_SOURCE) and in total (MAX_UNBOUND); at the
+        total cap the busiest source gives up its oldest waiting connection,
+        so a source with fewer waiting connections always gets in.
+        """
+        key = source_key(stream.peer[0])
+        group = self.unbound_by_source.setdefault(key, {})
+        if len(group) >= MAX_UNBOUND_PER_SOURCE:
+            self._refusals.warning(key, "ICE-TCP: refused a connection from %s: %d of its "
+                                        "connections have not sent a valid check yet",
+                                   stream.peer[0], len(group))
+            return False
+        if len(self.unbound) >= MAX_UNBOUND:
+            busiest = max(self.unbound_by_source.values(), key=len)
+            if len(busiest) <= len(group) + 1:
+                self._refusals.warning("*", "ICE-TCP: %d connections are waiting for their "
+                                            "first check from as many sources; refusing "
+                                            "more", len(self.unbound))
+                return False
+            oldest = next(iter(busiest))
+            self.stats.evicted += 1
+            oldest.close()
+            self.release(oldest)
+        group[stream] = None
+        self.unbound.add(stream)
+        return True
+
+    def release(self, stream: IceTcpStream) -> None:
+        """The stream is bound to a session or closed: it no longer waits."""
+        if stream not in self.unbound:
+            return
+        self.unbound.discard(stream)
+        key = source_key(stream.peer[0])
+        group = self.unbound_by_source.get(key)
+        if group is not None:
+            group.pop(stream, None)
+            if not group:
+                del self.unbound_by_source[key]
 
     def make_protocol(self, connection: Connection, primary: MuxedStunProtocol) -> TcpStunProtocol:
         return TcpStunProtocol(connection, self, primary)

@@ -16,20 +16,27 @@ IDLE = 2  # http_idle_timeout for these servers, seconds
 CAP = 12  # max_http_connections
 
 
+SLOW_START = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+
 def closed_by_server(sock: socket.socket, deadline: float, trickle: bool) -> bool:
-    """Wait until the server closes `sock` (EOF or reset); trickle a header byte meanwhile."""
+    """Wait until the server closes `sock` (EOF or reset) without having answered.
+
+    A trickling client sends a valid request line and then one byte of a header
+    that never ends, the way a slow-headers attack does.
+    """
     sock.settimeout(0.5)
     while time.monotonic() < deadline:
         try:
             if trickle:
-                sock.send(b"G")
+                sock.send(b"a")
             data = sock.recv(1024)
         except TimeoutError:
             continue
         except OSError:
             return True  # reset, or a send into a closed connection
-        if data == b"" or data.startswith(b"HTTP/1.1 4"):
-            return True
+        assert not data, f"the server answered an incomplete request: {data[:60]!r}"
+        return True
     return False
 
 
@@ -37,6 +44,8 @@ def test_silent_and_slow_connections_are_closed(serve_factory) -> None:
     server = serve_factory(env={"CALLSCTL_HTTP_IDLE_TIMEOUT": str(IDLE)})
     silent = [socket.create_connection(("127.0.0.1", server.api_port)) for _ in range(4)]
     slow = [socket.create_connection(("127.0.0.1", server.api_port)) for _ in range(4)]
+    for sock in slow:
+        sock.sendall(SLOW_START)
     try:
         deadline = time.monotonic() + IDLE + 10
         assert all(closed_by_server(s, deadline, trickle=False) for s in silent)

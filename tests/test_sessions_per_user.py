@@ -71,7 +71,14 @@ async def test_one_token_many_sockets_holds_a_bounded_number(serve_factory) -> N
         # Another user is not affected by mallory's joins.
         other = await open_and_join(http, server, "olga")
         assert await wait_sessions(server, 3) == 3
-        for ws in [*sockets, other]:
+        # Joins sent all at once, without waiting for answers, are bounded the same way.
+        token = server.token("room", "trent")
+        burst = [await http.ws_connect(f"{server.ws_url}?token={token}") for _ in range(12)]
+        await asyncio.gather(*(ws.send_str(json.dumps({"type": "join", "call": "room"}))
+                               for ws in burst))
+        await asyncio.sleep(1)
+        assert await wait_sessions(server, 5) == 5
+        for ws in [*sockets, other, *burst]:
             await ws.close()
 
 

@@ -129,9 +129,6 @@ class CallManager:
         if limit and call is not None and len(call.sessions) >= limit and not replaced:
             raise JoinRefused("call_full", f"call {call_id!r} is full: {limit} participants is "
                                            "the server's max_call_participants")
-        for old_id in replaced:
-            await self.leave(old_id, "you joined this call again from another connection")
-        call = self.calls.get(call_id)
         new_call = call is None
         if call is None:
             call = self.calls[call_id] = Call(call_id)
@@ -144,10 +141,19 @@ class CallManager:
                          on_downtracks_ready=self._on_downtracks_ready,
                          ring_size=self.config.nack_buffer_size,
                          simulcast=self.config.enable_simulcast)
-        self.participants[session.session_id] = Participant(session, peer, send,
-                                                             created_at=self._loop.time())
+        # Registered before any await, so concurrent joins of the same user count it;
+        # without `send` until the sessions it replaces are gone (it gets no events
+        # about them, and the call it joins does not end in between).
+        participant = Participant(session, peer, None, created_at=self._loop.time())
+        self.participants[session.session_id] = participant
         call.add(session)
         self._invalidate_routes()
+        for old_id in replaced:
+            await self.leave(old_id, "you joined this call again from another connection")
+        if session.session_id not in self.participants:  # a join after it replaced it
+            raise JoinRefused("session_replaced", "a newer join of the same user replaced "
+                                                  "this one")
+        participant.send = send
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
@@ -172,8 +178,8 @@ class CallManager:
         limit = self.config.max_sessions_per_user
         mine = [p for p in self.participants.values()
                 if p.session.call_id == call_id and p.session.user == user]
-        dropped = [p.session.session_id for p in mine if p.send is None]
-        live = sorted((p for p in mine if p.send is not None), key=lambda p: p.created_at)
+        dropped = [p.session.session_id for p in mine if p.detached_at is not None]
+        live = sorted((p for p in mine if p.detached_at is None), key=lambda p: p.created_at)
         excess = len(live) - (limit - 1) if limit else 0
         return dropped + [p.session.session_id for p in live[:max(0, excess)]]
 

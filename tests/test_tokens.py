@@ -86,3 +86,14 @@ def test_cli_token_never_creates_a_secret(tmp_path):
     result = run_cli("token", "--call", "c", "--user", "u", "--data-dir", str(empty))
     assert result.returncode == 1 and str(empty / "jwt_secret") in result.stderr
     assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("user", ["\udcff", "eve\nadmin", "\x00"])
+def test_claims_that_cannot_be_stored_or_logged_are_refused(user):
+    """A user id reaches the history database and the log (issue 15, item 3)."""
+    with pytest.raises(TokenError, match="text"):
+        issue_token(SECRET, "c", user, 60)
+    forged = jwt.encode({"sub": user, "call": "c", "exp": 4_000_000_000}, SECRET,
+                        algorithm="HS256")
+    with pytest.raises(TokenError, match="text"):
+        verify_token(SECRET, forged)

@@ -41,6 +41,7 @@ from callsctl_sfu.rtc.sdp_munge import (
     merge_numbering,
     numbering_of,
 )
+from callsctl_sfu.rtc.sdpcheck import check_sdp
 from callsctl_sfu.rtc.simulcast import (
     RID_URI,
     accept_layers,
@@ -55,6 +56,7 @@ from callsctl_sfu.rtc.tracks import (
     sending_sections,
     stream_id_for,
 )
+from callsctl_sfu.tasks import spawn
 
 log = logging.getLogger("callsctl_sfu.rtc.peer")
 
@@ -159,7 +161,7 @@ class MediaPeer:
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run(), name=f"peer-{session_id}")
+        self._worker = spawn(self._run(), f"peer-{session_id}")
         self._pending_candidates: list[RTCIceCandidate] = []
         self.numbering = libwebrtc_numbering()
         self.downtracks: dict[str, DownTrack] = {}
@@ -601,6 +603,9 @@ def _sdp_of(data: dict[str, Any]) -> str:
     sdp = data.get("sdp")
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise SignalError("signal.data.sdp must be an SDP string starting with v=0")
+    problem = check_sdp(sdp)
+    if problem:
+        raise SignalError(f"malformed SDP: {problem}")
     return sdp
 
 

@@ -34,7 +34,8 @@ def read_secret(flag: str | None, config: Path | None = None,
     """The local server's JWT secret; never created (a new one signs tokens nobody accepts)."""
     directory = data_dir(flag, config)
     if not (directory / JWT_SECRET_FILE).is_file():
-        fail(f"no {JWT_SECRET_FILE} in {directory} ({where(flag)}): {missing_hint}")
+        fail(f"no {JWT_SECRET_FILE} at {directory / JWT_SECRET_FILE} ({where(flag)}): "
+             f"{missing_hint}")
     try:
         return load_secret(directory)
     except DataDirError as exc:

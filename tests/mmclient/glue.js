@@ -84,6 +84,12 @@
     S.peer = new window.RTCPeer({
       iceServers: message.ice_servers || [], logger, simulcast: !!opts.simulcast,
     });
+    if (opts.generic) {
+      // A standard client rather than Mattermost's: without RTCPeer's Firefox
+      // workaround (forcing incoming video transceivers to sendrecv), a receive
+      // transceiver stays "never used to send", which addTrack may then reuse.
+      S.peer.pc.ontrack = (event) => S.peer.emit("stream", new MediaStream([event.track]));
+    }
     S.peer.pc.addEventListener("track", (event) => {
       S.trackStreams[event.track.id] = event.streams[0] ? event.streams[0].id : null;
       play(event.track);

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from callsctl.errors import fail
 from callsctl_sfu.config import ConfigError, load_config
-from callsctl_sfu.datadir import JWT_SECRET_FILE, DataDirError, load_or_create_secret
+from callsctl_sfu.datadir import JWT_SECRET_FILE, DataDirError, load_secret
 
 
 def data_dir(flag: str | None, config: Path | None = None) -> Path:
@@ -34,8 +34,9 @@ def read_secret(flag: str | None, config: Path | None = None,
     """The local server's JWT secret; never created (a new one signs tokens nobody accepts)."""
     directory = data_dir(flag, config)
     if not (directory / JWT_SECRET_FILE).is_file():
-        fail(f"no {JWT_SECRET_FILE} in {directory} ({where(flag)}): {missing_hint}")
+        fail(f"no {JWT_SECRET_FILE} at {directory / JWT_SECRET_FILE} ({where(flag)}): "
+             f"{missing_hint}")
     try:
-        return load_or_create_secret(directory)
+        return load_secret(directory)
     except DataDirError as exc:
         fail(str(exc))

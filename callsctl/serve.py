@@ -141,7 +141,9 @@ def serve(
     except ConfigError as exc:
         if getattr(exc, "source", "") == "flag":  # a bad flag is a usage error (exit 2)
             bad_option("--" + exc.key.replace("_", "-"), f"{exc.value!r} {exc.allowed}")
-        fail(str(exc))
+        more = len(exc.all) - 1
+        fail(str(exc) + (f" (and {more} more: `callsctl check config` lists every one)"
+                         if more else ""))
     if print_config:
         typer.echo(to_toml(config), nl=False)
         return
@@ -179,8 +181,11 @@ def _print_banner(server: Server) -> None:
     secret = load_or_create_secret(config.data_dir)
     token = issue_token(secret, config.default_call, "guest", JOIN_LINK_TTL)
     advertised = server.advertised
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
-    console.print(f"[bold]callsctl serve {__version__}[/bold]")
+    # Values (paths, fingerprints, tokens) are printed as they are: with markup or
+    # emoji codes on, `[red]` in a path vanishes and `:cd:` in a fingerprint is an emoji.
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True, markup=False,
+                      emoji=False)
+    console.print(f"callsctl serve {__version__}", style="bold")
     control = server.control
     tls = control is not None and control.tls is not None
     scheme = "https" if tls else "http"

@@ -12,7 +12,7 @@ from callsctl.errors import bad_option, fail
 from callsctl.timespec import parse_duration
 from callsctl_sfu import links
 from callsctl_sfu.config import ConfigError, load_config, public_url_problem
-from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+from callsctl_sfu.datadir import DataDirError, load_secret
 from callsctl_sfu.links import join_link
 from callsctl_sfu.tokens import TokenError, issue_token
 
@@ -34,8 +34,9 @@ def token(
 ) -> None:
     """Print a join token for CALL and USER, signed with the server's secret.
 
-    The secret is read from (or created in) the server's data dir, so run this
-    on the server host with the same --data-dir/--config as `callsctl serve`.
+    The secret is read from the server's data dir (never created: a new one would
+    sign links the server rejects), so run this on the server host with the same
+    --data-dir/--config as `callsctl serve`, after its first start.
     The link starts with the server's public_url when it has one (or --url).
     """
     try:
@@ -50,7 +51,7 @@ def token(
         bad_option("--url", f"{url!r} {problem}")
     try:
         cfg = load_config(config, overrides={"data_dir": data_dir})
-        secret = load_or_create_secret(cfg.data_dir)
+        secret = load_secret(cfg.data_dir)
         value = issue_token(secret, call, user, seconds)
     except (ConfigError, DataDirError, TokenError, ValueError) as exc:
         fail(str(exc))

@@ -11,6 +11,7 @@ from. Names follow the seed deployment guide's vocabulary
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -44,6 +45,8 @@ class ConfigError(ValueError):
         self.value = value
         self.allowed = allowed
         self.source = source
+        # Every problem found in the same pass, this one first (`check config` shows all).
+        self.all: list[ConfigError] = [self]
 
 
 def default_data_dir() -> str:
@@ -206,6 +209,31 @@ class ServeConfig:
         "seconds a participant whose signaling connection dropped may reconnect "
         "before it is removed",
         _positive_number,
+    )
+    media_connect_timeout: float = _setting(
+        20.0,
+        "seconds a joined session may take to connect media (ICE + DTLS) before it is "
+        "removed; clients give up after 15 s",
+        _positive_number,
+    )
+    max_sessions_per_user: int = _setting(
+        2,
+        "sessions one user (token subject) may hold in one call; a join beyond that "
+        "replaces the user's oldest session (one whose signaling dropped goes first); "
+        "0 = unlimited",
+        _non_negative_int,
+    )
+    http_idle_timeout: float = _setting(
+        15.0,
+        "seconds an API connection may take to send a complete request, and may stay idle "
+        "between requests, before it is closed (slow or silent clients)",
+        _positive_number,
+    )
+    max_http_connections: int = _setting(
+        0,
+        "most connections open on the API port at once (websockets included); beyond it "
+        "new ones get 503; 0 = three quarters of the open-files limit",
+        _non_negative_int,
     )
     max_message_size: int = _setting(
         65536, "largest signaling message accepted, in bytes", _positive_number
@@ -373,10 +401,31 @@ def read_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from None
-    section = data.get("serve", data)
+    if "serve" not in data:
+        return dict(data)
+    section = data["serve"]
     if not isinstance(section, dict):
         raise ConfigError("config", str(path), "[serve] must be a table")
-    return {k: v for k, v in section.items() if k != "serve"}
+    outside = [key for key in data if key != "serve"]
+    if outside:
+        raise ConfigError("config", str(path),
+                          f"has settings both at the top level ({', '.join(outside)}) and in "
+                          "a [serve] table, and the top-level ones would be ignored: move them "
+                          "into [serve] (or drop the [serve] line)")
+    return dict(section)
+
+
+def _unknown(key: str, value: Any, where: str, names: list[str]) -> ConfigError:
+    """An unknown key, with the setting (or table) it most likely meant."""
+    if isinstance(value, dict):
+        if difflib.get_close_matches(key, ["serve"], n=1, cutoff=0.6):
+            hint = "did you mean [serve]?"
+        else:
+            hint = "the only table is [serve]"
+        return ConfigError(f"[{key}]", "(table)", f"unknown table in {where}; {hint}")
+    match = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    hint = f"did you mean {match[0]!r}?" if match else "known: " + ", ".join(names)
+    return ConfigError(key, value, f"unknown setting in {where}; {hint}")
 
 
 def load_config(
@@ -388,29 +437,41 @@ def load_config(
     env = os.environ if env is None else env
     names = setting_names()
     merged: dict[str, Any] = {}
+    errors: list[ConfigError] = []
+
+    def take(key: str, raw: Any, source: str) -> None:
+        try:
+            merged[key] = (_coerce(key, raw, source), source)
+        except ConfigError as exc:
+            errors.append(exc)
+            merged.pop(key, None)
 
     if config_file is not None:
         for key, value in read_toml(Path(config_file)).items():
             if key not in names:
-                raise ConfigError(
-                    key, value, f"unknown setting in {config_file}; known: {', '.join(names)}"
-                )
-            merged[key] = (_coerce(key, value, str(config_file)), str(config_file))
+                errors.append(_unknown(key, value, str(config_file), names))
+                continue
+            take(key, value, str(config_file))
     for key in names:
         if env_name(key) in env:
-            merged[key] = (_coerce(key, env[env_name(key)], env_name(key)), env_name(key))
+            take(key, env[env_name(key)], env_name(key))
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key not in names:
-            raise ConfigError(key, value, "unknown setting")
-        merged[key] = (_coerce(key, value, "flag"), "flag")
+            errors.append(ConfigError(key, value, "unknown setting"))
+            continue
+        take(key, value, "flag")
 
     checks = {f.name: f.metadata["check"] for f in fields(ServeConfig)}
     for key, (value, source) in merged.items():
         problem = checks[key](value)
         if problem:
-            raise ConfigError(key, value, problem, source)
+            errors.append(ConfigError(key, value, problem, source))
+    if errors:
+        first = errors[0]
+        first.all = errors
+        raise first
     return ServeConfig(**{k: v for k, (v, _) in merged.items()})
 
 

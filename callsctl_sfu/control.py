@@ -35,9 +35,10 @@ from callsctl_sfu.calls.host import HostControls
 from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.calls.sessionstats import SessionSampler
 from callsctl_sfu.config import ServeConfig
-from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+from callsctl_sfu.datadir import DataDirError, load_or_create_secret, tighten_mode
 from callsctl_sfu.metrics import Metrics, read_udp_snmp
 from callsctl_sfu.store import CallSettings, Store, StoreError
+from callsctl_sfu.tasks import spawn
 from callsctl_sfu.tls import TlsError, TlsMaterial, resolve_tls, server_context
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def load_admin_key(config: ServeConfig) -> tuple[str, Path]:
             raise ControlError(f"admin key in {path} must be one line of at least "
                                f"{MIN_ADMIN_KEY} characters without spaces")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("admin key file %s is readable by other users; chmod 600 it", path)
+            tighten_mode(path, "admin key file")
         return key, path
     try:
         key = load_or_create_secret(config.data_dir, ADMIN_KEY_FILE).decode("ascii")
@@ -141,7 +142,7 @@ class ControlPlane:
             await store.close()
             raise ControlError(f"cannot read database {store.path}: {exc}") from None
         plane = cls(config, store, admin_key, admin_key_path, settings, tls, context)
-        plane._writer = asyncio.create_task(plane._write_loop(), name="history-writer")
+        plane._writer = spawn(plane._write_loop(), "history-writer")
         return plane
 
     def attach(self, app: web.Application, manager: CallManager, mux: UdpMux) -> None:
@@ -168,7 +169,7 @@ class ControlPlane:
             self.hub.close()
 
         app.on_shutdown.append(end_streams)
-        self._ticker = asyncio.create_task(self._tick_loop(), name="admin-ticker")
+        self._ticker = spawn(self._tick_loop(), "admin-ticker")
 
     async def close(self) -> None:
         """After the calls ended: stop sampling, write what is queued, close the database."""

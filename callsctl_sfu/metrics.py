@@ -62,6 +62,8 @@ WRITE_SAMPLES_PER_PEER = 8
 QUALITY_EVERY_S = 5.0
 CONN_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
 SNMP_PATH = Path("/proc/net/snmp")
+MALFORMED_TRANSPORTS = ("udp", "tcp")
+MALFORMED_KINDS = ("stun", "frame", "handler")
 
 
 def read_udp_snmp(path: Path = SNMP_PATH) -> dict[str, int]:
@@ -386,6 +388,18 @@ class _LiveCollector(Collector):
         octets.add_metric(["in"], mux_stats.get("bytes_in", 0))
         octets.add_metric(["out"], mux_stats.get("bytes_out", 0))
         yield octets
+
+        malformed = CounterMetricFamily(
+            "callsctl_rtc_malformed_packets",
+            "Packets on the media port (UDP, ICE-TCP) dropped as malformed, by transport and "
+            "kind (stun: unparseable STUN; frame: an ICE-TCP connection that did not open "
+            "with STUN; handler: any other failure handling one packet)",
+            labels=["transport", "kind"])
+        tally = getattr(m.mux, "malformed", {})
+        for transport in MALFORMED_TRANSPORTS:
+            for kind in MALFORMED_KINDS:
+                malformed.add_metric([transport, kind], tally.get((transport, kind), 0))
+        yield malformed
 
         snmp = read_udp_snmp()
         for name, key, doc in (

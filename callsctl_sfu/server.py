@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from callsctl_sfu.api.conncap import ConnectionCap, auto_cap
 from callsctl_sfu.api.routes import add_routes, json_errors
 from callsctl_sfu.calls.manager import CallManager
 from callsctl_sfu.config import ServeConfig
@@ -26,6 +27,7 @@ from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_s
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
+from callsctl_sfu.tasks import install_exception_handler
 from callsctl_sfu.tuning import udp_buffer_warning
 
 log = logging.getLogger("callsctl_sfu.server")
@@ -59,6 +61,8 @@ class Server:
         self.runner: web.AppRunner | None = None
         self.metrics_runner: web.AppRunner | None = None  # the metrics_port listener
         self.metrics_port = 0
+        self.http_server: asyncio.Server | None = None
+        self.connection_cap: ConnectionCap | None = None
         self.advertised: Advertised | None = None
         self.connectivity: Connectivity | None = None
         self.control: ControlPlane | None = None  # admin API, store, metrics, TLS
@@ -81,6 +85,7 @@ class Server:
         except ControlError as exc:
             raise StartupError(str(exc)) from None
         loop = asyncio.get_running_loop()
+        install_exception_handler(loop)  # library tasks' failures: one line each
         try:
             transport, mux = await loop.create_datagram_endpoint(
                 UdpMux, local_addr=(config.bind, config.udp_port))
@@ -110,25 +115,35 @@ class Server:
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
         self.control.attach(app, self.manager, mux)
+        # keepalive_timeout is armed when a connection opens and after each response:
+        # a client that does not complete a request within it is closed.
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                    shutdown_timeout=2)
+                                    shutdown_timeout=2,
+                                    keepalive_timeout=config.http_idle_timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, config.bind, config.api_port, reuse_address=True,
-                           ssl_context=self.control.ssl_context)
+        handler_factory = self.runner.server
+        assert handler_factory is not None
+        self.connection_cap = ConnectionCap(
+            handler_factory, lambda: len(handler_factory.connections),
+            config.max_http_connections or auto_cap())
         try:
-            await site.start()
+            self.http_server = await loop.create_server(
+                self.connection_cap, config.bind, config.api_port, reuse_address=True,
+                ssl=self.control.ssl_context, backlog=128,
+                ssl_handshake_timeout=config.http_idle_timeout
+                if self.control.ssl_context else None)
         except OSError as exc:
             await self.runner.cleanup()
             self.connectivity.close()
             transport.close()
             await self.control.close()
             raise _bind_error("TCP", config.bind, config.api_port, exc, "--api-port") from None
-        server = site._server
-        self.api_port = server.sockets[0].getsockname()[1] if server else config.api_port
+        self.api_port = self.http_server.sockets[0].getsockname()[1]
         if config.metrics_port:
             try:
                 await self._start_metrics_listener()
             except StartupError:
+                self.http_server.close()
                 await self.runner.cleanup()
                 self.connectivity.close()
                 transport.close()
@@ -221,6 +236,8 @@ class Server:
         self.stopping = True
         if self.manager is not None:
             await self.manager.shutdown()
+        if self.http_server is not None:
+            self.http_server.close()  # no new connections; the runner ends the open ones
         if self.runner is not None:
             await self.runner.cleanup()
         if self.metrics_runner is not None:

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from callsctl_sfu.datadir import tighten_mode
+
 log = logging.getLogger("callsctl_sfu.tls")
 
 SELF_SIGNED_DIR = "tls"
@@ -87,8 +89,10 @@ def generate_self_signed(cert_path: Path, key_path: Path, hosts: list[str]) -> N
     key_bytes = key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-    # The key is created 0600 from the start, never world-readable for an instant.
+    # The key is created 0600 from the start, never world-readable for an instant;
+    # an old key file being replaced keeps its mode through O_TRUNC, so set it too.
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_bytes)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -142,6 +146,7 @@ def resolve_tls(tls_cert: str, tls_key: str, self_signed: bool, data_dir: str,
         cert_path, key_path = Path(tls_cert).expanduser(), Path(tls_key).expanduser()
     else:
         return None
+    tighten_mode(key_path, "TLS key")
     try:
         stamp = fingerprint(cert_path)
     except OSError as exc:

@@ -9,6 +9,7 @@ client can show.
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 
 import jwt
@@ -28,10 +29,18 @@ class JoinGrant:
     expires_at: int
 
 
+def _printable(value: str) -> bool:
+    """No lone surrogates (SQLite stores UTF-8) and no control characters (log lines)."""
+    return not any(unicodedata.category(c) in ("Cs", "Cc") for c in value)
+
+
 def issue_token(secret: bytes, call: str, user: str, ttl_seconds: float = DEFAULT_TTL_SECONDS,
                 now: float | None = None) -> str:
     if not call or not user:
         raise TokenError("a token needs a call id and a user id")
+    if not _printable(call) or not _printable(user):
+        raise TokenError("call and user ids must be text without control characters or "
+                         "invalid Unicode")
     if ttl_seconds <= 0:
         raise TokenError("a token's lifetime must be positive")
     issued = int(now if now is not None else time.time())
@@ -57,4 +66,7 @@ def verify_token(secret: bytes, token: str | None) -> JoinGrant:
     call, user = claims.get("call"), claims.get("sub")
     if not isinstance(call, str) or not isinstance(user, str) or not call or not user:
         raise TokenError("token's call and sub claims must be non-empty strings")
+    if not _printable(call) or not _printable(user):
+        raise TokenError("token's call and sub claims must be text without control "
+                         "characters or invalid Unicode")
     return JoinGrant(call=call, user=user, expires_at=int(claims["exp"]))

@@ -128,3 +128,36 @@ def test_config_sources_precedence(tmp_path: Path) -> None:
     assert sources["udp_port"] == str(path)
     assert sources["api_port"] == "CALLSCTL_API_PORT"
     assert sources["bind"] == "default"
+
+
+def test_top_level_keys_beside_a_serve_table_are_an_error(tmp_path: Path) -> None:
+    """They used to be dropped silently (issue 15, item 11)."""
+    path = write(tmp_path, 'udp_port = 9443\n[serve]\nlog_level = "debug"\n')
+    proc = run_cli("check", "config", "--config", str(path))
+    assert proc.returncode == 1
+    assert "udp_port" in proc.stderr and "[serve]" in proc.stderr, proc.stderr
+    serve = run_cli("serve", "--config", str(path), "--print-config")
+    assert serve.returncode == 1 and "[serve]" in serve.stderr, serve.stderr
+
+
+def test_every_error_at_once_with_did_you_mean(tmp_path: Path) -> None:
+    path = write(tmp_path, '[serve]\nudp_prot = 9443\nlog_level = "loud"\napi_port = -1\n'
+                           'ice_host_overide = "1.2.3.4"\n')
+    proc = run_cli("check", "config", "--config", str(path), "--json")
+    assert proc.returncode == 1
+    results = [r for r in json.loads(proc.stdout)["results"] if r["status"] == "fail"]
+    text = json.dumps(results)
+    assert len(results) == 4, results
+    assert "did you mean 'udp_port'" in text and "did you mean 'ice_host_override'" in text
+    assert "log_level" in text and "api_port" in text
+    human = run_cli("check", "config", "--config", str(path))
+    assert human.returncode == 1
+    lines = human.stderr.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("callsctl: error: ") for line in lines), lines
+    assert "Traceback" not in human.stderr
+
+
+def test_a_misspelt_table_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nudp_port = 9443\n")
+    proc = run_cli("check", "config", "--config", str(path))
+    assert proc.returncode == 1 and "did you mean [serve]" in proc.stderr, proc.stderr

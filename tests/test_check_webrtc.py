@@ -55,6 +55,12 @@ def test_webrtc_names_the_failing_stage(serve_factory, tmp_path):
     assert names.get("signaling") == "pass" and names.get("ice") == "fail"
 
 
+def test_webrtc_with_a_data_dir_without_a_secret_names_the_path(tmp_path):
+    result = run_cli("check", "webrtc", "--host", "127.0.0.1", "--data-dir", str(tmp_path))
+    assert result.returncode == 1 and str(tmp_path / "jwt_secret") in result.stderr
+    assert not (tmp_path / "jwt_secret").exists()
+
+
 def test_webrtc_usage_errors(tmp_path):
     # Neither --token nor a local server's data dir: one line saying what to pass.
     result = run_cli("check", "webrtc", "--host", "127.0.0.1",

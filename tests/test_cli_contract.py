@@ -96,6 +96,9 @@ def test_check_config_json_envelope_for_a_bad_file(tmp_path: Path) -> None:
 
 
 def test_token_json_has_the_documented_keys(tmp_path: Path) -> None:
+    from callsctl_sfu.datadir import load_or_create_secret
+
+    load_or_create_secret(tmp_path)  # a server's data dir
     code, out, _ = invoke("token", "--call", "standup", "--user", "alice",
                           "--data-dir", str(tmp_path), "--json")
     assert code == 0

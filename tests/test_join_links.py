@@ -28,6 +28,7 @@ def test_link_follows_the_configured_public_url(tmp_path: Path) -> None:
     config = tmp_path / "serve.toml"
     config.write_text(f'[serve]\npublic_url = "https://calls.example.com/"\n'
                       f'data_dir = "{tmp_path / "data"}"\napi_port = 9000\n')
+    load_or_create_secret(tmp_path / "data")  # as the server's first start does
     payload = token_json("--config", str(config))
     assert payload["link"] == f"https://calls.example.com/?token={payload['token']}"
     env = {"CALLSCTL_PUBLIC_URL": "https://meet.example.org:8443"}
@@ -42,6 +43,7 @@ def test_without_public_url_the_link_follows_port_and_tls(tmp_path: Path) -> Non
     config = tmp_path / "serve.toml"
     config.write_text(f'api_port = 9123\ntls_self_signed = true\n'
                       f'data_dir = "{tmp_path / "data"}"\n')
+    load_or_create_secret(tmp_path / "data")
     payload = token_json("--config", str(config))
     assert payload["link"].startswith("https://127.0.0.1:9123/?token=")
 

@@ -88,10 +88,10 @@ class MMParticipant:
         self.page.goto(page_url, timeout=15_000)
         self.session_id = ""
 
-    def join(self, ws_url: str, simulcast: bool = False) -> str:
+    def join(self, ws_url: str, simulcast: bool = False, generic: bool = False) -> str:
         self.session_id = self.page.evaluate(
-            "([u, c, n, s]) => window.mm.join(u, c, n, {simulcast: s})",
-            [ws_url, CALL, self.label, simulcast])
+            "([u, c, n, s, g]) => window.mm.join(u, c, n, {simulcast: s, generic: g})",
+            [ws_url, CALL, self.label, simulcast, generic])
         self.page.wait_for_function("window.mm.state().connected", timeout=15_000)
         return self.session_id
 
@@ -109,6 +109,8 @@ class MMParticipant:
             state = self.page.evaluate("window.mm.state()")
             state["events"] = state["events"][-15:]
             outbound = self.page.evaluate("window.mm.outbound()")
+            outbound["transcript"] = self.page.evaluate("window.mm.transcript()")
+            outbound["transceivers"] = self.call("transceivers")
         except Exception as exc:  # the page may be gone
             state, outbound = {"unavailable": str(exc)}, {}
         return (f"--- {self.label} ({self.session_id}) ---\n{state}\noutbound: {outbound}\n"
@@ -126,11 +128,11 @@ class Call:
         self.simulcast = simulcast
         self.people: list[MMParticipant] = []
 
-    def join(self, label: str) -> MMParticipant:
+    def join(self, label: str, generic: bool = False) -> MMParticipant:
         person = MMParticipant(self.browser, self.page_url, label)
         self.people.append(person)
         ws_url = f"{self.server.ws_url}?token={self.server.token(CALL, label)}"
-        person.join(ws_url, simulcast=self.simulcast)
+        person.join(ws_url, simulcast=self.simulcast, generic=generic)
         return person
 
     def leave(self, person: MMParticipant) -> None:
@@ -298,7 +300,7 @@ def test_standard_client_ways_to_publish(browser, page_url, server):
     """Direction toggling, a new track after replaceTrack(null), a camera via addTrack."""
     call = Call(browser, page_url, server)
     try:
-        ann, bob, cat = call.join("ann"), call.join("bob"), call.join("cat")
+        ann, bob, cat = call.join("ann"), call.join("bob", generic=True), call.join("cat")
         ann.call("unmute")
         bob.call("unmute")
         call.wait_flowing({ann: ["audio"], bob: ["audio"]})
@@ -323,8 +325,9 @@ def test_standard_client_ways_to_publish(browser, page_url, server):
         cat.page.evaluate("window.mm.replaceMicWithNewTrack()")
         call.wait_flowing({ann: ["audio"], bob: ["audio"], cat: ["audio"]})
 
-        # ann's camera comes to bob on a transceiver the server created; bob's own
-        # camera, added with plain addTrack, reuses it and is seen by both others.
+        # ann's camera comes to bob on a transceiver the server created; bob (a
+        # generic client) adds his own camera with plain addTrack, which reuses
+        # that transceiver: both others see it, and bob still sees ann's.
         ann.page.evaluate("window.mm.cameraOn()")
         call.wait_flowing({ann: ["audio", "video"], bob: ["audio"], cat: ["audio"]})
         receiving = {mid for mid, t in bob.call("transceivers").items() if t["kind"] == "video"}

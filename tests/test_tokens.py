@@ -56,6 +56,7 @@ def test_secret_is_generated_once_with_mode_0600(tmp_path):
 
 
 def test_cli_token_verifies_with_the_server_secret(tmp_path):
+    load_or_create_secret(tmp_path)  # what the server's first start does
     result = run_cli("token", "--call", "standup", "--user", "bob", "--ttl", "15m",
                      "--data-dir", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
@@ -71,3 +72,29 @@ def test_cli_token_bad_ttl_is_one_line(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "--ttl" in result.stderr
     assert "invalid duration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_token_never_creates_a_secret(tmp_path):
+    """A secret no server uses would sign links every server rejects (issue 15, item 10)."""
+    missing = tmp_path / "no-such-dir"
+    result = run_cli("token", "--call", "c", "--user", "u", "--data-dir", str(missing))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing / "jwt_secret") in lines[0], result.stderr
+    assert result.stdout == "" and not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("token", "--call", "c", "--user", "u", "--data-dir", str(empty))
+    assert result.returncode == 1 and str(empty / "jwt_secret") in result.stderr
+    assert list(empty.iterdir()) == []
+
+
+@pytest.mark.parametrize("user", ["\udcff", "eve\nadmin", "\x00"])
+def test_claims_that_cannot_be_stored_or_logged_are_refused(user):
+    """A user id reaches the history database and the log (issue 15, item 3)."""
+    with pytest.raises(TokenError, match="text"):
+        issue_token(SECRET, "c", user, 60)
+    forged = jwt.encode({"sub": user, "call": "c", "exp": 4_000_000_000}, SECRET,
+                        algorithm="HS256")
+    with pytest.raises(TokenError, match="text"):
+        verify_token(SECRET, forged)

@@ -107,12 +107,15 @@ def config_cmd(
         sources = config_sources(config)
     except ConfigError as exc:
         if as_json:
-            emit([CheckResult("config", "fail", str(exc),
-                              fix=f"fix {exc.key}: {exc.allowed}",
+            emit([CheckResult("config", "fail", str(error),
+                              fix=f"fix {error.key}: {error.allowed}",
                               details={"file": str(config) if config else None,
-                                       "key": exc.key, "value": exc.value})], True)
+                                       "key": error.key, "value": error.value})
+                  for error in exc.all], True)
             raise typer.Exit(EXIT_FAIL) from None
-        fail(str(exc))
+        for error in exc.all[:-1]:  # every problem at once, one line each
+            typer.echo(f"callsctl: error: {error}", err=True)
+        fail(str(exc.all[-1]))
     origin = str(config) if config is not None else "defaults"
     env_keys = sorted(v for v in sources.values() if v.startswith("CALLSCTL_"))
     summary = f"valid: {origin}" + (f" + {', '.join(env_keys)}" if env_keys else "")

@@ -28,6 +28,7 @@ from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
 from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
 from callsctl_sfu.rtc.simulcast import choose_layer
 from callsctl_sfu.rtc.tracks import PublishedTrack
+from callsctl_sfu.tasks import spawn
 
 log = logging.getLogger("callsctl_sfu.calls")
 
@@ -80,6 +81,7 @@ class Participant:
     detached_at: float | None = None
     connected_at: float | None = None
     forward_to: list[tuple[MediaPeer, Any]] = field(default_factory=list)
+    created_at: float = 0.0  # loop time of the join (media_connect_timeout)
 
 
 class CallManager:
@@ -92,7 +94,7 @@ class CallManager:
         self.participants: dict[str, Participant] = {}
         self.stats = ForwardingStats()
         self._loop = asyncio.get_event_loop()
-        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._housekeeping = spawn(self._housekeep(), "housekeeping")
         self.rtcp = RtcpRouter(self)
         # Publisher track key -> [(receiver peer, its downtrack)], rebuilt on any change
         # of membership or negotiation, so the hot path does no per-receiver lookups.
@@ -116,10 +118,15 @@ class CallManager:
         if self.closing:
             raise JoinRefused("shutting_down", "the server is shutting down; try again shortly")
         call = self.calls.get(call_id)
-        for check in self.join_checks:
-            check(call_id, call)
+        replaced = self._to_replace(call_id, user)
+        try:
+            for check in self.join_checks:
+                check(call_id, call)
+        except JoinRefused as exc:
+            if exc.code != "call_full" or not replaced:
+                raise  # a user taking their own place again does not need a free one
         limit = self.config.max_call_participants
-        if limit and call is not None and len(call.sessions) >= limit:
+        if limit and call is not None and len(call.sessions) >= limit and not replaced:
             raise JoinRefused("call_full", f"call {call_id!r} is full: {limit} participants is "
                                            "the server's max_call_participants")
         new_call = call is None
@@ -134,9 +141,19 @@ class CallManager:
                          on_downtracks_ready=self._on_downtracks_ready,
                          ring_size=self.config.nack_buffer_size,
                          simulcast=self.config.enable_simulcast)
-        self.participants[session.session_id] = Participant(session, peer, send)
+        # Registered before any await, so concurrent joins of the same user count it;
+        # without `send` until the sessions it replaces are gone (it gets no events
+        # about them, and the call it joins does not end in between).
+        participant = Participant(session, peer, None, created_at=self._loop.time())
+        self.participants[session.session_id] = participant
         call.add(session)
         self._invalidate_routes()
+        for old_id in replaced:
+            await self.leave(old_id, "you joined this call again from another connection")
+        if session.session_id not in self.participants:  # a join after it replaced it
+            raise JoinRefused("session_replaced", "a newer join of the same user replaced "
+                                                  "this one")
+        participant.send = send
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
@@ -150,6 +167,21 @@ class CallManager:
         log.info("session %s (%s) joined call %s (%d participants)", session.session_id,
                  user, call_id, len(call.sessions))
         return session
+
+    def _to_replace(self, call_id: str, user: str) -> list[str]:
+        """The user's sessions in the call a new join replaces (max_sessions_per_user).
+
+        A session whose signaling connection already dropped goes first (the
+        page was reloaded: a reconnect in all but name), then the oldest, until
+        the new one fits.
+        """
+        limit = self.config.max_sessions_per_user
+        mine = [p for p in self.participants.values()
+                if p.session.call_id == call_id and p.session.user == user]
+        dropped = [p.session.session_id for p in mine if p.detached_at is not None]
+        live = sorted((p for p in mine if p.detached_at is None), key=lambda p: p.created_at)
+        excess = len(live) - (limit - 1) if limit else 0
+        return dropped + [p.session.session_id for p in live[:max(0, excess)]]
 
     async def leave(self, session_id: str, reason: str = "left") -> None:
         participant = self.participants.pop(session_id, None)
@@ -346,7 +378,8 @@ class CallManager:
             log.info("session %s media connected from %s", peer.session_id,
                      peer.remote_address)
         elif state in ("failed", "closed"):
-            asyncio.ensure_future(self.leave(peer.session_id, f"media connection {state}"))
+            spawn(self.leave(peer.session_id, f"media connection {state}"),
+                  f"leave-{peer.session_id}")
 
     def _on_rtp(self, peer: MediaPeer, data: bytes) -> None:
         """The hot path: one decrypted packet from a publisher, out to everyone else."""
@@ -512,8 +545,9 @@ class CallManager:
                 session.state.voice = True
                 call = self.calls.get(session.call_id)
                 if call is not None:
-                    asyncio.ensure_future(self.broadcast(call, {
-                        "type": "user_voice_on", "session_id": session.session_id}))
+                    spawn(self.broadcast(call, {"type": "user_voice_on",
+                                                "session_id": session.session_id}),
+                          "voice-on")
 
     def _detect_loss(self, peer: MediaPeer, track: PublishedTrack, packet: ParsedRtp) -> None:
         """Gaps in a publisher's video: ask it again (NACK upstream, RFC 4585 §6.2.1)."""
@@ -667,6 +701,11 @@ class CallManager:
                 await self.leave(session.session_id, "signaling connection lost")
                 continue
             peer = participant.peer
+            if participant.connected_at is None and not peer.connected and \
+                    now - participant.created_at > self.config.media_connect_timeout:
+                await self.leave(session.session_id, "media did not connect within "
+                                 f"{self.config.media_connect_timeout:g} s")
+                continue
             if peer.connected and now - peer.last_rx > self.config.session_timeout:
                 await self.leave(session.session_id,
                                  f"no media for {self.config.session_timeout:g} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from aioice import stun
 from aioice.ice import StunProtocol
 
 if TYPE_CHECKING:
@@ -12,13 +13,38 @@ if TYPE_CHECKING:
 Address = tuple[str, int]
 
 
+def parse_stun(data: bytes) -> stun.Message | Exception:
+    """aioice's STUN parser, returning what it raised instead of raising.
+
+    The parser unpacks each attribute by its type without checking the length
+    first, so a 2-octet FINGERPRINT or a 0-octet LIFETIME raises struct.error,
+    others IndexError or ValueError: every exception means "not a STUN message
+    we can use" here, and the caller counts it.
+    """
+    try:
+        return stun.parse_message(data)
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed packet
+        return exc
+
+
+def dispatch_stun(path: StunProtocol, message: stun.Message, addr: Address) -> None:
+    """What aioice's StunProtocol.datagram_received does once a message has parsed."""
+    if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
+        transaction = path.transactions.get(message.transaction_id)
+        if transaction is not None:
+            transaction.response_received(message, addr)
+    elif message.message_class == stun.Class.REQUEST:
+        path.receiver.request_received(message, addr, path)
+
+
 def deliver(data: bytes, addr: Address, session: MuxedStunProtocol, path: StunProtocol,
-            now: float) -> None:
+            now: float, transport: str = "udp") -> None:
     """Hand a packet from a known peer to its session, by RFC 7983 first-byte ranges.
 
     SRTP/SRTCP (128-191) takes the session's fast path once DTLS is up; STUN (0-3)
-    goes to the ICE agent through the path it came on (UDP or an ICE-TCP
-    connection); everything else (DTLS) is queued for aiortc.
+    is parsed here (a malformed one is counted and dropped) and goes to the ICE
+    agent through the path it came on (UDP or an ICE-TCP connection); everything
+    else (DTLS) is queued for aiortc.
     """
     session.last_rx = now
     first = data[0]
@@ -29,6 +55,10 @@ def deliver(data: bytes, addr: Address, session: MuxedStunProtocol, path: StunPr
         else:
             path.receiver.data_received(data, 1)
     elif first < 4:
-        path.datagram_received(data, addr)
+        message = parse_stun(data)
+        if isinstance(message, Exception):
+            session.mux.malformed_packet(transport, "stun", addr, message)
+            return
+        dispatch_stun(path, message, addr)
     else:
         path.receiver.data_received(data, 1)

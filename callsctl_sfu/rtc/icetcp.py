@@ -26,6 +26,7 @@ stream is reliable, so a request aioice would resend is sent once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import socket
@@ -35,7 +36,8 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
-from callsctl_sfu.rtc.demux import deliver
+from callsctl_sfu.ratelog import RateLimitedLog
+from callsctl_sfu.rtc.demux import deliver, parse_stun
 
 if TYPE_CHECKING:
     from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
@@ -44,10 +46,26 @@ log = logging.getLogger("callsctl_sfu.rtc.icetcp")
 
 Address = tuple[str, int]
 MAX_FRAME = 0xFFFF  # RFC 4571 §2: the length field is 16 bits
-UNBOUND_TIMEOUT = 10.0  # seconds a connection may stay without naming a session
+# A browser sends its first connectivity check as soon as the TCP connection is up;
+# a connection that has not sent a valid one after this long is someone else's.
+UNBOUND_TIMEOUT = 5.0
 MAX_UNBOUND = 512  # connections allowed to wait for their first check at once
+# ... and from one source address (IPv6: one /64, what one host usually holds), so
+# one attacker cannot take every slot; when all slots are taken, the busiest
+# source's oldest connection makes room for a new source.
+MAX_UNBOUND_PER_SOURCE = 8
 WRITE_HIGH_WATER = 512 * 1024  # bytes queued in user space before frames are dropped
 REMEMBERED_REQUESTS = 64
+
+
+def source_key(host: str) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.ip_network(f"{host}/64", strict=False))
+    except ValueError:
+        return host
 
 
 def frame(data: bytes) -> bytes:
@@ -113,7 +131,7 @@ class TcpStats:
 
     __slots__ = ("connections_accepted", "connections_bound", "connections_open",
                  "bare_binding_answered", "auth_failed", "unknown_session", "rejected",
-                 "timed_out", "frames_in", "bytes_in", "frames_out", "bytes_out",
+                 "timed_out", "evicted", "frames_in", "bytes_in", "frames_out", "bytes_out",
                  "dropped_backpressure")
 
     def __init__(self) -> None:
@@ -164,11 +182,10 @@ class IceTcpStream(asyncio.Protocol):
         mux.stats.connections_accepted += 1
         mux.stats.connections_open += 1
         mux.streams.add(self)
-        if len(mux.unbound) >= MAX_UNBOUND:
+        if not mux.admit(self):
             mux.stats.rejected += 1
             self.close()
             return
-        mux.unbound.add(self)
         self._timer = asyncio.get_running_loop().call_later(UNBOUND_TIMEOUT, self._expire)
 
     def data_received(self, data: bytes) -> None:
@@ -179,11 +196,14 @@ class IceTcpStream(asyncio.Protocol):
             stats.bytes_in += len(packet)
             if self._closed or not packet:
                 continue
-            proto = self.proto
-            if proto is not None:
-                proto.frame_received(packet, self.peer)
-            else:
-                self._first_frame(packet)
+            try:
+                proto = self.proto
+                if proto is not None:
+                    proto.frame_received(packet, self.peer)
+                else:
+                    self._first_frame(packet)
+            except Exception as exc:  # noqa: BLE001 - a frame never costs a traceback
+                self.mux.udp_mux.malformed_packet("tcp", "handler", self.peer, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -194,7 +214,7 @@ class IceTcpStream(asyncio.Protocol):
         if self in mux.streams:
             mux.streams.discard(self)
             mux.stats.connections_open -= 1
-        mux.unbound.discard(self)
+        mux.release(self)
         if self.proto is not None:
             self.proto.stream_lost(self)
 
@@ -205,12 +225,13 @@ class IceTcpStream(asyncio.Protocol):
         stats = self.mux.stats
         if packet[0] > 3:
             stats.rejected += 1
+            self.mux.udp_mux.malformed_packet("tcp", "frame", self.peer)
             self.close()
             return
-        try:
-            message = stun.parse_message(packet)
-        except ValueError:
+        message = parse_stun(packet)
+        if isinstance(message, Exception):
             stats.rejected += 1
+            self.mux.udp_mux.malformed_packet("tcp", "stun", self.peer, message)
             self.close()
             return
         if message.message_class != stun.Class.REQUEST or \
@@ -244,7 +265,7 @@ class IceTcpStream(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.mux.unbound.discard(self)
+        self.mux.release(self)
         stats.connections_bound += 1
         self.proto = proto
         proto.bind(self, self.peer, message)
@@ -305,7 +326,7 @@ class TcpStunProtocol(StunProtocol):
 
     def frame_received(self, data: bytes, addr: Address) -> None:
         """Demultiplex one frame as the UDP mux does a datagram (RFC 7983 first byte)."""
-        deliver(data, addr, self.primary, self, self._loop.time())
+        deliver(data, addr, self.primary, self, self._loop.time(), "tcp")
 
     def bind(self, stream: IceTcpStream, addr: Address, request: stun.Message) -> None:
         """Route addr to stream and make the client's TCP address a remote candidate.
@@ -380,6 +401,9 @@ class TcpMux:
         self.servers: list[asyncio.Server] = []
         self.streams: set[IceTcpStream] = set()
         self.unbound: set[IceTcpStream] = set()
+        # source key -> its connections waiting for a first check, oldest first
+        self.unbound_by_source: dict[str, dict[IceTcpStream, None]] = {}
+        self._refusals = RateLimitedLog(log)
         self.stats = TcpStats()
         self.port = 0
 
@@ -392,6 +416,47 @@ class TcpMux:
         self.servers.append(server)
         self.port = server.sockets[0].getsockname()[1]
         return self.port
+
+    def admit(self, stream: IceTcpStream) -> bool:
+        """Room for one more connection waiting for its first check, or False.
+
+        Per source (MAX_UNBOUND_PER_SOURCE) and in total (MAX_UNBOUND); at the
+        total cap the busiest source gives up its oldest waiting connection,
+        so a source with fewer waiting connections always gets in.
+        """
+        key = source_key(stream.peer[0])
+        group = self.unbound_by_source.setdefault(key, {})
+        if len(group) >= MAX_UNBOUND_PER_SOURCE:
+            self._refusals.warning(key, "ICE-TCP: refused a connection from %s: %d of its "
+                                        "connections have not sent a valid check yet",
+                                   stream.peer[0], len(group))
+            return False
+        if len(self.unbound) >= MAX_UNBOUND:
+            busiest = max(self.unbound_by_source.values(), key=len)
+            if len(busiest) <= len(group) + 1:
+                self._refusals.warning("*", "ICE-TCP: %d connections are waiting for their "
+                                            "first check from as many sources; refusing "
+                                            "more", len(self.unbound))
+                return False
+            oldest = next(iter(busiest))
+            self.stats.evicted += 1
+            oldest.close()
+            self.release(oldest)
+        group[stream] = None
+        self.unbound.add(stream)
+        return True
+
+    def release(self, stream: IceTcpStream) -> None:
+        """The stream is bound to a session or closed: it no longer waits."""
+        if stream not in self.unbound:
+            return
+        self.unbound.discard(stream)
+        key = source_key(stream.peer[0])
+        group = self.unbound_by_source.get(key)
+        if group is not None:
+            group.pop(stream, None)
+            if not group:
+                del self.unbound_by_source[key]
 
     def make_protocol(self, connection: Connection, primary: MuxedStunProtocol) -> TcpStunProtocol:
         return TcpStunProtocol(connection, self, primary)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,8 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
-from callsctl_sfu.rtc.demux import deliver
+from callsctl_sfu.ratelog import RateLimitedLog
+from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
 from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
 
 log = logging.getLogger("callsctl_sfu.rtc.mux")
@@ -190,6 +192,10 @@ class UdpMux(asyncio.DatagramProtocol):
         self.tcp: TcpMux | None = None  # ICE-TCP, when enabled
         # Answers to the server's own STUN requests (public address discovery).
         self.stun_waiters: dict[bytes, asyncio.Future[tuple[stun.Message, Address]]] = {}
+        # (transport, kind) -> malformed packets (callsctl_rtc_malformed_packets_total):
+        # anyone can send them, so each costs a count, and a log line only now and then.
+        self.malformed: Counter[tuple[str, str]] = Counter()
+        self._malformed_log = RateLimitedLog(log)
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -214,28 +220,39 @@ class UdpMux(asyncio.DatagramProtocol):
         stats.bytes_in += len(data)
         if not data:
             return
-        proto = self.by_addr.get(addr)
-        if proto is not None:
-            deliver(data, addr, proto, proto, self._loop.time())
-            return
-        if data[0] < 4:
-            self._unknown_stun(data, addr)
-        else:
-            stats.unknown_dropped += 1
+        try:
+            proto = self.by_addr.get(addr)
+            if proto is not None:
+                deliver(data, addr, proto, proto, self._loop.time())
+                return
+            if data[0] < 4:
+                self._unknown_stun(data, addr)
+            else:
+                stats.unknown_dropped += 1
+        except Exception as exc:  # noqa: BLE001 - one datagram never costs a traceback
+            self.malformed_packet("udp", "handler", addr, exc)
+
+    def malformed_packet(self, transport: str, kind: str, addr: Address,
+                         exc: BaseException | None = None) -> None:
+        """Count a packet that could not be used; log it once per source per interval."""
+        self.malformed[(transport, kind)] += 1
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "malformed"
+        self._malformed_log.warning(addr[0], "dropped a malformed %s %s packet from %s:%d (%s)",
+                                    transport, kind, addr[0], addr[1], why[:120])
 
     # -- routing -----------------------------------------------------------------
 
     def _unknown_stun(self, data: bytes, addr: Address) -> None:
-        try:
-            message = stun.parse_message(data)
-        except ValueError:
+        message = parse_stun(data)
+        if isinstance(message, Exception):
             self.stats.unknown_dropped += 1
+            self.malformed_packet("udp", "stun", addr, message)
             return
         if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
             proto = self.transactions.get(message.transaction_id)
             waiter = self.stun_waiters.get(message.transaction_id)
             if proto is not None:
-                proto.datagram_received(data, addr)
+                dispatch_stun(proto, message, addr)
             elif waiter is not None and not waiter.done():
                 waiter.set_result((message, addr))
             else:
@@ -262,11 +279,11 @@ class UdpMux(asyncio.DatagramProtocol):
             verified = False
         if not verified:
             self.stats.auth_failed += 1
-            proto.datagram_received(data, addr)  # aioice answers 401 (RFC 8489 §9.1.3)
+            dispatch_stun(proto, message, addr)  # aioice answers 401 (RFC 8489 §9.1.3)
             return
         self.learn(addr, proto)
         proto.last_rx = self._loop.time()
-        proto.datagram_received(data, addr)
+        dispatch_stun(proto, message, addr)
 
     def _answer_bare_binding(self, request: stun.Message, addr: Address) -> None:
         response = stun.Message(message_method=stun.Method.BINDING,

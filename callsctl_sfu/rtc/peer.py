@@ -41,6 +41,7 @@ from callsctl_sfu.rtc.sdp_munge import (
     merge_numbering,
     numbering_of,
 )
+from callsctl_sfu.rtc.sdpcheck import check_sdp
 from callsctl_sfu.rtc.simulcast import (
     RID_URI,
     accept_layers,
@@ -55,6 +56,7 @@ from callsctl_sfu.rtc.tracks import (
     sending_sections,
     stream_id_for,
 )
+from callsctl_sfu.tasks import spawn
 
 log = logging.getLogger("callsctl_sfu.rtc.peer")
 
@@ -62,10 +64,14 @@ OPUS_KEY = ("audio", "opus", 48000, 2)
 VP8_KEY = ("video", "vp8", 90000, 1)
 SignalSender = Callable[[dict[str, Any]], Awaitable[None]]
 
-# A server transceiver's direction from (the server forwards a track on it, the
-# client sends its own track on it): both may hold at once on one mid.
-_DIRECTIONS = {(True, True): "sendrecv", (True, False): "sendonly",
-               (False, True): "recvonly", (False, False): "inactive"}
+# Our transceivers always offer to receive as well: a client's addTrack may
+# attach its track to one of them (JSEP's reuse rule, or Chromium associating a
+# track added during our offer with our m-section), and once the client has
+# answered a send-only offer "recvonly" it sees no need to renegotiate (W3C
+# WebRTC §4.7.3, "check if negotiation is needed", compares against the offered
+# direction): the participant would never be heard. A client with no track there
+# simply sends nothing.
+_FORWARDING, _RETIRED = "sendrecv", "recvonly"
 
 
 class SignalError(ValueError):
@@ -155,7 +161,7 @@ class MediaPeer:
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run(), name=f"peer-{session_id}")
+        self._worker = spawn(self._run(), f"peer-{session_id}")
         self._pending_candidates: list[RTCIceCandidate] = []
         self.numbering = libwebrtc_numbering()
         self.downtracks: dict[str, DownTrack] = {}
@@ -270,6 +276,7 @@ class MediaPeer:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._silence_aiortc_loops()
         self._read_client_sending(sdp)
+        self._apply_directions()
         answer = await self.pc.createAnswer()
         self._attach_mux()
         await self.pc.setLocalDescription(answer)
@@ -332,7 +339,7 @@ class MediaPeer:
                 changed = True
                 continue
             publisher_id, label = self.wanted[key]
-            transceiver = self.pc.addTransceiver(LABEL_KINDS[label], direction="sendonly")
+            transceiver = self.pc.addTransceiver(LABEL_KINDS[label], direction=_FORWARDING)
             sender = transceiver.sender
             sender._ssrc = random.getrandbits(32) or 1
             sender._stream_id = stream_id_for(publisher_id, label)
@@ -348,26 +355,16 @@ class MediaPeer:
         return changed
 
     def _read_client_sending(self, remote_sdp: str) -> None:
-        """Note where the client sends, and answer/offer each of our mids to match.
-
-        A client's addTrack may reuse a transceiver we created to send it someone
-        else's media; answering that mid send-only would tell the client not to
-        send, and the participant would never be heard. So every mid it marks as
-        sending is answered as receiving, track or not (a track-less one simply
-        sends nothing).
-        """
+        """Note the mids on which the client says it sends (see `track_for`)."""
         self.client_sending = {media.rtp.muxId for media in sending_sections(remote_sdp)}
         self.active_mids &= self.client_sending
-        self._apply_directions()
 
     def _apply_directions(self) -> None:
-        """Set each of our transceivers to what flows on its mid, both ways."""
-        tracks = [(track, True) for track in self.downtracks.values()] + \
-            [(track, False) for track in self.retired.values()]
-        for track, forwarding in tracks:
-            mid = track.transceiver.mid
-            client_sends = mid is not None and mid in self.client_sending
-            track.transceiver.direction = _DIRECTIONS[(forwarding, client_sends)]
+        """Forwarding transceivers send and receive; retired ones only receive."""
+        for track in self.downtracks.values():
+            track.transceiver.direction = _FORWARDING
+        for track in self.retired.values():
+            track.transceiver.direction = _RETIRED
 
     async def _after_negotiation(self) -> None:
         """Read the numbering both sides now agree on and arm the forwarded tracks."""
@@ -606,6 +603,9 @@ def _sdp_of(data: dict[str, Any]) -> str:
     sdp = data.get("sdp")
     if not isinstance(sdp, str) or not sdp.startswith("v=0"):
         raise SignalError("signal.data.sdp must be an SDP string starting with v=0")
+    problem = check_sdp(sdp)
+    if problem:
+        raise SignalError(f"malformed SDP: {problem}")
     return sdp
 
 

@@ -15,6 +15,7 @@
     micStream: null, micTrack: null, micAdded: false,
     camStream: null, screenStream: null, screenTimer: null,
     sent: [], // signals this client sent, for diagnostics
+    transcript: [], // every offer and answer, both ways, in order
     trackStreams: {}, // remote track id -> stream id (session id, or screen-<id>)
   };
   const logger = {
@@ -22,8 +23,25 @@
     logErr: (...a) => S.errors.push(a.join(" ")),
   };
 
+  // "<mid>:<kind> <direction> <msid stream>" per m-section, for the transcript.
+  function summary(sdp) {
+    return sdp.split(/\r?\nm=/).slice(1).map((section) => {
+      const attr = (name) => ((section.match(new RegExp(`\\na=${name}:?(\\S*)`)) || [])[1]);
+      const dir = ["sendrecv", "sendonly", "recvonly", "inactive"].find(
+        (d) => section.includes(`\na=${d}`)) || "";
+      return `${attr("mid")}:${section.split(" ")[0]} ${dir} ${attr("msid") || ""}`.trim();
+    }).join(" | ");
+  }
+
+  function note(direction, data) {
+    if (data.sdp) S.transcript.push(`${direction} ${data.type}: ${summary(data.sdp)}`);
+  }
+
   function send(message) {
-    if (message.type === "signal") S.sent.push(message.data);
+    if (message.type === "signal") {
+      S.sent.push(message.data);
+      note("->", message.data);
+    }
     S.ws.send(JSON.stringify(message));
   }
 
@@ -31,6 +49,7 @@
     S.events.push(message);
     if (message.type === "joined" && S.onJoined) S.onJoined(message);
     if (message.type === "error" && S.onJoinError && !S.sessionId) S.onJoinError(message);
+    if (message.type === "signal") note("<-", message.data);
     if (message.type === "signal" && S.peer) {
       S.peer.signal(JSON.stringify(message.data)).catch((err) => S.errors.push(String(err)));
     }
@@ -65,6 +84,12 @@
     S.peer = new window.RTCPeer({
       iceServers: message.ice_servers || [], logger, simulcast: !!opts.simulcast,
     });
+    if (opts.generic) {
+      // A standard client rather than Mattermost's: without RTCPeer's Firefox
+      // workaround (forcing incoming video transceivers to sendrecv), a receive
+      // transceiver stays "never used to send", which addTrack may then reuse.
+      S.peer.pc.ontrack = (event) => S.peer.emit("stream", new MediaStream([event.track]));
+    }
     S.peer.pc.addEventListener("track", (event) => {
       S.trackStreams[event.track.id] = event.streams[0] ? event.streams[0].id : null;
       play(event.track);
@@ -210,6 +235,7 @@
   window.mm = {
     join, unmute, mute, muteSignalOnly, cameraOn, setMicDirection, replaceMicWithNewTrack,
     addCameraByAddTrack, transceivers, startScreen, stopScreen, leave, inbound, outbound,
+    transcript: () => S.transcript,
     state: () => ({sessionId: S.sessionId, connected: S.connected, errors: S.errors,
                    events: S.events.filter((e) => e.type !== "signal" && e.type !== "pong")}),
     pc: () => S.peer && S.peer.pc,

@@ -1,0 +1,36 @@
+"""The startup banner prints values as they are (issue 15, item 8).
+
+rich reads `:cd:` as an emoji code and `[red]` as markup: a TLS fingerprint
+`...CC:CD:08...` came out with a CD emoji in it, and a data dir with brackets
+lost them. Values are printed with markup and emoji off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from callsctl.serve import _print_banner
+from callsctl_sfu.config import ServeConfig
+
+FINGERPRINT = "AB:CC:CD:08:" + ":".join(["0F"] * 28)
+
+
+def fake_server(data_dir: Path) -> SimpleNamespace:
+    tls = SimpleNamespace(self_signed=True, cert_path=data_dir / "tls" / "self-signed.crt",
+                          fingerprint_sha256=FINGERPRINT)
+    control = SimpleNamespace(tls=tls, admin_key_path=data_dir / "admin_key")
+    return SimpleNamespace(
+        config=ServeConfig(bind="127.0.0.1", data_dir=str(data_dir)), api_port=8045,
+        udp_port=8443, metrics_port=0, control=control, connectivity=None,
+        advertised=SimpleNamespace(host="127.0.0.1", port=8443, source="bind address"))
+
+
+def test_banner_prints_the_fingerprint_and_paths_verbatim(tmp_path: Path, capsys) -> None:
+    data_dir = tmp_path / "data[red]:cd:"
+    _print_banner(fake_server(data_dir))  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert FINGERPRINT in out, out
+    assert "\U0001f4bf" not in out  # the CD emoji
+    assert str(data_dir) in out, out
+    assert "callsctl serve" in out and "/?token=" in out

@@ -220,3 +220,27 @@ def test_admin_actions_show_on_the_participants_page(browser, server) -> None:  
     finally:
         admin.close()
         person.close()
+
+
+def test_a_page_whose_session_the_server_ends_says_why(browser, serve_factory) -> None:  # noqa: F811
+    """The same user joins again elsewhere: the first page ends the call and says why."""
+    server = serve_factory(env={"CALLSCTL_MAX_SESSIONS_PER_USER": "1"})
+    first, second = Participant(browser, "laptop"), Participant(browser, "phone")
+    try:
+        url = server.join_url("desk", "frank")
+        first.join(url, "Frank")
+        first.wait_media_connected()
+        second.join(url, "Frank")
+        first.page.wait_for_function("window.callsctl.state === 'removed'",
+                                     timeout=UI_TIMEOUT_MS)
+        assert first.page.evaluate("window.callsctl.error.code") == "session_removed"
+        text = first.page.locator("#ended-text").inner_text()
+        assert "no longer in the call" in text and "again" in text, text
+        assert second.page.evaluate("window.callsctl.state") == "joined"
+        for person in (first, second):
+            assert not person.page_errors(), person.diagnostics()
+    except Exception as exc:
+        raise failure([first, second], exc, server) from exc
+    finally:
+        first.close()
+        second.close()

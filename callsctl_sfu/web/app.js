@@ -996,6 +996,15 @@
       showError(`Cannot share your screen: ${message}`, code);
       return;
     }
+    if (code === "session_removed" && S.state === "joined") {
+      // The server ended our session (media timeout, the same user joined again
+      // elsewhere, removal): the call is over for this page.
+      teardown("removed");
+      const reason = message.replace(/^you were removed from the call: /, "");
+      $("#ended-text").textContent = `You are no longer in the call: ${reason}.`;
+      showError(`You are no longer in the call: ${reason}.`, code);
+      return;
+    }
     if (S.state === "joined") {
       showError(`Server error (${code}): ${message}`, code);
       return;

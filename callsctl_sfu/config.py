@@ -256,7 +256,7 @@ class ServeConfig:
         "0 disables NACK handling", _non_negative_int,
     )
 
-    # -- connectivity: ICE-TCP, NAT, STUN, TURN, IPv6 (issue 4) --
+    # -- connectivity: ICE-TCP, NAT, STUN, TURN, IPv6 --
     tcp_port: int = _setting(
         0, "TCP port for ICE-TCP (RFC 6544), the fallback of clients whose UDP is blocked; "
         "0 = the same number as udp_port", _port(True),
@@ -289,7 +289,7 @@ class ServeConfig:
         _boolean,
     )
 
-    # -- admin API, call settings, TLS (issue 5) --
+    # -- admin API, call settings, TLS --
     admin_key_file: str = _setting(
         "", "file holding the admin API key (sent as Authorization: Bearer); "
         "empty = generate one into <data_dir>/admin_key (0600) on first start", _string,
@@ -314,7 +314,7 @@ class ServeConfig:
         100, "signaling messages one connection may send in a burst", _positive_number
     )
 
-    # -- join links and /metrics exposure (issue 21) --
+    # -- join links and /metrics exposure --
     public_url: str = _setting(
         "", "base URL participants open (e.g. https://calls.example.com behind a TLS proxy); "
         "join links from serve and `callsctl token` start with it; empty = "

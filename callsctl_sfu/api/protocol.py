@@ -1,4 +1,4 @@
-"""Validation of client → server signaling messages (DESIGN.md, "Signaling protocol").
+"""Validation of client → server signaling messages (docs/signaling.md).
 
 Kept apart from the WebSocket handler so every rule is unit-testable: each
 malformed message maps to one `error` event with a code and a sentence, and

@@ -107,7 +107,7 @@ class CallManager:
         self._last_reports = 0.0
         self._last_layer_rates = 0.0
         self.closing = False
-        # Admin plane hooks (issue 5): observers see every call event (history, SSE,
+        # Admin plane hooks: observers see every call event (history, SSE,
         # metrics); join checks may refuse a join with JoinRefused (per-call settings).
         self.observers: list[Callable[[Call, dict[str, Any]], None]] = []
         self.join_checks: list[Callable[[str, Call | None], None]] = []

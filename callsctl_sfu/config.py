@@ -307,6 +307,20 @@ class ServeConfig:
         _choice(METRICS_AUTH),
     )
 
+    # -- jobs beside the SFU: recording (issue 19, callsctl_sfu/jobs/) --
+    max_concurrent_jobs: int = _setting(
+        2, "jobs (recordings) this server runs at once in local worker processes; more "
+        "wait in the queue", _positive_number,
+    )
+    recording_max_duration: float = _setting(
+        4 * 3600.0, "longest a recording runs, in seconds, unless the request asks for "
+        "less; it is then stopped and finished like a manual stop", _positive_number,
+    )
+    recording_retention_days: int = _setting(
+        0, "delete finished recordings (files and job) older than this many days; "
+        "0 = keep them", _non_negative_int,
+    )
+
     def __post_init__(self) -> None:
         if not self.data_dir:
             object.__setattr__(self, "data_dir", default_data_dir())

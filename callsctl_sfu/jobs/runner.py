@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -39,6 +40,7 @@ SPEC_FILE = "job.json"
 LOG_FILE = "job.log"
 RESULT_FILE = "result.json"
 MEDIA_SUFFIXES = (".ogg", ".webm", ".mp4")
+LOW_SPACE_BYTES = 256 * 1024
 # SIGTERM -> SIGKILL: the recorder composes the MP4 after SIGTERM, which takes time in
 # proportion to the recording (ffmpeg's H.264 runs several times faster than real time).
 BASE_GRACE_S = 30.0
@@ -76,6 +78,17 @@ def describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"killed by {name}"
     return f"exited with code {code}"
+
+
+def _disk_full(directory: Path) -> str | None:
+    """A sentence when the file system of `directory` has (almost) no space left."""
+    try:
+        usage = shutil.disk_usage(directory)
+    except OSError:
+        return None
+    if usage.free >= LOW_SPACE_BYTES:
+        return None
+    return f"{usage.free // 1024} KiB free on the file system of {directory}; free space there"
 
 
 @dataclass
@@ -221,6 +234,11 @@ class LocalRunner:
             return
         job.state = FAILED
         files = ", ".join(output["files"]) or "none"
+        full = _disk_full(directory)
+        if full and not str(result.get("error", "")).startswith("disk full"):
+            job.error = (f"disk full: {full}; the worker {describe_exit(code)}; files kept: "
+                         f"{files}")
+            return
         if killed:
             job.error = (f"the worker did not finish within its grace period after being "
                          f"stopped ({stop_reason}) and was killed; files kept: {files}")

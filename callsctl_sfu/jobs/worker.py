@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,20 @@ from callsctl_sfu.jobs.runner import RESULT_FILE
 log = logging.getLogger("callsctl_sfu.jobs.worker")
 
 
+# SIGTERM can come while the job is still importing aiortc: remember it, do not die.
+EARLY_STOP: list[str] = []
+
+
+def _early_stop(signum: int, _frame: Any) -> None:
+    EARLY_STOP.append(signal.Signals(signum).name)
+
+
 async def run_job(spec: dict[str, Any], directory: Path) -> dict[str, Any]:
     kind = spec.get("type")
     if kind == "recording":
         from callsctl_sfu.jobs.recorder.run import record
 
-        return await record(spec, directory)
+        return await record(spec, directory, lambda: bool(EARLY_STOP))
     return {"error": f"unknown job type {kind!r}"}
 
 
@@ -37,6 +46,8 @@ def write_result(directory: Path, result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _early_stop)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if len(argv) != 1:

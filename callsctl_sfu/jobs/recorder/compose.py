@@ -47,7 +47,6 @@ def build_command(tracks: list[dict[str, Any]], directory: Path, duration: float
     audio = [t for t in tracks if t["kind"] in ("audio", "screenaudio")]
     screens = [t for t in tracks if t["kind"] == "screen"]
     cameras = [t for t in tracks if t["kind"] == "video"]
-    shown = screens[:1] or cameras
     index = 0
     audio_labels = []
     for track in audio:
@@ -67,26 +66,35 @@ def build_command(tracks: list[dict[str, Any]], directory: Path, duration: float
         filters.append(f"anullsrc=r=48000:cl=mono,atrim=0:{duration:.3f}[aout]")
     filters.append(f"color=c=0x202020:s={WIDTH}x{HEIGHT}:r={FPS}:d={duration:.3f}[base0]")
     current = "base0"
-    if shown:
-        columns = math.ceil(math.sqrt(len(shown)))
-        rows = math.ceil(len(shown) / columns)
+    inputs_so_far = index
+
+    def place(track: dict[str, Any], width: int, height: int, x: int, y: int) -> None:
+        """Overlay one video file at its time offset; after it ends, what is below shows."""
+        nonlocal current, inputs_so_far
+        n = inputs_so_far
+        inputs.extend(["-i", str(directory / track["file"])])
+        filters.append(
+            f"[{n}:v]setpts=PTS-STARTPTS+{track['start_s']:.3f}/TB,"
+            f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
+            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2[v{n}]")
+        filters.append(f"[{current}][v{n}]overlay={x}:{y}:eof_action=pass[o{n}]")
+        current = f"o{n}"
+        inputs_so_far += 1
+
+    if cameras:
+        columns = math.ceil(math.sqrt(len(cameras)))
+        rows = math.ceil(len(cameras) / columns)
         cell_w, cell_h = WIDTH // columns // 2 * 2, HEIGHT // rows // 2 * 2
-        for n, track in enumerate(shown):
-            inputs += ["-i", str(directory / track["file"])]
-            x, y = (n % columns) * cell_w, (n // columns) * cell_h
-            filters.append(
-                f"[{index}:v]setpts=PTS-STARTPTS+{track['start_s']:.3f}/TB,"
-                f"scale={cell_w}:{cell_h}:force_original_aspect_ratio=decrease,"
-                f"pad={cell_w}:{cell_h}:(ow-iw)/2:(oh-ih)/2[v{index}]")
-            filters.append(f"[{current}][v{index}]overlay={x}:{y}:eof_action=pass[base{n + 1}]")
-            current = f"base{n + 1}"
-            index += 1
+        for n, track in enumerate(cameras):
+            place(track, cell_w, cell_h, (n % columns) * cell_w, (n // columns) * cell_h)
     elif names and with_text:
         lines = "\n".join(names[:12])
         filters.append(f"[{current}]drawtext=font=Sans:fontcolor=white:fontsize=40:"
                        f"line_spacing=16:x=(w-text_w)/2:y=(h-text_h)/2:"
                        f"text='{_escape(lines)}'[named]")
         current = "named"
+    for track in screens[:1]:  # while the screen is shared it fills the frame
+        place(track, WIDTH, HEIGHT, 0, 0)
     filters.append(f"[{current}]format=yuv420p[vout]")
     return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs,
             "-filter_complex", ";".join(filters), "-map", "[vout]", "-map", "[aout]",

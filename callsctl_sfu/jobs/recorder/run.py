@@ -15,6 +15,7 @@ import logging
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,15 @@ def _client_ssl(ws_url: str) -> Any:
     return context
 
 
-async def record(spec: dict[str, Any], directory: Path) -> dict[str, Any]:
+async def record(spec: dict[str, Any], directory: Path,
+                 stopped_early: Callable[[], bool] = lambda: False) -> dict[str, Any]:
     session = RecorderSession(spec["ws_url"], spec["token"], spec["call"], directory,
                               _client_ssl(spec["ws_url"]))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, session.stop, "stopped")
+    if stopped_early():  # the stop came while the worker was still starting
+        session.stop("stopped")
     result: dict[str, Any] = {"call": spec["call"], "started_at": session.started_at}
     try:
         await session.start()

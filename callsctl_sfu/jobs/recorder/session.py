@@ -28,6 +28,7 @@ from callsctl_sfu.jobs.recorder.writers import TrackWriter, writer_for
 log = logging.getLogger("callsctl_sfu.jobs.recorder")
 
 JOIN_TIMEOUT_S = 15.0
+KEYFRAME_RETRY_S = 0.5
 
 
 class RecorderError(RuntimeError):
@@ -91,6 +92,7 @@ class RecorderSession:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._pc: RTCPeerConnection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._pli_at: dict[int, float] = {}
         self._joined = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
@@ -224,11 +226,28 @@ class RecorderSession:
                          self.names.get(publisher, publisher), writer.path.name, offset)
             try:
                 writer.write(data, timestamp)
+                if writer.frames == 0:  # a video track waiting for its first keyframe
+                    self._ask_keyframe(receiver)
             except OSError as exc:  # disk full, directory gone: stop, say so
                 self.failure = exc
                 self.stop(f"cannot write {writer.path.name}: {exc.strerror or exc}")
 
         tap_receiver(receiver, sink)
+
+    def _ask_keyframe(self, receiver: Any) -> None:
+        """PLI (RFC 4585 §6.3.1) upstream, at most twice a second per receiver.
+
+        The SFU asks the publisher for a keyframe when the recorder's track starts, but
+        if that keyframe arrives incomplete nobody notices: aiortc would learn it from
+        its decoder, which the tap bypasses. So the recorder asks until one arrives.
+        """
+        now = time.monotonic()
+        if now - self._pli_at.get(id(receiver), 0.0) < KEYFRAME_RETRY_S:
+            return
+        self._pli_at[id(receiver)] = now
+        ssrcs = list(getattr(receiver, "_RTCRtpReceiver__active_ssrc", {}))
+        if ssrcs:
+            self._tasks.append(asyncio.ensure_future(receiver._send_rtcp_pli(ssrcs[-1])))
 
     def _describe(self, key: str, writer: TrackWriter) -> None:
         if writer.frames == 0:
@@ -237,5 +256,5 @@ class RecorderSession:
         self.tracks.append({
             "file": writer.path.name, "kind": getattr(writer, "label", ""),
             "session_id": publisher, "name": self.names.get(publisher, publisher),
-            "start_s": round(writer.offset / writer.rate, 3),
+            "start_s": round(writer.start_s, 3),
             "duration_s": round(writer.duration, 3), "frames": writer.frames})

@@ -83,6 +83,11 @@ class TrackWriter:
         pass
 
     @property
+    def start_s(self) -> float:
+        """Where the file's first frame sits in the recording, in seconds."""
+        return (self.offset + (self.first_ts or 0)) / self.rate
+
+    @property
     def duration(self) -> float:
         return 0.0 if self.first_ts is None else (self.last_ts - self.first_ts) / self.rate
 
@@ -99,7 +104,10 @@ class OpusWriter(TrackWriter):
     rate = OPUS_RATE
 
     def _open(self, **_: Any) -> None:
-        self.container = av.open(str(self.path), "w", format="ogg")
+        # flush_packets: each Ogg page reaches the file when it is complete, so a killed
+        # worker loses at most the last page (a quarter of a second).
+        self.container = av.open(str(self.path), "w", format="ogg",
+                                 options={"flush_packets": "1", "page_duration": "250000"})
         # The Opus encoder context is only opened to produce the OpusHead the Ogg muxer
         # needs (RFC 7845 §5.1); it never encodes anything.
         self.stream = self.container.add_stream("libopus", rate=OPUS_RATE, layout="mono")
@@ -124,7 +132,7 @@ class Vp8Writer(TrackWriter):
             return False
         self.size = size
         self.container = av.open(str(self.path), "w", format="webm",
-                                 options={"live": "1"})
+                                 options={"live": "1", "flush_packets": "1"})
         self.stream = self.container.add_mux_stream("vp8", width=size[0], height=size[1])
         self.stream.time_base = fractions.Fraction(1, 1000)
         return True

@@ -128,7 +128,7 @@ def start(ctx: typer.Context,
 
 @app.command("stop")
 def stop(ctx: typer.Context,
-         job_or_call: str = typer.Argument(..., metavar="JOB|CALL",
+         job_or_call: str = typer.Argument(..., metavar="JOB",
                                            help="Job id, or the id of a call being recorded."),
          wait: bool = typer.Option(True, "--wait/--no-wait",
                                    help="Wait until the files are finished and composed."),

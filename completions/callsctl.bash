@@ -26,6 +26,10 @@ _callsctl_takes_value() {
         "callsctl calls enable") case "$2" in --max-participants) return 0 ;; esac ;;
         "callsctl calls settings") case "$2" in --max-participants) return 0 ;; esac ;;
         "callsctl calls history") case "$2" in --limit|-n|--call) return 0 ;; esac ;;
+        "callsctl record") case "$2" in --server|-s|--admin-key|--admin-key-file|--ca-cert|--client-config|--timeout) return 0 ;; esac ;;
+        "callsctl record start") case "$2" in --max-duration) return 0 ;; esac ;;
+        "callsctl record stop") case "$2" in --wait-timeout) return 0 ;; esac ;;
+        "callsctl record list") case "$2" in --call|--limit|-n) return 0 ;; esac ;;
     esac
     return 1
 }
@@ -68,7 +72,9 @@ _callsctl() {
             "callsctl calls mute-others"|"callsctl calls stop-screen"|"callsctl calls lower-hand"|\
             "callsctl calls remove"|"callsctl calls end"|"callsctl calls host"|\
             "callsctl calls enable"|"callsctl calls disable"|"callsctl calls settings"|\
-            "callsctl calls history")
+            "callsctl calls history"|"callsctl record"|"callsctl record start"|\
+            "callsctl record stop"|"callsctl record list"|"callsctl record get"|\
+            "callsctl record rm")
                 cmd="$cmd $word" ;;
         esac
     done
@@ -78,7 +84,7 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--version -V --install-completion --show-completion --help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "serve token tune top loadtest check calls" -- "$cur"))
+                COMPREPLY=($(compgen -W "serve token tune top loadtest check calls record" -- "$cur"))
             fi ;;
         "callsctl serve")
             case $prev in
@@ -371,6 +377,50 @@ _callsctl() {
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--limit -n --call --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record")
+            case $prev in
+                --server|-s) return ;;  # free-form value
+                --admin-key) return ;;  # free-form value
+                --admin-key-file) return ;;  # free-form value
+                --ca-cert) return ;;  # free-form value
+                --client-config) return ;;  # free-form value
+                --timeout) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--server -s --admin-key --admin-key-file --ca-cert --insecure -k --client-config --timeout --help -h" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -W "start stop list get rm" -- "$cur"))
+            fi ;;
+        "callsctl record start")
+            case $prev in
+                --max-duration) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--max-duration --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record stop")
+            case $prev in
+                --wait-timeout) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--wait --no-wait --wait-timeout --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record list")
+            case $prev in
+                --call) return ;;  # free-form value
+                --limit|-n) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--call --limit -n --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record get")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--logs --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record rm")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
             fi ;;
     esac
 }

@@ -51,7 +51,7 @@ def _register_commands() -> None:
     Each module keeps its heavy imports (aiortc, scapy, textual) inside its
     command, so `callsctl --version` and `--help` stay fast.
     """
-    from callsctl import serve, token, tune
+    from callsctl import serve, token, tune, worker
     from callsctl.calls import app as calls_app
     from callsctl.check import app as check_app
     from callsctl.loadtest import loadtest
@@ -64,6 +64,7 @@ def _register_commands() -> None:
     app.command("tune", help=tune.tune.__doc__)(tune.tune)
     app.add_typer(calls_app, name="calls")
     app.add_typer(record_app, name="record")
+    app.command("worker", help=worker.worker.__doc__)(worker.worker)
     app.command("top", help=top.__doc__)(top)
     app.command("loadtest", help=loadtest.__doc__)(loadtest)
 

@@ -160,6 +160,14 @@ def public_url_problem(value: Any) -> str | None:
     return None
 
 
+def redis_url_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if value and (urlsplit(value).scheme not in ("redis", "rediss") or " " in value):
+        return "must be a redis:// or rediss:// URL such as redis://10.0.0.5:6379/0, or empty"
+    return None
+
+
 def _ip_or_empty(value: Any) -> str | None:
     return None if value == "" else _ip_address(value)
 
@@ -315,6 +323,10 @@ class ServeConfig:
     recording_max_duration: float = _setting(
         4 * 3600.0, "longest a recording runs, in seconds, unless the request asks for "
         "less; it is then stopped and finished like a manual stop", _positive_number,
+    )
+    job_queue_url: str = _setting(
+        "", "redis://host:port/db of a job queue: jobs go to `callsctl worker` processes on "
+        "any machine instead of local worker processes; empty = local", redis_url_problem,
     )
     recording_retention_days: int = _setting(
         0, "delete finished recordings (files and job) older than this many days; "

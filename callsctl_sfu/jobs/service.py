@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.jobs.model import FINISHED, Job, JobError, new_job_id
+from callsctl_sfu.jobs.queue import QueueError, QueueRunner
 from callsctl_sfu.jobs.runner import LOG_FILE, LocalRunner
 from callsctl_sfu.jobs.store import JobStore
 from callsctl_sfu.tokens import issue_token
@@ -55,8 +56,13 @@ class JobService:
         self.server_info = server_info
         self.store = JobStore(control.store)
         self.jobs_dir = Path(self.config.data_dir).expanduser() / RECORDINGS_DIR
-        self.runner = LocalRunner(self.jobs_dir, self.config.max_concurrent_jobs,
-                                  self._changed)
+        self.runner: LocalRunner | QueueRunner
+        if self.config.job_queue_url:
+            self.runner = QueueRunner(self.config.job_queue_url, self._changed)
+        else:
+            self.runner = LocalRunner(self.jobs_dir, self.config.max_concurrent_jobs,
+                                      self._changed)
+        self.unavailable: str | None = None
         self.active: dict[str, Job] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -71,6 +77,14 @@ class JobService:
             log.warning("%d job(s) from the previous run were interrupted; marked failed",
                         len(interrupted))
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="job-retention")
+        if isinstance(self.runner, QueueRunner):
+            try:
+                await self.runner.open()
+                log.info("jobs go to the Redis queue at %s (callsctl worker)",
+                         self.config.job_queue_url)
+            except QueueError as exc:  # calls work without it; job requests say why not
+                self.unavailable = str(exc)
+                log.error("%s; recording is unavailable until the server restarts", exc)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -80,6 +94,8 @@ class JobService:
     # -- operations ---------------------------------------------------------------------
 
     async def create(self, kind: str, call_id: str, max_duration: float) -> Job:
+        if self.unavailable:
+            raise JobError(503, f"the job queue is unavailable: {self.unavailable}")
         call = self.manager.calls.get(call_id)
         if call is None or not call.people():
             raise JobError(409, f"no live call {call_id!r}: a recording starts in a call "
@@ -99,16 +115,23 @@ class JobService:
     def _spec(self, job: Job) -> dict[str, Any]:
         """Everything the worker needs, so it can run on another machine too."""
         info = self.server_info()
+        if self.config.public_url and isinstance(self.runner, QueueRunner):
+            # A worker on another machine reaches the server the way participants do.
+            base = self.config.public_url.rstrip("/")
+            ws_url = "ws" + base[4:] + "/ws" if base.startswith("http") else base + "/ws"
+            return self._spec_with(job, ws_url)
         host = self.config.bind
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         if ":" in host:
             host = f"[{host}]"
         scheme = "wss" if self.control.ssl_context is not None else "ws"
+        return self._spec_with(job, f"{scheme}://{host}:{info['api_port']}/ws")
+
+    def _spec_with(self, job: Job, ws_url: str) -> dict[str, Any]:
         token = issue_token(self.secret, job.call_id, f"recorder-{job.id}",
                             job.max_duration + TOKEN_SLACK_S, role="recorder")
         return {"id": job.id, "type": job.type, "call": job.call_id,
-                "max_duration": job.max_duration, "token": token,
-                "ws_url": f"{scheme}://{host}:{info['api_port']}/ws"}
+                "max_duration": job.max_duration, "token": token, "ws_url": ws_url}
 
     def for_call(self, call_id: str) -> Job | None:
         return next((j for j in self.active.values() if j.call_id == call_id), None)

@@ -177,6 +177,20 @@ class JobService:
             return ""
         return "\n".join(lines[-tail:]) + ("\n" if lines else "")
 
+    async def annotate_history(self, calls: list[dict[str, Any]]) -> None:
+        """Add `recordings` to call history entries: the jobs made during each call."""
+        by_call: dict[str, list[Job]] = {}
+        for job in await self.store.list(10000):
+            by_call.setdefault(job.call_id, []).append(job)
+        for call in calls:
+            ended = call.get("ended_at") or time.time()
+            call["recordings"] = [
+                {"id": j.id, "state": j.state, "start_at": j.started_at,
+                 "duration_s": j.output.get("duration_s"), "files": j.output.get("files", []),
+                 "participants": j.output.get("participants", [])}
+                for j in reversed(by_call.get(call["id"], []))
+                if call["started_at"] <= j.created_at <= ended]
+
     # -- the host's record button (signaling record_start / record_stop) --------------------
 
     async def host_record(self, call: Call, session: Session, on: bool) -> None:

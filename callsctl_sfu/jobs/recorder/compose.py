@@ -93,7 +93,7 @@ def build_command(tracks: list[dict[str, Any]], directory: Path, duration: float
                        f"line_spacing=16:x=(w-text_w)/2:y=(h-text_h)/2:"
                        f"text='{_escape(lines)}'[named]")
         current = "named"
-    for track in screens[:1]:  # while the screen is shared it fills the frame
+    for track in screens:  # while a screen is shared (one at a time) it fills the frame
         place(track, WIDTH, HEIGHT, 0, 0)
     filters.append(f"[{current}]format=yuv420p[vout]")
     return ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *inputs,

@@ -93,6 +93,7 @@ class RecorderSession:
         self._pc: RTCPeerConnection | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._pli_at: dict[int, float] = {}
+        self._seen: dict[str, int] = {}
         self._joined = asyncio.get_running_loop().create_future()
 
     async def start(self) -> None:
@@ -211,8 +212,13 @@ class RecorderSession:
         if receiver is None or not publisher:
             log.warning("track %s has no receiver; not recorded", track.id)
             return
-        key = track.id
-        stem = self.directory / f"{label}-{publisher}"
+        # A source that comes back (a second screen share) on a new receiver restarts its
+        # RTP time line: it gets a file of its own rather than a jump backwards.
+        self._seen[track.id] = self._seen.get(track.id, 0) + 1
+        count = self._seen[track.id]
+        key = track.id if count == 1 else f"{track.id}-{count}"
+        stem = self.directory / (f"{label}-{publisher}" if count == 1
+                                 else f"{label}-{publisher}-{count}")
 
         def sink(data: bytes, timestamp: int) -> None:
             if self.failure is not None:

@@ -65,3 +65,23 @@ async def test_the_call_history_lists_its_recordings(server):
         assert "recording.mp4" in history[0]["recordings"][0]["files"]
     finally:
         await alice.close()
+
+
+async def test_stopping_the_server_finishes_the_recording(serve_factory):
+    server = serve_factory()
+    alice = await join(server, "closing", "alice", tone=440.0)
+    try:
+        async with admin_client(server) as http:
+            job = (await http.post("/api/v1/jobs", json={"call": "closing"})).json()
+            await alice.wait_for(lambda e: e["type"] == "call_recording" and e["recording"], 20)
+            await asyncio.sleep(2)
+        assert await asyncio.to_thread(server.stop, 15, 30) == 0
+    finally:
+        await alice.close()
+    again = serve_factory("--data-dir", str(server.data_dir))
+    again.data_dir = server.data_dir
+    async with admin_client(again) as http:
+        finished = (await http.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert finished["state"] == "done", finished
+    assert "call ended" in finished["output_data"]["stop_reason"]
+    assert (server.data_dir / "recordings" / job["id"] / "recording.mp4").stat().st_size > 0

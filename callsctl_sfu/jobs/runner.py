@@ -236,8 +236,8 @@ class LocalRunner:
         output.setdefault("files", media_files(directory))
         output["directory"] = str(directory)
         output["exit"] = describe_exit(code)
-        if stop_reason:
-            output["stop_reason"] = stop_reason
+        if stop_reason and output.get("stop_reason") in (None, "", "stopped"):
+            output["stop_reason"] = stop_reason  # why we sent SIGTERM says more than "stopped"
         job.output = output
         if code == 0 and not result.get("error"):
             job.state, job.error = DONE, None

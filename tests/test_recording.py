@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -326,3 +327,39 @@ async def test_a_full_disk_fails_the_job_clearly_and_leaves_the_call_alone(serve
             await alice.close()
     finally:
         subprocess.run(["umount", "-l", str(recordings)], timeout=10, check=False)
+
+
+async def test_a_muted_stretch_is_silence_at_the_right_time_not_a_shift(server):
+    alice = await join(server, "mute", "alice", tone=ALICE_HZ)
+    bob = await join(server, "mute", "bob", tone=BOB_HZ)
+    try:
+        async with admin_client(server) as http:
+            job = (await http.post("/api/v1/jobs", json={"call": "mute"})).json()
+            await alice.wait_for(lambda e: e["type"] == "call_recording" and e["recording"], 20)
+            await asyncio.sleep(2.5)
+            muted_at = time.time()
+            await bob.send({"type": "mute"})
+            await alice.wait_for(lambda e: e["type"] == "user_muted", 5)
+            await asyncio.sleep(3)
+            await bob.send({"type": "unmute"})
+            await alice.wait_for(lambda e: e["type"] == "user_unmuted", 5)
+            unmuted_at = time.time()
+            await asyncio.sleep(3)
+            await http.post(f"/api/v1/jobs/{job['id']}/stop")
+            job = await job_state(http, job["id"], ("done", "failed"))
+    finally:
+        await close(alice, bob)
+    assert job["state"] == "done", job
+    out = job["output_data"]
+    bob_track = next(t for t in out["tracks"] if t["name"] == "Bob")
+    # Bob's own file has a gap, not a shortened time line: it still ends at the end.
+    assert bob_track["duration_s"] > out["duration_s"] - bob_track["start_s"] - 1.0
+    samples = media.pcm(Path(out["directory"]) / "recording.mp4")
+    end = out["duration_s"]
+    # Recording time of the mute and unmute (same clock as the worker's started_at).
+    mute, unmute = muted_at - out["started_at"], unmuted_at - out["started_at"]
+    assert media.tone_level(samples, BOB_HZ, bob_track["start_s"] + 0.5, mute - 0.2) > 1000
+    assert media.tone_level(samples, BOB_HZ, mute + 0.5, unmute - 0.5) < 100, \
+        "Bob heard while muted"
+    assert media.tone_level(samples, BOB_HZ, unmute + 0.5, end - 0.5) > 1000
+    assert media.tone_level(samples, ALICE_HZ, mute + 0.5, unmute - 0.5) > 1000

@@ -7,7 +7,8 @@ import json
 import sqlite3
 import time
 
-from tests.admin_helpers import admin_client, join
+from tests.admin_helpers import admin_client, admin_key, join
+from tests.helpers import run_cli
 from tests.test_recording import job_state
 
 
@@ -61,6 +62,15 @@ async def test_the_call_history_lists_its_recordings(server):
             await job_state(http, job["id"], ("done", "failed"))
             history = (await http.get("/api/v1/history?call=hist")).json()["calls"]
         assert [r["id"] for r in history[0]["recordings"]] == [job["id"]]
+        env = {"CALLSCTL_SERVER": server.api_url, "CALLSCTL_ADMIN_KEY": admin_key(server)}
+        listed = await asyncio.to_thread(run_cli, "record", "list", "--json", env=env)
+        assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [job["id"]]
+        table = await asyncio.to_thread(run_cli, "record", "list", env=env)
+        assert job["id"] in table.stdout and "done" in table.stdout
+        shown = await asyncio.to_thread(run_cli, "record", "get", job["id"], env=env)
+        assert "recording.mp4" in shown.stdout and "Alice" in shown.stdout, shown.stdout
+        logs = await asyncio.to_thread(run_cli, "record", "get", job["id"], "--logs", env=env)
+        assert "joined call hist as recorder" in logs.stdout
         assert history[0]["recordings"][0]["participants"] == ["Alice"]
         assert "recording.mp4" in history[0]["recordings"][0]["files"]
     finally:

@@ -72,7 +72,8 @@ def _print_job(job: dict[str, Any]) -> None:
     if output.get("participants"):
         console.print("participants: " + ", ".join(output["participants"]), markup=False)
     if output.get("directory"):
-        console.print(f"directory: {output['directory']}", markup=False)
+        where = f"{output['host']}:" if output.get("host") else ""  # a `callsctl worker`
+        console.print(f"directory: {where}{output['directory']}", markup=False)
     for track in output.get("tracks", []):
         console.print(f"  {track['file']}: {track['kind']} of {track['name']}, from "
                       f"{track['start_s']:.2f} s for {track['duration_s']:.1f} s", markup=False)

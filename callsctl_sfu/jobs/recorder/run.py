@@ -66,11 +66,14 @@ async def record(spec: dict[str, Any], directory: Path,
     _write_metadata(directory, result)
     log.info("recorded %.1f s, %d track(s): %s", duration, len(session.tracks),
              session.end_reason)
-    if session.failure is not None:
+    if isinstance(session.failure, OSError):
         code = getattr(session.failure, "errno", None)
         what = "disk full" if code == errno.ENOSPC else "write failed"
         result["error"] = (f"{what}: {session.end_reason}; the call was not affected and the "
                            "files written so far are kept")
+        return result
+    if session.failure is not None:
+        result["error"] = str(session.failure)
         return result
     try:
         await asyncio.to_thread(compose, session.tracks, directory, duration, participants)

@@ -64,7 +64,10 @@ class FrameTap:
 def tap_receiver(receiver: Any, sink: Callable[[bytes, int], None]) -> None:
     """Divert the encoded frames of one aiortc RTCRtpReceiver (aiortc 1.16 internals)."""
     attribute = "_RTCRtpReceiver__decoder_queue"
-    original = getattr(receiver, attribute)
+    original = getattr(receiver, attribute, None)
+    if original is None:
+        raise RecorderError("this aiortc version has no decoder queue to tap (the recorder "
+                            "needs aiortc 1.16, as pinned in pyproject.toml)")
     if not isinstance(original, FrameTap):
         setattr(receiver, attribute, FrameTap(original, sink))
 
@@ -238,7 +241,11 @@ class RecorderSession:
                 self.failure = exc
                 self.stop(f"cannot write {writer.path.name}: {exc.strerror or exc}")
 
-        tap_receiver(receiver, sink)
+        try:
+            tap_receiver(receiver, sink)
+        except RecorderError as exc:
+            self.failure = exc
+            self.stop(str(exc))
 
     def _ask_keyframe(self, receiver: Any) -> None:
         """PLI (RFC 4585 §6.3.1) upstream, at most twice a second per receiver.

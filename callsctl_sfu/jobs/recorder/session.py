@@ -228,7 +228,10 @@ class RecorderSession:
                 return
             writer = self.writers.get(key)
             if writer is None:
-                offset = time.monotonic() - self.started_mono
+                # RTP timestamp 0 of this track (aiortc's mapper starts at the first frame
+                # it releases) is placed when its first packet arrived: the audio jitter
+                # buffer holds a few packets back, which would otherwise delay the voice.
+                offset = first_packet.get("at", time.monotonic()) - self.started_mono
                 writer = self.writers[key] = writer_for(label, stem, offset)
                 writer.publisher, writer.label = publisher, label  # type: ignore[attr-defined]
                 log.info("recording %s of %s (%s) from %.3f s", label,
@@ -241,6 +244,14 @@ class RecorderSession:
                 self.failure = exc
                 self.stop(f"cannot write {writer.path.name}: {exc.strerror or exc}")
 
+        first_packet: dict[str, float] = {}
+        handle = getattr(receiver, "_handle_rtp_packet", None)
+        if handle is not None:
+            async def arrival_clock(packet: Any, arrival_time_ms: int) -> None:
+                first_packet.setdefault("at", time.monotonic())
+                await handle(packet, arrival_time_ms=arrival_time_ms)
+
+            receiver._handle_rtp_packet = arrival_clock
         try:
             tap_receiver(receiver, sink)
         except RecorderError as exc:

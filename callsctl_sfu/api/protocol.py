@@ -40,6 +40,8 @@ MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
     "screen_off": {},
     "video_on": {},
     "video_off": {},
+    "record_start": {},  # host only: start recording the call (jobs/)
+    "record_stop": {},
 }
 BEFORE_JOIN = {"join", "reconnect", "ping"}
 MAX_NAME = 64

@@ -59,6 +59,7 @@
     name: null,
     sessionId: null,
     host: null,
+    recording: false, // a recording job is in the call (call_recording; jobs, issue 19)
     participants: new Map(), // session_id -> participant
     remoteTracks: new Map(), // track id -> {sessionId, kind, source, streamId, mid}
     remoteTrackObjs: new Map(), // track id -> MediaStreamTrack
@@ -223,7 +224,17 @@
     };
   }
 
+  // Recording (issue 19): the indicator for everyone, the start/stop button for the host.
+  function renderRecording() {
+    $("#recording").hidden = !S.recording;
+    const button = $("#record");
+    button.hidden = S.host !== S.sessionId;
+    button.textContent = S.recording ? "Stop recording" : "Record";
+    button.setAttribute("aria-pressed", String(S.recording));
+  }
+
   function renderParticipants() {
+    renderRecording();
     const list = $("#participants");
     const items = [];
     const ordered = [...S.participants.values()].sort((a, b) => {
@@ -583,6 +594,11 @@
       case "user_reacted":
         if (msg.session_id !== S.sessionId) showReaction(msg.session_id, msg.emoji);
         break;
+      case "call_recording":
+        S.recording = !!msg.recording;
+        renderRecording();
+        showNotice(S.recording ? "This call is being recorded." : "Recording stopped.", 4000);
+        break;
       case "call_host_changed":
         S.host = msg.host;
         renderParticipants();
@@ -639,6 +655,7 @@
     S.sessionId = msg.session_id;
     if (msg.call) S.call = msg.call;
     S.host = msg.host || null;
+    S.recording = !!msg.recording;
     S.participants.clear();
     joinOrder = 0;
     upsertParticipant({session_id: S.sessionId, user: S.user, name: S.name, muted: S.muted,
@@ -1210,6 +1227,7 @@
       user: () => S.user,
       name: () => S.name,
       host: () => S.host,
+      recording: () => S.recording,
       muted: () => S.muted,
       hand: () => S.hand,
       signaling: () => S.signaling,
@@ -1261,6 +1279,8 @@
     }
     $("#mute").addEventListener("click", () => setMuted(!S.muted));
     $("#hand").addEventListener("click", () => setHand(!S.hand));
+    $("#record").addEventListener("click",
+      () => send({type: S.recording ? "record_stop" : "record_start"}));
     $("#camera").addEventListener("click", () => {
       if (S.camTrack) stopCamera();
       else startCamera().catch((err) => showError(`Camera failed: ${describeError(err)}`, "no_camera"));

@@ -61,15 +61,27 @@ class CallChecks:
 
     def wait_voice_on(self, speaker: Any) -> None:
         """Every other participant got user_voice_on for `speaker`."""
+        self.wait_event(speaker, "user_voice_on")
+
+    def wait_voice_off(self, speaker: Any) -> None:
+        """Every other participant got user_voice_off for `speaker` after its last voice_on."""
+        self.wait_event(speaker, "user_voice_off", after="user_voice_on")
+
+    def wait_event(self, about: Any, kind: str, after: str | None = None) -> None:
+        """Every other participant got an event `kind` naming `about` (after its last `after`)."""
+        def seen(person: Any) -> bool:
+            mine = [e.get("type") for e in person.events()
+                    if e.get("session_id") == about.session_id]
+            last_after = max((i for i, t in enumerate(mine) if t == after), default=-1)
+            return kind in mine[last_after + 1:]
+
         deadline = time.monotonic() + STEP_TIMEOUT_S
-        waiting = [p for p in self.people if p is not speaker]
+        waiting = [p for p in self.people if p is not about]
         while waiting and time.monotonic() < deadline:
-            waiting = [p for p in waiting if not any(
-                e.get("type") == "user_voice_on" and e.get("session_id") == speaker.session_id
-                for e in p.events())]
+            waiting = [p for p in waiting if not seen(p)]
             if waiting:
                 time.sleep(0.25)
-        assert not waiting, (f"no user_voice_on for {speaker.label} at "
+        assert not waiting, (f"no {kind} for {about.label} at "
                              f"{[p.label for p in waiting]}\n" + self.diagnostics())
 
 

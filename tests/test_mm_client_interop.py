@@ -128,6 +128,7 @@ class Call:
         checks = CallChecks(self.people, server.log)
         self.wait_flowing, self.assert_silent = checks.wait_flowing, checks.assert_silent
         self.wait_voice_on, self.diagnostics = checks.wait_voice_on, checks.diagnostics
+        self.wait_voice_off = checks.wait_voice_off
 
     def join(self, label: str, generic: bool = False) -> MMParticipant:
         person = MMParticipant(self.browser, self.page_url, label)
@@ -183,6 +184,7 @@ def test_four_join_muted_then_unmute_mute_late_joiner_and_leave(browser, page_ur
         # unmuting again (replaceTrack(track)) brings her back.
         ann, bob = people[0], people[1]
         ann.call("mute")
+        call.wait_voice_off(ann)
         call.assert_silent(ann)
         call.wait_flowing({p: ["audio"] for p in people[1:]})
         ann.call("unmute")
@@ -212,6 +214,7 @@ def test_mute_is_enforced_on_a_reused_transceiver(browser, page_url, server):
         bob.call("unmute")  # bob's addTrack reuses the transceiver that brings ann's audio
         call.wait_flowing({ann: ["audio"], bob: ["audio"]})
         bob.call("muteSignalOnly")  # only the signaling message: the track keeps sending
+        call.wait_voice_off(bob)
         call.assert_silent(bob)
         call.wait_flowing({ann: ["audio"]})
     finally:

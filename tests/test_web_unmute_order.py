@@ -92,6 +92,7 @@ def test_four_join_muted_unmute_in_turn_mute_late_joiner_leave(browser, server):
 
         ann, bob = people[0], people[1]
         ann.click("#mute")  # replaceTrack(null)
+        checks.wait_voice_off(ann)
         checks.assert_silent(ann)
         checks.wait_flowing({p: ["audio"] for p in people[1:]})
         ann.click("#mute")

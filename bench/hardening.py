@@ -1,4 +1,4 @@
-"""Before/after figures for the hardening of issue 15 (docs/reliability.md).
+"""Before/after figures for the hardening against the audit's loads (docs/reliability.md).
 
 Four loads an unauthenticated (or singly authenticated) client can put on a
 server, each against a fresh `callsctl serve` on loopback, bounded in count

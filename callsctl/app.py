@@ -51,10 +51,11 @@ def _register_commands() -> None:
     Each module keeps its heavy imports (aiortc, scapy, textual) inside its
     command, so `callsctl --version` and `--help` stay fast.
     """
-    from callsctl import serve, token, tune
+    from callsctl import serve, token, tune, worker
     from callsctl.calls import app as calls_app
     from callsctl.check import app as check_app
     from callsctl.loadtest import loadtest
+    from callsctl.record import app as record_app
     from callsctl.top.command import top
 
     app.command("serve", help=serve.serve.__doc__)(serve.serve)
@@ -62,6 +63,8 @@ def _register_commands() -> None:
     app.add_typer(check_app, name="check")
     app.command("tune", help=tune.tune.__doc__)(tune.tune)
     app.add_typer(calls_app, name="calls")
+    app.add_typer(record_app, name="record")
+    app.command("worker", help=worker.worker.__doc__)(worker.worker)
     app.command("top", help=top.__doc__)(top)
     app.command("loadtest", help=loadtest.__doc__)(loadtest)
 

@@ -163,6 +163,14 @@ def public_url_problem(value: Any) -> str | None:
     return None
 
 
+def redis_url_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    if value and (urlsplit(value).scheme not in ("redis", "rediss") or " " in value):
+        return "must be a redis:// or rediss:// URL such as redis://10.0.0.5:6379/0, or empty"
+    return None
+
+
 def _ip_or_empty(value: Any) -> str | None:
     return None if value == "" else _ip_address(value)
 
@@ -256,7 +264,7 @@ class ServeConfig:
         "0 disables NACK handling", _non_negative_int,
     )
 
-    # -- connectivity: ICE-TCP, NAT, STUN, TURN, IPv6 (issue 4) --
+    # -- connectivity: ICE-TCP, NAT, STUN, TURN, IPv6 --
     tcp_port: int = _setting(
         0, "TCP port for ICE-TCP (RFC 6544), the fallback of clients whose UDP is blocked; "
         "0 = the same number as udp_port", _port(True),
@@ -289,7 +297,7 @@ class ServeConfig:
         _boolean,
     )
 
-    # -- admin API, call settings, TLS (issue 5) --
+    # -- admin API, call settings, TLS --
     admin_key_file: str = _setting(
         "", "file holding the admin API key (sent as Authorization: Bearer); "
         "empty = generate one into <data_dir>/admin_key (0600) on first start", _string,
@@ -314,7 +322,7 @@ class ServeConfig:
         100, "signaling messages one connection may send in a burst", _positive_number
     )
 
-    # -- join links and /metrics exposure (issue 21) --
+    # -- join links and /metrics exposure --
     public_url: str = _setting(
         "", "base URL participants open (e.g. https://calls.example.com behind a TLS proxy); "
         "join links from serve and `callsctl token` start with it; empty = "
@@ -333,6 +341,24 @@ class ServeConfig:
         "none", "who may read /metrics: none = anyone (Prometheus without credentials); "
         "admin_key = only requests with Authorization: Bearer <admin key>",
         _choice(METRICS_AUTH),
+    )
+
+    # -- jobs beside the SFU: recording (issue 19, callsctl_sfu/jobs/) --
+    max_concurrent_jobs: int = _setting(
+        2, "jobs (recordings) this server runs at once in local worker processes; more "
+        "wait in the queue", _positive_number,
+    )
+    recording_max_duration: float = _setting(
+        4 * 3600.0, "longest a recording runs, in seconds, unless the request asks for "
+        "less; it is then stopped and finished like a manual stop", _positive_number,
+    )
+    job_queue_url: str = _setting(
+        "", "redis://host:port/db of a job queue: jobs go to `callsctl worker` processes on "
+        "any machine instead of local worker processes; empty = local", redis_url_problem,
+    )
+    recording_retention_days: int = _setting(
+        0, "delete finished recordings (files and job) older than this many days; "
+        "0 = keep them", _non_negative_int,
     )
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """The admin plane of `callsctl serve`: admin key, store, settings, events, metrics, TLS.
 
-server.py stays about sockets and ordering; everything issue 5 adds hangs off
+server.py stays about sockets and ordering; everything the admin plane adds hangs off
 one ControlPlane:
 
 - open() runs before any port is taken, so a bad admin key file, a corrupt or

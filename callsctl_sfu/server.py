@@ -24,6 +24,7 @@ from callsctl_sfu.calls.manager import CallManager
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.control import ControlError, ControlPlane
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
+from callsctl_sfu.jobs.service import attach_jobs
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
@@ -115,6 +116,7 @@ class Server:
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
         self.control.attach(app, self.manager, mux)
+        attach_jobs(app, self.control)  # recording jobs: routes, startup, shutdown
         # keepalive_timeout is armed when a connection opens and after each response:
         # a client that does not complete a request within it is closed.
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,

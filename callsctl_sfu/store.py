@@ -72,6 +72,24 @@ MIGRATIONS: tuple[str, ...] = (
         created_at REAL NOT NULL
     );
     """,
+    # 1 -> 2: jobs beside the SFU (recording); queries in callsctl_sfu/jobs/store.py.
+    """
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        type         TEXT NOT NULL,
+        call_id      TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        started_at   REAL,
+        stopped_at   REAL,
+        max_duration REAL NOT NULL,
+        runner       TEXT NOT NULL,
+        error        TEXT,
+        output       TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX jobs_created ON jobs (created_at DESC);
+    CREATE INDEX jobs_call ON jobs (call_id, state);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -27,6 +27,8 @@ class JoinGrant:
     call: str
     user: str
     expires_at: int
+    # "recorder" for a recording job's participant (jobs/), else None: a person.
+    role: str | None = None
 
 
 def _printable(value: str) -> bool:
@@ -35,7 +37,7 @@ def _printable(value: str) -> bool:
 
 
 def issue_token(secret: bytes, call: str, user: str, ttl_seconds: float = DEFAULT_TTL_SECONDS,
-                now: float | None = None) -> str:
+                now: float | None = None, role: str | None = None) -> str:
     if not call or not user:
         raise TokenError("a token needs a call id and a user id")
     if not _printable(call) or not _printable(user):
@@ -44,7 +46,10 @@ def issue_token(secret: bytes, call: str, user: str, ttl_seconds: float = DEFAUL
     if ttl_seconds <= 0:
         raise TokenError("a token's lifetime must be positive")
     issued = int(now if now is not None else time.time())
-    claims = {"call": call, "sub": user, "iat": issued, "exp": issued + int(ttl_seconds)}
+    claims: dict[str, object] = {"call": call, "sub": user, "iat": issued,
+                                 "exp": issued + int(ttl_seconds)}
+    if role:
+        claims["role"] = role
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -69,4 +74,6 @@ def verify_token(secret: bytes, token: str | None) -> JoinGrant:
     if not _printable(call) or not _printable(user):
         raise TokenError("token's call and sub claims must be text without control "
                          "characters or invalid Unicode")
-    return JoinGrant(call=call, user=user, expires_at=int(claims["exp"]))
+    role = claims.get("role")
+    return JoinGrant(call=call, user=user, expires_at=int(claims["exp"]),
+                     role=role if isinstance(role, str) else None)

@@ -8,6 +8,7 @@ _callsctl_takes_value() {
         "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key|--public-url|--metrics-port|--metrics-bind|--metrics-auth) return 0 ;; esac ;;
         "callsctl token") case "$2" in --call|-c|--user|-u|--ttl|--data-dir|--config|--url) return 0 ;; esac ;;
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
+        "callsctl worker") case "$2" in --queue|-q|--data-dir|--max-jobs) return 0 ;; esac ;;
         "callsctl top") case "$2" in --host|--server|--admin-key|--admin-key-file|--data-dir|--ca-cert|--client-config|--refresh) return 0 ;; esac ;;
         "callsctl loadtest") case "$2" in --host|--calls|--users-per-call|--unmuted|--duration|--join-duration|--data-dir|--secret-file|--token-secret|--call-prefix) return 0 ;; esac ;;
         "callsctl check udp") case "$2" in --host|-H|--port|-p|--message|-m|--count|-c|--timeout|-t) return 0 ;; esac ;;
@@ -26,6 +27,10 @@ _callsctl_takes_value() {
         "callsctl calls enable") case "$2" in --max-participants) return 0 ;; esac ;;
         "callsctl calls settings") case "$2" in --max-participants) return 0 ;; esac ;;
         "callsctl calls history") case "$2" in --limit|-n|--call) return 0 ;; esac ;;
+        "callsctl record") case "$2" in --server|-s|--admin-key|--admin-key-file|--ca-cert|--client-config|--timeout) return 0 ;; esac ;;
+        "callsctl record start") case "$2" in --max-duration) return 0 ;; esac ;;
+        "callsctl record stop") case "$2" in --wait-timeout) return 0 ;; esac ;;
+        "callsctl record list") case "$2" in --call|--limit|-n) return 0 ;; esac ;;
     esac
     return 1
 }
@@ -59,16 +64,18 @@ _callsctl() {
         esac
         case "$cmd $word" in
             "callsctl serve"|"callsctl token"|"callsctl tune"|\
-            "callsctl top"|"callsctl loadtest"|"callsctl check"|\
-            "callsctl check udp"|"callsctl check tcp"|"callsctl check listen"|\
-            "callsctl check capture"|"callsctl check config"|"callsctl check stun"|\
-            "callsctl check rtc"|"callsctl check rtcd"|"callsctl check webrtc"|\
-            "callsctl check all"|"callsctl check turn"|"callsctl calls"|\
-            "callsctl calls list"|"callsctl calls show"|"callsctl calls mute"|\
-            "callsctl calls mute-others"|"callsctl calls stop-screen"|"callsctl calls lower-hand"|\
-            "callsctl calls remove"|"callsctl calls end"|"callsctl calls host"|\
-            "callsctl calls enable"|"callsctl calls disable"|"callsctl calls settings"|\
-            "callsctl calls history")
+            "callsctl worker"|"callsctl top"|"callsctl loadtest"|\
+            "callsctl check"|"callsctl check udp"|"callsctl check tcp"|\
+            "callsctl check listen"|"callsctl check capture"|"callsctl check config"|\
+            "callsctl check stun"|"callsctl check rtc"|"callsctl check rtcd"|\
+            "callsctl check webrtc"|"callsctl check all"|"callsctl check turn"|\
+            "callsctl calls"|"callsctl calls list"|"callsctl calls show"|\
+            "callsctl calls mute"|"callsctl calls mute-others"|"callsctl calls stop-screen"|\
+            "callsctl calls lower-hand"|"callsctl calls remove"|"callsctl calls end"|\
+            "callsctl calls host"|"callsctl calls enable"|"callsctl calls disable"|\
+            "callsctl calls settings"|"callsctl calls history"|"callsctl record"|\
+            "callsctl record start"|"callsctl record stop"|"callsctl record list"|\
+            "callsctl record get"|"callsctl record rm")
                 cmd="$cmd $word" ;;
         esac
     done
@@ -78,7 +85,7 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--version -V --install-completion --show-completion --help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "serve token tune top loadtest check calls" -- "$cur"))
+                COMPREPLY=($(compgen -W "serve token tune worker top loadtest check calls record" -- "$cur"))
             fi ;;
         "callsctl serve")
             case $prev in
@@ -131,6 +138,15 @@ _callsctl() {
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--apply --persist --revert --dry-run --yes -y --json --data-dir --server --help -h" -- "$cur"))
+            fi ;;
+        "callsctl worker")
+            case $prev in
+                --queue|-q) return ;;  # free-form value
+                --data-dir) return ;;  # free-form value
+                --max-jobs) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--queue -q --data-dir --max-jobs --help -h" -- "$cur"))
             fi ;;
         "callsctl top")
             case $prev in
@@ -371,6 +387,50 @@ _callsctl() {
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--limit -n --call --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record")
+            case $prev in
+                --server|-s) return ;;  # free-form value
+                --admin-key) return ;;  # free-form value
+                --admin-key-file) return ;;  # free-form value
+                --ca-cert) return ;;  # free-form value
+                --client-config) return ;;  # free-form value
+                --timeout) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--server -s --admin-key --admin-key-file --ca-cert --insecure -k --client-config --timeout --help -h" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -W "start stop list get rm" -- "$cur"))
+            fi ;;
+        "callsctl record start")
+            case $prev in
+                --max-duration) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--max-duration --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record stop")
+            case $prev in
+                --wait-timeout) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--wait --no-wait --wait-timeout --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record list")
+            case $prev in
+                --call) return ;;  # free-form value
+                --limit|-n) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--call --limit -n --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record get")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--logs --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record rm")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
             fi ;;
     esac
 }

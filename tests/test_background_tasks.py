@@ -1,4 +1,4 @@
-"""Every task the server starts is awaited or its failure is logged once (issue 15, item 9).
+"""Every task the server starts is awaited or its failure is logged once.
 
 A client offer whose BUNDLE group names a mid no m-line has (its audio m-line
 deleted) made aiortc's own RTCPeerConnection.__connect task fail with an

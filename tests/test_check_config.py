@@ -131,7 +131,7 @@ def test_config_sources_precedence(tmp_path: Path) -> None:
 
 
 def test_top_level_keys_beside_a_serve_table_are_an_error(tmp_path: Path) -> None:
-    """They used to be dropped silently (issue 15, item 11)."""
+    """They used to be dropped silently."""
     path = write(tmp_path, 'udp_port = 9443\n[serve]\nlog_level = "debug"\n')
     proc = run_cli("check", "config", "--config", str(path))
     assert proc.returncode == 1

@@ -1,4 +1,4 @@
-"""One source cannot take every ICE-TCP slot (issue 15, item 5).
+"""One source cannot take every ICE-TCP slot.
 
 The audit held 600 idle ICE-TCP connections from one address and the server
 refused every legitimate ICE-TCP client (the cap was global). Connections

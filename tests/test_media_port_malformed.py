@@ -1,4 +1,4 @@
-"""Malformed packets on the media port cost a counter, never a traceback (issue 15, item 1).
+"""Malformed packets on the media port cost a counter, never a traceback.
 
 aioice's STUN parser raises struct.error, IndexError, ValueError, ... for
 attributes of the wrong length; the UDP mux and the ICE-TCP path must survive

@@ -19,20 +19,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.callchecks import CallChecks
 from tests.chromium import CHROMIUM, CHROMIUM_FLAGS, static_site
 
 HARNESS = Path(__file__).resolve().parent / "mmclient"
 BUNDLE = HARNESS / "dist" / "rtcpeer.js"
 CALL = "mm-interop"
-STEP_TIMEOUT_S = 20.0
-GROWTH = 25  # packets: half a second of Opus, a second of video
 
 pytestmark = [
     pytest.mark.browser,
@@ -127,6 +125,10 @@ class Call:
         self.browser, self.page_url, self.server = browser, page_url, server
         self.simulcast = simulcast
         self.people: list[MMParticipant] = []
+        checks = CallChecks(self.people, server.log)
+        self.wait_flowing, self.assert_silent = checks.wait_flowing, checks.assert_silent
+        self.wait_voice_on, self.diagnostics = checks.wait_voice_on, checks.diagnostics
+        self.wait_voice_off = checks.wait_voice_off
 
     def join(self, label: str, generic: bool = False) -> MMParticipant:
         person = MMParticipant(self.browser, self.page_url, label)
@@ -140,63 +142,9 @@ class Call:
         person.close()
         self.people.remove(person)
 
-    def diagnostics(self) -> str:
-        return "\n".join(p.diagnostics() for p in self.people) + \
-            "\n--- server log ---\n" + self.server.log()[-3000:]
-
-    def wait_flowing(self, sources: dict[MMParticipant, list[str]]) -> None:
-        """Wait until every listener's packet count from each named source grew.
-
-        `sources` maps a publisher to the streams it should be heard on, as
-        "<stream>/<kind>" suffixes: "audio", "video" (its camera) or "screen".
-        """
-        listeners = [p for p in self.people]
-        wanted = {(listener, key) for listener in listeners for publisher, kinds in sources.items()
-                  if publisher is not listener for key in _keys(publisher, kinds)}
-        start = {(listener, key): listener.inbound().get(key, 0) for listener, key in wanted}
-        deadline = time.monotonic() + STEP_TIMEOUT_S
-        missing = set(wanted)
-        while missing and time.monotonic() < deadline:
-            counts = {listener: listener.inbound() for listener in listeners}
-            missing = {(listener, key) for listener, key in missing
-                       if counts[listener].get(key, 0) < start[(listener, key)] + GROWTH}
-            if missing:
-                time.sleep(0.25)
-        assert not missing, (
-            "no media: " + ", ".join(f"{listener.label} <- {key}" for listener, key in missing)
-            + "\n" + self.diagnostics())
-
-    def assert_silent(self, publisher: MMParticipant, kind: str = "audio") -> None:
-        """Nothing more arrives from `publisher` at anyone (after in-flight packets)."""
-        key = _keys(publisher, [kind])[0]
-        time.sleep(1.0)
-        before = {p: p.inbound().get(key, 0) for p in self.people if p is not publisher}
-        time.sleep(2.0)
-        grew = {p.label: p.inbound().get(key, 0) - n for p, n in before.items()}
-        assert all(delta <= 2 for delta in grew.values()), (
-            f"{publisher.label}'s {kind} still forwarded: {grew}\n" + self.diagnostics())
-
-    def wait_voice_on(self, speaker: MMParticipant) -> None:
-        """Every other participant got user_voice_on for `speaker`."""
-        deadline = time.monotonic() + STEP_TIMEOUT_S
-        waiting = [p for p in self.people if p is not speaker]
-        while waiting and time.monotonic() < deadline:
-            waiting = [p for p in waiting if not any(
-                e.get("type") == "user_voice_on" and e.get("session_id") == speaker.session_id
-                for e in p.events())]
-            if waiting:
-                time.sleep(0.25)
-        assert not waiting, (f"no user_voice_on for {speaker.label} at "
-                             f"{[p.label for p in waiting]}\n" + self.diagnostics())
-
     def close(self) -> None:
         for person in self.people:
             person.close()
-
-
-def _keys(publisher: MMParticipant, kinds: list[str]) -> list[str]:
-    sid = publisher.session_id
-    return [f"screen-{sid}/video" if kind == "screen" else f"{sid}/{kind}" for kind in kinds]
 
 
 def _mic_mid(person: MMParticipant) -> str:
@@ -236,6 +184,7 @@ def test_four_join_muted_then_unmute_mute_late_joiner_and_leave(browser, page_ur
         # unmuting again (replaceTrack(track)) brings her back.
         ann, bob = people[0], people[1]
         ann.call("mute")
+        call.wait_voice_off(ann)
         call.assert_silent(ann)
         call.wait_flowing({p: ["audio"] for p in people[1:]})
         ann.call("unmute")
@@ -265,6 +214,7 @@ def test_mute_is_enforced_on_a_reused_transceiver(browser, page_url, server):
         bob.call("unmute")  # bob's addTrack reuses the transceiver that brings ann's audio
         call.wait_flowing({ann: ["audio"], bob: ["audio"]})
         bob.call("muteSignalOnly")  # only the signaling message: the track keeps sending
+        call.wait_voice_off(bob)
         call.assert_silent(bob)
         call.wait_flowing({ann: ["audio"]})
     finally:

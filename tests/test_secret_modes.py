@@ -1,4 +1,4 @@
-"""Secret files readable by others are tightened to 0600 with a warning (issue 15, item 7).
+"""Secret files readable by others are tightened to 0600 with a warning.
 
 The policy (docs/reliability.md): a secret the server reads (jwt_secret,
 admin_key, --admin-key-file, the TLS key) with any group/other permission bit

@@ -1,4 +1,4 @@
-"""The startup banner prints values as they are (issue 15, item 8).
+"""The startup banner prints values as they are.
 
 rich reads `:cd:` as an emoji code and `[red]` as markup: a TLS fingerprint
 `...CC:CD:08...` came out with a CD emoji in it, and a data dir with brackets

@@ -1,4 +1,4 @@
-"""One token cannot hold unlimited sessions (issue 15, item 6).
+"""One token cannot hold unlimited sessions.
 
 The audit opened 50 websockets with one token and got 50 sessions that never
 connected media and were never removed. Now a user holds at most

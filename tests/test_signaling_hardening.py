@@ -1,4 +1,4 @@
-"""/ws input the JSON parser or SQLite cannot take (issue 15, items 2 and 3).
+"""/ws input the JSON parser or SQLite cannot take.
 
 - `"[" * 60000` made json.loads raise RecursionError and the connection
   closed without an `error` event: nesting is now bounded before parsing;

@@ -75,7 +75,7 @@ def test_cli_token_bad_ttl_is_one_line(tmp_path):
 
 
 def test_cli_token_never_creates_a_secret(tmp_path):
-    """A secret no server uses would sign links every server rejects (issue 15, item 10)."""
+    """A secret no server uses would sign links every server rejects."""
     missing = tmp_path / "no-such-dir"
     result = run_cli("token", "--call", "c", "--user", "u", "--data-dir", str(missing))
     assert result.returncode == 1
@@ -91,7 +91,7 @@ def test_cli_token_never_creates_a_secret(tmp_path):
 
 @pytest.mark.parametrize("user", ["\udcff", "eve\nadmin", "\x00"])
 def test_claims_that_cannot_be_stored_or_logged_are_refused(user):
-    """A user id reaches the history database and the log (issue 15, item 3)."""
+    """A user id reaches the history database and the log."""
     with pytest.raises(TokenError, match="text"):
         issue_token(SECRET, "c", user, 60)
     forged = jwt.encode({"sub": user, "call": "c", "exp": 4_000_000_000}, SECRET,

@@ -347,6 +347,8 @@ class CallScreen(TopScreen):
                           if s.get("session_id") == sharer), None)
             info.append(f"  screen {who(share) if share else short_id(sharer)}",
                         style="magenta")
+        if summary.get("recording"):
+            info.append("  ● recording", style="bold red")
         info.append(f"\nmedia in {fmt_bps(summary.get('in_bps'))}"
                     f"  out {fmt_bps(summary.get('out_bps'))}")
         self.query_one("#call-info", Static).update(info)

@@ -169,9 +169,12 @@ def call_rows(calls: list[dict[str, Any]], now: float,
             screen = who or "yes"  # the list names the session; its user needs the detail
         total = call_total_bps(call)
         participants = _num(call.get("participants"))
+        name = _cell(call_id, "bold")
+        if call.get("recording"):  # a recording job is in the call (callsctl record)
+            name.append(" ●rec", style="bold red")
         rows.append(TableRow(
             key=call_id,
-            cells=(_cell(call_id, "bold"),
+            cells=(name,
                    _cell(NONE if participants is None else f"{participants:.0f}", numeric=True),
                    _cell(fmt_duration(duration), numeric=True), _cell(str(host_user)),
                    _cell(screen, "magenta" if screen else ""),

@@ -267,7 +267,11 @@ async def history(request: web.Request) -> web.Response:
     if call_id is not None and len(call_id) > MAX_ID:
         raise ApiError(400, f"call must be at most {MAX_ID} characters")
     await control.flush()
-    return web.json_response({"calls": await control.store.history(limit, call_id)})
+    calls = await control.store.history(limit, call_id)
+    jobs = request.app.get("jobs")
+    if jobs is not None:  # each call's recordings (jobs/service.py)
+        await jobs.annotate_history(calls)
+    return web.json_response({"calls": calls})
 
 
 async def events(request: web.Request) -> web.StreamResponse:

@@ -44,6 +44,8 @@ MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
     "host_control": {"action": (str, True), "session_id": (str, False)},
     # The host mints a join link for someone else (answered with `invite_created`).
     "invite": {"name": (str, True)},
+    "record_start": {},  # host only: start recording the call (jobs/)
+    "record_stop": {},
 }
 # host_control actions; those in HOST_TARGETED need the target's session_id.
 HOST_ACTIONS = ("mute", "mute_others", "stop_screen", "lower_hand", "remove", "make_host",

@@ -127,7 +127,8 @@ class SignalingConnection:
                                           f"{self.grant.call!r}, not {message['call']!r}")
             return
         session = await self.manager.join(self.grant.call, self.grant.user,
-                                          message.get("name") or self.grant.user, self.send)
+                                          message.get("name") or self.grant.user, self.send,
+                                          recorder=self.grant.role == "recorder")
         self.session_id = session.session_id
 
     async def on_reconnect(self, message: dict[str, Any]) -> None:
@@ -138,6 +139,7 @@ class SignalingConnection:
         await self.send({"type": "joined", "session_id": session.session_id,
                          "call": session.call_id, "host": call.host, "reconnected": True,
                          "participants": [s.public() for s in call.others(session.session_id)],
+                         "recording": call.recording,
                          "ice_servers": client_ice_servers(self.manager.config,
                                                            self.grant.user)})
 
@@ -172,6 +174,12 @@ class SignalingConnection:
 
     async def on_screen_off(self, _m: dict[str, Any]) -> None:
         await self.manager.set_screen(self.session_id, False)  # type: ignore[arg-type]
+
+    async def on_record_start(self, _m: dict[str, Any]) -> None:
+        await self.manager.record(self.session_id, True)  # type: ignore[arg-type]
+
+    async def on_record_stop(self, _m: dict[str, Any]) -> None:
+        await self.manager.record(self.session_id, False)  # type: ignore[arg-type]
 
     async def on_video_on(self, _m: dict[str, Any]) -> None:
         await self.manager.set_state(self.session_id, "video", True)  # type: ignore[arg-type]

@@ -98,7 +98,7 @@ class HostControls:
         """Mute everyone in the call except `keep` (who must be in it)."""
         call, _session = self.session(call_id, keep)
         muted = []
-        for other in list(call.sessions):
+        for other in [s.session_id for s in call.people()]:  # not the recorder
             if other != keep and other in self.manager.participants and \
                     await self.mute(call_id, other, by):
                 muted.append(other)

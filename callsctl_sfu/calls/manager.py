@@ -107,26 +107,37 @@ class CallManager:
         self._last_reports = 0.0
         self._last_layer_rates = 0.0
         self.closing = False
-        # Admin plane hooks (issue 5): observers see every call event (history, SSE,
+        # Admin plane hooks: observers see every call event (history, SSE,
         # metrics); join checks may refuse a join with JoinRefused (per-call settings).
         self.observers: list[Callable[[Call, dict[str, Any]], None]] = []
         self.join_checks: list[Callable[[str, Call | None], None]] = []
+        # Jobs hook (jobs/service.py): the host starts (True) or stops a recording.
+        self.recording_control: Callable[[Call, Session, bool], Awaitable[None]] | None = None
 
     # -- joining and leaving -------------------------------------------------------
 
-    async def join(self, call_id: str, user: str, name: str, send: EventSender) -> Session:
+    async def join(self, call_id: str, user: str, name: str, send: EventSender,
+                   recorder: bool = False) -> Session:
         if self.closing:
             raise JoinRefused("shutting_down", "the server is shutting down; try again shortly")
         call = self.calls.get(call_id)
-        replaced = self._to_replace(call_id, user)
-        try:
-            for check in self.join_checks:
-                check(call_id, call)
-        except JoinRefused as exc:
-            if exc.code != "call_full" or not replaced:
-                raise  # a user taking their own place again does not need a free one
+        replaced = [] if recorder else self._to_replace(call_id, user)
+        if recorder:  # a recorder joins live calls only, and is never counted (jobs/)
+            if call is None or not call.people():
+                raise JoinRefused("no_call", f"call {call_id!r} is not live; nothing to record")
+            if call.recording:
+                raise JoinRefused("already_recording", f"call {call_id!r} is already being "
+                                                       "recorded")
+        else:
+            try:
+                for check in self.join_checks:
+                    check(call_id, call)
+            except JoinRefused as exc:
+                if exc.code != "call_full" or not replaced:
+                    raise  # a user taking their own place again does not need a free one
         limit = self.config.max_call_participants
-        if limit and call is not None and len(call.sessions) >= limit and not replaced:
+        if limit and call is not None and not recorder and len(call.people()) >= limit \
+                and not replaced:
             raise JoinRefused("call_full", f"call {call_id!r} is full: {limit} participants is "
                                            "the server's max_call_participants")
         new_call = call is None
@@ -134,7 +145,7 @@ class CallManager:
             call = self.calls[call_id] = Call(call_id)
             self.notify(call, {"type": "call_start", "call": call_id,
                                "started_at": call.started_at})
-        session = Session(new_session_id(), user, name or user, call_id)
+        session = Session(new_session_id(), user, name or user, call_id, recorder=recorder)
         peer = MediaPeer(session.session_id, self.mux, self._peer_signal_sender(session),
                          self._on_rtp, self._on_peer_state, on_rtcp=self.rtcp.on_rtcp,
                          on_tracks=self._on_tracks,
@@ -157,15 +168,21 @@ class CallManager:
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
+                    "recording": call.recording,
                     "ice_servers": client_ice_servers(self.config, user)})
         if new_call:
             await send({"type": "call_start", "call": call_id, "started_at": call.started_at})
-        await self.broadcast(call, {"type": "user_joined", "session_id": session.session_id,
-                                    "user": user, "name": session.name},
-                             exclude=session.session_id)
+        if recorder:
+            await self.broadcast(call, {"type": "call_recording", "recording": True,
+                                        "started_at": session.joined_at},
+                                 exclude=session.session_id)
+        else:
+            await self.broadcast(call, {"type": "user_joined", "session_id": session.session_id,
+                                        "user": user, "name": session.name},
+                                 exclude=session.session_id)
         self._rewire(call)
-        log.info("session %s (%s) joined call %s (%d participants)", session.session_id,
-                 user, call_id, len(call.sessions))
+        log.info("session %s (%s) joined call %s (%d participants)%s", session.session_id,
+                 user, call_id, len(call.people()), " as its recorder" if recorder else "")
         return session
 
     def _to_replace(self, call_id: str, user: str) -> list[str]:
@@ -192,10 +209,19 @@ class CallManager:
         self._invalidate_routes()
         if call is not None:
             host_changed = call.remove(session_id)
-            await self.broadcast(call, {"type": "user_left", "session_id": session_id,
-                                        "reason": reason})
+            if session.recorder:
+                await self.broadcast(call, {"type": "call_recording", "recording": False,
+                                            "reason": reason})
+            else:
+                await self.broadcast(call, {"type": "user_left", "session_id": session_id,
+                                            "reason": reason})
             if host_changed:
                 await self.broadcast(call, {"type": "call_host_changed", "host": call.host})
+            if not call.people():  # only a recorder left: the call is over, it goes too
+                for other in [s for s in call.sessions.values() if s.recorder]:
+                    await self.broadcast(call, {"type": "call_end", "call": call.call_id,
+                                                "reason": "the last participant left"})
+                    await self.leave(other.session_id, "call ended")
             if not call.sessions:
                 # Several leaves can reach this point for the same call (each awaited
                 # its broadcasts): only the one that removes the call announces its end.
@@ -275,6 +301,17 @@ class CallManager:
         if on and stream_id:
             event["stream_id"] = stream_id
         await self.broadcast(call, event)
+
+    async def record(self, session_id: str, on: bool) -> None:
+        """The host's record button: start or stop the call's recording job."""
+        session = self.participants[session_id].session
+        call = self.calls[session.call_id]
+        if call.host != session_id:
+            raise JoinRefused("not_host", "only the call's host can start or stop recording")
+        if self.recording_control is None:
+            raise JoinRefused("recording_unavailable", "recording is not available on this "
+                                                       "server")
+        await self.recording_control(call, session, on)
 
     async def react(self, session_id: str, emoji: str) -> None:
         session = self.participants[session_id].session

@@ -39,6 +39,8 @@ class Session:
     state: ParticipantState = field(default_factory=ParticipantState)
     # Voice activity bookkeeping (loop time of the last loud packet).
     last_loud: float = 0.0
+    # A recording job's receive-only participant: never host, not counted, not listed.
+    recorder: bool = False
 
     def public(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "user": self.user, "name": self.name,
@@ -58,14 +60,14 @@ class Call:
 
     def add(self, session: Session) -> None:
         self.sessions[session.session_id] = session
-        if self.host is None:
+        if self.host is None and not session.recorder:
             self.host = session.session_id
 
     def remove(self, session_id: str) -> bool:
         """Remove a session; returns True when the host changed as a result."""
         self.sessions.pop(session_id, None)
         if self.host == session_id:
-            self.host = next(iter(self.sessions), None)
+            self.host = next((s.session_id for s in self.people()), None)
             return self.host is not None
         return False
 
@@ -74,8 +76,16 @@ class Call:
         return session_id is not None and self.host == session_id
 
     def others(self, session_id: str) -> list[Session]:
-        return [s for s in self.sessions.values() if s.session_id != session_id]
+        """The other people in the call (a recorder is not one of them)."""
+        return [s for s in self.people() if s.session_id != session_id]
+
+    def people(self) -> list[Session]:
+        return [s for s in self.sessions.values() if not s.recorder]
+
+    @property
+    def recording(self) -> bool:
+        return any(s.recorder for s in self.sessions.values())
 
     def summary(self) -> dict[str, Any]:
         return {"call": self.call_id, "started_at": self.started_at, "host": self.host,
-                "participants": len(self.sessions)}
+                "participants": len(self.people()), "recording": self.recording}

@@ -279,7 +279,8 @@ def summarize_call(manager: CallManager, call: Call, sampler: SessionSampler | N
     """One entry of GET /api/v1/calls."""
     host = call.sessions.get(call.host) if call.host else None
     in_bps, out_bps = _call_rates(manager, call, sampler)
-    return {"id": call.call_id, "participants": len(call.sessions),
+    return {"id": call.call_id, "participants": len(call.people()),
+            "recording": call.recording,
             "started_at": call.started_at, "host": call.host,
             "host_user": host.user if host else None, "screen_sharer": screen_sharer(call),
             "in_bps": in_bps, "out_bps": out_bps}
@@ -289,8 +290,8 @@ def describe_call(manager: CallManager, call: Call, sampler: SessionSampler | No
                   ) -> dict[str, Any]:
     """GET /api/v1/calls/{id}: the call and every session in join order."""
     sessions = []
-    for session_id in call.sessions:
-        participant = manager.participants.get(session_id)
+    for session in call.people():  # a recorder is shown as "recording", not a session
+        participant = manager.participants.get(session.session_id)
         if participant is not None:
             sessions.append(describe_session(participant, sampler))
     summary = summarize_call(manager, call, sampler)

@@ -6,7 +6,7 @@ copies are protected with this peer's outbound SRTP context and sent on the
 shared socket (`send_rtp`). aiortc's per-track sender/receiver loops are
 silenced so they neither burn CPU nor emit RTCP about streams they never saw.
 
-Signaling follows notes/mattermost-client-interop.md: the client makes the
+Signaling follows what standard clients expect (docs/interop.md): the client makes the
 first offer; the server re-offers when the set of forwarded tracks changes;
 signals are handled strictly in order, and on glare the server does not yield
 (a client offer that collides with the server's pending offer is ignored).

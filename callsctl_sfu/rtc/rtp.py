@@ -126,7 +126,7 @@ class PyRewrite:
 
     Sequence numbers and timestamps are offset so the receiver sees one
     continuous stream even when the publisher's SSRC changes (a libwebrtc
-    re-offer after glare can do that; see notes/mattermost-client-interop.md).
+    re-offer after glare can do that; see docs/interop.md).
     """
 
     ssrc: int

@@ -92,6 +92,8 @@
     "more": {width: 3, d: ["M12 5h.01", "M12 12h.01", "M12 19h.01"]},
     "star": ["M12 3.5l2.6 5.3 5.8.8-4.2 4.1 1 5.8-5.2-2.7-5.2 2.7 1-5.8-4.2-4.1 5.8-.8z"],
     "close": ["M6 6l12 12", "M18 6L6 18"],
+    "record": {fill: true, d: ["M12 5.5a6.5 6.5 0 1 0 0 13 6.5 6.5 0 1 0 0-13z"]},
+    "record-stop": {fill: true, d: ["M7 7h10v10H7z"]},
     "remove": ["M10 11a4 4 0 1 0 0-8 4 4 0 0 0 0 8z", "M3 21a7 7 0 0 1 12.5-4.3",
       "M16 16l5 5", "M21 16l-5 5"],
     "chevron-left": ["M15 5l-7 7 7 7"],
@@ -170,6 +172,7 @@
     name: null,
     sessionId: null,
     host: null,
+    recording: false, // a recording job is in the call (call_recording, joined.recording)
     participants: new Map(), // session_id -> participant
     names: new Map(), // session_id -> display name, kept after they leave (for notices)
     remoteTracks: new Map(), // track id -> {sessionId, kind, source, streamId, mid}
@@ -396,7 +399,17 @@
     return r ? icon(r.icon, `reaction-${r.icon}`) : el("span", {text: emoji});
   }
 
+  // Recording: the indicator for everyone, the start/stop button for the host.
+  function renderRecording() {
+    $("#recording").hidden = !S.recording;
+    const button = $("#record");
+    button.hidden = !iAmHost();
+    setButton(button, S.recording ? "record-stop" : "record", S.recording ? "Stop recording" : "Record");
+    button.setAttribute("aria-pressed", String(S.recording));
+  }
+
   function renderParticipants() {
+    renderRecording();
     const list = $("#participants");
     const items = [];
     const ordered = orderedParticipants();
@@ -926,6 +939,11 @@
       case "user_reacted":
         if (msg.session_id !== S.sessionId) showReaction(msg.session_id, msg.emoji);
         break;
+      case "call_recording":
+        S.recording = !!msg.recording;
+        renderRecording();
+        showNotice(S.recording ? "This call is being recorded." : "Recording stopped.", 4000);
+        break;
       case "call_host_changed": {
         const was = iAmHost();
         S.host = msg.host;
@@ -1018,6 +1036,7 @@
     S.sessionId = msg.session_id;
     if (msg.call) S.call = msg.call;
     S.host = msg.host || null;
+    S.recording = !!msg.recording;
     S.participants.clear();
     S.promoted.clear();
     joinOrder = 0;
@@ -1879,6 +1898,7 @@
       name: () => S.name,
       host: () => S.host,
       isHost: () => iAmHost(),
+      recording: () => S.recording,
       muted: () => S.muted,
       hand: () => S.hand,
       signaling: () => S.signaling,
@@ -1978,6 +1998,8 @@
     });
     $("#leave").addEventListener("click", leave);
     $("#end-call").addEventListener("click", endCall);
+    $("#record").addEventListener("click",
+      () => send({type: S.recording ? "record_stop" : "record_start"}));
     $("#participants-toggle").addEventListener("click", () => toggleSide());
     $("#side-close").addEventListener("click", () => toggleSide(false));
     $("#settings").addEventListener("click", openSettings);

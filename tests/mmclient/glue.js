@@ -207,8 +207,9 @@
     S.ws.close();
   }
 
-  // Packets received per (stream id, kind): stream id is the publisher's session
-  // id for its microphone and camera, screen-<session id> for its screen share.
+  // Packets received per "<session id>/<audio|video|screen>": the server names a
+  // publisher's microphone and camera stream by its session id, its screen
+  // share's stream screen-<session id>.
   async function inbound() {
     const out = {};
     if (!S.peer || !S.peer.pc) return out;
@@ -217,7 +218,7 @@
       if (r.type !== "inbound-rtp") return;
       const stream = S.trackStreams[r.trackIdentifier];
       if (!stream) return;
-      const key = `${stream}/${r.kind}`;
+      const key = stream.startsWith("screen-") ? `${stream.slice(7)}/screen` : `${stream}/${r.kind}`;
       out[key] = (out[key] || 0) + (r.packetsReceived || 0);
     });
     return out;

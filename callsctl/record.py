@@ -1,0 +1,211 @@
+"""`callsctl record …`: start, stop, list, inspect and delete call recordings.
+
+A recording is a job of the server's job service (POST /api/v1/jobs, type
+recording). It talks to the same admin API as `callsctl calls`, found the
+same way (--server, CALLSCTL_SERVER, client config, the local data dir).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import typer
+
+from callsctl.calls import (
+    JSON_OPTION,
+    _console,
+    _emit_json,
+    _narrow_table,
+    _request,
+    _when,
+    calls_root,
+    connection_for,
+)
+from callsctl.errors import fail
+
+app = typer.Typer(
+    name="record",
+    help="Record calls: per-speaker and per-video files plus one MP4 (the server's job "
+         "service).\n\nServer and admin key are found as for `callsctl calls`.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.callback()(calls_root)
+
+FINISHED = ("done", "failed")
+WAIT_POLL_S = 0.5
+
+
+def _job_path(job_id: str, *rest: str) -> str:
+    return "/api/v1/jobs/" + "/".join(quote(p, safe="") for p in (job_id, *rest))
+
+
+def _duration(job: dict[str, Any]) -> str:
+    seconds = (job.get("output_data") or {}).get("duration_s")
+    if seconds is None and job.get("start_at"):
+        seconds = (job.get("stop_at") or time.time()) - job["start_at"]
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def _summary(job: dict[str, Any]) -> str:
+    line = f"job {job['id']}: {job['type']} of call {job['call']}, {job['state']}"
+    output = job.get("output_data") or {}
+    if output.get("stop_reason"):
+        line += f" ({output['stop_reason']})"
+    if job.get("error"):
+        line += f": {job['error']}"
+    return line
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    console = _console()
+    console.print(_summary(job), markup=False)
+    output = job.get("output_data") or {}
+    console.print(f"started {_when(job.get('start_at'))}, stopped {_when(job.get('stop_at'))}"
+                  f", duration {_duration(job)}", markup=False)
+    if output.get("participants"):
+        console.print("participants: " + ", ".join(output["participants"]), markup=False)
+    if output.get("directory"):
+        where = f"{output['host']}:" if output.get("host") else ""  # a `callsctl worker`
+        console.print(f"directory: {where}{output['directory']}", markup=False)
+    for track in output.get("tracks", []):
+        console.print(f"  {track['file']}: {track['kind']} of {track['name']}, from "
+                      f"{track['start_s']:.2f} s for {track['duration_s']:.1f} s", markup=False)
+    if output.get("composed"):
+        console.print(f"  {output['composed']}: everything composed (H.264 + AAC)",
+                      markup=False)
+
+
+def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
+    """A job id, or the call id of a call with an active recording."""
+    jobs = _request(ctx, "GET", "/api/v1/jobs?limit=1000").get("jobs", [])
+    for job in jobs:
+        if job["id"] == job_or_call:
+            return job
+    for job in jobs:
+        if job["call"] == job_or_call and job["state"] not in FINISHED:
+            return job
+    fail(f"no recording job {job_or_call!r} and no active recording of a call by that id "
+         "(see `callsctl record list`)")
+
+
+def _wait(ctx: typer.Context, job_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = _request(ctx, "GET", _job_path(job_id))
+        if job["state"] in FINISHED:
+            return job
+        if time.monotonic() > deadline:
+            fail(f"job {job_id} is still {job['state']} after {timeout:g} s; check it later "
+                 f"with `callsctl record get {job_id}`")
+        time.sleep(WAIT_POLL_S)
+
+
+@app.command("start")
+def start(ctx: typer.Context,
+          call_id: str = typer.Argument(..., metavar="CALL", help="Id of a live call."),
+          max_duration: float | None = typer.Option(
+              None, "--max-duration", min=1, max=86400,
+              help="Stop after this many seconds. [default: the server's "
+                   "recording_max_duration]"),
+          as_json: bool = JSON_OPTION) -> None:
+    """Start recording a live call (everyone in it sees that it is recorded)."""
+    body: dict[str, Any] = {"type": "recording", "call": call_id}
+    if max_duration is not None:
+        body["max_duration_sec"] = max_duration
+    job = _request(ctx, "POST", "/api/v1/jobs", body)
+    if as_json:
+        _emit_json(job)
+        return
+    _console().print(f"recording call {call_id} as job {job['id']}; stop it with "
+                     f"`callsctl record stop {job['id']}`", markup=False)
+
+
+@app.command("stop")
+def stop(ctx: typer.Context,
+         job_or_call: str = typer.Argument(..., metavar="JOB",
+                                           help="Job id, or the id of a call being recorded."),
+         wait: bool = typer.Option(True, "--wait/--no-wait",
+                                   help="Wait until the files are finished and composed."),
+         timeout: float = typer.Option(600.0, "--wait-timeout", min=1,
+                                       help="Seconds --wait waits at most."),
+         as_json: bool = JSON_OPTION) -> None:
+    """Stop a recording: the files are finished and the MP4 composed."""
+    job = _find_job(ctx, job_or_call)
+    job = _request(ctx, "POST", _job_path(job["id"], "stop"))
+    if wait:
+        job = _wait(ctx, job["id"], timeout)
+    if as_json:
+        _emit_json(job)
+    else:
+        _print_job(job)
+    if job["state"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_jobs(ctx: typer.Context,
+              call_id: str | None = typer.Option(None, "--call", help="Only this call id."),
+              limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000,
+                                        help="How many, newest first."),
+              as_json: bool = JSON_OPTION) -> None:
+    """Recordings, newest first: state, call, start, duration."""
+    path = f"/api/v1/jobs?limit={limit}"
+    if call_id:
+        path += "&call=" + quote(call_id, safe="")
+    data = _request(ctx, "GET", path)
+    if as_json:
+        _emit_json(data)
+        return
+    jobs = data.get("jobs", [])
+    if not jobs:
+        _console().print("no recordings yet")
+        return
+    table = _narrow_table(f"{len(jobs)} recording(s)",
+                          ("job", "call", "state", "started", "duration", "files"),
+                          numeric=("duration", "files"))
+    for job in jobs:
+        files = (job.get("output_data") or {}).get("files") or []
+        table.add_row(job["id"], job["call"], job["state"], _when(job.get("start_at")),
+                      _duration(job), str(len(files)))
+    _console().print(table)
+
+
+@app.command("get")
+def get(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
+        logs: bool = typer.Option(False, "--logs", help="Print the worker's log instead."),
+        as_json: bool = JSON_OPTION) -> None:
+    """One recording: state, times, participants, files (or its worker's log)."""
+    if logs:
+        conn = connection_for(ctx)
+        _request(ctx, "GET", _job_path(job_id))  # a clear error for an unknown job
+        try:
+            with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
+                response = client.get(conn.server + _job_path(job_id, "logs"),
+                                      headers={"Authorization": f"Bearer {conn.key}"})
+        except httpx.HTTPError as exc:
+            fail(f"cannot read the log of job {job_id}: {exc}")
+        typer.echo(response.text, nl=False)
+        return
+    job = _request(ctx, "GET", _job_path(job_id))
+    if as_json:
+        _emit_json(job)
+    else:
+        _print_job(job)
+
+
+@app.command("rm")
+def remove(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
+           as_json: bool = JSON_OPTION) -> None:
+    """Delete a finished recording: its files and its job."""
+    data = _request(ctx, "DELETE", _job_path(job_id))
+    if as_json:
+        _emit_json(data)
+    else:
+        _console().print(f"deleted recording {job_id} and its files", markup=False)

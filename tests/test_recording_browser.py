@@ -68,7 +68,8 @@ def test_the_host_records_from_the_web_client(speaking_browser, server, speech) 
     try:
         alice, bob = join_all(speaking_browser, server, "web-rec", ["alice", "bob"], people,
                               init_script=CANVAS_SCREEN_JS)
-        alice.unmute()  # everyone joins muted; alice speaks
+        alice.unmute()  # everyone joins muted: both publish their microphones
+        bob.unmute()
         # Only the host has the button; nobody sees the indicator yet.
         assert alice.page.locator("#record").is_visible()
         assert bob.page.locator("#record").is_hidden()

@@ -67,6 +67,7 @@ class Server:
         self.buffer_sizes = (0, 0)
         self.stopping = False
         self.started_at = 0.0
+        self.fleet: Any = None  # fleet/node.py FleetNode when config.cluster is set
 
     async def start(self) -> None:
         config = self.config
@@ -110,6 +111,16 @@ class Server:
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
         self.control.attach(app, self.manager, mux)
+        if config.cluster:  # imported only here: a single node never loads redis
+            from callsctl_sfu.fleet.node import FleetError, FleetNode
+            try:
+                self.fleet = FleetNode(self)
+            except FleetError as exc:
+                self.connectivity.close()
+                transport.close()
+                await self.control.close()
+                raise StartupError(str(exc)) from None
+            self.fleet.attach(app)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
                                     shutdown_timeout=2)
         await self.runner.setup()
@@ -134,6 +145,15 @@ class Server:
                 transport.close()
                 await self.control.close()
                 raise
+        if self.fleet is not None:
+            try:
+                await self.fleet.start()
+            except FleetError as exc:
+                await self.runner.cleanup()
+                self.connectivity.close()
+                transport.close()
+                await self.control.close()
+                raise StartupError(str(exc)) from None
         self.started_at = loop.time()
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)
@@ -219,6 +239,8 @@ class Server:
         if self.stopping:
             return
         self.stopping = True
+        if self.fleet is not None:  # leave the fleet first: no new joins are sent here
+            await self.fleet.stop()
         if self.manager is not None:
             await self.manager.shutdown()
         if self.runner is not None:

@@ -1,0 +1,176 @@
+"""A fleet on loopback: real redis-server, real `callsctl serve --cluster` nodes.
+
+What a user of a fleet notices: one call never has two hosts however the
+first joins race; a client joining through any node ends up in the one call;
+new calls spread; the fleet lists every call from any node; bad cluster
+settings are one-line errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from callsctl_sfu.tokens import issue_token
+from tests.conftest import ServeProcess
+from tests.fleet_helpers import RedisServer, admin_headers, need_redis, no_tracebacks, start_node
+from tests.helpers import run_cli
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    need_redis()
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[ServeProcess]]:
+    started: list[ServeProcess] = []
+    yield started
+    for node in started:
+        node.stop()
+    no_tracebacks(*started)
+
+
+def token(node: ServeProcess, call: str, user: str) -> str:
+    return issue_token((node.data_dir / "jwt_secret").read_text().strip().encode(), call,
+                       user, 3600)
+
+
+async def _join(session: aiohttp.ClientSession, node: ServeProcess, call: str, user: str
+                ) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+    ws = await session.ws_connect(f"{node.ws_url}?token={token(node, call, user)}")
+    await ws.send_json({"type": "join", "call": call})
+    while True:
+        message = json.loads((await asyncio.wait_for(ws.receive(), 15)).data)
+        if message["type"] in ("joined", "error"):
+            return ws, message
+
+
+def fleet_calls(node: ServeProcess, tmp_path: Path) -> list[dict]:
+    response = httpx.get(f"{node.api_url}/api/v1/calls", headers=admin_headers(tmp_path),
+                         timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()["calls"]
+
+
+def wait_until(predicate, timeout: float = 15.0, every: float = 0.2):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return predicate()
+
+
+def test_racing_first_joins_give_every_call_one_host(tmp_path, redis, nodes):
+    """Two nodes, 24 calls, both nodes get each call's first join at the same moment."""
+    a = start_node(tmp_path, redis.url, node_id="node-a")
+    b = start_node(tmp_path, redis.url, node_id="node-b")
+    nodes += [a, b]
+    calls = [f"race-{i}" for i in range(24)]
+
+    async def race() -> list[dict]:
+        async with aiohttp.ClientSession() as session:
+            pairs = await asyncio.gather(*[
+                _join(session, node, call, f"{node.api_port}-{call}")
+                for call in calls for node in (a, b)])
+            answers = [message for _ws, message in pairs]
+            await asyncio.sleep(2.5)  # registrations refresh every second
+            listed = fleet_calls(b, tmp_path)
+            for ws, _message in pairs:
+                await ws.close()
+            return [answers, listed]
+
+    answers, listed = asyncio.run(race())
+    assert all(m["type"] == "joined" for m in answers), answers
+    by_call: dict[str, list[dict]] = {}
+    for entry in listed:
+        by_call.setdefault(entry["id"], []).append(entry)
+    assert sorted(by_call) == sorted(calls)
+    for call, entries in by_call.items():
+        assert len(entries) == 1, f"{call} has {len(entries)} hosts: {entries}"
+        assert entries[0]["participants"] == 2, entries
+    placements = dict(zip(*[iter(redis.cli("HGETALL", "callsctl:calls").split("\n"))] * 2,
+                          strict=True))
+    assert sorted(placements) == sorted(calls)
+    assert {e[0]["node"] for e in by_call.values()} <= {"node-a", "node-b"}
+    # After everyone left, the claims are released: nothing stale left in Redis.
+    assert wait_until(lambda: redis.cli("HLEN", "callsctl:calls") == "0"), \
+        redis.cli("HGETALL", "callsctl:calls")
+
+
+def test_least_loaded_spreads_new_calls(tmp_path, redis, nodes):
+    a = start_node(tmp_path, redis.url, node_id="node-a")
+    b = start_node(tmp_path, redis.url, node_id="node-b")
+    nodes += [a, b]
+    time.sleep(1.5)  # both have sampled their CPU once
+
+    async def joins() -> list[dict]:
+        async with aiohttp.ClientSession() as session:
+            held = []
+            for i in range(6):
+                held.append(await _join(session, a, f"spread-{i}", "alice"))
+            await asyncio.sleep(2.5)
+            listed = fleet_calls(a, tmp_path)
+            for ws, _m in held:
+                await ws.close()
+            return listed
+
+    listed = asyncio.run(joins())
+    per_node = {n: sum(1 for c in listed if c["node"] == n) for n in ("node-a", "node-b")}
+    # Idle nodes tie on CPU; the calls already placed break the tie, so they alternate.
+    assert per_node["node-a"] >= 2 and per_node["node-b"] >= 2, per_node
+
+
+def test_local_policy_hosts_where_the_first_client_connects(tmp_path, redis, nodes):
+    a = start_node(tmp_path, redis.url, "--cluster-policy", "local", node_id="node-a")
+    b = start_node(tmp_path, redis.url, "--cluster-policy", "local", node_id="node-b")
+    nodes += [a, b]
+
+    async def joins() -> list[dict]:
+        async with aiohttp.ClientSession() as session:
+            first = await _join(session, b, "here", "alice")
+            second = await _join(session, a, "here", "bob")  # relayed to b
+            await asyncio.sleep(2.5)
+            listed = fleet_calls(a, tmp_path)
+            assert second[1]["participants"][0]["user"] == "alice"
+            for ws, _m in (first, second):
+                await ws.close()
+            return listed
+
+    listed = asyncio.run(joins())
+    assert [(c["id"], c["node"], c["participants"]) for c in listed] == [("here", "node-b", 2)]
+
+
+def test_bad_cluster_settings_are_one_line_errors(tmp_path):
+    result = run_cli("serve", "--cluster", "http://localhost:6379", "--print-config")
+    assert result.returncode == 2
+    assert "--cluster" in result.stderr and "redis://" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli("serve", "--cluster-policy", "random", "--print-config")
+    assert result.returncode == 2 and "least-loaded" in result.stderr
+    # A password in the URL never shows in --print-config.
+    result = run_cli("serve", "--print-config", env={"CALLSCTL_CLUSTER": "redis://:hunter2@r:6379/0"})
+    assert result.returncode == 0 and "hunter2" not in result.stdout
+    assert 'cluster = "redis://:***@r:6379/0"' in result.stdout
+
+
+def test_unreachable_redis_stops_startup_with_the_fix(tmp_path):
+    need_redis()
+    from tests.helpers import free_port
+
+    with pytest.raises(RuntimeError) as failed:
+        start_node(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
+    assert "cannot reach the fleet's Redis" in str(failed.value)
+    assert "Traceback" not in str(failed.value)

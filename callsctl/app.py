@@ -54,6 +54,7 @@ def _register_commands() -> None:
     from callsctl import serve, token, tune
     from callsctl.calls import app as calls_app
     from callsctl.check import app as check_app
+    from callsctl.fleet import app as fleet_app
     from callsctl.loadtest import loadtest
     from callsctl.top.command import top
 
@@ -64,6 +65,7 @@ def _register_commands() -> None:
     app.add_typer(calls_app, name="calls")
     app.command("top", help=top.__doc__)(top)
     app.command("loadtest", help=loadtest.__doc__)(loadtest)
+    app.add_typer(fleet_app, name="fleet")
 
 
 _register_commands()

@@ -220,6 +220,7 @@ class Server:
             "calls": len(self.manager.calls) if self.manager else 0,
             "sessions": len(self.manager.participants) if self.manager else 0,
             "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON},
+            **({"node": self.fleet.node_id} if self.fleet is not None else {}),
         }
 
     def stats(self) -> dict[str, Any]:

@@ -174,3 +174,81 @@ def test_unreachable_redis_stops_startup_with_the_fix(tmp_path):
         start_node(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
     assert "cannot reach the fleet's Redis" in str(failed.value)
     assert "Traceback" not in str(failed.value)
+
+
+def test_a_single_node_never_loads_redis():
+    """Without --cluster nothing of the fleet is imported (no cost, no behaviour change)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, callsctl_sfu.server, callsctl_sfu.config, callsctl_sfu.api.routes;"
+            "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')"
+            " or m.startswith('callsctl_sfu.fleet.') and m != 'callsctl_sfu.fleet.settings'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_metrics_version_and_admin_carry_the_node(tmp_path, redis, nodes):
+    a = start_node(tmp_path, redis.url, node_id="node-a")
+    b = start_node(tmp_path, redis.url, node_id="node-b")
+    nodes += [a, b]
+    metrics = httpx.get(f"{a.api_url}/metrics", timeout=5).text
+    assert 'callsctl_fleet_node_info{api_url="http://127.0.0.1:' in metrics
+    assert 'node="node-a",state="active"} 1.0' in metrics
+    assert 'callsctl_fleet_redis_up{node="node-a"} 1.0' in metrics
+    assert httpx.get(f"{b.api_url}/version", timeout=5).json()["node"] == "node-b"
+    # The fleet adds nothing reachable without the admin key.
+    for path in ("/api/v1/calls", "/api/v1/fleet/nodes", "/api/v1/calls/x"):
+        assert httpx.get(f"{a.api_url}{path}", timeout=5).status_code == 401
+    listed = httpx.get(f"{a.api_url}/api/v1/fleet/nodes", headers=admin_headers(tmp_path),
+                       timeout=5).json()
+    assert wait_until(lambda: len(httpx.get(
+        f"{a.api_url}/api/v1/fleet/nodes", headers=admin_headers(tmp_path),
+        timeout=5).json()["nodes"]) == 2), listed
+
+
+def test_host_controls_through_any_node_reach_the_host(tmp_path, redis, nodes):
+    a = start_node(tmp_path, redis.url, "--cluster-policy", "local", node_id="node-a")
+    b = start_node(tmp_path, redis.url, "--cluster-policy", "local", node_id="node-b")
+    nodes += [a, b]
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            ws, joined = await _join(session, a, "room", "alice")
+            # Ended through node B, which does not host it: node A ends it.
+            ended = httpx.delete(f"{b.api_url}/api/v1/calls/room",
+                                 headers=admin_headers(tmp_path), timeout=10)
+            assert ended.status_code == 200, ended.text
+            assert ended.json()["removed"] == 1
+            while True:
+                event = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+                if event["type"] == "call_end":
+                    break
+            await ws.close()
+            # Unknown everywhere: the usual 404, from node B itself.
+            missing = httpx.get(f"{b.api_url}/api/v1/calls/nope",
+                                headers=admin_headers(tmp_path), timeout=10)
+            assert missing.status_code == 404
+            assert joined["type"] == "joined"
+
+    asyncio.run(scenario())
+
+
+def test_a_relay_without_the_fleet_secret_is_refused(tmp_path, redis, nodes):
+    a = start_node(tmp_path, redis.url, node_id="node-a")
+    nodes.append(a)
+
+    async def scenario() -> dict:
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(f"{a.ws_url}?token={token(a, 'room', 'eve')}",
+                                          headers={"X-Callsctl-Fleet": "guessed-secret-123"})
+            message = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+            closed = await asyncio.wait_for(ws.receive(), 10)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            await ws.close()
+            return message
+
+    message = asyncio.run(scenario())
+    assert message["code"] == "unauthorized" and "fleet secret" in message["message"]

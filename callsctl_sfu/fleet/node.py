@@ -115,9 +115,13 @@ class FleetNode:
     def attach(self, app: web.Application) -> None:
         """Before the app is frozen: the admin routing middleware, routes, the /ws hook."""
         from callsctl_sfu.fleet.bus import add_fleet_routes
+        from callsctl_sfu.fleet.metrics import FleetCollector
 
         add_fleet_routes(app, self)
         app["fleet"] = self
+        control = self.server.control
+        if control is not None and control.metrics is not None:
+            control.metrics.registry.register(FleetCollector(self))
 
     async def start(self) -> None:
         """Register (Redis must answer now: a node that cannot join the fleet does not start)."""

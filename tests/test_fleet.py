@@ -252,3 +252,27 @@ def test_a_relay_without_the_fleet_secret_is_refused(tmp_path, redis, nodes):
 
     message = asyncio.run(scenario())
     assert message["code"] == "unauthorized" and "fleet secret" in message["message"]
+
+
+def test_calls_list_against_any_node_shows_every_call_and_its_node(tmp_path, redis, nodes):
+    a = start_node(tmp_path, redis.url, "--cluster-policy", "local", node_id="node-a")
+    b = start_node(tmp_path, redis.url, "--cluster-policy", "local", node_id="node-b")
+    nodes += [a, b]
+    key_file = str(a.data_dir / "admin_key")
+
+    async def scenario() -> str:
+        async with aiohttp.ClientSession() as session:
+            held = [await _join(session, a, "on-a", "alice"),
+                    await _join(session, b, "on-b", "bob")]
+            await asyncio.sleep(2.5)
+            result = await asyncio.to_thread(
+                run_cli, "calls", "--server", b.api_url, "--admin-key-file", key_file, "list")
+            for ws, _m in held:
+                await ws.close()
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+    out = asyncio.run(scenario())
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()
+            if line.strip().startswith("on-")}
+    assert rows == {"on-a": "node-a", "on-b": "node-b"}, out

@@ -219,3 +219,13 @@ async def test_redis_killed_and_restarted_mid_call(tmp_path, redis, nodes):
     finally:
         for p in (alice, bob, late, stranger, onsite):
             await p.close()
+
+
+def test_a_node_stops_cleanly_while_redis_is_down(tmp_path, redis, nodes):
+    a, b = local_fleet(tmp_path, redis, nodes)
+    redis.stop(signal.SIGKILL)
+    time.sleep(1.5)  # both noticed
+    # Exit code 0, not -9: neither waited on Redis until the fixture had to kill it.
+    assert a.stop(signal.SIGTERM, timeout=20) == 0  # no calls: drained at once
+    assert b.stop(signal.SIGINT, timeout=20) == 0
+    assert "Redis at redis://127.0.0.1" in a.log() and "unreachable" in a.log()

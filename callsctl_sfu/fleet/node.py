@@ -52,6 +52,7 @@ log = logging.getLogger("callsctl_sfu.fleet")
 FLEET_SECRET_FILE = "fleet_secret"
 REAP_EVERY = 2  # refreshes
 REDIS_TIMEOUT_S = 2.0
+STOP_TIMEOUT_S = 3.0  # leaving the fleet never holds up a shutdown for longer
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -151,14 +152,18 @@ class FleetNode:
         for task in list(self._releases):
             with contextlib.suppress(Exception):
                 await task
-        manager = self.server.manager
-        with contextlib.suppress(*REDIS_ERRORS):
-            if manager is not None:
-                for call_id in list(manager.calls):
-                    await placement.release(self.redis, call_id, self.node_id)
-            await registry.unregister(self.redis, self.node_id)
+        if self.redis_up:  # else the registration expires and the reaper releases
+            with contextlib.suppress(*REDIS_ERRORS):
+                await asyncio.wait_for(self._leave(), STOP_TIMEOUT_S)
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.aclose()
+
+    async def _leave(self) -> None:
+        manager = self.server.manager
+        if manager is not None:
+            for call_id in list(manager.calls):
+                await placement.release(self.redis, call_id, self.node_id)
+        await registry.unregister(self.redis, self.node_id)
 
     def _api_url(self) -> str:
         if self.config.node_url:

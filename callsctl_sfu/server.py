@@ -203,6 +203,8 @@ class Server:
             return False, "shutting down"
         if self.mux is None or self.mux.transport is None:
             return False, "media socket not open"
+        if self.fleet is not None and not self.fleet.joined:
+            return False, "not registered in the fleet yet"
         return True, "ok"
 
     def info(self) -> dict[str, Any]:

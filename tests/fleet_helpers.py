@@ -31,18 +31,28 @@ class RedisServer:
     """redis-server on 127.0.0.1 (or a given address) with its own dir; no persistence."""
 
     def __init__(self, tmp_path: Path, bind: str = "127.0.0.1", port: int | None = None,
-                 password: str = "", netns: str | None = None) -> None:
+                 password: str = "", netns: str | None = None, tls: bool = False) -> None:
         self.dir = tmp_path / f"redis-{secrets.token_hex(3)}"
         self.dir.mkdir()
         self.bind = bind
         self.port = port or free_port()
         self.password = password
         self.netns = netns
+        self.tls = tls
+        self.cert = self.dir / "redis.pem"
+        self.key = self.dir / "redis.key"
+        if tls:  # self-signed for 127.0.0.1, its own CA
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                            "-keyout", str(self.key), "-out", str(self.cert), "-days", "1",
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           check=True, capture_output=True, timeout=60)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}{self.bind}:{self.port}/0?ssl_ca_certs={self.cert}"
         return f"redis://{auth}{self.bind}:{self.port}/0"
 
     def start(self) -> RedisServer:
@@ -51,6 +61,10 @@ class RedisServer:
                "--protected-mode", "no", "--logfile", str(self.dir / "redis.log")]
         if self.password:
             cmd += ["--requirepass", self.password]
+        if self.tls:
+            cmd[3:5] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                        str(self.cert), "--tls-key-file", str(self.key), "--tls-ca-cert-file",
+                        str(self.cert), "--tls-auth-clients", "no"]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
@@ -64,22 +78,23 @@ class RedisServer:
             time.sleep(0.05)
         raise RuntimeError(f"redis-server did not answer in 10 s: {self.log()}")
 
-    def ping(self) -> bool:
+    def _cli(self) -> list[str]:
         cmd = ["redis-cli", "-h", self.bind, "-p", str(self.port)]
+        if self.tls:
+            cmd += ["--tls", "--cacert", str(self.cert)]
         if self.password:
             cmd += ["--no-auth-warning", "-a", self.password]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        result = subprocess.run([*cmd, "ping"], capture_output=True, text=True, timeout=5)
+        return cmd
+
+    def ping(self) -> bool:
+        result = subprocess.run([*self._cli(), "ping"], capture_output=True, text=True,
+                                timeout=5)
         return result.stdout.strip() == "PONG"
 
     def cli(self, *args: str) -> str:
-        cmd = ["redis-cli", "-h", self.bind, "-p", str(self.port)]
-        if self.password:
-            cmd += ["--no-auth-warning", "-a", self.password]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        return subprocess.run([*cmd, *args], capture_output=True, text=True,
+        return subprocess.run([*self._cli(), *args], capture_output=True, text=True,
                               timeout=5).stdout.strip()
 
     def log(self) -> str:

@@ -276,3 +276,38 @@ def test_calls_list_against_any_node_shows_every_call_and_its_node(tmp_path, red
     rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()
             if line.strip().startswith("on-")}
     assert rows == {"on-a": "node-a", "on-b": "node-b"}, out
+
+
+def test_password_and_tls_redis(tmp_path, nodes):
+    """rediss:// with a password (and the CA in the URL) works; a wrong password is one line."""
+    need_redis()
+    secure = RedisServer(tmp_path, password="s3cret-pass-word", tls=True).start()
+    try:
+        a = start_node(tmp_path, secure.url, "--cluster-policy", "local", node_id="node-a")
+        b = start_node(tmp_path, secure.url, "--cluster-policy", "local", node_id="node-b")
+        nodes += [a, b]
+
+        async def joins() -> list[dict]:
+            async with aiohttp.ClientSession() as session:
+                first = await _join(session, a, "tls", "alice")
+                second = await _join(session, b, "tls", "bob")
+                for ws, _m in (first, second):
+                    await ws.close()
+                return [first[1], second[1]]
+
+        first, second = asyncio.run(joins())
+        assert [p["user"] for p in second["participants"]] == ["alice"]
+        listed = run_cli("fleet", "list", "--json", env={"CALLSCTL_CLUSTER": secure.url})
+        assert listed.returncode == 0, listed.stderr
+        assert {n["node_id"] for n in json.loads(listed.stdout)["nodes"]} == {"node-a",
+                                                                              "node-b"}
+        wrong = secure.url.replace("s3cret-pass-word", "wrong-password")
+        with pytest.raises(RuntimeError) as failed:
+            start_node(tmp_path, wrong, node_id="node-x")
+        message = str(failed.value)
+        assert "cannot reach the fleet's Redis at rediss://:***@127.0.0.1" in message
+        assert "wrong-password" not in message and "Traceback" not in message
+        result = run_cli("fleet", "list", "--cluster", wrong)
+        assert result.returncode == 1 and "wrong-password" not in result.stderr
+    finally:
+        secure.stop()

@@ -92,10 +92,14 @@ class FleetNode:
         self.config = server.config
         self.node_id = self.config.node_id  # default needs the bound API port: start()
         self.secret = load_fleet_secret(self.config.fleet_secret, self.config.data_dir)
-        self.redis = connect(self.config.cluster)
         self.url = redacted(self.config.cluster)
+        try:
+            self.redis = connect(self.config.cluster)
+        except ValueError as exc:  # redis-py's own URL checks (a bad ?option=)
+            raise FleetError(f"cannot use cluster URL {self.url}: {exc}") from None
         self.state = ACTIVE
         self.redis_up = False
+        self.joined = False  # /readyz says not ready until the node is registered
         self.started_at = time.time()
         self.api_url = ""
         self.nodes: dict[str, NodeInfo] = {}  # the fleet as of the last refresh
@@ -135,7 +139,11 @@ class FleetNode:
             await self.redis.aclose()
             raise FleetError(f"cannot reach the fleet's Redis at {self.url}: {exc}; start "
                              "Redis or correct --cluster") from None
+        except (TypeError, ValueError) as exc:  # an option redis-py does not know
+            await self.redis.aclose()
+            raise FleetError(f"cannot use cluster URL {self.url}: {exc}") from None
         self.redis_up = True
+        self.joined = True
         manager = self.server.manager
         assert manager is not None
         manager.observers.append(self._on_event)

@@ -116,7 +116,7 @@ async def fleet_lost(request: web.Request) -> web.Response:
     try:
         lost = await placement.lost_calls(node.redis)
     except Exception as exc:
-        return web.json_response({"error": node._redis_down(exc), "status": 503}, status=503)
+        return web.json_response({"error": node.redis_down_message(exc), "status": 503}, status=503)
     return web.json_response({"calls": lost})
 
 

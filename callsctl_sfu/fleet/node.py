@@ -4,8 +4,8 @@ server.py creates one FleetNode when `cluster` is set and calls start() after
 the API port is bound (the node must know its own address before it tells
 the fleet) and stop() before the calls end. Everything else hooks in through
 the objects the server already has: the CallManager's observers (a call that
-ends here releases its claim), the /ws connection's router (api/signaling.py)
-and the admin API's middleware (bus.py).
+ends here releases its claim), the /ws connection's router (routing.py, set
+through the hook in api/signaling.py) and the admin API's middleware (bus.py).
 
 When Redis cannot be reached, calls hosted here go on untouched: the node
 keeps retrying every REFRESH_S, refuses only the joins that need the fleet
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
-import os
 import stat
 import time
 from collections.abc import Callable
@@ -28,16 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from callsctl_sfu import __version__
-from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.calls.sessionstats import summarize_call
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret
 from callsctl_sfu.fleet import placement, registry
 from callsctl_sfu.fleet.drain import Drainer
-from callsctl_sfu.fleet.registry import ACTIVE, DRAINING, NodeInfo
-from callsctl_sfu.fleet.relay import FLEET_HEADER, FROM_HEADER, Relay, RelayError
+from callsctl_sfu.fleet.registry import ACTIVE, DRAINING, REDIS_ERRORS, NodeInfo
+from callsctl_sfu.fleet.routing import JoinRouter
 from callsctl_sfu.fleet.settings import default_node_id, redacted
 
 if TYPE_CHECKING:
@@ -53,7 +49,6 @@ FLEET_SECRET_FILE = "fleet_secret"
 REAP_EVERY = 2  # refreshes
 REDIS_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 3.0  # leaving the fleet never holds up a shutdown for longer
-REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class FleetError(RuntimeError):
@@ -104,6 +99,7 @@ class FleetNode:
         self.api_url = ""
         self.nodes: dict[str, NodeInfo] = {}  # the fleet as of the last refresh
         self.drainer = Drainer(self)
+        self.router = JoinRouter(self)
         self._task: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[Any]] = set()
         self._process = psutil.Process()
@@ -272,117 +268,6 @@ class FleetNode:
         with contextlib.suppress(*REDIS_ERRORS):
             await placement.release(self.redis, call_id, self.node_id)
 
-    # -- signaling: where a join goes -------------------------------------------------------
-
-    async def accept_ws(self, request: web.Request, connection: SignalingConnection) -> bool:
-        """Give the connection its router; refuse a relay that lacks the fleet secret."""
-        supplied = request.headers.get(FLEET_HEADER)
-        if supplied is None:
-            connection.router = self.route
-            return True
-        if not hmac.compare_digest(supplied.encode(), self.secret.encode()):
-            await connection.error("unauthorized", "fleet secret rejected: every node needs "
-                                                   "the same fleet_secret")
-            await connection.ws.close(code=4001, message=b"unauthorized")
-            return False
-        self.relayed_in += 1
-        log.debug("relayed connection from node %s", request.headers.get(FROM_HEADER))
-        connection.router = self.route_relayed
-        return True
-
-    async def route(self, connection: SignalingConnection, message: dict[str, Any],
-                    raw: str) -> bool:
-        """A client's join/reconnect: host it here (False) or relay it (True, handled)."""
-        call_id = connection.grant.call
-        if message.get("call", call_id) != call_id:
-            return False  # the local handler explains the mismatch
-        manager = self.server.manager
-        if manager is not None and call_id in manager.calls:
-            return False  # hosted here: no Redis needed
-        try:
-            host = await self.host_for(call_id, reconnect=message["type"] == "reconnect")
-        except JoinRefused as exc:
-            await connection.error(exc.code, exc.message)
-            return True
-        if host == self.node_id:
-            return False
-        try:
-            node = await self.node(host)
-        except REDIS_ERRORS as exc:
-            await connection.error("fleet_unavailable", self._redis_down(exc))
-            return True
-        if node is None:
-            await connection.error("host_unreachable", f"node {host}, which hosts call "
-                                   f"{call_id!r}, is not registered; try again shortly")
-            return True
-        relay = Relay(connection.ws, host)
-        try:
-            await relay.open(node.api_url, connection.token, self.secret, self.node_id)
-        except RelayError as exc:
-            await connection.error("host_unreachable", f"{exc}; try again shortly")
-            return True
-        connection.relay = relay
-        self.relayed_out += 1
-        await relay.forward(raw)
-        return True
-
-    async def route_relayed(self, connection: SignalingConnection, message: dict[str, Any],
-                            raw: str) -> bool:
-        """A join relayed by another node: host it here, never relay it again."""
-        call_id = connection.grant.call
-        manager = self.server.manager
-        if message.get("call", call_id) != call_id or (manager and call_id in manager.calls):
-            return False
-        if self.state != ACTIVE and message["type"] == "join":
-            await connection.error("node_draining", f"node {self.node_id} is draining and "
-                                   "takes no new calls; join again")
-            return True
-        try:
-            host = await placement.claim(self.redis, call_id, self.node_id)
-        except REDIS_ERRORS as exc:
-            await connection.error("fleet_unavailable", self._redis_down(exc))
-            return True
-        if host != self.node_id:
-            await connection.error("call_moved", f"call {call_id!r} is hosted by node {host}; "
-                                   "join again")
-            return True
-        return False
-
-    async def host_for(self, call_id: str, reconnect: bool = False) -> str:
-        """The call's host, claiming it for the policy's choice when it has none."""
-        try:
-            for _attempt in range(3):
-                host = await placement.host_of(self.redis, call_id)
-                if host is not None and await self.node(host) is None:
-                    # Its node expired and the reaper has not run yet: release it now.
-                    if await placement.release(self.redis, call_id, host):
-                        await placement.record_lost(self.redis, call_id, host,
-                                                    f"host node {host} was lost")
-                    continue
-                if host is not None:
-                    return host
-                if reconnect:
-                    raise JoinRefused("unknown_session", "no such session to reconnect to "
-                                                         "(its call ended); join again")
-                local = self.nodes.get(self.node_id)
-                if local is not None:
-                    local.state = self.state
-                placed = await placement.placements(self.redis)
-                # A new call is rare next to its packets: read the registry fresh for it.
-                fleet = await registry.list_nodes(self.redis)
-                for info in fleet:
-                    if info.node_id == self.node_id:
-                        info.state = self.state
-                        local = info
-                try:
-                    chosen = placement.choose(self.config.cluster_policy, fleet, local, placed)
-                except placement.NoNodeAvailable as exc:
-                    raise JoinRefused("no_node", f"{exc}; try again shortly") from None
-                return await placement.claim(self.redis, call_id, chosen.node_id)
-        except REDIS_ERRORS as exc:
-            raise JoinRefused("fleet_unavailable", self._redis_down(exc)) from None
-        raise JoinRefused("no_node", "could not place the call; try again shortly")
-
     async def node(self, node_id: str) -> NodeInfo | None:
         """A registered node: from the last refresh, else asked of Redis (it may be new)."""
         known = self.nodes.get(node_id)
@@ -394,9 +279,13 @@ class FleetNode:
             self.nodes[node_id] = info
         return info
 
-    def _redis_down(self, exc: BaseException) -> str:
+    def redis_down_message(self, exc: BaseException) -> str:
         return (f"the fleet's Redis at {self.url} is unreachable ({exc.__class__.__name__}): "
                 "calls on other nodes cannot be joined now; try again shortly")
+
+    async def accept_ws(self, request: web.Request, connection: SignalingConnection) -> bool:
+        """The /ws hook (api/signaling.py): joins go through the router (routing.py)."""
+        return await self.router.accept_ws(request, connection)
 
     # -- draining -----------------------------------------------------------------------------
 
@@ -410,11 +299,3 @@ class FleetNode:
                     len(self.server.manager.calls) if self.server.manager else 0,
                     self.config.drain_timeout)
         self.drainer.start()
-
-    def metrics_lines(self) -> dict[str, Any]:
-        return {"node": self.node_id, "state": self.state, "redis_up": self.redis_up,
-                "nodes": len(self.nodes), "relayed_out": self.relayed_out,
-                "relayed_in": self.relayed_in}
-
-    def pid(self) -> int:
-        return os.getpid()

@@ -16,12 +16,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 PREFIX = "callsctl:"
 NODE_TTL_S = 5
 REFRESH_S = 1.0
 # A node whose stats are older than this is not chosen for a new call.
 FRESH_S = 5.0
+# What a Redis that is down, slow or refusing looks like to redis-py's asyncio client.
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 ACTIVE = "active"
 DRAINING = "draining"
 

@@ -315,3 +315,28 @@ def test_password_and_tls_redis(tmp_path, nodes):
         assert result.returncode == 1 and "wrong-password" not in result.stderr
     finally:
         secure.stop()
+
+
+def test_check_all_against_one_node_probes_every_nodes_media_port(tmp_path, redis, nodes):
+    """node-b advertises a port nothing listens on (a wrong port override): check all says so."""
+    from tests.helpers import free_udp_tcp_port
+
+    a = start_node(tmp_path, redis.url, node_id="node-a")
+    wrong = free_udp_tcp_port()
+    b = start_node(tmp_path, redis.url, "--ice-host-port-override", str(wrong),
+                   node_id="node-b")
+    nodes += [a, b]
+    time.sleep(1.5)  # node-a has seen node-b
+    result = run_cli("check", "all", "--host", "127.0.0.1", "--api-port", str(a.api_port),
+                     "--udp-port", str(a.udp_port), "--tcp-port", str(a.udp_port), "--json")
+    assert result.returncode == 1, result.stdout + result.stderr  # node-b's port fails
+    report = {r["name"]: r for r in json.loads(result.stdout)["results"]}
+    assert report["rtc udp"]["status"] == "pass"
+    assert report["fleet"]["status"] == "pass" and "2 node(s)" in report["fleet"]["summary"]
+    failed = report["fleet node-b udp"]
+    assert failed["status"] == "fail" and f"127.0.0.1:{wrong}" in failed["summary"]
+    assert "ice_host_port_override" in failed["fix"]
+    # The public /fleet list carries media addresses only: no API URLs, no calls.
+    listing = httpx.get(f"{a.api_url}/fleet", timeout=5).json()
+    assert set(listing["nodes"][0]) == {"node_id", "state", "media_host", "media_port",
+                                        "media_tcp_port"}

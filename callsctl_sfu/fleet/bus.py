@@ -120,8 +120,22 @@ async def fleet_lost(request: web.Request) -> web.Response:
     return web.json_response({"calls": lost})
 
 
+async def fleet_media(request: web.Request) -> web.Response:
+    """Unauthenticated, like /system: node ids, states and advertised media addresses.
+
+    What `check all` probes. Clients see these addresses in ICE candidates anyway;
+    API URLs, calls and counts stay behind the admin key.
+    """
+    node: FleetNode = request.app["fleet"]
+    return web.json_response({"node": node.node_id, "nodes": [
+        {"node_id": n.node_id, "state": n.state, "media_host": n.media_host,
+         "media_port": n.media_port, "media_tcp_port": n.media_tcp_port}
+        for n in node.nodes.values()]})
+
+
 def add_fleet_routes(app: web.Application, node: FleetNode) -> None:
     """Before the app starts: the routing middleware (inside admin_auth) and routes."""
     app.middlewares.append(fleet_middleware(node))
+    app.router.add_get("/fleet", fleet_media)
     app.router.add_get("/api/v1/fleet/nodes", fleet_nodes)
     app.router.add_get("/api/v1/fleet/lost", fleet_lost)

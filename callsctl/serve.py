@@ -109,6 +109,25 @@ def serve(
         None, "--metrics-auth", metavar="none|admin_key",
         help="admin_key: /metrics answers only with 'Authorization: Bearer <admin key>'. "
              "[default: none]"),
+    cluster: str | None = typer.Option(
+        None, "--cluster", metavar="redis://…",
+        help="Join a fleet of nodes through this Redis (rediss:// for TLS, password in the "
+             "URL; prefer CALLSCTL_CLUSTER). [default: a single node, no Redis]"),
+    cluster_policy: str | None = typer.Option(
+        None, "--cluster-policy", metavar="least-loaded|local",
+        help="Where new calls go: the least-loaded active node, or the node the first "
+             "participant connects to. [default: least-loaded]"),
+    node_id: str | None = typer.Option(
+        None, "--node-id", help="This node's name in the fleet. [default: <host name>-<api "
+                                "port>]"),
+    node_url: str | None = typer.Option(
+        None, "--node-url", metavar="URL",
+        help="Base URL other nodes reach this node's API at, e.g. http://10.0.0.5:8045. "
+             "[default: http(s)://<advertised address>:<api port>]"),
+    drain_timeout: float | None = typer.Option(
+        None, "--drain-timeout", metavar="SECONDS",
+        help="In a fleet, SIGTERM drains: no new calls, exit when the calls ended or after "
+             "this long. [default: 600]"),
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the merged configuration as TOML and exit."),
 ) -> None:
@@ -134,7 +153,8 @@ def serve(
         "tls_cert": tls_cert, "tls_key": tls_key,
         "tls_self_signed": True if tls_self_signed else None,
         "public_url": public_url, "metrics_port": metrics_port, "metrics_bind": metrics_bind,
-        "metrics_auth": metrics_auth,
+        "metrics_auth": metrics_auth, "cluster": cluster, "cluster_policy": cluster_policy,
+        "node_id": node_id, "node_url": node_url, "drain_timeout": drain_timeout,
     }
     try:
         config = load_config(config_file, overrides=overrides)
@@ -166,13 +186,24 @@ async def _run(config: ServeConfig) -> None:
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if server.fleet is not None:  # a fleet node drains on SIGTERM (a second one stops it)
+        server.fleet.stopped = stop.set
+        loop.add_signal_handler(signal.SIGTERM, lambda: _drain_or_stop(server, stop))
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     _print_banner(server)
     try:
         await stop.wait()
     finally:
         await server.stop()
+
+
+def _drain_or_stop(server: Server, stop: asyncio.Event) -> None:
+    if server.fleet.state == "draining":
+        stop.set()
+    else:
+        server.fleet.drain("SIGTERM")
 
 
 def _print_banner(server: Server) -> None:
@@ -215,6 +246,9 @@ def _print_banner(server: Server) -> None:
         if not config.default_enabled:
             console.print("  test mode             : only call ids enabled with `callsctl "
                           "calls enable ID` can start")
+    if server.fleet is not None:
+        console.print(f"  fleet                 : node {server.fleet.node_id} in "
+                      f"{server.fleet.url} (policy {config.cluster_policy}); SIGTERM drains")
     console.print("  join the default call (valid 24 h; mint more with `callsctl token`):")
     console.print(f"    {links.join_link(public, token)}")
     sys.stdout.flush()

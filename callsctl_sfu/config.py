@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from callsctl_sfu.fleet.settings import (
+    POLICIES,
+    cluster_url_problem,
+    node_id_problem,
+    node_url_problem,
+    redacted,
+)
 from callsctl_sfu.iceconfig import (
     MAX_TURN_EXPIRATION_MINUTES,
     IceSettingError,
@@ -343,7 +350,7 @@ class ServeConfig:
         _choice(METRICS_AUTH),
     )
 
-    # -- jobs beside the SFU: recording (issue 19, callsctl_sfu/jobs/) --
+    # -- jobs beside the SFU: recording (callsctl_sfu/jobs/) --
     max_concurrent_jobs: int = _setting(
         2, "jobs (recordings) this server runs at once in local worker processes; more "
         "wait in the queue", _positive_number,
@@ -359,6 +366,31 @@ class ServeConfig:
     recording_retention_days: int = _setting(
         0, "delete finished recordings (files and job) older than this many days; "
         "0 = keep them", _non_negative_int,
+    )
+    # -- a fleet of nodes over Redis (callsctl_sfu/fleet/, docs/fleet.md) --
+    cluster: str = _setting(
+        "", "Redis URL of the fleet (redis:// or rediss://, password in the URL); empty = "
+        "a single node without Redis", cluster_url_problem,
+    )
+    cluster_policy: str = _setting(
+        "least-loaded", "where a new call goes: least-loaded = the active node with the "
+        "lowest load; local = the node the first participant connected to",
+        _choice(POLICIES),
+    )
+    node_id: str = _setting(
+        "", "this node's name in the fleet; empty = <host name>-<api_port>", node_id_problem
+    )
+    node_url: str = _setting(
+        "", "base URL other nodes use to reach this node's API (relayed signaling, routed "
+        "admin requests); empty = http(s)://<advertised address>:<api_port>", node_url_problem,
+    )
+    fleet_secret: str = _setting(
+        "", "shared secret that authenticates node-to-node requests; empty = the "
+        "fleet_secret file in the data dir (generated 0600 on first start)", _string,
+    )
+    drain_timeout: float = _setting(
+        600.0, "seconds a draining node (SIGTERM, `callsctl fleet drain`) waits for its calls "
+        "to end before it stops anyway", _positive_number,
     )
 
     def __post_init__(self) -> None:
@@ -514,6 +546,8 @@ def to_toml(config: ServeConfig, show_secrets: bool = False) -> str:
             lines.append(f"# {f.metadata['help']}")
             lines.append(f"# {f.name} = (set; not shown)")
             continue
+        if f.name == "cluster" and not show_secrets:
+            value = redacted(value)
         if isinstance(value, str):
             rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         elif isinstance(value, bool):

@@ -55,6 +55,11 @@ class SignalingConnection:
         # rate <= 0 disables the limit (embedding, tests of the handler alone).
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
         self.stats = stats
+        # A fleet (callsctl_sfu/fleet/) routes a join to the call's host: `router` decides
+        # at join/reconnect, and once it set `relay` every frame goes there unchanged.
+        self.router: Any = None
+        self.relay: Any = None
+        self.token = ""  # the client's join token, which a relay presents to the host
 
     def _count(self, key: str, kind: str) -> None:
         """rtcd_ws_messages_total by direction and type (see metrics.py)."""
@@ -90,6 +95,9 @@ class SignalingConnection:
     async def handle(self, raw: str) -> None:
         if not await self.admit():
             return
+        if self.relay is not None:
+            await self.relay.forward(raw)
+            return
         try:
             message = parse_message(raw, self.max_size)
         except ProtocolError as exc:
@@ -103,6 +111,9 @@ class SignalingConnection:
             return
         handler = getattr(self, f"on_{kind}")
         try:
+            if self.router is not None and kind in ("join", "reconnect") and \
+                    self.session_id is None and await self.router(self, message, raw):
+                return
             await handler(message)
         except JoinRefused as exc:
             await self.error(exc.code, exc.message)
@@ -196,6 +207,10 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         return ws
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,
                                      config.ws_rate_limit, config.ws_rate_burst, metrics)
+    connection.token = _token_from(request) or ""
+    fleet = request.app.get("fleet")
+    if fleet is not None and not await fleet.accept_ws(request, connection):
+        return ws
     if metrics is not None:
         metrics["connections"] += 1
         metrics["active"] = metrics.get("active", 0) + 1
@@ -215,6 +230,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     finally:
         if metrics is not None:
             metrics["active"] = metrics.get("active", 1) - 1
+        if connection.relay is not None:
+            await connection.relay.close()
         if connection.session_id is not None:
             manager.detach(connection.session_id)
     return ws

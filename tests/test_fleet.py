@@ -340,3 +340,24 @@ def test_check_all_against_one_node_probes_every_nodes_media_port(tmp_path, redi
     listing = httpx.get(f"{a.api_url}/fleet", timeout=5).json()
     assert set(listing["nodes"][0]) == {"node_id", "state", "media_host", "media_port",
                                         "media_tcp_port"}
+
+
+def test_top_against_any_node_shows_every_node(tmp_path, redis, nodes):
+    """`top` has a nodes panel in a fleet; --once --json carries the same list."""
+    a = start_node(tmp_path, redis.url, node_id="node-a")
+    b = start_node(tmp_path, redis.url, node_id="node-b")
+    nodes += [a, b]
+    key_file = str(a.data_dir / "admin_key")
+
+    def snapshot() -> dict:
+        result = run_cli("top", "--server", b.api_url, "--admin-key-file", key_file,
+                         "--once", "--json", timeout=30)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    shown = wait_until(lambda: (s := snapshot()) and len(s["nodes"] or []) == 2 and s)
+    assert shown, snapshot()
+    assert shown["server"]["node"] == "node-b"
+    assert {n["node_id"]: n["state"] for n in shown["nodes"]} == {"node-a": "active",
+                                                                   "node-b": "active"}
+    assert all(n["media_port"] for n in shown["nodes"])

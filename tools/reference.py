@@ -121,7 +121,8 @@ JSON_SHAPES: dict[str, str] = {
                      "persist_file, saved_values}` (`ok` is false while a setting is LOW or "
                      "MISSING; the exit code stays 0, showing succeeded); with them: "
                      "`{action, dry_run, changes[], …, notes[], done}`",
-    "callsctl top": "with --once: `{host, time, server{…}, calls[]}` (server rates measured "
+    "callsctl top": "with --once: `{host, time, server{…}, calls[], nodes[]}` (nodes: null "
+    "on a single node; server rates measured "
                     "over --refresh seconds; each call is its /api/v1/calls entry plus "
                     "sessions[])",
     "callsctl loadtest": "`{ok, target, settings, participants, join_s, first_media_s, window, "

@@ -74,6 +74,27 @@ class ForwardingStats:
 
 
 @dataclass
+class ControlStats:
+    """Counters of the control plane's work (bench/join_storm.py divides them by joins).
+
+    A join must cost O(1) offers and plan rebuilds and O(N) events (one
+    user_joined to each of the N others): these make that checkable.
+    """
+
+    joins: int = 0
+    leaves: int = 0
+    broadcasts: int = 0
+    events_sent: int = 0  # event deliveries to participants (one per receiver)
+    offers_sent: int = 0  # server offers (renegotiations), every peer, departed ones too
+    rewires: int = 0  # recomputations of who receives which publisher tracks
+    sources_changed: int = 0  # peers told their forwarded set changed (may renegotiate)
+    invalidations: int = 0  # routes and plans dropped (membership, negotiation, connection)
+    route_builds: int = 0  # one publisher track's receiver list rebuilt
+    plan_builds: int = 0  # one publisher track's fan-out plan (re)assembled
+    targets_computed: int = 0  # receivers' fan-out targets worked out for those plans
+
+
+@dataclass
 class Participant:
     session: Session
     peer: MediaPeer
@@ -93,6 +114,7 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self.participants: dict[str, Participant] = {}
         self.stats = ForwardingStats()
+        self.control_stats = ControlStats()
         self._loop = asyncio.get_event_loop()
         self._housekeeping = spawn(self._housekeep(), "housekeeping")
         self.rtcp = RtcpRouter(self)
@@ -164,6 +186,7 @@ class CallManager:
                                     "user": user, "name": session.name},
                              exclude=session.session_id)
         self._rewire(call)
+        self.control_stats.joins += 1
         log.info("session %s (%s) joined call %s (%d participants)", session.session_id,
                  user, call_id, len(call.sessions))
         return session
@@ -188,6 +211,7 @@ class CallManager:
         if participant is None:
             return
         session = participant.session
+        self.control_stats.leaves += 1
         call = self.calls.get(session.call_id)
         self._invalidate_routes()
         if call is not None:
@@ -286,11 +310,13 @@ class CallManager:
     async def broadcast(self, call: Call, event: dict[str, Any], exclude: str | None = None
                         ) -> None:
         self.notify(call, event)
+        self.control_stats.broadcasts += 1
         sends = []
         for session_id in list(call.sessions):
             participant = self.participants.get(session_id)
             if session_id != exclude and participant and participant.send is not None:
                 sends.append(self._safe_send(participant.send, event))
+        self.control_stats.events_sent += len(sends)
         if sends:
             await asyncio.gather(*sends)
 
@@ -312,6 +338,8 @@ class CallManager:
     def _peer_signal_sender(self, session: Session) -> EventSender:
         async def send(event: dict[str, Any]) -> None:
             participant = self.participants.get(session.session_id)
+            if event.get("type") == "signal" and (event.get("data") or {}).get("type") == "offer":
+                self.control_stats.offers_sent += 1
             if participant is not None and participant.send is not None:
                 await self._safe_send(participant.send, event)
 
@@ -321,6 +349,7 @@ class CallManager:
 
     def _rewire(self, call: Call) -> None:
         """Tell every peer which publisher tracks it should receive (after any change)."""
+        self.control_stats.rewires += 1
         offered: dict[str, tuple[str, str]] = {}
         for session_id in call.sessions:
             participant = self.participants.get(session_id)
@@ -330,9 +359,9 @@ class CallManager:
                 offered[f"{session_id}:{label}"] = (session_id, label)
         for session_id in call.sessions:
             participant = self.participants.get(session_id)
-            if participant is not None:
-                participant.peer.set_sources({key: source for key, source in offered.items()
-                                              if source[0] != session_id})
+            if participant is not None and participant.peer.set_sources(
+                    {key: source for key, source in offered.items() if source[0] != session_id}):
+                self.control_stats.sources_changed += 1
 
     def _on_tracks(self, peer: MediaPeer) -> None:
         participant = self.participants.get(peer.session_id)
@@ -445,6 +474,7 @@ class CallManager:
         routes = self._routes.get(key)
         if routes is None:
             routes = self._routes[key] = self._build_routes(call, session.session_id, key)
+            self.control_stats.route_builds += 1
         if rid is not None or not fastpath.AVAILABLE:
             # Simulcast picks a layer per receiver: decided here, in Python.
             stats.rtp_forwarded += self._send_each(routes, packet, level_byte, keyframe,
@@ -453,6 +483,8 @@ class CallManager:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = build_plan(routes)
+            self.control_stats.plan_builds += 1
+            self.control_stats.targets_computed += len(plan.targets) + len(plan.slow)
         forwarded = self._fan_out(key, plan, packet, level_byte, keyframe, track.kind)
         if plan.slow:
             forwarded += self._send_each(plan.slow, packet, level_byte, keyframe, None, track)
@@ -515,6 +547,7 @@ class CallManager:
 
     def _invalidate_routes(self) -> None:
         """Membership, negotiation or connection state changed: rebuild routes and plans."""
+        self.control_stats.invalidations += 1
         self._routes.clear()
         self._plans.clear()
 

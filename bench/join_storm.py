@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from forwarding import write_section  # noqa: E402
-from run_all import machine, start_callsctl  # noqa: E402
+from run_all import machine, run_queue_wait, start_callsctl  # noqa: E402
 
 from callsctl_sfu.client.loadgen import LoadConfig, LoadTest, proc_cpu_seconds  # noqa: E402
 from callsctl_sfu.tokens import issue_token  # noqa: E402
@@ -65,10 +65,21 @@ async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
     return dict(body.get("control") or {})
 
 
+async def _start(workdir: Path, attempts: int = 3) -> Any:
+    """`callsctl serve` on free ports; again if another process took one meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return await start_callsctl(workdir)
+        except RuntimeError as exc:
+            if "already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 async def storm(size: int, unmuted: int, window: float, workdir: Path,
                 profile: Path | None) -> dict[str, Any]:
     """One server, one storm of `size` joins; the figures of its join span."""
-    running = await start_callsctl(workdir)
+    running = await _start(workdir)
     spy: asyncio.subprocess.Process | None = None
     try:
         pid = running.process.pid
@@ -85,6 +96,7 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
         async with aiohttp.ClientSession() as http:
             before = await _control(http, running.base_url)
             cpu_before = proc_cpu_seconds(pid)
+            waited_before = run_queue_wait(pid)
             spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             if profile is not None and Path(spy_exe).exists():
                 profile.mkdir(parents=True, exist_ok=True)
@@ -102,11 +114,13 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
                 if span is None and progress.connected + progress.failed >= size:
                     span = {"seconds": time.monotonic() - started,
                             "cpu": proc_cpu_seconds(pid) - cpu_before,
+                            "waited": run_queue_wait(pid) - waited_before,
                             "control": await _control(http, running.base_url)}
             report = (await run).to_dict()
             if span is None:  # some participant never finished: the span is the whole run
                 span = {"seconds": time.monotonic() - started,
                         "cpu": proc_cpu_seconds(pid) - cpu_before,
+                        "waited": run_queue_wait(pid) - waited_before,
                         "control": await _control(http, running.base_url)}
     finally:
         if spy is not None and spy.returncode is None:
@@ -122,32 +136,38 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
         "join_span_s": round(span["seconds"], 1),
         "server_cpu_s": round(span["cpu"], 2),
         "cpu_ms_per_join": round(1000 * span["cpu"] / size, 2),
+        # Runnable but not running (/proc/<pid>/schedstat): how much the machine's
+        # other work delayed the server during the span.
+        "server_waited_s": round(span["waited"], 1),
         "per_join": {name: round(value / size, 2) for name, value in counts.items()},
+        "removals": span["control"].get("removals", {}),
+        "loadgen": {k: report["loadgen"].get(k) for k in ("cpu_percent", "loop_lag_ms")},
         "counts": counts,
         "delay_ms": report["delay_ms"],
         "notes": report["notes"],
     }
 
 
-def render(results: list[dict[str, Any]], command: str, host: str) -> str:
+def render(results: list[dict[str, Any]], command: str, host: str, label: str) -> str:
+    unmuted = results[0]["unmuted"] if results else 0
     lines = [
-        "### Join storm: work per join (1 call, joining at 25/s)",
+        f"### Join storm, {unmuted} unmuted: {label}",
         "",
-        f"`{command}` on {host}. Server CPU from /proc over the join span (first join "
-        "to every participant connected or failed); counts from the server's /stats "
-        "`control` counters over the same span, divided by N.",
+        f"Command: `{command}` on {host}.",
         "",
-        "| N | unmuted | joined | failed | removed | span s | CPU ms/join | events/join "
+        "| N | unmuted | joined | failed | removed | span s | server CPU s (waited s) "
+        "| CPU ms/join | events/join "
         "| events/join/N | offers/join | rewires/join | route builds/join | plan builds/join "
         "| targets/join | delay p50/p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         per = r["per_join"]
         delay = r["delay_ms"] or {}
         lines.append(
             f"| {r['size']} | {r['unmuted']} | {r['joined']} | {r['failed']} | "
-            f"{r['session_removed']} | {r['join_span_s']} | {r['cpu_ms_per_join']} | "
+            f"{r['session_removed']} | {r['join_span_s']} | {r['server_cpu_s']} "
+            f"({r.get('server_waited_s', '-')}) | {r['cpu_ms_per_join']} | "
             f"{per['events_sent']} | {per['events_sent'] / r['size']:.2f} | "
             f"{per['offers_sent']} | {per['rewires']} | {per['route_builds']} | "
             f"{per['plan_builds']} | {per['targets_computed']} | "
@@ -157,17 +177,24 @@ def render(results: list[dict[str, Any]], command: str, host: str) -> str:
 
 async def main_async(args: argparse.Namespace) -> None:
     results = []
-    with tempfile.TemporaryDirectory(prefix="join-storm-") as tmp:
-        for size in args.sizes:
-            result = await storm(size, args.unmuted, args.window, Path(tmp), args.profile)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-    command = "python bench/join_storm.py " + " ".join(
-        a for a in sys.argv[1:] if a != "--write" and not a.endswith(".md"))
-    body = render(results, command, machine())
+    if args.from_json:  # stored lines of an earlier run (e.g. of an older commit), rendered
+        results = [json.loads(line) for line in args.from_json.read_text().splitlines()
+                   if line.startswith("{")]
+        command, host = args.command or "(not stated)", args.host or machine()
+    else:
+        with tempfile.TemporaryDirectory(prefix="join-storm-") as tmp:
+            for size in args.sizes:
+                result = await storm(size, args.unmuted, args.window, Path(tmp), args.profile)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+        command = "python bench/join_storm.py " + " ".join(
+            a for a in sys.argv[1:] if a != "--write" and not a.endswith(".md"))
+        host = machine()
+    body = render(results, command, host, args.label)
     print(body)
     if args.write:
-        write_section(args.write, f"join-storm-unmuted-{args.unmuted}", body)
+        key = args.label.split()[0].lower().strip(":,")
+        write_section(args.write, f"join-storm-{key}-unmuted-{results[0]['unmuted']}", body)
 
 
 def main() -> None:
@@ -180,6 +207,11 @@ def main() -> None:
     parser.add_argument("--profile", type=Path,
                         help="record py-spy raw stacks of the server during the joins here")
     parser.add_argument("--write", type=Path, help="update this results file in place")
+    parser.add_argument("--label", default="after", help="the section's name (default after)")
+    parser.add_argument("--from-json", type=Path,
+                        help="render the JSON lines an earlier run printed instead of running")
+    parser.add_argument("--command", help="with --from-json: the command that made them")
+    parser.add_argument("--host", help="with --from-json: the machine they were made on")
     args = parser.parse_args()
     if any(not 1 <= size <= 1000 for size in args.sizes):
         parser.error("--sizes must be 1..1000 (one load generator's limit)")

@@ -93,6 +93,7 @@ class ControlStats:
     route_builds: int = 0  # one publisher track's receiver list rebuilt
     plan_builds: int = 0  # one publisher track's fan-out plan (re)assembled
     targets_computed: int = 0  # receivers' fan-out targets worked out for those plans
+    removals: dict[str, int] = field(default_factory=dict)  # sessions removed, by reason
 
 
 @dataclass
@@ -236,6 +237,9 @@ class CallManager:
                     log.info("call %s ended", call.call_id)
             elif published:
                 self._rewire(call)
+        if reason not in ("left", "shutdown"):
+            removals = self.control_stats.removals
+            removals[reason] = removals.get(reason, 0) + 1
         if reason not in ("left", "shutdown") and participant.send is not None:
             await self._safe_send(participant.send, {
                 "type": "error", "code": "session_removed",

@@ -12,8 +12,10 @@ bench/join_storm.py measures the same counters and the CPU at N = 100..1000.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 
 from callsctl_sfu.calls.forwarding import TrackRoutes
@@ -130,3 +132,61 @@ async def test_publishers_joining_during_one_pending_offer_cost_two_offers(serve
         assert len(offers) == 2
     finally:
         await close_all([first, *speakers])
+
+
+# -- the signaling send path: shared frames, and a client that stops reading -----------------
+
+
+async def test_a_client_that_stops_reading_still_gets_every_event_in_order():
+    """Events past the direct-write limit queue behind aiohttp's flow control, in order.
+
+    Broadcasts never wait for a slow client (post() is synchronous); what it has
+    not read yet is kept, and arrives complete and in order once it reads again.
+    """
+    from aiohttp import WSMsgType, web
+    from aiohttp.test_utils import TestServer
+
+    from callsctl_sfu.api.signaling import DIRECT_WRITE_LIMIT, SignalingConnection
+    from callsctl_sfu.calls.shared import SharedEvent
+    from callsctl_sfu.tokens import JoinGrant
+
+    padding = "x" * 1000
+    count = 3 * (DIRECT_WRITE_LIMIT // 1000) + 4000  # well past the limit and the kernel's
+    queued_at_most = 0
+    done = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        nonlocal queued_at_most
+        ws = web.WebSocketResponse(compress=False)
+        await ws.prepare(request)
+        connection = SignalingConnection(ws, JoinGrant("c", "u", 0), None, 65536,  # type: ignore[arg-type]
+                                         transport=request.transport)
+        await ws.receive()  # the client says it has paused reading
+        for number in range(count):
+            event = {"type": "user_joined", "n": number, "pad": padding}
+            connection.post(SharedEvent(event) if number % 2 else event)
+            queued_at_most = max(queued_at_most, len(connection._outbox))
+        await connection.send({"type": "last"})
+        done.set()
+        await ws.receive()  # until the client closes
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.make_url("/ws"), compress=0)
+        ws._response.connection.transport.pause_reading()  # type: ignore[union-attr]
+        await ws.send_str("paused")
+        await asyncio.wait_for(done.wait(), 30)  # posting never waited for the client
+        assert queued_at_most > 0, "the direct-write limit was never reached"
+        ws._response.connection.transport.resume_reading()  # type: ignore[union-attr]
+        numbers = []
+        while True:
+            frame = await asyncio.wait_for(ws.receive(), 30)
+            assert frame.type == WSMsgType.TEXT
+            event = json.loads(frame.data)
+            if event["type"] == "last":
+                break
+            numbers.append(event["n"])
+        assert numbers == list(range(count))
+        await ws.close()

@@ -246,6 +246,7 @@ class Server:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
                 "forwarding": dataclasses.asdict(self.manager.stats),
+                "control": dataclasses.asdict(self.manager.control_stats),
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),
                 **(self.connectivity.stats() if self.connectivity else {}),
                 "negotiating": sum(p.peer.negotiating

@@ -4,6 +4,17 @@ A token is checked before anything else; a missing, forged or expired token
 gets an `error` event and the socket is closed, never a join. After that every
 frame is validated (api/protocol.py) and a bad one costs the sender an `error`
 event, not the connection.
+
+Events leave in order through one path per connection (`post`): while nothing
+is queued for it, an event's frame is written straight to the connection's
+transport, the same bytes for every receiver of a broadcast (api/wsframe.py,
+calls/shared.py); otherwise, or when the client is not reading (the
+transport's buffer is full), it queues behind the others and one writer task
+per connection sends the queue with aiohttp's flow control. A broadcast to N
+participants thus costs one encoding and N buffer writes, not N tasks. Signaling
+frames are not compressed (permessage-deflate is not offered): deflating each
+event per receiver would cost more CPU than the few kilobytes it saves, and a
+compressed frame cannot be shared between receivers.
 """
 
 from __future__ import annotations
@@ -12,14 +23,18 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
 from callsctl_sfu.api.ratelimit import TokenBucket
+from callsctl_sfu.api.wsframe import text_frame
 from callsctl_sfu.calls.manager import CallManager, JoinRefused
+from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.iceconfig import client_ice_servers
+from callsctl_sfu.tasks import spawn
 from callsctl_sfu.tokens import JoinGrant, TokenError, verify_token
 
 log = logging.getLogger("callsctl_sfu.api.ws")
@@ -28,6 +43,9 @@ log = logging.getLogger("callsctl_sfu.api.ws")
 # over config.max_message_size get an error event and the connection stays.
 HARD_FRAME_LIMIT = 1024 * 1024
 CLOSE_UNAUTHORIZED = 4001
+# Above this many bytes unsent on a connection (a client not reading), events queue
+# behind aiohttp's flow control instead of being written straight to the transport.
+DIRECT_WRITE_LIMIT = 256 * 1024
 
 
 def _token_from(request: web.Request) -> str | None:
@@ -45,13 +63,17 @@ class SignalingConnection:
 
     def __init__(self, ws: web.WebSocketResponse, grant: JoinGrant, manager: CallManager,
                  max_size: int, rate: float = 0.0, burst: float = 0.0,
-                 stats: dict[str, Any] | None = None) -> None:
+                 stats: dict[str, Any] | None = None,
+                 transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
+        # Direct frame writes need the connection's transport and an uncompressed stream.
+        self._transport = transport if transport is not None and not ws.compress else None
+        self._outbox: deque[str] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self.grant = grant
         self.manager = manager
         self.max_size = max_size
         self.session_id: str | None = None
-        self._send_lock = asyncio.Lock()
         # rate <= 0 disables the limit (embedding, tests of the handler alone).
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
         self.stats = stats
@@ -80,14 +102,44 @@ class SignalingConnection:
         return False
 
     async def send(self, event: dict[str, Any]) -> None:
+        """The CallManager's EventSender: never waits for the network (see `post`)."""
+        self.post(event)
+
+    def post(self, event: dict[str, Any]) -> None:
+        """Send an event after every event posted before it, without waiting."""
         if self.ws.closed:
             return
         self._count("messages_out", str(event.get("type")))
-        # A client that went away mid-send is detached when the read loop ends;
-        # nobody is left to tell, so the error is not worth a traceback.
-        async with self._send_lock:
-            with contextlib.suppress(ConnectionError):
-                await self.ws.send_str(json.dumps(event))
+        shared = isinstance(event, SharedEvent)
+        transport = self._transport
+        if transport is not None and not self._outbox and self._writer is None and \
+                not transport.is_closing() and \
+                transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+            if shared:
+                frame = event.frame  # type: ignore[attr-defined]
+                if frame is None:
+                    frame = event.frame = text_frame(event.text)  # type: ignore[attr-defined]
+            else:
+                frame = text_frame(json.dumps(event))
+            transport.write(frame)
+            return
+        self._outbox.append(event.text if shared else json.dumps(event))  # type: ignore[attr-defined]
+        if self._writer is None:
+            self._writer = spawn(self._write_queued(), "ws-writer")
+
+    async def _write_queued(self) -> None:
+        """Send the queue in order with aiohttp's flow control (waits while the client lags)."""
+        try:
+            while self._outbox and not self.ws.closed:
+                text = self._outbox.popleft()
+                # A client that went away mid-send is detached when the read loop ends;
+                # nobody is left to tell, so the error is not worth a traceback.
+                with contextlib.suppress(ConnectionError):
+                    await self.ws.send_str(text)
+        finally:
+            if self.ws.closed:
+                self._outbox.clear()
+            self._writer = None
 
     async def error(self, code: str, message: str) -> None:
         await self.send({"type": "error", "code": code, "message": message})
@@ -195,7 +247,7 @@ class SignalingConnection:
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     manager: CallManager = request.app["manager"]
     config = request.app["config"]
-    ws = web.WebSocketResponse(heartbeat=15, max_msg_size=HARD_FRAME_LIMIT)
+    ws = web.WebSocketResponse(heartbeat=15, max_msg_size=HARD_FRAME_LIMIT, compress=False)
     await ws.prepare(request)
     metrics = request.app.get("ws_stats")
     try:
@@ -206,7 +258,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,
-                                     config.ws_rate_limit, config.ws_rate_burst, metrics)
+                                     config.ws_rate_limit, config.ws_rate_burst, metrics,
+                                     request.transport)
     connection.token = _token_from(request) or ""
     fleet = request.app.get("fleet")
     if fleet is not None and not await fleet.accept_ws(request, connection):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from callsctl_sfu.config import PAIR, SWITCH, SettingSpec, setting_specs
+from callsctl_sfu.config import PAIR, SWITCH, SettingSpec, setting_specs, specs_by_section
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,13 +48,15 @@ def _parameter(spec: SettingSpec) -> inspect.Parameter:
         annotation, default = bool | None, None
     else:
         annotation, default = _VALUE_TYPES[str(spec.default.__class__.__name__)] | None, None
-    option = typer.Option(default, spec.flag_decls, help=flag_help(spec), metavar=spec.metavar)
+    option = typer.Option(default, spec.flag_decls, help=flag_help(spec), metavar=spec.metavar,
+                          rich_help_panel=f"{spec.section} settings")
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                              annotation=annotation)
 
 
-def flagged_specs() -> list[SettingSpec]:
-    return [spec for spec in setting_specs() if spec.flag_kind]
+def flagged_specs(by_section: bool = False) -> list[SettingSpec]:
+    specs = specs_by_section() if by_section else setting_specs()
+    return [spec for spec in specs if spec.flag_kind]
 
 
 def with_setting_flags(before: str) -> Callable[[F], F]:
@@ -68,7 +70,7 @@ def with_setting_flags(before: str) -> Callable[[F], F]:
         signature = inspect.signature(func, eval_str=True)
         own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
         at = [p.name for p in own].index(before)
-        generated = [_parameter(spec) for spec in flagged_specs()]
+        generated = [_parameter(spec) for spec in flagged_specs(by_section=True)]
         params = [p.replace(kind=p.KEYWORD_ONLY) for p in own]
         params[at:at] = generated
         func.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]

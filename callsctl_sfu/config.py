@@ -563,10 +563,6 @@ def setting_names() -> list[str]:
     return [f.name for f in fields(ServeConfig)]
 
 
-def setting_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(ServeConfig)}
-
-
 def env_name(key: str) -> str:
     return ENV_PREFIX + key.upper()
 

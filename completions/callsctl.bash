@@ -5,7 +5,7 @@
 # Does option $2 of command path $1 take a value (so the next word is not a command)?
 _callsctl_takes_value() {
     case "$1" in
-        "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key|--public-url|--metrics-port|--metrics-bind|--metrics-auth|--cluster|--cluster-policy|--node-id|--node-url|--drain-timeout) return 0 ;; esac ;;
+        "callsctl serve") case "$2" in --config|--bind|--data-dir|--log-level|--log-format|--udp-port|--ice-host-override|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--max-call-participants|--default-call|--session-timeout|--api-port|--tls-cert|--tls-key|--public-url|--admin-key-file|--metrics-port|--metrics-bind|--metrics-auth|--cluster|--cluster-policy|--node-id|--node-url|--drain-timeout) return 0 ;; esac ;;
         "callsctl token") case "$2" in --call|-c|--user|-u|--ttl|--data-dir|--config|--url) return 0 ;; esac ;;
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
         "callsctl worker") case "$2" in --queue|-q|--data-dir|--max-jobs) return 0 ;; esac ;;
@@ -94,15 +94,11 @@ _callsctl() {
             case $prev in
                 --config) _callsctl_files; return ;;
                 --bind) return ;;  # free-form value
-                --api-port) return ;;  # free-form value
-                --udp-port) return ;;  # free-form value
-                --ice-host-override) return ;;  # free-form value
                 --data-dir) return ;;  # free-form value
-                --max-call-participants) return ;;  # free-form value
                 --log-level) return ;;  # free-form value
                 --log-format) return ;;  # free-form value
-                --default-call) return ;;  # free-form value
-                --session-timeout) return ;;  # free-form value
+                --udp-port) return ;;  # free-form value
+                --ice-host-override) return ;;  # free-form value
                 --udp-buffer-size) return ;;  # free-form value
                 --tcp-port) return ;;  # free-form value
                 --ice-tcp) return ;;  # free-form value
@@ -111,10 +107,14 @@ _callsctl() {
                 --ice-servers) return ;;  # free-form value
                 --turn-static-auth-secret) return ;;  # free-form value
                 --turn-credentials-expiration-minutes) return ;;  # free-form value
-                --admin-key-file) return ;;  # free-form value
+                --max-call-participants) return ;;  # free-form value
+                --default-call) return ;;  # free-form value
+                --session-timeout) return ;;  # free-form value
+                --api-port) return ;;  # free-form value
                 --tls-cert) return ;;  # free-form value
                 --tls-key) return ;;  # free-form value
                 --public-url) return ;;  # free-form value
+                --admin-key-file) return ;;  # free-form value
                 --metrics-port) return ;;  # free-form value
                 --metrics-bind) return ;;  # free-form value
                 --metrics-auth) return ;;  # free-form value
@@ -125,7 +125,7 @@ _callsctl() {
                 --drain-timeout) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--config --bind --api-port --udp-port --ice-host-override --data-dir --max-call-participants --log-level --log-format --default-call --session-timeout --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --admin-key-file --default-enabled --no-default-enabled --tls-cert --tls-key --tls-self-signed --public-url --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--config --bind --data-dir --log-level --log-format --udp-port --ice-host-override --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --max-call-participants --default-call --session-timeout --default-enabled --no-default-enabled --api-port --tls-cert --tls-key --tls-self-signed --public-url --admin-key-file --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
             fi ;;
         "callsctl token")
             case $prev in

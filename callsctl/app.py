@@ -54,6 +54,7 @@ def _register_commands() -> None:
     from callsctl import serve, token, tune, worker
     from callsctl.calls import app as calls_app
     from callsctl.check import app as check_app
+    from callsctl.fleet import app as fleet_app
     from callsctl.loadtest import loadtest
     from callsctl.record import app as record_app
     from callsctl.top.command import top
@@ -67,6 +68,7 @@ def _register_commands() -> None:
     app.command("worker", help=worker.worker.__doc__)(worker.worker)
     app.command("top", help=top.__doc__)(top)
     app.command("loadtest", help=loadtest.__doc__)(loadtest)
+    app.add_typer(fleet_app, name="fleet")
 
 
 _register_commands()

@@ -273,13 +273,16 @@ def list_calls(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     if not calls:
         console.print("no live calls")
         return
+    fleet = any("node" in call for call in calls)  # a fleet node lists every node's calls
     table = _narrow_table(f"{len(calls)} live call(s)",
-                          ("call", "participants", "age", "host", "screen", "in", "out"),
+                          ("call", "participants", "age", "host", "screen", "in", "out",
+                           *(("node",) if fleet else ())),
                           numeric=("participants", "in", "out"))
     for call in calls:
         table.add_row(call["id"], str(call["participants"]), _age(call.get("started_at")),
                       call.get("host_user") or "-", call.get("screen_sharer") or "-",
-                      _rate(call.get("in_bps")), _rate(call.get("out_bps")))
+                      _rate(call.get("in_bps")), _rate(call.get("out_bps")),
+                      *((call.get("node") or "-",) if fleet else ()))
     console.print(table)
 
 

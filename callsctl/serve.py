@@ -7,14 +7,15 @@ import dataclasses
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from callsctl.errors import bad_option, fail
+from callsctl.serve_options import overrides, with_setting_flags
 from callsctl_sfu import __version__, links
-from callsctl_sfu.config import ConfigError, ServeConfig, load_config, to_toml
+from callsctl_sfu.config import ConfigError, ServeConfig, flag_name, load_config, to_toml
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import issue_token
 
@@ -24,93 +25,13 @@ if TYPE_CHECKING:
 JOIN_LINK_TTL = 24 * 3600
 
 
+@with_setting_flags(before="print_config")
 def serve(
     config_file: Path | None = typer.Option(
-        None, "--config", help="TOML file with settings (top level or a [serve] table)."),
-    bind: str | None = typer.Option(None, "--bind", help="Listen address. [default: 0.0.0.0]"),
-    api_port: int | None = typer.Option(
-        None, "--api-port", help="HTTP API, web client and /ws port. [default: 8045]"),
-    udp_port: int | None = typer.Option(
-        None, "--udp-port", help="The one UDP port for all media. [default: 8443]"),
-    ice_host_override: str | None = typer.Option(
-        None, "--ice-host-override",
-        help="IP or host name to advertise in ICE candidates (the public address of a "
-             "NATed server)."),
-    data_dir: str | None = typer.Option(
-        None, "--data-dir", help="Where secrets and the database live. "
-                                 "[default: $XDG_DATA_HOME/callsctl]"),
-    max_call_participants: int | None = typer.Option(
-        None, "--max-call-participants", help="Most participants per call; 0 = unlimited."),
-    log_level: str | None = typer.Option(
-        None, "--log-level", help="debug, info, warning or error. [default: info]"),
-    log_format: str | None = typer.Option(
-        None, "--log-format", help="text or json. [default: text]"),
-    default_call: str | None = typer.Option(
-        None, "--default-call", help="Call id of the join link printed at startup."),
-    session_timeout: float | None = typer.Option(
-        None, "--session-timeout",
-        help="Seconds without packets before a connected participant is removed. [default: 10]"),
-    udp_buffer_size: int | None = typer.Option(
-        None, "--udp-buffer-size",
-        help="Socket buffer asked for on the media socket, bytes. [default: 16 MiB]"),
-    tcp_port: int | None = typer.Option(
-        None, "--tcp-port", help="TCP port for ICE-TCP, the fallback of clients whose UDP is "
-                                 "blocked. [default: the --udp-port number, 8443]"),
-    ice_tcp: str | None = typer.Option(
-        None, "--ice-tcp", metavar="on|off", help="Listen for ICE-TCP. [default: on]"),
-    ice_host_port_override: str | None = typer.Option(
-        None, "--ice-host-port-override", metavar="PORT|IP/PORT,...",
-        help="Port to advertise instead of the real one (port forwarding, Docker, load "
-             "balancers): one port, or LOCAL_IP/PORT entries like 10.0.0.1/8443,10.0.0.2/8444."),
-    stun_server: str | None = typer.Option(
-        None, "--stun-server", metavar="HOST:PORT",
-        help="STUN server asked once at startup for the public address when there is no "
-             "--ice-host-override; \"\" = do not ask. "
-             "[default: stun.global.calls.mattermost.com:3478]"),
-    ice_servers: str | None = typer.Option(
-        None, "--ice-servers", metavar="URI,...",
-        help="STUN/TURN URIs handed to clients, e.g. stun:stun.example.com:3478,"
-             "turn:turn.example.com:3478?transport=udp"),
-    turn_static_auth_secret: str | None = typer.Option(
-        None, "--turn-static-auth-secret",
-        help="coturn's static-auth-secret: clients get TURN REST credentials. Prefer "
-             "CALLSCTL_TURN_STATIC_AUTH_SECRET (flags show in ps)."),
-    turn_credentials_expiration_minutes: int | None = typer.Option(
-        None, "--turn-credentials-expiration-minutes",
-        help="How long TURN credentials stay valid (max 10080, one week). [default: 1440]"),
-    enable_ipv6: bool = typer.Option(
-        False, "--enable-ipv6", help="Also listen on IPv6 (same ports) and advertise IPv6 "
-                                     "host candidates."),
-    admin_key_file: str | None = typer.Option(
-        None, "--admin-key-file", help="File with the admin API key. [default: generated "
-                                       "into <data dir>/admin_key on first start]"),
-    default_enabled: bool | None = typer.Option(
-        None, "--default-enabled/--no-default-enabled",
-        help="Whether any call id may start a call; --no-default-enabled is test mode: only "
-             "call ids enabled with `callsctl calls enable` can. [default: enabled]"),
-    tls_cert: str | None = typer.Option(
-        None, "--tls-cert", help="PEM certificate for HTTPS/WSS on the API port."),
-    tls_key: str | None = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
-    tls_self_signed: bool = typer.Option(
-        False, "--tls-self-signed", help="Serve HTTPS with a self-signed certificate "
-                                         "generated once into the data dir and reused."),
-    public_url: str | None = typer.Option(
-        None, "--public-url", metavar="URL",
-        help="Base URL participants open (e.g. https://calls.example.com behind a TLS "
-             "proxy); join links start with it. [default: http(s)://<bind>:<api port>]"),
-    metrics_port: int | None = typer.Option(
-        None, "--metrics-port", metavar="PORT",
-        help="Serve /metrics on this separate port instead of the API port (Mattermost "
-             "uses 8067). [default: 0 = on the API port]"),
-    metrics_bind: str | None = typer.Option(
-        None, "--metrics-bind", metavar="IP",
-        help="Address of the --metrics-port listener, e.g. 127.0.0.1. [default: --bind]"),
-    metrics_auth: str | None = typer.Option(
-        None, "--metrics-auth", metavar="none|admin_key",
-        help="admin_key: /metrics answers only with 'Authorization: Bearer <admin key>'. "
-             "[default: none]"),
+        None, "--config", help="TOML file with settings (top level or a \\[serve] table)."),
     print_config: bool = typer.Option(
         False, "--print-config", help="Print the merged configuration as TOML and exit."),
+    **settings: Any,
 ) -> None:
     """Run the SFU: all media on one UDP port, API/web client/signaling on --api-port.
 
@@ -119,28 +40,11 @@ def serve(
     addresses and a join link to open in a browser. Stop with Ctrl-C or SIGTERM:
     calls end cleanly and the ports are freed.
     """
-    overrides = {
-        "bind": bind, "api_port": api_port, "udp_port": udp_port,
-        "ice_host_override": ice_host_override, "data_dir": data_dir,
-        "max_call_participants": max_call_participants, "log_level": log_level,
-        "log_format": log_format, "default_call": default_call,
-        "session_timeout": session_timeout, "udp_buffer_size": udp_buffer_size,
-        "tcp_port": tcp_port, "ice_tcp": ice_tcp, "ice_host_port_override":
-        ice_host_port_override, "stun_server": stun_server, "ice_servers": ice_servers,
-        "turn_static_auth_secret": turn_static_auth_secret,
-        "turn_credentials_expiration_minutes": turn_credentials_expiration_minutes,
-        "enable_ipv6": True if enable_ipv6 else None,
-        "admin_key_file": admin_key_file, "default_enabled": default_enabled,
-        "tls_cert": tls_cert, "tls_key": tls_key,
-        "tls_self_signed": True if tls_self_signed else None,
-        "public_url": public_url, "metrics_port": metrics_port, "metrics_bind": metrics_bind,
-        "metrics_auth": metrics_auth,
-    }
     try:
-        config = load_config(config_file, overrides=overrides)
+        config = load_config(config_file, overrides=overrides(settings))
     except ConfigError as exc:
         if getattr(exc, "source", "") == "flag":  # a bad flag is a usage error (exit 2)
-            bad_option("--" + exc.key.replace("_", "-"), f"{exc.value!r} {exc.allowed}")
+            bad_option(flag_name(exc.key), f"{exc.value!r} {exc.allowed}")
         more = len(exc.all) - 1
         fail(str(exc) + (f" (and {more} more: `callsctl check config` lists every one)"
                          if more else ""))
@@ -166,13 +70,24 @@ async def _run(config: ServeConfig) -> None:
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if server.fleet is not None:  # a fleet node drains on SIGTERM (a second one stops it)
+        server.fleet.stopped = stop.set
+        loop.add_signal_handler(signal.SIGTERM, lambda: _drain_or_stop(server, stop))
+    else:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     _print_banner(server)
     try:
         await stop.wait()
     finally:
         await server.stop()
+
+
+def _drain_or_stop(server: Server, stop: asyncio.Event) -> None:
+    if server.fleet.state == "draining":
+        stop.set()
+    else:
+        server.fleet.drain("SIGTERM")
 
 
 def _print_banner(server: Server) -> None:
@@ -215,6 +130,9 @@ def _print_banner(server: Server) -> None:
         if not config.default_enabled:
             console.print("  test mode             : only call ids enabled with `callsctl "
                           "calls enable ID` can start")
+    if server.fleet is not None:
+        console.print(f"  fleet                 : node {server.fleet.node_id} in "
+                      f"{server.fleet.url} (policy {config.cluster_policy}); SIGTERM drains")
     console.print("  join the default call (valid 24 h; mint more with `callsctl token`):")
     console.print(f"    {links.join_link(public, token)}")
     sys.stdout.flush()

@@ -225,7 +225,8 @@ def _evidence_table(report: dict[str, Any]) -> Table:
                   "its own LimitNOFILE)")
     probe = ev["new_socket"]
     if "error" in probe:
-        table.add_row("new socket asking for 16 MiB", escape(probe["error"]), "")
+        table.add_row(f"new socket asking for {format_bytes(DEFAULT_UDP_BUFFER_SIZE)}",
+                      escape(probe["error"]), "")
     else:
         table.add_row(
             f"new socket asking for {_size(probe['requested_bytes'])}",

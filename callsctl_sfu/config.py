@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from callsctl_sfu.fleet.settings import (
+    POLICIES,
+    cluster_url_problem,
+    node_id_problem,
+    node_url_problem,
+    redacted,
+)
 from callsctl_sfu.iceconfig import (
     MAX_TURN_EXPIRATION_MINUTES,
     IceSettingError,
@@ -28,11 +35,32 @@ from callsctl_sfu.iceconfig import (
     parse_ice_servers,
     parse_port_override,
 )
+from callsctl_sfu.tuning import DEFAULT_UDP_BUFFER_SIZE
 
 ENV_PREFIX = "CALLSCTL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 METRICS_AUTH = ("none", "admin_key")
+
+# How a setting appears on `callsctl serve`'s command line. A field's `flag` is one of
+# these, or None for a setting read only from TOML and the environment.
+VALUE = "value"    # --api-port 8045 (a bool field takes on|off, true|false, ...)
+SWITCH = "switch"  # --enable-ipv6: can only turn the setting on
+PAIR = "pair"      # --default-enabled/--no-default-enabled
+FLAG_KINDS = (VALUE, SWITCH, PAIR)
+
+SECTIONS: dict[str, str] = {
+    "server": "the process: listen address, data directory, logs",
+    "rtc": "media: the UDP and ICE-TCP sockets, ICE candidates, STUN and TURN",
+    "calls": "calls and sessions: limits, timeouts, features",
+    "api": "the HTTP API port: signaling websocket, limits, TLS, join links",
+    "admin": "the admin API key and /metrics",
+    "jobs": "jobs beside the SFU: recordings",
+    "fleet": "a fleet of nodes over Redis",
+}
+"""The sections `--print-config`, `check config`, the README and the man page group
+settings under. A section is presentation only: TOML keys and CALLSCTL_* names stay
+flat (`udp_port`, not `rtc.udp_port`), so existing files and environments keep working."""
 
 
 class ConfigError(ValueError):
@@ -175,54 +203,92 @@ def _ip_or_empty(value: Any) -> str | None:
     return None if value == "" else _ip_address(value)
 
 
-def _setting(default: Any, help: str, check: Callable[[Any], str | None]) -> Any:
-    return field(default=default, metadata={"help": help, "check": check})
+def _setting(
+    default: Any,
+    help: str,
+    check: Callable[[Any], str | None],
+    *,
+    section: str,
+    flag: str | None = VALUE,
+    metavar: str | None = None,
+    shown: str | None = None,
+    sensitive: bool = False,
+) -> Any:
+    """Declare one setting: everything its flag, env name, TOML key and docs need.
+
+    `flag` says how `callsctl serve` takes it (VALUE, SWITCH, PAIR, or None for
+    TOML/env only), `metavar` what --help shows for its value, `shown` the default as
+    a person reads it when the value itself says little ("" for the data dir), and
+    `sensitive` that the environment is the better place for it (flags show in ps).
+    """
+    if section not in SECTIONS or flag not in (*FLAG_KINDS, None):
+        raise ValueError(f"bad setting declaration: section={section!r} flag={flag!r}")
+    return field(default=default, metadata={
+        "help": help, "check": check, "section": section, "flag": flag,
+        "metavar": metavar, "shown": shown, "sensitive": sensitive})
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """Every setting `callsctl serve` understands, with its default and meaning."""
 
-    bind: str = _setting("0.0.0.0", "address the API and media sockets listen on", _ip_address)
+    bind: str = _setting("0.0.0.0", "address the API and media sockets listen on", _ip_address,
+        section="server",
+    )
     api_port: int = _setting(
-        8045, "TCP port of the HTTP API, web client, /ws signaling and /metrics", _port(True)
+        8045, "TCP port of the HTTP API, web client, /ws signaling and /metrics", _port(True),
+        section="api",
     )
     udp_port: int = _setting(
-        8443, "the one UDP port carrying every session's ICE, DTLS and SRTP", _port(True)
+        8443, "the one UDP port carrying every session's ICE, DTLS and SRTP", _port(True),
+        section="rtc",
     )
     ice_host_override: str = _setting(
         "",
         "address advertised in ICE candidates (public IP of a NATed server); "
         "empty = the bind address, or the first non-loopback interface address",
         _host_or_empty,
+        section="rtc",
     )
     data_dir: str = _setting(
-        "", "directory for the database and generated secrets (default: XDG data home)", _string
+        "", "directory for the database and generated secrets", _string,
+        section="server", shown="$XDG_DATA_HOME/callsctl",
     )
     max_call_participants: int = _setting(
-        0, "most participants one call accepts; 0 = unlimited", _non_negative_int
+        0, "most participants one call accepts; 0 = unlimited", _non_negative_int,
+        section="calls",
     )
-    log_level: str = _setting("info", "log verbosity", _choice(LOG_LEVELS))
-    log_format: str = _setting("text", "log line format", _choice(LOG_FORMATS))
+    log_level: str = _setting(
+        "info", "log verbosity", _choice(LOG_LEVELS),
+        section="server", metavar="|".join(LOG_LEVELS),
+    )
+    log_format: str = _setting(
+        "text", "log line format", _choice(LOG_FORMATS),
+        section="server", metavar="|".join(LOG_FORMATS),
+    )
     default_call: str = _setting(
-        "default", "call id used for the join link printed at startup", _call_id
+        "default", "call id used for the join link printed at startup", _call_id,
+        section="calls",
     )
     session_timeout: float = _setting(
         10.0,
         "seconds without any packet from a connected participant before it is removed",
         _positive_number,
+        section="calls",
     )
     reconnect_grace: float = _setting(
         5.0,
         "seconds a participant whose signaling connection dropped may reconnect "
         "before it is removed",
         _positive_number,
+        section="calls", flag=None,
     )
     media_connect_timeout: float = _setting(
         20.0,
         "seconds a joined session may take to connect media (ICE + DTLS) before it is "
         "removed; clients give up after 15 s",
         _positive_number,
+        section="calls", flag=None,
     )
     max_sessions_per_user: int = _setting(
         2,
@@ -230,96 +296,121 @@ class ServeConfig:
         "replaces the user's oldest session (one whose signaling dropped goes first); "
         "0 = unlimited",
         _non_negative_int,
+        section="calls", flag=None,
     )
     http_idle_timeout: float = _setting(
         15.0,
         "seconds an API connection may take to send a complete request, and may stay idle "
         "between requests, before it is closed (slow or silent clients)",
         _positive_number,
+        section="api", flag=None,
     )
     max_http_connections: int = _setting(
         0,
         "most connections open on the API port at once (websockets included); beyond it "
         "new ones get 503; 0 = three quarters of the open-files limit",
         _non_negative_int,
+        section="api", flag=None,
     )
     max_message_size: int = _setting(
-        65536, "largest signaling message accepted, in bytes", _positive_number
+        65536, "largest signaling message accepted, in bytes", _positive_number,
+        section="api", flag=None,
     )
     udp_buffer_size: int = _setting(
-        16 * 1024 * 1024,
+        DEFAULT_UDP_BUFFER_SIZE,
         "SO_RCVBUF/SO_SNDBUF asked for on the media socket (see `callsctl tune`)",
         _positive_number,
+        section="rtc",
     )
 
     allow_screen_sharing: bool = _setting(
-        True, "whether participants may share their screen (one share per call)", _boolean
+        True, "whether participants may share their screen (one share per call)", _boolean,
+        section="calls", flag=None,
     )
     enable_simulcast: bool = _setting(
         False, "accept simulcast layers from clients and send each receiver the layer its "
-        "bandwidth allows", _boolean
+        "bandwidth allows", _boolean,
+        section="calls", flag=None,
     )
     nack_buffer_size: int = _setting(
         256, "video packets kept per published stream to answer NACKs (RFC 4585); "
         "0 disables NACK handling", _non_negative_int,
+        section="rtc", flag=None,
     )
 
     # -- connectivity: ICE-TCP, NAT, STUN, TURN, IPv6 --
     tcp_port: int = _setting(
         0, "TCP port for ICE-TCP (RFC 6544), the fallback of clients whose UDP is blocked; "
         "0 = the same number as udp_port", _port(True),
+        section="rtc",
     )
-    ice_tcp: bool = _setting(True, "listen for ICE-TCP and advertise TCP candidates", _boolean)
+    ice_tcp: bool = _setting(True, "listen for ICE-TCP and advertise TCP candidates", _boolean,
+        section="rtc", metavar="on|off",
+    )
     ice_host_port_override: str = _setting(
         "", "port advertised in ICE candidates instead of the real one (port forwarding, "
         "Docker, load balancers): one port, or LOCAL_IP/PORT entries such as "
         "10.0.0.1/8443,10.0.0.2/8444", _parsed_by(parse_port_override),
+        section="rtc", metavar="PORT|IP/PORT,...",
     )
     stun_server: str = _setting(
         "stun.global.calls.mattermost.com:3478",
         "STUN server (host:port) asked once at startup for the public address when "
         "ice_host_override is empty; empty = do not ask", _parsed_by(_stun_server_or_empty),
+        section="rtc", metavar="HOST:PORT",
     )
     ice_servers: str = _setting(
         "", "STUN/TURN URIs handed to clients, comma-separated (stun:, turn:, turns:), or a "
         "JSON list of {urls, username, credential}", _parsed_by(parse_ice_servers),
+        section="rtc", metavar="URI,...",
     )
     turn_static_auth_secret: str = _setting(
-        "", "coturn's static-auth-secret: clients get TURN REST credentials for the TURN "
+        "", "the static-auth-secret of coturn: clients get TURN REST credentials for the TURN "
         "URIs in ice_servers", _string,
+        section="rtc", sensitive=True,
     )
     turn_credentials_expiration_minutes: int = _setting(
         1440, "how long TURN credentials stay valid, in minutes (at most one week)",
         _turn_minutes,
+        section="rtc",
     )
     enable_ipv6: bool = _setting(
         False, "also listen on IPv6 (same port numbers) and advertise IPv6 host candidates",
         _boolean,
+        section="rtc", flag=SWITCH,
     )
 
     # -- admin API, call settings, TLS --
     admin_key_file: str = _setting(
         "", "file holding the admin API key (sent as Authorization: Bearer); "
         "empty = generate one into <data_dir>/admin_key (0600) on first start", _string,
+        section="admin",
     )
     default_enabled: bool = _setting(
         True, "whether calls may start in any call id; false = test mode: only call ids "
         "enabled through the admin API can start", _boolean,
+        section="calls", flag=PAIR,
     )
     tls_cert: str = _setting(
-        "", "PEM certificate (chain) for HTTPS/WSS on the API port; needs tls_key", _string
+        "", "PEM certificate (chain) for HTTPS/WSS on the API port; needs tls_key", _string,
+        section="api",
     )
-    tls_key: str = _setting("", "PEM private key of tls_cert", _string)
+    tls_key: str = _setting("", "PEM private key of tls_cert", _string,
+        section="api",
+    )
     tls_self_signed: bool = _setting(
         False, "serve HTTPS with a self-signed certificate generated (and reused) in the "
         "data dir", _boolean,
+        section="api", flag=SWITCH,
     )
     ws_rate_limit: float = _setting(
         10.0, "signaling messages per second one connection may send on average",
         _positive_number,
+        section="api", flag=None,
     )
     ws_rate_burst: int = _setting(
-        100, "signaling messages one connection may send in a burst", _positive_number
+        100, "signaling messages one connection may send in a burst", _positive_number,
+        section="api", flag=None,
     )
 
     # -- join links and /metrics exposure --
@@ -327,38 +418,77 @@ class ServeConfig:
         "", "base URL participants open (e.g. https://calls.example.com behind a TLS proxy); "
         "join links from serve and `callsctl token` start with it; empty = "
         "http(s)://<bind address, or 127.0.0.1>:<api_port>", public_url_problem,
+        section="api", metavar="URL",
     )
     metrics_port: int = _setting(
         0, "TCP port of a separate listener that serves only /metrics (like Mattermost's "
         "metrics port 8067), which then leaves the API port; 0 = /metrics on the API port",
         _port(True),
+        section="admin", metavar="PORT",
     )
     metrics_bind: str = _setting(
         "", "address the metrics listener binds (e.g. 127.0.0.1 or a private address); "
         "empty = bind", _ip_or_empty,
+        section="admin", metavar="IP",
     )
     metrics_auth: str = _setting(
         "none", "who may read /metrics: none = anyone (Prometheus without credentials); "
         "admin_key = only requests with Authorization: Bearer <admin key>",
         _choice(METRICS_AUTH),
+        section="admin", metavar="none|admin_key",
     )
 
-    # -- jobs beside the SFU: recording (issue 19, callsctl_sfu/jobs/) --
+    # -- jobs beside the SFU: recording (callsctl_sfu/jobs/) --
     max_concurrent_jobs: int = _setting(
         2, "jobs (recordings) this server runs at once in local worker processes; more "
         "wait in the queue", _positive_number,
+        section="jobs", flag=None,
     )
     recording_max_duration: float = _setting(
         4 * 3600.0, "longest a recording runs, in seconds, unless the request asks for "
         "less; it is then stopped and finished like a manual stop", _positive_number,
+        section="jobs", flag=None,
     )
     job_queue_url: str = _setting(
         "", "redis://host:port/db of a job queue: jobs go to `callsctl worker` processes on "
         "any machine instead of local worker processes; empty = local", redis_url_problem,
+        section="jobs", flag=None,
     )
     recording_retention_days: int = _setting(
         0, "delete finished recordings (files and job) older than this many days; "
         "0 = keep them", _non_negative_int,
+        section="jobs", flag=None,
+    )
+    # -- a fleet of nodes over Redis (callsctl_sfu/fleet/, docs/fleet.md) --
+    cluster: str = _setting(
+        "", "Redis URL of the fleet (redis:// or rediss://, password in the URL); empty = "
+        "a single node without Redis", cluster_url_problem,
+        section="fleet", metavar="redis://…", sensitive=True,
+    )
+    cluster_policy: str = _setting(
+        "least-loaded", "where a new call goes: least-loaded = the active node with the "
+        "lowest load; local = the node the first participant connected to",
+        _choice(POLICIES),
+        section="fleet", metavar="least-loaded|local",
+    )
+    node_id: str = _setting(
+        "", "this node's name in the fleet; empty = <host name>-<api_port>", node_id_problem,
+        section="fleet",
+    )
+    node_url: str = _setting(
+        "", "base URL other nodes use to reach this node's API (relayed signaling, routed "
+        "admin requests); empty = http(s)://<advertised address>:<api_port>", node_url_problem,
+        section="fleet", metavar="URL",
+    )
+    fleet_secret: str = _setting(
+        "", "shared secret that authenticates node-to-node requests; empty = the "
+        "fleet_secret file in the data dir (generated 0600 on first start)", _string,
+        section="fleet", flag=None, sensitive=True,
+    )
+    drain_timeout: float = _setting(
+        600.0, "seconds a draining node (SIGTERM, `callsctl fleet drain`) waits for its calls "
+        "to end before it stops anyway", _positive_number,
+        section="fleet", metavar="SECONDS",
     )
 
     def __post_init__(self) -> None:
@@ -369,16 +499,76 @@ class ServeConfig:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class SettingSpec:
+    """One ServeConfig field as every interface sees it, derived from its declaration."""
+
+    name: str
+    section: str
+    help: str
+    default: Any
+    flag_kind: str | None
+    metavar: str | None
+    shown: str | None
+    sensitive: bool
+
+    @property
+    def env(self) -> str:
+        return env_name(self.name)
+
+    @property
+    def flag(self) -> str | None:
+        """The flag's name (`--api-port`), or None for a TOML/env-only setting."""
+        return flag_name(self.name) if self.flag_kind else None
+
+    @property
+    def flag_decls(self) -> str | None:
+        """What click declares: `--default-enabled/--no-default-enabled` for a pair."""
+        if self.flag_kind == PAIR:
+            return f"{self.flag}/--no-{self.flag[2:]}"
+        return self.flag
+
+    @property
+    def default_text(self) -> str:
+        """The default as the README, man page and --help print it."""
+        if self.shown is not None:
+            return self.shown
+        value = self.default
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value == "":
+            return "(empty)"
+        mib = 1024 * 1024
+        if isinstance(value, int) and value >= mib and value % mib == 0:
+            return f"{value} ({value // mib} MiB)"
+        return str(value)
+
+
+def setting_specs() -> list[SettingSpec]:
+    """Every setting, in declaration order."""
+    return [SettingSpec(
+        name=f.name, section=f.metadata["section"], help=f.metadata["help"],
+        default=f.default, flag_kind=f.metadata["flag"], metavar=f.metadata["metavar"],
+        shown=f.metadata["shown"], sensitive=f.metadata["sensitive"],
+    ) for f in fields(ServeConfig)]
+
+
+def specs_by_section() -> list[SettingSpec]:
+    """Every setting grouped by section (SECTIONS order), declaration order within one."""
+    order = list(SECTIONS)
+    return sorted(setting_specs(), key=lambda spec: order.index(spec.section))
+
+
 def setting_names() -> list[str]:
     return [f.name for f in fields(ServeConfig)]
 
 
-def setting_help() -> dict[str, str]:
-    return {f.name: f.metadata["help"] for f in fields(ServeConfig)}
-
-
 def env_name(key: str) -> str:
     return ENV_PREFIX + key.upper()
+
+
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
 
 
 def _coerce(key: str, raw: Any, source: str) -> Any:
@@ -508,18 +698,24 @@ def to_toml(config: ServeConfig, show_secrets: bool = False) -> str:
     `--print-config` output can be pasted into a ticket without leaking it.
     """
     lines = ["[serve]"]
-    for f in fields(ServeConfig):
-        value = getattr(config, f.name)
-        if "secret" in f.name and value and not show_secrets:
-            lines.append(f"# {f.metadata['help']}")
-            lines.append(f"# {f.name} = (set; not shown)")
+    section = ""
+    for spec in specs_by_section():
+        if spec.section != section:  # a comment, so the keys stay flat under [serve]
+            section = spec.section
+            lines += ["", f"# == {section}: {SECTIONS[section]} =="]
+        value = getattr(config, spec.name)
+        if "secret" in spec.name and value and not show_secrets:
+            lines.append(f"# {spec.help}")
+            lines.append(f"# {spec.name} = (set; not shown)")
             continue
+        if spec.name == "cluster" and not show_secrets:
+            value = redacted(value)
         if isinstance(value, str):
             rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
         elif isinstance(value, bool):
             rendered = "true" if value else "false"
         else:
             rendered = repr(value)
-        lines.append(f"# {f.metadata['help']}")
-        lines.append(f"{f.name} = {rendered}")
+        lines.append(f"# {spec.help}")
+        lines.append(f"{spec.name} = {rendered}")
     return "\n".join(lines) + "\n"

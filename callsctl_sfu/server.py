@@ -72,6 +72,7 @@ class Server:
         self.buffer_sizes = (0, 0)
         self.stopping = False
         self.started_at = 0.0
+        self.fleet: Any = None  # fleet/node.py FleetNode when config.cluster is set
 
     async def start(self) -> None:
         config = self.config
@@ -117,6 +118,16 @@ class Server:
         add_routes(app)
         self.control.attach(app, self.manager, mux)
         attach_jobs(app, self.control)  # recording jobs: routes, startup, shutdown
+        if config.cluster:  # imported only here: a single node never loads redis
+            from callsctl_sfu.fleet.node import FleetError, FleetNode
+            try:
+                self.fleet = FleetNode(self)
+            except FleetError as exc:
+                self.connectivity.close()
+                transport.close()
+                await self.control.close()
+                raise StartupError(str(exc)) from None
+            self.fleet.attach(app)
         # keepalive_timeout is armed when a connection opens and after each response:
         # a client that does not complete a request within it is closed.
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
@@ -151,6 +162,15 @@ class Server:
                 transport.close()
                 await self.control.close()
                 raise
+        if self.fleet is not None:
+            try:
+                await self.fleet.start()
+            except FleetError as exc:
+                await self.runner.cleanup()
+                self.connectivity.close()
+                transport.close()
+                await self.control.close()
+                raise StartupError(str(exc)) from None
         self.started_at = loop.time()
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)
@@ -200,6 +220,8 @@ class Server:
             return False, "shutting down"
         if self.mux is None or self.mux.transport is None:
             return False, "media socket not open"
+        if self.fleet is not None and not self.fleet.joined:
+            return False, "not registered in the fleet yet"
         return True, "ok"
 
     def info(self) -> dict[str, Any]:
@@ -217,12 +239,14 @@ class Server:
             "calls": len(self.manager.calls) if self.manager else 0,
             "sessions": len(self.manager.participants) if self.manager else 0,
             "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON},
+            **({"node": self.fleet.node_id} if self.fleet is not None else {}),
         }
 
     def stats(self) -> dict[str, Any]:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
                 "forwarding": dataclasses.asdict(self.manager.stats),
+                "control": dataclasses.asdict(self.manager.control_stats),
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),
                 **(self.connectivity.stats() if self.connectivity else {}),
                 "negotiating": sum(p.peer.negotiating
@@ -236,6 +260,8 @@ class Server:
         if self.stopping:
             return
         self.stopping = True
+        if self.fleet is not None:  # leave the fleet first: no new joins are sent here
+            await self.fleet.stop()
         if self.manager is not None:
             await self.manager.shutdown()
         if self.http_server is not None:

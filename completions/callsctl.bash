@@ -5,7 +5,7 @@
 # Does option $2 of command path $1 take a value (so the next word is not a command)?
 _callsctl_takes_value() {
     case "$1" in
-        "callsctl serve") case "$2" in --config|--bind|--api-port|--udp-port|--ice-host-override|--data-dir|--max-call-participants|--log-level|--log-format|--default-call|--session-timeout|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--admin-key-file|--tls-cert|--tls-key|--public-url|--metrics-port|--metrics-bind|--metrics-auth) return 0 ;; esac ;;
+        "callsctl serve") case "$2" in --config|--bind|--data-dir|--log-level|--log-format|--udp-port|--ice-host-override|--udp-buffer-size|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--max-call-participants|--default-call|--session-timeout|--api-port|--tls-cert|--tls-key|--public-url|--admin-key-file|--metrics-port|--metrics-bind|--metrics-auth|--cluster|--cluster-policy|--node-id|--node-url|--drain-timeout) return 0 ;; esac ;;
         "callsctl token") case "$2" in --call|-c|--user|-u|--ttl|--data-dir|--config|--url) return 0 ;; esac ;;
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
         "callsctl worker") case "$2" in --queue|-q|--data-dir|--max-jobs) return 0 ;; esac ;;
@@ -31,6 +31,8 @@ _callsctl_takes_value() {
         "callsctl record start") case "$2" in --max-duration) return 0 ;; esac ;;
         "callsctl record stop") case "$2" in --wait-timeout) return 0 ;; esac ;;
         "callsctl record list") case "$2" in --call|--limit|-n) return 0 ;; esac ;;
+        "callsctl fleet list") case "$2" in --cluster|--config) return 0 ;; esac ;;
+        "callsctl fleet drain") case "$2" in --cluster|--config|--timeout) return 0 ;; esac ;;
     esac
     return 1
 }
@@ -75,7 +77,8 @@ _callsctl() {
             "callsctl calls host"|"callsctl calls enable"|"callsctl calls disable"|\
             "callsctl calls settings"|"callsctl calls history"|"callsctl record"|\
             "callsctl record start"|"callsctl record stop"|"callsctl record list"|\
-            "callsctl record get"|"callsctl record rm")
+            "callsctl record get"|"callsctl record rm"|"callsctl fleet"|\
+            "callsctl fleet list"|"callsctl fleet drain")
                 cmd="$cmd $word" ;;
         esac
     done
@@ -85,21 +88,17 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--version -V --install-completion --show-completion --help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "serve token tune worker top loadtest check calls record" -- "$cur"))
+                COMPREPLY=($(compgen -W "serve token tune worker top loadtest check calls record fleet" -- "$cur"))
             fi ;;
         "callsctl serve")
             case $prev in
                 --config) _callsctl_files; return ;;
                 --bind) return ;;  # free-form value
-                --api-port) return ;;  # free-form value
-                --udp-port) return ;;  # free-form value
-                --ice-host-override) return ;;  # free-form value
                 --data-dir) return ;;  # free-form value
-                --max-call-participants) return ;;  # free-form value
                 --log-level) return ;;  # free-form value
                 --log-format) return ;;  # free-form value
-                --default-call) return ;;  # free-form value
-                --session-timeout) return ;;  # free-form value
+                --udp-port) return ;;  # free-form value
+                --ice-host-override) return ;;  # free-form value
                 --udp-buffer-size) return ;;  # free-form value
                 --tcp-port) return ;;  # free-form value
                 --ice-tcp) return ;;  # free-form value
@@ -108,16 +107,25 @@ _callsctl() {
                 --ice-servers) return ;;  # free-form value
                 --turn-static-auth-secret) return ;;  # free-form value
                 --turn-credentials-expiration-minutes) return ;;  # free-form value
-                --admin-key-file) return ;;  # free-form value
+                --max-call-participants) return ;;  # free-form value
+                --default-call) return ;;  # free-form value
+                --session-timeout) return ;;  # free-form value
+                --api-port) return ;;  # free-form value
                 --tls-cert) return ;;  # free-form value
                 --tls-key) return ;;  # free-form value
                 --public-url) return ;;  # free-form value
+                --admin-key-file) return ;;  # free-form value
                 --metrics-port) return ;;  # free-form value
                 --metrics-bind) return ;;  # free-form value
                 --metrics-auth) return ;;  # free-form value
+                --cluster) return ;;  # free-form value
+                --cluster-policy) return ;;  # free-form value
+                --node-id) return ;;  # free-form value
+                --node-url) return ;;  # free-form value
+                --drain-timeout) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--config --bind --api-port --udp-port --ice-host-override --data-dir --max-call-participants --log-level --log-format --default-call --session-timeout --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --admin-key-file --default-enabled --no-default-enabled --tls-cert --tls-key --tls-self-signed --public-url --metrics-port --metrics-bind --metrics-auth --print-config --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--config --bind --data-dir --log-level --log-format --udp-port --ice-host-override --udp-buffer-size --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --max-call-participants --default-call --session-timeout --default-enabled --no-default-enabled --api-port --tls-cert --tls-key --tls-self-signed --public-url --admin-key-file --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
             fi ;;
         "callsctl token")
             case $prev in
@@ -431,6 +439,29 @@ _callsctl() {
         "callsctl record rm")
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl fleet")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--help -h" -- "$cur"))
+            else
+                COMPREPLY=($(compgen -W "list drain" -- "$cur"))
+            fi ;;
+        "callsctl fleet list")
+            case $prev in
+                --cluster) return ;;  # free-form value
+                --config) _callsctl_files; return ;;
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--cluster --config --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl fleet drain")
+            case $prev in
+                --cluster) return ;;  # free-form value
+                --config) _callsctl_files; return ;;
+                --timeout) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--cluster --config --wait --timeout --json --help -h" -- "$cur"))
             fi ;;
     esac
 }

@@ -45,6 +45,38 @@ async def test_bare_binding_is_answered_with_the_mapped_address():
         mux.transport.close()
 
 
+async def test_a_busy_loop_reads_a_whole_batch_per_wake_up():
+    """While the loop was busy 40 requests queued: they are read in one pass, all answered.
+
+    asyncio alone reads one datagram per loop pass; a server whose loop is busy
+    (a join storm) then falls behind its socket and answers ICE consent too late.
+    """
+    mux, port = await open_mux()
+    wake_ups = 0
+    read = mux.datagram_received
+
+    def counting(data: bytes, addr: tuple[str, int]) -> None:
+        nonlocal wake_ups
+        wake_ups += 1
+        read(data, addr)
+
+    mux.datagram_received = counting  # type: ignore[method-assign]
+    client = udp_client()
+    try:
+        requests = [stun.Message(stun.Method.BINDING, stun.Class.REQUEST) for _ in range(40)]
+        for request in requests:  # the loop runs nothing while these are sent
+            client.sendto(bytes(request), ("127.0.0.1", port))
+        answered = set()
+        for _ in requests:
+            answered.add(stun.parse_message(await recv(client)).transaction_id)
+        assert answered == {r.transaction_id for r in requests}
+        assert mux.stats.bare_binding_answered == 40
+        assert wake_ups <= 2, wake_ups
+    finally:
+        client.close()
+        mux.transport.close()
+
+
 async def test_two_ice_sessions_share_one_port_and_data_reaches_the_right_one():
     mux, port = await open_mux()
     servers, clients = [], []

@@ -691,3 +691,42 @@ def test_once_json_and_cli_errors(serve_factory: Any) -> None:
                      env={"CALLSCTL_ADMIN_KEY": "", "CALLSCTL_ADMIN_KEY_FILE": ""},
                      timeout=30)
     assert result.returncode == 1 and "no admin key" in result.stderr
+
+
+async def test_a_fleet_shows_its_nodes_panel_and_a_single_node_none() -> None:
+    """Nodes of a fleet: state, load, calls, sessions; a draining and a stale one flagged."""
+    app, source = stub_app()
+    plain = stub_app()[0]
+    nodes = [
+        {"node_id": "node-b", "state": "draining", "cpu_load": 41.0, "calls": 1,
+         "sessions": 12, "media_host": "203.0.113.7", "media_port": 8443,
+         "updated_at": T0 + 2},
+        {"node_id": "node-a", "state": "active", "cpu_load": 12.0, "calls": 3, "sessions": 6,
+         "media_host": "203.0.113.6", "media_port": 8443, "updated_at": T0 + 2},
+        {"node_id": "node-c", "state": "active", "cpu_load": 3.0, "calls": 0, "sessions": 0,
+         "media_host": "203.0.113.8", "media_port": 8444, "updated_at": T0 - 60},
+    ]
+    stub_overview = source.overview
+
+    async def fleet_overview() -> Overview:
+        overview = await stub_overview()
+        overview.nodes = nodes
+        overview.version = {**(overview.version or {}), "node": "node-a"}
+        return overview
+
+    source.overview = fleet_overview  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await prime(pilot, 2)
+        panel = app.query_one("#nodes", Static)
+        assert panel.display
+        lines = str(panel.render()).splitlines()
+        # Sorted by id; the node this top talks to is starred.
+        assert [line.lstrip("* ").split()[0] for line in lines] == \
+            ["node-a", "node-b", "node-c"], lines
+        assert lines[0].startswith("* ") and not lines[1].startswith("*"), lines
+        assert "draining" in lines[1] and "41 %" in lines[1] and "sessions   12" in lines[1]
+        assert "203.0.113.8:8444" in lines[2] and "no update for" in lines[2], lines
+        assert "no update" not in lines[0] + lines[1]
+    async with plain.run_test(size=SIZE) as pilot:
+        await prime(pilot, 2)
+        assert not plain.query_one("#nodes", Static).display

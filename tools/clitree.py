@@ -99,7 +99,8 @@ class Command:
 
 
 def _clean(text: str | None) -> str:
-    return inspect.cleandoc(text or "").strip()
+    # `\\[` keeps a bracket from being read as rich markup in --help; docs show `[`.
+    return inspect.cleandoc(text or "").strip().replace("\\[", "[")
 
 
 def short_help_of(text: str) -> str:

@@ -46,7 +46,12 @@ def config_block(tree: Command) -> str:
         "| setting | flag | environment | default | meaning |",
         "|---|---|---|---|---|",
     ]
+    titles = reference.sections()
+    section = ""
     for row in reference.settings(tree):
+        if row.section != section:  # a row naming the section, then its settings
+            section = row.section
+            lines.append(f"| **{section}** | | | | {_cell(titles[section])} |")
         lines.append("| " + " | ".join([
             _code(row.name),
             _code(row.flag) if row.flag else "—",

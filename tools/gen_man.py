@@ -136,7 +136,13 @@ def _configuration(tree: Command) -> list[str]:
                   "line naming the key, the value and what is allowed; "
                   "`callsctl serve --print-config` prints the merged result.")),
     ]
+    titles = reference.sections()
+    section = ""
     for row in rows:
+        if row.section != section:
+            section = row.section
+            out += [f".SS {esc(section)}", _line(esc(titles[section][:1].upper()
+                                                     + titles[section][1:] + "."))]
         where = [f"\\fB{esc(row.env)}\\fR"]
         if row.flag:
             where.insert(0, f"\\fB{esc(row.flag)}\\fR")

@@ -1,8 +1,8 @@
 """The facts the man page and the README share, read from the code wherever the code has them.
 
 Derived, never restated: the config reference (callsctl_sfu.config: every
-field's help, default and `CALLSCTL_*` name, plus the `serve` flag whose
-parameter has the field's name), the exit codes (callsctl.errors), the check
+field's section, help, default, flag and `CALLSCTL_*` name, all declared
+once on the field), the exit codes (callsctl.errors), the check
 result fields (callsctl.check.result.CheckResult), the file names
 (callsctl_sfu.datadir, callsctl_sfu.tuning) and which commands take `--json`
 (the command tree).
@@ -17,8 +17,7 @@ prose cannot silently go stale either.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields
 
 from tools.clitree import Command
 
@@ -28,48 +27,42 @@ from tools.clitree import Command
 @dataclass(frozen=True)
 class Setting:
     name: str
+    section: str
     flag: str | None
     env: str
     default: str
     meaning: str
 
 
-def _render_default(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value == "":
-        return "(empty)"
-    if isinstance(value, int) and value >= 1024 * 1024 and value % (1024 * 1024) == 0:
-        return f"{value} ({value // (1024 * 1024)} MiB)"
-    return str(value)
-
-
 def settings(tree: Command) -> list[Setting]:
-    """One row per ServeConfig field, in schema order."""
-    from callsctl_sfu.config import ServeConfig, env_name
+    """One row per ServeConfig field, grouped by section, from the fields' declarations.
+
+    The flag comes from the declaration too (callsctl/serve_options.py builds the
+    options from it); the command tree is asked only to confirm `serve` has it.
+    """
+    from callsctl_sfu.config import specs_by_section
 
     serve = tree.find(["serve"])
-    flags: dict[str, str] = {}
-    if serve is not None:
-        for opt in serve.options:
-            # clitree keeps option names only; match a flag to a field by its spelling.
-            flags[opt.long[2:].replace("-", "_")] = opt.long
+    have = {opt.long for opt in serve.options} if serve is not None else set()
     rows = []
-    for f in fields(ServeConfig):
-        if f.default is not MISSING:
-            default: Any = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            default = ""
+    for spec in specs_by_section():
+        if spec.flag and serve is not None and spec.flag not in have:
+            raise RuntimeError(f"{spec.name} declares {spec.flag} but `serve` lacks it")
         rows.append(Setting(
-            name=f.name,
-            flag=flags.get(f.name),
-            env=env_name(f.name),
-            default=_render_default(default),
-            meaning=str(f.metadata.get("help", "")),
+            name=spec.name,
+            section=spec.section,
+            flag=spec.flag,
+            env=spec.env,
+            default=spec.default_text,
+            meaning=spec.help,
         ))
     return rows
+
+
+def sections() -> dict[str, str]:
+    from callsctl_sfu.config import SECTIONS
+
+    return dict(SECTIONS)
 
 
 # --- environment outside the config schema ---------------------------------------------------
@@ -121,7 +114,8 @@ JSON_SHAPES: dict[str, str] = {
                      "persist_file, saved_values}` (`ok` is false while a setting is LOW or "
                      "MISSING; the exit code stays 0, showing succeeded); with them: "
                      "`{action, dry_run, changes[], …, notes[], done}`",
-    "callsctl top": "with --once: `{host, time, server{…}, calls[]}` (server rates measured "
+    "callsctl top": "with --once: `{host, time, server{…}, calls[], nodes[]}` (nodes: null "
+    "on a single node; server rates measured "
                     "over --refresh seconds; each call is its /api/v1/calls entry plus "
                     "sessions[])",
     "callsctl loadtest": "`{ok, target, settings, participants, join_s, first_media_s, window, "

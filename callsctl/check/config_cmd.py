@@ -28,8 +28,8 @@ from callsctl_sfu.config import (
     env_name,
     load_config,
     read_toml,
-    setting_help,
     setting_names,
+    specs_by_section,
 )
 
 
@@ -83,11 +83,14 @@ def _print_settings(cfg: ServeConfig, sources: dict[str, str]) -> None:
     table.add_column("from")
     if wide:
         table.add_column("meaning", overflow="fold", style="dim")
-    helps = setting_help()
-    for key, value in cfg.as_dict().items():
-        row = [key, repr(value) if isinstance(value, str) else str(value),
-               sources.get(key, "default")]
-        table.add_row(*row, *([helps.get(key, "")] if wide else []))
+    values = cfg.as_dict()
+    specs = specs_by_section()
+    for i, spec in enumerate(specs):
+        value = values[spec.name]
+        row = [spec.name, repr(value) if isinstance(value, str) else str(value),
+               sources.get(spec.name, "default")]
+        last = i + 1 == len(specs) or specs[i + 1].section != spec.section
+        table.add_row(*row, *([spec.help] if wide else []), end_section=last)
     console.print(table)
 
 

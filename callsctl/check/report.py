@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import typer
 
 from callsctl.check import app
+from callsctl.check.fleet_checks import fleet_results, is_fleet_node
 from callsctl.check.mattermost import MattermostTarget, load_target, run_mattermost
 from callsctl.check.render import emit
 from callsctl.check.result import CheckResult
@@ -75,6 +76,7 @@ STEPS: list[Step] = [
     Step("rtc udp", lambda ctx: [udp_result(ctx.rtc)]),
     Step("rtc tcp", lambda ctx: [tcp_result(ctx.rtc)]),
     Step("advertised address", lambda ctx: [advertised_result(ctx.rtc)]),
+    Step("fleet", lambda ctx: fleet_results(ctx.rtc), when=lambda ctx: is_fleet_node(ctx.rtc)),
     Step("stun", lambda ctx: stun_results(ctx.stun_server or DEFAULT_STUN_SERVER, ctx.timeout),
          when=lambda ctx: ctx.stun_server is not None),
     Step("webrtc", lambda ctx: asyncio.run(run_call(ctx.call)),  # type: ignore[arg-type]

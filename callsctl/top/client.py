@@ -152,6 +152,7 @@ class AdminClient:
             self._optional(self.get_json("/version")),
             self._optional(self.get_json("/stats")),
             self._optional(self.metrics_text()),
+            self._optional(self.get_json("/api/v1/fleet/nodes")),
             return_exceptions=True)
         # The most telling failure wins: a refused key explains everything else.
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -161,8 +162,11 @@ class AdminClient:
                     raise error
         for error in errors:
             raise error
-        calls, system, version, stats, metrics = results
+        calls, system, version, stats, metrics, fleet = results
+        nodes = fleet.get("nodes") if isinstance(fleet, dict) else None
         return Overview(calls=calls, system=system, version=version, stats=stats,
+                        nodes=[n for n in nodes if isinstance(n, dict)]
+                        if isinstance(nodes, list) else None,
                         rcvbuf_errors=parse_rcvbuf_errors(metrics) if metrics else None,
                         process_cpu_seconds=(parse_counter(metrics, PROCESS_CPU_METRIC)
                                              if metrics else None))

@@ -164,6 +164,7 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
         "time": (state.updated_at or 0.0) + state.clock_offset,  # the server's clock
         "server": {
             "version": (overview.version or {}).get("version"),
+            "node": (overview.version or {}).get("node"),
             "forwarding_engine": ((overview.version or {}).get("forwarding_engine")
                                   or {}).get("engine"),
             "uptime_s": (overview.system or {}).get("uptime_s"),
@@ -183,6 +184,8 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
             "udp_rcvbuf_errors_per_s": _round(rates.rcvbuf_errors_per_s),
         },
         "calls": calls,
+        # The fleet's nodes when this server is one of a fleet (serve --cluster), else null.
+        "nodes": overview.nodes,
     }
 
 

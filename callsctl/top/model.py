@@ -50,6 +50,9 @@ class Overview:
     stats: dict[str, Any] | None = None
     rcvbuf_errors: int | None = None  # from /metrics, for servers whose /system lacks it
     process_cpu_seconds: float | None = None  # likewise (rtcd_process_cpu_seconds_total)
+    # The fleet's nodes (GET /api/v1/fleet/nodes) when the server is one of a fleet;
+    # None on a single node, which has no such route.
+    nodes: list[dict[str, Any]] | None = None
 
     def server_cpu_seconds(self) -> float | None:
         """CPU time the server process has used (user + system), from /system or /metrics."""

@@ -37,6 +37,7 @@ from callsctl.top.view import (
     fmt_rate,
     ice_style,
     level,
+    nodes_text,
     session_rows,
     session_state,
     short_id,
@@ -257,11 +258,17 @@ class MainScreen(TopScreen):
 
     DEFAULT_CSS = """
     MainScreen #calls-caption { height: 1; padding: 0 1; }
+    MainScreen #nodes { height: auto; max-height: 8; border: round $primary; padding: 0 1; }
     """
 
     def compose(self) -> ComposeResult:
         yield from self.compose_head()
         yield ServerPanel(id="server")
+        # The fleet's nodes, shown only when this server is one of a fleet.
+        nodes = Static(id="nodes")
+        nodes.border_title = "nodes"
+        nodes.display = False
+        yield nodes
         yield Static(id="calls-caption")
         yield LiveTable(CALL_COLUMNS, sort_column="duration", reverse=True, id="calls")
         yield from self.compose_tail()
@@ -272,6 +279,12 @@ class MainScreen(TopScreen):
     def update_view(self) -> None:
         state = self.top.state
         self.query_one(ServerPanel).show(state, self.top.source.base_url)
+        fleet = state.overview.nodes if state.overview else None
+        panel = self.query_one("#nodes", Static)
+        panel.display = bool(fleet)
+        if fleet:
+            here = (state.overview.version or {}).get("node") if state.overview else None
+            panel.update(nodes_text(fleet, self.top.server_now(), here))
         self.table.set_rows(call_rows(state.calls, self.top.server_now(), state.details))
         self.query_one("#calls-caption", Static).update(self.table_caption("calls"))
         super().update_view()

@@ -331,3 +331,32 @@ def order_rows(rows: list[TableRow], column: str | None, reverse: bool,
 
     known.sort(key=value, reverse=reverse)
     return known + unknown
+
+
+def nodes_text(nodes: list[dict[str, Any]] | None, now: float, here: str | None = None) -> Text:
+    """The fleet's nodes, one line each: id, state, load, calls, sessions, media address.
+
+    A draining node is marked so an operator sees why it gets no new calls; a
+    node whose registration is getting old (its refreshes stopped) is flagged.
+    """
+    text = Text()
+    for node in sorted(nodes or [], key=lambda n: str(n.get("node_id", ""))):
+        node_id = str(node.get("node_id", "?"))
+        state = str(node.get("state", "?"))
+        updated = _num(node.get("updated_at"))
+        stale = updated is not None and now - updated > NODE_STALE_S
+        if text:
+            text.append("\n")
+        text.append(("* " if node_id == here else "  ") + f"{node_id:<18.18} ", "bold")
+        text.append(f"{state:<9.9}", "yellow" if state != "active" else "green")
+        load = _num(node.get("cpu_load"))
+        text.append(f" cpu {fmt_rate(load, '%'):>6}")
+        text.append(f"  calls {int(_num(node.get('calls')) or 0):>3}")
+        text.append(f"  sessions {int(_num(node.get('sessions')) or 0):>4}")
+        text.append(f"  {node.get('media_host', '?')}:{node.get('media_port', '?')}", "dim")
+        if stale:
+            text.append(f"  no update for {fmt_duration(now - updated)}", "red")
+    return text
+
+
+NODE_STALE_S = 5.0  # the fleet registry's TTL: older than this, the node is going away

@@ -4,6 +4,17 @@ A token is checked before anything else; a missing, forged or expired token
 gets an `error` event and the socket is closed, never a join. After that every
 frame is validated (api/protocol.py) and a bad one costs the sender an `error`
 event, not the connection.
+
+Events leave in order through one path per connection (`post`): while nothing
+is queued for it, an event's frame is written straight to the connection's
+transport, the same bytes for every receiver of a broadcast (api/wsframe.py,
+calls/shared.py); otherwise, or when the client is not reading (the
+transport's buffer is full), it queues behind the others and one writer task
+per connection sends the queue with aiohttp's flow control. A broadcast to N
+participants thus costs one encoding and N buffer writes, not N tasks. Signaling
+frames are not compressed (permessage-deflate is not offered): deflating each
+event per receiver would cost more CPU than the few kilobytes it saves, and a
+compressed frame cannot be shared between receivers.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -19,9 +31,12 @@ from aiohttp import WSMsgType, web
 from callsctl_sfu.api.invite import mint_invite
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
 from callsctl_sfu.api.ratelimit import TokenBucket
+from callsctl_sfu.api.wsframe import text_frame
 from callsctl_sfu.calls.host import HostControlError, HostControls
 from callsctl_sfu.calls.manager import CallManager, JoinRefused
+from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.iceconfig import client_ice_servers
+from callsctl_sfu.tasks import spawn
 from callsctl_sfu.tokens import JoinGrant, TokenError, verify_token
 
 log = logging.getLogger("callsctl_sfu.api.ws")
@@ -33,6 +48,9 @@ HOST_ERROR_CODES = {400: "bad_message", 403: "not_host", 404: "no_session"}
 # over config.max_message_size get an error event and the connection stays.
 HARD_FRAME_LIMIT = 1024 * 1024
 CLOSE_UNAUTHORIZED = 4001
+# Above this many bytes unsent on a connection (a client not reading), events queue
+# behind aiohttp's flow control instead of being written straight to the transport.
+DIRECT_WRITE_LIMIT = 256 * 1024
 
 
 def _token_from(request: web.Request) -> str | None:
@@ -50,18 +68,28 @@ class SignalingConnection:
 
     def __init__(self, ws: web.WebSocketResponse, grant: JoinGrant, manager: CallManager,
                  max_size: int, rate: float = 0.0, burst: float = 0.0,
-                 stats: dict[str, Any] | None = None, secret: bytes | None = None) -> None:
+                 stats: dict[str, Any] | None = None,
+                 transport: asyncio.Transport | None = None,
+                 secret: bytes | None = None) -> None:
         self.ws = ws
         # The server's token secret: only for links the host mints (on_invite).
         self.secret = secret
+        # Direct frame writes need the connection's transport and an uncompressed stream.
+        self._transport = transport if transport is not None and not ws.compress else None
+        self._outbox: deque[str] = deque()
+        self._writer: asyncio.Task[None] | None = None
         self.grant = grant
         self.manager = manager
         self.max_size = max_size
         self.session_id: str | None = None
-        self._send_lock = asyncio.Lock()
         # rate <= 0 disables the limit (embedding, tests of the handler alone).
         self.bucket = TokenBucket(rate, burst) if rate > 0 else None
         self.stats = stats
+        # A fleet (callsctl_sfu/fleet/) routes a join to the call's host: `router` decides
+        # at join/reconnect, and once it set `relay` every frame goes there unchanged.
+        self.router: Any = None
+        self.relay: Any = None
+        self.token = ""  # the client's join token, which a relay presents to the host
 
     def _count(self, key: str, kind: str) -> None:
         """rtcd_ws_messages_total by direction and type (see metrics.py)."""
@@ -82,20 +110,53 @@ class SignalingConnection:
         return False
 
     async def send(self, event: dict[str, Any]) -> None:
+        """The CallManager's EventSender: never waits for the network (see `post`)."""
+        self.post(event)
+
+    def post(self, event: dict[str, Any]) -> None:
+        """Send an event after every event posted before it, without waiting."""
         if self.ws.closed:
             return
         self._count("messages_out", str(event.get("type")))
-        # A client that went away mid-send is detached when the read loop ends;
-        # nobody is left to tell, so the error is not worth a traceback.
-        async with self._send_lock:
-            with contextlib.suppress(ConnectionError):
-                await self.ws.send_str(json.dumps(event))
+        shared = isinstance(event, SharedEvent)
+        transport = self._transport
+        if transport is not None and not self._outbox and self._writer is None and \
+                not transport.is_closing() and \
+                transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+            if shared:
+                frame = event.frame  # type: ignore[attr-defined]
+                if frame is None:
+                    frame = event.frame = text_frame(event.text)  # type: ignore[attr-defined]
+            else:
+                frame = text_frame(json.dumps(event))
+            transport.write(frame)
+            return
+        self._outbox.append(event.text if shared else json.dumps(event))  # type: ignore[attr-defined]
+        if self._writer is None:
+            self._writer = spawn(self._write_queued(), "ws-writer")
+
+    async def _write_queued(self) -> None:
+        """Send the queue in order with aiohttp's flow control (waits while the client lags)."""
+        try:
+            while self._outbox and not self.ws.closed:
+                text = self._outbox.popleft()
+                # A client that went away mid-send is detached when the read loop ends;
+                # nobody is left to tell, so the error is not worth a traceback.
+                with contextlib.suppress(ConnectionError):
+                    await self.ws.send_str(text)
+        finally:
+            if self.ws.closed:
+                self._outbox.clear()
+            self._writer = None
 
     async def error(self, code: str, message: str) -> None:
         await self.send({"type": "error", "code": code, "message": message})
 
     async def handle(self, raw: str) -> None:
         if not await self.admit():
+            return
+        if self.relay is not None:
+            await self.relay.forward(raw)
             return
         try:
             message = parse_message(raw, self.max_size)
@@ -110,6 +171,9 @@ class SignalingConnection:
             return
         handler = getattr(self, f"on_{kind}")
         try:
+            if self.router is not None and kind in ("join", "reconnect") and \
+                    self.session_id is None and await self.router(self, message, raw):
+                return
             await handler(message)
         except JoinRefused as exc:
             await self.error(exc.code, exc.message)
@@ -219,7 +283,7 @@ class SignalingConnection:
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     manager: CallManager = request.app["manager"]
     config = request.app["config"]
-    ws = web.WebSocketResponse(heartbeat=15, max_msg_size=HARD_FRAME_LIMIT)
+    ws = web.WebSocketResponse(heartbeat=15, max_msg_size=HARD_FRAME_LIMIT, compress=False)
     await ws.prepare(request)
     metrics = request.app.get("ws_stats")
     try:
@@ -231,7 +295,11 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         return ws
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,
                                      config.ws_rate_limit, config.ws_rate_burst, metrics,
-                                     secret=request.app["jwt_secret"])
+                                     request.transport, secret=request.app["jwt_secret"])
+    connection.token = _token_from(request) or ""
+    fleet = request.app.get("fleet")
+    if fleet is not None and not await fleet.accept_ws(request, connection):
+        return ws
     if metrics is not None:
         metrics["connections"] += 1
         metrics["active"] = metrics.get("active", 0) + 1
@@ -251,6 +319,8 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     finally:
         if metrics is not None:
             metrics["active"] = metrics.get("active", 1) - 1
+        if connection.relay is not None:
+            await connection.relay.close()
         if connection.session_id is not None:
             manager.detach(connection.session_id)
     return ws

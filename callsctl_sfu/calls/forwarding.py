@@ -1,12 +1,18 @@
-"""How one publisher track's packets reach its receivers: a plan, rebuilt on change.
+"""How one publisher track's packets reach its receivers: routes and a plan, kept per track.
 
 Receivers on the shared IPv4 UDP socket are sent to by the C fan-out
 (rtc/_fanout.c: header rewrite, SRTP protect and sendmmsg for all of them in one
 call); everyone else (ICE-TCP, IPv6, not yet connected) goes through the
-per-receiver Python path, MediaPeer.send_rtp. A plan is built from the call's
-routes the first time a track forwards after any change of membership,
-negotiation or connection state (CallManager drops its plans then), so the hot
-path makes no per-receiver decisions in Python.
+per-receiver Python path, MediaPeer.send_rtp.
+
+A track's receivers change one at a time (one joins, negotiates, connects,
+renominates or leaves), so they are kept one entry per receiver
+(`TrackRoutes`): a change touches that receiver's entry only, and its fan-out
+target is worked out again for it alone. The plan the hot path uses is then
+re-assembled from the entries, a copy with no per-receiver decisions, the next
+time the track forwards. A join in a call of N thus costs O(1) target
+computations per track, where rebuilding every plan from scratch cost O(N) per
+change and made a join storm quadratic (bench/join_storm.py).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
 
 Route = tuple[MediaPeer, DownTrack]
+_UNKNOWN: Any = object()  # an entry whose fan-out target is still to be worked out
 
 
 @dataclass(slots=True)
@@ -28,17 +35,69 @@ class Plan:
     slow: list[Route] = field(default_factory=list)  # the Python path
 
 
-def build_plan(routes: list[Route]) -> Plan:
-    """Split routes into fan-out targets and the rest (only called with the C engine)."""
-    plan = Plan()
-    for route in routes:
-        receiver, down = route
-        if not down.negotiated:
-            continue
-        target = receiver.fanout_target(down)
-        if target is None:
-            plan.slow.append(route)
+class TrackRoutes:
+    """One publisher track's receivers (session id -> route), updated one receiver at a time."""
+
+    __slots__ = ("_entries", "_routes", "_plan", "targets_computed")
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        # session id -> [route, fan-out target or None (Python path) or _UNKNOWN]
+        self._entries: dict[str, list[Any]] = {sid: [route, _UNKNOWN]
+                                                for sid, route in routes.items()}
+        self._routes: list[Route] | None = None
+        self._plan: Plan | None = None
+        self.targets_computed = 0  # fanout_target calls (bench/join_storm.py counts them)
+
+    def set(self, receiver_id: str, route: Route | None) -> None:
+        """A receiver's route (None: it no longer receives this track)."""
+        if route is None:
+            if self._entries.pop(receiver_id, None) is None:
+                return
         else:
-            plan.targets.append(target)
-            plan.fast.append(route)
-    return plan
+            # Even the same route: its negotiation may have changed, which the plan reflects.
+            self._entries[receiver_id] = [route, _UNKNOWN]
+        self._routes = None
+        self._plan = None
+
+    def refresh(self, receiver_id: str) -> None:
+        """The receiver's negotiation or path changed: work out its target again."""
+        entry = self._entries.get(receiver_id)
+        if entry is not None:
+            entry[1] = _UNKNOWN
+            self._plan = None
+
+    @property
+    def current(self) -> Plan | None:
+        """The assembled plan, or None when a change is waiting to be assembled."""
+        return self._plan
+
+    def __contains__(self, receiver_id: str) -> bool:
+        return receiver_id in self._entries
+
+    @property
+    def routes(self) -> list[Route]:
+        if self._routes is None:
+            self._routes = [entry[0] for entry in self._entries.values()]
+        return self._routes
+
+    def plan(self) -> Plan:
+        """The C fan-out's plan, from the entries (targets worked out only where unknown)."""
+        plan = self._plan
+        if plan is not None:
+            return plan
+        plan = Plan()
+        for entry in self._entries.values():
+            route, target = entry
+            down = route[1]
+            if not down.negotiated:
+                continue
+            if target is _UNKNOWN:
+                target = entry[1] = route[0].fanout_target(down)
+                self.targets_computed += 1
+            if target is None:
+                plan.slow.append(route)
+            else:
+                plan.targets.append(target)
+                plan.fast.append(route)
+        self._plan = plan
+        return plan

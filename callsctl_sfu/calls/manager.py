@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from callsctl_sfu.calls.forwarding import Plan, build_plan
+from callsctl_sfu.calls.forwarding import Plan, Route, TrackRoutes
 from callsctl_sfu.calls.model import Call, Session, new_session_id
+from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.rtc import fastpath
@@ -74,6 +75,28 @@ class ForwardingStats:
 
 
 @dataclass
+class ControlStats:
+    """Counters of the control plane's work (bench/join_storm.py divides them by joins).
+
+    A join must cost O(1) offers and plan rebuilds and O(N) events (one
+    user_joined to each of the N others): these make that checkable.
+    """
+
+    joins: int = 0
+    leaves: int = 0
+    broadcasts: int = 0
+    events_sent: int = 0  # event deliveries to participants (one per receiver)
+    offers_sent: int = 0  # server offers (renegotiations), every peer, departed ones too
+    rewires: int = 0  # recomputations of who receives which publisher tracks
+    sources_changed: int = 0  # peers told their forwarded set changed (may renegotiate)
+    invalidations: int = 0  # routes and plans dropped (membership, negotiation, connection)
+    route_builds: int = 0  # one publisher track's receiver list rebuilt
+    plan_builds: int = 0  # one publisher track's fan-out plan (re)assembled
+    targets_computed: int = 0  # receivers' fan-out targets worked out for those plans
+    removals: dict[str, int] = field(default_factory=dict)  # sessions removed, by reason
+
+
+@dataclass
 class Participant:
     session: Session
     peer: MediaPeer
@@ -93,14 +116,16 @@ class CallManager:
         self.calls: dict[str, Call] = {}
         self.participants: dict[str, Participant] = {}
         self.stats = ForwardingStats()
+        self.control_stats = ControlStats()
         self._loop = asyncio.get_event_loop()
         self._housekeeping = spawn(self._housekeep(), "housekeeping")
         self.rtcp = RtcpRouter(self)
-        # Publisher track key -> [(receiver peer, its downtrack)], rebuilt on any change
-        # of membership or negotiation, so the hot path does no per-receiver lookups.
-        self._routes: dict[str, list[tuple[MediaPeer, DownTrack]]] = {}
-        # The same routes split for the C fan-out (calls/forwarding.py), cleared with them.
-        self._plans: dict[str, Plan] = {}
+        # Publisher track key -> its receivers and fan-out plan (calls/forwarding.py),
+        # built on the track's first packet and then updated one receiver at a time.
+        self._tracks: dict[str, TrackRoutes] = {}
+        # Call id -> the publisher tracks on offer in it (key -> (publisher, label)),
+        # dropped when what is published changes or someone leaves (_rewire).
+        self._offered: dict[str, dict[str, tuple[str, str]]] = {}
         self._fanouts = 0
         # Metrics: called with (kind, seconds per datagram) for a sample of fan-outs.
         self.write_timer: Callable[[str, float], None] | None = None
@@ -157,8 +182,7 @@ class CallManager:
         # about them, and the call it joins does not end in between).
         participant = Participant(session, peer, None, created_at=self._loop.time())
         self.participants[session.session_id] = participant
-        call.add(session)
-        self._invalidate_routes()
+        call.add(session)  # no route changes: the new peer has no downtracks yet
         for old_id in replaced:
             await self.leave(old_id, "you joined this call again from another connection")
         if session.session_id not in self.participants:  # a join after it replaced it
@@ -180,7 +204,8 @@ class CallManager:
             await self.broadcast(call, {"type": "user_joined", "session_id": session.session_id,
                                         "user": user, "name": session.name},
                                  exclude=session.session_id)
-        self._rewire(call)
+        self._rewire(call, only=session.session_id)
+        self.control_stats.joins += 1
         log.info("session %s (%s) joined call %s (%d participants)%s", session.session_id,
                  user, call_id, len(call.people()), " as its recorder" if recorder else "")
         return session
@@ -205,8 +230,13 @@ class CallManager:
         if participant is None:
             return
         session = participant.session
+        self.control_stats.leaves += 1
         call = self.calls.get(session.call_id)
-        self._invalidate_routes()
+        self._drop_routes_of(session_id)
+        # Only a publisher's departure changes what the others receive.
+        published = bool(participant.peer.published)
+        if published:
+            self._offered.pop(session.call_id, None)
         if call is not None:
             host_changed = call.remove(session_id)
             if session.recorder:
@@ -229,9 +259,13 @@ class CallManager:
                     del self.calls[call.call_id]
                     self.notify(call, {"type": "call_end", "call": call.call_id,
                                        "reason": "the last participant left"})
+                    self._offered.pop(call.call_id, None)
                     log.info("call %s ended", call.call_id)
-            else:
+            elif published:
                 self._rewire(call)
+        if reason not in ("left", "shutdown"):
+            removals = self.control_stats.removals
+            removals[reason] = removals.get(reason, 0) + 1
         if reason not in ("left", "shutdown") and participant.send is not None:
             await self._safe_send(participant.send, {
                 "type": "error", "code": "session_removed",
@@ -322,14 +356,25 @@ class CallManager:
 
     async def broadcast(self, call: Call, event: dict[str, Any], exclude: str | None = None
                         ) -> None:
+        """The event to every participant of the call (but `exclude`), encoded once.
+
+        Sends are awaited one after the other, not gathered: the signaling
+        connection's sender never waits for the network (api/signaling.py), so a
+        task per receiver would only cost (N of them per join in a call of N).
+        """
         self.notify(call, event)
-        sends = []
-        for session_id in list(call.sessions):
-            participant = self.participants.get(session_id)
-            if session_id != exclude and participant and participant.send is not None:
-                sends.append(self._safe_send(participant.send, event))
-        if sends:
-            await asyncio.gather(*sends)
+        self.control_stats.broadcasts += 1
+        shared = SharedEvent(event)
+        sends = [participant.send for session_id, participant in
+                 ((s, self.participants.get(s)) for s in call.sessions)
+                 if session_id != exclude and participant is not None
+                 and participant.send is not None]
+        self.control_stats.events_sent += len(sends)
+        for send in sends:
+            try:
+                await send(shared)
+            except Exception as exc:  # a dead socket must not stop events to the others
+                log.debug("event %s not delivered: %s", event.get("type"), exc)
 
     def notify(self, call: Call, event: dict[str, Any]) -> None:
         """Tell the observers; one failing observer never stops events to participants."""
@@ -349,6 +394,8 @@ class CallManager:
     def _peer_signal_sender(self, session: Session) -> EventSender:
         async def send(event: dict[str, Any]) -> None:
             participant = self.participants.get(session.session_id)
+            if event.get("type") == "signal" and (event.get("data") or {}).get("type") == "offer":
+                self.control_stats.offers_sent += 1
             if participant is not None and participant.send is not None:
                 await self._safe_send(participant.send, event)
 
@@ -356,25 +403,34 @@ class CallManager:
 
     # -- media ---------------------------------------------------------------------------
 
-    def _rewire(self, call: Call) -> None:
-        """Tell every peer which publisher tracks it should receive (after any change)."""
-        offered: dict[str, tuple[str, str]] = {}
-        for session_id in call.sessions:
+    def _rewire(self, call: Call, only: str | None = None) -> None:
+        """Tell peers which publisher tracks they should receive.
+
+        After a change of what is published (or a departure) every peer is told;
+        after a join only the newcomer, which publishes nothing yet, so nobody
+        else's set changes: O(1) per join instead of O(N).
+        """
+        self.control_stats.rewires += 1
+        offered = self._offered.get(call.call_id)
+        if offered is None:
+            offered = self._offered[call.call_id] = {}
+            for session_id in call.sessions:
+                participant = self.participants.get(session_id)
+                if participant is None:
+                    continue
+                for label in {t.label for t in participant.peer.published.values()}:
+                    offered[f"{session_id}:{label}"] = (session_id, label)
+        for session_id in (call.sessions if only is None else (only,)):
             participant = self.participants.get(session_id)
-            if participant is None:
-                continue
-            for label in {t.label for t in participant.peer.published.values()}:
-                offered[f"{session_id}:{label}"] = (session_id, label)
-        for session_id in call.sessions:
-            participant = self.participants.get(session_id)
-            if participant is not None:
-                participant.peer.set_sources({key: source for key, source in offered.items()
-                                              if source[0] != session_id})
+            if participant is not None and participant.peer.set_sources(
+                    {key: source for key, source in offered.items() if source[0] != session_id}):
+                self.control_stats.sources_changed += 1
 
     def _on_tracks(self, peer: MediaPeer) -> None:
         participant = self.participants.get(peer.session_id)
         call = self.calls.get(participant.session.call_id) if participant else None
         if call is not None:
+            self._offered.pop(call.call_id, None)
             self._rewire(call)
             # New receivers of video need a keyframe to start decoding.
             for other in call.others(peer.session_id):
@@ -382,9 +438,9 @@ class CallManager:
                 if other_participant is not None:
                     self.request_keyframes_for(other_participant.peer)
 
-    def _on_downtracks_ready(self, _receiver: MediaPeer, tracks: list[DownTrack]) -> None:
+    def _on_downtracks_ready(self, receiver: MediaPeer, tracks: list[DownTrack]) -> None:
         """A receiver's forwarded tracks changed; new video ones need a keyframe to start."""
-        self._invalidate_routes()
+        self._update_routes_of(receiver)
         for track in tracks:
             if track.kind == "video":
                 self.rtcp.keyframe_for_downtrack(track)
@@ -411,7 +467,11 @@ class CallManager:
             return
         if state == "connected":
             participant.connected_at = self._loop.time()
-            self._plans.clear()  # a receiver the plans sent the slow way can now be fanned to
+            # A receiver the plans sent the slow way (or skipped) can now be fanned to.
+            for key in peer.downtracks:
+                track_routes = self._tracks.get(key)
+                if track_routes is not None:
+                    track_routes.refresh(peer.session_id)
             log.info("session %s media connected from %s", peer.session_id,
                      peer.remote_address)
         elif state in ("failed", "closed"):
@@ -479,23 +539,30 @@ class CallManager:
         if call is None:
             return
         key = f"{session.session_id}:{track.label}"
-        routes = self._routes.get(key)
-        if routes is None:
-            routes = self._routes[key] = self._build_routes(call, session.session_id, key)
+        track_routes = self._tracks.get(key)
+        if track_routes is None:
+            track_routes = self._tracks[key] = TrackRoutes(
+                self._build_routes(call, session.session_id, key))
+            self.control_stats.route_builds += 1
         if rid is not None or not fastpath.AVAILABLE:
             # Simulcast picks a layer per receiver: decided here, in Python.
-            stats.rtp_forwarded += self._send_each(routes, packet, level_byte, keyframe,
-                                                   rid, track)
+            stats.rtp_forwarded += self._send_each(track_routes.routes, packet, level_byte,
+                                                   keyframe, rid, track)
             return
-        plan = self._plans.get(key)
+        plan = track_routes.current
         if plan is None:
-            plan = self._plans[key] = build_plan(routes)
-        forwarded = self._fan_out(key, plan, packet, level_byte, keyframe, track.kind)
+            computed = track_routes.targets_computed
+            plan = track_routes.plan()
+            self.control_stats.plan_builds += 1
+            self.control_stats.targets_computed += track_routes.targets_computed - computed
+        forwarded = self._fan_out(track_routes, plan, packet, level_byte, keyframe,
+                                  track.kind)
         if plan.slow:
             forwarded += self._send_each(plan.slow, packet, level_byte, keyframe, None, track)
         stats.rtp_forwarded += forwarded
 
-    def _fan_out(self, key: str, plan: Plan, packet: ParsedRtp, level_byte: int | None,
+    def _fan_out(self, track_routes: TrackRoutes, plan: Plan, packet: ParsedRtp,
+                 level_byte: int | None,
                  keyframe: bool, kind: str) -> int:
         """Send to the plan's UDP/IPv4 receivers with the C fan-out; returns copies sent."""
         if not plan.targets:
@@ -519,8 +586,9 @@ class CallManager:
         self.stats.bytes_forwarded += plain_octets
         self.stats.srtp_protect_errors += srtp_errors
         if stale:
-            # A receiver's selected pair changed: send it the Python way, replan next time.
-            self._plans.pop(key, None)
+            # A receiver's selected pair changed: send it the Python way, replan it next time.
+            for i in stale:
+                track_routes.refresh(plan.fast[i][0].session_id)
             sent += self._send_each([plan.fast[i] for i in stale], packet, level_byte,
                                     keyframe, None, None)
         return sent
@@ -550,21 +618,42 @@ class CallManager:
                 stats.bytes_forwarded += len(out)
         return forwarded
 
-    def _invalidate_routes(self) -> None:
-        """Membership, negotiation or connection state changed: rebuild routes and plans."""
-        self._routes.clear()
-        self._plans.clear()
+    def _update_routes_of(self, receiver: MediaPeer) -> None:
+        """A receiver's downtracks changed: update its entry in those tracks' routes only."""
+        self.control_stats.invalidations += 1
+        receiver_id = receiver.session_id
+        for key, down in receiver.downtracks.items():
+            track_routes = self._tracks.get(key)
+            if track_routes is not None:
+                track_routes.set(receiver_id, (receiver, down))
+        for key in receiver.retired:
+            track_routes = self._tracks.get(key)
+            if track_routes is not None:
+                track_routes.set(receiver_id, None)
 
-    def _build_routes(self, call: Call, publisher_id: str, key: str
-                      ) -> list[tuple[MediaPeer, DownTrack]]:
-        routes = []
+    def _drop_routes_of(self, session_id: str) -> None:
+        """A participant left: its tracks stop, and it receives no other track."""
+        self.control_stats.invalidations += 1
+        prefix = f"{session_id}:"
+        for key in [k for k in self._tracks if k.startswith(prefix)]:
+            del self._tracks[key]
+        for track_routes in self._tracks.values():
+            track_routes.set(session_id, None)
+
+    def _routes(self, key: str) -> list[Route]:
+        """A publisher track's receivers, if it has forwarded since it started (else none)."""
+        track_routes = self._tracks.get(key)
+        return track_routes.routes if track_routes is not None else []
+
+    def _build_routes(self, call: Call, publisher_id: str, key: str) -> dict[str, Route]:
+        routes = {}
         for other_id in call.sessions:
             other = self.participants.get(other_id)
             if other_id == publisher_id or other is None:
                 continue
             down = other.peer.downtracks.get(key)
             if down is not None:
-                routes.append((other.peer, down))
+                routes[other_id] = (other.peer, down)
         return routes
 
     @staticmethod
@@ -640,8 +729,8 @@ class CallManager:
                     track.layer_bps = {rid: 8 * count / interval
                                        for rid, count in track.layer_bytes.items()}
                     track.layer_bytes = {}
-                for _receiver, down in self._routes.get(
-                        f"{participant.session.session_id}:{track.label}", []):
+                for _receiver, down in self._routes(
+                        f"{participant.session.session_id}:{track.label}"):
                     target = choose_layer(track.rids, track.layer_bps, down.remb_bps,
                                           down.layer, now - down.switched_at)
                     if target != down.layer and target != down.target_layer:
@@ -664,7 +753,7 @@ class CallManager:
                             "layers_bps": {rid: round(track.layer_bps.get(rid, 0.0))
                                            for rid in track.rids},
                             "receivers": {peer.session_id: down.layer
-                                          for peer, down in self._routes.get(key, [])}})
+                                          for peer, down in self._routes(key)}})
         return out
 
     def _keyframe_upkeep(self, now: float) -> None:
@@ -717,7 +806,7 @@ class CallManager:
                 peer.send_rtcp(report.packet())
 
     def _receiver_estimates(self, publisher_id: str, label: str) -> list[int]:
-        routes = self._routes.get(f"{publisher_id}:{label}") or []
+        routes = self._routes(f"{publisher_id}:{label}")
         return [down.remb_bps for _peer, down in routes if down.remb_bps]
 
     async def _housekeep_once(self) -> None:

@@ -269,7 +269,7 @@ class _Ipv6Intake(asyncio.DatagramProtocol):
 
     def __init__(self, mux: UdpMux) -> None:
         self.mux = mux
-        self.datagram_received = mux.datagram_received  # type: ignore[method-assign]
+        self.datagram_received = mux.handle_datagram  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.mux.transport6 = transport  # type: ignore[assignment]

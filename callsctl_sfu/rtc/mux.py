@@ -48,6 +48,9 @@ Address = tuple[str, int]
 # Local preference of IPv6 host candidates: one below IPv4's so priorities stay
 # unique (RFC 8445 §5.1.2.1); the client, which is controlling, decides anyway.
 IPV6_LOCAL_PREFERENCE = 65534
+# Datagrams read per wake-up of the media socket (datagram_received) and the largest one.
+READ_BATCH = 64
+MAX_DATAGRAM = 65536
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,8 @@ class UdpMux(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         # The real socket behind asyncio's transport (get_extra_info gives a wrapper
-        # without sendto); only send4 uses it, and only while the kernel takes data.
+        # without sendto): send4 uses it while the kernel takes data, and
+        # datagram_received reads the rest of a batch from it.
         sock = getattr(transport, "_sock", None)
         self._sock = sock if isinstance(sock, socket.socket) else None
 
@@ -214,6 +218,31 @@ class UdpMux(asyncio.DatagramProtocol):
         log.debug("media socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        """asyncio's one datagram per wake-up, then what else is queued (up to READ_BATCH).
+
+        asyncio reads a single datagram each time the loop polls the socket; when
+        the loop is busy (a join storm: handshakes, events to hundreds) that caps
+        the media socket at one datagram per loop pass, the kernel queue grows,
+        forwarding delay grows with it and ICE consent answers arrive too late
+        (sessions removed). Draining a batch per wake-up keeps the socket's pace
+        independent of how long the loop's other work takes.
+        """
+        self.handle_datagram(data, addr)
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(READ_BATCH - 1):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued on the socket, as asyncio reports it
+                self.error_received(exc)
+                return
+            self.handle_datagram(data, addr)
+
+    def handle_datagram(self, data: bytes, addr: Any) -> None:
+        """Route one datagram (either socket: IPv6 datagrams come here directly)."""
         addr = (addr[0], addr[1])
         stats = self.stats
         stats.datagrams_in += 1

@@ -203,14 +203,16 @@ class MediaPeer:
         """Queue a client signal; it is processed after everything queued before it."""
         self._queue.put_nowait(("signal", data))
 
-    def set_sources(self, sources: dict[str, tuple[str, str]]) -> None:
+    def set_sources(self, sources: dict[str, tuple[str, str]]) -> bool:
         """The publisher tracks this peer should receive (key -> (publisher, label)).
 
-        Renegotiates when the set changes.
+        Renegotiates when the set changes; returns whether it did.
         """
-        if sources != self.wanted:
-            self.wanted = dict(sources)
-            self._queue.put_nowait(("negotiate", None))
+        if sources == self.wanted:
+            return False
+        self.wanted = dict(sources)
+        self._queue.put_nowait(("negotiate", None))
+        return True
 
     def set_screen_stream(self, stream_id: str | None) -> None:
         """The client said which of its streams is a screen share: relabel its tracks."""

@@ -1,0 +1,222 @@
+"""The join storm: N participants join one call at 25/s; the server's work per join.
+
+The deployment guide's headline row is 1 call x 1000 participants, 2 unmuted,
+joining at 25 per second (bench/run_all.py's pacing). What must hold for it is
+that a join costs the server work linear in the call's size: one `user_joined`
+event to each of the N others (inherent: every client shows the roster), but
+O(1) server offers, O(1) forwarding-plan rebuilds and O(1) rewiring per join.
+Anything growing faster makes the storm fall behind at some N and never recover.
+
+For each size this script starts `callsctl serve` on loopback, runs the load
+generator (callsctl_sfu.client.loadgen) in this process, and reads:
+
+- the server's CPU seconds (utime + stime from /proc/<pid>/stat; not wall time,
+  the machine may be shared) from the first join to the moment every
+  participant has connected or failed;
+- the server's control-plane counters (GET /stats "control": events sent,
+  offers sent, rewires, route and plan rebuilds) over the same span;
+- from the load generator: join time, failures, `session_removed` errors and
+  the forwarding delay in the steady window.
+
+Per-join figures are the span's totals divided by N. CPU per join also pays
+for forwarding to the receivers already joined (2 unmuted x 50 packets/s to
+each): `--unmuted 0` isolates the control plane.
+
+    python bench/join_storm.py --sizes 100 200 500 1000            # printed
+    python bench/join_storm.py --sizes 100 200 500 1000 --write bench/RESULTS.md
+    python bench/join_storm.py --sizes 1000 --profile /tmp/storm  # py-spy of the joins
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from forwarding import write_section  # noqa: E402
+from run_all import machine, run_queue_wait, start_callsctl  # noqa: E402
+
+from callsctl_sfu.client.loadgen import LoadConfig, LoadTest, proc_cpu_seconds  # noqa: E402
+from callsctl_sfu.tokens import issue_token  # noqa: E402
+
+JOIN_RATE = 25.0  # per second, bench/run_all.py's pacing
+COUNTERS = ("events_sent", "offers_sent", "sources_changed", "rewires", "invalidations",
+            "route_builds", "plan_builds", "targets_computed")
+POLL_S = 0.25
+
+
+async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
+    async with http.get(f"{base}/stats") as response:
+        body = await response.json()
+    return dict(body.get("control") or {})
+
+
+async def _start(workdir: Path, attempts: int = 3) -> Any:
+    """`callsctl serve` on free ports; again if another process took one meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return await start_callsctl(workdir)
+        except RuntimeError as exc:
+            if "already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def storm(size: int, unmuted: int, window: float, workdir: Path,
+                profile: Path | None) -> dict[str, Any]:
+    """One server, one storm of `size` joins; the figures of its join span."""
+    running = await _start(workdir)
+    spy: asyncio.subprocess.Process | None = None
+    try:
+        pid = running.process.pid
+        secret = running.secret
+        assert secret is not None
+        join_s = size / JOIN_RATE
+        config = LoadConfig(ws_url=running.ws_url,
+                            token_for=lambda call, user: issue_token(secret, call, user, 3600),
+                            calls=1, users_per_call=size, unmuted=unmuted,
+                            duration=join_s + 15 + window + 5, join_duration=join_s,
+                            window=window, call_prefix="storm", local_address="127.0.0.1",
+                            settle_timeout=15, join_timeout=60)
+        test = LoadTest(config)
+        async with aiohttp.ClientSession() as http:
+            before = await _control(http, running.base_url)
+            cpu_before = proc_cpu_seconds(pid)
+            waited_before = run_queue_wait(pid)
+            spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            if profile is not None and Path(spy_exe).exists():
+                profile.mkdir(parents=True, exist_ok=True)
+                spy = await asyncio.create_subprocess_exec(
+                    spy_exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
+                    "--duration", str(int(join_s + 5)), "--output",
+                    str(profile / f"storm-{size}.txt"), stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL)
+            started = time.monotonic()
+            run = asyncio.create_task(test.run())
+            span: dict[str, Any] | None = None
+            while not run.done():
+                await asyncio.sleep(POLL_S)
+                progress = test.progress()
+                if span is None and progress.connected + progress.failed >= size:
+                    span = {"seconds": time.monotonic() - started,
+                            "cpu": proc_cpu_seconds(pid) - cpu_before,
+                            "waited": run_queue_wait(pid) - waited_before,
+                            "control": await _control(http, running.base_url)}
+            report = (await run).to_dict()
+            if span is None:  # some participant never finished: the span is the whole run
+                span = {"seconds": time.monotonic() - started,
+                        "cpu": proc_cpu_seconds(pid) - cpu_before,
+                        "waited": run_queue_wait(pid) - waited_before,
+                        "control": await _control(http, running.base_url)}
+    finally:
+        if spy is not None and spy.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spy.wait(), 30)
+        await running.stop()
+    removed = sum(p.error_codes.get("session_removed", 0) for p in test.participants)
+    counts = {name: span["control"].get(name, 0) - before.get(name, 0) for name in COUNTERS}
+    return {
+        "size": size, "unmuted": unmuted,
+        "joined": report["participants"]["joined"], "failed": report["participants"]["failed"],
+        "session_removed": removed,
+        "join_span_s": round(span["seconds"], 1),
+        "server_cpu_s": round(span["cpu"], 2),
+        "cpu_ms_per_join": round(1000 * span["cpu"] / size, 2),
+        # Runnable but not running (/proc/<pid>/schedstat): how much the machine's
+        # other work delayed the server during the span.
+        "server_waited_s": round(span["waited"], 1),
+        "per_join": {name: round(value / size, 2) for name, value in counts.items()},
+        "removals": span["control"].get("removals", {}),
+        "loadgen": {k: report["loadgen"].get(k) for k in ("cpu_percent", "loop_lag_ms")},
+        "counts": counts,
+        "delay_ms": report["delay_ms"],
+        "notes": report["notes"],
+    }
+
+
+def render(results: list[dict[str, Any]], command: str, host: str, label: str) -> str:
+    unmuted = results[0]["unmuted"] if results else 0
+    lines = [
+        f"### Join storm, {unmuted} unmuted: {label}",
+        "",
+        f"Command: `{command}` on {host}.",
+        "",
+        "| N | unmuted | joined | failed | removed | span s | server CPU s (waited s) "
+        "| CPU ms/join | events/join "
+        "| events/join/N | offers/join | rewires/join | route builds/join | plan builds/join "
+        "| targets/join | delay p50/p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        per = r["per_join"]
+        delay = r["delay_ms"] or {}
+        lines.append(
+            f"| {r['size']} | {r['unmuted']} | {r['joined']} | {r['failed']} | "
+            f"{r['session_removed']} | {r['join_span_s']} | {r['server_cpu_s']} "
+            f"({r.get('server_waited_s', '-')}) | {r['cpu_ms_per_join']} | "
+            f"{per['events_sent']} | {per['events_sent'] / r['size']:.2f} | "
+            f"{per['offers_sent']} | {per['rewires']} | {per['route_builds']} | "
+            f"{per['plan_builds']} | {per['targets_computed']} | "
+            f"{delay.get('p50', '-')}/{delay.get('p99', '-')} |")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    results = []
+    if args.from_json:  # stored lines of an earlier run (e.g. of an older commit), rendered
+        results = [json.loads(line) for line in args.from_json.read_text().splitlines()
+                   if line.startswith("{")]
+        command, host = args.command or "(not stated)", args.host or machine()
+    else:
+        with tempfile.TemporaryDirectory(prefix="join-storm-") as tmp:
+            for size in args.sizes:
+                result = await storm(size, args.unmuted, args.window, Path(tmp), args.profile)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+        command = "python bench/join_storm.py " + " ".join(
+            a for a in sys.argv[1:] if a != "--write" and not a.endswith(".md"))
+        host = machine()
+    body = render(results, command, host, args.label)
+    print(body)
+    if args.write:
+        key = args.label.split()[0].lower().strip(":,")
+        write_section(args.write, f"join-storm-{key}-unmuted-{results[0]['unmuted']}", body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 500, 1000],
+                        help="participants per storm (default 100 200 500 1000)")
+    parser.add_argument("--unmuted", type=int, default=2, help="publishers (default 2)")
+    parser.add_argument("--window", type=float, default=5.0,
+                        help="steady window after the storm, seconds (default 5)")
+    parser.add_argument("--profile", type=Path,
+                        help="record py-spy raw stacks of the server during the joins here")
+    parser.add_argument("--write", type=Path, help="update this results file in place")
+    parser.add_argument("--label", default="after", help="the section's name (default after)")
+    parser.add_argument("--from-json", type=Path,
+                        help="render the JSON lines an earlier run printed instead of running")
+    parser.add_argument("--command", help="with --from-json: the command that made them")
+    parser.add_argument("--host", help="with --from-json: the machine they were made on")
+    args = parser.parse_args()
+    if any(not 1 <= size <= 1000 for size in args.sizes):
+        parser.error("--sizes must be 1..1000 (one load generator's limit)")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

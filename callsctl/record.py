@@ -80,6 +80,15 @@ def _print_job(job: dict[str, Any]) -> None:
     if output.get("composed"):
         console.print(f"  {output['composed']}: everything composed (H.264 + AAC)",
                       markup=False)
+    transcript = output.get("transcript")
+    if transcript:  # a transcription job's result, listed with its recording
+        files = ", ".join(transcript.get("files") or []) or "none"
+        console.print(f"transcript: job {transcript.get('job')}, {transcript.get('state')}, "
+                      f"files {files}", markup=False)
+    if job.get("type") == "transcription" and job.get("state") == "done":
+        console.print(f"transcript of recording {output['recording']}: {output.get('cues', 0)} "
+                      f"cue(s), {output.get('audio_s', 0)} s of audio, "
+                      f"{output.get('cpu_s', 0)} CPU s", markup=False)
 
 
 def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
@@ -209,3 +218,73 @@ def remove(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
         _emit_json(data)
     else:
         _console().print(f"deleted recording {job_id} and its files", markup=False)
+
+
+@app.command("transcribe")
+def transcribe(ctx: typer.Context,
+               recording_id: str = typer.Argument(..., metavar="RECORDING",
+                                                  help="Id of a finished recording job."),
+               wait: bool = typer.Option(True, "--wait/--no-wait",
+                                         help="Wait until the transcript is written."),
+               timeout: float = typer.Option(1800.0, "--wait-timeout", min=1,
+                                             help="Seconds --wait waits at most."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Transcribe a finished recording: transcript.vtt and transcript.txt beside it."""
+    job = _request(ctx, "POST", "/api/v1/jobs",
+                   {"type": "transcription", "recording": recording_id})
+    if wait:
+        job = _wait(ctx, job["id"], timeout)
+    if as_json:
+        _emit_json(job)
+    elif job["state"] in FINISHED:
+        _print_job(job)
+        if job["state"] == "done":
+            _console().print(f"read it with `callsctl record transcript {recording_id}`",
+                             markup=False)
+    else:
+        _console().print(f"transcribing recording {recording_id} as job {job['id']}",
+                         markup=False)
+    if job["state"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("transcript")
+def transcript(ctx: typer.Context,
+               recording_id: str = typer.Argument(..., metavar="RECORDING",
+                                                  help="Id of a transcribed recording."),
+               vtt: bool = typer.Option(False, "--vtt", help="Print the WebVTT file instead "
+                                                             "of the plain text."),
+               output: str | None = typer.Option(None, "--output", "-o",
+                                                 help="Write it to this file."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Print (or save) the transcript of a recording."""
+    job = _request(ctx, "GET", _job_path(recording_id))
+    info = (job.get("output_data") or {}).get("transcript")
+    if not info:
+        fail(f"recording {recording_id} has no transcript; make one with `callsctl record "
+             f"transcribe {recording_id}`")
+    if info.get("state") != "done":
+        fail(f"the transcription of recording {recording_id} (job {info.get('job')}) "
+             f"{info.get('state')}: {info.get('error') or 'no reason given'}")
+    name = "transcript.vtt" if vtt else "transcript.txt"
+    conn = connection_for(ctx)
+    try:
+        with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
+            response = client.get(conn.server + _job_path(recording_id, "files", name),
+                                  headers={"Authorization": f"Bearer {conn.key}"})
+    except httpx.HTTPError as exc:
+        fail(f"cannot download {name} of recording {recording_id}: {exc}")
+    if response.status_code != 200:
+        fail(f"cannot download {name} of recording {recording_id}: HTTP "
+             f"{response.status_code} (the files stay on the machine that recorded it)")
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(response.text)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+    if as_json:
+        _emit_json({"recording": recording_id, "file": name, "text": response.text,
+                    "saved_to": output})
+    elif not output:
+        typer.echo(response.text, nl=False)

@@ -64,6 +64,8 @@ class JobService:
                                       self._changed)
         self.unavailable: str | None = None
         self.active: dict[str, Job] = {}
+        self._transcribe_after: dict[str, bool] = {}  # recording job -> transcribe when done
+        self._transcribing: dict[str, str] = {}  # transcription job -> its recording
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -93,9 +95,12 @@ class JobService:
 
     # -- operations ---------------------------------------------------------------------
 
-    async def create(self, kind: str, call_id: str, max_duration: float) -> Job:
+    async def create(self, kind: str, call_id: str, max_duration: float,
+                     recording: str | None = None, transcribe: bool | None = None) -> Job:
         if self.unavailable:
             raise JobError(503, f"the job queue is unavailable: {self.unavailable}")
+        if kind == "transcription":
+            return await self._create_transcription(recording or "", max_duration)
         call = self.manager.calls.get(call_id)
         if call is None or not call.people():
             raise JobError(409, f"no live call {call_id!r}: a recording starts in a call "
@@ -107,9 +112,39 @@ class JobService:
                                 f"{current.id})")
         job = Job(new_job_id(), kind, call_id, max_duration, runner=self.runner.name)
         self.active[job.id] = job
+        if transcribe is None:
+            transcribe = bool(self.config.transcription_enabled)
+        self._transcribe_after[job.id] = transcribe
         await self._changed(job)
         self.runner.submit(job, self._spec(job))
         log.info("job %s: %s of call %s (max %g s)", job.id, kind, call_id, max_duration)
+        return job
+
+    async def _create_transcription(self, recording_id: str, max_duration: float) -> Job:
+        recording = await self.get(recording_id)
+        if recording.type != "recording":
+            raise JobError(409, f"job {recording_id} is a {recording.type}, not a recording")
+        if recording.active:
+            raise JobError(409, f"recording {recording_id} is still {recording.state}; it "
+                                "is transcribed once it is finished")
+        busy = next((j for j in self.active.values()
+                     if self._transcribing.get(j.id) == recording_id), None)
+        if busy is not None:
+            raise JobError(409, f"recording {recording_id} is already being transcribed by "
+                                f"job {busy.id}")
+        directory = recording.output.get("directory") or str(self.directory(recording.id))
+        job = Job(new_job_id(), "transcription", recording.call_id, max_duration,
+                  runner=self.runner.name)
+        self.active[job.id] = job
+        self._transcribing[job.id] = recording_id
+        await self._changed(job)
+        self.runner.submit(job, {
+            "id": job.id, "type": "transcription", "call": job.call_id,
+            "max_duration": max_duration, "recording": recording_id,
+            "recording_dir": directory, "engine": self.config.transcription_engine,
+            "model": self.config.transcription_model,
+            "language": self.config.transcription_language})
+        log.info("job %s: transcription of recording %s", job.id, recording_id)
         return job
 
     def _spec(self, job: Job) -> dict[str, Any]:
@@ -134,7 +169,8 @@ class JobService:
                 "max_duration": job.max_duration, "token": token, "ws_url": ws_url}
 
     def for_call(self, call_id: str) -> Job | None:
-        return next((j for j in self.active.values() if j.call_id == call_id), None)
+        return next((j for j in self.active.values()
+                     if j.call_id == call_id and j.type == "recording"), None)
 
     async def get(self, job_id: str) -> Job:
         job = self.active.get(job_id)
@@ -215,6 +251,31 @@ class JobService:
         snapshot = Job(**{**job.__dict__, "output": dict(job.output)})
         self.control._queue(self.store.save, snapshot)
         self.control.publish({"type": "job", "call": job.call_id, "job": snapshot.public()})
+        if job.state in FINISHED:
+            await self._after(job)
+
+    async def _after(self, job: Job) -> None:
+        """A finished recording may be transcribed; a finished transcription is listed
+        with its recording (output_data.transcript and the files)."""
+        if job.type == "recording" and self._transcribe_after.pop(job.id, False):
+            if job.state == "done":
+                try:
+                    await self._create_transcription(
+                        job.id, float(self.config.recording_max_duration))
+                except JobError as exc:
+                    log.error("recording %s cannot be transcribed: %s", job.id, exc.message)
+        elif job.type == "transcription":
+            recording_id = self._transcribing.pop(job.id, job.output.get("recording"))
+            if not recording_id:
+                return
+            with contextlib.suppress(JobError):
+                recording = await self.get(recording_id)
+                files = [f for f in job.output.get("files", []) if job.state == "done"]
+                recording.output["transcript"] = {
+                    "job": job.id, "state": job.state, "files": files, "error": job.error}
+                listed = recording.output.setdefault("files", [])
+                listed += [f for f in files if f not in listed]
+                await self._changed(recording)
 
     async def _drop_recorder(self, job: Job) -> None:
         """A worker that died leaves its session behind: remove it, the call goes on."""

@@ -42,6 +42,11 @@ MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
     "video_off": {},
     "record_start": {},  # host only: start recording the call (jobs/)
     "record_stop": {},
+    "captions_start": {},  # host only: start live captions (jobs/captions.py)
+    "captions_stop": {},
+    # Only the captions worker: validated further in jobs/captions.py.
+    "caption": {"session_id": (str, True), "text": (str, True)},
+    "captions_stats": {"window_dropped": (int, False), "buf_full": (int, False)},
 }
 BEFORE_JOIN = {"join", "reconnect", "ping"}
 MAX_NAME = 64

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-JOB_TYPES = ("recording", "transcription")
+JOB_TYPES = ("recording", "transcription", "captions")
 # queued -> running -> stopping -> done | failed.  A job in ACTIVE occupies its call.
 QUEUED, RUNNING, STOPPING, DONE, FAILED = "queued", "running", "stopping", "done", "failed"
 ACTIVE = (QUEUED, RUNNING, STOPPING)

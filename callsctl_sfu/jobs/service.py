@@ -103,8 +103,10 @@ class JobService:
             return await self._create_transcription(recording or "", max_duration)
         call = self.manager.calls.get(call_id)
         if call is None or not call.people():
-            raise JobError(409, f"no live call {call_id!r}: a recording starts in a call "
+            raise JobError(409, f"no live call {call_id!r}: a {kind} job starts in a call "
                                 "that has participants")
+        if kind == "captions":
+            return await self._create_captions(call_id, max_duration)
         current = self.for_call(call_id)
         if current is not None:
             raise JobError(409, f"call {call_id!r} is already being recorded by job "
@@ -119,6 +121,43 @@ class JobService:
         self.runner.submit(job, self._spec(job))
         log.info("job %s: %s of call %s (max %g s)", job.id, kind, call_id, max_duration)
         return job
+
+    async def _create_captions(self, call_id: str, max_duration: float) -> Job:
+        if not self.config.live_captions_enabled:
+            raise JobError(409, "live captions are off on this server; set "
+                                "live_captions_enabled = true (CALLSCTL_LIVE_CAPTIONS_ENABLED)")
+        current = self.captions_for(call_id)
+        if current is not None:
+            raise JobError(409, f"call {call_id!r} already has live captions (job "
+                                f"{current.id}); stop them first")
+        job = Job(new_job_id(), "captions", call_id, max_duration, runner=self.runner.name)
+        self.active[job.id] = job
+        await self._changed(job)
+        spec = self._spec(job)
+        spec.update({"engine": self.config.transcription_engine,
+                     "model": self.config.transcription_model,
+                     "language": self.config.transcription_language})
+        self.runner.submit(job, spec)
+        log.info("job %s: live captions of call %s", job.id, call_id)
+        return job
+
+    def captions_for(self, call_id: str) -> Job | None:
+        return next((j for j in self.active.values()
+                     if j.call_id == call_id and j.type == "captions"), None)
+
+    async def host_captions(self, call: Call, session: Session, on: bool) -> None:
+        """The host's captions button (signaling captions_start / captions_stop)."""
+        try:
+            if on:
+                await self.create("captions", call.call_id,
+                                  float(self.config.recording_max_duration))
+                return
+            job = self.captions_for(call.call_id)
+            if job is None:
+                raise JobError(409, "this call has no live captions")
+            await self.stop(job.id, f"stopped by the host ({session.name})")
+        except JobError as exc:
+            raise JoinRefused("captions_refused", exc.message) from None
 
     async def _create_transcription(self, recording_id: str, max_duration: float) -> Job:
         recording = await self.get(recording_id)
@@ -163,8 +202,9 @@ class JobService:
         return self._spec_with(job, f"{scheme}://{host}:{info['api_port']}/ws")
 
     def _spec_with(self, job: Job, ws_url: str) -> dict[str, Any]:
-        token = issue_token(self.secret, job.call_id, f"recorder-{job.id}",
-                            job.max_duration + TOKEN_SLACK_S, role="recorder")
+        role = "captions" if job.type == "captions" else "recorder"
+        token = issue_token(self.secret, job.call_id, f"{role}-{job.id}",
+                            job.max_duration + TOKEN_SLACK_S, role=role)
         return {"id": job.id, "type": job.type, "call": job.call_id,
                 "max_duration": job.max_duration, "token": token, "ws_url": ws_url}
 
@@ -279,7 +319,7 @@ class JobService:
 
     async def _drop_recorder(self, job: Job) -> None:
         """A worker that died leaves its session behind: remove it, the call goes on."""
-        user = f"recorder-{job.id}"
+        user = f"{'captions' if job.type == 'captions' else 'recorder'}-{job.id}"
         for participant in list(self.manager.participants.values()):
             if participant.session.recorder and participant.session.user == user:
                 self.manager.detach(participant.session.session_id)
@@ -314,10 +354,14 @@ class JobService:
 def attach_jobs(app: web.Application, control: ControlPlane) -> JobService:
     """Hook the job service into a server's app (routes, startup, shutdown)."""
     from callsctl_sfu.jobs.api import add_job_routes
+    from callsctl_sfu.jobs.captions import CaptionMetrics, CaptionRelay
 
     assert control.manager is not None
     service = JobService(control, control.manager, app["jwt_secret"], app["server_info"])
     control.manager.recording_control = service.host_record
+    control.manager.captions_control = service.host_captions
+    metrics = CaptionMetrics(control.metrics.registry if control.metrics else None)
+    control.manager.captions_relay = CaptionRelay(control.manager, metrics)
     app["jobs"] = service
 
     async def on_startup(_app: web.Application) -> None:

@@ -551,6 +551,8 @@
   function handleMessage(msg) {
     const type = msg && msg.type;
     if (type !== "pong" && type !== "signal") log("←", type, type === "joined" ? "" : msg);
+    // Add-ons (captions.js) follow the call through this event; they render after the switch.
+    setTimeout(() => window.dispatchEvent(new CustomEvent("callsctl:message", {detail: msg})));
     switch (type) {
       case "joined":
         onJoined(msg);
@@ -1266,6 +1268,7 @@
     // The <video> elements themselves, for tests (by session id; the screen view).
     api.videoElement = (sid) => (S.videoTiles.has(sid) ? S.videoTiles.get(sid).video : null);
     api.screenElement = () => (S.screenView ? S.screenView.video : null);
+    api.send = (message) => send(message); // for add-ons such as captions.js
     window.callsctl = Object.freeze(api);
   }
 

@@ -98,7 +98,8 @@ def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
         if job["id"] == job_or_call:
             return job
     for job in jobs:
-        if job["call"] == job_or_call and job["state"] not in FINISHED:
+        if job["call"] == job_or_call and job["state"] not in FINISHED and \
+                job["type"] == "recording":
             return job
     fail(f"no recording job {job_or_call!r} and no active recording of a call by that id "
          "(see `callsctl record list`)")
@@ -288,3 +289,28 @@ def transcript(ctx: typer.Context,
                     "saved_to": output})
     elif not output:
         typer.echo(response.text, nl=False)
+
+
+@app.command("captions")
+def captions(ctx: typer.Context,
+             call_id: str = typer.Argument(..., metavar="CALL", help="Id of a live call."),
+             stop_them: bool = typer.Option(False, "--stop", help="Stop the call's captions."),
+             as_json: bool = JSON_OPTION) -> None:
+    """Start (or --stop) live captions in a call: everyone sees each speaker's words."""
+    if stop_them:
+        jobs = _request(ctx, "GET", "/api/v1/jobs?limit=1000&call=" + quote(call_id, safe=""))
+        job = next((j for j in jobs.get("jobs", []) if j["type"] == "captions"
+                    and j["state"] not in FINISHED), None)
+        if job is None:
+            fail(f"call {call_id!r} has no live captions")
+        job = _wait(ctx, _request(ctx, "POST", _job_path(job["id"], "stop"))["id"], 60)
+        message = f"captions of call {call_id} stopped (job {job['id']}, " \
+                  f"{(job.get('output_data') or {}).get('captions', 0)} caption(s))"
+    else:
+        job = _request(ctx, "POST", "/api/v1/jobs", {"type": "captions", "call": call_id})
+        message = (f"live captions in call {call_id} as job {job['id']}; stop them with "
+                   f"`callsctl record captions {call_id} --stop`")
+    if as_json:
+        _emit_json(job)
+    else:
+        _console().print(message, markup=False)

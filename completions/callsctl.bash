@@ -78,7 +78,7 @@ _callsctl() {
             "callsctl calls settings"|"callsctl calls history"|"callsctl record"|\
             "callsctl record start"|"callsctl record stop"|"callsctl record list"|\
             "callsctl record get"|"callsctl record rm"|"callsctl record transcribe"|\
-            "callsctl record transcript")
+            "callsctl record transcript"|"callsctl record captions")
                 cmd="$cmd $word" ;;
         esac
     done
@@ -403,7 +403,7 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--server -s --admin-key --admin-key-file --ca-cert --insecure -k --client-config --timeout --help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "start stop list get rm transcribe transcript" -- "$cur"))
+                COMPREPLY=($(compgen -W "start stop list get rm transcribe transcript captions" -- "$cur"))
             fi ;;
         "callsctl record start")
             case $prev in
@@ -448,6 +448,10 @@ _callsctl() {
             esac
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--vtt --output -o --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record captions")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--stop --json --help -h" -- "$cur"))
             fi ;;
     esac
 }

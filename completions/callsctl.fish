@@ -11,7 +11,7 @@ function __callsctl_path --description 'The callsctl command being completed'
             continue
         end
         switch "$path $tok"
-            case 'callsctl serve' 'callsctl token' 'callsctl tune' 'callsctl worker' 'callsctl top' 'callsctl loadtest' 'callsctl check' 'callsctl check udp' 'callsctl check tcp' 'callsctl check listen' 'callsctl check capture' 'callsctl check config' 'callsctl check stun' 'callsctl check rtc' 'callsctl check rtcd' 'callsctl check webrtc' 'callsctl check all' 'callsctl check turn' 'callsctl calls' 'callsctl calls list' 'callsctl calls show' 'callsctl calls mute' 'callsctl calls mute-others' 'callsctl calls stop-screen' 'callsctl calls lower-hand' 'callsctl calls remove' 'callsctl calls end' 'callsctl calls host' 'callsctl calls enable' 'callsctl calls disable' 'callsctl calls settings' 'callsctl calls history' 'callsctl record' 'callsctl record start' 'callsctl record stop' 'callsctl record list' 'callsctl record get' 'callsctl record rm' 'callsctl record transcribe' 'callsctl record transcript'
+            case 'callsctl serve' 'callsctl token' 'callsctl tune' 'callsctl worker' 'callsctl top' 'callsctl loadtest' 'callsctl check' 'callsctl check udp' 'callsctl check tcp' 'callsctl check listen' 'callsctl check capture' 'callsctl check config' 'callsctl check stun' 'callsctl check rtc' 'callsctl check rtcd' 'callsctl check webrtc' 'callsctl check all' 'callsctl check turn' 'callsctl calls' 'callsctl calls list' 'callsctl calls show' 'callsctl calls mute' 'callsctl calls mute-others' 'callsctl calls stop-screen' 'callsctl calls lower-hand' 'callsctl calls remove' 'callsctl calls end' 'callsctl calls host' 'callsctl calls enable' 'callsctl calls disable' 'callsctl calls settings' 'callsctl calls history' 'callsctl record' 'callsctl record start' 'callsctl record stop' 'callsctl record list' 'callsctl record get' 'callsctl record rm' 'callsctl record transcribe' 'callsctl record transcript' 'callsctl record captions'
                 set path "$path $tok"
                 continue
         end
@@ -351,6 +351,7 @@ complete -c callsctl -n '__callsctl_at callsctl record' -a get -d 'One recording
 complete -c callsctl -n '__callsctl_at callsctl record' -a rm -d 'Delete a finished recording: its files and its job.'
 complete -c callsctl -n '__callsctl_at callsctl record' -a transcribe -d 'Transcribe a finished recording: transcript.vtt and transcript.txt beside it.'
 complete -c callsctl -n '__callsctl_at callsctl record' -a transcript -d 'Print (or save) the transcript of a recording.'
+complete -c callsctl -n '__callsctl_at callsctl record' -a captions -d 'Start (or --stop) live captions in a call: everyone sees each speaker\'s words.'
 complete -c callsctl -n '__callsctl_at callsctl record' -l server -s s -x -d 'Base URL of callsctl serve\'s API port. [default: http://127.0.0.1:8045]'
 complete -c callsctl -n '__callsctl_at callsctl record' -l admin-key -x -d 'Admin API key (prefer the env var or a file: flags show in ps).'
 complete -c callsctl -n '__callsctl_at callsctl record' -l admin-key-file -x -d 'File holding the admin API key (the server\'s <data dir>/admin_key).'
@@ -397,3 +398,8 @@ complete -c callsctl -n '__callsctl_at callsctl record transcript' -l vtt -d 'Pr
 complete -c callsctl -n '__callsctl_at callsctl record transcript' -l output -s o -x -d 'Write it to this file.'
 complete -c callsctl -n '__callsctl_at callsctl record transcript' -l json -d 'Print the server\'s JSON answer.'
 complete -c callsctl -n '__callsctl_at callsctl record transcript' -l help -s h -d 'Show this message and exit.'
+
+# callsctl record captions
+complete -c callsctl -n '__callsctl_at callsctl record captions' -l stop -d 'Stop the call\'s captions.'
+complete -c callsctl -n '__callsctl_at callsctl record captions' -l json -d 'Print the server\'s JSON answer.'
+complete -c callsctl -n '__callsctl_at callsctl record captions' -l help -s h -d 'Show this message and exit.'

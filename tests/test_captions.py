@@ -10,6 +10,7 @@ are the worker's alone, and what the worker drops is counted in /metrics.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import httpx
@@ -22,12 +23,13 @@ from callsctl_sfu.jobs.transcribe.engine import load_engine
 from callsctl_sfu.jobs.transcribe.live import CaptionPipeline
 from callsctl_sfu.tokens import issue_token
 from tests.admin_helpers import admin_client
-from tests.helpers import have
+from tests.helpers import have, run_cli
 from tests.test_transcription import (
     ALICE_1,
     ALICE_VOICE,
     BOB_1,
     BOB_VOICE,
+    env_of,
     speaker,
 )
 
@@ -101,6 +103,16 @@ async def test_everyone_sees_the_speakers_words_as_captions(serve_factory):
                 jobs = (await http.get("/api/v1/jobs")).json()["jobs"]
             assert jobs[0]["type"] == "captions" and jobs[0]["state"] == "done", jobs[0]
             assert jobs[0]["output_data"]["captions"] >= 2
+        # The same from the CLI (admin): on, then off.
+        env = env_of(server)
+        started = await asyncio.to_thread(run_cli, "record", "captions", "cc", "--json",
+                                          env=env)
+        assert started.returncode == 0, started.stderr
+        assert json.loads(started.stdout)["type"] == "captions"
+        await bob.wait_for(lambda e: e["type"] == "call_captions" and e["captions"], 30)
+        stopped = await asyncio.to_thread(run_cli, "record", "captions", "cc", "--stop",
+                                          env=env, timeout=90)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
     finally:
         await alice.close()
         if bob is not None:
@@ -118,6 +130,12 @@ async def test_captions_off_on_this_server_is_a_clear_refusal(server):
             response = await http.post("/api/v1/jobs", json={"type": "captions", "call": "off"})
             assert response.status_code == 409
             assert "live_captions_enabled" in response.json()["error"]
+        cli = await asyncio.to_thread(run_cli, "record", "captions", "off", env=env_of(server))
+        assert cli.returncode == 1 and "live_captions_enabled = true" in cli.stderr
+        assert len(cli.stderr.strip().splitlines()) == 1, cli.stderr
+        nothing = await asyncio.to_thread(run_cli, "record", "captions", "off", "--stop",
+                                          env=env_of(server))
+        assert nothing.returncode == 1 and "has no live captions" in nothing.stderr
     finally:
         await alice.close()
 

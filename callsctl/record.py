@@ -165,7 +165,7 @@ def list_jobs(ctx: typer.Context,
               limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000,
                                         help="How many, newest first."),
               as_json: bool = JSON_OPTION) -> None:
-    """Recordings, newest first: state, call, start, duration."""
+    """Recordings (and their transcriptions, captions jobs), newest first."""
     path = f"/api/v1/jobs?limit={limit}"
     if call_id:
         path += "&call=" + quote(call_id, safe="")
@@ -177,13 +177,13 @@ def list_jobs(ctx: typer.Context,
     if not jobs:
         _console().print("no recordings yet")
         return
-    table = _narrow_table(f"{len(jobs)} recording(s)",
-                          ("job", "call", "state", "started", "duration", "files"),
+    table = _narrow_table(f"{len(jobs)} job(s)",
+                          ("job", "type", "call", "state", "started", "duration", "files"),
                           numeric=("duration", "files"))
     for job in jobs:
         files = (job.get("output_data") or {}).get("files") or []
-        table.add_row(job["id"], job["call"], job["state"], _when(job.get("start_at")),
-                      _duration(job), str(len(files)))
+        table.add_row(job["id"], job["type"], job["call"], job["state"],
+                      _when(job.get("start_at")), _duration(job), str(len(files)))
     _console().print(table)
 
 

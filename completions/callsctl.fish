@@ -346,7 +346,7 @@ complete -c callsctl -n '__callsctl_at callsctl calls history' -l help -s h -d '
 # callsctl record
 complete -c callsctl -n '__callsctl_at callsctl record' -a start -d 'Start recording a live call (everyone in it sees that it is recorded).'
 complete -c callsctl -n '__callsctl_at callsctl record' -a stop -d 'Stop a recording: the files are finished and the MP4 composed.'
-complete -c callsctl -n '__callsctl_at callsctl record' -a list -d 'Recordings, newest first: state, call, start, duration.'
+complete -c callsctl -n '__callsctl_at callsctl record' -a list -d 'Recordings (and their transcriptions, captions jobs), newest first.'
 complete -c callsctl -n '__callsctl_at callsctl record' -a get -d 'One recording: state, times, participants, files (or its worker\'s log).'
 complete -c callsctl -n '__callsctl_at callsctl record' -a rm -d 'Delete a finished recording: its files and its job.'
 complete -c callsctl -n '__callsctl_at callsctl record' -a transcribe -d 'Transcribe a finished recording: transcript.vtt and transcript.txt beside it.'

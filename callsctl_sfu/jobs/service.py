@@ -257,13 +257,15 @@ class JobService:
         """Add `recordings` to call history entries: the jobs made during each call."""
         by_call: dict[str, list[Job]] = {}
         for job in await self.store.list(10000):
-            by_call.setdefault(job.call_id, []).append(job)
+            if job.type == "recording":  # transcriptions are listed with their recording
+                by_call.setdefault(job.call_id, []).append(job)
         for call in calls:
             ended = call.get("ended_at") or time.time()
             call["recordings"] = [
                 {"id": j.id, "state": j.state, "start_at": j.started_at,
                  "duration_s": j.output.get("duration_s"), "files": j.output.get("files", []),
-                 "participants": j.output.get("participants", [])}
+                 "participants": j.output.get("participants", []),
+                 "transcript": j.output.get("transcript")}
                 for j in reversed(by_call.get(call["id"], []))
                 if call["started_at"] <= j.created_at <= ended]
 

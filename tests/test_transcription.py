@@ -193,3 +193,30 @@ async def test_missing_model_and_bad_requests_say_what_to_do(serve_factory, tmp_
     assert len(after.stderr.strip().splitlines()) == 1, after.stderr
     unknown = await asyncio.to_thread(run_cli, "record", "transcribe", "nosuchjob", env=env)
     assert unknown.returncode == 1 and "no job 'nosuchjob'" in unknown.stderr
+    # Per request: the bundled model instead of the server's missing one, or a language.
+    async with admin_client(server) as http:
+        bundled = await http.post("/api/v1/jobs", json={"type": "transcription",
+                                                        "recording": recording_id, "model": ""})
+        german = await http.post("/api/v1/jobs", json={
+            "type": "transcription", "recording": recording_id, "model": "",
+            "language": "de-DE"})
+        assert german.status_code == 409 and "already being transcribed" in german.text
+        done = await finished(http, bundled.json()["id"])
+        assert done["state"] == "done" and done["output_data"]["cues"] == 0, done  # silence
+        german = await http.post("/api/v1/jobs", json={
+            "type": "transcription", "recording": recording_id, "model": "",
+            "language": "de-DE"})
+        failed_job = await finished(http, german.json()["id"])
+        assert "en-US only, not 'de-DE'" in failed_job["error"], failed_job
+        typo = await http.post("/api/v1/jobs", json={"call": "quiet", "language": "en-US"})
+        assert typo.status_code == 400 and "transcription and captions" in typo.text
+
+
+async def finished(http, job_id: str) -> dict:
+    job: dict = {}
+    for _ in range(240):
+        job = (await http.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["state"] in ("done", "failed"):
+            return job
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"job never finished: {job}")

@@ -88,10 +88,10 @@ def parse_create(body: dict[str, Any], default_duration: float) -> \
     a finished recording (its call is the recording's).
     """
     unknown = set(body) - {"type", "call", "call_id", "max_duration_sec", "recording",
-                           "transcribe"}
+                           "transcribe", "language", "model"}
     if unknown:
         raise JobError(400, f"unknown field(s) {', '.join(sorted(unknown))}; known: type, "
-                            "call, max_duration_sec, transcribe, recording")
+                            "call, max_duration_sec, transcribe, recording, language, model")
     kind = body.get("type", "recording")
     if kind not in JOB_TYPES:
         raise JobError(400, f"\"type\" must be one of {', '.join(JOB_TYPES)}, not {kind!r}")
@@ -113,6 +113,14 @@ def parse_create(body: dict[str, Any], default_duration: float) -> \
             if not isinstance(body["transcribe"], bool):
                 raise JobError(400, "\"transcribe\" must be true or false")
             options["transcribe"] = body["transcribe"]
+    for name in ("language", "model"):  # this job's speech model instead of the server's
+        if name in body:
+            value = body[name]
+            if kind == "recording" or not isinstance(value, str) or len(value) > 4096 or \
+                    any(ord(c) < 32 for c in value):
+                raise JobError(400, f"\"{name}\" is for transcription and captions jobs: a "
+                                    "string (a model directory, or a language such as en-US)")
+            options[name] = value
     duration = body.get("max_duration_sec", default_duration)
     if isinstance(duration, bool) or not isinstance(duration, int | float) or \
             not MIN_DURATION_S <= duration <= MAX_DURATION_S:

@@ -96,17 +96,20 @@ class JobService:
     # -- operations ---------------------------------------------------------------------
 
     async def create(self, kind: str, call_id: str, max_duration: float,
-                     recording: str | None = None, transcribe: bool | None = None) -> Job:
+                     recording: str | None = None, transcribe: bool | None = None,
+                     language: str | None = None, model: str | None = None) -> Job:
         if self.unavailable:
             raise JobError(503, f"the job queue is unavailable: {self.unavailable}")
         if kind == "transcription":
-            return await self._create_transcription(recording or "", max_duration)
+            return await self._create_transcription(recording or "", max_duration,
+                                                    self._speech(language, model))
         call = self.manager.calls.get(call_id)
         if call is None or not call.people():
             raise JobError(409, f"no live call {call_id!r}: a {kind} job starts in a call "
                                 "that has participants")
         if kind == "captions":
-            return await self._create_captions(call_id, max_duration)
+            return await self._create_captions(call_id, max_duration,
+                                               self._speech(language, model))
         current = self.for_call(call_id)
         if current is not None:
             raise JobError(409, f"call {call_id!r} is already being recorded by job "
@@ -122,7 +125,14 @@ class JobService:
         log.info("job %s: %s of call %s (max %g s)", job.id, kind, call_id, max_duration)
         return job
 
-    async def _create_captions(self, call_id: str, max_duration: float) -> Job:
+    def _speech(self, language: str | None, model: str | None) -> dict[str, str]:
+        """Engine, model and language of a job: the request's, else the server's settings."""
+        return {"engine": self.config.transcription_engine,
+                "model": self.config.transcription_model if model is None else model,
+                "language": language or self.config.transcription_language}
+
+    async def _create_captions(self, call_id: str, max_duration: float,
+                               speech: dict[str, str] | None = None) -> Job:
         if not self.config.live_captions_enabled:
             raise JobError(409, "live captions are off on this server; set "
                                 "live_captions_enabled = true (CALLSCTL_LIVE_CAPTIONS_ENABLED)")
@@ -134,9 +144,7 @@ class JobService:
         self.active[job.id] = job
         await self._changed(job)
         spec = self._spec(job)
-        spec.update({"engine": self.config.transcription_engine,
-                     "model": self.config.transcription_model,
-                     "language": self.config.transcription_language})
+        spec.update(speech or self._speech(None, None))
         self.runner.submit(job, spec)
         log.info("job %s: live captions of call %s", job.id, call_id)
         return job
@@ -159,7 +167,8 @@ class JobService:
         except JobError as exc:
             raise JoinRefused("captions_refused", exc.message) from None
 
-    async def _create_transcription(self, recording_id: str, max_duration: float) -> Job:
+    async def _create_transcription(self, recording_id: str, max_duration: float,
+                                    speech: dict[str, str] | None = None) -> Job:
         recording = await self.get(recording_id)
         if recording.type != "recording":
             raise JobError(409, f"job {recording_id} is a {recording.type}, not a recording")
@@ -180,9 +189,7 @@ class JobService:
         self.runner.submit(job, {
             "id": job.id, "type": "transcription", "call": job.call_id,
             "max_duration": max_duration, "recording": recording_id,
-            "recording_dir": directory, "engine": self.config.transcription_engine,
-            "model": self.config.transcription_model,
-            "language": self.config.transcription_language})
+            "recording_dir": directory, **(speech or self._speech(None, None))})
         log.info("job %s: transcription of recording %s", job.id, recording_id)
         return job
 

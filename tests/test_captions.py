@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 
 import httpx
 import pytest
@@ -210,3 +212,30 @@ async def test_a_slow_engine_drops_windows_and_a_full_queue_drops_frames():
     assert small.buf_full == 15
     await pipeline.close()
     await small.close()
+
+
+async def test_a_killed_captions_worker_leaves_the_call_and_the_call_goes_on(serve_factory):
+    server = serve_factory(env=ENABLED)
+    alice, _mic = await speaker(server, "kill", "alice")
+    try:
+        async with admin_client(server) as http:
+            created = await http.post("/api/v1/jobs", json={"type": "captions", "call": "kill"})
+            assert created.status_code == 201, created.text
+            again = await http.post("/api/v1/jobs", json={"type": "captions", "call": "kill"})
+            assert again.status_code == 409 and "already has live captions" in again.text
+            await alice.wait_for(lambda e: e["type"] == "call_captions" and e["captions"], 30)
+            job = (await http.get(f"/api/v1/jobs/{created.json()['id']}")).json()
+            os.kill(job["output_data"]["pid"], signal.SIGKILL)
+            await alice.wait_for(lambda e: e["type"] == "call_captions" and not e["captions"],
+                                 30)
+            for _ in range(60):
+                job = (await http.get(f"/api/v1/jobs/{job['id']}")).json()
+                if job["state"] in ("done", "failed"):
+                    break
+                await asyncio.sleep(0.5)
+            assert job["state"] == "failed" and "SIGKILL" in job["error"], job
+            calls = (await http.get("/api/v1/calls")).json()["calls"]
+            assert calls[0]["participants"] == 1 and calls[0]["captions"] is False
+            assert alice.pc.connectionState == "connected"
+    finally:
+        await alice.close()

@@ -48,6 +48,13 @@ def test_the_engine_hears_espeak_and_cuts_utterances_at_pauses() -> None:
     assert 0.4 + speech_s < utterances[0].end <= 1.0 + speech_s, (utterances[0], speech_s)
     words = [w.text for w in engine.transcribe(utterances[1].pcm)]
     assert {"finish", "project"} <= set(words), words
+    # Audio that never came (a muted speaker, dropped frames) ends the utterance and moves
+    # the time line on: the next utterance is placed after the gap.
+    gapped = Segmenter()
+    cut = gapped.feed(silence + pcm[: len(pcm) // 2]) + gapped.skip(5.0)
+    assert len(cut) == 1 and cut[0].start < 1.0
+    later = gapped.feed(pcm + silence)
+    assert len(later) == 1 and later[0].start >= 1.0 + speech_s / 2 + 5.0 - 0.3, later
 
 
 def test_a_missing_model_or_language_is_one_clear_sentence(tmp_path) -> None:

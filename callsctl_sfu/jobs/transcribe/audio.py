@@ -100,16 +100,17 @@ class Segmenter:
         return done
 
     def flush(self) -> list[Utterance]:
-        """The utterance in progress at the end of the stream, if any."""
+        """The utterance in progress at the end of the stream (or of a stretch), if any."""
         if self._current is None:
             return []
         return [u for u in (self._close(),) if u is not None]
 
-    def skip(self, seconds: float) -> None:
-        """Audio that never arrived (dropped): time moves on, an utterance is cut."""
-        if self._current is not None:
-            self._close()
+    def skip(self, seconds: float) -> list[Utterance]:
+        """Audio that never arrived (muted, dropped): time moves on, an utterance ends."""
+        done = self.flush()
+        self._history.clear()
         self._position += int(seconds * 50)
+        return done
 
     @property
     def position_s(self) -> float:

@@ -37,6 +37,7 @@ log = logging.getLogger("callsctl_sfu.jobs.captions")
 FRAME_QUEUE = 50  # per speaker: 1 s of 20 ms frames
 WINDOW_QUEUE = 4  # utterances waiting for the engine, all speakers together
 STATS_EVERY_S = 1.0
+GAP_S = 0.5  # audio missing for longer than this is a gap in the speaker's time line
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -89,10 +90,9 @@ class CaptionPipeline:
                 resampler=av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE))
             speaker.task = asyncio.create_task(self._cut_loop(speaker))
         try:
-            speaker.frames.put_nowait(frame)
-        except asyncio.QueueFull:
+            speaker.frames.put_nowait((frame, time.time()))
+        except asyncio.QueueFull:  # the time line catches up in _cut_loop (a gap)
             self.buf_full += 1
-            speaker.segmenter.skip(frame.samples / max(1, frame.sample_rate))
 
     def flush(self) -> None:
         """The stream ended: utterances in progress are cut now."""
@@ -102,7 +102,14 @@ class CaptionPipeline:
 
     async def _cut_loop(self, speaker: _Speaker) -> None:
         while True:
-            frame = await speaker.frames.get()
+            frame, arrived = await speaker.frames.get()
+            # A muted speaker sends nothing (the SFU drops muted audio): when audio comes
+            # back, the speaker's clock jumps to the wall clock so captions keep true times.
+            gap = arrived - (speaker.started_at + speaker.segmenter.position_s) - \
+                frame.samples / max(1, frame.sample_rate)
+            if gap > GAP_S:
+                for utterance in speaker.segmenter.skip(gap):
+                    self._window(speaker, utterance)
             pcm = b"".join(bytes(out.planes[0])[: out.samples * 2]
                            for out in speaker.resampler.resample(frame))
             self.audio_s += len(pcm) / (2 * SAMPLE_RATE)

@@ -153,7 +153,7 @@ async def test_the_workers_drop_reports_become_metrics(serve_factory):
         await worker.join()
         await alice.wait_for(lambda e: e["type"] == "call_captions" and e["captions"], 10)
         before = (metric(server, "callsctl_jobs_live_captions_window_dropped_total"),
-                  metric(server, "callsctl_jobs_live_captions_pktPayloadCh_buf_full_total"))
+                  metric(server, "callsctl_jobs_live_captions_pkt_payload_ch_buf_full_total"))
         await worker.send({"type": "captions_stats", "window_dropped": 3, "buf_full": 7})
         await worker.send({"type": "caption", "session_id": alice.session_id,
                            "text": "hello <b>there</b>", "start": 10.0, "end": 11.5})
@@ -164,7 +164,7 @@ async def test_the_workers_drop_reports_become_metrics(serve_factory):
         bad = await worker.wait_for(lambda e: e["type"] == "error", 10)
         assert bad["code"] == "bad_message" and "start" in bad["message"]
         after = (metric(server, "callsctl_jobs_live_captions_window_dropped_total"),
-                 metric(server, "callsctl_jobs_live_captions_pktPayloadCh_buf_full_total"))
+                 metric(server, "callsctl_jobs_live_captions_pkt_payload_ch_buf_full_total"))
         assert after == (before[0] + 3, before[1] + 7)
     finally:
         if worker is not None:

@@ -8,7 +8,8 @@ The worker also reports what it had to drop (`captions_stats`), which becomes
 Prometheus counters in /metrics, equivalents of the Calls job service's
 `live_captions_window_dropped` (utterances dropped because the transcriber was
 behind) and `live_captions_pktPayloadCh_buf_full` (audio frames dropped because
-the worker's receive queue was full).
+the worker's receive queue was full), spelled in snake case as Prometheus
+wants: `…_pkt_payload_ch_buf_full`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 MAX_TEXT = 500
 MAX_REPORTED = 1_000_000  # per captions_stats message: more is a bug, not a count
-AUDIO_LEN_BUCKETS_MS = (250, 500, 1000, 2000, 3000, 5000, 8000, 12000, 20000)
+AUDIO_LEN_BUCKETS_S = (0.25, 0.5, 1, 2, 3, 5, 8, 12, 20)
 
 
 class CaptionMetrics:
@@ -38,15 +39,15 @@ class CaptionMetrics:
             "Utterances (windows of audio) the captions worker dropped because the "
             "transcriber was behind", registry=registry)
         self.buf_full = Counter(
-            "callsctl_jobs_live_captions_pktPayloadCh_buf_full",
+            "callsctl_jobs_live_captions_pkt_payload_ch_buf_full",
             "Audio frames the captions worker dropped because its receive queue was full",
             registry=registry)
         self.captions = Counter("callsctl_jobs_live_captions_sent",
                                 "Captions sent to calls", registry=registry)
         self.audio_len = Histogram(
-            "callsctl_jobs_live_captions_new_audio_len_ms",
-            "Duration of the audio of each caption, milliseconds",
-            buckets=AUDIO_LEN_BUCKETS_MS, registry=registry)
+            "callsctl_jobs_live_captions_new_audio_len_seconds",
+            "Duration of the audio of each caption, seconds",
+            buckets=AUDIO_LEN_BUCKETS_S, registry=registry)
 
 
 def _seconds(message: dict[str, Any], name: str) -> float:
@@ -83,7 +84,7 @@ class CaptionRelay:
         if not text or end < start:
             raise JoinRefused("bad_message", "caption: needs text, and an end after its start")
         self.metrics.captions.inc()
-        self.metrics.audio_len.observe((end - start) * 1000)
+        self.metrics.audio_len.observe(end - start)
         await self.manager.broadcast(call, {
             "type": "caption", "session_id": speaker.session_id, "name": speaker.name,
             "text": text, "start": start, "end": end}, exclude=worker.session_id)

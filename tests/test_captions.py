@@ -239,3 +239,18 @@ async def test_a_killed_captions_worker_leaves_the_call_and_the_call_goes_on(ser
             assert alice.pc.connectionState == "connected"
     finally:
         await alice.close()
+
+
+async def test_a_missing_model_reaches_the_host_as_one_sentence(serve_factory, tmp_path):
+    server = serve_factory(env={**ENABLED, "CALLSCTL_TRANSCRIPTION_MODEL":
+                                str(tmp_path / "no-model")})
+    alice, _mic = await speaker(server, "nomodel", "alice")
+    try:
+        await alice.send({"type": "captions_start"})
+        failed = await alice.wait_for(lambda e: e["type"] == "error", 60)
+        assert failed["code"] == "captions_failed", failed
+        assert "no-model' is not a directory; set transcription_model" in failed["message"]
+        assert "\n" not in failed["message"]
+        assert alice.pc.connectionState == "connected"
+    finally:
+        await alice.close()

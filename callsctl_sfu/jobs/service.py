@@ -313,6 +313,10 @@ class JobService:
                         job.id, float(self.config.recording_max_duration))
                 except JobError as exc:
                     log.error("recording %s cannot be transcribed: %s", job.id, exc.message)
+        elif job.type == "captions" and job.state == "failed":
+            await self._tell_host(job.call_id, {
+                "type": "error", "code": "captions_failed",
+                "message": f"live captions stopped: {job.error}"})
         elif job.type == "transcription":
             recording_id = self._transcribing.pop(job.id, job.output.get("recording"))
             if not recording_id:
@@ -325,6 +329,14 @@ class JobService:
                 listed = recording.output.setdefault("files", [])
                 listed += [f for f in files if f not in listed]
                 await self._changed(recording)
+
+    async def _tell_host(self, call_id: str, event: dict[str, Any]) -> None:
+        """One event to the call's host (who pressed the button), if the call is live."""
+        call = self.manager.calls.get(call_id)
+        host = self.manager.participants.get(call.host) if call and call.host else None
+        if host is not None and host.send is not None:
+            with contextlib.suppress(Exception):
+                await host.send(event)
 
     async def _drop_recorder(self, job: Job) -> None:
         """A worker that died leaves its session behind: remove it, the call goes on."""

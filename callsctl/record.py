@@ -80,6 +80,15 @@ def _print_job(job: dict[str, Any]) -> None:
     if output.get("composed"):
         console.print(f"  {output['composed']}: everything composed (H.264 + AAC)",
                       markup=False)
+    transcript = output.get("transcript")
+    if transcript:  # a transcription job's result, listed with its recording
+        files = ", ".join(transcript.get("files") or []) or "none"
+        console.print(f"transcript: job {transcript.get('job')}, {transcript.get('state')}, "
+                      f"files {files}", markup=False)
+    if job.get("type") == "transcription" and job.get("state") == "done":
+        console.print(f"transcript of recording {output['recording']}: {output.get('cues', 0)} "
+                      f"cue(s), {output.get('audio_s', 0)} s of audio, "
+                      f"{output.get('cpu_s', 0)} CPU s", markup=False)
 
 
 def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
@@ -89,7 +98,8 @@ def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
         if job["id"] == job_or_call:
             return job
     for job in jobs:
-        if job["call"] == job_or_call and job["state"] not in FINISHED:
+        if job["call"] == job_or_call and job["state"] not in FINISHED and \
+                job["type"] == "recording":
             return job
     fail(f"no recording job {job_or_call!r} and no active recording of a call by that id "
          "(see `callsctl record list`)")
@@ -155,7 +165,7 @@ def list_jobs(ctx: typer.Context,
               limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000,
                                         help="How many, newest first."),
               as_json: bool = JSON_OPTION) -> None:
-    """Recordings, newest first: state, call, start, duration."""
+    """Recordings (and their transcriptions, captions jobs), newest first."""
     path = f"/api/v1/jobs?limit={limit}"
     if call_id:
         path += "&call=" + quote(call_id, safe="")
@@ -167,13 +177,13 @@ def list_jobs(ctx: typer.Context,
     if not jobs:
         _console().print("no recordings yet")
         return
-    table = _narrow_table(f"{len(jobs)} recording(s)",
-                          ("job", "call", "state", "started", "duration", "files"),
+    table = _narrow_table(f"{len(jobs)} job(s)",
+                          ("job", "type", "call", "state", "started", "duration", "files"),
                           numeric=("duration", "files"))
     for job in jobs:
         files = (job.get("output_data") or {}).get("files") or []
-        table.add_row(job["id"], job["call"], job["state"], _when(job.get("start_at")),
-                      _duration(job), str(len(files)))
+        table.add_row(job["id"], job["type"], job["call"], job["state"],
+                      _when(job.get("start_at")), _duration(job), str(len(files)))
     _console().print(table)
 
 
@@ -209,3 +219,98 @@ def remove(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
         _emit_json(data)
     else:
         _console().print(f"deleted recording {job_id} and its files", markup=False)
+
+
+@app.command("transcribe")
+def transcribe(ctx: typer.Context,
+               recording_id: str = typer.Argument(..., metavar="RECORDING",
+                                                  help="Id of a finished recording job."),
+               wait: bool = typer.Option(True, "--wait/--no-wait",
+                                         help="Wait until the transcript is written."),
+               timeout: float = typer.Option(1800.0, "--wait-timeout", min=1,
+                                             help="Seconds --wait waits at most."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Transcribe a finished recording: transcript.vtt and transcript.txt beside it."""
+    job = _request(ctx, "POST", "/api/v1/jobs",
+                   {"type": "transcription", "recording": recording_id})
+    if wait:
+        job = _wait(ctx, job["id"], timeout)
+    if as_json:
+        _emit_json(job)
+    elif job["state"] in FINISHED:
+        _print_job(job)
+        if job["state"] == "done":
+            _console().print(f"read it with `callsctl record transcript {recording_id}`",
+                             markup=False)
+    else:
+        _console().print(f"transcribing recording {recording_id} as job {job['id']}",
+                         markup=False)
+    if job["state"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("transcript")
+def transcript(ctx: typer.Context,
+               recording_id: str = typer.Argument(..., metavar="RECORDING",
+                                                  help="Id of a transcribed recording."),
+               vtt: bool = typer.Option(False, "--vtt", help="Print the WebVTT file instead "
+                                                             "of the plain text."),
+               output: str | None = typer.Option(None, "--output", "-o",
+                                                 help="Write it to this file."),
+               as_json: bool = JSON_OPTION) -> None:
+    """Print (or save) the transcript of a recording."""
+    job = _request(ctx, "GET", _job_path(recording_id))
+    info = (job.get("output_data") or {}).get("transcript")
+    if not info:
+        fail(f"recording {recording_id} has no transcript; make one with `callsctl record "
+             f"transcribe {recording_id}`")
+    if info.get("state") != "done":
+        fail(f"the transcription of recording {recording_id} (job {info.get('job')}) "
+             f"{info.get('state')}: {info.get('error') or 'no reason given'}")
+    name = "transcript.vtt" if vtt else "transcript.txt"
+    conn = connection_for(ctx)
+    try:
+        with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
+            response = client.get(conn.server + _job_path(recording_id, "files", name),
+                                  headers={"Authorization": f"Bearer {conn.key}"})
+    except httpx.HTTPError as exc:
+        fail(f"cannot download {name} of recording {recording_id}: {exc}")
+    if response.status_code != 200:
+        fail(f"cannot download {name} of recording {recording_id}: HTTP "
+             f"{response.status_code} (the files stay on the machine that recorded it)")
+    if output:
+        try:
+            with open(output, "w", encoding="utf-8") as handle:
+                handle.write(response.text)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+    if as_json:
+        _emit_json({"recording": recording_id, "file": name, "text": response.text,
+                    "saved_to": output})
+    elif not output:
+        typer.echo(response.text, nl=False)
+
+
+@app.command("captions")
+def captions(ctx: typer.Context,
+             call_id: str = typer.Argument(..., metavar="CALL", help="Id of a live call."),
+             stop_them: bool = typer.Option(False, "--stop", help="Stop the call's captions."),
+             as_json: bool = JSON_OPTION) -> None:
+    """Start (or --stop) live captions in a call: everyone sees each speaker's words."""
+    if stop_them:
+        jobs = _request(ctx, "GET", "/api/v1/jobs?limit=1000&call=" + quote(call_id, safe=""))
+        job = next((j for j in jobs.get("jobs", []) if j["type"] == "captions"
+                    and j["state"] not in FINISHED), None)
+        if job is None:
+            fail(f"call {call_id!r} has no live captions")
+        job = _wait(ctx, _request(ctx, "POST", _job_path(job["id"], "stop"))["id"], 60)
+        message = f"captions of call {call_id} stopped (job {job['id']}, " \
+                  f"{(job.get('output_data') or {}).get('captions', 0)} caption(s))"
+    else:
+        job = _request(ctx, "POST", "/api/v1/jobs", {"type": "captions", "call": call_id})
+        message = (f"live captions in call {call_id} as job {job['id']}; stop them with "
+                   f"`callsctl record captions {call_id} --stop`")
+    if as_json:
+        _emit_json(job)
+    else:
+        _console().print(message, markup=False)

@@ -491,6 +491,32 @@ class ServeConfig:
         section="fleet", metavar="SECONDS",
     )
 
+    # -- transcription and live captions (callsctl_sfu/jobs/transcribe/) --
+    transcription_enabled: bool = _setting(
+        False, "transcribe every finished recording (WebVTT + text beside it); a recording "
+        "request can override it (\"transcribe\": true or false)", _boolean,
+        section="jobs", flag=None,
+    )
+    live_captions_enabled: bool = _setting(
+        False, "let hosts (and the admin API) turn on live captions in a call", _boolean,
+        section="jobs", flag=None,
+    )
+    transcription_engine: str = _setting(
+        "pocketsphinx", "speech-to-text engine of transcriptions and captions",
+        _choice(("pocketsphinx",)),
+        section="jobs", flag=None,
+    )
+    transcription_model: str = _setting(
+        "", "model directory of the engine; empty = the model bundled with it (en-US)",
+        _string,
+        section="jobs", flag=None,
+    )
+    transcription_language: str = _setting(
+        "en-US", "language spoken in calls (the bundled model is en-US; others need "
+        "transcription_model)", _string,
+        section="jobs", flag=None,
+    )
+
     def __post_init__(self) -> None:
         if not self.data_dir:
             object.__setattr__(self, "data_dir", default_data_dir())

@@ -31,6 +31,8 @@ _callsctl_takes_value() {
         "callsctl record start") case "$2" in --max-duration) return 0 ;; esac ;;
         "callsctl record stop") case "$2" in --wait-timeout) return 0 ;; esac ;;
         "callsctl record list") case "$2" in --call|--limit|-n) return 0 ;; esac ;;
+        "callsctl record transcribe") case "$2" in --wait-timeout) return 0 ;; esac ;;
+        "callsctl record transcript") case "$2" in --output|-o) return 0 ;; esac ;;
         "callsctl fleet list") case "$2" in --cluster|--config) return 0 ;; esac ;;
         "callsctl fleet drain") case "$2" in --cluster|--config|--timeout) return 0 ;; esac ;;
     esac
@@ -77,7 +79,8 @@ _callsctl() {
             "callsctl calls host"|"callsctl calls enable"|"callsctl calls disable"|\
             "callsctl calls settings"|"callsctl calls history"|"callsctl record"|\
             "callsctl record start"|"callsctl record stop"|"callsctl record list"|\
-            "callsctl record get"|"callsctl record rm"|"callsctl fleet"|\
+            "callsctl record get"|"callsctl record rm"|"callsctl record transcribe"|\
+            "callsctl record transcript"|"callsctl record captions"|"callsctl fleet"|\
             "callsctl fleet list"|"callsctl fleet drain")
                 cmd="$cmd $word" ;;
         esac
@@ -408,7 +411,7 @@ _callsctl() {
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--server -s --admin-key --admin-key-file --ca-cert --insecure -k --client-config --timeout --help -h" -- "$cur"))
             else
-                COMPREPLY=($(compgen -W "start stop list get rm" -- "$cur"))
+                COMPREPLY=($(compgen -W "start stop list get rm transcribe transcript captions" -- "$cur"))
             fi ;;
         "callsctl record start")
             case $prev in
@@ -439,6 +442,24 @@ _callsctl() {
         "callsctl record rm")
             if [[ $cur == -* ]]; then
                 COMPREPLY=($(compgen -W "--json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record transcribe")
+            case $prev in
+                --wait-timeout) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--wait --no-wait --wait-timeout --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record transcript")
+            case $prev in
+                --output|-o) return ;;  # free-form value
+            esac
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--vtt --output -o --json --help -h" -- "$cur"))
+            fi ;;
+        "callsctl record captions")
+            if [[ $cur == -* ]]; then
+                COMPREPLY=($(compgen -W "--stop --json --help -h" -- "$cur"))
             fi ;;
         "callsctl fleet")
             if [[ $cur == -* ]]; then

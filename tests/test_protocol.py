@@ -14,7 +14,7 @@ LIMIT = 65536
 @pytest.mark.parametrize("kind", sorted(MESSAGES))
 def test_every_type_parses_with_its_required_fields(kind):
     sample = {"call": "c", "data": {"type": "offer", "sdp": "v=0"}, "emoji": "👍",
-              "session_id": "abc", "action": "end", "name": "Ada"}
+              "session_id": "abc", "action": "end", "name": "Ada", "text": "hello"}
     message = {"type": kind}
     for name, (_type, required) in MESSAGES[kind].items():
         if required:

@@ -46,6 +46,11 @@ MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
     "invite": {"name": (str, True)},
     "record_start": {},  # host only: start recording the call (jobs/)
     "record_stop": {},
+    "captions_start": {},  # host only: start live captions (jobs/captions.py)
+    "captions_stop": {},
+    # Only the captions worker: validated further in jobs/captions.py.
+    "caption": {"session_id": (str, True), "text": (str, True)},
+    "captions_stats": {"window_dropped": (int, False), "buf_full": (int, False)},
 }
 # host_control actions; those in HOST_TARGETED need the target's session_id.
 HOST_ACTIONS = ("mute", "mute_others", "stop_screen", "lower_hand", "remove", "make_host",

@@ -192,7 +192,8 @@ class SignalingConnection:
             return
         session = await self.manager.join(self.grant.call, self.grant.user,
                                           message.get("name") or self.grant.user, self.send,
-                                          recorder=self.grant.role == "recorder")
+                                          recorder=self.grant.role in ("recorder", "captions"),
+                                          role=self.grant.role or "")
         self.session_id = session.session_id
 
     async def on_reconnect(self, message: dict[str, Any]) -> None:
@@ -203,7 +204,7 @@ class SignalingConnection:
         await self.send({"type": "joined", "session_id": session.session_id,
                          "call": session.call_id, "host": call.host, "reconnected": True,
                          "participants": [s.public() for s in call.others(session.session_id)],
-                         "recording": call.recording,
+                         "recording": call.recording, "captions": call.captions,
                          "ice_servers": client_ice_servers(self.manager.config,
                                                            self.grant.user)})
 
@@ -244,6 +245,18 @@ class SignalingConnection:
 
     async def on_record_stop(self, _m: dict[str, Any]) -> None:
         await self.manager.record(self.session_id, False)  # type: ignore[arg-type]
+
+    async def on_captions_start(self, _m: dict[str, Any]) -> None:
+        await self.manager.captions(self.session_id, True)  # type: ignore[arg-type]
+
+    async def on_captions_stop(self, _m: dict[str, Any]) -> None:
+        await self.manager.captions(self.session_id, False)  # type: ignore[arg-type]
+
+    async def on_caption(self, message: dict[str, Any]) -> None:
+        await self.manager.captions_message(self.session_id, message)  # type: ignore[arg-type]
+
+    async def on_captions_stats(self, message: dict[str, Any]) -> None:
+        await self.manager.captions_message(self.session_id, message)  # type: ignore[arg-type]
 
     async def on_video_on(self, _m: dict[str, Any]) -> None:
         await self.manager.set_state(self.session_id, "video", True)  # type: ignore[arg-type]

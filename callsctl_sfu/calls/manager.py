@@ -138,11 +138,16 @@ class CallManager:
         self.join_checks: list[Callable[[str, Call | None], None]] = []
         # Jobs hook (jobs/service.py): the host starts (True) or stops a recording.
         self.recording_control: Callable[[Call, Session, bool], Awaitable[None]] | None = None
+        # Live captions hooks (jobs/captions.py): the host's captions button, and the
+        # captions worker's messages (caption, captions_stats).
+        self.captions_control: Callable[[Call, Session, bool], Awaitable[None]] | None = None
+        self.captions_relay: Callable[[Call, Session, dict[str, Any]], Awaitable[None]] | \
+            None = None
 
     # -- joining and leaving -------------------------------------------------------
 
     async def join(self, call_id: str, user: str, name: str, send: EventSender,
-                   recorder: bool = False) -> Session:
+                   recorder: bool = False, role: str = "") -> Session:
         if self.closing:
             raise JoinRefused("shutting_down", "the server is shutting down; try again shortly")
         call = self.calls.get(call_id)
@@ -150,7 +155,10 @@ class CallManager:
         if recorder:  # a recorder joins live calls only, and is never counted (jobs/)
             if call is None or not call.people():
                 raise JoinRefused("no_call", f"call {call_id!r} is not live; nothing to record")
-            if call.recording:
+            if role == "captions" and call.captions:
+                raise JoinRefused("already_captioning", f"call {call_id!r} already has live "
+                                                        "captions")
+            if role != "captions" and call.recording:
                 raise JoinRefused("already_recording", f"call {call_id!r} is already being "
                                                        "recorded")
         else:
@@ -170,7 +178,8 @@ class CallManager:
             call = self.calls[call_id] = Call(call_id)
             self.notify(call, {"type": "call_start", "call": call_id,
                                "started_at": call.started_at})
-        session = Session(new_session_id(), user, name or user, call_id, recorder=recorder)
+        session = Session(new_session_id(), user, name or user, call_id, recorder=recorder,
+                          role=role if recorder else "")
         peer = MediaPeer(session.session_id, self.mux, self._peer_signal_sender(session),
                          self._on_rtp, self._on_peer_state, on_rtcp=self.rtcp.on_rtcp,
                          on_tracks=self._on_tracks,
@@ -192,11 +201,15 @@ class CallManager:
         await send({"type": "joined", "session_id": session.session_id, "call": call_id,
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
-                    "recording": call.recording,
+                    "recording": call.recording, "captions": call.captions,
                     "ice_servers": client_ice_servers(self.config, user)})
         if new_call:
             await send({"type": "call_start", "call": call_id, "started_at": call.started_at})
-        if recorder:
+        if session.role == "captions":
+            await self.broadcast(call, {"type": "call_captions", "captions": True,
+                                        "started_at": session.joined_at},
+                                 exclude=session.session_id)
+        elif recorder:
             await self.broadcast(call, {"type": "call_recording", "recording": True,
                                         "started_at": session.joined_at},
                                  exclude=session.session_id)
@@ -239,7 +252,10 @@ class CallManager:
             self._offered.pop(session.call_id, None)
         if call is not None:
             host_changed = call.remove(session_id)
-            if session.recorder:
+            if session.role == "captions":
+                await self.broadcast(call, {"type": "call_captions", "captions": False,
+                                            "reason": reason})
+            elif session.recorder:
                 await self.broadcast(call, {"type": "call_recording", "recording": False,
                                             "reason": reason})
             else:
@@ -346,6 +362,25 @@ class CallManager:
             raise JoinRefused("recording_unavailable", "recording is not available on this "
                                                        "server")
         await self.recording_control(call, session, on)
+
+    async def captions(self, session_id: str, on: bool) -> None:
+        """The host's captions button: start or stop the call's live captions job."""
+        session = self.participants[session_id].session
+        call = self.calls[session.call_id]
+        if call.host != session_id:
+            raise JoinRefused("not_host", "only the call's host can start or stop captions")
+        if self.captions_control is None:
+            raise JoinRefused("captions_unavailable", "live captions are not available on "
+                                                      "this server")
+        await self.captions_control(call, session, on)
+
+    async def captions_message(self, session_id: str, message: dict[str, Any]) -> None:
+        """A message only the call's captions worker may send (caption, captions_stats)."""
+        session = self.participants[session_id].session
+        if session.role != "captions" or self.captions_relay is None:
+            raise JoinRefused("forbidden", f"{message['type']}: only the captions worker "
+                                           "sends this")
+        await self.captions_relay(self.calls[session.call_id], session, message)
 
     async def react(self, session_id: str, emoji: str) -> None:
         session = self.participants[session_id].session

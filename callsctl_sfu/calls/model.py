@@ -39,8 +39,10 @@ class Session:
     state: ParticipantState = field(default_factory=ParticipantState)
     # Voice activity bookkeeping (loop time of the last loud packet).
     last_loud: float = 0.0
-    # A recording job's receive-only participant: never host, not counted, not listed.
+    # A job's receive-only participant: never host, not counted, not listed.
     recorder: bool = False
+    # Which job: "recorder" or "captions" (the live captions worker).
+    role: str = ""
 
     def public(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "user": self.user, "name": self.name,
@@ -84,8 +86,13 @@ class Call:
 
     @property
     def recording(self) -> bool:
-        return any(s.recorder for s in self.sessions.values())
+        return any(s.recorder and s.role != "captions" for s in self.sessions.values())
+
+    @property
+    def captions(self) -> bool:
+        return any(s.role == "captions" for s in self.sessions.values())
 
     def summary(self) -> dict[str, Any]:
         return {"call": self.call_id, "started_at": self.started_at, "host": self.host,
-                "participants": len(self.people()), "recording": self.recording}
+                "participants": len(self.people()), "recording": self.recording,
+                "captions": self.captions}

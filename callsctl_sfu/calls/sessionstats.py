@@ -280,7 +280,7 @@ def summarize_call(manager: CallManager, call: Call, sampler: SessionSampler | N
     host = call.sessions.get(call.host) if call.host else None
     in_bps, out_bps = _call_rates(manager, call, sampler)
     return {"id": call.call_id, "participants": len(call.people()),
-            "recording": call.recording,
+            "recording": call.recording, "captions": call.captions,
             "started_at": call.started_at, "host": call.host,
             "host_user": host.user if host else None, "screen_sharer": screen_sharer(call),
             "in_bps": in_bps, "out_bps": out_bps}

@@ -82,8 +82,9 @@ class Participant:
 
     def __init__(self, ws_url: str, token: str, call: str, name: str = "bot",
                  tone: float | None = 440.0, ssl: Any = None, send_audio: bool = True,
-                 video: bool = False) -> None:
+                 video: bool = False, audio_track: MediaStreamTrack | None = None) -> None:
         self.ws_url = ws_url
+        self.audio_track = audio_track  # a microphone of the caller's (e.g. SpeechTrack)
         self.token = token
         self.call = call
         self.name = name
@@ -132,7 +133,8 @@ class Participant:
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
         if self.send_audio:
-            self.pc.addTrack(ToneTrack(self.tone or 440.0, 0.3 if self.tone else 0.0))
+            self.pc.addTrack(self.audio_track or
+                             ToneTrack(self.tone or 440.0, 0.3 if self.tone else 0.0))
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
         if self.video:

@@ -1,6 +1,7 @@
 """Job routes on the admin API, in the spirit of Mattermost's calls-offloader.
 
-    POST   /api/v1/jobs                    {type, call, max_duration_sec} -> 201 job
+    POST   /api/v1/jobs                    {type, call, max_duration_sec, transcribe} -> 201
+    POST   /api/v1/jobs                    {type: transcription, recording} -> 201 job
     GET    /api/v1/jobs[?call=&limit=]     {"jobs": [...]}, newest first
     GET    /api/v1/jobs/{id}               the job: state, start/stop times, output files
     GET    /api/v1/jobs/{id}/logs[?tail=]  the worker's log (text)
@@ -56,9 +57,9 @@ def _int_query(request: web.Request, name: str, default: int, high: int) -> int:
 @_handles_job_errors
 async def create_job(request: web.Request) -> web.Response:
     service = _service(request)
-    kind, call_id, duration = parse_create(await _body(request),
-                                           float(service.config.recording_max_duration))
-    job = await service.create(kind, call_id, duration)
+    kind, call_id, duration, options = parse_create(
+        await _body(request), float(service.config.recording_max_duration))
+    job = await service.create(kind, call_id, duration, **options)
     return web.json_response(job.public(), status=201)
 
 

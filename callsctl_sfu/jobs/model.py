@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-JOB_TYPES = ("recording",)
+JOB_TYPES = ("recording", "transcription", "captions")
 # queued -> running -> stopping -> done | failed.  A job in ACTIVE occupies its call.
 QUEUED, RUNNING, STOPPING, DONE, FAILED = "queued", "running", "stopping", "done", "failed"
 ACTIVE = (QUEUED, RUNNING, STOPPING)
@@ -79,22 +79,51 @@ class Job:
                    started, stopped, error, data if isinstance(data, dict) else {})
 
 
-def parse_create(body: dict[str, Any], default_duration: float) -> tuple[str, str, float]:
-    """Validate POST /jobs: (type, call id, max duration) or JobError(400) naming the field."""
-    unknown = set(body) - {"type", "call", "call_id", "max_duration_sec"}
+def parse_create(body: dict[str, Any], default_duration: float) -> \
+        tuple[str, str, float, dict[str, Any]]:
+    """Validate POST /jobs: (type, call id, max duration, options) or JobError(400).
+
+    A recording needs `call` (and may ask `transcribe: true|false`, overriding the
+    server's transcription_enabled); a transcription needs `recording`, the id of
+    a finished recording (its call is the recording's).
+    """
+    unknown = set(body) - {"type", "call", "call_id", "max_duration_sec", "recording",
+                           "transcribe", "language", "model"}
     if unknown:
         raise JobError(400, f"unknown field(s) {', '.join(sorted(unknown))}; known: type, "
-                            "call, max_duration_sec")
+                            "call, max_duration_sec, transcribe, recording, language, model")
     kind = body.get("type", "recording")
     if kind not in JOB_TYPES:
         raise JobError(400, f"\"type\" must be one of {', '.join(JOB_TYPES)}, not {kind!r}")
-    call_id = body.get("call", body.get("call_id"))
-    if not isinstance(call_id, str) or not call_id or len(call_id) > 64 or \
-            any(ord(c) < 32 for c in call_id):
-        raise JobError(400, "body needs \"call\": the id of a live call (1 to 64 characters)")
+    options: dict[str, Any] = {}
+    if kind == "transcription":
+        recording = body.get("recording")
+        if not isinstance(recording, str) or not recording or len(recording) > 64:
+            raise JobError(400, "a transcription needs \"recording\": the id of a finished "
+                                "recording job (callsctl record list shows them)")
+        options["recording"] = recording
+        call_id = ""
+    else:
+        call_id = body.get("call", body.get("call_id"))
+        if not isinstance(call_id, str) or not call_id or len(call_id) > 64 or \
+                any(ord(c) < 32 for c in call_id):
+            raise JobError(400, "body needs \"call\": the id of a live call (1 to 64 "
+                                "characters)")
+        if "transcribe" in body:
+            if not isinstance(body["transcribe"], bool):
+                raise JobError(400, "\"transcribe\" must be true or false")
+            options["transcribe"] = body["transcribe"]
+    for name in ("language", "model"):  # this job's speech model instead of the server's
+        if name in body:
+            value = body[name]
+            if kind == "recording" or not isinstance(value, str) or len(value) > 4096 or \
+                    any(ord(c) < 32 for c in value):
+                raise JobError(400, f"\"{name}\" is for transcription and captions jobs: a "
+                                    "string (a model directory, or a language such as en-US)")
+            options[name] = value
     duration = body.get("max_duration_sec", default_duration)
     if isinstance(duration, bool) or not isinstance(duration, int | float) or \
             not MIN_DURATION_S <= duration <= MAX_DURATION_S:
         raise JobError(400, f"\"max_duration_sec\" must be a number of seconds from "
                             f"{MIN_DURATION_S:g} to {MAX_DURATION_S:g}")
-    return kind, call_id, float(duration)
+    return kind, call_id, float(duration), options

@@ -64,6 +64,8 @@ class JobService:
                                       self._changed)
         self.unavailable: str | None = None
         self.active: dict[str, Job] = {}
+        self._transcribe_after: dict[str, bool] = {}  # recording job -> transcribe when done
+        self._transcribing: dict[str, str] = {}  # transcription job -> its recording
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -93,13 +95,21 @@ class JobService:
 
     # -- operations ---------------------------------------------------------------------
 
-    async def create(self, kind: str, call_id: str, max_duration: float) -> Job:
+    async def create(self, kind: str, call_id: str, max_duration: float,
+                     recording: str | None = None, transcribe: bool | None = None,
+                     language: str | None = None, model: str | None = None) -> Job:
         if self.unavailable:
             raise JobError(503, f"the job queue is unavailable: {self.unavailable}")
+        if kind == "transcription":
+            return await self._create_transcription(recording or "", max_duration,
+                                                    self._speech(language, model))
         call = self.manager.calls.get(call_id)
         if call is None or not call.people():
-            raise JobError(409, f"no live call {call_id!r}: a recording starts in a call "
+            raise JobError(409, f"no live call {call_id!r}: a {kind} job starts in a call "
                                 "that has participants")
+        if kind == "captions":
+            return await self._create_captions(call_id, max_duration,
+                                               self._speech(language, model))
         current = self.for_call(call_id)
         if current is not None:
             raise JobError(409, f"call {call_id!r} is already being recorded by job "
@@ -107,9 +117,80 @@ class JobService:
                                 f"{current.id})")
         job = Job(new_job_id(), kind, call_id, max_duration, runner=self.runner.name)
         self.active[job.id] = job
+        if transcribe is None:
+            transcribe = bool(self.config.transcription_enabled)
+        self._transcribe_after[job.id] = transcribe
         await self._changed(job)
         self.runner.submit(job, self._spec(job))
         log.info("job %s: %s of call %s (max %g s)", job.id, kind, call_id, max_duration)
+        return job
+
+    def _speech(self, language: str | None, model: str | None) -> dict[str, str]:
+        """Engine, model and language of a job: the request's, else the server's settings."""
+        return {"engine": self.config.transcription_engine,
+                "model": self.config.transcription_model if model is None else model,
+                "language": language or self.config.transcription_language}
+
+    async def _create_captions(self, call_id: str, max_duration: float,
+                               speech: dict[str, str] | None = None) -> Job:
+        if not self.config.live_captions_enabled:
+            raise JobError(409, "live captions are off on this server; set "
+                                "live_captions_enabled = true (CALLSCTL_LIVE_CAPTIONS_ENABLED)")
+        current = self.captions_for(call_id)
+        if current is not None:
+            raise JobError(409, f"call {call_id!r} already has live captions (job "
+                                f"{current.id}); stop them first")
+        job = Job(new_job_id(), "captions", call_id, max_duration, runner=self.runner.name)
+        self.active[job.id] = job
+        await self._changed(job)
+        spec = self._spec(job)
+        spec.update(speech or self._speech(None, None))
+        self.runner.submit(job, spec)
+        log.info("job %s: live captions of call %s", job.id, call_id)
+        return job
+
+    def captions_for(self, call_id: str) -> Job | None:
+        return next((j for j in self.active.values()
+                     if j.call_id == call_id and j.type == "captions"), None)
+
+    async def host_captions(self, call: Call, session: Session, on: bool) -> None:
+        """The host's captions button (signaling captions_start / captions_stop)."""
+        try:
+            if on:
+                await self.create("captions", call.call_id,
+                                  float(self.config.recording_max_duration))
+                return
+            job = self.captions_for(call.call_id)
+            if job is None:
+                raise JobError(409, "this call has no live captions")
+            await self.stop(job.id, f"stopped by the host ({session.name})")
+        except JobError as exc:
+            raise JoinRefused("captions_refused", exc.message) from None
+
+    async def _create_transcription(self, recording_id: str, max_duration: float,
+                                    speech: dict[str, str] | None = None) -> Job:
+        recording = await self.get(recording_id)
+        if recording.type != "recording":
+            raise JobError(409, f"job {recording_id} is a {recording.type}, not a recording")
+        if recording.active:
+            raise JobError(409, f"recording {recording_id} is still {recording.state}; it "
+                                "is transcribed once it is finished")
+        busy = next((j for j in self.active.values()
+                     if self._transcribing.get(j.id) == recording_id), None)
+        if busy is not None:
+            raise JobError(409, f"recording {recording_id} is already being transcribed by "
+                                f"job {busy.id}")
+        directory = recording.output.get("directory") or str(self.directory(recording.id))
+        job = Job(new_job_id(), "transcription", recording.call_id, max_duration,
+                  runner=self.runner.name)
+        self.active[job.id] = job
+        self._transcribing[job.id] = recording_id
+        await self._changed(job)
+        self.runner.submit(job, {
+            "id": job.id, "type": "transcription", "call": job.call_id,
+            "max_duration": max_duration, "recording": recording_id,
+            "recording_dir": directory, **(speech or self._speech(None, None))})
+        log.info("job %s: transcription of recording %s", job.id, recording_id)
         return job
 
     def _spec(self, job: Job) -> dict[str, Any]:
@@ -128,13 +209,15 @@ class JobService:
         return self._spec_with(job, f"{scheme}://{host}:{info['api_port']}/ws")
 
     def _spec_with(self, job: Job, ws_url: str) -> dict[str, Any]:
-        token = issue_token(self.secret, job.call_id, f"recorder-{job.id}",
-                            job.max_duration + TOKEN_SLACK_S, role="recorder")
+        role = "captions" if job.type == "captions" else "recorder"
+        token = issue_token(self.secret, job.call_id, f"{role}-{job.id}",
+                            job.max_duration + TOKEN_SLACK_S, role=role)
         return {"id": job.id, "type": job.type, "call": job.call_id,
                 "max_duration": job.max_duration, "token": token, "ws_url": ws_url}
 
     def for_call(self, call_id: str) -> Job | None:
-        return next((j for j in self.active.values() if j.call_id == call_id), None)
+        return next((j for j in self.active.values()
+                     if j.call_id == call_id and j.type == "recording"), None)
 
     async def get(self, job_id: str) -> Job:
         job = self.active.get(job_id)
@@ -181,13 +264,15 @@ class JobService:
         """Add `recordings` to call history entries: the jobs made during each call."""
         by_call: dict[str, list[Job]] = {}
         for job in await self.store.list(10000):
-            by_call.setdefault(job.call_id, []).append(job)
+            if job.type == "recording":  # transcriptions are listed with their recording
+                by_call.setdefault(job.call_id, []).append(job)
         for call in calls:
             ended = call.get("ended_at") or time.time()
             call["recordings"] = [
                 {"id": j.id, "state": j.state, "start_at": j.started_at,
                  "duration_s": j.output.get("duration_s"), "files": j.output.get("files", []),
-                 "participants": j.output.get("participants", [])}
+                 "participants": j.output.get("participants", []),
+                 "transcript": j.output.get("transcript")}
                 for j in reversed(by_call.get(call["id"], []))
                 if call["started_at"] <= j.created_at <= ended]
 
@@ -215,10 +300,47 @@ class JobService:
         snapshot = Job(**{**job.__dict__, "output": dict(job.output)})
         self.control._queue(self.store.save, snapshot)
         self.control.publish({"type": "job", "call": job.call_id, "job": snapshot.public()})
+        if job.state in FINISHED:
+            await self._after(job)
+
+    async def _after(self, job: Job) -> None:
+        """A finished recording may be transcribed; a finished transcription is listed
+        with its recording (output_data.transcript and the files)."""
+        if job.type == "recording" and self._transcribe_after.pop(job.id, False):
+            if job.state == "done":
+                try:
+                    await self._create_transcription(
+                        job.id, float(self.config.recording_max_duration))
+                except JobError as exc:
+                    log.error("recording %s cannot be transcribed: %s", job.id, exc.message)
+        elif job.type == "captions" and job.state == "failed":
+            await self._tell_host(job.call_id, {
+                "type": "error", "code": "captions_failed",
+                "message": f"live captions stopped: {job.error}"})
+        elif job.type == "transcription":
+            recording_id = self._transcribing.pop(job.id, job.output.get("recording"))
+            if not recording_id:
+                return
+            with contextlib.suppress(JobError):
+                recording = await self.get(recording_id)
+                files = [f for f in job.output.get("files", []) if job.state == "done"]
+                recording.output["transcript"] = {
+                    "job": job.id, "state": job.state, "files": files, "error": job.error}
+                listed = recording.output.setdefault("files", [])
+                listed += [f for f in files if f not in listed]
+                await self._changed(recording)
+
+    async def _tell_host(self, call_id: str, event: dict[str, Any]) -> None:
+        """One event to the call's host (who pressed the button), if the call is live."""
+        call = self.manager.calls.get(call_id)
+        host = self.manager.participants.get(call.host) if call and call.host else None
+        if host is not None and host.send is not None:
+            with contextlib.suppress(Exception):
+                await host.send(event)
 
     async def _drop_recorder(self, job: Job) -> None:
         """A worker that died leaves its session behind: remove it, the call goes on."""
-        user = f"recorder-{job.id}"
+        user = f"{'captions' if job.type == 'captions' else 'recorder'}-{job.id}"
         for participant in list(self.manager.participants.values()):
             if participant.session.recorder and participant.session.user == user:
                 self.manager.detach(participant.session.session_id)
@@ -253,10 +375,14 @@ class JobService:
 def attach_jobs(app: web.Application, control: ControlPlane) -> JobService:
     """Hook the job service into a server's app (routes, startup, shutdown)."""
     from callsctl_sfu.jobs.api import add_job_routes
+    from callsctl_sfu.jobs.captions import CaptionMetrics, CaptionRelay
 
     assert control.manager is not None
     service = JobService(control, control.manager, app["jwt_secret"], app["server_info"])
     control.manager.recording_control = service.host_record
+    control.manager.captions_control = service.host_captions
+    metrics = CaptionMetrics(control.metrics.registry if control.metrics else None)
+    control.manager.captions_relay = CaptionRelay(control.manager, metrics)
     app["jobs"] = service
 
     async def on_startup(_app: web.Application) -> None:

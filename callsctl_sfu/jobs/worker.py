@@ -36,6 +36,14 @@ async def run_job(spec: dict[str, Any], directory: Path) -> dict[str, Any]:
         from callsctl_sfu.jobs.recorder.run import record
 
         return await record(spec, directory, lambda: bool(EARLY_STOP))
+    if kind == "captions":
+        from callsctl_sfu.jobs.transcribe.live import caption
+
+        return await caption(spec, directory, lambda: bool(EARLY_STOP))
+    if kind == "transcription":
+        from callsctl_sfu.jobs.transcribe.run import transcribe
+
+        return await transcribe(spec)
     return {"error": f"unknown job type {kind!r}"}
 
 

@@ -895,6 +895,8 @@
     if (type !== "pong" && type !== "signal") {
       log("←", type, type === "joined" || type === "invite_created" ? "" : msg);
     }
+    // Add-ons (captions.js) follow the call through this event; they render after the switch.
+    setTimeout(() => window.dispatchEvent(new CustomEvent("callsctl:message", {detail: msg})));
     switch (type) {
       case "joined":
         onJoined(msg);
@@ -1941,6 +1943,7 @@
     // The <video> elements themselves, for tests (by session id; the screen view).
     api.videoElement = (sid) => (S.tiles.has(sid) ? S.tiles.get(sid).video : null);
     api.screenElement = () => (S.screenView ? S.screenView.video : null);
+    api.send = (message) => send(message); // for add-ons such as captions.js
     window.callsctl = Object.freeze(api);
   }
 

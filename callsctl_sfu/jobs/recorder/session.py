@@ -75,6 +75,8 @@ def tap_receiver(receiver: Any, sink: Callable[[bytes, int], None]) -> None:
 class RecorderSession:
     """Joins one call and records every track it receives into `directory`."""
 
+    display_name = "Recorder"  # the name it joins with (the captions worker reuses the join)
+
     def __init__(self, ws_url: str, token: str, call: str, directory: Path,
                  ssl: Any = None) -> None:
         self.ws_url = ws_url
@@ -108,7 +110,7 @@ class RecorderSession:
             raise RecorderError(f"cannot reach the server's signaling at {self.ws_url}: "
                                 f"{exc}") from None
         self._tasks.append(asyncio.create_task(self._read_loop()))
-        await self._send({"type": "join", "call": self.call, "name": "Recorder"})
+        await self._send({"type": "join", "call": self.call, "name": self.display_name})
         try:
             joined = await asyncio.wait_for(asyncio.shield(self._joined), JOIN_TIMEOUT_S)
         except TimeoutError:

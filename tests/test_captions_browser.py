@@ -1,0 +1,91 @@
+"""Live captions in real browsers: the host's Captions button, and captions on screen.
+
+Chromium's fake microphone plays an espeak-ng sentence (looped, with pauses);
+the host turns captions on in the web client, and both pages show the
+sentence's words under the speaker's name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import have
+from tests.test_browser_e2e import CHROMIUM, CHROMIUM_FLAGS, UI_TIMEOUT_MS, Participant
+from tests.test_browser_video_e2e import failure, join_all
+from tests.test_transcription import ALICE_1, BOB_VOICE
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed"),
+    pytest.mark.skipif(not (have("espeak-ng") and have("ffmpeg")),
+                       reason="needs espeak-ng and ffmpeg (Debian packages)"),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+
+
+@pytest.fixture(scope="module")
+def sentence(tmp_path_factory) -> Path:
+    """The sentence with a second of silence around it (Chromium loops the file)."""
+    folder = tmp_path_factory.mktemp("captions")
+    spoken, wav = folder / "spoken.wav", folder / "sentence.wav"
+    subprocess.run(["espeak-ng", "-v", BOB_VOICE, "-s", "140", "-w", str(spoken), ALICE_1],
+                   check=True, timeout=30, capture_output=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(spoken), "-af",
+                    "adelay=1000,apad=pad_dur=1.5", "-ar", "48000", "-ac", "1", str(wav)],
+                   check=True, timeout=30, capture_output=True)
+    return wav
+
+
+@pytest.fixture(scope="module")
+def speaking_browser(sentence: Path) -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={sentence}"],
+            ignore_default_args=["--mute-audio"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, serve_factory):
+    server = serve_factory(env={"CALLSCTL_LIVE_CAPTIONS_ENABLED": "true"})
+    people: list[Participant] = []
+    try:
+        alice, bob = join_all(speaking_browser, server, "web-cc", ["alice", "bob"], people)
+        assert alice.page.locator("#captions-toggle").is_visible()
+        assert bob.page.locator("#captions-toggle").is_hidden()
+        alice.page.click("#captions-toggle", timeout=UI_TIMEOUT_MS)
+        alice.page.wait_for_function(
+            "document.querySelector('#captions-toggle').textContent === 'Stop captions'",
+            timeout=30_000)
+        row = f'#captions .caption[data-session-id="{alice.session_id}"]'
+        for person in people:
+            caption = person.page.locator(row)
+            caption.wait_for(state="visible", timeout=40_000)
+            person.page.wait_for_function(
+                "(row) => [...document.querySelectorAll(row + ' .caption-text')]"
+                ".some((n) => n.textContent.split(' ').includes('project'))",
+                arg=row, timeout=40_000)
+            assert caption.locator(".caption-name").inner_text().startswith("Alice")
+        # The captions worker is not a participant anyone sees.
+        assert bob.page.locator("#participants li").count() == 2
+        alice.page.click("#captions-toggle", timeout=UI_TIMEOUT_MS)
+        alice.page.wait_for_function(
+            "document.querySelector('#captions-toggle').textContent === 'Captions'",
+            timeout=30_000)
+        for person in people:
+            assert not person.page_errors(), person.diagnostics()
+    except Exception as exc:
+        raise failure(people, exc, server) from exc
+    finally:
+        for person in people:
+            person.close()

@@ -26,6 +26,8 @@ from callsctl_sfu.client.loadgen import gather_on
 from callsctl_sfu.client.participant import ToneTrack
 from callsctl_sfu.rtc import aiortc_bridge as bridge
 from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.rtc.mux import UdpMux
+from callsctl_sfu.rtc.peer import MediaPeer
 from tests.helpers import REPO
 from tests.private_reaches import private_reaches
 
@@ -96,6 +98,18 @@ async def test_dtls_transports_are_the_ones_the_senders_use(pair: Pair) -> None:
 async def test_cname_is_the_one_announced_in_sdp(pair: Pair) -> None:
     cname = bridge.cname(pair.offerer)
     assert cname and f"cname:{cname}" in pair.offerer.localDescription.sdp
+
+
+async def test_media_peer_keeps_its_cname_for_translated_sender_reports() -> None:
+    peer = MediaPeer("s1", UdpMux(), _no_signal, lambda _p, _b: None, lambda _p, _s: None)
+    try:
+        assert peer.cname == bridge.cname(peer.pc) != ""
+    finally:
+        await peer.close()
+
+
+async def _no_signal(_message: dict[str, Any]) -> None:
+    return None
 
 
 # -- transports ----------------------------------------------------------------------------------

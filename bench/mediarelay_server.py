@@ -46,6 +46,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from callsctl_sfu.client.loadgen import gather_on  # noqa: E402
+from callsctl_sfu.rtc import aiortc_bridge
 
 MAX_PEERS = 400  # a reference for benches, not a server: refuse beyond what a bench asks
 
@@ -173,8 +174,8 @@ class RelayServer:
         receiver.subscribed.add(key)
         sender = receiver.pc.addTrack(self.relay.subscribe(track))
         prefix = "screen-" if label == "screen" else ""
-        sender._stream_id = prefix + publisher.session_id
-        sender._track_id = f"{publisher.session_id}-{label}"
+        aiortc_bridge.set_sender_identity(sender, stream_id=prefix + publisher.session_id,
+                                          track_id=f"{publisher.session_id}-{label}")
         self.tracks_relayed += 1
         receiver.needs_offer = True
         receiver.queue.put_nowait(("negotiate", None))

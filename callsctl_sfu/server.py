@@ -25,7 +25,7 @@ from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.control import ControlError, ControlPlane
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
 from callsctl_sfu.jobs.service import attach_jobs
-from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
 from callsctl_sfu.tasks import install_exception_handler
@@ -76,6 +76,10 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
+        try:  # the library internals the media path uses: one line now, not a crash later
+            await aiortc_bridge.check()
+        except aiortc_bridge.BridgeError as exc:
+            raise StartupError(str(exc)) from None
         try:
             ensure_data_dir(config.data_dir)
             secret = load_or_create_secret(config.data_dir)

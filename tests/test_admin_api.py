@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from callsctl_sfu.client.participant import ParticipantError
+from callsctl_sfu.rtc import aiortc_bridge
 from tests.admin_helpers import EventStream, admin_client, admin_key, join, wait_until
 from tests.conftest import start_serve
 
@@ -135,8 +136,8 @@ async def test_calls_and_sessions_are_described_with_live_numbers(server):
                 assert entry["name"] == participant.name and entry["joined_at"] > 0
                 assert entry["ice_state"] == "completed" or entry["ice_state"] == "connected"
                 pair = entry["candidate_pair"]
-                host, port = participant.pc.sctp.transport.transport._connection \
-                    ._nominated[1].local_addr
+                host, port = aiortc_bridge.nominated_pair(aiortc_bridge.ice_connection(
+                    participant.pc.sctp.transport.transport)).local_addr
                 # The client's candidates arrive in its offer or as peer-reflexive ones.
                 assert pair["type"] in ("host", "prflx"), pair
                 assert pair == {"local": f"127.0.0.1:{server.udp_port}",

@@ -14,7 +14,7 @@ import httpx
 import pylibsrtp
 import pytest
 
-from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import parse_rtp
 from tests.test_serve_integration import close_all, join_all, wait_until
@@ -48,7 +48,8 @@ class Receiver:
         self.pair = object()
         self.nominated = {1: self.pair}
         addr = self.sock.getsockname()
-        self.target = (self.rewrite, self.outbound, fastpath.srtp_context_address(self.outbound),
+        self.target = (self.rewrite, self.outbound,
+                       aiortc_bridge.srtp_context_address(self.outbound),
                        fastpath.packed_ipv4(addr), addr, self.nominated, self.pair)
 
     def receive(self):

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from callsctl_sfu.client.participant import Participant
+from callsctl_sfu.rtc import aiortc_bridge
 from tests.conftest import ServeProcess
 from tests.fleet_helpers import RedisServer, admin_headers, need_redis, no_tracebacks, start_node
 from tests.test_fleet import token
@@ -48,8 +49,8 @@ async def _until(predicate: Any, timeout: float) -> bool:
 
 
 def _media_port(participant: Participant) -> int:
-    connection = participant.pc.sctp.transport.transport._connection
-    return connection._nominated[1].remote_addr[1]
+    connection = aiortc_bridge.ice_connection(participant.pc.sctp.transport.transport)
+    return aiortc_bridge.nominated_pair(connection).remote_addr[1]
 
 
 async def test_relayed_participant_hears_and_is_heard_media_goes_to_the_host(fleet, tmp_path):

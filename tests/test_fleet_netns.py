@@ -45,6 +45,7 @@ pytestmark = [
 CLIENT = textwrap.dedent("""
     import asyncio, json, sys
     from callsctl_sfu.client.participant import Participant
+    from callsctl_sfu.rtc import aiortc_bridge
 
     async def main(call, pairs):
         people = [Participant(ws, tok, call, f"p{i}", tone=300 + 200 * i)
@@ -66,8 +67,8 @@ CLIENT = textwrap.dedent("""
             out["sessions"] = ids
             out["heard"] = heard()
             for person in people:
-                connection = person.pc.sctp.transport.transport._connection
-                out["nominated"].append(list(connection._nominated[1].remote_addr))
+                connection = aiortc_bridge.ice_connection(person.pc.sctp.transport.transport)
+                out["nominated"].append(list(aiortc_bridge.nominated_pair(connection).remote_addr))
         finally:
             for person in people:
                 await person.close()

@@ -54,6 +54,7 @@ pytestmark = [
 CLIENT_SCRIPT = textwrap.dedent("""
     import asyncio, json, sys, urllib.request
     from callsctl_sfu.client.participant import Participant, ParticipantError
+    from callsctl_sfu.rtc import aiortc_bridge
 
     async def main(api, tokens, call, wait):
         out = {"connected": [], "errors": [], "remote_candidates": [], "nominated": [],
@@ -87,8 +88,10 @@ CLIENT_SCRIPT = textwrap.dedent("""
                     await asyncio.sleep(0.1)
                 out["heard"] = heard()
                 for person in people:
-                    connection = person.pc.sctp.transport.transport._connection
-                    out["nominated"].append(list(connection._nominated[1].remote_addr))
+                    connection = aiortc_bridge.ice_connection(
+                        person.pc.sctp.transport.transport)
+                    out["nominated"].append(
+                        list(aiortc_bridge.nominated_pair(connection).remote_addr))
         finally:
             for person in people:
                 await person.close()

@@ -31,7 +31,7 @@ from callsctl_sfu.iceconfig import (
     parse_port_override,
     turn_rest_credentials,
 )
-from callsctl_sfu.rtc import icetcp
+from callsctl_sfu.rtc import aiortc_bridge, icetcp
 from callsctl_sfu.rtc.connectivity import Connectivity, ConnectivityError
 from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
@@ -313,7 +313,7 @@ async def test_ice_over_tcp_connects_carries_data_both_ways_and_takes_the_fast_p
                 triggered = True
         await asyncio.wait_for(connecting, 5)
 
-        pair = server._nominated[1]
+        pair = aiortc_bridge.nominated_pair(server)
         assert (pair.local_candidate.transport, pair.local_candidate.tcptype) == ("tcp", "passive")
         remote = pair.remote_candidate
         assert (remote.transport, remote.type, remote.tcptype) == ("tcp", "prflx", "active")
@@ -407,7 +407,7 @@ async def test_stun_discovery_behind_nat_advertises_host_and_srflx() -> None:
         srflx = [c for c in server.local_candidates if c.type == "srflx"]
         assert [(c.related_address, c.related_port) for c in srflx] == \
             [("127.0.0.1", port), ("127.0.0.1", port)]
-        assert len(server._protocols) == 2  # one per socket, none for the srflx ones
+        assert len(aiortc_bridge.protocols(server)) == 2  # one per socket, none for the srflx ones
         await server.close()
     finally:
         connectivity.close()
@@ -475,7 +475,7 @@ async def test_ipv6_candidates_and_a_session_over_ipv6(monkeypatch) -> None:
                 await client.add_remote_candidate(candidate)
         await client.add_remote_candidate(None)
         await asyncio.wait_for(asyncio.gather(client.connect(), server.connect()), 10)
-        pair = server._nominated[1]
+        pair = aiortc_bridge.nominated_pair(server)
         assert pair.local_candidate.host == "::1" and pair.remote_addr[0] == "::1"
         primary = mux.by_ufrag[server.local_username]
         fast: list[bytes] = []

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from callsctl_sfu.ratelog import RateLimitedLog
+from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.icetcp import IceTcpStream, TcpMux
 from callsctl_sfu.rtc.mux import UdpMux
 
@@ -100,7 +101,7 @@ def loop_and_mux():
     connection = Connection(ice_controlling=False)
     mux.attach(connection)
     loop.run_until_complete(connection.gather_candidates())
-    proto = connection._protocols[0]
+    proto = aiortc_bridge.protocols(connection)[0]
     mux.learn(("192.0.2.1", 5000), proto)
     yield loop, mux
     loop.run_until_complete(connection.close())

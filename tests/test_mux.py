@@ -85,8 +85,7 @@ async def test_two_ice_sessions_share_one_port_and_data_reaches_the_right_one():
             server = Connection(ice_controlling=False, use_ipv6=False)
             mux.attach(server)
             await server.gather_candidates()
-            client = Connection(ice_controlling=True, use_ipv6=False)
-            client._use_ipv4 = True
+            client = Connection(ice_controlling=True, use_ipv4=True, use_ipv6=False)
             await client.gather_candidates()
             server.remote_username, server.remote_password = (client.local_username,
                                                               client.local_password)

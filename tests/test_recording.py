@@ -23,6 +23,7 @@ import av
 import pytest
 from aiortc import VideoStreamTrack
 
+from callsctl_sfu.rtc import aiortc_bridge
 from tests import media_checks as media
 from tests.admin_helpers import admin_client, admin_key, join, wait_until
 from tests.helpers import have, is_root, run_cli
@@ -55,10 +56,11 @@ async def share_screen(person, track) -> None:
     """Publish `track` as a screen share in a stream of its own (as browsers do; aiortc
     would otherwise put it in the microphone's stream)."""
     sender = person.pc.addTrack(track)
-    sender._stream_id = f"screen-{uuid.uuid4().hex[:8]}"
+    stream_id = f"screen-{uuid.uuid4().hex[:8]}"
+    aiortc_bridge.set_sender_identity(sender, stream_id=stream_id)
     offer = await person.pc.createOffer()
     await person.pc.setLocalDescription(offer)
-    await person.send({"type": "screen_on", "stream_id": sender._stream_id})
+    await person.send({"type": "screen_on", "stream_id": stream_id})
     await person.send({"type": "signal", "data": {"type": "offer",
                                                   "sdp": person.pc.localDescription.sdp}})
 

@@ -26,6 +26,7 @@ import pytest
 
 from callsctl_sfu.client.participant import Participant
 from callsctl_sfu.datadir import load_or_create_secret
+from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.tokens import issue_token
 from tests.helpers import REPO, free_port, is_root, run_cli
 
@@ -57,8 +58,8 @@ async def close_all(participants: list[Participant]) -> None:
 
 
 def nominated_remote(participant: Participant) -> tuple[str, int]:
-    connection = participant.pc.sctp.transport.transport._connection
-    return connection._nominated[1].remote_addr
+    connection = aiortc_bridge.ice_connection(participant.pc.sctp.transport.transport)
+    return aiortc_bridge.nominated_pair(connection).remote_addr
 
 
 def stats(server) -> dict:
@@ -150,8 +151,8 @@ async def test_participant_whose_network_vanished_is_removed(serve_factory):
         vanished = people[1]
         # Drop every datagram the participant would send: its signaling stays up,
         # its media and ICE consent stop, as when a laptop leaves the Wi-Fi.
-        connection = vanished.pc.sctp.transport.transport._connection
-        for protocol in connection._protocols:
+        connection = aiortc_bridge.ice_connection(vanished.pc.sctp.transport.transport)
+        for protocol in aiortc_bridge.protocols(connection):
             protocol.transport.sendto = lambda *args, **kwargs: None
         event = await people[0].wait_for(lambda e: e["type"] == "user_left"
                                          and e["session_id"] == vanished.session_id, 8)

@@ -54,6 +54,7 @@ from callsctl.check.stunclient import (
     StunTimeout,
 )
 from callsctl_sfu.client.participant import ToneTrack
+from callsctl_sfu.rtc import aiortc_bridge
 
 SendSignal = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -191,8 +192,8 @@ class CallsPeer:
         """The nominated pair (aioice's internals: aiortc exposes no getSelectedCandidatePair)."""
         if self.pc is None or self.pc.sctp is None:
             return None
-        connection = self.pc.sctp.transport.transport._connection
-        pair = connection._nominated.get(1)
+        pair = aiortc_bridge.nominated_pair(
+            aiortc_bridge.ice_connection(self.pc.sctp.transport.transport))
         if pair is None:
             return None
         local, remote = pair.local_candidate, pair.remote_candidate

@@ -77,9 +77,8 @@ def nominated_pair(participant: Participant) -> Any | None:
     peer = participant.peer
     if not getattr(peer, "connected", False):
         return None
-    ice = getattr(peer, "_ice", None)
-    nominated = getattr(ice, "_nominated", None)
-    return nominated.get(1) if nominated else None
+    selected = getattr(peer, "selected_pair", None)
+    return selected() if selected is not None else None
 
 
 def install_rtt_probe(pair: Any) -> RttProbe | None:

@@ -78,6 +78,8 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from callsctl_sfu.rtc import aiortc_bridge
+
 # -- limits: admission control for every caller (CLI, bench, tests) ----------------------------
 
 MAX_PARTICIPANTS = 1000  # one process cannot hold more: ~3 fds and ~1 MB each, one core
@@ -360,15 +362,13 @@ async def gather_on(pc: RTCPeerConnection, address: str) -> None:
     transceivers = pc.getTransceivers()
     if not transceivers:
         raise RuntimeError("gather_on needs a transceiver first")
-    connection = transceivers[0].sender.transport.transport.iceGatherer._connection
-    if connection._local_candidates_start:
+    connection = aiortc_bridge.ice_connection(transceivers[0].sender.transport.transport)
+    if aiortc_bridge.gathering_started(connection):
         return
     candidates = await connection.get_component_candidates(component=1, addresses=[address])
     if not candidates:
         raise OSError(f"cannot bind a UDP socket on {address}")
-    connection._local_candidates = list(candidates)
-    connection._local_candidates_start = True
-    connection._local_candidates_end = True
+    aiortc_bridge.set_local_candidates(connection, list(candidates))
 
 
 def local_address_for(host: str, port: int = 9) -> str:
@@ -442,7 +442,8 @@ class StreamSender:
         self.label = label
         self.sample = sample
         self.transceiver = transceiver
-        self.ssrc: int = ssrc if ssrc is not None else transceiver.sender._ssrc
+        self.ssrc: int = ssrc if ssrc is not None else aiortc_bridge.sender_ssrc(
+            transceiver.sender)
         # Simulcast: this sender is the layer `rid`; `layers` are the publisher's other
         # layers on the same m-section. Only this (the top) sender is in the owner's
         # `senders`: receivers get one layer, and the loss figures compare against it.
@@ -599,7 +600,8 @@ class LightParticipant:
             self.senders.append(StreamSender(self, "video", test.samples["camera"], camera))
         if self.role.screen:
             screen = pc.addTransceiver("video", direction="sendonly")
-            screen.sender._stream_id = f"screen-{self.user}-{random.getrandbits(32):08x}"
+            screen_stream = f"screen-{self.user}-{random.getrandbits(32):08x}"
+            aiortc_bridge.set_sender_identity(screen.sender, stream_id=screen_stream)
             if test.config.simulcast:
                 top = StreamSender(self, "screen", test.samples["screen"], screen, rid="h")
                 top.layers.append(StreamSender(self, "screen", test.samples["screen-l"], screen,
@@ -608,7 +610,7 @@ class LightParticipant:
             else:
                 self.senders.append(StreamSender(self, "screen", test.samples["screen"], screen))
             # Before the offer, so the server labels the stream as a screen from the start.
-            await self._send({"type": "screen_on", "stream_id": screen.sender._stream_id})
+            await self._send({"type": "screen_on", "stream_id": screen_stream})
         if self.role.camera:
             await self._send({"type": "video_on"})
         await gather_on(pc, test.local_address)
@@ -719,15 +721,14 @@ class LightParticipant:
     # -- media -----------------------------------------------------------------------------------
 
     def _on_dtls_state(self, dtls: Any) -> None:
-        if dtls.state != "connected" or self.connected_at is not None or dtls._rx_srtp is None:
+        rx, tx = aiortc_bridge.srtp_sessions(dtls)
+        if dtls.state != "connected" or self.connected_at is not None or rx is None:
             return
-        connection = dtls.transport._connection
-        pair = connection._nominated.get(1)
+        pair = aiortc_bridge.nominated_pair(aiortc_bridge.ice_connection(dtls.transport))
         if pair is None:
             return
         protocol, remote = pair.protocol, pair.remote_addr
         transport = protocol.transport
-        tx, rx = dtls._tx_srtp, dtls._rx_srtp
         self._rx = rx
         sendto = transport.sendto
 

@@ -30,6 +30,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from callsctl_sfu.rtc import aiortc_bridge
+
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms
 
@@ -156,7 +158,7 @@ class Participant:
         await self.pc.setLocalDescription(offer)
         await self.send({"type": "signal", "data": {"type": "offer",
                                                     "sdp": self.pc.localDescription.sdp}})
-        return sender._stream_id
+        return aiortc_bridge.sender_stream_id(sender)
 
     async def wait_connected(self, timeout: float = 15.0) -> float:
         """Seconds from join to a connected peer connection; raises with the stage."""
@@ -282,7 +284,8 @@ class Participant:
         """The nominated ICE pair as an operator reads it: types, protocol, addresses."""
         if self.pc is None or self.pc.sctp is None:
             return None
-        pair = self.pc.sctp.transport.transport._connection._nominated.get(1)
+        pair = aiortc_bridge.nominated_pair(
+            aiortc_bridge.ice_connection(self.pc.sctp.transport.transport))
         if pair is None:
             return None
         local, remote = pair.local_candidate, pair.remote_candidate

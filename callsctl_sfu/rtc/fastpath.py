@@ -17,6 +17,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.rtp import PyRewrite
 
 # libsrtp 2.x, as pylibsrtp 1.0's cffi declares it.
@@ -38,14 +39,12 @@ def _wire_protect() -> str:
     if _fanout is None:
         return _import_error
     try:
-        from pylibsrtp._binding import ffi, lib
+        address, signature = aiortc_bridge.srtp_protect_function()
     except ImportError as error:
         return f"pylibsrtp has no cffi binding ({error})"
-    pointer = ffi.addressof(lib, "srtp_protect")
-    signature = ffi.typeof(pointer).cname
     if signature != EXPECTED_PROTECT:
         return f"pylibsrtp's srtp_protect is {signature!r}, not the libsrtp 2 signature"
-    _fanout.set_protect(int(ffi.cast("uintptr_t", pointer)))
+    _fanout.set_protect(address)
     return ""
 
 
@@ -58,13 +57,6 @@ ENGINE = "c" if AVAILABLE else "python"
 REASON = _unavailable  # why the Python path runs, for operators ('' when C runs)
 # Rewrite objects the fan-out can use directly when it runs; the Python twin otherwise.
 Rewrite: Any = _fanout.Rewrite if AVAILABLE and _fanout is not None else PyRewrite
-
-
-def srtp_context_address(session: Any) -> int:
-    """The srtp_t behind a pylibsrtp Session (the C fan-out protects with it)."""
-    from pylibsrtp._binding import ffi
-
-    return int(ffi.cast("uintptr_t", session._srtp[0]))
 
 
 def packed_ipv4(addr: tuple[str, int]) -> bytes:

@@ -37,6 +37,7 @@ from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
 from callsctl_sfu.ratelog import RateLimitedLog
+from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.demux import deliver, parse_stun
 
 if TYPE_CHECKING:
@@ -340,13 +341,15 @@ class TcpStunProtocol(StunProtocol):
             old.close()
         self.streams[addr] = stream
         connection = self.connection
-        for candidate in connection._remote_candidates:
-            if candidate._network_host == addr[0] and candidate.port == addr[1]:
+        remote = aiortc_bridge.remote_candidates(connection)
+        for candidate in remote:
+            if aiortc_bridge.candidate_network_host(candidate) == addr[0] \
+                    and candidate.port == addr[1]:
                 return
         priority = request.attributes.get("PRIORITY")
         if not isinstance(priority, int):
             priority = tcp_candidate_priority("prflx", "active")
-        connection._remote_candidates.append(Candidate(
+        remote.append(Candidate(
             foundation=secrets.token_hex(5), component=1, transport="tcp", priority=priority,
             host=addr[0], port=addr[1], type="prflx", tcptype="active"))
 
@@ -356,7 +359,7 @@ class TcpStunProtocol(StunProtocol):
         if self.streams.get(addr) is not stream:
             return
         del self.streams[addr]
-        pair = self.connection._nominated.get(1)
+        pair = aiortc_bridge.nominated_pair(self.connection)
         if pair is not None and pair.protocol is self and pair.remote_addr == addr:
             log.info("%s: ICE-TCP connection from %s:%d closed", self.connection, *addr)
             self.connection.protocol_lost(self)

@@ -39,6 +39,7 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
 from callsctl_sfu.ratelog import RateLimitedLog
+from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
 from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
 
@@ -434,13 +435,13 @@ class UdpMux(asyncio.DatagramProtocol):
         mux = self
 
         async def gather_candidates() -> None:
-            if connection._local_candidates_start:
+            if aiortc_bridge.gathering_started(connection):
                 return
-            connection._local_candidates_start = True
             primary = MuxedStunProtocol(connection, mux)
+            candidates: list[Candidate] = []
             for spec in mux.specs():
                 candidate = spec.candidate()
-                connection._local_candidates.append(candidate)
+                candidates.append(candidate)
                 if spec.type != "host" or spec.path in primary.siblings:
                     continue
                 proto: StunProtocol
@@ -453,10 +454,10 @@ class UdpMux(asyncio.DatagramProtocol):
                 else:
                     continue
                 proto.local_candidate = candidate
-                connection._protocols.append(proto)
+                aiortc_bridge.protocols(connection).append(proto)
                 if proto is not primary:
                     primary.siblings[spec.path] = proto
-            connection._local_candidates_end = True
+            aiortc_bridge.set_local_candidates(connection, candidates)
             mux.register(primary)
 
         connection.gather_candidates = gather_candidates  # type: ignore[method-assign]

@@ -32,7 +32,8 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
-from callsctl_sfu.rtc.fastpath import Rewrite, packed_ipv4, srtp_context_address
+from callsctl_sfu.rtc import aiortc_bridge
+from callsctl_sfu.rtc.fastpath import Rewrite, packed_ipv4
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import (
@@ -158,6 +159,8 @@ class MediaPeer:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+        # The RTCP CNAME aiortc chose; translated sender reports carry it.
+        self.cname = aiortc_bridge.cname(self.pc)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -186,6 +189,7 @@ class MediaPeer:
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
         self.connected = False
+        self._nominated: dict[int, Any] = {}  # aioice's, bound at connect
         self._pair: Any = None
         self._addr: tuple[str, int] = ("", 0)
         self._send: Callable[[bytes, tuple[str, int]], None] = lambda _d, _a: None
@@ -342,14 +346,14 @@ class MediaPeer:
                 continue
             publisher_id, label = self.wanted[key]
             transceiver = self.pc.addTransceiver(LABEL_KINDS[label], direction=_FORWARDING)
-            sender = transceiver.sender
-            sender._ssrc = random.getrandbits(32) or 1
-            sender._stream_id = stream_id_for(publisher_id, label)
-            sender._track_id = f"{publisher_id}-{label}"
+            ssrc = random.getrandbits(32) or 1
+            aiortc_bridge.set_sender_identity(
+                transceiver.sender, ssrc=ssrc, stream_id=stream_id_for(publisher_id, label),
+                track_id=f"{publisher_id}-{label}")
             track = DownTrack(key, publisher_id, label, transceiver,
-                              Rewrite(ssrc=sender._ssrc, payload_type=0))
+                              Rewrite(ssrc=ssrc, payload_type=0))
             self.downtracks[key] = track
-            self.downtracks_by_ssrc[sender._ssrc] = track
+            self.downtracks_by_ssrc[ssrc] = track
             changed = True
         self._apply_directions()
         if changed and self._on_downtracks_ready is not None:
@@ -437,9 +441,9 @@ class MediaPeer:
 
     def _attach_mux(self) -> None:
         """Put every ICE agent of this connection on the shared socket before it gathers."""
-        for ice_transport in list(self.pc._RTCPeerConnection__iceTransports):  # type: ignore[attr-defined]
-            self.mux.attach(ice_transport._connection)
-        for dtls in list(self.pc._RTCPeerConnection__dtlsTransports):  # type: ignore[attr-defined]
+        for ice_transport in aiortc_bridge.ice_transports(self.pc):
+            self.mux.attach(aiortc_bridge.ice_connection(ice_transport))
+        for dtls in aiortc_bridge.dtls_transports(self.pc):
             if not getattr(dtls, "_callsctl_watched", False):
                 dtls._callsctl_watched = True
                 dtls.on("statechange", lambda d=dtls: self._on_dtls_state(d))
@@ -454,15 +458,17 @@ class MediaPeer:
     def _on_dtls_state(self, dtls: Any) -> None:
         if dtls.state != "connected" or self.connected:
             return
-        connection = dtls.transport._connection
-        proto = next((p for p in connection._protocols if isinstance(p, MuxedStunProtocol)),
-                     None)
-        if proto is None or dtls._rx_srtp is None:
+        connection = aiortc_bridge.ice_connection(dtls.transport)
+        proto = next((p for p in aiortc_bridge.protocols(connection)
+                      if isinstance(p, MuxedStunProtocol)), None)
+        rx_srtp, tx_srtp = aiortc_bridge.srtp_sessions(dtls)
+        if proto is None or rx_srtp is None:
             return
         self.proto = proto
-        self._rx_srtp = dtls._rx_srtp
-        self._tx_srtp = dtls._tx_srtp
-        self._ice = connection
+        self._rx_srtp = rx_srtp
+        self._tx_srtp = tx_srtp
+        # aioice's live nominated-pair dict, bound once: the media path reads it per packet.
+        self._nominated = aiortc_bridge.nominated_pairs(connection)
         self.connected = True
         proto.fast_rx = self._fast_rx
         self._on_state(self, "connected")
@@ -490,7 +496,7 @@ class MediaPeer:
         """
         if not self.connected:
             return False
-        pair = self._ice._nominated.get(1)
+        pair = self._nominated.get(1)
         if pair is None:
             return False
         if pair is not self._pair:
@@ -516,19 +522,19 @@ class MediaPeer:
         """
         if not self.connected or self._tx_srtp is None:
             return None
-        nominated = self._ice._nominated
+        nominated = self._nominated
         pair = nominated.get(1)
         if pair is None or pair.protocol.send_datagram != self.mux.send4:
             return None
         addr = (pair.remote_addr[0], pair.remote_addr[1])
         if ":" in addr[0]:
             return None
-        return (down.rewrite, self._tx_srtp, srtp_context_address(self._tx_srtp),
+        return (down.rewrite, self._tx_srtp, aiortc_bridge.srtp_context_address(self._tx_srtp),
                 packed_ipv4(addr), addr, nominated, pair)
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect an RTCP compound with this peer's context and send it."""
-        pair = self._ice._nominated.get(1) if self.connected else None
+        pair = self._nominated.get(1) if self.connected else None
         if pair is None:
             return False
         try:
@@ -562,8 +568,12 @@ class MediaPeer:
 
     @property
     def remote_address(self) -> tuple[str, int] | None:
-        pair = self._ice._nominated.get(1) if self.connected else None
+        pair = self._nominated.get(1) if self.connected else None
         return pair.remote_addr if pair else None
+
+    def selected_pair(self) -> Any | None:
+        """aioice's nominated candidate pair for this peer, None before it connects."""
+        return self._nominated.get(1) if self.connected else None
 
     @property
     def last_rx(self) -> float:

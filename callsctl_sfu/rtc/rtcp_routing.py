@@ -150,7 +150,7 @@ class RtcpRouter:
                 & 0xFFFFFFFF,
                 packet_count=rewrite.packets & 0xFFFFFFFF,
                 octet_count=rewrite.octets & 0xFFFFFFFF))
-            cname = getattr(other.peer.pc, "_RTCPeerConnection__cname", "callsctl")
+            cname = getattr(other.peer, "cname", "callsctl")
             sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=rewrite.ssrc,
                                                          items=[(1, cname.encode())])])
             if other.peer.send_rtcp(bytes(translated) + bytes(sdes)):

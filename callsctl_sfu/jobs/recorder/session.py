@@ -24,6 +24,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from callsctl_sfu.jobs.recorder.writers import TrackWriter, writer_for
+from callsctl_sfu.rtc import aiortc_bridge
 
 log = logging.getLogger("callsctl_sfu.jobs.recorder")
 
@@ -63,13 +64,12 @@ class FrameTap:
 
 def tap_receiver(receiver: Any, sink: Callable[[bytes, int], None]) -> None:
     """Divert the encoded frames of one aiortc RTCRtpReceiver (aiortc 1.16 internals)."""
-    attribute = "_RTCRtpReceiver__decoder_queue"
-    original = getattr(receiver, attribute, None)
+    original = aiortc_bridge.decoder_queue(receiver)
     if original is None:
         raise RecorderError("this aiortc version has no decoder queue to tap (the recorder "
                             "needs aiortc 1.16, as pinned in pyproject.toml)")
     if not isinstance(original, FrameTap):
-        setattr(receiver, attribute, FrameTap(original, sink))
+        aiortc_bridge.set_decoder_queue(receiver, FrameTap(original, sink))
 
 
 class RecorderSession:
@@ -247,13 +247,13 @@ class RecorderSession:
                 self.stop(f"cannot write {writer.path.name}: {exc.strerror or exc}")
 
         first_packet: dict[str, float] = {}
-        handle = getattr(receiver, "_handle_rtp_packet", None)
+        handle = aiortc_bridge.rtp_packet_handler(receiver)
         if handle is not None:
             async def arrival_clock(packet: Any, arrival_time_ms: int) -> None:
                 first_packet.setdefault("at", time.monotonic())
                 await handle(packet, arrival_time_ms=arrival_time_ms)
 
-            receiver._handle_rtp_packet = arrival_clock
+            aiortc_bridge.set_rtp_packet_handler(receiver, arrival_clock)
         try:
             tap_receiver(receiver, sink)
         except RecorderError as exc:
@@ -271,9 +271,9 @@ class RecorderSession:
         if now - self._pli_at.get(id(receiver), 0.0) < KEYFRAME_RETRY_S:
             return
         self._pli_at[id(receiver)] = now
-        ssrcs = list(getattr(receiver, "_RTCRtpReceiver__active_ssrc", {}))
+        ssrcs = aiortc_bridge.active_ssrcs(receiver)
         if ssrcs:
-            self._tasks.append(asyncio.ensure_future(receiver._send_rtcp_pli(ssrcs[-1])))
+            self._tasks.append(asyncio.ensure_future(aiortc_bridge.send_pli(receiver, ssrcs[-1])))
 
     def _describe(self, key: str, writer: TrackWriter) -> None:
         if writer.frames == 0:

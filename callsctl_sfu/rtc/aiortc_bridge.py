@@ -1,0 +1,320 @@
+"""Every reach into aiortc's, aioice's and pylibsrtp's private internals, in one place.
+
+aiortc has no public API for what an SFU on a shared socket needs: the ICE agent
+behind a peer connection, the nominated candidate pair, the SRTP contexts DTLS
+derived, the SSRC and msid a sender announces, the receiver's queue of encoded
+frames. callsctl reads and writes those private attributes, and nowhere but
+here: each function below names the attribute it touches and why, so an
+upgrade of those libraries is a review of this file, not a hunt.
+
+`check()` runs at server start: the installed versions must be within the range
+this file was verified with (the pins in pyproject.toml, `VERIFIED`), and every
+attribute reached here must exist on freshly made real objects. A mismatch is
+one clear line (`BridgeError`) instead of an AttributeError deep inside a call.
+
+The accessors are plain attribute reads with no checks of their own (check()
+has made them once). Hot paths call them when a peer connects and keep what
+they return (the nominated-pair dict, the SRTP sessions), never per packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import Any
+
+# (lowest verified, first unverified) per distribution: pyproject.toml pins the same.
+VERIFIED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "aiortc": ((1, 16), (1, 17)),
+    "aioice": ((0, 13), (0, 14)),
+    "pylibsrtp": ((1, 0), (1, 1)),
+}
+
+
+class BridgeError(RuntimeError):
+    """The installed aiortc/aioice/pylibsrtp do not have the internals callsctl uses."""
+
+
+# -- aiortc: RTCPeerConnection ------------------------------------------------------------------
+
+def ice_transports(pc: Any) -> list[Any]:
+    """The connection's RTCIceTransports (`RTCPeerConnection.__iceTransports`).
+
+    The server attaches each ICE agent to the shared socket before it gathers;
+    aiortc creates them inside setRemoteDescription and lists them nowhere public.
+    """
+    return list(pc._RTCPeerConnection__iceTransports)
+
+
+def dtls_transports(pc: Any) -> list[Any]:
+    """The connection's RTCDtlsTransports (`RTCPeerConnection.__dtlsTransports`).
+
+    The server watches each one's state to take over SRTP once DTLS is up.
+    """
+    return list(pc._RTCPeerConnection__dtlsTransports)
+
+
+def cname(pc: Any) -> str:
+    """The RTCP CNAME aiortc generated for this connection (`RTCPeerConnection.__cname`).
+
+    Sender reports the SFU translates carry it in their SDES chunk, as aiortc's own do.
+    """
+    return str(pc._RTCPeerConnection__cname)
+
+
+# -- aiortc: transports -------------------------------------------------------------------------
+
+def ice_connection(ice_transport: Any) -> Any:
+    """The aioice Connection behind an RTCIceTransport (`RTCIceTransport._connection`).
+
+    It holds the candidates, the protocols (one per local socket) and the
+    nominated pair; aiortc wraps it without exposing it.
+    """
+    return ice_transport._connection
+
+
+def srtp_sessions(dtls: Any) -> tuple[Any, Any]:
+    """(inbound, outbound) pylibsrtp Sessions DTLS-SRTP keyed (`_rx_srtp`, `_tx_srtp`).
+
+    Both are None until the handshake completes. The server decrypts and
+    encrypts media with them directly, bypassing aiortc's RTP machinery.
+    """
+    return dtls._rx_srtp, dtls._tx_srtp
+
+
+# -- aiortc: RTCRtpSender -----------------------------------------------------------------------
+
+def sender_ssrc(sender: Any) -> int:
+    """The SSRC an RTCRtpSender announces in SDP (`RTCRtpSender._ssrc`)."""
+    return int(sender._ssrc)
+
+
+def sender_stream_id(sender: Any) -> str:
+    """The msid stream id an RTCRtpSender announces (`RTCRtpSender._stream_id`).
+
+    The signaling protocol names screen shares by that id (`screen_on`).
+    """
+    return str(sender._stream_id)
+
+
+def set_sender_identity(sender: Any, *, ssrc: int | None = None, stream_id: str | None = None,
+                        track_id: str | None = None) -> None:
+    """Set what an RTCRtpSender announces in SDP (`_ssrc`, `_stream_id`, `_track_id`).
+
+    The SFU's senders carry forwarded media: their msid names the publisher
+    and label so clients can group tracks, and their SSRC is the one the
+    rewrite puts on the wire. aiortc has no setter for any of them.
+    """
+    if ssrc is not None:
+        sender._ssrc = ssrc
+    if stream_id is not None:
+        sender._stream_id = stream_id
+    if track_id is not None:
+        sender._track_id = track_id
+
+
+# -- aiortc: RTCRtpReceiver (the recorder) ------------------------------------------------------
+
+def decoder_queue(receiver: Any) -> Any | None:
+    """The queue an RTCRtpReceiver hands encoded frames to its decoder thread on.
+
+    (`RTCRtpReceiver.__decoder_queue`). The recorder replaces it to write
+    frames to disk undecoded; None when this aiortc has no such queue.
+    """
+    return getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
+
+
+def set_decoder_queue(receiver: Any, queue: Any) -> None:
+    """Replace the receiver's decoder queue (`RTCRtpReceiver.__decoder_queue`)."""
+    receiver._RTCRtpReceiver__decoder_queue = queue
+
+
+def rtp_packet_handler(receiver: Any) -> Callable[..., Awaitable[None]] | None:
+    """The coroutine aiortc calls per RTP packet a receiver gets (`_handle_rtp_packet`).
+
+    The recorder wraps it to note when a track's first packet arrived.
+    """
+    return getattr(receiver, "_handle_rtp_packet", None)
+
+
+def set_rtp_packet_handler(receiver: Any, handler: Callable[..., Awaitable[None]]) -> None:
+    """Replace the receiver's per-packet coroutine (`RTCRtpReceiver._handle_rtp_packet`)."""
+    receiver._handle_rtp_packet = handler
+
+
+def active_ssrcs(receiver: Any) -> list[int]:
+    """The SSRCs a receiver has had packets from, oldest first (`__active_ssrc`)."""
+    return list(getattr(receiver, "_RTCRtpReceiver__active_ssrc", {}))
+
+
+def send_pli(receiver: Any, media_ssrc: int) -> Awaitable[None]:
+    """Ask the sender of media_ssrc for a keyframe (`RTCRtpReceiver._send_rtcp_pli`).
+
+    aiortc sends PLI only when its decoder asks; the recorder bypasses the decoder.
+    """
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+# -- aioice: Connection and Candidate -----------------------------------------------------------
+
+def nominated_pairs(connection: Any) -> dict[int, Any]:
+    """aioice's live {component: CandidatePair} of nominated pairs (`Connection._nominated`).
+
+    The very dict aioice updates on (re)nomination, never replaced (only
+    cleared on close): the media path keeps it from connect on and reads
+    `.get(1)` per packet; the C fan-out compares its entry on every packet.
+    """
+    return connection._nominated
+
+
+def nominated_pair(connection: Any) -> Any | None:
+    """The selected pair of component 1 (`Connection._nominated`), None before nomination.
+
+    aiortc has no getSelectedCandidatePair; operators and checks want the path in use.
+    """
+    return connection._nominated.get(1)
+
+
+def protocols(connection: Any) -> list[Any]:
+    """aioice's live list of the connection's per-socket protocols (`Connection._protocols`).
+
+    The shared-socket mux adds its own protocols here; the server finds its
+    session's protocol here once DTLS is up.
+    """
+    return connection._protocols
+
+
+def remote_candidates(connection: Any) -> list[Any]:
+    """aioice's live list of remote candidates (`Connection._remote_candidates`).
+
+    ICE-TCP registers a client's TCP address as a TCP candidate before aioice
+    would learn it as a peer-reflexive UDP one.
+    """
+    return connection._remote_candidates
+
+
+def candidate_network_host(candidate: Any) -> str:
+    """The address a candidate is reached at (`Candidate._network_host`; differs from
+    `host` for mDNS-named candidates)."""
+    return str(candidate._network_host)
+
+
+def gathering_started(connection: Any) -> bool:
+    """Whether the connection has begun gathering (`Connection._local_candidates_start`)."""
+    return bool(connection._local_candidates_start)
+
+
+def set_local_candidates(connection: Any, candidates: list[Any]) -> None:
+    """Gathering done with exactly these candidates (`_local_candidates`, `_start`, `_end`).
+
+    Used by the mux (the shared sockets' candidates) and the load generator
+    (one loopback candidate) instead of aioice binding a socket per interface.
+    """
+    connection._local_candidates[:] = candidates
+    connection._local_candidates_start = True
+    connection._local_candidates_end = True
+
+
+# -- pylibsrtp ------------------------------------------------------------------------------------
+
+def srtp_context_address(session: Any) -> int:
+    """The address of the srtp_t behind a pylibsrtp Session (`Session._srtp`, `_binding.ffi`).
+
+    The C fan-out protects with the very context the Python path uses, so
+    both share its sequence state.
+    """
+    from pylibsrtp._binding import ffi
+
+    return int(ffi.cast("uintptr_t", session._srtp[0]))
+
+
+def srtp_protect_function() -> tuple[int, str]:
+    """(address, C signature) of libsrtp's srtp_protect in pylibsrtp's cffi module.
+
+    (`pylibsrtp._binding.lib`). The C fan-out calls it; the caller compares the
+    signature with the one it was written for. ImportError when there is no
+    cffi binding.
+    """
+    from pylibsrtp._binding import ffi, lib
+
+    pointer = ffi.addressof(lib, "srtp_protect")
+    return int(ffi.cast("uintptr_t", pointer)), str(ffi.typeof(pointer).cname)
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+def _version(text: str) -> tuple[int, int]:
+    parts = (text.split(".") + ["0"])[:2]
+    return int("".join(c for c in parts[0] if c.isdigit()) or 0), \
+        int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def check_versions() -> None:
+    """Raise BridgeError unless each library is within the range in VERIFIED."""
+    for name, (lowest, beyond) in VERIFIED.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise BridgeError(f"{name} is not installed: reinstall callsctl "
+                              f"(pip install callsctl)") from None
+        if not lowest <= _version(installed) < beyond:
+            raise BridgeError(
+                f"{name} {installed} is installed but callsctl's use of its internals is "
+                f"verified with {name} >={'.'.join(map(str, lowest))},"
+                f"<{'.'.join(map(str, beyond))}: install that range (pip install "
+                f"'{name}>={'.'.join(map(str, lowest))},<{'.'.join(map(str, beyond))}')")
+
+
+async def _self_test() -> None:
+    """Every accessor above, once, on real objects (no socket is opened)."""
+    import pylibsrtp
+    from aioice import Candidate
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        sender, receiver = transceiver.sender, transceiver.receiver
+        cname(pc)
+        dtls_transports(pc)
+        ice_transports(pc)
+        dtls = sender.transport
+        srtp_sessions(dtls)
+        connection = ice_connection(dtls.transport)
+        nominated_pairs(connection).get(1)
+        nominated_pair(connection)
+        protocols(connection)
+        remote_candidates(connection)
+        gathering_started(connection)
+        for name in ("_local_candidates", "_local_candidates_end"):
+            getattr(connection, name)
+        sender_ssrc(sender)
+        sender_stream_id(sender)
+        sender._track_id  # noqa: B018 - set_sender_identity writes it
+        if decoder_queue(receiver) is None:
+            raise AttributeError("RTCRtpReceiver.__decoder_queue")
+        if rtp_packet_handler(receiver) is None:
+            raise AttributeError("RTCRtpReceiver._handle_rtp_packet")
+        receiver._RTCRtpReceiver__active_ssrc  # noqa: B018
+        receiver._send_rtcp_pli  # noqa: B018
+        candidate_network_host(Candidate(foundation="1", component=1, transport="udp",
+                                         priority=1, host="127.0.0.1", port=9, type="host"))
+        session = pylibsrtp.Session(pylibsrtp.Policy(
+            key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+        srtp_context_address(session)
+        srtp_protect_function()
+    finally:
+        await pc.close()
+
+
+async def check() -> None:
+    """The server-start check: versions in range and every internal reached present.
+
+    Raises BridgeError with one line naming what is missing and what to do.
+    """
+    check_versions()
+    try:
+        await _self_test()
+    except (AttributeError, ImportError, TypeError) as exc:
+        raise BridgeError(f"aiortc/aioice/pylibsrtp internals callsctl relies on are missing "
+                          f"({exc}): reinstall the versions pyproject.toml pins") from None

@@ -1,0 +1,362 @@
+"""rtc/aiortc_bridge.py on real aiortc, aioice and pylibsrtp objects: one test per reach.
+
+Two RTCPeerConnections connect in-process on loopback (one host candidate each,
+given by the load generator's gather_on, itself a bridge user); the tests then
+read and write through the bridge and check the effect where a peer sees it:
+in SDP, on the wire through SRTP, in RTCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pylibsrtp
+import pytest
+from aioice import Candidate, Connection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtp import RtcpPsfbPacket, RtpPacket
+
+from callsctl_sfu.client.loadgen import gather_on
+from callsctl_sfu.client.participant import ToneTrack
+from callsctl_sfu.rtc import aiortc_bridge as bridge
+from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.rtc.mux import UdpMux
+from callsctl_sfu.rtc.peer import MediaPeer
+from tests.helpers import REPO
+from tests.private_reaches import private_reaches
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _pc() -> RTCPeerConnection:
+    return RTCPeerConnection(RTCConfiguration(iceServers=[],
+                                              bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+
+
+@dataclass
+class Pair:
+    offerer: RTCPeerConnection
+    answerer: RTCPeerConnection
+    tone: ToneTrack
+
+    def sender(self) -> Any:
+        return self.offerer.getTransceivers()[0].sender
+
+    def receiver(self) -> RTCRtpReceiver:
+        return self.answerer.getTransceivers()[0].receiver
+
+
+async def _until(condition: Any, what: str, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    """An offerer sending a tone to an answerer, connected on 127.0.0.1."""
+    offerer, answerer, tone = _pc(), _pc(), ToneTrack()
+    try:
+        offerer.addTrack(tone)
+        offerer.createDataChannel("calls-dc")
+        await gather_on(offerer, "127.0.0.1")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        await answerer.setRemoteDescription(offerer.localDescription)
+        await gather_on(answerer, "127.0.0.1")
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        await offerer.setRemoteDescription(RTCSessionDescription(
+            answerer.localDescription.sdp, "answer"))
+        await _until(lambda: offerer.connectionState == answerer.connectionState == "connected",
+                     "both peer connections to connect")
+        yield Pair(offerer, answerer, tone)
+    finally:
+        tone.stop()
+        await offerer.close()
+        await answerer.close()
+
+
+# -- RTCPeerConnection ---------------------------------------------------------------------------
+
+async def test_ice_transports_are_the_ones_the_senders_use(pair: Pair) -> None:
+    transports = bridge.ice_transports(pair.offerer)
+    assert transports == [pair.sender().transport.transport]  # max-bundle: exactly one
+
+
+async def test_dtls_transports_are_the_ones_the_senders_use(pair: Pair) -> None:
+    assert bridge.dtls_transports(pair.offerer) == [pair.sender().transport]
+    assert bridge.dtls_transports(pair.offerer)[0].state == "connected"
+
+
+async def test_cname_is_the_one_announced_in_sdp(pair: Pair) -> None:
+    cname = bridge.cname(pair.offerer)
+    assert cname and f"cname:{cname}" in pair.offerer.localDescription.sdp
+
+
+async def test_media_peer_keeps_its_cname_for_translated_sender_reports() -> None:
+    peer = MediaPeer("s1", UdpMux(), _no_signal, lambda _p, _b: None, lambda _p, _s: None)
+    try:
+        assert peer.cname == bridge.cname(peer.pc) != ""
+    finally:
+        await peer.close()
+
+
+async def _no_signal(_message: dict[str, Any]) -> None:
+    return None
+
+
+# -- transports ----------------------------------------------------------------------------------
+
+async def test_ice_connection_holds_the_gathered_candidate(pair: Pair) -> None:
+    connection = bridge.ice_connection(pair.sender().transport.transport)
+    assert isinstance(connection, Connection)
+    assert [(c.host, c.type) for c in connection.local_candidates] == [("127.0.0.1", "host")]
+
+
+async def test_srtp_sessions_carry_media_from_one_peer_to_the_other(pair: Pair) -> None:
+    rx, tx = bridge.srtp_sessions(pair.sender().transport)
+    peer_rx, _ = bridge.srtp_sessions(pair.receiver().transport)
+    assert isinstance(rx, pylibsrtp.Session) and isinstance(tx, pylibsrtp.Session)
+    packet = RtpPacket(payload_type=111, sequence_number=7, timestamp=960,
+                       ssrc=0x1234, payload=b"bridge").serialize()
+    protected = tx.protect(packet)
+    assert protected != packet
+    assert peer_rx.unprotect(protected) == packet
+
+
+async def test_srtp_sessions_are_none_before_dtls() -> None:
+    pc = _pc()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        assert bridge.srtp_sessions(transceiver.sender.transport) == (None, None)
+    finally:
+        await pc.close()
+
+
+# -- RTCRtpSender --------------------------------------------------------------------------------
+
+async def test_sender_identity_is_what_the_offer_announces() -> None:
+    pc = _pc()
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        bridge.set_sender_identity(sender, ssrc=0xCAFE, stream_id="alice-screen",
+                                   track_id="alice-screen-track")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        assert f"a=ssrc:{0xCAFE} " in sdp
+        assert "a=msid:alice-screen alice-screen-track" in sdp
+        assert bridge.sender_ssrc(sender) == 0xCAFE
+        assert bridge.sender_stream_id(sender) == "alice-screen"
+    finally:
+        await pc.close()
+
+
+async def test_set_sender_identity_leaves_unnamed_fields_alone() -> None:
+    pc = _pc()
+    try:
+        sender = pc.addTransceiver("audio").sender
+        ssrc = bridge.sender_ssrc(sender)
+        bridge.set_sender_identity(sender, stream_id="only-the-stream")
+        assert bridge.sender_ssrc(sender) == ssrc
+        assert bridge.sender_stream_id(sender) == "only-the-stream"
+    finally:
+        await pc.close()
+
+
+async def test_sender_ssrc_is_the_one_on_the_wire(pair: Pair) -> None:
+    receiver = pair.receiver()
+    await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
+    assert bridge.active_ssrcs(receiver) == [bridge.sender_ssrc(pair.sender())]
+
+
+# -- RTCRtpReceiver (what the recorder taps) -----------------------------------------------------
+
+class _Tap:
+    def __init__(self, original: Any) -> None:
+        self.original, self.frames = original, 0
+
+    def get(self) -> Any:
+        return self.original.get()
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self.original.put(None)
+        else:
+            self.frames += 1
+
+
+async def test_decoder_queue_replacement_gets_the_encoded_frames(pair: Pair) -> None:
+    receiver = pair.receiver()
+    original = bridge.decoder_queue(receiver)
+    assert original is not None and hasattr(original, "put")
+    tap = _Tap(original)
+    bridge.set_decoder_queue(receiver, tap)
+    assert bridge.decoder_queue(receiver) is tap
+    await _until(lambda: tap.frames >= 3, "encoded frames in the replaced queue")
+
+
+async def test_rtp_packet_handler_wrapper_sees_every_packet(pair: Pair) -> None:
+    receiver = pair.receiver()
+    handle = bridge.rtp_packet_handler(receiver)
+    assert handle is not None
+    seen: list[int] = []
+
+    async def counting(packet: Any, arrival_time_ms: int) -> None:
+        seen.append(packet.sequence_number)
+        await handle(packet, arrival_time_ms=arrival_time_ms)
+
+    bridge.set_rtp_packet_handler(receiver, counting)
+    await _until(lambda: len(seen) >= 3, "packets through the wrapped handler")
+    assert seen == sorted(seen)
+
+
+async def test_send_pli_reaches_the_sender(pair: Pair) -> None:
+    sender = pair.sender()
+    got: list[Any] = []
+    original = sender._handle_rtcp_packet  # the test's own view of what arrives
+
+    async def recording(packet: Any) -> None:
+        got.append(packet)
+        await original(packet)
+
+    sender._handle_rtcp_packet = recording
+    receiver = pair.receiver()
+    await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
+    await bridge.send_pli(receiver, bridge.active_ssrcs(receiver)[-1])
+    await _until(lambda: any(isinstance(p, RtcpPsfbPacket) and p.fmt == 1 for p in got),
+                 "the PLI at the sender")
+
+
+# -- aioice --------------------------------------------------------------------------------------
+
+async def test_nominated_pair_is_the_path_in_use(pair: Pair) -> None:
+    connection = bridge.ice_connection(pair.sender().transport.transport)
+    peer = bridge.ice_connection(pair.receiver().transport.transport)
+    selected = bridge.nominated_pair(connection)
+    assert selected is not None
+    assert selected.remote_addr == (peer.local_candidates[0].host,
+                                    peer.local_candidates[0].port)
+    live = bridge.nominated_pairs(connection)
+    assert live is bridge.nominated_pairs(connection)  # the live dict, safe to keep
+    assert live.get(1) is selected
+
+
+async def test_nominated_pair_is_none_before_connecting() -> None:
+    pc = _pc()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        connection = bridge.ice_connection(transceiver.sender.transport.transport)
+        assert bridge.nominated_pair(connection) is None
+        assert bridge.nominated_pairs(connection) == {}
+    finally:
+        await pc.close()
+
+
+async def test_protocols_hold_the_selected_pairs_protocol(pair: Pair) -> None:
+    connection = bridge.ice_connection(pair.sender().transport.transport)
+    selected = bridge.nominated_pair(connection)
+    assert selected is not None and selected.protocol in bridge.protocols(connection)
+    assert bridge.protocols(connection) is bridge.protocols(connection)
+
+
+async def test_remote_candidates_and_their_network_host(pair: Pair) -> None:
+    connection = bridge.ice_connection(pair.sender().transport.transport)
+    remote = bridge.remote_candidates(connection)
+    assert remote is bridge.remote_candidates(connection)
+    assert [bridge.candidate_network_host(c) for c in remote] == ["127.0.0.1"]
+
+
+async def test_candidate_network_host_is_the_address_not_the_name() -> None:
+    candidate = Candidate(foundation="1", component=1, transport="udp", priority=1,
+                          host="192.0.2.7", port=9, type="host")
+    assert bridge.candidate_network_host(candidate) == "192.0.2.7"
+
+
+async def test_set_local_candidates_replaces_gathering() -> None:
+    pc = _pc()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        connection = bridge.ice_connection(transceiver.sender.transport.transport)
+        assert not bridge.gathering_started(connection)
+        mine = Candidate(foundation="1", component=1, transport="udp", priority=1,
+                         host="192.0.2.7", port=40000, type="host")
+        bridge.set_local_candidates(connection, [mine])
+        assert bridge.gathering_started(connection)
+        await connection.gather_candidates()  # already done: binds nothing more
+        assert connection.local_candidates == [mine]
+        await pc.setLocalDescription(await pc.createOffer())
+        assert "192.0.2.7 40000 typ host" in pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+# -- pylibsrtp -----------------------------------------------------------------------------------
+
+def _session() -> pylibsrtp.Session:
+    return pylibsrtp.Session(pylibsrtp.Policy(key=bytes(range(30)),
+                                              ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+
+
+def test_srtp_context_address_is_per_session_and_stable() -> None:
+    one, two = _session(), _session()
+    address = bridge.srtp_context_address(one)
+    assert address != 0
+    assert address == bridge.srtp_context_address(one)
+    assert address != bridge.srtp_context_address(two)
+
+
+def test_srtp_protect_function_is_the_libsrtp_2_one() -> None:
+    address, signature = bridge.srtp_protect_function()
+    assert address != 0
+    assert signature == fastpath.EXPECTED_PROTECT
+
+
+# -- the checks ----------------------------------------------------------------------------------
+
+def _pins() -> dict[str, str]:
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    return {spec.split(">=")[0]: spec for spec in dependencies if spec.split(">=")[0]
+            in bridge.VERIFIED}
+
+
+def test_verified_ranges_are_the_pyproject_pins() -> None:
+    pins = _pins()
+    assert set(pins) == set(bridge.VERIFIED)
+    for name, (lowest, beyond) in bridge.VERIFIED.items():
+        assert pins[name] == (f"{name}>={lowest[0]}.{lowest[1]},<{beyond[0]}.{beyond[1]}")
+
+
+async def test_check_passes_on_the_installed_libraries() -> None:
+    bridge.check_versions()
+    await bridge.check()
+
+
+def test_version_out_of_range_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = bridge.metadata.version
+    monkeypatch.setattr(bridge.metadata, "version",
+                        lambda name: "1.17.0" if name == "aiortc" else real(name))
+    with pytest.raises(bridge.BridgeError) as error:
+        bridge.check_versions()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "aiortc 1.17.0" in message and ">=1.16,<1.17" in message
+
+
+async def test_missing_internal_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(RTCRtpReceiver, "_send_rtcp_pli")
+    with pytest.raises(bridge.BridgeError) as error:
+        await bridge.check()
+    message = str(error.value)
+    assert "\n" not in message and "_send_rtcp_pli" in message
+
+
+def test_no_private_reach_outside_the_bridge() -> None:
+    found = private_reaches(Path(REPO))
+    assert found == [], "use callsctl_sfu/rtc/aiortc_bridge.py for:\n" + "\n".join(found)

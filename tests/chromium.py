@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -21,6 +22,22 @@ CHROMIUM_FLAGS = [
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
 ]
+
+
+@contextmanager
+def launched(sync_api: Any) -> Iterator[Any]:
+    """Headless Chromium with fake devices and sound on (played remote audio has a level).
+
+    Playwright gives every launch a fresh temporary profile directory.
+    """
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=CHROMIUM_FLAGS,
+                                             ignore_default_args=["--mute-audio"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -20,14 +20,8 @@ from typing import Any
 import pytest
 
 from callsctl_sfu.tokens import issue_token
+from tests.chromium import CHROMIUM, CHROMIUM_FLAGS, launched  # noqa: F401 - re-exported
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 JOIN_TIMEOUT_MS = 15_000
 MEDIA_TIMEOUT_MS = 15_000
 UI_TIMEOUT_MS = 5_000
@@ -91,15 +85,8 @@ async () => {
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    # Playwright gives every launch a fresh temporary profile directory.
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=CHROMIUM_FLAGS,
-                                             ignore_default_args=["--mute-audio"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched(sync_api) as chromium:
+        yield chromium
 
 
 class Participant:

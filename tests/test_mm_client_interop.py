@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.callchecks import CallChecks
-from tests.chromium import CHROMIUM, CHROMIUM_FLAGS, static_site
+from tests.chromium import CHROMIUM, launched, static_site
 
 HARNESS = Path(__file__).resolve().parent / "mmclient"
 BUNDLE = HARNESS / "dist" / "rtcpeer.js"
@@ -63,14 +63,8 @@ def page_url(rtcpeer_bundle: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=CHROMIUM_FLAGS,
-                                             ignore_default_args=["--mute-audio"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched(sync_api) as chromium:
+        yield chromium
 
 
 class MMParticipant:

@@ -53,8 +53,7 @@ from callsctl.check.stunclient import (
     StunProtocolError,
     StunTimeout,
 )
-from callsctl_sfu.client.participant import ToneTrack
-from callsctl_sfu.rtc import aiortc_bridge
+from callsctl_sfu.client.participant import ToneTrack, selected_pair_of
 
 SendSignal = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -189,17 +188,8 @@ class CallsPeer:
         return self.pc.sctp.transport.state
 
     def selected_pair(self) -> dict[str, str] | None:
-        """The nominated pair (aioice's internals: aiortc exposes no getSelectedCandidatePair)."""
-        if self.pc is None or self.pc.sctp is None:
-            return None
-        pair = aiortc_bridge.nominated_pair(
-            aiortc_bridge.ice_connection(self.pc.sctp.transport.transport))
-        if pair is None:
-            return None
-        local, remote = pair.local_candidate, pair.remote_candidate
-        return {"local": f"{local.host}:{local.port}", "local_type": local.type,
-                "remote": f"{remote.host}:{remote.port}", "remote_type": remote.type,
-                "protocol": local.transport.lower()}
+        """The nominated pair, described as callsctl's own test participant does."""
+        return selected_pair_of(self.pc)
 
     async def rtcp_report(self) -> dict[str, Any] | None:
         """The server's receiver report on our audio (remote-inbound-rtp): it got our packets."""

@@ -282,16 +282,7 @@ class Participant:
 
     def selected_pair(self) -> dict[str, str] | None:
         """The nominated ICE pair as an operator reads it: types, protocol, addresses."""
-        if self.pc is None or self.pc.sctp is None:
-            return None
-        pair = aiortc_bridge.nominated_pair(
-            aiortc_bridge.ice_connection(self.pc.sctp.transport.transport))
-        if pair is None:
-            return None
-        local, remote = pair.local_candidate, pair.remote_candidate
-        return {"local": f"{local.host}:{local.port}", "local_type": local.type,
-                "remote": f"{remote.host}:{remote.port}", "remote_type": remote.type,
-                "protocol": local.transport.lower()}
+        return selected_pair_of(self.pc)
 
     async def inbound_audio_stats(self) -> list[dict[str, Any]]:
         """aiortc's inbound-rtp stats for audio: packets, loss and jitter per stream."""
@@ -300,3 +291,20 @@ class Participant:
         report = await self.pc.getStats()
         return [{"packets": s.packetsReceived, "lost": s.packetsLost, "jitter": s.jitter}
                 for s in report.values() if s.type == "inbound-rtp" and s.kind == "audio"]
+
+
+def selected_pair_of(pc: Any) -> dict[str, str] | None:
+    """A bundled connection's nominated ICE pair as an operator reads it, or None.
+
+    aiortc exposes no getSelectedCandidatePair: the pair comes from aioice
+    through the bridge. The data channel's transport is the bundled one.
+    """
+    if pc is None or pc.sctp is None:
+        return None
+    pair = aiortc_bridge.nominated_pair(aiortc_bridge.ice_connection(pc.sctp.transport.transport))
+    if pair is None:
+        return None
+    local, remote = pair.local_candidate, pair.remote_candidate
+    return {"local": f"{local.host}:{local.port}", "local_type": local.type,
+            "remote": f"{remote.host}:{remote.port}", "remote_type": remote.type,
+            "protocol": local.transport.lower()}

@@ -1,4 +1,4 @@
-"""Issue 9's benchmark scenarios, each beside two references, written into bench/RESULTS.md.
+"""The SFU benchmark scenarios, each beside two references, written into bench/RESULTS.md.
 
 For every scenario, in one run on this machine, three measurements:
 
@@ -626,7 +626,7 @@ def render_summary(results: dict[str, dict[str, Any]]) -> str:
             _ms(sfu["join_s"], "p99", "s", digits=2), _ms(sfu["delay_ms"], "p99"),
             _loss(sfu["loss"])]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Issue 9's targets for the server, as measured in this file:", ""]
+    lines += ["", "The first performance targets for the server, as measured in this file:", ""]
 
     def verdict(name: str, rows: list[tuple[str, float]], ok: Any, fmt: str) -> str:
         if not rows:

@@ -1,6 +1,6 @@
 """The API port closes connections that never finish a request and caps how many are open.
 
-Issue 15, item 4: 600 connections that sent one header byte every 10 s, or
+An audit found 600 connections that sent one header byte every 10 s, or
 nothing at all, stayed open forever (one file descriptor each). Raw sockets
 play the attacker here; real requests must keep working around them.
 """

@@ -61,6 +61,7 @@ def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, se
     people: list[Participant] = []
     try:
         alice, bob = join_all(speaking_browser, server, "web-cc", ["alice", "bob"], people)
+        alice.unmute()  # everyone joins muted; alice is the one who speaks
         assert alice.page.locator("#captions-toggle").is_visible()
         assert bob.page.locator("#captions-toggle").is_hidden()
         alice.page.click("#captions-toggle", timeout=UI_TIMEOUT_MS)
@@ -86,6 +87,18 @@ def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, se
             assert not person.page_errors(), person.diagnostics()
     except Exception as exc:
         raise failure(people, exc, server) from exc
+    finally:
+        for person in people:
+            person.close()
+
+
+def test_no_captions_button_where_the_server_has_no_captions(speaking_browser, server):
+    """A host is not offered a button the server would refuse (live_captions_enabled off)."""
+    people: list[Participant] = []
+    try:
+        (alice,) = join_all(speaking_browser, server, "no-cc", ["alice"], people)
+        assert alice.page.evaluate("window.callsctl.host === window.callsctl.sessionId")
+        assert alice.page.locator("#captions-toggle").is_hidden()
     finally:
         for person in people:
             person.close()

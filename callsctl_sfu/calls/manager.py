@@ -202,6 +202,8 @@ class CallManager:
                     "host": call.host, "participants": [s.public() for s in
                                                         call.others(session.session_id)],
                     "recording": call.recording, "captions": call.captions,
+                    # whether this server offers live captions at all (the host's button)
+                    "captions_available": self.config.live_captions_enabled,
                     "ice_servers": client_ice_servers(self.config, user)})
         if new_call:
             await send({"type": "call_start", "call": call_id, "started_at": call.started_at})

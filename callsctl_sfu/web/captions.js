@@ -7,6 +7,7 @@
   const SHOW_MS = 10000; // a caption stays this long unless its speaker says more
   const lines = new Map(); // session id -> {row, timer}
   let on = false;
+  let available = false; // the server offers live captions (joined.captions_available)
   let area = null;
   let button = null;
 
@@ -39,7 +40,7 @@
     ensureUi();
     const calls = api();
     const isHost = !!calls && calls.host !== null && calls.host === calls.sessionId;
-    button.hidden = !isHost;
+    button.hidden = !isHost || !(available || on);
     button.textContent = on ? "Stop captions" : "Captions";
     button.setAttribute("aria-pressed", String(on));
     area.hidden = !on && lines.size === 0;
@@ -75,7 +76,7 @@
   window.addEventListener("callsctl:message", (event) => {
     const msg = event.detail || {};
     switch (msg.type) {
-      case "joined": on = !!msg.captions; render(); break;
+      case "joined": on = !!msg.captions; available = !!msg.captions_available; render(); break;
       case "call_captions": on = !!msg.captions; render(); break;
       case "call_host_changed": render(); break;
       case "caption": showCaption(msg); break;

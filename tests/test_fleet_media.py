@@ -130,6 +130,7 @@ def test_chromium_on_one_node_and_aiortc_through_another_hear_each_other(fleet):
         page = Browser(browser, "chromium-on-a")
         try:
             page.join(f"{a.api_url}/?token={token(a, 'room', 'carol')}", "Carol")
+            page.unmute()  # the web client joins muted, as Mattermost's does
             run(bot.join())
             run(bot.wait_connected())
             page.wait_media_connected()

@@ -20,7 +20,7 @@ lint: install
 	$(BIN)/ruff check callsctl callsctl_sfu tests bench tools
 
 test: install lint
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra --durations=20
 
 # Regenerate completions/, man/callsctl.1 and README's generated blocks from the CLI.
 docs: install

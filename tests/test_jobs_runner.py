@@ -104,6 +104,22 @@ async def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(tmp_path:
     assert "was killed" in (job.error or "") and "max_duration" in (job.error or "")
 
 
+async def test_a_worker_stopped_before_its_handler_is_stopped_not_failed(tmp_path: Path) -> None:
+    """SIGTERM's default action (no handler yet: stopped while starting) is the stop asked for."""
+    runner = LocalRunner(tmp_path, 1, Recorder(), program("import time\ntime.sleep(60)\n"))
+    job = Job("s1", "recording", "c", 60)
+    runner.submit(job, {})
+    for _ in range(200):
+        if job.state == RUNNING:
+            break
+        await asyncio.sleep(0.05)
+    assert runner.stop("s1", "stopped by an admin")
+    await finished(runner, job)
+    assert job.state == DONE and job.error is None, job.error
+    assert job.output["exit"] == "killed by SIGTERM"
+    assert job.output["stop_reason"] == "stopped by an admin"
+
+
 async def test_the_cap_queues_jobs_and_a_queued_job_can_be_stopped(tmp_path: Path) -> None:
     code = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n" \
            "time.sleep(60)\n"

@@ -100,7 +100,10 @@ def test_joins_cost_constant_offers_and_fanout_work(server) -> None:
     # Everything else is O(1) per join. Rebuilding every plan on every change worked
     # out ~1.7 N fan-out targets per join (68 here) and rewired all N peers.
     assert counts["offers_sent"] <= size + 2, counts
-    assert counts["sources_changed"] <= size + 2, counts
+    # A join rewires its newcomer; a speaker whose media starts late (a busy machine)
+    # also rewires each listener already present once: at most N + 2 N here, where
+    # rewiring everyone on every join is N^2 / 2 (800).
+    assert counts["sources_changed"] <= 3 * size, counts
     assert counts["targets_computed"] <= 6 * size, counts
     assert counts["route_builds"] <= 4, counts  # each speaker's track, built once
 

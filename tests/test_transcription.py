@@ -190,10 +190,11 @@ async def test_missing_model_and_bad_requests_say_what_to_do(serve_factory, tmp_
     none_yet = await asyncio.to_thread(run_cli, "record", "transcript", recording_id, env=env)
     assert none_yet.returncode == 1
     assert f"callsctl record transcribe {recording_id}" in none_yet.stderr
-    failed = await asyncio.to_thread(run_cli, "record", "transcribe", recording_id, env=env,
-                                     timeout=120)
+    # rich wraps at 80 columns off a terminal, inside a long temporary path too
+    failed = await asyncio.to_thread(run_cli, "record", "transcribe", recording_id,
+                                     env={**env, "COLUMNS": "400"}, timeout=120)
     assert failed.returncode == 1
-    said = " ".join(failed.stdout.split())  # rich wraps long lines
+    said = " ".join(failed.stdout.split())
     assert "no-model' is not a directory; set transcription_model" in said, said
     after = await asyncio.to_thread(run_cli, "record", "transcript", recording_id, env=env)
     assert after.returncode == 1 and "is not a directory" in after.stderr

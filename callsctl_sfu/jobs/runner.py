@@ -239,7 +239,10 @@ class LocalRunner:
         if stop_reason and output.get("stop_reason") in (None, "", "stopped"):
             output["stop_reason"] = stop_reason  # why we sent SIGTERM says more than "stopped"
         job.output = output
-        if code == 0 and not result.get("error"):
+        # A worker stopped before it installed its SIGTERM handler (stopped while
+        # starting) dies of the signal itself: that is the stop it was asked for.
+        stopped_by_us = stop_reason is not None and not killed and code == -signal.SIGTERM
+        if (code == 0 or stopped_by_us) and not result.get("error"):
             job.state, job.error = DONE, None
             return
         job.state = FAILED

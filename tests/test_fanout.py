@@ -22,6 +22,7 @@ from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import PyRewrite, parse_rtp
 from tests.helpers import REPO
+from tests.test_metrics import samples, value
 from tests.test_serve_integration import close_all, join_all, wait_until
 
 try:
@@ -266,6 +267,9 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
         assert b.frames_from[a.session_id] > still + 30
         forwarding = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
         assert forwarding["rtp_forwarded"] > 150 and forwarding["srtp_protect_errors"] == 0
+        # Every engine reports a sample of its write costs (the forwarder's ForwardMetrics).
+        found = samples(httpx.get(f"{server.api_url}/metrics", timeout=5).text)
+        assert value(found, "rtcd_rtc_rtp_tracks_writes_time_count", type="audio") > 0, engine
     finally:
         await close_all(people)
 

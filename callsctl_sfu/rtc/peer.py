@@ -1,7 +1,7 @@
 """One participant's WebRTC connection to the SFU, on the shared media socket.
 
 aiortc negotiates ICE, DTLS and SRTP keys. Everything after that bypasses its
-track machinery: decrypted RTP is handed to the call (`on_rtp`), and forwarded
+track machinery: decrypted RTP is handed to the forwarder (`on_rtp`), and forwarded
 copies are protected with this peer's outbound SRTP context and sent on the
 shared socket (`send_rtp`). aiortc's per-track sender/receiver loops are
 silenced so they neither burn CPU nor emit RTCP about streams they never saw.

@@ -5,8 +5,10 @@ callsctl: the same metric names with the same meaning (rtcd's service/perf
 metrics). Counters the media path already keeps (ForwardingStats, MuxStats,
 per-peer SRTP errors) are read when Prometheus scrapes, so the hot path gains
 nothing. What only exists as an event (a connection state change, a data
-channel opening) is observed from CallManager's observer hook, and the
-write-time histogram is fed by timing a few packets per peer each second.
+channel opening) is observed from CallManager's observer hook. The write-time
+histogram is fed by the forwarder itself, which times a sample of its sends and
+reports them through the ForwardMetrics interface (calls/forward_metrics.py)
+that `Metrics` implements; server.py hands it over.
 
 Naming notes:
 - rtcd's gauges that end in `_total` (sessions, tracks, ws connections) are
@@ -58,7 +60,6 @@ log = logging.getLogger("callsctl_sfu.metrics")
 LATENCY_BUCKETS = (.001, .005, .0075, .01, .025, .05, .075, .1, .25, .3, .4, .5, .75, 1)
 LOSS_BUCKETS = (.001, .005, .0075, .01, .025, .05, .075, .1, .25, .5, .75, 1)
 SETUP_BUCKETS = (.05, .1, .25, .5, .75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30)
-WRITE_SAMPLES_PER_PEER = 8
 QUALITY_EVERY_S = 5.0
 CONN_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
 SNMP_PATH = Path("/proc/net/snmp")
@@ -155,10 +156,11 @@ class Metrics:
                                        "Client latency jitter (RTCP receiver reports), seconds",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.registry.register(_LiveCollector(self))
-        # The C fan-out reports a sample of its writes (per datagram) here.
-        manager.write_timer = self._observe_write
 
-    def _observe_write(self, kind: str, seconds: float) -> None:
+    # -- ForwardMetrics (calls/forward_metrics.py): what the forwarder measures ---------------
+
+    def on_send_cost(self, kind: str, seconds: float) -> None:
+        """A sampled forwarded datagram's SRTP protect + send time (C fan-out or Python)."""
         self.writes_time.labels(type=kind).observe(seconds)
 
     # -- the /metrics body ---------------------------------------------------------------
@@ -220,35 +222,10 @@ class Metrics:
     # -- periodic sampling (ControlPlane calls this once a second) --------------------------
 
     def tick(self, sampler: SessionSampler | None) -> None:
-        for participant in list(self.manager.participants.values()):
-            peer = participant.peer
-            if getattr(peer, "connected", False):
-                self._time_some_writes(peer)
         now = time.monotonic()
         if sampler is not None and now - self._last_quality >= QUALITY_EVERY_S:
             self._last_quality = now
             self._observe_quality(sampler)
-
-    def _time_some_writes(self, peer: Any) -> None:
-        """Time the next few send_rtp calls of this peer, then get out of the way."""
-        if "send_rtp" in vars(peer) or not hasattr(peer, "send_rtp"):
-            return
-        original = peer.send_rtp
-        remaining = [WRITE_SAMPLES_PER_PEER]
-        histogram = self.writes_time
-
-        def timed_send_rtp(packet: bytes) -> bool:
-            start = time.perf_counter()
-            sent = original(packet)
-            elapsed = time.perf_counter() - start
-            kind = "audio" if len(packet) > 1 and packet[1] & 0x7F == peer.opus_pt else "video"
-            histogram.labels(type=kind).observe(elapsed)
-            remaining[0] -= 1
-            if remaining[0] <= 0:
-                vars(peer).pop("send_rtp", None)
-            return sent
-
-        peer.send_rtp = timed_send_rtp
 
     def _observe_quality(self, sampler: SessionSampler) -> None:
         from callsctl_sfu.calls.sessionstats import quality
@@ -305,7 +282,7 @@ class _LiveCollector(Collector):
                 tracks.add_metric([direction, kind], tally[(direction, kind)])
         yield tracks
 
-        forwarding = dataclasses.asdict(manager.stats)
+        forwarding = dataclasses.asdict(manager.forwarder.stats)
         mux_stats = mux.stats.as_dict()
 
         errors = CounterMetricFamily("rtcd_rtc_errors", "Total number of RTC related errors",

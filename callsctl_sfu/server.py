@@ -121,6 +121,9 @@ class Server:
         app["ws_stats"] = {"connections": 0}
         add_routes(app)
         self.control.attach(app, self.manager, mux)
+        # The forwarder reports its sampled write costs to the Prometheus registry.
+        if self.control.metrics is not None:
+            self.manager.forwarder.metrics = self.control.metrics
         attach_jobs(app, self.control)  # recording jobs: routes, startup, shutdown
         if config.cluster:  # imported only here: a single node never loads redis
             from callsctl_sfu.fleet.node import FleetError, FleetNode
@@ -249,15 +252,16 @@ class Server:
     def stats(self) -> dict[str, Any]:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
-                "forwarding": dataclasses.asdict(self.manager.stats),
-                "control": dataclasses.asdict(self.manager.control_stats),
+                "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
+                "control": {**dataclasses.asdict(self.manager.control_stats),
+                            **dataclasses.asdict(self.manager.forwarder.routing_stats)},
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),
                 **(self.connectivity.stats() if self.connectivity else {}),
                 "negotiating": sum(p.peer.negotiating
                                    for p in self.manager.participants.values()),
                 "offers_sent": sum(p.peer.offers_sent
                                    for p in self.manager.participants.values()),
-                "simulcast": self.manager.simulcast_snapshot(),
+                "simulcast": self.manager.forwarder.simulcast_snapshot(),
                 "pid": os.getpid()}
 
     async def stop(self) -> None:

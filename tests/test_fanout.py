@@ -1,7 +1,9 @@
-"""The C fan-out (rtc/_fanout.c) on real sockets with real SRTP contexts.
+"""The C fan-out (rtc/_fanout.c) on real sockets with real SRTP contexts, and its Python twin.
 
 Each receiver is a UDP socket on loopback holding the inbound twin of the SRTP
 context the fan-out protects with; what it decrypts is what a browser would see.
+The pure Python path (a build without a compiler) is tested here too: its
+Target twin, and a server whose C extension cannot be imported.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 
 import httpx
 import pylibsrtp
@@ -16,11 +20,17 @@ import pytest
 
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.mux import UdpMux
-from callsctl_sfu.rtc.rtp import parse_rtp
+from callsctl_sfu.rtc.rtp import PyRewrite, parse_rtp
+from tests.helpers import REPO
+from tests.test_metrics import samples, value
 from tests.test_serve_integration import close_all, join_all, wait_until
 
-_fanout = pytest.importorskip("callsctl_sfu.rtc._fanout", reason="C extension not built")
-pytestmark = pytest.mark.skipif(not fastpath.AVAILABLE, reason=fastpath.REASON)
+try:
+    from callsctl_sfu.rtc import _fanout
+except ImportError:  # the pure Python tests below still run
+    _fanout = None
+needs_c = pytest.mark.skipif(not fastpath.AVAILABLE or _fanout is None,
+                             reason=fastpath.REASON or "C extension not built")
 
 KEY_LEN = 30  # AES_CM_128_HMAC_SHA1_80 master key + salt
 
@@ -47,10 +57,13 @@ class Receiver:
         self.rewrite = fastpath.Rewrite(ssrc=ssrc, payload_type=111, audio_level_id=level_id)
         self.pair = object()
         self.nominated = {1: self.pair}
-        addr = self.sock.getsockname()
-        self.target = (self.rewrite, self.outbound,
-                       aiortc_bridge.srtp_context_address(self.outbound),
-                       fastpath.packed_ipv4(addr), addr, self.nominated, self.pair)
+        self.addr = self.sock.getsockname()
+        self.target = self.target_to(self.addr)
+
+    def target_to(self, addr: tuple[str, int]):
+        return fastpath.Target(self.rewrite, self.outbound,
+                               aiortc_bridge.srtp_context_address(self.outbound), addr,
+                               self.nominated, self.pair)
 
     def receive(self):
         return parse_rtp(self.inbound.unprotect(self.sock.recv(2048)))
@@ -79,6 +92,7 @@ def fan(sender: socket.socket, receivers: list[Receiver], seq: int, level: int =
                            [r.target for r in receivers])
 
 
+@needs_c
 def test_every_receiver_decrypts_its_own_rewritten_copy(sender):
     # 150 receivers: more than one sendmmsg batch.
     receivers = [Receiver(ssrc=1000 + i, level_id=None if i % 2 else 3) for i in range(150)]
@@ -99,6 +113,7 @@ def test_every_receiver_decrypts_its_own_rewritten_copy(sender):
             receiver.sock.close()
 
 
+@needs_c
 def test_c_and_python_sends_share_one_srtp_context(sender):
     """NACK answers go out the Python way: the receiver must accept both, in order."""
     receiver = Receiver(ssrc=5)
@@ -110,12 +125,13 @@ def test_c_and_python_sends_share_one_srtp_context(sender):
                 packet = parse_rtp(bytes([0x80, 111]) + seq.to_bytes(2, "big")
                                    + bytes(8) + b"x")
                 sender.sendto(receiver.outbound.protect(receiver.rewrite.build(packet, None)),
-                              receiver.target[4])
+                              receiver.target.addr)
             assert receiver.receive().sequence == seq
     finally:
         receiver.sock.close()
 
 
+@needs_c
 def test_a_renominated_receiver_is_handed_back_untouched(sender):
     moved, staying = Receiver(ssrc=1), Receiver(ssrc=2)
     try:
@@ -129,13 +145,12 @@ def test_a_renominated_receiver_is_handed_back_untouched(sender):
         staying.sock.close()
 
 
+@needs_c
 def test_an_address_the_kernel_refuses_costs_only_that_copy(sender):
     good = Receiver(ssrc=9)
     bad = Receiver(ssrc=10)
     try:
-        port_zero = ("127.0.0.1", 0)  # EINVAL from sendmmsg, no traffic
-        bad_target = bad.target[:3] + (fastpath.packed_ipv4(port_zero), port_zero) + \
-            bad.target[5:]
+        bad_target = bad.target_to(("127.0.0.1", 0))  # EINVAL from sendmmsg, no traffic
         sent, _p, _w, errors, *_rest = fan(sender, [], 4, targets=[bad_target, good.target])
         assert (sent, errors) == (1, 1)
         assert good.receive().sequence == 4
@@ -144,22 +159,96 @@ def test_an_address_the_kernel_refuses_costs_only_that_copy(sender):
         bad.sock.close()
 
 
+@needs_c
 def test_bad_arguments_raise_instead_of_crashing(sender):
     receiver = Receiver(ssrc=1)
     try:
-        with pytest.raises(TypeError):
-            fan(sender, [], 1, targets=[("not", "a", "target")])
+        # The 7-tuple the fan-out once took, or anything else, is refused by name.
+        old_style = (receiver.rewrite, receiver.outbound, receiver.target.context,
+                     b"\x02\x00" + bytes(14), receiver.addr, receiver.nominated, receiver.pair)
+        for wrong in (("not", "a", "target"), old_style, None, PyRewrite(1, 111)):
+            with pytest.raises(TypeError, match=r"targets\[1\] is a .*, not a _fanout.Target"):
+                fan(sender, [], 1, targets=[receiver.target, wrong])
+        assert receiver.nothing_waiting()  # refused before anything was sent
         with pytest.raises(ValueError):
             fan(sender, [receiver], 1, payload=bytes(_fanout.MAX_PAYLOAD + 1))
     finally:
         receiver.sock.close()
 
 
-@pytest.mark.parametrize("engine", ["c", "python"])
-async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory, engine):
-    """The same call through the C fan-out and through the Python path (CALLSCTL_FAST_PATH=0)."""
-    server = serve_factory(env={"CALLSCTL_FAST_PATH": "0"} if engine == "python" else None)
-    assert httpx.get(f"{server.api_url}/version").json()["forwarding_engine"]["engine"] == engine
+def test_fanout_reports_by_field_name(sender):
+    receiver = Receiver(ssrc=3)
+    try:
+        result = fan(sender, [receiver], 2)
+        assert isinstance(result, _fanout.FanoutResult)
+        assert (result.sent, result.send_errors, result.stale, result.unsent) == (1, 0, None, None)
+        assert result.plain_octets == 20 + 10 and receiver.receive().sequence == 2
+    finally:
+        receiver.sock.close()
+
+
+TARGET_IMPLEMENTATIONS = [fastpath.PyTarget] + ([_fanout.Target] if _fanout else [])
+
+
+@pytest.mark.parametrize("target_type", TARGET_IMPLEMENTATIONS, ids=lambda t: t.__module__)
+def test_a_target_is_checked_when_built_with_one_line_errors(target_type):
+    """Both twins take the same fields and refuse the same mistakes the same way."""
+    rewrite = fastpath.Rewrite(ssrc=7, payload_type=111) if target_type is not \
+        fastpath.PyTarget else PyRewrite(7, 111)
+    pair = object()
+    good = {"rewrite": rewrite, "srtp_session": None, "context": 0x1000,
+            "addr": ("192.0.2.1", 5004), "nominated": {1: pair}, "pair": pair}
+    target = target_type(**good)
+    assert (target.rewrite, target.context, target.addr, target.pair) == (
+        rewrite, 0x1000, ("192.0.2.1", 5004), pair)
+    for field, wrong, error, words in (
+            ("rewrite", "rewrite", TypeError, "rewrite must be"),
+            ("context", 0, ValueError, "null SRTP context"),
+            ("context", "0x1000", TypeError, "context must be"),
+            ("addr", ("2001:db8::1", 5004), ValueError, "IPv4 address"),
+            ("addr", ("192.0.2.1", 70000), ValueError, "port 0..65535"),
+            ("addr", "192.0.2.1:5004", TypeError, "(host, port) tuple"),
+            ("nominated", [pair], TypeError, "nominated-pair dict")):
+        with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+            target_type(**{**good, field: wrong})
+
+
+def test_without_the_c_extension_the_python_engine_runs_with_a_reason():
+    """A build without a compiler: fastpath falls back to Python and says why."""
+    probe = ("import sys; sys.modules['callsctl_sfu.rtc._fanout'] = None\n"
+             "from callsctl_sfu.rtc import fastpath, rtp\n"
+             "from callsctl_sfu.calls.forwarder import Forwarder\n"
+             "assert fastpath.Target is fastpath.PyTarget and fastpath.Rewrite is rtp.PyRewrite\n"
+             "try:\n    fastpath.fanout(0)\nexcept RuntimeError as e:\n    print(e)\n"
+             "print(fastpath.ENGINE, '|', fastpath.REASON)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "the C fan-out is not available: C extension not built" in out.stdout
+    assert out.stdout.strip().splitlines()[-1].startswith("python | C extension not built")
+
+
+@pytest.mark.parametrize("engine", ["c", "python", "no-c-extension"])
+async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory, tmp_path,
+                                                                   engine):
+    """The same call through the C fan-out, the Python path (CALLSCTL_FAST_PATH=0) and a
+    server whose C extension cannot be imported (as on a machine without a compiler)."""
+    if engine == "c" and not fastpath.AVAILABLE:
+        pytest.skip(fastpath.REASON)
+    env = None
+    if engine == "python":
+        env = {"CALLSCTL_FAST_PATH": "0"}
+    elif engine == "no-c-extension":
+        hide = tmp_path / "hide_c"
+        hide.mkdir()
+        (hide / "sitecustomize.py").write_text(
+            "import sys\nsys.modules['callsctl_sfu.rtc._fanout'] = None\n")
+        env = {"PYTHONPATH": str(hide)}
+    server = serve_factory(env=env)
+    running = httpx.get(f"{server.api_url}/version").json()["forwarding_engine"]
+    assert running["engine"] == ("c" if engine == "c" else "python")
+    if engine == "no-c-extension":
+        assert running["reason"].startswith("C extension not built"), running
     people = await join_all(server, 3, call=f"engine-{engine}")
     loud, a, b = people
     try:
@@ -178,10 +267,14 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
         assert b.frames_from[a.session_id] > still + 30
         forwarding = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
         assert forwarding["rtp_forwarded"] > 150 and forwarding["srtp_protect_errors"] == 0
+        # Every engine reports a sample of its write costs (the forwarder's ForwardMetrics).
+        found = samples(httpx.get(f"{server.api_url}/metrics", timeout=5).text)
+        assert value(found, "rtcd_rtc_rtp_tracks_writes_time_count", type="audio") > 0, engine
     finally:
         await close_all(people)
 
 
+@needs_c
 async def test_copies_the_kernel_would_not_take_wait_in_asyncios_queue_in_order():
     """A full socket buffer: the fan-out steps aside until asyncio's queue has drained."""
     loop = asyncio.get_running_loop()

@@ -30,7 +30,7 @@ _UNKNOWN: Any = object()  # an entry whose fan-out target is still to be worked 
 class Plan:
     """One track's receivers split by how they are sent to."""
 
-    targets: list[tuple[Any, ...]] = field(default_factory=list)  # C fan-out arguments
+    targets: list[Any] = field(default_factory=list)  # fastpath.Target, one per receiver
     fast: list[Route] = field(default_factory=list)  # the same receivers, in the same order
     slow: list[Route] = field(default_factory=list)  # the Python path
 

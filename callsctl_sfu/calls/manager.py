@@ -1,9 +1,12 @@
-"""Live calls: joining, leaving, participant state, events and audio forwarding.
+"""Live calls: joining, leaving, participant state and events.
 
-This is where the SFU's decisions are made: who receives whose audio (everyone
-else in the call, unless the publisher is muted: enforced here, not trusted to
-the client), who is host, when a silent or vanished participant is removed,
-and which events every participant sees.
+This is where the SFU's membership decisions are made: who is in which call,
+who is host, who is muted (the forwarder drops a muted publisher's audio:
+enforced there, not trusted to the client), which publisher tracks each peer
+is offered, when a silent or vanished participant is removed, and which events
+every participant sees. The per-packet path lives in calls/forwarder.py, told
+of membership through its narrow interface (add_session, remove_session,
+set_muted, ...).
 """
 
 from __future__ import annotations
@@ -15,36 +18,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from callsctl_sfu.calls.forwarding import Plan, Route, TrackRoutes
+from callsctl_sfu.calls.forward_metrics import ForwardMetrics
+from callsctl_sfu.calls.forwarder import Forwarder, ForwardingStats
 from callsctl_sfu.calls.model import Call, Session, new_session_id
 from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.iceconfig import client_ice_servers
-from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
-from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
-from callsctl_sfu.rtc.reports import UplinkReport, clamp_remb
-from callsctl_sfu.rtc.rtcp import missing_between, nack, pli
-from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
-from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
-from callsctl_sfu.rtc.simulcast import choose_layer
-from callsctl_sfu.rtc.tracks import PublishedTrack
+from callsctl_sfu.rtc.peer import MediaPeer
 from callsctl_sfu.tasks import spawn
 
 log = logging.getLogger("callsctl_sfu.calls")
 
 EventSender = Callable[[dict[str, Any]], Awaitable[None]]
 
-# RFC 6464 levels are -dBov: 0 is loudest, 127 silence. Speech sits well above -50 dBov.
-VOICE_LEVEL_DBOV = 50
 VOICE_OFF_AFTER = 1.0
 HOUSEKEEPING_INTERVAL = 0.25
-# A gap the publisher has not filled after this long will not be: ask for a keyframe.
-UNREPAIRED_AFTER = 0.3
-REPORT_INTERVAL = 1.0
-SIMULCAST_REMB_BPS = 3_000_000
-# One C fan-out in this many is timed for rtcd_rtc_rtp_tracks_writes_time.
-WRITE_SAMPLE_EVERY = 64
 
 
 class JoinRefused(Exception):
@@ -55,31 +44,12 @@ class JoinRefused(Exception):
 
 
 @dataclass
-class ForwardingStats:
-    """Counters for operators and for bench/: what the hot path did."""
-
-    rtp_in: int = 0
-    rtp_forwarded: int = 0
-    bytes_forwarded: int = 0
-    dropped_muted: int = 0
-    dropped_unknown_pt: int = 0
-    dropped_malformed: int = 0
-    nacks_received: int = 0
-    nacks_answered: int = 0
-    nacks_sent_upstream: int = 0
-    plis_received: int = 0
-    plis_sent: int = 0
-    sender_reports_forwarded: int = 0
-    simulcast_switches: int = 0
-    srtp_protect_errors: int = 0
-
-
-@dataclass
 class ControlStats:
     """Counters of the control plane's work (bench/join_storm.py divides them by joins).
 
-    A join must cost O(1) offers and plan rebuilds and O(N) events (one
-    user_joined to each of the N others): these make that checkable.
+    A join must cost O(1) offers and O(N) events (one user_joined to each of the
+    N others): these make that checkable. The forwarder counts its own share
+    (plan rebuilds, fan-out targets: forwarder.RoutingStats).
     """
 
     joins: int = 0
@@ -89,10 +59,6 @@ class ControlStats:
     offers_sent: int = 0  # server offers (renegotiations), every peer, departed ones too
     rewires: int = 0  # recomputations of who receives which publisher tracks
     sources_changed: int = 0  # peers told their forwarded set changed (may renegotiate)
-    invalidations: int = 0  # routes and plans dropped (membership, negotiation, connection)
-    route_builds: int = 0  # one publisher track's receiver list rebuilt
-    plan_builds: int = 0  # one publisher track's fan-out plan (re)assembled
-    targets_computed: int = 0  # receivers' fan-out targets worked out for those plans
     removals: dict[str, int] = field(default_factory=dict)  # sessions removed, by reason
 
 
@@ -103,34 +69,26 @@ class Participant:
     send: EventSender | None
     detached_at: float | None = None
     connected_at: float | None = None
-    forward_to: list[tuple[MediaPeer, Any]] = field(default_factory=list)
     created_at: float = 0.0  # loop time of the join (media_connect_timeout)
 
 
 class CallManager:
     """Owns every call and session of one server."""
 
-    def __init__(self, config: ServeConfig, mux: UdpMux) -> None:
+    def __init__(self, config: ServeConfig, mux: UdpMux,
+                 metrics: ForwardMetrics | None = None) -> None:
         self.config = config
         self.mux = mux
         self.calls: dict[str, Call] = {}
         self.participants: dict[str, Participant] = {}
-        self.stats = ForwardingStats()
         self.control_stats = ControlStats()
         self._loop = asyncio.get_event_loop()
         self._housekeeping = spawn(self._housekeep(), "housekeeping")
-        self.rtcp = RtcpRouter(self)
-        # Publisher track key -> its receivers and fan-out plan (calls/forwarding.py),
-        # built on the track's first packet and then updated one receiver at a time.
-        self._tracks: dict[str, TrackRoutes] = {}
+        # The media plane: routes, plans, the per-packet path, RTCP (calls/forwarder.py).
+        self.forwarder = Forwarder(mux, metrics, on_loud=self._on_loud)
         # Call id -> the publisher tracks on offer in it (key -> (publisher, label)),
         # dropped when what is published changes or someone leaves (_rewire).
         self._offered: dict[str, dict[str, tuple[str, str]]] = {}
-        self._fanouts = 0
-        # Metrics: called with (kind, seconds per datagram) for a sample of fan-outs.
-        self.write_timer: Callable[[str, float], None] | None = None
-        self._last_reports = 0.0
-        self._last_layer_rates = 0.0
         self.closing = False
         # Admin plane hooks: observers see every call event (history, SSE,
         # metrics); join checks may refuse a join with JoinRefused (per-call settings).
@@ -143,6 +101,11 @@ class CallManager:
         self.captions_control: Callable[[Call, Session, bool], Awaitable[None]] | None = None
         self.captions_relay: Callable[[Call, Session, dict[str, Any]], Awaitable[None]] | \
             None = None
+
+    @property
+    def stats(self) -> ForwardingStats:
+        """The forwarder's counters (what the hot path did), for callers of the manager."""
+        return self.forwarder.stats
 
     # -- joining and leaving -------------------------------------------------------
 
@@ -180,10 +143,11 @@ class CallManager:
                                "started_at": call.started_at})
         session = Session(new_session_id(), user, name or user, call_id, recorder=recorder,
                           role=role if recorder else "")
+        forwarder = self.forwarder
         peer = MediaPeer(session.session_id, self.mux, self._peer_signal_sender(session),
-                         self._on_rtp, self._on_peer_state, on_rtcp=self.rtcp.on_rtcp,
+                         forwarder.on_rtp, self._on_peer_state, on_rtcp=forwarder.on_rtcp,
                          on_tracks=self._on_tracks,
-                         on_downtracks_ready=self._on_downtracks_ready,
+                         on_downtracks_ready=forwarder.on_downtracks_ready,
                          ring_size=self.config.nack_buffer_size,
                          simulcast=self.config.enable_simulcast)
         # Registered before any await, so concurrent joins of the same user count it;
@@ -192,6 +156,7 @@ class CallManager:
         participant = Participant(session, peer, None, created_at=self._loop.time())
         self.participants[session.session_id] = participant
         call.add(session)  # no route changes: the new peer has no downtracks yet
+        forwarder.add_session(session.session_id, call_id, peer)
         for old_id in replaced:
             await self.leave(old_id, "you joined this call again from another connection")
         if session.session_id not in self.participants:  # a join after it replaced it
@@ -247,7 +212,7 @@ class CallManager:
         session = participant.session
         self.control_stats.leaves += 1
         call = self.calls.get(session.call_id)
-        self._drop_routes_of(session_id)
+        self.forwarder.remove_session(session_id)
         # Only a publisher's departure changes what the others receive.
         published = bool(participant.peer.published)
         if published:
@@ -319,6 +284,8 @@ class CallManager:
         if getattr(state, attribute) == value:
             return False
         setattr(state, attribute, value)
+        if attribute == "muted":
+            self.forwarder.set_muted(session_id, value)
         event = {("muted", True): "user_muted", ("muted", False): "user_unmuted",
                  ("hand", True): "user_raise_hand", ("hand", False): "user_lower_hand",
                  ("video", True): "user_video_on", ("video", False): "user_video_off"}
@@ -470,33 +437,7 @@ class CallManager:
             self._offered.pop(call.call_id, None)
             self._rewire(call)
             # New receivers of video need a keyframe to start decoding.
-            for other in call.others(peer.session_id):
-                other_participant = self.participants.get(other.session_id)
-                if other_participant is not None:
-                    self.request_keyframes_for(other_participant.peer)
-
-    def _on_downtracks_ready(self, receiver: MediaPeer, tracks: list[DownTrack]) -> None:
-        """A receiver's forwarded tracks changed; new video ones need a keyframe to start."""
-        self._update_routes_of(receiver)
-        for track in tracks:
-            if track.kind == "video":
-                self.rtcp.keyframe_for_downtrack(track)
-
-    def request_keyframes_for(self, receiver: MediaPeer) -> None:
-        """Ask every video publisher this receiver gets for a keyframe (throttled)."""
-        for track in receiver.downtracks.values():
-            if track.kind == "video":
-                self.rtcp.keyframe_for_downtrack(track)
-
-    def published_track(self, publisher_id: str, label: str) -> tuple[MediaPeer,
-                                                                      PublishedTrack] | None:
-        participant = self.participants.get(publisher_id)
-        if participant is None:
-            return None
-        for track in participant.peer.published.values():
-            if track.label == label:
-                return participant.peer, track
-        return None
+            self.forwarder.published_changed(peer)
 
     def _on_peer_state(self, peer: MediaPeer, state: str) -> None:
         participant = self.participants.get(peer.session_id)
@@ -504,243 +445,27 @@ class CallManager:
             return
         if state == "connected":
             participant.connected_at = self._loop.time()
-            # A receiver the plans sent the slow way (or skipped) can now be fanned to.
-            for key in peer.downtracks:
-                track_routes = self._tracks.get(key)
-                if track_routes is not None:
-                    track_routes.refresh(peer.session_id)
+            self.forwarder.peer_connected(peer)
             log.info("session %s media connected from %s", peer.session_id,
                      peer.remote_address)
         elif state in ("failed", "closed"):
             spawn(self.leave(peer.session_id, f"media connection {state}"),
                   f"leave-{peer.session_id}")
 
-    def _on_rtp(self, peer: MediaPeer, data: bytes) -> None:
-        """The hot path: one decrypted packet from a publisher, out to everyone else."""
-        stats = self.stats
-        stats.rtp_in += 1
-        participant = self.participants.get(peer.session_id)
+    def _on_loud(self, session_id: str) -> None:
+        """The forwarder saw a loud audio packet from this session: voice on (RFC 6464)."""
+        participant = self.participants.get(session_id)
         if participant is None:
             return
-        packet = parse_rtp(data)
-        if packet is None:
-            stats.dropped_malformed += 1
-            return
-        mid_id = peer.mid_ext_id
-        track = peer.track_for(packet.ssrc, packet.extensions.get(mid_id) if mid_id else None)
-        if track is None:
-            track = self._track_by_payload_type(peer, packet.payload_type)
-            if track is None:
-                stats.dropped_unknown_pt += 1
-                return
-            track.ssrcs.add(packet.ssrc)
-            peer.ssrc_to_mid[packet.ssrc] = track.mid
-        if not track.forwarded:
-            stats.dropped_unknown_pt += 1
-            return
-        if packet.payload_type in track.rtx_payload_types:
-            packet = _unwrap_rtx(packet, track)
-            if packet is None:
-                stats.dropped_malformed += 1
-                return
-            data = packet.plain()  # the repaired original, so receivers' NACKs find it
-        elif data:
-            track.received(packet.ssrc, packet.sequence, packet.timestamp, self._loop.time())
         session = participant.session
-        level_byte = None
-        if track.kind == "audio":
-            if session.state.muted and track.label == "audio":
-                stats.dropped_muted += 1
-                return
-            if track.label == "audio":
-                level, _vad = audio_level(packet, peer.audio_level_id)
-                self._voice_activity(session, level)
-                if peer.audio_level_id is not None:
-                    level_byte = level
-        elif track.ring is not None:
-            if data:
-                track.ring.put(packet.sequence, data)
-            self._detect_loss(peer, track, packet)
-        keyframe = track.kind == "video" and vp8_keyframe(packet.payload)
-        rid = None
-        if track.rids:
-            rid_id = peer.rid_ext_id
-            rid = track.rid_of(packet.ssrc, packet.extensions.get(rid_id) if rid_id else None)
-            if rid is None:
-                stats.dropped_unknown_pt += 1
-                return
-            track.layer_bytes[rid] = track.layer_bytes.get(rid, 0) + len(packet.payload)
-        track.packets += 1
-        track.octets += len(packet.payload)
-        call = self.calls.get(session.call_id)
-        if call is None:
-            return
-        key = f"{session.session_id}:{track.label}"
-        track_routes = self._tracks.get(key)
-        if track_routes is None:
-            track_routes = self._tracks[key] = TrackRoutes(
-                self._build_routes(call, session.session_id, key))
-            self.control_stats.route_builds += 1
-        if rid is not None or not fastpath.AVAILABLE:
-            # Simulcast picks a layer per receiver: decided here, in Python.
-            stats.rtp_forwarded += self._send_each(track_routes.routes, packet, level_byte,
-                                                   keyframe, rid, track)
-            return
-        plan = track_routes.current
-        if plan is None:
-            computed = track_routes.targets_computed
-            plan = track_routes.plan()
-            self.control_stats.plan_builds += 1
-            self.control_stats.targets_computed += track_routes.targets_computed - computed
-        forwarded = self._fan_out(track_routes, plan, packet, level_byte, keyframe,
-                                  track.kind)
-        if plan.slow:
-            forwarded += self._send_each(plan.slow, packet, level_byte, keyframe, None, track)
-        stats.rtp_forwarded += forwarded
-
-    def _fan_out(self, track_routes: TrackRoutes, plan: Plan, packet: ParsedRtp,
-                 level_byte: int | None,
-                 keyframe: bool, kind: str) -> int:
-        """Send to the plan's UDP/IPv4 receivers with the C fan-out; returns copies sent."""
-        if not plan.targets:
-            return 0
-        fd = self.mux.fanout_fd()
-        if fd < 0:  # asyncio holds queued datagrams: keep their order
-            return self._send_each(plan.fast, packet, level_byte, keyframe, None, None)
-        if keyframe:
-            for _receiver, down in plan.fast:
-                down.needs_keyframe = False
-        self._fanouts += 1
-        timed = self.write_timer is not None and not self._fanouts % WRITE_SAMPLE_EVERY
-        start = time.perf_counter() if timed else 0.0
-        sent, plain_octets, wire_octets, errors, srtp_errors, stale, unsent = fastpath.fanout(
-            fd, packet.first_byte, packet.marker, packet.sequence, packet.timestamp,
-            packet.ssrc, packet.payload, -1 if level_byte is None else level_byte,
-            plan.targets)
-        if timed and sent and self.write_timer is not None:
-            self.write_timer(kind, (time.perf_counter() - start) / sent)
-        self.mux.fanned_out(sent, wire_octets, errors, unsent)
-        self.stats.bytes_forwarded += plain_octets
-        self.stats.srtp_protect_errors += srtp_errors
-        if stale:
-            # A receiver's selected pair changed: send it the Python way, replan it next time.
-            for i in stale:
-                track_routes.refresh(plan.fast[i][0].session_id)
-            sent += self._send_each([plan.fast[i] for i in stale], packet, level_byte,
-                                    keyframe, None, None)
-        return sent
-
-    def _send_each(self, routes: list[tuple[MediaPeer, DownTrack]], packet: ParsedRtp,
-                   level_byte: int | None, keyframe: bool, rid: str | None,
-                   track: PublishedTrack | None) -> int:
-        """The per-receiver Python path; returns copies sent."""
-        stats = self.stats
-        forwarded = 0
-        for receiver, down in routes:
-            if not down.negotiated:
-                continue
-            if rid is not None and track is not None and rid != down.layer:
-                # Simulcast: switch to the wanted layer only at its keyframe.
-                if not (keyframe and rid == (down.target_layer or track.rids[0])):
-                    continue
-                down.layer = rid
-                down.switched_at = self._loop.time()
-                down.layer_switches += 1
-                stats.simulcast_switches += 1
-            if keyframe:
-                down.needs_keyframe = False
-            out = down.rewrite.build(packet, level_byte)
-            if receiver.send_rtp(out):
-                forwarded += 1
-                stats.bytes_forwarded += len(out)
-        return forwarded
-
-    def _update_routes_of(self, receiver: MediaPeer) -> None:
-        """A receiver's downtracks changed: update its entry in those tracks' routes only."""
-        self.control_stats.invalidations += 1
-        receiver_id = receiver.session_id
-        for key, down in receiver.downtracks.items():
-            track_routes = self._tracks.get(key)
-            if track_routes is not None:
-                track_routes.set(receiver_id, (receiver, down))
-        for key in receiver.retired:
-            track_routes = self._tracks.get(key)
-            if track_routes is not None:
-                track_routes.set(receiver_id, None)
-
-    def _drop_routes_of(self, session_id: str) -> None:
-        """A participant left: its tracks stop, and it receives no other track."""
-        self.control_stats.invalidations += 1
-        prefix = f"{session_id}:"
-        for key in [k for k in self._tracks if k.startswith(prefix)]:
-            del self._tracks[key]
-        for track_routes in self._tracks.values():
-            track_routes.set(session_id, None)
-
-    def _routes(self, key: str) -> list[Route]:
-        """A publisher track's receivers, if it has forwarded since it started (else none)."""
-        track_routes = self._tracks.get(key)
-        return track_routes.routes if track_routes is not None else []
-
-    def _build_routes(self, call: Call, publisher_id: str, key: str) -> dict[str, Route]:
-        routes = {}
-        for other_id in call.sessions:
-            other = self.participants.get(other_id)
-            if other_id == publisher_id or other is None:
-                continue
-            down = other.peer.downtracks.get(key)
-            if down is not None:
-                routes[other_id] = (other.peer, down)
-        return routes
-
-    @staticmethod
-    def _track_by_payload_type(peer: MediaPeer, payload_type: int) -> PublishedTrack | None:
-        """Last resort when neither MID nor SSRC is known: the one track of that kind."""
-        kind = "audio" if payload_type == peer.opus_pt else (
-            "video" if payload_type == peer.vp8_pt else None)
-        candidates = [t for t in peer.published.values() if t.kind == kind]
-        return candidates[0] if len(candidates) == 1 else None
-
-    def _voice_activity(self, session: Session, level: int) -> None:
-        if level <= VOICE_LEVEL_DBOV:
-            session.last_loud = self._loop.time()
-            if not session.state.voice:
-                session.state.voice = True
-                call = self.calls.get(session.call_id)
-                if call is not None:
-                    spawn(self.broadcast(call, {"type": "user_voice_on",
-                                                "session_id": session.session_id}),
-                          "voice-on")
-
-    def _detect_loss(self, peer: MediaPeer, track: PublishedTrack, packet: ParsedRtp) -> None:
-        """Gaps in a publisher's video: ask it again (NACK upstream, RFC 4585 §6.2.1)."""
-        track.missing.pop(packet.sequence, None)
-        highest = track.highest_seq.get(packet.ssrc)  # per SSRC: simulcast layers differ
-        if highest is None or (packet.sequence - highest) & 0xFFFF < 0x8000:
-            if highest is not None:
-                missing = missing_between(highest, packet.sequence)
-                if missing:
-                    now = self._loop.time()
-                    for sequence in missing:
-                        track.missing[sequence] = now
-                    if peer.send_rtcp(nack(packet.ssrc, missing)):
-                        track.nacks_sent += 1
-                        self.stats.nacks_sent_upstream += 1
-            track.highest_seq[packet.ssrc] = packet.sequence
-
-    def send_keyframe_request(self, publisher: MediaPeer, track: PublishedTrack,
-                              ssrc: int | None = None) -> None:
-        if ssrc is None and track.rids:
-            # Simulcast: ask for a keyframe on every layer (each is its own stream).
-            for layer_ssrc in list(track.ssrc_rid):
-                self.send_keyframe_request(publisher, track, layer_ssrc)
-            return
-        ssrc = ssrc or track.primary_ssrc or next(iter(track.ssrcs), None)
-        if ssrc is not None and publisher.send_rtcp(pli(ssrc)):
-            self.stats.plis_sent += 1
-
-    def downtrack_source(self, down: DownTrack) -> tuple[MediaPeer, PublishedTrack] | None:
-        return self.published_track(down.publisher_id, down.label)
+        session.last_loud = self._loop.time()
+        if not session.state.voice:
+            session.state.voice = True
+            call = self.calls.get(session.call_id)
+            if call is not None:
+                spawn(self.broadcast(call, {"type": "user_voice_on",
+                                            "session_id": session.session_id}),
+                      "voice-on")
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -753,104 +478,9 @@ class CallManager:
             except Exception:  # keep the loop alive whatever one pass hits
                 log.exception("housekeeping pass failed")
 
-    def _choose_layers(self, now: float) -> None:
-        """Simulcast: each receiver's target layer from its bandwidth estimate (REMB)."""
-        interval = now - self._last_layer_rates
-        if interval >= 1.0:
-            self._last_layer_rates = now
-        for participant in self.participants.values():
-            for track in participant.peer.published.values():
-                if not track.rids:
-                    continue
-                if interval >= 1.0:
-                    track.layer_bps = {rid: 8 * count / interval
-                                       for rid, count in track.layer_bytes.items()}
-                    track.layer_bytes = {}
-                for _receiver, down in self._routes(
-                        f"{participant.session.session_id}:{track.label}"):
-                    target = choose_layer(track.rids, track.layer_bps, down.remb_bps,
-                                          down.layer, now - down.switched_at)
-                    if target != down.layer and target != down.target_layer:
-                        down.target_layer = target
-                        ssrc = track.ssrc_of(target)
-                        if ssrc is not None and track.keyframes.request() == 0:
-                            self.send_keyframe_request(participant.peer, track, ssrc)
-                    elif target == down.layer:
-                        down.target_layer = target
-
-    def simulcast_snapshot(self) -> list[dict[str, Any]]:
-        """Per simulcast publisher track: layer bitrates, and the layer each receiver gets."""
-        out = []
-        for participant in self.participants.values():
-            for track in participant.peer.published.values():
-                if not track.rids:
-                    continue
-                key = f"{participant.session.session_id}:{track.label}"
-                out.append({"publisher": participant.session.session_id, "label": track.label,
-                            "layers_bps": {rid: round(track.layer_bps.get(rid, 0.0))
-                                           for rid in track.rids},
-                            "receivers": {peer.session_id: down.layer
-                                          for peer, down in self._routes(key)}})
-        return out
-
-    def _keyframe_upkeep(self, now: float) -> None:
-        """Keyframes for receivers still waiting for one, and after losses nobody repaired.
-
-        Requests go through each publisher stream's throttle (at most one a second).
-        """
-        # Only video needs keyframes: look up the video sources' downtracks rather than
-        # scanning every receiver's every track (n² in a large audio call, 4 times a second).
-        video_keys = [f"{p.session.session_id}:{t.label}" for p in self.participants.values()
-                      for t in p.peer.published.values() if t.kind == "video"]
-        for participant in self.participants.values():
-            downtracks = participant.peer.downtracks
-            for key in video_keys:
-                down = downtracks.get(key)
-                if down is None or not down.negotiated:
-                    continue
-                switching = down.target_layer is not None and down.target_layer != down.layer
-                if down.needs_keyframe or switching:
-                    self.rtcp.keyframe_for_downtrack(down)
-            for track in participant.peer.published.values():
-                if track.missing and now - min(track.missing.values()) > UNREPAIRED_AFTER:
-                    track.missing.clear()
-                    if track.keyframes.request() == 0:
-                        self.send_keyframe_request(participant.peer, track)
-
-    def _report_to_publishers(self, now: float) -> None:
-        """Once a second: receiver reports and REMB to every publisher (RFC 3550 §6.2)."""
-        if now - self._last_reports < REPORT_INTERVAL:
-            return
-        self._last_reports = now
-        for participant in self.participants.values():
-            peer = participant.peer
-            if not peer.connected or not peer.published:
-                continue
-            report = UplinkReport()
-            estimates: list[int] = []
-            for track in peer.published.values():
-                for ssrc, stats in track.reception.items():
-                    report.blocks.append(stats.block(ssrc, now))
-                if track.kind == "video" and track.reception:
-                    report.remb_ssrcs.extend(track.reception)
-                    estimates.extend(self._receiver_estimates(peer.session_id, track.label))
-            if report.remb_ssrcs:
-                simulcast = any(t.rids for t in peer.published.values())
-                # A simulcast publisher must keep every layer going (each receiver gets
-                # the layer it can take); a single-layer one is held to its weakest viewer.
-                report.remb_bps = SIMULCAST_REMB_BPS if simulcast else clamp_remb(estimates)
-            if report.blocks:
-                peer.send_rtcp(report.packet())
-
-    def _receiver_estimates(self, publisher_id: str, label: str) -> list[int]:
-        routes = self._routes(f"{publisher_id}:{label}")
-        return [down.remb_bps for _peer, down in routes if down.remb_bps]
-
     async def _housekeep_once(self) -> None:
         now = self._loop.time()
-        self._choose_layers(now)
-        self._keyframe_upkeep(now)
-        self._report_to_publishers(now)
+        self.forwarder.housekeep(now)
         for participant in list(self.participants.values()):
             session = participant.session
             if session.state.voice and now - session.last_loud > VOICE_OFF_AFTER:
@@ -888,12 +518,3 @@ class CallManager:
         return {"calls": [c.summary() for c in self.calls.values()],
                 "sessions": len(self.participants), "time": time.time()}
 
-
-def _unwrap_rtx(packet: ParsedRtp, track: PublishedTrack) -> ParsedRtp | None:
-    """RFC 4588 §4: the original sequence number leads the RTX payload."""
-    if len(packet.payload) < 2:
-        return None
-    original = int.from_bytes(packet.payload[:2], "big")
-    return ParsedRtp(packet.first_byte, packet.marker,
-                     track.rtx_payload_types[packet.payload_type], original, packet.timestamp,
-                     track.primary_ssrc or packet.ssrc, packet.payload[2:], packet.extensions)

@@ -11,7 +11,12 @@
  * this module calls the same libsrtp srtp_protect() through the function
  * pointer pylibsrtp exposes, on the same srtp_t, so sequence/ROC state stays
  * shared with the Python path), routing, RTCP and every decision about who
- * receives what (callsctl_sfu/calls/manager.py builds the target lists).
+ * receives what (callsctl_sfu/calls/forwarder.py builds the target lists).
+ *
+ * Python hands each receiver over as a `Target`, a type defined here with
+ * named, checked fields (built once per receiver when its plan changes, read
+ * per packet without any Python attribute lookup); anything else in the list
+ * is refused with a TypeError naming its index and type.
  *
  * References: RTP header RFC 3550 §5.1; one-byte header extensions RFC 8285
  * §4.2; client-to-mixer audio level RFC 6464; SRTP RFC 3711 (libsrtp 2 API:
@@ -22,7 +27,9 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -310,7 +317,177 @@ static PyTypeObject RewriteType = {
     .tp_methods = Rewrite_methods,
 };
 
+/* ---- Target: one receiver of the fan-out ------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rewrite;          /* a Rewrite: this receiver's header state */
+    PyObject *srtp_session;     /* pylibsrtp Session owning `ctx`: kept alive here */
+    void *ctx;                  /* its srtp_t */
+    struct sockaddr_in sockaddr;
+    PyObject *addr;             /* (host, port), for datagrams handed back to asyncio */
+    PyObject *nominated;        /* aioice's live nominated-pair dict */
+    PyObject *pair;             /* the pair `sockaddr` was taken from */
+} TargetObject;
+
+static PyObject *
+Target_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"rewrite", "srtp_session", "context", "addr", "nominated", "pair",
+                             NULL};
+    PyObject *rewrite, *session, *context, *addr, *nominated, *pair;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO:Target", kwlist, &rewrite, &session,
+                                     &context, &addr, &nominated, &pair))
+        return NULL;
+    if (!PyObject_TypeCheck(rewrite, &RewriteType)) {
+        PyErr_Format(PyExc_TypeError, "Target: rewrite must be a _fanout.Rewrite, not %.100s",
+                     Py_TYPE(rewrite)->tp_name);
+        return NULL;
+    }
+    if (!PyLong_Check(context)) {
+        PyErr_Format(PyExc_TypeError, "Target: context must be the srtp_t address as an int, "
+                     "not %.100s", Py_TYPE(context)->tp_name);
+        return NULL;
+    }
+    void *ctx = PyLong_AsVoidPtr(context);
+    if (ctx == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "Target: null SRTP context");
+        return NULL;
+    }
+    if (!PyDict_Check(nominated)) {
+        PyErr_Format(PyExc_TypeError, "Target: nominated must be aioice's nominated-pair dict, "
+                     "not %.100s", Py_TYPE(nominated)->tp_name);
+        return NULL;
+    }
+    if (!PyTuple_Check(addr) || PyTuple_GET_SIZE(addr) != 2 ||
+        !PyUnicode_Check(PyTuple_GET_ITEM(addr, 0)) || !PyLong_Check(PyTuple_GET_ITEM(addr, 1))) {
+        PyErr_SetString(PyExc_TypeError, "Target: addr must be a (host, port) tuple");
+        return NULL;
+    }
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(addr, 0));
+    if (host == NULL)
+        return NULL;
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(addr, 1));
+    if (port == -1 && PyErr_Occurred())
+        return NULL;
+    struct sockaddr_in sockaddr;
+    memset(&sockaddr, 0, sizeof(sockaddr));
+    sockaddr.sin_family = AF_INET;
+    if (port < 0 || port > 65535 || inet_pton(AF_INET, host, &sockaddr.sin_addr) != 1) {
+        PyErr_Format(PyExc_ValueError, "Target: addr must be an IPv4 address and a port "
+                     "0..65535, not (%.100s, %ld)", host, port);
+        return NULL;
+    }
+    sockaddr.sin_port = htons((uint16_t)port);
+    TargetObject *self = (TargetObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->rewrite = Py_NewRef(rewrite);
+    self->srtp_session = Py_NewRef(session);
+    self->ctx = ctx;
+    self->sockaddr = sockaddr;
+    self->addr = Py_NewRef(addr);
+    self->nominated = Py_NewRef(nominated);
+    self->pair = Py_NewRef(pair);
+    return (PyObject *)self;
+}
+
+static int
+Target_traverse(TargetObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->rewrite);
+    Py_VISIT(self->srtp_session);
+    Py_VISIT(self->addr);
+    Py_VISIT(self->nominated);
+    Py_VISIT(self->pair);
+    return 0;
+}
+
+static int
+Target_clear(TargetObject *self)
+{
+    Py_CLEAR(self->rewrite);
+    Py_CLEAR(self->srtp_session);
+    Py_CLEAR(self->addr);
+    Py_CLEAR(self->nominated);
+    Py_CLEAR(self->pair);
+    return 0;
+}
+
+static void
+Target_dealloc(TargetObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Target_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Target_get_context(TargetObject *self, void *closure)
+{
+    return PyLong_FromVoidPtr(self->ctx);
+}
+
+static PyObject *
+Target_repr(TargetObject *self)
+{
+    return PyUnicode_FromFormat("Target(addr=%R, rewrite=%R)", self->addr ? self->addr : Py_None,
+                                self->rewrite ? self->rewrite : Py_None);
+}
+
+static PyMemberDef Target_members[] = {
+    {"rewrite", T_OBJECT_EX, offsetof(TargetObject, rewrite), READONLY,
+     "the receiver's Rewrite"},
+    {"srtp_session", T_OBJECT_EX, offsetof(TargetObject, srtp_session), READONLY,
+     "the pylibsrtp Session whose srtp_t copies are protected with"},
+    {"addr", T_OBJECT_EX, offsetof(TargetObject, addr), READONLY, "(host, port) sent to"},
+    {"nominated", T_OBJECT_EX, offsetof(TargetObject, nominated), READONLY,
+     "aioice's nominated-pair dict, checked on every packet"},
+    {"pair", T_OBJECT_EX, offsetof(TargetObject, pair), READONLY,
+     "the nominated pair the address was taken from"},
+    {NULL}
+};
+
+static PyGetSetDef Target_getset[] = {
+    {"context", (getter)Target_get_context, NULL, "address of the srtp_t", NULL},
+    {NULL}
+};
+
+static PyTypeObject TargetType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callsctl_sfu.rtc._fanout.Target",
+    .tp_doc = "Target(rewrite, srtp_session, context, addr, nominated, pair): one receiver "
+              "of fanout(), checked once when built (IPv4 addr, Rewrite, non-null context).",
+    .tp_basicsize = sizeof(TargetObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Target_new,
+    .tp_dealloc = (destructor)Target_dealloc,
+    .tp_traverse = (traverseproc)Target_traverse,
+    .tp_clear = (inquiry)Target_clear,
+    .tp_repr = (reprfunc)Target_repr,
+    .tp_members = Target_members,
+    .tp_getset = Target_getset,
+};
+
 /* ---- fanout ---------------------------------------------------------------------- */
+
+static PyTypeObject *FanoutResultType = NULL;
+
+static PyStructSequence_Field result_fields[] = {
+    {"sent", "copies sent or queued"},
+    {"plain_octets", "octets before SRTP protect"},
+    {"wire_octets", "octets on the wire"},
+    {"send_errors", "datagrams the kernel refused"},
+    {"srtp_errors", "copies srtp_protect failed on"},
+    {"stale", "indexes of targets whose nominated pair changed, or None"},
+    {"unsent", "(bytes, addr) the kernel would not take now, or None"},
+    {NULL}
+};
+
+static PyStructSequence_Desc result_desc = {
+    "callsctl_sfu.rtc._fanout.FanoutResult", "What one fanout() call did.", result_fields, 7,
+};
 
 typedef struct {
     Py_ssize_t sent;
@@ -376,12 +553,9 @@ flush(FanoutState *st, int fd, int count)
 
 PyDoc_STRVAR(fanout_doc,
 "fanout(fd, first_byte, marker, sequence, timestamp, ssrc, payload, level_byte, targets)\n"
-"-> (sent, plain_octets, wire_octets, send_errors, srtp_errors, stale, unsent)\n\n"
-"One decrypted RTP packet to every target. A target is a tuple\n"
-"(rewrite, srtp_session, srtp_ctx, sockaddr, addr, nominated, pair): the receiver's\n"
-"Rewrite, its pylibsrtp Session (kept alive by the tuple), the address of its srtp_t,\n"
-"its packed sockaddr_in, the same address as a tuple, aioice's nominated-pair dict\n"
-"and the pair the sockaddr was taken from. A target whose nominated pair changed is\n"
+"-> FanoutResult(sent, plain_octets, wire_octets, send_errors, srtp_errors, stale, unsent)\n\n"
+"One decrypted RTP packet to every target: a list of Target (anything else is a\n"
+"TypeError). A target whose nominated pair changed is\n"
 "left alone and its index returned in `stale` (the caller sends it the slow way and\n"
 "rebuilds its targets). Datagrams the kernel would not take (socket buffer full) come\n"
 "back in `unsent` as (bytes, addr) for asyncio's write queue. level_byte < 0: none.");
@@ -414,18 +588,22 @@ fanout(PyObject *module, PyObject *args)
     int filled = 0;
     Py_ssize_t count = PyList_GET_SIZE(targets);
     for (Py_ssize_t t = 0; t < count; t++) {
-        PyObject *target = PyList_GET_ITEM(targets, t);
-        if (!PyTuple_Check(target) || PyTuple_GET_SIZE(target) != 7 ||
-            !PyObject_TypeCheck(PyTuple_GET_ITEM(target, 0), &RewriteType) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(target, 3)) ||
-            !PyDict_Check(PyTuple_GET_ITEM(target, 5))) {
-            PyErr_SetString(PyExc_TypeError, "fanout: malformed target");
+        PyObject *item = PyList_GET_ITEM(targets, t);
+        if (!Py_IS_TYPE(item, &TargetType)) {
+            PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] is a %.100s, not a "
+                         "_fanout.Target (build receivers with fastpath.Target)", t,
+                         Py_TYPE(item)->tp_name);
             goto error;
         }
-        PyObject *current = PyDict_GetItemWithError(PyTuple_GET_ITEM(target, 5), key_component);
+        TargetObject *target = (TargetObject *)item;
+        if (target->nominated == NULL || target->rewrite == NULL) {
+            PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] was cleared", t);
+            goto error;
+        }
+        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
         if (current == NULL && PyErr_Occurred())
             goto error;
-        if (current != PyTuple_GET_ITEM(target, 6)) {
+        if (current != target->pair) {
             PyObject *index = PyLong_FromSsize_t(t);
             if (index == NULL || (stale == NULL && (stale = PyList_New(0)) == NULL) ||
                 PyList_Append(stale, index) < 0) {
@@ -435,15 +613,9 @@ fanout(PyObject *module, PyObject *args)
             Py_DECREF(index);
             continue;
         }
-        void *ctx = PyLong_AsVoidPtr(PyTuple_GET_ITEM(target, 2));
-        if (ctx == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "fanout: null SRTP context");
-            goto error;
-        }
-        PyObject *sockaddr = PyTuple_GET_ITEM(target, 3);
+        void *ctx = target->ctx;
         unsigned char *slot = slots[filled];
-        Py_ssize_t header = write_header((RewriteObject *)PyTuple_GET_ITEM(target, 0), slot,
+        Py_ssize_t header = write_header((RewriteObject *)target->rewrite, slot,
                                          first_byte, marker, sequence, timestamp, ssrc,
                                          level_byte, 0, payload.len);
         memcpy(slot + header, payload.buf, (size_t)payload.len);
@@ -456,11 +628,11 @@ fanout(PyObject *module, PyObject *args)
         vectors[filled].iov_base = slot;
         vectors[filled].iov_len = (size_t)length;
         memset(&messages[filled], 0, sizeof(struct mmsghdr));
-        messages[filled].msg_hdr.msg_name = PyBytes_AS_STRING(sockaddr);
-        messages[filled].msg_hdr.msg_namelen = (socklen_t)PyBytes_GET_SIZE(sockaddr);
+        messages[filled].msg_hdr.msg_name = &target->sockaddr;
+        messages[filled].msg_hdr.msg_namelen = (socklen_t)sizeof(struct sockaddr_in);
         messages[filled].msg_hdr.msg_iov = &vectors[filled];
         messages[filled].msg_hdr.msg_iovlen = 1;
-        st.addrs[filled] = PyTuple_GET_ITEM(target, 4);
+        st.addrs[filled] = target->addr;
         filled += 1;
         if (filled == BATCH) {
             if (flush(&st, fd, filled) < 0)
@@ -471,13 +643,31 @@ fanout(PyObject *module, PyObject *args)
     if (filled && flush(&st, fd, filled) < 0)
         goto error;
     PyBuffer_Release(&payload);
-    PyObject *result = Py_BuildValue("nKKnnOO", st.sent, st.plain_octets, st.wire_octets,
-                                     st.send_errors, srtp_errors,
-                                     stale ? stale : Py_None,
-                                     st.unsent ? st.unsent : Py_None);
+    PyObject *result = PyStructSequence_New(FanoutResultType);
+    if (result == NULL)
+        goto error_released;
+    PyObject *values[7] = {
+        PyLong_FromSsize_t(st.sent), PyLong_FromUnsignedLongLong(st.plain_octets),
+        PyLong_FromUnsignedLongLong(st.wire_octets), PyLong_FromSsize_t(st.send_errors),
+        PyLong_FromSsize_t(srtp_errors), stale ? stale : Py_NewRef(Py_None),
+        st.unsent ? st.unsent : Py_NewRef(Py_None)};
+    stale = NULL;
+    st.unsent = NULL;
+    for (int i = 0; i < 7; i++) {
+        if (values[i] == NULL) {
+            for (int k = 0; k < 7; k++)
+                Py_XDECREF(values[k]);
+            Py_DECREF(result);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 7; i++)
+        PyStructSequence_SET_ITEM(result, i, values[i]);
+    return result;
+error_released:
     Py_XDECREF(stale);
     Py_XDECREF(st.unsent);
-    return result;
+    return NULL;
 error:
     PyBuffer_Release(&payload);
     Py_XDECREF(stale);
@@ -516,7 +706,10 @@ static struct PyModuleDef fanout_module = {
 PyMODINIT_FUNC
 PyInit__fanout(void)
 {
-    if (PyType_Ready(&RewriteType) < 0)
+    if (PyType_Ready(&RewriteType) < 0 || PyType_Ready(&TargetType) < 0)
+        return NULL;
+    FanoutResultType = PyStructSequence_NewType(&result_desc);
+    if (FanoutResultType == NULL)
         return NULL;
     PyObject *module = PyModule_Create(&fanout_module);
     if (module == NULL)
@@ -527,6 +720,18 @@ PyInit__fanout(void)
     Py_INCREF(&RewriteType);
     if (PyModule_AddObject(module, "Rewrite", (PyObject *)&RewriteType) < 0) {
         Py_DECREF(&RewriteType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TargetType);
+    if (PyModule_AddObject(module, "Target", (PyObject *)&TargetType) < 0) {
+        Py_DECREF(&TargetType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(FanoutResultType);
+    if (PyModule_AddObject(module, "FanoutResult", (PyObject *)FanoutResultType) < 0) {
+        Py_DECREF(FanoutResultType);
         Py_DECREF(module);
         return NULL;
     }

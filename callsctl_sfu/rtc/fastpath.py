@@ -7,15 +7,18 @@ address), so both paths protect with the very same srtp_t and its sequence
 state. Before trusting that address, its C signature is checked against the
 libsrtp 2 one the extension was written for; anything else falls back to
 Python with the reason kept for `/version` and the startup log.
+
+Each receiver reaches the C side as a `Target` (rtc/_fanout.c), a typed object
+checked once when built; `PyTarget` is its twin with the same fields and
+checks, used when the extension is not built or not in use.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import socket
-import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.rtp import PyRewrite
@@ -59,14 +62,66 @@ REASON = _unavailable  # why the Python path runs, for operators ('' when C runs
 Rewrite: Any = _fanout.Rewrite if AVAILABLE and _fanout is not None else PyRewrite
 
 
-def packed_ipv4(addr: tuple[str, int]) -> bytes:
-    """struct sockaddr_in for sendmmsg (family in host order, port and address in network)."""
-    return struct.pack("=H", socket.AF_INET) + struct.pack("!H4s8x", addr[1],
-                                                           socket.inet_aton(addr[0]))
+class PyTarget:
+    """One receiver of the fan-out: the Python twin of _fanout.Target, same fields and checks.
+
+    rewrite: the receiver's Rewrite; srtp_session: the pylibsrtp Session whose
+    srtp_t copies are protected with (kept alive by the target); context: that
+    srtp_t's address; addr: the IPv4 (host, port) sent to; nominated: aioice's
+    live nominated-pair dict; pair: the pair addr was taken from (a different
+    pair in `nominated` means the client renominated: the target is stale).
+    """
+
+    __slots__ = ("rewrite", "srtp_session", "context", "addr", "nominated", "pair")
+
+    def __init__(self, rewrite: Any, srtp_session: Any, context: int, addr: tuple[str, int],
+                 nominated: dict[int, Any], pair: Any) -> None:
+        if not callable(getattr(rewrite, "build", None)):
+            raise TypeError(f"Target: rewrite must be a Rewrite, not {type(rewrite).__name__}")
+        if not isinstance(context, int) or isinstance(context, bool):
+            raise TypeError("Target: context must be the srtp_t address as an int, not "
+                            f"{type(context).__name__}")
+        if not context:
+            raise ValueError("Target: null SRTP context")
+        if not isinstance(nominated, dict):
+            raise TypeError("Target: nominated must be aioice's nominated-pair dict, not "
+                            f"{type(nominated).__name__}")
+        if not (isinstance(addr, tuple) and len(addr) == 2 and isinstance(addr[0], str)
+                and isinstance(addr[1], int)):
+            raise TypeError("Target: addr must be a (host, port) tuple")
+        try:
+            ipaddress.IPv4Address(addr[0])
+            valid = 0 <= addr[1] <= 65535
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValueError("Target: addr must be an IPv4 address and a port 0..65535, not "
+                             f"({addr[0]}, {addr[1]})")
+        self.rewrite = rewrite
+        self.srtp_session = srtp_session
+        self.context = context
+        self.addr = addr
+        self.nominated = nominated
+        self.pair = pair
+
+    def __repr__(self) -> str:
+        return f"Target(addr={self.addr!r}, rewrite={self.rewrite!r})"
 
 
-FanoutResult = tuple[int, int, int, int, int, list[int] | None,
-                     list[tuple[bytes, tuple[str, int]]] | None]
+# The fan-out's receivers: checked C objects when the C engine runs.
+Target: Any = _fanout.Target if AVAILABLE and _fanout is not None else PyTarget
+
+
+class FanoutResult(NamedTuple):
+    """What one fanout() call did (the C side returns a struct sequence with these fields)."""
+
+    sent: int
+    plain_octets: int
+    wire_octets: int
+    send_errors: int
+    srtp_errors: int
+    stale: list[int] | None
+    unsent: list[tuple[bytes, tuple[str, int]]] | None
 
 
 def _no_fanout(*_args: Any) -> FanoutResult:

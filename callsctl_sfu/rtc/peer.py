@@ -1,7 +1,7 @@
 """One participant's WebRTC connection to the SFU, on the shared media socket.
 
 aiortc negotiates ICE, DTLS and SRTP keys. Everything after that bypasses its
-track machinery: decrypted RTP is handed to the call (`on_rtp`), and forwarded
+track machinery: decrypted RTP is handed to the forwarder (`on_rtp`), and forwarded
 copies are protected with this peer's outbound SRTP context and sent on the
 shared socket (`send_rtp`). aiortc's per-track sender/receiver loops are
 silenced so they neither burn CPU nor emit RTCP about streams they never saw.
@@ -33,7 +33,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
 from callsctl_sfu.rtc import aiortc_bridge
-from callsctl_sfu.rtc.fastpath import Rewrite, packed_ipv4
+from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import (
@@ -511,11 +511,11 @@ class MediaPeer:
         self._send(data, self._addr)
         return True
 
-    def fanout_target(self, down: DownTrack) -> tuple[Any, ...] | None:
-        """This receiver as a target of the C fan-out (fastpath.fanout), or None.
+    def fanout_target(self, down: DownTrack) -> Any | None:
+        """This receiver as a Target of the C fan-out (fastpath.fanout), or None.
 
         Only a connected receiver whose selected pair is on the shared IPv4 UDP
-        socket qualifies; ICE-TCP and IPv6 receivers take send_rtp. The tuple holds
+        socket qualifies; ICE-TCP and IPv6 receivers take send_rtp. The target holds
         the SRTP session (so its srtp_t outlives any use) and the nominated-pair
         dict with the pair the address came from, which the C side compares on
         every packet to notice a renomination.
@@ -529,8 +529,8 @@ class MediaPeer:
         addr = (pair.remote_addr[0], pair.remote_addr[1])
         if ":" in addr[0]:
             return None
-        return (down.rewrite, self._tx_srtp, aiortc_bridge.srtp_context_address(self._tx_srtp),
-                packed_ipv4(addr), addr, nominated, pair)
+        return Target(down.rewrite, self._tx_srtp,
+                      aiortc_bridge.srtp_context_address(self._tx_srtp), addr, nominated, pair)
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect an RTCP compound with this peer's context and send it."""

@@ -10,13 +10,17 @@
   timestamp offset and its own packet/octet counts (RFC 3550 §6.4.1), with an
   SDES CNAME so the compound is valid (RFC 3550 §6.1), keeping lip sync.
 - Report blocks from receivers record loss and jitter per forwarded stream.
+
+The router works through `ForwardingPlane`, the few things it needs of the
+forwarder (calls/forwarder.py implements it): it never imports the call layer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol
 
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -37,15 +41,42 @@ from aiortc.rtp import (
 from callsctl_sfu.rtc.rtp import parse_rtp
 
 if TYPE_CHECKING:
-    from callsctl_sfu.calls.manager import CallManager
     from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
+    from callsctl_sfu.rtc.tracks import PublishedTrack
 
 log = logging.getLogger("callsctl_sfu.rtc.rtcp")
 
 
+class RtcpCounters(Protocol):
+    """The forwarder's counters this router adds to (ForwardingStats)."""
+
+    plis_received: int
+    nacks_received: int
+    nacks_answered: int
+    sender_reports_forwarded: int
+
+
+class ForwardingPlane(Protocol):
+    """What RTCP routing needs of the forwarder: sources, receivers, keyframe requests."""
+
+    @property
+    def stats(self) -> RtcpCounters: ...
+
+    def downtrack_source(self, down: DownTrack) -> tuple[MediaPeer, PublishedTrack] | None:
+        """The publisher peer and track a receiver's downtrack forwards, if still there."""
+
+    def receivers_of(self, publisher_id: str, key: str) -> Iterable[tuple[MediaPeer,
+                                                                         DownTrack]]:
+        """Every receiver with a downtrack for the publisher track `key`."""
+
+    def send_keyframe_request(self, publisher: MediaPeer, track: PublishedTrack,
+                              ssrc: int | None = None) -> None:
+        """A PLI to the publisher (every simulcast layer when ssrc is None)."""
+
+
 class RtcpRouter:
-    def __init__(self, manager: CallManager) -> None:
-        self.manager = manager
+    def __init__(self, forwarder: ForwardingPlane) -> None:
+        self.forwarder = forwarder
 
     def on_rtcp(self, peer: MediaPeer, data: bytes) -> None:
         try:
@@ -76,22 +107,22 @@ class RtcpRouter:
         if down is None:
             return
         down.plis_received += 1
-        self.manager.stats.plis_received += 1
+        self.forwarder.stats.plis_received += 1
         self.keyframe_for_downtrack(down)
 
     def keyframe_for_downtrack(self, down: DownTrack) -> None:
-        source = self.manager.downtrack_source(down)
+        source = self.forwarder.downtrack_source(down)
         if source is None:
             return
         publisher, track = source
         delay = track.keyframes.request()
         if delay == 0:
-            self.manager.send_keyframe_request(publisher, track)
+            self.forwarder.send_keyframe_request(publisher, track)
         elif delay is not None:
             def later() -> None:
-                again = self.manager.downtrack_source(down)
+                again = self.forwarder.downtrack_source(down)
                 if again is not None and again[1].keyframes.request() == 0:
-                    self.manager.send_keyframe_request(*again)
+                    self.forwarder.send_keyframe_request(*again)
 
             asyncio.get_event_loop().call_later(delay, later)
 
@@ -102,8 +133,8 @@ class RtcpRouter:
         if down is None:
             return
         down.nacks_received += 1
-        self.manager.stats.nacks_received += 1
-        source = self.manager.downtrack_source(down)
+        self.forwarder.stats.nacks_received += 1
+        source = self.forwarder.downtrack_source(down)
         if source is None or source[1].ring is None:
             return
         ring = source[1].ring
@@ -119,7 +150,7 @@ class RtcpRouter:
                 continue
             if receiver.send_rtp(down.rewrite.build(packet, None, retransmission=True)):
                 down.retransmitted += 1
-                self.manager.stats.nacks_answered += 1
+                self.forwarder.stats.nacks_answered += 1
         if unrepairable and down.kind == "video":
             # The SFU no longer has (or never had) what was lost: only a keyframe
             # lets this receiver decode again.
@@ -133,15 +164,8 @@ class RtcpRouter:
         if track is None:
             return
         key = f"{publisher.session_id}:{track.label}"
-        call_id = self.manager.participants[publisher.session_id].session.call_id \
-            if publisher.session_id in self.manager.participants else None
-        call = self.manager.calls.get(call_id) if call_id else None
-        if call is None:
-            return
-        for other_id in call.sessions:
-            other = self.manager.participants.get(other_id)
-            down = other.peer.downtracks.get(key) if other else None
-            if down is None or not down.negotiated or other is None:
+        for receiver, down in self.forwarder.receivers_of(publisher.session_id, key):
+            if not down.negotiated:
                 continue
             rewrite = down.rewrite
             translated = RtcpSrPacket(ssrc=rewrite.ssrc, sender_info=RtcpSenderInfo(
@@ -150,11 +174,11 @@ class RtcpRouter:
                 & 0xFFFFFFFF,
                 packet_count=rewrite.packets & 0xFFFFFFFF,
                 octet_count=rewrite.octets & 0xFFFFFFFF))
-            cname = getattr(other.peer, "cname", "callsctl")
+            cname = getattr(receiver, "cname", "callsctl")
             sdes = RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=rewrite.ssrc,
                                                          items=[(1, cname.encode())])])
-            if other.peer.send_rtcp(bytes(translated) + bytes(sdes)):
-                self.manager.stats.sender_reports_forwarded += 1
+            if receiver.send_rtcp(bytes(translated) + bytes(sdes)):
+                self.forwarder.stats.sender_reports_forwarded += 1
                 sent = down.sr_sent
                 sent[(report.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF] = self._now()
                 while len(sent) > 8:

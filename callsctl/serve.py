@@ -54,13 +54,9 @@ def serve(
     # The engine (aiortc, aiohttp) is imported only when serving, so every other
     # command starts fast.
     from callsctl_sfu.logsetup import configure_logging
-    from callsctl_sfu.server import StartupError
 
     configure_logging(config.log_level, config.log_format)
-    try:
-        asyncio.run(_run(config))
-    except StartupError as exc:
-        fail(str(exc))
+    asyncio.run(_run(config))  # a StartupError is one line and exit 1, from app.main
 
 
 async def _run(config: ServeConfig) -> None:

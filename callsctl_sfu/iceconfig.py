@@ -30,13 +30,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from callsctl_sfu.errors import CallsctlError
+
 ICE_URL_SCHEMES = ("stun", "stuns", "turn", "turns")
 MAX_TURN_EXPIRATION_MINUTES = 7 * 24 * 60  # one week, as the Calls plugin allows
 DEFAULT_STUN_PORT = 3478
 
 
-class IceSettingError(ValueError):
+class IceSettingError(CallsctlError, ValueError):
     """A setting could not be parsed; the message names the bad part in one line."""
+    code = "bad_ice_setting"
 
 
 # -- ice_host_port_override ---------------------------------------------------------

@@ -19,6 +19,7 @@ from callsctl_sfu.calls.forwarding import Plan, Route, TrackRoutes
 from callsctl_sfu.calls.model import Call, Session, new_session_id
 from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.config import ServeConfig
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
@@ -47,7 +48,9 @@ SIMULCAST_REMB_BPS = 3_000_000
 WRITE_SAMPLE_EVERY = 64
 
 
-class JoinRefused(Exception):
+class JoinRefused(CallsctlError):
+    code = "join_refused"
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -552,7 +552,7 @@ class SettingSpec:
     @property
     def flag_decls(self) -> str | None:
         """What click declares: `--default-enabled/--no-default-enabled` for a pair."""
-        if self.flag_kind == PAIR:
+        if self.flag_kind == PAIR and self.flag:
             return f"{self.flag}/--no-{self.flag[2:]}"
         return self.flag
 

@@ -254,11 +254,17 @@ def ice_servers_for(servers: tuple[IceServer, ...], turn_secret: str, expiration
 
 
 class IceServerSettings(Protocol):
-    """The part of ServeConfig that decides what clients get as ICE servers."""
+    """The part of ServeConfig that decides what clients get as ICE servers.
 
-    ice_servers: str
-    turn_static_auth_secret: str
-    turn_credentials_expiration_minutes: int
+    Read-only properties, so a frozen ServeConfig matches the protocol.
+    """
+
+    @property
+    def ice_servers(self) -> str: ...
+    @property
+    def turn_static_auth_secret(self) -> str: ...
+    @property
+    def turn_credentials_expiration_minutes(self) -> int: ...
 
 
 def client_ice_servers(settings: IceServerSettings, user: str,

@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -205,7 +205,7 @@ class Server:
             await self.metrics_runner.cleanup()
             self.metrics_runner = None
             raise _bind_error("TCP", host, config.metrics_port, exc, "--metrics-port") from None
-        server = site._server
+        server = cast("asyncio.Server | None", site._server)  # a TCPSite listens on a Server
         self.metrics_port = server.sockets[0].getsockname()[1] if server else config.metrics_port
         log.info("metrics on %s:%d/metrics", host, self.metrics_port)
 

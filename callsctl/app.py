@@ -7,7 +7,8 @@ import sys
 import typer
 
 from callsctl import __version__
-from callsctl.errors import EXIT_FAIL, EXIT_USAGE, CliError, print_error
+from callsctl.errors import EXIT_FAIL, EXIT_USAGE, exit_code_of, print_error
+from callsctl_sfu.errors import CallsctlError
 
 app = typer.Typer(
     name="callsctl",
@@ -101,9 +102,9 @@ def main() -> None:
     except Abort:  # end of input at a prompt
         print_error("aborted; nothing was done")
         sys.exit(EXIT_FAIL)
-    except CliError as exc:
+    except CallsctlError as exc:  # ours, from the CLI or the engine: its one line
         print_error(exc.message)
-        sys.exit(exc.exit_code)
+        sys.exit(exit_code_of(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # last resort: never show a traceback to operators

@@ -4,6 +4,12 @@ Exit codes, the same across commands:
   0  success (for `check`: every check passed)
   1  the operation failed (a check failed, a port is in use, no privilege, ...)
   2  usage error (bad flag or value), as typer/click report it
+
+Every callsctl exception derives from callsctl_sfu.errors.CallsctlError (a
+stable `code`, a one-line `message`); app.main prints any of them that reaches
+it as that one line and exits with its `exit_code` (1 unless it is a CliError
+that says otherwise), so commands need not catch engine errors just to
+re-raise them.
 """
 
 from __future__ import annotations
@@ -11,22 +17,30 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
+from callsctl_sfu.errors import CallsctlError
+
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
+class CliError(CallsctlError):
     """An error the user can act on; printed as one line, never as a traceback."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAIL) -> None:
-        super().__init__(message)
-        self.message = message
+    code = "failed"
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAIL, code: str | None = None) -> None:
+        super().__init__(message, code=code or ("usage" if exit_code == EXIT_USAGE else None))
         self.exit_code = exit_code
 
 
-def fail(message: str, exit_code: int = EXIT_FAIL) -> NoReturn:
-    raise CliError(message, exit_code)
+def fail(message: str, exit_code: int = EXIT_FAIL, code: str | None = None) -> NoReturn:
+    raise CliError(message, exit_code, code)
+
+
+def exit_code_of(exc: CallsctlError) -> int:
+    """The exit status for an error: a CliError's own, else 1 (the operation failed)."""
+    return exc.exit_code if isinstance(exc, CliError) else EXIT_FAIL
 
 
 def bad_option(option: str, message: str) -> NoReturn:

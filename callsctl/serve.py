@@ -54,13 +54,9 @@ def serve(
     # The engine (aiortc, aiohttp) is imported only when serving, so every other
     # command starts fast.
     from callsctl_sfu.logsetup import configure_logging
-    from callsctl_sfu.server import StartupError
 
     configure_logging(config.log_level, config.log_format)
-    try:
-        asyncio.run(_run(config))
-    except StartupError as exc:
-        fail(str(exc))
+    asyncio.run(_run(config))  # a StartupError is one line and exit 1, from app.main
 
 
 async def _run(config: ServeConfig) -> None:
@@ -96,6 +92,7 @@ def _print_banner(server: Server) -> None:
     secret = load_or_create_secret(config.data_dir)
     token = issue_token(secret, config.default_call, "guest", JOIN_LINK_TTL)
     advertised = server.advertised
+    assert advertised is not None, "the banner is printed after Server.start()"
     # Values (paths, fingerprints, tokens) are printed as they are: with markup or
     # emoji codes on, `[red]` in a path vanishes and `:cd:` in a fingerprint is an emoji.
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True, markup=False,

@@ -82,16 +82,14 @@ def tune(
     if revert and (apply_ or persist):
         fail("--revert cannot be combined with --apply or --persist", EXIT_USAGE)
     directory = Path(data_dir or default_data_dir()).expanduser()
-    try:
-        if revert:
-            _run_revert(directory, sysctl_root, sysctl_d, dry_run, yes, as_json)
-        elif apply_ or persist or dry_run:
-            _run_apply(apply_ or not persist, persist, directory, sysctl_root, sysctl_d,
-                       dry_run, yes, as_json)
-        else:
-            _run_show(directory, sysctl_root, proc_root, sysctl_d, server, as_json)
-    except TuneError as exc:
-        fail(exc.message)
+    # A TuneError is one line and exit 1, from app.main.
+    if revert:
+        _run_revert(directory, sysctl_root, sysctl_d, dry_run, yes, as_json)
+    elif apply_ or persist or dry_run:
+        _run_apply(apply_ or not persist, persist, directory, sysctl_root, sysctl_d,
+                   dry_run, yes, as_json)
+    else:
+        _run_show(directory, sysctl_root, proc_root, sysctl_d, server, as_json)
 
 
 # --------------------------------------------------------------------------- show

@@ -30,7 +30,7 @@ try:  # newer typer vendors click as typer._click and raises its exceptions
     )
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older typer runs on click itself
-    from click.exceptions import (  # type: ignore[assignment,no-redef]
+    from click.exceptions import (  # type: ignore[assignment]
         BadParameter,
         ClickException,
         NoArgsIsHelpError,

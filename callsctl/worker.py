@@ -33,7 +33,7 @@ def worker(
     """Run recording jobs from a Redis job queue (a fleet's job worker)."""
     from callsctl import localserver
     from callsctl_sfu.config import redis_url_problem
-    from callsctl_sfu.jobs.queue import QueueError, connect, worker_settings
+    from callsctl_sfu.jobs.queue import connect, worker_settings
 
     problem = redis_url_problem(queue)
     if problem or not queue:
@@ -49,10 +49,7 @@ def worker(
     async def serve() -> None:
         from arq.worker import Worker
 
-        try:
-            pool = await connect(queue)
-        except QueueError as exc:
-            fail(str(exc))
+        pool = await connect(queue)  # a QueueError is one line and exit 1, from app.main
         await pool.aclose()
         settings = worker_settings(queue, directory, max_jobs)
         runner = Worker(**settings)

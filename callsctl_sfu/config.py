@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.fleet.settings import (
     POLICIES,
     cluster_url_problem,
@@ -63,8 +64,9 @@ settings under. A section is presentation only: TOML keys and CALLSCTL_* names s
 flat (`udp_port`, not `rtc.udp_port`), so existing files and environments keep working."""
 
 
-class ConfigError(ValueError):
+class ConfigError(CallsctlError, ValueError):
     """A setting was rejected; the message is a complete one-line explanation."""
+    code = "bad_config"
 
     def __init__(self, key: str, value: object, allowed: str, source: str = "") -> None:
         where = f" (from {source})" if source else ""
@@ -550,7 +552,7 @@ class SettingSpec:
     @property
     def flag_decls(self) -> str | None:
         """What click declares: `--default-enabled/--no-default-enabled` for a pair."""
-        if self.flag_kind == PAIR:
+        if self.flag_kind == PAIR and self.flag:
             return f"{self.flag}/--no-{self.flag[2:]}"
         return self.flag
 

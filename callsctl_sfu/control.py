@@ -36,6 +36,7 @@ from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.calls.sessionstats import SessionSampler
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret, tighten_mode
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.metrics import Metrics, read_udp_snmp
 from callsctl_sfu.store import CallSettings, Store, StoreError
 from callsctl_sfu.tasks import spawn
@@ -57,8 +58,9 @@ STATS_EVENT_EVERY = 2  # ticks
 FLUSH_TIMEOUT_S = 5.0
 
 
-class ControlError(RuntimeError):
+class ControlError(CallsctlError, RuntimeError):
     """The admin plane cannot start; one line naming the problem and the fix."""
+    code = "admin_plane_failed"
 
 
 def load_admin_key(config: ServeConfig) -> tuple[str, Path]:

@@ -13,6 +13,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from callsctl_sfu.errors import CallsctlError
+
 JWT_SECRET_FILE = "jwt_secret"
 SECRET_MODE = 0o600
 
@@ -43,8 +45,9 @@ def tighten_mode(path: str | os.PathLike[str], what: str = "secret") -> None:
                 what, path, current)
 
 
-class DataDirError(OSError):
+class DataDirError(CallsctlError, OSError):
     """The data directory cannot be created, read or written; message says which."""
+    code = "data_dir_unusable"
 
 
 def ensure_data_dir(path: str | os.PathLike[str]) -> Path:

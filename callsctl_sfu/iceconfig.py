@@ -30,13 +30,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from callsctl_sfu.errors import CallsctlError
+
 ICE_URL_SCHEMES = ("stun", "stuns", "turn", "turns")
 MAX_TURN_EXPIRATION_MINUTES = 7 * 24 * 60  # one week, as the Calls plugin allows
 DEFAULT_STUN_PORT = 3478
 
 
-class IceSettingError(ValueError):
+class IceSettingError(CallsctlError, ValueError):
     """A setting could not be parsed; the message names the bad part in one line."""
+    code = "bad_ice_setting"
 
 
 # -- ice_host_port_override ---------------------------------------------------------
@@ -251,11 +254,17 @@ def ice_servers_for(servers: tuple[IceServer, ...], turn_secret: str, expiration
 
 
 class IceServerSettings(Protocol):
-    """The part of ServeConfig that decides what clients get as ICE servers."""
+    """The part of ServeConfig that decides what clients get as ICE servers.
 
-    ice_servers: str
-    turn_static_auth_secret: str
-    turn_credentials_expiration_minutes: int
+    Read-only properties, so a frozen ServeConfig matches the protocol.
+    """
+
+    @property
+    def ice_servers(self) -> str: ...
+    @property
+    def turn_static_auth_secret(self) -> str: ...
+    @property
+    def turn_credentials_expiration_minutes(self) -> int: ...
 
 
 def client_ice_servers(settings: IceServerSettings, user: str,

@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -24,6 +24,7 @@ from callsctl_sfu.calls.manager import CallManager
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.control import ControlError, ControlPlane
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.service import attach_jobs
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
@@ -34,22 +35,24 @@ from callsctl_sfu.tuning import udp_buffer_warning
 log = logging.getLogger("callsctl_sfu.server")
 
 
-class StartupError(RuntimeError):
+class StartupError(CallsctlError, RuntimeError):
     """serve cannot start; the message is one line with the fix."""
+    code = "startup_failed"
 
 
 def _bind_error(kind: str, host: str, port: int, exc: OSError, flag: str) -> StartupError:
     where = f"{kind} port {port} on {host}"
     if exc.errno == errno.EADDRINUSE:
         return StartupError(f"{where} is already in use (another callsctl serve?): stop that "
-                            f"process or choose another {flag}")
+                            f"process or choose another {flag}", code="port_in_use")
     if exc.errno == errno.EACCES:
         return StartupError(f"no permission to bind {where}: use a port above 1023 or grant "
-                            "CAP_NET_BIND_SERVICE")
+                            "CAP_NET_BIND_SERVICE", code="bind_not_permitted")
     if exc.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
         return StartupError(f"cannot bind {where}: {host} is not an address of this host; "
-                            "use --bind 0.0.0.0 or one of this host's addresses")
-    return StartupError(f"cannot bind {where}: {exc.strerror or exc}")
+                            "use --bind 0.0.0.0 or one of this host's addresses",
+                            code="address_not_local")
+    return StartupError(f"cannot bind {where}: {exc.strerror or exc}", code="bind_failed")
 
 
 class Server:
@@ -79,17 +82,17 @@ class Server:
         try:  # the library internals the media path uses: one line now, not a crash later
             await aiortc_bridge.check()
         except aiortc_bridge.BridgeError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), code=exc.code) from None
         try:
             ensure_data_dir(config.data_dir)
             secret = load_or_create_secret(config.data_dir)
         except DataDirError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), code=exc.code) from None
         try:  # admin key, database, TLS files: checked before any port is taken
             self.control = await ControlPlane.open(
                 config, [config.bind, config.ice_host_override])
         except ControlError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), code=exc.code) from None
         loop = asyncio.get_running_loop()
         install_exception_handler(loop)  # library tasks' failures: one line each
         try:
@@ -107,7 +110,7 @@ class Server:
         except ConnectivityError as exc:
             transport.close()
             await self.control.close()
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), code=exc.code) from None
         self.advertised = self.connectivity.advertised
         self.manager = CallManager(config, mux)
 
@@ -133,7 +136,7 @@ class Server:
                 self.connectivity.close()
                 transport.close()
                 await self.control.close()
-                raise StartupError(str(exc)) from None
+                raise StartupError(str(exc), code=exc.code) from None
             self.fleet.attach(app)
         # keepalive_timeout is armed when a connection opens and after each response:
         # a client that does not complete a request within it is closed.
@@ -177,7 +180,7 @@ class Server:
                 self.connectivity.close()
                 transport.close()
                 await self.control.close()
-                raise StartupError(str(exc)) from None
+                raise StartupError(str(exc), code=exc.code) from None
         self.started_at = loop.time()
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)
@@ -205,7 +208,7 @@ class Server:
             await self.metrics_runner.cleanup()
             self.metrics_runner = None
             raise _bind_error("TCP", host, config.metrics_port, exc, "--metrics-port") from None
-        server = site._server
+        server = cast("asyncio.Server | None", site._server)  # a TCPSite listens on a Server
         self.metrics_port = server.sockets[0].getsockname()[1] if server else config.metrics_port
         log.info("metrics on %s:%d/metrics", host, self.metrics_port)
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import aiosqlite
 
+from callsctl_sfu.errors import CallsctlError
+
 log = logging.getLogger("callsctl_sfu.store")
 
 DB_FILE = "callsctl.db"
@@ -94,8 +96,9 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(RuntimeError):
+class StoreError(CallsctlError, RuntimeError):
     """The database cannot be used; the message names the file and the fix."""
+    code = "store_unusable"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from callsctl_sfu.datadir import tighten_mode
+from callsctl_sfu.errors import CallsctlError
 
 log = logging.getLogger("callsctl_sfu.tls")
 
@@ -35,8 +36,9 @@ VALID_DAYS = 397  # the longest validity browsers accept for a leaf certificate
 RENEW_BEFORE = datetime.timedelta(days=14)
 
 
-class TlsError(RuntimeError):
+class TlsError(CallsctlError, RuntimeError):
     """TLS cannot be set up; the message names the file and the fix."""
+    code = "tls_unusable"
 
 
 @dataclass(frozen=True)

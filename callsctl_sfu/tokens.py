@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 import jwt
 
+from callsctl_sfu.errors import CallsctlError
+
 ALGORITHM = "HS256"
 DEFAULT_TTL_SECONDS = 24 * 3600
 
 
-class TokenError(ValueError):
+class TokenError(CallsctlError, ValueError):
     """The token is missing, malformed, forged or expired; message says which."""
+    code = "unauthorized"
 
 
 @dataclass(frozen=True)

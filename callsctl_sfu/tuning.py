@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from callsctl_sfu import __version__
+from callsctl_sfu.errors import CallsctlError
 
 MIB = 1024 * 1024
 DEFAULT_UDP_BUFFER_SIZE = 16 * MIB
@@ -102,8 +103,9 @@ def setting_by_name(name: str) -> Setting:
     raise KeyError(name)
 
 
-class TuneError(Exception):
+class TuneError(CallsctlError):
     """A tuning step failed; the message is one line an operator can act on."""
+    code = "tune_failed"
 
     def __init__(self, message: str, partial: bool = False) -> None:
         super().__init__(message)

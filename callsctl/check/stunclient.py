@@ -35,6 +35,8 @@ from typing import Literal
 from aioice import stun
 from aioice.stun import Class, Message, Method
 
+from callsctl_sfu.errors import CallsctlError
+
 Address = tuple[str, int]
 Framing = Literal["stun", "rfc4571"]
 
@@ -43,21 +45,24 @@ UDP_TRANSPORT = 17 << 24  # REQUESTED-TRANSPORT: protocol number in the first by
 INITIAL_RTO = 0.25  # seconds; RFC 5389 suggests 0.5 s on the open internet, checks favour speed
 
 
-class StunTimeout(Exception):
+class StunTimeout(CallsctlError):
     """No answer before the deadline (after retransmissions over UDP)."""
+    code = "stun_timeout"
 
 
-class StunProtocolError(Exception):
+class StunProtocolError(CallsctlError):
     """Bytes that are not a well-formed STUN message, or a transport that failed."""
+    code = "stun_protocol_error"
 
 
-class StunErrorResponse(Exception):
+class StunErrorResponse(CallsctlError):
     """The server answered with an error response (class 0x110) and ERROR-CODE."""
+    code = "stun_error_response"
 
     def __init__(self, message: Message) -> None:
         self.response = message
         code, reason = message.attributes.get("ERROR-CODE", (0, ""))
-        self.code: int = code
+        self.error_code: int = code
         self.reason: str = reason
         super().__init__(f"{code} {reason}".strip())
 
@@ -399,7 +404,7 @@ class TurnClient:
                 reply = self.channel.transact(self._signed(method, attributes), self.server,
                                               self.timeout)
             except StunErrorResponse as exc:
-                if exc.code == 438 and attempt == 0:
+                if exc.error_code == 438 and attempt == 0:
                     self.stale_nonce_retries += 1
                     self.log.append(f"{method.name}: 438 stale nonce, retrying with the new nonce")
                     self._learn(exc.response)
@@ -423,7 +428,7 @@ class TurnClient:
             # A server that allocates without a challenge does not authenticate at all.
             self.unauthenticated_ok = True
         except StunErrorResponse as exc:
-            if exc.code != 401:
+            if exc.error_code != 401:
                 raise
             self._learn(exc.response)
             if not self.nonce:

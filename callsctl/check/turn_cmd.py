@@ -44,6 +44,7 @@ from callsctl.check.stunclient import (
     route_local_ip,
 )
 from callsctl.errors import EXIT_USAGE, fail
+from callsctl_sfu.errors import CallsctlError
 
 Transport = Literal["udp", "tcp"]
 TURN_PORT = 3478
@@ -130,8 +131,9 @@ def _credential_fix(creds: Credentials, realm: str | None, expected_realm: str |
     return text
 
 
-class AllocateRejected(Exception):
+class AllocateRejected(CallsctlError):
     """An error response to Allocate, with the realm the server announced before it."""
+    code = "turn_allocate_rejected"
 
     def __init__(self, error: StunErrorResponse, realm: str | None) -> None:
         super().__init__(str(error))
@@ -142,41 +144,42 @@ class AllocateRejected(Exception):
 def _error_result(name: str, exc: StunErrorResponse, creds: Credentials, realm: str | None,
                   expected_realm: str | None, where: str) -> CheckResult:
     """Map a TURN error response to a verdict that says what to change."""
-    details = {"error_code": exc.code, "reason": exc.reason, "realm": realm,
+    details = {"error_code": exc.error_code, "reason": exc.reason, "realm": realm,
                "username": creds.username}
-    if exc.code in (401, 441):
+    if exc.error_code in (401, 441):
         return CheckResult(name, "fail",
-                           f"{exc.code} {exc.reason or 'Unauthorized'}: {where} rejected the "
-                           "credentials", figure=str(exc.code),
+                           f"{exc.error_code} {exc.reason or 'Unauthorized'}: {where} rejected the "
+                           "credentials", figure=str(exc.error_code),
                            fix=_credential_fix(creds, realm, expected_realm),
                            details=details)
-    if exc.code == 403:
+    if exc.error_code == 403:
         return CheckResult(name, "fail", f"403 Forbidden from {where}: authenticated, but "
                            "the server refuses to relay for this client", figure="403",
                            fix="check coturn's allowed/denied-peer-ip, user quotas and "
                            "no-udp-relay settings", details=details)
-    if exc.code == 438:
+    if exc.error_code == 438:
         return CheckResult(name, "fail", f"438 Stale Nonce twice in a row from {where}",
                            figure="438", fix="the server's nonces expire immediately: check "
                            "stale-nonce in turnserver.conf", details=details)
-    if exc.code == 437:
+    if exc.error_code == 437:
         return CheckResult(name, "fail", f"437 Allocation Mismatch twice from {where}",
                            figure="437", fix="another allocation holds this 5-tuple; retry "
                            "in a minute", details=details)
-    if exc.code == 442:
+    if exc.error_code == 442:
         return CheckResult(name, "fail", f"442 Unsupported Transport Protocol from {where}",
                            figure="442", fix="the server does not relay UDP: remove "
                            "no-udp-relay from turnserver.conf", details=details)
-    if exc.code in (486, 508):
-        return CheckResult(name, "fail", f"{exc.code} {exc.reason} from {where}",
-                           figure=str(exc.code), fix="the server is out of allocations: raise "
+    if exc.error_code in (486, 508):
+        return CheckResult(name, "fail", f"{exc.error_code} {exc.reason} from {where}",
+                           figure=str(exc.error_code),
+                           fix="the server is out of allocations: raise "
                            "user-quota/total-quota or its relay port range", details=details)
-    if exc.code == 300:
+    if exc.error_code == 300:
         return CheckResult(name, "fail", f"300 Try Alternate from {where}", figure="300",
                            fix="the server redirects to another TURN server (alternate-server); "
                            "check that one", details=details)
-    return CheckResult(name, "fail", f"{where} answered {exc.code} {exc.reason}",
-                       figure=str(exc.code), details=details)
+    return CheckResult(name, "fail", f"{where} answered {exc.error_code} {exc.reason}",
+                       figure=str(exc.error_code), details=details)
 
 
 def _open_channel(transport: Transport, server: Address, timeout: float) -> Channel:
@@ -197,7 +200,7 @@ def _allocate(transport: Transport, server: Address, creds: Credentials,
             return client
         except StunErrorResponse as exc:
             channel.close()
-            if exc.code == 437 and attempt == 0:
+            if exc.error_code == 437 and attempt == 0:
                 continue
             raise AllocateRejected(exc, client.realm) from None
         except BaseException:
@@ -225,7 +228,7 @@ def _round_trip(client: TurnClient, creds: Credentials, peer_ip: str, timeout: f
         try:
             client.create_permission(peer)
         except StunErrorResponse as exc:
-            if exc.code == 403:
+            if exc.error_code == 403:
                 return CheckResult(
                     name, "warn",
                     f"403 Forbidden for a permission to our test peer {peer_ip}: the relay "

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 
 from callsctl.top.model import Action, Overview
+from callsctl_sfu.errors import CallsctlError
 
 DEFAULT_TIMEOUT_S = 5.0
 RCVBUF_METRIC = "callsctl_udp_rcvbuf_errors"
@@ -42,8 +43,9 @@ _ACTION_ROUTES: dict[str, tuple[str, str, bool]] = {
 }
 
 
-class AdminError(Exception):
+class AdminError(CallsctlError):
     """Base of everything the admin client raises; `message` is one line for a human."""
+    code = "admin_error"
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -53,14 +55,17 @@ class AdminError(Exception):
 
 class AdminUnreachable(AdminError):
     """No HTTP answer at all: refused, timed out, reset, TLS failure."""
+    code = "unreachable"
 
 
 class AdminAuthError(AdminError):
     """401/403: the key is missing or wrong. Retrying will not help until it changes."""
+    code = "admin_unauthorized"
 
 
 class AdminApiError(AdminError):
     """The server answered with an error status other than 401/403."""
+    code = "admin_api_error"
 
 
 @dataclass

@@ -354,7 +354,7 @@ def nodes_text(nodes: list[dict[str, Any]] | None, now: float, here: str | None 
         text.append(f"  calls {int(_num(node.get('calls')) or 0):>3}")
         text.append(f"  sessions {int(_num(node.get('sessions')) or 0):>4}")
         text.append(f"  {node.get('media_host', '?')}:{node.get('media_port', '?')}", "dim")
-        if stale:
+        if stale and updated is not None:
             text.append(f"  no update for {fmt_duration(now - updated)}", "red")
     return text
 

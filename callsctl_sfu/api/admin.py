@@ -26,6 +26,7 @@ from aiohttp import web
 
 from callsctl_sfu.calls.host import HostControlError
 from callsctl_sfu.calls.sessionstats import describe_call, summarize_call
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.metrics import read_udp_snmp
 from callsctl_sfu.store import CallSettings
 
@@ -43,7 +44,9 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, "status": status, **extra}, status=status)
 
 
-class ApiError(Exception):
+class ApiError(CallsctlError):
+    code = "bad_request"
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -13,8 +13,12 @@ import unicodedata
 from itertools import accumulate
 from typing import Any
 
+from callsctl_sfu.errors import CallsctlError
 
-class ProtocolError(ValueError):
+
+class ProtocolError(CallsctlError, ValueError):
+    code = "bad_message"
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -41,9 +41,6 @@ from callsctl_sfu.tokens import JoinGrant, TokenError, verify_token
 
 log = logging.getLogger("callsctl_sfu.api.ws")
 
-# host_control refusals (HostControlError.status) as error codes the page can act on.
-HOST_ERROR_CODES = {400: "bad_message", 403: "not_host", 404: "no_session"}
-
 # Frames above this are refused by aiohttp itself (close 1009); below it, frames
 # over config.max_message_size get an error event and the connection stays.
 HARD_FRAME_LIMIT = 1024 * 1024
@@ -276,8 +273,7 @@ class SignalingConnection:
             outcome = await HostControls(self.manager).by_session(
                 self.session_id, action, message.get("session_id"))  # type: ignore[arg-type]
         except HostControlError as exc:
-            await self.error(HOST_ERROR_CODES.get(exc.status, "host_control_failed"),
-                             exc.message)
+            await self.error(exc.code, exc.message)
             return
         log.info("host %s: %s %s", self.session_id, action, message.get("session_id") or "")
         await self.send({"type": "host_control_done", **outcome})
@@ -302,7 +298,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     try:
         grant = verify_token(request.app["jwt_secret"], _token_from(request))
     except TokenError as exc:
-        await ws.send_str(json.dumps({"type": "error", "code": "unauthorized",
+        await ws.send_str(json.dumps({"type": "error", "code": exc.code,
                                       "message": str(exc)}))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws

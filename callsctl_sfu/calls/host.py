@@ -27,6 +27,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from callsctl_sfu.errors import CallsctlError
+
 if TYPE_CHECKING:
     from callsctl_sfu.calls.manager import CallManager
     from callsctl_sfu.calls.model import Call, Session
@@ -36,11 +38,16 @@ log = logging.getLogger("callsctl_sfu.calls.host")
 Notifier = Callable[["Call", dict[str, Any]], None]
 
 
-class HostControlError(Exception):
+# A refusal's `code` by its HTTP status: what the host's page gets over signaling.
+HOST_ERROR_CODES = {400: "bad_message", 403: "not_host", 404: "no_session"}
+
+
+class HostControlError(CallsctlError):
     """A control cannot be applied; `status` is the HTTP status the admin API answers."""
+    code = "host_control_failed"
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
+        super().__init__(message, code=HOST_ERROR_CODES.get(status))
         self.status = status
         self.message = message
 

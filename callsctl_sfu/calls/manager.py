@@ -23,6 +23,7 @@ from callsctl_sfu.calls.forwarder import Forwarder, ForwardingStats
 from callsctl_sfu.calls.model import Call, Session, new_session_id
 from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.config import ServeConfig
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import MediaPeer
@@ -36,7 +37,9 @@ VOICE_OFF_AFTER = 1.0
 HOUSEKEEPING_INTERVAL = 0.25
 
 
-class JoinRefused(Exception):
+class JoinRefused(CallsctlError):
+    code = "join_refused"
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

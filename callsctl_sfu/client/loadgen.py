@@ -78,6 +78,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
 
 # -- limits: admission control for every caller (CLI, bench, tests) ----------------------------
@@ -115,8 +116,9 @@ SETTLED_DELAY_MS = 100.0  # the window opens once recent forwarding delay is bel
 MAX_OK_LOSS = 0.05  # above this a run is reported as failed (exit code 1)
 
 
-class LoadConfigError(ValueError):
+class LoadConfigError(CallsctlError, ValueError):
     """A load-test setting is out of bounds; the message names it and the limit."""
+    code = "bad_load_setting"
 
 
 # -- media samples, encoded once ---------------------------------------------------------------
@@ -830,8 +832,9 @@ class LightParticipant:
                 await self._ws.close()
 
 
-class LoadJoinError(RuntimeError):
+class LoadJoinError(CallsctlError, RuntimeError):
     """A participant could not join; the message starts with the stage."""
+    code = "load_join_failed"
 
 
 def _other_ssrc(taken: int) -> int:

@@ -30,6 +30,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
 
 SAMPLE_RATE = 48000
@@ -71,8 +72,9 @@ class ToneTrack(MediaStreamTrack):
         return frame
 
 
-class ParticipantError(RuntimeError):
+class ParticipantError(CallsctlError, RuntimeError):
     """The participant could not join or connect; the message names the stage."""
+    code = "participant_failed"
 
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(f"{stage}: {message}")

@@ -18,13 +18,16 @@ import time
 from aiortc import MediaStreamTrack
 from av import AudioFrame
 
+from callsctl_sfu.errors import CallsctlError
+
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms
 FRAME_BYTES = FRAME_SAMPLES * 2
 
 
-class SpeechError(RuntimeError):
+class SpeechError(CallsctlError, RuntimeError):
     """espeak-ng or ffmpeg is missing or failed; the message says which."""
+    code = "speech_unavailable"
 
 
 def espeak(text: str, voice: str = "en-us+f2", speed: int = 140,

@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from callsctl_sfu import __version__
 from callsctl_sfu.calls.sessionstats import summarize_call
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.fleet import placement, registry
 from callsctl_sfu.fleet.drain import Drainer
 from callsctl_sfu.fleet.registry import ACTIVE, DRAINING, REDIS_ERRORS, NodeInfo
@@ -51,8 +52,9 @@ REDIS_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 3.0  # leaving the fleet never holds up a shutdown for longer
 
 
-class FleetError(RuntimeError):
+class FleetError(CallsctlError, RuntimeError):
     """The node cannot join the fleet; one line naming the problem and the fix."""
+    code = "fleet_unavailable"
 
 
 def load_fleet_secret(fleet_secret: str, data_dir: str) -> str:

@@ -20,6 +20,7 @@ from collections import Counter
 
 from redis.asyncio import Redis
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.fleet.registry import ACTIVE, PREFIX, NodeInfo
 
 CALLS_KEY = f"{PREFIX}calls"
@@ -42,8 +43,9 @@ return 0
 """
 
 
-class NoNodeAvailable(Exception):
+class NoNodeAvailable(CallsctlError):
     """No active node with fresh stats can take a new call."""
+    code = "no_node"
 
 
 def _text(value: bytes | str | None) -> str | None:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from callsctl_sfu.errors import CallsctlError
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -33,8 +35,9 @@ CONNECT_TIMEOUT_S = 5.0
 CLOSE_HOST_GONE = 1012
 
 
-class RelayError(Exception):
+class RelayError(CallsctlError):
     """The hosting node could not be reached; the message says which and why."""
+    code = "host_unreachable"
 
 
 def ws_url(api_url: str, token: str) -> str:

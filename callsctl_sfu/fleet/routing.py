@@ -80,7 +80,7 @@ class JoinRouter:
         try:
             await relay.open(node.api_url, connection.token, self.node.secret, self.node.node_id)
         except RelayError as exc:
-            await connection.error("host_unreachable", f"{exc}; try again shortly")
+            await connection.error(exc.code, f"{exc}; try again shortly")
             return True
         connection.relay = relay
         self.node.relayed_out += 1
@@ -138,7 +138,7 @@ class JoinRouter:
                 try:
                     chosen = placement.choose(self.node.config.cluster_policy, fleet, local, placed)
                 except placement.NoNodeAvailable as exc:
-                    raise JoinRefused("no_node", f"{exc}; try again shortly") from None
+                    raise JoinRefused(exc.code, f"{exc}; try again shortly") from None
                 return await placement.claim(self.node.redis, call_id, chosen.node_id)
         except REDIS_ERRORS as exc:
             raise JoinRefused("fleet_unavailable", self.node.redis_down_message(exc)) from None

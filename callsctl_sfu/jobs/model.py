@@ -12,6 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from callsctl_sfu.errors import CallsctlError
+
 JOB_TYPES = ("recording", "transcription", "captions")
 # queued -> running -> stopping -> done | failed.  A job in ACTIVE occupies its call.
 QUEUED, RUNNING, STOPPING, DONE, FAILED = "queued", "running", "stopping", "done", "failed"
@@ -21,8 +23,9 @@ MIN_DURATION_S = 1.0
 MAX_DURATION_S = 24 * 3600.0
 
 
-class JobError(Exception):
+class JobError(CallsctlError):
     """A job request or action is refused; `status` is the HTTP status the API answers."""
+    code = "job_refused"
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.model import ACTIVE, FAILED, FINISHED, MAX_DURATION_S, Job
 
 log = logging.getLogger("callsctl_sfu.jobs.queue")
@@ -45,8 +46,9 @@ POLL_S = 0.5
 Changed = Callable[[Job], Awaitable[None]]
 
 
-class QueueError(RuntimeError):
+class QueueError(CallsctlError, RuntimeError):
     """Redis or arq is unusable; one line naming the URL and the fix."""
+    code = "queue_unavailable"
 
 
 def _key(job_id: str, suffix: str = "") -> str:

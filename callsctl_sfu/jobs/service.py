@@ -15,6 +15,7 @@ work to a runner. Rules a user meets:
 from __future__ import annotations
 
 import asyncio
+import builtins  # `list` in annotations below: the class has a list() method
 import contextlib
 import logging
 import shutil
@@ -260,7 +261,7 @@ class JobService:
             return ""
         return "\n".join(lines[-tail:]) + ("\n" if lines else "")
 
-    async def annotate_history(self, calls: list[dict[str, Any]]) -> None:
+    async def annotate_history(self, calls: builtins.list[dict[str, Any]]) -> None:
         """Add `recordings` to call history entries: the jobs made during each call."""
         by_call: dict[str, list[Job]] = {}
         for job in await self.store.list(10000):

@@ -6,6 +6,7 @@ a crash of the server, and a job found active at startup was interrupted.
 
 from __future__ import annotations
 
+import builtins  # `list` in annotations below: the class has a list() method
 from typing import TYPE_CHECKING
 
 from callsctl_sfu.jobs.model import ACTIVE, FAILED, Job
@@ -48,14 +49,14 @@ class JobStore:
     async def delete(self, job_id: str) -> None:
         await self.store._write("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    async def older_than(self, when: float) -> list[Job]:
+    async def older_than(self, when: float) -> builtins.list[Job]:
         async with self.store._db.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE created_at < ? AND state NOT IN "
                 f"({', '.join('?' * len(ACTIVE))})", (when, *ACTIVE)) as cursor:
             rows = await cursor.fetchall()
         return [Job.from_row(tuple(r)) for r in rows]
 
-    async def fail_interrupted(self, now: float, reason: str) -> list[Job]:
+    async def fail_interrupted(self, now: float, reason: str) -> builtins.list[Job]:
         """Jobs a previous run left active (crash, kill -9): failed, with the reason."""
         async with self.store._db.execute(
                 f"SELECT {COLUMNS} FROM jobs WHERE state IN "

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
 
+from callsctl_sfu.errors import CallsctlError
+
 # (lowest verified, first unverified) per distribution: pyproject.toml pins the same.
 VERIFIED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "aiortc": ((1, 16), (1, 17)),
@@ -31,8 +33,9 @@ VERIFIED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 }
 
 
-class BridgeError(RuntimeError):
+class BridgeError(CallsctlError, RuntimeError):
     """The installed aiortc/aioice/pylibsrtp do not have the internals callsctl uses."""
+    code = "aiortc_incompatible"
 
 
 # -- aiortc: RTCPeerConnection ------------------------------------------------------------------

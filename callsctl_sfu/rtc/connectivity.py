@@ -42,6 +42,7 @@ from typing import Any
 import psutil
 
 from callsctl_sfu.config import ServeConfig
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.iceconfig import parse_host_port, parse_ice_servers, parse_port_override
 from callsctl_sfu.rtc.icetcp import TcpMux
 from callsctl_sfu.rtc.mux import CandidateSpec, UdpMux
@@ -50,8 +51,9 @@ from callsctl_sfu.rtc.publicaddr import DISCOVERY_TIMEOUT, Discovery, discover_p
 log = logging.getLogger("callsctl_sfu.rtc.connectivity")
 
 
-class ConnectivityError(RuntimeError):
+class ConnectivityError(CallsctlError, RuntimeError):
     """A connectivity setting cannot be honoured; the message is one line with the fix."""
+    code = "bad_connectivity"
 
 
 @dataclass(frozen=True)

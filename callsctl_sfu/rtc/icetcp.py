@@ -134,6 +134,21 @@ class TcpStats:
                  "bare_binding_answered", "auth_failed", "unknown_session", "rejected",
                  "timed_out", "evicted", "frames_in", "bytes_in", "frames_out", "bytes_out",
                  "dropped_backpressure")
+    # Each counter, for the type checker (__init__ sets them all to 0).
+    connections_accepted: int
+    connections_bound: int
+    connections_open: int
+    bare_binding_answered: int
+    auth_failed: int
+    unknown_session: int
+    rejected: int
+    timed_out: int
+    evicted: int
+    frames_in: int
+    bytes_in: int
+    frames_out: int
+    bytes_out: int
+    dropped_backpressure: int
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -321,7 +336,7 @@ class TcpStunProtocol(StunProtocol):
 
     @property
     def connection(self) -> Connection:
-        return self.receiver  # type: ignore[return-value]
+        return self.receiver
 
     # -- receiving --------------------------------------------------------------------
 

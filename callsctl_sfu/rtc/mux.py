@@ -90,6 +90,15 @@ class MuxStats:
 
     __slots__ = ("datagrams_in", "bytes_in", "unknown_dropped", "bare_binding_answered",
                  "auth_failed", "datagrams_out", "bytes_out", "send_errors")
+    # Each counter, for the type checker (__init__ sets them all to 0).
+    datagrams_in: int
+    bytes_in: int
+    unknown_dropped: int
+    bare_binding_answered: int
+    auth_failed: int
+    datagrams_out: int
+    bytes_out: int
+    send_errors: int
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -122,7 +131,7 @@ class MuxedStunProtocol(StunProtocol):
 
     @property
     def connection(self) -> Connection:
-        return self.receiver  # type: ignore[return-value]
+        return self.receiver
 
     async def request(self, request: stun.Message, addr: Address,
                       integrity_key: bytes | None = None,
@@ -159,7 +168,7 @@ class SiblingUdpProtocol(MuxedStunProtocol):
         super().__init__(connection, mux)
         self.send_datagram = mux.sendto  # picks the IPv6 socket by address family
 
-    @property  # type: ignore[override]
+    @property
     def fast_rx(self) -> Callable[[bytes], None] | None:
         return self.primary.fast_rx
 
@@ -167,7 +176,7 @@ class SiblingUdpProtocol(MuxedStunProtocol):
     def fast_rx(self, _value: Callable[[bytes], None] | None) -> None:
         pass  # the session sets its fast path on the primary only
 
-    @property  # type: ignore[override]
+    @property
     def last_rx(self) -> float:
         return self.primary.last_rx
 

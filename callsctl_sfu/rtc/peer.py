@@ -32,6 +32,7 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
@@ -75,8 +76,9 @@ SignalSender = Callable[[dict[str, Any]], Awaitable[None]]
 _FORWARDING, _RETIRED = "sendrecv", "recvonly"
 
 
-class SignalError(ValueError):
+class SignalError(CallsctlError, ValueError):
     """A signal the peer cannot apply; reported to the client as an error event."""
+    code = "bad_signal"
 
 
 async def _not_started(*_args: Any, **_kwargs: Any) -> None:
@@ -239,7 +241,7 @@ class MediaPeer:
                     self._negotiation_needed = True
                 await self._maybe_offer()
             except SignalError as exc:
-                await self._send_signal({"type": "error", "code": "bad_signal",
+                await self._send_signal({"type": "error", "code": exc.code,
                                          "message": str(exc)})
             except asyncio.CancelledError:
                 raise

@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from callsctl_sfu.errors import CallsctlError
+
 log = logging.getLogger("callsctl_sfu.jobs.recorder")
 
 WIDTH, HEIGHT, FPS = 1280, 720, 15
@@ -28,8 +30,9 @@ AUDIO_BITRATE = "128k"
 COMPOSED_FILE = "recording.mp4"
 
 
-class ComposeError(RuntimeError):
+class ComposeError(CallsctlError, RuntimeError):
     """ffmpeg is missing or failed; the message has its last error line."""
+    code = "compose_failed"
 
 
 def _escape(text: str) -> str:

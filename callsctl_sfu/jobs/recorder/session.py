@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.recorder.writers import TrackWriter, writer_for
 from callsctl_sfu.rtc import aiortc_bridge
 
@@ -32,8 +33,9 @@ JOIN_TIMEOUT_S = 15.0
 KEYFRAME_RETRY_S = 0.5
 
 
-class RecorderError(RuntimeError):
+class RecorderError(CallsctlError, RuntimeError):
     """The recorder could not join or record; the message says which step failed."""
+    code = "recorder_failed"
 
 
 class FrameTap:

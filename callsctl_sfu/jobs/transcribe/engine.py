@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from callsctl_sfu.errors import CallsctlError
+
 SAMPLE_RATE = 16000
 ENGINES = ("pocketsphinx",)
 
 
-class EngineError(RuntimeError):
+class EngineError(CallsctlError, RuntimeError):
     """The engine or its model cannot be used; the message says what to install or set."""
+    code = "transcriber_unavailable"
 
 
 @dataclass(frozen=True)

@@ -231,13 +231,15 @@ def _reason(exc: BaseException) -> str:
 
 
 def _error_text(response: httpx.Response) -> str:
-    """The `error` sentence of the API's JSON error body, else ''."""
+    """The `error` sentence of the API's JSON error body (/readyz: its `reason`), else ''."""
     try:
         data = response.json()
     except ValueError:
         return ""
-    if isinstance(data, dict) and data.get("error"):
-        return str(data["error"]).splitlines()[0][:300]
+    if isinstance(data, dict):
+        said = data.get("error") or data.get("reason")
+        if said:
+            return str(said).splitlines()[0][:300]
     return ""
 
 

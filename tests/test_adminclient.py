@@ -11,7 +11,9 @@ routes (callsctl_sfu/api/paths.py is the only place they are written).
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,32 @@ def test_a_stopped_server_is_unreachable_not_a_crash(tmp_path: Path) -> None:
         server.stop(signal.SIGKILL)
         with pytest.raises(AdminUnreachable, match="connection refused"):
             api.list_calls()
+
+
+def test_https_with_a_self_signed_certificate(serve_factory: Any) -> None:
+    """Untrusted: one line naming --ca-cert and --insecure; trusted or --insecure: it works."""
+    server = serve_factory("--tls-self-signed", wait=False)
+    url = f"https://127.0.0.1:{server.api_port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the fixture polls plain http, which TLS refuses
+        try:
+            if httpx.get(f"{url}/readyz", verify=False, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    cert = server.data_dir / "tls" / "self-signed.crt"
+    key = admin_key(server)
+    with AdminClient(resolve(url, admin_key=key)) as api, \
+            pytest.raises(AdminUnreachable) as caught:
+        api.list_calls()
+    assert caught.value.message == (f"the TLS certificate of {url} is not trusted: pass "
+                                    "--ca-cert <server data dir>/tls/self-signed.crt, or "
+                                    "--insecure")
+    with AdminClient(resolve(url, admin_key=key, ca_cert=str(cert))) as api:
+        assert api.list_calls() == {"calls": []}
+    result = run_cli("calls", "--server", url, "--insecure", "list", "--json",
+                     env=_env(CALLSCTL_ADMIN_KEY=key))
+    assert result.returncode == 0 and json.loads(result.stdout) == {"calls": []}
+    with pytest.raises(AdminConfigError, match="cannot use --ca-cert"):
+        resolve(url, admin_key=key, ca_cert=str(server.data_dir / "no-such.crt"))

@@ -24,6 +24,7 @@ from callsctl.adminclient import (
     SseParser,
 )
 from callsctl.top.model import Action, Overview
+from callsctl_sfu.api import paths
 
 __all__ = ["AdminApiError", "AdminAuthError", "AdminClient", "AdminError", "AdminUnreachable",
            "Connection", "SseParser", "parse_counter", "parse_rcvbuf_errors"]
@@ -51,7 +52,8 @@ class AdminClient(AsyncAdminClient):
         data = await self.list_calls()
         calls = data.get("calls")
         if not isinstance(calls, list):
-            raise AdminApiError("GET /api/v1/calls: no \"calls\" list in the answer")
+            raise AdminApiError(f"{self.base_url} answered GET {paths.CALLS} without a "
+                                "\"calls\" list: is this a callsctl server?")
         return [c for c in calls if isinstance(c, dict)]
 
     async def call(self, call_id: str) -> dict[str, Any]:

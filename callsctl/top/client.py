@@ -14,7 +14,6 @@ import asyncio
 from typing import Any
 
 from callsctl.adminclient import (
-    DEFAULT_TIMEOUT_S,
     AdminApiError,
     AdminAuthError,
     AdminError,
@@ -29,6 +28,7 @@ from callsctl_sfu.api import paths
 __all__ = ["AdminApiError", "AdminAuthError", "AdminClient", "AdminError", "AdminUnreachable",
            "Connection", "SseParser", "parse_counter", "parse_rcvbuf_errors"]
 
+DEFAULT_TIMEOUT_S = 5.0  # a refresh must not hang on a stuck server (command.py scales it)
 RCVBUF_METRIC = "callsctl_udp_rcvbuf_errors"
 PROCESS_CPU_METRIC = "rtcd_process_cpu_seconds"
 
@@ -45,7 +45,7 @@ class AdminClient(AsyncAdminClient):
     """The shared asyncio admin client plus top's snapshot and host controls."""
 
     def __init__(self, base_url: str | Connection, admin_key: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT_S / 2, verify: Any = True) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, verify: Any = True) -> None:
         super().__init__(base_url, admin_key, timeout=timeout, verify=verify)
 
     async def calls(self) -> list[dict[str, Any]]:

@@ -1,41 +1,33 @@
 """`callsctl calls …`: list, inspect and moderate live calls through the admin API.
 
-Where the server and key come from, first match wins:
-  --server / CALLSCTL_SERVER / `server` in the client config / http://127.0.0.1:8045
-  --admin-key / CALLSCTL_ADMIN_KEY / --admin-key-file / CALLSCTL_ADMIN_KEY_FILE /
-  `admin_key` or `admin_key_file` in the client config / <the local server's data dir>/admin_key
-  (found as `callsctl token` finds it: CALLSCTL_DATA_DIR or the default one)
-The client config is TOML at --client-config, CALLSCTL_CLIENT_CONFIG or
-$XDG_CONFIG_HOME/callsctl/client.toml, keys at the top level or under [client]:
-server, admin_key, admin_key_file, ca_cert, insecure. The last fallback means
-that on the server host, as the user running `callsctl serve` with its default
-data dir, no configuration is needed at all.
+The options here are the admin client's (callsctl.adminclient, which `record`
+and `top` share): --server / CALLSCTL_SERVER, the admin key from a flag, the
+environment, a file, the client config or the local server's data dir.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import ssl
 import sys
 import time
-import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from callsctl.errors import fail
-
-DEFAULT_SERVER = "http://127.0.0.1:8045"
-CLIENT_KEYS = {"server", "admin_key", "admin_key_file", "ca_cert", "insecure"}
+from callsctl.adminclient import (
+    DEFAULT_SERVER,
+    AdminClient,
+    Connection,
+    exit_on_error,
+    resolve,
+)
 
 app = typer.Typer(
     name="calls",
@@ -88,130 +80,20 @@ def calls_root(
 # -- where to connect ----------------------------------------------------------------------------
 
 
-def _client_config(explicit: str | None) -> dict[str, Any]:
-    if explicit:
-        path = Path(explicit).expanduser()
-    else:
-        base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        path = Path(base) / "callsctl" / "client.toml"
-        if not path.exists():
-            return {}
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        fail(f"client config {path} does not exist")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read client config {path}: {exc}")
-    except tomllib.TOMLDecodeError as exc:
-        fail(f"client config {path} is not valid TOML ({exc})")
-    section = data.get("client", data)
-    unknown = set(section) - CLIENT_KEYS - {"client"}
-    if unknown:
-        fail(f"client config {path}: unknown key(s) {', '.join(sorted(unknown))}; known: "
-             f"{', '.join(sorted(CLIENT_KEYS))}")
-    return section
-
-
-def _read_key(path: str, what: str) -> str:
-    try:
-        key = Path(path).expanduser().read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        fail(f"cannot read the admin key from {path} ({what}): {exc.strerror or exc}")
-    if not key:
-        fail(f"admin key file {path} ({what}) is empty")
-    return key
-
-
-@dataclass
-class Connection:
-    server: str
-    key: str
-    verify: bool | ssl.SSLContext
-    timeout: float
-
-
 def connection_for(ctx: typer.Context) -> Connection:
+    """The server and key this command talks to (callsctl.adminclient.resolve)."""
     options: ClientOptions = ctx.obj
-    config = _client_config(options.client_config)
-    server = (options.server or config.get("server") or DEFAULT_SERVER).rstrip("/")
-    if not server.startswith(("http://", "https://")):
-        server = "http://" + server
-    if options.admin_key:
-        key = options.admin_key.strip()
-    elif options.admin_key_file:
-        key = _read_key(options.admin_key_file, "--admin-key-file")
-    elif config.get("admin_key"):
-        key = str(config["admin_key"]).strip()
-    elif config.get("admin_key_file"):
-        key = _read_key(str(config["admin_key_file"]), "client config admin_key_file")
-    else:
-        from callsctl import localserver
-
-        fallback = localserver.data_dir(None) / "admin_key"
-        if not fallback.exists():
-            fail("no admin key: pass --admin-key-file <server data dir>/admin_key, set "
-                 "CALLSCTL_ADMIN_KEY, or put admin_key_file in ~/.config/callsctl/client.toml")
-        key = _read_key(str(fallback), "the default data dir")
-    verify: bool | ssl.SSLContext = True
-    if options.insecure or config.get("insecure") is True:
-        verify = False
-    elif options.ca_cert or config.get("ca_cert"):
-        path = Path(str(options.ca_cert or config.get("ca_cert"))).expanduser()
-        try:
-            verify = ssl.create_default_context(cafile=str(path))
-        except (OSError, ssl.SSLError) as exc:
-            fail(f"cannot use --ca-cert {path}: {getattr(exc, 'strerror', None) or exc}")
-    return Connection(server, key, verify, options.timeout)
+    with exit_on_error():
+        return resolve(options.server, options.admin_key, options.admin_key_file,
+                       options.ca_cert, options.insecure, options.client_config,
+                       options.timeout)
 
 
-# -- talking to the server -----------------------------------------------------------------------
-
-
-def _request(ctx: typer.Context, method: str, path: str,
-             body: dict[str, Any] | None = None) -> dict[str, Any]:
-    conn = connection_for(ctx)
-    url = conn.server + path
-    try:
-        with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
-            response = client.request(method, url, json=body, headers={
-                "Authorization": f"Bearer {conn.key}", "Accept": "application/json"})
-    except httpx.ConnectError as exc:
-        if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate" in str(exc).lower():
-            fail(f"the TLS certificate of {conn.server} is not trusted: pass --ca-cert "
-                 "<server data dir>/tls/self-signed.crt, or --insecure")
-        fail(f"cannot reach callsctl serve at {conn.server}: {_reason(exc)}; is it running, "
-             "and is --server / CALLSCTL_SERVER right?")
-    except httpx.TimeoutException:
-        fail(f"callsctl serve at {conn.server} did not answer within {conn.timeout:g} s")
-    except httpx.HTTPError as exc:
-        fail(f"request to {url} failed: {_reason(exc)}")
-    return _decode(response, conn)
-
-
-def _reason(exc: Exception) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
-def _decode(response: httpx.Response, conn: Connection) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if response.status_code == 401:
-        fail(f"the admin key was rejected by {conn.server}: use the key from the server's "
-             "<data dir>/admin_key (--admin-key-file or CALLSCTL_ADMIN_KEY)")
-    if response.status_code >= 400:
-        message = data.get("error") if isinstance(data, dict) else None
-        fail(message or f"{conn.server} answered HTTP {response.status_code}")
-    if not isinstance(data, dict):
-        fail(f"{conn.server} did not answer with JSON: is this a callsctl server?")
-    return data
-
-
-def _call_path(call_id: str, *rest: str) -> str:
-    parts = [quote(call_id, safe="")] + [quote(p, safe="") for p in rest]
-    return "/api/v1/calls/" + "/".join(parts)
+@contextmanager
+def admin_api(ctx: typer.Context) -> Iterator[AdminClient]:
+    """The admin client for this command; its failures become one error line."""
+    with exit_on_error(), AdminClient(connection_for(ctx)) as client:
+        yield client
 
 
 def _emit_json(data: Any) -> None:
@@ -264,7 +146,8 @@ JSON_OPTION = typer.Option(False, "--json", help="Print the server's JSON answer
 @app.command("list")
 def list_calls(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
     """Live calls: participants, age, host, screen sharer, bitrates."""
-    data = _request(ctx, "GET", "/api/v1/calls")
+    with admin_api(ctx) as api:
+        data = api.list_calls()
     if as_json:
         _emit_json(data)
         return
@@ -290,7 +173,8 @@ def list_calls(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 def show_call(ctx: typer.Context, call_id: str = typer.Argument(..., metavar="CALL"),
               as_json: bool = JSON_OPTION) -> None:
     """One call: every session with its state, ICE pair, quality and tracks."""
-    data = _request(ctx, "GET", _call_path(call_id))
+    with admin_api(ctx) as api:
+        data = api.show_call(call_id)
     if as_json:
         _emit_json(data)
         return
@@ -364,7 +248,8 @@ CALL_ARG = typer.Argument(..., metavar="CALL", help="Call id.")
 def mute(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
          as_json: bool = JSON_OPTION) -> None:
     """Mute a participant (the server stops forwarding its audio; its client is told)."""
-    data = _request(ctx, "POST", _call_path(call_id, "sessions", session_id, "mute"))
+    with admin_api(ctx) as api:
+        data = api.session_action(call_id, session_id, "mute")
     _done(data, as_json, f"muted {session_id}" if data.get("changed")
           else f"{session_id} was already muted")
 
@@ -375,8 +260,8 @@ def mute_others(ctx: typer.Context, call_id: str = CALL_ARG,
                                                  help="The one session left unmuted."),
                 as_json: bool = JSON_OPTION) -> None:
     """Mute everyone in the call except SESSION."""
-    data = _request(ctx, "POST", _call_path(call_id, "mute-others"),
-                    {"session_id": session_id})
+    with admin_api(ctx) as api:
+        data = api.mute_others(call_id, session_id)
     _done(data, as_json, f"muted {len(data.get('muted', []))} participant(s)")
 
 
@@ -384,7 +269,8 @@ def mute_others(ctx: typer.Context, call_id: str = CALL_ARG,
 def stop_screen(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
                 as_json: bool = JSON_OPTION) -> None:
     """Stop a participant's screen share."""
-    data = _request(ctx, "POST", _call_path(call_id, "sessions", session_id, "stop-screen"))
+    with admin_api(ctx) as api:
+        data = api.session_action(call_id, session_id, "stop-screen")
     _done(data, as_json, f"stopped the screen share of {session_id}" if data.get("changed")
           else f"{session_id} was not sharing a screen")
 
@@ -393,7 +279,8 @@ def stop_screen(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = S
 def lower_hand(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
                as_json: bool = JSON_OPTION) -> None:
     """Lower a participant's raised hand."""
-    data = _request(ctx, "POST", _call_path(call_id, "sessions", session_id, "lower-hand"))
+    with admin_api(ctx) as api:
+        data = api.session_action(call_id, session_id, "lower-hand")
     _done(data, as_json, f"lowered the hand of {session_id}" if data.get("changed")
           else f"{session_id} had no hand raised")
 
@@ -402,7 +289,8 @@ def lower_hand(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SE
 def remove(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
            as_json: bool = JSON_OPTION) -> None:
     """Remove a participant from the call."""
-    data = _request(ctx, "DELETE", _call_path(call_id, "sessions", session_id))
+    with admin_api(ctx) as api:
+        data = api.remove_session(call_id, session_id)
     _done(data, as_json, f"removed {session_id} from {call_id}")
 
 
@@ -412,7 +300,8 @@ def end(ctx: typer.Context, call_id: str = CALL_ARG,
                                    help="Shown to the participants."),
         as_json: bool = JSON_OPTION) -> None:
     """End the call for everyone."""
-    data = _request(ctx, "DELETE", _call_path(call_id), {"reason": reason})
+    with admin_api(ctx) as api:
+        data = api.end_call(call_id, reason)
     _done(data, as_json, f"ended {call_id} ({data.get('removed', 0)} participant(s) removed)")
 
 
@@ -420,7 +309,8 @@ def end(ctx: typer.Context, call_id: str = CALL_ARG,
 def make_host(ctx: typer.Context, call_id: str = CALL_ARG, session_id: str = SESSION_ARG,
               as_json: bool = JSON_OPTION) -> None:
     """Make SESSION the host of the call."""
-    data = _request(ctx, "POST", _call_path(call_id, "host"), {"session_id": session_id})
+    with admin_api(ctx) as api:
+        data = api.make_host(call_id, session_id)
     _done(data, as_json, f"{session_id} is now the host of {call_id}")
 
 
@@ -434,7 +324,8 @@ def _settings_line(data: dict[str, Any]) -> str:
 
 
 def _put_settings(ctx: typer.Context, call_id: str, body: dict[str, Any]) -> dict[str, Any]:
-    return _request(ctx, "PUT", "/api/v1/settings/calls/" + quote(call_id, safe=""), body)
+    with admin_api(ctx) as api:
+        return api.put_call_settings(call_id, body)
 
 
 @app.command("enable")
@@ -470,7 +361,8 @@ def settings(ctx: typer.Context, call_id: str = CALL_ARG,
     elif max_participants is not None:
         data = _put_settings(ctx, call_id, {"max_participants": max_participants})
     else:
-        data = _request(ctx, "GET", "/api/v1/settings/calls/" + quote(call_id, safe=""))
+        with admin_api(ctx) as api:
+            data = api.call_settings(call_id)
     _done(data, as_json, _settings_line(data))
 
 
@@ -481,10 +373,8 @@ def history(ctx: typer.Context,
             call_id: str | None = typer.Option(None, "--call", help="Only this call id."),
             as_json: bool = JSON_OPTION) -> None:
     """Past and live calls with who was in them (kept across restarts)."""
-    path = f"/api/v1/history?limit={limit}"
-    if call_id:
-        path += "&call=" + quote(call_id, safe="")
-    data = _request(ctx, "GET", path)
+    with admin_api(ctx) as api:
+        data = api.history(limit, call_id)
     if as_json:
         _emit_json(data)
         return

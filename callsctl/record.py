@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import quote
 
-import httpx
 import typer
 
+from callsctl.adminclient import AdminApiError, AdminClient
 from callsctl.calls import (
     JSON_OPTION,
     _console,
     _emit_json,
     _narrow_table,
-    _request,
     _when,
+    admin_api,
     calls_root,
-    connection_for,
 )
 from callsctl.errors import fail
 
@@ -37,10 +35,6 @@ app.callback()(calls_root)
 
 FINISHED = ("done", "failed")
 WAIT_POLL_S = 0.5
-
-
-def _job_path(job_id: str, *rest: str) -> str:
-    return "/api/v1/jobs/" + "/".join(quote(p, safe="") for p in (job_id, *rest))
 
 
 def _duration(job: dict[str, Any]) -> str:
@@ -91,9 +85,9 @@ def _print_job(job: dict[str, Any]) -> None:
                       f"{output.get('cpu_s', 0)} CPU s", markup=False)
 
 
-def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
+def _find_job(api: AdminClient, job_or_call: str) -> dict[str, Any]:
     """A job id, or the call id of a call with an active recording."""
-    jobs = _request(ctx, "GET", "/api/v1/jobs?limit=1000").get("jobs", [])
+    jobs = api.list_jobs(1000).get("jobs", [])
     for job in jobs:
         if job["id"] == job_or_call:
             return job
@@ -105,10 +99,10 @@ def _find_job(ctx: typer.Context, job_or_call: str) -> dict[str, Any]:
          "(see `callsctl record list`)")
 
 
-def _wait(ctx: typer.Context, job_id: str, timeout: float) -> dict[str, Any]:
+def _wait(api: AdminClient, job_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        job = _request(ctx, "GET", _job_path(job_id))
+        job = api.job(job_id)
         if job["state"] in FINISHED:
             return job
         if time.monotonic() > deadline:
@@ -129,7 +123,8 @@ def start(ctx: typer.Context,
     body: dict[str, Any] = {"type": "recording", "call": call_id}
     if max_duration is not None:
         body["max_duration_sec"] = max_duration
-    job = _request(ctx, "POST", "/api/v1/jobs", body)
+    with admin_api(ctx) as api:
+        job = api.create_job(body)
     if as_json:
         _emit_json(job)
         return
@@ -147,10 +142,10 @@ def stop(ctx: typer.Context,
                                        help="Seconds --wait waits at most."),
          as_json: bool = JSON_OPTION) -> None:
     """Stop a recording: the files are finished and the MP4 composed."""
-    job = _find_job(ctx, job_or_call)
-    job = _request(ctx, "POST", _job_path(job["id"], "stop"))
-    if wait:
-        job = _wait(ctx, job["id"], timeout)
+    with admin_api(ctx) as api:
+        job = api.stop_job(_find_job(api, job_or_call)["id"])
+        if wait:
+            job = _wait(api, job["id"], timeout)
     if as_json:
         _emit_json(job)
     else:
@@ -166,10 +161,8 @@ def list_jobs(ctx: typer.Context,
                                         help="How many, newest first."),
               as_json: bool = JSON_OPTION) -> None:
     """Recordings (and their transcriptions, captions jobs), newest first."""
-    path = f"/api/v1/jobs?limit={limit}"
-    if call_id:
-        path += "&call=" + quote(call_id, safe="")
-    data = _request(ctx, "GET", path)
+    with admin_api(ctx) as api:
+        data = api.list_jobs(limit, call_id)
     if as_json:
         _emit_json(data)
         return
@@ -192,18 +185,12 @@ def get(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
         logs: bool = typer.Option(False, "--logs", help="Print the worker's log instead."),
         as_json: bool = JSON_OPTION) -> None:
     """One recording: state, times, participants, files (or its worker's log)."""
+    with admin_api(ctx) as api:
+        job = api.job(job_id)  # a clear error for an unknown job
+        text = api.job_logs(job_id) if logs else ""
     if logs:
-        conn = connection_for(ctx)
-        _request(ctx, "GET", _job_path(job_id))  # a clear error for an unknown job
-        try:
-            with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
-                response = client.get(conn.server + _job_path(job_id, "logs"),
-                                      headers={"Authorization": f"Bearer {conn.key}"})
-        except httpx.HTTPError as exc:
-            fail(f"cannot read the log of job {job_id}: {exc}")
-        typer.echo(response.text, nl=False)
+        typer.echo(text, nl=False)
         return
-    job = _request(ctx, "GET", _job_path(job_id))
     if as_json:
         _emit_json(job)
     else:
@@ -214,7 +201,8 @@ def get(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
 def remove(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"),
            as_json: bool = JSON_OPTION) -> None:
     """Delete a finished recording: its files and its job."""
-    data = _request(ctx, "DELETE", _job_path(job_id))
+    with admin_api(ctx) as api:
+        data = api.delete_job(job_id)
     if as_json:
         _emit_json(data)
     else:
@@ -231,10 +219,10 @@ def transcribe(ctx: typer.Context,
                                              help="Seconds --wait waits at most."),
                as_json: bool = JSON_OPTION) -> None:
     """Transcribe a finished recording: transcript.vtt and transcript.txt beside it."""
-    job = _request(ctx, "POST", "/api/v1/jobs",
-                   {"type": "transcription", "recording": recording_id})
-    if wait:
-        job = _wait(ctx, job["id"], timeout)
+    with admin_api(ctx) as api:
+        job = api.create_job({"type": "transcription", "recording": recording_id})
+        if wait:
+            job = _wait(api, job["id"], timeout)
     if as_json:
         _emit_json(job)
     elif job["state"] in FINISHED:
@@ -259,36 +247,32 @@ def transcript(ctx: typer.Context,
                                                  help="Write it to this file."),
                as_json: bool = JSON_OPTION) -> None:
     """Print (or save) the transcript of a recording."""
-    job = _request(ctx, "GET", _job_path(recording_id))
-    info = (job.get("output_data") or {}).get("transcript")
-    if not info:
-        fail(f"recording {recording_id} has no transcript; make one with `callsctl record "
-             f"transcribe {recording_id}`")
-    if info.get("state") != "done":
-        fail(f"the transcription of recording {recording_id} (job {info.get('job')}) "
-             f"{info.get('state')}: {info.get('error') or 'no reason given'}")
     name = "transcript.vtt" if vtt else "transcript.txt"
-    conn = connection_for(ctx)
-    try:
-        with httpx.Client(verify=conn.verify, timeout=conn.timeout) as client:
-            response = client.get(conn.server + _job_path(recording_id, "files", name),
-                                  headers={"Authorization": f"Bearer {conn.key}"})
-    except httpx.HTTPError as exc:
-        fail(f"cannot download {name} of recording {recording_id}: {exc}")
-    if response.status_code != 200:
-        fail(f"cannot download {name} of recording {recording_id}: HTTP "
-             f"{response.status_code} (the files stay on the machine that recorded it)")
+    with admin_api(ctx) as api:
+        job = api.job(recording_id)
+        info = (job.get("output_data") or {}).get("transcript")
+        if not info:
+            fail(f"recording {recording_id} has no transcript; make one with `callsctl record "
+                 f"transcribe {recording_id}`")
+        if info.get("state") != "done":
+            fail(f"the transcription of recording {recording_id} (job {info.get('job')}) "
+                 f"{info.get('state')}: {info.get('error') or 'no reason given'}")
+        try:
+            text = api.job_file(recording_id, name)
+        except AdminApiError as exc:
+            fail(f"cannot download {name} of recording {recording_id}: HTTP "
+                 f"{exc.status} (the files stay on the machine that recorded it)")
     if output:
         try:
             with open(output, "w", encoding="utf-8") as handle:
-                handle.write(response.text)
+                handle.write(text)
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}")
     if as_json:
-        _emit_json({"recording": recording_id, "file": name, "text": response.text,
+        _emit_json({"recording": recording_id, "file": name, "text": text,
                     "saved_to": output})
     elif not output:
-        typer.echo(response.text, nl=False)
+        typer.echo(text, nl=False)
 
 
 @app.command("captions")
@@ -297,17 +281,20 @@ def captions(ctx: typer.Context,
              stop_them: bool = typer.Option(False, "--stop", help="Stop the call's captions."),
              as_json: bool = JSON_OPTION) -> None:
     """Start (or --stop) live captions in a call: everyone sees each speaker's words."""
+    with admin_api(ctx) as api:
+        if stop_them:
+            jobs = api.list_jobs(1000, call_id)
+            job = next((j for j in jobs.get("jobs", []) if j["type"] == "captions"
+                        and j["state"] not in FINISHED), None)
+            if job is None:
+                fail(f"call {call_id!r} has no live captions")
+            job = _wait(api, api.stop_job(job["id"])["id"], 60)
+        else:
+            job = api.create_job({"type": "captions", "call": call_id})
     if stop_them:
-        jobs = _request(ctx, "GET", "/api/v1/jobs?limit=1000&call=" + quote(call_id, safe=""))
-        job = next((j for j in jobs.get("jobs", []) if j["type"] == "captions"
-                    and j["state"] not in FINISHED), None)
-        if job is None:
-            fail(f"call {call_id!r} has no live captions")
-        job = _wait(ctx, _request(ctx, "POST", _job_path(job["id"], "stop"))["id"], 60)
         message = f"captions of call {call_id} stopped (job {job['id']}, " \
                   f"{(job.get('output_data') or {}).get('captions', 0)} caption(s))"
     else:
-        job = _request(ctx, "POST", "/api/v1/jobs", {"type": "captions", "call": call_id})
         message = (f"live captions in call {call_id} as job {job['id']}; stop them with "
                    f"`callsctl record captions {call_id} --stop`")
     if as_json:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import typer
 
+from callsctl import localserver
 from callsctl.errors import bad_option, fail
 from callsctl.timespec import parse_duration
 from callsctl_sfu import links
 from callsctl_sfu.config import ConfigError, load_config, public_url_problem
-from callsctl_sfu.datadir import DataDirError, load_secret
 from callsctl_sfu.links import join_link
 from callsctl_sfu.tokens import TokenError, issue_token
 
@@ -22,7 +22,10 @@ def token(
     user: str = typer.Option(..., "--user", "-u", help="User id (the JWT `sub`)."),
     ttl: str = typer.Option("24h", "--ttl", help="Lifetime: seconds or 30s/15m/24h/7d."),
     data_dir: str | None = typer.Option(
-        None, "--data-dir", help="Data dir of the server whose secret signs the token."
+        None, "--data-dir",
+        help="Data dir of the server whose jwt_secret signs the token (read, never created). "
+             "[default: CALLSCTL_DATA_DIR, else data_dir of --config, else "
+             "$XDG_DATA_HOME/callsctl]"
     ),
     config: Path | None = typer.Option(None, "--config", help="Serve config file (TOML)."),
     url: str = typer.Option(
@@ -49,11 +52,13 @@ def token(
     problem = public_url_problem(url)
     if problem:
         bad_option("--url", f"{url!r} {problem}")
+    secret = localserver.token_secret(
+        data_dir, config, otherwise="run this on the server host with the --data-dir (or "
+                                    "--config) of `callsctl serve`")
     try:
         cfg = load_config(config, overrides={"data_dir": data_dir})
-        secret = load_secret(cfg.data_dir)
         value = issue_token(secret, call, user, seconds)
-    except (ConfigError, DataDirError, TokenError, ValueError) as exc:
+    except (ConfigError, TokenError, ValueError) as exc:
         fail(str(exc))
     link = join_link(url or links.base_url(cfg), value)
     if as_json:

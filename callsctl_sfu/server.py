@@ -13,7 +13,6 @@ import dataclasses
 import errno
 import logging
 import os
-import socket
 from typing import Any, cast
 
 from aiohttp import web
@@ -27,7 +26,12 @@ from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_s
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.service import attach_jobs
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
-from callsctl_sfu.rtc.connectivity import Advertised, Connectivity, ConnectivityError
+from callsctl_sfu.rtc.connectivity import (
+    Advertised,
+    Connectivity,
+    ConnectivityError,
+    size_udp_buffers,
+)
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
 from callsctl_sfu.tasks import install_exception_handler
 from callsctl_sfu.tuning import udp_buffer_warning
@@ -72,7 +76,8 @@ class Server:
         self.control: ControlPlane | None = None  # admin API, store, metrics, TLS
         self.udp_port = 0
         self.api_port = 0
-        self.buffer_sizes = (0, 0)
+        self.buffer_sizes = (0, 0)  # what the kernel granted the media socket (rcv, snd)
+        self.udp_buffer_size = config.udp_buffer_size  # read here only; passed on from here
         self.stopping = False
         self.started_at = 0.0
         self.fleet: Any = None  # fleet/node.py FleetNode when config.cluster is set
@@ -106,7 +111,8 @@ class Server:
         self._size_socket(transport)
         try:
             # ICE-TCP, IPv6, STUN discovery, overrides: rtc/connectivity.py.
-            self.connectivity = await Connectivity.open(config, mux, self.udp_port)
+            self.connectivity = await Connectivity.open(config, mux, self.udp_port,
+                                                        self.udp_buffer_size)
         except ConnectivityError as exc:
             transport.close()
             await self.control.close()
@@ -213,13 +219,9 @@ class Server:
         log.info("metrics on %s:%d/metrics", host, self.metrics_port)
 
     def _size_socket(self, transport: asyncio.DatagramTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        wanted = self.config.udp_buffer_size
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, wanted)
-            except OSError as exc:
-                log.warning("could not size the media socket buffer: %s", exc)
+        wanted = self.udp_buffer_size
+        for exc in size_udp_buffers(transport.get_extra_info("socket"), wanted):
+            log.warning("could not size the media socket buffer: %s", exc)
         self.buffer_sizes = socket_buffer_sizes(transport)
         warning = udp_buffer_warning(wanted, *self.buffer_sizes)
         if warning:
@@ -243,7 +245,7 @@ class Server:
             "ice": self.connectivity.info() if self.connectivity else {
                 "host": self.advertised.host, "udp_port": self.advertised.port,
                 "tcp_port": None, "source": self.advertised.source},
-            "udp_socket": {"requested_bytes": self.config.udp_buffer_size,
+            "udp_socket": {"requested_bytes": self.udp_buffer_size,
                            "rcvbuf_bytes": self.buffer_sizes[0],
                            "sndbuf_bytes": self.buffer_sizes[1]},
             "calls": len(self.manager.calls) if self.manager else 0,

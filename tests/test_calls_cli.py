@@ -115,7 +115,10 @@ def test_errors_are_one_line_with_exit_code_1(cli_server):
     env = {**env_for(cli_server), "CALLSCTL_ADMIN_KEY": "not-the-key"}
     rejected = run_cli("calls", "list", env=env)
     assert rejected.returncode == 1
-    assert rejected.stderr.count("\n") == 1 and "admin key was rejected" in rejected.stderr
+    # One wording for every admin-API command (callsctl.adminclient): who refused
+    # which key, and where the right one is.
+    assert rejected.stderr.count("\n") == 1 and "refused the admin key" in rejected.stderr
+    assert "CALLSCTL_ADMIN_KEY" in rejected.stderr and "<data dir>/admin_key" in rejected.stderr
     assert "Traceback" not in rejected.stderr
     unknown = run_cli("calls", "end", "no-such-call", env=env_for(cli_server))
     assert unknown.returncode == 1

@@ -143,7 +143,8 @@ def all_command(
     mm_config: str | None = typer.Option(
         None, "--mattermost-config", help="With --mattermost: TOML with url, token, channel."),
     data_dir: str | None = typer.Option(
-        None, "--data-dir", help="A local server's data dir: also make a real test call."),
+        None, "--data-dir", help="A local server's data dir: also make a real test call, with "
+                                 "tokens signed by its jwt_secret (read, never created)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Run every relevant check against one server and print one report.

@@ -59,9 +59,9 @@ def mint_tokens(data_dir: str | None) -> tuple[str, tuple[str, str]]:
     from callsctl import localserver
     from callsctl_sfu.tokens import issue_token
 
-    secret = localserver.read_secret(
-        data_dir, missing_hint="on the server host, point --data-dir at its data dir; "
-                               "elsewhere pass --token (from `callsctl token` on the server)")
+    secret = localserver.token_secret(
+        data_dir, otherwise="on the server host, point --data-dir at its data dir; "
+                            "elsewhere pass --token (from `callsctl token` on the server)")
     call = f"callsctl-check-{secrets.token_hex(4)}"
     return call, (issue_token(secret, call, "check-a", 300), issue_token(secret, call, "check-b",
                                                                           300))
@@ -178,8 +178,8 @@ def webrtc_command(
         "--mattermost, a personal access token."),
     data_dir: str | None = typer.Option(
         None, "--data-dir", help="A local server's data dir: mint test tokens with its "
-                                 "secret. [default: as `callsctl token`: CALLSCTL_DATA_DIR or "
-                                 "$XDG_DATA_HOME/callsctl]"),
+                                 "jwt_secret (read, never created). [default: as `callsctl "
+                                 "token`: CALLSCTL_DATA_DIR or $XDG_DATA_HOME/callsctl]"),
     mattermost: str | None = typer.Option(
         None, "--mattermost", help="Test a Mattermost server with the Calls plugin instead: its "
         "site URL (https://chat.example.com)."),

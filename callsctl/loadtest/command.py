@@ -63,22 +63,13 @@ def _endpoints(host: str) -> tuple[str, str, str, int]:
 
 
 def _secret(token_secret: str | None, secret_file: Path | None, data_dir: str | None) -> bytes:
-    """The server's JWT secret, read but never created (a new one would sign useless tokens)."""
-    if token_secret:
-        return token_secret.strip().encode()
-    if secret_file is not None:
-        try:
-            value = secret_file.read_text(encoding="ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"cannot read --secret-file {secret_file}: {exc}")
-        if not value:
-            fail(f"--secret-file {secret_file} is empty")
-        return value.encode()
+    """The server's JWT secret (callsctl.localserver.token_secret: read, never created)."""
     from callsctl import localserver
 
-    return localserver.read_secret(
-        data_dir, missing_hint="point --data-dir at the server's data dir, or pass "
-                               "--secret-file / --token-secret")
+    return localserver.token_secret(
+        data_dir, secret=token_secret, secret_file=secret_file,
+        otherwise="point --data-dir at the server's data dir, or pass --secret-file / "
+                  "--token-secret")
 
 
 def _ensure_fds(participants: int) -> None:
@@ -110,8 +101,9 @@ def loadtest(
         help="Joins are spread evenly over this time. [default: half of --duration, at "
              "most 30s]"),
     data_dir: str | None = typer.Option(
-        None, "--data-dir", help="The server's data dir: its jwt_secret signs the join tokens. "
-                                 "[default: the default data dir]"),
+        None, "--data-dir", help="The server's data dir: its jwt_secret (read, never created) "
+                                 "signs the join tokens. [default: CALLSCTL_DATA_DIR or "
+                                 "$XDG_DATA_HOME/callsctl]"),
     secret_file: Path | None = typer.Option(
         None, "--secret-file",
         help="File holding the server's JWT secret (<data dir>/jwt_secret)."),
@@ -199,17 +191,20 @@ def loadtest(
 
 async def _run(test: Any, monitor: Any, base: str, tls: Any, reporter: Any) -> Any:
     """Reachability first (one clear error), then the run with live progress and Ctrl-C."""
-    import aiohttp
+    from callsctl.adminclient import AdminApiError, AdminError, AsyncAdminClient, Connection
 
+    # No admin key: /readyz is public, and a load test needs no admin access.
+    client = AsyncAdminClient(Connection(base, None, True if tls is None else tls, 5.0,
+                                         server_flags="--host"))
     try:
-        async with aiohttp.ClientSession() as http, http.get(
-                f"{base}/readyz", ssl=True if tls is None else tls,
-                timeout=aiohttp.ClientTimeout(total=5)) as response:
-            if response.status >= 500:
-                body = await response.text()
-                fail(f"{base} is not ready ({response.status}): {body[:120]}")
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        fail(f"cannot reach {base}: {exc or type(exc).__name__}")
+        await client.readyz()
+    except AdminApiError as exc:
+        if (exc.status or 0) >= 500:
+            fail(f"{base} is not ready ({exc.status}): {exc.message[:120]}")
+    except AdminError as exc:
+        fail(exc.message)
+    finally:
+        await client.aclose()
     loop = asyncio.get_running_loop()
 
     def interrupted() -> None:

@@ -2,7 +2,8 @@
 
 The package is split so each part can be tested on its own:
 
-- client.py   the admin REST API over httpx (the only module that does HTTP);
+- client.py   top's snapshot and host controls on the shared admin client
+              (callsctl/adminclient.py, which does the HTTP);
 - model.py    what the TUI knows: the latest snapshot, rates and histories (pure);
 - view.py     turning that knowledge into table rows and colours (pure);
 - widgets.py, screens.py, app.py   the textual UI;

@@ -4,7 +4,7 @@ This module is imported whenever the CLI starts, so it imports nothing heavy:
 textual and the TUI are imported inside the command.
 
 Server, admin key and TLS trust are resolved exactly as `callsctl calls` does
-(callsctl/calls.py: flags, CALLSCTL_SERVER / CALLSCTL_ADMIN_KEY /
+(callsctl.adminclient.resolve: flags, CALLSCTL_SERVER / CALLSCTL_ADMIN_KEY /
 CALLSCTL_ADMIN_KEY_FILE, the client config, then the default data dir's
 admin_key), so an operator configures the admin API once for both. `top`
 adds --data-dir: the admin_key file of a server on this host that runs with
@@ -17,21 +17,18 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from callsctl.errors import EXIT_USAGE, fail
+from callsctl.errors import fail
 
 if TYPE_CHECKING:
-    from callsctl.calls import Connection
+    from callsctl.adminclient import Connection
     from callsctl.top.client import AdminClient
     from callsctl.top.model import TopState
 
 DEFAULT_HOST = "http://127.0.0.1:8045"
-ADMIN_KEY_FILE = "admin_key"
 
 
 def top(
@@ -79,7 +76,7 @@ def top(
                               client_config, timeout=max(2.0, min(refresh * 3, 10.0)))
     from callsctl.top.client import AdminClient
 
-    client = AdminClient(conn.server, conn.key, timeout=conn.timeout, verify=conn.verify)
+    client = AdminClient(conn)
     if once or as_json:
         snapshot = asyncio.run(_snapshot(client, refresh))
         if as_json:
@@ -97,33 +94,21 @@ def top(
 
 def normalize_url(value: str) -> str:
     """'host:port' → 'http://host:port'; only http(s) makes sense for the admin API."""
-    value = value.strip().rstrip("/")
-    if "://" not in value:
-        value = f"http://{value}"
-    scheme = value.split("://", 1)[0].lower()
-    if scheme not in ("http", "https") or not value.split("://", 1)[1]:
-        fail(f"--host {value!r}: expected an http:// or https:// URL such as {DEFAULT_HOST}",
-             EXIT_USAGE)
-    return value
+    from callsctl.adminclient import exit_on_error, normalize_server
+
+    with exit_on_error():
+        return normalize_server(value, "--host")
 
 
 def resolve_connection(host: str | None, admin_key: str | None, admin_key_file: str | None,
                        data_dir: str | None, ca_cert: str | None, insecure: bool,
                        client_config: str | None, timeout: float) -> Connection:
     """Server, key and TLS trust, the way `callsctl calls` finds them (see module doc)."""
-    from callsctl.calls import ClientOptions, connection_for
+    from callsctl.adminclient import exit_on_error, resolve
 
-    if data_dir and not admin_key and not admin_key_file:
-        path = Path(data_dir).expanduser() / ADMIN_KEY_FILE
-        if not path.is_file():
-            fail(f"no admin key in --data-dir {data_dir} (no {path}): point it at the data "
-                 "dir of callsctl serve, or pass --admin-key-file / CALLSCTL_ADMIN_KEY")
-        admin_key_file = str(path)
-    options = ClientOptions(normalize_url(host) if host else None, admin_key, admin_key_file,
-                            ca_cert, insecure, client_config, timeout)
-    conn = connection_for(SimpleNamespace(obj=options))  # type: ignore[arg-type]
-    conn.server = normalize_url(conn.server)
-    return conn
+    with exit_on_error():
+        return resolve(host, admin_key, admin_key_file, ca_cert, insecure, client_config,
+                       timeout, data_dir=data_dir, server_flag="--host")
 
 
 # -- --once ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 from aiohttp import web
 
+from callsctl_sfu.api import paths
 from callsctl_sfu.calls.host import HostControlError
 from callsctl_sfu.calls.sessionstats import describe_call, summarize_call
 from callsctl_sfu.errors import CallsctlError
@@ -33,7 +34,7 @@ from callsctl_sfu.store import CallSettings
 if TYPE_CHECKING:
     from callsctl_sfu.control import ControlPlane
 
-API = "/api/v1"
+API = paths.API  # jobs/api.py builds its routes on it
 MAX_ID = 64
 MAX_BODY = 16 * 1024
 HISTORY_DEFAULT = 50
@@ -329,23 +330,22 @@ async def metrics(request: web.Request) -> web.Response:
 def add_admin_routes(app: web.Application) -> None:
     app.middlewares.append(admin_auth)
     r = app.router
-    r.add_get(f"{API}/calls", list_calls)
-    r.add_get(f"{API}/calls/{{call_id}}", show_call)
-    r.add_delete(f"{API}/calls/{{call_id}}", end_call)
-    r.add_post(f"{API}/calls/{{call_id}}/host", make_host)
-    r.add_post(f"{API}/calls/{{call_id}}/mute-others", mute_others)
-    for action in ("mute", "stop-screen", "lower-hand"):
-        r.add_post(f"{API}/calls/{{call_id}}/sessions/{{session_id}}/{action}",
-                   _session_action(action))
-    r.add_delete(f"{API}/calls/{{call_id}}/sessions/{{session_id}}", _session_action("remove"))
-    r.add_get(f"{API}/settings/calls", list_settings)
-    r.add_get(f"{API}/settings/calls/{{call_id}}", get_settings)
-    r.add_put(f"{API}/settings/calls/{{call_id}}", put_settings)
-    r.add_get(f"{API}/history", history)
-    r.add_get(f"{API}/events", events)
-    r.add_get("/system", system)
+    r.add_get(paths.CALLS, list_calls)
+    r.add_get(paths.CALL, show_call)
+    r.add_delete(paths.CALL, end_call)
+    r.add_post(paths.CALL_HOST, make_host)
+    r.add_post(paths.CALL_MUTE_OTHERS, mute_others)
+    for action, template in paths.SESSION_ACTIONS.items():
+        r.add_post(template, _session_action(action))
+    r.add_delete(paths.SESSION, _session_action("remove"))
+    r.add_get(paths.SETTINGS, list_settings)
+    r.add_get(paths.CALL_SETTINGS, get_settings)
+    r.add_put(paths.CALL_SETTINGS, put_settings)
+    r.add_get(paths.HISTORY, history)
+    r.add_get(paths.EVENTS, events)
+    r.add_get(paths.SYSTEM, system)
     if not app["config"].metrics_port:  # else only the metrics listener serves it
-        r.add_get("/metrics", metrics)
+        r.add_get(paths.METRICS, metrics)
 
 
 def metrics_app(control: ControlPlane) -> web.Application:
@@ -356,6 +356,6 @@ def metrics_app(control: ControlPlane) -> web.Application:
     """
     app = web.Application()
     app["control"] = control
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get(paths.METRICS, metrics)
     return app
 

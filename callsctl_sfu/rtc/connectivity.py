@@ -31,7 +31,6 @@ Opened once at startup, after the IPv4 UDP media socket (server.py), this:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -54,6 +53,24 @@ log = logging.getLogger("callsctl_sfu.rtc.connectivity")
 class ConnectivityError(CallsctlError, RuntimeError):
     """A connectivity setting cannot be honoured; the message is one line with the fix."""
     code = "bad_connectivity"
+
+
+def size_udp_buffers(sock: socket.socket, size: int) -> list[OSError]:
+    """Ask for `size` bytes of receive and send buffer on a media UDP socket.
+
+    The one place both media sockets are sized (the IPv4 one in server.py, the
+    IPv6 one here). Returns the failures; the kernel may also grant less than
+    asked without failing, which the caller checks with what it reads back.
+    """
+    errors: list[OSError] = []
+    if size <= 0:
+        return errors
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError as exc:
+            errors.append(exc)
+    return errors
 
 
 @dataclass(frozen=True)
@@ -79,11 +96,17 @@ class Connectivity:
     ipv6_hosts: list[str] = field(default_factory=list)
     discovery: Discovery | None = None
     specs: list[CandidateSpec] = field(default_factory=list)
+    udp_buffer_size: int = 0  # the server's udp_buffer_size (0: the kernel's default)
 
     @classmethod
-    async def open(cls, config: ServeConfig, mux: UdpMux, udp_port: int) -> Connectivity:
-        """Open the extra sockets and compute the candidates; closes what it opened on error."""
-        self = cls(config, mux, udp_port)
+    async def open(cls, config: ServeConfig, mux: UdpMux, udp_port: int,
+                   udp_buffer_size: int = 0) -> Connectivity:
+        """Open the extra sockets and compute the candidates; closes what it opened on error.
+
+        udp_buffer_size is passed in rather than read from config: the server reads
+        it once and sizes every media UDP socket (IPv4 there, IPv6 here) with it.
+        """
+        self = cls(config, mux, udp_port, udp_buffer_size=udp_buffer_size)
         try:
             await self._open()
         except BaseException:
@@ -115,10 +138,8 @@ class Connectivity:
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                # server.py already warned if the kernel caps the IPv4 socket's buffers.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, self.config.udp_buffer_size)
+            # server.py already warned if the kernel caps the IPv4 socket's buffers.
+            size_udp_buffers(sock, self.udp_buffer_size)
             sock.bind((host, self.udp_port))
             sock.setblocking(False)
         except OSError as exc:

@@ -511,12 +511,12 @@ class AsyncAdminClient(_Transport, _Endpoints[Awaitable[dict[str, Any]], Awaitab
             raise self._unreachable(exc) from None
         return self._check(method, path, response)
 
-    async def _json(self, method: str, path: str,  # type: ignore[override]
+    async def _json(self, method: str, path: str,
                     body: dict[str, Any] | None = None,
                     params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._decode(method, path, await self.request(method, path, body, params))
 
-    async def _text(self, path: str) -> str:  # type: ignore[override]
+    async def _text(self, path: str) -> str:
         return (await self.request("GET", path)).text
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

@@ -2,6 +2,9 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test files run on this many workers (pytest-xdist; a file stays on one worker so its
+# module fixtures start once). 0 runs them in this process, one after another.
+TEST_WORKERS ?= 2
 
 .PHONY: install serve test lint typecheck clean docs dist
 
@@ -25,7 +28,7 @@ typecheck: install
 	$(BIN)/python -m tools.typecheck
 
 test: install lint typecheck
-	$(BIN)/pytest -q -ra --durations=20
+	$(BIN)/pytest -q -ra --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 # Regenerate completions/, man/callsctl.1 and README's generated blocks from the CLI.
 docs: install

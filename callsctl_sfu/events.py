@@ -30,8 +30,8 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, Literal
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, Literal, TypeVar
 
 # --- client -> server ------------------------------------------------------------------------
 
@@ -82,7 +82,7 @@ class Field:
 class EventSpec:
     """One server -> client event type: its class, fields and when it is sent."""
 
-    type: str
+    name: str
     cls: type[ServerEvent]
     fields: tuple[Field, ...]
     when: str
@@ -98,6 +98,7 @@ class EventSpec:
 
 
 EVENTS: dict[str, EventSpec] = {}
+E = TypeVar("E", bound="ServerEvent")
 
 # Events the web client deliberately does not handle: type -> why. Empty today:
 # the browser handles every event (tests/test_events_contract.py keeps it so).
@@ -149,16 +150,19 @@ def _json_type(hint: Any) -> tuple[str, bool]:
     return _JSON_TYPES[base], nullable
 
 
-def _event(when: dict[str | tuple[str, ...], str]) -> Callable[[type[Any]], type[Any]]:
-    """Make the class a slotted keyword-only dataclass and register its type(s).
+def _event(when: dict[str | tuple[str, ...], str]) -> Callable[[type[E]], type[E]]:
+    """Register the event dataclass below it under its type name(s).
 
     `when` maps a type name, or a tuple of names documented in one row, to
     when the server sends it. A class with one type name gets it as a class
     attribute; a class for several declares `type: Literal[...]` as a field.
+    Each class is a plain `@dataclass(slots=True, kw_only=True)`, written out
+    so that type checkers see its constructor.
     """
 
-    def register(cls: type[Any]) -> type[Any]:
-        cls = dataclass(slots=True, kw_only=True)(cls)
+    def register(cls: type[E]) -> type[E]:
+        if not is_dataclass(cls):
+            raise TypeError(f"{cls.__name__}: put @_event above @dataclass")
         hints = typing.get_type_hints(cls)
         specs: list[Field] = []
         for f in fields(cls):
@@ -180,7 +184,7 @@ def _event(when: dict[str | tuple[str, ...], str]) -> Callable[[type[Any]], type
         if "type" not in cls.__annotations__:
             if len(names) != 1:
                 raise TypeError(f"{cls.__name__}: several types need a `type` field")
-            cls.type = names[0]
+            cls.type = names[0]  # a class attribute, not a field
         elif set(typing.get_args(hints["type"])) != set(names):
             raise TypeError(f"{cls.__name__}: its type Literal and its registered names differ")
         return cls
@@ -228,6 +232,7 @@ PARTICIPANT_FIELDS = ("session_id", "user", "name", "muted", "hand", "voice", "s
 
 
 @_event({"joined": "after `join`, and after `reconnect` with `reconnected: true`"})
+@dataclass(slots=True, kw_only=True)
 class Joined(ServerEvent):
     session_id: str = req("this connection's session")
     call: str = req()
@@ -244,17 +249,20 @@ class Joined(ServerEvent):
 
 
 @_event({"signal": "the server's offers and answers (its candidates are in the SDP)"})
+@dataclass(slots=True, kw_only=True)
 class Signal(ServerEvent):
     data: dict[str, Any] = req("`{type: \"offer\"|\"answer\", sdp}`")
 
 
 @_event({"call_start": "to the first participant of a new call"})
+@dataclass(slots=True, kw_only=True)
 class CallStart(ServerEvent):
     call: str = req()
     started_at: float = req("Unix time")
 
 
 @_event({"call_end": "the call is over; every session is removed"})
+@dataclass(slots=True, kw_only=True)
 class CallEnd(ServerEvent):
     call: str = req()
     reason: str = req()
@@ -262,6 +270,7 @@ class CallEnd(ServerEvent):
 
 
 @_event({"user_joined": "another participant joined"})
+@dataclass(slots=True, kw_only=True)
 class UserJoined(ServerEvent):
     session_id: str = req()
     user: str = req()
@@ -269,6 +278,7 @@ class UserJoined(ServerEvent):
 
 
 @_event({"user_left": "a participant left or was removed"})
+@dataclass(slots=True, kw_only=True)
 class UserLeft(ServerEvent):
     session_id: str = req()
     reason: str = req()
@@ -287,30 +297,35 @@ UserStateType = Literal["user_muted", "user_unmuted", "user_voice_on", "user_voi
     ("user_video_on", "user_video_off"): "camera on or off",
     "user_screen_off": "a screen share ended (the answer to `screen_off` too)",
 })
+@dataclass(slots=True, kw_only=True)
 class UserState(ServerEvent):
     type: UserStateType = req()
     session_id: str = req()
 
 
 @_event({"user_screen_on": "a screen share started (the answer to `screen_on` too)"})
+@dataclass(slots=True, kw_only=True)
 class UserScreenOn(ServerEvent):
     session_id: str = req()
     stream_id: str | None = opt("the media stream carrying the screen, as in `screen_on`")
 
 
 @_event({"user_reacted": "a reaction everyone sees for a moment"})
+@dataclass(slots=True, kw_only=True)
 class UserReacted(ServerEvent):
     session_id: str = req()
     emoji: str = req()
 
 
 @_event({"call_host_changed": "the host left, or the role was handed over"})
+@dataclass(slots=True, kw_only=True)
 class CallHostChanged(ServerEvent):
     host: str | None = req("the new host's session id")
 
 
 @_event({"call_recording":
          "a recorder joined or left the call (it is never listed as a participant)"})
+@dataclass(slots=True, kw_only=True)
 class CallRecording(ServerEvent):
     recording: bool = req()
     started_at: float | None = opt("when it started, Unix time")
@@ -319,6 +334,7 @@ class CallRecording(ServerEvent):
 
 @_event({"call_captions": "live captions turned on or off (the captions worker is never "
                           "listed as a participant)"})
+@dataclass(slots=True, kw_only=True)
 class CallCaptions(ServerEvent):
     captions: bool = req()
     started_at: float | None = opt("when they started, Unix time")
@@ -327,6 +343,7 @@ class CallCaptions(ServerEvent):
 
 @_event({"caption": "a transcribed utterance of that speaker; only the call's captions worker "
                     "can send one (as `caption`), the server adds the name"})
+@dataclass(slots=True, kw_only=True)
 class Caption(ServerEvent):
     session_id: str = req("the speaker")
     name: str = req("the speaker's name")
@@ -343,6 +360,7 @@ HostActionType = Literal["host_mute", "host_lower_hand", "host_screen_off"]
     "host_lower_hand": "to the participant whose hand was lowered",
     "host_screen_off": "to the participant whose screen share was stopped",
 })
+@dataclass(slots=True, kw_only=True)
 class HostAction(ServerEvent):
     type: HostActionType = req()
     session_id: str = req()
@@ -351,6 +369,7 @@ class HostAction(ServerEvent):
 
 
 @_event({"host_removed": "to the participant removed; its session is gone"})
+@dataclass(slots=True, kw_only=True)
 class HostRemoved(ServerEvent):
     session_id: str = req()
     call: str = req()
@@ -359,6 +378,7 @@ class HostRemoved(ServerEvent):
 
 
 @_event({"host_control_done": "to the host, after its `host_control` took effect"})
+@dataclass(slots=True, kw_only=True)
 class HostControlDone(ServerEvent):
     action: str = req()
     session_id: str | None = opt("the target")
@@ -368,6 +388,7 @@ class HostControlDone(ServerEvent):
 
 
 @_event({"invite_created": "to the host, after `invite`"})
+@dataclass(slots=True, kw_only=True)
 class InviteCreated(ServerEvent):
     call: str = req()
     user: str = req("a new user id derived from the name")
@@ -378,11 +399,13 @@ class InviteCreated(ServerEvent):
 
 
 @_event({"error": "see the codes below"})
+@dataclass(slots=True, kw_only=True)
 class Error(ServerEvent):
     code: str = req()
     message: str = req("what is wrong, in a sentence")
 
 
 @_event({"pong": "after `ping`"})
+@dataclass(slots=True, kw_only=True)
 class Pong(ServerEvent):
     pass

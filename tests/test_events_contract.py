@@ -305,8 +305,8 @@ def test_reading_a_field_the_event_lacks_is_caught() -> None:
 
 def test_the_wire_form_is_what_clients_have_always_received() -> None:
     """Key order and omitted optional fields, as the dict literals the sites used to write."""
-    joined = dict(session_id="s", call="c", host="h", participants=[], recording=False,
-                  captions=False, ice_servers=[])
+    joined: dict[str, Any] = dict(session_id="s", call="c", host="h", participants=[],
+                                  recording=False, captions=False, ice_servers=[])
     assert list(events.Joined(**joined, captions_available=True).wire()) == [
         "type", "session_id", "call", "host", "participants", "recording", "captions",
         "captions_available", "ice_servers"]

@@ -38,7 +38,7 @@ def events_table() -> str:
     lines = ["| event | fields | when |", "|---|---|---|"]
     done: set[str] = set()
     for spec in EVENTS.values():
-        if spec.type in done:
+        if spec.name in done:
             continue
         done.update(spec.row)
         names = " / ".join(f"`{name}`" for name in spec.row)

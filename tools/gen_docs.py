@@ -1,7 +1,8 @@
 """Regenerate (or check) every file that is derived from the CLI: `make docs`.
 
     python -m tools.gen_docs            write completions/, man/callsctl.1 and the
-                                        generated blocks of README.md
+                                        generated blocks of README.md and
+                                        docs/signaling.md (tools/gen_signaling.py)
     python -m tools.gen_docs --check    write nothing; exit 1 naming each stale file
 
 Other engineers add commands, options and settings all the time; a generated
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tools import gen_completions, gen_man, reference
+from tools import gen_completions, gen_man, gen_signaling, reference
 from tools.clitree import Command, load_tree
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,6 +126,9 @@ def render_all(root: Path = ROOT) -> dict[str, str]:
     readme = root / README
     if readme.exists():
         wanted[README] = fill_readme(readme.read_text(encoding="utf-8"), tree)
+    signaling = root / gen_signaling.PATH  # its events table, from callsctl_sfu/events.py
+    if signaling.exists():
+        wanted[gen_signaling.PATH] = gen_signaling.fill(signaling.read_text(encoding="utf-8"))
     return wanted
 
 

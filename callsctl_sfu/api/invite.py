@@ -14,6 +14,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+from callsctl_sfu import events
 from callsctl_sfu.tokens import DEFAULT_TTL_SECONDS, issue_token
 
 _NOT_ID = re.compile(r"[^a-z0-9]+")
@@ -32,6 +33,6 @@ def mint_invite(secret: bytes, call: str, name: str,
     user = invite_user_id(name)
     now = time.time()
     token = issue_token(secret, call, user, ttl_seconds, now=now)
-    return {"type": "invite_created", "call": call, "user": user, "name": name,
-            "token": token, "expires_at": int(now + ttl_seconds),
-            "path": "/?" + urlencode({"token": token, "name": name})}
+    return events.InviteCreated(call=call, user=user, name=name, token=token,
+                                expires_at=int(now + ttl_seconds),
+                                path="/?" + urlencode({"token": token, "name": name})).wire()

@@ -13,7 +13,9 @@ import unicodedata
 from itertools import accumulate
 from typing import Any
 
+from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
+from callsctl_sfu.events import CLIENT_MESSAGES
 
 
 class ProtocolError(CallsctlError, ValueError):
@@ -25,37 +27,12 @@ class ProtocolError(CallsctlError, ValueError):
         self.message = message
 
     def event(self) -> dict[str, Any]:
-        return {"type": "error", "code": self.code, "message": self.message}
+        return events.Error(code=self.code, message=self.message).wire()
 
 
-# type -> {field: (python type, required)}
-MESSAGES: dict[str, dict[str, tuple[type, bool]]] = {
-    "join": {"call": (str, True), "name": (str, False)},
-    "leave": {},
-    "signal": {"data": (dict, True)},
-    "mute": {},
-    "unmute": {},
-    "raise_hand": {},
-    "lower_hand": {},
-    "react": {"emoji": (str, True)},
-    "reconnect": {"session_id": (str, True)},
-    "ping": {},
-    "screen_on": {"stream_id": (str, False)},
-    "screen_off": {},
-    "video_on": {},
-    "video_off": {},
-    # The call's host moderating from its own page (calls/host.py checks it is the host).
-    "host_control": {"action": (str, True), "session_id": (str, False)},
-    # The host mints a join link for someone else (answered with `invite_created`).
-    "invite": {"name": (str, True)},
-    "record_start": {},  # host only: start recording the call (jobs/)
-    "record_stop": {},
-    "captions_start": {},  # host only: start live captions (jobs/captions.py)
-    "captions_stop": {},
-    # Only the captions worker: validated further in jobs/captions.py.
-    "caption": {"session_id": (str, True), "text": (str, True)},
-    "captions_stats": {"window_dropped": (int, False), "buf_full": (int, False)},
-}
+# type -> {field: (python type, required)}: declared with the server's events, so one
+# module lists the whole protocol; the name MESSAGES stays for this module's users.
+MESSAGES = CLIENT_MESSAGES
 # host_control actions; those in HOST_TARGETED need the target's session_id.
 HOST_ACTIONS = ("mute", "mute_others", "stop_screen", "lower_hand", "remove", "make_host",
                 "end")

@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from callsctl_sfu import events
 from callsctl_sfu.api.invite import mint_invite
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
 from callsctl_sfu.api.ratelimit import TokenBucket
@@ -147,7 +148,7 @@ class SignalingConnection:
             self._writer = None
 
     async def error(self, code: str, message: str) -> None:
-        await self.send({"type": "error", "code": code, "message": message})
+        await self.send(events.Error(code=code, message=message).wire())
 
     async def handle(self, raw: str) -> None:
         if not await self.admit():
@@ -198,12 +199,12 @@ class SignalingConnection:
                                         self.grant.call, self.send)
         self.session_id = session.session_id
         call = self.manager.calls[session.call_id]
-        await self.send({"type": "joined", "session_id": session.session_id,
-                         "call": session.call_id, "host": call.host, "reconnected": True,
-                         "participants": [s.public() for s in call.others(session.session_id)],
-                         "recording": call.recording, "captions": call.captions,
-                         "ice_servers": client_ice_servers(self.manager.config,
-                                                           self.grant.user)})
+        await self.send(events.Joined(
+            session_id=session.session_id, call=session.call_id, host=call.host,
+            reconnected=True,
+            participants=[s.public() for s in call.others(session.session_id)],
+            recording=call.recording, captions=call.captions,
+            ice_servers=client_ice_servers(self.manager.config, self.grant.user)).wire())
 
     async def on_leave(self, _message: dict[str, Any]) -> None:
         session_id, self.session_id = self.session_id, None
@@ -228,7 +229,7 @@ class SignalingConnection:
         await self.manager.react(self.session_id, message["emoji"])  # type: ignore[arg-type]
 
     async def on_ping(self, _m: dict[str, Any]) -> None:
-        await self.send({"type": "pong"})
+        await self.send(events.Pong().wire())
 
     async def on_screen_on(self, message: dict[str, Any]) -> None:
         await self.manager.set_screen(self.session_id, True,  # type: ignore[arg-type]
@@ -276,7 +277,7 @@ class SignalingConnection:
             await self.error(exc.code, exc.message)
             return
         log.info("host %s: %s %s", self.session_id, action, message.get("session_id") or "")
-        await self.send({"type": "host_control_done", **outcome})
+        await self.send(events.HostControlDone(**outcome).wire())
 
     async def on_invite(self, message: dict[str, Any]) -> None:
         """A join link for someone else, to the host's own call (never another one)."""
@@ -298,8 +299,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     try:
         grant = verify_token(request.app["jwt_secret"], _token_from(request))
     except TokenError as exc:
-        await ws.send_str(json.dumps({"type": "error", "code": exc.code,
-                                      "message": str(exc)}))
+        await ws.send_str(json.dumps(events.Error(code=exc.code, message=str(exc)).wire()))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,

@@ -27,6 +27,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
 
 if TYPE_CHECKING:
@@ -92,13 +93,13 @@ class HostControls:
         if call.host == session_id:
             return False
         call.host = session_id
-        await self.manager.broadcast(call, {"type": "call_host_changed", "host": session_id})
+        await self.manager.broadcast(call, events.CallHostChanged(host=session_id).wire())
         return True
 
     async def mute(self, call_id: str, session_id: str, by: str = "admin") -> bool:
         call, _session = self.session(call_id, session_id)
-        await self._tell(call, session_id, {"type": "host_mute", "session_id": session_id,
-                                            "call": call_id, "by": by})
+        await self._tell(call, session_id, events.HostAction(
+            type="host_mute", session_id=session_id, call=call_id, by=by).wire())
         return await self.manager.set_state(session_id, "muted", True)
 
     async def mute_others(self, call_id: str, keep: str, by: str = "admin") -> list[str]:
@@ -115,9 +116,8 @@ class HostControls:
         call, session = self.session(call_id, session_id)
         if not session.state.screen:
             return False
-        await self._tell(call, session_id, {"type": "host_screen_off",
-                                            "session_id": session_id, "call": call_id,
-                                            "by": by})
+        await self._tell(call, session_id, events.HostAction(
+            type="host_screen_off", session_id=session_id, call=call_id, by=by).wire())
         await self.manager.set_screen(session_id, False)
         return True
 
@@ -125,16 +125,15 @@ class HostControls:
         call, session = self.session(call_id, session_id)
         if not session.state.hand:
             return False
-        await self._tell(call, session_id, {"type": "host_lower_hand",
-                                            "session_id": session_id, "call": call_id,
-                                            "by": by})
+        await self._tell(call, session_id, events.HostAction(
+            type="host_lower_hand", session_id=session_id, call=call_id, by=by).wire())
         return await self.manager.set_state(session_id, "hand", False)
 
     async def remove(self, call_id: str, session_id: str,
                      reason: str = "removed by an admin", by: str = "admin") -> None:
         call, _session = self.session(call_id, session_id)
-        await self._tell(call, session_id, {"type": "host_removed", "session_id": session_id,
-                                            "call": call_id, "by": by, "reason": reason})
+        await self._tell(call, session_id, events.HostRemoved(
+            session_id=session_id, call=call_id, by=by, reason=reason).wire())
         # host_removed said it all: detach first so the manager's generic
         # "session_removed" error does not overwrite that in the client.
         self.manager.detach(session_id)
@@ -144,8 +143,8 @@ class HostControls:
                   by: str = "admin") -> int:
         """call_end to everyone, then every session leaves; returns how many were removed."""
         call = self.call(call_id)
-        await self.manager.broadcast(call, {"type": "call_end", "call": call_id,
-                                            "reason": reason, "by": by})
+        await self.manager.broadcast(call, events.CallEnd(call=call_id, reason=reason,
+                                                          by=by).wire())
         removed = 0
         sessions = [sid for sid in call.sessions if sid in self.manager.participants]
         for session_id in sessions:  # call_end said it all (see remove())

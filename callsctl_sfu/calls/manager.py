@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from callsctl_sfu import events
 from callsctl_sfu.calls.forward_metrics import ForwardMetrics
 from callsctl_sfu.calls.forwarder import Forwarder, ForwardingStats
 from callsctl_sfu.calls.model import Call, Session, new_session_id
@@ -142,8 +143,8 @@ class CallManager:
         new_call = call is None
         if call is None:
             call = self.calls[call_id] = Call(call_id)
-            self.notify(call, {"type": "call_start", "call": call_id,
-                               "started_at": call.started_at})
+            self.notify(call, events.CallStart(call=call_id,
+                                               started_at=call.started_at).wire())
         session = Session(new_session_id(), user, name or user, call_id, recorder=recorder,
                           role=role if recorder else "")
         forwarder = self.forwarder
@@ -166,26 +167,26 @@ class CallManager:
             raise JoinRefused("session_replaced", "a newer join of the same user replaced "
                                                   "this one")
         participant.send = send
-        await send({"type": "joined", "session_id": session.session_id, "call": call_id,
-                    "host": call.host, "participants": [s.public() for s in
-                                                        call.others(session.session_id)],
-                    "recording": call.recording, "captions": call.captions,
-                    # whether this server offers live captions at all (the host's button)
-                    "captions_available": self.config.live_captions_enabled,
-                    "ice_servers": client_ice_servers(self.config, user)})
+        await send(events.Joined(
+            session_id=session.session_id, call=call_id, host=call.host,
+            participants=[s.public() for s in call.others(session.session_id)],
+            recording=call.recording, captions=call.captions,
+            # whether this server offers live captions at all (the host's button)
+            captions_available=self.config.live_captions_enabled,
+            ice_servers=client_ice_servers(self.config, user)).wire())
         if new_call:
-            await send({"type": "call_start", "call": call_id, "started_at": call.started_at})
+            await send(events.CallStart(call=call_id, started_at=call.started_at).wire())
         if session.role == "captions":
-            await self.broadcast(call, {"type": "call_captions", "captions": True,
-                                        "started_at": session.joined_at},
+            await self.broadcast(call, events.CallCaptions(
+                captions=True, started_at=session.joined_at).wire(),
                                  exclude=session.session_id)
         elif recorder:
-            await self.broadcast(call, {"type": "call_recording", "recording": True,
-                                        "started_at": session.joined_at},
+            await self.broadcast(call, events.CallRecording(
+                recording=True, started_at=session.joined_at).wire(),
                                  exclude=session.session_id)
         else:
-            await self.broadcast(call, {"type": "user_joined", "session_id": session.session_id,
-                                        "user": user, "name": session.name},
+            await self.broadcast(call, events.UserJoined(
+                session_id=session.session_id, user=user, name=session.name).wire(),
                                  exclude=session.session_id)
         self._rewire(call, only=session.session_id)
         self.control_stats.joins += 1
@@ -223,28 +224,28 @@ class CallManager:
         if call is not None:
             host_changed = call.remove(session_id)
             if session.role == "captions":
-                await self.broadcast(call, {"type": "call_captions", "captions": False,
-                                            "reason": reason})
+                await self.broadcast(call, events.CallCaptions(captions=False,
+                                                               reason=reason).wire())
             elif session.recorder:
-                await self.broadcast(call, {"type": "call_recording", "recording": False,
-                                            "reason": reason})
+                await self.broadcast(call, events.CallRecording(recording=False,
+                                                                reason=reason).wire())
             else:
-                await self.broadcast(call, {"type": "user_left", "session_id": session_id,
-                                            "reason": reason})
+                await self.broadcast(call, events.UserLeft(session_id=session_id,
+                                                           reason=reason).wire())
             if host_changed:
-                await self.broadcast(call, {"type": "call_host_changed", "host": call.host})
+                await self.broadcast(call, events.CallHostChanged(host=call.host).wire())
             if not call.people():  # only a recorder left: the call is over, it goes too
                 for other in [s for s in call.sessions.values() if s.recorder]:
-                    await self.broadcast(call, {"type": "call_end", "call": call.call_id,
-                                                "reason": "the last participant left"})
+                    await self.broadcast(call, events.CallEnd(
+                        call=call.call_id, reason="the last participant left").wire())
                     await self.leave(other.session_id, "call ended")
             if not call.sessions:
                 # Several leaves can reach this point for the same call (each awaited
                 # its broadcasts): only the one that removes the call announces its end.
                 if self.calls.get(call.call_id) is call:
                     del self.calls[call.call_id]
-                    self.notify(call, {"type": "call_end", "call": call.call_id,
-                                       "reason": "the last participant left"})
+                    self.notify(call, events.CallEnd(
+                        call=call.call_id, reason="the last participant left").wire())
                     self._offered.pop(call.call_id, None)
                     log.info("call %s ended", call.call_id)
             elif published:
@@ -253,9 +254,9 @@ class CallManager:
             removals = self.control_stats.removals
             removals[reason] = removals.get(reason, 0) + 1
         if reason not in ("left", "shutdown") and participant.send is not None:
-            await self._safe_send(participant.send, {
-                "type": "error", "code": "session_removed",
-                "message": f"you were removed from the call: {reason}"})
+            await self._safe_send(participant.send, events.Error(
+                code="session_removed",
+                message=f"you were removed from the call: {reason}").wire())
         await participant.peer.close()
         log.info("session %s left call %s (%s)", session_id, session.call_id, reason)
 
@@ -289,15 +290,17 @@ class CallManager:
         setattr(state, attribute, value)
         if attribute == "muted":
             self.forwarder.set_muted(session_id, value)
-        event = {("muted", True): "user_muted", ("muted", False): "user_unmuted",
-                 ("hand", True): "user_raise_hand", ("hand", False): "user_lower_hand",
-                 ("video", True): "user_video_on", ("video", False): "user_video_off"}
+        event: dict[tuple[str, bool], events.UserStateType] = {
+            ("muted", True): "user_muted", ("muted", False): "user_unmuted",
+            ("hand", True): "user_raise_hand", ("hand", False): "user_lower_hand",
+            ("video", True): "user_video_on", ("video", False): "user_video_off"}
         call = self.calls[participant.session.call_id]
-        await self.broadcast(call, {"type": event[(attribute, value)],
-                                    "session_id": session_id})
+        await self.broadcast(call, events.UserState(type=event[(attribute, value)],
+                                                    session_id=session_id).wire())
         if attribute == "muted" and value and state.voice:
             state.voice = False
-            await self.broadcast(call, {"type": "user_voice_off", "session_id": session_id})
+            await self.broadcast(call, events.UserState(type="user_voice_off",
+                                                        session_id=session_id).wire())
         return True
 
     async def set_screen(self, session_id: str, on: bool, stream_id: str | None = None) -> None:
@@ -318,11 +321,9 @@ class CallManager:
             return
         session.state.screen = on
         participant.peer.set_screen_stream(stream_id if on else None)
-        event: dict[str, Any] = {"type": "user_screen_on" if on else "user_screen_off",
-                                 "session_id": session_id}
-        if on and stream_id:
-            event["stream_id"] = stream_id
-        await self.broadcast(call, event)
+        event = events.UserScreenOn(session_id=session_id, stream_id=stream_id or None) if on \
+            else events.UserState(type="user_screen_off", session_id=session_id)
+        await self.broadcast(call, event.wire())
 
     async def record(self, session_id: str, on: bool) -> None:
         """The host's record button: start or stop the call's recording job."""
@@ -356,8 +357,8 @@ class CallManager:
 
     async def react(self, session_id: str, emoji: str) -> None:
         session = self.participants[session_id].session
-        await self.broadcast(self.calls[session.call_id], {
-            "type": "user_reacted", "session_id": session_id, "emoji": emoji})
+        await self.broadcast(self.calls[session.call_id], events.UserReacted(
+            session_id=session_id, emoji=emoji).wire())
 
     # -- events ------------------------------------------------------------------------
 
@@ -466,8 +467,8 @@ class CallManager:
             session.state.voice = True
             call = self.calls.get(session.call_id)
             if call is not None:
-                spawn(self.broadcast(call, {"type": "user_voice_on",
-                                            "session_id": session.session_id}),
+                spawn(self.broadcast(call, events.UserState(
+                    type="user_voice_on", session_id=session.session_id).wire()),
                       "voice-on")
 
     # -- housekeeping -----------------------------------------------------------------------
@@ -490,8 +491,8 @@ class CallManager:
                 session.state.voice = False
                 call = self.calls.get(session.call_id)
                 if call is not None:
-                    await self.broadcast(call, {"type": "user_voice_off",
-                                                "session_id": session.session_id})
+                    await self.broadcast(call, events.UserState(
+                        type="user_voice_off", session_id=session.session_id).wire())
             if participant.detached_at is not None and \
                     now - participant.detached_at > self.config.reconnect_grace:
                 await self.leave(session.session_id, "signaling connection lost")
@@ -511,8 +512,8 @@ class CallManager:
         self.closing = True
         self._housekeeping.cancel()
         for call in list(self.calls.values()):
-            await self.broadcast(call, {"type": "call_end", "call": call.call_id,
-                                        "reason": "server shutting down"})
+            await self.broadcast(call, events.CallEnd(
+                call=call.call_id, reason="server shutting down").wire())
         for session_id in list(self.participants):
             await self.leave(session_id, "shutdown")
         self.calls.clear()

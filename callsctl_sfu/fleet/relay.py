@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
 
 if TYPE_CHECKING:
@@ -97,10 +98,10 @@ class Relay:
             log.info("relay to %s ended: %s", self.host_id, exc)
         if not self.client.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.client.send_str(json.dumps({
-                    "type": "error", "code": "host_lost",
-                    "message": f"the connection to node {self.host_id}, which hosts this "
-                               "call, ended; reconnect to rejoin"}))
+                await self.client.send_str(json.dumps(events.Error(
+                    code="host_lost",
+                    message=f"the connection to node {self.host_id}, which hosts this "
+                            "call, ended; reconnect to rejoin").wire()))
                 await self.client.close(code=CLOSE_HOST_GONE, message=b"host node gone")
 
     async def close(self) -> None:

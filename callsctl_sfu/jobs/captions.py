@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from callsctl_sfu import events
 from callsctl_sfu.calls.manager import JoinRefused
 
 if TYPE_CHECKING:
@@ -85,6 +86,6 @@ class CaptionRelay:
             raise JoinRefused("bad_message", "caption: needs text, and an end after its start")
         self.metrics.captions.inc()
         self.metrics.audio_len.observe(end - start)
-        await self.manager.broadcast(call, {
-            "type": "caption", "session_id": speaker.session_id, "name": speaker.name,
-            "text": text, "start": start, "end": end}, exclude=worker.session_id)
+        await self.manager.broadcast(call, events.Caption(
+            session_id=speaker.session_id, name=speaker.name, text=text, start=start,
+            end=end).wire(), exclude=worker.session_id)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from callsctl_sfu import events
 from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.jobs.model import FINISHED, Job, JobError, new_job_id
 from callsctl_sfu.jobs.queue import QueueError, QueueRunner
@@ -315,9 +316,8 @@ class JobService:
                 except JobError as exc:
                     log.error("recording %s cannot be transcribed: %s", job.id, exc.message)
         elif job.type == "captions" and job.state == "failed":
-            await self._tell_host(job.call_id, {
-                "type": "error", "code": "captions_failed",
-                "message": f"live captions stopped: {job.error}"})
+            await self._tell_host(job.call_id, events.Error(
+                code="captions_failed", message=f"live captions stopped: {job.error}").wire())
         elif job.type == "transcription":
             recording_id = self._transcribing.pop(job.id, job.output.get("recording"))
             if not recording_id:

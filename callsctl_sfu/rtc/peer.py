@@ -32,6 +32,7 @@ from aiortc import (
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 
+from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
@@ -241,14 +242,13 @@ class MediaPeer:
                     self._negotiation_needed = True
                 await self._maybe_offer()
             except SignalError as exc:
-                await self._send_signal({"type": "error", "code": exc.code,
-                                         "message": str(exc)})
+                await self._send_signal(events.Error(code=exc.code, message=str(exc)).wire())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # aiortc rejects an SDP: tell the client, keep serving
                 log.warning("session %s: signal failed: %s", self.session_id, exc)
-                await self._send_signal({"type": "error", "code": "bad_signal",
-                                         "message": f"could not apply signal: {exc}"})
+                await self._send_signal(events.Error(
+                    code="bad_signal", message=f"could not apply signal: {exc}").wire())
 
     async def _apply_signal(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
@@ -293,8 +293,8 @@ class MediaPeer:
             self.layers.update(offered_layers(sdp))
             answer_sdp = accept_layers(answer_sdp, sdp)
         answer_sdp = with_rid_extensions(answer_sdp, {}, offer=sdp)
-        await self._send_signal({"type": "signal", "data": {
-            "type": "answer", "sdp": answer_sdp}})
+        await self._send_signal(events.Signal(data={"type": "answer",
+                                                    "sdp": answer_sdp}).wire())
         await self._after_negotiation()
         for parsed in self._pending_candidates:
             await self.pc.addIceCandidate(parsed)
@@ -325,7 +325,7 @@ class MediaPeer:
             sdp = receive_layers(sdp, self.layers, self.numbering.extension_ids)
         sdp = with_rid_extensions(sdp, self.numbering.extension_ids)
         self.offers_sent += 1
-        await self._send_signal({"type": "signal", "data": {"type": "offer", "sdp": sdp}})
+        await self._send_signal(events.Signal(data={"type": "offer", "sdp": sdp}).wire())
 
     def _sync_downtracks(self) -> bool:
         """Add/retire send-only transceivers to match wanted_publishers; True if changed."""

@@ -998,7 +998,6 @@
         onServerError(msg);
         break;
       case "pong":
-      case "call_state":
         break;
       default:
         log("unknown message type", type);

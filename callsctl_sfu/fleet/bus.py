@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from callsctl_sfu.api import paths
 from callsctl_sfu.fleet import placement
 from callsctl_sfu.fleet.relay import FLEET_HEADER, FROM_HEADER
 
 if TYPE_CHECKING:
     from callsctl_sfu.fleet.node import FleetNode
 
-CALL_PATH = re.compile(r"^/api/v1/calls/(?P<call>[^/]+)(/.*)?$")
+CALL_PATH = re.compile(rf"^{re.escape(paths.CALLS)}/(?P<call>[^/]+)(/.*)?$")
 FORWARD_TIMEOUT_S = 10.0
 
 
@@ -41,9 +42,9 @@ def _from_fleet(request: web.Request, node: FleetNode) -> bool:
 def fleet_middleware(node: FleetNode) -> Any:
     @web.middleware
     async def route(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not request.path.startswith("/api/v1/") or _from_fleet(request, node):
+        if not request.path.startswith(f"{paths.API}/") or _from_fleet(request, node):
             return await handler(request)
-        if request.path == "/api/v1/calls" and request.method == "GET":
+        if request.path == paths.CALLS and request.method == "GET":
             return await _list_calls(request, handler, node)
         match = CALL_PATH.match(request.path)
         if match is not None:
@@ -137,5 +138,5 @@ def add_fleet_routes(app: web.Application, node: FleetNode) -> None:
     """Before the app starts: the routing middleware (inside admin_auth) and routes."""
     app.middlewares.append(fleet_middleware(node))
     app.router.add_get("/fleet", fleet_media)
-    app.router.add_get("/api/v1/fleet/nodes", fleet_nodes)
-    app.router.add_get("/api/v1/fleet/lost", fleet_lost)
+    app.router.add_get(paths.FLEET_NODES, fleet_nodes)
+    app.router.add_get(paths.FLEET_LOST, fleet_lost)

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from callsctl_sfu.api.admin import API, ApiError, _body, _id, error
+from callsctl_sfu.api import paths
+from callsctl_sfu.api.admin import ApiError, _body, _id, error
 from callsctl_sfu.jobs.model import JobError, parse_create
 
 if TYPE_CHECKING:
@@ -111,10 +112,10 @@ async def delete_job(request: web.Request) -> web.Response:
 
 def add_job_routes(app: web.Application) -> None:
     r = app.router
-    r.add_post(f"{API}/jobs", create_job)
-    r.add_get(f"{API}/jobs", list_jobs)
-    r.add_get(f"{API}/jobs/{{job_id}}", get_job)
-    r.add_get(f"{API}/jobs/{{job_id}}/logs", job_logs)
-    r.add_get(f"{API}/jobs/{{job_id}}/files/{{name}}", job_file)
-    r.add_post(f"{API}/jobs/{{job_id}}/stop", stop_job)
-    r.add_delete(f"{API}/jobs/{{job_id}}", delete_job)
+    r.add_post(paths.JOBS, create_job)
+    r.add_get(paths.JOBS, list_jobs)
+    r.add_get(paths.JOB, get_job)
+    r.add_get(paths.JOB_LOGS, job_logs)
+    r.add_get(paths.JOB_FILE, job_file)
+    r.add_post(paths.JOB_STOP, stop_job)
+    r.add_delete(paths.JOB, delete_job)

@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from callsctl.check.capture import (
+from callsctl.check.capture import CaptureState, PacketInfo, TcpFramer, classify_packet
+from callsctl.check.classify import (
     DTLS,
     OTHER,
     RTCP,
@@ -29,10 +30,6 @@ from callsctl.check.capture import (
     TCP_CONTROL,
     TURN_CHANNEL,
     ZRTP,
-    CaptureState,
-    PacketInfo,
-    TcpFramer,
-    classify_packet,
     classify_payload,
     classify_tcp_payload,
     split_rfc4571,

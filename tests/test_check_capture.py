@@ -34,7 +34,7 @@ from callsctl.check.classify import (
     classify_tcp_payload,
     split_rfc4571,
 )
-from tests.helpers import REPO, free_port, have, is_root, run_main
+from tests.support.helpers import REPO, free_port, have, is_root, run_main
 
 COOKIE = 0x2112A442
 TXID = bytes(range(12))

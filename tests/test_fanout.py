@@ -17,7 +17,8 @@ import pytest
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import parse_rtp
-from tests.test_serve_integration import close_all, join_all, wait_until
+from tests.support.clients import close_all, join_all
+from tests.support.helpers import wait_until
 
 _fanout = pytest.importorskip("callsctl_sfu.rtc._fanout", reason="C extension not built")
 pytestmark = pytest.mark.skipif(not fastpath.AVAILABLE, reason=fastpath.REASON)

@@ -20,7 +20,7 @@ from callsctl_sfu.client.loadgen import (
     percentiles,
     source_of,
 )
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 
 def _one_line_error(result) -> str:

@@ -24,9 +24,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.admin_helpers import join, wait_until
-from tests.conftest import start_serve
-from tests.helpers import REPO, free_port
+from tests.support.admin import join
+from tests.support.helpers import REPO, free_port, wait_until
+from tests.support.serve import start_serve
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboard.json"
 RTCD_NAMES = [

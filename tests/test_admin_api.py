@@ -21,8 +21,9 @@ import pytest
 
 from callsctl_sfu.client.participant import ParticipantError
 from callsctl_sfu.rtc import aiortc_bridge
-from tests.admin_helpers import EventStream, admin_client, admin_key, join, wait_until
-from tests.conftest import start_serve
+from tests.support.admin import EventStream, admin_client, admin_key, join
+from tests.support.helpers import wait_until
+from tests.support.serve import start_serve
 
 
 @pytest.fixture(scope="module")

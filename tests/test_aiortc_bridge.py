@@ -28,8 +28,8 @@ from callsctl_sfu.rtc import aiortc_bridge as bridge
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import MediaPeer
-from tests.helpers import REPO
-from tests.private_reaches import private_reaches
+from tests.support.helpers import REPO
+from tests.support.private_reaches import private_reaches
 
 pytestmark = pytest.mark.timeout(60)
 

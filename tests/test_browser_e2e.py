@@ -13,19 +13,13 @@ makes Chromium compute the level).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from callsctl_sfu.tokens import issue_token
-from tests.chromium import CHROMIUM, CHROMIUM_FLAGS, launched  # noqa: F401 - re-exported
-
-JOIN_TIMEOUT_MS = 15_000
-MEDIA_TIMEOUT_MS = 15_000
-UI_TIMEOUT_MS = 5_000
-AUDIO_TIMEOUT_S = 20.0
+from tests.support.browser import JOIN_TIMEOUT_MS, UI_TIMEOUT_MS, BrowserParticipant, wait_for_audio
+from tests.support.chromium import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -34,146 +28,11 @@ pytestmark = [
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
-# Inbound audio per publishing session: the client records which session each
-# remote track belongs to (window.callsctl.remoteTracks, keyed by track id);
-# inbound-rtp stats name their track (trackIdentifier) and transceiver (mid).
-INBOUND_AUDIO_JS = """
-async () => {
-  const c = window.callsctl;
-  if (!c || !c.pc) return {};
-  const tracks = c.remoteTracks;
-  const byMid = {};
-  for (const t of c.pc.getTransceivers()) {
-    const info = t.receiver && t.receiver.track && tracks[t.receiver.track.id];
-    if (t.mid !== null && info) byMid[t.mid] = info.sessionId;
-  }
-  const out = {};
-  const stats = await c.pc.getStats();
-  stats.forEach((r) => {
-    if (r.type !== "inbound-rtp" || r.kind !== "audio") return;
-    const info = tracks[r.trackIdentifier];
-    const sid = info ? info.sessionId : byMid[r.mid];
-    if (!sid) return;
-    const o = out[sid] || (out[sid] = {packetsReceived: 0, audioLevel: 0, totalAudioEnergy: 0});
-    o.packetsReceived += r.packetsReceived || 0;
-    o.audioLevel = Math.max(o.audioLevel, r.audioLevel || 0);
-    o.totalAudioEnergy += r.totalAudioEnergy || 0;
-  });
-  return out;
-}
-"""
-
-RAW_RTP_JS = """
-async () => {
-  if (!window.callsctl || !window.callsctl.pc) return null;
-  const out = [];
-  (await window.callsctl.pc.getStats()).forEach((r) => {
-    if (r.type === "inbound-rtp") {
-      out.push({type: "in", kind: r.kind, mid: r.mid, ssrc: r.ssrc, track: r.trackIdentifier,
-                packets: r.packetsReceived, energy: r.totalAudioEnergy});
-    } else if (r.type === "outbound-rtp") {
-      out.push({type: "out", kind: r.kind, mid: r.mid, ssrc: r.ssrc, packets: r.packetsSent});
-    }
-  });
-  const transceivers = window.callsctl.pc.getTransceivers().map((t) => ({
-    mid: t.mid, direction: t.direction, current: t.currentDirection,
-    track: t.receiver.track && t.receiver.track.id}));
-  return {rtp: out, transceivers};
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with launched(sync_api) as chromium:
-        yield chromium
-
-
-class Participant:
-    """One browser context on the web client, with its console kept for diagnostics."""
-
-    def __init__(self, browser: Any, label: str, **context_options: Any) -> None:
-        self.label = label
-        self.context = browser.new_context(**context_options)
-        self.context.set_default_timeout(JOIN_TIMEOUT_MS)
-        self.page = self.context.new_page()
-        self.console: list[str] = []
-        self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
-        self.page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
-        self.session_id = ""
-
-    def open(self, url: str) -> None:
-        self.page.goto(url, timeout=JOIN_TIMEOUT_MS)
-
-    def join(self, url: str, name: str) -> str:
-        self.open(url)
-        self.page.fill("#name", name, timeout=UI_TIMEOUT_MS)
-        self.page.click("#join", timeout=UI_TIMEOUT_MS)
-        self.page.wait_for_function("window.callsctl.state === 'joined'", timeout=JOIN_TIMEOUT_MS)
-        self.session_id = self.page.evaluate("window.callsctl.sessionId")
-        assert self.session_id, self.diagnostics()
-        return self.session_id
-
-    def wait_media_connected(self) -> None:
-        self.page.wait_for_function("window.callsctl.media === 'connected'",
-                                    timeout=MEDIA_TIMEOUT_MS)
-
-    def unmute(self) -> None:
-        """Click the microphone button: the first time it asks for the microphone."""
-        assert self.page.evaluate("window.callsctl.muted") is True, self.diagnostics()
-        self.page.click("#mute", timeout=UI_TIMEOUT_MS)
-        self.page.wait_for_function("window.callsctl.muted === false", timeout=UI_TIMEOUT_MS)
-        assert self.page.locator("#mute").get_attribute("aria-pressed") == "false"
-
-    def react(self, emoji: str) -> None:
-        self.page.click("#react", timeout=UI_TIMEOUT_MS)
-        self.page.click(f"#reaction-buttons [data-emoji='{emoji}']", timeout=UI_TIMEOUT_MS)
-
-    def row(self, session_id: str) -> Any:
-        return self.page.locator(f'#participants [data-session-id="{session_id}"]')
-
-    def inbound_audio(self) -> dict[str, dict[str, float]]:
-        return self.page.evaluate(INBOUND_AUDIO_JS)
-
-    def page_errors(self) -> list[str]:
-        return [line for line in self.console if line.startswith("pageerror")]
-
-    def diagnostics(self) -> str:
-        try:
-            state = self.page.evaluate(
-                "({state: window.callsctl.state, media: window.callsctl.media,"
-                " error: window.callsctl.error, participants: window.callsctl.participants,"
-                " remoteTracks: window.callsctl.remoteTracks,"
-                " log: window.callsctl.log.slice(-40)})")
-            rtp = self.page.evaluate(RAW_RTP_JS)
-        except Exception as exc:  # the page may be gone
-            state, rtp = f"(page state unavailable: {exc})", None
-        return (f"--- {self.label} ({self.session_id}) ---\n{state}\nrtp: {rtp}\n"
-                + "\n".join(self.console[-20:]))
-
-    def close(self) -> None:
-        self.context.close()
-
-
-def wait_for_audio(listener: Participant, publishers: list[str]) -> dict[str, dict[str, float]]:
-    """Poll getStats until audio with energy has arrived from every publisher."""
-    deadline = time.monotonic() + AUDIO_TIMEOUT_S
-    stats: dict[str, dict[str, float]] = {}
-    while time.monotonic() < deadline:
-        stats = listener.inbound_audio()
-        if all(stats.get(sid, {}).get("packetsReceived", 0) > 0
-               and (stats[sid]["audioLevel"] > 0 or stats[sid]["totalAudioEnergy"] > 0)
-               for sid in publishers):
-            return stats
-        listener.page.wait_for_timeout(250)
-    raise AssertionError(f"{listener.label} did not hear {publishers} within {AUDIO_TIMEOUT_S} s;"
-                         f" inbound audio by session: {stats}")
-
 
 def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: "") -> None:
     """Three join, all hear each other, mute/hand/reactions show elsewhere, leave removes."""
     labels = ["alice", "bob", "carol"]
-    people = [Participant(browser, label) for label in labels]
+    people = [BrowserParticipant(browser, label) for label in labels]
     try:
         for person, url in zip(people, join_urls, strict=True):
             person.join(url, f"{person.label.title()} E2E")
@@ -277,7 +136,7 @@ def test_three_browsers_talk_mute_and_leave(browser, server) -> None:
 
 
 def test_bad_or_missing_token_shows_error(browser, server) -> None:
-    page_user = Participant(browser, "mallory")
+    page_user = BrowserParticipant(browser, "mallory")
     try:
         forged = issue_token(b"not-the-server-secret-0123456789", "e2e-call", "mallory", 600)
         page_user.open(f"{server.api_url}/?token={forged}")
@@ -313,7 +172,7 @@ FORCE_RELAY_ONLY_JS = """
 
 
 def test_media_that_cannot_connect_is_reported(browser, server) -> None:
-    person = Participant(browser, "dave")
+    person = BrowserParticipant(browser, "dave")
     try:
         person.page.add_init_script(FORCE_RELAY_ONLY_JS)
         person.join(server.join_url("e2e-blocked", "dave"), "Dave")

@@ -11,127 +11,28 @@ session and to mic/camera/screen from the stream id the SFU sets).
 from __future__ import annotations
 
 import os
-import time
-from typing import Any
 
 import pytest
 
-from tests.test_browser_e2e import (
-    CHROMIUM,
+from tests.support.browser import (
+    CANVAS_SCREEN_JS,
     UI_TIMEOUT_MS,
-    Participant,
-    browser,  # noqa: F401  (the module-scoped Chromium fixture)
+    BrowserParticipant,
+    failure,
+    inbound_video,
+    join_all,
+    wait_video_flowing,
 )
-
-VIDEO_TIMEOUT_S = 20.0
-FRAMES_MORE = 10  # frames decoded after the first ones, to show that video keeps flowing
+from tests.support.chromium import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed"),
 ]
 
-# Inbound video per "<session>:<source>" (source: camera or screen).
-INBOUND_VIDEO_JS = """
-async () => {
-  const c = window.callsctl;
-  if (!c || !c.pc) return {};
-  const tracks = c.remoteTracks;
-  const out = {};
-  (await c.pc.getStats()).forEach((r) => {
-    if (r.type !== "inbound-rtp" || r.kind !== "video") return;
-    const info = tracks[r.trackIdentifier];
-    if (!info) return;
-    const key = `${info.sessionId}:${info.source}`;
-    const o = out[key] || (out[key] = {framesDecoded: 0, packetsReceived: 0, width: 0});
-    o.framesDecoded += r.framesDecoded || 0;
-    o.packetsReceived += r.packetsReceived || 0;
-    o.width = Math.max(o.width, r.frameWidth || 0);
-  });
-  return out;
-}
-"""
-
-# getDisplayMedia answered by an animated canvas (10 fps); tracks are kept so the
-# test can check that a refused share was stopped.
-CANVAS_SCREEN_JS = """
-(() => {
-  window.__screenTracks = [];
-  if (!navigator.mediaDevices) return;
-  navigator.mediaDevices.getDisplayMedia = async () => {
-    const canvas = document.createElement("canvas");
-    canvas.width = 640;
-    canvas.height = 360;
-    const ctx = canvas.getContext("2d");
-    const stream = canvas.captureStream(10);
-    const track = stream.getVideoTracks()[0];
-    let n = 0;
-    const draw = () => {
-      if (track.readyState === "ended") { clearInterval(timer); return; }
-      n += 1;
-      ctx.fillStyle = `hsl(${(n * 9) % 360} 70% 45%)`;
-      ctx.fillRect(0, 0, canvas.width, canvas.height);
-      ctx.fillStyle = "#fff";
-      ctx.font = "48px sans-serif";
-      ctx.fillText(`screen ${n}`, 40, 120);
-    };
-    const timer = setInterval(draw, 100);
-    draw();
-    window.__screenTracks.push(track);
-    return stream;
-  };
-})();
-"""
-
-
-def inbound_video(person: Participant) -> dict[str, dict[str, int]]:
-    return person.page.evaluate(INBOUND_VIDEO_JS)
-
-
-def wait_video_flowing(viewer: Participant, key: str) -> dict[str, int]:
-    """framesDecoded for `key` ("<session>:<source>") above zero, then growing."""
-    deadline = time.monotonic() + VIDEO_TIMEOUT_S
-    first: int | None = None
-    stats: dict[str, dict[str, int]] = {}
-    while time.monotonic() < deadline:
-        # A renegotiation the browser refused never recovers: say so at once.
-        error = viewer.page.evaluate("window.callsctl.error")
-        if error and error.get("code") == "negotiation_failed":
-            raise AssertionError(f"{viewer.label}: {error['message']} (waiting for {key})")
-        stats = inbound_video(viewer)
-        frames = stats.get(key, {}).get("framesDecoded", 0)
-        if first is None and frames > 0:
-            first = frames
-        elif first is not None and frames >= first + FRAMES_MORE:
-            return stats[key]
-        viewer.page.wait_for_timeout(250)
-    raise AssertionError(f"{viewer.label}: no growing video for {key} within {VIDEO_TIMEOUT_S} s"
-                         f" (first frames: {first}); inbound video: {stats}")
-
-
-def failure(people: list[Participant], exc: Exception, server: Any) -> AssertionError:
-    details = "\n".join(p.diagnostics() for p in people)
-    return AssertionError(f"{exc}\n{details}\n--- server log ---\n{server.log()[-4000:]}")
-
-
-def join_all(chromium: Any, server: Any, call: str, labels: list[str],
-             people: list[Participant], init_script: str | None = None) -> list[Participant]:
-    """Join one page per label; each goes into `people` at once, so the caller closes it."""
-    joined = []
-    for label in labels:
-        person = Participant(chromium, label)
-        people.append(person)
-        joined.append(person)
-        if init_script:
-            person.page.add_init_script(init_script)
-        person.join(server.join_url(call, label), label.title())
-    for person in joined:
-        person.wait_media_connected()
-    return joined
-
 
 def test_cameras_flow_both_ways(browser, server) -> None:  # noqa: F811
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         alice, bob = join_all(browser, server, "video-call", ["alice", "bob"], people)
         for person in people:
@@ -187,7 +88,7 @@ def test_cameras_flow_both_ways(browser, server) -> None:  # noqa: F811
 
 
 def test_screen_share_one_at_a_time(browser, server) -> None:  # noqa: F811
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         alice, bob, carol = join_all(browser, server, "screen-call", ["alice", "bob", "carol"],
                                      people, init_script=CANVAS_SCREEN_JS)
@@ -259,10 +160,9 @@ def test_screen_share_one_at_a_time(browser, server) -> None:  # noqa: F811
             person.close()
 
 
-
 def test_screen_share_refused_when_disabled(browser, serve_factory) -> None:  # noqa: F811
     server = serve_factory(env={"CALLSCTL_ALLOW_SCREEN_SHARING": "false"})
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         (dave,) = join_all(browser, server, "no-screens", ["dave"], people,
                            init_script=CANVAS_SCREEN_JS)
@@ -291,7 +191,7 @@ def test_screen_share_refused_when_disabled(browser, serve_factory) -> None:  # 
 
 def test_share_again_then_camera(browser, server) -> None:  # noqa: F811
     """The same sharer shares twice, then turns the camera on: each reaches the viewer."""
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         alice, bob = join_all(browser, server, "share-again", ["alice", "bob"], people,
                               init_script=CANVAS_SCREEN_JS)

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from callsctl.app import app
 from callsctl.errors import CliError
-from tests.admin_helpers import join
-from tests.conftest import start_serve
-from tests.helpers import run_cli
+from tests.support.admin import join
+from tests.support.helpers import run_cli
+from tests.support.serve import start_serve
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,9 @@ from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.jobs.transcribe.engine import load_engine
 from callsctl_sfu.jobs.transcribe.live import CaptionPipeline
 from callsctl_sfu.tokens import issue_token
-from tests.admin_helpers import admin_client
-from tests.helpers import have, run_cli
-from tests.test_transcription import (
-    ALICE_1,
-    ALICE_VOICE,
-    BOB_1,
-    BOB_VOICE,
-    env_of,
-    speaker,
-)
+from tests.support.admin import admin_client, env_of
+from tests.support.helpers import have, run_cli
+from tests.support.speech import ALICE_1, ALICE_VOICE, BOB_1, BOB_VOICE, speaker
 
 pytestmark = pytest.mark.skipif(not (have("ffmpeg") and have("espeak-ng")),
                                 reason="needs ffmpeg and espeak-ng (Debian packages)")

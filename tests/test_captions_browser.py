@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import have
-from tests.test_browser_e2e import CHROMIUM, CHROMIUM_FLAGS, UI_TIMEOUT_MS, Participant
-from tests.test_browser_video_e2e import failure, join_all
-from tests.test_transcription import ALICE_1, BOB_VOICE
+from tests.support.browser import UI_TIMEOUT_MS, BrowserParticipant, failure, join_all
+from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.helpers import have
+from tests.support.speech import ALICE_1, BOB_VOICE
 
 pytestmark = [
     pytest.mark.browser,
@@ -63,7 +63,7 @@ RECORD_JS = """() => {
 SEEN_JS = "() => window.__captionsSeen || []"
 
 
-def heard_words(person: Participant, row: str) -> set[str]:
+def heard_words(person: BrowserParticipant, row: str) -> set[str]:
     """The sentence's words on screen in one caption under `row`, waited for."""
     with contextlib.suppress(Exception):  # a timeout: the caller reports what was shown
         person.page.wait_for_function(
@@ -90,7 +90,7 @@ def speaking_browser(sentence: Path) -> Iterator[Any]:
 
 def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, serve_factory):
     server = serve_factory(env={"CALLSCTL_LIVE_CAPTIONS_ENABLED": "true"})
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         alice, bob = join_all(speaking_browser, server, "web-cc", ["alice", "bob"], people)
         for person in people:
@@ -128,7 +128,7 @@ def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, se
 
 def test_no_captions_button_where_the_server_has_no_captions(speaking_browser, server):
     """A host is not offered a button the server would refuse (live_captions_enabled off)."""
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         (alice,) = join_all(speaking_browser, server, "no-cc", ["alice"], people)
         assert alice.page.evaluate("window.callsctl.host === window.callsctl.sessionId")

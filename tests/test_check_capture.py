@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from callsctl.check.capture import (
+from callsctl.check.capture import CaptureState, PacketInfo, TcpFramer, classify_packet
+from callsctl.check.classify import (
     DTLS,
     OTHER,
     RTCP,
@@ -29,15 +30,11 @@ from callsctl.check.capture import (
     TCP_CONTROL,
     TURN_CHANNEL,
     ZRTP,
-    CaptureState,
-    PacketInfo,
-    TcpFramer,
-    classify_packet,
     classify_payload,
     classify_tcp_payload,
     split_rfc4571,
 )
-from tests.helpers import REPO, free_port, have, is_root, run_main
+from tests.support.helpers import REPO, free_port, have, is_root, run_main
 
 COOKIE = 0x2112A442
 TXID = bytes(range(12))

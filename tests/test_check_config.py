@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from callsctl.check.config_cmd import config_sources
-from tests.helpers import run_cli, run_main
+from tests.support.helpers import run_cli, run_main
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ The SFU is tests/pionsfu/main.go, built here from Debian's pion packages
 (golang-go, golang-github-pion-webrtc.v3-dev; GOPATH mode, offline): one UDP
 port and one ICE-TCP port for every session through pion's muxes, as rtcd
 serves them, so a bare STUN probe is dropped by pion itself and a real
-session works. The signaling in front of it is tests/standins.py (rtcd's
+session works. The signaling in front of it is tests/support/standins.py (rtcd's
 API, Mattermost with the Calls plugin). Failure cases: bad credentials or
 token, plugin disabled, a live call in the channel, a wrong ICE host
 override, and UDP dropped by nftables in a network namespace with TCP open.
@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, have, is_root, run_cli
+from tests.support.helpers import REPO, have, is_root, run_cli
 
 GOPATH = Path("/usr/share/gocode")
 PION = GOPATH / "src/github.com/pion/webrtc"
@@ -113,8 +113,8 @@ def stack(binary: Path, kind: str, *extra: str, override: str | None = None,
         sfu, ports = _start(sfu_cmd, netns)
         procs.append(sfu)
         control = f"http://127.0.0.1:{ports['control_port']}"
-        standin, api = _start([sys.executable, "-m", "tests.standins", kind, "--sfu", control,
-                               *extra], netns)
+        standin, api = _start([sys.executable, "-m", "tests.support.standins", kind,
+                               "--sfu", control, *extra], netns)
         procs.append(standin)
         yield Stack(ports["udp_port"], ports["tcp_port"], control, api["port"], netns)
     finally:
@@ -357,7 +357,7 @@ def test_webrtc_mattermost_force_turn_without_turn_configured(pionsfu: Path) -> 
 @pytest.mark.skipif(not have("turnserver"), reason="needs coturn")
 def test_webrtc_mattermost_force_turn_and_tcp_relay_through_the_plugins_turn(
         pionsfu: Path, tmp_path: Path) -> None:
-    from tests.test_check_stun import start_coturn
+    from tests.support.coturn import start_coturn
 
     coturn = start_coturn(tmp_path, two_addresses=False, secret=None, users=("calls:pw",))
     turn = ("--turn-user", "calls", "--turn-pass", "pw")
@@ -379,7 +379,7 @@ def test_webrtc_mattermost_force_turn_and_tcp_relay_through_the_plugins_turn(
 
 
 def test_check_rtcd_against_nothing_fails_at_the_api() -> None:
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     proc = run_cli("check", "rtcd", "--url", f"http://id:key@127.0.0.1:{free_port()}", "--json",
                    "--timeout", "3", timeout=30)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from callsctl.check.netcat import tcp_probe, udp_probe
-from tests.helpers import REPO, free_port, have, is_root, run_cli, run_main
+from tests.support.helpers import REPO, free_port, have, is_root, run_cli, run_main
 
 CLI = [sys.executable, "-m", "callsctl"]
 needs_nc = pytest.mark.skipif(not have("nc"), reason="needs nc (Debian netcat-openbsd)")

@@ -22,7 +22,7 @@ from aioice import stun
 from callsctl.check.report import Context, Step, run_steps
 from callsctl.check.result import CheckResult
 from callsctl.check.rtc import RtcProbe, RtcTarget, classify
-from tests.helpers import free_port, free_udp_tcp_port, run_cli
+from tests.support.helpers import free_port, free_udp_tcp_port, run_cli
 
 
 def _run(*args: str, timeout: float = 30) -> tuple[int, dict[str, dict]]:

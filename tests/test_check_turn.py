@@ -17,8 +17,8 @@ import pytest
 from callsctl.check import stunclient
 from callsctl.check.turn_cmd import parse_turn_url
 from callsctl.errors import CliError
-from tests.helpers import free_udp_tcp_port, run_cli
-from tests.test_check_stun import coturn_factory, needs_coturn  # noqa: F401 (fixture)
+from tests.support.coturn import needs_coturn
+from tests.support.helpers import free_udp_tcp_port, run_cli
 
 
 def _run(*args: str, timeout: float = 30) -> tuple[int, dict[str, dict]]:

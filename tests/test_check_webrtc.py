@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from callsctl_sfu.datadir import load_or_create_secret
-from tests.helpers import free_port, run_cli
+from tests.support.helpers import free_port, run_cli
 
 
 def test_webrtc_passes_against_a_live_server(server, tmp_path):

@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 from callsctl_sfu.config import ConfigError, ServeConfig, load_config, to_toml
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 
 def test_defaults_match_the_deployment_guide(tmp_path):

@@ -25,7 +25,7 @@ from callsctl_sfu.config import (
     to_toml,
 )
 from callsctl_sfu.tuning import DEFAULT_UDP_BUFFER_SIZE
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 from tools.clitree import Command, load_tree
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,9 +21,9 @@ import pytest
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import PyRewrite, parse_rtp
-from tests.helpers import REPO
-from tests.test_metrics import samples, value
-from tests.test_serve_integration import close_all, join_all, wait_until
+from tests.support.clients import close_all, join_all
+from tests.support.helpers import REPO, wait_until
+from tests.support.prometheus import samples, value
 
 try:
     from callsctl_sfu.rtc import _fanout

@@ -18,10 +18,16 @@ import aiohttp
 import httpx
 import pytest
 
-from callsctl_sfu.tokens import issue_token
-from tests.conftest import ServeProcess
-from tests.fleet_helpers import RedisServer, admin_headers, need_redis, no_tracebacks, start_node
-from tests.helpers import run_cli
+from tests.support.fleet import (
+    RedisServer,
+    admin_headers,
+    need_redis,
+    no_tracebacks,
+    start_node,
+    token,
+)
+from tests.support.helpers import run_cli
+from tests.support.serve import ServeProcess
 
 
 @pytest.fixture
@@ -39,11 +45,6 @@ def nodes(tmp_path: Path) -> Iterator[list[ServeProcess]]:
     for node in started:
         node.stop()
     no_tracebacks(*started)
-
-
-def token(node: ServeProcess, call: str, user: str) -> str:
-    return issue_token((node.data_dir / "jwt_secret").read_text().strip().encode(), call,
-                       user, 3600)
 
 
 async def _join(session: aiohttp.ClientSession, node: ServeProcess, call: str, user: str
@@ -172,7 +173,7 @@ def test_bad_cluster_settings_are_one_line_errors(tmp_path):
 
 def test_unreachable_redis_stops_startup_with_the_fix(tmp_path):
     need_redis()
-    from tests.helpers import free_port
+    from tests.support.helpers import free_port
 
     with pytest.raises(RuntimeError) as failed:
         start_node(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
@@ -319,7 +320,7 @@ def test_password_and_tls_redis(tmp_path, nodes):
 
 def test_check_all_against_one_node_probes_every_nodes_media_port(tmp_path, redis, nodes):
     """node-b advertises a port nothing listens on (a wrong port override): check all says so."""
-    from tests.helpers import free_udp_tcp_port
+    from tests.support.helpers import free_udp_tcp_port
 
     a = start_node(tmp_path, redis.url, node_id="node-a")
     wrong = free_udp_tcp_port()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from callsctl_sfu.config import setting_names
-from tests.helpers import REPO
+from tests.support.helpers import REPO
 
 FLEET = REPO / "deploy" / "fleet"
 

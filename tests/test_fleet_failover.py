@@ -19,10 +19,16 @@ import httpx
 import pytest
 
 from callsctl_sfu.client.participant import Participant, ParticipantError
-from tests.conftest import ServeProcess
-from tests.fleet_helpers import RedisServer, admin_headers, need_redis, no_tracebacks, start_node
-from tests.helpers import run_cli
-from tests.test_fleet import token
+from tests.support.fleet import (
+    RedisServer,
+    admin_headers,
+    need_redis,
+    no_tracebacks,
+    start_node,
+    token,
+)
+from tests.support.helpers import run_cli
+from tests.support.serve import ServeProcess
 
 
 @pytest.fixture

@@ -20,9 +20,15 @@ import pytest
 
 from callsctl_sfu.client.participant import Participant
 from callsctl_sfu.rtc import aiortc_bridge
-from tests.conftest import ServeProcess
-from tests.fleet_helpers import RedisServer, admin_headers, need_redis, no_tracebacks, start_node
-from tests.test_fleet import token
+from tests.support.fleet import (
+    RedisServer,
+    admin_headers,
+    need_redis,
+    no_tracebacks,
+    start_node,
+    token,
+)
+from tests.support.serve import ServeProcess
 
 
 @pytest.fixture
@@ -112,8 +118,9 @@ def test_chromium_on_one_node_and_aiortc_through_another_hear_each_other(fleet):
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser_e2e import CHROMIUM_FLAGS, wait_for_audio
-    from tests.test_browser_e2e import Participant as Browser
+    from tests.support.browser import BrowserParticipant as Browser
+    from tests.support.browser import wait_for_audio
+    from tests.support.chromium import CHROMIUM_FLAGS
 
     _redis, (a, b) = fleet
     bot = Participant(b.ws_url, token(b, "room", "bot"), "room", "Bot", tone=550)

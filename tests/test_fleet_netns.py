@@ -31,10 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServeProcess
-from tests.fleet_helpers import RedisServer, need_redis, no_tracebacks, start_node
-from tests.helpers import have, is_root
-from tests.test_fleet import token
+from tests.support.fleet import RedisServer, need_redis, no_tracebacks, start_node, token
+from tests.support.helpers import have, is_root
+from tests.support.serve import ServeProcess
 
 pytestmark = [
     pytest.mark.root,

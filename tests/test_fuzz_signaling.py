@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from callsctl_sfu.api.protocol import ProtocolError, parse_message
 from callsctl_sfu.client.participant import Participant
-from tests.conftest import start_serve
+from tests.support.serve import start_serve
 
 CALL = "fuzz"
 MAX_MESSAGE = 65536  # the server's default max_message_size

@@ -19,7 +19,7 @@ import httpx
 from callsctl_sfu.client.participant import Participant
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import verify_token
-from tests.admin_helpers import admin_key
+from tests.support.admin import admin_key
 
 
 async def joined(server: Any, call: str, user: str) -> Participant:

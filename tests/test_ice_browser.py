@@ -25,14 +25,10 @@ import httpx
 import pytest
 
 from callsctl_sfu.iceconfig import turn_rest_credentials
-from tests.helpers import have, is_root
-from tests.test_browser_e2e import (  # noqa: F401 (fixture)
-    CHROMIUM,
-    Participant,
-    browser,
-    wait_for_audio,
-)
-from tests.test_check_stun import start_coturn
+from tests.support.browser import BrowserParticipant, wait_for_audio
+from tests.support.chromium import CHROMIUM
+from tests.support.coturn import start_coturn
+from tests.support.helpers import have, is_root
 
 pytestmark = [
     pytest.mark.browser,
@@ -80,7 +76,7 @@ RELAY_ONLY_JS = """
 """
 
 
-def selected_pair(person: Participant, timeout: float = 10.0) -> dict[str, Any]:
+def selected_pair(person: BrowserParticipant, timeout: float = 10.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     pair = None
     while time.monotonic() < deadline:
@@ -117,7 +113,7 @@ def test_udp_blocked_browser_connects_over_ice_tcp(browser, serve_factory,  # no
                                                     udp_blocked) -> None:
     server = serve_factory("--stun-server", "")
     udp_blocked(server.udp_port)
-    people = [Participant(browser, label) for label in ("tina", "tom")]
+    people = [BrowserParticipant(browser, label) for label in ("tina", "tom")]
     try:
         for person in people:
             person.join(server.join_url("tcp-call", person.label), person.label.title())
@@ -153,7 +149,7 @@ def test_turn_relay_only_browser_gets_media_through_coturn(browser, serve_factor
                                                            tmp_path) -> None:
     turn = start_coturn(tmp_path, two_addresses=False, secret="relay-secret",
                         realm="calls.test")
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         server = serve_factory(
             "--stun-server", "", "--ice-tcp", "off",
@@ -170,7 +166,7 @@ def test_turn_relay_only_browser_gets_media_through_coturn(browser, serve_factor
             servers = httpx.get(f"{server.api_url}/turn-credentials",
                                 headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
             assert servers[0]["username"].endswith(f":{label}")
-            person = Participant(browser, label)
+            person = BrowserParticipant(browser, label)
             people.append(person)
             person.page.add_init_script(RELAY_ONLY_JS % json.dumps(servers))
             person.join(f"{server.api_url}/?token={token}", label.title())
@@ -200,7 +196,7 @@ def test_expired_turn_credentials_are_refused_with_401(browser, serve_factory,  
                                                       tmp_path) -> None:
     turn = start_coturn(tmp_path, two_addresses=False, secret="relay-secret",
                         realm="calls.test")
-    person = Participant(browser, "eve")
+    person = BrowserParticipant(browser, "eve")
     try:
         server = serve_factory("--stun-server", "", "--ice-tcp", "off")
         username, password, _expiry = turn_rest_credentials("relay-secret", "eve", -60)

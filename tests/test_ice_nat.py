@@ -42,8 +42,8 @@ import pytest
 
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import issue_token
-from tests.helpers import REPO, have, is_root
-from tests.test_check_stun import start_coturn
+from tests.support.coturn import start_coturn
+from tests.support.helpers import REPO, have, is_root
 
 pytestmark = [
     pytest.mark.root,

@@ -36,7 +36,7 @@ from callsctl_sfu.rtc.connectivity import Connectivity, ConnectivityError
 from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.publicaddr import discover_public_address
-from tests.helpers import free_port, free_udp_tcp_port, run_cli
+from tests.support.helpers import free_port, free_udp_tcp_port, run_cli
 
 # -- TURN REST credentials ------------------------------------------------------------
 

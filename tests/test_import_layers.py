@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from tests.helpers import REPO
+from tests.support.helpers import REPO
 
 PACKAGE = "callsctl_sfu"
 LAYERS = ("callsctl_sfu.calls", "callsctl_sfu.rtc")

@@ -14,7 +14,7 @@ from typing import Any
 
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import verify_token
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 
 def token_json(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:

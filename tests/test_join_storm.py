@@ -21,7 +21,8 @@ import httpx
 from callsctl_sfu.calls.forwarding import TrackRoutes
 from callsctl_sfu.client.loadgen import LoadConfig, LoadTest
 from callsctl_sfu.client.participant import Participant
-from tests.test_serve_integration import close_all, join_all, wait_until
+from tests.support.clients import close_all, join_all
+from tests.support.helpers import wait_until
 
 # -- the per-track receiver table, one receiver at a time ----------------------------------------
 

@@ -17,10 +17,10 @@ from callsctl_sfu.client.loadgen import (
     LoadConfig,
     LoadConfigError,
     LoadTest,
-    _source_of,
     percentiles,
+    source_of,
 )
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 
 def _one_line_error(result) -> str:
@@ -111,10 +111,10 @@ def test_missing_secret_is_one_line(tmp_path) -> None:
 
 
 def test_engine_helpers() -> None:
-    assert _source_of("abc abc-audio", "audio") == ("abc", "audio")
-    assert _source_of("screen-abc abc-screen", "video") == ("abc", "screen")
-    assert _source_of("screen-abc x", "video") == ("abc", "screen")
-    assert _source_of("- x", "audio") is None
+    assert source_of("abc abc-audio", "audio") == ("abc", "audio")
+    assert source_of("screen-abc abc-screen", "video") == ("abc", "screen")
+    assert source_of("screen-abc x", "video") == ("abc", "screen")
+    assert source_of("- x", "audio") is None
     assert percentiles([]) is None
     assert percentiles(range(1, 101)) == {"p50": 50, "p95": 95, "p99": 99, "max": 100}
     config = LoadConfig(ws_url="ws://127.0.0.1:1/ws", token_for=lambda c, u: "t",

@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import REPO, have, is_root
+from tests.support.helpers import REPO, have, is_root
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="needs root for network namespaces"),

@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.admin_helpers import join, wait_until
-from tests.conftest import start_serve
-from tests.helpers import REPO, free_port
+from tests.support.admin import join
+from tests.support.helpers import REPO, free_port, wait_until
+from tests.support.prometheus import samples, value
+from tests.support.serve import start_serve
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboard.json"
 RTCD_NAMES = [
@@ -51,20 +51,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     started = start_serve(tmp_path_factory.mktemp("metrics"))
     yield started
     started.stop()
-
-
-def samples(text: str) -> dict[str, list]:
-    """Sample name -> [(labels, value)], through prometheus_client's own parser."""
-    out: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return out
-
-
-def value(found: dict[str, list], name: str, **labels: str) -> float:
-    return sum(v for lab, v in found.get(name, []) if all(lab.get(k) == x
-                                                          for k, x in labels.items()))
 
 
 def scrape(server) -> str:

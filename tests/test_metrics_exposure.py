@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import free_port, run_cli
+from tests.support.helpers import free_port, run_cli
 
 PROCESS_CPU = "rtcd_process_cpu_seconds_total"
 

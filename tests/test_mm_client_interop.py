@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.callchecks import CallChecks
-from tests.chromium import CHROMIUM, launched, static_site
+from tests.support.callchecks import CallChecks
+from tests.support.chromium import CHROMIUM, launched, static_site
 
 HARNESS = Path(__file__).resolve().parent / "mmclient"
 BUNDLE = HARNESS / "dist" / "rtcpeer.js"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support.helpers import REPO
 from tools.build_dist import _OFFLINE_SIGNS
 
 SOURCES = ("pyproject.toml", "setup.py", "README.md", "callsctl", "callsctl_sfu")

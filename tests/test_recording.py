@@ -24,9 +24,9 @@ import pytest
 from aiortc import VideoStreamTrack
 
 from callsctl_sfu.rtc import aiortc_bridge
-from tests import media_checks as media
-from tests.admin_helpers import admin_client, admin_key, join, wait_until
-from tests.helpers import have, is_root, run_cli
+from tests.support import media_checks as media
+from tests.support.admin import admin_client, admin_key, job_state, join
+from tests.support.helpers import have, is_root, run_cli, wait_until
 
 pytestmark = pytest.mark.skipif(not have("ffmpeg"), reason="needs ffmpeg (Debian package)")
 
@@ -63,16 +63,6 @@ async def share_screen(person, track) -> None:
     await person.send({"type": "screen_on", "stream_id": stream_id})
     await person.send({"type": "signal", "data": {"type": "offer",
                                                   "sdp": person.pc.localDescription.sdp}})
-
-
-async def job_state(http, job_id: str, states: tuple[str, ...], timeout: float = 90) -> dict:
-    job: dict = {}
-    for _ in range(int(timeout / 0.25)):
-        job = (await http.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["state"] in states:
-            return job
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"job never reached {states}: {job}")
 
 
 def cli_env(server) -> dict[str, str]:

@@ -19,11 +19,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import media_checks as media
-from tests.admin_helpers import admin_key
-from tests.helpers import have
-from tests.test_browser_e2e import CHROMIUM, CHROMIUM_FLAGS, UI_TIMEOUT_MS, Participant
-from tests.test_browser_video_e2e import CANVAS_SCREEN_JS, failure, join_all
+from tests.support import media_checks as media
+from tests.support.admin import admin_key
+from tests.support.browser import (
+    CANVAS_SCREEN_JS,
+    UI_TIMEOUT_MS,
+    BrowserParticipant,
+    failure,
+    join_all,
+)
+from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.helpers import have
 
 pytestmark = [
     pytest.mark.browser,
@@ -64,7 +70,7 @@ def rms(samples: Any, start_s: float, end_s: float) -> float:
 
 
 def test_the_host_records_from_the_web_client(speaking_browser, server, speech) -> None:
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
         alice, bob = join_all(speaking_browser, server, "web-rec", ["alice", "bob"], people,
                               init_script=CANVAS_SCREEN_JS)

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import media_checks as media
-from tests.admin_helpers import admin_client, join
-from tests.helpers import REPO, free_port, have, run_cli
-from tests.test_recording import job_state
+from tests.support import media_checks as media
+from tests.support.admin import admin_client, job_state, join
+from tests.support.helpers import REPO, free_port, have, run_cli
 
 pytestmark = pytest.mark.skipif(not (have("redis-server") and have("ffmpeg")),
                                 reason="needs redis-server and ffmpeg (Debian packages)")

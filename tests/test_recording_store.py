@@ -7,9 +7,8 @@ import json
 import sqlite3
 import time
 
-from tests.admin_helpers import admin_client, admin_key, join
-from tests.helpers import run_cli
-from tests.test_recording import job_state
+from tests.support.admin import admin_client, admin_key, job_state, join
+from tests.support.helpers import run_cli
 
 
 def insert_job(db, job_id: str, state: str, created_at: float, call: str = "old") -> None:

@@ -28,33 +28,8 @@ from callsctl_sfu.client.participant import Participant
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.tokens import issue_token
-from tests.helpers import REPO, free_port, is_root, run_cli
-
-
-async def join_all(server, count: int, call: str = "room") -> list[Participant]:
-    participants = []
-    for index in range(count):
-        participant = Participant(server.ws_url, server.token(call, f"user{index}"), call,
-                                  f"User {index}", tone=300 + 100 * index)
-        await participant.join()
-        participants.append(participant)
-    for participant in participants:
-        await participant.wait_connected(15)
-    return participants
-
-
-async def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return predicate()
-
-
-async def close_all(participants: list[Participant]) -> None:
-    for participant in participants:
-        await participant.close()
+from tests.support.clients import close_all, join_all
+from tests.support.helpers import REPO, free_port, is_root, run_cli, wait_until
 
 
 def nominated_remote(participant: Participant) -> tuple[str, int]:

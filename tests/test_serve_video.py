@@ -8,7 +8,8 @@ import httpx
 from aiortc import VideoStreamTrack
 
 from callsctl_sfu.client.participant import Participant
-from tests.test_serve_integration import close_all, wait_until
+from tests.support.clients import close_all
+from tests.support.helpers import wait_until
 
 
 def stats(server) -> dict:

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from callsctl_sfu.api.protocol import MAX_DEPTH, ProtocolError, nesting_depth, parse_message
-from tests.admin_helpers import admin_client, wait_until
+from tests.support.admin import admin_client
+from tests.support.helpers import wait_until
 
 
 @pytest.mark.parametrize("raw", ["[" * 60000, "{\"a\":" * 20000, "[" * (MAX_DEPTH + 1),

@@ -13,7 +13,8 @@ import time
 import httpx
 import pytest
 
-from tests.test_browser_e2e import CHROMIUM, Participant, browser  # noqa: F401
+from tests.support.browser import BrowserParticipant
+from tests.support.chromium import CHROMIUM
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -84,7 +85,7 @@ def test_simulcast_layers_arrive_and_the_viewer_gets_the_best(browser, serve_fac
     publisher = context.new_page()
     publisher.goto(f"{server.api_url}/version")
     publisher.evaluate(PUBLISH_JS, [server.token("room", "presenter"), "room"])
-    viewer = Participant(browser, "viewer")
+    viewer = BrowserParticipant(browser, "viewer")
     try:
         viewer.join(server.join_url("room", "viewer"), "Viewer")
         deadline = time.monotonic() + 25

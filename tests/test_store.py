@@ -24,9 +24,9 @@ from callsctl_sfu.store import (
     Store,
     StoreError,
 )
-from tests.admin_helpers import admin_key, join, wait_until
-from tests.conftest import start_serve
-from tests.helpers import run_cli
+from tests.support.admin import admin_key, join
+from tests.support.helpers import run_cli, wait_until
+from tests.support.serve import start_serve
 
 
 async def test_new_database_is_migrated_and_round_trips(tmp_path: Path):

@@ -26,8 +26,8 @@ from callsctl_sfu.tls import (
     resolve_tls,
     server_context,
 )
-from tests.conftest import start_serve
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
+from tests.support.serve import start_serve
 
 CHROMIUM = "/usr/bin/chromium"
 # Same as test_browser_e2e: inbound audio per publishing session from getStats().

@@ -18,7 +18,7 @@ from callsctl.errors import CliError
 from callsctl.localserver import token_secret
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import verify_token
-from tests.helpers import free_port, run_cli
+from tests.support.helpers import free_port, run_cli
 
 # Each minting command, run so that the secret is the only thing that can stop it
 # before it needs a server (nothing listens on the port: `token` needs none).

@@ -11,7 +11,7 @@ import pytest
 
 from callsctl_sfu.datadir import load_or_create_secret
 from callsctl_sfu.tokens import TokenError, issue_token, verify_token
-from tests.helpers import run_cli
+from tests.support.helpers import run_cli
 
 SECRET = b"s" * 32
 

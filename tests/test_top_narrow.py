@@ -23,7 +23,7 @@ from callsctl.top.command import snapshot_lines
 from callsctl.top.model import Overview, TopState
 from callsctl.top.screens import CallScreen, SessionScreen
 from callsctl.top.widgets import LiveTable, cpu_text, host_text, udp_text
-from tests.test_top import StubSource, before, prime, stub_app
+from tests.support.top import StubSource, before, prime, stub_app
 
 NARROW = (80, 24)
 

@@ -14,25 +14,18 @@ import json
 
 import pytest
 
-from callsctl_sfu.client.participant import Participant
-from callsctl_sfu.client.speech import SpeechTrack, espeak
+from callsctl_sfu.client.speech import espeak
 from callsctl_sfu.jobs.transcribe.audio import Segmenter
 from callsctl_sfu.jobs.transcribe.engine import EngineError, load_engine
-from tests import webvtt_strict
-from tests.admin_helpers import admin_client, admin_key
-from tests.helpers import have, run_cli
+from tests.support import webvtt_strict
+from tests.support.admin import admin_client, env_of
+from tests.support.helpers import have, run_cli
+from tests.support.speech import ALICE_1, ALICE_VOICE, BOB_1, BOB_VOICE, speaker
 
 pytestmark = pytest.mark.skipif(not (have("ffmpeg") and have("espeak-ng")),
                                 reason="needs ffmpeg and espeak-ng (Debian packages)")
 
-ALICE_VOICE, BOB_VOICE = "en-us+f2", "en-us+f5"
-ALICE_1 = "we need more time to finish the project"
-BOB_1 = "the customer wants a new feature"
 ALICE_2 = "the office is closed on friday"
-
-
-def env_of(server) -> dict[str, str]:
-    return {"CALLSCTL_SERVER": server.api_url, "CALLSCTL_ADMIN_KEY": admin_key(server)}
 
 
 def test_the_engine_hears_espeak_and_cuts_utterances_at_pauses() -> None:
@@ -66,19 +59,6 @@ def test_a_missing_model_or_language_is_one_clear_sentence(tmp_path) -> None:
         load_engine(language="de-DE")
     with pytest.raises(EngineError, match="unknown transcription engine"):
         load_engine("whisper")
-
-
-async def speaker(server, call: str, user: str) -> tuple[Participant, SpeechTrack]:
-    track = SpeechTrack()
-    person = Participant(server.ws_url, server.token(call, user), call, user.title(),
-                         audio_track=track)
-    try:
-        await person.join()
-        await person.wait_connected(15)
-    except BaseException:
-        await person.close()
-        raise
-    return person, track
 
 
 async def transcript_of(http, recording_id: str, timeout: float = 180) -> dict:

@@ -24,7 +24,7 @@ import pytest
 
 from callsctl_sfu import tuning
 from callsctl_sfu.tuning import MIB, SETTINGS, Change, TuneError
-from tests.helpers import REPO, free_port, have, is_root, run_cli
+from tests.support.helpers import REPO, free_port, have, is_root, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 

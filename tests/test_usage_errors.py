@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from callsctl.errors import EXIT_USAGE
-from tests.helpers import run_cli, run_main
+from tests.support.helpers import run_cli, run_main
 from tools.clitree import Command, load_tree
 
 COMMANDS = load_tree().walk()

@@ -15,15 +15,9 @@ import os
 import httpx
 import pytest
 
-from tests.admin_helpers import admin_key
-from tests.test_browser_e2e import (
-    CHROMIUM,
-    UI_TIMEOUT_MS,
-    Participant,
-    browser,  # noqa: F401  (the module-scoped Chromium fixture)
-)
-from tests.test_browser_video_e2e import CANVAS_SCREEN_JS
-from tests.test_web_meeting import failure, shots  # noqa: F401  (fixture)
+from tests.support.admin import admin_key
+from tests.support.browser import CANVAS_SCREEN_JS, UI_TIMEOUT_MS, BrowserParticipant, failure
+from tests.support.chromium import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -31,22 +25,22 @@ pytestmark = [
 ]
 
 
-def host_action(host: Participant, target: str, action: str) -> None:
+def host_action(host: BrowserParticipant, target: str, action: str) -> None:
     """Open the target's menu in the host's participant list and pick an action."""
     host.row(target).locator("button.more").click(timeout=UI_TIMEOUT_MS)
     host.page.click(f"#host-menu [data-action='{action}']", timeout=UI_TIMEOUT_MS)
     host.page.locator("#host-menu").wait_for(state="hidden", timeout=UI_TIMEOUT_MS)
 
 
-def notice(person: Participant, text: str) -> None:
+def notice(person: BrowserParticipant, text: str) -> None:
     person.page.locator("#notice").filter(has_text=text).wait_for(timeout=UI_TIMEOUT_MS)
 
 
 def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # noqa: F811
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
-        alice = Participant(browser, "alice")
-        bob = Participant(browser, "bob")
+        alice = BrowserParticipant(browser, "alice")
+        bob = BrowserParticipant(browser, "bob")
         people += [alice, bob]
         bob.page.add_init_script(CANVAS_SCREEN_JS)
         alice.join(server.join_url("board", "alice"), "Alice")
@@ -143,7 +137,7 @@ def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # no
         assert link.startswith(server.api_url + "/?token="), link
         shots(bob, "invite-desktop")
         bob.page.click("#invite-close", timeout=UI_TIMEOUT_MS)
-        dora = Participant(browser, "dora")
+        dora = BrowserParticipant(browser, "dora")
         people.append(dora)
         dora.open(link)
         assert dora.page.input_value("#name") == "Dora Example"
@@ -187,7 +181,7 @@ def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # no
 
 def test_admin_actions_show_on_the_participants_page(browser, server) -> None:  # noqa: F811
     """What an operator does with `callsctl calls` is reflected on the page, truthfully."""
-    person = Participant(browser, "erin")
+    person = BrowserParticipant(browser, "erin")
     admin = httpx.Client(base_url=server.api_url, timeout=10,
                          headers={"Authorization": f"Bearer {admin_key(server)}"})
     try:
@@ -225,7 +219,7 @@ def test_admin_actions_show_on_the_participants_page(browser, server) -> None:  
 def test_a_page_whose_session_the_server_ends_says_why(browser, serve_factory) -> None:  # noqa: F811
     """The same user joins again elsewhere: the first page ends the call and says why."""
     server = serve_factory(env={"CALLSCTL_MAX_SESSIONS_PER_USER": "1"})
-    first, second = Participant(browser, "laptop"), Participant(browser, "phone")
+    first, second = BrowserParticipant(browser, "laptop"), BrowserParticipant(browser, "phone")
     try:
         url = server.join_url("desk", "frank")
         first.join(url, "Frank")

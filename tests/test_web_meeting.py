@@ -14,24 +14,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.test_browser_e2e import (
-    CHROMIUM,
-    CHROMIUM_FLAGS,
+from tests.support.browser import (
+    CANVAS_SCREEN_JS,
     UI_TIMEOUT_MS,
-    Participant,
-    browser,  # noqa: F401  (the module-scoped Chromium fixture)
+    BrowserParticipant,
+    failure,
     wait_for_audio,
+    wait_video_flowing,
 )
-from tests.test_browser_video_e2e import CANVAS_SCREEN_JS, wait_video_flowing
+from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = [
     pytest.mark.browser,
@@ -82,7 +80,7 @@ def inside(a: dict[str, float], box: dict[str, float]) -> bool:
             and a["y"] + a["h"] <= box["y"] + box["h"] + 1)
 
 
-def layout(person: Participant) -> dict[str, Any]:
+def layout(person: BrowserParticipant) -> dict[str, Any]:
     return person.page.evaluate(LAYOUT_JS)
 
 
@@ -131,48 +129,23 @@ def check_screen(geo: dict[str, Any]) -> None:
             assert not overlap(a, b), (a, b)
 
 
-@pytest.fixture
-def shots(tmp_path: Path) -> Any:
-    """shots(person, name): a PNG of the page, kept in CALLSCTL_SCREENSHOTS if set."""
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
-    keep = os.environ.get("CALLSCTL_SCREENSHOTS")
-
-    def take(person: Participant, name: str) -> Path:
-        person.page.wait_for_timeout(400)  # let the last layout and video frames paint
-        path = folder / f"{name}.png"
-        person.page.screenshot(path=str(path))
-        assert path.stat().st_size > 5000, path  # a real picture, not a blank page
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, Path(keep) / path.name)
-        return path
-
-    return take
-
-
-def wait_tiles(person: Participant, count: int) -> None:
+def wait_tiles(person: BrowserParticipant, count: int) -> None:
     person.page.wait_for_function(f"window.callsctl.layout.tiles === {count}",
                                   timeout=UI_TIMEOUT_MS)
 
 
-def wait_camera_tile(viewer: Participant, sid: str) -> None:
+def wait_camera_tile(viewer: BrowserParticipant, sid: str) -> None:
     viewer.page.wait_for_function(
         f"(() => {{ const v = window.callsctl.videoElement({sid!r});"
         " return v && !v.paused && v.videoWidth > 0; })()", timeout=20_000)
 
 
-def failure(people: list[Participant], exc: Exception, server: Any) -> AssertionError:
-    details = "\n".join(p.diagnostics() for p in people)
-    return AssertionError(f"{exc}\n{details}\n--- server log ---\n{server.log()[-4000:]}")
-
-
 def test_meeting_views_at_desktop_and_phone_size(browser, server, shots) -> None:  # noqa: F811
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
-        alice = Participant(browser, "alice", **DESKTOP)
-        bob = Participant(browser, "bob", **PHONE)
-        carol = Participant(browser, "carol", **DESKTOP)
+        alice = BrowserParticipant(browser, "alice", **DESKTOP)
+        bob = BrowserParticipant(browser, "bob", **PHONE)
+        carol = BrowserParticipant(browser, "carol", **DESKTOP)
         people += [alice, bob, carol]
         carol.page.add_init_script(CANVAS_SCREEN_JS)
 
@@ -342,15 +315,15 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, serve_factory,  #
     # The crowd never connects media: give it longer than the test before a server
     # that removes such sessions (media_connect_timeout) would.
     server = serve_factory(env={"CALLSCTL_MEDIA_CONNECT_TIMEOUT": "300"})
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
-        host = Participant(browser, "host", **DESKTOP)
+        host = BrowserParticipant(browser, "host", **DESKTOP)
         people.append(host)
         host.page.add_init_script(CANVAS_SCREEN_JS)
         host.join(server.join_url("allhands", "host"), "Host")
         host.wait_media_connected()
         crowd(server, "allhands", 48)
-        speaker = Participant(browser, "speaker", **DESKTOP)
+        speaker = BrowserParticipant(browser, "speaker", **DESKTOP)
         people.append(speaker)
         speaker.join(server.join_url("allhands", "speaker"), "Speaker")
         speaker.wait_media_connected()
@@ -418,7 +391,7 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, serve_factory,  #
             person.close()
 
 
-def options(person: Participant, select: str) -> list[dict[str, str]]:
+def options(person: BrowserParticipant, select: str) -> list[dict[str, str]]:
     return person.page.eval_on_selector_all(
         f"{select} option", "(os) => os.map((o) => ({value: o.value, label: o.textContent}))")
 
@@ -432,10 +405,10 @@ def test_device_pickers_switch_microphone_camera_and_speaker(browser, server,  #
         executable_path=CHROMIUM, headless=True, ignore_default_args=["--mute-audio"],
         args=[*(f for f in CHROMIUM_FLAGS if not f.startswith("--use-fake-device")),
               "--use-fake-device-for-media-stream=device-count=3"])
-    people: list[Participant] = []
+    people: list[BrowserParticipant] = []
     try:
-        alice = Participant(more_cameras, "alice", **DESKTOP)
-        bob = Participant(browser, "bob", **DESKTOP)
+        alice = BrowserParticipant(more_cameras, "alice", **DESKTOP)
+        bob = BrowserParticipant(browser, "bob", **DESKTOP)
         people += [alice, bob]
         alice.join(server.join_url("gear", "alice"), "Alice")
         bob.join(server.join_url("gear", "bob"), "Bob")

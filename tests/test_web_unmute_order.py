@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.callchecks import CallChecks
-from tests.chromium import CHROMIUM
-from tests.test_browser_e2e import UI_TIMEOUT_MS, Participant, browser  # noqa: F401
-from tests.test_browser_video_e2e import CANVAS_SCREEN_JS
+from tests.support.browser import CANVAS_SCREEN_JS, UI_TIMEOUT_MS, BrowserParticipant
+from tests.support.callchecks import CallChecks
+from tests.support.chromium import CHROMIUM
 
 pytestmark = [
     pytest.mark.browser,
@@ -59,7 +58,7 @@ RECORD_EVENTS_JS = """
 """
 
 
-class WebPerson(Participant):
+class WebPerson(BrowserParticipant):
     """A web-client participant with what CallChecks asks of one."""
 
     def enter(self, server: Any) -> WebPerson:

@@ -23,18 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
-import re
 import secrets
 import select
-import signal
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType, TracebackType
 from typing import Any
 
 import typer
@@ -42,142 +37,21 @@ from rich.console import Console
 from rich.table import Table
 
 from callsctl.check import app
+from callsctl.check.addresses import hostport, resolve
+from callsctl.check.arguments import parse_count, parse_port, parse_seconds
+from callsctl.check.classify import OTHER, classify_payload, classify_tcp_payload
 from callsctl.check.render import emit
 from callsctl.check.result import CheckResult
+from callsctl.check.signalstop import SignalStop
 from callsctl.errors import EXIT_USAGE, CliError, fail
-from callsctl.timespec import parse_duration
 
 EventSink = Callable[[str], None]
 StopCheck = Callable[[], bool]
 
 MAX_UDP_PAYLOAD = 65507  # 65535 - 8 (UDP header) - 20 (IPv4 header)
-RESOLVE_TIMEOUT = 5.0
 _MAX_SOURCES = 1024  # per-source counters kept by the listener; the rest are pooled
 _MAX_RECORDS = 1000  # packets kept for --json
 _MAX_TCP_CLIENTS = 64
-
-# --- argument parsing: one line and exit 2 for every usage error -----------------------------
-
-
-def parse_port(text: Any) -> int:
-    """A port from 1 to 65535 (typer `parser=`), or a one-line usage error."""
-    value = str(text).strip()
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
-        fail(f"invalid port {text!r}: use a number from 1 to 65535 (the media port is 8443)",
-             EXIT_USAGE)
-    return int(value)
-
-
-def parse_count(text: Any) -> int:
-    """A positive count, bounded so that a typo cannot make a probe run for days."""
-    value = str(text).strip()
-    if not value.isdigit() or not 1 <= int(value) <= 1_000_000:
-        fail(f"invalid count {text!r}: use a whole number from 1 to 1000000", EXIT_USAGE)
-    return int(value)
-
-
-def parse_seconds(text: Any) -> float:
-    """A positive duration: `2`, `0.5`, `30s`, `2m`; at most a day."""
-    try:
-        seconds = parse_duration(str(text))
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    if seconds > 86400:
-        fail(f"invalid duration {text!r}: at most 24h", EXIT_USAGE)
-    return seconds
-
-
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
-
-
-def check_host(host: str) -> str:
-    """Validate a host's syntax (IP literal or DNS name, RFC 1123 §2.1) before any lookup."""
-    text = (host or "").strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        pass
-    if text.count(":") == 1 and text.rsplit(":", 1)[1].isdigit():
-        fail(f"invalid host {host!r}: give the port with --port, not in the host", EXIT_USAGE)
-    labels = text.rstrip(".").split(".")
-    if not text or len(text) > 253 or not all(_LABEL.match(label) for label in labels):
-        fail(f"invalid host {host!r}: use an IP address or a DNS name such as "
-             "calls.example.com", EXIT_USAGE)
-    if all(label.isdigit() for label in labels):
-        fail(f"invalid host {host!r}: not a valid IPv4 address", EXIT_USAGE)
-    if labels[-1].lower() == "invalid":
-        # RFC 6761 §6.4: such names never resolve; answer without asking DNS.
-        fail(f"cannot resolve host {host!r}: names under .invalid never resolve (RFC 6761)")
-    return text
-
-
-def resolve(host: str, port: int, socktype: int = socket.SOCK_DGRAM,
-            passive: bool = False) -> list[tuple[int, tuple[Any, ...]]]:
-    """(family, sockaddr) for HOST, in the resolver's preferred order (RFC 6724).
-
-    The lookup runs in a daemon thread with a deadline, because getaddrinfo can
-    block for tens of seconds when DNS is unreachable and a check must not hang.
-    Bad syntax is a usage error (exit 2); a name that does not resolve is a
-    failed check (exit 1): clients resolving it would fail the same way.
-    """
-    name = check_host(host)
-    box: dict[str, Any] = {}
-
-    def lookup() -> None:
-        try:
-            box["result"] = socket.getaddrinfo(name, port, type=socktype,
-                                               flags=socket.AI_PASSIVE if passive else 0)
-        except (socket.gaierror, UnicodeError, OSError) as exc:
-            box["error"] = exc
-
-    worker = threading.Thread(target=lookup, name="resolve", daemon=True)
-    worker.start()
-    worker.join(RESOLVE_TIMEOUT)
-    if worker.is_alive():
-        fail(f"cannot resolve host {host!r}: DNS did not answer within {RESOLVE_TIMEOUT:g} s; "
-             "check this machine's DNS, or give the IP address")
-    if "error" in box:
-        exc = box["error"]
-        reason = getattr(exc, "strerror", None) or str(exc)
-        fail(f"cannot resolve host {host!r}: {reason}; check the name and this machine's DNS, "
-             "or give the IP address")
-    results = [(family, sockaddr) for family, _, _, _, sockaddr in box["result"]
-               if family in (socket.AF_INET, socket.AF_INET6)]
-    if not results:
-        fail(f"cannot resolve host {host!r}: no IPv4 or IPv6 address")
-    return results
-
-
-def hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-class SignalStop:
-    """Turn SIGINT/SIGTERM into a flag that bounded loops poll, so Ctrl-C ends with a summary.
-
-    A KeyboardInterrupt could land anywhere (mid-write, in a library); a flag
-    checked every loop turn stops at a clean point instead.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._saved: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True
-
-    def __enter__(self) -> SignalStop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
 
 
 # --- payload helpers ---------------------------------------------------------------------
@@ -205,8 +79,6 @@ def describe_bytes(data: bytes, tcp: bool = False, limit: int = 60) -> str:
             return repr(text if len(text) <= limit else text[:limit] + "…")
     except UnicodeDecodeError:
         pass
-    from callsctl.check.capture import OTHER, classify_payload, classify_tcp_payload
-
     label = ""
     if tcp:
         transport, items = classify_tcp_payload(data)
@@ -336,8 +208,6 @@ def udp_probe(host: str, port: int, *, message: str | None = None, count: int = 
                 reply: dict[str, Any] = {"seq": seq, "size": len(data), "rtt_ms": round(rtt, 3),
                                          "preview": describe_bytes(data)}
                 if stun:
-                    from callsctl.check.capture import classify_payload
-
                     reply["mapped_address"] = classify_payload(data).mapped_address
                 replies.append(reply)
                 say(f"← {len(data)} B from {addr} in {rtt:.2f} ms: {reply['preview']}")
@@ -527,8 +397,6 @@ def _tcp_exchange(sock: socket.socket, tally: _TcpTally, message: str | None, se
         reply: dict[str, Any] = {"seq": seq, "size": len(data), "rtt_ms": round(rtt, 3),
                                  "preview": describe_bytes(data)}
         if stun:
-            from callsctl.check.capture import classify_payload
-
             reply["mapped_address"] = classify_payload(data).mapped_address
         tally.replies.append(reply)
         say(f"← {len(data)} B in {rtt:.2f} ms: {reply['preview']}")

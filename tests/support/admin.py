@@ -40,16 +40,6 @@ async def join(server: Any, call: str, user: str, tone: float = 440.0,
     return participant
 
 
-async def wait_until(predicate: Callable[[], Any], timeout: float,
-                     interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(interval)
-    return bool(predicate())
-
-
 class EventStream:
     """Reads GET /api/v1/events (SSE) in the background into `events`."""
 
@@ -106,3 +96,17 @@ class EventStream:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"no matching SSE event in {timeout:g} s; got "
                            f"{[e.get('type') for e in self.events]}")
+
+
+def env_of(server) -> dict[str, str]:
+    return {"CALLSCTL_SERVER": server.api_url, "CALLSCTL_ADMIN_KEY": admin_key(server)}
+
+
+async def job_state(http, job_id: str, states: tuple[str, ...], timeout: float = 90) -> dict:
+    job: dict = {}
+    for _ in range(int(timeout / 0.25)):
+        job = (await http.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["state"] in states:
+            return job
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"job never reached {states}: {job}")

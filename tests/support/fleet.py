@@ -1,7 +1,7 @@
 """Fleet test parts: a real redis-server on a free loopback port, nodes that share secrets.
 
 Each test gets its own redis-server (Debian package; never the system service)
-with a temporary dir, and nodes started like tests/conftest.py starts one
+with a temporary dir, and nodes started like tests/support/serve.py starts one
 server, with the same join-token secret, admin key and fleet secret in every
 data dir (the operator copies these files to each machine, docs/fleet.md).
 """
@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from callsctl_sfu.datadir import JWT_SECRET_FILE
-from tests.conftest import ServeProcess
-from tests.helpers import REPO, free_port, free_udp_tcp_port
+from callsctl_sfu.tokens import issue_token
+from tests.support.helpers import REPO, free_port, free_udp_tcp_port
+from tests.support.serve import ServeProcess
 
 SHARED_FILES = (JWT_SECRET_FILE, "admin_key", "fleet_secret")
 
@@ -195,3 +196,8 @@ def no_tracebacks(*nodes: ServeProcess) -> None:
         if "Traceback" in log:
             start = max(0, log.index("Traceback") - 300)
             pytest.fail(f"node logged a traceback:\n{log[start:start + 3000]}")
+
+
+def token(node: ServeProcess, call: str, user: str) -> str:
+    return issue_token((node.data_dir / "jwt_secret").read_text().strip().encode(), call,
+                       user, 3600)

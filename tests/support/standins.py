@@ -25,7 +25,7 @@ Mattermost + Calls plugin (mattermost-plugin-calls server/):
   handleJoin); the plugin's events `custom_com.mattermost.calls_join`
   ({connID}), `_signal` ({data: JSON string, connID}) and `_error`.
 
-Run: python -m tests.standins rtcd|mattermost --sfu http://127.0.0.1:PORT [options];
+Run: python -m tests.support.standins rtcd|mattermost --sfu http://127.0.0.1:PORT [options];
 prints one JSON line {"port": N} when ready.
 """
 

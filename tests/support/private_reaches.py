@@ -3,7 +3,7 @@
 The code is callsctl/, callsctl_sfu/ and also tests/, bench/ and tools/.
 
 Used by tests/test_aiortc_bridge.py (the count outside rtc/aiortc_bridge.py must be 0)
-and runnable on its own to list them: `python -m tests.private_reaches [ROOT]`.
+and runnable on its own to list them: `python -m tests.support.private_reaches [ROOT]`.
 
 A reach is an attribute read or write, or a getattr/setattr/hasattr with a
 constant name, of a `_name` that the three libraries use themselves, on anything
@@ -49,7 +49,8 @@ def library_names() -> set[str]:
 
 
 # The bridge's own tests reach one more internal to observe a PLI arrive.
-EXEMPT = {BRIDGE, Path("tests/test_aiortc_bridge.py"), Path("tests/private_reaches.py")}
+EXEMPT = {BRIDGE, Path("tests/test_aiortc_bridge.py"),
+          Path("tests/support/private_reaches.py")}
 
 
 def _code_files(root: Path) -> list[Path]:

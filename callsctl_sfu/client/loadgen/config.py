@@ -1,0 +1,100 @@
+"""What a load test simulates and the limits every caller (CLI, bench, tests) is held to.
+
+`LoadConfig.validate()` turns an out-of-range setting into a `LoadConfigError`
+whose message names the setting and its bounds; every loop of a run is bounded
+by these numbers. `Role` is what one participant publishes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from callsctl_sfu.errors import CallsctlError
+
+# -- limits: admission control for every caller (CLI, bench, tests) ----------------------------
+
+MAX_PARTICIPANTS = 1000  # one process cannot hold more: ~3 fds and ~1 MB each, one core
+MAX_CALLS = 200
+MAX_DURATION_S = 2 * 3600.0
+MIN_DURATION_S = 1.0
+MAX_JOIN_TIMEOUT_S = 120.0
+CLOSE_TIMEOUT_S = 15.0
+MAX_OK_LOSS = 0.05  # above this a run is reported as failed (exit code 1)
+
+
+class LoadConfigError(CallsctlError, ValueError):
+    """A load-test setting is out of bounds; the message names it and the limit."""
+
+    code = "bad_load_setting"
+
+
+TokenFactory = Callable[[str, str], str]
+WindowHook = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class LoadConfig:
+    """What to simulate. Validated by `validate()`; every loop it drives is bounded by it."""
+
+    ws_url: str
+    token_for: TokenFactory
+    calls: int = 1
+    users_per_call: int = 2
+    unmuted: int = 1
+    screen_sharing: bool = False
+    # The screen share as two simulcast layers (rids l and h); needs a server that accepts them.
+    simulcast: bool = False
+    video: bool = False
+    duration: float = 60.0
+    join_duration: float = 30.0
+    call_prefix: str = "loadtest"
+    ssl: Any = None
+    local_address: str | None = None
+    delay_sample_every: int = 5
+    join_timeout: float = 30.0
+    max_concurrent_joins: int = 32
+    settle_timeout: float = 10.0
+    # Benches: measure exactly this many seconds once steady (duration stays the hard cap).
+    window: float | None = None
+
+    @property
+    def participants(self) -> int:
+        return self.calls * self.users_per_call
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise LoadConfigError(message)
+
+        need(1 <= self.calls <= MAX_CALLS, f"--calls must be 1..{MAX_CALLS}, not {self.calls}")
+        need(1 <= self.users_per_call <= MAX_PARTICIPANTS,
+             f"--users-per-call must be 1..{MAX_PARTICIPANTS}, not {self.users_per_call}")
+        need(self.participants <= MAX_PARTICIPANTS,
+             f"{self.calls} calls x {self.users_per_call} users = {self.participants} "
+             f"participants; one load generator holds at most {MAX_PARTICIPANTS}")
+        need(0 <= self.unmuted <= self.users_per_call,
+             f"--unmuted must be 0..--users-per-call ({self.users_per_call}), not {self.unmuted}")
+        need(MIN_DURATION_S <= self.duration <= MAX_DURATION_S,
+             f"--duration must be {MIN_DURATION_S:g} s..{MAX_DURATION_S / 3600:g} h, "
+             f"not {self.duration:g} s")
+        need(0 <= self.join_duration < self.duration,
+             f"--join-duration ({self.join_duration:g} s) must be shorter than --duration "
+             f"({self.duration:g} s)")
+        need(1 <= self.delay_sample_every <= 10_000, "delay sampling must be every 1..10000")
+        need(0 < self.join_timeout <= MAX_JOIN_TIMEOUT_S,
+             f"join timeout must be 0..{MAX_JOIN_TIMEOUT_S:g} s")
+        need(1 <= self.max_concurrent_joins <= 256, "concurrent joins must be 1..256")
+        need(self.window is None or 0.5 <= self.window <= MAX_DURATION_S,
+             "the measuring window must be 0.5 s..2 h")
+        need(bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", self.call_prefix)),
+             "the call prefix must be 1-40 letters, digits, '.', '_' or '-'")
+
+
+@dataclass(frozen=True)
+class Role:
+    audio: bool = False
+    camera: bool = False
+    screen: bool = False

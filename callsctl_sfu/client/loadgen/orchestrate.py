@@ -1,0 +1,332 @@
+"""The run: join everyone, drive the media clock, settle, measure a steady window, leave.
+
+One event loop drives every participant: joins are spread over
+`join_duration` with a cap on concurrent handshakes, one media clock sends
+every due frame of every stream (late frames caught up or skipped), and the
+steady window opens once every expected stream reaches every receiver and the
+server's queues have drained (or a settle timeout passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pylibsrtp
+
+from callsctl_sfu.client.loadgen.config import CLOSE_TIMEOUT_S, LoadConfig, Role, WindowHook
+from callsctl_sfu.client.loadgen.handshake import local_address_for
+from callsctl_sfu.client.loadgen.media import (
+    MediaSample,
+    camera_sample,
+    opus_sample,
+    screen_low_sample,
+    screen_sample,
+)
+from callsctl_sfu.client.loadgen.monitor import ServerMonitor
+from callsctl_sfu.client.loadgen.participant import LightParticipant
+from callsctl_sfu.client.loadgen.report import LoadReport, Progress, build_report
+from callsctl_sfu.client.loadgen.sender import StreamSender
+
+MAX_CATCH_UP = 5  # frames one stream may send late in one tick before frames are skipped
+MAX_DELAY_SAMPLES = 500_000
+RECEIVER_REPORT_INTERVAL = 1.0
+SETTLED_DELAY_MS = 100.0  # the window opens once recent forwarding delay is below this
+
+
+class LoadTest:
+    """Joins the participants, drives the media clock, measures a steady window, reports."""
+
+    def __init__(self, config: LoadConfig, on_window: WindowHook | None = None,
+                 monitor: ServerMonitor | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.on_window = on_window
+        self.monitor = monitor
+        self.participants: list[LightParticipant] = []
+        self.samples: dict[str, MediaSample] = {}
+        self.phase = "preparing"
+        self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
+        self.local_address = config.local_address or "127.0.0.1"
+        self.delays: list[int] = []
+        self.active: list[StreamSender] = []
+        self.started = 0.0
+        self.window: tuple[float, float] | None = None
+        self._stop = asyncio.Event()
+        self.loop_lag: list[float] = []
+        self._cpu0 = (0.0, 0.0)
+        self.window_counts: dict[str, Any] = {}
+        self.notes: list[str] = []
+
+    # -- hooks used by participants ----------------------------------------------------------------
+
+    def record_delay(self, nanoseconds: int) -> None:
+        if len(self.delays) < MAX_DELAY_SAMPLES:
+            self.delays.append(nanoseconds)
+
+    def on_connected(self, participant: LightParticipant) -> None:
+        self.active.extend(participant.all_senders())
+
+    def request_stop(self) -> None:
+        """Finish early (Ctrl-C): measure what ran, then leave."""
+        if not self._stop.is_set():
+            self.notes.append(f"stopped early (interrupted) in the {self.phase} phase")
+        self._stop.set()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def roles(self) -> list[tuple[str, str, Role]]:
+        """(call, user, role) in join order: round robin over calls, speakers first."""
+        config = self.config
+        order = []
+        for index in range(config.users_per_call):
+            for number in range(1, config.calls + 1):
+                call = f"{config.call_prefix}-{number}"
+                role = Role(audio=index < config.unmuted,
+                            camera=config.video and index < config.unmuted,
+                            screen=config.screen_sharing and index == 0)
+                order.append((call, f"{call}-u{index + 1}", role))
+        return order
+
+    def prepare_media(self) -> None:
+        """Encode the samples once (seconds of CPU for video; before anyone joins)."""
+        self.samples["audio"] = opus_sample()
+        if self.config.video:
+            self.samples["camera"] = camera_sample()
+        if self.config.screen_sharing:
+            self.samples["screen"] = screen_sample()
+            if self.config.simulcast:
+                self.samples["screen-l"] = screen_low_sample()
+
+    async def run(self) -> LoadReport:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self.prepare_media()
+        if config.local_address is None:
+            self.local_address = local_address_for(urlsplit(config.ws_url).hostname or "")
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        background: list[asyncio.Task[Any]] = []
+        cpu_start = time.process_time()
+        try:
+            self.started = loop.time()
+            end = self.started + config.duration
+            background = [asyncio.create_task(self._media_clock(end)),
+                          asyncio.create_task(self._receiver_reports(end)),
+                          asyncio.create_task(self._watch_loop_lag(end))]
+            if self.monitor is not None:
+                if self.monitor.source is None:
+                    await self.monitor.detect()
+                background.append(asyncio.create_task(self.monitor.run(end)))
+            self.phase = "joining"
+            await self._join_all(end)
+            self.phase = "settling"
+            await self._settle(end)
+            window_start = loop.time()
+            if window_start < end - 0.5 and not self._stop.is_set():
+                self.phase = "measuring"
+                await self._open_window()
+                close_at = end if config.window is None else min(end, loop.time() + config.window)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), max(0.0, close_at - loop.time()))
+                self.phase = "draining"
+                self._stop_sending()
+                await asyncio.sleep(0.3)
+                await self._close_window(window_start)
+            else:
+                self.notes.append("no steady window: joins and negotiation took the whole "
+                                  "--duration; raise --duration")
+            self.phase = "leaving"
+            self._stop_sending()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(
+                    *(p.close() for p in self.participants), return_exceptions=True),
+                    CLOSE_TIMEOUT_S)
+            await self.http.close()
+            if self.monitor is not None:
+                await self.monitor.close()
+        self.phase = "done"
+        wall = loop.time() - self.started
+        return build_report(self, cpu_seconds=time.process_time() - cpu_start, wall=wall)
+
+    def _stop_sending(self) -> None:
+        for participant in self.participants:
+            for sender in participant.all_senders():
+                sender.ready = False
+
+    async def _join_all(self, end: float) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        order = self.roles()
+        spacing = config.join_duration / len(order)
+        gate = asyncio.Semaphore(config.max_concurrent_joins)
+        tasks = []
+
+        async def one(participant: LightParticipant) -> None:
+            async with gate:
+                timeout = min(config.join_timeout, max(0.5, end - loop.time()))
+                await participant.join(timeout)
+
+        for number, (call, user, role) in enumerate(order):
+            due = self.started + number * spacing
+            if due > loop.time():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), due - loop.time())
+            if self._stop.is_set() or loop.time() >= end:
+                break
+            participant = LightParticipant(self, call, user, role)
+            self.participants.append(participant)
+            tasks.append(asyncio.create_task(one(participant)))
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _expected_sources(self, receiver: LightParticipant) -> list[StreamSender]:
+        return [s for p in self.participants if p.call == receiver.call and p is not receiver
+                and p.connected for s in p.senders if s.ready]
+
+    def _flowing(self) -> bool:
+        for receiver in self.participants:
+            if not receiver.connected:
+                continue
+            have = {receiver.streams.get(ssrc) for ssrc, n in receiver.received.items() if n}
+            for sender in self._expected_sources(receiver):
+                if (sender.owner.session_id, sender.label) not in have:
+                    return False
+        return True
+
+    def _recent_delay_ms(self, count: int = 200) -> float | None:
+        recent = self.delays[-count:]
+        return sorted(recent)[len(recent) // 2] / 1e6 if recent else None
+
+    async def _settle(self, end: float) -> None:
+        """Wait until every expected stream reached every receiver and queues drained.
+
+        Joining is the heavy part for a server (handshakes, renegotiations); a
+        server that fell behind then still holds a queue of media, so the window
+        also waits for the median of the latest delay samples to drop under
+        SETTLED_DELAY_MS. Bounded by settle_timeout; a note says what was not met.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = min(end - 0.5, loop.time() + self.config.settle_timeout)
+        flowing = False
+        while loop.time() < deadline and not self._stop.is_set():
+            flowing = flowing or self._flowing()
+            recent = self._recent_delay_ms()
+            if flowing and (recent is None or recent < SETTLED_DELAY_MS):
+                await asyncio.sleep(0.5)  # let the last renegotiations' first packets pass
+                return
+            await asyncio.sleep(0.1)
+        if self._stop.is_set():
+            return
+        if not flowing:
+            self.notes.append("some streams had not reached every receiver when the window "
+                              "opened; they count as loss")
+        recent = self._recent_delay_ms()
+        if recent is not None and recent >= SETTLED_DELAY_MS:
+            self.notes.append(f"the server still had a queue when the window opened (recent "
+                              f"delay median {recent:.0f} ms after {self.config.settle_timeout:g}"
+                              " s of settling)")
+
+    async def _open_window(self) -> None:
+        self.window_counts["sent0"] = {id(s): s.sent for p in self.participants
+                                        for s in p.senders}
+        self.window_counts["recv0"] = {id(p): dict(p.received) for p in self.participants}
+        self.window_counts["skipped0"] = sum(s.skipped_frames for p in self.participants
+                                              for s in p.all_senders())
+        self.delays.clear()
+        self.loop_lag.clear()
+        self._cpu0 = (time.process_time(), asyncio.get_running_loop().time())
+        if self.monitor is not None:
+            await self.monitor.mark("start")
+        if self.on_window is not None:
+            await self.on_window("start")
+
+    async def _close_window(self, opened: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.window_counts["delays"] = len(self.delays)
+        if self.on_window is not None:
+            await self.on_window("end")
+        if self.monitor is not None:
+            await self.monitor.mark("end")
+        cpu0, wall0 = self._cpu0
+        self.window_counts["loadgen_cpu"] = (time.process_time() - cpu0) / max(
+            1e-9, loop.time() - wall0)
+        self.window_counts["sent1"] = {id(s): s.sent for p in self.participants
+                                        for s in p.senders}
+        self.window_counts["recv1"] = {id(p): dict(p.received) for p in self.participants}
+        self.window_counts["skipped1"] = sum(s.skipped_frames for p in self.participants
+                                              for s in p.all_senders())
+        self.window = (opened - self.started, loop.time() - opened)
+
+    async def _media_clock(self, end: float) -> None:
+        """One loop sends every due frame of every stream; late frames are caught up or skipped."""
+        loop = asyncio.get_running_loop()
+        clock = time.monotonic_ns
+        while loop.time() < end:
+            now = loop.time()
+            wake = now + 0.02
+            active = self.active
+            for sender in active:
+                if not sender.ready:
+                    continue
+                send = sender.owner._send_srtp
+                if send is None:
+                    continue
+                late = 0
+                interval = sender.sample.interval
+                while sender.next_due <= now and late < MAX_CATCH_UP:
+                    try:
+                        sender.send_frame(send, clock)
+                    except (pylibsrtp.Error, OSError):
+                        sender.ready = False
+                        break
+                    sender.next_due += interval
+                    late += 1
+                if sender.next_due <= now:
+                    behind = int((now - sender.next_due) / interval) + 1
+                    sender.skipped_frames += behind
+                    sender.advance(behind)
+                    sender.next_due += behind * interval
+                wake = min(wake, sender.next_due)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+
+    async def _receiver_reports(self, end: float) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < end:
+            await asyncio.sleep(RECEIVER_REPORT_INTERVAL)
+            for participant in self.participants:
+                if participant.connected:
+                    participant.send_receiver_report()
+
+    async def _watch_loop_lag(self, end: float) -> None:
+        """How late this process's event loop runs: a loaded generator inflates delays."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < end:
+            before = loop.time()
+            await asyncio.sleep(0.05)
+            self.loop_lag.append(max(0.0, loop.time() - before - 0.05))
+            if len(self.loop_lag) > 100_000:
+                del self.loop_lag[:50_000]
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def progress(self) -> Progress:
+        loop = asyncio.get_running_loop()
+        elapsed = loop.time() - self.started if self.started else 0.0
+        return Progress(
+            phase=self.phase, elapsed=elapsed, duration=self.config.duration,
+            requested=self.config.participants,
+            joined=sum(1 for p in self.participants if p.session_id),
+            connected=sum(1 for p in self.participants if p.connected),
+            failed=sum(1 for p in self.participants if p.failure),
+            packets_sent=sum(s.sent for p in self.participants for s in p.senders),
+            packets_received=sum(sum(p.received.values()) for p in self.participants),
+            delay_samples=len(self.delays),
+            server_cpu_percent=self.monitor.latest_cpu_percent if self.monitor else None)

@@ -33,9 +33,9 @@ from callsctl.adminclient import (
 )
 from callsctl.errors import CliError
 from callsctl_sfu.api import paths
-from tests.conftest import start_serve
 from tests.support.admin import admin_key
 from tests.support.helpers import free_port, run_cli
+from tests.support.serve import start_serve
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,12 @@ they return (the nominated-pair dict, the SRTP sessions), never per packet.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
+
+from aiortc import RTCCertificate
 
 from callsctl_sfu.errors import CallsctlError
 
@@ -63,6 +66,76 @@ def cname(pc: Any) -> str:
     Sender reports the SFU translates carry it in their SDES chunk, as aiortc's own do.
     """
     return str(pc._RTCPeerConnection__cname)
+
+
+# -- aiortc: the DTLS certificate -----------------------------------------------------------------
+
+# How long one shared certificate is handed to new connections. aiortc's own
+# certificates are valid 30 days; a connection keeps the one it started with.
+CERTIFICATE_ROTATION_S = 24 * 3600.0
+
+
+class SharedCertificate(RTCCertificate):
+    """One DTLS certificate for many connections, with one OpenSSL context per SRTP profile list.
+
+    aiortc makes a new ECDSA key and certificate for every RTCPeerConnection
+    (about 15 KB each) and a new SSL_CTX for every DTLS transport (about 25 KB
+    each). A server with hundreds of sessions needs neither per session:
+    sharing a certificate among connections is what WebRTC's own
+    `RTCPeerConnection.generateCertificate` + `RTCConfiguration.certificates`
+    allow (W3C WebRTC §4.10), and an SSL_CTX is OpenSSL's object to share
+    among connections (each still gets its own SSL, keys and SRTP keying material).
+
+    The shared context differs from aiortc's in two settings:
+    - no server-side session cache: one context for every connection would
+      otherwise keep every finished DTLS session (OpenSSL's default cache
+      holds up to 20480); WebRTC never resumes DTLS sessions anyway;
+    - SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's read and write
+      buffers (about 34 KB) while it is idle, which a WebRTC DTLS connection
+      is after its handshake unless the data channel (SCTP over DTLS) is used.
+
+    Overrides aiortc's private `RTCCertificate._create_ssl_context`, which
+    every RTCDtlsTransport calls when it starts; the context it returns is
+    made by aiortc's own method (same verification, ciphers and SRTP profiles).
+    """
+
+    def __init__(self, key: Any, cert: Any) -> None:
+        super().__init__(key=key, cert=cert)
+        self.created = time.monotonic()
+        self.contexts: dict[tuple[bytes, ...], Any] = {}
+
+    def _create_ssl_context(self, srtp_profiles: list[Any]) -> Any:
+        key = tuple(profile.openssl_profile for profile in srtp_profiles)
+        context = self.contexts.get(key)
+        if context is None:
+            from OpenSSL import SSL
+
+            context = super()._create_ssl_context(srtp_profiles)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+            self.contexts[key] = context
+        return context
+
+
+_shared: SharedCertificate | None = None
+
+
+def shared_certificate() -> SharedCertificate:
+    """This process's current shared certificate, a new one every CERTIFICATE_ROTATION_S."""
+    global _shared
+    if _shared is None or time.monotonic() - _shared.created > CERTIFICATE_ROTATION_S:
+        _shared = SharedCertificate.generateCertificate()
+    return _shared
+
+
+def use_certificate(pc: Any, certificate: Any) -> None:
+    """Make a new connection use `certificate` (`RTCPeerConnection.__certificates`).
+
+    aiortc 1.16's RTCConfiguration takes no certificates (W3C's does); its
+    connection reads this list when it creates its DTLS transports, in
+    setRemoteDescription/setLocalDescription, so this must come before either.
+    """
+    pc._RTCPeerConnection__certificates = [certificate]
 
 
 # -- aiortc: transports -------------------------------------------------------------------------
@@ -130,6 +203,41 @@ def decoder_queue(receiver: Any) -> Any | None:
 def set_decoder_queue(receiver: Any, queue: Any) -> None:
     """Replace the receiver's decoder queue (`RTCRtpReceiver.__decoder_queue`)."""
     receiver._RTCRtpReceiver__decoder_queue = queue
+
+
+class _IdleDecoder:
+    """The decoder queue and error flag every never-started receiver shares (see below)."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.error = threading.Event()
+
+
+_idle_decoder: _IdleDecoder | None = None
+
+
+def share_idle_decoder(receiver: Any) -> None:
+    """Give a receiver whose receive() never runs the shared, idle decoder queue and flag.
+
+    (`RTCRtpReceiver.__decoder_queue`, `__decoder_error`). aiortc makes a
+    queue.Queue and a threading.Event per receiver for a decoder thread that
+    only receive() starts (about 4.5 KB: four Conditions, locks, deques). The
+    SFU never calls receive() on its transceivers (rtc/peer.py silences it);
+    nothing is put in that queue or sets that flag without the thread, so
+    every such receiver can hold the same two. Never for a receiver that
+    decodes (the recorder's, the test clients'): a receiver whose decoder thread
+    runs (`__decoder_thread`) keeps its own, or its stop() would never end it.
+    """
+    global _idle_decoder
+    if receiver._RTCRtpReceiver__decoder_thread is not None:
+        return
+    if _idle_decoder is None:
+        _idle_decoder = _IdleDecoder()
+    receiver._RTCRtpReceiver__decoder_queue = _idle_decoder.queue
+    receiver._RTCRtpReceiver__decoder_error = _idle_decoder.error
 
 
 def rtp_packet_handler(receiver: Any) -> Callable[..., Awaitable[None]] | None:
@@ -276,6 +384,12 @@ async def _self_test() -> None:
 
     pc = RTCPeerConnection()
     try:
+        pc._RTCPeerConnection__certificates  # noqa: B018 - use_certificate replaces it
+        use_certificate(pc, shared_certificate())
+        from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80
+
+        RTCCertificate._create_ssl_context  # noqa: B018 - SharedCertificate overrides it
+        shared_certificate()._create_ssl_context([SRTP_AES128_CM_SHA1_80])
         transceiver = pc.addTransceiver("audio")
         sender, receiver = transceiver.sender, transceiver.receiver
         cname(pc)
@@ -296,6 +410,8 @@ async def _self_test() -> None:
         sender._track_id  # noqa: B018 - set_sender_identity writes it
         if decoder_queue(receiver) is None:
             raise AttributeError("RTCRtpReceiver.__decoder_queue")
+        receiver._RTCRtpReceiver__decoder_error.is_set()  # share_idle_decoder replaces it
+        receiver._RTCRtpReceiver__decoder_thread  # noqa: B018 - and reads this
         if rtp_packet_handler(receiver) is None:
             raise AttributeError("RTCRtpReceiver._handle_rtp_packet")
         receiver._RTCRtpReceiver__active_ssrc  # noqa: B018

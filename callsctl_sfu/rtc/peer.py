@@ -161,6 +161,8 @@ class MediaPeer:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+        # One DTLS certificate and OpenSSL context for every session (aiortc_bridge).
+        aiortc_bridge.use_certificate(self.pc, aiortc_bridge.shared_certificate())
         # The RTCP CNAME aiortc chose; translated sender reports carry it.
         self.cname = aiortc_bridge.cname(self.pc)
         self.pc.on("datachannel", self._on_datachannel)
@@ -454,6 +456,8 @@ class MediaPeer:
         for transceiver in self.pc.getTransceivers():
             transceiver.sender.send = _not_started
             transceiver.receiver.receive = _not_started
+            # No receive(), no decoder thread: its queue and flag can be shared ones.
+            aiortc_bridge.share_idle_decoder(transceiver.receiver)
 
     # -- media --------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -157,25 +158,37 @@ def _sites(idle: tracemalloc.Snapshot, joined: tracemalloc.Snapshot, sessions: i
     """The allocation sites that grew most from idle to joined, per session."""
     ignore = [tracemalloc.Filter(False, tracemalloc.__file__),
               tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
-    diff = joined.filter_traces(ignore).compare_to(idle.filter_traces(ignore), "lineno")
-    grown = [d for d in diff if d.size_diff > 0][:top]
+    joined, idle = joined.filter_traces(ignore), idle.filter_traces(ignore)
     out = []
-    for stat in grown:
-        frame = stat.traceback[0]
-        where = frame.filename
-        for marker in ("site-packages/", "/callsctl_sfu/", "/lib/python3"):
-            if marker in where:
-                where = where.split(marker, 1)[1]
-                where = ("callsctl_sfu/" + where) if marker == "/callsctl_sfu/" else where
-                break
-        out.append({"site": f"{where}:{frame.lineno}",
-                    "bytes_per_session": round(stat.size_diff / max(1, sessions)),
-                    "blocks_per_session": round(stat.count_diff / max(1, sessions), 1)})
+    for group in ("filename", "lineno"):
+        diff = joined.compare_to(idle, group)
+        for stat in [d for d in diff if d.size_diff > 0][:top]:
+            frame = stat.traceback[0]
+            site = _short(frame.filename) + (f":{frame.lineno}" if group == "lineno" else "")
+            out.append({"by": group, "site": site,
+                        "bytes_per_session": round(stat.size_diff / max(1, sessions)),
+                        "blocks_per_session": round(stat.count_diff / max(1, sessions), 1)})
     return out
 
 
+def _short(filename: str) -> str:
+    """A source path as `package/module.py` (site-packages, the stdlib or this repo)."""
+    match = re.search(r"(?:site-packages|python3\.\d+)/(.+)$", filename)
+    if match:
+        return match.group(1)
+    return filename.split(str(REPO) + "/", 1)[-1]
+
+
+async def _malloc_trim(pid: int) -> None:
+    """glibc's malloc_trim(0) in the server, through gdb: what RSS is free heap kept, not live."""
+    gdb = await asyncio.create_subprocess_exec(
+        "gdb", "-p", str(pid), "-batch", "-ex", "call (int) malloc_trim(0)",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.wait_for(gdb.wait(), 60)
+
+
 async def sessions(size: int, unmuted: int, window: float, workdir: Path,
-                   trace: bool, top: int) -> dict[str, Any]:
+                   trace: bool, top: int, trim: bool = False) -> dict[str, Any]:
     """One server, one call of `size` audio participants: RSS idle and joined."""
     prefix = workdir / f"trace-{size}" if trace else None
     running = await start_serve(workdir, prefix)
@@ -193,6 +206,9 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
 
         async def on_window(phase: str) -> None:
             readings[phase] = proc_status(pid)
+            if phase == "end" and trim:
+                await _malloc_trim(pid)
+                readings["trimmed"] = proc_status(pid)
             if phase == "end" and prefix is not None:
                 snapshots.append(await _snapshot(pid, prefix, 2))
 
@@ -219,6 +235,9 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
         if end and joined else None,
         "notes": report["notes"],
     }
+    trimmed = readings.get("trimmed")
+    if trimmed and joined:
+        result["trimmed_kb_per_session"] = round((trimmed["VmRSS"] - idle["VmRSS"]) / joined, 1)
     if len(snapshots) == 2 and joined:
         result["sites"] = _sites(snapshots[0], snapshots[1], joined, top)
         result["traced_kb_per_session"] = round(
@@ -254,11 +273,13 @@ def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command
     for r in results:
         if not r.get("sites"):
             continue
-        lines += ["", f"Where it goes, {r['size']} participants (tracemalloc, traced Python "
-                  f"heap {r['traced_kb_per_session']:.1f} KB / session; top sites):", "",
-                  "| allocation site | bytes / session | blocks / session |", "|---|---:|---:|"]
-        lines += [f"| {s['site']} | {s['bytes_per_session']} | {s['blocks_per_session']} |"
-                  for s in r["sites"]]
+        for group, title in (("filename", "by file"), ("lineno", "by line")):
+            lines += ["", f"Where it goes, {r['size']} participants, {title} (tracemalloc; the "
+                      f"traced Python heap grew {r['traced_kb_per_session']:.1f} KB / session):",
+                      "", "| allocation site | bytes / session | blocks / session |",
+                      "|---|---:|---:|"]
+            lines += [f"| {s['site']} | {s['bytes_per_session']} | {s['blocks_per_session']} |"
+                      for s in r["sites"] if s["by"] == group]
     return "\n".join(lines)
 
 
@@ -268,7 +289,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
         for size in args.sizes:
             result = await sessions(size, args.unmuted, args.window, Path(tmp), args.trace,
-                                    args.top)
+                                    args.top, args.malloc_trim)
             if not args.json:
                 print(json.dumps({k: v for k, v in result.items() if k != "sites"}),
                       flush=True)
@@ -286,6 +307,8 @@ def main() -> None:
     parser.add_argument("--trace", action="store_true",
                         help="run the server under tracemalloc and list the sites that grew")
     parser.add_argument("--top", type=int, default=20, help="sites listed with --trace")
+    parser.add_argument("--malloc-trim", action="store_true",
+                        help="also read RSS after glibc malloc_trim(0) in the server (gdb)")
     parser.add_argument("--no-imports", action="store_true", help="skip the import floor")
     parser.add_argument("--json", action="store_true", help="print one JSON document only")
     parser.add_argument("--write", type=Path, help="update this results file in place")

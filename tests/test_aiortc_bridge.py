@@ -188,27 +188,56 @@ async def test_media_peers_share_one_certificate() -> None:
             await peer.close()
 
 
-# -- the idle decoder ----------------------------------------------------------------------------
+# -- the idle parts of never-started senders and receivers ---------------------------------------
 
-async def test_never_started_receivers_share_the_idle_decoder() -> None:
+async def _never(*_args: Any) -> None:
+    """Stands in for send()/receive(), as rtc/peer.py's _not_started does."""
+
+
+async def test_idle_senders_and_receivers_renegotiate() -> None:
+    client, server = _pc(), _pc()
+    try:
+        client.addTransceiver("audio", direction="sendrecv")
+        for round_ in range(2):  # the second offer is a renegotiation with one more track
+            if round_:
+                client.addTransceiver("audio", direction="sendrecv")
+            await client.setLocalDescription(await client.createOffer())
+            await server.setRemoteDescription(client.localDescription)
+            for transceiver in server.getTransceivers():  # as rtc/peer.py does
+                transceiver.sender.send = transceiver.receiver.receive = _never
+                bridge.share_idle_sender(transceiver.sender)
+                bridge.share_idle_receiver(transceiver.receiver)
+            await server.setLocalDescription(await server.createAnswer())
+            await client.setRemoteDescription(server.localDescription)
+            assert server.signalingState == client.signalingState == "stable"
+        assert server.localDescription.sdp.count("m=audio") == 2
+    finally:
+        await client.close()
+        await asyncio.wait_for(server.close(), 10)
+
+
+async def test_never_started_senders_and_receivers_share_idle_parts_and_still_close() -> None:
     pc = _pc()
     try:
-        receivers = [pc.addTransceiver("audio").receiver for _ in range(2)]
+        transceivers = [pc.addTransceiver("audio") for _ in range(2)]
+        receivers = [t.receiver for t in transceivers]
         own = [bridge.decoder_queue(r) for r in receivers]
         assert own[0] is not own[1]
-        for receiver in receivers:
-            bridge.share_idle_decoder(receiver)
+        for transceiver in transceivers:
+            bridge.share_idle_sender(transceiver.sender)
+            bridge.share_idle_receiver(transceiver.receiver)
         shared = [bridge.decoder_queue(r) for r in receivers]
         assert shared[0] is shared[1] and shared[0] is not own[0]
     finally:
-        await pc.close()
+        await asyncio.wait_for(pc.close(), 10)  # stop() of never-started parts waits for nothing
 
 
 async def test_a_decoding_receiver_keeps_its_decoder(pair: Pair) -> None:
     receiver = pair.receiver()
     await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
     own = bridge.decoder_queue(receiver)
-    bridge.share_idle_decoder(receiver)
+    bridge.share_idle_receiver(receiver)
+    bridge.share_idle_sender(pair.sender())
     assert bridge.decoder_queue(receiver) is own  # its thread reads it; close() still ends it
 
 

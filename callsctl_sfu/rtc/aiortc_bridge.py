@@ -205,39 +205,67 @@ def set_decoder_queue(receiver: Any, queue: Any) -> None:
     receiver._RTCRtpReceiver__decoder_queue = queue
 
 
-class _IdleDecoder:
-    """The decoder queue and error flag every never-started receiver shares (see below)."""
+class _Idle:
+    """What every never-started sender and receiver shares (see share_idle_receiver)."""
 
     def __init__(self) -> None:
+        import asyncio
         import queue
         import threading
 
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error = threading.Event()
+        self.event = asyncio.Event()  # never set, never awaited
 
 
-_idle_decoder: _IdleDecoder | None = None
+_idle: _Idle | None = None
 
 
-def share_idle_decoder(receiver: Any) -> None:
-    """Give a receiver whose receive() never runs the shared, idle decoder queue and flag.
+def _idle_parts() -> _Idle:
+    global _idle
+    if _idle is None:
+        _idle = _Idle()
+    return _idle
 
-    (`RTCRtpReceiver.__decoder_queue`, `__decoder_error`). aiortc makes a
-    queue.Queue and a threading.Event per receiver for a decoder thread that
-    only receive() starts (about 4.5 KB: four Conditions, locks, deques). The
-    SFU never calls receive() on its transceivers (rtc/peer.py silences it);
-    nothing is put in that queue or sets that flag without the thread, so
-    every such receiver can hold the same two. Never for a receiver that
-    decodes (the recorder's, the test clients'): a receiver whose decoder thread
-    runs (`__decoder_thread`) keeps its own, or its stop() would never end it.
+
+def share_idle_receiver(receiver: Any) -> None:
+    """Give a receiver whose receive() never runs the shared idle decoder queue and events.
+
+    (`RTCRtpReceiver.__decoder_queue`, `__decoder_error`, `__rtcp_started`,
+    `__rtcp_exited`). aiortc makes a queue.Queue, a threading.Event and two
+    asyncio.Events per receiver for the decoder thread and RTCP loop that only
+    receive() starts (about 5 KB: four Conditions, locks, six deques). The SFU
+    never calls receive() on its transceivers (rtc/peer.py silences it), and
+    without that thread and loop nothing puts in that queue, sets those flags
+    or waits on them (stop() waits only for a started receiver), so every such
+    receiver can hold the same ones. A receiver that was started (the
+    recorder's, the test clients') keeps its own, or its stop() would wait forever.
     """
-    global _idle_decoder
-    if receiver._RTCRtpReceiver__decoder_thread is not None:
+    if receiver._RTCRtpReceiver__started or \
+            receiver._RTCRtpReceiver__decoder_thread is not None:
         return
-    if _idle_decoder is None:
-        _idle_decoder = _IdleDecoder()
-    receiver._RTCRtpReceiver__decoder_queue = _idle_decoder.queue
-    receiver._RTCRtpReceiver__decoder_error = _idle_decoder.error
+    idle = _idle_parts()
+    receiver._RTCRtpReceiver__decoder_queue = idle.queue
+    receiver._RTCRtpReceiver__decoder_error = idle.error
+    receiver._RTCRtpReceiver__rtcp_started = idle.event
+    receiver._RTCRtpReceiver__rtcp_exited = idle.event
+
+
+def share_idle_sender(sender: Any) -> None:
+    """Give a sender whose send() never runs the shared idle asyncio.Event.
+
+    (`RTCRtpSender.__rtp_started`, `__rtp_exited`, `__rtcp_started`,
+    `__rtcp_exited`: four Events, about 1.5 KB, for the RTP and RTCP loops
+    that only send() starts; stop() waits on them only for a started sender.)
+    A started sender keeps its own.
+    """
+    if sender._RTCRtpSender__started:
+        return
+    event = _idle_parts().event
+    sender._RTCRtpSender__rtp_started = event
+    sender._RTCRtpSender__rtp_exited = event
+    sender._RTCRtpSender__rtcp_started = event
+    sender._RTCRtpSender__rtcp_exited = event
 
 
 def rtp_packet_handler(receiver: Any) -> Callable[..., Awaitable[None]] | None:
@@ -410,8 +438,12 @@ async def _self_test() -> None:
         sender._track_id  # noqa: B018 - set_sender_identity writes it
         if decoder_queue(receiver) is None:
             raise AttributeError("RTCRtpReceiver.__decoder_queue")
-        receiver._RTCRtpReceiver__decoder_error.is_set()  # share_idle_decoder replaces it
-        receiver._RTCRtpReceiver__decoder_thread  # noqa: B018 - and reads this
+        for name in ("__decoder_error", "__decoder_thread", "__started", "__rtcp_started",
+                     "__rtcp_exited"):  # share_idle_receiver reads or replaces them
+            getattr(receiver, "_RTCRtpReceiver" + name)
+        for name in ("__started", "__rtp_started", "__rtp_exited", "__rtcp_started",
+                     "__rtcp_exited"):  # and share_idle_sender these
+            getattr(sender, "_RTCRtpSender" + name)
         if rtp_packet_handler(receiver) is None:
             raise AttributeError("RTCRtpReceiver._handle_rtp_packet")
         receiver._RTCRtpReceiver__active_ssrc  # noqa: B018

@@ -456,8 +456,9 @@ class MediaPeer:
         for transceiver in self.pc.getTransceivers():
             transceiver.sender.send = _not_started
             transceiver.receiver.receive = _not_started
-            # No receive(), no decoder thread: its queue and flag can be shared ones.
-            aiortc_bridge.share_idle_decoder(transceiver.receiver)
+            # Never started: their loops' queue and events can be shared idle ones.
+            aiortc_bridge.share_idle_sender(transceiver.sender)
+            aiortc_bridge.share_idle_receiver(transceiver.receiver)
 
     # -- media --------------------------------------------------------------------
 

@@ -104,6 +104,30 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def mapped(pid: int, top: int) -> list[dict[str, Any]]:
+    """RSS by what is mapped (/proc/<pid>/smaps): each file, the heap, anonymous memory; KiB."""
+    sizes: dict[str, int] = {}
+    name = "[anonymous]"
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                path = head[5] if len(head) > 5 else "[anonymous]"
+                name = _library(path) if path.startswith("/") else path
+            elif head and head[0] == "Rss:":
+                sizes[name] = sizes.get(name, 0) + int(head[1])
+    ranked = sorted(sizes.items(), key=lambda item: -item[1])
+    return [{"mapping": k, "rss_kb": v} for k, v in ranked[:top]]
+
+
+def _library(path: str) -> str:
+    """A mapped file by the package it belongs to (av.libs/*.so as one), else its name."""
+    if "site-packages/" in path:
+        package = path.split("site-packages/", 1)[1].split("/", 1)[0]
+        return f"{package}/ (site-packages)"
+    return Path(path).name
+
+
 def import_costs() -> list[dict[str, Any]]:
     """Each import step's VmRSS increment in a fresh interpreter, KiB."""
     modules = [m for _, m in IMPORT_STEPS if m]
@@ -198,6 +222,7 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
         pid = running.process.pid
         await asyncio.sleep(SETTLE_S)
         readings["idle"] = proc_status(pid)
+        maps = mapped(pid, 12)
         if prefix is not None:
             snapshots.append(await _snapshot(pid, prefix, 1))
         secret = running.secret
@@ -228,6 +253,7 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
         "failed": report["participants"]["failed"], "traced": trace,
         "rss_idle_kb": idle["VmRSS"], "anon_idle_kb": idle["RssAnon"],
         "file_idle_kb": idle["RssFile"],
+        "idle_mappings": maps,
         "rss_joined_kb": end["VmRSS"] if end else None,
         "kb_per_session": round((end["VmRSS"] - idle["VmRSS"]) / joined, 1)
         if end and joined else None,
@@ -249,7 +275,9 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
 def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command: str,
            host: str, label: str) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"### Memory: {label}", "", f"Command: `{command}`  ",
+    traced = any(r["traced"] for r in results)
+    lines = [f"### Memory: {label}{', where it goes (tracemalloc)' if traced else ''}", "",
+             f"Command: `{command}`  ",
              f"Measured: {when} on {host}.", ""]
     if imports:
         lines += ["Import floor (a fresh interpreter importing what serve imports, in order):",
@@ -270,6 +298,13 @@ def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command
                 f"| {r['size']} | {r['unmuted']} | {r['joined']} | {r['rss_idle_kb'] / 1024:.1f}"
                 f" MB ({r['anon_idle_kb'] / 1024:.1f} + {r['file_idle_kb'] / 1024:.1f}) | "
                 f"{joined} | **{r['kb_per_session']} KB** | {r['anon_kb_per_session']} KB |")
+    if plain:
+        first = plain[0]
+        lines += ["", f"The idle server's RSS by mapping (/proc/<pid>/smaps, the "
+                  f"{first['size']}-participant run; anonymous = Python's heap, malloc):", "",
+                  "| mapping | RSS |", "|---|---:|"]
+        lines += [f"| {m['mapping']} | {m['rss_kb'] / 1024:.1f} MB |"
+                  for m in first["idle_mappings"]]
     for r in results:
         if not r.get("sites"):
             continue

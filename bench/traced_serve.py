@@ -19,6 +19,9 @@ from types import FrameType
 
 
 def main() -> None:
+    # Serve the checkout this file is in, as `python -m callsctl` from its root would
+    # (not whatever callsctl the environment has installed).
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     prefix = Path(sys.argv[1])
     count = 0
 

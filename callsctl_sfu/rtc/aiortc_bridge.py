@@ -83,16 +83,16 @@ class SharedCertificate(RTCCertificate):
     each). A server with hundreds of sessions needs neither per session:
     sharing a certificate among connections is what WebRTC's own
     `RTCPeerConnection.generateCertificate` + `RTCConfiguration.certificates`
-    allow (W3C WebRTC §4.10), and an SSL_CTX is OpenSSL's object to share
-    among connections (each still gets its own SSL, keys and SRTP keying material).
+    allow (W3C WebRTC, "Certificate Management"), and an SSL_CTX is OpenSSL's
+    object to share among connections (each still gets its own SSL, handshake
+    and SRTP keying material).
 
     The shared context differs from aiortc's in two settings:
     - no server-side session cache: one context for every connection would
       otherwise keep every finished DTLS session (OpenSSL's default cache
       holds up to 20480); WebRTC never resumes DTLS sessions anyway;
-    - SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's read and write
-      buffers (about 34 KB) while it is idle, which a WebRTC DTLS connection
-      is after its handshake unless the data channel (SCTP over DTLS) is used.
+    - SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's record buffers
+      while it is idle (about 15 KB per session measured, docs/performance-memory.md).
 
     Overrides aiortc's private `RTCCertificate._create_ssl_context`, which
     every RTCDtlsTransport calls when it starts; the context it returns is

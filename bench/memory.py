@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -355,6 +356,8 @@ def main() -> None:
         parser.error("--unmuted must be 0..the smallest size")
     if not 1 <= args.window <= 60 or not 1 <= args.top <= 200:
         parser.error("--window must be 1..60 seconds and --top 1..200")
+    if args.malloc_trim and shutil.which("gdb") is None:
+        parser.error("--malloc-trim runs malloc_trim through gdb: apt-get install gdb")
     document = asyncio.run(main_async(args))
     if args.json:
         print(json.dumps(document, indent=2))

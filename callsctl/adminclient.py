@@ -37,12 +37,13 @@ import tomllib
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from callsctl_sfu.api import paths
 from callsctl_sfu.errors import CallsctlError
+
+if TYPE_CHECKING:  # httpx (~4 MB) is imported where a request is made: every command
+    import httpx  # module, `callsctl serve`'s process too, imports this one
 
 DEFAULT_SERVER = "http://127.0.0.1:8045"
 DEFAULT_TIMEOUT_S = 10.0
@@ -281,6 +282,8 @@ class _Transport:
         return headers
 
     def _unreachable(self, exc: httpx.HTTPError) -> AdminUnreachable:
+        import httpx
+
         server = self.conn.server
         if isinstance(exc, httpx.TimeoutException):
             return AdminUnreachable(f"callsctl serve at {server} did not answer within "
@@ -461,6 +464,8 @@ class AdminClient(_Transport, _Endpoints[dict[str, Any], str]):
 
     @property
     def http(self) -> httpx.Client:
+        import httpx
+
         if self._http is None:
             self._http = httpx.Client(base_url=self.conn.server, timeout=self.conn.timeout,
                                       verify=self.conn.verify, headers=self._headers())
@@ -468,6 +473,8 @@ class AdminClient(_Transport, _Endpoints[dict[str, Any], str]):
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                 params: dict[str, Any] | None = None) -> httpx.Response:
+        import httpx
+
         try:
             response = self.http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
@@ -493,6 +500,8 @@ class AsyncAdminClient(_Transport, _Endpoints[Awaitable[dict[str, Any]], Awaitab
 
     @property
     def http(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._http is None:
             self._http = httpx.AsyncClient(base_url=self.conn.server, timeout=self.conn.timeout,
                                            verify=self.conn.verify, headers=self._headers())
@@ -505,6 +514,8 @@ class AsyncAdminClient(_Transport, _Endpoints[Awaitable[dict[str, Any]], Awaitab
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                       params: dict[str, Any] | None = None) -> httpx.Response:
+        import httpx
+
         try:
             response = await self.http.request(method, path, json=body, params=params)
         except httpx.HTTPError as exc:
@@ -521,6 +532,8 @@ class AsyncAdminClient(_Transport, _Endpoints[Awaitable[dict[str, Any]], Awaitab
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """GET /api/v1/events as parsed SSE messages; ends when the stream ends."""
+        import httpx
+
         timeout = httpx.Timeout(self.conn.timeout, read=None)
         try:
             async with self.http.stream("GET", paths.EVENTS, timeout=timeout,

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -168,6 +167,8 @@ def _ask_server(server: str) -> dict[str, Any]:
     """What a running serve says its media socket got; absence is evidence, not an error."""
     url = server.rstrip("/") + "/version"
     result: dict[str, Any] = {"url": url, "reachable": False}
+    import httpx  # here, not at the top: `callsctl serve` registers this command too
+
     try:
         response = httpx.get(url, timeout=SERVER_TIMEOUT)
         response.raise_for_status()

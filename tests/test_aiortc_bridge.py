@@ -112,6 +112,135 @@ async def _no_signal(_message: dict[str, Any]) -> None:
     return None
 
 
+# -- the shared DTLS certificate -----------------------------------------------------------------
+
+async def _connected_pair(answerer: RTCPeerConnection) -> Pair:
+    """An offerer with a tone and a data channel, connected to `answerer` on 127.0.0.1."""
+    offerer, tone = _pc(), ToneTrack()
+    offerer.addTrack(tone)
+    offerer.createDataChannel("calls-dc")
+    await gather_on(offerer, "127.0.0.1")
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await gather_on(answerer, "127.0.0.1")
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(RTCSessionDescription(
+        answerer.localDescription.sdp, "answer"))
+    await _until(lambda: offerer.connectionState == answerer.connectionState == "connected",
+                 "both peer connections to connect")
+    return Pair(offerer, answerer, tone)
+
+
+def _fingerprint(sdp: str) -> str:
+    return next(line.split(" ", 1)[1] for line in sdp.splitlines()
+                if line.startswith("a=fingerprint:sha-256"))
+
+
+async def test_connections_on_the_shared_certificate_connect_with_their_own_keys() -> None:
+    shared = bridge.SharedCertificate.generateCertificate()
+    pairs: list[Pair] = []
+    try:
+        for _ in range(2):
+            answerer = _pc()
+            bridge.use_certificate(answerer, shared)
+            pairs.append(await _connected_pair(answerer))
+        expected = next(f.value for f in shared.getFingerprints() if f.algorithm == "sha-256")
+        assert [_fingerprint(p.answerer.localDescription.sdp) for p in pairs] == [expected] * 2
+        assert len(shared.contexts) == 1  # one OpenSSL context served both handshakes
+        packet = RtpPacket(payload_type=111, sequence_number=7, timestamp=960,
+                           ssrc=0x1234, payload=b"keys").serialize()
+        protected = []
+        for p in pairs:  # each connection keyed its own SRTP: same packet, other bytes
+            _, answer_tx = bridge.srtp_sessions(p.receiver().transport)
+            offer_rx, _ = bridge.srtp_sessions(p.sender().transport)
+            protected.append(answer_tx.protect(packet))
+            assert offer_rx.unprotect(protected[-1]) == packet
+        assert protected[0] != protected[1]
+    finally:
+        for p in pairs:
+            p.tone.stop()
+            await p.offerer.close()
+            await p.answerer.close()
+
+
+def test_shared_certificate_is_one_until_it_rotates(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = bridge.shared_certificate()
+    assert bridge.shared_certificate() is first
+    monkeypatch.setattr(bridge, "CERTIFICATE_ROTATION_S", -1.0)
+    rotated = bridge.shared_certificate()
+    assert rotated is not first and rotated.getFingerprints() != first.getFingerprints()
+
+
+async def test_media_peers_share_one_certificate() -> None:
+    peers = [MediaPeer(f"s{i}", UdpMux(), _no_signal, lambda _p, _b: None,
+                       lambda _p, _s: None) for i in range(2)]
+    try:
+        offers = []
+        for peer in peers:
+            peer.pc.addTransceiver("audio")
+            await peer.pc.setLocalDescription(await peer.pc.createOffer())
+            offers.append(_fingerprint(peer.pc.localDescription.sdp))
+        expected = next(f.value for f in bridge.shared_certificate().getFingerprints()
+                        if f.algorithm == "sha-256")
+        assert offers == [expected, expected]
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
+# -- the idle parts of never-started senders and receivers ---------------------------------------
+
+async def _never(*_args: Any) -> None:
+    """Stands in for send()/receive(), as rtc/peer.py's _not_started does."""
+
+
+async def test_idle_senders_and_receivers_renegotiate() -> None:
+    client, server = _pc(), _pc()
+    try:
+        client.addTransceiver("audio", direction="sendrecv")
+        for round_ in range(2):  # the second offer is a renegotiation with one more track
+            if round_:
+                client.addTransceiver("audio", direction="sendrecv")
+            await client.setLocalDescription(await client.createOffer())
+            await server.setRemoteDescription(client.localDescription)
+            for transceiver in server.getTransceivers():  # as rtc/peer.py does
+                transceiver.sender.send = transceiver.receiver.receive = _never
+                bridge.share_idle_sender(transceiver.sender)
+                bridge.share_idle_receiver(transceiver.receiver)
+            await server.setLocalDescription(await server.createAnswer())
+            await client.setRemoteDescription(server.localDescription)
+            assert server.signalingState == client.signalingState == "stable"
+        assert server.localDescription.sdp.count("m=audio") == 2
+    finally:
+        await client.close()
+        await asyncio.wait_for(server.close(), 10)
+
+
+async def test_never_started_senders_and_receivers_share_idle_parts_and_still_close() -> None:
+    pc = _pc()
+    try:
+        transceivers = [pc.addTransceiver("audio") for _ in range(2)]
+        receivers = [t.receiver for t in transceivers]
+        own = [bridge.decoder_queue(r) for r in receivers]
+        assert own[0] is not own[1]
+        for transceiver in transceivers:
+            bridge.share_idle_sender(transceiver.sender)
+            bridge.share_idle_receiver(transceiver.receiver)
+        shared = [bridge.decoder_queue(r) for r in receivers]
+        assert shared[0] is shared[1] and shared[0] is not own[0]
+    finally:
+        await asyncio.wait_for(pc.close(), 10)  # stop() of never-started parts waits for nothing
+
+
+async def test_a_decoding_receiver_keeps_its_decoder(pair: Pair) -> None:
+    receiver = pair.receiver()
+    await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
+    own = bridge.decoder_queue(receiver)
+    bridge.share_idle_receiver(receiver)
+    bridge.share_idle_sender(pair.sender())
+    assert bridge.decoder_queue(receiver) is own  # its thread reads it; close() still ends it
+
+
 # -- transports ----------------------------------------------------------------------------------
 
 async def test_ice_connection_holds_the_gathered_candidate(pair: Pair) -> None:

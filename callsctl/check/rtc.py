@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 import typer
 
 from callsctl.check import app
@@ -211,6 +210,8 @@ class RtcProbe:
         if path not in self._api:
             url = self.target.api_base + path
             outcome = ApiOutcome(url)
+            import httpx  # here: every command, serve too, imports this module
+
             started = time.monotonic()
             try:
                 # Diagnosing reachability, not identity: serve's TLS certificate is often

@@ -19,9 +19,12 @@ they return (the nominated-pair dict, the SRTP sessions), never per packet.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
+
+from aiortc import RTCCertificate
 
 from callsctl_sfu.errors import CallsctlError
 
@@ -63,6 +66,76 @@ def cname(pc: Any) -> str:
     Sender reports the SFU translates carry it in their SDES chunk, as aiortc's own do.
     """
     return str(pc._RTCPeerConnection__cname)
+
+
+# -- aiortc: the DTLS certificate -----------------------------------------------------------------
+
+# How long one shared certificate is handed to new connections. aiortc's own
+# certificates are valid 30 days; a connection keeps the one it started with.
+CERTIFICATE_ROTATION_S = 24 * 3600.0
+
+
+class SharedCertificate(RTCCertificate):
+    """One DTLS certificate for many connections, with one OpenSSL context per SRTP profile list.
+
+    aiortc makes a new ECDSA key and certificate for every RTCPeerConnection
+    (about 15 KB each) and a new SSL_CTX for every DTLS transport (about 25 KB
+    each). A server with hundreds of sessions needs neither per session:
+    sharing a certificate among connections is what WebRTC's own
+    `RTCPeerConnection.generateCertificate` + `RTCConfiguration.certificates`
+    allow (W3C WebRTC, "Certificate Management"), and an SSL_CTX is OpenSSL's
+    object to share among connections (each still gets its own SSL, handshake
+    and SRTP keying material).
+
+    The shared context differs from aiortc's in two settings:
+    - no server-side session cache: one context for every connection would
+      otherwise keep every finished DTLS session (OpenSSL's default cache
+      holds up to 20480); WebRTC never resumes DTLS sessions anyway;
+    - SSL_MODE_RELEASE_BUFFERS: OpenSSL frees a connection's record buffers
+      while it is idle (about 15 KB per session measured, docs/performance-memory.md).
+
+    Overrides aiortc's private `RTCCertificate._create_ssl_context`, which
+    every RTCDtlsTransport calls when it starts; the context it returns is
+    made by aiortc's own method (same verification, ciphers and SRTP profiles).
+    """
+
+    def __init__(self, key: Any, cert: Any) -> None:
+        super().__init__(key=key, cert=cert)
+        self.created = time.monotonic()
+        self.contexts: dict[tuple[bytes, ...], Any] = {}
+
+    def _create_ssl_context(self, srtp_profiles: list[Any]) -> Any:
+        key = tuple(profile.openssl_profile for profile in srtp_profiles)
+        context = self.contexts.get(key)
+        if context is None:
+            from OpenSSL import SSL
+
+            context = super()._create_ssl_context(srtp_profiles)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+            self.contexts[key] = context
+        return context
+
+
+_shared: SharedCertificate | None = None
+
+
+def shared_certificate() -> SharedCertificate:
+    """This process's current shared certificate, a new one every CERTIFICATE_ROTATION_S."""
+    global _shared
+    if _shared is None or time.monotonic() - _shared.created > CERTIFICATE_ROTATION_S:
+        _shared = SharedCertificate.generateCertificate()
+    return _shared
+
+
+def use_certificate(pc: Any, certificate: Any) -> None:
+    """Make a new connection use `certificate` (`RTCPeerConnection.__certificates`).
+
+    aiortc 1.16's RTCConfiguration takes no certificates (W3C's does); its
+    connection reads this list when it creates its DTLS transports, in
+    setRemoteDescription/setLocalDescription, so this must come before either.
+    """
+    pc._RTCPeerConnection__certificates = [certificate]
 
 
 # -- aiortc: transports -------------------------------------------------------------------------
@@ -130,6 +203,69 @@ def decoder_queue(receiver: Any) -> Any | None:
 def set_decoder_queue(receiver: Any, queue: Any) -> None:
     """Replace the receiver's decoder queue (`RTCRtpReceiver.__decoder_queue`)."""
     receiver._RTCRtpReceiver__decoder_queue = queue
+
+
+class _Idle:
+    """What every never-started sender and receiver shares (see share_idle_receiver)."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import queue
+        import threading
+
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.error = threading.Event()
+        self.event = asyncio.Event()  # never set, never awaited
+
+
+_idle: _Idle | None = None
+
+
+def _idle_parts() -> _Idle:
+    global _idle
+    if _idle is None:
+        _idle = _Idle()
+    return _idle
+
+
+def share_idle_receiver(receiver: Any) -> None:
+    """Give a receiver whose receive() never runs the shared idle decoder queue and events.
+
+    (`RTCRtpReceiver.__decoder_queue`, `__decoder_error`, `__rtcp_started`,
+    `__rtcp_exited`). aiortc makes a queue.Queue, a threading.Event and two
+    asyncio.Events per receiver for the decoder thread and RTCP loop that only
+    receive() starts (about 5 KB: four Conditions, locks, six deques). The SFU
+    never calls receive() on its transceivers (rtc/peer.py silences it), and
+    without that thread and loop nothing puts in that queue, sets those flags
+    or waits on them (stop() waits only for a started receiver), so every such
+    receiver can hold the same ones. A receiver that was started (the
+    recorder's, the test clients') keeps its own, or its stop() would wait forever.
+    """
+    if receiver._RTCRtpReceiver__started or \
+            receiver._RTCRtpReceiver__decoder_thread is not None:
+        return
+    idle = _idle_parts()
+    receiver._RTCRtpReceiver__decoder_queue = idle.queue
+    receiver._RTCRtpReceiver__decoder_error = idle.error
+    receiver._RTCRtpReceiver__rtcp_started = idle.event
+    receiver._RTCRtpReceiver__rtcp_exited = idle.event
+
+
+def share_idle_sender(sender: Any) -> None:
+    """Give a sender whose send() never runs the shared idle asyncio.Event.
+
+    (`RTCRtpSender.__rtp_started`, `__rtp_exited`, `__rtcp_started`,
+    `__rtcp_exited`: four Events, about 1.5 KB, for the RTP and RTCP loops
+    that only send() starts; stop() waits on them only for a started sender.)
+    A started sender keeps its own.
+    """
+    if sender._RTCRtpSender__started:
+        return
+    event = _idle_parts().event
+    sender._RTCRtpSender__rtp_started = event
+    sender._RTCRtpSender__rtp_exited = event
+    sender._RTCRtpSender__rtcp_started = event
+    sender._RTCRtpSender__rtcp_exited = event
 
 
 def rtp_packet_handler(receiver: Any) -> Callable[..., Awaitable[None]] | None:
@@ -276,6 +412,12 @@ async def _self_test() -> None:
 
     pc = RTCPeerConnection()
     try:
+        getattr(pc, "_RTCPeerConnection" + "__certificates")  # use_certificate replaces it
+        use_certificate(pc, shared_certificate())
+        from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80
+
+        RTCCertificate._create_ssl_context  # noqa: B018 - SharedCertificate overrides it
+        shared_certificate()._create_ssl_context([SRTP_AES128_CM_SHA1_80])
         transceiver = pc.addTransceiver("audio")
         sender, receiver = transceiver.sender, transceiver.receiver
         cname(pc)
@@ -296,6 +438,12 @@ async def _self_test() -> None:
         sender._track_id  # noqa: B018 - set_sender_identity writes it
         if decoder_queue(receiver) is None:
             raise AttributeError("RTCRtpReceiver.__decoder_queue")
+        for name in ("__decoder_error", "__decoder_thread", "__started", "__rtcp_started",
+                     "__rtcp_exited"):  # share_idle_receiver reads or replaces them
+            getattr(receiver, "_RTCRtpReceiver" + name)
+        for name in ("__started", "__rtp_started", "__rtp_exited", "__rtcp_started",
+                     "__rtcp_exited"):  # and share_idle_sender these
+            getattr(sender, "_RTCRtpSender" + name)
         if rtp_packet_handler(receiver) is None:
             raise AttributeError("RTCRtpReceiver._handle_rtp_packet")
         receiver._RTCRtpReceiver__active_ssrc  # noqa: B018

@@ -162,6 +162,8 @@ class MediaPeer:
         self.pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
+        # One DTLS certificate and OpenSSL context for every session (aiortc_bridge).
+        aiortc_bridge.use_certificate(self.pc, aiortc_bridge.shared_certificate())
         # The RTCP CNAME aiortc chose; translated sender reports carry it.
         self.cname = aiortc_bridge.cname(self.pc)
         self.pc.on("datachannel", self._on_datachannel)
@@ -454,6 +456,9 @@ class MediaPeer:
         for transceiver in self.pc.getTransceivers():
             transceiver.sender.send = _not_started
             transceiver.receiver.receive = _not_started
+            # Never started: their loops' queue and events can be shared idle ones.
+            aiortc_bridge.share_idle_sender(transceiver.sender)
+            aiortc_bridge.share_idle_receiver(transceiver.receiver)
 
     # -- media --------------------------------------------------------------------
 

@@ -1,0 +1,375 @@
+"""Memory of `callsctl serve`: idle RSS, RSS per joined audio session, and where it goes.
+
+Three measurements, each on loopback with ephemeral ports and a temporary data dir:
+
+- imports: a fresh interpreter imports what `callsctl serve` imports, one
+  package at a time in dependency order, and reports how much each one adds
+  to VmRSS (anonymous memory: the Python objects; file-backed: the shared
+  libraries such as PyAV's FFmpeg). This is the floor of an idle server.
+- sessions: `callsctl serve` is started as a subprocess; its RSS (VmRSS,
+  RssAnon, RssFile from /proc/<pid>/status) is read once it is ready and idle,
+  then the load generator (callsctl_sfu.client.loadgen, in this process)
+  joins N audio participants to one call (2 unmuted, the rest muted
+  listeners) at 25/s and RSS is read again at the end of a steady window.
+  RSS per session = (RSS joined - RSS idle) / participants joined.
+- with --trace, the same server runs under bench/traced_serve.py (tracemalloc
+  on, a snapshot dumped on SIGUSR2): the allocation sites that grew between
+  idle and joined, per session, by file and line. Traced RSS is not a figure
+  (tracemalloc doubles the heap); the sites are.
+
+    python bench/memory.py                                  # imports + 50 and 200, printed
+    python bench/memory.py --sizes 200 --trace --top 25     # where it goes
+    python bench/memory.py --write bench/RESULTS.md --label after
+    python bench/memory.py --json                           # one JSON document
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from forwarding import write_section  # noqa: E402
+from run_all import Running, _wait_ready, free_port, machine  # noqa: E402
+
+from callsctl_sfu.client.loadgen import LoadConfig, LoadTest  # noqa: E402
+from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
+from callsctl_sfu.tokens import issue_token  # noqa: E402
+
+JOIN_RATE = 25.0  # per second, bench/run_all.py's pacing
+SETTLE_S = 2.0  # after ready, before the idle reading (startup's garbage collected)
+MAX_SIZE = 300  # one load generator on a shared 2-core machine
+
+# What `callsctl serve` imports, in an order where each step adds only itself
+# (its own dependencies that no earlier step imported count towards it).
+IMPORT_STEPS = (
+    ("interpreter", None),
+    ("asyncio (+ ssl, OpenSSL's libssl/libcrypto)", "asyncio"),
+    ("aiohttp.web", "aiohttp.web"),
+    ("cryptography.x509", "cryptography.x509"),
+    ("pyOpenSSL (aiortc's DTLS)", "OpenSSL"),
+    ("pylibsrtp (libsrtp)", "pylibsrtp"),
+    ("aioice (+ dnspython, ifaddr)", "aioice"),
+    ("av (PyAV + FFmpeg libraries)", "av"),
+    ("aiortc (its own modules; av already counted)", "aiortc"),
+    ("prometheus_client", "prometheus_client"),
+    ("aiosqlite + jwt", "aiosqlite,jwt"),
+    ("callsctl_sfu.server (the engine)", "callsctl_sfu.server"),
+    ("typer + rich (the CLI framework)", "typer,rich.console"),
+    ("callsctl.app (every command registered)", "callsctl.app"),
+)
+
+_IMPORT_PROBE = r"""
+import importlib, json, sys
+def status():
+    out = {}
+    for line in open('/proc/self/status'):
+        key, _, value = line.partition(':')
+        if key in ('VmRSS', 'RssAnon', 'RssFile'):
+            out[key] = int(value.split()[0])
+    return out
+rows = [status()]
+for step in json.loads(sys.argv[1]):
+    for name in step.split(','):
+        importlib.import_module(name)
+    rows.append(status())
+print(json.dumps(rows))
+"""
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon and RssFile of a process, in KiB (/proc/<pid>/status)."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def mapped(pid: int, top: int) -> list[dict[str, Any]]:
+    """RSS by what is mapped (/proc/<pid>/smaps): each file, the heap, anonymous memory; KiB."""
+    sizes: dict[str, int] = {}
+    name = "[anonymous]"
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                path = head[5] if len(head) > 5 else "[anonymous]"
+                name = _library(path) if path.startswith("/") else path
+            elif head and head[0] == "Rss:":
+                sizes[name] = sizes.get(name, 0) + int(head[1])
+    ranked = sorted(sizes.items(), key=lambda item: -item[1])
+    return [{"mapping": k, "rss_kb": v} for k, v in ranked[:top]]
+
+
+def _library(path: str) -> str:
+    """A mapped file by the package it belongs to (av.libs/*.so as one), else its name."""
+    if "site-packages/" in path:
+        package = path.split("site-packages/", 1)[1].split("/", 1)[0]
+        return f"{package}/ (site-packages)"
+    return Path(path).name
+
+
+def import_costs() -> list[dict[str, Any]]:
+    """Each import step's VmRSS increment in a fresh interpreter, KiB."""
+    modules = [m for _, m in IMPORT_STEPS if m]
+    done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(modules)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
+    rows = json.loads(done.stdout)
+    out = []
+    for index, (label, _module) in enumerate(IMPORT_STEPS):
+        now, before = rows[index], rows[index - 1] if index else {k: 0 for k in rows[0]}
+        out.append({"step": label, "rss_kb": now["VmRSS"],
+                    "added_kb": now["VmRSS"] - before["VmRSS"],
+                    "added_anon_kb": now["RssAnon"] - before["RssAnon"],
+                    "added_file_kb": now["RssFile"] - before["RssFile"]})
+    return out
+
+
+async def start_serve(workdir: Path, trace: Path | None) -> Running:
+    """`callsctl serve` on free loopback ports, under tracemalloc when `trace` is given."""
+    api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    data_dir = workdir / f"data-{api}"
+    log = workdir / f"serve-{api}.log"
+    head = [str(BENCH / "traced_serve.py"), str(trace)] if trace else ["-m", "callsctl"]
+    with log.open("w") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *head, "serve", "--bind", "127.0.0.1", "--api-port", str(api),
+            "--udp-port", str(udp), "--data-dir", str(data_dir), "--log-level", "warning",
+            cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    base = f"http://127.0.0.1:{api}"
+    try:
+        await _wait_ready(base, process, log)
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise
+    return Running(process, base, f"ws://127.0.0.1:{api}/ws",
+                   load_or_create_secret(data_dir), True, log)
+
+
+async def _snapshot(pid: int, prefix: Path, index: int) -> tracemalloc.Snapshot:
+    os.kill(pid, signal.SIGUSR2)
+    done = prefix.with_name(f"{prefix.name}.{index}.done")
+    deadline = time.monotonic() + 60
+    while not done.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the traced server wrote no snapshot in 60 s")
+        await asyncio.sleep(0.2)
+    return tracemalloc.Snapshot.load(str(prefix.with_name(f"{prefix.name}.{index}")))
+
+
+def _sites(idle: tracemalloc.Snapshot, joined: tracemalloc.Snapshot, sessions: int,
+           top: int) -> list[dict[str, Any]]:
+    """The allocation sites that grew most from idle to joined, per session."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__),
+              tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
+    joined, idle = joined.filter_traces(ignore), idle.filter_traces(ignore)
+    out = []
+    for group in ("filename", "lineno"):
+        diff = joined.compare_to(idle, group)
+        for stat in [d for d in diff if d.size_diff > 0][:top]:
+            frame = stat.traceback[0]
+            site = _short(frame.filename) + (f":{frame.lineno}" if group == "lineno" else "")
+            out.append({"by": group, "site": site,
+                        "bytes_per_session": round(stat.size_diff / max(1, sessions)),
+                        "blocks_per_session": round(stat.count_diff / max(1, sessions), 1)})
+    return out
+
+
+def _short(filename: str) -> str:
+    """A source path as `package/module.py` (site-packages, the stdlib or this repo)."""
+    match = re.search(r"(?:site-packages|python3\.\d+)/(.+)$", filename)
+    if match:
+        return match.group(1)
+    return filename.split(str(REPO) + "/", 1)[-1]
+
+
+async def _malloc_trim(pid: int) -> None:
+    """glibc's malloc_trim(0) in the server, through gdb: what RSS is free heap kept, not live."""
+    gdb = await asyncio.create_subprocess_exec(
+        "gdb", "-p", str(pid), "-batch", "-ex", "call (int) malloc_trim(0)",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    await asyncio.wait_for(gdb.wait(), 60)
+
+
+async def sessions(size: int, unmuted: int, window: float, workdir: Path,
+                   trace: bool, top: int, trim: bool = False) -> dict[str, Any]:
+    """One server, one call of `size` audio participants: RSS idle and joined."""
+    prefix = workdir / f"trace-{size}" if trace else None
+    running = await start_serve(workdir, prefix)
+    snapshots: list[tracemalloc.Snapshot] = []
+    readings: dict[str, dict[str, int]] = {}
+    try:
+        pid = running.process.pid
+        await asyncio.sleep(SETTLE_S)
+        readings["idle"] = proc_status(pid)
+        maps = mapped(pid, 12)
+        if prefix is not None:
+            snapshots.append(await _snapshot(pid, prefix, 1))
+        secret = running.secret
+        assert secret is not None
+        join_s = max(1.0, size / JOIN_RATE)
+
+        async def on_window(phase: str) -> None:
+            readings[phase] = proc_status(pid)
+            if phase == "end" and trim:
+                await _malloc_trim(pid)
+                readings["trimmed"] = proc_status(pid)
+            if phase == "end" and prefix is not None:
+                snapshots.append(await _snapshot(pid, prefix, 2))
+
+        config = LoadConfig(ws_url=running.ws_url,
+                            token_for=lambda call, user: issue_token(secret, call, user, 3600),
+                            calls=1, users_per_call=size, unmuted=unmuted,
+                            duration=join_s + 15 + window + (60 if trace else 5),
+                            join_duration=join_s, window=window, call_prefix="memory",
+                            local_address="127.0.0.1", settle_timeout=15, join_timeout=60)
+        report = (await LoadTest(config, on_window=on_window).run()).to_dict()
+    finally:
+        await running.stop()
+    joined = report["participants"]["joined"]
+    idle, end = readings["idle"], readings.get("end")
+    result: dict[str, Any] = {
+        "size": size, "unmuted": unmuted, "joined": joined,
+        "failed": report["participants"]["failed"], "traced": trace,
+        "rss_idle_kb": idle["VmRSS"], "anon_idle_kb": idle["RssAnon"],
+        "file_idle_kb": idle["RssFile"],
+        "idle_mappings": maps,
+        "rss_joined_kb": end["VmRSS"] if end else None,
+        "kb_per_session": round((end["VmRSS"] - idle["VmRSS"]) / joined, 1)
+        if end and joined else None,
+        "anon_kb_per_session": round((end["RssAnon"] - idle["RssAnon"]) / joined, 1)
+        if end and joined else None,
+        "notes": report["notes"],
+    }
+    trimmed = readings.get("trimmed")
+    if trimmed and joined:
+        result["trimmed_kb_per_session"] = round((trimmed["VmRSS"] - idle["VmRSS"]) / joined, 1)
+    if len(snapshots) == 2 and joined:
+        result["sites"] = _sites(snapshots[0], snapshots[1], joined, top)
+        result["traced_kb_per_session"] = round(
+            sum(s.size for s in snapshots[1].statistics("filename"))
+            - sum(s.size for s in snapshots[0].statistics("filename"))) / joined / 1024
+    return result
+
+
+def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command: str,
+           host: str, label: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    traced = any(r["traced"] for r in results)
+    lines = [f"### Memory: {label}{', where it goes (tracemalloc)' if traced else ''}", "",
+             f"Command: `{command}`  ",
+             f"Measured: {when} on {host}.", ""]
+    if imports:
+        lines += ["Import floor (a fresh interpreter importing what serve imports, in order):",
+                  "", "| step | VmRSS after | added | of it anonymous | of it file-backed |",
+                  "|---|---:|---:|---:|---:|"]
+        for row in imports:
+            lines.append(f"| {row['step']} | {row['rss_kb'] / 1024:.1f} MB | "
+                         f"{row['added_kb'] / 1024:.1f} MB | {row['added_anon_kb'] / 1024:.1f} MB"
+                         f" | {row['added_file_kb'] / 1024:.1f} MB |")
+        lines.append("")
+    plain = [r for r in results if not r["traced"]]
+    if plain:
+        lines += ["| participants | unmuted | joined | RSS idle (anon + file) | RSS joined "
+                  "| RSS / session | anon / session |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in plain:
+            joined = f"{r['rss_joined_kb'] / 1024:.1f} MB" if r["rss_joined_kb"] else "-"
+            lines.append(
+                f"| {r['size']} | {r['unmuted']} | {r['joined']} | {r['rss_idle_kb'] / 1024:.1f}"
+                f" MB ({r['anon_idle_kb'] / 1024:.1f} + {r['file_idle_kb'] / 1024:.1f}) | "
+                f"{joined} | **{r['kb_per_session']} KB** | {r['anon_kb_per_session']} KB |")
+    if plain:
+        first = plain[0]
+        lines += ["", f"The idle server's RSS by mapping (/proc/<pid>/smaps, the "
+                  f"{first['size']}-participant run; anonymous = Python's heap, malloc):", "",
+                  "| mapping | RSS |", "|---|---:|"]
+        lines += [f"| {m['mapping']} | {m['rss_kb'] / 1024:.1f} MB |"
+                  for m in first["idle_mappings"]]
+    for r in results:
+        if not r.get("sites"):
+            continue
+        for group, title in (("filename", "by file"), ("lineno", "by line")):
+            lines += ["", f"Where it goes, {r['size']} participants, {title} (tracemalloc; the "
+                      f"traced Python heap grew {r['traced_kb_per_session']:.1f} KB / session):",
+                      "", "| allocation site | bytes / session | blocks / session |",
+                      "|---|---:|---:|"]
+            lines += [f"| {s['site']} | {s['bytes_per_session']} | {s['blocks_per_session']} |"
+                      for s in r["sites"] if s["by"] == group]
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    imports = [] if args.no_imports else import_costs()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
+        for size in args.sizes:
+            result = await sessions(size, args.unmuted, args.window, Path(tmp), args.trace,
+                                    args.top, args.malloc_trim)
+            if not args.json:
+                print(json.dumps({k: v for k, v in result.items() if k != "sites"}),
+                      flush=True)
+            results.append(result)
+    return {"imports": imports, "sessions": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200],
+                        help=f"participants per run, 1..{MAX_SIZE} (default 50 200)")
+    parser.add_argument("--unmuted", type=int, default=2, help="unmuted participants (default 2)")
+    parser.add_argument("--window", type=float, default=5.0,
+                        help="steady window before the joined reading, seconds (default 5)")
+    parser.add_argument("--trace", action="store_true",
+                        help="run the server under tracemalloc and list the sites that grew")
+    parser.add_argument("--top", type=int, default=20, help="sites listed with --trace")
+    parser.add_argument("--malloc-trim", action="store_true",
+                        help="also read RSS after glibc malloc_trim(0) in the server (gdb)")
+    parser.add_argument("--no-imports", action="store_true", help="skip the import floor")
+    parser.add_argument("--json", action="store_true", help="print one JSON document only")
+    parser.add_argument("--write", type=Path, help="update this results file in place")
+    parser.add_argument("--label", default="after", help="the section's name (default after)")
+    args = parser.parse_args()
+    if any(not 1 <= size <= MAX_SIZE for size in args.sizes):
+        parser.error(f"--sizes must be 1..{MAX_SIZE}")
+    if not 0 <= args.unmuted <= min(args.sizes):
+        parser.error("--unmuted must be 0..the smallest size")
+    if not 1 <= args.window <= 60 or not 1 <= args.top <= 200:
+        parser.error("--window must be 1..60 seconds and --top 1..200")
+    if args.malloc_trim and shutil.which("gdb") is None:
+        parser.error("--malloc-trim runs malloc_trim through gdb: apt-get install gdb")
+    document = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return
+    command = "python bench/memory.py " + " ".join(
+        a for a in sys.argv[1:] if a != "--write" and not a.endswith(".md"))
+    body = render(document["imports"], document["sessions"], command, machine(), args.label)
+    print(body)
+    if args.write:
+        key = args.label.split()[0].lower().strip(":,")
+        write_section(args.write, f"memory-{key}{'-trace' if args.trace else ''}", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -141,7 +141,7 @@ class Api:
 
 
 @dataclass
-class Participant:
+class MattermostSession:
     """One WebSocket connection = one call session."""
 
     ws: aiohttp.ClientWebSocketResponse
@@ -270,7 +270,7 @@ async def _rest_stages(api: Api, results: list[CheckResult]) -> list[dict[str, A
 
 
 async def _connect(http: aiohttp.ClientSession, target: MattermostTarget,
-                   ice_servers: list[dict[str, Any]], tone: float) -> Participant | str:
+                   ice_servers: list[dict[str, Any]], tone: float) -> MattermostSession | str:
     """Open the WebSocket, wait for hello; a string is the error."""
     try:
         ws = await asyncio.wait_for(http.ws_connect(
@@ -280,13 +280,13 @@ async def _connect(http: aiohttp.ClientSession, target: MattermostTarget,
         return f"handshake refused (HTTP {exc.status})"
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         return str(exc) or type(exc).__name__
-    holder: dict[str, Participant] = {}
+    holder: dict[str, MattermostSession] = {}
 
     async def signal(sdp: dict[str, Any]) -> None:
         await holder["p"].send("sdp", {"data": zlib.compress(json.dumps(sdp).encode())},
                                binary=True)
 
-    part = Participant(ws, CallsPeer(signal, ice_servers=ice_servers,
+    part = MattermostSession(ws, CallsPeer(signal, ice_servers=ice_servers,
                                      relay_only=target.relay_only, tone=tone))
     holder["p"] = part
     try:
@@ -303,7 +303,7 @@ async def _connect(http: aiohttp.ClientSession, target: MattermostTarget,
     return part
 
 
-async def _read(part: Participant) -> None:
+async def _read(part: MattermostSession) -> None:
     async for frame in part.ws:
         if frame.type != aiohttp.WSMsgType.TEXT:
             continue
@@ -327,7 +327,7 @@ async def _read(part: Participant) -> None:
 
 async def _call_stages(http: aiohttp.ClientSession, target: MattermostTarget,
                        ice_servers: list[dict[str, Any]], results: list[CheckResult]) -> None:
-    parts: list[Participant] = []
+    parts: list[MattermostSession] = []
     try:
         for tone in (440.0, 660.0):
             part = await _connect(http, target, ice_servers, tone)
@@ -382,7 +382,7 @@ async def _call_stages(http: aiohttp.ClientSession, target: MattermostTarget,
         await _leave(parts, results)
 
 
-async def _leave(parts: list[Participant], results: list[CheckResult]) -> None:
+async def _leave(parts: list[MattermostSession], results: list[CheckResult]) -> None:
     left = 0
     for part in parts:
         with contextlib.suppress(Exception):

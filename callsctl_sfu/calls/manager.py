@@ -67,7 +67,9 @@ class ControlStats:
 
 
 @dataclass
-class Participant:
+class Member:
+    """A session in the server: its state, its media peer and its signaling sender."""
+
     session: Session
     peer: MediaPeer
     send: EventSender | None
@@ -84,7 +86,7 @@ class CallManager:
         self.config = config
         self.mux = mux
         self.calls: dict[str, Call] = {}
-        self.participants: dict[str, Participant] = {}
+        self.participants: dict[str, Member] = {}
         self.control_stats = ControlStats()
         self._loop = asyncio.get_event_loop()
         self._housekeeping = spawn(self._housekeep(), "housekeeping")
@@ -157,7 +159,7 @@ class CallManager:
         # Registered before any await, so concurrent joins of the same user count it;
         # without `send` until the sessions it replaces are gone (it gets no events
         # about them, and the call it joins does not end in between).
-        participant = Participant(session, peer, None, created_at=self._loop.time())
+        participant = Member(session, peer, None, created_at=self._loop.time())
         self.participants[session.session_id] = participant
         call.add(session)  # no route changes: the new peer has no downtracks yet
         forwarder.add_session(session.session_id, call_id, peer)

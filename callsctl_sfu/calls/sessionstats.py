@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from callsctl_sfu.calls.manager import CallManager, Participant
+    from callsctl_sfu.calls.manager import CallManager, Member
     from callsctl_sfu.calls.model import Call
 
 log = logging.getLogger("callsctl_sfu.calls.stats")
@@ -64,7 +64,7 @@ class RttProbe:
         self.samples += 1
 
 
-def counters(participant: Participant) -> tuple[int, int, int, int]:
+def counters(participant: Member) -> tuple[int, int, int, int]:
     """(in packets, in payload octets, out packets, out payload octets) so far."""
     peer = participant.peer
     published = list(getattr(peer, "published", {}).values())
@@ -73,7 +73,7 @@ def counters(participant: Participant) -> tuple[int, int, int, int]:
             sum(d.rewrite.packets for d in down), sum(d.rewrite.octets for d in down))
 
 
-def nominated_pair(participant: Participant) -> Any | None:
+def nominated_pair(participant: Member) -> Any | None:
     peer = participant.peer
     if not getattr(peer, "connected", False):
         return None
@@ -155,7 +155,7 @@ class SessionSampler:
         return probe.last_s if probe else None
 
 
-def quality(participant: Participant) -> tuple[float | None, float | None, float | None]:
+def quality(participant: Member) -> tuple[float | None, float | None, float | None]:
     """(worst fraction lost 0..1, worst jitter ms, RTCP round trip ms) of this session.
 
     MediaPeer.quality() (both directions, RTT from RTCP SR/RR) is used when the
@@ -189,7 +189,7 @@ def _address(addr: Any) -> str | None:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-def candidate_pair(participant: Participant) -> dict[str, Any] | None:
+def candidate_pair(participant: Member) -> dict[str, Any] | None:
     pair = nominated_pair(participant)
     if pair is None:
         return None
@@ -205,7 +205,7 @@ def candidate_pair(participant: Participant) -> dict[str, Any] | None:
         return None
 
 
-def tracks(participant: Participant) -> list[dict[str, Any]]:
+def tracks(participant: Member) -> list[dict[str, Any]]:
     peer = participant.peer
     out: list[dict[str, Any]] = []
     for track in getattr(peer, "published", {}).values():
@@ -227,7 +227,7 @@ def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def describe_session(participant: Participant, sampler: SessionSampler | None
+def describe_session(participant: Member, sampler: SessionSampler | None
                      ) -> dict[str, Any]:
     """One entry of GET /api/v1/calls/{id} "sessions" (shape fixed: the TUI reads it)."""
     session = participant.session

@@ -26,34 +26,11 @@ from callsctl_sfu.tls import (
     resolve_tls,
     server_context,
 )
+from tests.support.browser import INBOUND_AUDIO_JS
 from tests.support.helpers import run_cli
 from tests.support.serve import start_serve
 
 CHROMIUM = "/usr/bin/chromium"
-# Same as test_browser_e2e: inbound audio per publishing session from getStats().
-INBOUND_AUDIO_JS = """
-async () => {
-  const c = window.callsctl;
-  if (!c || !c.pc) return {};
-  const tracks = c.remoteTracks;
-  const byMid = {};
-  for (const t of c.pc.getTransceivers()) {
-    const info = t.receiver && t.receiver.track && tracks[t.receiver.track.id];
-    if (t.mid !== null && info) byMid[t.mid] = info.sessionId;
-  }
-  const out = {};
-  (await c.pc.getStats()).forEach((r) => {
-    if (r.type !== "inbound-rtp" || r.kind !== "audio") return;
-    const info = tracks[r.trackIdentifier];
-    const sid = info ? info.sessionId : byMid[r.mid];
-    if (!sid) return;
-    const o = out[sid] || (out[sid] = {packets: 0, energy: 0});
-    o.packets += r.packetsReceived || 0;
-    o.energy += r.totalAudioEnergy || 0;
-  });
-  return out;
-}
-"""
 
 
 def test_self_signed_certificate_is_generated_once_and_reused(tmp_path: Path):
@@ -156,11 +133,11 @@ async def test_chromium_joins_over_https_with_the_self_signed_cert_and_hears_aud
                 while time.monotonic() < deadline:
                     heard = await page.evaluate(INBOUND_AUDIO_JS)
                     got = heard.get(speaker.session_id, {})
-                    if got.get("packets", 0) > 50 and got.get("energy", 0) > 0:
+                    if got.get("packetsReceived", 0) > 50 and got.get("totalAudioEnergy", 0) > 0:
                         break
                     await page.wait_for_timeout(250)
                 got = heard.get(speaker.session_id, {})
-                assert got.get("packets", 0) > 50 and got.get("energy", 0) > 0, (
+                assert got.get("packetsReceived", 0) > 50 and got.get("totalAudioEnergy", 0) > 0, (
                     heard, await page.evaluate("window.callsctl.log.slice(-30)"))
                 # And the browser's microphone, once unmuted, reaches the aiortc participant.
                 await page.click("#mute", timeout=5_000)

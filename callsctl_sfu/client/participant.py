@@ -30,6 +30,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from callsctl_sfu.client.hangup import hang_up
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
 
@@ -181,16 +182,7 @@ class Participant:
 
     async def close(self) -> None:
         """Drop everything without saying goodbye (what a closed tab does)."""
-        for task in self._tasks:
-            task.cancel()
-        if self.pc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.pc.close(), 5)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
+        await hang_up(self._tasks, self.pc, self._ws, self._http)
 
     # -- signaling ---------------------------------------------------------------------
 

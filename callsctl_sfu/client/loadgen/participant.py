@@ -29,6 +29,7 @@ from aiortc import (
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from callsctl_sfu.client.hangup import hang_up
 from callsctl_sfu.client.loadgen.config import Role
 from callsctl_sfu.client.loadgen.handshake import LIGHT_FLAG, gather_on, install_light_switch
 from callsctl_sfu.client.loadgen.negotiation import (
@@ -351,16 +352,7 @@ class LightParticipant:
         self.closed = True
         for sender in self.all_senders():
             sender.ready = False
-        with contextlib.suppress(Exception):
-            await self._send({"type": "leave"})
-        for task in self._tasks:
-            task.cancel()
-        if self.pc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.pc.close(), 5)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
+        await hang_up(self._tasks, self.pc, self._ws, say_leave=self._send)
 
 
 class LoadJoinError(CallsctlError, RuntimeError):

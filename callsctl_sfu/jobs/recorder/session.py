@@ -12,7 +12,6 @@ them to the track's writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -23,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from callsctl_sfu.client.hangup import hang_up
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.recorder.writers import TrackWriter, writer_for
 from callsctl_sfu.rtc import aiortc_bridge
@@ -137,18 +137,7 @@ class RecorderSession:
 
     async def close(self) -> None:
         """Leave the call and finish every file (trailers, cues)."""
-        with contextlib.suppress(Exception):
-            await self._send({"type": "leave"})
-        for task in self._tasks:
-            task.cancel()
-        if self._pc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pc.close(), 5)
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await self._ws.close()
-        if self._http is not None:
-            await self._http.close()
+        await hang_up(self._tasks, self._pc, self._ws, self._http, say_leave=self._send)
         for key, writer in self.writers.items():
             try:
                 writer.close()

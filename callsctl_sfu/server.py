@@ -265,7 +265,9 @@ class Server:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
-                "fanout_threads": fastpath.pool_threads(),  # --media-threads in effect
+                # --media-threads in effect, and how many fan-outs used more than one
+                "fanout_pool": {"threads": fastpath.pool_threads(),
+                                "parallel_fanouts": fastpath.parallel_fanouts()},
                 "control": {**dataclasses.asdict(self.manager.control_stats),
                             **dataclasses.asdict(self.manager.forwarder.routing_stats)},
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),

@@ -588,6 +588,7 @@ typedef struct {
     Py_ssize_t item[BATCH];     /* which Copy each slot holds */
 } Buffers;
 
+static unsigned long long parallel_runs = 0; /* fan-outs split across the pool (GIL held) */
 static Buffers gil_buffers;      /* the single-thread path: used with the GIL held only */
 static Buffers caller_buffers;   /* the calling thread's slice: used under pool.dispatch only */
 
@@ -697,6 +698,7 @@ run_slice(const Packet *p, Slice *slice, Buffers *b)
 typedef struct {
     pthread_t thread;
     int number;                 /* 1..threads-1: runs slice `number` of a job */
+    unsigned long created_at;   /* pool.generation when started (under pool.dispatch) */
     Buffers *buffers;
 } Worker;
 
@@ -727,9 +729,10 @@ static void *
 worker_main(void *arg)
 {
     Worker *self = (Worker *)arg;
-    unsigned long seen = 0;
+    /* The generation when the worker was created, not when it first runs: a job posted
+       before this thread got the CPU must still be seen as new. */
+    unsigned long seen = self->created_at;
     pthread_mutex_lock(&pool.lock);
-    seen = pool.generation;
     for (;;) {
         while (!pool.stop && pool.generation == seen)
             pthread_cond_wait(&pool.work, &pool.lock);
@@ -787,6 +790,7 @@ pool_start_locked(int threads)
     pool.workers = workers;
     for (; started < threads - 1; started++) {
         workers[started].number = started + 1;
+        workers[started].created_at = pool.generation;
         workers[started].buffers = malloc(sizeof(Buffers));
         if (workers[started].buffers == NULL) {
             rc = ENOMEM;
@@ -951,6 +955,7 @@ fanout(PyObject *module, PyObject *args)
         Py_BEGIN_ALLOW_THREADS
         run_parallel(&p, copies, count, slices, &slice_count);
         Py_END_ALLOW_THREADS
+        parallel_runs += slice_count > 1;
     } else if (count > 0) {
         slices[0].copies = copies;
         slices[0].count = count;
@@ -1066,6 +1071,12 @@ pool_threads(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
+parallel_fanouts(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(parallel_runs);
+}
+
+static PyObject *
 set_protect(PyObject *module, PyObject *arg)
 {
     void *address = PyLong_AsVoidPtr(arg);
@@ -1089,6 +1100,8 @@ static PyMethodDef module_methods[] = {
      "shutdown_pool(): stop and join the workers (idempotent); fan-outs run on one thread."},
     {"pool_threads", pool_threads, METH_NOARGS,
      "pool_threads() -> threads fan-outs can run on now (1 = no pool)."},
+    {"parallel_fanouts", parallel_fanouts, METH_NOARGS,
+     "parallel_fanouts() -> fan-outs split across the pool since the module was loaded."},
     {NULL}
 };
 

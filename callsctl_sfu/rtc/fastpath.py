@@ -179,5 +179,10 @@ def pool_threads() -> int:
     return int(_fanout.pool_threads()) if AVAILABLE and _fanout is not None else 1
 
 
+def parallel_fanouts() -> int:
+    """Fan-outs split across the pool so far (0 with the Python engine): shows it is used."""
+    return int(_fanout.parallel_fanouts()) if AVAILABLE and _fanout is not None else 0
+
+
 # Workers must not outlive the interpreter's teardown of the objects they read.
 atexit.register(shutdown_pool)

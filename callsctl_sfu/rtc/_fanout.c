@@ -13,6 +13,11 @@
  * shared with the Python path), routing, RTCP and every decision about who
  * receives what (callsctl_sfu/calls/forwarder.py builds the target lists).
  *
+ * Big fan-outs (PARALLEL_MIN_TARGETS receivers or more) can be split across a
+ * small pool of native threads with the GIL released (start_pool(), the
+ * server's --media-threads); fanout() still returns only when every copy is
+ * sent. Why that needs no lock around libsrtp is explained at fanout() below.
+ *
  * Python hands each receiver over as a `Target`, a type defined here with
  * named, checked fields (built once per receiver when its plan changes, read
  * per packet without any Python attribute lookup); anything else in the list
@@ -21,7 +26,7 @@
  * References: RTP header RFC 3550 §5.1; one-byte header extensions RFC 8285
  * §4.2; client-to-mixer audio level RFC 6464; SRTP RFC 3711 (libsrtp 2 API:
  * srtp_protect(ctx, buffer, &len) protects in place and appends the tag);
- * sendmmsg(2).
+ * sendmmsg(2); pthreads (POSIX.1-2008: mutexes, condition variables).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -108,6 +108,10 @@ def _print_banner(server: Server) -> None:
         console.print(f"  public URL            : {public}")
     console.print(f"  media (all sessions)  : udp {config.bind}:{server.udp_port}, advertised "
                   f"as {advertised.host}:{advertised.port} ({advertised.source})")
+    from callsctl_sfu.rtc.fastpath import PARALLEL_MIN_TARGETS  # loaded with the server
+
+    console.print(f"  media fan-out threads : {server.fanout_threads} (--media-threads; for "
+                  f"packets to {PARALLEL_MIN_TARGETS}+ receivers)")
     if server.connectivity is not None and server.connectivity.tcp_port:
         console.print(f"  ICE-TCP fallback      : tcp {config.bind}:"
                       f"{server.connectivity.tcp_port}, advertised as {advertised.host}:"

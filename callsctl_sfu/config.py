@@ -102,6 +102,16 @@ def _non_negative_int(value: Any) -> str | None:
     return None
 
 
+MAX_MEDIA_THREADS = 64  # rtc/_fanout.c's MAX_THREADS
+
+
+def _media_threads(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MEDIA_THREADS:
+        return (f"must be a whole number from 1 to {MAX_MEDIA_THREADS}, or 0 for one per "
+                "usable CPU")
+    return None
+
+
 def _positive_number(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return "must be a number greater than 0"
@@ -322,6 +332,13 @@ class ServeConfig:
         DEFAULT_UDP_BUFFER_SIZE,
         "SO_RCVBUF/SO_SNDBUF asked for on the media socket (see `callsctl tune`)",
         _positive_number,
+        section="rtc",
+    )
+
+    media_threads: int = _setting(
+        0, "threads one packet's fan-out to many receivers may use (fan-outs of 64 or more "
+        "receivers are split across them, on the one UDP port); 1 = the event loop's thread "
+        "only; 0 = one per usable CPU (the process's affinity mask)", _media_threads,
         section="rtc",
     )
 

@@ -81,6 +81,7 @@ class Server:
         self.stopping = False
         self.started_at = 0.0
         self.fleet: Any = None  # fleet/node.py FleetNode when config.cluster is set
+        self.fanout_threads = 1  # threads a big fan-out runs on (media_threads, resolved)
 
     async def start(self) -> None:
         config = self.config
@@ -191,7 +192,12 @@ class Server:
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)
         if fastpath.AVAILABLE:
-            log.info("forwarding engine: C fan-out (rewrite, SRTP protect, sendmmsg)")
+            # Started last: no start-up failure after this point has workers to stop.
+            threads = fastpath.start_pool(config.media_threads or fastpath.usable_cpus())
+            self.fanout_threads = threads
+            log.info("forwarding engine: C fan-out (rewrite, SRTP protect, sendmmsg) on %d "
+                     "thread%s for fan-outs of %d+ receivers", threads,
+                     "" if threads == 1 else "s", fastpath.PARALLEL_MIN_TARGETS)
         else:
             log.warning("forwarding engine: Python, up to 2.4x the CPU per packet: %s",
                         fastpath.REASON)
@@ -250,7 +256,8 @@ class Server:
                            "sndbuf_bytes": self.buffer_sizes[1]},
             "calls": len(self.manager.calls) if self.manager else 0,
             "sessions": len(self.manager.participants) if self.manager else 0,
-            "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON},
+            "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON,
+                                  "fanout_threads": fastpath.pool_threads()},
             **({"node": self.fleet.node_id} if self.fleet is not None else {}),
         }
 
@@ -258,6 +265,9 @@ class Server:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
+                # --media-threads in effect, and how many fan-outs used more than one
+                "fanout_pool": {"threads": fastpath.pool_threads(),
+                                "parallel_fanouts": fastpath.parallel_fanouts()},
                 "control": {**dataclasses.asdict(self.manager.control_stats),
                             **dataclasses.asdict(self.manager.forwarder.routing_stats)},
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),
@@ -289,4 +299,5 @@ class Server:
             self.connectivity.close()
         if self.mux is not None and self.mux.transport is not None:
             self.mux.transport.close()
+        fastpath.shutdown_pool()  # after the last fan-out: the media socket is closed
         log.info("stopped")

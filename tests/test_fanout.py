@@ -9,15 +9,18 @@ Target twin, and a server whose C extension cannot be imported.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 
 import httpx
 import pylibsrtp
 import pytest
 
+from callsctl_sfu.client.loadgen import LoadConfig, LoadTest
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import PyRewrite, parse_rtp
@@ -35,9 +38,9 @@ needs_c = pytest.mark.skipif(not fastpath.AVAILABLE or _fanout is None,
 KEY_LEN = 30  # AES_CM_128_HMAC_SHA1_80 master key + salt
 
 
-def srtp_pair() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
+def srtp_pair(key: bytes | None = None) -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
     """(the SFU's outbound context, the receiver's inbound one) sharing one key."""
-    key = os.urandom(KEY_LEN)
+    key = key or os.urandom(KEY_LEN)
     sessions = []
     for ssrc_type in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
         policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type)
@@ -49,11 +52,11 @@ def srtp_pair() -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
 class Receiver:
     """One receiving participant: a socket, its SRTP context and its target tuple."""
 
-    def __init__(self, ssrc: int, level_id: int | None = 1) -> None:
+    def __init__(self, ssrc: int, level_id: int | None = 1, key: bytes | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(2)
-        self.outbound, self.inbound = srtp_pair()
+        self.outbound, self.inbound = srtp_pair(key)
         self.rewrite = fastpath.Rewrite(ssrc=ssrc, payload_type=111, audio_level_id=level_id)
         self.pair = object()
         self.nominated = {1: self.pair}
@@ -295,3 +298,224 @@ async def test_copies_the_kernel_would_not_take_wait_in_asyncios_queue_in_order(
     finally:
         receiver.close()
         transport.close()
+
+
+# -- the fan-out on several threads (start_pool, --media-threads) --------------------------------
+
+SPLIT = fastpath.PARALLEL_MIN_TARGETS
+
+
+@pytest.fixture
+def pool():
+    """start_pool for the test; the workers are always stopped afterwards."""
+    yield fastpath.start_pool
+    fastpath.shutdown_pool()
+
+
+def threads_now() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def close(receivers: list[Receiver]) -> None:
+    for receiver in receivers:
+        receiver.sock.close()
+
+
+@needs_c
+@pytest.mark.parametrize("count", [10, SPLIT - 1, SPLIT, 150])
+def test_threads_send_exactly_the_datagrams_one_thread_sends(sender, pool, count):
+    """Twin receiver sets with the same keys: one fed by one thread, one by two threads.
+
+    SRTP with the same key, SSRC and packet index gives the same bytes, so every
+    datagram must be identical; below PARALLEL_MIN_TARGETS the pool is not used.
+    """
+    keys = [os.urandom(KEY_LEN) for _ in range(count)]
+    twins = [[Receiver(ssrc=2000 + i, level_id=None if i % 3 else 2, key=keys[i])
+              for i in range(count)] for _ in range(2)]
+    one, two = twins
+    sequences = (100, 101, 102)
+    try:
+        assert pool(1) == 1 and fastpath.pool_threads() == 1
+        split_before = fastpath.parallel_fanouts()
+        alone = [fan(sender, one, seq, payload=b"frame-%d" % seq) for seq in sequences]
+        assert fastpath.parallel_fanouts() == split_before  # media_threads=1: as before
+        assert pool(2) == 2 and fastpath.pool_threads() == 2
+        shared = [fan(sender, two, seq, payload=b"frame-%d" % seq) for seq in sequences]
+        split = fastpath.parallel_fanouts() - split_before
+        assert split == (len(sequences) if count >= SPLIT else 0)
+        assert shared == alone  # sent, octets, no errors, no stale, no unsent
+        assert alone[0].sent == count and alone[0].stale is None and alone[0].unsent is None
+        for number, (a, b) in enumerate(zip(one, two, strict=True)):
+            for seq in sequences:
+                wire_one, wire_two = a.sock.recv(2048), b.sock.recv(2048)
+                assert wire_two == wire_one, (number, seq)
+                packet = parse_rtp(b.inbound.unprotect(wire_two))
+                assert (packet.ssrc, packet.sequence, bytes(packet.payload)) == (
+                    2000 + number, seq, b"frame-%d" % seq)
+                assert packet.extensions == ({} if number % 3 else {2: bytes([20])})
+            assert a.rewrite.packets == b.rewrite.packets == len(sequences)
+    finally:
+        close(one + two)
+
+
+@needs_c
+def test_with_threads_stale_targets_come_back_by_index_in_order(sender, pool):
+    pool(2)
+    receivers = [Receiver(ssrc=3000 + i) for i in range(130)]
+    moved = [0, 5, 64, 65, 129]  # both slices, their edges, and the last one
+    try:
+        for i in moved:
+            receivers[i].nominated[1] = object()
+        split_before = fastpath.parallel_fanouts()
+        result = fan(sender, receivers, 9)
+        assert fastpath.parallel_fanouts() == split_before + 1
+        assert (result.sent, result.stale, result.unsent) == (125, moved, None)
+        for i, receiver in enumerate(receivers):
+            if i in moved:
+                assert receiver.rewrite.packets == 0
+            else:
+                assert receiver.receive().sequence == 9
+        assert all(receivers[i].nothing_waiting() for i in moved[:2])
+    finally:
+        close(receivers)
+
+
+def unsent_probe() -> None:
+    """Run inside a fresh network namespace whose only route out is rate-limited (see below):
+    fan out with and without threads, print what came back as JSON."""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("10.9.0.1", 0))
+    sender.setblocking(False)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel's minimum
+    out = {}
+    for threads in (1, 2):
+        fastpath.start_pool(threads)
+        receivers = [Receiver(ssrc=6000 + i) for i in range(150)]
+        for i in (3, 100):
+            receivers[i].nominated[1] = object()
+        targets = [r.target_to(("10.9.0.2", 20000 + i)) for i, r in enumerate(receivers)]
+        split_before = fastpath.parallel_fanouts()
+        result = fastpath.fanout(sender.fileno(), 0x90, False, 77, 960, 5, bytes(900), 20,
+                                 targets)
+        decoded = []
+        for data, addr in result.unsent or []:
+            index = addr[1] - 20000
+            packet = parse_rtp(receivers[index].inbound.unprotect(data))
+            decoded.append([index, packet.ssrc, packet.sequence, len(packet.payload)])
+        out[threads] = {"sent": result.sent, "errors": result.send_errors,
+                        "stale": result.stale, "unsent": decoded,
+                        "split": fastpath.parallel_fanouts() - split_before}
+        close(receivers)
+    fastpath.shutdown_pool()
+    print(json.dumps(out))
+
+
+@needs_c
+def test_with_threads_copies_the_kernel_would_not_take_come_back_in_target_order():
+    """A full send buffer (a veth whose qdisc drains at 8 kbit/s, in a namespace of our own
+    that vanishes with the probe): every deferred copy is returned, decryptable by its
+    receiver, in target order, as on one thread."""
+    setup = ("ip link set lo up && ip link add v0 type veth peer name v1 && "
+             "ip link set v0 up && ip link set v1 up && ip addr add 10.9.0.1/24 dev v0 && "
+             "ip neigh replace 10.9.0.2 lladdr 02:00:00:00:00:02 dev v0 nud permanent && "
+             "tc qdisc add dev v0 root tbf rate 8kbit burst 1600 limit 10000000 && "
+             f"exec {sys.executable} -c 'from tests.test_fanout import unsent_probe; "
+             "unsent_probe()'")
+    probe = subprocess.run(["unshare", "--net", "--", "sh", "-c", setup], capture_output=True,
+                           text=True, cwd=REPO, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    for threads, seen in found.items():
+        assert (seen["sent"], seen["errors"], seen["stale"]) == (148, 0, [3, 100]), threads
+        indexes = [row[0] for row in seen["unsent"]]
+        # The kernel took a few copies, then refused: the rest come back, in order.
+        assert 100 < len(indexes) <= 148 and indexes == sorted(indexes), (threads, indexes)
+        assert 3 not in indexes and 100 not in indexes and indexes[-1] == 149
+        assert all(row[1:] == [6000 + row[0], 77, 900] for row in seen["unsent"])
+    assert found["1"]["split"] == 0 and found["2"]["split"] == 1
+
+
+@needs_c
+def test_many_fanouts_on_the_pool_leave_no_thread_behind(sender):
+    """Start, fan out at once (workers may not have run yet), replace, shut down: no leak."""
+    receivers = [Receiver(ssrc=4000 + i) for i in range(80)]
+    before = threads_now()
+    try:
+        for round_, threads in enumerate((2, 3, 2, 4, 2)):
+            assert fastpath.start_pool(threads) == threads
+            assert threads_now() == before + threads - 1
+            sequences = range(round_ * 40, round_ * 40 + 40)
+            for seq in sequences:
+                assert fan(sender, receivers, seq).sent == 80
+            for receiver in receivers:  # each receiver got every copy, in order
+                assert [receiver.receive().sequence for _ in sequences] == list(sequences)
+        fastpath.shutdown_pool()
+        assert threads_now() == before and fastpath.pool_threads() == 1
+        fastpath.shutdown_pool()  # twice is fine
+        assert fan(sender, receivers, 999).sent == 80  # and fan-outs still work
+        with pytest.raises(ValueError, match="threads must be 1..64"):
+            fastpath.start_pool(0)
+    finally:
+        fastpath.shutdown_pool()
+        close(receivers)
+
+
+@needs_c
+def test_two_python_threads_fanning_out_at_once_share_the_pool(sender, pool):
+    """The GIL is released during a big fan-out: another Python thread may call fanout()."""
+    pool(2)
+    groups = [[Receiver(ssrc=5000 + 100 * g + i) for i in range(70)] for g in range(2)]
+    results: list[list[int]] = [[], []]
+
+    def run(g: int) -> None:
+        for seq in range(30):
+            results[g].append(fan(sender, groups[g], seq).sent)
+
+    workers = [threading.Thread(target=run, args=(g,)) for g in range(2)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert results == [[70] * 30, [70] * 30]
+        for receiver in groups[0] + groups[1]:
+            assert [receiver.receive().sequence for _ in range(30)] == list(range(30))
+    finally:
+        close(groups[0] + groups[1])
+
+
+def test_media_threads_setting_reaches_the_server(serve_factory):
+    server = serve_factory("--media-threads", "1")
+    version = httpx.get(f"{server.api_url}/version", timeout=5).json()["forwarding_engine"]
+    stats = httpx.get(f"{server.api_url}/stats", timeout=5).json()["fanout_pool"]
+    assert version["fanout_threads"] == 1 and stats == {"threads": 1, "parallel_fanouts": 0}
+    assert "media fan-out threads : 1" in server.log()
+    refused = subprocess.run([sys.executable, "-m", "callsctl", "serve", "--media-threads",
+                              "65", "--api-port", "0", "--udp-port", "0"],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert refused.returncode == 2
+    assert "--media-threads': 65 must be a whole number from 1 to 64" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+@needs_c
+def test_a_server_on_two_fanout_threads_forwards_audio_to_70_receivers(serve_factory):
+    """72 light clients (the loadgen's: real ICE, DTLS and SRTP), one speaker: every
+    receiver decrypts the speaker's audio, and the big fan-outs ran on the pool."""
+    server = serve_factory("--media-threads", "2")
+    size = 72
+    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
+                        calls=1, users_per_call=size, unmuted=1, duration=12,
+                        join_duration=3, window=3, local_address="127.0.0.1",
+                        settle_timeout=8)
+    report = asyncio.run(LoadTest(config).run()).to_dict()
+    assert report["participants"]["joined"] == size, report["participants"]
+    media = report["media"]
+    receivers = [r for r in media["per_receiver"] if r["expected"]]
+    assert len(receivers) == size - 1  # everyone but the speaker hears it
+    assert all(r["received"] > 0 for r in receivers), receivers
+    assert media["loss"] <= 0.05, {k: media[k] for k in ("expected", "received", "loss")}
+    stats = httpx.get(f"{server.api_url}/stats", timeout=5).json()
+    assert stats["fanout_pool"]["threads"] == 2
+    assert stats["fanout_pool"]["parallel_fanouts"] > 100  # 50 packets/s to 71 receivers
+    assert stats["forwarding"]["srtp_protect_errors"] == 0

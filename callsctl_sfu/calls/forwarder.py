@@ -326,6 +326,8 @@ class Forwarder:
         self._fanouts += 1
         timed = not self._fanouts % WRITE_SAMPLE_EVERY
         start = time.perf_counter() if timed else 0.0
+        # Synchronous even when it spreads the copies over the fan-out pool (--media-threads):
+        # this thread, the only user of the targets' SRTP contexts, waits in it meanwhile.
         sent, plain_octets, wire_octets, errors, srtp_errors, stale, unsent = fastpath.fanout(
             fd, packet.first_byte, packet.marker, packet.sequence, packet.timestamp,
             packet.ssrc, packet.payload, -1 if level_byte is None else level_byte,

@@ -13,6 +13,11 @@
  * shared with the Python path), routing, RTCP and every decision about who
  * receives what (callsctl_sfu/calls/forwarder.py builds the target lists).
  *
+ * Big fan-outs (PARALLEL_MIN_TARGETS receivers or more) can be split across a
+ * small pool of native threads with the GIL released (start_pool(), the
+ * server's --media-threads); fanout() still returns only when every copy is
+ * sent. Why that needs no lock around libsrtp is explained at fanout() below.
+ *
  * Python hands each receiver over as a `Target`, a type defined here with
  * named, checked fields (built once per receiver when its plan changes, read
  * per packet without any Python attribute lookup); anything else in the list
@@ -21,7 +26,7 @@
  * References: RTP header RFC 3550 §5.1; one-byte header extensions RFC 8285
  * §4.2; client-to-mixer audio level RFC 6464; SRTP RFC 3711 (libsrtp 2 API:
  * srtp_protect(ctx, buffer, &len) protects in place and appends the tag);
- * sendmmsg(2).
+ * sendmmsg(2); pthreads (POSIX.1-2008: mutexes, condition variables).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,7 +35,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -45,9 +53,6 @@ typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
 #define OPUS_FRAME_TICKS 960    /* one 20 ms Opus frame at 48 kHz */
 
 static protect_fn srtp_protect_ptr = NULL;
-static unsigned char slots[BATCH][SLOT];
-static struct mmsghdr messages[BATCH];
-static struct iovec vectors[BATCH];
 static PyObject *key_component = NULL; /* the int 1: aioice's RTP component */
 
 /* ---- Rewrite: how one receiver expects one forwarded stream --------------------- */
@@ -472,6 +477,49 @@ static PyTypeObject TargetType = {
 
 /* ---- fanout ---------------------------------------------------------------------- */
 
+/*
+ * One fanout() call runs in three phases:
+ *
+ *   1. prepare (GIL held): check every target's type, compare its nominated pair
+ *      with aioice's live dict (stale ones are only reported), and copy what the
+ *      copies need into a plain C array of `Copy` items (Rewrite state, srtp_t,
+ *      sockaddr, the target's index), taking a reference on each Target so that
+ *      nothing it owns can be freed while the GIL is released;
+ *   2. send (no Python object touched): header rewrite, srtp_protect and
+ *      sendmmsg batches of BATCH, over one contiguous slice of the items per
+ *      thread; a datagram the kernel will not take now is copied aside in C;
+ *   3. aggregate (GIL held): sum the slices' counters and turn the copied-aside
+ *      datagrams into (bytes, addr) for asyncio's queue, in target order.
+ *
+ * Small fan-outs (fewer than PARALLEL_MIN_TARGETS sendable targets) and a pool
+ * of one thread run phase 2 on the calling thread without releasing the GIL, in
+ * the static buffers below: that is the single-core behaviour.
+ *
+ * Big fan-outs with a pool (start_pool(n), n > 1) release the GIL for phase 2,
+ * split the items into contiguous slices, run the first slice on the calling
+ * thread and the others on the pool's workers, each with its own buffers, and
+ * wait for all of them. Why this is safe without any lock around libsrtp or the
+ * Rewrite objects:
+ *   - each receiver appears once in a fan-out list (the forwarder builds one
+ *     Target per receiver of a track), so each srtp_t and each Rewrite is in
+ *     exactly one slice and written by one thread; libsrtp keeps no shared
+ *     mutable state between contexts once initialised;
+ *   - nothing in Python can touch those contexts meanwhile: they are used by the
+ *     server's one asyncio thread only (NACK retransmissions, RTCP, the Python
+ *     send path), and that thread is the caller, blocked in fanout() until every
+ *     slice is done;
+ *   - every send goes out of the one media socket `fd`: sendmmsg(2) from several
+ *     threads on one UDP socket is safe (each call queues whole datagrams), so
+ *     the server keeps its one UDP port.
+ * Workers sleep on a condition variable between fan-outs (no spinning: an idle
+ * server uses no CPU for them) and only ever run plain C.
+ */
+
+#define PARALLEL_MIN_TARGETS 64 /* fewer sendable targets: no hand-off to the pool */
+#define MIN_SLICE 32            /* a worker gets at least this many copies */
+#define MAX_THREADS 64          /* start_pool's upper bound */
+#define LOCAL_COPIES 64         /* items kept on the stack before falling back to malloc */
+
 static PyTypeObject *FanoutResultType = NULL;
 
 static PyStructSequence_Field result_fields[] = {
@@ -489,86 +537,359 @@ static PyStructSequence_Desc result_desc = {
     "callsctl_sfu.rtc._fanout.FanoutResult", "What one fanout() call did.", result_fields, 7,
 };
 
+/* One copy to send: what phase 2 needs of a Target, with no Python access. */
 typedef struct {
+    TargetObject *target;       /* a reference held for the whole call */
+    RewriteObject *rewrite;
+    void *ctx;
+    const struct sockaddr_in *sockaddr;
+    Py_ssize_t index;           /* the target's position in the caller's list */
+} Copy;
+
+/* The packet every copy is made from. */
+typedef struct {
+    int fd;
+    int first_byte;
+    int marker;
+    unsigned int sequence;
+    unsigned int timestamp;
+    unsigned int ssrc;
+    int level_byte;
+    const unsigned char *payload;
+    Py_ssize_t payload_len;
+} Packet;
+
+/* A datagram the kernel would not take now, copied aside until the GIL is back. */
+typedef struct {
+    const Copy *copy;           /* whose datagram: its Target gives the address tuple */
+    size_t offset;              /* into Slice.deferred_data */
+    size_t length;
+} Deferred;
+
+/* One thread's share of a fan-out: its items in, its counters and deferrals out. */
+typedef struct {
+    const Copy *copies;
+    Py_ssize_t count;
     Py_ssize_t sent;
+    Py_ssize_t send_errors;
+    Py_ssize_t srtp_errors;
     unsigned long long plain_octets;
     unsigned long long wire_octets;
-    Py_ssize_t send_errors;
-    int blocked;             /* the kernel's buffer filled: the rest goes to `unsent` */
-    PyObject *unsent;        /* list of (bytes, addr) for asyncio's queue, or NULL */
-    PyObject *addrs[BATCH];  /* borrowed: each slot's address tuple */
+    int blocked;                /* the kernel's buffer filled: the rest is deferred */
+    Deferred *deferred;
+    Py_ssize_t deferred_count;
+    Py_ssize_t deferred_cap;
+    unsigned char *deferred_data;
+    size_t data_used;
+    size_t data_cap;
+} Slice;
+
+/* Per-thread datagram buffers for one sendmmsg batch. */
+typedef struct {
+    unsigned char slots[BATCH][SLOT];
+    struct mmsghdr messages[BATCH];
+    struct iovec vectors[BATCH];
     Py_ssize_t plain_len[BATCH];
-} FanoutState;
+    Py_ssize_t item[BATCH];     /* which Copy each slot holds */
+} Buffers;
+
+static unsigned long long parallel_runs = 0; /* fan-outs split across the pool (GIL held) */
+static Buffers gil_buffers;      /* the single-thread path: used with the GIL held only */
+static Buffers caller_buffers;   /* the calling thread's slice: used under pool.dispatch only */
 
 static int
-defer(FanoutState *st, int index)
+defer(Slice *slice, const Buffers *b, int slot)
 {
-    if (st->unsent == NULL && (st->unsent = PyList_New(0)) == NULL)
-        return -1;
-    PyObject *data = PyBytes_FromStringAndSize((const char *)slots[index],
-                                               (Py_ssize_t)vectors[index].iov_len);
-    if (data == NULL)
-        return -1;
-    PyObject *item = PyTuple_Pack(2, data, st->addrs[index]);
-    Py_DECREF(data);
-    if (item == NULL)
-        return -1;
-    int rc = PyList_Append(st->unsent, item);
-    Py_DECREF(item);
-    return rc;
+    size_t length = b->vectors[slot].iov_len;
+    if (slice->deferred_count == slice->deferred_cap) {
+        Py_ssize_t cap = slice->deferred_cap ? slice->deferred_cap * 2 : 64;
+        Deferred *grown = realloc(slice->deferred, (size_t)cap * sizeof(Deferred));
+        if (grown == NULL)
+            return -1;
+        slice->deferred = grown;
+        slice->deferred_cap = cap;
+    }
+    if (slice->data_used + length > slice->data_cap) {
+        size_t cap = slice->data_cap ? slice->data_cap * 2 : (size_t)BATCH * SLOT;
+        while (cap < slice->data_used + length)
+            cap *= 2;
+        unsigned char *grown = realloc(slice->deferred_data, cap);
+        if (grown == NULL)
+            return -1;
+        slice->deferred_data = grown;
+        slice->data_cap = cap;
+    }
+    memcpy(slice->deferred_data + slice->data_used, b->slots[slot], length);
+    Deferred *d = &slice->deferred[slice->deferred_count++];
+    d->copy = &slice->copies[b->item[slot]];
+    d->offset = slice->data_used;
+    d->length = length;
+    slice->data_used += length;
+    return 0;
 }
 
 /* Send slots [0, count) with sendmmsg; what the kernel will not take now is deferred. */
-static int
-flush(FanoutState *st, int fd, int count)
+static void
+flush(Slice *slice, Buffers *b, int fd, int count)
 {
     int offset = 0;
-    while (offset < count && !st->blocked) {
-        int n = sendmmsg(fd, messages + offset, (unsigned int)(count - offset), 0);
+    while (offset < count && !slice->blocked) {
+        int n = sendmmsg(fd, b->messages + offset, (unsigned int)(count - offset), 0);
         if (n > 0) {
             for (int i = offset; i < offset + n; i++) {
-                st->sent += 1;
-                st->plain_octets += (unsigned long long)st->plain_len[i];
-                st->wire_octets += vectors[i].iov_len;
+                slice->sent += 1;
+                slice->plain_octets += (unsigned long long)b->plain_len[i];
+                slice->wire_octets += b->vectors[i].iov_len;
             }
             offset += n;
         } else if (errno == EINTR) {
             continue;
         } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
-            st->blocked = 1;
+            slice->blocked = 1;
         } else {
-            st->send_errors += 1; /* this datagram only (EPERM from a firewall, ...) */
+            slice->send_errors += 1; /* this datagram only (EPERM from a firewall, ...) */
             offset += 1;
         }
     }
     for (int i = offset; i < count; i++) {
-        if (defer(st, i) < 0)
-            return -1;
-        st->sent += 1;
-        st->plain_octets += (unsigned long long)st->plain_len[i];
-        st->wire_octets += vectors[i].iov_len;
+        if (defer(slice, b, i) < 0) {
+            slice->send_errors += 1; /* no memory to keep it: lost like a refused one */
+            continue;
+        }
+        slice->sent += 1;
+        slice->plain_octets += (unsigned long long)b->plain_len[i];
+        slice->wire_octets += b->vectors[i].iov_len;
     }
-    return 0;
 }
+
+/* Phase 2 for one slice: plain C only, safe without the GIL (see above). */
+static void
+run_slice(const Packet *p, Slice *slice, Buffers *b)
+{
+    int filled = 0;
+    for (Py_ssize_t i = 0; i < slice->count; i++) {
+        const Copy *copy = &slice->copies[i];
+        unsigned char *slot = b->slots[filled];
+        Py_ssize_t header = write_header(copy->rewrite, slot, p->first_byte, p->marker,
+                                         p->sequence, p->timestamp, p->ssrc, p->level_byte,
+                                         0, p->payload_len);
+        memcpy(slot + header, p->payload, (size_t)p->payload_len);
+        int length = (int)(header + p->payload_len);
+        b->plain_len[filled] = length;
+        if (srtp_protect_ptr(copy->ctx, slot, &length) != 0) {
+            slice->srtp_errors += 1;
+            continue;
+        }
+        b->vectors[filled].iov_base = slot;
+        b->vectors[filled].iov_len = (size_t)length;
+        memset(&b->messages[filled], 0, sizeof(struct mmsghdr));
+        b->messages[filled].msg_hdr.msg_name = (void *)copy->sockaddr;
+        b->messages[filled].msg_hdr.msg_namelen = (socklen_t)sizeof(struct sockaddr_in);
+        b->messages[filled].msg_hdr.msg_iov = &b->vectors[filled];
+        b->messages[filled].msg_hdr.msg_iovlen = 1;
+        b->item[filled] = i;
+        filled += 1;
+        if (filled == BATCH) {
+            flush(slice, b, p->fd, filled);
+            filled = 0;
+        }
+    }
+    if (filled)
+        flush(slice, b, p->fd, filled);
+}
+
+/* ---- The worker pool -------------------------------------------------------------- */
+
+typedef struct {
+    pthread_t thread;
+    int number;                 /* 1..threads-1: runs slice `number` of a job */
+    unsigned long created_at;   /* pool.generation when started (under pool.dispatch) */
+    Buffers *buffers;
+} Worker;
+
+static struct {
+    int threads;                /* 1: no pool, every fan-out on the calling thread */
+    Worker *workers;            /* threads - 1 of them */
+    /* Held by whoever uses the pool or caller_buffers (a fan-out, start, shutdown),
+       always with the GIL released, so a second Python thread waits here, not in it. */
+    pthread_mutex_t dispatch;
+    pthread_mutex_t lock;       /* guards the job fields below */
+    pthread_cond_t work;        /* workers wait here for a new generation or stop */
+    pthread_cond_t done;        /* the caller waits here for pending == 0 */
+    unsigned long generation;
+    int stop;
+    int pending;
+    const Packet *packet;
+    Slice *slices;
+    int slice_count;
+} pool = {
+    .threads = 1,
+    .dispatch = PTHREAD_MUTEX_INITIALIZER,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+    .work = PTHREAD_COND_INITIALIZER,
+    .done = PTHREAD_COND_INITIALIZER,
+};
+
+static void *
+worker_main(void *arg)
+{
+    Worker *self = (Worker *)arg;
+    /* The generation when the worker was created, not when it first runs: a job posted
+       before this thread got the CPU must still be seen as new. */
+    unsigned long seen = self->created_at;
+    pthread_mutex_lock(&pool.lock);
+    for (;;) {
+        while (!pool.stop && pool.generation == seen)
+            pthread_cond_wait(&pool.work, &pool.lock);
+        if (pool.stop)
+            break;
+        seen = pool.generation;
+        if (self->number >= pool.slice_count)
+            continue; /* a small job: not needed this time */
+        const Packet *packet = pool.packet;
+        Slice *slice = &pool.slices[self->number];
+        pthread_mutex_unlock(&pool.lock);
+        run_slice(packet, slice, self->buffers);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0)
+            pthread_cond_signal(&pool.done);
+    }
+    pthread_mutex_unlock(&pool.lock);
+    return NULL;
+}
+
+/* Stop and join every worker; called with pool.dispatch held and the GIL released. */
+static void
+pool_stop_locked(void)
+{
+    if (pool.workers == NULL)
+        return;
+    pthread_mutex_lock(&pool.lock);
+    pool.stop = 1;
+    pthread_cond_broadcast(&pool.work);
+    pthread_mutex_unlock(&pool.lock);
+    for (int i = 0; i < pool.threads - 1; i++) {
+        pthread_join(pool.workers[i].thread, NULL);
+        free(pool.workers[i].buffers);
+    }
+    free(pool.workers);
+    pool.workers = NULL;
+    pool.threads = 1;
+    pool.stop = 0;
+}
+
+/* Start `threads - 1` workers; pool.dispatch held, no workers running. 0 or errno. */
+static int
+pool_start_locked(int threads)
+{
+    if (threads <= 1)
+        return 0;
+    Worker *workers = calloc((size_t)threads - 1, sizeof(Worker));
+    if (workers == NULL)
+        return ENOMEM;
+    /* Workers never run Python: keep every signal for the interpreter's main thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int started = 0, rc = 0;
+    pool.workers = workers;
+    for (; started < threads - 1; started++) {
+        workers[started].number = started + 1;
+        workers[started].created_at = pool.generation;
+        workers[started].buffers = malloc(sizeof(Buffers));
+        if (workers[started].buffers == NULL) {
+            rc = ENOMEM;
+            break;
+        }
+        rc = pthread_create(&workers[started].thread, NULL, worker_main, &workers[started]);
+        if (rc != 0) {
+            free(workers[started].buffers);
+            break;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pool.threads = started + 1;
+    if (rc != 0)
+        pool_stop_locked();
+    return rc;
+}
+
+/* A forked child has none of the parent's workers: it starts single-threaded. */
+static void
+pool_after_fork_in_child(void)
+{
+    pthread_mutex_init(&pool.dispatch, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.work, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.workers = NULL; /* their buffers leak in the child: it usually execs at once */
+    pool.threads = 1;
+    pool.stop = 0;
+    pool.pending = 0;
+}
+
+/* Phase 2 over `count` copies on the pool; GIL released by the caller. */
+static void
+run_parallel(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slices,
+             int *slice_count)
+{
+    pthread_mutex_lock(&pool.dispatch);
+    Py_ssize_t wanted = count / MIN_SLICE;
+    int n = pool.threads < wanted ? pool.threads : (int)(wanted > 0 ? wanted : 1);
+    Py_ssize_t base = count / n, extra = count % n, start = 0;
+    for (int i = 0; i < n; i++) {
+        Py_ssize_t size = base + (i < extra ? 1 : 0);
+        slices[i].copies = copies + start;
+        slices[i].count = size;
+        start += size;
+    }
+    *slice_count = n;
+    if (n > 1) {
+        pthread_mutex_lock(&pool.lock);
+        pool.packet = p;
+        pool.slices = slices;
+        pool.slice_count = n;
+        pool.pending = n - 1;
+        pool.generation += 1;
+        pthread_cond_broadcast(&pool.work);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    run_slice(p, &slices[0], &caller_buffers);
+    if (n > 1) {
+        pthread_mutex_lock(&pool.lock);
+        while (pool.pending > 0)
+            pthread_cond_wait(&pool.done, &pool.lock);
+        pool.slices = NULL;
+        pool.packet = NULL;
+        pool.slice_count = 0;
+        pthread_mutex_unlock(&pool.lock);
+    }
+    pthread_mutex_unlock(&pool.dispatch);
+}
+
+/* ---- fanout() --------------------------------------------------------------------- */
 
 PyDoc_STRVAR(fanout_doc,
 "fanout(fd, first_byte, marker, sequence, timestamp, ssrc, payload, level_byte, targets)\n"
 "-> FanoutResult(sent, plain_octets, wire_octets, send_errors, srtp_errors, stale, unsent)\n\n"
 "One decrypted RTP packet to every target: a list of Target (anything else is a\n"
-"TypeError). A target whose nominated pair changed is\n"
+"TypeError, and nothing is sent). A target whose nominated pair changed is\n"
 "left alone and its index returned in `stale` (the caller sends it the slow way and\n"
 "rebuilds its targets). Datagrams the kernel would not take (socket buffer full) come\n"
-"back in `unsent` as (bytes, addr) for asyncio's write queue. level_byte < 0: none.");
+"back in `unsent` as (bytes, addr) for asyncio's write queue. level_byte < 0: none.\n"
+"With a pool (start_pool) and at least PARALLEL_MIN_TARGETS sendable targets, the\n"
+"copies are made on several threads with the GIL released; the call still returns\n"
+"only when every copy is sent or deferred, with the same result.");
 
 static PyObject *
 fanout(PyObject *module, PyObject *args)
 {
-    int fd, first_byte, marker, level_byte;
-    unsigned int sequence, timestamp, ssrc;
+    Packet p;
     Py_buffer payload;
     PyObject *targets;
-    if (!PyArg_ParseTuple(args, "iipIIIy*iO!", &fd, &first_byte, &marker, &sequence,
-                          &timestamp, &ssrc, &payload, &level_byte, &PyList_Type, &targets))
+    if (!PyArg_ParseTuple(args, "iipIIIy*iO!", &p.fd, &p.first_byte, &p.marker, &p.sequence,
+                          &p.timestamp, &p.ssrc, &payload, &p.level_byte, &PyList_Type,
+                          &targets))
         return NULL;
     if (srtp_protect_ptr == NULL) {
         PyBuffer_Release(&payload);
@@ -581,98 +902,183 @@ fanout(PyObject *module, PyObject *args)
                      MAX_PAYLOAD);
         return NULL;
     }
-    FanoutState st;
-    memset(&st, 0, sizeof(st));
-    Py_ssize_t srtp_errors = 0;
-    PyObject *stale = NULL;
-    int filled = 0;
-    Py_ssize_t count = PyList_GET_SIZE(targets);
-    for (Py_ssize_t t = 0; t < count; t++) {
+    p.payload = (const unsigned char *)payload.buf;
+    p.payload_len = payload.len;
+
+    /* Phase 1: check and copy out, with the GIL. */
+    PyObject *stale = NULL, *unsent = NULL, *result = NULL;
+    Copy local[LOCAL_COPIES];
+    Copy *copies = local;
+    Py_ssize_t total = PyList_GET_SIZE(targets), count = 0;
+    Slice slices[MAX_THREADS];
+    int slice_count = 0;
+    Py_ssize_t sent = 0, send_errors = 0, srtp_errors = 0;
+    unsigned long long plain_octets = 0, wire_octets = 0;
+    memset(slices, 0, sizeof(slices));
+    if (total > LOCAL_COPIES && (copies = PyMem_Malloc((size_t)total * sizeof(Copy))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t t = 0; t < total; t++) {
         PyObject *item = PyList_GET_ITEM(targets, t);
         if (!Py_IS_TYPE(item, &TargetType)) {
             PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] is a %.100s, not a "
                          "_fanout.Target (build receivers with fastpath.Target)", t,
                          Py_TYPE(item)->tp_name);
-            goto error;
+            goto done;
         }
         TargetObject *target = (TargetObject *)item;
         if (target->nominated == NULL || target->rewrite == NULL) {
             PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] was cleared", t);
-            goto error;
+            goto done;
         }
         PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
         if (current == NULL && PyErr_Occurred())
-            goto error;
+            goto done;
         if (current != target->pair) {
             PyObject *index = PyLong_FromSsize_t(t);
             if (index == NULL || (stale == NULL && (stale = PyList_New(0)) == NULL) ||
                 PyList_Append(stale, index) < 0) {
                 Py_XDECREF(index);
-                goto error;
+                goto done;
             }
             Py_DECREF(index);
             continue;
         }
-        void *ctx = target->ctx;
-        unsigned char *slot = slots[filled];
-        Py_ssize_t header = write_header((RewriteObject *)target->rewrite, slot,
-                                         first_byte, marker, sequence, timestamp, ssrc,
-                                         level_byte, 0, payload.len);
-        memcpy(slot + header, payload.buf, (size_t)payload.len);
-        int length = (int)(header + payload.len);
-        st.plain_len[filled] = length;
-        if (srtp_protect_ptr(ctx, slot, &length) != 0) {
-            srtp_errors += 1;
-            continue;
-        }
-        vectors[filled].iov_base = slot;
-        vectors[filled].iov_len = (size_t)length;
-        memset(&messages[filled], 0, sizeof(struct mmsghdr));
-        messages[filled].msg_hdr.msg_name = &target->sockaddr;
-        messages[filled].msg_hdr.msg_namelen = (socklen_t)sizeof(struct sockaddr_in);
-        messages[filled].msg_hdr.msg_iov = &vectors[filled];
-        messages[filled].msg_hdr.msg_iovlen = 1;
-        st.addrs[filled] = target->addr;
-        filled += 1;
-        if (filled == BATCH) {
-            if (flush(&st, fd, filled) < 0)
-                goto error;
-            filled = 0;
+        /* A reference until `done`: its srtp_t, Rewrite and address outlive phase 2 even
+           if another Python thread empties the list while the GIL is released. */
+        copies[count].target = (TargetObject *)Py_NewRef(item);
+        copies[count].rewrite = (RewriteObject *)target->rewrite;
+        copies[count].ctx = target->ctx;
+        copies[count].sockaddr = &target->sockaddr;
+        copies[count].index = t;
+        count += 1;
+    }
+
+    /* Phase 2: send. */
+    if (count >= PARALLEL_MIN_TARGETS && pool.threads > 1) {
+        Py_BEGIN_ALLOW_THREADS
+        run_parallel(&p, copies, count, slices, &slice_count);
+        Py_END_ALLOW_THREADS
+        parallel_runs += slice_count > 1;
+    } else if (count > 0) {
+        slices[0].copies = copies;
+        slices[0].count = count;
+        slice_count = 1;
+        run_slice(&p, &slices[0], &gil_buffers);
+    }
+
+    /* Phase 3: aggregate, slices in order so `unsent` stays in target order. */
+    for (int s = 0; s < slice_count; s++) {
+        Slice *slice = &slices[s];
+        sent += slice->sent;
+        send_errors += slice->send_errors;
+        srtp_errors += slice->srtp_errors;
+        plain_octets += slice->plain_octets;
+        wire_octets += slice->wire_octets;
+        for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
+            Deferred *deferred = &slice->deferred[d];
+            if (unsent == NULL && (unsent = PyList_New(0)) == NULL)
+                goto done;
+            PyObject *data = PyBytes_FromStringAndSize(
+                (const char *)slice->deferred_data + deferred->offset,
+                (Py_ssize_t)deferred->length);
+            if (data == NULL)
+                goto done;
+            PyObject *pair = PyTuple_Pack(2, data, deferred->copy->target->addr);
+            Py_DECREF(data);
+            if (pair == NULL || PyList_Append(unsent, pair) < 0) {
+                Py_XDECREF(pair);
+                goto done;
+            }
+            Py_DECREF(pair);
         }
     }
-    if (filled && flush(&st, fd, filled) < 0)
-        goto error;
-    PyBuffer_Release(&payload);
-    PyObject *result = PyStructSequence_New(FanoutResultType);
+    result = PyStructSequence_New(FanoutResultType);
     if (result == NULL)
-        goto error_released;
-    PyObject *values[7] = {
-        PyLong_FromSsize_t(st.sent), PyLong_FromUnsignedLongLong(st.plain_octets),
-        PyLong_FromUnsignedLongLong(st.wire_octets), PyLong_FromSsize_t(st.send_errors),
-        PyLong_FromSsize_t(srtp_errors), stale ? stale : Py_NewRef(Py_None),
-        st.unsent ? st.unsent : Py_NewRef(Py_None)};
-    stale = NULL;
-    st.unsent = NULL;
-    for (int i = 0; i < 7; i++) {
-        if (values[i] == NULL) {
-            for (int k = 0; k < 7; k++)
-                Py_XDECREF(values[k]);
-            Py_DECREF(result);
-            return NULL;
+        goto done;
+    {
+        PyObject *values[7] = {
+            PyLong_FromSsize_t(sent), PyLong_FromUnsignedLongLong(plain_octets),
+            PyLong_FromUnsignedLongLong(wire_octets), PyLong_FromSsize_t(send_errors),
+            PyLong_FromSsize_t(srtp_errors), stale ? stale : Py_NewRef(Py_None),
+            unsent ? unsent : Py_NewRef(Py_None)};
+        stale = NULL;
+        unsent = NULL;
+        for (int i = 0; i < 7; i++) {
+            if (values[i] == NULL) {
+                for (int k = 0; k < 7; k++)
+                    Py_XDECREF(values[k]);
+                Py_CLEAR(result);
+                goto done;
+            }
         }
+        for (int i = 0; i < 7; i++)
+            PyStructSequence_SET_ITEM(result, i, values[i]);
     }
-    for (int i = 0; i < 7; i++)
-        PyStructSequence_SET_ITEM(result, i, values[i]);
-    return result;
-error_released:
-    Py_XDECREF(stale);
-    Py_XDECREF(st.unsent);
-    return NULL;
-error:
+done:
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_DECREF(copies[i].target);
+    for (int s = 0; s < slice_count; s++) {
+        free(slices[s].deferred);
+        free(slices[s].deferred_data);
+    }
+    if (copies != local)
+        PyMem_Free(copies);
     PyBuffer_Release(&payload);
     Py_XDECREF(stale);
-    Py_XDECREF(st.unsent);
-    return NULL;
+    Py_XDECREF(unsent);
+    return result;
+}
+
+/* ---- Pool control from Python ------------------------------------------------------ */
+
+static PyObject *
+start_pool(PyObject *module, PyObject *arg)
+{
+    long threads = PyLong_AsLong(arg);
+    if (threads == -1 && PyErr_Occurred())
+        return NULL;
+    if (threads < 1 || threads > MAX_THREADS) {
+        PyErr_Format(PyExc_ValueError, "start_pool: threads must be 1..%d, not %ld",
+                     MAX_THREADS, threads);
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&pool.dispatch);
+    pool_stop_locked();
+    rc = pool_start_locked((int)threads);
+    pthread_mutex_unlock(&pool.dispatch);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(pool.threads);
+}
+
+static PyObject *
+shutdown_pool(PyObject *module, PyObject *unused)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&pool.dispatch);
+    pool_stop_locked();
+    pthread_mutex_unlock(&pool.dispatch);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+pool_threads(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLong(pool.threads);
+}
+
+static PyObject *
+parallel_fanouts(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(parallel_runs);
 }
 
 static PyObject *
@@ -692,6 +1098,15 @@ static PyMethodDef module_methods[] = {
     {"fanout", fanout, METH_VARARGS, fanout_doc},
     {"set_protect", set_protect, METH_O,
      "set_protect(address): libsrtp's srtp_protect, as pylibsrtp's cffi module exposes it."},
+    {"start_pool", start_pool, METH_O,
+     "start_pool(threads) -> threads: (re)start the fan-out pool; 1 = no worker threads. "
+     "Fan-outs of PARALLEL_MIN_TARGETS or more then run on `threads` threads."},
+    {"shutdown_pool", shutdown_pool, METH_NOARGS,
+     "shutdown_pool(): stop and join the workers (idempotent); fan-outs run on one thread."},
+    {"pool_threads", pool_threads, METH_NOARGS,
+     "pool_threads() -> threads fan-outs can run on now (1 = no pool)."},
+    {"parallel_fanouts", parallel_fanouts, METH_NOARGS,
+     "parallel_fanouts() -> fan-outs split across the pool since the module was loaded."},
     {NULL}
 };
 
@@ -737,5 +1152,9 @@ PyInit__fanout(void)
     }
     PyModule_AddIntConstant(module, "BATCH", BATCH);
     PyModule_AddIntConstant(module, "MAX_PAYLOAD", MAX_PAYLOAD);
+    PyModule_AddIntConstant(module, "PARALLEL_MIN_TARGETS", PARALLEL_MIN_TARGETS);
+    PyModule_AddIntConstant(module, "MIN_SLICE", MIN_SLICE);
+    PyModule_AddIntConstant(module, "MAX_THREADS", MAX_THREADS);
+    pthread_atfork(NULL, NULL, pool_after_fork_in_child);
     return module;
 }

@@ -11,10 +11,17 @@ Python with the reason kept for `/version` and the startup log.
 Each receiver reaches the C side as a `Target` (rtc/_fanout.c), a typed object
 checked once when built; `PyTarget` is its twin with the same fields and
 checks, used when the extension is not built or not in use.
+
+Big fan-outs can use several cores (`start_pool`, the `media_threads`
+setting): the C side then makes the copies of one packet on a small pool of
+native threads with the GIL released, and `fanout()` still returns only when
+every copy is sent, with the same result as on one thread. Why that is safe is
+explained where it happens, in rtc/_fanout.c.
 """
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 from collections.abc import Callable
@@ -132,3 +139,50 @@ def _no_fanout(*_args: Any) -> FanoutResult:
 # see _fanout.fanout's docstring. Bound directly (no wrapper frame on the hot path).
 fanout: Callable[..., FanoutResult] = (
     _fanout.fanout if AVAILABLE and _fanout is not None else _no_fanout)
+
+
+# At least this many sendable receivers before a fan-out is split across the pool
+# (below it, handing work to other threads costs more than it saves).
+PARALLEL_MIN_TARGETS: int = _fanout.PARALLEL_MIN_TARGETS if _fanout is not None else 64
+MAX_THREADS: int = _fanout.MAX_THREADS if _fanout is not None else 64
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, so `taskset` is honoured)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def start_pool(threads: int) -> int:
+    """Make big fan-outs run on `threads` threads (1 = the calling thread only).
+
+    Returns the threads fan-outs now use: 1 with the Python engine, which has no
+    pool. Replaces a running pool. Stopped by shutdown_pool() (and at exit).
+    """
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"fan-out threads must be 1..{MAX_THREADS}, not {threads}")
+    if not AVAILABLE or _fanout is None:
+        return 1
+    return int(_fanout.start_pool(threads))
+
+
+def shutdown_pool() -> None:
+    """Stop and join the fan-out workers; safe to call twice or without a pool."""
+    if _fanout is not None:
+        _fanout.shutdown_pool()
+
+
+def pool_threads() -> int:
+    """Threads a big fan-out runs on now (1 without a pool or with the Python engine)."""
+    return int(_fanout.pool_threads()) if AVAILABLE and _fanout is not None else 1
+
+
+def parallel_fanouts() -> int:
+    """Fan-outs split across the pool so far (0 with the Python engine): shows it is used."""
+    return int(_fanout.parallel_fanouts()) if AVAILABLE and _fanout is not None else 0
+
+
+# Workers must not outlive the interpreter's teardown of the objects they read.
+atexit.register(shutdown_pool)

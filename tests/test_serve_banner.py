@@ -23,6 +23,7 @@ def fake_server(data_dir: Path) -> SimpleNamespace:
     return SimpleNamespace(
         config=ServeConfig(bind="127.0.0.1", data_dir=str(data_dir)), api_port=8045,
         udp_port=8443, metrics_port=0, fleet=None, control=control, connectivity=None,
+        fanout_threads=2,
         advertised=SimpleNamespace(host="127.0.0.1", port=8443, source="bind address"))
 
 

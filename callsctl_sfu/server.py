@@ -257,6 +257,7 @@ class Server:
     def stats(self) -> dict[str, Any]:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
+                "consent": self.mux.consent.stats.as_dict(),
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
                 "control": {**dataclasses.asdict(self.manager.control_stats),
                             **dataclasses.asdict(self.manager.forwarder.routing_stats)},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -272,3 +273,50 @@ async def test_consent_over_ice_tcp_is_checked_on_the_stream_and_can_lapse() -> 
         if mux.tcp is not None:
             mux.tcp.close()
         mux.transport.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+async def test_consent_over_ipv6_uses_the_ipv6_socket_and_can_lapse(monkeypatch) -> None:
+    loop = asyncio.get_running_loop()
+    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    mux.consent = ConsentScheduler(interval=0.2, timeout=1.5, tick=0.02)
+    config = ServeConfig(bind="127.0.0.1", udp_port=port, stun_server="", enable_ipv6=True)
+    connectivity = await Connectivity.open(config, mux, port)
+    server = Connection(ice_controlling=False, use_ipv6=False)
+    client = Connection(ice_controlling=True, use_ipv4=False, use_ipv6=True)
+    try:
+        mux.attach(server)
+        await server.gather_candidates()
+        # A client whose only address is ::1 (aioice skips loopback when gathering).
+        monkeypatch.setattr("aioice.ice.get_host_addresses", lambda **_kw: ["::1"])
+        await client.gather_candidates()
+        server.remote_username, server.remote_password = (client.local_username,
+                                                          client.local_password)
+        client.remote_username, client.remote_password = (server.local_username,
+                                                          server.local_password)
+        for candidate in server.local_candidates:
+            if candidate.transport == "udp" and candidate.host == "::1":
+                await client.add_remote_candidate(candidate)
+        await client.add_remote_candidate(None)
+        await asyncio.wait_for(asyncio.gather(client.connect(), server.connect()), 10)
+        assert aiortc_bridge.nominated_pair(server).remote_addr[0] == "::1"
+        assert await until(lambda: mux.consent.stats.checks_answered >= 3, 10), \
+            mux.consent.stats
+        deaf(client)
+        assert await until(lambda: aiortc_bridge.nominated_pair(server) is None, 15)
+        assert mux.consent.stats.expired == 1
+    finally:
+        await client.close()
+        await server.close()
+        connectivity.close()
+        transport.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import ipaddress
 import itertools
 import logging
 import random
@@ -85,6 +86,24 @@ class ConsentStats:
         return asdict(self)
 
 
+def _same_address(got: Address, sent_to: Address) -> bool:
+    """Whether an answer came from where the check went (RFC 7675 §5.1).
+
+    Equal tuples are the rule; otherwise compare the addresses themselves,
+    since a candidate's text form (an IPv6 address written differently, a
+    scope suffix) need not be the one recvfrom reports.
+    """
+    if got == sent_to:
+        return True
+    if got[1] != sent_to[1]:
+        return False
+    try:
+        return ipaddress.ip_address(got[0].split("%", 1)[0]) == \
+            ipaddress.ip_address(sent_to[0].split("%", 1)[0])
+    except ValueError:
+        return False
+
+
 class SessionConsent:
     """One session's consent state; also the transaction-table entry of its checks.
 
@@ -113,7 +132,7 @@ class SessionConsent:
         if entry is None or not self.active:
             return
         sent_at, to, _protocol = entry
-        if message.message_class != stun.Class.RESPONSE or addr != to:
+        if message.message_class != stun.Class.RESPONSE or not _same_address(addr, to):
             return  # an error response or a stranger's answer grants nothing
         try:
             authentic = message.check_message_integrity(self.key)
@@ -247,15 +266,20 @@ class ConsentScheduler:
             _at, _order, session = heapq.heappop(heap)
             if not session.active:
                 continue
-            if aiortc_bridge.nominated_pair(session.connection) is None:
-                self.discard(session.connection)  # closed meanwhile (aioice clears it)
-                continue
-            if now - session.last_success >= self.timeout:
-                self._expire(session)
-                continue
-            if now >= session.next_check:
-                session.send_check(now)
-                session.next_check = now + self.jittered_interval()
+            try:
+                if aiortc_bridge.nominated_pair(session.connection) is None:
+                    self.discard(session.connection)  # closed meanwhile (aioice clears it)
+                    continue
+                if now - session.last_success >= self.timeout:
+                    self._expire(session)
+                    continue
+                if now >= session.next_check:
+                    session.next_check = now + self.jittered_interval()
+                    session.send_check(now)
+            except Exception as exc:  # noqa: BLE001 - one session never stops the others' checks
+                log.warning("consent check for %s failed: %s: %s",
+                            getattr(session.connection, "local_username", "?"),
+                            type(exc).__name__, exc)
             self._push(session)
 
     def _expire(self, session: SessionConsent) -> None:
@@ -265,6 +289,14 @@ class ConsentScheduler:
         self.discard(connection)
         log.info("ICE consent expired for %s (no answer to consent checks for %g s)",
                  connection.local_username, self.timeout)
-        task = asyncio.get_running_loop().create_task(connection.close())
+        task = asyncio.get_running_loop().create_task(_close(connection))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+async def _close(connection: Any) -> None:
+    """Close an agent whose consent expired; a failure to close is not the caller's."""
+    try:
+        await connection.close()
+    except Exception as exc:  # noqa: BLE001 - nothing awaits this task to hear about it
+        log.debug("closing %s after consent expiry: %s", connection.local_username, exc)

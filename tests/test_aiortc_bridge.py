@@ -426,6 +426,39 @@ async def test_set_local_candidates_replaces_gathering() -> None:
         await pc.close()
 
 
+# -- aioice: consent freshness (rtc/consent.py) --------------------------------------------------
+
+async def test_replace_consent_hands_the_connected_agent_over_and_ends_aioices_task() -> None:
+    """connect() calls the replacement once ICE completes; the untouched agent keeps its task."""
+    taken: list[Connection] = []
+    replaced = Connection(ice_controlling=False, use_ipv6=False)
+    untouched = Connection(ice_controlling=True, use_ipv6=False)
+    try:
+        bridge.replace_consent(replaced, taken.append)
+        for connection in (replaced, untouched):
+            await connection.gather_candidates()
+        replaced.remote_username, replaced.remote_password = (untouched.local_username,
+                                                              untouched.local_password)
+        untouched.remote_username, untouched.remote_password = (replaced.local_username,
+                                                                replaced.local_password)
+        for candidate in replaced.local_candidates:
+            await untouched.add_remote_candidate(candidate)
+        await untouched.add_remote_candidate(None)
+        await asyncio.wait_for(asyncio.gather(replaced.connect(), untouched.connect()), 20)
+        await asyncio.sleep(0)
+        assert taken == [replaced]
+        assert bridge.consent_task(replaced).done()
+        assert not bridge.consent_task(untouched).done()  # aioice's own, still checking
+        # What the scheduler builds its checks from.
+        request = replaced.build_request(bridge.nominated_pair(replaced), nominate=False)
+        assert request.attributes["USERNAME"] == \
+            f"{untouched.local_username}:{replaced.local_username}"
+        assert replaced.remote_password == untouched.local_password
+    finally:
+        await untouched.close()
+        await replaced.close()
+
+
 # -- pylibsrtp -----------------------------------------------------------------------------------
 
 def _session() -> pylibsrtp.Session:

@@ -14,7 +14,8 @@ Where the numbers come from:
 - rtt_ms: from RTCP (the client's receiver reports about the SFU's sender
   reports, RFC 3550 §6.4.1) when the peer computes it; otherwise the round
   trip of the ICE consent-freshness checks (RFC 7675) the server sends on the
-  selected pair every ~5 s, timed around the STUN transaction;
+  selected pair every ~5 s, as the consent scheduler (rtc/consent.py) times
+  them, or timed around aioice's own STUN transaction where aioice checks;
 - candidate_pair: aioice's nominated pair (server side is always host).
 
 Attribute access is defensive on purpose: the media classes change while
@@ -28,6 +29,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from callsctl_sfu.rtc.consent import ConsentScheduler, RoundTrip
 
 if TYPE_CHECKING:
     from callsctl_sfu.calls.manager import CallManager, Member
@@ -81,9 +84,12 @@ def nominated_pair(participant: Member) -> Any | None:
     return selected() if selected is not None else None
 
 
-def install_rtt_probe(pair: Any) -> RttProbe | None:
-    """Time the STUN requests aioice sends on this pair's protocol (consent checks).
+def install_rtt_probe(pair: Any) -> RttProbe | RoundTrip | None:
+    """The consent checks' round trips on this pair: the mux's scheduler's, else timed here.
 
+    Sessions on the server's shared socket are checked by the mux's consent
+    scheduler, which keeps their round trip. Otherwise this wraps the STUN
+    requests aioice sends on this pair's protocol (its own consent checks).
     Only requests sent with retransmissions=0 are timed: one request, one
     response, so the elapsed time is a true round trip. The wrapper sits on
     this protocol instance only and is not on the media path.
@@ -91,6 +97,12 @@ def install_rtt_probe(pair: Any) -> RttProbe | None:
     protocol = getattr(pair, "protocol", None)
     if protocol is None:
         return None
+    owner = getattr(protocol, "primary", protocol)  # ICE-TCP and IPv6 paths: the UDP one's
+    scheduler = getattr(getattr(owner, "mux", None), "consent", None)
+    if isinstance(scheduler, ConsentScheduler):
+        checked = scheduler.round_trip(getattr(protocol, "receiver", None))
+        if checked is not None:
+            return checked
     probe = getattr(protocol, "_callsctl_rtt", None)
     if probe is not None:
         return probe
@@ -121,7 +133,7 @@ class SessionSampler:
         self.manager = manager
         self._last: dict[str, _Sample] = {}
         self.rates: dict[str, Rates] = {}
-        self.rtt: dict[str, RttProbe] = {}
+        self.rtt: dict[str, RttProbe | RoundTrip] = {}
 
     def sample(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

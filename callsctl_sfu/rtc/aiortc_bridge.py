@@ -354,6 +354,29 @@ def set_local_candidates(connection: Any, candidates: list[Any]) -> None:
     connection._local_candidates_end = True
 
 
+# -- aioice: consent freshness (rtc/consent.py) --------------------------------------------------
+
+def replace_consent(connection: Any, start: Callable[[Any], None]) -> None:
+    """Have `start(connection)` take over consent checks (`Connection.query_consent`).
+
+    aioice's connect() starts `self.query_consent()` as a task of its own per
+    connection once ICE completes; replacing the method on this instance
+    makes that task call `start` and end at once, so the server's one
+    scheduler checks consent instead (close() only cancels a task still
+    running). The scheduler builds each request with the public
+    `build_request` and signs it with the public `remote_password`.
+    """
+    async def query_consent() -> None:
+        start(connection)
+
+    connection.query_consent = query_consent
+
+
+def consent_task(connection: Any) -> Any | None:
+    """The task connect() started for consent (`Connection._query_consent_task`)."""
+    return connection._query_consent_task
+
+
 # -- pylibsrtp ------------------------------------------------------------------------------------
 
 def srtp_context_address(session: Any) -> int:
@@ -431,6 +454,9 @@ async def _self_test() -> None:
         protocols(connection)
         remote_candidates(connection)
         gathering_started(connection)
+        consent_task(connection)
+        for name in ("query_consent", "build_request", "remote_password"):
+            getattr(connection, name)
         for name in ("_local_candidates", "_local_candidates_end"):
             getattr(connection, name)
         sender_ssrc(sender)

@@ -55,6 +55,8 @@ def deliver(data: bytes, addr: Address, session: MuxedStunProtocol, path: StunPr
         else:
             path.receiver.data_received(data, 1)
     elif first < 4:
+        if transport == "udp":
+            session.mux.stats.stun_in += 1
         message = parse_stun(data)
         if isinstance(message, Exception):
             session.mux.malformed_packet(transport, "stun", addr, message)

@@ -40,6 +40,7 @@ from aioice.ice import Connection, StunProtocol
 
 from callsctl_sfu.ratelog import RateLimitedLog
 from callsctl_sfu.rtc import aiortc_bridge
+from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
 from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
 
@@ -89,7 +90,8 @@ class MuxStats:
     """Counters an operator wants when media does not flow."""
 
     __slots__ = ("datagrams_in", "bytes_in", "unknown_dropped", "bare_binding_answered",
-                 "auth_failed", "datagrams_out", "bytes_out", "send_errors")
+                 "auth_failed", "datagrams_out", "bytes_out", "send_errors", "stun_in",
+                 "stun_out")
     # Each counter, for the type checker (__init__ sets them all to 0).
     datagrams_in: int
     bytes_in: int
@@ -99,6 +101,8 @@ class MuxStats:
     datagrams_out: int
     bytes_out: int
     send_errors: int
+    stun_in: int  # STUN messages received (checks, consent, answers), either UDP socket
+    stun_out: int  # STUN messages sent: answers to checks, own checks and consent requests
 
     def __init__(self) -> None:
         for name in self.__slots__:
@@ -149,13 +153,17 @@ class MuxedStunProtocol(StunProtocol):
         self.mux.sendto(data, addr)
 
     def send_stun(self, message: stun.Message, addr: Address) -> None:
-        self.mux.sendto(bytes(message), addr)
+        # This path's synchronous send (send4 on the IPv4 socket: straight to the
+        # kernel), as for media: answers to checks and consent checks are as frequent.
+        self.mux.stats.stun_out += 1
+        self.send_datagram(bytes(message), addr)
 
     async def close(self) -> None:
         if self._closed_once:
             return
         self._closed_once = True
         self.fast_rx = None
+        self.mux.consent.discard(self.connection)
         self.mux.unregister(self)
         self.connection_lost(None)
 
@@ -209,6 +217,8 @@ class UdpMux(asyncio.DatagramProtocol):
         # anyone can send them, so each costs a count, and a log line only now and then.
         self.malformed: Counter[tuple[str, str]] = Counter()
         self._malformed_log = RateLimitedLog(log)
+        # ICE consent freshness of every attached connection (RFC 7675), one timer for all.
+        self.consent = ConsentScheduler()
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -222,6 +232,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sock = None
+        self.consent.close()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable from a vanished client) must not stop the socket.
@@ -282,6 +293,7 @@ class UdpMux(asyncio.DatagramProtocol):
     # -- routing -----------------------------------------------------------------
 
     def _unknown_stun(self, data: bytes, addr: Address) -> None:
+        self.stats.stun_in += 1
         message = parse_stun(data)
         if isinstance(message, Exception):
             self.stats.unknown_dropped += 1
@@ -436,12 +448,14 @@ class UdpMux(asyncio.DatagramProtocol):
         candidates are only advertised, their base is the host candidate's socket
         (RFC 8445 §5.1.1.2). Replaces gather_candidates on this instance only, so
         aiortc clients in the same process (checks, load tests) keep their
-        normal behaviour.
+        normal behaviour. Likewise its consent freshness: the mux's one
+        scheduler (rtc/consent.py) checks it instead of a task of its own.
         """
         if getattr(connection, "_callsctl_muxed", False):
             return
         connection._callsctl_muxed = True  # type: ignore[attr-defined]
         mux = self
+        aiortc_bridge.replace_consent(connection, self.consent.add)
 
         async def gather_candidates() -> None:
             if aiortc_bridge.gathering_started(connection):

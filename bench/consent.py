@@ -1,0 +1,204 @@
+"""What idle joined sessions cost the server: CPU and STUN packets per session per second.
+
+A joined session whose user is muted sends and receives no media, yet it is
+not free: ICE consent freshness (RFC 7675) has the server send a STUN Binding
+request to every session every ~5 s and answer the client's own consent
+checks, plus RTCP now and then. At 1 call x 1000 that background work is what
+the loop has left after forwarding, so it is measured here on its own.
+
+This script starts `callsctl serve` on loopback, joins N muted participants
+with the load generator (callsctl_sfu.client.loadgen) in this process, lets
+them settle, and over a window of idle seconds reads:
+
+- the server's CPU seconds (utime + stime from /proc/<pid>/stat) and how long
+  it waited for a CPU (/proc/<pid>/schedstat; the machine may be shared);
+- the media socket's counters (GET /stats "media_socket"): datagrams and STUN
+  messages in and out, and whether any session was removed.
+
+Figures are per session per second of the window.
+
+    python bench/consent.py --sessions 200 --window 30
+    python bench/consent.py --sessions 200 --window 30 --json
+    python bench/consent.py --sessions 200 --label "after" --write bench/RESULTS.md
+    python bench/consent.py --sessions 200 --profile /tmp/consent   # py-spy of the window
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH))
+
+from forwarding import write_section  # noqa: E402
+from run_all import machine, run_queue_wait, start_callsctl  # noqa: E402
+
+from callsctl_sfu.client.loadgen import LoadConfig, LoadTest, proc_cpu_seconds  # noqa: E402
+from callsctl_sfu.tokens import issue_token  # noqa: E402
+
+JOIN_RATE = 25.0  # per second, bench/run_all.py's pacing
+SOCKET_COUNTERS = ("datagrams_in", "datagrams_out", "stun_in", "stun_out")
+
+
+async def _stats(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    async with http.get(f"{base}/stats") as response:
+        return dict(await response.json())
+
+
+async def measure(sessions: int, window: float, workdir: Path,
+                  profile: Path | None) -> dict[str, Any]:
+    """One server, `sessions` muted participants; the figures of an idle window."""
+    running = await start_callsctl(workdir)
+    marks: dict[str, dict[str, Any]] = {}
+    spy: asyncio.subprocess.Process | None = None
+    try:
+        pid = running.process.pid
+        secret = running.secret
+        assert secret is not None
+        join_s = sessions / JOIN_RATE
+        config = LoadConfig(ws_url=running.ws_url,
+                            token_for=lambda call, user: issue_token(secret, call, user, 3600),
+                            calls=1, users_per_call=sessions, unmuted=0,
+                            duration=join_s + 20 + window + 5, join_duration=join_s,
+                            window=window, call_prefix="idle", local_address="127.0.0.1",
+                            settle_timeout=15, join_timeout=60)
+        async with aiohttp.ClientSession() as http:
+
+            async def on_window(name: str) -> None:
+                nonlocal spy
+                marks[name] = {"at": time.monotonic(), "cpu": proc_cpu_seconds(pid),
+                               "waited": run_queue_wait(pid),
+                               "stats": await _stats(http, running.base_url)}
+                spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                if name == "start" and profile is not None and Path(spy_exe).exists():
+                    profile.mkdir(parents=True, exist_ok=True)
+                    spy = await asyncio.create_subprocess_exec(
+                        spy_exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
+                        "100", "--duration", str(int(window)), "--output",
+                        str(profile / f"consent-{sessions}.txt"),
+                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+            test = LoadTest(config, on_window=on_window)
+            report = (await test.run()).to_dict()
+            final = await _stats(http, running.base_url)
+    finally:
+        if spy is not None and spy.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(spy.wait(), 30)
+        await running.stop()
+    removed = sum(p.error_codes.get("session_removed", 0) for p in test.participants)
+    result: dict[str, Any] = {
+        "sessions": sessions, "joined": report["participants"]["joined"],
+        "failed": report["participants"]["failed"], "session_removed": removed,
+        "sessions_at_end": final.get("sessions"), "notes": report["notes"]}
+    if "start" not in marks or "end" not in marks:
+        result["error"] = "no idle window (joins took the whole run)"
+        return result
+    start, end = marks["start"], marks["end"]
+    seconds = end["at"] - start["at"]
+    per = sessions * seconds
+    cpu = end["cpu"] - start["cpu"]
+    socket0, socket1 = start["stats"]["media_socket"], end["stats"]["media_socket"]
+    counts = {name: socket1.get(name, 0) - socket0.get(name, 0) for name in SOCKET_COUNTERS}
+    result.update({
+        "window_s": round(seconds, 1), "server_cpu_s": round(cpu, 3),
+        "server_waited_s": round(end["waited"] - start["waited"], 2),
+        "cpu_us_per_session_s": round(1e6 * cpu / per, 1),
+        "cpu_fraction_of_core": round(cpu / seconds, 3),
+        "per_session_s": {name: round(value / per, 3) for name, value in counts.items()},
+        "counts": counts,
+        "consent": end["stats"].get("consent"),
+    })
+    return result
+
+
+def render(results: list[dict[str, Any]], command: str, host: str, label: str) -> str:
+    lines = [
+        f"### Idle sessions (ICE consent): {label}",
+        "",
+        f"Command: `{command}` on {host}. The machine is shared and busy: CPU is the "
+        "server process's own utime+stime, \"waited\" how long it was runnable but not "
+        "running.",
+        "",
+        "| N | joined | removed | window s | server CPU s (waited s) | CPU µs/session/s "
+        "| core fraction | STUN in/session/s | STUN out/session/s | datagrams in/out/session/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['sessions']} | {r['joined']} | {r['session_removed']} | "
+                         f"{r['error']} | | | | | | |")
+            continue
+        p = r["per_session_s"]
+        lines.append(
+            f"| {r['sessions']} | {r['joined']} | {r['session_removed']} | {r['window_s']} | "
+            f"{r['server_cpu_s']} ({r['server_waited_s']}) | {r['cpu_us_per_session_s']} | "
+            f"{r['cpu_fraction_of_core']} | {p['stun_in']} | {p['stun_out']} | "
+            f"{p['datagrams_in']}/{p['datagrams_out']} |")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    results = []
+    if args.from_json:  # stored --json lines of earlier runs (e.g. of an older commit)
+        results = [json.loads(line) for line in args.from_json.read_text().splitlines()
+                   if line.startswith("{")]
+        command = args.command or "(not stated)"
+    else:
+        with tempfile.TemporaryDirectory(prefix="consent-bench-") as tmp:
+            for size in args.sessions:
+                result = await measure(size, args.window, Path(tmp), args.profile)
+                results.append(result)
+                if args.json:
+                    print(json.dumps(result), flush=True)
+        command = "python bench/consent.py " + " ".join(
+            a for a in sys.argv[1:] if a not in ("--write", "--json") and not a.endswith(".md"))
+    if not results:
+        print("no results to render", file=sys.stderr)
+        return 1
+    body = render(results, command, machine(), args.label)
+    if not args.json:
+        print(body)
+    if args.write:
+        key = args.label.split()[0].lower().strip(":,")
+        write_section(args.write, f"consent-{key}", body)
+    return 1 if any("error" in r or r["session_removed"] for r in results) else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[200],
+                        help="idle participants in one call, per run (1..1000)")
+    parser.add_argument("--window", type=float, default=30.0,
+                        help="idle seconds measured once everyone has connected (5..600)")
+    parser.add_argument("--label", default="current", help="section title; its first word "
+                        "keys the section in --write")
+    parser.add_argument("--write", type=Path, help="update this results file in place")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    parser.add_argument("--profile", type=Path, help="py-spy raw profile of the window here")
+    parser.add_argument("--from-json", type=Path, help="render these stored --json lines "
+                        "instead of running")
+    parser.add_argument("--command", help="with --from-json: the command that produced them")
+    args = parser.parse_args()
+    if not all(1 <= n <= 1000 for n in args.sessions):
+        parser.error("--sessions must each be 1..1000")
+    if not 5 <= args.window <= 600:
+        parser.error("--window must be 5..600 seconds")
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -155,6 +155,14 @@ def render(report: dict[str, Any], command: str) -> str:
                 notes.append(f"{scenario['key']}, {name}, load generator: {note}.")
     lines.append("")
     lines += [f"- {n}" for n in notes]
+    medians = ", ".join(f"{s['key']} {s['janus']['join_s']['p50']:.2f} s"
+                        for s in report["scenarios"] if s["janus"].get("join_s"))
+    if medians:
+        lines.append(f"- Janus join p50: {medians}. Its join p99 counts from the first "
+                     "request to the first connection able to carry media (a listener's "
+                     "subscriber connection, which needs a publisher first and its own "
+                     "offer/answer); a tail of about 1 s was seen in every run, its cause not "
+                     "investigated. Forwarding CPU, delay and loss are the comparison.")
     lines += [
         "- Packets counted: callsctl's figure divides by its own /stats `rtp_forwarded`; "
         "Janus has no such counter, so its figure divides by the packets its receivers got "

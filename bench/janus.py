@@ -161,8 +161,11 @@ def render(report: dict[str, Any], command: str) -> str:
         lines.append(f"- Janus join p50: {medians}. Its join p99 counts from the first "
                      "request to the first connection able to carry media (a listener's "
                      "subscriber connection, which needs a publisher first and its own "
-                     "offer/answer); a tail of about 1 s was seen in every run, its cause not "
-                     "investigated. Forwarding CPU, delay and loss are the comparison.")
+                     "offer/answer). The tail of about 1 s: for those participants the DTLS "
+                     "handshake alone took 1.0 s (traced: `connecting` to `connected`), as "
+                     "when the client's first ClientHello reaches Janus before its ICE has "
+                     "selected the pair and aiortc's DTLS (OpenSSL) resends after its 1 s "
+                     "timer. Forwarding CPU, delay and loss are the comparison.")
     lines += [
         "- Packets counted: callsctl's figure divides by its own /stats `rtp_forwarded`; "
         "Janus has no such counter, so its figure divides by the packets its receivers got "

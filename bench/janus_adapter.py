@@ -257,10 +257,8 @@ async def start_janus(workdir: Path, rtp_ports: int = 2000) -> JanusServer:
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if process.returncode is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] \
-                    if log.exists() else []
                 raise JanusUnavailable(f"janus exited at start (code {process.returncode})"
-                                       f"{': ' + tail[0] if tail else ''}; log {log}")
+                                       f"{_last_line(log)}")
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 async with http.ws_connect(url, protocols=("janus-protocol",),
                                            timeout=aiohttp.ClientWSTimeout(ws_close=1)) as ws:
@@ -272,8 +270,17 @@ async def start_janus(workdir: Path, rtp_ports: int = 2000) -> JanusServer:
             await asyncio.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGTERM)
-    raise JanusUnavailable(f"janus did not answer on {url} within {START_TIMEOUT_S:g} s; "
-                           f"log {log}")
+    raise JanusUnavailable(f"janus did not answer on {url} within {START_TIMEOUT_S:g} s"
+                           f"{_last_line(log)}")
+
+
+def _last_line(log: Path) -> str:
+    """The log's last line for a one-line error (the log sits in a temp dir that goes away)."""
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").strip().splitlines()
+        if lines:
+            return f"; its log ends: {lines[-1][:200]}"
+    return ""
 
 
 def room_number(call: str) -> int:

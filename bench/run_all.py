@@ -55,8 +55,10 @@ sys.path.insert(0, str(BENCH))
 from forwarding import write_section  # noqa: E402
 
 from callsctl_sfu.client.loadgen import (  # noqa: E402
+    LightParticipant,
     LoadConfig,
     LoadTest,
+    ParticipantFactory,
     proc_cpu_seconds,
     proc_rss_bytes,
 )
@@ -332,6 +334,18 @@ async def measure(kind: str, shape: Shape, window: float, slices: int,
     """One system under one shape: start it, load it, sample it, stop it."""
     running = await (start_relay(workdir) if kind == "mediarelay" else
                      start_callsctl(workdir, shape.simulcast, kind == PYTHON_ENGINE))
+    return await measure_running(running, kind, shape, window, slices)
+
+
+async def measure_running(running: Running, kind: str, shape: Shape, window: float,
+                          slices: int, local_address: str = "127.0.0.1",
+                          participant_factory: ParticipantFactory = LightParticipant
+                          ) -> dict[str, Any]:
+    """Load a started server, sample it through the window, stop it (bench/janus.py too).
+
+    `participant_factory` is the load generator's signaling dialect (callsctl's
+    /ws by default); `local_address` is where the participants gather.
+    """
     try:
         pid = running.process.pid
         await asyncio.sleep(1.0)
@@ -348,10 +362,10 @@ async def measure(kind: str, shape: Shape, window: float, slices: int,
                             simulcast=shape.simulcast,
                             duration=join + 15 + window + 5,
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
-                            local_address="127.0.0.1", settle_timeout=15)
+                            local_address=local_address, settle_timeout=15)
         sampler = WindowSampler(pid, running, slices)
         sampler.slice_s = window / slices
-        test = LoadTest(config, on_window=sampler.hook)
+        test = LoadTest(config, on_window=sampler.hook, participant_factory=participant_factory)
         sampler.test = test
         report = (await test.run()).to_dict()
     finally:

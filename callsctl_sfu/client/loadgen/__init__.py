@@ -49,7 +49,8 @@ The package, one job per module:
 - handshake.py    aiortc for ICE/DTLS/SRTP keys only; one host candidate per participant
 - sender.py       one published stream: RTP headers, the send-time stamp
 - participant.py  one participant: signaling, peer, counting received SRTP
-- orchestrate.py  the run (`LoadTest`): joins, media clock, settling, the steady window
+- orchestrate.py  the run (`LoadTest`): joins, media clock, settling, the steady window;
+                  its `participant_factory` is the seam for another SFU's signaling
 - report.py       live progress, percentiles, loss figures, the `--json` report
 - monitor.py      the server's CPU and memory during the run
 
@@ -84,7 +85,7 @@ from callsctl_sfu.client.loadgen.media import (
 )
 from callsctl_sfu.client.loadgen.monitor import ServerMonitor, proc_cpu_seconds, proc_rss_bytes
 from callsctl_sfu.client.loadgen.negotiation import simulcast_offer, source_of
-from callsctl_sfu.client.loadgen.orchestrate import LoadTest
+from callsctl_sfu.client.loadgen.orchestrate import LoadTest, ParticipantFactory
 from callsctl_sfu.client.loadgen.participant import LightParticipant, LoadJoinError
 from callsctl_sfu.client.loadgen.report import LoadReport, Progress, percentiles
 from callsctl_sfu.client.loadgen.sender import STAMP_LEN, STAMP_MAGIC, StreamSender
@@ -106,6 +107,7 @@ __all__ = [
     "LoadReport",
     "LoadTest",
     "MediaSample",
+    "ParticipantFactory",
     "Progress",
     "Role",
     "ServerMonitor",

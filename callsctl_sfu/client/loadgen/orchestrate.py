@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,13 +38,27 @@ MAX_DELAY_SAMPLES = 500_000
 RECEIVER_REPORT_INTERVAL = 1.0
 SETTLED_DELAY_MS = 100.0  # the window opens once recent forwarding delay is below this
 
+# Builds one participant: (test, call, user, role). The signaling dialect seam: the
+# default speaks callsctl's /ws; bench/janus_adapter.py passes one that speaks Janus's API.
+ParticipantFactory = Callable[["LoadTest", str, str, Role], LightParticipant]
+
 
 class LoadTest:
     """Joins the participants, drives the media clock, measures a steady window, reports."""
 
     def __init__(self, config: LoadConfig, on_window: WindowHook | None = None,
-                 monitor: ServerMonitor | None = None) -> None:
+                 monitor: ServerMonitor | None = None,
+                 participant_factory: ParticipantFactory = LightParticipant) -> None:
+        """`participant_factory` is the signaling dialect seam.
+
+        Every participant is built by it, so another SFU's signaling (a subclass
+        of `LightParticipant` that joins differently but sends with the same
+        `StreamSender`s and counts with the same receive path) is measured by
+        the same media clock, window and report. callsctl's own `/ws` dialect,
+        `LightParticipant`, is the default.
+        """
         config.validate()
+        self.participant_factory = participant_factory
         self.config = config
         self.on_window = on_window
         self.monitor = monitor
@@ -181,7 +196,7 @@ class LoadTest:
                     await asyncio.wait_for(self._stop.wait(), due - loop.time())
             if self._stop.is_set() or loop.time() >= end:
                 break
-            participant = LightParticipant(self, call, user, role)
+            participant = self.participant_factory(self, call, user, role)
             self.participants.append(participant)
             tasks.append(asyncio.create_task(one(participant)))
         if tasks:

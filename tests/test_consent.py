@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from callsctl_sfu.rtc.connectivity import Connectivity
 from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import UdpMux
+from tests.support.helpers import ipv6_loopback
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -275,16 +275,7 @@ async def test_consent_over_ice_tcp_is_checked_on_the_stream_and_can_lapse() -> 
         mux.transport.close()
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
 async def test_consent_over_ipv6_uses_the_ipv6_socket_and_can_lapse(monkeypatch) -> None:
     loop = asyncio.get_running_loop()
     transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))

@@ -36,7 +36,7 @@ from callsctl_sfu.rtc.connectivity import Connectivity, ConnectivityError
 from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.publicaddr import discover_public_address
-from tests.support.helpers import free_port, free_udp_tcp_port, run_cli
+from tests.support.helpers import free_port, free_udp_tcp_port, ipv6_loopback, run_cli
 
 # -- TURN REST credentials ------------------------------------------------------------
 
@@ -432,16 +432,7 @@ async def test_silent_stun_server_costs_at_most_the_timeout() -> None:
 # -- IPv6 ----------------------------------------------------------------------------------------
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
 async def test_ipv6_candidates_and_a_session_over_ipv6(monkeypatch) -> None:
     loop = asyncio.get_running_loop()
     transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))

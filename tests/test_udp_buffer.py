@@ -18,6 +18,7 @@ import pytest
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.rtc.connectivity import Connectivity, size_udp_buffers
 from callsctl_sfu.rtc.mux import UdpMux
+from tests.support.helpers import ipv6_loopback
 
 SMALL = 48 * 1024  # below every default net.core.rmem_max / wmem_max
 
@@ -38,16 +39,7 @@ def test_size_udp_buffers_sets_both_directions() -> None:
         assert _granted(sock) == (2 * SMALL, 2 * SMALL)
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this host")
 async def test_the_ipv6_media_socket_gets_the_size_the_server_passes() -> None:
     loop = asyncio.get_running_loop()
     transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))

@@ -78,3 +78,13 @@ async def wait_until(predicate: Callable[[], Any], timeout: float,
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def ipv6_loopback() -> bool:
+    """Whether this host can bind ::1 (containers often run without IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

@@ -139,6 +139,18 @@ def test_remove_session_stops_its_media_both_ways(call):
     assert len(carol.sent) == 2 and forwarder.stats.rtp_in == 3
 
 
+def test_a_publisher_that_leaves_and_rejoins_is_routed_again(call):
+    """The per-member routing keys (cached, not built per packet) match the routing tables."""
+    forwarder, (alice, bob, carol), _loud, _metrics = call
+    forwarder.on_rtp(alice, opus(1))  # type: ignore[arg-type]
+    forwarder.remove_session("alice")
+    forwarder.on_rtp(alice, opus(2))  # type: ignore[arg-type]  # gone: reaches nobody
+    forwarder.add_session("alice", "call-1", alice)  # type: ignore[arg-type]
+    forwarder.on_rtp(alice, opus(3))  # type: ignore[arg-type]
+    for receiver in (bob, carol):
+        assert [parse_rtp(p).sequence for p in receiver.sent] == [1, 3]
+
+
 def test_a_sample_of_sends_is_reported_to_the_metrics_interface(call):
     forwarder, (alice, _bob, _carol), _loud, metrics = call
     for seq in range(WRITE_SAMPLE_EVERY):  # 2 copies each: WRITE_SAMPLE_EVERY * 2 sends

@@ -98,13 +98,23 @@ class RoutingStats:
 class _Member:
     """One session as the forwarder sees it: its peer, its call, whether it is muted."""
 
-    __slots__ = ("session_id", "call_id", "peer", "muted")
+    __slots__ = ("session_id", "call_id", "peer", "muted", "track_keys")
 
     def __init__(self, session_id: str, call_id: str, peer: MediaPeer) -> None:
         self.session_id = session_id
         self.call_id = call_id
         self.peer = peer
         self.muted = False
+        # Track label -> its key in the routing tables ("session:label"), built once per
+        # label instead of an f-string per packet.
+        self.track_keys: dict[str, str] = {}
+
+    def track_key(self, label: str) -> str:
+        """This member's routing key for one of its tracks (cached)."""
+        key = self.track_keys.get(label)
+        if key is None:
+            key = self.track_keys[label] = f"{self.session_id}:{label}"
+        return key
 
 
 class Forwarder:
@@ -289,7 +299,7 @@ class Forwarder:
             track.layer_bytes[rid] = track.layer_bytes.get(rid, 0) + len(packet.payload)
         track.packets += 1
         track.octets += len(packet.payload)
-        key = f"{member.session_id}:{track.label}"
+        key = member.track_keys.get(track.label) or member.track_key(track.label)
         track_routes = self._tracks.get(key)
         if track_routes is None:
             track_routes = self._tracks[key] = TrackRoutes(self._build_routes(member, key))

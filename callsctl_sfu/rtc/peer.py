@@ -37,7 +37,7 @@ from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
-from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
+from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI
 from callsctl_sfu.rtc.sdp_munge import (
     harmonise,
     libwebrtc_numbering,
@@ -483,7 +483,8 @@ class MediaPeer:
     def _fast_rx(self, data: bytes) -> None:
         """SRTP/SRTCP straight from the shared socket: decrypt and hand RTP to the call."""
         try:
-            if is_rtcp(data):
+            # is_rtcp (RFC 5761 §4) inline: this runs for every incoming packet.
+            if len(data) > 1 and 191 < data[1] < 224:
                 plain_rtcp = self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
                 self.rtcp_in += 1
                 if self._on_rtcp is not None:

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.browser import browser, shots  # noqa: F401  (shared fixtures)
 from tests.support.coturn import coturn_factory  # noqa: F401  (shared fixture)
+from tests.support.fleet import redis  # noqa: F401  (shared fixture)
 from tests.support.serve import ServeProcess, start_serve
 
 

@@ -60,23 +60,29 @@ async def _until(condition: Any, what: str, seconds: float = 10.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection,
+                   tone: ToneTrack) -> Pair:
+    """`offerer` sends `tone` and opens a data channel; both connect on 127.0.0.1."""
+    offerer.addTrack(tone)
+    offerer.createDataChannel("calls-dc")
+    await gather_on(offerer, "127.0.0.1")
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await gather_on(answerer, "127.0.0.1")
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(RTCSessionDescription(
+        answerer.localDescription.sdp, "answer"))
+    await _until(lambda: offerer.connectionState == answerer.connectionState == "connected",
+                 "both peer connections to connect")
+    return Pair(offerer, answerer, tone)
+
+
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
     """An offerer sending a tone to an answerer, connected on 127.0.0.1."""
     offerer, answerer, tone = _pc(), _pc(), ToneTrack()
     try:
-        offerer.addTrack(tone)
-        offerer.createDataChannel("calls-dc")
-        await gather_on(offerer, "127.0.0.1")
-        await offerer.setLocalDescription(await offerer.createOffer())
-        await answerer.setRemoteDescription(offerer.localDescription)
-        await gather_on(answerer, "127.0.0.1")
-        await answerer.setLocalDescription(await answerer.createAnswer())
-        await offerer.setRemoteDescription(RTCSessionDescription(
-            answerer.localDescription.sdp, "answer"))
-        await _until(lambda: offerer.connectionState == answerer.connectionState == "connected",
-                     "both peer connections to connect")
-        yield Pair(offerer, answerer, tone)
+        yield await _connect(offerer, answerer, tone)
     finally:
         tone.stop()
         await offerer.close()
@@ -115,20 +121,8 @@ async def _no_signal(_message: dict[str, Any]) -> None:
 # -- the shared DTLS certificate -----------------------------------------------------------------
 
 async def _connected_pair(answerer: RTCPeerConnection) -> Pair:
-    """An offerer with a tone and a data channel, connected to `answerer` on 127.0.0.1."""
-    offerer, tone = _pc(), ToneTrack()
-    offerer.addTrack(tone)
-    offerer.createDataChannel("calls-dc")
-    await gather_on(offerer, "127.0.0.1")
-    await offerer.setLocalDescription(await offerer.createOffer())
-    await answerer.setRemoteDescription(offerer.localDescription)
-    await gather_on(answerer, "127.0.0.1")
-    await answerer.setLocalDescription(await answerer.createAnswer())
-    await offerer.setRemoteDescription(RTCSessionDescription(
-        answerer.localDescription.sdp, "answer"))
-    await _until(lambda: offerer.connectionState == answerer.connectionState == "connected",
-                 "both peer connections to connect")
-    return Pair(offerer, answerer, tone)
+    """A new offerer with a tone and a data channel, connected to `answerer`."""
+    return await _connect(_pc(), answerer, ToneTrack())
 
 
 def _fingerprint(sdp: str) -> str:

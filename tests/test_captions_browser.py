@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.browser import UI_TIMEOUT_MS, BrowserParticipant, failure, join_all
-from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.chromium import CHROMIUM, launched
 from tests.support.helpers import have
 from tests.support.speech import ALICE_1, BOB_VOICE
 
@@ -77,15 +77,8 @@ def heard_words(person: BrowserParticipant, row: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def speaking_browser(sentence: Path) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={sentence}"],
-            ignore_default_args=["--mute-audio"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched(sync_api, f"--use-file-for-fake-audio-capture={sentence}") as browser:
+        yield browser
 
 
 def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, serve_factory):

@@ -27,6 +27,7 @@ from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import UdpMux
 from tests.support.helpers import ipv6_loopback
+from tests.support.ice import connect_pairs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,29 +38,6 @@ async def open_mux(scheduler: ConsentScheduler) -> UdpMux:
     mux.advertised = ("127.0.0.1", transport.get_extra_info("sockname")[1])
     mux.consent = scheduler
     return mux
-
-
-async def connect_pairs(mux: UdpMux, count: int) -> tuple[list[Connection], list[Connection]]:
-    """`count` server agents on the mux, each connected to a client agent of its own."""
-    servers, clients = [], []
-    for _ in range(count):
-        server = Connection(ice_controlling=False, use_ipv6=False)
-        mux.attach(server)
-        await server.gather_candidates()
-        client = Connection(ice_controlling=True, use_ipv4=True, use_ipv6=False)
-        await client.gather_candidates()
-        server.remote_username, server.remote_password = (client.local_username,
-                                                          client.local_password)
-        client.remote_username, client.remote_password = (server.local_username,
-                                                          server.local_password)
-        for candidate in server.local_candidates:
-            await client.add_remote_candidate(candidate)
-        await client.add_remote_candidate(None)
-        servers.append(server)
-        clients.append(client)
-    await asyncio.wait_for(asyncio.gather(*(c.connect() for c in clients),
-                                          *(s.connect() for s in servers)), 20)
-    return servers, clients
 
 
 async def until(condition: Callable[[], bool], seconds: float) -> bool:

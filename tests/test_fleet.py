@@ -31,14 +31,6 @@ from tests.support.serve import ServeProcess
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    need_redis()
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[list[ServeProcess]]:
     started: list[ServeProcess] = []
     yield started

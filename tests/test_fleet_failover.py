@@ -22,21 +22,12 @@ from callsctl_sfu.client.participant import Participant, ParticipantError
 from tests.support.fleet import (
     RedisServer,
     admin_headers,
-    need_redis,
     no_tracebacks,
     start_node,
     token,
 )
 from tests.support.helpers import run_cli
 from tests.support.serve import ServeProcess
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    need_redis()
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import socket
 from aioice import Connection, stun
 
 from callsctl_sfu.rtc.mux import UdpMux
+from tests.support.ice import connect_pairs
 
 
 async def open_mux() -> tuple[UdpMux, int]:
@@ -79,26 +80,11 @@ async def test_a_busy_loop_reads_a_whole_batch_per_wake_up():
 
 async def test_two_ice_sessions_share_one_port_and_data_reaches_the_right_one():
     mux, port = await open_mux()
-    servers, clients = [], []
+    servers: list[Connection] = []
+    clients: list[Connection] = []
     try:
-        for _ in range(2):
-            server = Connection(ice_controlling=False, use_ipv6=False)
-            mux.attach(server)
-            await server.gather_candidates()
-            client = Connection(ice_controlling=True, use_ipv4=True, use_ipv6=False)
-            await client.gather_candidates()
-            server.remote_username, server.remote_password = (client.local_username,
-                                                              client.local_password)
-            client.remote_username, client.remote_password = (server.local_username,
-                                                              server.local_password)
-            for candidate in server.local_candidates:
-                await client.add_remote_candidate(candidate)
-            await client.add_remote_candidate(None)
-            servers.append(server)
-            clients.append(client)
+        await connect_pairs(mux, 2, servers, clients, timeout=10)
         assert all(s.local_candidates[0].port == port for s in servers)
-        await asyncio.wait_for(asyncio.gather(*(c.connect() for c in clients),
-                                              *(s.connect() for s in servers)), 10)
         # Two clients, two learned addresses, one socket.
         assert len(mux.by_addr) >= 2 and len(mux.by_ufrag) == 2
         await clients[0].send(b"\x17to-zero")  # DTLS-range first byte

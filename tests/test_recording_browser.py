@@ -28,7 +28,7 @@ from tests.support.browser import (
     failure,
     join_all,
 )
-from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.chromium import CHROMIUM, launched
 from tests.support.helpers import have
 
 pytestmark = [
@@ -53,15 +53,8 @@ def speech(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def speaking_browser(speech: Path) -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={speech}"],
-            ignore_default_args=["--mute-audio"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched(sync_api, f"--use-file-for-fake-audio-capture={speech}") as browser:
+        yield browser
 
 
 def rms(samples: Any, start_s: float, end_s: float) -> float:

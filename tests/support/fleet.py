@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -201,3 +202,12 @@ def no_tracebacks(*nodes: ServeProcess) -> None:
 def token(node: ServeProcess, call: str, user: str) -> str:
     return issue_token((node.data_dir / "jwt_secret").read_text().strip().encode(), call,
                        user, 3600)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own on a free loopback port, stopped after."""
+    need_redis()
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

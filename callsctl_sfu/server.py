@@ -9,6 +9,7 @@ Shutdown ends every call with call_end, closes peers and frees the ports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -101,93 +102,82 @@ class Server:
             raise StartupError(str(exc), code=exc.code) from None
         loop = asyncio.get_running_loop()
         install_exception_handler(loop)  # library tasks' failures: one line each
-        try:
-            transport, mux = await loop.create_datagram_endpoint(
-                UdpMux, local_addr=(config.bind, config.udp_port))
-        except OSError as exc:
-            await self.control.close()
-            raise _bind_error("UDP", config.bind, config.udp_port, exc, "--udp-port") from None
-        self.mux = mux
-        self.udp_port = transport.get_extra_info("sockname")[1]
-        self._size_socket(transport)
-        try:
-            # ICE-TCP, IPv6, STUN discovery, overrides: rtc/connectivity.py.
-            self.connectivity = await Connectivity.open(config, mux, self.udp_port,
-                                                        self.udp_buffer_size)
-        except ConnectivityError as exc:
-            transport.close()
-            await self.control.close()
-            raise StartupError(str(exc), code=exc.code) from None
-        self.advertised = self.connectivity.advertised
-        self.manager = CallManager(config, mux)
+        # What start() has opened so far, undone in reverse order if a later step fails;
+        # once everything is up, stop() owns it (pop_all below).
+        async with contextlib.AsyncExitStack() as undo:
+            undo.push_async_callback(self.control.close)
+            try:
+                transport, mux = await loop.create_datagram_endpoint(
+                    UdpMux, local_addr=(config.bind, config.udp_port))
+            except OSError as exc:
+                raise _bind_error("UDP", config.bind, config.udp_port, exc,
+                                  "--udp-port") from None
+            undo.callback(transport.close)
+            self.mux = mux
+            self.udp_port = transport.get_extra_info("sockname")[1]
+            self._size_socket(transport)
+            try:
+                # ICE-TCP, IPv6, STUN discovery, overrides: rtc/connectivity.py.
+                self.connectivity = await Connectivity.open(config, mux, self.udp_port,
+                                                            self.udp_buffer_size)
+            except ConnectivityError as exc:
+                raise StartupError(str(exc), code=exc.code) from None
+            undo.callback(self.connectivity.close)
+            self.advertised = self.connectivity.advertised
+            self.manager = CallManager(config, mux)
 
-        app = web.Application(middlewares=[json_errors])
-        app["config"] = config
-        app["manager"] = self.manager
-        app["jwt_secret"] = secret
-        app["server_info"] = self.info
-        app["readiness"] = self.readiness
-        app["stats"] = self.stats
-        app["ws_stats"] = {"connections": 0}
-        add_routes(app)
-        self.control.attach(app, self.manager, mux)
-        # The forwarder reports its sampled write costs to the Prometheus registry.
-        if self.control.metrics is not None:
-            self.manager.forwarder.metrics = self.control.metrics
-        attach_jobs(app, self.control)  # recording jobs: routes, startup, shutdown
-        if config.cluster:  # imported only here: a single node never loads redis
-            from callsctl_sfu.fleet.node import FleetError, FleetNode
+            app = web.Application(middlewares=[json_errors])
+            app["config"] = config
+            app["manager"] = self.manager
+            app["jwt_secret"] = secret
+            app["server_info"] = self.info
+            app["readiness"] = self.readiness
+            app["stats"] = self.stats
+            app["ws_stats"] = {"connections": 0}
+            add_routes(app)
+            self.control.attach(app, self.manager, mux)
+            # The forwarder reports its sampled write costs to the Prometheus registry.
+            if self.control.metrics is not None:
+                self.manager.forwarder.metrics = self.control.metrics
+            attach_jobs(app, self.control)  # recording jobs: routes, startup, shutdown
+            if config.cluster:  # imported only here: a single node never loads redis
+                from callsctl_sfu.fleet.node import FleetError, FleetNode
+                try:
+                    self.fleet = FleetNode(self)
+                except FleetError as exc:
+                    raise StartupError(str(exc), code=exc.code) from None
+                self.fleet.attach(app)
+            # keepalive_timeout is armed when a connection opens and after each response:
+            # a client that does not complete a request within it is closed.
+            self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                                        shutdown_timeout=2,
+                                        keepalive_timeout=config.http_idle_timeout)
+            await self.runner.setup()
+            undo.push_async_callback(self.runner.cleanup)
+            handler_factory = self.runner.server
+            assert handler_factory is not None
+            self.connection_cap = ConnectionCap(
+                handler_factory, lambda: len(handler_factory.connections),
+                config.max_http_connections or auto_cap())
             try:
-                self.fleet = FleetNode(self)
-            except FleetError as exc:
-                self.connectivity.close()
-                transport.close()
-                await self.control.close()
-                raise StartupError(str(exc), code=exc.code) from None
-            self.fleet.attach(app)
-        # keepalive_timeout is armed when a connection opens and after each response:
-        # a client that does not complete a request within it is closed.
-        self.runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                                    shutdown_timeout=2,
-                                    keepalive_timeout=config.http_idle_timeout)
-        await self.runner.setup()
-        handler_factory = self.runner.server
-        assert handler_factory is not None
-        self.connection_cap = ConnectionCap(
-            handler_factory, lambda: len(handler_factory.connections),
-            config.max_http_connections or auto_cap())
-        try:
-            self.http_server = await loop.create_server(
-                self.connection_cap, config.bind, config.api_port, reuse_address=True,
-                ssl=self.control.ssl_context, backlog=128,
-                ssl_handshake_timeout=config.http_idle_timeout
-                if self.control.ssl_context else None)
-        except OSError as exc:
-            await self.runner.cleanup()
-            self.connectivity.close()
-            transport.close()
-            await self.control.close()
-            raise _bind_error("TCP", config.bind, config.api_port, exc, "--api-port") from None
-        self.api_port = self.http_server.sockets[0].getsockname()[1]
-        if config.metrics_port:
-            try:
+                self.http_server = await loop.create_server(
+                    self.connection_cap, config.bind, config.api_port, reuse_address=True,
+                    ssl=self.control.ssl_context, backlog=128,
+                    ssl_handshake_timeout=config.http_idle_timeout
+                    if self.control.ssl_context else None)
+            except OSError as exc:
+                raise _bind_error("TCP", config.bind, config.api_port, exc,
+                                  "--api-port") from None
+            undo.callback(self.http_server.close)
+            self.api_port = self.http_server.sockets[0].getsockname()[1]
+            if config.metrics_port:
                 await self._start_metrics_listener()
-            except StartupError:
-                self.http_server.close()
-                await self.runner.cleanup()
-                self.connectivity.close()
-                transport.close()
-                await self.control.close()
-                raise
-        if self.fleet is not None:
-            try:
-                await self.fleet.start()
-            except FleetError as exc:
-                await self.runner.cleanup()
-                self.connectivity.close()
-                transport.close()
-                await self.control.close()
-                raise StartupError(str(exc), code=exc.code) from None
+            if self.fleet is not None:
+                try:
+                    await self.fleet.start()
+                except FleetError as exc:
+                    raise StartupError(str(exc), code=exc.code) from None
+            undo.pop_all()
         self.started_at = loop.time()
         log.info("media on udp %s:%d, advertised %s:%d (%s)", config.bind, self.udp_port,
                  self.advertised.host, self.advertised.port, self.advertised.source)

@@ -11,6 +11,7 @@ its own address for a worker on the same host).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 
@@ -60,6 +61,9 @@ def worker(
         except asyncio.CancelledError:
             pass
         finally:
-            await runner.close()
+            # On SIGTERM arq cancels the jobs still running ("ongoing to cancel") and
+            # close() gathers them: their CancelledError is that shutdown, not a crash.
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner.close()
 
     asyncio.run(serve())

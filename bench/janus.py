@@ -16,8 +16,15 @@ for Janus "forwarded" is the packets its receivers got (its loss is next to
 it); callsctl's figure uses its own /stats counter, as in run_all.py. Memory
 per session = (RSS at the end of the window - idle RSS) / participants.
 
+The camera and screen-share scenarios (1x50-screen, 1x10-av) publish VP8
+through VideoRoom the way the load generator publishes to callsctl: the same
+pre-encoded VP8 samples, the screen share as simulcast layers `l` and `h` in
+1x10-av. `--server-cpus` pins Janus (and callsctl serve) with taskset, as in
+run_all.py.
+
     python bench/janus.py --only 1x10 1x50 --write bench/RESULTS.md
     python bench/janus.py --only 1x200 --window 10 --json
+    python bench/janus.py --only 1x50-screen 1x10-av --server-cpus 0 --loadgen-cpus 1
 """
 
 from __future__ import annotations
@@ -46,30 +53,48 @@ from janus_adapter import (  # noqa: E402
 )
 from run_all import (  # noqa: E402
     SCENARIOS,
+    Cpus,
     Running,
     Shape,
+    add_cpu_options,
+    affinity_of,
+    apply_cpu_options,
+    cores_text,
+    cpu_list,
+    loadgen_cpu,
     machine,
     measure,
     measure_running,
+    pinned,
+    sample_every,
 )
 
-KEYS = ("1x10", "1x50", "1x200", "10x10")
+KEYS = ("1x10", "1x50", "1x200", "1x500", "10x10", "1x50-screen", "1x10-av")
 SECTION = "janus-comparison"
+AUDIO_KEYS = {"1x10", "1x50", "1x200", "1x500", "10x10"}
+
+
+def section_key(keys: list[str], cpus: Cpus) -> str:
+    """The audio runs keep the first section; video runs and pinned runs get their own."""
+    key = SECTION if set(keys) <= AUDIO_KEYS else f"{SECTION}-video"
+    return key if cpus is None else f"{key}-cpus{cpu_list(cpus).replace(',', '+')}"
 
 
 async def measure_janus(shape: Shape, window: float, slices: int,
-                        workdir: Path) -> dict[str, Any]:
-    """Janus under one shape: start it, load it through the adapter, sample it, stop it."""
-    server = await start_janus(workdir)
+                        workdir: Path, cpus: Cpus = None) -> dict[str, Any]:
+    """Janus under one shape: start it (on `cpus`), load it through the adapter, stop it."""
+    server = await start_janus(workdir, prefix=pinned([], cpus))
     running = Running(server.process, "", server.ws_url, None, False, server.log)
     result = await measure_running(running, "janus", shape, window, slices,
                                    local_address=server.address,
-                                   participant_factory=JanusParticipant)
+                                   participant_factory=JanusParticipant, cpus=cpus,
+                                   delay_sample_every=sample_every(shape.participants))
     result["settings"] = server.settings
     return result
 
 
-async def run(keys: list[str], window: float, slices: int) -> dict[str, Any]:
+async def run(keys: list[str], window: float, slices: int,
+              cpus: Cpus = None) -> dict[str, Any]:
     version = janus_version()
     results = []
     for scenario in (s for s in SCENARIOS if s.key in keys):
@@ -78,15 +103,17 @@ async def run(keys: list[str], window: float, slices: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="callsctl-janus-") as tmp:
             workdir = Path(tmp)
             print(f"[{scenario.key}] janus: {scenario.shape.describe()}", file=sys.stderr)
-            janus = await measure_janus(scenario.shape, window, slices, workdir)
+            janus = await measure_janus(scenario.shape, window, slices, workdir, cpus)
             print(f"[{scenario.key}] callsctl serve", file=sys.stderr)
-            sfu = await measure("callsctl", scenario.shape, window, slices, workdir)
+            sfu = await measure("callsctl", scenario.shape, window, slices, workdir, cpus,
+                                sample_every(scenario.shape.participants))
         results.append({"key": scenario.key, "title": scenario.title,
                         "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
                         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                         "janus": janus, "callsctl": sfu})
     return {"janus_version": version, "host": machine(), "window_s": window,
-            "slices": slices, "scenarios": results}
+            "slices": slices, "scenarios": results, "server_cpus": cpu_list(cpus),
+            "loadgen_cpus": affinity_of(os.getpid())}
 
 
 def _us(result: dict[str, Any]) -> float | None:
@@ -110,21 +137,26 @@ def _row(name: str, result: dict[str, Any]) -> str:
              "n/a" if kb is None else f"{kb:.0f} KB",
              _cell_ms(result["join_s"], "p99", "s", 2),
              _cell_ms(result["delay_ms"], "p99", "ms", 1),
-             "n/a" if loss is None else f"{100 * loss:.2f} %"]
+             "n/a" if loss is None else f"{100 * loss:.2f} %", loadgen_cpu(result)]
     return "| " + " | ".join(cells) + " |"
 
 
 def render(report: dict[str, Any], command: str) -> str:
     settings = next((s["janus"].get("settings") for s in report["scenarios"]), None) or {}
+    video = any(s["key"] not in AUDIO_KEYS for s in report["scenarios"])
     lines = [
-        "## Janus VideoRoom beside callsctl (bench/janus.py)",
+        "## Janus VideoRoom beside callsctl"
+        + (", cameras and screen share" if video else "")
+        + ("" if report.get("server_cpus", "all") == "all"
+           else f", server on CPU {report['server_cpus']}") + " (bench/janus.py)",
         "",
         f"Command: `{command}`  ",
         f"Janus: Debian package `janus`, `janus --version`: {report['janus_version']}; "
         f"its plugin janus.plugin.videoroom, driven over its WebSocket API by "
         f"bench/janus_adapter.py. Host: {report['host']}.  ",
         f"Window {report['window_s']:g} s in {report['slices']} slices per system; Janus "
-        "first, then callsctl serve, per scenario.",
+        "first, then callsctl serve, per scenario.  ",
+        cores_text(report),
         "",
         "Janus settings (generated config folder, `-F`): "
         + "; ".join(f"{k} {v}" for k, v in settings.items()) + ". Room: audio codec opus, "
@@ -133,8 +165,8 @@ def render(report: dict[str, Any], command: str) -> str:
         "",
         "| scenario | system | joined | packets/s out | server CPU | CPU µs / packet, "
         "median slice (min-max) | packets counted | RSS / session | join p99 | delay p99 "
-        "| loss |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| loss | load generator CPU |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for scenario in report["scenarios"]:
@@ -148,6 +180,11 @@ def render(report: dict[str, Any], command: str) -> str:
             notes.append(f"{scenario['key']}: Janus spent {_us(janus) / _us(sfu):.1f}x the "  # type: ignore[operator]
                          "CPU per packet of callsctl serve in this run.")
         for name, result in (("Janus", janus), ("callsctl", sfu)):
+            by_label = result.get("loss_by_label") or {}
+            if len(by_label) > 1:
+                notes.append(f"{scenario['key']}, {name}: loss by stream: " + ", ".join(
+                    f"{label} {100 * v['loss']:.2f} % of {v['expected']}"
+                    for label, v in by_label.items() if v.get("loss") is not None) + ".")
             if result["failed"]:
                 notes.append(f"{scenario['key']}: {result['failed']} participants failed to "
                              f"join {name}: {'; '.join(result['failures'].values())}")
@@ -187,6 +224,10 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--window {args.window:g}")
     if args.slices != 5:
         parts.append(f"--slices {args.slices}")
+    if args.server_cpus is not None:
+        parts.append(f"--server-cpus {cpu_list(args.server_cpus)}")
+    if args.loadgen_cpus is not None:
+        parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
     return " ".join(parts)
 
 
@@ -199,11 +240,13 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=5, help="slices of the window (median)")
     parser.add_argument("--write", type=Path, help="update this results file in place")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    add_cpu_options(parser)
     args = parser.parse_args()
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60):
         parser.error("window 3..600 s, slices 2..60")
+    apply_cpu_options(parser, args)
     try:
-        report = asyncio.run(run(args.only, args.window, args.slices))
+        report = asyncio.run(run(args.only, args.window, args.slices, args.server_cpus))
     except JanusUnavailable as exc:
         print(f"bench/janus.py: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -215,7 +258,7 @@ def main() -> None:
     if not args.json:
         print(body)
     if args.write:
-        write_section(args.write, SECTION, body)
+        write_section(args.write, section_key(args.only, args.server_cpus), body)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,14 @@ What it follows (Janus 1.1.2, the Debian package `janus`):
 
 Every participant joins the room as a publisher, also the muted ones: that is
 how a Janus client learns of publishers. Muted ones never `configure`, so they
-publish nothing and only subscribe, like callsctl's muted listeners. An unmuted
+publish nothing and only subscribe, like callsctl's muted listeners. A
+publisher's offer carries one m-section per stream of its `Role`, as for
+callsctl: Opus audio, a VP8 camera, a VP8 screen share (two simulcast layers
+`l` and `h` when the test asks for simulcast, offered as a browser does:
+negotiation.simulcast_offer, highest layer first as janus.js orders them);
+`configure` names each stream (`descriptions`: "camera", "screen") so
+subscribers can tell the two video streams apart (their offer's `streams`
+carry the publisher's `feed_description`). An unmuted
 participant has two peer connections (Janus publishes and subscribes on
 separate handles); everyone's subscriptions share one subscriber handle, so
 with two publishers a listener has one peer connection carrying both feeds.
@@ -44,6 +51,7 @@ import socket
 import subprocess
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +64,7 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from callsctl_sfu.client.hangup import PEER_CLOSE_TIMEOUT_S, hang_up
 from callsctl_sfu.client.loadgen import LightParticipant, LoadJoinError, Role, gather_on
 from callsctl_sfu.client.loadgen.handshake import LIGHT_FLAG, install_light_switch
+from callsctl_sfu.client.loadgen.negotiation import simulcast_offer
 from callsctl_sfu.client.loadgen.sender import StreamSender
 from callsctl_sfu.rtc import aiortc_bridge
 
@@ -234,8 +243,11 @@ class JanusServer:
                 await self.process.wait()
 
 
-async def start_janus(workdir: Path, rtp_ports: int = 2000) -> JanusServer:
+async def start_janus(workdir: Path, rtp_ports: int = 2000,
+                      prefix: Sequence[str] = ()) -> JanusServer:
     """Janus with its own generated config folder (`-F`), WebSockets on a free loopback port.
+
+    `prefix` goes before the command (bench/run_all.pinned: `taskset -c 0`).
 
     Raises JanusUnavailable (one line) when the binary is missing or it does not
     answer on its WebSocket within START_TIMEOUT_S.
@@ -250,7 +262,7 @@ async def start_janus(workdir: Path, rtp_ports: int = 2000) -> JanusServer:
     address = ice_address()
     settings = write_config(folder, port, rtp_port_range(rtp_ports), log, address)
     process = await asyncio.create_subprocess_exec(
-        binary, "-F", str(folder), "-C", str(folder / "janus.jcfg"), "-N",
+        *prefix, binary, "-F", str(folder), "-C", str(folder / "janus.jcfg"), "-N",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     url = f"ws://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -312,6 +324,7 @@ class JanusParticipant(LightParticipant):
         self._offers: asyncio.Queue[tuple[dict[str, Any], dict[str, Any]]] = asyncio.Queue()
         self.sub_pc: RTCPeerConnection | None = None
         self._sub_rx: Any = None
+        self._pub_rx: Any = None
         self.room = room_number(call)
 
     # -- the Janus API ---------------------------------------------------------------------------
@@ -423,7 +436,7 @@ class JanusParticipant(LightParticipant):
         self._learn_publishers(data.get("publishers") or [])
         self._tasks.append(asyncio.create_task(self._subscriptions()))
         install_light_switch()
-        if self.role.audio:
+        if self.role.audio or self.role.camera or self.role.screen:
             await self._publish(handle)
 
     async def _ensure_room(self, handle: int) -> None:
@@ -442,21 +455,53 @@ class JanusParticipant(LightParticipant):
                 raise
 
     async def _publish(self, handle: int) -> None:
-        """The publisher's own peer connection: sendonly Opus, offered with `configure`."""
+        """The publisher's own peer connection: its streams sendonly, offered with `configure`.
+
+        No legacy `audio`/`video` switches in the request: in 1.x they would
+        turn whole media kinds off; the offer says what is published.
+        """
         pc = self.pc = RTCPeerConnection(RTCConfiguration(
             iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-        audio = pc.addTransceiver("audio", direction="sendonly")
-        dtls = audio.sender.transport
+        samples = self.test.samples
+        described: list[tuple[Any, str]] = []
+        if self.role.audio:
+            audio = pc.addTransceiver("audio", direction="sendonly")
+            self.senders.append(StreamSender(self, "audio", samples["audio"], audio))
+        if self.role.camera:
+            camera = pc.addTransceiver("video", direction="sendonly")
+            self.senders.append(StreamSender(self, "video", samples["camera"], camera))
+            described.append((camera, "camera"))
+        screen_sender: StreamSender | None = None
+        if self.role.screen:
+            screen = pc.addTransceiver("video", direction="sendonly")
+            screen_sender = StreamSender(self, "screen", samples["screen"], screen,
+                                         rid="h" if self.test.config.simulcast else None)
+            if self.test.config.simulcast:
+                screen_sender.layers.append(StreamSender(
+                    self, "screen", samples["screen-l"], screen, rid="l",
+                    ssrc=(screen_sender.ssrc % 0xFFFFFFFF) + 1))
+            self.senders.append(screen_sender)
+            described.append((screen, "screen"))
+        dtls = pc.getTransceivers()[0].sender.transport  # BUNDLE: one transport for all
         setattr(dtls, LIGHT_FLAG, True)
         dtls.on("statechange", lambda: self._on_publisher_dtls(dtls))
-        self.senders.append(StreamSender(self, "audio", self.test.samples["audio"], audio))
         await gather_on(pc, self.test.local_address)
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
-        reply = await self._message(handle, {"request": "configure", "audio": True,
-                                             "video": False},
-                                    {"type": "offer", "sdp": pc.localDescription.sdp,
-                                     "trickle": False})
+        sdp = pc.localDescription.sdp
+        if screen_sender is not None and screen_sender.layers:
+            # Highest first (`a=simulcast:send h;l`): VideoRoom reads the rid list in
+            # that order, as its own janus.js offers it. Listed lowest first, as
+            # callsctl's clients do, Janus took `l` for its top layer and forwarded
+            # only that (measured: the receivers got exactly the `l` packet count).
+            sdp = simulcast_offer(sdp, str(screen_sender.transceiver.mid),
+                                  [s.rid for s in screen_sender.all_layers() if s.rid])
+        body: dict[str, Any] = {"request": "configure"}
+        if described:
+            body["descriptions"] = [{"mid": str(t.mid), "description": text}
+                                    for t, text in described]
+        reply = await self._message(handle, body,
+                                    {"type": "offer", "sdp": sdp, "trickle": False})
         jsep = reply.get("jsep") or {}
         if jsep.get("type") != "answer":
             raise LoadJoinError("janus: configure was not answered with a JSEP answer")
@@ -465,8 +510,32 @@ class JanusParticipant(LightParticipant):
 
     def _on_publisher_dtls(self, dtls: Any) -> None:
         self._on_dtls_state(dtls)
+        if self._pub_rx is None and dtls.state == "connected":
+            self._pub_rx = aiortc_bridge.srtp_sessions(dtls)[0]
         if self._sub_rx is not None:
             self._rx = self._sub_rx  # the delay samples come in on the subscriber connection
+
+    def _on_rtcp(self, data: bytes) -> None:
+        """RTCP on either connection: Janus's keyframe requests come on the publisher's.
+
+        The base class decrypts with one receive context (`_rx`, the
+        subscriber's once it is up); a video publisher has two connections, so
+        each context is tried in turn (a wrong key fails authentication and
+        changes no replay state, RFC 3711 §3.3.2).
+        """
+        saved, errors = self._rx, self.srtp_errors
+        try:
+            for rx in (self._pub_rx, self._sub_rx):
+                if rx is None:
+                    continue
+                self._rx = rx
+                super()._on_rtcp(data)
+                if self.srtp_errors == errors:
+                    return
+                self.srtp_errors = errors
+            self.srtp_errors = errors + 1
+        finally:
+            self._rx = saved
 
     async def _subscriptions(self) -> None:
         """Subscribe to new feeds, one negotiation at a time, all on one subscriber handle."""
@@ -525,7 +594,9 @@ class JanusParticipant(LightParticipant):
             if stream is None or media.kind not in ("audio", "video"):
                 continue
             display = str(stream.get("feed_display") or self._feeds.get(stream.get("feed_id"), ""))
-            label = "audio" if media.kind == "audio" else "camera"
+            # The labels the load generator's senders carry: audio, video (camera), screen.
+            label = "audio" if media.kind == "audio" else (
+                "screen" if stream.get("feed_description") == "screen" else "video")
             for ssrc in media.ssrc:
                 self.streams[ssrc.ssrc] = (display, label)
 

@@ -22,8 +22,14 @@ session = (RSS at the end of the window - RSS of the idle server before any
 join) / participants. Join p99, forwarding delay p99 and loss come from the
 load generator. Ratios to the floor and to the reference are within one run.
 
+Cores: `--server-cpus 0` starts every server under test inside `taskset -c 0`
+(all its threads, so the server also sizes its fan-out pool to what it may
+use), `--loadgen-cpus` pins this process (the load generator); both go into
+the result and the tables. Without them nothing is pinned.
+
     python bench/run_all.py --write bench/RESULTS.md          # every scenario
     python bench/run_all.py --only 1x50 --window 10           # one, printed only
+    python bench/run_all.py --only 1x200 --server-cpus 0 --loadgen-cpus 1
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import datetime
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -110,6 +118,8 @@ SCENARIOS = (
     Scenario("1x10", "1 call, 10 participants, 2 unmuted", Shape(1, 10, 2)),
     Scenario("1x50", "1 call, 50 participants, 2 unmuted", Shape(1, 50, 2)),
     Scenario("1x200", "1 call, 200 participants, 2 unmuted", Shape(1, 200, 2)),
+    Scenario("1x500", "1 call, 500 participants, 2 unmuted", Shape(1, 500, 2)),
+    Scenario("1x1000", "1 call, 1000 participants, 2 unmuted", Shape(1, 1000, 2)),
     Scenario("10x10", "10 calls of 10 participants, 2 unmuted each", Shape(10, 10, 2)),
     Scenario("1x50-screen", "1 call, 50 participants, 1 screen share (the presenter, "
                             "also unmuted)", Shape(1, 50, 1, screen=True)),
@@ -122,6 +132,81 @@ def free_port(kind: int) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- cores ---------------------------------------------------------------------------------------
+
+
+Cpus = tuple[int, ...] | None  # None: not pinned (every CPU this process may use)
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """`0`, `0,1` or `0-1` -> sorted CPU numbers this process may use; ValueError says why."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if match is None:
+            raise ValueError(f"{text!r} is not a CPU list: use numbers, ',' and '-' (e.g. 0,1)")
+        low, high = int(match.group(1)), int(match.group(2) or match.group(1))
+        if high < low or high - low > 1024:
+            raise ValueError(f"{part.strip()!r} is not a CPU range (low-high)")
+        cpus.update(range(low, high + 1))
+    allowed = os.sched_getaffinity(0)
+    outside = sorted(cpus - allowed)
+    if outside:
+        raise ValueError(f"CPU {','.join(map(str, outside))} is not usable here (this process "
+                         f"may use {cpu_list(tuple(sorted(allowed)))}; see `taskset -p $$`)")
+    return tuple(sorted(cpus))
+
+
+def cpu_list(cpus: Cpus) -> str:
+    """The CPUs as taskset writes them ("0,1"); "all" when not pinned."""
+    return "all" if cpus is None else ",".join(str(c) for c in cpus)
+
+
+def pinned(argv: list[str], cpus: Cpus) -> list[str]:
+    """argv run inside `taskset -c` (util-linux): every thread the program starts inherits it.
+
+    Pinning at exec, not after start, matters: the server sizes its fan-out
+    thread pool from the CPUs it may use (rtc/fastpath.usable_cpus).
+    """
+    if cpus is None:
+        return argv
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise RuntimeError("taskset is not installed (apt-get install -y util-linux)")
+    return [taskset, "-c", cpu_list(cpus), *argv]
+
+
+def pin_process(pid: int, cpus: Cpus) -> None:
+    """os.sched_setaffinity on every thread of pid (a thread's mask is its own on Linux)."""
+    if cpus is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def affinity_of(pid: int) -> str:
+    """The CPUs every thread of pid may run on, as the kernel reports them (Cpus_allowed_list).
+
+    Several lists joined by " | " when the threads differ (a pinning that missed one).
+    """
+    lists: set[str] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("Cpus_allowed_list:"):
+                        lists.add(line.split(":", 1)[1].strip())
+    return " | ".join(sorted(lists)) or "unknown"
+
+
+def describe_cpus(cpus: Cpus) -> str:
+    """"1 core (CPU 0)", "2 cores (CPU 0,1)" or "not pinned": how the tables name it."""
+    if cpus is None:
+        return "not pinned"
+    return f"{len(cpus)} core{'s' if len(cpus) > 1 else ''} (CPU {cpu_list(cpus)})"
 
 
 # -- servers under test --------------------------------------------------------------------------
@@ -163,12 +248,12 @@ async def _wait_ready(base: str, process: asyncio.subprocess.Process, log: Path)
 
 
 async def start_callsctl(workdir: Path, simulcast: bool = False,
-                         python_engine: bool = False) -> Running:
+                         python_engine: bool = False, cpus: Cpus = None) -> Running:
     """`callsctl serve` on loopback; with simulcast it accepts the screen share's layers.
 
     Simulcast is off by default in the server, so a simulcast scenario has to
     turn it on (CALLSCTL_ENABLE_SIMULCAST), or the server would take one stream.
-    python_engine turns the C fan-out off (CALLSCTL_FAST_PATH=0).
+    python_engine turns the C fan-out off (CALLSCTL_FAST_PATH=0); cpus pins it (`pinned`).
     """
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = workdir / f"data-{api}"
@@ -181,20 +266,22 @@ async def start_callsctl(workdir: Path, simulcast: bool = False,
         env["CALLSCTL_FAST_PATH"] = "0"
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
-            str(api), "--udp-port", str(udp), "--data-dir", str(data_dir), "--log-level",
-            "warning", cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
+            *pinned([sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1",
+                     "--api-port", str(api), "--udp-port", str(udp), "--data-dir",
+                     str(data_dir), "--log-level", "warning"], cpus),
+            cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{api}"
     await _wait_ready(base, process, log)
     return Running(process, base, f"ws://127.0.0.1:{api}/ws",
                    load_or_create_secret(data_dir), True, log)
 
 
-async def start_relay(workdir: Path) -> Running:
+async def start_relay(workdir: Path, cpus: Cpus = None) -> Running:
     log = workdir / f"relay-{time.monotonic_ns()}.log"
     with log.open("w") as err:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(BENCH / "mediarelay_server.py"), "--port", "0", cwd=REPO,
+            *pinned([sys.executable, str(BENCH / "mediarelay_server.py"), "--port", "0"], cpus),
+            cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=err)
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
@@ -330,24 +417,43 @@ class WindowSampler:
 
 
 async def measure(kind: str, shape: Shape, window: float, slices: int,
-                  workdir: Path) -> dict[str, Any]:
-    """One system under one shape: start it, load it, sample it, stop it."""
-    running = await (start_relay(workdir) if kind == "mediarelay" else
-                     start_callsctl(workdir, shape.simulcast, kind == PYTHON_ENGINE))
-    return await measure_running(running, kind, shape, window, slices)
+                  workdir: Path, cpus: Cpus = None,
+                  delay_sample_every: int = 5) -> dict[str, Any]:
+    """One system under one shape: start it (on `cpus`), load it, sample it, stop it."""
+    running = await (start_relay(workdir, cpus) if kind == "mediarelay" else
+                     start_callsctl(workdir, shape.simulcast, kind == PYTHON_ENGINE, cpus))
+    return await measure_running(running, kind, shape, window, slices, cpus=cpus,
+                                 delay_sample_every=delay_sample_every)
+
+
+def sample_every(participants: int) -> int:
+    """How often a receiver decrypts a packet for its delay sample: rarer for big calls.
+
+    Every receiver decrypting every 5th packet costs the load generator a
+    Python SRTP unprotect per 5 packets; at 1000 receivers that alone is 20k
+    per second. Every 20th past 200 participants still gives thousands of
+    delay samples a second, and the generator keeps up longer.
+    """
+    return 5 if participants <= 200 else 20
 
 
 async def measure_running(running: Running, kind: str, shape: Shape, window: float,
                           slices: int, local_address: str = "127.0.0.1",
-                          participant_factory: ParticipantFactory = LightParticipant
+                          participant_factory: ParticipantFactory = LightParticipant,
+                          cpus: Cpus = None, delay_sample_every: int = 5
                           ) -> dict[str, Any]:
     """Load a started server, sample it through the window, stop it (bench/janus.py too).
 
     `participant_factory` is the load generator's signaling dialect (callsctl's
-    /ws by default); `local_address` is where the participants gather.
+    /ws by default); `local_address` is where the participants gather. `cpus`:
+    the server was started pinned to them (`pinned`); every thread of it is
+    pinned again here (a no-op then; it catches a server started otherwise)
+    and the kernel's view of its affinity and of the load generator's goes in
+    the result.
     """
     try:
         pid = running.process.pid
+        pin_process(pid, cpus)
         await asyncio.sleep(1.0)
         idle_rss = proc_rss_bytes(pid)
         secret = running.secret
@@ -362,12 +468,14 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
                             simulcast=shape.simulcast,
                             duration=join + 15 + window + 5,
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
-                            local_address=local_address, settle_timeout=15)
+                            local_address=local_address, settle_timeout=15,
+                            delay_sample_every=delay_sample_every)
         sampler = WindowSampler(pid, running, slices)
         sampler.slice_s = window / slices
         test = LoadTest(config, on_window=sampler.hook, participant_factory=participant_factory)
         sampler.test = test
         report = (await test.run()).to_dict()
+        server_affinity = affinity_of(pid)
     finally:
         await running.stop()
     media = report["media"] or {}
@@ -376,6 +484,9 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
     rss_end = figures.get("rss_end")
     return {
         "system": kind, "shape": asdict(shape), "participants": shape.participants,
+        "cpus": {"server": cpu_list(cpus), "server_affinity": server_affinity,
+                 "loadgen_affinity": affinity_of(os.getpid())},
+        "delay_sample_every": delay_sample_every,
         "joined": joined, "failed": report["participants"]["failed"],
         "failures": report["participants"]["failure_examples"],
         "cpu": {k: v for k, v in figures.items() if k != "rss_end"},
@@ -422,26 +533,28 @@ def relay_shape(shape: Shape, relay_max: int, relay_max_screen: int) -> Shape:
 
 async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max: int,
                        relay_max_screen: int, skip_relay: bool,
-                       skip_python_engine: bool) -> dict[str, Any]:
+                       skip_python_engine: bool, cpus: Cpus = None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="callsctl-bench-") as tmp:
         workdir = Path(tmp)
         print(f"[{scenario.key}] callsctl serve: {scenario.shape.describe()}", file=sys.stderr)
-        sfu = await measure("callsctl", scenario.shape, window, slices, workdir)
+        every = sample_every(scenario.shape.participants)
+        sfu = await measure("callsctl", scenario.shape, window, slices, workdir, cpus, every)
         python_engine = None
         if not skip_python_engine:
             print(f"[{scenario.key}] callsctl serve, Python engine", file=sys.stderr)
             python_engine = await measure(PYTHON_ENGINE, scenario.shape, window, slices,
-                                          workdir)
+                                          workdir, cpus, every)
         relay = None
         rshape = relay_shape(scenario.shape, relay_max, relay_max_screen)
         if not skip_relay:
             print(f"[{scenario.key}] MediaRelay reference: {rshape.describe()}", file=sys.stderr)
-            relay = await measure("mediarelay", rshape, window, slices, workdir)
+            relay = await measure("mediarelay", rshape, window, slices, workdir, cpus)
         print(f"[{scenario.key}] raw floor", file=sys.stderr)
         floor_result = await floor(scenario.shape)
     return {"key": scenario.key, "title": scenario.title, "shape": asdict(scenario.shape),
+            "server_cpus": cpu_list(cpus), "loadgen_cpus": affinity_of(os.getpid()),
             "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "callsctl": sfu, "callsctl_python": python_engine, "mediarelay": relay,
@@ -478,6 +591,9 @@ def _row(name: str, result: dict[str, Any], floor_us: float) -> str:
     cpu = result["cpu"]
     us = cpu.get("us_per_packet")
     shape = Shape(**result["shape"])
+    server = (result.get("cpus") or {}).get("server", "all")
+    if server != "all":
+        name += f" on CPU {server}"
     cells = [name, f"{shape.describe()} ({result['joined']}/{result['participants']} joined)"]
     if us is None:
         cells += ["n/a", "n/a", "n/a", "n/a"]
@@ -491,7 +607,30 @@ def _row(name: str, result: dict[str, Any], floor_us: float) -> str:
     cells.append("n/a (re-encoded)" if result["system"] == "mediarelay"
                  else _ms(result["delay_ms"], "p99"))
     cells.append(_loss(result["loss"]))
+    cells.append(loadgen_cpu(result))
     return "| " + " | ".join(cells) + " |"
+
+
+def loadgen_cpu(result: dict[str, Any]) -> str:
+    """The load generator's own CPU over the steady window (% of one core), "n/a" if unknown."""
+    value = (result.get("loadgen") or {}).get("window_cpu_percent")
+    return "n/a" if value is None else f"{value:.0f} %"
+
+
+def cores_text(result: dict[str, Any]) -> str:
+    """The section's line on where the server and the load generator ran."""
+    server = result.get("server_cpus", "all")
+    if server == "all":
+        return ("Cores: nothing pinned (the server and the load generator share this "
+                "machine's CPUs).")
+    loadgen = result.get("loadgen_cpus", "all")
+    text = (f"Cores: the server under test pinned to CPU {server} (`taskset -c {server}` at "
+            f"start; every thread), the load generator (this process) on CPU {loadgen}.")
+    if set(server.split(",")) & set(loadgen.replace("-", ",").split(",")):
+        text += (" They share CPUs: on this 2-core machine \"2 cores for the server\" means "
+                 "the load generator runs on the same 2 cores, so a 2-core figure is a lower "
+                 "bound of what the server does with 2 cores of its own.")
+    return text
 
 
 def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
@@ -503,11 +642,12 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
         f"Command: `{command}`  ",
         f"Measured: {result['measured_at']} on {host}; load average "
         f"{result['load_average'][0]:g} before, {result['load_average'][1]:g} after (a shared "
-        "machine: other jobs ran too).",
+        "machine: other jobs ran too).  ",
+        cores_text(result),
         "",
         "| system | load | packets/s out | server CPU | CPU µs / packet, median slice (min-max) "
-        "| x floor | RSS / session | join p99 | delay p99 | loss |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| x floor | RSS / session | join p99 | delay p99 | loss | load generator CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         _row("callsctl serve", sfu, floor_us),
     ]
     python_engine = result.get("callsctl_python")
@@ -522,7 +662,7 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                  f"{fl['receivers']} receivers ({sockets}), {profile}, "
                  f"{fl['mean_packet_octets']:.0f}-octet packets "
                  f"| - | - | **{floor_us:.1f}** ({fl['min']:.1f}-{fl['max']:.1f}) | 1.0x "
-                 "| - | - | - | - |")
+                 "| - | - | - | - | - |")
     lines.append("")
     notes = []
     waits = [f"{name} waited for a CPU {r['cpu']['server_wait_percent']:g} % of the window "
@@ -580,6 +720,10 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                      "the callsctl run: delay percentiles include that lag.")
     for note in sfu["notes"]:
         notes.append(f"Load generator: {note}.")
+    notes.append("Load generator CPU: this process's own CPU time over the window, in % of "
+                 "one core; near 100 % it, not the server, limits the load (it is one Python "
+                 "thread). It decrypted every "
+                 f"{sfu.get('delay_sample_every', 5)}th received packet for the delay.")
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines).rstrip()
 
@@ -682,7 +826,49 @@ def command_line(key: str, args: argparse.Namespace) -> str:
         parts.append("--skip-relay")
     if args.skip_python_engine:
         parts.append("--skip-python-engine")
+    if args.server_cpus is not None:
+        parts.append(f"--server-cpus {cpu_list(args.server_cpus)}")
+    if args.loadgen_cpus is not None:
+        parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
     return " ".join(parts)
+
+
+def section_key(key: str, cpus: Cpus) -> str:
+    """The results key of a scenario: the unpinned runs keep the plain key."""
+    return key if cpus is None else f"{key}-cpus{cpu_list(cpus).replace(',', '+')}"
+
+
+def cpus_argument(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
+    """parse_cpus for argparse: a bad list is a usage error (exit 2, one line)."""
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # parser.error exits; this keeps the type checker right
+
+
+def add_cpu_options(parser: argparse.ArgumentParser) -> None:
+    """--server-cpus and --loadgen-cpus, shared by the bench scripts that start servers."""
+    parser.add_argument("--server-cpus", metavar="LIST", default=None,
+                        help="pin the server under test to these CPUs (e.g. 0 or 0,1) with "
+                             "taskset; default: not pinned")
+    parser.add_argument("--loadgen-cpus", metavar="LIST", default=None,
+                        help="pin the load generator (this process) to these CPUs; "
+                             "default: all")
+
+
+def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Parse the two CPU lists in place and pin this process (the load generator) now.
+
+    Before asyncio starts: threads made later (the default executor's) inherit it.
+    """
+    args.server_cpus = None if args.server_cpus is None else cpus_argument(parser,
+                                                                           args.server_cpus)
+    args.loadgen_cpus = None if args.loadgen_cpus is None else cpus_argument(parser,
+                                                                            args.loadgen_cpus)
+    if args.server_cpus is not None and shutil.which("taskset") is None:
+        parser.error("--server-cpus needs taskset (apt-get install -y util-linux)")
+    pin_process(os.getpid(), args.loadgen_cpus)
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -693,26 +879,30 @@ async def main_async(args: argparse.Namespace) -> None:
             results = json.loads(RESULTS_JSON.read_text())
     if args.render_only:  # the stored measurements, rendered again (after a wording change)
         for scenario in chosen:
-            result = results.get(scenario.key)
+            key = section_key(scenario.key, args.server_cpus)
+            result = results.get(key)
             if result is not None:
                 body = render_scenario(result, result["command"], result["host"])
                 print(body + "\n")
                 if args.write:
-                    write_section(args.write, f"scenario-{scenario.key}", body)
+                    write_section(args.write, f"scenario-{key}", body)
         chosen = []
     host = machine()
     for scenario in chosen:
         command = command_line(scenario.key, args)
         result = await run_scenario(scenario, args.window, args.slices, args.relay_max,
                                     args.relay_max_screen, args.skip_relay,
-                                    args.skip_python_engine)
+                                    args.skip_python_engine, args.server_cpus)
         result["command"] = command
         result["host"] = host
-        results[scenario.key] = result
+        key = section_key(scenario.key, args.server_cpus)
+        results[key] = result
+        if args.server_cpus is not None:
+            result["title"] += f", server on {describe_cpus(args.server_cpus)}"
         body = render_scenario(result, command, host)
         print(body + "\n")
         if args.write:
-            write_section(args.write, f"scenario-{scenario.key}", body)
+            write_section(args.write, f"scenario-{key}", body)
             RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
     summary = render_summary(results)
     print(summary)
@@ -738,7 +928,9 @@ def main() -> None:
                                                    "(and bench/results.json)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: render bench/results.json again")
+    add_cpu_options(parser)
     args = parser.parse_args()
+    apply_cpu_options(parser, args)
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60
             and 2 <= args.relay_max <= 100 and 2 <= args.relay_max_screen <= 50):
         parser.error("window 3..600 s, slices 2..60, relay-max 2..100, relay-max-screen 2..50")

@@ -1,0 +1,323 @@
+"""The saturation point of one server configuration: step the load up until it fails the budget.
+
+A configuration is a server (`callsctl serve` with its C fan-out, or with its
+Python engine) and the CPUs it is pinned to (`--server-cpus 0` = one core).
+The load is one call of N participants, 2 unmuted (the run_all.py scenarios'
+shape), N stepping through 50, 100, 200, 300, 500, 700, 1000 by default, with
+run_all.py's join pacing (25 joins/s), window and meter: each step is
+run_all.measure, imported, not copied.
+
+A step passes when every participant joined, loss over the window is under
+0.1 % and the forwarding delay p99 under 20 ms. Stepping stops at the first
+failing step; the saturation point is the largest passing N and the packets/s
+the server forwarded there. Every step is bounded in time (start, joins,
+settling, the window, closing, and a margin); a step over its limit fails.
+
+The load generator is one Python thread in this process: its own CPU (% of
+one core over the window) is in every row. Near 100 % it, not the server,
+limits the step, and the saturation point is then a lower bound.
+
+    python bench/saturation.py --server-cpus 0 --loadgen-cpus 1 --max-n 500 --window 6
+    python bench/saturation.py --compare-cpus --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from forwarding import write_section  # noqa: E402
+from run_all import (  # noqa: E402
+    PYTHON_ENGINE,
+    START_TIMEOUT_S,
+    Cpus,
+    Shape,
+    add_cpu_options,
+    affinity_of,
+    apply_cpu_options,
+    cpu_list,
+    describe_cpus,
+    machine,
+    measure,
+    parse_cpus,
+    sample_every,
+)
+
+STEPS = (50, 100, 200, 300, 500, 700, 1000)
+UNMUTED = 2
+MAX_LOSS = 0.001  # under 0.1 %
+MAX_DELAY_P99_MS = 20.0
+LOADGEN_BOUND_PERCENT = 90.0  # the generator's thread near a full core: it may be the limit
+SYSTEMS = {"callsctl": "callsctl", "python": PYTHON_ENGINE}
+COMPARE = ((0,), (0, 1))
+
+
+def step_limit(participants: int, window: float) -> float:
+    """Seconds one step may take: start, joins at 25/s, settling, the window, closing, margin.
+
+    The same terms as run_all.measure_running's LoadConfig (join + 15 + window + 5
+    is the load generator's own hard cap), plus the server's start and two
+    closing timeouts.
+    """
+    join = max(1.0, participants / 25)
+    return START_TIMEOUT_S + 1 + (join + 15 + window + 5) + 2 * 15 + 20
+
+
+def verdict(result: dict[str, Any], participants: int) -> list[str]:
+    """Why a step failed the budget; empty when it passed."""
+    reasons = []
+    if result["joined"] < participants:
+        reasons.append(f"{participants - result['joined']} did not join")
+    loss = result.get("loss")
+    if loss is None:
+        reasons.append("no loss figure (no media measured)")
+    elif loss >= MAX_LOSS:
+        reasons.append(f"loss {100 * loss:.2f} % >= {100 * MAX_LOSS:g} %")
+    p99 = (result.get("delay_ms") or {}).get("p99")
+    if p99 is None:
+        reasons.append("no delay figure")
+    elif p99 >= MAX_DELAY_P99_MS:
+        reasons.append(f"delay p99 {p99:.1f} ms >= {MAX_DELAY_P99_MS:g} ms")
+    return reasons
+
+
+async def run_step(system: str, participants: int, cpus: Cpus, window: float,
+                   slices: int) -> dict[str, Any]:
+    """One step: run_all.measure under its time limit; the row the tables show."""
+    load_before = os.getloadavg()[0]
+    limit = step_limit(participants, window)
+    started = time.monotonic()
+    row: dict[str, Any] = {"participants": participants, "limit_s": round(limit)}
+    with tempfile.TemporaryDirectory(prefix="callsctl-saturation-") as tmp:
+        try:
+            result = await asyncio.wait_for(
+                measure(SYSTEMS[system], Shape(1, participants, UNMUTED), window, slices,
+                        Path(tmp), cpus, sample_every(participants)), limit)
+        except TimeoutError:
+            row.update(passed=False, reasons=[f"over its time limit of {limit:.0f} s"])
+            result = None
+        except (RuntimeError, OSError) as exc:
+            row.update(passed=False, reasons=[f"{type(exc).__name__}: {str(exc)[:160]}"])
+            result = None
+    row["seconds"] = round(time.monotonic() - started, 1)
+    row["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    if result is None:
+        return row
+    cpu = result["cpu"]
+    reasons = verdict(result, participants)
+    loadgen = (result.get("loadgen") or {}).get("window_cpu_percent")
+    row.update(
+        passed=not reasons, reasons=reasons, joined=result["joined"],
+        packets_per_s=cpu.get("packets_per_s"), counter=cpu.get("counter"),
+        loss=result.get("loss"), delay_p99_ms=(result.get("delay_ms") or {}).get("p99"),
+        server_cpu_percent=cpu.get("cpu_percent"), us_per_packet=cpu.get("us_per_packet"),
+        server_wait_percent=cpu.get("server_wait_percent"),
+        loadgen_cpu_percent=loadgen,
+        loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,
+        cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"))
+    return row
+
+
+async def ladder(system: str, cpus: Cpus, steps: list[int], window: float,
+                 slices: int) -> dict[str, Any]:
+    """Step up until the first failing step; the saturation point of this configuration."""
+    rows: list[dict[str, Any]] = []
+    for participants in steps:
+        print(f"[saturation] {system} on {describe_cpus(cpus)}: 1 x {participants}",
+              file=sys.stderr)
+        row = await run_step(system, participants, cpus, window, slices)
+        rows.append(row)
+        if not row["passed"]:
+            break
+    passing = [r for r in rows if r["passed"]]
+    point = passing[-1] if passing else None
+    return {
+        "system": system, "server_cpus": cpu_list(cpus), "cores": describe_cpus(cpus),
+        "loadgen_cpus": affinity_of(os.getpid()), "steps": rows,
+        "saturation": None if point is None else {
+            "participants": point["participants"], "packets_per_s": point["packets_per_s"],
+            # Every step passed: the point is at least the last step, not the limit.
+            "capped_by_steps": len(passing) == len(rows) and rows[-1]["passed"],
+            "loadgen_bound": any(r.get("loadgen_bound") for r in rows)},
+    }
+
+
+def ratio(configs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """2 cores against 1: forwarded packets/s at the two saturation points."""
+    if len(configs) != 2:
+        return None
+    one, two = (c["saturation"] for c in configs)
+    if not one or not two or not one["packets_per_s"] or not two["packets_per_s"]:
+        return {"packets_per_s": None, "participants": None}
+    return {"packets_per_s": round(two["packets_per_s"] / one["packets_per_s"], 2),
+            "participants": round(two["participants"] / one["participants"], 2)}
+
+
+def _cell(value: Any, fmt: str, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{fmt}}{unit}"
+
+
+def render(report: dict[str, Any]) -> str:
+    systems = {c["system"] for c in report["configs"]}
+    name = " / ".join("callsctl serve" if s == "callsctl" else
+                      "callsctl serve, Python engine" for s in sorted(systems))
+    lines = [
+        f"## Saturation point: {name}, 1 call x N, {UNMUTED} unmuted (bench/saturation.py)",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Measured: {report['measured_at']} on {report['host']}. The machine is shared with "
+        "other engineers' jobs and busy: each row carries the load average before/after it; "
+        "treat single figures as rough.  ",
+        f"Budget: every participant joined, loss < {100 * MAX_LOSS:g} %, forwarding delay p99 "
+        f"< {MAX_DELAY_P99_MS:g} ms. Window {report['window_s']:g} s per step; join pacing "
+        "25/s (run_all.py's); stepping stops at the first failing step.",
+        "",
+        "On this 2-core machine \"2 cores for the server\" means the load generator runs on the "
+        "same 2 cores (it has nowhere else to go), so a 2-core figure is a lower bound of what "
+        "the server does with 2 cores of its own. With 1 core the load generator can have the "
+        "other one (`--loadgen-cpus`).",
+        "",
+        "| server | cores | N | joined | packets/s forwarded | loss | delay p99 | server CPU "
+        "| server waited | load generator CPU | load avg | verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for config in report["configs"]:
+        server = "callsctl" if config["system"] == "callsctl" else "callsctl (Python engine)"
+        cores = f"{config['cores']}; load generator on CPU {config['loadgen_cpus']}"
+        for row in config["steps"]:
+            verdict_text = "pass" if row["passed"] else "FAIL: " + "; ".join(row["reasons"])
+            if row.get("loadgen_bound"):
+                verdict_text += " (load generator near a full core)"
+            cells = [server, cores, str(row["participants"]),
+                     _cell(row.get("joined"), "d"), _cell(row.get("packets_per_s"), ",.0f"),
+                     "n/a" if row.get("loss") is None else f"{100 * row['loss']:.2f} %",
+                     _cell(row.get("delay_p99_ms"), ".1f", " ms"),
+                     _cell(row.get("server_cpu_percent"), ".0f", " %"),
+                     _cell(row.get("server_wait_percent"), ".0f", " %"),
+                     _cell(row.get("loadgen_cpu_percent"), ".0f", " %"),
+                     "{:g}/{:g}".format(*row["load_average"]), verdict_text]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for config in report["configs"]:
+        point = config["saturation"]
+        head = f"- Saturation point, {config['system']} on {config['cores']}: "
+        if point is None:
+            lines.append(head + "none (the first step already failed).")
+            continue
+        text = (f"1 x {point['participants']} ({_cell(point['packets_per_s'], ',.0f')} "
+                "packets/s forwarded)")
+        if point["capped_by_steps"]:
+            text = "at least " + text + ": every step passed, the ladder ended first"
+        if point["loadgen_bound"]:
+            text += "; the load generator was near a full core in some step, so this is a " \
+                    "lower bound of the server's"
+        lines.append(head + text + ".")
+    if report.get("ratio"):
+        r = report["ratio"]
+        if r["packets_per_s"] is None:
+            lines.append("- 2 cores / 1 core: n/a (a configuration has no saturation point).")
+        else:
+            lines.append(f"- 2 cores / 1 core: {r['packets_per_s']:.2f}x the forwarded "
+                         f"packets/s at the saturation point ({r['participants']:.2f}x the "
+                         "participants), with the load generator sharing the 2 cores.")
+    lines += [
+        "- Columns: packets/s forwarded = the server's /stats `rtp_forwarded` over the window; "
+        "server CPU = its utime+stime (all threads) in % of one core; server waited = its main "
+        "thread runnable but not running (other load on the machine); load generator CPU = "
+        "this process's CPU in % of one core (one Python thread: near 100 % it is the limit).",
+    ]
+    return "\n".join(lines)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as typed, without --write and its path (the section says where it is)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--write":
+            skip = True
+            continue
+        if arg.startswith("--write="):
+            continue
+        out.append(arg)
+    return " ".join(["python bench/saturation.py", *out])
+
+
+def parse_steps(parser: argparse.ArgumentParser, text: str, max_n: int) -> list[int]:
+    try:
+        steps = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        parser.error(f"--steps {text!r}: use participant counts separated by commas")
+    steps = [n for n in steps if n <= max_n]
+    if not steps or steps[0] < 3 or steps[-1] > 1000:
+        parser.error("--steps: counts 3..1000 (at most --max-n), at least one")
+    return steps
+
+
+async def main_async(args: argparse.Namespace, configs: list[Cpus]) -> dict[str, Any]:
+    started = datetime.datetime.now(datetime.UTC)
+    results = [await ladder(args.system, cpus, args.steps, args.window, args.slices)
+               for cpus in configs]
+    return {"measured_at": started.strftime("%Y-%m-%d %H:%M UTC"), "host": machine(),
+            "window_s": args.window, "slices": args.slices, "configs": results,
+            "ratio": ratio(results) if args.compare_cpus else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--system", choices=sorted(SYSTEMS), default="callsctl",
+                        help="callsctl (C fan-out, the default) or python (CALLSCTL_FAST_PATH=0)")
+    parser.add_argument("--steps", default=",".join(map(str, STEPS)),
+                        help="participant counts to step through (default %(default)s)")
+    parser.add_argument("--max-n", type=int, default=1000, help="skip steps above this N")
+    parser.add_argument("--compare-cpus", action="store_true",
+                        help="run the ladder on CPU 0, then on CPU 0,1, and print the ratio")
+    parser.add_argument("--window", type=float, default=10.0,
+                        help="seconds of steady state measured per step (default 10)")
+    parser.add_argument("--slices", type=int, default=5, help="slices of the window (median)")
+    parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    parser.add_argument("--write", type=Path, help="update this results file in place")
+    add_cpu_options(parser)
+    args = parser.parse_args()
+    if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= 1000):
+        parser.error("window 3..600 s, slices 2..60, max-n 3..1000")
+    args.steps = parse_steps(parser, args.steps, args.max_n)
+    if args.compare_cpus and args.server_cpus is not None:
+        parser.error("--compare-cpus runs CPU 0 and CPU 0,1 itself; drop --server-cpus")
+    apply_cpu_options(parser, args)
+    if args.compare_cpus:
+        try:
+            configs: list[Cpus] = [parse_cpus(cpu_list(c)) for c in COMPARE]
+        except ValueError as exc:
+            parser.error(f"--compare-cpus needs CPU 0 and 1: {exc}")
+    else:
+        configs = [args.server_cpus if args.server_cpus is not None else (0,)]
+    report = asyncio.run(main_async(args, configs))
+    report["command"] = command_line(sys.argv[1:])
+    if args.json:
+        print(json.dumps(report, indent=1))
+    body = render(report)
+    if not args.json:
+        print(body)
+    if args.write:
+        key = "-".join(["saturation", args.system,
+                        "compare" if args.compare_cpus else
+                        "cpus" + cpu_list(configs[0]).replace(",", "+")])
+        write_section(args.write, key, body)
+
+
+if __name__ == "__main__":
+    main()

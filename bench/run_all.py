@@ -138,6 +138,9 @@ def free_port(kind: int) -> int:
 
 
 Cpus = tuple[int, ...] | None  # None: not pinned (every CPU this process may use)
+# What this process was allowed at start, before it pinned itself (the load generator):
+# the server's CPUs are checked against this, not against the load generator's own.
+USABLE_CPUS = frozenset(os.sched_getaffinity(0))
 
 
 def parse_cpus(text: str) -> tuple[int, ...]:
@@ -151,7 +154,7 @@ def parse_cpus(text: str) -> tuple[int, ...]:
         if high < low or high - low > 1024:
             raise ValueError(f"{part.strip()!r} is not a CPU range (low-high)")
         cpus.update(range(low, high + 1))
-    allowed = os.sched_getaffinity(0)
+    allowed = USABLE_CPUS
     outside = sorted(cpus - allowed)
     if outside:
         raise ValueError(f"CPU {','.join(map(str, outside))} is not usable here (this process "

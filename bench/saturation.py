@@ -12,6 +12,10 @@ A step passes when every participant joined, loss over the window is under
 failing step; the saturation point is the largest passing N and the packets/s
 the server forwarded there. Every step is bounded in time (start, joins,
 settling, the window, closing, and a margin); a step over its limit fails.
+The machine these figures come from is shared: another job can stall the
+server for tens of milliseconds, which alone breaks a 20 ms p99 in a short
+window. So a failing step runs once more (`--retries`, default 1) and fails
+only if every attempt failed; every attempt is a row of the table.
 
 The load generator is one Python thread in this process: its own CPU (% of
 one core over the window) is in every row. Near 100 % it, not the server,
@@ -59,6 +63,9 @@ UNMUTED = 2
 MAX_LOSS = 0.001  # under 0.1 %
 MAX_DELAY_P99_MS = 20.0
 LOADGEN_BOUND_PERCENT = 90.0  # the generator's thread near a full core: it may be the limit
+# The server's main thread runnable but not running this share of the window: other
+# load on its CPUs, said next to a failure (the step may fail for that, not for its load).
+CONTENDED_WAIT_PERCENT = 10.0
 SYSTEMS = {"callsctl": "callsctl", "python": PYTHON_ENGINE}
 COMPARE = ((0,), (0, 1))
 
@@ -117,7 +124,14 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
     cpu = result["cpu"]
     reasons = verdict(result, participants)
     loadgen = (result.get("loadgen") or {}).get("window_cpu_percent")
+    lag = ((result.get("loadgen") or {}).get("loop_lag_ms") or {}).get("p99")
+    if reasons and lag is not None and lag >= MAX_DELAY_P99_MS:
+        reasons.append(f"the load generator's own event loop lagged (p99 {lag:.0f} ms)")
+    waited = cpu.get("server_wait_percent")
+    if reasons and waited is not None and waited >= CONTENDED_WAIT_PERCENT:
+        reasons.append(f"the server waited for a CPU {waited:.0f} % of the window")
     row.update(
+        delay_p50_ms=(result.get("delay_ms") or {}).get("p50"), loadgen_lag_p99_ms=lag,
         passed=not reasons, reasons=reasons, joined=result["joined"],
         packets_per_s=cpu.get("packets_per_s"), counter=cpu.get("counter"),
         loss=result.get("loss"), delay_p99_ms=(result.get("delay_ms") or {}).get("p99"),
@@ -130,15 +144,19 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
 
 
 async def ladder(system: str, cpus: Cpus, steps: list[int], window: float,
-                 slices: int) -> dict[str, Any]:
+                 slices: int, retries: int = 1) -> dict[str, Any]:
     """Step up until the first failing step; the saturation point of this configuration."""
     rows: list[dict[str, Any]] = []
     for participants in steps:
-        print(f"[saturation] {system} on {describe_cpus(cpus)}: 1 x {participants}",
-              file=sys.stderr)
-        row = await run_step(system, participants, cpus, window, slices)
-        rows.append(row)
-        if not row["passed"]:
+        for attempt in range(1 + retries):
+            print(f"[saturation] {system} on {describe_cpus(cpus)}: 1 x {participants}"
+                  f"{f' (attempt {attempt + 1})' if attempt else ''}", file=sys.stderr)
+            row = await run_step(system, participants, cpus, window, slices)
+            row["attempt"] = attempt + 1
+            rows.append(row)
+            if row["passed"]:
+                break
+        if not rows[-1]["passed"]:
             break
     passing = [r for r in rows if r["passed"]]
     point = passing[-1] if passing else None
@@ -148,7 +166,7 @@ async def ladder(system: str, cpus: Cpus, steps: list[int], window: float,
         "saturation": None if point is None else {
             "participants": point["participants"], "packets_per_s": point["packets_per_s"],
             # Every step passed: the point is at least the last step, not the limit.
-            "capped_by_steps": len(passing) == len(rows) and rows[-1]["passed"],
+            "capped_by_steps": rows[-1]["passed"] and rows[-1]["participants"] == steps[-1],
             "loadgen_bound": any(r.get("loadgen_bound") for r in rows)},
     }
 
@@ -181,15 +199,16 @@ def render(report: dict[str, Any]) -> str:
         "treat single figures as rough.  ",
         f"Budget: every participant joined, loss < {100 * MAX_LOSS:g} %, forwarding delay p99 "
         f"< {MAX_DELAY_P99_MS:g} ms. Window {report['window_s']:g} s per step; join pacing "
-        "25/s (run_all.py's); stepping stops at the first failing step.",
+        "25/s (run_all.py's); a failing step runs again (--retries) and stepping stops at the "
+        "first step that failed every attempt.",
         "",
         "On this 2-core machine \"2 cores for the server\" means the load generator runs on the "
         "same 2 cores (it has nowhere else to go), so a 2-core figure is a lower bound of what "
         "the server does with 2 cores of its own. With 1 core the load generator can have the "
         "other one (`--loadgen-cpus`).",
         "",
-        "| server | cores | N | joined | packets/s forwarded | loss | delay p99 | server CPU "
-        "| server waited | load generator CPU | load avg | verdict |",
+        "| server | cores | N | joined | packets/s forwarded | loss | delay p50 / p99 "
+        "| server CPU | server waited | load generator CPU (loop lag p99) | load avg | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for config in report["configs"]:
@@ -199,13 +218,16 @@ def render(report: dict[str, Any]) -> str:
             verdict_text = "pass" if row["passed"] else "FAIL: " + "; ".join(row["reasons"])
             if row.get("loadgen_bound"):
                 verdict_text += " (load generator near a full core)"
-            cells = [server, cores, str(row["participants"]),
+            attempt = f" (attempt {row['attempt']})" if row.get("attempt", 1) > 1 else ""
+            cells = [server, cores, f"{row['participants']}{attempt}",
                      _cell(row.get("joined"), "d"), _cell(row.get("packets_per_s"), ",.0f"),
                      "n/a" if row.get("loss") is None else f"{100 * row['loss']:.2f} %",
-                     _cell(row.get("delay_p99_ms"), ".1f", " ms"),
+                     f"{_cell(row.get('delay_p50_ms'), '.1f')} / "
+                     f"{_cell(row.get('delay_p99_ms'), '.1f', ' ms')}",
                      _cell(row.get("server_cpu_percent"), ".0f", " %"),
                      _cell(row.get("server_wait_percent"), ".0f", " %"),
-                     _cell(row.get("loadgen_cpu_percent"), ".0f", " %"),
+                     f"{_cell(row.get('loadgen_cpu_percent'), '.0f', ' %')} "
+                     f"({_cell(row.get('loadgen_lag_p99_ms'), '.0f', ' ms')})",
                      "{:g}/{:g}".format(*row["load_average"]), verdict_text]
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -269,8 +291,8 @@ def parse_steps(parser: argparse.ArgumentParser, text: str, max_n: int) -> list[
 
 async def main_async(args: argparse.Namespace, configs: list[Cpus]) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.UTC)
-    results = [await ladder(args.system, cpus, args.steps, args.window, args.slices)
-               for cpus in configs]
+    results = [await ladder(args.system, cpus, args.steps, args.window, args.slices,
+                            args.retries) for cpus in configs]
     return {"measured_at": started.strftime("%Y-%m-%d %H:%M UTC"), "host": machine(),
             "window_s": args.window, "slices": args.slices, "configs": results,
             "ratio": ratio(results) if args.compare_cpus else None}
@@ -288,12 +310,16 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0,
                         help="seconds of steady state measured per step (default 10)")
     parser.add_argument("--slices", type=int, default=5, help="slices of the window (median)")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="run a failing step again this many times before it counts as "
+                             "failed (default 1: the machine is shared)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.add_argument("--write", type=Path, help="update this results file in place")
     add_cpu_options(parser)
     args = parser.parse_args()
-    if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= 1000):
-        parser.error("window 3..600 s, slices 2..60, max-n 3..1000")
+    if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= 1000
+            and 0 <= args.retries <= 3):
+        parser.error("window 3..600 s, slices 2..60, max-n 3..1000, retries 0..3")
     args.steps = parse_steps(parser, args.steps, args.max_n)
     if args.compare_cpus and args.server_cpus is not None:
         parser.error("--compare-cpus runs CPU 0 and CPU 0,1 itself; drop --server-cpus")

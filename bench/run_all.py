@@ -74,6 +74,8 @@ from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
 from callsctl_sfu.tokens import issue_token  # noqa: E402
 
 RESULTS_JSON = BENCH / "results.json"
+# Runs with --server-cpus: kept apart, so the unpinned figures and their summary stay as they are.
+PINNED_JSON = BENCH / "results-pinned.json"
 PYTHON_ENGINE = "callsctl-python"  # callsctl serve with CALLSCTL_FAST_PATH=0
 START_TIMEOUT_S = 30.0
 TARGET_US_AT_200 = 10.0
@@ -506,13 +508,14 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
     }
 
 
-async def floor(shape: Shape) -> dict[str, Any]:
+async def floor(shape: Shape, cpus: Cpus = None) -> dict[str, Any]:
+    """bench/srtp_floor.py for the shape, on the server's CPUs when it is pinned."""
     args = [sys.executable, str(BENCH / "srtp_floor.py"), "--receivers", str(shape.users - 1),
             "--publishers", str(shape.unmuted),
             "--min-sent", "50000", "--repeats", "5", "--json"]
     if shape.screen or shape.video:
         args.append("--screen")  # video-sized packets
-    process = await asyncio.create_subprocess_exec(*args, cwd=REPO,
+    process = await asyncio.create_subprocess_exec(*pinned(args, cpus), cwd=REPO,
                                                    stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(process.communicate(), 300)
     if process.returncode != 0:
@@ -555,7 +558,7 @@ async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max
             print(f"[{scenario.key}] MediaRelay reference: {rshape.describe()}", file=sys.stderr)
             relay = await measure("mediarelay", rshape, window, slices, workdir, cpus)
         print(f"[{scenario.key}] raw floor", file=sys.stderr)
-        floor_result = await floor(scenario.shape)
+        floor_result = await floor(scenario.shape, cpus)
     return {"key": scenario.key, "title": scenario.title, "shape": asdict(scenario.shape),
             "server_cpus": cpu_list(cpus), "loadgen_cpus": affinity_of(os.getpid()),
             "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -877,9 +880,10 @@ def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
 async def main_async(args: argparse.Namespace) -> None:
     chosen = [s for s in SCENARIOS if not args.only or s.key in args.only]
     results: dict[str, dict[str, Any]] = {}
-    if (args.write or args.render_only) and RESULTS_JSON.exists():
+    store = RESULTS_JSON if args.server_cpus is None else PINNED_JSON
+    if (args.write or args.render_only) and store.exists():
         with contextlib.suppress(ValueError):
-            results = json.loads(RESULTS_JSON.read_text())
+            results = json.loads(store.read_text())
     if args.render_only:  # the stored measurements, rendered again (after a wording change)
         for scenario in chosen:
             key = section_key(scenario.key, args.server_cpus)
@@ -906,7 +910,9 @@ async def main_async(args: argparse.Namespace) -> None:
         print(body + "\n")
         if args.write:
             write_section(args.write, f"scenario-{key}", body)
-            RESULTS_JSON.write_text(json.dumps(results, indent=1) + "\n")
+            store.write_text(json.dumps(results, indent=1) + "\n")
+    if args.server_cpus is not None:
+        return  # the summary is of the unpinned runs; pinned ones have their own sections
     summary = render_summary(results)
     print(summary)
     if args.write:
@@ -928,7 +934,8 @@ def main() -> None:
     parser.add_argument("--skip-python-engine", action="store_true",
                         help="do not also run the server with its Python engine")
     parser.add_argument("--write", type=Path, help="update this results file in place "
-                                                   "(and bench/results.json)")
+                                                   "(and bench/results.json, or "
+                                                   "results-pinned.json with --server-cpus)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: render bench/results.json again")
     add_cpu_options(parser)

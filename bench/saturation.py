@@ -182,6 +182,29 @@ def ratio(configs: list[dict[str, Any]]) -> dict[str, Any] | None:
             "participants": round(two["participants"] / one["participants"], 2)}
 
 
+def contention_caveat(configs: list[dict[str, Any]]) -> str:
+    """A sentence when the two ladders ran under different machine load, else "".
+
+    The ratio compares two ladders run one after the other; if other jobs
+    loaded the machine more during one of them, or a failure came with the
+    server waiting for its CPU, the ratio says more about the machine.
+    """
+    loads = []
+    for config in configs:
+        values = [v for row in config["steps"] for v in row["load_average"]]
+        loads.append(sum(values) / len(values) if values else 0.0)
+    contended = any("waited for a CPU" in reason or "lagged" in reason
+                    for config in configs for row in config["steps"]
+                    for reason in row.get("reasons", []))
+    if abs(loads[0] - loads[-1]) < 1.0 and not contended:
+        return ""
+    return (f" Caution: the machine's mean load average was {loads[0]:.1f} during the 1-core "
+            f"ladder and {loads[-1]:.1f} during the 2-core one"
+            + (", and failing steps came with the server waiting for a CPU or the load "
+               "generator lagging" if contended else "")
+            + ": this ratio measures the machine's other load as much as the server.")
+
+
 def _cell(value: Any, fmt: str, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:{fmt}}{unit}"
 
@@ -252,7 +275,8 @@ def render(report: dict[str, Any]) -> str:
         else:
             lines.append(f"- 2 cores / 1 core: {r['packets_per_s']:.2f}x the forwarded "
                          f"packets/s at the saturation point ({r['participants']:.2f}x the "
-                         "participants), with the load generator sharing the 2 cores.")
+                         "participants), with the load generator sharing the 2 cores."
+                         + contention_caveat(report["configs"]))
     lines += [
         "- Columns: packets/s forwarded = the server's /stats `rtp_forwarded` over the window; "
         "server CPU = its utime+stime (all threads) in % of one core; server waited = its main "

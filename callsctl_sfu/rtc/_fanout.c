@@ -28,8 +28,8 @@
  * srtp_protect(ctx, buffer, &len) protects in place and appends the tag);
  * sendmmsg(2); pthreads (POSIX.1-2008: mutexes, condition variables).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fanout.h"
+
 #include <structmember.h>
 
 #include <arpa/inet.h>
@@ -42,17 +42,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* libsrtp 2: srtp_err_status_t srtp_protect(srtp_t ctx, void *rtp_hdr, int *len_ptr). */
-typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
-
-#define BATCH 64                /* datagrams per sendmmsg call */
 #define SLOT 2048               /* bytes per datagram buffer */
 #define MAX_TRAILER 144         /* SRTP_MAX_TRAILER_LEN: tag + MKI */
-#define MAX_HEADER 20           /* 12-octet header + 8-octet audio-level extension */
-#define MAX_PAYLOAD (SLOT - MAX_HEADER - MAX_TRAILER)
 #define OPUS_FRAME_TICKS 960    /* one 20 ms Opus frame at 48 kHz */
 
-static protect_fn srtp_protect_ptr = NULL;
+static srtp_fn srtp_protect_ptr = NULL;
 static PyObject *key_component = NULL; /* the int 1: aioice's RTP component */
 
 /* ---- Rewrite: how one receiver expects one forwarded stream --------------------- */
@@ -546,18 +540,6 @@ typedef struct {
     Py_ssize_t index;           /* the target's position in the caller's list */
 } Copy;
 
-/* The packet every copy is made from. */
-typedef struct {
-    int fd;
-    int first_byte;
-    int marker;
-    unsigned int sequence;
-    unsigned int timestamp;
-    unsigned int ssrc;
-    int level_byte;
-    const unsigned char *payload;
-    Py_ssize_t payload_len;
-} Packet;
 
 /* A datagram the kernel would not take now, copied aside until the GIL is back. */
 typedef struct {
@@ -881,44 +863,41 @@ PyDoc_STRVAR(fanout_doc,
 "copies are made on several threads with the GIL released; the call still returns\n"
 "only when every copy is sent or deferred, with the same result.");
 
-static PyObject *
-fanout(PyObject *module, PyObject *args)
+/*
+ * fanout_send: phases 1-3 for one packet (the GIL held on entry and on return).
+ * On success returns 0 with the counters in *totals, *stale (indexes, or NULL) and
+ * *unsent ((bytes, addr) items, or NULL) as new references; -1 with an exception set.
+ */
+int
+fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObject **stale_out,
+            PyObject **unsent_out)
 {
-    Packet p;
-    Py_buffer payload;
-    PyObject *targets;
-    if (!PyArg_ParseTuple(args, "iipIIIy*iO!", &p.fd, &p.first_byte, &p.marker, &p.sequence,
-                          &p.timestamp, &p.ssrc, &payload, &p.level_byte, &PyList_Type,
-                          &targets))
-        return NULL;
-    if (srtp_protect_ptr == NULL) {
-        PyBuffer_Release(&payload);
-        PyErr_SetString(PyExc_RuntimeError, "set_protect() was not called");
-        return NULL;
-    }
-    if (payload.len > MAX_PAYLOAD) {
-        PyBuffer_Release(&payload);
-        PyErr_Format(PyExc_ValueError, "payload of %zd octets is over %d", payload.len,
-                     MAX_PAYLOAD);
-        return NULL;
-    }
-    p.payload = (const unsigned char *)payload.buf;
-    p.payload_len = payload.len;
-
-    /* Phase 1: check and copy out, with the GIL. */
-    PyObject *stale = NULL, *unsent = NULL, *result = NULL;
+    const Packet p = *packet;
+    PyObject *stale = NULL, *unsent = NULL;
+    int rc = -1;
     Copy local[LOCAL_COPIES];
     Copy *copies = local;
     Py_ssize_t total = PyList_GET_SIZE(targets), count = 0;
     Slice slices[MAX_THREADS];
     int slice_count = 0;
-    Py_ssize_t sent = 0, send_errors = 0, srtp_errors = 0;
-    unsigned long long plain_octets = 0, wire_octets = 0;
+    memset(totals, 0, sizeof(*totals));
     memset(slices, 0, sizeof(slices));
+    *stale_out = NULL;
+    *unsent_out = NULL;
+    if (srtp_protect_ptr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_protect() was not called");
+        return -1;
+    }
+    if (p.payload_len > MAX_PAYLOAD) {
+        PyErr_Format(PyExc_ValueError, "payload of %zd octets is over %d", p.payload_len,
+                     MAX_PAYLOAD);
+        return -1;
+    }
     if (total > LOCAL_COPIES && (copies = PyMem_Malloc((size_t)total * sizeof(Copy))) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    /* Phase 1: check and copy out, with the GIL. */
     for (Py_ssize_t t = 0; t < total; t++) {
         PyObject *item = PyList_GET_ITEM(targets, t);
         if (!Py_IS_TYPE(item, &TargetType)) {
@@ -971,11 +950,11 @@ fanout(PyObject *module, PyObject *args)
     /* Phase 3: aggregate, slices in order so `unsent` stays in target order. */
     for (int s = 0; s < slice_count; s++) {
         Slice *slice = &slices[s];
-        sent += slice->sent;
-        send_errors += slice->send_errors;
-        srtp_errors += slice->srtp_errors;
-        plain_octets += slice->plain_octets;
-        wire_octets += slice->wire_octets;
+        totals->sent += slice->sent;
+        totals->send_errors += slice->send_errors;
+        totals->srtp_errors += slice->srtp_errors;
+        totals->plain_octets += slice->plain_octets;
+        totals->wire_octets += slice->wire_octets;
         for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
             Deferred *deferred = &slice->deferred[d];
             if (unsent == NULL && (unsent = PyList_New(0)) == NULL)
@@ -994,28 +973,10 @@ fanout(PyObject *module, PyObject *args)
             Py_DECREF(pair);
         }
     }
-    result = PyStructSequence_New(FanoutResultType);
-    if (result == NULL)
-        goto done;
-    {
-        PyObject *values[7] = {
-            PyLong_FromSsize_t(sent), PyLong_FromUnsignedLongLong(plain_octets),
-            PyLong_FromUnsignedLongLong(wire_octets), PyLong_FromSsize_t(send_errors),
-            PyLong_FromSsize_t(srtp_errors), stale ? stale : Py_NewRef(Py_None),
-            unsent ? unsent : Py_NewRef(Py_None)};
-        stale = NULL;
-        unsent = NULL;
-        for (int i = 0; i < 7; i++) {
-            if (values[i] == NULL) {
-                for (int k = 0; k < 7; k++)
-                    Py_XDECREF(values[k]);
-                Py_CLEAR(result);
-                goto done;
-            }
-        }
-        for (int i = 0; i < 7; i++)
-            PyStructSequence_SET_ITEM(result, i, values[i]);
-    }
+    *stale_out = stale;
+    *unsent_out = unsent;
+    stale = unsent = NULL;
+    rc = 0;
 done:
     for (Py_ssize_t i = 0; i < count; i++)
         Py_DECREF(copies[i].target);
@@ -1025,9 +986,65 @@ done:
     }
     if (copies != local)
         PyMem_Free(copies);
-    PyBuffer_Release(&payload);
     Py_XDECREF(stale);
     Py_XDECREF(unsent);
+    return rc;
+}
+
+int
+fanout_targets_fresh(PyObject *targets)
+{
+    Py_ssize_t total = PyList_GET_SIZE(targets);
+    for (Py_ssize_t t = 0; t < total; t++) {
+        PyObject *item = PyList_GET_ITEM(targets, t);
+        if (!Py_IS_TYPE(item, &TargetType))
+            return 0;
+        TargetObject *target = (TargetObject *)item;
+        if (target->nominated == NULL || target->rewrite == NULL)
+            return 0;
+        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
+        if (current == NULL && PyErr_Occurred())
+            return -1;
+        if (current != target->pair)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+fanout(PyObject *module, PyObject *args)
+{
+    Packet p;
+    Py_buffer payload;
+    PyObject *targets, *stale, *unsent;
+    FanoutTotals totals;
+    if (!PyArg_ParseTuple(args, "iipIIIy*iO!", &p.fd, &p.first_byte, &p.marker, &p.sequence,
+                          &p.timestamp, &p.ssrc, &payload, &p.level_byte, &PyList_Type,
+                          &targets))
+        return NULL;
+    p.payload = (const unsigned char *)payload.buf;
+    p.payload_len = payload.len;
+    int rc = fanout_send(&p, targets, &totals, &stale, &unsent);
+    PyBuffer_Release(&payload);
+    if (rc < 0)
+        return NULL;
+    PyObject *result = PyStructSequence_New(FanoutResultType);
+    PyObject *values[7] = {
+        PyLong_FromSsize_t(totals.sent), PyLong_FromUnsignedLongLong(totals.plain_octets),
+        PyLong_FromUnsignedLongLong(totals.wire_octets), PyLong_FromSsize_t(totals.send_errors),
+        PyLong_FromSsize_t(totals.srtp_errors), stale ? stale : Py_NewRef(Py_None),
+        unsent ? unsent : Py_NewRef(Py_None)};
+    int failed = result == NULL;
+    for (int i = 0; i < 7; i++)
+        failed = failed || values[i] == NULL;
+    if (failed) {
+        for (int i = 0; i < 7; i++)
+            Py_XDECREF(values[i]);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    for (int i = 0; i < 7; i++)
+        PyStructSequence_SET_ITEM(result, i, values[i]);
     return result;
 }
 
@@ -1090,7 +1107,7 @@ set_protect(PyObject *module, PyObject *arg)
             PyErr_SetString(PyExc_ValueError, "null srtp_protect address");
         return NULL;
     }
-    srtp_protect_ptr = (protect_fn)address;
+    srtp_protect_ptr = (srtp_fn)address;
     Py_RETURN_NONE;
 }
 
@@ -1155,6 +1172,10 @@ PyInit__fanout(void)
     PyModule_AddIntConstant(module, "PARALLEL_MIN_TARGETS", PARALLEL_MIN_TARGETS);
     PyModule_AddIntConstant(module, "MIN_SLICE", MIN_SLICE);
     PyModule_AddIntConstant(module, "MAX_THREADS", MAX_THREADS);
+    if (ingress_add_to_module(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     pthread_atfork(NULL, NULL, pool_after_fork_in_child);
     return module;
 }

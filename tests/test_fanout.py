@@ -445,7 +445,8 @@ def test_media_threads_setting_reaches_the_server(serve_factory):
     server = serve_factory("--media-threads", "1")
     version = httpx.get(f"{server.api_url}/version", timeout=5).json()["forwarding_engine"]
     stats = httpx.get(f"{server.api_url}/stats", timeout=5).json()["fanout_pool"]
-    assert version["fanout_threads"] == 1 and stats == {"threads": 1, "parallel_fanouts": 0}
+    assert version["fanout_threads"] == 1 and stats == {"threads": 1, "parallel_fanouts": 0,
+                                                         "parallel_batches": 0}
     assert "media fan-out threads : 1" in server.log()
     refused = subprocess.run([sys.executable, "-m", "callsctl", "serve", "--media-threads",
                               "65", "--api-port", "0", "--udp-port", "0"],

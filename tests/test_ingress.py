@@ -220,6 +220,56 @@ def test_the_route_objects_refuse_wrong_types() -> None:
     assert route.targets is not None
 
 
+class SecondPublisher:
+    """Another publisher sending to the same server socket, with its own SRTP contexts."""
+
+    def __init__(self, server: Server, ssrc: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        key = os.urandom(30)
+        self.protect, _ = srtp_pair(key)
+        inbound = pylibsrtp.Session(pylibsrtp.Policy(
+            key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        self.session = fastpath.InSession(aiortc_bridge.srtp_context_address(inbound), inbound)
+        server.ingress.add(self.sock.getsockname(), self.session)
+        self.server, self.ssrc = server, ssrc
+
+    def send(self, sequence: int) -> None:
+        self.sock.sendto(self.protect.protect(rtp(sequence, ssrc=self.ssrc)),
+                         self.server.sock.getsockname())
+
+
+@pytest.fixture
+def two_threads():
+    fastpath.start_pool(2)
+    yield
+    fastpath.shutdown_pool()
+
+
+@pytest.mark.parametrize("same_call", [False, True])
+def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, same_call):
+    """Packets of different calls in one read go out in parallel; one call's never do."""
+    first_call = [Receiver(0x100 + i) for i in range(20)]
+    second_call = [Receiver(0x200 + i) for i in range(20)]
+    route = server.route(first_call)
+    other = SecondPublisher(server, 0x4321)
+    other_route = fastpath.InRoute("bob", OPUS_PT, LEVEL_ID)
+    other_route.targets = [r.target for r in second_call]
+    other_route.group = route.group if same_call else route.group + 1
+    other.session.set_route(0x4321, other_route)
+    before = fastpath.parallel_batches()
+    for sequence in range(1, 4):
+        server.send(rtp(sequence))
+        other.send(sequence)
+    asyncio.run(asyncio.sleep(0.05))  # all six datagrams are queued: one read takes them
+    result = server.drain()
+    assert result[5] == 6 and result[0] is None and result[9] == 3 * 40
+    assert fastpath.parallel_batches() - before == (0 if same_call else 1)
+    for receiver in first_call + second_call:  # each stream in order, rewritten once
+        assert [receiver.receive().sequence for _ in range(3)] == [
+            (receiver.rewrite.last_seq - 2 + i) & 0xFFFF for i in range(3)]
+
+
 # -- a real server ---------------------------------------------------------------------------------
 
 async def test_a_real_call_is_forwarded_by_the_ingress_and_mute_still_holds(serve_factory):

@@ -34,6 +34,7 @@ forwarder seam") says how a media plane on other threads would attach here.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -140,6 +141,10 @@ class Forwarder:
         self._python_sends = 0
         self._last_reports = 0.0
         self._last_layer_rates = 0.0
+        # Call id -> a number for the C ingress: packets of different calls reach disjoint
+        # receivers, so their fan-outs may be sent on different threads at once.
+        self._call_groups: dict[str, int] = {}
+        self._group_numbers = itertools.count()
         if mux is not None:  # the forwarder's own tests run it without a socket
             mux.ingress_sink = self.ingress_done
 
@@ -160,6 +165,7 @@ class Forwarder:
                 in_call.pop(session_id, None)
                 if not in_call:
                     del self._calls[member.call_id]
+                    self._call_groups.pop(member.call_id, None)
         self.routing_stats.invalidations += 1
         prefix = f"{session_id}:"
         for key in [k for k in self._tracks if k.startswith(prefix)]:
@@ -345,6 +351,10 @@ class Forwarder:
         if route is None:
             route = track.fast_route = fastpath.InRoute(member.session_id, packet.payload_type)
         route.payload_type = packet.payload_type
+        group = self._call_groups.get(member.call_id)
+        if group is None:
+            group = self._call_groups[member.call_id] = next(self._group_numbers)
+        route.group = group
         route.level_id = peer.audio_level_id if peer.audio_level_id is not None else -1
         route.reception = track.reception.get(packet.ssrc)
         if plan is None or track_routes is None:  # muted: dropped there after accounting

@@ -47,6 +47,11 @@ typedef struct {
 int fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals,
                 PyObject **stale, PyObject **unsent);
 
+/* The fan-outs of n packets of one read; packets of different groups (calls) may run on
+   different pool threads at once. Totals summed; unsent in batch order. 0, or -1. */
+int fanout_send_many(const Packet *packets, PyObject *const *targets, const long long *groups,
+                     Py_ssize_t n, FanoutTotals *totals, PyObject **unsent);
+
 /* 1 when every item is a Target whose nominated pair is still current, 0 if not, -1 error. */
 int fanout_targets_fresh(PyObject *targets);
 

@@ -199,6 +199,7 @@ typedef struct {
     unsigned long long packets;
     unsigned long long octets;  /* payload octets, as PublishedTrack.octets */
     unsigned long long loud_drain; /* the drain that last reported it loud */
+    long long group;            /* the call: different calls' fan-outs may run in parallel */
 } InRouteObject;
 
 static int
@@ -314,6 +315,9 @@ static PyMemberDef InRoute_members[] = {
     {"muted", T_INT, offsetof(InRouteObject, muted), 0, "drop after accounting"},
     {"packets", T_ULONGLONG, offsetof(InRouteObject, packets), 0, "packets handled here"},
     {"octets", T_ULONGLONG, offsetof(InRouteObject, octets), 0, "their payload octets"},
+    {"group", T_LONGLONG, offsetof(InRouteObject, group), 0,
+     "the call it belongs to: no two routes of one call may send at once, so only "
+     "different groups' packets are sent on different threads"},
     {NULL}
 };
 
@@ -734,6 +738,11 @@ Ingress_drain(IngressObject *self, PyObject *args)
     DrainCounts c;
     memset(&c, 0, sizeof(c));
     int error = 0, blocked = send_fd < 0 || srtp_unprotect_ptr == NULL;
+    /* The fan-outs to make once the batch is read: one per forwarded packet. */
+    Packet jobs[BATCH];
+    PyObject *job_targets[BATCH];
+    long long job_groups[BATCH];
+    int job_count = 0;
     self->drains += 1;
 
     for (int i = 0; i < BATCH; i++) {
@@ -848,28 +857,35 @@ Ingress_drain(IngressObject *self, PyObject *args)
             c.dropped_malformed += 1;
             continue;
         }
-        Packet packet = {
-            .fd = send_fd, .first_byte = first, .marker = (data[1] & 0x80) != 0,
-            .sequence = sequence, .timestamp = timestamp, .ssrc = ssrc,
-            .level_byte = route->level_id >= 0 ? level_value : -1,
-            .payload = data + offset, .payload_len = payload_len,
-        };
+        Packet *packet = &jobs[job_count];
+        packet->fd = send_fd;
+        packet->first_byte = first;
+        packet->marker = (data[1] & 0x80) != 0;
+        packet->sequence = sequence;
+        packet->timestamp = timestamp;
+        packet->ssrc = ssrc;
+        packet->level_byte = route->level_id >= 0 ? level_value : -1;
+        packet->payload = data + offset;
+        packet->payload_len = payload_len;
+        job_targets[job_count] = Py_NewRef(route->targets);
+        job_groups[job_count] = route->group;
+        job_count += 1;
+    }
+
+    /* The fan-outs, once every datagram is read (payloads stay in the receive buffers):
+       different calls' packets may go out on different threads at once. */
+    if (job_count > 0) {
         int timed = (++self->fanouts % WRITE_SAMPLE_EVERY) == 0;
         struct timespec t0, t1;
         if (timed)
             clock_gettime(CLOCK_MONOTONIC, &t0);
-        /* The route's list, held: nothing in fanout_send runs Python, but be safe. */
-        PyObject *targets = Py_NewRef(route->targets);
         FanoutTotals totals;
-        PyObject *stale = NULL, *deferred = NULL;
-        int rc = fanout_send(&packet, targets, &totals, &stale, &deferred);
-        Py_DECREF(targets);
-        if (rc < 0) {
-            PyErr_Clear(); /* checked above; counted rather than raised mid-batch */
-            c.send_errors += 1;
-            continue;
-        }
-        Py_XDECREF(stale);
+        int rc = fanout_send_many(jobs, job_targets, job_groups, job_count, &totals, &unsent);
+        for (int j = 0; j < job_count; j++)
+            Py_CLEAR(job_targets[j]);
+        job_count = 0;
+        if (rc < 0)
+            goto fail;
         c.forwarded += totals.sent;
         c.plain_octets += (long long)totals.plain_octets;
         c.wire_octets += (long long)totals.wire_octets;
@@ -878,24 +894,8 @@ Ingress_drain(IngressObject *self, PyObject *args)
         if (timed && totals.sent > 0) {
             clock_gettime(CLOCK_MONOTONIC, &t1);
             double seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-            if (append_new(&samples, PyFloat_FromDouble(seconds / (double)totals.sent)) < 0) {
-                Py_XDECREF(deferred);
+            if (append_new(&samples, PyFloat_FromDouble(seconds / (double)totals.sent)) < 0)
                 goto fail;
-            }
-        }
-        if (deferred != NULL) {
-            /* The kernel's buffer is full: asyncio queues these, and the rest of the
-               batch goes up so that nothing overtakes them. */
-            blocked = 1;
-            if (unsent == NULL) {
-                unsent = deferred;
-            } else {
-                Py_ssize_t size = PyList_GET_SIZE(unsent);
-                int failed = PyList_SetSlice(unsent, size, size, deferred) < 0;
-                Py_DECREF(deferred);
-                if (failed)
-                    goto fail;
-            }
         }
     }
     return Py_BuildValue("(NNNNiLLLLLLLLLLL)",
@@ -906,6 +906,8 @@ Ingress_drain(IngressObject *self, PyObject *args)
                          c.wire_octets, c.send_errors, c.srtp_protect_errors, c.dropped_muted,
                          c.dropped_malformed);
 fail:
+    for (int j = 0; j < job_count; j++)
+        Py_CLEAR(job_targets[j]);
     Py_XDECREF(slow);
     Py_XDECREF(loud);
     Py_XDECREF(unsent);
@@ -916,7 +918,7 @@ fail:
 static PyMemberDef Ingress_members[] = {
     {"drains", T_ULONGLONG, offsetof(IngressObject, drains), READONLY, "drain() calls"},
     {"fanouts", T_ULONGLONG, offsetof(IngressObject, fanouts), READONLY,
-     "packets forwarded from here"},
+     "drain() calls that forwarded something"},
     {NULL}
 };
 

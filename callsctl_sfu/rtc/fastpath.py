@@ -198,5 +198,10 @@ def parallel_fanouts() -> int:
     return int(_fanout.parallel_fanouts()) if AVAILABLE and _fanout is not None else 0
 
 
+def parallel_batches() -> int:
+    """Socket reads whose packets of different calls were sent on several threads at once."""
+    return int(_fanout.parallel_batches()) if AVAILABLE and _fanout is not None else 0
+
+
 # Workers must not outlive the interpreter's teardown of the objects they read.
 atexit.register(shutdown_pool)

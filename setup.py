@@ -10,7 +10,8 @@ setup(
     ext_modules=[
         Extension(
             "callsctl_sfu.rtc._fanout",
-            sources=["callsctl_sfu/rtc/_fanout.c"],
+            sources=["callsctl_sfu/rtc/_fanout.c", "callsctl_sfu/rtc/_ingress.c"],
+            depends=["callsctl_sfu/rtc/_fanout.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
                                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"],
             optional=True,

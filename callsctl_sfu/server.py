@@ -258,7 +258,8 @@ class Server:
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
                 # --media-threads in effect, and how many fan-outs used more than one
                 "fanout_pool": {"threads": fastpath.pool_threads(),
-                                "parallel_fanouts": fastpath.parallel_fanouts()},
+                                "parallel_fanouts": fastpath.parallel_fanouts(),
+                                "parallel_batches": fastpath.parallel_batches()},
                 "control": {**dataclasses.asdict(self.manager.control_stats),
                             **dataclasses.asdict(self.manager.forwarder.routing_stats)},
                 "calls": len(self.manager.calls), "sessions": len(self.manager.participants),

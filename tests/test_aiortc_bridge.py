@@ -468,10 +468,11 @@ def test_srtp_context_address_is_per_session_and_stable() -> None:
     assert address != bridge.srtp_context_address(two)
 
 
-def test_srtp_protect_function_is_the_libsrtp_2_one() -> None:
-    address, signature = bridge.srtp_protect_function()
-    assert address != 0
-    assert signature == fastpath.EXPECTED_PROTECT
+def test_srtp_functions_are_the_libsrtp_2_ones() -> None:
+    protect, protect_signature = bridge.srtp_function("srtp_protect")
+    unprotect, unprotect_signature = bridge.srtp_function("srtp_unprotect")
+    assert protect and unprotect and protect != unprotect
+    assert protect_signature == unprotect_signature == fastpath.EXPECTED_PROTECT
 
 
 # -- the checks ----------------------------------------------------------------------------------

@@ -17,16 +17,16 @@ import sys
 import threading
 
 import httpx
-import pylibsrtp
 import pytest
 
 from callsctl_sfu.client.loadgen import LoadConfig, LoadTest
-from callsctl_sfu.rtc import aiortc_bridge, fastpath
+from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtp import PyRewrite, parse_rtp
 from tests.support.clients import close_all, join_all
 from tests.support.helpers import REPO, wait_until
 from tests.support.prometheus import samples, value
+from tests.support.srtp import KEY_LEN, Receiver
 
 try:
     from callsctl_sfu.rtc import _fanout
@@ -35,49 +35,6 @@ except ImportError:  # the pure Python tests below still run
 needs_c = pytest.mark.skipif(not fastpath.AVAILABLE or _fanout is None,
                              reason=fastpath.REASON or "C extension not built")
 
-KEY_LEN = 30  # AES_CM_128_HMAC_SHA1_80 master key + salt
-
-
-def srtp_pair(key: bytes | None = None) -> tuple[pylibsrtp.Session, pylibsrtp.Session]:
-    """(the SFU's outbound context, the receiver's inbound one) sharing one key."""
-    key = key or os.urandom(KEY_LEN)
-    sessions = []
-    for ssrc_type in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
-        policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type)
-        policy.allow_repeat_tx = True
-        sessions.append(pylibsrtp.Session(policy))
-    return sessions[0], sessions[1]
-
-
-class Receiver:
-    """One receiving participant: a socket, its SRTP context and its target tuple."""
-
-    def __init__(self, ssrc: int, level_id: int | None = 1, key: bytes | None = None) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(2)
-        self.outbound, self.inbound = srtp_pair(key)
-        self.rewrite = fastpath.Rewrite(ssrc=ssrc, payload_type=111, audio_level_id=level_id)
-        self.pair = object()
-        self.nominated = {1: self.pair}
-        self.addr = self.sock.getsockname()
-        self.target = self.target_to(self.addr)
-
-    def target_to(self, addr: tuple[str, int]):
-        return fastpath.Target(self.rewrite, self.outbound,
-                               aiortc_bridge.srtp_context_address(self.outbound), addr,
-                               self.nominated, self.pair)
-
-    def receive(self):
-        return parse_rtp(self.inbound.unprotect(self.sock.recv(2048)))
-
-    def nothing_waiting(self) -> bool:
-        self.sock.settimeout(0.2)
-        try:
-            self.sock.recv(2048)
-        except TimeoutError:
-            return True
-        return False
 
 
 @pytest.fixture
@@ -488,7 +445,8 @@ def test_media_threads_setting_reaches_the_server(serve_factory):
     server = serve_factory("--media-threads", "1")
     version = httpx.get(f"{server.api_url}/version", timeout=5).json()["forwarding_engine"]
     stats = httpx.get(f"{server.api_url}/stats", timeout=5).json()["fanout_pool"]
-    assert version["fanout_threads"] == 1 and stats == {"threads": 1, "parallel_fanouts": 0}
+    assert version["fanout_threads"] == 1 and stats == {"threads": 1, "parallel_fanouts": 0,
+                                                         "parallel_batches": 0}
     assert "media fan-out threads : 1" in server.log()
     refused = subprocess.run([sys.executable, "-m", "callsctl", "serve", "--media-threads",
                               "65", "--api-port", "0", "--udp-port", "0"],

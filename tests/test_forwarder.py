@@ -40,6 +40,10 @@ class Peer:
         self.vp8_pt = 96
         self.connected = True
         self.sent: list[bytes] = []
+        self.ingress = None  # no socket here: nothing for the C ingress to read
+
+    def drop_ingress_routes(self) -> None:
+        pass
 
     def publish_audio(self, ssrc: int) -> None:
         self.published["0"] = PublishedTrack("0", "audio", "audio", None, ssrcs={ssrc})

@@ -34,6 +34,7 @@ forwarder seam") says how a media plane on other threads would attach here.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ class ForwardingStats:
     """Counters for operators and for bench/: what the hot path did."""
 
     rtp_in: int = 0
+    rtp_in_c: int = 0  # of rtp_in, the packets the C ingress handled (rtc/_ingress.c)
     rtp_forwarded: int = 0
     bytes_forwarded: int = 0
     dropped_muted: int = 0
@@ -139,6 +141,12 @@ class Forwarder:
         self._python_sends = 0
         self._last_reports = 0.0
         self._last_layer_rates = 0.0
+        # Call id -> a number for the C ingress: packets of different calls reach disjoint
+        # receivers, so their fan-outs may be sent on different threads at once.
+        self._call_groups: dict[str, int] = {}
+        self._group_numbers = itertools.count()
+        if mux is not None:  # the forwarder's own tests run it without a socket
+            mux.ingress_sink = self.ingress_done
 
     # -- membership ---------------------------------------------------------------------
 
@@ -157,6 +165,7 @@ class Forwarder:
                 in_call.pop(session_id, None)
                 if not in_call:
                     del self._calls[member.call_id]
+                    self._call_groups.pop(member.call_id, None)
         self.routing_stats.invalidations += 1
         prefix = f"{session_id}:"
         for key in [k for k in self._tracks if k.startswith(prefix)]:
@@ -169,6 +178,7 @@ class Forwarder:
         member = self._members.get(session_id)
         if member is not None:
             member.muted = muted
+            member.peer.drop_ingress_routes()  # its audio comes up here to be decided again
 
     def peer_connected(self, peer: MediaPeer) -> None:
         """A receiver the plans sent the slow way (or skipped) can now be fanned to."""
@@ -277,6 +287,7 @@ class Forwarder:
         if track.kind == "audio":
             if member.muted and track.label == "audio":
                 stats.dropped_muted += 1
+                self._route_in_c(peer, member, track, packet, None, None)
                 return
             if track.label == "audio":
                 level, _vad = audio_level(packet, peer.audio_level_id)
@@ -297,8 +308,8 @@ class Forwarder:
                 stats.dropped_unknown_pt += 1
                 return
             track.layer_bytes[rid] = track.layer_bytes.get(rid, 0) + len(packet.payload)
-        track.packets += 1
-        track.octets += len(packet.payload)
+        track.python_packets += 1
+        track.python_octets += len(packet.payload)
         key = member.track_keys.get(track.label) or member.track_key(track.label)
         track_routes = self._tracks.get(key)
         if track_routes is None:
@@ -319,7 +330,59 @@ class Forwarder:
                                   track.kind)
         if plan.slow:
             forwarded += self._send_each(plan.slow, packet, level_byte, keyframe, None, track)
+        elif track.kind == "audio" and track_routes.current is plan:
+            self._route_in_c(peer, member, track, packet, track_routes, plan)
         stats.rtp_forwarded += forwarded
+
+    def _route_in_c(self, peer: MediaPeer, member: _Member, track: PublishedTrack,
+                    packet: ParsedRtp, track_routes: TrackRoutes | None,
+                    plan: Plan | None) -> None:
+        """Let the C ingress handle this audio stream's next packets (rtc/_ingress.c).
+
+        Called once this path has handled a packet of the stream completely: a plan
+        whose receivers are all on the C fan-out (or, muted, none at all). Any later
+        change (plan rebuilt, mute, renegotiation) takes the route away again, so
+        every decision stays here; the ingress repeats only what was decided.
+        """
+        ingress = peer.ingress
+        if ingress is None or packet.payload_type in track.rtx_payload_types:
+            return
+        route = track.fast_route
+        if route is None:
+            route = track.fast_route = fastpath.InRoute(member.session_id, packet.payload_type)
+        route.payload_type = packet.payload_type
+        group = self._call_groups.get(member.call_id)
+        if group is None:
+            group = self._call_groups[member.call_id] = next(self._group_numbers)
+        route.group = group
+        route.level_id = peer.audio_level_id if peer.audio_level_id is not None else -1
+        route.reception = track.reception.get(packet.ssrc)
+        if plan is None or track_routes is None:  # muted: dropped there after accounting
+            route.muted = True
+            route.targets = []
+        else:
+            route.muted = False
+            route.targets = plan.targets
+            track_routes.fast_route = route
+        ingress.set_route(packet.ssrc, route)
+
+    def ingress_done(self, result: tuple[Any, ...]) -> None:
+        """What one read of the C ingress forwarded (rtc/mux.py calls this per read)."""
+        loud, samples = result[1], result[3]
+        stats = self.stats
+        stats.rtp_in += result[8]
+        stats.rtp_in_c += result[8]
+        stats.rtp_forwarded += result[9]
+        stats.bytes_forwarded += result[10]
+        stats.srtp_protect_errors += result[13]
+        stats.dropped_muted += result[14]
+        stats.dropped_malformed += result[15]
+        if samples:
+            for seconds in samples:
+                self.metrics.on_send_cost("audio", seconds)
+        if loud:
+            for session_id in loud:
+                self.on_loud(session_id)
 
     def _fan_out(self, track_routes: TrackRoutes, plan: Plan, packet: ParsedRtp,
                  level_byte: int | None,

@@ -38,7 +38,7 @@ class Plan:
 class TrackRoutes:
     """One publisher track's receivers (session id -> route), updated one receiver at a time."""
 
-    __slots__ = ("_entries", "_routes", "_plan", "targets_computed")
+    __slots__ = ("_entries", "_routes", "_plan", "targets_computed", "fast_route")
 
     def __init__(self, routes: dict[str, Route]) -> None:
         # session id -> [route, fan-out target or None (Python path) or _UNKNOWN]
@@ -47,6 +47,14 @@ class TrackRoutes:
         self._routes: list[Route] | None = None
         self._plan: Plan | None = None
         self.targets_computed = 0  # fanout_target calls (bench/join_storm.py counts them)
+        # The track's route in the C ingress (fastpath.InRoute) while it forwards the
+        # current plan; emptied with the plan, so the next packet comes up to Python.
+        self.fast_route: Any = None
+
+    def _invalidate(self) -> None:
+        self._plan = None
+        if self.fast_route is not None:
+            self.fast_route.targets = None
 
     def set(self, receiver_id: str, route: Route | None) -> None:
         """A receiver's route (None: it no longer receives this track)."""
@@ -57,14 +65,14 @@ class TrackRoutes:
             # Even the same route: its negotiation may have changed, which the plan reflects.
             self._entries[receiver_id] = [route, _UNKNOWN]
         self._routes = None
-        self._plan = None
+        self._invalidate()
 
     def refresh(self, receiver_id: str) -> None:
         """The receiver's negotiation or path changed: work out its target again."""
         entry = self._entries.get(receiver_id)
         if entry is not None:
             entry[1] = _UNKNOWN
-            self._plan = None
+            self._invalidate()
 
     @property
     def current(self) -> Plan | None:

@@ -28,8 +28,8 @@
  * srtp_protect(ctx, buffer, &len) protects in place and appends the tag);
  * sendmmsg(2); pthreads (POSIX.1-2008: mutexes, condition variables).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fanout.h"
+
 #include <structmember.h>
 
 #include <arpa/inet.h>
@@ -42,17 +42,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
-/* libsrtp 2: srtp_err_status_t srtp_protect(srtp_t ctx, void *rtp_hdr, int *len_ptr). */
-typedef int (*protect_fn)(void *ctx, void *rtp, int *len);
-
-#define BATCH 64                /* datagrams per sendmmsg call */
 #define SLOT 2048               /* bytes per datagram buffer */
 #define MAX_TRAILER 144         /* SRTP_MAX_TRAILER_LEN: tag + MKI */
-#define MAX_HEADER 20           /* 12-octet header + 8-octet audio-level extension */
-#define MAX_PAYLOAD (SLOT - MAX_HEADER - MAX_TRAILER)
 #define OPUS_FRAME_TICKS 960    /* one 20 ms Opus frame at 48 kHz */
 
-static protect_fn srtp_protect_ptr = NULL;
+static srtp_fn srtp_protect_ptr = NULL;
 static PyObject *key_component = NULL; /* the int 1: aioice's RTP component */
 
 /* ---- Rewrite: how one receiver expects one forwarded stream --------------------- */
@@ -546,18 +540,6 @@ typedef struct {
     Py_ssize_t index;           /* the target's position in the caller's list */
 } Copy;
 
-/* The packet every copy is made from. */
-typedef struct {
-    int fd;
-    int first_byte;
-    int marker;
-    unsigned int sequence;
-    unsigned int timestamp;
-    unsigned int ssrc;
-    int level_byte;
-    const unsigned char *payload;
-    Py_ssize_t payload_len;
-} Packet;
 
 /* A datagram the kernel would not take now, copied aside until the GIL is back. */
 typedef struct {
@@ -719,9 +701,10 @@ static struct {
     unsigned long generation;
     int stop;
     int pending;
-    const Packet *packet;
-    Slice *slices;
-    int slice_count;
+    /* The current job: part `number` of it runs on worker `number` (part 0: the caller). */
+    void (*task)(void *arg, int number, Buffers *buffers);
+    void *arg;
+    int parts;
 } pool = {
     .threads = 1,
     .dispatch = PTHREAD_MUTEX_INITIALIZER,
@@ -744,12 +727,12 @@ worker_main(void *arg)
         if (pool.stop)
             break;
         seen = pool.generation;
-        if (self->number >= pool.slice_count)
+        if (self->number >= pool.parts)
             continue; /* a small job: not needed this time */
-        const Packet *packet = pool.packet;
-        Slice *slice = &pool.slices[self->number];
+        void (*task)(void *, int, Buffers *) = pool.task;
+        void *task_arg = pool.arg;
         pthread_mutex_unlock(&pool.lock);
-        run_slice(packet, slice, self->buffers);
+        task(task_arg, self->number, self->buffers);
         pthread_mutex_lock(&pool.lock);
         if (--pool.pending == 0)
             pthread_cond_signal(&pool.done);
@@ -826,6 +809,46 @@ pool_after_fork_in_child(void)
     pool.threads = 1;
     pool.stop = 0;
     pool.pending = 0;
+    pool.parts = 0;
+}
+
+/* Run parts 0..parts-1 of a task, part 0 on this thread and part k on worker k; returns
+   when all are done. pool.dispatch held and the GIL released by the caller. */
+static void
+pool_run_locked(void (*task)(void *, int, Buffers *), void *arg, int parts)
+{
+    if (parts > 1) {
+        pthread_mutex_lock(&pool.lock);
+        pool.task = task;
+        pool.arg = arg;
+        pool.parts = parts;
+        pool.pending = parts - 1;
+        pool.generation += 1;
+        pthread_cond_broadcast(&pool.work);
+        pthread_mutex_unlock(&pool.lock);
+    }
+    task(arg, 0, &caller_buffers);
+    if (parts > 1) {
+        pthread_mutex_lock(&pool.lock);
+        while (pool.pending > 0)
+            pthread_cond_wait(&pool.done, &pool.lock);
+        pool.task = NULL;
+        pool.arg = NULL;
+        pool.parts = 0;
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+typedef struct {
+    const Packet *packet;
+    Slice *slices;
+} SliceTask;
+
+static void
+run_slice_part(void *arg, int number, Buffers *buffers)
+{
+    SliceTask *task = (SliceTask *)arg;
+    run_slice(task->packet, &task->slices[number], buffers);
 }
 
 /* Phase 2 over `count` copies on the pool; GIL released by the caller. */
@@ -844,26 +867,8 @@ run_parallel(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slice
         start += size;
     }
     *slice_count = n;
-    if (n > 1) {
-        pthread_mutex_lock(&pool.lock);
-        pool.packet = p;
-        pool.slices = slices;
-        pool.slice_count = n;
-        pool.pending = n - 1;
-        pool.generation += 1;
-        pthread_cond_broadcast(&pool.work);
-        pthread_mutex_unlock(&pool.lock);
-    }
-    run_slice(p, &slices[0], &caller_buffers);
-    if (n > 1) {
-        pthread_mutex_lock(&pool.lock);
-        while (pool.pending > 0)
-            pthread_cond_wait(&pool.done, &pool.lock);
-        pool.slices = NULL;
-        pool.packet = NULL;
-        pool.slice_count = 0;
-        pthread_mutex_unlock(&pool.lock);
-    }
+    SliceTask task = {p, slices};
+    pool_run_locked(run_slice_part, &task, n);
     pthread_mutex_unlock(&pool.dispatch);
 }
 
@@ -881,44 +886,41 @@ PyDoc_STRVAR(fanout_doc,
 "copies are made on several threads with the GIL released; the call still returns\n"
 "only when every copy is sent or deferred, with the same result.");
 
-static PyObject *
-fanout(PyObject *module, PyObject *args)
+/*
+ * fanout_send: phases 1-3 for one packet (the GIL held on entry and on return).
+ * On success returns 0 with the counters in *totals, *stale (indexes, or NULL) and
+ * *unsent ((bytes, addr) items, or NULL) as new references; -1 with an exception set.
+ */
+int
+fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObject **stale_out,
+            PyObject **unsent_out)
 {
-    Packet p;
-    Py_buffer payload;
-    PyObject *targets;
-    if (!PyArg_ParseTuple(args, "iipIIIy*iO!", &p.fd, &p.first_byte, &p.marker, &p.sequence,
-                          &p.timestamp, &p.ssrc, &payload, &p.level_byte, &PyList_Type,
-                          &targets))
-        return NULL;
-    if (srtp_protect_ptr == NULL) {
-        PyBuffer_Release(&payload);
-        PyErr_SetString(PyExc_RuntimeError, "set_protect() was not called");
-        return NULL;
-    }
-    if (payload.len > MAX_PAYLOAD) {
-        PyBuffer_Release(&payload);
-        PyErr_Format(PyExc_ValueError, "payload of %zd octets is over %d", payload.len,
-                     MAX_PAYLOAD);
-        return NULL;
-    }
-    p.payload = (const unsigned char *)payload.buf;
-    p.payload_len = payload.len;
-
-    /* Phase 1: check and copy out, with the GIL. */
-    PyObject *stale = NULL, *unsent = NULL, *result = NULL;
+    const Packet p = *packet;
+    PyObject *stale = NULL, *unsent = NULL;
+    int rc = -1;
     Copy local[LOCAL_COPIES];
     Copy *copies = local;
     Py_ssize_t total = PyList_GET_SIZE(targets), count = 0;
     Slice slices[MAX_THREADS];
     int slice_count = 0;
-    Py_ssize_t sent = 0, send_errors = 0, srtp_errors = 0;
-    unsigned long long plain_octets = 0, wire_octets = 0;
+    memset(totals, 0, sizeof(*totals));
     memset(slices, 0, sizeof(slices));
+    *stale_out = NULL;
+    *unsent_out = NULL;
+    if (srtp_protect_ptr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_protect() was not called");
+        return -1;
+    }
+    if (p.payload_len > MAX_PAYLOAD) {
+        PyErr_Format(PyExc_ValueError, "payload of %zd octets is over %d", p.payload_len,
+                     MAX_PAYLOAD);
+        return -1;
+    }
     if (total > LOCAL_COPIES && (copies = PyMem_Malloc((size_t)total * sizeof(Copy))) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    /* Phase 1: check and copy out, with the GIL. */
     for (Py_ssize_t t = 0; t < total; t++) {
         PyObject *item = PyList_GET_ITEM(targets, t);
         if (!Py_IS_TYPE(item, &TargetType)) {
@@ -971,11 +973,11 @@ fanout(PyObject *module, PyObject *args)
     /* Phase 3: aggregate, slices in order so `unsent` stays in target order. */
     for (int s = 0; s < slice_count; s++) {
         Slice *slice = &slices[s];
-        sent += slice->sent;
-        send_errors += slice->send_errors;
-        srtp_errors += slice->srtp_errors;
-        plain_octets += slice->plain_octets;
-        wire_octets += slice->wire_octets;
+        totals->sent += slice->sent;
+        totals->send_errors += slice->send_errors;
+        totals->srtp_errors += slice->srtp_errors;
+        totals->plain_octets += slice->plain_octets;
+        totals->wire_octets += slice->wire_octets;
         for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
             Deferred *deferred = &slice->deferred[d];
             if (unsent == NULL && (unsent = PyList_New(0)) == NULL)
@@ -994,28 +996,10 @@ fanout(PyObject *module, PyObject *args)
             Py_DECREF(pair);
         }
     }
-    result = PyStructSequence_New(FanoutResultType);
-    if (result == NULL)
-        goto done;
-    {
-        PyObject *values[7] = {
-            PyLong_FromSsize_t(sent), PyLong_FromUnsignedLongLong(plain_octets),
-            PyLong_FromUnsignedLongLong(wire_octets), PyLong_FromSsize_t(send_errors),
-            PyLong_FromSsize_t(srtp_errors), stale ? stale : Py_NewRef(Py_None),
-            unsent ? unsent : Py_NewRef(Py_None)};
-        stale = NULL;
-        unsent = NULL;
-        for (int i = 0; i < 7; i++) {
-            if (values[i] == NULL) {
-                for (int k = 0; k < 7; k++)
-                    Py_XDECREF(values[k]);
-                Py_CLEAR(result);
-                goto done;
-            }
-        }
-        for (int i = 0; i < 7; i++)
-            PyStructSequence_SET_ITEM(result, i, values[i]);
-    }
+    *stale_out = stale;
+    *unsent_out = unsent;
+    stale = unsent = NULL;
+    rc = 0;
 done:
     for (Py_ssize_t i = 0; i < count; i++)
         Py_DECREF(copies[i].target);
@@ -1025,9 +1009,280 @@ done:
     }
     if (copies != local)
         PyMem_Free(copies);
-    PyBuffer_Release(&payload);
     Py_XDECREF(stale);
     Py_XDECREF(unsent);
+    return rc;
+}
+
+/* ---- A batch of packets: different calls' fan-outs on different threads ---------------- */
+
+/*
+ * fanout_send_many: the fan-outs of the packets one read of the media socket brought
+ * (rtc/_ingress.c). Packets of different `groups` (calls) go to disjoint receivers, so
+ * their fan-outs can run on different threads at once under the rule that makes the
+ * pool lock-free (each srtp_t and Rewrite written by one thread): a group's packets all
+ * run on one thread, in batch order; the caller waits with the GIL released. One group,
+ * or no pool: one fanout_send per packet (a big one still split into slices).
+ */
+
+typedef struct {
+    Packet packet;
+    Copy *copies;               /* each holds a reference on its Target until the end */
+    Slice slice;                /* the whole fan-out, as one slice */
+    int owner;                  /* the part (thread) that sends it */
+} BatchItem;
+
+typedef struct {
+    BatchItem *items;
+    Py_ssize_t count;
+} BatchTask;
+
+static void
+run_batch_part(void *arg, int number, Buffers *buffers)
+{
+    BatchTask *task = (BatchTask *)arg;
+    for (Py_ssize_t i = 0; i < task->count; i++) {
+        BatchItem *item = &task->items[i];
+        if (item->owner == number && item->slice.count > 0)
+            run_slice(&item->packet, &item->slice, buffers);
+    }
+}
+
+static unsigned long long parallel_batches = 0; /* batches whose calls ran on several threads */
+
+static int
+append_sequential(const Packet *packet, PyObject *targets, FanoutTotals *totals,
+                  PyObject **unsent)
+{
+    FanoutTotals one;
+    PyObject *stale = NULL, *deferred = NULL;
+    if (fanout_send(packet, targets, &one, &stale, &deferred) < 0)
+        return -1;
+    Py_XDECREF(stale); /* the caller checked: nothing renominated since */
+    totals->sent += one.sent;
+    totals->send_errors += one.send_errors;
+    totals->srtp_errors += one.srtp_errors;
+    totals->plain_octets += one.plain_octets;
+    totals->wire_octets += one.wire_octets;
+    if (deferred == NULL)
+        return 0;
+    if (*unsent == NULL) {
+        *unsent = deferred;
+        return 0;
+    }
+    Py_ssize_t size = PyList_GET_SIZE(*unsent);
+    int rc = PyList_SetSlice(*unsent, size, size, deferred);
+    Py_DECREF(deferred);
+    return rc;
+}
+
+int
+fanout_send_many(const Packet *packets, PyObject *const *targets, const long long *groups,
+                 Py_ssize_t n, FanoutTotals *totals, PyObject **unsent)
+{
+    memset(totals, 0, sizeof(*totals));
+    *unsent = NULL;
+    if (srtp_protect_ptr == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_protect() was not called");
+        return -1;
+    }
+    /* Which part (thread) each group goes to: a new group to the least loaded part. */
+    int parts = pool.threads, used = 0, owner[BATCH];
+    long long group_of_part_seen[BATCH];
+    Py_ssize_t load[MAX_THREADS];
+    int seen = 0, rc = -1;
+    memset(load, 0, sizeof(load));
+    if (parts > 1 && n >= 2 && n <= BATCH) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int found = -1;
+            for (int g = 0; g < seen; g++) {
+                if (group_of_part_seen[g] == groups[i]) {
+                    found = g;
+                    break;
+                }
+            }
+            if (found < 0) {
+                found = seen;
+                group_of_part_seen[seen++] = groups[i];
+            }
+            owner[i] = found; /* the group's index for now */
+        }
+    }
+    if (seen < 2) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (append_sequential(&packets[i], targets[i], totals, unsent) < 0)
+                goto sequential_failed;
+        return 0;
+    sequential_failed:
+        Py_CLEAR(*unsent);
+        return -1;
+    }
+
+    BatchItem *items = PyMem_Calloc((size_t)n, sizeof(BatchItem));
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    /* Phase 1 for every packet, with the GIL: the copies, a reference on each Target. */
+    int part_of_group[BATCH];
+    for (int g = 0; g < seen; g++)
+        part_of_group[g] = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        BatchItem *item = &items[i];
+        PyObject *list = targets[i];
+        Py_ssize_t total = PyList_GET_SIZE(list), count = 0;
+        item->packet = packets[i];
+        if (packets[i].payload_len > MAX_PAYLOAD)
+            total = 0; /* the caller checked; never overrun a slot */
+        if (total > 0 && (item->copies = PyMem_Malloc((size_t)total * sizeof(Copy))) == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (Py_ssize_t t = 0; t < total; t++) {
+            PyObject *entry = PyList_GET_ITEM(list, t);
+            if (!Py_IS_TYPE(entry, &TargetType))
+                continue;
+            TargetObject *target = (TargetObject *)entry;
+            if (target->nominated == NULL || target->rewrite == NULL)
+                continue;
+            PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
+            if (current == NULL && PyErr_Occurred())
+                PyErr_Clear();
+            if (current != target->pair)
+                continue; /* renominated since the check: skipped, Python replans */
+            item->copies[count].target = (TargetObject *)Py_NewRef(entry);
+            item->copies[count].rewrite = (RewriteObject *)target->rewrite;
+            item->copies[count].ctx = target->ctx;
+            item->copies[count].sockaddr = &target->sockaddr;
+            item->copies[count].index = t;
+            count += 1;
+        }
+        item->slice.copies = item->copies;
+        item->slice.count = count;
+        int g = owner[i];
+        if (part_of_group[g] < 0) {
+            int best = 0;
+            for (int k = 1; k < parts; k++)
+                if (load[k] < load[best])
+                    best = k;
+            part_of_group[g] = best;
+            used += load[best] == 0;
+        }
+        item->owner = part_of_group[g];
+        load[item->owner] += count;
+    }
+
+    /* Phase 2: every part on its thread, the GIL released. */
+    BatchTask task = {items, n};
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&pool.dispatch);
+    /* The pool may have shrunk while waiting for the lock: the parts beyond it run here. */
+    if (pool.threads < parts) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (items[i].owner >= pool.threads)
+                items[i].owner = 0;
+        parts = pool.threads;
+    }
+    pool_run_locked(run_batch_part, &task, parts);
+    pthread_mutex_unlock(&pool.dispatch);
+    Py_END_ALLOW_THREADS
+    parallel_batches += used > 1;
+
+    /* Phase 3: counters, and the deferred datagrams in batch order. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Slice *slice = &items[i].slice;
+        totals->sent += slice->sent;
+        totals->send_errors += slice->send_errors;
+        totals->srtp_errors += slice->srtp_errors;
+        totals->plain_octets += slice->plain_octets;
+        totals->wire_octets += slice->wire_octets;
+        for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
+            Deferred *deferred = &slice->deferred[d];
+            if (*unsent == NULL && (*unsent = PyList_New(0)) == NULL)
+                goto done;
+            PyObject *data = PyBytes_FromStringAndSize(
+                (const char *)slice->deferred_data + deferred->offset,
+                (Py_ssize_t)deferred->length);
+            if (data == NULL)
+                goto done;
+            PyObject *pair = PyTuple_Pack(2, data, deferred->copy->target->addr);
+            Py_DECREF(data);
+            if (pair == NULL || PyList_Append(*unsent, pair) < 0) {
+                Py_XDECREF(pair);
+                goto done;
+            }
+            Py_DECREF(pair);
+        }
+    }
+    rc = 0;
+done:
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (Py_ssize_t c = 0; c < items[i].slice.count; c++)
+            Py_DECREF(items[i].copies[c].target);
+        free(items[i].slice.deferred);
+        free(items[i].slice.deferred_data);
+        PyMem_Free(items[i].copies);
+    }
+    PyMem_Free(items);
+    if (rc < 0)
+        Py_CLEAR(*unsent);
+    return rc;
+}
+
+int
+fanout_targets_fresh(PyObject *targets)
+{
+    Py_ssize_t total = PyList_GET_SIZE(targets);
+    for (Py_ssize_t t = 0; t < total; t++) {
+        PyObject *item = PyList_GET_ITEM(targets, t);
+        if (!Py_IS_TYPE(item, &TargetType))
+            return 0;
+        TargetObject *target = (TargetObject *)item;
+        if (target->nominated == NULL || target->rewrite == NULL)
+            return 0;
+        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
+        if (current == NULL && PyErr_Occurred())
+            return -1;
+        if (current != target->pair)
+            return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+fanout(PyObject *module, PyObject *args)
+{
+    Packet p;
+    Py_buffer payload;
+    PyObject *targets, *stale, *unsent;
+    FanoutTotals totals;
+    if (!PyArg_ParseTuple(args, "iipIIIy*iO!", &p.fd, &p.first_byte, &p.marker, &p.sequence,
+                          &p.timestamp, &p.ssrc, &payload, &p.level_byte, &PyList_Type,
+                          &targets))
+        return NULL;
+    p.payload = (const unsigned char *)payload.buf;
+    p.payload_len = payload.len;
+    int rc = fanout_send(&p, targets, &totals, &stale, &unsent);
+    PyBuffer_Release(&payload);
+    if (rc < 0)
+        return NULL;
+    PyObject *result = PyStructSequence_New(FanoutResultType);
+    PyObject *values[7] = {
+        PyLong_FromSsize_t(totals.sent), PyLong_FromUnsignedLongLong(totals.plain_octets),
+        PyLong_FromUnsignedLongLong(totals.wire_octets), PyLong_FromSsize_t(totals.send_errors),
+        PyLong_FromSsize_t(totals.srtp_errors), stale ? stale : Py_NewRef(Py_None),
+        unsent ? unsent : Py_NewRef(Py_None)};
+    int failed = result == NULL;
+    for (int i = 0; i < 7; i++)
+        failed = failed || values[i] == NULL;
+    if (failed) {
+        for (int i = 0; i < 7; i++)
+            Py_XDECREF(values[i]);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    for (int i = 0; i < 7; i++)
+        PyStructSequence_SET_ITEM(result, i, values[i]);
     return result;
 }
 
@@ -1082,6 +1337,12 @@ parallel_fanouts(PyObject *module, PyObject *unused)
 }
 
 static PyObject *
+parallel_batches_count(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(parallel_batches);
+}
+
+static PyObject *
 set_protect(PyObject *module, PyObject *arg)
 {
     void *address = PyLong_AsVoidPtr(arg);
@@ -1090,7 +1351,7 @@ set_protect(PyObject *module, PyObject *arg)
             PyErr_SetString(PyExc_ValueError, "null srtp_protect address");
         return NULL;
     }
-    srtp_protect_ptr = (protect_fn)address;
+    srtp_protect_ptr = (srtp_fn)address;
     Py_RETURN_NONE;
 }
 
@@ -1107,6 +1368,8 @@ static PyMethodDef module_methods[] = {
      "pool_threads() -> threads fan-outs can run on now (1 = no pool)."},
     {"parallel_fanouts", parallel_fanouts, METH_NOARGS,
      "parallel_fanouts() -> fan-outs split across the pool since the module was loaded."},
+    {"parallel_batches", parallel_batches_count, METH_NOARGS,
+     "parallel_batches() -> socket reads whose calls' fan-outs ran on several threads."},
     {NULL}
 };
 
@@ -1155,6 +1418,10 @@ PyInit__fanout(void)
     PyModule_AddIntConstant(module, "PARALLEL_MIN_TARGETS", PARALLEL_MIN_TARGETS);
     PyModule_AddIntConstant(module, "MIN_SLICE", MIN_SLICE);
     PyModule_AddIntConstant(module, "MAX_THREADS", MAX_THREADS);
+    if (ingress_add_to_module(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     pthread_atfork(NULL, NULL, pool_after_fork_in_child);
     return module;
 }

@@ -390,16 +390,16 @@ def srtp_context_address(session: Any) -> int:
     return int(ffi.cast("uintptr_t", session._srtp[0]))
 
 
-def srtp_protect_function() -> tuple[int, str]:
-    """(address, C signature) of libsrtp's srtp_protect in pylibsrtp's cffi module.
+def srtp_function(name: str) -> tuple[int, str]:
+    """(address, C signature) of a libsrtp function in pylibsrtp's cffi module.
 
-    (`pylibsrtp._binding.lib`). The C fan-out calls it; the caller compares the
-    signature with the one it was written for. ImportError when there is no
-    cffi binding.
+    (`pylibsrtp._binding.lib`). The C media path calls srtp_protect and
+    srtp_unprotect through them; the caller compares each signature with the
+    one it was written for. ImportError when there is no cffi binding.
     """
     from pylibsrtp._binding import ffi, lib
 
-    pointer = ffi.addressof(lib, "srtp_protect")
+    pointer = ffi.addressof(lib, name)
     return int(ffi.cast("uintptr_t", pointer)), str(ffi.typeof(pointer).cname)
 
 
@@ -479,7 +479,8 @@ async def _self_test() -> None:
         session = pylibsrtp.Session(pylibsrtp.Policy(
             key=bytes(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
         srtp_context_address(session)
-        srtp_protect_function()
+        srtp_function("srtp_protect")
+        srtp_function("srtp_unprotect")
     finally:
         await pc.close()
 

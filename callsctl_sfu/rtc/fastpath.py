@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.rtp import PyRewrite
 
-# libsrtp 2.x, as pylibsrtp 1.0's cffi declares it.
+# libsrtp 2.x, as pylibsrtp 1.0's cffi declares srtp_protect and srtp_unprotect.
 EXPECTED_PROTECT = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 # The environment switch for side-by-side measurements and tests of the Python path.
 DISABLE_ENV = "CALLSCTL_FAST_PATH"
@@ -45,16 +45,20 @@ else:
 
 
 def _wire_protect() -> str:
-    """Give the extension libsrtp's srtp_protect; '' when done, else why not."""
+    """Give the extension libsrtp's srtp_protect and srtp_unprotect; '' when done, else why not."""
     if _fanout is None:
         return _import_error
     try:
-        address, signature = aiortc_bridge.srtp_protect_function()
+        protect, protect_signature = aiortc_bridge.srtp_function("srtp_protect")
+        unprotect, unprotect_signature = aiortc_bridge.srtp_function("srtp_unprotect")
     except ImportError as error:
         return f"pylibsrtp has no cffi binding ({error})"
-    if signature != EXPECTED_PROTECT:
-        return f"pylibsrtp's srtp_protect is {signature!r}, not the libsrtp 2 signature"
-    _fanout.set_protect(address)
+    for name, signature in (("srtp_protect", protect_signature),
+                            ("srtp_unprotect", unprotect_signature)):
+        if signature != EXPECTED_PROTECT:
+            return f"pylibsrtp's {name} is {signature!r}, not the libsrtp 2 signature"
+    _fanout.set_protect(protect)
+    _fanout.set_unprotect(unprotect)
     return ""
 
 
@@ -117,6 +121,16 @@ class PyTarget:
 
 # The fan-out's receivers: checked C objects when the C engine runs.
 Target: Any = _fanout.Target if AVAILABLE and _fanout is not None else PyTarget
+
+# The C ingress (rtc/_ingress.c): the media socket read, and established publishers'
+# audio decrypted and forwarded, without Python per packet. None with the Python engine.
+# Ingress(): the reader; InSession(context, srtp_session): one peer's inbound srtp_t and
+# its routes by SSRC; InRoute(tag, payload_type, ...): one forwarded audio stream.
+Ingress: Any = _fanout.Ingress if AVAILABLE and _fanout is not None else None
+InSession: Any = _fanout.InSession if AVAILABLE and _fanout is not None else None
+InRoute: Any = _fanout.InRoute if AVAILABLE and _fanout is not None else None
+# RFC 3550 reception state both paths update: the C one when the ingress runs.
+Reception: Any = _fanout.Reception if AVAILABLE and _fanout is not None else None
 
 
 class FanoutResult(NamedTuple):
@@ -182,6 +196,11 @@ def pool_threads() -> int:
 def parallel_fanouts() -> int:
     """Fan-outs split across the pool so far (0 with the Python engine): shows it is used."""
     return int(_fanout.parallel_fanouts()) if AVAILABLE and _fanout is not None else 0
+
+
+def parallel_batches() -> int:
+    """Socket reads whose packets of different calls were sent on several threads at once."""
+    return int(_fanout.parallel_batches()) if AVAILABLE and _fanout is not None else 0
 
 
 # Workers must not outlive the interpreter's teardown of the objects they read.

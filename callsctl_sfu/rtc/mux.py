@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
 from callsctl_sfu.ratelog import RateLimitedLog
-from callsctl_sfu.rtc import aiortc_bridge
+from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
 from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
@@ -124,9 +125,12 @@ class MuxedStunProtocol(StunProtocol):
         super().__init__(connection)
         self.mux = mux
         self.transport = mux.transport  # type: ignore[assignment]
-        self.last_rx = 0.0
+        self._last_rx = 0.0
         # Set by the session once DTLS is up: decrypts and forwards SRTP directly.
         self.fast_rx: Callable[[bytes], None] | None = None
+        # The session's inbound state in the C ingress (fastpath.InSession), once DTLS is
+        # up and the C engine runs: its audio is then forwarded without coming up here.
+        self.ingress_session: Any = None
         self._closed_once = False
         # The same session's protocols on other paths, keyed udp6/tcp4/tcp6.
         self.siblings: dict[str, StunProtocol] = {}
@@ -136,6 +140,18 @@ class MuxedStunProtocol(StunProtocol):
     @property
     def connection(self) -> Connection:
         return self.receiver
+
+    @property
+    def last_rx(self) -> float:
+        """Loop time of the last packet from the peer, whichever path read it."""
+        session = self.ingress_session
+        if session is not None and session.last_rx > self._last_rx:
+            return float(session.last_rx)
+        return self._last_rx
+
+    @last_rx.setter
+    def last_rx(self, value: float) -> None:
+        self._last_rx = value
 
     async def request(self, request: stun.Message, addr: Address,
                       integrity_key: bytes | None = None,
@@ -163,6 +179,7 @@ class MuxedStunProtocol(StunProtocol):
             return
         self._closed_once = True
         self.fast_rx = None
+        self.mux.detach_ingress(self)
         self.mux.consent.discard(self.connection)
         self.mux.unregister(self)
         self.connection_lost(None)
@@ -219,6 +236,11 @@ class UdpMux(asyncio.DatagramProtocol):
         self._malformed_log = RateLimitedLog(log)
         # ICE consent freshness of every attached connection (RFC 7675), one timer for all.
         self.consent = ConsentScheduler()
+        # The C reader of the IPv4 socket (rtc/_ingress.c), None with the Python engine.
+        self.ingress: Any = fastpath.Ingress() if fastpath.Ingress is not None else None
+        # What the ingress did besides reading, for the forwarder (set by it): counters,
+        # speakers heard, send-cost samples.
+        self.ingress_sink: Callable[[tuple[Any, ...]], None] | None = None
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -229,6 +251,57 @@ class UdpMux(asyncio.DatagramProtocol):
         # datagram_received reads the rest of a batch from it.
         sock = getattr(transport, "_sock", None)
         self._sock = sock if isinstance(sock, socket.socket) else None
+        if self.ingress is not None and self._sock is not None:
+            # asyncio adds its reader right after this call; take the socket over after it.
+            self._loop.call_soon(self._read_with_ingress)
+
+    def _read_with_ingress(self) -> None:
+        """Read the IPv4 socket with the C ingress instead of asyncio's one-datagram reader.
+
+        The transport stays (sending, its write queue, closing); only its reader is
+        replaced. The public add_reader refuses a transport's socket, so this uses the
+        selector loop's own `_add_reader`, which the transport itself registered with
+        and which its close() undoes. A loop without it keeps asyncio's reader (and
+        every packet takes the Python path).
+        """
+        sock, transport = self._sock, self.transport
+        add_reader = getattr(self._loop, "_add_reader", None)
+        if sock is None or transport is None or transport.is_closing() or add_reader is None:
+            self.ingress = None
+            return
+        add_reader(sock.fileno(), self._ingress_ready)
+
+    def _ingress_ready(self) -> None:
+        """The socket is readable: one C drain, then what it handed up, in order."""
+        sock = self._sock
+        if sock is None or self.ingress is None:
+            return
+        try:
+            result = self.ingress.drain(sock.fileno(), self.fanout_fd(), self._loop.time())
+        except Exception as exc:  # noqa: BLE001 - a read never stops the socket
+            log.warning("media socket read failed: %s", exc)
+            return
+        slow, loud, unsent, samples, error, datagrams_in, bytes_in, truncated = result[:8]
+        forwarded, wire_octets, send_errors = result[9], result[11], result[12]
+        stats = self.stats
+        # Datagrams handed up are counted by handle_datagram below, like any other.
+        if slow:
+            datagrams_in -= len(slow)
+            bytes_in -= sum(len(data) for data, _addr in slow)
+        stats.datagrams_in += datagrams_in
+        stats.bytes_in += bytes_in
+        if truncated:
+            self.malformed[("udp", "oversized")] += truncated
+        if forwarded or send_errors or unsent:
+            self.fanned_out(forwarded, wire_octets, send_errors, unsent)
+        sink = self.ingress_sink
+        if sink is not None and (result[8] or loud or samples):
+            sink(result)
+        if error:
+            self.error_received(OSError(error, os.strerror(error)))
+        if slow:
+            for data, addr in slow:
+                self.handle_datagram(data, addr)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sock = None
@@ -350,6 +423,27 @@ class UdpMux(asyncio.DatagramProtocol):
         if proto._closed_once:
             return
         self.by_addr[addr] = proto
+        if proto.ingress_session is not None and ":" not in addr[0]:
+            self.ingress.add(addr, proto.ingress_session)
+
+    def attach_ingress(self, proto: MuxedStunProtocol, session: Any) -> None:
+        """The session's DTLS is up: the C ingress may read its IPv4 sources' media."""
+        if self.ingress is None or proto._closed_once:
+            return
+        proto.ingress_session = session
+        for addr, owner in self.by_addr.items():
+            if owner is proto and ":" not in addr[0]:
+                self.ingress.add(addr, session)
+
+    def detach_ingress(self, proto: MuxedStunProtocol) -> None:
+        """Every packet of this session comes up to Python again (it closes)."""
+        if proto.ingress_session is None or self.ingress is None:
+            return
+        proto.ingress_session.clear_routes()
+        proto.ingress_session = None
+        for addr, owner in self.by_addr.items():
+            if owner is proto and ":" not in addr[0]:
+                self.ingress.remove(addr)
 
     def register(self, proto: MuxedStunProtocol) -> None:
         self.by_ufrag[proto.connection.local_username] = proto
@@ -360,6 +454,8 @@ class UdpMux(asyncio.DatagramProtocol):
             del self.by_ufrag[ufrag]
         for addr in [a for a, p in self.by_addr.items() if p is proto]:
             del self.by_addr[addr]
+            if self.ingress is not None and ":" not in addr[0]:
+                self.ingress.remove(addr)
         for tid in [t for t, p in self.transactions.items() if p is proto]:
             del self.transactions[tid]
 

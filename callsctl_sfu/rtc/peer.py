@@ -34,7 +34,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
-from callsctl_sfu.rtc import aiortc_bridge
+from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI
@@ -203,8 +203,26 @@ class MediaPeer:
         self.audio_level_id: int | None = None
         self.glare_ignored = 0
         self.offers_sent = 0
-        self.srtp_errors = 0
+        self._srtp_errors = 0
         self.rtcp_in = 0
+        # This peer in the C ingress (fastpath.InSession) once DTLS is up, else None.
+        self.ingress: Any = None
+
+    @property
+    def srtp_errors(self) -> int:
+        """Packets SRTP refused, on the Python path and in the C ingress."""
+        ingress = self.ingress
+        return self._srtp_errors + (int(ingress.srtp_errors) if ingress is not None else 0)
+
+    @srtp_errors.setter
+    def srtp_errors(self, value: int) -> None:
+        ingress = self.ingress
+        self._srtp_errors = value - (int(ingress.srtp_errors) if ingress is not None else 0)
+
+    def drop_ingress_routes(self) -> None:
+        """Every packet of this peer goes up to Python until the forwarder routes it again."""
+        if self.ingress is not None:
+            self.ingress.clear_routes()
 
     # -- signaling ----------------------------------------------------------------
 
@@ -383,6 +401,7 @@ class MediaPeer:
             return
         current = merge_numbering(numbering_of(remote.sdp), self.numbering)
         self.numbering = current
+        self.drop_ingress_routes()  # payload types and extension ids may have changed
         self.opus_pt = current.payload_types.get(OPUS_KEY)
         self.vp8_pt = current.payload_types.get(VP8_KEY)
         self.audio_level_id = current.extension_ids.get(AUDIO_LEVEL_URI)
@@ -415,6 +434,7 @@ class MediaPeer:
         if remote is None:
             return
         before = {mid: t.label for mid, t in self.published.items()}
+        self.drop_ingress_routes()  # what is published, and how, may have changed
         self.published = discover_published(remote.sdp, self.server_mids, self.screen_streams,
                                             self.ring_size, self.published, self.active_mids)
         for mid, track in self.published.items():
@@ -478,6 +498,11 @@ class MediaPeer:
         self._nominated = aiortc_bridge.nominated_pairs(connection)
         self.connected = True
         proto.fast_rx = self._fast_rx
+        if fastpath.InSession is not None:
+            # The C ingress decrypts this peer's audio with the same inbound srtp_t.
+            self.ingress = fastpath.InSession(aiortc_bridge.srtp_context_address(rx_srtp),
+                                              rx_srtp)
+            self.mux.attach_ingress(proto, self.ingress)
         self._on_state(self, "connected")
 
     def _fast_rx(self, data: bytes) -> None:
@@ -610,6 +635,7 @@ class MediaPeer:
         self._queue.put_nowait(("negotiate", None))
         if self.proto is not None:
             self.proto.fast_rx = None
+            self.mux.detach_ingress(self.proto)
         self._worker.cancel()
         try:
             await asyncio.wait_for(self.pc.close(), timeout=5)

@@ -10,9 +10,11 @@ stream reported, so a publisher never sends more than its weakest viewer takes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc.rtp import RtcpPsfbPacket, RtcpReceiverInfo, RtcpRrPacket, pack_remb_fci
 
+from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.rtcp import SFU_SSRC
 
 REMB_FMT = 15
@@ -20,22 +22,27 @@ DEFAULT_REMB_BPS = 1_500_000  # until a receiver reports, a safe ceiling for one
 MIN_REMB_BPS = 100_000
 
 
-@dataclass
-class ReceptionStats:
-    """RFC 3550 Appendix A bookkeeping for one incoming SSRC."""
+class PyReception:
+    """RFC 3550 Appendix A bookkeeping for one incoming SSRC (the Python twin of
+    _fanout.Reception, which the C ingress updates in place; same fields, same update)."""
 
-    clock_rate: int
-    base_seq: int = -1
-    max_seq: int = 0
-    cycles: int = 0
-    received: int = 0
-    expected_prior: int = 0
-    received_prior: int = 0
-    jitter: float = 0.0
-    transit: float | None = None
-    last_sr: int = 0  # middle 32 bits of the last SR's NTP timestamp
-    last_sr_at: float = 0.0
-    lost_fraction: float = 0.0
+    __slots__ = ("clock_rate", "base_seq", "max_seq", "cycles", "received", "expected_prior",
+                 "received_prior", "jitter", "transit", "last_sr", "last_sr_at",
+                 "lost_fraction")
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self.base_seq = -1
+        self.max_seq = 0
+        self.cycles = 0
+        self.received = 0
+        self.expected_prior = 0
+        self.received_prior = 0
+        self.jitter = 0.0
+        self.transit: float | None = None
+        self.last_sr = 0  # middle 32 bits of the last SR's NTP timestamp
+        self.last_sr_at = 0.0
+        self.lost_fraction = 0.0
 
     def update(self, sequence: int, rtp_timestamp: int, arrival: float) -> None:
         if self.base_seq < 0:
@@ -51,6 +58,16 @@ class ReceptionStats:
             if delta < self.clock_rate * 10:  # ignore timestamp jumps (new source)
                 self.jitter += (delta - self.jitter) / 16
         self.transit = transit
+
+
+# The C type when the C media path runs: its ingress updates these objects in place.
+_ReceptionBase: Any = fastpath.Reception if fastpath.Reception is not None else PyReception
+
+
+class ReceptionStats(_ReceptionBase):  # type: ignore[misc, valid-type]
+    """One incoming SSRC's reception state, and the report block built from it."""
+
+    __slots__ = ()
 
     def block(self, ssrc: int, now: float) -> RtcpReceiverInfo:
         extended = self.cycles + self.max_seq

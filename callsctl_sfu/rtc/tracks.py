@@ -10,6 +10,7 @@ mid (libwebrtc does that after glare) is followed rather than dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiortc import sdp as aiortc_sdp
 
@@ -34,8 +35,11 @@ class PublishedTrack:
     ring: RingBuffer | None = None
     keyframes: KeyframeThrottle = field(default_factory=KeyframeThrottle)
     highest_seq: dict[int, int] = field(default_factory=dict)
-    packets: int = 0
-    octets: int = 0
+    # Packets and payload octets the Python path handled; `packets`/`octets` add the C
+    # ingress's share (fast_route, a fastpath.InRoute, once the forwarder registered one).
+    python_packets: int = 0
+    python_octets: int = 0
+    fast_route: Any = None
     nacks_sent: int = 0
     primary_ssrc: int | None = None
     # Sequence numbers the SFU itself is missing, with when the gap was seen: not
@@ -64,6 +68,16 @@ class PublishedTrack:
         if stats is None:
             stats = self.reception[ssrc] = ReceptionStats(CLOCK_RATES[self.kind])
         stats.update(sequence, rtp_timestamp, arrival)
+
+    @property
+    def packets(self) -> int:
+        route = self.fast_route
+        return self.python_packets + (int(route.packets) if route is not None else 0)
+
+    @property
+    def octets(self) -> int:
+        route = self.fast_route
+        return self.python_octets + (int(route.octets) if route is not None else 0)
 
     @property
     def key_suffix(self) -> str:

@@ -1,0 +1,304 @@
+"""The C ingress (rtc/_ingress.c): the media socket read and audio forwarded in C.
+
+Unit part: a real UDP "server" socket on loopback, a publisher socket that
+protects RTP with a real libsrtp context, receivers that decrypt what arrives
+(tests/support/srtp.py). Every case asserts what a participant would notice:
+the packet reached the other side rewritten, or did not, or came up to Python
+untouched. Server part: a real `serve` with load-generator participants, where
+the audio is forwarded by the ingress (its counters) and mute is still enforced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import httpx
+import pylibsrtp
+import pytest
+
+from callsctl_sfu.rtc import aiortc_bridge, fastpath
+from callsctl_sfu.rtc.reports import ReceptionStats
+from tests.support.clients import close_all, join_all
+from tests.support.helpers import wait_until
+from tests.support.srtp import Receiver, srtp_pair
+
+pytestmark = pytest.mark.skipif(fastpath.Ingress is None,
+                                reason=fastpath.REASON or "C extension not built")
+
+OPUS_PT = 111
+LEVEL_ID = 1
+PUBLISHER_SSRC = 0x1234
+
+
+def rtp(sequence: int, level: int | None = 30, payload: bytes = b"opus-frame",
+        ssrc: int = PUBLISHER_SSRC, payload_type: int = OPUS_PT) -> bytes:
+    """An RTP packet with an RFC 6464 one-byte extension (id LEVEL_ID) when level is given."""
+    if level is None:
+        return struct.pack("!BBHII", 0x80, payload_type, sequence, sequence * 960, ssrc) + payload
+    extension = struct.pack("!HHBBH", 0xBEDE, 1, LEVEL_ID << 4, 0x80 | level, 0)
+    return struct.pack("!BBHII", 0x90, payload_type, sequence, sequence * 960, ssrc) \
+        + extension + payload
+
+
+class Server:
+    """The server side: its socket, one publisher's inbound context and the ingress."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.publisher = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.publisher.bind(("127.0.0.1", 0))
+        key = os.urandom(30)
+        self.protect, _ = srtp_pair(key)  # the publisher's outbound context
+        inbound = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
+        self.unprotect = pylibsrtp.Session(inbound)
+        self.ingress = fastpath.Ingress()
+        self.session = fastpath.InSession(aiortc_bridge.srtp_context_address(self.unprotect),
+                                          self.unprotect)
+        self.ingress.add(self.publisher.getsockname(), self.session)
+        self.reception = ReceptionStats(48000)
+
+    def route(self, receivers: list[Receiver], muted: bool = False):
+        route = fastpath.InRoute("alice", OPUS_PT, LEVEL_ID, self.reception, muted)
+        route.targets = [] if muted else [r.target for r in receivers]
+        self.session.set_route(PUBLISHER_SSRC, route)
+        return route
+
+    def send(self, packet: bytes, protect: bool = True) -> None:
+        data = self.protect.protect(packet) if protect else packet
+        self.publisher.sendto(data, self.sock.getsockname())
+
+    def drain(self, send: bool = True, now: float = 1.0):
+        """One drain once the datagrams sent so far are readable."""
+        deadline = 50
+        while deadline:
+            result = self.ingress.drain(self.sock.fileno(), self.sock.fileno() if send else -1,
+                                        now)
+            if result[5]:
+                return result
+            deadline -= 1
+            asyncio.run(asyncio.sleep(0.01))
+        raise AssertionError("nothing arrived on the server socket")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.publisher.close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def test_a_routed_audio_packet_reaches_every_receiver_rewritten(server):
+    receivers = [Receiver(0xA0 + i, level_id=3) for i in range(3)]
+    route = server.route(receivers)
+    server.send(rtp(1, level=30))
+    slow, loud, unsent, _samples, error, datagrams_in, _bytes, _trunc, rtp_in, forwarded, \
+        *_rest = server.drain()
+    assert (slow, unsent, error, datagrams_in, rtp_in, forwarded) == (None, None, 0, 1, 1, 3)
+    assert loud == ["alice"]  # -30 dBov is speech: voice activity goes up to Python
+    for i, receiver in enumerate(receivers):
+        packet = receiver.receive()
+        assert packet.ssrc == 0xA0 + i and packet.payload_type == OPUS_PT
+        assert bytes(packet.payload) == b"opus-frame"
+        assert packet.extensions[3][0] == 30  # the level, under the receiver's own id
+    assert route.packets == 1 and route.octets == len(b"opus-frame")
+    assert server.session.packets == 1 and server.session.last_rx == 1.0
+    assert server.reception.received == 1 and server.reception.max_seq == 1
+
+
+def test_quiet_packets_are_forwarded_without_voice_activity(server):
+    receiver = Receiver(0xB0)
+    server.route([receiver])
+    server.send(rtp(1, level=90))
+    result = server.drain()
+    assert result[1] is None and result[9] == 1
+    assert receiver.receive().extensions[1][0] == 90
+
+
+def test_a_muted_route_drops_after_counting_reception(server):
+    receiver = Receiver(0xC0)
+    route = server.route([receiver], muted=True)
+    server.send(rtp(1))
+    result = server.drain()
+    assert result[0] is None and result[9] == 0 and result[14] == 1  # dropped_muted
+    assert receiver.nothing_waiting()
+    assert route.packets == 1 and server.reception.received == 1  # receiver reports stay true
+
+
+@pytest.mark.parametrize("case", ["unknown ssrc", "rtcp", "other payload type", "no route",
+                                  "not srtp", "unknown source", "send blocked"])
+def test_what_the_ingress_does_not_cover_comes_up_untouched(server, case):
+    receiver = Receiver(0xD0)
+    server.route([receiver])
+    packet = rtp(1)
+    send = True
+    if case == "unknown ssrc":
+        packet = rtp(1, ssrc=0x9999)
+    elif case == "other payload type":
+        packet = rtp(1, payload_type=97)  # RTX or DTMF: Python decides
+    elif case == "no route":
+        server.session.clear_routes()
+    elif case == "unknown source":
+        server.ingress.remove(server.publisher.getsockname())
+    elif case == "send blocked":
+        send = False  # asyncio holds queued datagrams: nothing may overtake them
+    if case == "rtcp":
+        data = server.protect.protect_rtcp(struct.pack("!BBHI", 0x80, 201, 1, 0x1234))
+    elif case == "not srtp":
+        data = b"\x16\xfe\xfd" + b"\x00" * 20  # a DTLS record
+    else:
+        data = server.protect.protect(packet)
+    server.publisher.sendto(data, server.sock.getsockname())
+    result = server.drain(send=send)
+    assert result[0] == [(data, server.publisher.getsockname())]
+    assert result[9] == 0
+    assert receiver.nothing_waiting()
+
+
+def test_a_renominated_receiver_sends_the_packet_up_for_python_to_replan(server):
+    receivers = [Receiver(0xE0), Receiver(0xE1)]
+    server.route(receivers)
+    receivers[1].nominated[1] = object()  # the client switched candidate pairs
+    server.send(rtp(1))
+    result = server.drain()
+    assert result[0] is not None and len(result[0]) == 1 and result[9] == 0
+    assert all(r.nothing_waiting() for r in receivers)
+
+
+def test_a_plan_taken_away_sends_packets_up_until_routed_again(server):
+    receiver = Receiver(0xF0)
+    route = server.route([receiver])
+    route.targets = None  # what TrackRoutes does when the plan changes
+    server.send(rtp(1))
+    assert server.drain()[0] is not None
+    route.targets = [receiver.target]
+    server.send(rtp(2))
+    assert server.drain()[9] == 1
+    assert receiver.receive().sequence is not None
+
+
+def test_a_packet_that_fails_srtp_is_counted_not_forwarded(server):
+    receiver = Receiver(0xF1)
+    server.route([receiver])
+    server.send(rtp(1) + b"\x00" * 10, protect=False)  # no valid auth tag
+    result = server.drain()
+    assert result[0] is None and result[9] == 0
+    assert server.session.srtp_errors == 1
+    assert receiver.nothing_waiting()
+
+
+def test_a_datagram_too_big_for_webrtc_is_counted_and_dropped(server):
+    server.publisher.sendto(b"\x80" * (fastpath_recv_slot() + 100), server.sock.getsockname())
+    result = server.drain()
+    assert result[0] is None and result[7] == 1  # truncated
+
+
+def fastpath_recv_slot() -> int:
+    from callsctl_sfu.rtc import _fanout
+    return int(_fanout.RECV_SLOT)
+
+
+def test_the_route_objects_refuse_wrong_types() -> None:
+    with pytest.raises(TypeError, match="targets must be a list"):
+        fastpath.InRoute("a", OPUS_PT).targets = ("not", "a list")
+    with pytest.raises(ValueError, match="payload_type"):
+        fastpath.InRoute("a", 200)
+    with pytest.raises(TypeError, match="reception must be a Reception"):
+        fastpath.InRoute("a", OPUS_PT, reception=object())
+    with pytest.raises(ValueError, match="IPv4"):
+        fastpath.Ingress().add(("::1", 5), fastpath.InSession(1, None))
+    route = fastpath.InRoute("a", OPUS_PT)
+    route.targets = [object()]  # not a Target: the drain sends such a packet up, never crashes
+    assert route.targets is not None
+
+
+class SecondPublisher:
+    """Another publisher sending to the same server socket, with its own SRTP contexts."""
+
+    def __init__(self, server: Server, ssrc: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        key = os.urandom(30)
+        self.protect, _ = srtp_pair(key)
+        inbound = pylibsrtp.Session(pylibsrtp.Policy(
+            key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        self.session = fastpath.InSession(aiortc_bridge.srtp_context_address(inbound), inbound)
+        server.ingress.add(self.sock.getsockname(), self.session)
+        self.server, self.ssrc = server, ssrc
+
+    def send(self, sequence: int) -> None:
+        self.sock.sendto(self.protect.protect(rtp(sequence, ssrc=self.ssrc)),
+                         self.server.sock.getsockname())
+
+
+@pytest.fixture
+def two_threads():
+    fastpath.start_pool(2)
+    yield
+    fastpath.shutdown_pool()
+
+
+@pytest.mark.parametrize("same_call", [False, True])
+def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, same_call):
+    """Packets of different calls in one read go out in parallel; one call's never do."""
+    first_call = [Receiver(0x100 + i) for i in range(20)]
+    second_call = [Receiver(0x200 + i) for i in range(20)]
+    route = server.route(first_call)
+    other = SecondPublisher(server, 0x4321)
+    other_route = fastpath.InRoute("bob", OPUS_PT, LEVEL_ID)
+    other_route.targets = [r.target for r in second_call]
+    other_route.group = route.group if same_call else route.group + 1
+    other.session.set_route(0x4321, other_route)
+    before = fastpath.parallel_batches()
+    for sequence in range(1, 4):
+        server.send(rtp(sequence))
+        other.send(sequence)
+    asyncio.run(asyncio.sleep(0.05))  # all six datagrams are queued: one read takes them
+    result = server.drain()
+    assert result[5] == 6 and result[0] is None and result[9] == 3 * 40
+    assert fastpath.parallel_batches() - before == (0 if same_call else 1)
+    for receiver in first_call + second_call:  # each stream in order, rewritten once
+        assert [receiver.receive().sequence for _ in range(3)] == [
+            (receiver.rewrite.last_seq - 2 + i) & 0xFFFF for i in range(3)]
+
+
+# -- a real server ---------------------------------------------------------------------------------
+
+async def test_a_real_call_is_forwarded_by_the_ingress_and_mute_still_holds(serve_factory):
+    """Three participants: their audio reaches the others through the C ingress, and a
+    muted one whose client keeps sending is dropped there."""
+    server = serve_factory()
+    people = await join_all(server, 3, call="ingress")
+    loud, a, b = people
+    try:
+        for me, person in enumerate(people):
+            others = [p.session_id for i, p in enumerate(people) if i != me]
+            assert await wait_until(lambda p=person, o=others: all(p.frames_from[s] > 40
+                                                                   for s in o), 10), \
+                f"{person.name} got {dict(person.frames_from)}"
+        forwarding = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
+        # Each stream's first packet goes through Python, the rest through the ingress.
+        assert forwarding["rtp_in_c"] > 100, forwarding
+        assert forwarding["rtp_in_c"] > 0.9 * forwarding["rtp_in"], forwarding
+        await loud.send({"type": "mute"})  # its client keeps sending
+        await a.wait_for(lambda e: e["type"] == "user_muted"
+                         and e["session_id"] == loud.session_id, 5)
+        await asyncio.sleep(0.5)
+        before, still = a.frames_from[loud.session_id], b.frames_from[a.session_id]
+        dropped = httpx.get(f"{server.api_url}/stats").json()["forwarding"]["dropped_muted"]
+        await asyncio.sleep(1.5)
+        assert a.frames_from[loud.session_id] == before
+        assert b.frames_from[a.session_id] > still + 30
+        after = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
+        assert after["dropped_muted"] > dropped + 30  # dropped by the server, not trusted
+        assert after["rtp_in_c"] > forwarding["rtp_in_c"] + 100
+    finally:
+        await close_all(people)

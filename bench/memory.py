@@ -174,7 +174,8 @@ async def start_serve(workdir: Path, trace: Path | None,
     try:
         await _wait_ready(base, process, log)
     except BaseException:
-        process.kill()
+        if process.returncode is None:
+            process.kill()
         await process.wait()
         raise
     return Running(process, base, f"ws://127.0.0.1:{api}/ws",

@@ -16,9 +16,13 @@ Three measurements, each on loopback with ephemeral ports and a temporary data d
   on, a snapshot dumped on SIGUSR2): the allocation sites that grew between
   idle and joined, per session, by file and line. Traced RSS is not a figure
   (tracemalloc doubles the heap); the sites are.
+- with --native, the server runs with heaptrack's preload library instead:
+  every malloc is recorded (OpenSSL, libsrtp, the C fan-out: what tracemalloc
+  cannot see) and the sites holding the heap at its peak are listed per session.
 
     python bench/memory.py                                  # imports + 50 and 200, printed
-    python bench/memory.py --sizes 200 --trace --top 25     # where it goes
+    python bench/memory.py --sizes 200 --trace --top 25     # where it goes: Python heap
+    python bench/memory.py --sizes 200 --native --top 25    # and native (heaptrack)
     python bench/memory.py --write bench/RESULTS.md --label after
     python bench/memory.py --json                           # one JSON document
 """
@@ -30,6 +34,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -145,22 +150,32 @@ def import_costs() -> list[dict[str, Any]]:
     return out
 
 
-async def start_serve(workdir: Path, trace: Path | None) -> Running:
-    """`callsctl serve` on free loopback ports, under tracemalloc when `trace` is given."""
+async def start_serve(workdir: Path, trace: Path | None,
+                      native: Path | None = None) -> Running:
+    """`callsctl serve` on free loopback ports, under tracemalloc when `trace` is given.
+
+    With `native`, heaptrack's preload library records every malloc of the server
+    (the native ones tracemalloc cannot see) into that file.
+    """
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = workdir / f"data-{api}"
     log = workdir / f"serve-{api}.log"
     head = [str(BENCH / "traced_serve.py"), str(trace)] if trace else ["-m", "callsctl"]
+    env = None
+    if native is not None:
+        env = dict(os.environ, LD_PRELOAD=str(_heaptrack_tools()[0]),
+                   DUMP_HEAPTRACK_OUTPUT=str(native))
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, *head, "serve", "--bind", "127.0.0.1", "--api-port", str(api),
             "--udp-port", str(udp), "--data-dir", str(data_dir), "--log-level", "warning",
-            cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT)
+            cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{api}"
     try:
         await _wait_ready(base, process, log)
     except BaseException:
-        process.kill()
+        if process.returncode is None:
+            process.kill()
         await process.wait()
         raise
     return Running(process, base, f"ws://127.0.0.1:{api}/ws",
@@ -204,6 +219,64 @@ def _short(filename: str) -> str:
     return filename.split(str(REPO) + "/", 1)[-1]
 
 
+def _heaptrack_tools() -> tuple[Path, Path]:
+    """(preload library, raw-data interpreter) of the installed heaptrack."""
+    script = shutil.which("heaptrack")
+    if script is None:
+        raise SystemExit("--native needs heaptrack: apt-get install heaptrack")
+    lib = Path(script).resolve().parent.parent / "lib" / "heaptrack"
+    return lib / "libheaptrack_preload.so", lib / "libexec" / "heaptrack_interpret"
+
+
+# A native allocation site is named by the outermost call into a native library
+# through cffi (pyOpenSSL's and pylibsrtp's bindings: _cffi_f_SSL_read) when there
+# is one, and the function that called malloc. Stacks whose caller is Python's own
+# allocator are Python objects, which --trace reports by their Python line.
+_PYTHON_ALLOCATORS = ("_PyObject_Malloc", "_PyObject_Calloc", "_PyObject_Realloc",
+                      "PyMem_", "_PyMem_", "new_arena", "_PyBytes_Resize")
+_MALLOC = ("CRYPTO_malloc", "CRYPTO_zalloc", "CRYPTO_realloc", "CRYPTO_clear_realloc",
+           "srtp_crypto_alloc", "malloc", "calloc", "realloc", "0x")
+
+
+def native_sites(raw: Path, sessions: int, top: int) -> dict[str, Any]:
+    """Native heap per session by allocation site, from heaptrack's raw record.
+
+    A stack's cost is what it holds when the heap is at its peak (heaptrack's
+    "peak" cost), reached while every session is joined. The idle server's own
+    allocations (imports, OpenSSL's providers, the CA store) are in that peak
+    too, so only sites that grow with the sessions mean anything per session.
+    """
+    interpret = _heaptrack_tools()[1]
+    data = raw.with_suffix(".data")
+    with raw.open("rb") as source, data.open("wb") as out:
+        subprocess.run([str(interpret)], stdin=source, stdout=out, check=True, timeout=600)
+    stacks = raw.with_suffix(".stacks")
+    subprocess.run(["heaptrack_print", "-f", str(data), "--print-peaks", "0",
+                    "--print-allocators", "0", "--print-temporary", "0", "--print-leaks", "0",
+                    "--print-flamegraph", str(stacks), "--flamegraph-cost-type", "peak"],
+                   check=True, timeout=600, capture_output=True)
+    sites: dict[str, int] = {}
+    python = 0
+    for line in stacks.read_text(errors="replace").splitlines():
+        stack, _, cost = line.rpartition(" ")
+        frames = [f.split(" (")[0] for f in stack.split(";") if f]
+        if not frames or not cost.isdigit():
+            continue
+        callers = [f for f in frames if not f.startswith(_MALLOC)]
+        if callers and callers[-1].startswith(_PYTHON_ALLOCATORS):
+            python += int(cost)
+            continue
+        entry = next((f for f in frames if f.startswith(("_cffi_f_", "_cffi_d_"))), None)
+        site = f"{entry[len('_cffi_f_'):]} > " if entry else ""
+        site += callers[-1] if callers else frames[-1]
+        sites[site] = sites.get(site, 0) + int(cost)
+    ranked = sorted(sites.items(), key=lambda item: -item[1])[:top]
+    return {"native_total_kb": round(sum(sites.values()) / 1024),
+            "python_via_malloc_kb": round(python / 1024),
+            "native_sites": [{"site": k, "bytes_per_session": round(v / max(1, sessions))}
+                             for k, v in ranked]}
+
+
 async def _malloc_trim(pid: int) -> None:
     """glibc's malloc_trim(0) in the server, through gdb: what RSS is free heap kept, not live."""
     gdb = await asyncio.create_subprocess_exec(
@@ -213,10 +286,12 @@ async def _malloc_trim(pid: int) -> None:
 
 
 async def sessions(size: int, unmuted: int, window: float, workdir: Path,
-                   trace: bool, top: int, trim: bool = False) -> dict[str, Any]:
+                   trace: bool, top: int, trim: bool = False,
+                   native: bool = False) -> dict[str, Any]:
     """One server, one call of `size` audio participants: RSS idle and joined."""
     prefix = workdir / f"trace-{size}" if trace else None
-    running = await start_serve(workdir, prefix)
+    raw = workdir / f"heaptrack-{size}.raw" if native else None
+    running = await start_serve(workdir, prefix, raw)
     snapshots: list[tracemalloc.Snapshot] = []
     readings: dict[str, dict[str, int]] = {}
     try:
@@ -251,7 +326,7 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
     idle, end = readings["idle"], readings.get("end")
     result: dict[str, Any] = {
         "size": size, "unmuted": unmuted, "joined": joined,
-        "failed": report["participants"]["failed"], "traced": trace,
+        "failed": report["participants"]["failed"], "traced": trace or native,
         "rss_idle_kb": idle["VmRSS"], "anon_idle_kb": idle["RssAnon"],
         "file_idle_kb": idle["RssFile"],
         "idle_mappings": maps,
@@ -262,6 +337,8 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
         if end and joined else None,
         "notes": report["notes"],
     }
+    if raw is not None and joined:
+        result.update(native_sites(raw, joined, top))
     trimmed = readings.get("trimmed")
     if trimmed and joined:
         result["trimmed_kb_per_session"] = round((trimmed["VmRSS"] - idle["VmRSS"]) / joined, 1)
@@ -277,7 +354,8 @@ def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command
            host: str, label: str) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     traced = any(r["traced"] for r in results)
-    lines = [f"### Memory: {label}{', where it goes (tracemalloc)' if traced else ''}", "",
+    where = " (heaptrack)" if any(r.get("native_sites") for r in results) else " (tracemalloc)"
+    lines = [f"### Memory: {label}{', where it goes' + where if traced else ''}", "",
              f"Command: `{command}`  ",
              f"Measured: {when} on {host}.", ""]
     if imports:
@@ -307,6 +385,13 @@ def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command
         lines += [f"| {m['mapping']} | {m['rss_kb'] / 1024:.1f} MB |"
                   for m in first["idle_mappings"]]
     for r in results:
+        if r.get("native_sites"):
+            lines += ["", f"Native heap, {r['size']} participants, by site (heaptrack, what each "
+                      f"holds at the heap's peak; {r['native_total_kb'] / 1024:.1f} MB native in "
+                      f"all, the idle server's included; {r['python_via_malloc_kb'] / 1024:.1f} "
+                      f"MB more are Python objects, left to --trace):", "",
+                      "| native entry > allocating function | bytes / session |", "|---|---:|"]
+            lines += [f"| {s['site']} | {s['bytes_per_session']} |" for s in r["native_sites"]]
         if not r.get("sites"):
             continue
         for group, title in (("filename", "by file"), ("lineno", "by line")):
@@ -325,7 +410,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
         for size in args.sizes:
             result = await sessions(size, args.unmuted, args.window, Path(tmp), args.trace,
-                                    args.top, args.malloc_trim)
+                                    args.top, args.malloc_trim, args.native)
             if not args.json:
                 print(json.dumps({k: v for k, v in result.items() if k != "sites"}),
                       flush=True)
@@ -342,7 +427,9 @@ def main() -> None:
                         help="steady window before the joined reading, seconds (default 5)")
     parser.add_argument("--trace", action="store_true",
                         help="run the server under tracemalloc and list the sites that grew")
-    parser.add_argument("--top", type=int, default=20, help="sites listed with --trace")
+    parser.add_argument("--native", action="store_true",
+                        help="run the server under heaptrack: native (malloc) sites per session")
+    parser.add_argument("--top", type=int, default=20, help="sites listed (--trace, --native)")
     parser.add_argument("--malloc-trim", action="store_true",
                         help="also read RSS after glibc malloc_trim(0) in the server (gdb)")
     parser.add_argument("--no-imports", action="store_true", help="skip the import floor")
@@ -356,19 +443,24 @@ def main() -> None:
         parser.error("--unmuted must be 0..the smallest size")
     if not 1 <= args.window <= 60 or not 1 <= args.top <= 200:
         parser.error("--window must be 1..60 seconds and --top 1..200")
+    if args.native and args.trace:
+        parser.error("--native and --trace each slow the server: use one at a time")
+    if args.native and shutil.which("heaptrack") is None:
+        parser.error("--native runs the server under heaptrack: apt-get install heaptrack")
     if args.malloc_trim and shutil.which("gdb") is None:
         parser.error("--malloc-trim runs malloc_trim through gdb: apt-get install gdb")
     document = asyncio.run(main_async(args))
     if args.json:
         print(json.dumps(document, indent=2))
         return
-    command = "python bench/memory.py " + " ".join(
+    command = "python bench/memory.py " + shlex.join(
         a for a in sys.argv[1:] if a != "--write" and not a.endswith(".md"))
     body = render(document["imports"], document["sessions"], command, machine(), args.label)
     print(body)
     if args.write:
-        key = args.label.split()[0].lower().strip(":,")
-        write_section(args.write, f"memory-{key}{'-trace' if args.trace else ''}", body)
+        key = "-".join(re.findall(r"[a-z0-9]+", args.label.lower()))
+        kind = "-trace" if args.trace else "-native" if args.native else ""
+        write_section(args.write, f"memory-{key}{kind}", body)
 
 
 if __name__ == "__main__":

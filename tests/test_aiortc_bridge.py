@@ -9,7 +9,10 @@ in SDP, on the wire through SRTP, in RTCP.
 from __future__ import annotations
 
 import asyncio
+import gc
+import re
 import tomllib
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,13 @@ from typing import Any
 import pylibsrtp
 import pytest
 from aioice import Candidate, Connection
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtp import RtcpPsfbPacket, RtpPacket
 
@@ -180,6 +189,107 @@ async def test_media_peers_share_one_certificate() -> None:
     finally:
         for peer in peers:
             await peer.close()
+
+
+def test_shared_certificate_computes_its_fingerprints_once() -> None:
+    shared = bridge.SharedCertificate.generateCertificate()
+    first, second = shared.getFingerprints(), shared.getFingerprints()
+    assert first is not second  # a list of its own for each description
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert first == RTCCertificate.getFingerprints(shared)  # aiortc's own digests
+
+
+async def test_media_peer_drops_a_signal_once_it_is_handled() -> None:
+    answers: list[dict[str, Any]] = []
+
+    async def on_signal(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    class Signal(dict[str, Any]):  # a dict a weak reference can watch
+        pass
+
+    client = _pc()
+    peer = MediaPeer("s1", UdpMux(), on_signal, lambda _p, _b: None, lambda _p, _s: None)
+    try:
+        client.addTransceiver("audio")
+        await client.setLocalDescription(await client.createOffer())
+        offer = Signal(type="offer", sdp=client.localDescription.sdp)
+        watch = weakref.ref(offer)
+        peer.handle_signal(offer)
+        del offer
+        await _until(lambda: answers, "the server's answer")
+        assert answers[0]["data"]["type"] == "answer"
+        gc.collect()
+        assert watch() is None, "the handled offer (its SDP) is still referenced"
+    finally:
+        await client.close()
+        await peer.close()
+
+
+# -- equal negotiated codecs and header extensions, one object ----------------------------------
+
+async def _negotiate(client: RTCPeerConnection, server: RTCPeerConnection,
+                     munge: Any = None, gather: bool = False) -> None:
+    """One offer/answer, client offering; the server shares its codecs as rtc/peer.py does."""
+    await client.setLocalDescription(await client.createOffer())
+    offer = client.localDescription.sdp
+    await server.setRemoteDescription(RTCSessionDescription(
+        munge(offer) if munge else offer, "offer"))
+    if gather:
+        await gather_on(server, "127.0.0.1")
+    for transceiver in server.getTransceivers():  # as rtc/peer.py does
+        transceiver.sender.send = transceiver.receiver.receive = _never
+    await server.setLocalDescription(await server.createAnswer())
+    await client.setRemoteDescription(server.localDescription)
+    bridge.share_negotiated(server)
+
+
+async def test_equal_codecs_of_two_sessions_are_one_object_and_others_stay_apart() -> None:
+    clients, servers = [_pc() for _ in range(3)], [_pc() for _ in range(3)]
+    try:
+        for client in clients:
+            client.addTransceiver("audio")
+        await _negotiate(clients[0], servers[0])
+        await _negotiate(clients[1], servers[1])
+        # The third client numbers opus 109: equal otherwise, but not the same codec.
+        await _negotiate(clients[2], servers[2],
+                         lambda sdp: re.sub(r"(?<=[ :])96(?=[ \r\n])", "109", sdp))
+        codecs = [bridge.negotiated_codecs(s.getTransceivers()[0]) for s in servers]
+        assert codecs[0][0].mimeType == "audio/opus"
+        assert all(a is b for a, b in zip(codecs[0], codecs[1], strict=True))
+        assert codecs[2][0] is not codecs[0][0]
+        assert (codecs[0][0].payloadType, codecs[2][0].payloadType) == (96, 109)
+        assert "a=rtpmap:109 opus/48000/2" in servers[2].localDescription.sdp
+        assert "a=rtpmap:96 opus/48000/2" in servers[0].localDescription.sdp
+    finally:
+        for pc in clients + servers:
+            await asyncio.wait_for(pc.close(), 10)
+
+
+async def test_shared_codecs_renegotiate_and_connect() -> None:
+    client, server, other_client, other = _pc(), _pc(), _pc(), _pc()
+    tone = ToneTrack()
+    try:
+        other_client.addTransceiver("audio")
+        await _negotiate(other_client, other)  # the codecs the next session shares
+        client.addTrack(tone)
+        client.createDataChannel("calls-dc")
+        await gather_on(client, "127.0.0.1")
+        await _negotiate(client, server, gather=True)
+        before = server.localDescription.sdp
+        client.addTransceiver("audio", direction="sendrecv")  # a renegotiation
+        await _negotiate(client, server)
+        assert server.signalingState == client.signalingState == "stable"
+        after = server.localDescription.sdp
+        assert after.count("m=audio") == 2
+        assert [line for line in after.splitlines() if line.startswith("a=rtpmap")] == \
+            2 * [line for line in before.splitlines() if line.startswith("a=rtpmap")]
+        await _until(lambda: client.connectionState == server.connectionState == "connected",
+                     "the renegotiated connection to connect")
+    finally:
+        tone.stop()
+        for pc in (client, server, other_client, other):
+            await asyncio.wait_for(pc.close(), 10)
 
 
 # -- the idle parts of never-started senders and receivers ---------------------------------------

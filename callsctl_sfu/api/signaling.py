@@ -321,6 +321,9 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
                                                       "protocol; send JSON text")
             elif frame.type == WSMsgType.ERROR:
                 break
+            # Waiting for the next frame with this one still bound would keep its text
+            # (an SDP: about 4 KB) for as long as the client is quiet: all call long.
+            del frame
     except asyncio.CancelledError:
         raise
     except Exception:  # never let one connection's bug take the server down

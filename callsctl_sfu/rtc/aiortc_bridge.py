@@ -19,8 +19,10 @@ they return (the nominated-pair dict, the SRTP sessions), never per packet.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Hashable
 from importlib import metadata
 from typing import Any
 
@@ -103,6 +105,21 @@ class SharedCertificate(RTCCertificate):
         super().__init__(key=key, cert=cert)
         self.created = time.monotonic()
         self.contexts: dict[tuple[bytes, ...], Any] = {}
+        self._fingerprints: list[Any] | None = None
+
+    def getFingerprints(self) -> list[Any]:
+        """aiortc's fingerprints of this certificate, computed once for every connection.
+
+        aiortc computes three RTCDtlsFingerprints (sha-256/384/512 hex digests,
+        about 400 characters) for every description it makes, and each connection
+        keeps those of its last local description (`add_transport_description`):
+        about 3.5 KB per session of identical objects. Each call returns a new
+        list (aiortc assigns it into its descriptions) of the same fingerprint
+        objects, which neither aiortc nor callsctl modifies.
+        """
+        if self._fingerprints is None:
+            self._fingerprints = super().getFingerprints()
+        return list(self._fingerprints)
 
     def _create_ssl_context(self, srtp_profiles: list[Any]) -> Any:
         key = tuple(profile.openssl_profile for profile in srtp_profiles)
@@ -266,6 +283,75 @@ def share_idle_sender(sender: Any) -> None:
     sender._RTCRtpSender__rtp_exited = event
     sender._RTCRtpSender__rtcp_started = event
     sender._RTCRtpSender__rtcp_exited = event
+
+
+# -- aiortc: negotiated codecs and header extensions --------------------------------------------
+
+# Each distinct codec / header extension object stands for all equal ones while any
+# description or transceiver still holds it (weak: a client's odd codec is not kept).
+_canonical: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable stand-in for a codec's field (lists, dicts and dataclasses, recursively)."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _frozen(v)) for k, v in value.items()))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (type(value), tuple(_frozen(getattr(value, f.name))
+                                   for f in dataclasses.fields(value)))
+    hash(value)
+    return value  # type: ignore[no-any-return]
+
+
+def _share_equal(items: list[Any]) -> None:
+    """Replace each dataclass in `items` by the canonical equal one, in place."""
+    for index, item in enumerate(items):
+        try:
+            key = _frozen(item)
+        except TypeError:  # an unhashable parameter value: keep this one as it is
+            continue
+        canonical = _canonical.get(key)
+        if canonical is None:
+            _canonical[key] = item
+        elif canonical is not item:
+            items[index] = canonical
+
+
+_DESCRIPTIONS = tuple(f"_RTCPeerConnection__{state}{side}Description"
+                      for state in ("current", "pending") for side in ("Local", "Remote"))
+
+
+def share_negotiated(pc: Any) -> None:
+    """Make equal codecs and header extensions one object across sessions.
+
+    (`RTCPeerConnection.__currentLocalDescription`, `__currentRemoteDescription`,
+    the `__pending...` pair, `RTCRtpTransceiver._codecs` and `_headerExtensions`.)
+    aiortc keeps each connection's last local and remote description parsed,
+    every codec a new RTCRtpCodecParameters with its own feedback list and
+    parameters dict, and a deep copy of the negotiated ones per transceiver:
+    about 12 KB per audio session of objects equal across sessions. aiortc
+    never modifies them once stored: it deep-copies codecs before changing one
+    (`find_common_codecs`), parses a new description into new objects, and
+    itself shares header extensions between description and transceiver
+    (`find_common_header_extensions`). So equal ones can be one object.
+    """
+    for name in _DESCRIPTIONS:
+        description = getattr(pc, name)
+        if description is None:
+            continue
+        for media in description.media:
+            _share_equal(media.rtp.codecs)
+            _share_equal(media.rtp.headerExtensions)
+    for transceiver in pc.getTransceivers():
+        _share_equal(transceiver._codecs)
+        _share_equal(transceiver._headerExtensions)
+
+
+def negotiated_codecs(transceiver: Any) -> list[Any]:
+    """The codecs a transceiver negotiated, first preferred (`RTCRtpTransceiver._codecs`)."""
+    return list(transceiver._codecs)
 
 
 def rtp_packet_handler(receiver: Any) -> Callable[..., Awaitable[None]] | None:
@@ -459,6 +545,11 @@ async def _self_test() -> None:
             getattr(connection, name)
         for name in ("_local_candidates", "_local_candidates_end"):
             getattr(connection, name)
+        for name in _DESCRIPTIONS:
+            getattr(pc, name)  # share_negotiated reads them
+        negotiated_codecs(transceiver)
+        transceiver._headerExtensions  # noqa: B018 - share_negotiated replaces its items
+        share_negotiated(pc)
         sender_ssrc(sender)
         sender_stream_id(sender)
         sender._track_id  # noqa: B018 - set_sender_identity writes it

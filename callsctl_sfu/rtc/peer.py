@@ -269,6 +269,7 @@ class MediaPeer:
                 log.warning("session %s: signal failed: %s", self.session_id, exc)
                 await self._send_signal(events.Error(
                     code="bad_signal", message=f"could not apply signal: {exc}").wire())
+            item = None  # the signal's SDP, not kept while waiting for the next one
 
     async def _apply_signal(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
@@ -399,6 +400,7 @@ class MediaPeer:
         remote = self.pc.remoteDescription
         if remote is None:
             return
+        aiortc_bridge.share_negotiated(self.pc)  # equal codecs: one object (memory)
         current = merge_numbering(numbering_of(remote.sdp), self.numbering)
         self.numbering = current
         self.drop_ingress_routes()  # payload types and extension ids may have changed

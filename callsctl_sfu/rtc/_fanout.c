@@ -887,6 +887,85 @@ PyDoc_STRVAR(fanout_doc,
 "only when every copy is sent or deferred, with the same result.");
 
 /*
+ * Phase 1 for one target list, with the GIL: check each item, and copy into `copies`
+ * what phase 2 needs of every one whose nominated pair is still current, with a
+ * reference on its Target until the caller releases it (its srtp_t, Rewrite and
+ * address outlive phase 2 even if another Python thread empties the list while the
+ * GIL is released). The indexes of the others go to *stale (created on first use).
+ * 0, or -1 with an exception set (anything but a Target is a TypeError).
+ */
+static int
+copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stale)
+{
+    Py_ssize_t total = PyList_GET_SIZE(targets);
+    *count = 0;
+    for (Py_ssize_t t = 0; t < total; t++) {
+        PyObject *item = PyList_GET_ITEM(targets, t);
+        if (!Py_IS_TYPE(item, &TargetType)) {
+            PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] is a %.100s, not a "
+                         "_fanout.Target (build receivers with fastpath.Target)", t,
+                         Py_TYPE(item)->tp_name);
+            return -1;
+        }
+        TargetObject *target = (TargetObject *)item;
+        if (target->nominated == NULL || target->rewrite == NULL) {
+            PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] was cleared", t);
+            return -1;
+        }
+        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
+        if (current == NULL && PyErr_Occurred())
+            return -1;
+        if (current != target->pair) {
+            PyObject *index = PyLong_FromSsize_t(t);
+            if (index == NULL || (*stale == NULL && (*stale = PyList_New(0)) == NULL) ||
+                PyList_Append(*stale, index) < 0) {
+                Py_XDECREF(index);
+                return -1;
+            }
+            Py_DECREF(index);
+            continue;
+        }
+        Copy *copy = &copies[(*count)++];
+        copy->target = (TargetObject *)Py_NewRef(item);
+        copy->rewrite = (RewriteObject *)target->rewrite;
+        copy->ctx = target->ctx;
+        copy->sockaddr = &target->sockaddr;
+        copy->index = t;
+    }
+    return 0;
+}
+
+/* Phase 3 for one slice: add its counters to *totals and its deferred datagrams, as
+   (bytes, addr), to *unsent (created on first use). 0, or -1 with an exception set. */
+static int
+collect_slice(const Slice *slice, FanoutTotals *totals, PyObject **unsent)
+{
+    totals->sent += slice->sent;
+    totals->send_errors += slice->send_errors;
+    totals->srtp_errors += slice->srtp_errors;
+    totals->plain_octets += slice->plain_octets;
+    totals->wire_octets += slice->wire_octets;
+    for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
+        const Deferred *deferred = &slice->deferred[d];
+        if (*unsent == NULL && (*unsent = PyList_New(0)) == NULL)
+            return -1;
+        PyObject *data = PyBytes_FromStringAndSize(
+            (const char *)slice->deferred_data + deferred->offset,
+            (Py_ssize_t)deferred->length);
+        if (data == NULL)
+            return -1;
+        PyObject *pair = PyTuple_Pack(2, data, deferred->copy->target->addr);
+        Py_DECREF(data);
+        if (pair == NULL || PyList_Append(*unsent, pair) < 0) {
+            Py_XDECREF(pair);
+            return -1;
+        }
+        Py_DECREF(pair);
+    }
+    return 0;
+}
+
+/*
  * fanout_send: phases 1-3 for one packet (the GIL held on entry and on return).
  * On success returns 0 with the counters in *totals, *stale (indexes, or NULL) and
  * *unsent ((bytes, addr) items, or NULL) as new references; -1 with an exception set.
@@ -921,41 +1000,8 @@ fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObj
         goto done;
     }
     /* Phase 1: check and copy out, with the GIL. */
-    for (Py_ssize_t t = 0; t < total; t++) {
-        PyObject *item = PyList_GET_ITEM(targets, t);
-        if (!Py_IS_TYPE(item, &TargetType)) {
-            PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] is a %.100s, not a "
-                         "_fanout.Target (build receivers with fastpath.Target)", t,
-                         Py_TYPE(item)->tp_name);
-            goto done;
-        }
-        TargetObject *target = (TargetObject *)item;
-        if (target->nominated == NULL || target->rewrite == NULL) {
-            PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] was cleared", t);
-            goto done;
-        }
-        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
-        if (current == NULL && PyErr_Occurred())
-            goto done;
-        if (current != target->pair) {
-            PyObject *index = PyLong_FromSsize_t(t);
-            if (index == NULL || (stale == NULL && (stale = PyList_New(0)) == NULL) ||
-                PyList_Append(stale, index) < 0) {
-                Py_XDECREF(index);
-                goto done;
-            }
-            Py_DECREF(index);
-            continue;
-        }
-        /* A reference until `done`: its srtp_t, Rewrite and address outlive phase 2 even
-           if another Python thread empties the list while the GIL is released. */
-        copies[count].target = (TargetObject *)Py_NewRef(item);
-        copies[count].rewrite = (RewriteObject *)target->rewrite;
-        copies[count].ctx = target->ctx;
-        copies[count].sockaddr = &target->sockaddr;
-        copies[count].index = t;
-        count += 1;
-    }
+    if (copy_targets(targets, copies, &count, &stale) < 0)
+        goto done;
 
     /* Phase 2: send. */
     if (count >= PARALLEL_MIN_TARGETS && pool.threads > 1) {
@@ -972,29 +1018,8 @@ fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObj
 
     /* Phase 3: aggregate, slices in order so `unsent` stays in target order. */
     for (int s = 0; s < slice_count; s++) {
-        Slice *slice = &slices[s];
-        totals->sent += slice->sent;
-        totals->send_errors += slice->send_errors;
-        totals->srtp_errors += slice->srtp_errors;
-        totals->plain_octets += slice->plain_octets;
-        totals->wire_octets += slice->wire_octets;
-        for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
-            Deferred *deferred = &slice->deferred[d];
-            if (unsent == NULL && (unsent = PyList_New(0)) == NULL)
-                goto done;
-            PyObject *data = PyBytes_FromStringAndSize(
-                (const char *)slice->deferred_data + deferred->offset,
-                (Py_ssize_t)deferred->length);
-            if (data == NULL)
-                goto done;
-            PyObject *pair = PyTuple_Pack(2, data, deferred->copy->target->addr);
-            Py_DECREF(data);
-            if (pair == NULL || PyList_Append(unsent, pair) < 0) {
-                Py_XDECREF(pair);
-                goto done;
-            }
-            Py_DECREF(pair);
-        }
+        if (collect_slice(&slices[s], totals, &unsent) < 0)
+            goto done;
     }
     *stale_out = stale;
     *unsent_out = unsent;
@@ -1132,33 +1157,21 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
         PyObject *list = targets[i];
         Py_ssize_t total = PyList_GET_SIZE(list), count = 0;
         item->packet = packets[i];
-        if (packets[i].payload_len > MAX_PAYLOAD)
-            total = 0; /* the caller checked; never overrun a slot */
-        if (total > 0 && (item->copies = PyMem_Malloc((size_t)total * sizeof(Copy))) == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        for (Py_ssize_t t = 0; t < total; t++) {
-            PyObject *entry = PyList_GET_ITEM(list, t);
-            if (!Py_IS_TYPE(entry, &TargetType))
-                continue;
-            TargetObject *target = (TargetObject *)entry;
-            if (target->nominated == NULL || target->rewrite == NULL)
-                continue;
-            PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
-            if (current == NULL && PyErr_Occurred())
-                PyErr_Clear();
-            if (current != target->pair)
-                continue; /* renominated since the check: skipped, Python replans */
-            item->copies[count].target = (TargetObject *)Py_NewRef(entry);
-            item->copies[count].rewrite = (RewriteObject *)target->rewrite;
-            item->copies[count].ctx = target->ctx;
-            item->copies[count].sockaddr = &target->sockaddr;
-            item->copies[count].index = t;
-            count += 1;
+        /* Too big for a slot (the caller checked) or nobody to send to: nothing to copy. */
+        if (packets[i].payload_len <= MAX_PAYLOAD && total > 0) {
+            item->copies = PyMem_Malloc((size_t)total * sizeof(Copy));
+            if (item->copies == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            PyObject *stale = NULL;
+            int copied = copy_targets(list, item->copies, &count, &stale);
+            item->slice.count = count; /* references taken: released at `done` either way */
+            Py_XDECREF(stale); /* renominated since the caller's check: Python replans */
+            if (copied < 0)
+                goto done;
         }
         item->slice.copies = item->copies;
-        item->slice.count = count;
         int g = owner[i];
         if (part_of_group[g] < 0) {
             int best = 0;
@@ -1189,31 +1202,9 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
     parallel_batches += used > 1;
 
     /* Phase 3: counters, and the deferred datagrams in batch order. */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Slice *slice = &items[i].slice;
-        totals->sent += slice->sent;
-        totals->send_errors += slice->send_errors;
-        totals->srtp_errors += slice->srtp_errors;
-        totals->plain_octets += slice->plain_octets;
-        totals->wire_octets += slice->wire_octets;
-        for (Py_ssize_t d = 0; d < slice->deferred_count; d++) {
-            Deferred *deferred = &slice->deferred[d];
-            if (*unsent == NULL && (*unsent = PyList_New(0)) == NULL)
-                goto done;
-            PyObject *data = PyBytes_FromStringAndSize(
-                (const char *)slice->deferred_data + deferred->offset,
-                (Py_ssize_t)deferred->length);
-            if (data == NULL)
-                goto done;
-            PyObject *pair = PyTuple_Pack(2, data, deferred->copy->target->addr);
-            Py_DECREF(data);
-            if (pair == NULL || PyList_Append(*unsent, pair) < 0) {
-                Py_XDECREF(pair);
-                goto done;
-            }
-            Py_DECREF(pair);
-        }
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (collect_slice(&items[i].slice, totals, unsent) < 0)
+            goto done;
     rc = 0;
 done:
     for (Py_ssize_t i = 0; i < n; i++) {

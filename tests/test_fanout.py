@@ -222,11 +222,21 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
                          and e["session_id"] == loud.session_id, 5)
         await asyncio.sleep(0.5)
         before, still = a.frames_from[loud.session_id], b.frames_from[a.session_id]
+        muted_before = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
         await asyncio.sleep(1.5)
         assert a.frames_from[loud.session_id] == before
         assert b.frames_from[a.session_id] > still + 30
         forwarding = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
         assert forwarding["rtp_forwarded"] > 150 and forwarding["srtp_protect_errors"] == 0
+        # The server drops the muted speaker's packets itself (its client kept sending).
+        assert forwarding["dropped_muted"] > muted_before["dropped_muted"] + 30, forwarding
+        if engine == "c":
+            # The C ingress (rtc/_ingress.c) handled the audio after each stream's first
+            # packets, before and after the mute; the Python engines never use it.
+            assert forwarding["rtp_in_c"] > 0.9 * forwarding["rtp_in"], forwarding
+            assert forwarding["rtp_in_c"] > muted_before["rtp_in_c"] + 100, forwarding
+        else:
+            assert forwarding["rtp_in_c"] == 0, forwarding
         # Every engine reports a sample of its write costs (the forwarder's ForwardMetrics).
         found = samples(httpx.get(f"{server.api_url}/metrics", timeout=5).text)
         assert value(found, "rtcd_rtc_rtp_tracks_writes_time_count", type="audio") > 0, engine

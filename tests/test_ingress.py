@@ -15,14 +15,11 @@ import os
 import socket
 import struct
 
-import httpx
 import pylibsrtp
 import pytest
 
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.reports import ReceptionStats
-from tests.support.clients import close_all, join_all
-from tests.support.helpers import wait_until
 from tests.support.srtp import Receiver, srtp_pair
 
 pytestmark = pytest.mark.skipif(fastpath.Ingress is None,
@@ -284,35 +281,5 @@ def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, sa
             (receiver.rewrite.last_seq - 2 + i) & 0xFFFF for i in range(3)]
 
 
-# -- a real server ---------------------------------------------------------------------------------
-
-async def test_a_real_call_is_forwarded_by_the_ingress_and_mute_still_holds(serve_factory):
-    """Three participants: their audio reaches the others through the C ingress, and a
-    muted one whose client keeps sending is dropped there."""
-    server = serve_factory()
-    people = await join_all(server, 3, call="ingress")
-    loud, a, b = people
-    try:
-        for me, person in enumerate(people):
-            others = [p.session_id for i, p in enumerate(people) if i != me]
-            assert await wait_until(lambda p=person, o=others: all(p.frames_from[s] > 40
-                                                                   for s in o), 10), \
-                f"{person.name} got {dict(person.frames_from)}"
-        forwarding = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
-        # Each stream's first packet goes through Python, the rest through the ingress.
-        assert forwarding["rtp_in_c"] > 100, forwarding
-        assert forwarding["rtp_in_c"] > 0.9 * forwarding["rtp_in"], forwarding
-        await loud.send({"type": "mute"})  # its client keeps sending
-        await a.wait_for(lambda e: e["type"] == "user_muted"
-                         and e["session_id"] == loud.session_id, 5)
-        await asyncio.sleep(0.5)
-        before, still = a.frames_from[loud.session_id], b.frames_from[a.session_id]
-        dropped = httpx.get(f"{server.api_url}/stats").json()["forwarding"]["dropped_muted"]
-        await asyncio.sleep(1.5)
-        assert a.frames_from[loud.session_id] == before
-        assert b.frames_from[a.session_id] > still + 30
-        after = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
-        assert after["dropped_muted"] > dropped + 30  # dropped by the server, not trusted
-        assert after["rtp_in_c"] > forwarding["rtp_in_c"] + 100
-    finally:
-        await close_all(people)
+# A real server forwarding through the ingress, with mute enforced there: test_fanout.py
+# (test_both_engines_forward_audio_and_stop_a_muted_speaker, the "c" engine).

@@ -1,11 +1,10 @@
 """The C ingress (rtc/_ingress.c): the media socket read and audio forwarded in C.
 
-Unit part: a real UDP "server" socket on loopback, a publisher socket that
-protects RTP with a real libsrtp context, receivers that decrypt what arrives
-(tests/support/srtp.py). Every case asserts what a participant would notice:
-the packet reached the other side rewritten, or did not, or came up to Python
-untouched. Server part: a real `serve` with load-generator participants, where
-the audio is forwarded by the ingress (its counters) and mute is still enforced.
+A real UDP "server" socket on loopback, publisher sockets that protect RTP with
+real libsrtp contexts, receivers that decrypt what arrives (tests/support/srtp.py).
+Every case asserts what a participant would notice: the packet reached the other
+side rewritten, or did not, or came up to Python untouched. A real server
+forwarding through the ingress is in test_fanout.py (the engines test).
 """
 
 from __future__ import annotations

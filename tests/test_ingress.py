@@ -16,6 +16,8 @@ import struct
 
 import pylibsrtp
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.reports import ReceptionStats
@@ -200,6 +202,36 @@ def test_a_datagram_too_big_for_webrtc_is_counted_and_dropped(server):
 def fastpath_recv_slot() -> int:
     from callsctl_sfu.rtc import _fanout
     return int(_fanout.RECV_SLOT)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.integers(0x80, 0xBF), extension=st.binary(max_size=80),
+       profile=st.sampled_from([0xBEDE, 0x1000, 0x1001, 0x0000, 0xFFFF]),
+       payload=st.binary(max_size=1400))
+def test_any_authenticated_packet_is_forwarded_or_dropped_never_a_crash(server, first,
+                                                                        extension, profile,
+                                                                        payload):
+    """A participant holds its own SRTP keys: whatever header it builds that libsrtp accepts
+    (CSRCs, any extension block with any elements in it, padding bit), the C parse stays
+    inside the packet, finds the level or none, and the read goes on."""
+    receiver = Receiver(0x300)
+    server.route([receiver])
+    server.sequence = getattr(server, "sequence", 0) + 1  # one server for every example:
+    sequence = server.sequence  # a repeated sequence number would be an SRTP replay
+    packet = struct.pack("!BBHII", first, OPUS_PT, sequence, sequence * 960, PUBLISHER_SSRC)
+    packet += bytes(4 * (first & 0x0F))  # the CSRCs the first byte announces
+    if first & 0x10:
+        words = len(extension) // 4
+        packet += struct.pack("!HH", profile, words) + extension[:4 * words]
+    server.send(packet + payload)
+    result = server.drain()
+    forwarded, malformed = result[9], result[15]
+    assert result[0] is None and result[5] == 1
+    assert (forwarded, malformed) == (1, 0), result
+    copy = receiver.receive()  # decrypts: a well-formed copy
+    assert bytes(copy.payload) == payload
+    receiver.sock.close()
 
 
 def test_the_c_and_python_reception_state_agree() -> None:

@@ -302,7 +302,7 @@ def _frozen(value: Any) -> Hashable:
         return (type(value), tuple(_frozen(getattr(value, f.name))
                                    for f in dataclasses.fields(value)))
     hash(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _share_equal(items: list[Any]) -> None:
@@ -563,7 +563,7 @@ async def _self_test() -> None:
             getattr(sender, "_RTCRtpSender" + name)
         if rtp_packet_handler(receiver) is None:
             raise AttributeError("RTCRtpReceiver._handle_rtp_packet")
-        receiver._RTCRtpReceiver__active_ssrc  # noqa: B018
+        getattr(receiver, "_RTCRtpReceiver__active_ssrc")  # noqa: B009
         receiver._send_rtcp_pli  # noqa: B018
         candidate_network_host(Candidate(foundation="1", component=1, transport="udp",
                                          priority=1, host="127.0.0.1", port=9, type="host"))

@@ -64,10 +64,22 @@ class PyReception:
 _ReceptionBase: Any = fastpath.Reception if fastpath.Reception is not None else PyReception
 
 
-class ReceptionStats(_ReceptionBase):  # type: ignore[misc, valid-type]
+class ReceptionStats(_ReceptionBase):
     """One incoming SSRC's reception state, and the report block built from it."""
 
-    __slots__ = ()
+    # Declared for the type checker; the values live in the base (C members or slots).
+    clock_rate: int
+    base_seq: int
+    max_seq: int
+    cycles: int
+    received: int
+    expected_prior: int
+    received_prior: int
+    jitter: float
+    transit: float | None
+    last_sr: int
+    last_sr_at: float
+    lost_fraction: float
 
     def block(self, ssrc: int, now: float) -> RtcpReceiverInfo:
         extended = self.cycles + self.max_seq

@@ -27,6 +27,12 @@ Cores: `--server-cpus 0` starts every server under test inside `taskset -c 0`
 use), `--loadgen-cpus` pins this process (the load generator); both go into
 the result and the tables. Without them nothing is pinned.
 
+`--loadgen-processes N` splits the load generator's participants over N worker
+processes (`callsctl loadtest --processes`; 0: one per usable CPU, within
+`--loadgen-cpus`). The default, 1, is the one process every recorded figure
+used, so results stay comparable; more keeps the largest shapes from measuring
+the generator's own event loop.
+
     python bench/run_all.py --write bench/RESULTS.md          # every scenario
     python bench/run_all.py --only 1x50 --window 10           # one, printed only
     python bench/run_all.py --only 1x200 --server-cpus 0 --loadgen-cpus 1
@@ -63,10 +69,13 @@ sys.path.insert(0, str(BENCH))
 from forwarding import write_section  # noqa: E402
 
 from callsctl_sfu.client.loadgen import (  # noqa: E402
+    MAX_PROCESSES,
     LightParticipant,
     LoadConfig,
     LoadTest,
     ParticipantFactory,
+    ProcessLoadTest,
+    make_load_test,
     proc_cpu_seconds,
     proc_rss_bytes,
 )
@@ -82,6 +91,8 @@ TARGET_US_AT_200 = 10.0
 TARGET_FLOOR_RATIO = 3.0
 TARGET_RELAY_RATIO = 10.0
 TARGET_SESSION_KB = 1024.0
+# Load-generator worker processes (--loadgen-processes); 1: the recorded figures' one process.
+LOADGEN_PROCESSES = 1
 
 
 @dataclass(frozen=True)
@@ -320,7 +331,7 @@ class WindowSampler:
         self.pid = pid
         self.running = running
         self.slices = slices
-        self.test: LoadTest | None = None
+        self.test: LoadTest | ProcessLoadTest | None = None
         self.samples: list[dict[str, float | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -474,10 +485,12 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
                             duration=join + 15 + window + 5,
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
                             local_address=local_address, settle_timeout=15,
-                            delay_sample_every=delay_sample_every)
+                            delay_sample_every=delay_sample_every,
+                            processes=LOADGEN_PROCESSES)
         sampler = WindowSampler(pid, running, slices)
         sampler.slice_s = window / slices
-        test = LoadTest(config, on_window=sampler.hook, participant_factory=participant_factory)
+        test = make_load_test(config, on_window=sampler.hook,
+                              participant_factory=participant_factory)
         sampler.test = test
         report = (await test.run()).to_dict()
         server_affinity = affinity_of(pid)
@@ -836,6 +849,8 @@ def command_line(key: str, args: argparse.Namespace) -> str:
         parts.append(f"--server-cpus {cpu_list(args.server_cpus)}")
     if args.loadgen_cpus is not None:
         parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
+    if args.loadgen_processes != 1:
+        parts.append(f"--loadgen-processes {args.loadgen_processes}")
     return " ".join(parts)
 
 
@@ -861,6 +876,9 @@ def add_cpu_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loadgen-cpus", metavar="LIST", default=None,
                         help="pin the load generator (this process) to these CPUs; "
                              "default: all")
+    parser.add_argument("--loadgen-processes", metavar="N", type=int, default=1,
+                        help="load-generator worker processes (0: one per usable CPU); "
+                             "default: 1, as every recorded figure")
 
 
 def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -874,6 +892,10 @@ def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
                                                                             args.loadgen_cpus)
     if args.server_cpus is not None and shutil.which("taskset") is None:
         parser.error("--server-cpus needs taskset (apt-get install -y util-linux)")
+    if not 0 <= args.loadgen_processes <= MAX_PROCESSES:
+        parser.error(f"--loadgen-processes must be 0..{MAX_PROCESSES} (0: one per usable CPU)")
+    global LOADGEN_PROCESSES
+    LOADGEN_PROCESSES = args.loadgen_processes
     pin_process(os.getpid(), args.loadgen_cpus)
 
 

@@ -514,8 +514,9 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
         if rss_end and joined else None,
         "join_s": report["join_s"], "delay_ms": report["delay_ms"],
         "loss": media.get("loss"), "loss_by_label": media.get("by_label"),
-        "loadgen": {k: report["loadgen"][k] for k in ("cpu_percent", "window_cpu_percent",
-                                                      "loop_lag_ms")},
+        "loadgen": {k: report["loadgen"].get(k) for k in (
+            "cpu_percent", "window_cpu_percent", "loop_lag_ms", "loop_lag_joining_ms",
+            "processes")},
         "notes": report["notes"],
         "simulcast": sampler.layers(),
     }

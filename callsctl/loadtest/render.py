@@ -141,8 +141,9 @@ class Reporter:
         loadgen = data["loadgen"]
         lag = loadgen.get("loop_lag_ms") or {}
         processes = loadgen.get("processes", 1)
+        joining = (loadgen.get("loop_lag_joining_ms") or {}).get("p99", 0)
         grid.add_row("load generator", f"CPU {loadgen['cpu_percent']:g} %, event-loop lag "
-                                       f"p99 {lag.get('p99', 0):g} ms"
+                                       f"p99 {lag.get('p99', 0):g} ms (joining {joining:g} ms)"
                      + (f" (worst of {processes} processes, CPU summed)"
                         if processes > 1 else ""))
         samples = ", ".join(f"{name} {s['bitrate_kbps']:g} kbit/s "

@@ -116,6 +116,7 @@ class LoadTest:
         self.window: tuple[float, float] | None = None
         self._stop = asyncio.Event()
         self.loop_lag: list[float] = []
+        self.lag_before_window: list[float] = []
         self._cpu0 = (0.0, 0.0)
         self.window_counts: dict[str, Any] = {}
         self.notes: list[str] = []
@@ -323,6 +324,7 @@ class LoadTest:
         self.window_counts["skipped0"] = sum(s.skipped_frames for p in self.participants
                                               for s in p.all_senders())
         self.delays.clear()
+        self.lag_before_window = list(self.loop_lag)  # joining and settling: the busy part
         self.loop_lag.clear()
         self._cpu0 = (time.process_time(), asyncio.get_running_loop().time())
         if self.monitor is not None:

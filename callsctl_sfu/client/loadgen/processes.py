@@ -257,6 +257,7 @@ class ProcessLoadTest:
         self.phase = "preparing"
         self.started = 0.0
         self._progress: dict[int, dict[str, Any]] = {}
+        self.raws: list[dict[str, Any]] = []  # each worker's figures (`raw_figures`)
         self._conns: list[Connection] = []
         self._processes: list[Any] = []
         self._stopped = False
@@ -314,7 +315,7 @@ class ProcessLoadTest:
                                  daemon=True).start()
             if self.monitor is not None and self.monitor.source is None:
                 await self.monitor.detect()
-            raws = await self._coordinate(loop, inbox, background)
+            raws = self.raws = await self._coordinate(loop, inbox, background)
             self._finished = True
         finally:
             for task in background:

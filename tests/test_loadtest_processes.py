@@ -10,11 +10,17 @@ report: everyone joined, every receiver heard every speaker, counts add up.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from callsctl_sfu.client.loadgen import LoadConfig, join_order, runs_here, worker_count
-from tests.support.helpers import run_cli
+from tests.support.helpers import REPO, run_cli
 
 
 def _run(server, calls: int, users: int, unmuted: int) -> dict:
@@ -85,3 +91,63 @@ def test_shares_cover_everyone_once() -> None:
             seen += [user for call, user, _ in join_order(config)
                      if runs_here(config, call, user)]
         assert sorted(seen) == sorted(user for _, user, _ in join_order(config))
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The spawned worker processes of `pid` (its children running multiprocessing's spawn)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in status and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_dead_worker_fails_the_run_in_one_line_and_leaves_no_orphans(server) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "callsctl", "loadtest", "--host", server.api_url,
+         "--data-dir", str(server.data_dir), "--calls", "1", "--users-per-call", "4",
+         "--processes", "2", "--duration", "30s", "--join-duration", "1s", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = _workers_of(process.pid)
+        assert len(workers) == 2, "the two workers never started"
+        time.sleep(3)  # mid-run: joined, sending
+        # The other worker is frozen, as a hung one would be: only the parent can end it.
+        os.kill(workers[1], signal.SIGSTOP)
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+        deadline = time.monotonic() + 2
+        while _alive(workers[1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        frozen = _alive(workers[1])
+    finally:
+        for pid in workers:  # whatever happened, nothing of this test lingers
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 1, err
+    assert out == "" and "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("callsctl: error: ")]
+    assert len(errors) == 1 and "worker" in errors[0] and "exited" in errors[0], err
+    assert not frozen, "a worker outlived the failed run"

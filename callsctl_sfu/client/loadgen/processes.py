@@ -115,9 +115,14 @@ def make_load_test(config: LoadConfig, on_window: WindowHook | None = None,
 class WorkerSpec:
     """Everything a worker needs, picklable: the config without callables, tokens issued."""
 
-    config: LoadConfig  # token_for and ssl are None here
+    config: LoadConfig  # no callables or TLS context: those are rebuilt in the worker
     tokens: dict[tuple[str, str], str]
     tls: str | None  # None, "verify" or "insecure"
+
+
+def _issued_by_parent(call: str, user: str) -> str:
+    """A worker's config placeholder (picklable): `WorkerSpec.tokens` holds the tokens."""
+    raise LookupError(f"no token was issued for {user} of {call}")
 
 
 def _tls_kind(context: Any) -> str | None:
@@ -265,7 +270,8 @@ class ProcessLoadTest:
         self._stop = asyncio.Event()
 
     def _spec(self, index: int) -> WorkerSpec:
-        config = dataclasses.replace(self.config, token_for=None, ssl=None, processes=1,
+        config = dataclasses.replace(self.config, token_for=_issued_by_parent, ssl=None,
+                                     processes=1,
                                      share=(index, self.count))
         tokens = {(call, user): self.config.token_for(call, user)
                   for call, user, _ in join_order(config) if runs_here(config, call, user)}

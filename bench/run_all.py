@@ -850,7 +850,7 @@ def command_line(key: str, args: argparse.Namespace) -> str:
         parts.append(f"--server-cpus {cpu_list(args.server_cpus)}")
     if args.loadgen_cpus is not None:
         parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
-    if args.loadgen_processes != 1:
+    if getattr(args, "loadgen_processes", 1) != 1:
         parts.append(f"--loadgen-processes {args.loadgen_processes}")
     return " ".join(parts)
 
@@ -869,17 +869,22 @@ def cpus_argument(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]
         raise  # parser.error exits; this keeps the type checker right
 
 
-def add_cpu_options(parser: argparse.ArgumentParser) -> None:
-    """--server-cpus and --loadgen-cpus, shared by the bench scripts that start servers."""
+def add_cpu_options(parser: argparse.ArgumentParser, loadgen_processes: bool = False) -> None:
+    """--server-cpus and --loadgen-cpus, shared by the bench scripts that start servers.
+
+    `loadgen_processes`: also --loadgen-processes (run_all.py, saturation.py; not
+    janus.py, whose Janus dialect runs in one process).
+    """
     parser.add_argument("--server-cpus", metavar="LIST", default=None,
                         help="pin the server under test to these CPUs (e.g. 0 or 0,1) with "
                              "taskset; default: not pinned")
     parser.add_argument("--loadgen-cpus", metavar="LIST", default=None,
                         help="pin the load generator (this process) to these CPUs; "
                              "default: all")
-    parser.add_argument("--loadgen-processes", metavar="N", type=int, default=1,
-                        help="load-generator worker processes (0: one per usable CPU); "
-                             "default: 1, as every recorded figure")
+    if loadgen_processes:
+        parser.add_argument("--loadgen-processes", metavar="N", type=int, default=1,
+                            help="load-generator worker processes (0: one per usable CPU); "
+                                 "default: 1, as every recorded figure")
 
 
 def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -893,10 +898,11 @@ def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
                                                                             args.loadgen_cpus)
     if args.server_cpus is not None and shutil.which("taskset") is None:
         parser.error("--server-cpus needs taskset (apt-get install -y util-linux)")
-    if not 0 <= args.loadgen_processes <= MAX_PROCESSES:
+    processes = getattr(args, "loadgen_processes", 1)
+    if not 0 <= processes <= MAX_PROCESSES:
         parser.error(f"--loadgen-processes must be 0..{MAX_PROCESSES} (0: one per usable CPU)")
     global LOADGEN_PROCESSES
-    LOADGEN_PROCESSES = args.loadgen_processes
+    LOADGEN_PROCESSES = processes
     pin_process(os.getpid(), args.loadgen_cpus)
 
 
@@ -961,7 +967,7 @@ def main() -> None:
                                                    "results-pinned.json with --server-cpus)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: render bench/results.json again")
-    add_cpu_options(parser)
+    add_cpu_options(parser, loadgen_processes=True)
     args = parser.parse_args()
     apply_cpu_options(parser, args)
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60

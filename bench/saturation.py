@@ -344,7 +344,7 @@ def main() -> None:
                              "failed (default 1: the machine is shared)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.add_argument("--write", type=Path, help="update this results file in place")
-    add_cpu_options(parser)
+    add_cpu_options(parser, loadgen_processes=True)
     args = parser.parse_args()
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= 1000
             and 0 <= args.retries <= 3):

@@ -27,6 +27,12 @@ Cores: `--server-cpus 0` starts every server under test inside `taskset -c 0`
 use), `--loadgen-cpus` pins this process (the load generator); both go into
 the result and the tables. Without them nothing is pinned.
 
+`--loadgen-processes N` splits the load generator's participants over N worker
+processes (`callsctl loadtest --processes`; 0: one per usable CPU, within
+`--loadgen-cpus`). The default, 1, is the one process every recorded figure
+used, so results stay comparable; more keeps the largest shapes from measuring
+the generator's own event loop.
+
     python bench/run_all.py --write bench/RESULTS.md          # every scenario
     python bench/run_all.py --only 1x50 --window 10           # one, printed only
     python bench/run_all.py --only 1x200 --server-cpus 0 --loadgen-cpus 1
@@ -63,10 +69,13 @@ sys.path.insert(0, str(BENCH))
 from forwarding import write_section  # noqa: E402
 
 from callsctl_sfu.client.loadgen import (  # noqa: E402
+    MAX_PROCESSES,
     LightParticipant,
     LoadConfig,
     LoadTest,
     ParticipantFactory,
+    ProcessLoadTest,
+    make_load_test,
     proc_cpu_seconds,
     proc_rss_bytes,
 )
@@ -82,6 +91,8 @@ TARGET_US_AT_200 = 10.0
 TARGET_FLOOR_RATIO = 3.0
 TARGET_RELAY_RATIO = 10.0
 TARGET_SESSION_KB = 1024.0
+# Load-generator worker processes (--loadgen-processes); 1: the recorded figures' one process.
+LOADGEN_PROCESSES = 1
 
 
 @dataclass(frozen=True)
@@ -320,7 +331,7 @@ class WindowSampler:
         self.pid = pid
         self.running = running
         self.slices = slices
-        self.test: LoadTest | None = None
+        self.test: LoadTest | ProcessLoadTest | None = None
         self.samples: list[dict[str, float | None]] = []
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -474,10 +485,12 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
                             duration=join + 15 + window + 5,
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
                             local_address=local_address, settle_timeout=15,
-                            delay_sample_every=delay_sample_every)
+                            delay_sample_every=delay_sample_every,
+                            processes=LOADGEN_PROCESSES)
         sampler = WindowSampler(pid, running, slices)
         sampler.slice_s = window / slices
-        test = LoadTest(config, on_window=sampler.hook, participant_factory=participant_factory)
+        test = make_load_test(config, on_window=sampler.hook,
+                              participant_factory=participant_factory)
         sampler.test = test
         report = (await test.run()).to_dict()
         server_affinity = affinity_of(pid)
@@ -501,8 +514,9 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
         if rss_end and joined else None,
         "join_s": report["join_s"], "delay_ms": report["delay_ms"],
         "loss": media.get("loss"), "loss_by_label": media.get("by_label"),
-        "loadgen": {k: report["loadgen"][k] for k in ("cpu_percent", "window_cpu_percent",
-                                                      "loop_lag_ms")},
+        "loadgen": {k: report["loadgen"].get(k) for k in (
+            "cpu_percent", "window_cpu_percent", "loop_lag_ms", "loop_lag_joining_ms",
+            "processes")},
         "notes": report["notes"],
         "simulcast": sampler.layers(),
     }
@@ -836,6 +850,8 @@ def command_line(key: str, args: argparse.Namespace) -> str:
         parts.append(f"--server-cpus {cpu_list(args.server_cpus)}")
     if args.loadgen_cpus is not None:
         parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
+    if getattr(args, "loadgen_processes", 1) != 1:
+        parts.append(f"--loadgen-processes {args.loadgen_processes}")
     return " ".join(parts)
 
 
@@ -853,14 +869,22 @@ def cpus_argument(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]
         raise  # parser.error exits; this keeps the type checker right
 
 
-def add_cpu_options(parser: argparse.ArgumentParser) -> None:
-    """--server-cpus and --loadgen-cpus, shared by the bench scripts that start servers."""
+def add_cpu_options(parser: argparse.ArgumentParser, loadgen_processes: bool = False) -> None:
+    """--server-cpus and --loadgen-cpus, shared by the bench scripts that start servers.
+
+    `loadgen_processes`: also --loadgen-processes (run_all.py, saturation.py; not
+    janus.py, whose Janus dialect runs in one process).
+    """
     parser.add_argument("--server-cpus", metavar="LIST", default=None,
                         help="pin the server under test to these CPUs (e.g. 0 or 0,1) with "
                              "taskset; default: not pinned")
     parser.add_argument("--loadgen-cpus", metavar="LIST", default=None,
                         help="pin the load generator (this process) to these CPUs; "
                              "default: all")
+    if loadgen_processes:
+        parser.add_argument("--loadgen-processes", metavar="N", type=int, default=1,
+                            help="load-generator worker processes (0: one per usable CPU); "
+                                 "default: 1, as every recorded figure")
 
 
 def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -874,6 +898,11 @@ def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
                                                                             args.loadgen_cpus)
     if args.server_cpus is not None and shutil.which("taskset") is None:
         parser.error("--server-cpus needs taskset (apt-get install -y util-linux)")
+    processes = getattr(args, "loadgen_processes", 1)
+    if not 0 <= processes <= MAX_PROCESSES:
+        parser.error(f"--loadgen-processes must be 0..{MAX_PROCESSES} (0: one per usable CPU)")
+    global LOADGEN_PROCESSES
+    LOADGEN_PROCESSES = processes
     pin_process(os.getpid(), args.loadgen_cpus)
 
 
@@ -938,7 +967,7 @@ def main() -> None:
                                                    "results-pinned.json with --server-cpus)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: render bench/results.json again")
-    add_cpu_options(parser)
+    add_cpu_options(parser, loadgen_processes=True)
     args = parser.parse_args()
     apply_cpu_options(parser, args)
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60

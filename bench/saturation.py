@@ -17,12 +17,17 @@ server for tens of milliseconds, which alone breaks a 20 ms p99 in a short
 window. So a failing step runs once more (`--retries`, default 1) and fails
 only if every attempt failed; every attempt is a row of the table.
 
-The load generator is one Python thread in this process: its own CPU (% of
-one core over the window) is in every row. Near 100 % it, not the server,
-limits the step, and the saturation point is then a lower bound.
+By default the load generator is one Python thread in this process: its own
+CPU (% of one core over the window) is in every row. Near 100 % it, not the
+server, limits the step, and the saturation point is then a lower bound.
+`--loadgen-processes N` (run_all.py's option, passed through) splits the
+participants over N worker processes (0: one per usable CPU); the row's
+generator CPU is then the sum of the workers' and its loop lag the worst
+worker's. The default stays 1 so the recorded figures remain comparable.
 
     python bench/saturation.py --server-cpus 0 --loadgen-cpus 1 --max-n 500 --window 6
     python bench/saturation.py --compare-cpus --json
+    python bench/saturation.py --server-cpus 0 --loadgen-cpus 1 --loadgen-processes 2
 """
 
 from __future__ import annotations
@@ -339,7 +344,7 @@ def main() -> None:
                              "failed (default 1: the machine is shared)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.add_argument("--write", type=Path, help="update this results file in place")
-    add_cpu_options(parser)
+    add_cpu_options(parser, loadgen_processes=True)
     args = parser.parse_args()
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= 1000
             and 0 <= args.retries <= 3):

@@ -140,8 +140,12 @@ class Reporter:
         grid.add_row("server", self._server_line(server))
         loadgen = data["loadgen"]
         lag = loadgen.get("loop_lag_ms") or {}
+        processes = loadgen.get("processes", 1)
+        joining = (loadgen.get("loop_lag_joining_ms") or {}).get("p99", 0)
         grid.add_row("load generator", f"CPU {loadgen['cpu_percent']:g} %, event-loop lag "
-                                       f"p99 {lag.get('p99', 0):g} ms")
+                                       f"p99 {lag.get('p99', 0):g} ms (joining {joining:g} ms)"
+                     + (f" (worst of {processes} processes, CPU summed)"
+                        if processes > 1 else ""))
         samples = ", ".join(f"{name} {s['bitrate_kbps']:g} kbit/s "
                             f"({s['packets_per_second']:g} pkt/s)"
                             for name, s in data["samples"].items())
@@ -153,7 +157,7 @@ class Reporter:
             console.print(f"[yellow]note:[/yellow] {escape(note)}")
         if lag.get("p99", 0) > 50:
             console.print("[yellow]note:[/yellow] the load generator's event loop lagged; "
-                          "delay figures include that lag (a busy machine?)")
+                          "delay figures include that lag (a busy machine? more --processes?)")
 
     @staticmethod
     def _server_line(server: dict[str, Any]) -> str:

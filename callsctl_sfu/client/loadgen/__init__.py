@@ -30,7 +30,8 @@ depacketizer strips padding before the decoder (so a browser in the same call
 still hears clean Opus). Header extensions would not survive (the SFU drops
 unknown ones). The stamp is 12 octets: magic "cl", the sender's
 `time.monotonic_ns()` (8 octets), one zero octet and the count octet 12. Sender
-and receivers live in this one process, so the clocks agree. Only every Nth
+and receivers run on one machine (one process, or worker processes of one run),
+so the clocks agree. Only every Nth
 packet of each received stream (`delay_sample_every`) is decrypted to read it,
 keeping the receive path cheap; libsrtp's replay window (1024) tolerates the gaps.
 
@@ -51,6 +52,8 @@ The package, one job per module:
 - participant.py  one participant: signaling, peer, counting received SRTP
 - orchestrate.py  the run (`LoadTest`): joins, media clock, settling, the steady window;
                   its `participant_factory` is the seam for another SFU's signaling
+- processes.py    the run split over worker processes (`--processes`), kept in step
+                  and merged into one report (`make_load_test` picks)
 - report.py       live progress, percentiles, loss figures, the `--json` report
 - monitor.py      the server's CPU and memory during the run
 
@@ -67,6 +70,7 @@ from callsctl_sfu.client.loadgen.config import (
     MAX_JOIN_TIMEOUT_S,
     MAX_OK_LOSS,
     MAX_PARTICIPANTS,
+    MAX_PROCESSES,
     MIN_DURATION_S,
     LoadConfig,
     LoadConfigError,
@@ -85,8 +89,20 @@ from callsctl_sfu.client.loadgen.media import (
 )
 from callsctl_sfu.client.loadgen.monitor import ServerMonitor, proc_cpu_seconds, proc_rss_bytes
 from callsctl_sfu.client.loadgen.negotiation import simulcast_offer, source_of
-from callsctl_sfu.client.loadgen.orchestrate import LoadTest, ParticipantFactory
+from callsctl_sfu.client.loadgen.orchestrate import (
+    LoadTest,
+    ParticipantFactory,
+    join_order,
+    runs_here,
+)
 from callsctl_sfu.client.loadgen.participant import LightParticipant, LoadJoinError
+from callsctl_sfu.client.loadgen.processes import (
+    LoadWorkerError,
+    ProcessLoadTest,
+    make_load_test,
+    usable_cpus,
+    worker_count,
+)
 from callsctl_sfu.client.loadgen.report import LoadReport, Progress, percentiles
 from callsctl_sfu.client.loadgen.sender import STAMP_LEN, STAMP_MAGIC, StreamSender
 
@@ -97,6 +113,7 @@ __all__ = [
     "MAX_JOIN_TIMEOUT_S",
     "MAX_OK_LOSS",
     "MAX_PARTICIPANTS",
+    "MAX_PROCESSES",
     "MIN_DURATION_S",
     "STAMP_LEN",
     "STAMP_MAGIC",
@@ -105,9 +122,11 @@ __all__ = [
     "LoadConfigError",
     "LoadJoinError",
     "LoadReport",
+    "LoadWorkerError",
     "LoadTest",
     "MediaSample",
     "ParticipantFactory",
+    "ProcessLoadTest",
     "Progress",
     "Role",
     "ServerMonitor",
@@ -117,14 +136,19 @@ __all__ = [
     "camera_sample",
     "gather_on",
     "is_loopback_host",
+    "join_order",
     "local_address_for",
+    "make_load_test",
     "opus_sample",
     "percentiles",
     "proc_cpu_seconds",
     "proc_rss_bytes",
+    "runs_here",
     "screen_low_sample",
     "screen_sample",
     "simulcast_offer",
     "source_of",
+    "usable_cpus",
     "vp8_sample",
+    "worker_count",
 ]

@@ -22,6 +22,7 @@ MAX_DURATION_S = 2 * 3600.0
 MIN_DURATION_S = 1.0
 MAX_JOIN_TIMEOUT_S = 120.0
 CLOSE_TIMEOUT_S = 15.0
+MAX_PROCESSES = 64
 MAX_OK_LOSS = 0.05  # above this a run is reported as failed (exit code 1)
 
 
@@ -59,10 +60,28 @@ class LoadConfig:
     settle_timeout: float = 10.0
     # Benches: measure exactly this many seconds once steady (duration stays the hard cap).
     window: float | None = None
+    # Worker processes that run the participants (1: this process; 0: one per usable CPU).
+    processes: int = 1
+    # Which share of the participants this process runs (set for each worker: index, count).
+    share: tuple[int, int] = (0, 1)
 
     @property
     def participants(self) -> int:
         return self.calls * self.users_per_call
+
+    def in_share(self, call_number: int, user_index: int) -> bool:
+        """Whether this process runs participant `user_index` (0-based) of call `call_number`.
+
+        With at least as many calls as shares, whole calls go to one process
+        (call numbers round robin); otherwise every call's participants are dealt
+        out by index, so each process holds some of each call (speakers too).
+        """
+        index, count = self.share
+        if count == 1:
+            return True
+        if self.calls >= count:
+            return (call_number - 1) % count == index
+        return user_index % count == index
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -89,6 +108,10 @@ class LoadConfig:
         need(1 <= self.max_concurrent_joins <= 256, "concurrent joins must be 1..256")
         need(self.window is None or 0.5 <= self.window <= MAX_DURATION_S,
              "the measuring window must be 0.5 s..2 h")
+        need(isinstance(self.processes, int) and 0 <= self.processes <= MAX_PROCESSES,
+             f"--processes must be 0..{MAX_PROCESSES} (0: one per usable CPU), "
+             f"not {self.processes}")
+        need(0 <= self.share[0] < self.share[1], "a worker's share must be 0..count-1")
         need(bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", self.call_prefix)),
              "the call prefix must be 1-40 letters, digits, '.', '_' or '-'")
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,7 +30,7 @@ from callsctl_sfu.client.loadgen.media import (
 )
 from callsctl_sfu.client.loadgen.monitor import ServerMonitor
 from callsctl_sfu.client.loadgen.participant import LightParticipant
-from callsctl_sfu.client.loadgen.report import LoadReport, Progress, build_report
+from callsctl_sfu.client.loadgen.report import LoadReport, Progress, merge_report, raw_figures
 from callsctl_sfu.client.loadgen.sender import StreamSender
 
 MAX_CATCH_UP = 5  # frames one stream may send late in one tick before frames are skipped
@@ -41,6 +41,49 @@ SETTLED_DELAY_MS = 100.0  # the window opens once recent forwarding delay is bel
 # Builds one participant: (test, call, user, role). The signaling dialect seam: the
 # default speaks callsctl's /ws; bench/janus_adapter.py passes one that speaks Janus's API.
 ParticipantFactory = Callable[["LoadTest", str, str, Role], LightParticipant]
+
+
+def join_order(config: LoadConfig) -> list[tuple[str, str, Role]]:
+    """(call, user, role) of every participant of the run in join order.
+
+    Round robin over calls, speakers first. A worker process runs only its
+    share (`LoadConfig.in_share`) but keeps every participant's slot in this
+    order, so the join rate stays the configured one over all workers.
+    """
+    order = []
+    for index in range(config.users_per_call):
+        for number in range(1, config.calls + 1):
+            call = f"{config.call_prefix}-{number}"
+            role = Role(audio=index < config.unmuted,
+                        camera=config.video and index < config.unmuted,
+                        screen=config.screen_sharing and index == 0)
+            order.append((call, f"{call}-u{index + 1}", role))
+    return order
+
+
+def runs_here(config: LoadConfig, call: str, user: str) -> bool:
+    """Whether the process with this config runs `user` of `call` (`join_order` names)."""
+    number = int(call.rsplit("-", 1)[1])
+    index = int(user.rsplit("-u", 1)[1]) - 1
+    return config.in_share(number, index)
+
+
+class Coordinator(Protocol):
+    """A worker process's line to the parent that runs a test split over processes.
+
+    Every worker starts on the same clock, learns the streams the others send
+    (its receivers expect them too) and measures the same steady window, so the
+    parent can hold every receiver against every sender of its call.
+    """
+
+    async def start(self) -> float:
+        """Wait for the common start; returns it in this loop's time."""
+
+    async def senders(self, mine: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """Tell the parent this process's streams after joining; get the others' streams."""
+
+    async def window(self, can_measure: bool) -> tuple[float, float] | None:
+        """The common window (open, close) in this loop's time, or None: none is measured."""
 
 
 class LoadTest:
@@ -73,9 +116,15 @@ class LoadTest:
         self.window: tuple[float, float] | None = None
         self._stop = asyncio.Event()
         self.loop_lag: list[float] = []
+        self.lag_before_window: list[float] = []
         self._cpu0 = (0.0, 0.0)
         self.window_counts: dict[str, Any] = {}
         self.notes: list[str] = []
+        # Set in a worker process: the parent's start, sender list and window timing.
+        self.coordinator: Coordinator | None = None
+        # Streams sent by other worker processes: (call, session id, label).
+        self.remote_senders: list[tuple[str, str, str]] = []
+        self.raw: dict[str, Any] = {}  # what this process measured, plain data (`raw_figures`)
 
     # -- hooks used by participants ----------------------------------------------------------------
 
@@ -95,17 +144,12 @@ class LoadTest:
     # -- running ------------------------------------------------------------------------------
 
     def roles(self) -> list[tuple[str, str, Role]]:
-        """(call, user, role) in join order: round robin over calls, speakers first."""
-        config = self.config
-        order = []
-        for index in range(config.users_per_call):
-            for number in range(1, config.calls + 1):
-                call = f"{config.call_prefix}-{number}"
-                role = Role(audio=index < config.unmuted,
-                            camera=config.video and index < config.unmuted,
-                            screen=config.screen_sharing and index == 0)
-                order.append((call, f"{call}-u{index + 1}", role))
-        return order
+        """(call, user, role) of every participant of the run in join order (`join_order`)."""
+        return join_order(self.config)
+
+    def mine(self, call: str, user: str) -> bool:
+        """Whether this process runs `user` of `call` (names as `join_order` makes them)."""
+        return runs_here(self.config, call, user)
 
     def prepare_media(self) -> None:
         """Encode the samples once (seconds of CPU for video; before anyone joins)."""
@@ -128,6 +172,8 @@ class LoadTest:
         cpu_start = time.process_time()
         try:
             self.started = loop.time()
+            if self.coordinator is not None:
+                self.started = await self.coordinator.start()
             end = self.started + config.duration
             background = [asyncio.create_task(self._media_clock(end)),
                           asyncio.create_task(self._receiver_reports(end)),
@@ -138,13 +184,24 @@ class LoadTest:
                 background.append(asyncio.create_task(self.monitor.run(end)))
             self.phase = "joining"
             await self._join_all(end)
+            if self.coordinator is not None:
+                self.remote_senders = await self.coordinator.senders(self._local_senders())
             self.phase = "settling"
             await self._settle(end)
             window_start = loop.time()
-            if window_start < end - 0.5 and not self._stop.is_set():
+            close_at = end if config.window is None else min(end, window_start + config.window)
+            can_measure = window_start < end - 0.5 and not self._stop.is_set()
+            if self.coordinator is not None:
+                timing = await self.coordinator.window(can_measure)
+                can_measure = timing is not None and not self._stop.is_set()
+                if timing is not None:
+                    window_start, close_at = timing
+                    await asyncio.sleep(max(0.0, window_start - loop.time()))
+            if can_measure:
                 self.phase = "measuring"
                 await self._open_window()
-                close_at = end if config.window is None else min(end, loop.time() + config.window)
+                if self.coordinator is None and config.window is not None:
+                    close_at = min(end, loop.time() + config.window)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), max(0.0, close_at - loop.time()))
                 self.phase = "draining"
@@ -169,7 +226,9 @@ class LoadTest:
                 await self.monitor.close()
         self.phase = "done"
         wall = loop.time() - self.started
-        return build_report(self, cpu_seconds=time.process_time() - cpu_start, wall=wall)
+        self.raw = raw_figures(self, cpu_seconds=time.process_time() - cpu_start, wall=wall)
+        return merge_report(config, [self.raw], server=self.monitor.report()
+                            if self.monitor is not None else None)
 
     def _stop_sending(self) -> None:
         for participant in self.participants:
@@ -190,6 +249,8 @@ class LoadTest:
                 await participant.join(timeout)
 
         for number, (call, user, role) in enumerate(order):
+            if not self.mine(call, user):
+                continue
             due = self.started + number * spacing
             if due > loop.time():
                 with contextlib.suppress(TimeoutError):
@@ -206,6 +267,10 @@ class LoadTest:
         return [s for p in self.participants if p.call == receiver.call and p is not receiver
                 and p.connected for s in p.senders if s.ready]
 
+    def _local_senders(self) -> list[tuple[str, str, str]]:
+        return [(p.call, p.session_id, s.label) for p in self.participants
+                if p.connected and p.session_id for s in p.senders if s.ready]
+
     def _flowing(self) -> bool:
         for receiver in self.participants:
             if not receiver.connected:
@@ -213,6 +278,9 @@ class LoadTest:
             have = {receiver.streams.get(ssrc) for ssrc, n in receiver.received.items() if n}
             for sender in self._expected_sources(receiver):
                 if (sender.owner.session_id, sender.label) not in have:
+                    return False
+            for call, session_id, label in self.remote_senders:
+                if call == receiver.call and (session_id, label) not in have:
                     return False
         return True
 
@@ -256,6 +324,7 @@ class LoadTest:
         self.window_counts["skipped0"] = sum(s.skipped_frames for p in self.participants
                                               for s in p.all_senders())
         self.delays.clear()
+        self.lag_before_window = list(self.loop_lag)  # joining and settling: the busy part
         self.loop_lag.clear()
         self._cpu0 = (time.process_time(), asyncio.get_running_loop().time())
         if self.monitor is not None:

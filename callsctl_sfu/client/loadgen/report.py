@@ -12,11 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from callsctl_sfu.client.loadgen.config import MAX_OK_LOSS
+from callsctl_sfu.client.loadgen.config import MAX_OK_LOSS, LoadConfig
 
 if TYPE_CHECKING:
     from callsctl_sfu.client.loadgen.orchestrate import LoadTest
-    from callsctl_sfu.client.loadgen.participant import LightParticipant
 
 @dataclass
 class Progress:
@@ -75,32 +74,114 @@ class LoadReport:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
-def build_report(test: LoadTest, cpu_seconds: float, wall: float) -> LoadReport:
-    """The report of a finished run (`LoadTest.run` returns it)."""
-    config = test.config
-    joined = [p for p in test.participants if p.connected_at is not None]
-    failures = Counter(p.failure.split(":", 1)[0] for p in test.participants if p.failure)
-    examples = {}
+def raw_figures(test: LoadTest, cpu_seconds: float, wall: float) -> dict[str, Any]:
+    """What one process measured, as plain picklable data.
+
+    A run split across worker processes merges these (`merge_report`): a
+    receiver's expected packets come from every sender of its call, whichever
+    process sent them, so senders and receivers are named by (session id,
+    label) rather than by object.
+    """
+    counts = test.window_counts
+    windowed = "recv1" in counts
+    participants = []
     for p in test.participants:
-        if p.failure:
-            examples.setdefault(p.failure.split(":", 1)[0], p.failure)
-    join_times = [p.connected_at - p.started_at for p in joined
-                  if p.connected_at is not None]
-    first_media = [p.first_media_at - p.started_at for p in joined
-                   if p.first_media_at is not None]
-    media = media_figures(test.participants, test.window_counts)
-    delays_ms = [d / 1e6 for d in test.delays[:test.window_counts.get("delays", 0)]]
-    lag = percentiles([x * 1000 for x in test.loop_lag], (50, 99))
-    samples = {name: {"bitrate_kbps": round(s.bitrate / 1000, 1),
-                      "packets_per_second": round(s.packets_per_second, 1)}
-               for name, s in test.samples.items()}
+        participants.append({
+            "user": p.user, "call": p.call, "session_id": p.session_id,
+            "joined": p.connected_at is not None, "failure": p.failure,
+            "join_s": None if p.connected_at is None else p.connected_at - p.started_at,
+            "first_media_s": None if p.connected_at is None or p.first_media_at is None
+            else p.first_media_at - p.started_at,
+            "errors": dict(p.error_codes), "senders": len(p.senders)})
+    senders = []
+    receivers = []
+    if windowed:
+        sent0, sent1 = counts["sent0"], counts["sent1"]
+        for p in test.participants:
+            if p.connected_at is None:
+                continue
+            for s in p.senders:
+                senders.append({"call": p.call, "session_id": p.session_id, "user": p.user,
+                                "label": s.label,
+                                "sent": sent1.get(id(s), 0) - sent0.get(id(s), 0)})
+            before = counts["recv0"].get(id(p), {})
+            got: Counter[tuple[str | None, str]] = Counter()
+            for ssrc, n in counts["recv1"].get(id(p), {}).items():
+                got[p.streams.get(ssrc, (None, f"ssrc-{ssrc}"))] += n - before.get(ssrc, 0)
+            receivers.append({"user": p.user, "call": p.call, "session_id": p.session_id,
+                              "got": dict(got)})
+    return {
+        "participants": participants, "senders": senders, "receivers": receivers,
+        "windowed": windowed,
+        "all_senders": sum(len(p.senders) for p in test.participants),
+        "unsent_senders_sent": sum(
+            counts["sent1"].get(id(s), 0) - counts["sent0"].get(id(s), 0)
+            for p in test.participants if p.connected_at is None for s in p.senders)
+        if windowed else 0,
+        "skipped": counts["skipped1"] - counts["skipped0"] if windowed else 0,
+        "keyframe_requests": sum(s.keyframe_requests for p in test.participants
+                                 for s in p.all_senders()),
+        "delays_ms": [d / 1e6 for d in test.delays[:counts.get("delays", 0)]],
+        "loop_lag_ms": rounded(percentiles([x * 1000 for x in test.loop_lag], (50, 99)), 2),
+        "loop_lag_joining_ms": rounded(percentiles(
+            [x * 1000 for x in test.lag_before_window], (50, 99)), 2),
+        "cpu_percent": 100 * cpu_seconds / max(wall, 1e-9),
+        "window_cpu_percent": 100 * counts.get("loadgen_cpu", 0.0) if test.window else None,
+        "window": None if test.window is None else {
+            "starts_at_s": round(test.window[0], 2), "seconds": round(test.window[1], 2)},
+        "samples": {name: {"bitrate_kbps": round(s.bitrate / 1000, 1),
+                           "packets_per_second": round(s.packets_per_second, 1)}
+                    for name, s in test.samples.items()},
+        "local_address": test.local_address,
+        "notes": list(test.notes),
+    }
+
+
+def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
+                 server: dict[str, Any] | None) -> LoadReport:
+    """One report from one process's figures or several workers' (`raw_figures`).
+
+    CPU adds up over the processes; loop lag is the worst process's (one
+    lagging loop is enough to distort what its participants measure).
+    """
+    people = [p for raw in raws for p in raw["participants"]]
+    joined = [p for p in people if p["joined"]]
+    failures = Counter(p["failure"].split(":", 1)[0] for p in people if p["failure"])
+    examples: dict[str, str] = {}
+    for p in people:
+        if p["failure"]:
+            examples.setdefault(p["failure"].split(":", 1)[0], p["failure"])
     errors: Counter[str] = Counter()
-    for p in test.participants:
-        errors.update(p.error_codes)
+    for p in people:
+        errors.update(p["errors"])
+    media = media_figures(raws)
+    delays_ms = [d for raw in raws for d in raw["delays_ms"]]
+    lag, joining_lag = (_worst([raw[name] for raw in raws])
+                        for name in ("loop_lag_ms", "loop_lag_joining_ms"))
+    window_cpu = [raw["window_cpu_percent"] for raw in raws]
     requested = config.participants
-    silent = not any(p.senders for p in test.participants)  # --unmuted 0: joins only
+    silent = not any(p["senders"] for p in people)  # --unmuted 0: joins only
     ok = len(joined) == requested and (silent or (
         media is not None and media["loss"] is not None and media["loss"] <= MAX_OK_LOSS))
+    loadgen: dict[str, Any] = {
+        "cpu_percent": round(sum(raw["cpu_percent"] for raw in raws), 1),
+        "window_cpu_percent": None if None in window_cpu else round(sum(window_cpu), 1),
+        # Over the window; before it (joins, settling) apart: that is where it lags most.
+        "loop_lag_ms": lag, "loop_lag_joining_ms": joining_lag,
+        "local_address": raws[0]["local_address"],
+        "signaling_errors": dict(errors), "processes": len(raws)}
+    if len(raws) > 1:
+        loadgen["per_process"] = [
+            {"participants": len(raw["participants"]),
+             "cpu_percent": round(raw["cpu_percent"], 1),
+             "window_cpu_percent": None if raw["window_cpu_percent"] is None
+             else round(raw["window_cpu_percent"], 1),
+             "loop_lag_ms": raw["loop_lag_ms"],
+             "loop_lag_joining_ms": raw["loop_lag_joining_ms"]} for raw in raws]
+    windows = [raw["window"] for raw in raws]
+    notes = []
+    for raw in raws:
+        notes.extend(n for n in raw["notes"] if n not in notes)
     return LoadReport(
         ok=ok,
         target=config.ws_url,
@@ -109,88 +190,88 @@ def build_report(test: LoadTest, cpu_seconds: float, wall: float) -> LoadReport:
                   "simulcast": config.simulcast,
                   "video": config.video, "duration_s": config.duration,
                   "join_duration_s": config.join_duration,
-                  "delay_sample_every": config.delay_sample_every},
-        participants={"requested": requested, "started": len(test.participants),
+                  "delay_sample_every": config.delay_sample_every,
+                  "processes": len(raws)},
+        participants={"requested": requested, "started": len(people),
                       "joined": len(joined), "failed": sum(failures.values()),
                       "failures": dict(failures), "failure_examples": examples},
-        join_s=rounded(percentiles(join_times), 3),
-        first_media_s=rounded(percentiles(first_media), 3),
-        window=None if test.window is None else {
-            "starts_at_s": round(test.window[0], 2), "seconds": round(test.window[1], 2)},
+        join_s=rounded(percentiles(p["join_s"] for p in joined), 3),
+        first_media_s=rounded(percentiles(p["first_media_s"] for p in joined
+                                          if p["first_media_s"] is not None), 3),
+        window=None if None in windows else min(windows, key=lambda w: w["seconds"]),
         media=media,
         delay_ms=None if not delays_ms else {"samples": len(delays_ms),
                                              **rounded(percentiles(delays_ms), 3)},
-        server=test.monitor.report() if test.monitor is not None else None,
-        loadgen={"cpu_percent": round(100 * cpu_seconds / max(wall, 1e-9), 1),
-                 "window_cpu_percent": round(100 * test.window_counts.get(
-                     "loadgen_cpu", 0.0), 1) if test.window else None,
-                 "loop_lag_ms": rounded(lag, 2), "local_address": test.local_address,
-                 "signaling_errors": dict(errors)},
-        samples=samples,
-        notes=list(test.notes),
+        server=server,
+        loadgen=loadgen,
+        samples=raws[0]["samples"],
+        notes=notes,
     )
 
 
-def media_figures(participants: list[LightParticipant], counts: dict[str, Any]
-                  ) -> dict[str, Any] | None:
-    """Loss over the steady window, in total, per media label and per receiver and source."""
-    if "recv1" not in counts:
+def _worst(figures: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """Per percentile, the worst process's figure."""
+    present = [f for f in figures if f]
+    return {key: max(f[key] for f in present) for key in present[0]} if present else None
+
+
+def media_figures(raws: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Loss over the steady window, in total, per media label and per receiver and source.
+
+    A receiver expects every sender of its call but itself, across every
+    process's figures.
+    """
+    if not raws or not all(raw["windowed"] for raw in raws):
         return None
-    sent0, sent1 = counts["sent0"], counts["sent1"]
+    senders = [s for raw in raws for s in raw["senders"]]
+    by_call: dict[str, list[dict[str, Any]]] = {}
+    for s in senders:
+        by_call.setdefault(s["call"], []).append(s)
     per_receiver = []
     total_expected = total_received = 0
     pairs = lossy_pairs = 0
     worst = 0.0
     extra = 0
     by_label: dict[str, list[int]] = {}
-    for receiver in participants:
-        if receiver.connected_at is None:
-            continue
-        before = counts["recv0"].get(id(receiver), {})
-        after = counts["recv1"].get(id(receiver), {})
-        got: Counter[tuple[str | None, str]] = Counter()
-        for ssrc, n in after.items():
-            source = receiver.streams.get(ssrc, (None, f"ssrc-{ssrc}"))
-            got[source] += n - before.get(ssrc, 0)
+    for receiver in (r for raw in raws for r in raw["receivers"]):
+        got = receiver["got"]
         expected = received = 0
         sources: dict[str, list[int]] = {}
-        for p in participants:
-            if p is receiver or p.call != receiver.call or p.connected_at is None:
+        for sender in by_call.get(receiver["call"], []):
+            if sender["session_id"] == receiver["session_id"]:
                 continue
-            for sender in p.senders:
-                want = sent1.get(id(sender), 0) - sent0.get(id(sender), 0)
-                have = got.get((p.session_id, sender.label), 0)
-                if want <= 0:
-                    continue
-                pairs += 1
-                pair_loss = max(0.0, 1 - have / want)
-                worst = max(worst, pair_loss)
-                lossy_pairs += pair_loss > 0.01
-                expected += want
-                received += min(have, want)
-                extra += max(0, have - want)
-                sources[f"{p.user}/{sender.label}"] = [want, have]
-                totals = by_label.setdefault(sender.label, [0, 0])
-                totals[0] += want
-                totals[1] += min(have, want)
+            want = sender["sent"]
+            have = got.get((sender["session_id"], sender["label"]), 0)
+            if want <= 0:
+                continue
+            pairs += 1
+            pair_loss = max(0.0, 1 - have / want)
+            worst = max(worst, pair_loss)
+            lossy_pairs += pair_loss > 0.01
+            expected += want
+            received += min(have, want)
+            extra += max(0, have - want)
+            sources[f"{sender['user']}/{sender['label']}"] = [want, have]
+            totals = by_label.setdefault(sender["label"], [0, 0])
+            totals[0] += want
+            totals[1] += min(have, want)
         total_expected += expected
         total_received += received
-        per_receiver.append({"user": receiver.user, "call": receiver.call,
+        per_receiver.append({"user": receiver["user"], "call": receiver["call"],
                              "expected": expected, "received": received,
                              "loss": round(1 - received / expected, 5) if expected else None,
                              "sources": sources})
-    senders = [s for p in participants for s in p.senders]
-    sent = sum(sent1.get(id(s), 0) - sent0.get(id(s), 0) for s in senders)
+    sent = (sum(s["sent"] for s in senders)
+            + sum(raw["unsent_senders_sent"] for raw in raws))
     return {
-        "senders": len(senders), "packets_sent": sent,
+        "senders": sum(raw["all_senders"] for raw in raws), "packets_sent": sent,
         "expected": total_expected, "received": total_received,
         "loss": round(1 - total_received / total_expected, 5) if total_expected else None,
         "pairs": pairs, "pairs_over_1pct_loss": lossy_pairs, "worst_pair_loss": round(worst, 5),
         # More than was sent in the window: in flight when it opened, or duplicates.
         "received_beyond_expected": extra,
-        "frames_skipped_by_generator": counts["skipped1"] - counts["skipped0"],
-        "keyframe_requests": sum(s.keyframe_requests for p in participants
-                                 for s in p.all_senders()),
+        "frames_skipped_by_generator": sum(raw["skipped"] for raw in raws),
+        "keyframe_requests": sum(raw["keyframe_requests"] for raw in raws),
         "by_label": {label: {"expected": e, "received": r,
                              "loss": round(1 - r / e, 5) if e else None}
                      for label, (e, r) in sorted(by_label.items())},

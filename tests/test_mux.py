@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
 from aioice import Connection, stun
 
 from callsctl_sfu.rtc.mux import UdpMux
@@ -125,4 +126,39 @@ async def test_wrong_password_is_refused_and_address_not_learned():
         client.close()
     finally:
         await server.close()
+        mux.transport.close()
+
+
+class BrokenIngress:
+    """A C ingress that fails on every read (a bug, or memory exhausted)."""
+
+    def drain(self, *_args: object) -> tuple[object, ...]:
+        raise RuntimeError("boom")
+
+    def add(self, *_args: object) -> None:
+        pass
+
+    def remove(self, *_args: object) -> None:
+        pass
+
+
+async def test_a_failing_c_ingress_costs_speed_never_media(caplog):
+    """The socket is then read in Python: every request is still answered, one error line."""
+    mux, port = await open_mux()
+    try:
+        await asyncio.sleep(0)  # the C reader takes the socket over after connection_made
+        if mux.ingress is None:
+            pytest.skip("the Python engine runs: there is no C ingress to fail")
+        mux.ingress = BrokenIngress()
+        client = udp_client()
+        for _ in range(3):
+            request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+            client.sendto(bytes(request), ("127.0.0.1", port))
+            response = stun.parse_message(await recv(client))
+            assert response.transaction_id == request.transaction_id
+        assert mux.ingress is None and mux.stats.bare_binding_answered == 3
+        failures = [r for r in caplog.records if "the C ingress failed" in r.getMessage()]
+        assert len(failures) == 1 and "RuntimeError: boom" in failures[0].getMessage()
+        client.close()
+    finally:
         mux.transport.close()

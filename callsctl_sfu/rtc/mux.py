@@ -274,12 +274,15 @@ class UdpMux(asyncio.DatagramProtocol):
     def _ingress_ready(self) -> None:
         """The socket is readable: one C drain, then what it handed up, in order."""
         sock = self._sock
-        if sock is None or self.ingress is None:
+        if sock is None:
+            return
+        if self.ingress is None:  # it failed once: the Python path reads from now on
+            self._read_batch(READ_BATCH)
             return
         try:
             result = self.ingress.drain(sock.fileno(), self.fanout_fd(), self._loop.time())
-        except Exception as exc:  # noqa: BLE001 - a read never stops the socket
-            log.warning("media socket read failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a failure must cost speed, never media
+            self._give_up_ingress(exc)
             return
         slow, loud, unsent, samples, error, datagrams_in, bytes_in, truncated = result[:8]
         forwarded, wire_octets, send_errors = result[9], result[11], result[12]
@@ -311,6 +314,22 @@ class UdpMux(asyncio.DatagramProtocol):
         # ICMP errors (port unreachable from a vanished client) must not stop the socket.
         log.debug("media socket error: %s", exc)
 
+    def _give_up_ingress(self, exc: BaseException) -> None:
+        """The C ingress failed: say so once and read every datagram in Python from now on.
+
+        The sessions' routes and sources are dropped with it, so nothing is
+        forwarded twice or lost: each packet takes the Python path, as with
+        CALLSCTL_FAST_PATH=0.
+        """
+        log.error("the C ingress failed (%s: %s); the media socket is read in Python from "
+                  "now on, at a higher CPU cost per packet", type(exc).__name__, exc)
+        self.ingress = None
+        for proto in set(self.by_addr.values()):
+            session = getattr(proto, "ingress_session", None)
+            if session is not None:
+                session.clear_routes()
+                proto.ingress_session = None
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         """asyncio's one datagram per wake-up, then what else is queued (up to READ_BATCH).
 
@@ -322,10 +341,14 @@ class UdpMux(asyncio.DatagramProtocol):
         independent of how long the loop's other work takes.
         """
         self.handle_datagram(data, addr)
+        self._read_batch(READ_BATCH - 1)
+
+    def _read_batch(self, count: int) -> None:
+        """Read and route up to `count` queued datagrams in Python, as many as are there."""
         sock = self._sock
         if sock is None:
             return
-        for _ in range(READ_BATCH - 1):
+        for _ in range(count):
             try:
                 data, addr = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):

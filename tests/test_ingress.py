@@ -288,11 +288,14 @@ def two_threads():
     fastpath.shutdown_pool()
 
 
-@pytest.mark.parametrize("same_call", [False, True])
-def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, same_call):
-    """Packets of different calls in one read go out in parallel; one call's never do."""
-    first_call = [Receiver(0x100 + i) for i in range(20)]
-    second_call = [Receiver(0x200 + i) for i in range(20)]
+@pytest.mark.parametrize(("same_call", "receivers", "split"),
+                         [(False, 20, True), (True, 20, False), (False, 2, False)])
+def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, same_call,
+                                                         receivers, split):
+    """Packets of different calls in one read go out in parallel; one call's never do, and
+    neither does a read with fewer copies than a hand-off to another thread is worth."""
+    first_call = [Receiver(0x100 + i) for i in range(receivers)]
+    second_call = [Receiver(0x200 + i) for i in range(receivers)]
     route = server.route(first_call)
     other = SecondPublisher(server, 0x4321)
     other_route = fastpath.InRoute("bob", OPUS_PT, LEVEL_ID)
@@ -305,8 +308,8 @@ def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, sa
         other.send(sequence)
     asyncio.run(asyncio.sleep(0.05))  # all six datagrams are queued: one read takes them
     result = server.drain()
-    assert result[5] == 6 and result[0] is None and result[9] == 3 * 40
-    assert fastpath.parallel_batches() - before == (0 if same_call else 1)
+    assert result[5] == 6 and result[0] is None and result[9] == 3 * 2 * receivers
+    assert fastpath.parallel_batches() - before == (1 if split else 0)
     for receiver in first_call + second_call:  # each stream in order, rewritten once
         assert [receiver.receive().sequence for _ in range(3)] == [
             (receiver.rewrite.last_seq - 2 + i) & 0xFFFF for i in range(3)]

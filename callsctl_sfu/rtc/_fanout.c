@@ -1117,7 +1117,12 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
     Py_ssize_t load[MAX_THREADS];
     int seen = 0, rc = -1;
     memset(load, 0, sizeof(load));
-    if (parts > 1 && n >= 2 && n <= BATCH) {
+    /* Handing work to another thread costs more than a few copies: split only a read
+       with at least as many copies as a fan-out the pool would split. */
+    Py_ssize_t total_copies = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        total_copies += PyList_GET_SIZE(targets[i]);
+    if (parts > 1 && n >= 2 && n <= BATCH && total_copies >= PARALLEL_MIN_TARGETS) {
         for (Py_ssize_t i = 0; i < n; i++) {
             int found = -1;
             for (int g = 0; g < seen; g++) {

@@ -234,6 +234,57 @@ def test_any_authenticated_packet_is_forwarded_or_dropped_never_a_crash(server, 
     receiver.sock.close()
 
 
+VP8_PT = 96
+
+
+def vp8(sequence: int, start: bool, keyframe: bool = False) -> bytes:
+    """A VP8 RTP packet (RFC 7741): descriptor S bit, then a payload header with its P bit."""
+    descriptor = 0x10 if start else 0x00
+    header = 0x00 if keyframe else 0x01  # P = 0: a keyframe
+    return struct.pack("!BBHII", 0x80, VP8_PT, sequence, 3000 * (sequence // 4),
+                       PUBLISHER_SSRC) + bytes([descriptor, header]) + b"vp8-data" * 20
+
+
+def test_video_takes_the_c_path_only_for_the_next_packet_of_a_frame(server):
+    """In sequence and not a keyframe: forwarded in C, kept in the NACK ring; a gap or a
+    keyframe comes up decrypted for Python, and so does the rest of that read."""
+    from callsctl_sfu.rtc.rtcp import RingBuffer
+
+    receiver = Receiver(0x400)
+    receiver.rewrite.payload_type = VP8_PT
+    ring, highest_seq = RingBuffer(64), {}
+    route = fastpath.InRoute("alice", VP8_PT)
+    route.targets = [receiver.target]
+    route.video, route.ring, route.highest_seq, route.highest = True, ring, highest_seq, 1
+    up: list[bytes] = []  # on_plain is given at construction: this source gets a session with it
+    session = fastpath.InSession(aiortc_bridge.srtp_context_address(server.unprotect),
+                                 server.unprotect, up.append)
+    session.set_route(PUBLISHER_SSRC, route)
+    server.ingress.add(server.publisher.getsockname(), session)
+
+    server.send(vp8(2, start=False))  # the next packet, inside a frame
+    result = server.drain()
+    assert result[9] == 1 and result[16] is None
+    assert bytes(receiver.receive().payload)[:2] == b"\x00\x01"
+    assert ring.get(2) == vp8(2, start=False) and highest_seq == {PUBLISHER_SSRC: 2}
+
+    server.send(vp8(4, start=True))  # 3 is missing: Python asks for it
+    server.send(vp8(5, start=False))  # after a hand-up, the rest of the read goes up too
+    asyncio.run(asyncio.sleep(0.05))
+    result = server.drain()
+    assert result[9] == 0 and [packet for _call, packet in result[16]] == [
+        vp8(4, start=True), vp8(5, start=False)]
+    for on_plain, packet in result[16]:
+        on_plain(packet)
+    assert up == [vp8(4, start=True), vp8(5, start=False)]
+    assert receiver.nothing_waiting() and ring.get(4) is None
+
+    route.highest = 5  # what Python's path re-registers after handling them
+    server.send(vp8(6, start=True, keyframe=True))  # receivers may be waiting for it
+    result = server.drain()
+    assert result[9] == 0 and len(result[16]) == 1
+
+
 def test_the_c_and_python_reception_state_agree() -> None:
     """Receiver reports read the same numbers whichever path counted the packets."""
     from callsctl_sfu.rtc.reports import PyReception

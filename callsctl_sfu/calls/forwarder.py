@@ -330,7 +330,7 @@ class Forwarder:
                                   track.kind)
         if plan.slow:
             forwarded += self._send_each(plan.slow, packet, level_byte, keyframe, None, track)
-        elif track.kind == "audio" and track_routes.current is plan:
+        elif track_routes.current is plan:
             self._route_in_c(peer, member, track, packet, track_routes, plan)
         stats.rtp_forwarded += forwarded
 
@@ -357,6 +357,12 @@ class Forwarder:
         route.group = group
         route.level_id = peer.audio_level_id if peer.audio_level_id is not None else -1
         route.reception = track.reception.get(packet.ssrc)
+        # Video: the ingress takes only the next packet of a frame and keeps the NACK ring
+        # and the highest sequence current; a gap or a keyframe comes back up here.
+        route.video = track.kind == "video"
+        route.ring = track.ring if route.video else None
+        route.highest_seq = track.highest_seq if route.video else None
+        route.highest = track.highest_seq.get(packet.ssrc, -1) if route.video else -1
         if plan is None or track_routes is None:  # muted: dropped there after accounting
             route.muted = True
             route.targets = []
@@ -378,8 +384,8 @@ class Forwarder:
         stats.dropped_muted += result[14]
         stats.dropped_malformed += result[15]
         if samples:
-            for seconds in samples:
-                self.metrics.on_send_cost("audio", seconds)
+            for kind, seconds in samples:
+                self.metrics.on_send_cost(kind, seconds)
         if loud:
             for session_id in loud:
                 self.on_loud(session_id)

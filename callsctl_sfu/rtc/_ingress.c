@@ -200,6 +200,14 @@ typedef struct {
     unsigned long long octets;  /* payload octets, as PublishedTrack.octets */
     unsigned long long loud_drain; /* the drain that last reported it loud */
     long long group;            /* the call: different calls' fan-outs may run in parallel */
+    /* Video (no simulcast): only the next packet in sequence that does not start a
+       keyframe is handled here; it is also stored in the NACK ring and its sequence
+       number in the track's highest_seq, as Python's path does. */
+    int video;
+    PyObject *ring;             /* the track's RingBuffer (put(seq, bytes)), or NULL */
+    PyObject *highest_seq;      /* the track's dict SSRC -> highest sequence, or NULL */
+    long highest;               /* the last sequence number seen, -1 unknown */
+    unsigned long long handed_up_drain; /* the read that last sent one of its packets up */
 } InRouteObject;
 
 static int
@@ -234,6 +242,7 @@ InRoute_init(InRouteObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->tag, Py_NewRef(tag));
     Py_XSETREF(self->reception, Py_NewRef(reception));
     Py_XSETREF(self->targets, Py_NewRef(Py_None));
+    self->highest = -1;
     self->payload_type = payload_type;
     self->level_id = level_id;
     self->muted = muted;
@@ -246,6 +255,8 @@ InRoute_traverse(InRouteObject *self, visitproc visit, void *arg)
     Py_VISIT(self->tag);
     Py_VISIT(self->targets);
     Py_VISIT(self->reception);
+    Py_VISIT(self->ring);
+    Py_VISIT(self->highest_seq);
     return 0;
 }
 
@@ -255,6 +266,8 @@ InRoute_clear(InRouteObject *self)
     Py_CLEAR(self->tag);
     Py_CLEAR(self->targets);
     Py_CLEAR(self->reception);
+    Py_CLEAR(self->ring);
+    Py_CLEAR(self->highest_seq);
     return 0;
 }
 
@@ -306,6 +319,45 @@ InRoute_set_reception(InRouteObject *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *
+InRoute_get_ring(InRouteObject *self, void *closure)
+{
+    return Py_NewRef(self->ring ? self->ring : Py_None);
+}
+
+static int
+InRoute_set_ring(InRouteObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->ring);
+        return 0;
+    }
+    Py_XSETREF(self->ring, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *
+InRoute_get_highest_seq(InRouteObject *self, void *closure)
+{
+    return Py_NewRef(self->highest_seq ? self->highest_seq : Py_None);
+}
+
+static int
+InRoute_set_highest_seq(InRouteObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->highest_seq);
+        return 0;
+    }
+    if (!PyDict_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "InRoute.highest_seq must be a dict or None, not %.100s",
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    Py_XSETREF(self->highest_seq, Py_NewRef(value));
+    return 0;
+}
+
 static PyMemberDef InRoute_members[] = {
     {"tag", T_OBJECT_EX, offsetof(InRouteObject, tag), READONLY, "the publisher's session id"},
     {"payload_type", T_INT, offsetof(InRouteObject, payload_type), 0,
@@ -318,6 +370,10 @@ static PyMemberDef InRoute_members[] = {
     {"group", T_LONGLONG, offsetof(InRouteObject, group), 0,
      "the call it belongs to: no two routes of one call may send at once, so only "
      "different groups' packets are sent on different threads"},
+    {"video", T_INT, offsetof(InRouteObject, video), 0,
+     "a video stream: only in-sequence packets that start no keyframe are handled here"},
+    {"highest", T_LONG, offsetof(InRouteObject, highest), 0,
+     "the last sequence number seen, -1 unknown (video)"},
     {NULL}
 };
 
@@ -326,6 +382,10 @@ static PyGetSetDef InRoute_getset[] = {
      "the plan's Targets, or None while Python must decide", NULL},
     {"reception", (getter)InRoute_get_reception, (setter)InRoute_set_reception,
      "the Reception of the SSRC it is registered for, or None", NULL},
+    {"ring", (getter)InRoute_get_ring, (setter)InRoute_set_ring,
+     "the track's NACK ring (its put(sequence, packet) is called), or None", NULL},
+    {"highest_seq", (getter)InRoute_get_highest_seq, (setter)InRoute_set_highest_seq,
+     "the track's SSRC -> highest sequence dict, kept current, or None", NULL},
     {NULL}
 };
 
@@ -352,6 +412,7 @@ typedef struct {
     void *ctx;                  /* the inbound srtp_t */
     PyObject *srtp_session;     /* the pylibsrtp Session owning it: kept alive */
     PyObject *routes;           /* dict: SSRC (int) -> InRoute */
+    PyObject *on_plain;         /* called with a decrypted packet the ingress hands up */
     double last_rx;             /* loop time of the last packet handled here */
     unsigned long long srtp_errors;
     unsigned long long packets;
@@ -360,10 +421,15 @@ typedef struct {
 static PyObject *
 InSession_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"context", "srtp_session", NULL};
-    PyObject *context, *session;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:InSession", kwlist, &context, &session))
+    static char *kwlist[] = {"context", "srtp_session", "on_plain", NULL};
+    PyObject *context, *session, *on_plain = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:InSession", kwlist, &context, &session,
+                                     &on_plain))
         return NULL;
+    if (on_plain != Py_None && !PyCallable_Check(on_plain)) {
+        PyErr_SetString(PyExc_TypeError, "InSession: on_plain must be callable or None");
+        return NULL;
+    }
     if (!PyLong_Check(context)) {
         PyErr_SetString(PyExc_TypeError, "InSession: context must be the srtp_t address");
         return NULL;
@@ -384,6 +450,7 @@ InSession_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     self->ctx = ctx;
     self->srtp_session = Py_NewRef(session);
+    self->on_plain = on_plain == Py_None ? NULL : Py_NewRef(on_plain);
     return (PyObject *)self;
 }
 
@@ -392,6 +459,7 @@ InSession_traverse(InSessionObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->srtp_session);
     Py_VISIT(self->routes);
+    Py_VISIT(self->on_plain);
     return 0;
 }
 
@@ -400,6 +468,7 @@ InSession_clear(InSessionObject *self)
 {
     Py_CLEAR(self->srtp_session);
     Py_CLEAR(self->routes);
+    Py_CLEAR(self->on_plain);
     return 0;
 }
 
@@ -710,6 +779,64 @@ find_level(const unsigned char *data, int start, int end, int profile, int level
     return -1;
 }
 
+/* Whether a VP8 RTP payload starts a keyframe (RFC 7741 §4.2-4.3): the payload
+   descriptor skipped, the P bit of a partition-0 start's payload header. The same
+   reading as rtp.vp8_keyframe in Python. */
+static int
+vp8_keyframe(const unsigned char *payload, Py_ssize_t size)
+{
+    if (size < 1)
+        return 0;
+    int first = payload[0];
+    Py_ssize_t offset = 1;
+    if (first & 0x80) {
+        if (size < 2)
+            return 0;
+        int ext = payload[1];
+        offset = 2;
+        if (ext & 0x80) {
+            if (size <= offset)
+                return 0;
+            offset += (payload[offset] & 0x80) ? 2 : 1;
+        }
+        if (ext & 0x40)
+            offset += 1;
+        if (ext & 0x30)
+            offset += 1;
+    }
+    if (!(first & 0x10) || (first & 0x07) != 0 || size <= offset)
+        return 0;
+    return (payload[offset] & 0x01) == 0;
+}
+
+/* A video packet handled here: into the track's NACK ring and highest_seq, as the Python
+   path keeps them. 0, or -1 with an exception set. */
+static int
+keep_for_nack(InRouteObject *route, const unsigned char *data, int length,
+              unsigned int sequence, unsigned int ssrc)
+{
+    route->highest = (long)sequence;
+    PyObject *seq = PyLong_FromUnsignedLong(sequence);
+    if (seq == NULL)
+        return -1;
+    int rc = 0;
+    if (route->highest_seq != NULL) {
+        PyObject *key = PyLong_FromUnsignedLong(ssrc);
+        rc = key == NULL ? -1 : PyDict_SetItem(route->highest_seq, key, seq);
+        Py_XDECREF(key);
+    }
+    if (rc == 0 && route->ring != NULL) {
+        PyObject *packet = PyBytes_FromStringAndSize((const char *)data, length);
+        PyObject *done = packet == NULL ? NULL : PyObject_CallMethod(route->ring, "put", "OO",
+                                                                      seq, packet);
+        rc = done == NULL ? -1 : 0;
+        Py_XDECREF(done);
+        Py_XDECREF(packet);
+    }
+    Py_DECREF(seq);
+    return rc;
+}
+
 /* Counters of one drain, in the order drain() returns them after its lists. */
 typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
@@ -719,13 +846,15 @@ typedef struct {
 PyDoc_STRVAR(drain_doc,
 "drain(recv_fd, send_fd, now) -> (slow, loud, unsent, samples, error, datagrams_in, bytes_in,\n"
 "    truncated, rtp_in, forwarded, plain_octets, wire_octets, send_errors,\n"
-"    srtp_protect_errors, dropped_muted, dropped_malformed)\n\n"
+"    srtp_protect_errors, dropped_muted, dropped_malformed, plain)\n\n"
 "Read up to BATCH datagrams from recv_fd (non-blocking) and forward what the\n"
 "registered routes cover, sending on send_fd (-1: forward nothing here, every\n"
 "datagram goes up). slow: (bytes, (host, port)) for Python, in arrival order, or\n"
 "None; loud: tags of routes that carried speech, or None; unsent: (bytes, addr) the\n"
 "kernel would not take now, or None (the rest of the batch then went up); samples:\n"
-"seconds per copy of the timed fan-outs, or None; error: errno of a failed read, or 0.");
+"(kind, seconds per copy) of the timed fan-outs, or None; error: errno of a failed read, or 0;\n"
+"plain: (on_plain, packet) for decrypted video packets Python must decide (a gap, a\n"
+"keyframe), in order, or None.");
 
 static PyObject *
 Ingress_drain(IngressObject *self, PyObject *args)
@@ -734,7 +863,7 @@ Ingress_drain(IngressObject *self, PyObject *args)
     double now;
     if (!PyArg_ParseTuple(args, "iid:drain", &recv_fd, &send_fd, &now))
         return NULL;
-    PyObject *slow = NULL, *loud = NULL, *unsent = NULL, *samples = NULL;
+    PyObject *slow = NULL, *loud = NULL, *unsent = NULL, *samples = NULL, *plain = NULL;
     DrainCounts c;
     memset(&c, 0, sizeof(c));
     int error = 0, blocked = send_fd < 0 || srtp_unprotect_ptr == NULL;
@@ -742,7 +871,7 @@ Ingress_drain(IngressObject *self, PyObject *args)
     Packet jobs[BATCH];
     PyObject *job_targets[BATCH];
     long long job_groups[BATCH];
-    int job_count = 0;
+    int job_count = 0, first_job_video = 0;
     self->drains += 1;
 
     for (int i = 0; i < BATCH; i++) {
@@ -811,10 +940,10 @@ Ingress_drain(IngressObject *self, PyObject *args)
         }
         session->last_rx = now;
         session->packets += 1;
-        c.rtp_in += 1;
         int first = data[0], offset = 12 + 4 * (first & 0x0F), level = -1;
         if (first & 0x10) {
             if (offset + 4 > plain_len) {
+                c.rtp_in += 1;
                 c.dropped_malformed += 1;
                 continue;
             }
@@ -822,6 +951,7 @@ Ingress_drain(IngressObject *self, PyObject *args)
             int words = (data[offset + 2] << 8) | data[offset + 3];
             int start = offset + 4, end = start + 4 * words;
             if (end > plain_len) {
+                c.rtp_in += 1;
                 c.dropped_malformed += 1;
                 continue;
             }
@@ -830,6 +960,7 @@ Ingress_drain(IngressObject *self, PyObject *args)
             offset = end;
         }
         if (offset > plain_len) {
+            c.rtp_in += 1;
             c.dropped_malformed += 1;
             continue;
         }
@@ -839,6 +970,27 @@ Ingress_drain(IngressObject *self, PyObject *args)
         unsigned int ssrc = ((unsigned int)data[8] << 24) | ((unsigned int)data[9] << 16) |
                             ((unsigned int)data[10] << 8) | data[11];
         Py_ssize_t payload_len = plain_len - offset;
+        if (route->video) {
+            /* Anything but the next packet of a frame goes up to Python, decrypted: a gap
+               (NACK upstream), a late packet, a keyframe (receivers waiting for one); and
+               so does the rest of this stream's packets in this read, to keep their order. */
+            int up = route->handed_up_drain == self->drains || route->highest < 0 ||
+                     sequence != (((unsigned long)route->highest + 1) & 0xFFFFu) ||
+                     vp8_keyframe(data + offset, payload_len) || session->on_plain == NULL;
+            if (up) {
+                route->handed_up_drain = self->drains;
+                if (session->on_plain != NULL) {
+                    PyObject *item = Py_BuildValue("(Oy#)", session->on_plain,
+                                                   (const char *)data, (Py_ssize_t)plain_len);
+                    if (append_new(&plain, item) < 0)
+                        goto fail;
+                }
+                continue;
+            }
+            if (keep_for_nack(route, data, plain_len, sequence, ssrc) < 0)
+                PyErr_Clear(); /* the ring is a cache: a packet not kept is only not repaired */
+        }
+        c.rtp_in += 1;
         if (route->reception != NULL && route->reception != Py_None)
             reception_update((ReceptionObject *)route->reception, sequence, timestamp, now);
         route->packets += 1;
@@ -867,6 +1019,8 @@ Ingress_drain(IngressObject *self, PyObject *args)
         packet->level_byte = route->level_id >= 0 ? level_value : -1;
         packet->payload = data + offset;
         packet->payload_len = payload_len;
+        if (job_count == 0)
+            first_job_video = route->video;
         job_targets[job_count] = Py_NewRef(route->targets);
         job_groups[job_count] = route->group;
         job_count += 1;
@@ -894,17 +1048,20 @@ Ingress_drain(IngressObject *self, PyObject *args)
         if (timed && totals.sent > 0) {
             clock_gettime(CLOCK_MONOTONIC, &t1);
             double seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-            if (append_new(&samples, PyFloat_FromDouble(seconds / (double)totals.sent)) < 0)
+            /* Labelled by the read's first forwarded stream (a read rarely mixes kinds). */
+            PyObject *sample = Py_BuildValue("(sd)", first_job_video ? "video" : "audio",
+                                             seconds / (double)totals.sent);
+            if (append_new(&samples, sample) < 0)
                 goto fail;
         }
     }
-    return Py_BuildValue("(NNNNiLLLLLLLLLLL)",
+    return Py_BuildValue("(NNNNiLLLLLLLLLLLN)",
                          slow ? slow : Py_NewRef(Py_None), loud ? loud : Py_NewRef(Py_None),
                          unsent ? unsent : Py_NewRef(Py_None),
                          samples ? samples : Py_NewRef(Py_None), error, c.datagrams_in,
                          c.bytes_in, c.truncated, c.rtp_in, c.forwarded, c.plain_octets,
                          c.wire_octets, c.send_errors, c.srtp_protect_errors, c.dropped_muted,
-                         c.dropped_malformed);
+                         c.dropped_malformed, plain ? plain : Py_NewRef(Py_None));
 fail:
     for (int j = 0; j < job_count; j++)
         Py_CLEAR(job_targets[j]);
@@ -912,6 +1069,7 @@ fail:
     Py_XDECREF(loud);
     Py_XDECREF(unsent);
     Py_XDECREF(samples);
+    Py_XDECREF(plain);
     return NULL;
 }
 

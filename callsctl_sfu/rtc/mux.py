@@ -302,6 +302,9 @@ class UdpMux(asyncio.DatagramProtocol):
             sink(result)
         if error:
             self.error_received(OSError(error, os.strerror(error)))
+        if result[16]:  # decrypted video packets whose next step Python decides, in order
+            for on_plain, packet in result[16]:
+                on_plain(packet)
         if slow:
             for data, addr in slow:
                 self.handle_datagram(data, addr)

@@ -503,7 +503,7 @@ class MediaPeer:
         if fastpath.InSession is not None:
             # The C ingress decrypts this peer's audio with the same inbound srtp_t.
             self.ingress = fastpath.InSession(aiortc_bridge.srtp_context_address(rx_srtp),
-                                              rx_srtp)
+                                              rx_srtp, self._plain_rtp)
             self.mux.attach_ingress(proto, self.ingress)
         self._on_state(self, "connected")
 
@@ -522,6 +522,11 @@ class MediaPeer:
             self.srtp_errors += 1
             return
         self._on_rtp(self, plain)
+
+    def _plain_rtp(self, plain: bytes) -> None:
+        """A packet the C ingress decrypted but left to Python (a video gap or keyframe)."""
+        if not self.closed:
+            self._on_rtp(self, plain)
 
     def send_rtp(self, packet: bytes) -> bool:
         """Protect with this receiver's SRTP context and send on its selected pair's path.

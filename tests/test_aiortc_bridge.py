@@ -38,6 +38,7 @@ from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import MediaPeer
 from tests.support.helpers import REPO
+from tests.support.ice import connect_agents
 from tests.support.private_reaches import private_reaches
 
 pytestmark = pytest.mark.timeout(60)
@@ -541,14 +542,7 @@ async def test_replace_consent_hands_the_connected_agent_over_and_ends_aioices_t
         bridge.replace_consent(replaced, taken.append)
         for connection in (replaced, untouched):
             await connection.gather_candidates()
-        replaced.remote_username, replaced.remote_password = (untouched.local_username,
-                                                              untouched.local_password)
-        untouched.remote_username, untouched.remote_password = (replaced.local_username,
-                                                                replaced.local_password)
-        for candidate in replaced.local_candidates:
-            await untouched.add_remote_candidate(candidate)
-        await untouched.add_remote_candidate(None)
-        await asyncio.wait_for(asyncio.gather(replaced.connect(), untouched.connect()), 20)
+        await connect_agents(replaced, untouched, timeout=20)
         await asyncio.sleep(0)
         assert taken == [replaced]
         assert bridge.consent_task(replaced).done()

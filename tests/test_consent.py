@@ -27,7 +27,7 @@ from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import UdpMux
 from tests.support.helpers import ipv6_loopback
-from tests.support.ice import connect_pairs
+from tests.support.ice import connect_agents, connect_pairs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -269,15 +269,8 @@ async def test_consent_over_ipv6_uses_the_ipv6_socket_and_can_lapse(monkeypatch)
         # A client whose only address is ::1 (aioice skips loopback when gathering).
         monkeypatch.setattr("aioice.ice.get_host_addresses", lambda **_kw: ["::1"])
         await client.gather_candidates()
-        server.remote_username, server.remote_password = (client.local_username,
-                                                          client.local_password)
-        client.remote_username, client.remote_password = (server.local_username,
-                                                          server.local_password)
-        for candidate in server.local_candidates:
-            if candidate.transport == "udp" and candidate.host == "::1":
-                await client.add_remote_candidate(candidate)
-        await client.add_remote_candidate(None)
-        await asyncio.wait_for(asyncio.gather(client.connect(), server.connect()), 10)
+        await connect_agents(server, client, timeout=10,
+                             accept=lambda c: c.transport == "udp" and c.host == "::1")
         assert aiortc_bridge.nominated_pair(server).remote_addr[0] == "::1"
         assert await until(lambda: mux.consent.stats.checks_answered >= 3, 10), \
             mux.consent.stats

@@ -37,6 +37,7 @@ from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candid
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
 from callsctl_sfu.rtc.publicaddr import discover_public_address
 from tests.support.helpers import free_port, free_udp_tcp_port, ipv6_loopback, run_cli
+from tests.support.ice import connect_agents
 
 # -- TURN REST credentials ------------------------------------------------------------
 
@@ -457,15 +458,7 @@ async def test_ipv6_candidates_and_a_session_over_ipv6(monkeypatch) -> None:
         # A client whose only address is ::1 (aioice skips loopback when gathering).
         monkeypatch.setattr("aioice.ice.get_host_addresses", lambda **_kw: ["::1"])
         await client.gather_candidates()
-        server.remote_username, server.remote_password = (client.local_username,
-                                                          client.local_password)
-        client.remote_username, client.remote_password = (server.local_username,
-                                                          server.local_password)
-        for candidate in server.local_candidates:
-            if candidate.transport == "udp":
-                await client.add_remote_candidate(candidate)
-        await client.add_remote_candidate(None)
-        await asyncio.wait_for(asyncio.gather(client.connect(), server.connect()), 10)
+        await connect_agents(server, client, timeout=10, accept=lambda c: c.transport == "udp")
         pair = aiortc_bridge.nominated_pair(server)
         assert pair.local_candidate.host == "::1" and pair.remote_addr[0] == "::1"
         primary = mux.by_ufrag[server.local_username]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from aioice import Connection
+from aioice import Candidate, Connection
 
 from callsctl_sfu.rtc.mux import UdpMux
 
@@ -28,13 +29,29 @@ async def connect_pairs(mux: UdpMux, count: int, servers: list[Connection] | Non
         client = Connection(ice_controlling=True, use_ipv4=True, use_ipv6=False)
         clients.append(client)
         await client.gather_candidates()
-        server.remote_username, server.remote_password = (client.local_username,
-                                                          client.local_password)
-        client.remote_username, client.remote_password = (server.local_username,
-                                                          server.local_password)
-        for candidate in server.local_candidates:
-            await client.add_remote_candidate(candidate)
-        await client.add_remote_candidate(None)
+        await introduce(server, client)
     await asyncio.wait_for(asyncio.gather(*(c.connect() for c in clients),
                                           *(s.connect() for s in servers)), timeout)
     return servers, clients
+
+
+async def introduce(server: Connection, client: Connection,
+                    accept: Callable[[Candidate], bool] = lambda _candidate: True) -> None:
+    """What signaling does between two gathered agents: each learns the other's ICE
+    credentials, and the client the server's candidates that `accept` keeps, then the
+    end of them (the server learns the client's from its checks)."""
+    server.remote_username, server.remote_password = (client.local_username,
+                                                      client.local_password)
+    client.remote_username, client.remote_password = (server.local_username,
+                                                      server.local_password)
+    for candidate in server.local_candidates:
+        if accept(candidate):
+            await client.add_remote_candidate(candidate)
+    await client.add_remote_candidate(None)
+
+
+async def connect_agents(server: Connection, client: Connection, timeout: float = 20.0,
+                         accept: Callable[[Candidate], bool] = lambda _candidate: True) -> None:
+    """Introduce two gathered agents and connect them (checks, nomination), within `timeout`."""
+    await introduce(server, client, accept)
+    await asyncio.wait_for(asyncio.gather(client.connect(), server.connect()), timeout)

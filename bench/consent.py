@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -44,12 +42,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from forwarding import write_section  # noqa: E402
-from run_all import machine, run_queue_wait, start_callsctl  # noqa: E402
+from run_all import (  # noqa: E402
+    machine,
+    one_call_config,
+    run_queue_wait,
+    sessions_removed,
+    start_callsctl,
+    start_py_spy,
+    wait_py_spy,
+)
 
-from callsctl_sfu.client.loadgen import LoadConfig, LoadTest, proc_cpu_seconds  # noqa: E402
-from callsctl_sfu.tokens import issue_token  # noqa: E402
+from callsctl_sfu.client.loadgen import LoadTest, proc_cpu_seconds  # noqa: E402
 
-JOIN_RATE = 25.0  # per second, bench/run_all.py's pacing
 SOCKET_COUNTERS = ("datagrams_in", "datagrams_out", "stun_in", "stun_out")
 
 
@@ -66,15 +70,8 @@ async def measure(sessions: int, window: float, workdir: Path,
     spy: asyncio.subprocess.Process | None = None
     try:
         pid = running.process.pid
-        secret = running.secret
-        assert secret is not None
-        join_s = sessions / JOIN_RATE
-        config = LoadConfig(ws_url=running.ws_url,
-                            token_for=lambda call, user: issue_token(secret, call, user, 3600),
-                            calls=1, users_per_call=sessions, unmuted=0,
-                            duration=join_s + 20 + window + 5, join_duration=join_s,
-                            window=window, call_prefix="idle", local_address="127.0.0.1",
-                            settle_timeout=15, join_timeout=60)
+        config = one_call_config(running, sessions, unmuted=0, window=window, prefix="idle",
+                                 settle_s=20)
         async with aiohttp.ClientSession() as http:
 
             async def on_window(name: str) -> None:
@@ -82,24 +79,17 @@ async def measure(sessions: int, window: float, workdir: Path,
                 marks[name] = {"at": time.monotonic(), "cpu": proc_cpu_seconds(pid),
                                "waited": run_queue_wait(pid),
                                "stats": await _stats(http, running.base_url)}
-                spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                if name == "start" and profile is not None and Path(spy_exe).exists():
-                    profile.mkdir(parents=True, exist_ok=True)
-                    spy = await asyncio.create_subprocess_exec(
-                        spy_exe, "record", "--pid", str(pid), "--format", "raw", "--rate",
-                        "100", "--duration", str(int(window)), "--output",
-                        str(profile / f"consent-{sessions}.txt"),
-                        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                if name == "start" and profile is not None:
+                    spy = await start_py_spy(pid, profile / f"consent-{sessions}.txt", 100,
+                                             window)
 
             test = LoadTest(config, on_window=on_window)
             report = (await test.run()).to_dict()
             final = await _stats(http, running.base_url)
     finally:
-        if spy is not None and spy.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(spy.wait(), 30)
+        await wait_py_spy(spy)
         await running.stop()
-    removed = sum(p.error_codes.get("session_removed", 0) for p in test.participants)
+    removed = sessions_removed(test)
     result: dict[str, Any] = {
         "sessions": sessions, "joined": report["participants"]["joined"],
         "failed": report["participants"]["failed"], "session_removed": removed,

@@ -60,6 +60,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from run_all import stop_process
 
 from callsctl_sfu.client.hangup import PEER_CLOSE_TIMEOUT_S, hang_up
 from callsctl_sfu.client.loadgen import LightParticipant, LoadJoinError, Role, gather_on
@@ -233,14 +234,7 @@ class JanusServer:
     address: str
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await stop_process(self.process)
 
 
 async def start_janus(workdir: Path, rtp_ports: int = 2000,

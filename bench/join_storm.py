@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -48,12 +46,19 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from forwarding import write_section  # noqa: E402
-from run_all import machine, run_queue_wait, start_callsctl  # noqa: E402
+from run_all import (  # noqa: E402
+    JOIN_RATE,
+    machine,
+    one_call_config,
+    run_queue_wait,
+    sessions_removed,
+    start_callsctl_retrying,
+    start_py_spy,
+    wait_py_spy,
+)
 
-from callsctl_sfu.client.loadgen import LoadConfig, LoadTest, proc_cpu_seconds  # noqa: E402
-from callsctl_sfu.tokens import issue_token  # noqa: E402
+from callsctl_sfu.client.loadgen import LoadTest, proc_cpu_seconds  # noqa: E402
 
-JOIN_RATE = 25.0  # per second, bench/run_all.py's pacing
 COUNTERS = ("events_sent", "offers_sent", "sources_changed", "rewires", "invalidations",
             "route_builds", "plan_builds", "targets_computed")
 POLL_S = 0.25
@@ -65,69 +70,44 @@ async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
     return dict(body.get("control") or {})
 
 
-async def _start(workdir: Path, attempts: int = 3) -> Any:
-    """`callsctl serve` on free ports; again if another process took one meanwhile."""
-    for attempt in range(attempts):
-        try:
-            return await start_callsctl(workdir)
-        except RuntimeError as exc:
-            if "already in use" not in str(exc) or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 async def storm(size: int, unmuted: int, window: float, workdir: Path,
                 profile: Path | None) -> dict[str, Any]:
     """One server, one storm of `size` joins; the figures of its join span."""
-    running = await _start(workdir)
+    running = await start_callsctl_retrying(workdir)
     spy: asyncio.subprocess.Process | None = None
     try:
         pid = running.process.pid
-        secret = running.secret
-        assert secret is not None
-        join_s = size / JOIN_RATE
-        config = LoadConfig(ws_url=running.ws_url,
-                            token_for=lambda call, user: issue_token(secret, call, user, 3600),
-                            calls=1, users_per_call=size, unmuted=unmuted,
-                            duration=join_s + 15 + window + 5, join_duration=join_s,
-                            window=window, call_prefix="storm", local_address="127.0.0.1",
-                            settle_timeout=15, join_timeout=60)
-        test = LoadTest(config)
+        test = LoadTest(one_call_config(running, size, unmuted, window, prefix="storm",
+                                        settle_s=15))
         async with aiohttp.ClientSession() as http:
             before = await _control(http, running.base_url)
             cpu_before = proc_cpu_seconds(pid)
             waited_before = run_queue_wait(pid)
-            spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            if profile is not None and Path(spy_exe).exists():
-                profile.mkdir(parents=True, exist_ok=True)
-                spy = await asyncio.create_subprocess_exec(
-                    spy_exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
-                    "--duration", str(int(join_s + 5)), "--output",
-                    str(profile / f"storm-{size}.txt"), stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL)
+            if profile is not None:
+                spy = await start_py_spy(pid, profile / f"storm-{size}.txt", 50,
+                                         size / JOIN_RATE + 5)
             started = time.monotonic()
+
+            async def span_so_far() -> dict[str, Any]:
+                return {"seconds": time.monotonic() - started,
+                        "cpu": proc_cpu_seconds(pid) - cpu_before,
+                        "waited": run_queue_wait(pid) - waited_before,
+                        "control": await _control(http, running.base_url)}
+
             run = asyncio.create_task(test.run())
             span: dict[str, Any] | None = None
             while not run.done():
                 await asyncio.sleep(POLL_S)
                 progress = test.progress()
                 if span is None and progress.connected + progress.failed >= size:
-                    span = {"seconds": time.monotonic() - started,
-                            "cpu": proc_cpu_seconds(pid) - cpu_before,
-                            "waited": run_queue_wait(pid) - waited_before,
-                            "control": await _control(http, running.base_url)}
+                    span = await span_so_far()
             report = (await run).to_dict()
             if span is None:  # some participant never finished: the span is the whole run
-                span = {"seconds": time.monotonic() - started,
-                        "cpu": proc_cpu_seconds(pid) - cpu_before,
-                        "waited": run_queue_wait(pid) - waited_before,
-                        "control": await _control(http, running.base_url)}
+                span = await span_so_far()
     finally:
-        if spy is not None and spy.returncode is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(spy.wait(), 30)
+        await wait_py_spy(spy)
         await running.stop()
-    removed = sum(p.error_codes.get("session_removed", 0) for p in test.participants)
+    removed = sessions_removed(test)
     counts = {name: span["control"].get(name, 0) - before.get(name, 0) for name in COUNTERS}
     return {
         "size": size, "unmuted": unmuted,

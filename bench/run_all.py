@@ -91,6 +91,7 @@ TARGET_US_AT_200 = 10.0
 TARGET_FLOOR_RATIO = 3.0
 TARGET_RELAY_RATIO = 10.0
 TARGET_SESSION_KB = 1024.0
+JOIN_RATE = 25.0  # joins per second: the pacing of every scenario (the guide's)
 # Load-generator worker processes (--loadgen-processes); 1: the recorded figures' one process.
 LOADGEN_PROCESSES = 1
 
@@ -238,14 +239,20 @@ class Running:
     log: Path
 
     async def stop(self) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        await stop_process(self.process)
+
+
+async def stop_process(process: asyncio.subprocess.Process, grace_s: float = 15) -> None:
+    """SIGTERM a server under test, and SIGKILL it if it has not exited after `grace_s`."""
+    if process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), grace_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 async def _wait_ready(base: str, process: asyncio.subprocess.Process, log: Path) -> None:
@@ -305,6 +312,57 @@ async def start_relay(workdir: Path, cpus: Cpus = None) -> Running:
     base = f"http://127.0.0.1:{port}"
     await _wait_ready(base, process, log)
     return Running(process, base, f"ws://127.0.0.1:{port}/ws", None, False, log)
+
+
+async def start_callsctl_retrying(workdir: Path, attempts: int = 3) -> Running:
+    """`callsctl serve` on free ports; again if another process took one meanwhile."""
+    for attempt in range(attempts):
+        try:
+            return await start_callsctl(workdir)
+        except RuntimeError as exc:
+            if "already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def one_call_config(running: Running, size: int, unmuted: int, window: float, prefix: str,
+                    settle_s: float) -> LoadConfig:
+    """One call of `size` joining at JOIN_RATE, then `settle_s` and the window (join_storm.py,
+    consent.py): loopback, tokens signed with the server's own secret."""
+    secret = running.secret
+    assert secret is not None
+    join_s = size / JOIN_RATE
+    return LoadConfig(ws_url=running.ws_url,
+                      token_for=lambda call, user: issue_token(secret, call, user, 3600),
+                      calls=1, users_per_call=size, unmuted=unmuted,
+                      duration=join_s + settle_s + window + 5, join_duration=join_s,
+                      window=window, call_prefix=prefix, local_address="127.0.0.1",
+                      settle_timeout=15, join_timeout=60)
+
+
+async def start_py_spy(pid: int, output: Path | None, rate: int,
+                       seconds: float) -> asyncio.subprocess.Process | None:
+    """py-spy recording `pid` into `output` (raw format) when asked for and installed."""
+    spy_exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if output is None or not Path(spy_exe).exists():
+        return None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    return await asyncio.create_subprocess_exec(
+        spy_exe, "record", "--pid", str(pid), "--format", "raw", "--rate", str(rate),
+        "--duration", str(int(seconds)), "--output", str(output),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def wait_py_spy(spy: asyncio.subprocess.Process | None) -> None:
+    """Let a py-spy recording finish writing (bounded) before its server is stopped."""
+    if spy is not None and spy.returncode is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(spy.wait(), 30)
+
+
+def sessions_removed(test: LoadTest) -> int:
+    """Participants the server removed during the run (their `session_removed` errors)."""
+    return sum(p.error_codes.get("session_removed", 0) for p in test.participants)
 
 
 def machine_steal() -> tuple[float, float]:
@@ -477,7 +535,7 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
         def token_for(call: str, user: str) -> str:
             return issue_token(secret, call, user, 3600) if secret else "reference"
 
-        join = max(1.0, shape.participants / 25)
+        join = max(1.0, shape.participants / JOIN_RATE)
         config = LoadConfig(ws_url=running.ws_url, token_for=token_for, calls=shape.calls,
                             users_per_call=shape.users, unmuted=shape.unmuted,
                             screen_sharing=shape.screen, video=shape.video,

@@ -291,13 +291,7 @@ def main() -> None:
         inner = [sys.executable, __file__, "--in-netns", "--json", "--sink", "veth",
                  "--seconds", str(args.seconds), "--payload", str(args.payload),
                  "--sizes", *map(str, args.sizes)]
-        done = subprocess.run(["unshare", "--net", "--", "sh", "-c", NETNS_SETUP, "sh",
-                               *inner], capture_output=True, text=True, cwd=REPO)
-        if done.returncode != 0:
-            raise SystemExit(f"fanout_threads: the run in its network namespace failed: "
-                             f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
-        results = [json.loads(line) for line in done.stdout.splitlines()
-                   if line.startswith("{")]
+        results = run_in_netns("fanout_threads", inner)
         if args.json:
             for result in results:
                 print(json.dumps(result))
@@ -306,13 +300,37 @@ def main() -> None:
         results = run(args)
         if args.in_netns:
             return
-    command = "python bench/fanout_threads.py " + " ".join(
+    publish("fanout_threads", render(results, command_line("fanout_threads"), host), args,
+            f"fanout-threads-{args.sink}")
+
+
+def run_in_netns(name: str, inner: list[str], timeout: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """Run `inner` in a private network namespace with the veth of NETNS_SETUP; its results.
+
+    The inner run prints one JSON object per line; the namespace goes with the process.
+    """
+    done = subprocess.run(["unshare", "--net", "--", "sh", "-c", NETNS_SETUP, "sh", *inner],
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: the run in its network namespace failed: "
+                         f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def command_line(name: str) -> str:
+    """How this run was started, for the section (without --write, --json and the file)."""
+    return (f"python bench/{name}.py " + " ".join(
         a for a in sys.argv[1:] if a not in ("--write", "--json") and not a.endswith(".md"))
-    body = render(results, command.strip(), host)
+            ).strip()
+
+
+def publish(name: str, body: str, args: argparse.Namespace, key: str) -> None:
+    """Print the section (unless --json) and write it into --write's file under `key`."""
     if not args.json:
         print(body)
     if args.write:
-        write_section(args.write, f"fanout-threads-{args.sink}", body)
+        write_section(args.write, key, body)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import os
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,13 +46,14 @@ sys.path.insert(0, str(BENCH))
 
 from fanout_threads import (  # noqa: E402
     CONFIGS,
-    NETNS_SETUP,
     SINK_NET,
     build_targets,
+    command_line,
     machine_line,
+    publish,
+    run_in_netns,
     task_times,
 )
-from forwarding import write_section  # noqa: E402
 
 OPUS_PT = 111
 LEVEL_ID = 1
@@ -248,22 +248,12 @@ def main() -> None:
     inner = [sys.executable, __file__, "--in-netns", "--calls", str(args.calls),
              "--receivers", str(args.receivers), "--seconds", str(args.seconds),
              "--payload", str(args.payload)]
-    done = subprocess.run(["unshare", "--net", "--", "sh", "-c", NETNS_SETUP, "sh", *inner],
-                          capture_output=True, text=True, cwd=REPO, timeout=60 + 8 * args.seconds)
-    if done.returncode != 0:
-        raise SystemExit("ingress_threads: the run in its network namespace failed: "
-                         f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
-    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    results = run_in_netns("ingress_threads", inner, timeout=60 + 8 * args.seconds)
     if args.json:
         for result in results:
             print(json.dumps(result))
-    command = "python bench/ingress_threads.py " + " ".join(
-        a for a in sys.argv[1:] if a not in ("--write", "--json") and not a.endswith(".md"))
-    body = render(results, command.strip(), host)
-    if not args.json:
-        print(body)
-    if args.write:
-        write_section(args.write, "ingress-threads", body)
+    publish("ingress_threads", render(results, command_line("ingress_threads"), host), args,
+            "ingress-threads")
 
 
 if __name__ == "__main__":

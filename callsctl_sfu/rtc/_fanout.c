@@ -1112,7 +1112,7 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
         return -1;
     }
     /* Which part (thread) each group goes to: a new group to the least loaded part. */
-    int parts = pool.threads, used = 0, owner[BATCH];
+    int parts = pool.threads, owner[BATCH];
     long long group_of_part_seen[BATCH];
     Py_ssize_t load[MAX_THREADS];
     int seen = 0, rc = -1;
@@ -1184,7 +1184,6 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
                 if (load[k] < load[best])
                     best = k;
             part_of_group[g] = best;
-            used += load[best] == 0;
         }
         item->owner = part_of_group[g];
         load[item->owner] += count;
@@ -1204,7 +1203,10 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
     pool_run_locked(run_batch_part, &task, parts);
     pthread_mutex_unlock(&pool.dispatch);
     Py_END_ALLOW_THREADS
-    parallel_batches += used > 1;
+    int busy = 0; /* parts that had copies to send: more than one is a parallel read */
+    for (int k = 0; k < parts; k++)
+        busy += load[k] > 0;
+    parallel_batches += busy > 1;
 
     /* Phase 3: counters, and the deferred datagrams in batch order. */
     for (Py_ssize_t i = 0; i < n; i++)

@@ -115,8 +115,8 @@ def measure(ingress: Any, server: socket.socket, publishers: list[Publisher], fd
         read = copies = 0
         for _ in range(1000):  # bounded: the datagrams are already queued on loopback
             result = ingress.drain(fd_in, fd_out, time.monotonic())
-            read += result[5]
-            copies += result[9]
+            read += result.datagrams_in
+            copies += result.forwarded
             if read >= len(publishers):
                 break
         return read, copies, feed

@@ -76,7 +76,7 @@ class Server:
         while deadline:
             result = self.ingress.drain(self.sock.fileno(), self.sock.fileno() if send else -1,
                                         now)
-            if result[5]:
+            if result.datagrams_in:
                 return result
             deadline -= 1
             asyncio.run(asyncio.sleep(0.01))
@@ -98,10 +98,10 @@ def test_a_routed_audio_packet_reaches_every_receiver_rewritten(server):
     receivers = [Receiver(0xA0 + i, level_id=3) for i in range(3)]
     route = server.route(receivers)
     server.send(rtp(1, level=30))
-    slow, loud, unsent, _samples, error, datagrams_in, _bytes, _trunc, rtp_in, forwarded, \
-        *_rest = server.drain()
-    assert (slow, unsent, error, datagrams_in, rtp_in, forwarded) == (None, None, 0, 1, 1, 3)
-    assert loud == ["alice"]  # -30 dBov is speech: voice activity goes up to Python
+    result = server.drain()
+    assert (result.slow, result.unsent, result.error, result.datagrams_in, result.rtp_in,
+            result.forwarded) == (None, None, 0, 1, 1, 3)
+    assert result.loud == ["alice"]  # -30 dBov is speech: voice activity goes up to Python
     for i, receiver in enumerate(receivers):
         packet = receiver.receive()
         assert packet.ssrc == 0xA0 + i and packet.payload_type == OPUS_PT
@@ -117,7 +117,7 @@ def test_quiet_packets_are_forwarded_without_voice_activity(server):
     server.route([receiver])
     server.send(rtp(1, level=90))
     result = server.drain()
-    assert result[1] is None and result[9] == 1
+    assert result.loud is None and result.forwarded == 1
     assert receiver.receive().extensions[1][0] == 90
 
 
@@ -126,7 +126,7 @@ def test_a_muted_route_drops_after_counting_reception(server):
     route = server.route([receiver], muted=True)
     server.send(rtp(1))
     result = server.drain()
-    assert result[0] is None and result[9] == 0 and result[14] == 1  # dropped_muted
+    assert result.slow is None and result.forwarded == 0 and result.dropped_muted == 1
     assert receiver.nothing_waiting()
     assert route.packets == 1 and server.reception.received == 1  # receiver reports stay true
 
@@ -156,8 +156,8 @@ def test_what_the_ingress_does_not_cover_comes_up_untouched(server, case):
         data = server.protect.protect(packet)
     server.publisher.sendto(data, server.sock.getsockname())
     result = server.drain(send=send)
-    assert result[0] == [(data, server.publisher.getsockname())]
-    assert result[9] == 0
+    assert result.slow == [(data, server.publisher.getsockname())]
+    assert result.forwarded == 0
     assert receiver.nothing_waiting()
 
 
@@ -167,7 +167,7 @@ def test_a_renominated_receiver_sends_the_packet_up_for_python_to_replan(server)
     receivers[1].nominated[1] = object()  # the client switched candidate pairs
     server.send(rtp(1))
     result = server.drain()
-    assert result[0] is not None and len(result[0]) == 1 and result[9] == 0
+    assert result.slow is not None and len(result.slow) == 1 and result.forwarded == 0
     assert all(r.nothing_waiting() for r in receivers)
 
 
@@ -188,7 +188,7 @@ def test_a_packet_that_fails_srtp_is_counted_not_forwarded(server):
     server.route([receiver])
     server.send(rtp(1) + b"\x00" * 10, protect=False)  # no valid auth tag
     result = server.drain()
-    assert result[0] is None and result[9] == 0
+    assert result.slow is None and result.forwarded == 0
     assert server.session.srtp_errors == 1
     assert receiver.nothing_waiting()
 
@@ -196,7 +196,7 @@ def test_a_packet_that_fails_srtp_is_counted_not_forwarded(server):
 def test_a_datagram_too_big_for_webrtc_is_counted_and_dropped(server):
     server.publisher.sendto(b"\x80" * (fastpath_recv_slot() + 100), server.sock.getsockname())
     result = server.drain()
-    assert result[0] is None and result[7] == 1  # truncated
+    assert result.slow is None and result.truncated == 1
 
 
 def fastpath_recv_slot() -> int:
@@ -226,8 +226,8 @@ def test_any_authenticated_packet_is_forwarded_or_dropped_never_a_crash(server, 
         packet += struct.pack("!HH", profile, words) + extension[:4 * words]
     server.send(packet + payload)
     result = server.drain()
-    forwarded, malformed = result[9], result[15]
-    assert result[0] is None and result[5] == 1
+    forwarded, malformed = result.forwarded, result.dropped_malformed
+    assert result.slow is None and result.datagrams_in == 1
     assert (forwarded, malformed) == (1, 0), result
     copy = receiver.receive()  # decrypts: a well-formed copy
     assert bytes(copy.payload) == payload
@@ -264,7 +264,7 @@ def test_video_takes_the_c_path_only_for_the_next_packet_of_a_frame(server):
 
     server.send(vp8(2, start=False))  # the next packet, inside a frame
     result = server.drain()
-    assert result[9] == 1 and result[16] is None
+    assert result.forwarded == 1 and result.plain is None
     assert bytes(receiver.receive().payload)[:2] == b"\x00\x01"
     assert ring.get(2) == vp8(2, start=False) and highest_seq == {PUBLISHER_SSRC: 2}
 
@@ -272,9 +272,9 @@ def test_video_takes_the_c_path_only_for_the_next_packet_of_a_frame(server):
     server.send(vp8(5, start=False))  # after a hand-up, the rest of the read goes up too
     asyncio.run(asyncio.sleep(0.05))
     result = server.drain()
-    assert result[9] == 0 and [packet for _call, packet in result[16]] == [
+    assert result.forwarded == 0 and [packet for _call, packet in result.plain] == [
         vp8(4, start=True), vp8(5, start=False)]
-    for on_plain, packet in result[16]:
+    for on_plain, packet in result.plain:
         on_plain(packet)
     assert up == [vp8(4, start=True), vp8(5, start=False)]
     assert receiver.nothing_waiting() and ring.get(4) is None
@@ -282,7 +282,7 @@ def test_video_takes_the_c_path_only_for_the_next_packet_of_a_frame(server):
     route.highest = 5  # what Python's path re-registers after handling them
     server.send(vp8(6, start=True, keyframe=True))  # receivers may be waiting for it
     result = server.drain()
-    assert result[9] == 0 and len(result[16]) == 1
+    assert result.forwarded == 0 and len(result.plain) == 1
 
 
 def test_the_c_and_python_reception_state_agree() -> None:
@@ -359,7 +359,8 @@ def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, sa
         other.send(sequence)
     asyncio.run(asyncio.sleep(0.05))  # all six datagrams are queued: one read takes them
     result = server.drain()
-    assert result[5] == 6 and result[0] is None and result[9] == 3 * 2 * receivers
+    assert result.datagrams_in == 6 and result.slow is None
+    assert result.forwarded == 3 * 2 * receivers
     assert fastpath.parallel_batches() - before == (1 if split else 0)
     for receiver in first_call + second_call:  # each stream in order, rewritten once
         assert [receiver.receive().sequence for _ in range(3)] == [

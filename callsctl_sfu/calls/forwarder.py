@@ -372,17 +372,18 @@ class Forwarder:
             track_routes.fast_route = route
         ingress.set_route(packet.ssrc, route)
 
-    def ingress_done(self, result: tuple[Any, ...]) -> None:
-        """What one read of the C ingress forwarded (rtc/mux.py calls this per read)."""
-        loud, samples = result[1], result[3]
+    def ingress_done(self, result: Any) -> None:
+        """What one read of the C ingress forwarded (a _fanout.DrainResult; rtc/mux.py calls
+        this per read)."""
+        loud, samples = result.loud, result.samples
         stats = self.stats
-        stats.rtp_in += result[8]
-        stats.rtp_in_c += result[8]
-        stats.rtp_forwarded += result[9]
-        stats.bytes_forwarded += result[10]
-        stats.srtp_protect_errors += result[13]
-        stats.dropped_muted += result[14]
-        stats.dropped_malformed += result[15]
+        stats.rtp_in += result.rtp_in
+        stats.rtp_in_c += result.rtp_in
+        stats.rtp_forwarded += result.forwarded
+        stats.bytes_forwarded += result.plain_octets
+        stats.srtp_protect_errors += result.srtp_protect_errors
+        stats.dropped_muted += result.dropped_muted
+        stats.dropped_malformed += result.dropped_malformed
         if samples:
             for kind, seconds in samples:
                 self.metrics.on_send_cost(kind, seconds)

@@ -573,6 +573,13 @@ static struct {
     struct sockaddr_in addrs[BATCH];
 } rx;
 
+/* The sources table's key of an IPv4 address and port (host byte order port). */
+static unsigned long long
+address_key(struct in_addr address, unsigned int port)
+{
+    return ((unsigned long long)ntohl(address.s_addr) << 16) | (port & 0xFFFFu);
+}
+
 static PyObject *
 source_key(PyObject *args, const char *what)
 {
@@ -586,9 +593,7 @@ source_key(PyObject *args, const char *what)
                      port);
         return NULL;
     }
-    unsigned long long key = ((unsigned long long)ntohl(address.s_addr) << 16) |
-                             (unsigned int)port;
-    return PyLong_FromUnsignedLongLong(key);
+    return PyLong_FromUnsignedLongLong(address_key(address, (unsigned int)port));
 }
 
 static PyObject *
@@ -709,9 +714,8 @@ lookup_session(IngressObject *self, const struct sockaddr_in *sa)
 {
     if (sa->sin_family != AF_INET)
         return NULL;
-    unsigned long long key = ((unsigned long long)ntohl(sa->sin_addr.s_addr) << 16) |
-                             ntohs(sa->sin_port);
-    PyObject *key_obj = PyLong_FromUnsignedLongLong(key);
+    PyObject *key_obj = PyLong_FromUnsignedLongLong(address_key(sa->sin_addr,
+                                                                 ntohs(sa->sin_port)));
     if (key_obj == NULL) {
         PyErr_Clear();
         return NULL;
@@ -837,24 +841,48 @@ keep_for_nack(InRouteObject *route, const unsigned char *data, int length,
     return rc;
 }
 
-/* Counters of one drain, in the order drain() returns them after its lists. */
+/* What one drain() did, by name (a struct sequence, so it also indexes like a tuple). */
+static PyStructSequence_Field drain_fields[] = {
+    {"slow", "(bytes, (host, port)) handed up untouched, in arrival order, or None"},
+    {"loud", "tags of the routes that carried speech, or None"},
+    {"unsent", "(bytes, addr) the kernel would not take now, or None"},
+    {"samples", "(kind, seconds per copy) of the timed fan-outs, or None"},
+    {"error", "errno of a failed read, or 0"},
+    {"datagrams_in", "datagrams read"},
+    {"bytes_in", "octets read"},
+    {"truncated", "datagrams over RECV_SLOT, dropped"},
+    {"rtp_in", "RTP packets handled here"},
+    {"forwarded", "copies sent or queued"},
+    {"plain_octets", "octets of those copies before SRTP protect"},
+    {"wire_octets", "octets of those copies on the wire"},
+    {"send_errors", "copies the kernel refused"},
+    {"srtp_protect_errors", "copies srtp_protect failed on"},
+    {"dropped_muted", "packets of muted routes dropped"},
+    {"dropped_malformed", "packets whose RTP header did not fit"},
+    {"plain", "(on_plain, packet) decrypted video packets for Python, in order, or None"},
+    {NULL}
+};
+#define DRAIN_FIELDS 17
+
+static PyStructSequence_Desc drain_desc = {
+    "callsctl_sfu.rtc._fanout.DrainResult", "What one Ingress.drain() did.", drain_fields,
+    DRAIN_FIELDS,
+};
+
+static PyTypeObject *DrainResultType = NULL;
+
+/* The counters of one drain (DrainResult's numbers). */
 typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
         send_errors, srtp_protect_errors, dropped_muted, dropped_malformed;
 } DrainCounts;
 
 PyDoc_STRVAR(drain_doc,
-"drain(recv_fd, send_fd, now) -> (slow, loud, unsent, samples, error, datagrams_in, bytes_in,\n"
-"    truncated, rtp_in, forwarded, plain_octets, wire_octets, send_errors,\n"
-"    srtp_protect_errors, dropped_muted, dropped_malformed, plain)\n\n"
+"drain(recv_fd, send_fd, now) -> DrainResult\n\n"
 "Read up to BATCH datagrams from recv_fd (non-blocking) and forward what the\n"
 "registered routes cover, sending on send_fd (-1: forward nothing here, every\n"
-"datagram goes up). slow: (bytes, (host, port)) for Python, in arrival order, or\n"
-"None; loud: tags of routes that carried speech, or None; unsent: (bytes, addr) the\n"
-"kernel would not take now, or None (the rest of the batch then went up); samples:\n"
-"(kind, seconds per copy) of the timed fan-outs, or None; error: errno of a failed read, or 0;\n"
-"plain: (on_plain, packet) for decrypted video packets Python must decide (a gap, a\n"
-"keyframe), in order, or None.");
+"datagram goes up). The result names what was handed up (slow, plain), heard\n"
+"(loud), deferred (unsent), timed (samples) and counted; see DrainResult's fields.");
 
 static PyObject *
 Ingress_drain(IngressObject *self, PyObject *args)
@@ -1055,13 +1083,31 @@ Ingress_drain(IngressObject *self, PyObject *args)
                 goto fail;
         }
     }
-    return Py_BuildValue("(NNNNiLLLLLLLLLLLN)",
-                         slow ? slow : Py_NewRef(Py_None), loud ? loud : Py_NewRef(Py_None),
-                         unsent ? unsent : Py_NewRef(Py_None),
-                         samples ? samples : Py_NewRef(Py_None), error, c.datagrams_in,
-                         c.bytes_in, c.truncated, c.rtp_in, c.forwarded, c.plain_octets,
-                         c.wire_octets, c.send_errors, c.srtp_protect_errors, c.dropped_muted,
-                         c.dropped_malformed, plain ? plain : Py_NewRef(Py_None));
+    {
+        PyObject *result = PyStructSequence_New(DrainResultType);
+        PyObject *values[DRAIN_FIELDS] = {
+            slow ? slow : Py_NewRef(Py_None), loud ? loud : Py_NewRef(Py_None),
+            unsent ? unsent : Py_NewRef(Py_None), samples ? samples : Py_NewRef(Py_None),
+            PyLong_FromLong(error), PyLong_FromLongLong(c.datagrams_in),
+            PyLong_FromLongLong(c.bytes_in), PyLong_FromLongLong(c.truncated),
+            PyLong_FromLongLong(c.rtp_in), PyLong_FromLongLong(c.forwarded),
+            PyLong_FromLongLong(c.plain_octets), PyLong_FromLongLong(c.wire_octets),
+            PyLong_FromLongLong(c.send_errors), PyLong_FromLongLong(c.srtp_protect_errors),
+            PyLong_FromLongLong(c.dropped_muted), PyLong_FromLongLong(c.dropped_malformed),
+            plain ? plain : Py_NewRef(Py_None)};
+        int failed = result == NULL;
+        for (int i = 0; i < DRAIN_FIELDS; i++)
+            failed = failed || values[i] == NULL;
+        if (failed) {
+            for (int i = 0; i < DRAIN_FIELDS; i++)
+                Py_XDECREF(values[i]);
+            Py_XDECREF(result);
+            return NULL;
+        }
+        for (int i = 0; i < DRAIN_FIELDS; i++)
+            PyStructSequence_SET_ITEM(result, i, values[i]);
+        return result;
+    }
 fail:
     for (int j = 0; j < job_count; j++)
         Py_CLEAR(job_targets[j]);
@@ -1140,6 +1186,14 @@ ingress_add_to_module(PyObject *module)
             Py_DECREF(types[i]);
             return -1;
         }
+    }
+    DrainResultType = PyStructSequence_NewType(&drain_desc);
+    if (DrainResultType == NULL)
+        return -1;
+    Py_INCREF(DrainResultType);
+    if (PyModule_AddObject(module, "DrainResult", (PyObject *)DrainResultType) < 0) {
+        Py_DECREF(DrainResultType);
+        return -1;
     }
     if (PyModule_AddFunctions(module, ingress_functions) < 0)
         return -1;

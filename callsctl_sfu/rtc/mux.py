@@ -240,7 +240,7 @@ class UdpMux(asyncio.DatagramProtocol):
         self.ingress: Any = fastpath.Ingress() if fastpath.Ingress is not None else None
         # What the ingress did besides reading, for the forwarder (set by it): counters,
         # speakers heard, send-cost samples.
-        self.ingress_sink: Callable[[tuple[Any, ...]], None] | None = None
+        self.ingress_sink: Callable[[Any], None] | None = None
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -284,26 +284,27 @@ class UdpMux(asyncio.DatagramProtocol):
         except Exception as exc:  # noqa: BLE001 - a failure must cost speed, never media
             self._give_up_ingress(exc)
             return
-        slow, loud, unsent, samples, error, datagrams_in, bytes_in, truncated = result[:8]
-        forwarded, wire_octets, send_errors = result[9], result[11], result[12]
         stats = self.stats
+        slow = result.slow
+        datagrams_in, bytes_in = result.datagrams_in, result.bytes_in
         # Datagrams handed up are counted by handle_datagram below, like any other.
         if slow:
             datagrams_in -= len(slow)
             bytes_in -= sum(len(data) for data, _addr in slow)
         stats.datagrams_in += datagrams_in
         stats.bytes_in += bytes_in
-        if truncated:
-            self.malformed[("udp", "oversized")] += truncated
-        if forwarded or send_errors or unsent:
-            self.fanned_out(forwarded, wire_octets, send_errors, unsent)
+        if result.truncated:
+            self.malformed[("udp", "oversized")] += result.truncated
+        if result.forwarded or result.send_errors or result.unsent:
+            self.fanned_out(result.forwarded, result.wire_octets, result.send_errors,
+                            result.unsent)
         sink = self.ingress_sink
-        if sink is not None and (result[8] or loud or samples):
+        if sink is not None and (result.rtp_in or result.loud or result.samples):
             sink(result)
-        if error:
-            self.error_received(OSError(error, os.strerror(error)))
-        if result[16]:  # decrypted video packets whose next step Python decides, in order
-            for on_plain, packet in result[16]:
+        if result.error:
+            self.error_received(OSError(result.error, os.strerror(result.error)))
+        if result.plain:  # decrypted video packets whose next step Python decides, in order
+            for on_plain, packet in result.plain:
                 on_plain(packet)
         if slow:
             for data, addr in slow:

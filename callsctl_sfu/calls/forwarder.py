@@ -345,8 +345,9 @@ class Forwarder:
         every decision stays here; the ingress repeats only what was decided.
         """
         ingress = peer.ingress
-        if ingress is None or packet.payload_type in track.rtx_payload_types:
-            return
+        if ingress is None or self.mux.ingress is None \
+                or packet.payload_type in track.rtx_payload_types:
+            return  # no C reader (it failed, or this loop has none): nothing to register
         route = track.fast_route
         if route is None:
             route = track.fast_route = fastpath.InRoute(member.session_id, packet.payload_type)

@@ -37,7 +37,7 @@ from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
-from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI
+from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import (
     harmonise,
     libwebrtc_numbering,
@@ -500,8 +500,8 @@ class MediaPeer:
         self._nominated = aiortc_bridge.nominated_pairs(connection)
         self.connected = True
         proto.fast_rx = self._fast_rx
-        if fastpath.InSession is not None:
-            # The C ingress decrypts this peer's audio with the same inbound srtp_t.
+        if fastpath.InSession is not None and self.mux.ingress is not None:
+            # The C ingress decrypts this peer's media with the same inbound srtp_t.
             self.ingress = fastpath.InSession(aiortc_bridge.srtp_context_address(rx_srtp),
                                               rx_srtp, self._plain_rtp)
             self.mux.attach_ingress(proto, self.ingress)
@@ -510,8 +510,7 @@ class MediaPeer:
     def _fast_rx(self, data: bytes) -> None:
         """SRTP/SRTCP straight from the shared socket: decrypt and hand RTP to the call."""
         try:
-            # is_rtcp (RFC 5761 §4) inline: this runs for every incoming packet.
-            if len(data) > 1 and 191 < data[1] < 224:
+            if is_rtcp(data):
                 plain_rtcp = self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
                 self.rtcp_in += 1
                 if self._on_rtcp is not None:

@@ -17,8 +17,7 @@ import pytest
 from tests.support.browser import (
     CANVAS_SCREEN_JS,
     UI_TIMEOUT_MS,
-    BrowserParticipant,
-    failure,
+    browser_people,
     inbound_video,
     join_all,
     wait_video_flowing,
@@ -32,8 +31,7 @@ pytestmark = [
 
 
 def test_cameras_flow_both_ways(browser, server) -> None:  # noqa: F811
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice, bob = join_all(browser, server, "video-call", ["alice", "bob"], people)
         for person in people:
             person.page.click("#camera", timeout=UI_TIMEOUT_MS)
@@ -80,16 +78,10 @@ def test_cameras_flow_both_ways(browser, server) -> None:  # noqa: F811
             f'#videos video[data-session-id="{alice.session_id}"]').count() == 1
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 def test_screen_share_one_at_a_time(browser, server) -> None:  # noqa: F811
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice, bob, carol = join_all(browser, server, "screen-call", ["alice", "bob", "carol"],
                                      people, init_script=CANVAS_SCREEN_JS)
         alice.page.click("#screen", timeout=UI_TIMEOUT_MS)
@@ -153,17 +145,11 @@ def test_screen_share_one_at_a_time(browser, server) -> None:  # noqa: F811
             timeout=UI_TIMEOUT_MS)
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 def test_screen_share_refused_when_disabled(browser, serve_factory) -> None:  # noqa: F811
     server = serve_factory(env={"CALLSCTL_ALLOW_SCREEN_SHARING": "false"})
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         (dave,) = join_all(browser, server, "no-screens", ["dave"], people,
                            init_script=CANVAS_SCREEN_JS)
         dave.page.click("#screen", timeout=UI_TIMEOUT_MS)
@@ -182,17 +168,11 @@ def test_screen_share_refused_when_disabled(browser, serve_factory) -> None:  # 
             "window.callsctl.pc.getTransceivers().filter((t) => t.sender.track"
             " && t.sender.track.kind === 'video').length") == 0
         assert not dave.page_errors(), dave.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 def test_share_again_then_camera(browser, server) -> None:  # noqa: F811
     """The same sharer shares twice, then turns the camera on: each reaches the viewer."""
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice, bob = join_all(browser, server, "share-again", ["alice", "bob"], people,
                               init_script=CANVAS_SCREEN_JS)
         for _ in range(2):
@@ -210,8 +190,3 @@ def test_share_again_then_camera(browser, server) -> None:  # noqa: F811
             timeout=UI_TIMEOUT_MS)
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()

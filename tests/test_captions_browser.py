@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.browser import UI_TIMEOUT_MS, BrowserParticipant, failure, join_all
+from tests.support.browser import UI_TIMEOUT_MS, BrowserParticipant, browser_people, join_all
 from tests.support.chromium import CHROMIUM, launched
 from tests.support.helpers import have
 from tests.support.speech import ALICE_1, BOB_VOICE
@@ -83,8 +83,7 @@ def speaking_browser(sentence: Path) -> Iterator[Any]:
 
 def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, serve_factory):
     server = serve_factory(env={"CALLSCTL_LIVE_CAPTIONS_ENABLED": "true"})
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice, bob = join_all(speaking_browser, server, "web-cc", ["alice", "bob"], people)
         for person in people:
             person.page.evaluate(RECORD_JS)
@@ -112,11 +111,6 @@ def test_the_host_turns_captions_on_and_everyone_reads_them(speaking_browser, se
             timeout=30_000)
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 def test_no_captions_button_where_the_server_has_no_captions(speaking_browser, server):

@@ -24,8 +24,7 @@ from tests.support.admin import admin_key
 from tests.support.browser import (
     CANVAS_SCREEN_JS,
     UI_TIMEOUT_MS,
-    BrowserParticipant,
-    failure,
+    browser_people,
     join_all,
 )
 from tests.support.chromium import CHROMIUM, launched
@@ -63,8 +62,7 @@ def rms(samples: Any, start_s: float, end_s: float) -> float:
 
 
 def test_the_host_records_from_the_web_client(speaking_browser, server, speech) -> None:
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice, bob = join_all(speaking_browser, server, "web-rec", ["alice", "bob"], people,
                               init_script=CANVAS_SCREEN_JS)
         alice.unmute()  # everyone joins muted: both publish their microphones
@@ -90,11 +88,6 @@ def test_the_host_records_from_the_web_client(speaking_browser, server, speech) 
             person.page.locator("#recording").wait_for(state="hidden", timeout=20_000)
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
     headers = {"Authorization": f"Bearer {admin_key(server)}"}
     job: dict = {}

@@ -16,7 +16,13 @@ import httpx
 import pytest
 
 from tests.support.admin import admin_key
-from tests.support.browser import CANVAS_SCREEN_JS, UI_TIMEOUT_MS, BrowserParticipant, failure
+from tests.support.browser import (
+    CANVAS_SCREEN_JS,
+    UI_TIMEOUT_MS,
+    BrowserParticipant,
+    browser_people,
+    failure,
+)
 from tests.support.chromium import CHROMIUM
 
 pytestmark = [
@@ -37,8 +43,7 @@ def notice(person: BrowserParticipant, text: str) -> None:
 
 
 def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # noqa: F811
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice = BrowserParticipant(browser, "alice")
         bob = BrowserParticipant(browser, "bob")
         people += [alice, bob]
@@ -172,11 +177,6 @@ def test_the_host_moderates_from_the_page(browser, server, shots) -> None:  # no
         assert "ended by the host" in alice.page.locator("#ended-text").inner_text()
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 def test_admin_actions_show_on_the_participants_page(browser, server) -> None:  # noqa: F811

@@ -25,7 +25,7 @@ from tests.support.browser import (
     CANVAS_SCREEN_JS,
     UI_TIMEOUT_MS,
     BrowserParticipant,
-    failure,
+    browser_people,
     wait_for_audio,
     wait_video_flowing,
 )
@@ -141,8 +141,7 @@ def wait_camera_tile(viewer: BrowserParticipant, sid: str) -> None:
 
 
 def test_meeting_views_at_desktop_and_phone_size(browser, server, shots) -> None:  # noqa: F811
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         alice = BrowserParticipant(browser, "alice", **DESKTOP)
         bob = BrowserParticipant(browser, "bob", **PHONE)
         carol = BrowserParticipant(browser, "carol", **DESKTOP)
@@ -236,11 +235,6 @@ def test_meeting_views_at_desktop_and_phone_size(browser, server, shots) -> None
         shots(bob, "participants-phone")
         for person in people:
             assert not person.page_errors(), person.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 class Crowd:
@@ -315,8 +309,7 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, serve_factory,  #
     # The crowd never connects media: give it longer than the test before a server
     # that removes such sessions (media_connect_timeout) would.
     server = serve_factory(env={"CALLSCTL_MEDIA_CONNECT_TIMEOUT": "300"})
-    people: list[BrowserParticipant] = []
-    try:
+    with browser_people(server) as people:
         host = BrowserParticipant(browser, "host", **DESKTOP)
         people.append(host)
         host.page.add_init_script(CANVAS_SCREEN_JS)
@@ -384,11 +377,6 @@ def test_fifty_participants_page_on_desktop_and_phone(browser, serve_factory,  #
         assert geo["strip"]["scrollH"] > geo["strip"]["clientH"], geo["strip"]  # it scrolls
         shots(host, "fifty-screen-desktop")
         assert not host.page_errors(), host.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
-    finally:
-        for person in people:
-            person.close()
 
 
 def options(person: BrowserParticipant, select: str) -> list[dict[str, str]]:
@@ -405,70 +393,67 @@ def test_device_pickers_switch_microphone_camera_and_speaker(browser, server,  #
         executable_path=CHROMIUM, headless=True, ignore_default_args=["--mute-audio"],
         args=[*(f for f in CHROMIUM_FLAGS if not f.startswith("--use-fake-device")),
               "--use-fake-device-for-media-stream=device-count=3"])
-    people: list[BrowserParticipant] = []
     try:
-        alice = BrowserParticipant(more_cameras, "alice", **DESKTOP)
-        bob = BrowserParticipant(browser, "bob", **DESKTOP)
-        people += [alice, bob]
-        alice.join(server.join_url("gear", "alice"), "Alice")
-        bob.join(server.join_url("gear", "bob"), "Bob")
-        for person in people:
-            person.wait_media_connected()
-        alice.unmute()
-        alice.page.click("#camera", timeout=UI_TIMEOUT_MS)
-        wait_camera_tile(bob, alice.session_id)
-        wait_for_audio(bob, [alice.session_id])
+        with browser_people(server) as people:
+            alice = BrowserParticipant(more_cameras, "alice", **DESKTOP)
+            bob = BrowserParticipant(browser, "bob", **DESKTOP)
+            people += [alice, bob]
+            alice.join(server.join_url("gear", "alice"), "Alice")
+            bob.join(server.join_url("gear", "bob"), "Bob")
+            for person in people:
+                person.wait_media_connected()
+            alice.unmute()
+            alice.page.click("#camera", timeout=UI_TIMEOUT_MS)
+            wait_camera_tile(bob, alice.session_id)
+            wait_for_audio(bob, [alice.session_id])
 
-        alice.page.click("#settings", timeout=UI_TIMEOUT_MS)
-        alice.page.locator("#settings-dialog").wait_for(timeout=UI_TIMEOUT_MS)
-        mics = options(alice, "#mic-select")
-        assert len(mics) >= 2 and all(m["label"] for m in mics), mics
-        current = alice.page.evaluate("window.callsctl.microphone.deviceId")
-        assert alice.page.input_value("#mic-select") == current
-        other = next(m for m in mics if m["value"] != current)
-        alice.page.select_option("#mic-select", other["value"])
-        alice.page.wait_for_function(
-            f"window.callsctl.microphone.deviceId === {other['value']!r}", timeout=UI_TIMEOUT_MS)
-        # The new microphone is what bob hears now: its packets keep arriving.
-        heard = bob.inbound_audio()[alice.session_id]["packetsReceived"]
-        for _ in range(40):
-            if bob.inbound_audio()[alice.session_id]["packetsReceived"] > heard + 50:
-                break
-            bob.page.wait_for_timeout(100)
-        assert bob.inbound_audio()[alice.session_id]["packetsReceived"] > heard + 50
-        assert alice.page.evaluate(
-            "window.callsctl.pc.getSenders().find((s) => s.track && s.track.kind === 'audio')"
-            ".track.getSettings().deviceId") == other["value"]
-        assert not alice.page.evaluate("window.callsctl.error"), alice.diagnostics()
-
-        # The other camera: the page sends it instead (no renegotiation), bob sees it.
-        cams = options(alice, "#cam-select")
-        assert len(cams) == 3 and all(c["label"] for c in cams), cams
-        camera = alice.page.evaluate("window.callsctl.videos")[alice.session_id]
-        assert alice.page.input_value("#cam-select") != cams[2]["value"]
-        other = cams[2]
-        alice.page.select_option("#cam-select", other["value"])
-        alice.page.wait_for_function(
-            f"(() => {{ const v = window.callsctl.videos[{alice.session_id!r}];"
-            f" return v && v.trackId !== {camera['trackId']!r} && v.width > 0; }})()",
-            timeout=UI_TIMEOUT_MS)
-        assert alice.page.evaluate(
-            "window.callsctl.pc.getSenders().find((s) => s.track && s.track.kind === 'video')"
-            ".track.getSettings().deviceId") == other["value"]
-        wait_video_flowing(bob, f"{alice.session_id}:camera")
-        speakers = options(alice, "#speaker-select")
-        if alice.page.locator("#speaker-select").is_visible() and len(speakers) > 1:
-            choice = speakers[-1]["value"]
-            alice.page.select_option("#speaker-select", choice)
+            alice.page.click("#settings", timeout=UI_TIMEOUT_MS)
+            alice.page.locator("#settings-dialog").wait_for(timeout=UI_TIMEOUT_MS)
+            mics = options(alice, "#mic-select")
+            assert len(mics) >= 2 and all(m["label"] for m in mics), mics
+            current = alice.page.evaluate("window.callsctl.microphone.deviceId")
+            assert alice.page.input_value("#mic-select") == current
+            other = next(m for m in mics if m["value"] != current)
+            alice.page.select_option("#mic-select", other["value"])
             alice.page.wait_for_function(
-                f"[...document.querySelectorAll('#media audio')]"
-                f".every((a) => a.sinkId === {choice!r})", timeout=UI_TIMEOUT_MS)
-        shots(alice, "devices-desktop")
-        alice.page.click("#settings-close", timeout=UI_TIMEOUT_MS)
-        assert not alice.page_errors(), alice.diagnostics()
-    except Exception as exc:
-        raise failure(people, exc, server) from exc
+                f"window.callsctl.microphone.deviceId === {other['value']!r}",
+                timeout=UI_TIMEOUT_MS)
+            # The new microphone is what bob hears now: its packets keep arriving.
+            heard = bob.inbound_audio()[alice.session_id]["packetsReceived"]
+            for _ in range(40):
+                if bob.inbound_audio()[alice.session_id]["packetsReceived"] > heard + 50:
+                    break
+                bob.page.wait_for_timeout(100)
+            assert bob.inbound_audio()[alice.session_id]["packetsReceived"] > heard + 50
+            assert alice.page.evaluate(
+                "window.callsctl.pc.getSenders().find((s) => s.track && s.track.kind === 'audio')"
+                ".track.getSettings().deviceId") == other["value"]
+            assert not alice.page.evaluate("window.callsctl.error"), alice.diagnostics()
+
+            # The other camera: the page sends it instead (no renegotiation), bob sees it.
+            cams = options(alice, "#cam-select")
+            assert len(cams) == 3 and all(c["label"] for c in cams), cams
+            camera = alice.page.evaluate("window.callsctl.videos")[alice.session_id]
+            assert alice.page.input_value("#cam-select") != cams[2]["value"]
+            other = cams[2]
+            alice.page.select_option("#cam-select", other["value"])
+            alice.page.wait_for_function(
+                f"(() => {{ const v = window.callsctl.videos[{alice.session_id!r}];"
+                f" return v && v.trackId !== {camera['trackId']!r} && v.width > 0; }})()",
+                timeout=UI_TIMEOUT_MS)
+            assert alice.page.evaluate(
+                "window.callsctl.pc.getSenders().find((s) => s.track && s.track.kind === 'video')"
+                ".track.getSettings().deviceId") == other["value"]
+            wait_video_flowing(bob, f"{alice.session_id}:camera")
+            speakers = options(alice, "#speaker-select")
+            if alice.page.locator("#speaker-select").is_visible() and len(speakers) > 1:
+                choice = speakers[-1]["value"]
+                alice.page.select_option("#speaker-select", choice)
+                alice.page.wait_for_function(
+                    f"[...document.querySelectorAll('#media audio')]"
+                    f".every((a) => a.sinkId === {choice!r})", timeout=UI_TIMEOUT_MS)
+            shots(alice, "devices-desktop")
+            alice.page.click("#settings-close", timeout=UI_TIMEOUT_MS)
+            assert not alice.page_errors(), alice.diagnostics()
     finally:
-        for person in people:
-            person.close()
         more_cameras.close()

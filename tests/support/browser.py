@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,20 @@ def wait_video_flowing(viewer: BrowserParticipant, key: str) -> dict[str, int]:
 def failure(people: list[BrowserParticipant], exc: Exception, server: Any) -> AssertionError:
     details = "\n".join(p.diagnostics() for p in people)
     return AssertionError(f"{exc}\n{details}\n--- server log ---\n{server.log()[-4000:]}")
+
+
+@contextmanager
+def browser_people(server: Any) -> Iterator[list[BrowserParticipant]]:
+    """The pages a test opens: every one closed at the end, and a failure carries
+    each page's console and the server's log, so a red browser test says why."""
+    people: list[BrowserParticipant] = []
+    try:
+        yield people
+    except Exception as exc:
+        raise failure(people, exc, server) from exc
+    finally:
+        for person in people:
+            person.close()
 
 
 def join_all(chromium: Any, server: Any, call: str, labels: list[str],

@@ -55,23 +55,40 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def start_serve(api: int, udp: int, data_dir: str,
+                env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`callsctl serve` on loopback with these ports, quiet; wait_ready() before use."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
+         str(api), "--udp-port", str(udp), "--data-dir", data_dir, "--log-level", "warning"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def wait_ready(base: str, attempts: int = 200) -> None:
+    """Polls /readyz (bounded: about 10 s plus the request timeouts)."""
+    for _ in range(attempts):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+
+
+def bench_command(script: str) -> str:
+    """The command line to print beside a figure: this run's flags, without --write."""
+    return f"python bench/{script} " + " ".join(
+        a for a in sys.argv[1:] if not a.startswith("--write") and not a.endswith(".md"))
+
+
 async def run(participants: int, speakers: int, window: float) -> dict[str, float]:
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = tempfile.mkdtemp(prefix="callsctl-bench-")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
-         str(api), "--udp-port", str(udp), "--data-dir", data_dir, "--log-level", "warning"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_serve(api, udp, data_dir)
     base = f"http://127.0.0.1:{api}"
     people: list[Participant] = []
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        wait_ready(base)
         idle_rss = rss_bytes(server.pid)
         secret = load_or_create_secret(data_dir)
         for index in range(participants):
@@ -147,8 +164,7 @@ def main() -> None:
     if not 1 <= args.speakers <= args.participants <= 60:
         parser.error("need 1 <= speakers <= participants <= 60")
     result = asyncio.run(run(args.participants, args.speakers, args.window))
-    command = "python bench/forwarding.py " + " ".join(
-        a for a in sys.argv[1:] if not a.startswith("--write") and not a.endswith(".md"))
+    command = bench_command("forwarding.py")
     body = render(result, command)
     print(body)
     if args.write:

@@ -20,7 +20,6 @@ import os
 import platform
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,14 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.forwarding import cpu_seconds, free_port, write_section  # noqa: E402
+from bench.forwarding import (  # noqa: E402
+    bench_command,
+    cpu_seconds,
+    free_port,
+    start_serve,
+    wait_ready,
+    write_section,
+)
 from callsctl_sfu.client.participant import Participant  # noqa: E402
 from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
 from callsctl_sfu.tokens import issue_token  # noqa: E402
@@ -53,20 +59,11 @@ async def window(base: str, pid: int, seconds: float) -> dict[str, float]:
 async def run(participants: int, speakers: int, seconds: float) -> dict[str, float]:
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = tempfile.mkdtemp(prefix="callsctl-bench-rec-")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
-         str(api), "--udp-port", str(udp), "--data-dir", data_dir, "--log-level", "warning"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_serve(api, udp, data_dir)
     base = f"http://127.0.0.1:{api}"
     people: list[Participant] = []
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        wait_ready(base)
         secret = load_or_create_secret(data_dir)
         key = (Path(data_dir) / "admin_key").read_text().strip()
         admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},
@@ -148,8 +145,7 @@ def main() -> None:
     if not 1 <= args.speakers <= args.participants <= 30:
         parser.error("need 1 <= speakers <= participants <= 30")
     result = asyncio.run(run(args.participants, args.speakers, args.window))
-    command = "python bench/recording.py " + " ".join(
-        a for a in sys.argv[1:] if not a.startswith("--write") and not a.endswith(".md"))
+    command = bench_command("recording.py")
     body = render(result, command)
     print(body)
     if args.write:

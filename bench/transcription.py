@@ -27,7 +27,6 @@ import platform
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,13 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.forwarding import cpu_seconds, free_port, write_section  # noqa: E402
+from bench.forwarding import (  # noqa: E402
+    cpu_seconds,
+    free_port,
+    start_serve,
+    wait_ready,
+    write_section,
+)
 from callsctl_sfu.client.participant import Participant  # noqa: E402
 from callsctl_sfu.client.speech import SpeechTrack, espeak  # noqa: E402
 from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
@@ -112,20 +117,11 @@ async def in_a_call() -> dict:
     data_dir = tempfile.mkdtemp(prefix="callsctl-bench-stt-")
     env = {**os.environ, "CALLSCTL_LIVE_CAPTIONS_ENABLED": "true",
            "CALLSCTL_TRANSCRIPTION_ENABLED": "true"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1", "--api-port",
-         str(api), "--udp-port", str(udp), "--data-dir", data_dir, "--log-level", "warning"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    server = start_serve(api, udp, data_dir, env)
     base = f"http://127.0.0.1:{api}"
     people: list[Participant] = []
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        wait_ready(base)
         secret = load_or_create_secret(data_dir)
         key = (Path(data_dir) / "admin_key").read_text().strip()
         admin = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},

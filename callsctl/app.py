@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -154,10 +155,18 @@ def main() -> None:
         usage_line,
     )
 
-    # `callsctl serve ...` runs with serve alone registered: a server's memory holds
-    # nothing of the other commands (docs/performance-memory.md).
-    app = _register_commands("serve" if sys.argv[1:2] == ["serve"] else None)
+    serving = sys.argv[1:2] == ["serve"]
     try:
+        # `callsctl serve ...` started over with its settings parsed (callsctl/serve.py):
+        # no command line parsing, so typer's pydantic is never imported.
+        if serving and os.environ.get("_CALLSCTL_SERVE_CONFIG_FD"):
+            from callsctl.serve import run_parsed
+
+            if run_parsed():
+                sys.exit(0)
+        # `callsctl serve ...` runs with serve alone registered: a server's memory holds
+        # nothing of the other commands (docs/performance-memory.md).
+        app = _register_commands("serve" if serving else None)
         code = app(standalone_mode=False, prog_name="callsctl")
     except NoArgsIsHelpError as exc:  # a bare group: its help, exit 2, as click does
         # With rich, typer has already printed the help while making this error.
@@ -177,7 +186,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # last resort: never show a traceback to operators
         print_error(f"{type(exc).__name__}: {exc} (run with CALLSCTL_DEBUG=1 for details)")
-        if __import__("os").environ.get("CALLSCTL_DEBUG"):
+        if os.environ.get("CALLSCTL_DEBUG"):
             raise
         sys.exit(EXIT_FAIL)
     # click returns an Exit's code, or the command's return value (None).

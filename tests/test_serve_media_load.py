@@ -11,6 +11,7 @@ clear line in the log and a clear error to every join, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import httpx
@@ -155,3 +156,23 @@ def test_an_unverified_aiortc_version_stops_the_start_with_one_line(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "aiortc 1.17.0 is installed" in done.stderr and ">=1.16,<1.17" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_server_runs_without_the_cli_parsers_memory_and_keeps_no_settings_pipe(server):
+    """serve starts over as the same command line with its parsed settings on a pipe:
+    the same process and `ps` line, no pydantic (typer's value conversion) mapped, the
+    banner printed once, and the pipe closed once read."""
+    pid = server.process.pid  # the PID the test started: exec keeps it
+    with open(f"/proc/{pid}/maps") as maps:
+        assert "pydantic_core" not in maps.read()
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"serve" in cmdline and b"--api-port" in cmdline
+    # The environment the process was executed with names the pipe; it is closed now.
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    fds = [line.split(b"=", 1)[1] for line in environ
+           if line.startswith(b"_CALLSCTL_SERVE_CONFIG_FD=")]
+    assert len(fds) == 1, "serve did not start over with its parsed settings"
+    fd = Path(f"/proc/{pid}/fd/{int(fds[0])}")  # closed, or reused by something else
+    assert not fd.exists() or not os.readlink(fd).startswith("pipe:")
+    assert httpx.get(f"{server.api_url}/readyz", timeout=5).status_code == 200
+    assert server.log().count("callsctl serve ") == 1  # the banner, once

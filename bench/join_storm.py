@@ -251,9 +251,9 @@ async def main_async(args: argparse.Namespace) -> None:
     print(body)
     if args.write:
         key = args.label.split()[0].lower().strip(":,")
-        if args.first_join:
-            key = "first-call-" + "-".join(
-                w for w in args.label.lower().replace(":", " ").split() if w.isalnum())
+        if args.first_join:  # "first call: before" -> first-call-before
+            key = "-".join(w for w in args.label.lower().replace(":", " ").split()
+                           if w.isalnum())
         write_section(args.write, f"join-storm-{key}-unmuted-{results[0]['unmuted']}", body)
 
 

@@ -61,6 +61,10 @@ VERIFIED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
 _BRIDGE = "callsctl_sfu.rtc.aiortc_bridge"
 _SESSION_MODULES = ("callsctl_sfu.rtc.peer", "callsctl_sfu.rtc.rtcp_routing")
 
+# The longest a join waits for the load (about 0.1-0.2 s on the project's VM), so that
+# a load that never ends is an error to the client rather than a hang.
+LOAD_TIMEOUT_S = 60.0
+
 # The shared libraries that are mapped once the stack is loaded (tests and the bench
 # read /proc/<pid>/maps for them): PyAV's FFmpeg, libsrtp's cffi module.
 MAPPED_MARKERS = ("av.libs/", "pylibsrtp/_binding")
@@ -206,7 +210,11 @@ class MediaLoader:
 
         Cancelling one waiting join does not cancel the load the others wait for.
         """
-        stack = await asyncio.shield(self.start())
+        try:
+            stack = await asyncio.wait_for(asyncio.shield(self.start()), LOAD_TIMEOUT_S)
+        except TimeoutError:  # a stuck import must not hold joins forever
+            raise MediaUnavailable(f"the media stack did not finish loading in "
+                                   f"{LOAD_TIMEOUT_S:g} s; see the server log") from None
         if stack is None:
             raise MediaUnavailable(self.error)
         return stack

@@ -22,9 +22,21 @@ Per-join figures are the span's totals divided by N. CPU per join also pays
 for forwarding to the receivers already joined (2 unmuted x 50 packets/s to
 each): `--unmuted 0` isolates the control plane.
 
+`--first-join` adds what the first call pays: the server loads its media stack
+(aiortc, PyAV...) when the first /ws connection arrives (rtc/medialoader.py),
+in a worker thread. It lists the join time (join sent to media connected) of
+the first participant and the p50/p99/max over all, and how long the server
+took to answer GET /readyz, asked every 20 ms from the first join until every
+participant connected: the event loop's responsiveness while the stack
+loads. `--server-repo DIR` runs another checkout's server (the commit a change
+started from) with this interpreter, for a before/after pair of one command.
+
     python bench/join_storm.py --sizes 100 200 500 1000            # printed
     python bench/join_storm.py --sizes 100 200 500 1000 --write bench/RESULTS.md
     python bench/join_storm.py --sizes 1000 --profile /tmp/storm  # py-spy of the joins
+    python bench/join_storm.py --sizes 200 --first-join --label "first call: after"
+    python bench/join_storm.py --sizes 200 --first-join --server-repo /tmp/base \
+        --label "first call: before"
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import tempfile
 import time
@@ -45,6 +58,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
+import run_all  # noqa: E402
 from forwarding import write_section  # noqa: E402
 from run_all import (  # noqa: E402
     JOIN_RATE,
@@ -62,6 +76,27 @@ from callsctl_sfu.client.loadgen import LoadTest, proc_cpu_seconds  # noqa: E402
 COUNTERS = ("events_sent", "offers_sent", "sources_changed", "rewires", "invalidations",
             "route_builds", "plan_builds", "targets_computed")
 POLL_S = 0.25
+PROBE_S = 0.02  # --first-join: GET /readyz this often while the storm joins
+
+
+async def _probe_ready(http: aiohttp.ClientSession, base: str, out: list[float]) -> None:
+    """Time GET /readyz until cancelled: how long the server's loop takes to answer."""
+    while True:
+        started = time.monotonic()
+        async with http.get(f"{base}/readyz") as response:
+            await response.read()
+        out.append(time.monotonic() - started)
+        await asyncio.sleep(PROBE_S)
+
+
+def _ranked(values: list[float]) -> dict[str, float] | None:
+    """p50, p99 and max (nearest rank), in ms."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    rank = {p: ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] for p in (50, 99)}
+    return {"p50": round(1000 * rank[50], 1), "p99": round(1000 * rank[99], 1),
+            "max": round(1000 * ordered[-1], 1)}
 
 
 async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
@@ -71,10 +106,12 @@ async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
 
 
 async def storm(size: int, unmuted: int, window: float, workdir: Path,
-                profile: Path | None) -> dict[str, Any]:
+                profile: Path | None, first_join: bool = False) -> dict[str, Any]:
     """One server, one storm of `size` joins; the figures of its join span."""
     running = await start_callsctl_retrying(workdir)
     spy: asyncio.subprocess.Process | None = None
+    probes: list[float] = []
+    probe: asyncio.Task[None] | None = None
     try:
         pid = running.process.pid
         test = LoadTest(one_call_config(running, size, unmuted, window, prefix="storm",
@@ -87,6 +124,8 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
                 spy = await start_py_spy(pid, profile / f"storm-{size}.txt", 50,
                                          size / JOIN_RATE + 5)
             started = time.monotonic()
+            if first_join:
+                probe = asyncio.create_task(_probe_ready(http, running.base_url, probes))
 
             async def span_so_far() -> dict[str, Any]:
                 return {"seconds": time.monotonic() - started,
@@ -101,10 +140,14 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
                 progress = test.progress()
                 if span is None and progress.connected + progress.failed >= size:
                     span = await span_so_far()
+                    if probe is not None:
+                        probe.cancel()
             report = (await run).to_dict()
             if span is None:  # some participant never finished: the span is the whole run
                 span = await span_so_far()
     finally:
+        if probe is not None:
+            probe.cancel()
         await wait_py_spy(spy)
         await running.stop()
     removed = sessions_removed(test)
@@ -125,7 +168,38 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
         "counts": counts,
         "delay_ms": report["delay_ms"],
         "notes": report["notes"],
+        **({"first_join_ms": _first_join_ms(test), "join_ms": _ranked(
+            [p.connected_at - p.started_at for p in test.participants
+             if p.connected_at is not None]),
+            "readyz_ms": _ranked(probes), "readyz_probes": len(probes)} if first_join else {}),
     }
+
+
+def _first_join_ms(test: LoadTest) -> float | None:
+    """Join time of the participant that started first (join sent to media connected)."""
+    started = [p for p in test.participants if p.started_at]
+    if not started:
+        return None
+    first = min(started, key=lambda p: p.started_at)
+    return None if first.connected_at is None else \
+        round(1000 * (first.connected_at - first.started_at), 1)
+
+
+def render_first_join(results: list[dict[str, Any]], command: str, host: str,
+                      label: str) -> str:
+    lines = [f"### First call (media stack loaded on demand): {label}", "",
+             f"Command: `{command}` on {host}.", "",
+             "| N | joined | failed | removed | first join ms | join ms p50 / p99 / max "
+             "| GET /readyz ms p50 / p99 / max (probes) | server CPU s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        join, ready = r.get("join_ms") or {}, r.get("readyz_ms") or {}
+        lines.append(
+            f"| {r['size']} | {r['joined']} | {r['failed']} | {r['session_removed']} | "
+            f"{r.get('first_join_ms')} | {join.get('p50')} / {join.get('p99')} / "
+            f"{join.get('max')} | {ready.get('p50')} / {ready.get('p99')} / {ready.get('max')} "
+            f"({r.get('readyz_probes')}) | {r['server_cpu_s']} |")
+    return "\n".join(lines)
 
 
 def render(results: list[dict[str, Any]], command: str, host: str, label: str) -> str:
@@ -164,16 +238,22 @@ async def main_async(args: argparse.Namespace) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="join-storm-") as tmp:
             for size in args.sizes:
-                result = await storm(size, args.unmuted, args.window, Path(tmp), args.profile)
+                result = await storm(size, args.unmuted, args.window, Path(tmp), args.profile,
+                                     args.first_join)
                 print(json.dumps(result), flush=True)
                 results.append(result)
         command = "python bench/join_storm.py " + " ".join(
             a for a in sys.argv[1:] if a != "--write" and not a.endswith(".md"))
         host = machine()
     body = render(results, command, host, args.label)
+    if args.first_join:
+        body = render_first_join(results, command, host, args.label)
     print(body)
     if args.write:
         key = args.label.split()[0].lower().strip(":,")
+        if args.first_join:  # "first call: before" -> first-call-before
+            key = "-".join(w for w in args.label.lower().replace(":", " ").split()
+                           if w.isalnum())
         write_section(args.write, f"join-storm-{key}-unmuted-{results[0]['unmuted']}", body)
 
 
@@ -192,7 +272,16 @@ def main() -> None:
                         help="render the JSON lines an earlier run printed instead of running")
     parser.add_argument("--command", help="with --from-json: the command that made them")
     parser.add_argument("--host", help="with --from-json: the machine they were made on")
+    parser.add_argument("--first-join", action="store_true",
+                        help="also the first participant's join time, join p50/p99/max and "
+                             "GET /readyz latency during the storm (the media stack's load)")
+    parser.add_argument("--server-repo", type=Path,
+                        help="run this other checkout's server (with this interpreter)")
     args = parser.parse_args()
+    if args.server_repo is not None:  # run_all starts the server in its REPO directory
+        if not (args.server_repo / "callsctl" / "__main__.py").exists():
+            parser.error(f"--server-repo {args.server_repo}: not a callsctl checkout")
+        run_all.REPO = args.server_repo.resolve()
     if any(not 1 <= size <= 1000 for size in args.sizes):
         parser.error("--sizes must be 1..1000 (one load generator's limit)")
     asyncio.run(main_async(args))

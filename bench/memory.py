@@ -7,11 +7,19 @@ Three measurements, each on loopback with ephemeral ports and a temporary data d
   to VmRSS (anonymous memory: the Python objects; file-backed: the shared
   libraries such as PyAV's FFmpeg). This is the floor of an idle server.
 - sessions: `callsctl serve` is started as a subprocess; its RSS (VmRSS,
-  RssAnon, RssFile from /proc/<pid>/status) is read once it is ready and idle,
-  then the load generator (callsctl_sfu.client.loadgen, in this process)
-  joins N audio participants to one call (2 unmuted, the rest muted
-  listeners) at 25/s and RSS is read again at the end of a steady window.
-  RSS per session = (RSS joined - RSS idle) / participants joined.
+  RssAnon, RssFile from /proc/<pid>/status) is read once it is ready and idle
+  (and whether PyAV's and libsrtp's libraries are mapped: the media stack is
+  loaded by the first call, rtc/medialoader.py). Then one participant joins
+  a call of its own and RSS is read again once its media is connected: the
+  first join, which loads the media stack. Then the load generator
+  (callsctl_sfu.client.loadgen, in this process) joins N audio participants
+  to another call (2 unmuted, the rest muted listeners) at 25/s and RSS is
+  read again at the end of a steady window. RSS per session = (RSS joined -
+  RSS after the first join) / participants joined, so the one-off load is
+  not spread over the sessions.
+- with --before DIR, every size is measured twice in the same run, first with
+  the server of another checkout (DIR, e.g. the commit a change started from,
+  run with this interpreter), then with this one's, and both are listed.
 - with --trace, the same server runs under bench/traced_serve.py (tracemalloc
   on, a snapshot dumped on SIGUSR2): the allocation sites that grew between
   idle and joined, per session, by file and line. Traced RSS is not a figure
@@ -25,6 +33,8 @@ Three measurements, each on loopback with ephemeral ports and a temporary data d
     python bench/memory.py --sizes 200 --native --top 25    # and native (heaptrack)
     python bench/memory.py --write bench/RESULTS.md --label after
     python bench/memory.py --json                           # one JSON document
+    python bench/memory.py --sizes 200 --before /tmp/base   # another checkout vs this one
+    python bench/memory.py --sizes 200 --preload-media      # the media stack loaded at start
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from forwarding import write_section  # noqa: E402
 from run_all import Running, _wait_ready, free_port, machine  # noqa: E402
 
 from callsctl_sfu.client.loadgen import LoadConfig, LoadTest  # noqa: E402
+from callsctl_sfu.client.participant import Participant  # noqa: E402
 from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
 from callsctl_sfu.tokens import issue_token  # noqa: E402
 
@@ -64,21 +75,28 @@ MAX_SIZE = 300  # one load generator on a shared 2-core machine
 
 # What `callsctl serve` imports, in an order where each step adds only itself
 # (its own dependencies that no earlier step imported count towards it).
+# The first group is what an idle server imports; the steps "at the first call" are the
+# media stack rtc/medialoader.py loads when a call starts (or at start with
+# --preload-media); the last is what only the parsing pass of `callsctl serve` imports.
 IMPORT_STEPS = (
     ("interpreter", None),
     ("asyncio (+ ssl, OpenSSL's libssl/libcrypto)", "asyncio"),
     ("aiohttp.web", "aiohttp.web"),
-    ("cryptography.x509", "cryptography.x509"),
-    ("pyOpenSSL (aiortc's DTLS)", "OpenSSL"),
-    ("pylibsrtp (libsrtp)", "pylibsrtp"),
-    ("aioice (+ dnspython, ifaddr)", "aioice"),
-    ("av (PyAV + FFmpeg libraries)", "av"),
-    ("aiortc (its own modules; av already counted)", "aiortc"),
+    ("jwt (+ cryptography, which PyJWT imports when installed)", "jwt"),
+    ("aioice (+ dnspython, ifaddr: the media socket's STUN)", "aioice"),
     ("prometheus_client", "prometheus_client"),
-    ("aiosqlite + jwt", "aiosqlite,jwt"),
-    ("callsctl_sfu.server (the engine)", "callsctl_sfu.server"),
+    ("aiosqlite", "aiosqlite"),
+    ("callsctl_sfu.server (the engine, without the media stack)", "callsctl_sfu.server"),
     ("typer + rich (the CLI framework)", "typer,rich.console"),
-    ("callsctl.app (every command registered)", "callsctl.app"),
+    ("callsctl.serve (the serve command)", "callsctl.serve"),
+    ("at the first call: pyOpenSSL (aiortc's DTLS)", "OpenSSL"),
+    ("at the first call: pylibsrtp (libsrtp)", "pylibsrtp"),
+    ("at the first call: av (PyAV + FFmpeg libraries)", "av"),
+    ("at the first call: aiortc (its own modules)", "aiortc"),
+    ("at the first call: callsctl's media modules (rtc/peer.py...)",
+     "callsctl_sfu.rtc.peer,callsctl_sfu.rtc.rtcp_routing"),
+    ("never in the server: pydantic (typer 0.29's value conversion; serve parses, then "
+     "starts over without it)", "typer._adapters"),
 )
 
 _IMPORT_PROBE = r"""
@@ -150,12 +168,21 @@ def import_costs() -> list[dict[str, Any]]:
     return out
 
 
+def media_mapped(pid: int) -> bool:
+    """Whether PyAV's FFmpeg libraries or libsrtp are mapped into the process."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return any("av.libs/" in line or "pylibsrtp/_binding" in line for line in maps)
+
+
 async def start_serve(workdir: Path, trace: Path | None,
-                      native: Path | None = None) -> Running:
+                      native: Path | None = None, repo: Path = REPO,
+                      extra: tuple[str, ...] = ()) -> Running:
     """`callsctl serve` on free loopback ports, under tracemalloc when `trace` is given.
 
     With `native`, heaptrack's preload library records every malloc of the server
-    (the native ones tracemalloc cannot see) into that file.
+    (the native ones tracemalloc cannot see) into that file. `repo` is the checkout
+    whose server runs (with this interpreter; its directory comes first on the
+    server's sys.path), `extra` more serve options.
     """
     api, udp = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     data_dir = workdir / f"data-{api}"
@@ -169,7 +196,7 @@ async def start_serve(workdir: Path, trace: Path | None,
         process = await asyncio.create_subprocess_exec(
             sys.executable, *head, "serve", "--bind", "127.0.0.1", "--api-port", str(api),
             "--udp-port", str(udp), "--data-dir", str(data_dir), "--log-level", "warning",
-            cwd=REPO, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
+            *extra, cwd=repo, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{api}"
     try:
         await _wait_ready(base, process, log)
@@ -285,20 +312,43 @@ async def _malloc_trim(pid: int) -> None:
     await asyncio.wait_for(gdb.wait(), 60)
 
 
+async def _first_join(running: Running) -> float:
+    """One participant joins a call of its own and connects media; seconds it took."""
+    secret = running.secret
+    assert secret is not None
+    person = Participant(running.ws_url, issue_token(secret, "memory-first", "first", 3600),
+                         "memory-first", "first", tone=440.0)
+    started = time.monotonic()
+    try:
+        await person.join(timeout=60)
+        await person.wait_connected(60)
+        took = time.monotonic() - started
+        await asyncio.sleep(SETTLE_S)
+    finally:
+        await person.close()
+    await asyncio.sleep(SETTLE_S)  # its session gone: what stays is the loaded stack
+    return took
+
+
 async def sessions(size: int, unmuted: int, window: float, workdir: Path,
                    trace: bool, top: int, trim: bool = False,
-                   native: bool = False) -> dict[str, Any]:
-    """One server, one call of `size` audio participants: RSS idle and joined."""
+                   native: bool = False, repo: Path = REPO, extra: tuple[str, ...] = (),
+                   server: str = "this checkout") -> dict[str, Any]:
+    """One server, one call of `size` audio participants: RSS idle, after one join, joined."""
     prefix = workdir / f"trace-{size}" if trace else None
     raw = workdir / f"heaptrack-{size}.raw" if native else None
-    running = await start_serve(workdir, prefix, raw)
+    running = await start_serve(workdir, prefix, raw, repo, extra)
     snapshots: list[tracemalloc.Snapshot] = []
     readings: dict[str, dict[str, int]] = {}
     try:
         pid = running.process.pid
         await asyncio.sleep(SETTLE_S)
         readings["idle"] = proc_status(pid)
+        idle_media = media_mapped(pid)
         maps = mapped(pid, 12)
+        first_join_s = await _first_join(running)
+        readings["first"] = proc_status(pid)
+        first_media = media_mapped(pid)
         if prefix is not None:
             snapshots.append(await _snapshot(pid, prefix, 1))
         secret = running.secret
@@ -323,17 +373,19 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
     finally:
         await running.stop()
     joined = report["participants"]["joined"]
-    idle, end = readings["idle"], readings.get("end")
+    idle, first, end = readings["idle"], readings["first"], readings.get("end")
     result: dict[str, Any] = {
-        "size": size, "unmuted": unmuted, "joined": joined,
+        "server": server, "size": size, "unmuted": unmuted, "joined": joined,
         "failed": report["participants"]["failed"], "traced": trace or native,
         "rss_idle_kb": idle["VmRSS"], "anon_idle_kb": idle["RssAnon"],
-        "file_idle_kb": idle["RssFile"],
+        "file_idle_kb": idle["RssFile"], "media_mapped_idle": idle_media,
         "idle_mappings": maps,
+        "rss_first_join_kb": first["VmRSS"], "first_join_s": round(first_join_s, 3),
+        "media_mapped_first_join": first_media,
         "rss_joined_kb": end["VmRSS"] if end else None,
-        "kb_per_session": round((end["VmRSS"] - idle["VmRSS"]) / joined, 1)
+        "kb_per_session": round((end["VmRSS"] - first["VmRSS"]) / joined, 1)
         if end and joined else None,
-        "anon_kb_per_session": round((end["RssAnon"] - idle["RssAnon"]) / joined, 1)
+        "anon_kb_per_session": round((end["RssAnon"] - first["RssAnon"]) / joined, 1)
         if end and joined else None,
         "notes": report["notes"],
     }
@@ -341,7 +393,8 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
         result.update(native_sites(raw, joined, top))
     trimmed = readings.get("trimmed")
     if trimmed and joined:
-        result["trimmed_kb_per_session"] = round((trimmed["VmRSS"] - idle["VmRSS"]) / joined, 1)
+        result["trimmed_kb_per_session"] = round((trimmed["VmRSS"] - first["VmRSS"]) / joined,
+                                                 1)
     if len(snapshots) == 2 and joined:
         result["sites"] = _sites(snapshots[0], snapshots[1], joined, top)
         result["traced_kb_per_session"] = round(
@@ -369,19 +422,29 @@ def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command
         lines.append("")
     plain = [r for r in results if not r["traced"]]
     if plain:
-        lines += ["| participants | unmuted | joined | RSS idle (anon + file) | RSS joined "
-                  "| RSS / session | anon / session |", "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["| server | participants | unmuted | joined | RSS idle (anon + file) "
+                  "| media stack mapped idle | RSS after the first join (its join, s) "
+                  "| RSS joined | RSS / session | anon / session |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
         for r in plain:
             joined = f"{r['rss_joined_kb'] / 1024:.1f} MB" if r["rss_joined_kb"] else "-"
             lines.append(
-                f"| {r['size']} | {r['unmuted']} | {r['joined']} | {r['rss_idle_kb'] / 1024:.1f}"
-                f" MB ({r['anon_idle_kb'] / 1024:.1f} + {r['file_idle_kb'] / 1024:.1f}) | "
+                f"| {r.get('server', '-')} | {r['size']} | {r['unmuted']} | {r['joined']} | "
+                f"**{r['rss_idle_kb'] / 1024:.1f} MB** ({r['anon_idle_kb'] / 1024:.1f} + "
+                f"{r['file_idle_kb'] / 1024:.1f}) | "
+                f"{'yes' if r.get('media_mapped_idle') else 'no'} | "
+                f"{r['rss_first_join_kb'] / 1024:.1f} MB ({r['first_join_s']}) | "
                 f"{joined} | **{r['kb_per_session']} KB** | {r['anon_kb_per_session']} KB |")
-    if plain:
-        first = plain[0]
-        lines += ["", f"The idle server's RSS by mapping (/proc/<pid>/smaps, the "
-                  f"{first['size']}-participant run; anonymous = Python's heap, malloc):", "",
-                  "| mapping | RSS |", "|---|---:|"]
+        lines += ["", "RSS / session = (RSS joined - RSS after the first join) / joined: the "
+                  "first join's one-off load of the media stack is not spread over them."]
+    shown: set[str] = set()
+    for first in plain:  # one table per server: its first run
+        if first.get("server", "-") in shown:
+            continue
+        shown.add(first.get("server", "-"))
+        lines += ["", f"The idle server's RSS by mapping ({first.get('server', '-')}; "
+                  f"/proc/<pid>/smaps, the {first['size']}-participant run; anonymous = "
+                  "Python's heap, malloc):", "", "| mapping | RSS |", "|---|---:|"]
         lines += [f"| {m['mapping']} | {m['rss_kb'] / 1024:.1f} MB |"
                   for m in first["idle_mappings"]]
     for r in results:
@@ -407,14 +470,23 @@ def render(imports: list[dict[str, Any]], results: list[dict[str, Any]], command
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     imports = [] if args.no_imports else import_costs()
     results = []
+    extra = ("--preload-media",) if args.preload_media else ()
+    servers: list[tuple[str, Path, tuple[str, ...]]] = []
+    if args.before is not None:  # the other checkout knows no --preload-media: as it was
+        servers.append((f"before ({args.before.name})", args.before, ()))
+    servers.append(("after" + (", --preload-media" if extra else "")
+                    if args.before is not None else
+                    "this checkout" + (", --preload-media" if extra else ""), REPO, extra))
     with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
         for size in args.sizes:
-            result = await sessions(size, args.unmuted, args.window, Path(tmp), args.trace,
-                                    args.top, args.malloc_trim, args.native)
-            if not args.json:
-                print(json.dumps({k: v for k, v in result.items() if k != "sites"}),
-                      flush=True)
-            results.append(result)
+            for name, repo, options in servers:
+                result = await sessions(size, args.unmuted, args.window, Path(tmp),
+                                        args.trace, args.top, args.malloc_trim, args.native,
+                                        repo, options, name)
+                if not args.json:
+                    print(json.dumps({k: v for k, v in result.items() if k != "sites"}),
+                          flush=True)
+                results.append(result)
     return {"imports": imports, "sessions": results}
 
 
@@ -433,6 +505,10 @@ def main() -> None:
     parser.add_argument("--malloc-trim", action="store_true",
                         help="also read RSS after glibc malloc_trim(0) in the server (gdb)")
     parser.add_argument("--no-imports", action="store_true", help="skip the import floor")
+    parser.add_argument("--before", type=Path,
+                        help="also measure the server of this other checkout (same run, first)")
+    parser.add_argument("--preload-media", action="store_true",
+                        help="run this checkout's server with --preload-media")
     parser.add_argument("--json", action="store_true", help="print one JSON document only")
     parser.add_argument("--write", type=Path, help="update this results file in place")
     parser.add_argument("--label", default="after", help="the section's name (default after)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 
 import typer
 
@@ -10,7 +12,8 @@ from callsctl import __version__
 from callsctl.errors import EXIT_FAIL, EXIT_USAGE, exit_code_of, print_error
 from callsctl_sfu.errors import CallsctlError
 
-app = typer.Typer(
+# The root group; `app` (below, PEP 562) is this with every command registered.
+_root = typer.Typer(
     name="callsctl",
     help=(
         "Serve and diagnose self-hosted voice and video calls.\n\n"
@@ -32,7 +35,7 @@ def _version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@_root.callback()
 def root(
     version: bool = typer.Option(
         False,
@@ -46,33 +49,96 @@ def root(
     """Serve and diagnose self-hosted voice and video calls."""
 
 
-def _register_commands() -> None:
-    """Every command group, in the order `--help` lists them.
+def _serve() -> None:
+    from callsctl import serve
 
-    Each module keeps its heavy imports (aiortc, scapy, textual) inside its
-    command, so `callsctl --version` and `--help` stay fast.
-    """
-    from callsctl import serve, token, tune, worker
-    from callsctl.calls import app as calls_app
+    _root.command("serve", help=serve.serve.__doc__)(serve.serve)
+
+
+def _token() -> None:
+    from callsctl import token
+
+    _root.command("token", help=token.token.__doc__)(token.token)
+
+
+def _check() -> None:
     from callsctl.check import app as check_app
-    from callsctl.fleet import app as fleet_app
-    from callsctl.loadtest import loadtest
+
+    _root.add_typer(check_app, name="check")
+
+
+def _tune() -> None:
+    from callsctl import tune
+
+    _root.command("tune", help=tune.tune.__doc__)(tune.tune)
+
+
+def _calls() -> None:
+    from callsctl.calls import app as calls_app
+
+    _root.add_typer(calls_app, name="calls")
+
+
+def _record() -> None:
     from callsctl.record import app as record_app
+
+    _root.add_typer(record_app, name="record")
+
+
+def _worker() -> None:
+    from callsctl import worker
+
+    _root.command("worker", help=worker.worker.__doc__)(worker.worker)
+
+
+def _top() -> None:
     from callsctl.top.command import top
 
-    app.command("serve", help=serve.serve.__doc__)(serve.serve)
-    app.command("token", help=token.token.__doc__)(token.token)
-    app.add_typer(check_app, name="check")
-    app.command("tune", help=tune.tune.__doc__)(tune.tune)
-    app.add_typer(calls_app, name="calls")
-    app.add_typer(record_app, name="record")
-    app.command("worker", help=worker.worker.__doc__)(worker.worker)
-    app.command("top", help=top.__doc__)(top)
-    app.command("loadtest", help=loadtest.__doc__)(loadtest)
-    app.add_typer(fleet_app, name="fleet")
+    _root.command("top", help=top.__doc__)(top)
 
 
-_register_commands()
+def _loadtest() -> None:
+    from callsctl.loadtest import loadtest
+
+    _root.command("loadtest", help=loadtest.__doc__)(loadtest)
+
+
+def _fleet() -> None:
+    from callsctl.fleet import app as fleet_app
+
+    _root.add_typer(fleet_app, name="fleet")
+
+
+# Every command group, in the order `--help` lists them.
+_COMMANDS: dict[str, Callable[[], None]] = {
+    "serve": _serve, "token": _token, "check": _check, "tune": _tune, "calls": _calls,
+    "record": _record, "worker": _worker, "top": _top, "loadtest": _loadtest, "fleet": _fleet,
+}
+_registered: list[str] = []
+
+
+def _register_commands(only: str | None = None) -> typer.Typer:
+    """Register every command group (or just `only`) not registered yet; the root.
+
+    Each module keeps its heavy imports (aiortc, scapy, textual) inside its
+    command, so `callsctl --version` and `--help` stay fast. `callsctl serve`
+    registers serve alone (main): the other commands' modules (check's 18,
+    with aiortc for `check webrtc`; tune's tables; the admin client) are then
+    never imported into a long-running server. serve comes first in the
+    order, so registering the rest later keeps `--help`'s order.
+    """
+    for name, register in _COMMANDS.items():
+        if name not in _registered and only in (None, name):
+            register()
+            _registered.append(name)
+    return _root
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """`callsctl.app.app`: the root with every command (docs generator, tests)."""
+    if name == "app":
+        return _register_commands()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
@@ -89,7 +155,18 @@ def main() -> None:
         usage_line,
     )
 
+    serving = sys.argv[1:2] == ["serve"]
     try:
+        # `callsctl serve ...` started over with its settings parsed (callsctl/serve.py):
+        # no command line parsing, so typer's pydantic is never imported.
+        if serving and os.environ.get("_CALLSCTL_SERVE_CONFIG_FD"):
+            from callsctl.serve import run_parsed
+
+            if run_parsed():
+                sys.exit(0)
+        # `callsctl serve ...` runs with serve alone registered: a server's memory holds
+        # nothing of the other commands (docs/performance-memory.md).
+        app = _register_commands("serve" if serving else None)
         code = app(standalone_mode=False, prog_name="callsctl")
     except NoArgsIsHelpError as exc:  # a bare group: its help, exit 2, as click does
         # With rich, typer has already printed the help while making this error.
@@ -109,7 +186,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # last resort: never show a traceback to operators
         print_error(f"{type(exc).__name__}: {exc} (run with CALLSCTL_DEBUG=1 for details)")
-        if __import__("os").environ.get("CALLSCTL_DEBUG"):
+        if os.environ.get("CALLSCTL_DEBUG"):
             raise
         sys.exit(EXIT_FAIL)
     # click returns an Exit's code, or the command's return value (None).

@@ -1,9 +1,24 @@
-"""`callsctl serve`: run the SFU, signaling, API and web client in one process."""
+"""`callsctl serve`: run the SFU, signaling, API and web client in one process.
+
+Once the command line is parsed and the settings are merged and checked, the
+process starts over as the very same command line (`os.execv` of
+`sys.orig_argv`: same PID, same `ps` line, same interpreter options, a zipapp
+or a wrapper script runs again as itself) and is handed the parsed settings
+through an inherited pipe (`_CALLSCTL_SERVE_CONFIG_FD`), so it runs the server
+without parsing anything (`run_parsed`). Why: typer 0.29 converts every option
+value with pydantic, which stays imported for the life of the process: about
+7.4 MB of a server's idle RSS (bench/RESULTS.md, docs/performance-memory.md).
+The settings go through a pipe, not the environment or the command line, so
+secrets appear in neither.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +38,9 @@ if TYPE_CHECKING:
     from callsctl_sfu.server import Server
 
 JOIN_LINK_TTL = 24 * 3600
+# The inherited pipe the parsed settings arrive on after the re-exec (not CALLSCTL_*:
+# it is not a setting, and load_config reads every CALLSCTL_* variable as one).
+CONFIG_FD_ENV = "_CALLSCTL_SERVE_CONFIG_FD"
 
 
 @with_setting_flags(before="print_config")
@@ -51,12 +69,57 @@ def serve(
     if print_config:
         typer.echo(to_toml(config), nl=False)
         return
-    # The engine (aiortc, aiohttp) is imported only when serving, so every other
-    # command starts fast.
+    _start_over(config)  # returns only if this process cannot re-execute itself
+    _serve(config)
+
+
+def _serve(config: ServeConfig) -> None:
+    # The engine (aiohttp...) is imported only when serving, so every other command
+    # starts fast.
     from callsctl_sfu.logsetup import configure_logging
 
     configure_logging(config.log_level, config.log_format)
     asyncio.run(_run(config))  # a StartupError is one line and exit 1, from app.main
+
+
+def _start_over(config: ServeConfig) -> None:
+    """Execute this same command line again, the parsed settings on a pipe (module doc)."""
+    data = json.dumps(dataclasses.asdict(config)).encode()
+    if len(data) >= 60000 or not sys.orig_argv:  # a pipe's buffer holds it without a reader
+        return
+    read, write = os.pipe()
+    try:
+        os.write(write, data)
+        os.close(write)
+        os.set_inheritable(read, True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, sys.orig_argv, {**os.environ, CONFIG_FD_ENV: str(read)})
+    except OSError:  # no exec here (a sandbox): serve in this process, with what it holds
+        for fd in (read, write):
+            with contextlib.suppress(OSError):  # the write end may be closed already
+                os.close(fd)
+
+
+def run_parsed() -> bool:
+    """Serve with settings a parent `callsctl serve` parsed (see the module doc).
+
+    False when this process was not started that way. The variable and the pipe
+    are gone before anything else runs, so child processes inherit neither.
+    """
+    fd_text = os.environ.pop(CONFIG_FD_ENV, None)
+    if fd_text is None:
+        return False
+    try:
+        fd = int(fd_text)
+        with os.fdopen(fd, "rb") as pipe:
+            values = json.loads(pipe.read())
+        config = ServeConfig(**values)
+    except (OSError, ValueError, TypeError) as exc:
+        fail(f"serve could not read the settings it parsed before starting over ({exc}); "
+             "run it again")
+    _serve(config)
+    return True
 
 
 async def _run(config: ServeConfig) -> None:

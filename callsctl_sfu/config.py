@@ -398,6 +398,12 @@ class ServeConfig:
         _boolean,
         section="rtc", flag=SWITCH,
     )
+    preload_media: bool = _setting(
+        False, "load the media stack (aiortc, PyAV, pyOpenSSL, pylibsrtp: about 33 MB) and "
+        "check aiortc's internals at start, before any port is taken, instead of in the "
+        "background at the first call", _boolean,
+        section="rtc", flag=SWITCH,
+    )
 
     # -- admin API, call settings, TLS --
     admin_key_file: str = _setting(

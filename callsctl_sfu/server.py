@@ -26,7 +26,7 @@ from callsctl_sfu.control import ControlError, ControlPlane
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.service import attach_jobs
-from callsctl_sfu.rtc import aiortc_bridge, fastpath
+from callsctl_sfu.rtc import fastpath, medialoader
 from callsctl_sfu.rtc.connectivity import (
     Advertised,
     Connectivity,
@@ -83,13 +83,21 @@ class Server:
         self.started_at = 0.0
         self.fleet: Any = None  # fleet/node.py FleetNode when config.cluster is set
         self.fanout_threads = 1  # threads a big fan-out runs on (media_threads, resolved)
+        # aiortc, PyAV, pyOpenSSL, pylibsrtp: loaded at the first call, in a worker thread
+        # (rtc/medialoader.py), or here at start with preload_media.
+        self.media = medialoader.MediaLoader()
 
     async def start(self) -> None:
         config = self.config
-        try:  # the library internals the media path uses: one line now, not a crash later
-            await aiortc_bridge.check()
-        except aiortc_bridge.BridgeError as exc:
+        try:  # the media libraries' versions, from their metadata: a wrong install stops here
+            medialoader.check_versions()
+        except medialoader.BridgeError as exc:
             raise StartupError(str(exc), code=exc.code) from None
+        if config.preload_media:  # and their internals, by loading them now (as it was)
+            try:
+                await self.media.preload()
+            except medialoader.MediaUnavailable as exc:
+                raise StartupError(exc.message, code=exc.code) from None
         try:
             ensure_data_dir(config.data_dir)
             secret = load_or_create_secret(config.data_dir)
@@ -124,7 +132,7 @@ class Server:
                 raise StartupError(str(exc), code=exc.code) from None
             undo.callback(self.connectivity.close)
             self.advertised = self.connectivity.advertised
-            self.manager = CallManager(config, mux)
+            self.manager = CallManager(config, mux, media=self.media)
 
             app = web.Application(middlewares=[json_errors])
             app["config"] = config
@@ -230,6 +238,8 @@ class Server:
             return False, "media socket not open"
         if self.fleet is not None and not self.fleet.joined:
             return False, "not registered in the fleet yet"
+        if self.media.error:  # no call can start here: a balancer should send them elsewhere
+            return False, f"calls unavailable: {self.media.error}"
         return True, "ok"
 
     def info(self) -> dict[str, Any]:
@@ -248,6 +258,8 @@ class Server:
             "sessions": len(self.manager.participants) if self.manager else 0,
             "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON,
                                   "fanout_threads": fastpath.pool_threads()},
+            # idle (no call yet), loading, loaded or failed (with the one-line error)
+            "media_stack": {"state": self.media.state, "error": self.media.error},
             **({"node": self.fleet.node_id} if self.fleet is not None else {}),
         }
 

@@ -129,7 +129,7 @@ _callsctl() {
                 --drain-timeout) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--config --bind --data-dir --log-level --log-format --udp-port --ice-host-override --udp-buffer-size --media-threads --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --max-call-participants --default-call --session-timeout --default-enabled --no-default-enabled --api-port --tls-cert --tls-key --tls-self-signed --public-url --admin-key-file --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--config --bind --data-dir --log-level --log-format --udp-port --ice-host-override --udp-buffer-size --media-threads --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --preload-media --max-call-participants --default-call --session-timeout --default-enabled --no-default-enabled --api-port --tls-cert --tls-key --tls-self-signed --public-url --admin-key-file --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
             fi ;;
         "callsctl token")
             case $prev in

@@ -63,6 +63,7 @@ complete -c callsctl -n '__callsctl_at callsctl serve' -l ice-servers -x -d 'STU
 complete -c callsctl -n '__callsctl_at callsctl serve' -l turn-static-auth-secret -x -d 'The static-auth-secret of coturn: clients get TURN REST credentials for the TURN URIs in…'
 complete -c callsctl -n '__callsctl_at callsctl serve' -l turn-credentials-expiration-minutes -x -d 'How long TURN credentials stay valid, in minutes (at most one week). [default: 1440]'
 complete -c callsctl -n '__callsctl_at callsctl serve' -l enable-ipv6 -d 'Also listen on IPv6 (same port numbers) and advertise IPv6 host candidates. [default: fal…'
+complete -c callsctl -n '__callsctl_at callsctl serve' -l preload-media -d 'Load the media stack (aiortc, PyAV, pyOpenSSL, pylibsrtp: about 33 MB) and check aiortc\'s…'
 complete -c callsctl -n '__callsctl_at callsctl serve' -l max-call-participants -x -d 'Most participants one call accepts; 0 = unlimited. [default: 0]'
 complete -c callsctl -n '__callsctl_at callsctl serve' -l default-call -x -d 'Call id used for the join link printed at startup. [default: default]'
 complete -c callsctl -n '__callsctl_at callsctl serve' -l session-timeout -x -d 'Seconds without any packet from a connected participant before it is removed. [default: 1…'

@@ -34,7 +34,7 @@ from aiortc.rtp import RtcpPsfbPacket, RtpPacket
 from callsctl_sfu.client.loadgen import gather_on
 from callsctl_sfu.client.participant import ToneTrack
 from callsctl_sfu.rtc import aiortc_bridge as bridge
-from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.rtc import fastpath, medialoader
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import MediaPeer
 from tests.support.helpers import REPO
@@ -600,8 +600,8 @@ async def test_check_passes_on_the_installed_libraries() -> None:
 
 
 def test_version_out_of_range_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = bridge.metadata.version
-    monkeypatch.setattr(bridge.metadata, "version",
+    real = medialoader.metadata.version
+    monkeypatch.setattr(medialoader.metadata, "version",
                         lambda name: "1.17.0" if name == "aiortc" else real(name))
     with pytest.raises(bridge.BridgeError) as error:
         bridge.check_versions()

@@ -123,7 +123,7 @@ def test_calls_and_rtc_have_no_import_cycle() -> None:
     graph = {module: {i for i in _imports(path, module, known, eager_only=True) if _in_layers(i)}
              for module, path in known.items() if _in_layers(module)}
     assert "callsctl_sfu.calls.forwarder" in graph["callsctl_sfu.calls.manager"]
-    assert "callsctl_sfu.rtc.rtcp_routing" in graph["callsctl_sfu.calls.forwarder"]
+    assert "callsctl_sfu.rtc.mux" in graph["callsctl_sfu.calls.forwarder"]
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 

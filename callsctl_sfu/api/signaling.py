@@ -302,6 +302,12 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         await ws.send_str(json.dumps(events.Error(code=exc.code, message=str(exc)).wire()))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
+    # The first sign of a call: load the media stack now, in a worker thread, so that it
+    # is (nearly) there when this client's join arrives a round trip later. Once only;
+    # the join awaits it (calls/manager.py, rtc/medialoader.py). (Embedded without a
+    # call manager, as tests of the handler alone do, there is nothing to load.)
+    if manager is not None:
+        manager.media.start()
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,
                                      config.ws_rate_limit, config.ws_rate_burst, metrics,
                                      request.transport, secret=request.app["jwt_secret"])

@@ -38,19 +38,20 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu.calls.forward_metrics import ForwardMetrics, NoMetrics
 from callsctl_sfu.calls.forwarding import Plan, Route, TrackRoutes
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
-from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
-from callsctl_sfu.rtc.reports import UplinkReport, clamp_remb
 from callsctl_sfu.rtc.rtcp import missing_between, nack, pli
-from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
 from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
 from callsctl_sfu.rtc.simulcast import choose_layer
-from callsctl_sfu.rtc.tracks import PublishedTrack
+
+if TYPE_CHECKING:  # built on aiortc: loaded with the first call (rtc/medialoader.py)
+    from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
+    from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
+    from callsctl_sfu.rtc.tracks import PublishedTrack
 
 # RFC 6464 levels are -dBov: 0 is loudest, 127 silence. Speech sits well above -50 dBov.
 VOICE_LEVEL_DBOV = 50
@@ -129,7 +130,7 @@ class Forwarder:
         self.on_loud: Callable[[str], None] = on_loud or (lambda _session_id: None)
         self.stats = ForwardingStats()
         self.routing_stats = RoutingStats()
-        self.rtcp = RtcpRouter(self)
+        self._rtcp: RtcpRouter | None = None
         self._loop = asyncio.get_event_loop()
         self._members: dict[str, _Member] = {}
         # Call id -> its members in join order (the receivers of each other's tracks).
@@ -147,6 +148,21 @@ class Forwarder:
         self._group_numbers = itertools.count()
         if mux is not None:  # the forwarder's own tests run it without a socket
             mux.ingress_sink = self.ingress_done
+
+    @property
+    def rtcp(self) -> RtcpRouter:
+        """RTCP routing (rtc/rtcp_routing.py), made when a session first needs it.
+
+        It is built on aiortc's RTCP packets, part of the media stack an idle server
+        does not load (rtc/medialoader.py); only sessions reach here, and a session
+        exists only once that stack is loaded.
+        """
+        router = self._rtcp
+        if router is None:
+            from callsctl_sfu.rtc.rtcp_routing import RtcpRouter
+
+            router = self._rtcp = RtcpRouter(self)
+        return router
 
     # -- membership ---------------------------------------------------------------------
 
@@ -587,6 +603,10 @@ class Forwarder:
         if now - self._last_reports < REPORT_INTERVAL:
             return
         self._last_reports = now
+        if not self._members:
+            return
+        from callsctl_sfu.rtc.reports import UplinkReport, clamp_remb  # media stack: loaded
+
         for member in self._members.values():
             peer = member.peer
             if not peer.connected or not peer.published:

@@ -18,11 +18,12 @@ change and made a join storm quadratic (bench/join_storm.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
+if TYPE_CHECKING:  # built on aiortc: loaded with the first call (rtc/medialoader.py)
+    from callsctl_sfu.rtc.peer import DownTrack, MediaPeer
 
-Route = tuple[MediaPeer, DownTrack]
+Route = tuple["MediaPeer", "DownTrack"]
 _UNKNOWN: Any = object()  # an entry whose fan-out target is still to be worked out
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu import events
 from callsctl_sfu.calls.forward_metrics import ForwardMetrics
@@ -26,9 +26,12 @@ from callsctl_sfu.calls.shared import SharedEvent
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.iceconfig import client_ice_servers
+from callsctl_sfu.rtc.medialoader import MediaLoader, MediaUnavailable
 from callsctl_sfu.rtc.mux import UdpMux
-from callsctl_sfu.rtc.peer import MediaPeer
 from callsctl_sfu.tasks import spawn
+
+if TYPE_CHECKING:  # built on aiortc: the media stack, loaded by the first join
+    from callsctl_sfu.rtc.peer import MediaPeer
 
 log = logging.getLogger("callsctl_sfu.calls")
 
@@ -82,9 +85,13 @@ class CallManager:
     """Owns every call and session of one server."""
 
     def __init__(self, config: ServeConfig, mux: UdpMux,
-                 metrics: ForwardMetrics | None = None) -> None:
+                 metrics: ForwardMetrics | None = None,
+                 media: MediaLoader | None = None) -> None:
         self.config = config
         self.mux = mux
+        # aiortc and the rest of the media stack, loaded once in a worker thread by the
+        # first call (rtc/medialoader.py); every join waits for that one load.
+        self.media = media if media is not None else MediaLoader()
         self.calls: dict[str, Call] = {}
         self.participants: dict[str, Member] = {}
         self.control_stats = ControlStats()
@@ -117,6 +124,11 @@ class CallManager:
 
     async def join(self, call_id: str, user: str, name: str, send: EventSender,
                    recorder: bool = False, role: str = "") -> Session:
+        try:  # off the loop, once for every join (the first /ws connection started it)
+            stack = await self.media.load()
+        except MediaUnavailable as exc:
+            raise JoinRefused("media_unavailable", f"calls are unavailable on this server: "
+                                                   f"{exc.message}") from None
         if self.closing:
             raise JoinRefused("shutting_down", "the server is shutting down; try again shortly")
         call = self.calls.get(call_id)
@@ -150,12 +162,11 @@ class CallManager:
         session = Session(new_session_id(), user, name or user, call_id, recorder=recorder,
                           role=role if recorder else "")
         forwarder = self.forwarder
-        peer = MediaPeer(session.session_id, self.mux, self._peer_signal_sender(session),
-                         forwarder.on_rtp, self._on_peer_state, on_rtcp=forwarder.on_rtcp,
-                         on_tracks=self._on_tracks,
-                         on_downtracks_ready=forwarder.on_downtracks_ready,
-                         ring_size=self.config.nack_buffer_size,
-                         simulcast=self.config.enable_simulcast)
+        peer: MediaPeer = stack.peer_class(
+            session.session_id, self.mux, self._peer_signal_sender(session), forwarder.on_rtp,
+            self._on_peer_state, on_rtcp=forwarder.on_rtcp, on_tracks=self._on_tracks,
+            on_downtracks_ready=forwarder.on_downtracks_ready,
+            ring_size=self.config.nack_buffer_size, simulcast=self.config.enable_simulcast)
         # Registered before any await, so concurrent joins of the same user count it;
         # without `send` until the sessions it replaces are gone (it gets no events
         # about them, and the call it joins does not end in between).

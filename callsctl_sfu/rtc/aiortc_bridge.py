@@ -7,7 +7,9 @@ frames. callsctl reads and writes those private attributes, and nowhere but
 here: each function below names the attribute it touches and why, so an
 upgrade of those libraries is a review of this file, not a hunt.
 
-`check()` runs at server start: the installed versions must be within the range
+`check()` runs when the media stack is loaded (rtc/medialoader.py: at the first
+call, or at start with --preload-media; the version half of it at every start):
+the installed versions must be within the range
 this file was verified with (the pins in pyproject.toml, `VERIFIED`), and every
 attribute reached here must exist on freshly made real objects. A mismatch is
 one clear line (`BridgeError`) instead of an AttributeError deep inside a call.
@@ -23,25 +25,15 @@ import dataclasses
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable
-from importlib import metadata
 from typing import Any
 
 from aiortc import RTCCertificate
 
-from callsctl_sfu.errors import CallsctlError
-
-# (lowest verified, first unverified) per distribution: pyproject.toml pins the same.
-VERIFIED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "aiortc": ((1, 16), (1, 17)),
-    "aioice": ((0, 13), (0, 14)),
-    "pylibsrtp": ((1, 0), (1, 1)),
-}
-
-
-class BridgeError(CallsctlError, RuntimeError):
-    """The installed aiortc/aioice/pylibsrtp do not have the internals callsctl uses."""
-    code = "aiortc_incompatible"
-
+# The verified ranges and their check live with the loader, which runs it at start
+# without importing this module (and so aiortc): rtc/medialoader.py.
+from callsctl_sfu.rtc.medialoader import VERIFIED as VERIFIED
+from callsctl_sfu.rtc.medialoader import BridgeError as BridgeError
+from callsctl_sfu.rtc.medialoader import check_versions as check_versions
 
 # -- aiortc: RTCPeerConnection ------------------------------------------------------------------
 
@@ -491,28 +483,6 @@ def srtp_function(name: str) -> tuple[int, str]:
 
 # -- the checks ---------------------------------------------------------------------------------
 
-def _version(text: str) -> tuple[int, int]:
-    parts = (text.split(".") + ["0"])[:2]
-    return int("".join(c for c in parts[0] if c.isdigit()) or 0), \
-        int("".join(c for c in parts[1] if c.isdigit()) or 0)
-
-
-def check_versions() -> None:
-    """Raise BridgeError unless each library is within the range in VERIFIED."""
-    for name, (lowest, beyond) in VERIFIED.items():
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            raise BridgeError(f"{name} is not installed: reinstall callsctl "
-                              f"(pip install callsctl)") from None
-        if not lowest <= _version(installed) < beyond:
-            raise BridgeError(
-                f"{name} {installed} is installed but callsctl's use of its internals is "
-                f"verified with {name} >={'.'.join(map(str, lowest))},"
-                f"<{'.'.join(map(str, beyond))}: install that range (pip install "
-                f"'{name}>={'.'.join(map(str, lowest))},<{'.'.join(map(str, beyond))}')")
-
-
 async def _self_test() -> None:
     """Every accessor above, once, on real objects (no socket is opened)."""
     import pylibsrtp
@@ -577,7 +547,7 @@ async def _self_test() -> None:
 
 
 async def check() -> None:
-    """The server-start check: versions in range and every internal reached present.
+    """The load-time check: versions in range and every internal reached present.
 
     Raises BridgeError with one line naming what is missing and what to do.
     """
@@ -587,3 +557,11 @@ async def check() -> None:
     except (AttributeError, ImportError, TypeError) as exc:
         raise BridgeError(f"aiortc/aioice/pylibsrtp internals callsctl relies on are missing "
                           f"({exc}): reinstall the versions pyproject.toml pins") from None
+
+
+# Importing this module brings the media stack (aiortc, pylibsrtp): hand libsrtp's
+# functions to the C side now, before any module binds the engine's names (peer.py's
+# Rewrite and Target, reports.py's Reception). Idempotent; rtc/fastpath.py, wire().
+from callsctl_sfu.rtc import fastpath  # noqa: E402 - after the accessors wire() calls
+
+fastpath.wire()

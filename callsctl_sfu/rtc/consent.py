@@ -46,8 +46,6 @@ from typing import Any
 
 from aioice import stun
 
-from callsctl_sfu.rtc import aiortc_bridge
-
 log = logging.getLogger("callsctl_sfu.rtc.consent")
 
 Address = tuple[str, int]
@@ -148,6 +146,8 @@ class SessionConsent:
 
     def send_check(self, now: float) -> None:
         """Send one consent check on the selected pair, remembered for its answer."""
+        from callsctl_sfu.rtc import aiortc_bridge  # loaded with the first session
+
         pair = aiortc_bridge.nominated_pair(self.connection)
         if pair is None:
             return
@@ -262,6 +262,8 @@ class ConsentScheduler:
     def run_due(self, now: float) -> None:
         """Send every check due by `now` and expire every consent that has lapsed."""
         heap = self._heap
+        if heap:  # a session means the media stack is loaded (rtc/medialoader.py)
+            from callsctl_sfu.rtc import aiortc_bridge
         while heap and heap[0][0] <= now:
             _at, _order, session = heapq.heappop(heap)
             if not session.active:

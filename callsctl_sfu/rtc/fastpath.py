@@ -6,7 +6,9 @@ pylibsrtp wheel aiortc already uses (its cffi module exposes the function's
 address), so both paths protect with the very same srtp_t and its sequence
 state. Before trusting that address, its C signature is checked against the
 libsrtp 2 one the extension was written for; anything else falls back to
-Python with the reason kept for `/version` and the startup log.
+Python with the reason kept for `/version` and the log. That happens when the
+media stack is loaded (`wire()`, called as rtc/aiortc_bridge.py is imported),
+not when this module is: an idle server imports this module but not pylibsrtp.
 
 Each receiver reaches the C side as a `Target` (rtc/_fanout.c), a typed object
 checked once when built; `PyTarget` is its twin with the same fields and
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 import atexit
 import ipaddress
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.rtp import PyRewrite
 
 # libsrtp 2.x, as pylibsrtp 1.0's cffi declares srtp_protect and srtp_unprotect.
@@ -48,6 +50,8 @@ def _wire_protect() -> str:
     """Give the extension libsrtp's srtp_protect and srtp_unprotect; '' when done, else why not."""
     if _fanout is None:
         return _import_error
+    from callsctl_sfu.rtc import aiortc_bridge  # the media stack (rtc/medialoader.py)
+
     try:
         protect, protect_signature = aiortc_bridge.srtp_function("srtp_protect")
         unprotect, unprotect_signature = aiortc_bridge.srtp_function("srtp_unprotect")
@@ -62,9 +66,14 @@ def _wire_protect() -> str:
     return ""
 
 
-_unavailable = _wire_protect()
+# Until wire() runs (the media stack's load, rtc/medialoader.py), the C engine is
+# expected when the extension is built and not switched off; libsrtp's functions are
+# only handed over then, because pylibsrtp is part of the stack an idle server does
+# not import. Nothing forwards before that: no session exists yet.
+_unavailable = _import_error
 if not _unavailable and os.environ.get(DISABLE_ENV, "").lower() in ("0", "off", "false", "no"):
     _unavailable = f"disabled by {DISABLE_ENV}"
+_wired = False
 
 AVAILABLE = not _unavailable
 ENGINE = "c" if AVAILABLE else "python"
@@ -159,6 +168,32 @@ fanout: Callable[..., FanoutResult] = (
 # (below it, handing work to other threads costs more than it saves).
 PARALLEL_MIN_TARGETS: int = _fanout.PARALLEL_MIN_TARGETS if _fanout is not None else 64
 MAX_THREADS: int = _fanout.MAX_THREADS if _fanout is not None else 64
+
+
+def wire() -> str:
+    """Hand libsrtp to the C side, once, when the media stack loads; '' or why Python runs.
+
+    Called as rtc/aiortc_bridge.py is imported (pylibsrtp is then), before the modules
+    that bind this module's engine-dependent names (Rewrite, Target, Reception...)
+    are. If libsrtp's functions are not the ones the extension was written for,
+    every name falls back to its Python twin here, with the reason kept for
+    /version and the log, as the old import-time wiring did.
+    """
+    global _wired, _unavailable, AVAILABLE, ENGINE, REASON, Rewrite, Target, Ingress
+    global InSession, InRoute, Reception, fanout
+    if _wired or not AVAILABLE:
+        _wired = True
+        return REASON
+    _wired = True
+    reason = _wire_protect()
+    if reason:
+        logging.getLogger("callsctl_sfu.rtc.fastpath").warning(
+            "forwarding engine: Python, up to 2.4x the CPU per packet: %s", reason)
+        _unavailable = REASON = reason
+        AVAILABLE, ENGINE = False, "python"
+        Rewrite, Target, fanout = PyRewrite, PyTarget, _no_fanout
+        Ingress = InSession = InRoute = Reception = None
+    return reason
 
 
 def usable_cpus() -> int:

@@ -37,7 +37,6 @@ from aioice.candidate import Candidate, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
 from callsctl_sfu.ratelog import RateLimitedLog
-from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.demux import deliver, parse_stun
 
 if TYPE_CHECKING:
@@ -356,6 +355,8 @@ class TcpStunProtocol(StunProtocol):
             old.close()
         self.streams[addr] = stream
         connection = self.connection
+        from callsctl_sfu.rtc import aiortc_bridge  # loaded with the first session
+
         remote = aiortc_bridge.remote_candidates(connection)
         for candidate in remote:
             if aiortc_bridge.candidate_network_host(candidate) == addr[0] \
@@ -374,6 +375,8 @@ class TcpStunProtocol(StunProtocol):
         if self.streams.get(addr) is not stream:
             return
         del self.streams[addr]
+        from callsctl_sfu.rtc import aiortc_bridge  # loaded with the first session
+
         pair = aiortc_bridge.nominated_pair(self.connection)
         if pair is not None and pair.protocol is self and pair.remote_addr == addr:
             log.info("%s: ICE-TCP connection from %s:%d closed", self.connection, *addr)

@@ -40,7 +40,7 @@ from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 
 from callsctl_sfu.ratelog import RateLimitedLog
-from callsctl_sfu.rtc import aiortc_bridge, fastpath
+from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
 from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
@@ -578,6 +578,9 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         connection._callsctl_muxed = True  # type: ignore[attr-defined]
         mux = self
+        # A connection exists only once the media stack is loaded (rtc/medialoader.py).
+        from callsctl_sfu.rtc import aiortc_bridge
+
         aiortc_bridge.replace_consent(connection, self.consent.add)
 
         async def gather_candidates() -> None:

@@ -9,7 +9,9 @@ without parsing anything (`run_parsed`). Why: typer 0.29 converts every option
 value with pydantic, which stays imported for the life of the process: about
 7.4 MB of a server's idle RSS (bench/RESULTS.md, docs/performance-memory.md).
 The settings go through a pipe, not the environment or the command line, so
-secrets appear in neither.
+secrets appear in neither. The banner's join-link token travels with them: it
+is minted before starting over, so the server does not import PyJWT (and,
+through it, cryptography) until it checks a participant's token.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from callsctl.serve_options import overrides, with_setting_flags
 from callsctl_sfu import __version__, links
 from callsctl_sfu.config import ConfigError, ServeConfig, flag_name, load_config, to_toml
 from callsctl_sfu.datadir import load_or_create_secret
+from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.tokens import issue_token
 
 if TYPE_CHECKING:
@@ -69,22 +72,39 @@ def serve(
     if print_config:
         typer.echo(to_toml(config), nl=False)
         return
-    _start_over(config)  # returns only if this process cannot re-execute itself
-    _serve(config)
+    banner_token = _banner_token(config)
+    _start_over(config, banner_token)  # returns only if this process cannot re-execute itself
+    _serve(config, banner_token)
 
 
-def _serve(config: ServeConfig) -> None:
+def _banner_token(config: ServeConfig) -> str | None:
+    """The banner's join-link token, minted here, before the server starts over.
+
+    Minting imports PyJWT, and PyJWT imports cryptography (about 9 MB): done in
+    the process that is about to be replaced, the running server keeps neither
+    until a participant's token is checked. None when the data dir cannot hold
+    the secret: the server then says what is wrong with it, in one line.
+    """
+    try:
+        secret = load_or_create_secret(config.data_dir)
+        return issue_token(secret, config.default_call, "guest", JOIN_LINK_TTL)
+    except CallsctlError:
+        return None
+
+
+def _serve(config: ServeConfig, banner_token: str | None = None) -> None:
     # The engine (aiohttp...) is imported only when serving, so every other command
     # starts fast.
     from callsctl_sfu.logsetup import configure_logging
 
     configure_logging(config.log_level, config.log_format)
-    asyncio.run(_run(config))  # a StartupError is one line and exit 1, from app.main
+    asyncio.run(_run(config, banner_token))  # a StartupError is one line and exit 1, from app.main
 
 
-def _start_over(config: ServeConfig) -> None:
+def _start_over(config: ServeConfig, banner_token: str | None) -> None:
     """Execute this same command line again, the parsed settings on a pipe (module doc)."""
-    data = json.dumps(dataclasses.asdict(config)).encode()
+    data = json.dumps({"config": dataclasses.asdict(config),
+                       "banner_token": banner_token}).encode()
     if len(data) >= 60000 or not sys.orig_argv:  # a pipe's buffer holds it without a reader
         return
     read, write = os.pipe()
@@ -114,15 +134,18 @@ def run_parsed() -> bool:
         fd = int(fd_text)
         with os.fdopen(fd, "rb") as pipe:
             values = json.loads(pipe.read())
-        config = ServeConfig(**values)
+        config = ServeConfig(**values["config"])
+        banner_token = values["banner_token"]
+        if banner_token is not None and not isinstance(banner_token, str):
+            raise TypeError("banner_token is not text")
     except (OSError, ValueError, TypeError) as exc:
         fail(f"serve could not read the settings it parsed before starting over ({exc}); "
              "run it again")
-    _serve(config)
+    _serve(config, banner_token)
     return True
 
 
-async def _run(config: ServeConfig) -> None:
+async def _run(config: ServeConfig, banner_token: str | None = None) -> None:
     from callsctl_sfu.server import Server
 
     server = Server(config)
@@ -135,7 +158,7 @@ async def _run(config: ServeConfig) -> None:
         loop.add_signal_handler(signal.SIGTERM, lambda: _drain_or_stop(server, stop))
     else:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    _print_banner(server)
+    _print_banner(server, banner_token)
     try:
         await stop.wait()
     finally:
@@ -149,11 +172,12 @@ def _drain_or_stop(server: Server, stop: asyncio.Event) -> None:
         server.fleet.drain("SIGTERM")
 
 
-def _print_banner(server: Server) -> None:
+def _print_banner(server: Server, token: str | None = None) -> None:
     """Like Jupyter: where it listens and a link that joins the default call."""
     config = server.config
-    secret = load_or_create_secret(config.data_dir)
-    token = issue_token(secret, config.default_call, "guest", JOIN_LINK_TTL)
+    if token is None:  # serving in the process that parsed the command line
+        token = issue_token(load_or_create_secret(config.data_dir), config.default_call,
+                            "guest", JOIN_LINK_TTL)
     advertised = server.advertised
     assert advertised is not None, "the banner is printed after Server.start()"
     # Values (paths, fingerprints, tokens) are printed as they are: with markup or

@@ -18,14 +18,13 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from callsctl_sfu.datadir import tighten_mode
 from callsctl_sfu.errors import CallsctlError
+
+if TYPE_CHECKING:  # cryptography (about 9 MB) is imported where a certificate is made or read
+    from cryptography import x509
 
 log = logging.getLogger("callsctl_sfu.tls")
 
@@ -51,6 +50,7 @@ class TlsMaterial:
 
 def _names(extra_hosts: list[str]) -> list[x509.GeneralName]:
     """SANs: loopback, this host's name, and the addresses clients will use."""
+    from cryptography import x509
     dns: list[str] = ["localhost"]
     ips: list[str] = ["127.0.0.1", "::1"]
     for host in [socket.gethostname(), *extra_hosts]:
@@ -70,6 +70,10 @@ def _names(extra_hosts: list[str]) -> list[x509.GeneralName]:
 
 def generate_self_signed(cert_path: Path, key_path: Path, hosts: list[str]) -> None:
     """Write a new EC P-256 certificate and key (key 0600)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "callsctl serve (self-signed)")])
     now = datetime.datetime.now(datetime.UTC)
@@ -101,6 +105,8 @@ def generate_self_signed(cert_path: Path, key_path: Path, hosts: list[str]) -> N
 
 
 def _still_good(cert_path: Path, key_path: Path) -> bool:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -128,6 +134,8 @@ def ensure_self_signed(data_dir: str | os.PathLike[str], hosts: list[str]) -> tu
 
 def fingerprint(cert_path: Path) -> str:
     """SHA-256 of the DER certificate, colon-separated, as browsers display it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))

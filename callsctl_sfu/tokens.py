@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 import unicodedata
 from dataclasses import dataclass
-
-import jwt
+from types import ModuleType
 
 from callsctl_sfu.errors import CallsctlError
 
@@ -34,6 +33,18 @@ class JoinGrant:
     role: str | None = None
 
 
+def _jwt() -> ModuleType:
+    """PyJWT, imported at the first token minted or checked, not with this module.
+
+    PyJWT imports cryptography whenever it is installed (for its RSA and EC
+    algorithms; about 9 MB of RSS and 80 ms), though join tokens are HS256 only:
+    an idle server, which has checked no token yet, does without it.
+    """
+    import jwt
+
+    return jwt
+
+
 def _printable(value: str) -> bool:
     """No lone surrogates (SQLite stores UTF-8) and no control characters (log lines)."""
     return not any(unicodedata.category(c) in ("Cs", "Cc") for c in value)
@@ -53,13 +64,14 @@ def issue_token(secret: bytes, call: str, user: str, ttl_seconds: float = DEFAUL
                                  "exp": issued + int(ttl_seconds)}
     if role:
         claims["role"] = role
-    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+    return _jwt().encode(claims, secret, algorithm=ALGORITHM)
 
 
 def verify_token(secret: bytes, token: str | None) -> JoinGrant:
     if not token:
         raise TokenError("no token: open the join link printed by `callsctl serve` "
                          "or mint one with `callsctl token`")
+    jwt = _jwt()
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
                             options={"require": ["exp", "sub", "call"]})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -48,8 +49,25 @@ async def test_idle_server_has_not_loaded_the_media_stack_and_serves_its_api(ser
     assert metrics.status_code == 200 and "rtcd_" in metrics.text
     assert admin_get(server, "/api/v1/calls").status_code == 200
     assert httpx.get(f"{server.api_url}/readyz", timeout=5).json()["ready"] is True
-    # Serving all that loaded nothing either.
+    # Serving all that loaded nothing either, nor cryptography (PyJWT's import of it
+    # waits for the first token checked; the banner's token was minted before).
     assert media_mapped(server) == []
+    with open(f"/proc/{server.process.pid}/maps") as maps:
+        assert "cryptography" not in maps.read()
+
+
+async def test_the_banner_join_link_admits_a_participant(server):
+    """The link's token is minted before the server starts over; it still joins."""
+    match = re.search(r"\?token=(\S+)", server.log())
+    assert match, server.log()[-2000:]
+    person = Participant(server.ws_url, match.group(1), "default", "guest", tone=None)
+    try:
+        await person.join()
+        await person.wait_connected(15)
+        with open(f"/proc/{server.process.pid}/maps") as maps:
+            assert "cryptography" in maps.read()  # checking the token imported PyJWT
+    finally:
+        await close_all([person])
 
 
 async def test_first_join_loads_the_media_stack_and_media_flows(server):

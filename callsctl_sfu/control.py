@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from callsctl_sfu.api.appkeys import CONTROL, WS_STATS
 from callsctl_sfu.api.events import EventHub
 from callsctl_sfu.api.protocol import MESSAGES
 from callsctl_sfu.calls.host import HostControls
@@ -154,7 +155,7 @@ class ControlPlane:
         self.manager = manager
         self.host = HostControls(manager)
         self.sampler = SessionSampler(manager)
-        ws_stats = app.setdefault("ws_stats", {"connections": 0})
+        ws_stats = app.setdefault(WS_STATS, {"connections": 0})
         ws_stats.setdefault("active", 0)
         # Every client message type starts at 0, so rate() works from the first scrape.
         ws_stats.setdefault("messages_in", Counter({kind: 0 for kind in
@@ -164,7 +165,7 @@ class ControlPlane:
         self.metrics = Metrics(manager, mux, ws_stats, {"events": self.hub})
         manager.observers.append(self._on_event)
         manager.join_checks.append(self._check_join)
-        app["control"] = self
+        app[CONTROL] = self
         add_admin_routes(app)
 
         async def end_streams(_app: web.Application) -> None:

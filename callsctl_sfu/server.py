@@ -18,6 +18,15 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from callsctl_sfu.api.appkeys import (
+    CONFIG,
+    JWT_SECRET,
+    MANAGER,
+    READINESS,
+    SERVER_INFO,
+    STATS,
+    WS_STATS,
+)
 from callsctl_sfu.api.conncap import ConnectionCap, auto_cap
 from callsctl_sfu.api.routes import add_routes, json_errors
 from callsctl_sfu.calls.manager import CallManager
@@ -135,13 +144,13 @@ class Server:
             self.manager = CallManager(config, mux, media=self.media)
 
             app = web.Application(middlewares=[json_errors])
-            app["config"] = config
-            app["manager"] = self.manager
-            app["jwt_secret"] = secret
-            app["server_info"] = self.info
-            app["readiness"] = self.readiness
-            app["stats"] = self.stats
-            app["ws_stats"] = {"connections": 0}
+            app[CONFIG] = config
+            app[MANAGER] = self.manager
+            app[JWT_SECRET] = secret
+            app[SERVER_INFO] = self.info
+            app[READINESS] = self.readiness
+            app[STATS] = self.stats
+            app[WS_STATS] = {"connections": 0}
             add_routes(app)
             self.control.attach(app, self.manager, mux)
             # The forwarder reports its sampled write costs to the Prometheus registry.

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from callsctl_sfu.api.appkeys import CONFIG, JWT_SECRET, MANAGER
 from callsctl_sfu.api.signaling import websocket_handler
 from callsctl_sfu.tokens import issue_token
 
@@ -43,9 +44,9 @@ def _waiting_handlers() -> list[dict[str, Any]]:
 
 async def test_the_handler_keeps_no_handled_frame_while_waiting() -> None:
     app = web.Application()
-    app["jwt_secret"] = SECRET
-    app["manager"] = None  # a ping before join needs no call manager
-    app["config"] = SimpleNamespace(max_message_size=65536, ws_rate_limit=0.0,
+    app[JWT_SECRET] = SECRET
+    app[MANAGER] = None  # a ping before join needs no call manager
+    app[CONFIG] = SimpleNamespace(max_message_size=65536, ws_rate_limit=0.0,
                                     ws_rate_burst=0.0)
     app.router.add_get("/ws", websocket_handler)
     marker = "m" * 4000  # as big as an SDP; pings may carry any extra field

@@ -25,6 +25,7 @@ import psutil
 from aiohttp import web
 
 from callsctl_sfu.api import paths
+from callsctl_sfu.api.appkeys import CONFIG, CONTROL, JOBS
 from callsctl_sfu.calls.host import HostControlError
 from callsctl_sfu.calls.sessionstats import describe_call, summarize_call
 from callsctl_sfu.errors import CallsctlError
@@ -55,7 +56,7 @@ class ApiError(CallsctlError):
 
 
 def _control(request: web.Request) -> ControlPlane:
-    return request.app["control"]
+    return request.app[CONTROL]
 
 
 # -- auth -----------------------------------------------------------------------------
@@ -85,7 +86,7 @@ async def admin_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 
 def _check_admin_key(request: web.Request) -> web.Response | None:
     """None when the request carries the admin key, else the response that refuses it."""
-    control = request.app.get("control")
+    control = request.app.get(CONTROL)
     if control is None:
         return error(503, "the admin API is not available on this server")
     header = request.headers.get("Authorization", "")
@@ -272,7 +273,7 @@ async def history(request: web.Request) -> web.Response:
         raise ApiError(400, f"call must be at most {MAX_ID} characters")
     await control.flush()
     calls = await control.store.history(limit, call_id)
-    jobs = request.app.get("jobs")
+    jobs = request.app.get(JOBS)
     if jobs is not None:  # each call's recordings (jobs/service.py)
         await jobs.annotate_history(calls)
     return web.json_response({"calls": calls})
@@ -344,7 +345,7 @@ def add_admin_routes(app: web.Application) -> None:
     r.add_get(paths.HISTORY, history)
     r.add_get(paths.EVENTS, events)
     r.add_get(paths.SYSTEM, system)
-    if not app["config"].metrics_port:  # else only the metrics listener serves it
+    if not app[CONFIG].metrics_port:  # else only the metrics listener serves it
         r.add_get(paths.METRICS, metrics)
 
 
@@ -355,7 +356,7 @@ def metrics_app(control: ControlPlane) -> web.Application:
     port that only their network reaches, as Mattermost does with port 8067.
     """
     app = web.Application()
-    app["control"] = control
+    app[CONTROL] = control
     app.router.add_get(paths.METRICS, metrics)
     return app
 

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from callsctl_sfu import __version__
+from callsctl_sfu.api.appkeys import READINESS, SERVER_INFO, STATS
 from callsctl_sfu.api.signaling import websocket_handler
 from callsctl_sfu.api.turn import add_turn_routes
 
@@ -22,13 +23,13 @@ async def index(_request: web.Request) -> web.StreamResponse:
 
 
 async def version(request: web.Request) -> web.Response:
-    info: dict[str, Any] = request.app["server_info"]()
+    info: dict[str, Any] = request.app[SERVER_INFO]()
     return web.json_response({"version": __version__, **info})
 
 
 async def stats(request: web.Request) -> web.Response:
     """Raw counters of the media path (what bench/ and `callsctl tune` read)."""
-    return web.json_response(request.app["stats"]())
+    return web.json_response(request.app[STATS]())
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -36,7 +37,7 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, reason = request.app["readiness"]()
+    ready, reason = request.app[READINESS]()
     return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from callsctl_sfu import events
+from callsctl_sfu.api.appkeys import CONFIG, FLEET, JWT_SECRET, MANAGER, WS_STATS
 from callsctl_sfu.api.invite import mint_invite
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
 from callsctl_sfu.api.ratelimit import TokenBucket
@@ -291,13 +292,13 @@ class SignalingConnection:
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    manager: CallManager = request.app["manager"]
-    config = request.app["config"]
+    manager: CallManager = request.app[MANAGER]
+    config = request.app[CONFIG]
     ws = web.WebSocketResponse(heartbeat=15, max_msg_size=HARD_FRAME_LIMIT, compress=False)
     await ws.prepare(request)
-    metrics = request.app.get("ws_stats")
+    metrics = request.app.get(WS_STATS)
     try:
-        grant = verify_token(request.app["jwt_secret"], _token_from(request))
+        grant = verify_token(request.app[JWT_SECRET], _token_from(request))
     except TokenError as exc:
         await ws.send_str(json.dumps(events.Error(code=exc.code, message=str(exc)).wire()))
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
@@ -310,9 +311,9 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         manager.media.start()
     connection = SignalingConnection(ws, grant, manager, config.max_message_size,
                                      config.ws_rate_limit, config.ws_rate_burst, metrics,
-                                     request.transport, secret=request.app["jwt_secret"])
+                                     request.transport, secret=request.app[JWT_SECRET])
     connection.token = _token_from(request) or ""
-    fleet = request.app.get("fleet")
+    fleet = request.app.get(FLEET)
     if fleet is not None and not await fleet.accept_ws(request, connection):
         return ws
     if metrics is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from callsctl_sfu.api.appkeys import CONFIG, JWT_SECRET
 from callsctl_sfu.api.signaling import _token_from
 from callsctl_sfu.iceconfig import client_ice_servers
 from callsctl_sfu.tokens import TokenError, verify_token
@@ -24,12 +25,12 @@ from callsctl_sfu.tokens import TokenError, verify_token
 
 async def turn_credentials(request: web.Request) -> web.Response:
     try:
-        grant = verify_token(request.app["jwt_secret"], _token_from(request))
+        grant = verify_token(request.app[JWT_SECRET], _token_from(request))
     except TokenError as exc:
         return web.json_response({"error": f"unauthorized: {exc}", "status": 401,
                                   "path": request.path}, status=401,
                                  headers={"WWW-Authenticate": "Bearer"})
-    servers = client_ice_servers(request.app["config"], grant.user)
+    servers = client_ice_servers(request.app[CONFIG], grant.user)
     return web.json_response(servers, headers={"Cache-Control": "no-store"})
 
 

@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from callsctl_sfu.api import paths
+from callsctl_sfu.api.appkeys import FLEET
 from callsctl_sfu.fleet import placement
 from callsctl_sfu.fleet.relay import FLEET_HEADER, FROM_HEADER
 
@@ -107,13 +108,13 @@ async def _forward(request: web.Request, node: FleetNode, target: Any) -> web.St
 
 
 async def fleet_nodes(request: web.Request) -> web.Response:
-    node: FleetNode = request.app["fleet"]
+    node: FleetNode = request.app[FLEET]
     return web.json_response({"node": node.node_id, "redis_up": node.redis_up,
                               "nodes": [n.public() for n in node.nodes.values()]})
 
 
 async def fleet_lost(request: web.Request) -> web.Response:
-    node: FleetNode = request.app["fleet"]
+    node: FleetNode = request.app[FLEET]
     try:
         lost = await placement.lost_calls(node.redis)
     except Exception as exc:
@@ -127,7 +128,7 @@ async def fleet_media(request: web.Request) -> web.Response:
     What `check all` probes. Clients see these addresses in ICE candidates anyway;
     API URLs, calls and counts stay behind the admin key.
     """
-    node: FleetNode = request.app["fleet"]
+    node: FleetNode = request.app[FLEET]
     return web.json_response({"node": node.node_id, "nodes": [
         {"node_id": n.node_id, "state": n.state, "media_host": n.media_host,
          "media_port": n.media_port, "media_tcp_port": n.media_tcp_port}

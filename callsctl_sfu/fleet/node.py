@@ -28,6 +28,7 @@ import psutil
 from redis.asyncio import Redis
 
 from callsctl_sfu import __version__
+from callsctl_sfu.api.appkeys import FLEET
 from callsctl_sfu.calls.sessionstats import summarize_call
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret
 from callsctl_sfu.errors import CallsctlError
@@ -121,7 +122,7 @@ class FleetNode:
         from callsctl_sfu.fleet.metrics import FleetCollector
 
         add_fleet_routes(app, self)
-        app["fleet"] = self
+        app[FLEET] = self
         control = self.server.control
         if control is not None and control.metrics is not None:
             control.metrics.registry.register(FleetCollector(self))

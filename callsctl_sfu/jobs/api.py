@@ -20,6 +20,7 @@ from aiohttp import web
 
 from callsctl_sfu.api import paths
 from callsctl_sfu.api.admin import ApiError, _body, _id, error
+from callsctl_sfu.api.appkeys import JOBS
 from callsctl_sfu.jobs.model import JobError, parse_create
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ TAIL_MAX = 10000
 
 
 def _service(request: web.Request) -> JobService:
-    return request.app["jobs"]
+    return request.app[JOBS]
 
 
 def _handles_job_errors(handler: Any) -> Any:

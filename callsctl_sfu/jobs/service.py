@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu import events
+from callsctl_sfu.api.appkeys import JOBS, JWT_SECRET, SERVER_INFO
 from callsctl_sfu.calls.manager import JoinRefused
 from callsctl_sfu.jobs.model import FINISHED, Job, JobError, new_job_id
 from callsctl_sfu.jobs.queue import QueueError, QueueRunner
@@ -379,12 +380,12 @@ def attach_jobs(app: web.Application, control: ControlPlane) -> JobService:
     from callsctl_sfu.jobs.captions import CaptionMetrics, CaptionRelay
 
     assert control.manager is not None
-    service = JobService(control, control.manager, app["jwt_secret"], app["server_info"])
+    service = JobService(control, control.manager, app[JWT_SECRET], app[SERVER_INFO])
     control.manager.recording_control = service.host_record
     control.manager.captions_control = service.host_captions
     metrics = CaptionMetrics(control.metrics.registry if control.metrics else None)
     control.manager.captions_relay = CaptionRelay(control.manager, metrics)
-    app["jobs"] = service
+    app[JOBS] = service
 
     async def on_startup(_app: web.Application) -> None:
         await service.start()

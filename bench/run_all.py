@@ -382,6 +382,31 @@ def machine_steal() -> tuple[float, float]:
     return (fields[7] if len(fields) > 7 else 0.0), sum(fields[:8])
 
 
+def ksoftirqd_pids() -> list[int]:
+    """The kernel's per-CPU softirq threads (ksoftirqd/N).
+
+    Loopback delivery runs as a softirq: in the sender's own system call while
+    the load is light, but deferred to ksoftirqd when softirqs keep coming, and
+    then charged to that thread, not to the server. Their CPU over the window
+    is shown beside the server's so such a shift is visible.
+    """
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().startswith("ksoftirqd/"):
+                pids.append(int(comm.parent.name))
+    return pids
+
+
+def cpu_of(pids: list[int]) -> float:
+    """utime + stime of these processes, seconds (gone ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += proc_cpu_seconds(pid)
+    return total
+
+
 def run_queue_wait(pid: int) -> float:
     """Seconds pid's main thread spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
     try:
@@ -402,6 +427,7 @@ class WindowSampler:
         self.slices = slices
         self.test: LoadTest | ProcessLoadTest | None = None
         self.samples: list[dict[str, float | None]] = []
+        self.softirq_threads = ksoftirqd_pids()
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
@@ -448,7 +474,8 @@ class WindowSampler:
             "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
             "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded,
             "delivered": float(self.test.progress().packets_received),
-            "wait": run_queue_wait(self.pid), "steal": steal, "total": total})
+            "wait": run_queue_wait(self.pid), "steal": steal, "total": total,
+            "ksoftirqd": cpu_of(self.softirq_threads)})
 
     async def hook(self, edge: str) -> None:
         if edge == "start":
@@ -498,6 +525,10 @@ class WindowSampler:
                                          / seconds, 1) if seconds > 0 else None,
             "steal_percent": round(100 * (last["steal"] - first["steal"])  # type: ignore
                                    / max(1.0, last["total"] - first["total"]), 1),  # type: ignore
+            # Every ksoftirqd/N thread's CPU in % of one core: softirq work (loopback
+            # delivery among it) the kernel deferred there instead of the sender's call.
+            "ksoftirqd_percent": round(100 * (last["ksoftirqd"] - first["ksoftirqd"])  # type: ignore
+                                       / seconds, 1) if seconds > 0 else None,
         }
 
 
@@ -860,6 +891,11 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
     if waits:
         notes.append("Contention: " + "; ".join(waits) + ". Delay figures suffer from it; "
                      "CPU per packet much less (CPU time only counts while running).")
+    softirq = sfu["cpu"].get("ksoftirqd_percent")
+    if softirq is not None:
+        notes.append(f"ksoftirqd (all CPUs) used {softirq:g} % of a core during the callsctl "
+                     "window: softirq work, loopback delivery among it, that the kernel "
+                     "deferred to its own threads and so charged to no process under test.")
     sfu_us = sfu["cpu"].get("us_per_packet")
     python_us = python_engine["cpu"].get("us_per_packet") if python_engine else None
     if sfu_us and python_us:

@@ -179,6 +179,7 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
         probe_loss=result.get("probe_loss"), meter=result.get("meter"),
         server_cpu_percent=cpu.get("cpu_percent"), us_per_packet=cpu.get("us_per_packet"),
         server_wait_percent=cpu.get("server_wait_percent"),
+        ksoftirqd_percent=cpu.get("ksoftirqd_percent"),
         loadgen_cpu_percent=loadgen,
         loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,
         cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"))
@@ -309,7 +310,9 @@ def render(report: dict[str, Any]) -> str:
                         else f" ({100 * row['probe_loss']:.2f} %)"),
                      f"{_cell(row.get('delay_p50_ms'), '.1f')} / "
                      f"{_cell(row.get('delay_p99_ms'), '.1f', ' ms')}",
-                     _cell(row.get("server_cpu_percent"), ".0f", " %"),
+                     _cell(row.get("server_cpu_percent"), ".0f", " %")
+                     + ("" if not row.get("ksoftirqd_percent") else
+                        f" (+{row['ksoftirqd_percent']:.0f} % ksoftirqd)"),
                      _cell(row.get("server_wait_percent"), ".0f", " %"),
                      f"{_cell(row.get('loadgen_cpu_percent'), '.0f', ' %')} "
                      f"({_cell(row.get('loadgen_lag_p99_ms'), '.0f', ' ms')})",
@@ -342,7 +345,9 @@ def render(report: dict[str, Any]) -> str:
                          + contention_caveat(report["configs"]))
     lines += [
         "- Columns: packets/s forwarded = the server's /stats `rtp_forwarded` over the window; "
-        "server CPU = its utime+stime (all threads) in % of one core; server waited = its main "
+        "server CPU = its utime+stime (all threads) in % of one core (+ the kernel's ksoftirqd "
+        "threads' when they worked: softirq work, loopback delivery among it, deferred there "
+        "and charged to no process under test); server waited = its main "
         "thread runnable but not running (other load on the machine); load generator CPU = "
         "this process's CPU in % of one core (one Python thread: near 100 % it is the limit).",
     ]

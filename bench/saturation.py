@@ -76,6 +76,7 @@ from run_all import (  # noqa: E402
     machine,
     measure,
     parse_cpus,
+    pin_process,
     sample_every,
 )
 
@@ -91,6 +92,8 @@ LOADGEN_BOUND_PERCENT = 90.0  # the generator's thread near a full core: it may 
 CONTENDED_WAIT_PERCENT = 10.0
 SYSTEMS = {"callsctl": "callsctl", "python": PYTHON_ENGINE}
 COMPARE = ((0,), (0, 1))
+# --compare-cpus without --loadgen-cpus: where the load generator runs beside each (by cores).
+COMPARE_LOADGEN = {1: (1,), 2: (0, 1)}
 
 
 def step_limit(participants: int, window: float) -> float:
@@ -339,7 +342,9 @@ def render(report: dict[str, Any]) -> str:
         if r["packets_per_s"] is None:
             lines.append("- 2 cores / 1 core: n/a (a configuration has no saturation point).")
         else:
-            lines.append(f"- 2 cores / 1 core: {r['packets_per_s']:.2f}x the forwarded "
+            capped = report["configs"][-1]["saturation"]["capped_by_steps"]
+            lines.append(f"- 2 cores / 1 core: {'at least ' if capped else ''}"
+                         f"{r['packets_per_s']:.2f}x the forwarded "
                          f"packets/s at the saturation point ({r['participants']:.2f}x the "
                          "participants), with the load generator sharing the 2 cores."
                          + contention_caveat(report["configs"]))
@@ -384,8 +389,13 @@ def parse_steps(parser: argparse.ArgumentParser, text: str, max_n: int,
 
 async def main_async(args: argparse.Namespace, configs: list[Cpus]) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.UTC)
-    results = [await ladder(args.system, cpus, args.steps, args.window, args.slices,
-                            args.retries, args.sink, args.call_size) for cpus in configs]
+    results = []
+    for cpus in configs:
+        if args.compare_cpus and args.loadgen_cpus is None:
+            # 1 core: the load generator on the other CPU; 2 cores: on both, as the server.
+            pin_process(os.getpid(), COMPARE_LOADGEN[len(cpus or ())])
+        results.append(await ladder(args.system, cpus, args.steps, args.window, args.slices,
+                                    args.retries, args.sink, args.call_size))
     return {"measured_at": started.strftime("%Y-%m-%d %H:%M UTC"), "host": machine(),
             "sink": args.sink, "call_size": args.call_size,
             "window_s": args.window, "slices": args.slices, "configs": results,
@@ -405,7 +415,9 @@ def main() -> None:
                         help="each step is calls of N participants (steps multiples of N); "
                              "default: one call")
     parser.add_argument("--compare-cpus", action="store_true",
-                        help="run the ladder on CPU 0, then on CPU 0,1, and print the ratio")
+                        help="run the ladder on CPU 0, then on CPU 0,1, and print the ratio; "
+                             "without --loadgen-cpus the load generator runs on CPU 1, "
+                             "then on CPU 0,1")
     parser.add_argument("--window", type=float, default=10.0,
                         help="seconds of steady state measured per step (default 10)")
     parser.add_argument("--slices", type=int, default=5, help="slices of the window (median)")

@@ -73,6 +73,7 @@ from sink_meter import (  # noqa: E402
     Counts,
     MeterError,
     SinkMeter,
+    probes_for,
     self_check,
     window_checks,
 )
@@ -573,7 +574,8 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
     the result.
 
     `sink`: the sink meter on the server's media port (bench/sink_meter.py):
-    SRTP to all but PROBES receivers per call is counted and dropped at the
+    SRTP to all but `probes_for(users)` receivers per call (2 to PROBES, a tenth
+    of the call) is counted and dropped at the
     loopback device; those probes (on PROBE_ADDRESS) are the ones the load
     generator measures. `loss` is then the meter's, over every receiver
     (forwarded / (incoming x receivers)); `probe_loss` the probes' own.
@@ -604,7 +606,7 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
                             local_address=local_address, settle_timeout=15,
                             delay_sample_every=delay_sample_every,
                             processes=LOADGEN_PROCESSES,
-                            probes_per_call=min(PROBES, shape.users) if sink else 0,
+                            probes_per_call=probes_for(shape.users) if sink else 0,
                             probe_address=PROBE_ADDRESS if sink else None)
         sampler = WindowSampler(pid, running, slices)
         sampler.slice_s = window / slices
@@ -633,7 +635,7 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
     rss_end = figures.get("rss_end")
     metered = None
     if sink:
-        metered = {"probes_per_call": min(PROBES, shape.users), "probe_address": PROBE_ADDRESS,
+        metered = {"probes_per_call": probes_for(shape.users), "probe_address": PROBE_ADDRESS,
                    "problems": ["the window never opened"]}
         if len(reads) == 2:
             counts = reads[1] - reads[0]
@@ -804,7 +806,8 @@ def sink_notes(result: dict[str, Any]) -> list[str]:
     """What the sink meter counted, for the server(s) and the floors of a --sink run."""
     notes = ["Sink mode (bench/sink_meter.py): the server's SRTP copies were counted and "
              "dropped at the loopback device's egress, after the whole send path, except to "
-             f"{PROBES} probe receivers per call on {PROBE_ADDRESS}, which the load generator "
+             "a few probe receivers per call (a tenth of it, 2 to "
+             f"{PROBES}) on {PROBE_ADDRESS}, which the load generator "
              "measured (delay; `probe loss`). No receiver's socket delivery is charged to the "
              "sender and the generator reads only the probes' packets. Loss = 1 - forwarded / "
              "(SRTP in x receivers per packet), from the meter's counters."]
@@ -956,6 +959,63 @@ def _span(values: list[tuple[str, float]], fmt: str) -> str:
     return ", ".join(f"{key} {fmt.format(value)}" for key, value in values)
 
 
+def render_sink_summary(runs: list[dict[str, Any]]) -> str:
+    """One table for the scenarios of one --sink run: server beside both floors, per packet."""
+    first = runs[0]
+    keys = " ".join(r["key"] for r in runs)
+    command = first["command"].replace(f" --only {first['key']}", f" --only {keys}")
+    lines = [
+        "## Server CPU per forwarded packet against the floors, sink mode (bench/run_all.py "
+        "--sink)",
+        "",
+        f"Command: `{command}`  ",
+        f"Measured: {first['measured_at']} to {runs[-1]['measured_at']} on {first['host']}; "
+        "load average " + ", ".join(f"{r['load_average'][0]:g}-{r['load_average'][1]:g}"
+                                    for r in runs) + " (before-after each scenario).  ",
+        cores_text(first),
+        "",
+        "| scenario | packets/s out | server CPU (+ksoftirqd) | server µs / packet, median "
+        "slice (min-max) | C floor µs | x C floor | Python floor µs | delay p50 / p99 "
+        "(probes) | loss, all receivers (probes) | load generator CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        sfu, fl, py = r["callsctl"], r["floor"], r.get("floor_python")
+        cpu = sfu["cpu"]
+        us = cpu.get("us_per_packet")
+        delay = sfu.get("delay_ms") or {}
+        cells = [
+            r["title"].split(",")[0] + ", " + r["title"].split(",")[1].strip(),
+            _cell_f(cpu.get("packets_per_s"), ",.0f"),
+            f"{_cell_f(cpu.get('cpu_percent'), '.1f')} % "
+            f"(+{_cell_f(cpu.get('ksoftirqd_percent'), '.1f')} %)",
+            "n/a" if us is None else f"**{us:.2f}** ({cpu['us_min']:.2f}-{cpu['us_max']:.2f})",
+            f"{fl['us_per_packet']:.2f}",
+            "n/a" if us is None else f"{us / fl['us_per_packet']:.1f}x",
+            "n/a" if py is None else f"{py['us_per_packet']:.2f}",
+            f"{_cell_f(delay.get('p50'), '.1f')} / {_cell_f(delay.get('p99'), '.1f')} ms",
+            f"{_loss(sfu.get('loss'))} ({_loss(sfu.get('probe_loss'))})",
+            loadgen_cpu(sfu),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    problems = [f"{r['key']}: {p}" for r in runs for p in
+                ((r["callsctl"].get("meter") or {}).get("problems") or [])]
+    lines += ["", "- The server and both floors were metered alike (bench/sink_meter.py): "
+              "copies counted and dropped at the loopback device, except to a tenth of each "
+              f"call's receivers (2 to {PROBES}), the probes. C floor = SRTP unprotect once, "
+              "then libsrtp protect + sendmmsg per copy through the C fan-out on one thread "
+              "(`srtp_floor.py --engine c --sink`); Python "
+              "floor = protect + sendto per copy in Python (`srtp_floor.py --sink`).",
+              "- Meter checks: " + ("; ".join(problems) if problems else
+                                    "every window counted SRTP in and out, every copy counted "
+                                    "to a probe arrived, none to a dropped receiver did.")]
+    return "\n".join(lines)
+
+
+def _cell_f(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else f"{value:{fmt}}"
+
+
 def render_summary(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "## Summary of the scenarios (bench/run_all.py)",
@@ -1098,7 +1158,8 @@ def add_sink_option(parser: argparse.ArgumentParser) -> None:
     """--sink, shared by run_all.py and saturation.py."""
     parser.add_argument("--sink", action="store_true",
                         help="sink mode: count and drop the server's forwarded SRTP at the "
-                             f"loopback device except to {PROBES} probe receivers per call "
+                             "loopback device except to a few probe receivers per call (a "
+                             f"tenth, 2 to {PROBES}) "
                              "(bench/sink_meter.py; needs root and nft); the floor the same "
                              "way; without it the copies are delivered (the old tables' mode)")
 
@@ -1168,6 +1229,13 @@ async def main_async(args: argparse.Namespace) -> None:
         if args.write:
             write_section(args.write, f"scenario-{key}", body)
             store.write_text(json.dumps(results, indent=1) + "\n")
+    if args.sink and len(chosen) > 1:
+        keys = [section_key(sc.key, args.server_cpus, True) for sc in chosen]
+        table = render_sink_summary([results[k] for k in keys if k in results])
+        print(table)
+        if args.write:
+            write_section(args.write, "sink-summary-" + "-".join(sc.key for sc in chosen)
+                          + f"-cpus{cpu_list(args.server_cpus).replace(',', '+')}", table)
     if args.server_cpus is not None or args.sink:
         return  # the summary is of the unpinned runs; pinned ones have their own sections
     summary = render_summary(results)

@@ -31,9 +31,9 @@ worker's. The default stays 1 so the recorded figures remain comparable.
 
 `--sink`: every step with the sink meter (bench/sink_meter.py, run_all.py
 --sink): the server's copies are counted and dropped at the loopback device
-except to 8 probe receivers per call, so neither the receivers' socket
-delivery nor the load generator's reading of 100k+ packets/s takes the
-server's CPU. Loss is then the meter's over every receiver (forwarded /
+except to a few probe receivers per call (a tenth, 2 to 8), so neither the
+receivers' socket delivery nor the load generator's reading of 100k+
+packets/s takes the server's CPU. Loss is then the meter's over every receiver (forwarded /
 (incoming x receivers)) and the probes' own; a step passes only if both are
 under 0.1 % and the meter's own checks hold. Steps may then go up to 2000
 participants (the load generator reads only the probes' packets).
@@ -286,7 +286,8 @@ def render(report: dict[str, Any]) -> str:
     if report.get("sink"):
         lines += [
             "Sink mode (bench/sink_meter.py): the server's SRTP copies are counted and dropped "
-            "at the loopback device's egress except to 8 probe receivers per call; loss is the "
+            "at the loopback device's egress except to a few probe receivers per call (a tenth "
+            "of it, 2 to 8); loss is the "
             "meter's over every receiver (forwarded / (incoming x receivers)), with the "
             "probes' own in brackets; delay is the probes'. The receivers' socket delivery "
             "and the load generator's reading of every copy are no longer on the machine's "

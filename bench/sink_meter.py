@@ -56,7 +56,16 @@ from dataclasses import dataclass
 from typing import Any
 
 PROBE_ADDRESS = "127.0.0.2"
-PROBES = 8  # probe receivers per call in sink mode (delay and loss measured on them)
+PROBES = 8  # at most this many probe receivers per call (delay and loss measured on them)
+
+
+def probes_for(users: int) -> int:
+    """Probe receivers in a call of `users`: a tenth of it, at least 2 and at most PROBES.
+
+    Few enough that small calls are still mostly sink (1 x 10: 2 of 9 receivers
+    delivered), enough for thousands of delay samples a second in big ones.
+    """
+    return min(users, max(2, min(PROBES, users // 10)))
 COUNTERS = ("media_in", "forwarded", "to_probes", "dropped", "probe_arrived", "leaked")
 # The first UDP payload octet 128-191 (top two bits 10) and the second not 192-223.
 SRTP_MATCH = "@th,64,2 2 @th,72,8 != 192-223"

@@ -24,7 +24,8 @@ incoming packet stays a pylibsrtp call.
 
 `--sink`: the sink meter (bench/sink_meter.py) on the sending socket: every
 copy goes through the send path up to the loopback device, where all but those
-to the first PROBES receivers (bound on the probe address, 127.0.0.2) are
+to the first `probes_for(receivers + 1)` receivers (bound on the probe
+address, 127.0.0.2; as many as the server's run has per call) are
 counted and dropped, as the servers are measured with run_all.py --sink. The
 meter's counts go in the JSON (`meter`: forwarded must equal sent).
 
@@ -54,7 +55,7 @@ from aiortc.rtcdtlstransport import SRTP_PROFILES
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sink_meter import PROBE_ADDRESS, PROBES, SinkMeter, window_checks  # noqa: E402
+from sink_meter import PROBE_ADDRESS, SinkMeter, probes_for, window_checks  # noqa: E402
 
 from callsctl_sfu.client.loadgen import (  # noqa: E402
     STAMP_LEN,
@@ -140,7 +141,7 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
             repeats: int, pace_ms: float = 1.0, engine: str = "python",
             sink: bool = False) -> dict[str, Any]:
     """CPU µs per sent packet, median of `repeats` runs of at least `min_sent` packets."""
-    probes = min(PROBES, receivers) if sink else 0
+    probes = probes_for(receivers + 1) if sink else 0
     drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(receivers), str(probes),
                               PROBE_ADDRESS], stdout=subprocess.PIPE, text=True)
     meter: SinkMeter | None = None
@@ -229,7 +230,8 @@ def main() -> None:
                              "recorded floor); c: fastpath.fanout (libsrtp + sendmmsg in C)")
     parser.add_argument("--sink", action="store_true",
                         help="count and drop the copies at the loopback device except to "
-                             f"{PROBES} probe receivers (bench/sink_meter.py; needs root, nft)")
+                             "a tenth of the receivers, 2 to 8 (bench/sink_meter.py; needs "
+                             "root and nft)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (1 <= args.receivers <= 2000 and 0 <= args.publishers <= 100

@@ -681,7 +681,11 @@ async def floor(shape: Shape, cpus: Cpus = None, sink: bool = False,
         args.append("--screen")  # video-sized packets
     process = await asyncio.create_subprocess_exec(*pinned(args, cpus), cwd=REPO,
                                                    stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(process.communicate(), 300)
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 300)
+    finally:
+        # Interrupted or timed out: SIGTERM lets its sink meter remove its tables.
+        await stop_process(process, grace_s=10)
     if process.returncode != 0:
         raise RuntimeError("srtp_floor.py failed")
     return json.loads(out)
@@ -1164,6 +1168,14 @@ def add_sink_option(parser: argparse.ArgumentParser) -> None:
                              "way; without it the copies are delivered (the old tables' mode)")
 
 
+def sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C: servers under test stopped, sink meters removed."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def check_sink(parser: argparse.ArgumentParser, sink: bool) -> None:
     """The meter's self-check before anything relies on it: exit 1 with what failed."""
     if not sink:
@@ -1270,6 +1282,7 @@ def main() -> None:
     if args.sink and not args.skip_relay:
         args.skip_relay = True  # the reference's media port is its own: not metered
     check_sink(parser, args.sink)
+    sigterm_as_interrupt()
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60
             and 2 <= args.relay_max <= 100 and 2 <= args.relay_max_screen <= 50):
         parser.error("window 3..600 s, slices 2..60, relay-max 2..100, relay-max-screen 2..50")

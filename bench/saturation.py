@@ -78,6 +78,7 @@ from run_all import (  # noqa: E402
     parse_cpus,
     pin_process,
     sample_every,
+    sigterm_as_interrupt,
 )
 
 STEPS = (50, 100, 200, 300, 500, 700, 1000)
@@ -443,6 +444,7 @@ def main() -> None:
         parser.error("--compare-cpus runs CPU 0 and CPU 0,1 itself; drop --server-cpus")
     apply_cpu_options(parser, args)
     check_sink(parser, args.sink)
+    sigterm_as_interrupt()
     if args.compare_cpus:
         try:
             configs: list[Cpus] = [parse_cpus(cpu_list(c)) for c in COMPARE]

@@ -191,9 +191,14 @@ _CLOSERS: list[Any] = []
 
 
 def _chain_sigterm(closer: Any) -> None:
-    """On SIGTERM close every open meter, then die as SIGTERM would have."""
+    """On SIGTERM close every open meter, then die as SIGTERM would have.
+
+    Only where nobody handles SIGTERM yet (srtp_floor.py): run_all.py and
+    saturation.py turn it into KeyboardInterrupt, whose unwinding closes the
+    meters (and stops the server under test) in their `finally` blocks.
+    """
     _CLOSERS.append(closer)
-    if len(_CLOSERS) > 1:
+    if len(_CLOSERS) > 1 or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
 
     def on_term(signum: int, _frame: Any) -> None:

@@ -36,9 +36,13 @@ meter's counts go in the JSON (`meter`: forwarded must equal sent).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import itertools
 import json
 import os
+import signal
 import socket
 import statistics
 import struct
@@ -68,7 +72,8 @@ from callsctl_sfu.client.loadgen import (  # noqa: E402
 # is what the server's sessions with the load generator and with Chrome use.
 PROFILE = SRTP_PROFILES[0]
 KEY_LEN = PROFILE.key_length + PROFILE.salt_length
-DRAIN = ("import selectors,socket,sys\n"
+DRAIN = ("import ctypes,ctypes.util,selectors,signal,socket,sys\n"
+         "ctypes.CDLL(ctypes.util.find_library('c')).prctl(1,signal.SIGKILL)\n"
          "sel=selectors.DefaultSelector()\n"
          "ports=[]\n"
          "for i in range(int(sys.argv[1])):\n"
@@ -216,7 +221,26 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
         drain.wait(5)
 
 
+def end_with_parent() -> None:
+    """SIGTERM (as Ctrl-C) when the parent dies or asks: the sink meter and drain go too.
+
+    run_all.py starts this as a child; if it is killed or interrupted, PR_SET_PDEATHSIG
+    (prctl(2), Linux) sends SIGTERM here, and the KeyboardInterrupt it becomes unwinds
+    `measure`'s `finally`: the meter's tables are deleted and the drain child killed.
+    """
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent was already gone
+        raise SystemExit(1)
+
+
 def main() -> None:
+    end_with_parent()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--receivers", type=int, default=9)
     parser.add_argument("--publishers", type=int, default=2)
@@ -241,8 +265,11 @@ def main() -> None:
                      "pace-ms 0..20")
     if args.publishers == 0 and not args.screen:
         parser.error("nothing to send: give --publishers or --screen")
-    result = measure(args.receivers, args.publishers, args.screen, args.min_sent, args.repeats,
-                     args.pace_ms, args.engine, args.sink)
+    try:
+        result = measure(args.receivers, args.publishers, args.screen, args.min_sent,
+                         args.repeats, args.pace_ms, args.engine, args.sink)
+    except KeyboardInterrupt:
+        raise SystemExit("srtp_floor: interrupted (the sink meter's tables were removed)") from None
     print(json.dumps(result) if args.json else
           f"{result['us_per_packet']:.2f} µs CPU per sent packet (median of {args.repeats}, "
           f"{result['receivers']} receivers, {result['mean_packet_octets']:.0f} octets)")

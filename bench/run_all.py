@@ -408,6 +408,20 @@ def cpu_of(pids: list[int]) -> float:
     return total
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime) of every thread of pid, by thread id."""
+    out: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def run_queue_wait(pid: int) -> float:
     """Seconds pid's main thread spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
     try:
@@ -429,6 +443,7 @@ class WindowSampler:
         self.test: LoadTest | ProcessLoadTest | None = None
         self.samples: list[dict[str, float | None]] = []
         self.softirq_threads = ksoftirqd_pids()
+        self.threads: list[dict[int, float]] = []  # per-thread CPU at the window's edges
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
@@ -479,6 +494,7 @@ class WindowSampler:
             "ksoftirqd": cpu_of(self.softirq_threads)})
 
     async def hook(self, edge: str) -> None:
+        self.threads.append(thread_cpu(self.pid))
         if edge == "start":
             self._http = aiohttp.ClientSession()
             await self.sample()
@@ -530,7 +546,23 @@ class WindowSampler:
             # delivery among it) the kernel deferred there instead of the sender's call.
             "ksoftirqd_percent": round(100 * (last["ksoftirqd"] - first["ksoftirqd"])  # type: ignore
                                        / seconds, 1) if seconds > 0 else None,
+            "threads_percent": self.thread_figures(),
         }
+
+    def thread_figures(self) -> dict[str, Any] | None:
+        """The server's main thread (event loop, media socket reader) and the busiest others.
+
+        In % of one core over the window: a main thread near 100 % is the limit
+        whatever the other cores do (the reading side is one thread).
+        """
+        if len(self.threads) < 2 or not self.samples:
+            return None
+        before, after = self.threads[0], self.threads[-1]
+        seconds = max(1e-9, self.samples[-1]["t"] - self.samples[0]["t"])  # type: ignore
+        used = {tid: 100 * (after[tid] - before.get(tid, 0.0)) / seconds for tid in after}
+        others = sorted((v for tid, v in used.items() if tid != self.pid), reverse=True)
+        return {"main": round(used.get(self.pid, 0.0), 1),
+                "others": [round(v, 1) for v in others[:4] if v >= 0.5]}
 
 
 async def measure(kind: str, shape: Shape, window: float, slices: int,
@@ -978,10 +1010,11 @@ def render_sink_summary(runs: list[dict[str, Any]]) -> str:
                                     for r in runs) + " (before-after each scenario).  ",
         cores_text(first),
         "",
-        "| scenario | packets/s out | server CPU (+ksoftirqd) | server µs / packet, median "
+        "| scenario | packets/s out | server CPU (+ksoftirqd) | its main thread "
+        "| server µs / packet, median "
         "slice (min-max) | C floor µs | x C floor | Python floor µs | delay p50 / p99 "
         "(probes) | loss, all receivers (probes) | load generator CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         sfu, fl, py = r["callsctl"], r["floor"], r.get("floor_python")
@@ -993,6 +1026,7 @@ def render_sink_summary(runs: list[dict[str, Any]]) -> str:
             _cell_f(cpu.get("packets_per_s"), ",.0f"),
             f"{_cell_f(cpu.get('cpu_percent'), '.1f')} % "
             f"(+{_cell_f(cpu.get('ksoftirqd_percent'), '.1f')} %)",
+            _cell_f((cpu.get("threads_percent") or {}).get("main"), ".1f") + " %",
             "n/a" if us is None else f"**{us:.2f}** ({cpu['us_min']:.2f}-{cpu['us_max']:.2f})",
             f"{fl['us_per_packet']:.2f}",
             "n/a" if us is None else f"{us / fl['us_per_packet']:.1f}x",

@@ -183,7 +183,7 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
         probe_loss=result.get("probe_loss"), meter=result.get("meter"),
         server_cpu_percent=cpu.get("cpu_percent"), us_per_packet=cpu.get("us_per_packet"),
         server_wait_percent=cpu.get("server_wait_percent"),
-        ksoftirqd_percent=cpu.get("ksoftirqd_percent"),
+        ksoftirqd_percent=cpu.get("ksoftirqd_percent"), threads=cpu.get("threads_percent"),
         loadgen_cpu_percent=loadgen,
         loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,
         cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"))
@@ -316,8 +316,11 @@ def render(report: dict[str, Any]) -> str:
                      f"{_cell(row.get('delay_p50_ms'), '.1f')} / "
                      f"{_cell(row.get('delay_p99_ms'), '.1f', ' ms')}",
                      _cell(row.get("server_cpu_percent"), ".0f", " %")
+                     + ("" if not row.get("threads") else
+                        f" (main {row['threads']['main']:.0f} %"
+                        + "".join(f", {v:.0f}" for v in row["threads"]["others"]) + ")")
                      + ("" if not row.get("ksoftirqd_percent") else
-                        f" (+{row['ksoftirqd_percent']:.0f} % ksoftirqd)"),
+                        f" +{row['ksoftirqd_percent']:.0f} % ksoftirqd"),
                      _cell(row.get("server_wait_percent"), ".0f", " %"),
                      f"{_cell(row.get('loadgen_cpu_percent'), '.0f', ' %')} "
                      f"({_cell(row.get('loadgen_lag_p99_ms'), '.0f', ' ms')})",
@@ -352,7 +355,9 @@ def render(report: dict[str, Any]) -> str:
                          + contention_caveat(report["configs"]))
     lines += [
         "- Columns: packets/s forwarded = the server's /stats `rtp_forwarded` over the window; "
-        "server CPU = its utime+stime (all threads) in % of one core (+ the kernel's ksoftirqd "
+        "server CPU = its utime+stime (all threads) in % of one core, in brackets its main "
+        "thread's (event loop and media socket reader) and the busiest others' "
+        "(+ the kernel's ksoftirqd "
         "threads' when they worked: softirq work, loopback delivery among it, deferred there "
         "and charged to no process under test); server waited = its main "
         "thread runnable but not running (other load on the machine); load generator CPU = "

@@ -35,7 +35,7 @@ except to a few probe receivers per call (a tenth, 2 to 8), so neither the
 receivers' socket delivery nor the load generator's reading of 100k+
 packets/s takes the server's CPU. Loss is then the meter's over every receiver (forwarded /
 (incoming x receivers)) and the probes' own; a step passes only if both are
-under 0.1 % and the meter's own checks hold. Steps may then go up to 2000
+under 0.1 % and the meter's own checks hold. Steps may then go up to 3000
 participants (the load generator reads only the probes' packets).
 `--call-size N`: each step is N-participant calls (steps must be multiples of
 N), e.g. `--call-size 50 --steps 200,400,...` for K x 50.
@@ -83,8 +83,8 @@ from run_all import (  # noqa: E402
 
 STEPS = (50, 100, 200, 300, 500, 700, 1000)
 MAX_STEP = 1000  # the load generator's limit (delivered mode)
-MAX_STEP_SINK = 2000  # with the sink meter it reads only the probes' packets
-UNMUTED = 2
+MAX_STEP_SINK = 3000  # with the sink meter it reads only the probes' packets
+UNMUTED = 2  # speakers per call (--unmuted; 2 as in every recorded ladder)
 MAX_LOSS = 0.001  # under 0.1 %
 MAX_DELAY_P99_MS = 20.0
 LOADGEN_BOUND_PERCENT = 90.0  # the generator's thread near a full core: it may be the limit
@@ -410,6 +410,7 @@ async def main_async(args: argparse.Namespace, configs: list[Cpus]) -> dict[str,
 
 
 def main() -> None:
+    global UNMUTED
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="callsctl",
                         help="callsctl (C fan-out, the default) or python (CALLSCTL_FAST_PATH=0)")
@@ -421,6 +422,10 @@ def main() -> None:
     parser.add_argument("--call-size", type=int, default=None, metavar="N",
                         help="each step is calls of N participants (steps multiples of N); "
                              "default: one call")
+    parser.add_argument("--unmuted", type=int, default=UNMUTED, metavar="K",
+                        help="speakers per call (default %(default)s): more packets per "
+                             "participant, for when the load generator cannot hold more "
+                             "participants")
     parser.add_argument("--compare-cpus", action="store_true",
                         help="run the ladder on CPU 0, then on CPU 0,1, and print the ratio; "
                              "without --loadgen-cpus the load generator runs on CPU 1, "
@@ -442,6 +447,9 @@ def main() -> None:
             and 0 <= args.retries <= 3):
         parser.error(f"window 3..600 s, slices 2..60, max-n 3..{top}, retries 0..3")
     args.steps = parse_steps(parser, args.steps, args.max_n, top)
+    if not 1 <= args.unmuted <= min(args.steps[0], args.call_size or args.steps[0], 50):
+        parser.error("--unmuted: 1..50 and at most the smallest call")
+    UNMUTED = args.unmuted
     if args.call_size is not None and not (
             2 <= args.call_size <= top and all(n % args.call_size == 0 for n in args.steps)):
         parser.error(f"--call-size: 2..{top}, and every step a multiple of it")
@@ -469,6 +477,7 @@ def main() -> None:
                         "compare" if args.compare_cpus else
                         "cpus" + cpu_list(configs[0]).replace(",", "+")]
                        + ([f"calls{args.call_size}"] if args.call_size else [])
+                       + ([f"u{args.unmuted}"] if args.unmuted != 2 else [])
                        + (["sink"] if args.sink else []))
         write_section(args.write, key, body)
 

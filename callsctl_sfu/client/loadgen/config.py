@@ -19,7 +19,7 @@ from callsctl_sfu.errors import CallsctlError
 MAX_PARTICIPANTS = 1000  # one process cannot hold more: ~3 fds and ~1 MB each, one core
 # With probes set (a bench's sink meter drops the other receivers' media before their
 # sockets), the generator reads only the probes' packets, so it can hold more of them.
-MAX_PROBED_PARTICIPANTS = 2000
+MAX_PROBED_PARTICIPANTS = 3000
 MAX_CALLS = 200
 MAX_DURATION_S = 2 * 3600.0
 MIN_DURATION_S = 1.0

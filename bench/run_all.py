@@ -67,6 +67,17 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
 from forwarding import write_section  # noqa: E402
+from sink_meter import (  # noqa: E402
+    PROBE_ADDRESS,
+    PROBES,
+    Counts,
+    MeterError,
+    SinkMeter,
+    probes_for,
+    self_check,
+    window_checks,
+)
+from sink_meter import figures as meter_figures  # noqa: E402
 
 from callsctl_sfu.client.loadgen import (  # noqa: E402
     MAX_PROCESSES,
@@ -237,6 +248,7 @@ class Running:
     secret: bytes | None
     has_stats: bool
     log: Path
+    udp_port: int | None = None  # the media port, for the sink meter (callsctl serve only)
 
     async def stop(self) -> None:
         await stop_process(self.process)
@@ -296,7 +308,7 @@ async def start_callsctl(workdir: Path, simulcast: bool = False,
     base = f"http://127.0.0.1:{api}"
     await _wait_ready(base, process, log)
     return Running(process, base, f"ws://127.0.0.1:{api}/ws",
-                   load_or_create_secret(data_dir), True, log)
+                   load_or_create_secret(data_dir), True, log, udp)
 
 
 async def start_relay(workdir: Path, cpus: Cpus = None) -> Running:
@@ -371,6 +383,45 @@ def machine_steal() -> tuple[float, float]:
     return (fields[7] if len(fields) > 7 else 0.0), sum(fields[:8])
 
 
+def ksoftirqd_pids() -> list[int]:
+    """The kernel's per-CPU softirq threads (ksoftirqd/N).
+
+    Loopback delivery runs as a softirq: in the sender's own system call while
+    the load is light, but deferred to ksoftirqd when softirqs keep coming, and
+    then charged to that thread, not to the server. Their CPU over the window
+    is shown beside the server's so such a shift is visible.
+    """
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().startswith("ksoftirqd/"):
+                pids.append(int(comm.parent.name))
+    return pids
+
+
+def cpu_of(pids: list[int]) -> float:
+    """utime + stime of these processes, seconds (gone ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += proc_cpu_seconds(pid)
+    return total
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime) of every thread of pid, by thread id."""
+    out: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return out
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def run_queue_wait(pid: int) -> float:
     """Seconds pid's main thread spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
     try:
@@ -391,6 +442,8 @@ class WindowSampler:
         self.slices = slices
         self.test: LoadTest | ProcessLoadTest | None = None
         self.samples: list[dict[str, float | None]] = []
+        self.softirq_threads = ksoftirqd_pids()
+        self.threads: list[dict[int, float]] = []  # per-thread CPU at the window's edges
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
@@ -437,9 +490,11 @@ class WindowSampler:
             "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
             "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded,
             "delivered": float(self.test.progress().packets_received),
-            "wait": run_queue_wait(self.pid), "steal": steal, "total": total})
+            "wait": run_queue_wait(self.pid), "steal": steal, "total": total,
+            "ksoftirqd": cpu_of(self.softirq_threads)})
 
     async def hook(self, edge: str) -> None:
+        self.threads.append(thread_cpu(self.pid))
         if edge == "start":
             self._http = aiohttp.ClientSession()
             await self.sample()
@@ -487,17 +542,42 @@ class WindowSampler:
                                          / seconds, 1) if seconds > 0 else None,
             "steal_percent": round(100 * (last["steal"] - first["steal"])  # type: ignore
                                    / max(1.0, last["total"] - first["total"]), 1),  # type: ignore
+            # Every ksoftirqd/N thread's CPU in % of one core: softirq work (loopback
+            # delivery among it) the kernel deferred there instead of the sender's call.
+            "ksoftirqd_percent": round(100 * (last["ksoftirqd"] - first["ksoftirqd"])  # type: ignore
+                                       / seconds, 1) if seconds > 0 else None,
+            "threads_percent": self.thread_figures(),
         }
+
+    def thread_figures(self) -> dict[str, Any] | None:
+        """The server's main thread (event loop, media socket reader) and the busiest others.
+
+        In % of one core over the window: a main thread near 100 % is the limit
+        whatever the other cores do (the reading side is one thread).
+        """
+        if len(self.threads) < 2 or not self.samples:
+            return None
+        before, after = self.threads[0], self.threads[-1]
+        seconds = max(1e-9, self.samples[-1]["t"] - self.samples[0]["t"])  # type: ignore
+        used = {tid: 100 * (after[tid] - before.get(tid, 0.0)) / seconds for tid in after}
+        others = sorted((v for tid, v in used.items() if tid != self.pid), reverse=True)
+        return {"main": round(used.get(self.pid, 0.0), 1),
+                "others": [round(v, 1) for v in others[:4] if v >= 0.5]}
 
 
 async def measure(kind: str, shape: Shape, window: float, slices: int,
                   workdir: Path, cpus: Cpus = None,
-                  delay_sample_every: int = 5) -> dict[str, Any]:
-    """One system under one shape: start it (on `cpus`), load it, sample it, stop it."""
+                  delay_sample_every: int = 5, sink: bool = False) -> dict[str, Any]:
+    """One system under one shape: start it (on `cpus`), load it, sample it, stop it.
+
+    `sink`: measured with the sink meter (bench/sink_meter.py): callsctl only.
+    """
+    if sink and kind == "mediarelay":
+        raise ValueError("the sink meter needs the server's media port: callsctl serve only")
     running = await (start_relay(workdir, cpus) if kind == "mediarelay" else
                      start_callsctl(workdir, shape.simulcast, kind == PYTHON_ENGINE, cpus))
     return await measure_running(running, kind, shape, window, slices, cpus=cpus,
-                                 delay_sample_every=delay_sample_every)
+                                 delay_sample_every=delay_sample_every, sink=sink)
 
 
 def sample_every(participants: int) -> int:
@@ -514,8 +594,8 @@ def sample_every(participants: int) -> int:
 async def measure_running(running: Running, kind: str, shape: Shape, window: float,
                           slices: int, local_address: str = "127.0.0.1",
                           participant_factory: ParticipantFactory = LightParticipant,
-                          cpus: Cpus = None, delay_sample_every: int = 5
-                          ) -> dict[str, Any]:
+                          cpus: Cpus = None, delay_sample_every: int = 5,
+                          sink: bool = False) -> dict[str, Any]:
     """Load a started server, sample it through the window, stop it (bench/janus.py too).
 
     `participant_factory` is the load generator's signaling dialect (callsctl's
@@ -524,8 +604,25 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
     pinned again here (a no-op then; it catches a server started otherwise)
     and the kernel's view of its affinity and of the load generator's goes in
     the result.
+
+    `sink`: the sink meter on the server's media port (bench/sink_meter.py):
+    SRTP to all but `probes_for(users)` receivers per call (2 to PROBES, a tenth
+    of the call) is counted and dropped at the
+    loopback device; those probes (on PROBE_ADDRESS) are the ones the load
+    generator measures. `loss` is then the meter's, over every receiver
+    (forwarded / (incoming x receivers)); `probe_loss` the probes' own.
     """
+    meter: SinkMeter | None = None
+    reads: list[Counts] = []
+    if sink:
+        # Only the probes receive: each can read the stamp of every packet, which gives
+        # the delay percentiles thousands of samples for the cost of a few hundred unprotects.
+        delay_sample_every = 1
     try:
+        if sink:
+            if running.udp_port is None:
+                raise ValueError("the sink meter needs the server's media port")
+            meter = SinkMeter(running.udp_port, sink=True).open()
         pid = running.process.pid
         pin_process(pid, cpus)
         await asyncio.sleep(1.0)
@@ -544,20 +641,43 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
                             join_duration=join, window=window, call_prefix=f"bench-{kind}",
                             local_address=local_address, settle_timeout=15,
                             delay_sample_every=delay_sample_every,
-                            processes=LOADGEN_PROCESSES)
+                            processes=LOADGEN_PROCESSES,
+                            probes_per_call=probes_for(shape.users) if sink else 0,
+                            probe_address=PROBE_ADDRESS if sink else None)
         sampler = WindowSampler(pid, running, slices)
         sampler.slice_s = window / slices
-        test = make_load_test(config, on_window=sampler.hook,
+
+        async def on_window(edge: str) -> None:
+            # The meter first at the start (closest to the generator's own sent counts),
+            # last at the end (sending stopped 0.3 s before: in-flight copies are in).
+            if meter is not None and edge == "start":
+                reads.append(await asyncio.to_thread(meter.read))
+            await sampler.hook(edge)
+            if meter is not None and edge == "end":
+                reads.append(await asyncio.to_thread(meter.read))
+
+        test = make_load_test(config, on_window=on_window,
                               participant_factory=participant_factory)
         sampler.test = test
         report = (await test.run()).to_dict()
         server_affinity = affinity_of(pid)
     finally:
+        if meter is not None:
+            meter.close()
         await running.stop()
     media = report["media"] or {}
     figures = sampler.figures() if len(sampler.samples) >= 2 else {}
     joined = report["participants"]["joined"]
     rss_end = figures.get("rss_end")
+    metered = None
+    if sink:
+        metered = {"probes_per_call": probes_for(shape.users), "probe_address": PROBE_ADDRESS,
+                   "problems": ["the window never opened"]}
+        if len(reads) == 2:
+            counts = reads[1] - reads[0]
+            metered.update(meter_figures(counts, shape.users - 1))
+            metered["problems"] = window_checks(counts, sink=True)
+    loss = media.get("loss")
     return {
         "system": kind, "shape": asdict(shape), "participants": shape.participants,
         "cpus": {"server": cpu_list(cpus), "server_affinity": server_affinity,
@@ -571,7 +691,9 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
         "rss_per_session_kb": round((rss_end - idle_rss) / joined / 1024, 0)
         if rss_end and joined else None,
         "join_s": report["join_s"], "delay_ms": report["delay_ms"],
-        "loss": media.get("loss"), "loss_by_label": media.get("by_label"),
+        "loss": loss if metered is None else metered.get("loss"),
+        "probe_loss": loss if metered is not None else None, "meter": metered,
+        "loss_by_label": media.get("by_label"),
         "loadgen": {k: report["loadgen"].get(k) for k in (
             "cpu_percent", "window_cpu_percent", "loop_lag_ms", "loop_lag_joining_ms",
             "processes")},
@@ -580,16 +702,26 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
     }
 
 
-async def floor(shape: Shape, cpus: Cpus = None) -> dict[str, Any]:
-    """bench/srtp_floor.py for the shape, on the server's CPUs when it is pinned."""
+async def floor(shape: Shape, cpus: Cpus = None, sink: bool = False,
+                engine: str = "python") -> dict[str, Any]:
+    """bench/srtp_floor.py for the shape, on the server's CPUs when it is pinned.
+
+    `sink`/`engine`: its --sink (the server's meter) and --engine (python or c).
+    """
     args = [sys.executable, str(BENCH / "srtp_floor.py"), "--receivers", str(shape.users - 1),
             "--publishers", str(shape.unmuted),
-            "--min-sent", "50000", "--repeats", "5", "--json"]
+            "--min-sent", "50000", "--repeats", "5", "--json", "--engine", engine]
+    if sink:
+        args.append("--sink")
     if shape.screen or shape.video:
         args.append("--screen")  # video-sized packets
     process = await asyncio.create_subprocess_exec(*pinned(args, cpus), cwd=REPO,
                                                    stdout=asyncio.subprocess.PIPE)
-    out, _ = await asyncio.wait_for(process.communicate(), 300)
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), 300)
+    finally:
+        # Interrupted or timed out: SIGTERM lets its sink meter remove its tables.
+        await stop_process(process, grace_s=10)
     if process.returncode != 0:
         raise RuntimeError("srtp_floor.py failed")
     return json.loads(out)
@@ -611,33 +743,38 @@ def relay_shape(shape: Shape, relay_max: int, relay_max_screen: int) -> Shape:
 
 async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max: int,
                        relay_max_screen: int, skip_relay: bool,
-                       skip_python_engine: bool, cpus: Cpus = None) -> dict[str, Any]:
+                       skip_python_engine: bool, cpus: Cpus = None,
+                       sink: bool = False) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="callsctl-bench-") as tmp:
         workdir = Path(tmp)
         print(f"[{scenario.key}] callsctl serve: {scenario.shape.describe()}", file=sys.stderr)
         every = sample_every(scenario.shape.participants)
-        sfu = await measure("callsctl", scenario.shape, window, slices, workdir, cpus, every)
+        sfu = await measure("callsctl", scenario.shape, window, slices, workdir, cpus, every,
+                            sink=sink)
         python_engine = None
         if not skip_python_engine:
             print(f"[{scenario.key}] callsctl serve, Python engine", file=sys.stderr)
             python_engine = await measure(PYTHON_ENGINE, scenario.shape, window, slices,
-                                          workdir, cpus, every)
+                                          workdir, cpus, every, sink=sink)
         relay = None
         rshape = relay_shape(scenario.shape, relay_max, relay_max_screen)
-        if not skip_relay:
+        if not skip_relay and not sink:
             print(f"[{scenario.key}] MediaRelay reference: {rshape.describe()}", file=sys.stderr)
             relay = await measure("mediarelay", rshape, window, slices, workdir, cpus)
         print(f"[{scenario.key}] raw floor", file=sys.stderr)
-        floor_result = await floor(scenario.shape, cpus)
+        # Sink mode: the C floor (libsrtp + sendmmsg per copy) is the ratio's base, the
+        # Python floor beside it; both metered like the server.
+        floor_result = await floor(scenario.shape, cpus, sink, "c" if sink else "python")
+        floor_python = await floor(scenario.shape, cpus, sink) if sink else None
     return {"key": scenario.key, "title": scenario.title, "shape": asdict(scenario.shape),
             "server_cpus": cpu_list(cpus), "loadgen_cpus": affinity_of(os.getpid()),
             "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "callsctl": sfu, "callsctl_python": python_engine, "mediarelay": relay,
-            "relay_shape": asdict(rshape),
-            "floor": floor_result}
+            "relay_shape": asdict(rshape), "sink": sink,
+            "floor": floor_result, "floor_python": floor_python}
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -689,6 +826,55 @@ def _row(name: str, result: dict[str, Any], floor_us: float) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _floor_row(fl: dict[str, Any], base_us: float) -> str:
+    """A floor's row: the Python one (protect + sendto) or the C one (fastpath.fanout)."""
+    profile = fl.get("srtp_profile", "SRTP_AES128_CM_SHA1_80")
+    sockets = "one socket each" if fl.get("sockets") else "one shared sink socket"
+    what = ("C floor: SRTP unprotect once, libsrtp protect + sendmmsg per receiver "
+            "(fastpath.fanout, one thread)" if fl.get("engine") == "c" else
+            "raw floor (Python): SRTP unprotect once, protect + sendto per receiver")
+    if fl.get("sink"):
+        what += ", sink meter"
+    us = fl["us_per_packet"]
+    return (f"| {what} | {fl['receivers']} receivers ({sockets}), {profile}, "
+            f"{fl['mean_packet_octets']:.0f}-octet packets "
+            f"| - | - | **{us:.1f}** ({fl['min']:.1f}-{fl['max']:.1f}) | {us / base_us:.1f}x "
+            "| - | - | - | - | - |")
+
+
+def sink_notes(result: dict[str, Any]) -> list[str]:
+    """What the sink meter counted, for the server(s) and the floors of a --sink run."""
+    notes = ["Sink mode (bench/sink_meter.py): the server's SRTP copies were counted and "
+             "dropped at the loopback device's egress, after the whole send path, except to "
+             "a few probe receivers per call (a tenth of it, 2 to "
+             f"{PROBES}) on {PROBE_ADDRESS}, which the load generator "
+             "measured (delay; `probe loss`). No receiver's socket delivery is charged to the "
+             "sender and the generator reads only the probes' packets. Loss = 1 - forwarded / "
+             "(SRTP in x receivers per packet), from the meter's counters."]
+    for name, key in (("callsctl serve", "callsctl"), ("Python engine", "callsctl_python")):
+        run = result.get(key)
+        meter = (run or {}).get("meter")
+        if not meter:
+            continue
+        text = (f"{name}: meter over the window: {meter.get('media_in', 0):,} SRTP in, "
+                f"{meter.get('forwarded', 0):,} forwarded (expected "
+                f"{meter.get('expected', 0):,}; loss {_loss(meter.get('loss'))}), "
+                f"{meter.get('to_probes', 0):,} to probes, {meter.get('dropped', 0):,} "
+                f"dropped; probe loss {_loss(run.get('probe_loss'))}")
+        if meter.get("problems"):
+            text += "; METER PROBLEMS: " + "; ".join(meter["problems"])
+        notes.append(text + ".")
+    for floor_result in (result.get("floor"), result.get("floor_python")):
+        meter = (floor_result or {}).get("meter")
+        if meter:
+            notes.append(f"{floor_result['engine']} floor: the meter counted "  # type: ignore
+                         f"{meter['forwarded']:,} of {meter['sent']:,} copies sent, "
+                         f"{meter['to_probes']:,} to probes, {meter['dropped']:,} dropped"
+                         + ("; PROBLEMS: " + "; ".join(meter["problems"])
+                            if meter["problems"] else "") + ".")
+    return notes
+
+
 def loadgen_cpu(result: dict[str, Any]) -> str:
     """The load generator's own CPU over the steady window (% of one core), "n/a" if unknown."""
     value = (result.get("loadgen") or {}).get("window_cpu_percent")
@@ -734,15 +920,13 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                           python_engine, floor_us))
     if relay is not None:
         lines.append(_row("aiortc MediaRelay (reference)", relay, floor_us))
-    profile = fl.get("srtp_profile", "SRTP_AES128_CM_SHA1_80")
-    sockets = "one socket each" if fl.get("sockets") else "one shared sink socket"
-    lines.append(f"| raw floor (Python): SRTP unprotect once, protect + sendto per receiver | "
-                 f"{fl['receivers']} receivers ({sockets}), {profile}, "
-                 f"{fl['mean_packet_octets']:.0f}-octet packets "
-                 f"| - | - | **{floor_us:.1f}** ({fl['min']:.1f}-{fl['max']:.1f}) | 1.0x "
-                 "| - | - | - | - | - |")
+    for floor_result in (fl, result.get("floor_python")):
+        if floor_result is not None:
+            lines.append(_floor_row(floor_result, floor_us))
     lines.append("")
     notes = []
+    if result.get("sink"):
+        notes += sink_notes(result)
     waits = [f"{name} waited for a CPU {r['cpu']['server_wait_percent']:g} % of the window "
              f"(steal {r['cpu']['steal_percent']:g} %)"
              for name, r in (("callsctl serve", sfu), ("MediaRelay", relay))
@@ -750,6 +934,11 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
     if waits:
         notes.append("Contention: " + "; ".join(waits) + ". Delay figures suffer from it; "
                      "CPU per packet much less (CPU time only counts while running).")
+    softirq = sfu["cpu"].get("ksoftirqd_percent")
+    if softirq is not None:
+        notes.append(f"ksoftirqd (all CPUs) used {softirq:g} % of a core during the callsctl "
+                     "window: softirq work, loopback delivery among it, that the kernel "
+                     "deferred to its own threads and so charged to no process under test.")
     sfu_us = sfu["cpu"].get("us_per_packet")
     python_us = python_engine["cpu"].get("us_per_packet") if python_engine else None
     if sfu_us and python_us:
@@ -800,14 +989,75 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
         notes.append(f"Load generator: {note}.")
     notes.append("Load generator CPU: this process's own CPU time over the window, in % of "
                  "one core; near 100 % it, not the server, limits the load (it is one Python "
-                 "thread). It decrypted every "
-                 f"{sfu.get('delay_sample_every', 5)}th received packet for the delay.")
+                 "thread). It decrypted "
+                 + ("every received packet" if sfu.get("delay_sample_every") == 1 else
+                    f"every {sfu.get('delay_sample_every', 5)}th received packet")
+                 + " for the delay.")
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines).rstrip()
 
 
 def _span(values: list[tuple[str, float]], fmt: str) -> str:
     return ", ".join(f"{key} {fmt.format(value)}" for key, value in values)
+
+
+def render_sink_summary(runs: list[dict[str, Any]]) -> str:
+    """One table for the scenarios of one --sink run: server beside both floors, per packet."""
+    first = runs[0]
+    keys = " ".join(r["key"] for r in runs)
+    command = first["command"].replace(f" --only {first['key']}", f" --only {keys}")
+    lines = [
+        "## Server CPU per forwarded packet against the floors, sink mode (bench/run_all.py "
+        "--sink)",
+        "",
+        f"Command: `{command}`  ",
+        f"Measured: {first['measured_at']} to {runs[-1]['measured_at']} on {first['host']}; "
+        "load average " + ", ".join(f"{r['load_average'][0]:g}-{r['load_average'][1]:g}"
+                                    for r in runs) + " (before-after each scenario).  ",
+        cores_text(first),
+        "",
+        "| scenario | packets/s out | server CPU (+ksoftirqd) | its main thread "
+        "| server µs / packet, median "
+        "slice (min-max) | C floor µs | x C floor | Python floor µs | delay p50 / p99 "
+        "(probes) | loss, all receivers (probes) | load generator CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        sfu, fl, py = r["callsctl"], r["floor"], r.get("floor_python")
+        cpu = sfu["cpu"]
+        us = cpu.get("us_per_packet")
+        delay = sfu.get("delay_ms") or {}
+        cells = [
+            r["title"].split(",")[0] + ", " + r["title"].split(",")[1].strip(),
+            _cell_f(cpu.get("packets_per_s"), ",.0f"),
+            f"{_cell_f(cpu.get('cpu_percent'), '.1f')} % "
+            f"(+{_cell_f(cpu.get('ksoftirqd_percent'), '.1f')} %)",
+            _cell_f((cpu.get("threads_percent") or {}).get("main"), ".1f") + " %",
+            "n/a" if us is None else f"**{us:.2f}** ({cpu['us_min']:.2f}-{cpu['us_max']:.2f})",
+            f"{fl['us_per_packet']:.2f}",
+            "n/a" if us is None else f"{us / fl['us_per_packet']:.1f}x",
+            "n/a" if py is None else f"{py['us_per_packet']:.2f}",
+            f"{_cell_f(delay.get('p50'), '.1f')} / {_cell_f(delay.get('p99'), '.1f')} ms",
+            f"{_loss(sfu.get('loss'))} ({_loss(sfu.get('probe_loss'))})",
+            loadgen_cpu(sfu),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    problems = [f"{r['key']}: {p}" for r in runs for p in
+                ((r["callsctl"].get("meter") or {}).get("problems") or [])]
+    lines += ["", "- The server and both floors were metered alike (bench/sink_meter.py): "
+              "copies counted and dropped at the loopback device, except to a tenth of each "
+              f"call's receivers (2 to {PROBES}), the probes. C floor = SRTP unprotect once, "
+              "then libsrtp protect + sendmmsg per copy through the C fan-out on one thread "
+              "(`srtp_floor.py --engine c --sink`); Python "
+              "floor = protect + sendto per copy in Python (`srtp_floor.py --sink`).",
+              "- Meter checks: " + ("; ".join(problems) if problems else
+                                    "every window counted SRTP in and out, every copy counted "
+                                    "to a probe arrived, none to a dropped receiver did.")]
+    return "\n".join(lines)
+
+
+def _cell_f(value: Any, fmt: str) -> str:
+    return "n/a" if value is None else f"{value:{fmt}}"
 
 
 def render_summary(results: dict[str, dict[str, Any]]) -> str:
@@ -910,12 +1160,15 @@ def command_line(key: str, args: argparse.Namespace) -> str:
         parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
     if getattr(args, "loadgen_processes", 1) != 1:
         parts.append(f"--loadgen-processes {args.loadgen_processes}")
+    if getattr(args, "sink", False):
+        parts.append("--sink")
     return " ".join(parts)
 
 
-def section_key(key: str, cpus: Cpus) -> str:
-    """The results key of a scenario: the unpinned runs keep the plain key."""
-    return key if cpus is None else f"{key}-cpus{cpu_list(cpus).replace(',', '+')}"
+def section_key(key: str, cpus: Cpus, sink: bool = False) -> str:
+    """The results key of a scenario: the unpinned, delivered-mode runs keep the plain key."""
+    key = key if cpus is None else f"{key}-cpus{cpu_list(cpus).replace(',', '+')}"
+    return f"{key}-sink" if sink else key
 
 
 def cpus_argument(parser: argparse.ArgumentParser, text: str) -> tuple[int, ...]:
@@ -943,6 +1196,34 @@ def add_cpu_options(parser: argparse.ArgumentParser, loadgen_processes: bool = F
         parser.add_argument("--loadgen-processes", metavar="N", type=int, default=1,
                             help="load-generator worker processes (0: one per usable CPU); "
                                  "default: 1, as every recorded figure")
+
+
+def add_sink_option(parser: argparse.ArgumentParser) -> None:
+    """--sink, shared by run_all.py and saturation.py."""
+    parser.add_argument("--sink", action="store_true",
+                        help="sink mode: count and drop the server's forwarded SRTP at the "
+                             "loopback device except to a few probe receivers per call (a "
+                             f"tenth, 2 to {PROBES}) "
+                             "(bench/sink_meter.py; needs root and nft); the floor the same "
+                             "way; without it the copies are delivered (the old tables' mode)")
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C: servers under test stopped, sink meters removed."""
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def check_sink(parser: argparse.ArgumentParser, sink: bool) -> None:
+    """The meter's self-check before anything relies on it: exit 1 with what failed."""
+    if not sink:
+        return
+    try:
+        self_check(sink=True)
+    except MeterError as exc:
+        parser.exit(1, f"error: {exc}\n")
 
 
 def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -973,7 +1254,7 @@ async def main_async(args: argparse.Namespace) -> None:
             results = json.loads(store.read_text())
     if args.render_only:  # the stored measurements, rendered again (after a wording change)
         for scenario in chosen:
-            key = section_key(scenario.key, args.server_cpus)
+            key = section_key(scenario.key, args.server_cpus, args.sink)
             result = results.get(key)
             if result is not None:
                 body = render_scenario(result, result["command"], result["host"])
@@ -986,19 +1267,28 @@ async def main_async(args: argparse.Namespace) -> None:
         command = command_line(scenario.key, args)
         result = await run_scenario(scenario, args.window, args.slices, args.relay_max,
                                     args.relay_max_screen, args.skip_relay,
-                                    args.skip_python_engine, args.server_cpus)
+                                    args.skip_python_engine, args.server_cpus, args.sink)
         result["command"] = command
         result["host"] = host
-        key = section_key(scenario.key, args.server_cpus)
+        key = section_key(scenario.key, args.server_cpus, args.sink)
         results[key] = result
         if args.server_cpus is not None:
             result["title"] += f", server on {describe_cpus(args.server_cpus)}"
+        if args.sink:
+            result["title"] += ", sink mode (copies counted and dropped before delivery)"
         body = render_scenario(result, command, host)
         print(body + "\n")
         if args.write:
             write_section(args.write, f"scenario-{key}", body)
             store.write_text(json.dumps(results, indent=1) + "\n")
-    if args.server_cpus is not None:
+    if args.sink and len(chosen) > 1:
+        keys = [section_key(sc.key, args.server_cpus, True) for sc in chosen]
+        table = render_sink_summary([results[k] for k in keys if k in results])
+        print(table)
+        if args.write:
+            write_section(args.write, "sink-summary-" + "-".join(sc.key for sc in chosen)
+                          + f"-cpus{cpu_list(args.server_cpus).replace(',', '+')}", table)
+    if args.server_cpus is not None or args.sink:
         return  # the summary is of the unpinned runs; pinned ones have their own sections
     summary = render_summary(results)
     print(summary)
@@ -1025,9 +1315,14 @@ def main() -> None:
                                                    "results-pinned.json with --server-cpus)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: render bench/results.json again")
+    add_sink_option(parser)
     add_cpu_options(parser, loadgen_processes=True)
     args = parser.parse_args()
     apply_cpu_options(parser, args)
+    if args.sink and not args.skip_relay:
+        args.skip_relay = True  # the reference's media port is its own: not metered
+    check_sink(parser, args.sink)
+    sigterm_as_interrupt()
     if not (3 <= args.window <= 600 and 2 <= args.slices <= 60
             and 2 <= args.relay_max <= 100 and 2 <= args.relay_max_screen <= 50):
         parser.error("window 3..600 s, slices 2..60, relay-max 2..100, relay-max-screen 2..50")

@@ -28,6 +28,20 @@ worker's. The default stays 1 so the recorded figures remain comparable.
     python bench/saturation.py --server-cpus 0 --loadgen-cpus 1 --max-n 500 --window 6
     python bench/saturation.py --compare-cpus --json
     python bench/saturation.py --server-cpus 0 --loadgen-cpus 1 --loadgen-processes 2
+
+`--sink`: every step with the sink meter (bench/sink_meter.py, run_all.py
+--sink): the server's copies are counted and dropped at the loopback device
+except to a few probe receivers per call (a tenth, 2 to 8), so neither the
+receivers' socket delivery nor the load generator's reading of 100k+
+packets/s takes the server's CPU. Loss is then the meter's over every receiver (forwarded /
+(incoming x receivers)) and the probes' own; a step passes only if both are
+under 0.1 % and the meter's own checks hold. Steps may then go up to 3000
+participants (the load generator reads only the probes' packets).
+`--call-size N`: each step is N-participant calls (steps must be multiples of
+N), e.g. `--call-size 50 --steps 200,400,...` for K x 50.
+
+    python bench/saturation.py --sink --server-cpus 0 --loadgen-cpus 1 \
+        --steps 500,700,1000,1500,2000
 """
 
 from __future__ import annotations
@@ -53,18 +67,24 @@ from run_all import (  # noqa: E402
     Cpus,
     Shape,
     add_cpu_options,
+    add_sink_option,
     affinity_of,
     apply_cpu_options,
+    check_sink,
     cpu_list,
     describe_cpus,
     machine,
     measure,
     parse_cpus,
+    pin_process,
     sample_every,
+    sigterm_as_interrupt,
 )
 
 STEPS = (50, 100, 200, 300, 500, 700, 1000)
-UNMUTED = 2
+MAX_STEP = 1000  # the load generator's limit (delivered mode)
+MAX_STEP_SINK = 3000  # with the sink meter it reads only the probes' packets
+UNMUTED = 2  # speakers per call (--unmuted; 2 as in every recorded ladder)
 MAX_LOSS = 0.001  # under 0.1 %
 MAX_DELAY_P99_MS = 20.0
 LOADGEN_BOUND_PERCENT = 90.0  # the generator's thread near a full core: it may be the limit
@@ -73,6 +93,8 @@ LOADGEN_BOUND_PERCENT = 90.0  # the generator's thread near a full core: it may 
 CONTENDED_WAIT_PERCENT = 10.0
 SYSTEMS = {"callsctl": "callsctl", "python": PYTHON_ENGINE}
 COMPARE = ((0,), (0, 1))
+# --compare-cpus without --loadgen-cpus: where the load generator runs beside each (by cores).
+COMPARE_LOADGEN = {1: (1,), 2: (0, 1)}
 
 
 def step_limit(participants: int, window: float) -> float:
@@ -87,8 +109,18 @@ def step_limit(participants: int, window: float) -> float:
 
 
 def verdict(result: dict[str, Any], participants: int) -> list[str]:
-    """Why a step failed the budget; empty when it passed."""
+    """Why a step failed the budget; empty when it passed.
+
+    In sink mode `loss` is the meter's (every receiver) and `probe_loss` the
+    probes' own: both must be under budget, and the meter's checks must hold.
+    """
     reasons = []
+    meter = result.get("meter")
+    if meter is not None:
+        reasons += [f"meter: {problem}" for problem in meter.get("problems", [])]
+        probe_loss = result.get("probe_loss")
+        if probe_loss is not None and probe_loss >= MAX_LOSS:
+            reasons.append(f"probe loss {100 * probe_loss:.2f} % >= {100 * MAX_LOSS:g} %")
     if result["joined"] < participants:
         reasons.append(f"{participants - result['joined']} did not join")
     loss = result.get("loss")
@@ -104,8 +136,16 @@ def verdict(result: dict[str, Any], participants: int) -> list[str]:
     return reasons
 
 
+def shape_of(participants: int, call_size: int | None) -> Shape:
+    """The step's load: one call of N, or N / call_size calls of call_size."""
+    if call_size is None:
+        return Shape(1, participants, UNMUTED)
+    return Shape(participants // call_size, call_size, UNMUTED)
+
+
 async def run_step(system: str, participants: int, cpus: Cpus, window: float,
-                   slices: int) -> dict[str, Any]:
+                   slices: int, sink: bool = False,
+                   call_size: int | None = None) -> dict[str, Any]:
     """One step: run_all.measure under its time limit; the row the tables show."""
     load_before = os.getloadavg()[0]
     limit = step_limit(participants, window)
@@ -114,8 +154,8 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
     with tempfile.TemporaryDirectory(prefix="callsctl-saturation-") as tmp:
         try:
             result = await asyncio.wait_for(
-                measure(SYSTEMS[system], Shape(1, participants, UNMUTED), window, slices,
-                        Path(tmp), cpus, sample_every(participants)), limit)
+                measure(SYSTEMS[system], shape_of(participants, call_size), window, slices,
+                        Path(tmp), cpus, sample_every(participants), sink=sink), limit)
         except TimeoutError:
             row.update(passed=False, reasons=[f"over its time limit of {limit:.0f} s"])
             result = None
@@ -140,8 +180,10 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
         passed=not reasons, reasons=reasons, joined=result["joined"],
         packets_per_s=cpu.get("packets_per_s"), counter=cpu.get("counter"),
         loss=result.get("loss"), delay_p99_ms=(result.get("delay_ms") or {}).get("p99"),
+        probe_loss=result.get("probe_loss"), meter=result.get("meter"),
         server_cpu_percent=cpu.get("cpu_percent"), us_per_packet=cpu.get("us_per_packet"),
         server_wait_percent=cpu.get("server_wait_percent"),
+        ksoftirqd_percent=cpu.get("ksoftirqd_percent"), threads=cpu.get("threads_percent"),
         loadgen_cpu_percent=loadgen,
         loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,
         cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"))
@@ -149,14 +191,16 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
 
 
 async def ladder(system: str, cpus: Cpus, steps: list[int], window: float,
-                 slices: int, retries: int = 1) -> dict[str, Any]:
+                 slices: int, retries: int = 1, sink: bool = False,
+                 call_size: int | None = None) -> dict[str, Any]:
     """Step up until the first failing step; the saturation point of this configuration."""
     rows: list[dict[str, Any]] = []
     for participants in steps:
         for attempt in range(1 + retries):
-            print(f"[saturation] {system} on {describe_cpus(cpus)}: 1 x {participants}"
+            print(f"[saturation] {system} on {describe_cpus(cpus)}: "
+                  f"{shape_of(participants, call_size).describe()}"
                   f"{f' (attempt {attempt + 1})' if attempt else ''}", file=sys.stderr)
-            row = await run_step(system, participants, cpus, window, slices)
+            row = await run_step(system, participants, cpus, window, slices, sink, call_size)
             row["attempt"] = attempt + 1
             rows.append(row)
             if row["passed"]:
@@ -218,8 +262,12 @@ def render(report: dict[str, Any]) -> str:
     systems = {c["system"] for c in report["configs"]}
     name = " / ".join("callsctl serve" if s == "callsctl" else
                       "callsctl serve, Python engine" for s in sorted(systems))
+    size = report.get("call_size")
+    load = f"1 call x N, {UNMUTED} unmuted" if size is None else \
+        f"N participants in calls of {size}, {UNMUTED} unmuted each"
+    mode = ", sink mode" if report.get("sink") else ""
     lines = [
-        f"## Saturation point: {name}, 1 call x N, {UNMUTED} unmuted (bench/saturation.py)",
+        f"## Saturation point: {name}, {load}{mode} (bench/saturation.py)",
         "",
         f"Command: `{report['command']}`  ",
         f"Measured: {report['measured_at']} on {report['host']}. The machine is shared with "
@@ -235,6 +283,19 @@ def render(report: dict[str, Any]) -> str:
         "the server does with 2 cores of its own. With 1 core the load generator can have the "
         "other one (`--loadgen-cpus`).",
         "",
+    ]
+    if report.get("sink"):
+        lines += [
+            "Sink mode (bench/sink_meter.py): the server's SRTP copies are counted and dropped "
+            "at the loopback device's egress except to a few probe receivers per call (a tenth "
+            "of it, 2 to 8); loss is the "
+            "meter's over every receiver (forwarded / (incoming x receivers)), with the "
+            "probes' own in brackets; delay is the probes'. The receivers' socket delivery "
+            "and the load generator's reading of every copy are no longer on the machine's "
+            "CPUs, so on 2 cores the load generator takes only what joining and sending cost.",
+            "",
+        ]
+    lines += [
         "| server | cores | N | joined | packets/s forwarded | loss | delay p50 / p99 "
         "| server CPU | server waited | load generator CPU (loop lag p99) | load avg | verdict |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
@@ -249,10 +310,17 @@ def render(report: dict[str, Any]) -> str:
             attempt = f" (attempt {row['attempt']})" if row.get("attempt", 1) > 1 else ""
             cells = [server, cores, f"{row['participants']}{attempt}",
                      _cell(row.get("joined"), "d"), _cell(row.get("packets_per_s"), ",.0f"),
-                     "n/a" if row.get("loss") is None else f"{100 * row['loss']:.2f} %",
+                     ("n/a" if row.get("loss") is None else f"{100 * row['loss']:.2f} %")
+                     + ("" if row.get("probe_loss") is None
+                        else f" ({100 * row['probe_loss']:.2f} %)"),
                      f"{_cell(row.get('delay_p50_ms'), '.1f')} / "
                      f"{_cell(row.get('delay_p99_ms'), '.1f', ' ms')}",
-                     _cell(row.get("server_cpu_percent"), ".0f", " %"),
+                     _cell(row.get("server_cpu_percent"), ".0f", " %")
+                     + ("" if not row.get("threads") else
+                        f" (main {row['threads']['main']:.0f} %"
+                        + "".join(f", {v:.0f}" for v in row["threads"]["others"]) + ")")
+                     + ("" if not row.get("ksoftirqd_percent") else
+                        f" +{row['ksoftirqd_percent']:.0f} % ksoftirqd"),
                      _cell(row.get("server_wait_percent"), ".0f", " %"),
                      f"{_cell(row.get('loadgen_cpu_percent'), '.0f', ' %')} "
                      f"({_cell(row.get('loadgen_lag_p99_ms'), '.0f', ' ms')})",
@@ -265,8 +333,9 @@ def render(report: dict[str, Any]) -> str:
         if point is None:
             lines.append(head + "none (the first step already failed).")
             continue
-        text = (f"1 x {point['participants']} ({_cell(point['packets_per_s'], ',.0f')} "
-                "packets/s forwarded)")
+        size = report.get("call_size")
+        text = (f"{shape_of(point['participants'], size).describe()} "
+                f"({_cell(point['packets_per_s'], ',.0f')} packets/s forwarded)")
         if point["capped_by_steps"]:
             text = "at least " + text + ": every step passed, the ladder ended first"
         if point["loadgen_bound"]:
@@ -278,13 +347,19 @@ def render(report: dict[str, Any]) -> str:
         if r["packets_per_s"] is None:
             lines.append("- 2 cores / 1 core: n/a (a configuration has no saturation point).")
         else:
-            lines.append(f"- 2 cores / 1 core: {r['packets_per_s']:.2f}x the forwarded "
+            capped = report["configs"][-1]["saturation"]["capped_by_steps"]
+            lines.append(f"- 2 cores / 1 core: {'at least ' if capped else ''}"
+                         f"{r['packets_per_s']:.2f}x the forwarded "
                          f"packets/s at the saturation point ({r['participants']:.2f}x the "
                          "participants), with the load generator sharing the 2 cores."
                          + contention_caveat(report["configs"]))
     lines += [
         "- Columns: packets/s forwarded = the server's /stats `rtp_forwarded` over the window; "
-        "server CPU = its utime+stime (all threads) in % of one core; server waited = its main "
+        "server CPU = its utime+stime (all threads) in % of one core, in brackets its main "
+        "thread's (event loop and media socket reader) and the busiest others' "
+        "(+ the kernel's ksoftirqd "
+        "threads' when they worked: softirq work, loopback delivery among it, deferred there "
+        "and charged to no process under test); server waited = its main "
         "thread runnable but not running (other load on the machine); load generator CPU = "
         "this process's CPU in % of one core (one Python thread: near 100 % it is the limit).",
     ]
@@ -307,35 +382,54 @@ def command_line(argv: list[str]) -> str:
     return " ".join(["python bench/saturation.py", *out])
 
 
-def parse_steps(parser: argparse.ArgumentParser, text: str, max_n: int) -> list[int]:
+def parse_steps(parser: argparse.ArgumentParser, text: str, max_n: int,
+                top: int = MAX_STEP) -> list[int]:
     try:
         steps = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
         parser.error(f"--steps {text!r}: use participant counts separated by commas")
     steps = [n for n in steps if n <= max_n]
-    if not steps or steps[0] < 3 or steps[-1] > 1000:
-        parser.error("--steps: counts 3..1000 (at most --max-n), at least one")
+    if not steps or steps[0] < 3 or steps[-1] > top:
+        parser.error(f"--steps: counts 3..{top} (at most --max-n), at least one")
     return steps
 
 
 async def main_async(args: argparse.Namespace, configs: list[Cpus]) -> dict[str, Any]:
     started = datetime.datetime.now(datetime.UTC)
-    results = [await ladder(args.system, cpus, args.steps, args.window, args.slices,
-                            args.retries) for cpus in configs]
+    results = []
+    for cpus in configs:
+        if args.compare_cpus and args.loadgen_cpus is None:
+            # 1 core: the load generator on the other CPU; 2 cores: on both, as the server.
+            pin_process(os.getpid(), COMPARE_LOADGEN[len(cpus or ())])
+        results.append(await ladder(args.system, cpus, args.steps, args.window, args.slices,
+                                    args.retries, args.sink, args.call_size))
     return {"measured_at": started.strftime("%Y-%m-%d %H:%M UTC"), "host": machine(),
+            "sink": args.sink, "call_size": args.call_size,
             "window_s": args.window, "slices": args.slices, "configs": results,
             "ratio": ratio(results) if args.compare_cpus else None}
 
 
 def main() -> None:
+    global UNMUTED
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="callsctl",
                         help="callsctl (C fan-out, the default) or python (CALLSCTL_FAST_PATH=0)")
     parser.add_argument("--steps", default=",".join(map(str, STEPS)),
                         help="participant counts to step through (default %(default)s)")
-    parser.add_argument("--max-n", type=int, default=1000, help="skip steps above this N")
+    parser.add_argument("--max-n", type=int, default=None,
+                        help=f"skip steps above this N (default {MAX_STEP}, {MAX_STEP_SINK} "
+                             "with --sink)")
+    parser.add_argument("--call-size", type=int, default=None, metavar="N",
+                        help="each step is calls of N participants (steps multiples of N); "
+                             "default: one call")
+    parser.add_argument("--unmuted", type=int, default=UNMUTED, metavar="K",
+                        help="speakers per call (default %(default)s): more packets per "
+                             "participant, for when the load generator cannot hold more "
+                             "participants")
     parser.add_argument("--compare-cpus", action="store_true",
-                        help="run the ladder on CPU 0, then on CPU 0,1, and print the ratio")
+                        help="run the ladder on CPU 0, then on CPU 0,1, and print the ratio; "
+                             "without --loadgen-cpus the load generator runs on CPU 1, "
+                             "then on CPU 0,1")
     parser.add_argument("--window", type=float, default=10.0,
                         help="seconds of steady state measured per step (default 10)")
     parser.add_argument("--slices", type=int, default=5, help="slices of the window (median)")
@@ -344,15 +438,26 @@ def main() -> None:
                              "failed (default 1: the machine is shared)")
     parser.add_argument("--json", action="store_true", help="print the measurements as JSON")
     parser.add_argument("--write", type=Path, help="update this results file in place")
+    add_sink_option(parser)
     add_cpu_options(parser, loadgen_processes=True)
     args = parser.parse_args()
-    if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= 1000
+    top = MAX_STEP_SINK if args.sink else MAX_STEP
+    args.max_n = top if args.max_n is None else args.max_n
+    if not (3 <= args.window <= 600 and 2 <= args.slices <= 60 and 3 <= args.max_n <= top
             and 0 <= args.retries <= 3):
-        parser.error("window 3..600 s, slices 2..60, max-n 3..1000, retries 0..3")
-    args.steps = parse_steps(parser, args.steps, args.max_n)
+        parser.error(f"window 3..600 s, slices 2..60, max-n 3..{top}, retries 0..3")
+    args.steps = parse_steps(parser, args.steps, args.max_n, top)
+    if not 1 <= args.unmuted <= min(args.steps[0], args.call_size or args.steps[0], 50):
+        parser.error("--unmuted: 1..50 and at most the smallest call")
+    UNMUTED = args.unmuted
+    if args.call_size is not None and not (
+            2 <= args.call_size <= top and all(n % args.call_size == 0 for n in args.steps)):
+        parser.error(f"--call-size: 2..{top}, and every step a multiple of it")
     if args.compare_cpus and args.server_cpus is not None:
         parser.error("--compare-cpus runs CPU 0 and CPU 0,1 itself; drop --server-cpus")
     apply_cpu_options(parser, args)
+    check_sink(parser, args.sink)
+    sigterm_as_interrupt()
     if args.compare_cpus:
         try:
             configs: list[Cpus] = [parse_cpus(cpu_list(c)) for c in COMPARE]
@@ -370,7 +475,10 @@ def main() -> None:
     if args.write:
         key = "-".join(["saturation", args.system,
                         "compare" if args.compare_cpus else
-                        "cpus" + cpu_list(configs[0]).replace(",", "+")])
+                        "cpus" + cpu_list(configs[0]).replace(",", "+")]
+                       + ([f"calls{args.call_size}"] if args.call_size else [])
+                       + ([f"u{args.unmuted}"] if args.unmuted != 2 else [])
+                       + (["sink"] if args.sink else []))
         write_section(args.write, key, body)
 
 

@@ -7,7 +7,12 @@ entry/exit cost but not the per-packet delivery. This measures both on the
 same packets, to a sink drained by another process, in CPU microseconds per
 datagram (utime + stime of this process, as the SFU figures are).
 
+`--sink`: the sink meter (bench/sink_meter.py) drops the datagrams at the
+loopback device, after the whole send path and before the sink socket: the
+send path alone, without the loopback delivery the sender pays for otherwise.
+
     python bench/sendmmsg_floor.py --packets 200000 --batch 32
+    python bench/sendmmsg_floor.py --packets 200000 --batch 32 --sink
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ import multiprocessing
 import os
 import socket
 import struct
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sink_meter import MeterError, SinkMeter  # noqa: E402
 
 
 class IoVec(ctypes.Structure):
@@ -95,6 +106,8 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=226)
+    parser.add_argument("--sink", action="store_true",
+                        help="drop the datagrams at the loopback device (needs root and nft)")
     args = parser.parse_args()
     if not 1000 <= args.packets <= 5_000_000 or not 1 <= args.batch <= 1024:
         parser.error("--packets 1000..5000000, --batch 1..1024")
@@ -108,19 +121,30 @@ def main() -> None:
     time.sleep(0.3)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setblocking(False)
-    packet = os.urandom(args.size)
+    sock.bind(("127.0.0.1", 0))
+    packet = bytes([0x80, 0x6F]) + os.urandom(args.size - 2)  # RTP-looking: the meter's match
     addr = ("127.0.0.1", port)
+    meter = None
     try:
+        if args.sink:
+            try:
+                meter = SinkMeter(sock.getsockname()[1], sink=True).open()
+            except MeterError as exc:
+                raise SystemExit(f"error: {exc}") from None
         results = {"sendto_us": [], "sendmmsg_us": []}
         for _ in range(3):  # alternate, so drift hits both alike
             results["sendto_us"].append(with_sendto(sock, addr, packet, args.packets))
             results["sendmmsg_us"].append(with_sendmmsg(sock, addr, packet, args.packets,
                                                         args.batch))
+        dropped = meter.read().dropped if meter is not None else None
     finally:
+        if meter is not None:
+            meter.close()
         stop.set()
         sink.join(5)
     median = {k: sorted(v)[1] for k, v in results.items()}
     print(json.dumps({"packets": args.packets, "batch": args.batch, "size": args.size,
+                      "sink": args.sink, "dropped_by_meter": dropped,
                       **median, "saving": 1 - median["sendmmsg_us"] / median["sendto_us"]}))
 
 

@@ -17,26 +17,49 @@ are paced (--pace-ms) rather than sent back to back, so the receivers sleep
 between bursts as they do in a call. Only the sending thread's CPU is measured
 (time.thread_time).
 
+`--engine c`: the C floor. The same per-copy work as the server's C fan-out
+does it: libsrtp protect and `sendmmsg` in batches, through `fastpath.fanout`
+(rtc/_fanout.c, one thread) rather than a Python loop; the one unprotect per
+incoming packet stays a pylibsrtp call.
+
+`--sink`: the sink meter (bench/sink_meter.py) on the sending socket: every
+copy goes through the send path up to the loopback device, where all but those
+to the first `probes_for(receivers + 1)` receivers (bound on the probe
+address, 127.0.0.2; as many as the server's run has per call) are
+counted and dropped, as the servers are measured with run_all.py --sink. The
+meter's counts go in the JSON (`meter`: forwarded must equal sent).
+
     python bench/srtp_floor.py --receivers 9 --publishers 2 --json
+    python bench/srtp_floor.py --receivers 199 --engine c --sink --json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import itertools
 import json
 import os
+import signal
 import socket
 import statistics
 import struct
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pylibsrtp
 from aiortc.rtcdtlstransport import SRTP_PROFILES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sink_meter import PROBE_ADDRESS, SinkMeter, probes_for, window_checks  # noqa: E402
 
 from callsctl_sfu.client.loadgen import (  # noqa: E402
     STAMP_LEN,
@@ -49,16 +72,18 @@ from callsctl_sfu.client.loadgen import (  # noqa: E402
 # is what the server's sessions with the load generator and with Chrome use.
 PROFILE = SRTP_PROFILES[0]
 KEY_LEN = PROFILE.key_length + PROFILE.salt_length
-DRAIN = ("import selectors,socket,sys\n"
+DRAIN = ("import ctypes,ctypes.util,selectors,signal,socket,sys\n"
+         "ctypes.CDLL(ctypes.util.find_library('c')).prctl(1,signal.SIGKILL)\n"
          "sel=selectors.DefaultSelector()\n"
          "ports=[]\n"
-         "for _ in range(int(sys.argv[1])):\n"
+         "for i in range(int(sys.argv[1])):\n"
          "    s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
          "    s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,1<<20)\n"
-         "    s.bind(('127.0.0.1',0))\n"
+         "    a=sys.argv[3] if i<int(sys.argv[2]) else '127.0.0.1'\n"
+         "    s.bind((a,0))\n"
          "    s.setblocking(False)\n"
          "    sel.register(s,selectors.EVENT_READ)\n"
-         "    ports.append(str(s.getsockname()[1]))\n"
+         "    ports.append(a+':'+str(s.getsockname()[1]))\n"
          "print(' '.join(ports),flush=True)\n"
          "while True:\n"
          "    for key,_ in sel.select():\n"
@@ -90,16 +115,49 @@ def _wire_packets(sample: MediaSample, count: int, ssrc: int) -> list[bytes]:
     return out
 
 
+def c_sender(sock: socket.socket, sinks: list[tuple[str, int]]) -> Any:
+    """The C floor's per-incoming-packet step: `fastpath.fanout` to every sink, own contexts."""
+    from callsctl_sfu.rtc import aiortc_bridge, fastpath
+
+    if not fastpath.AVAILABLE:
+        raise SystemExit(f"srtp_floor: the C fan-out is not available: {fastpath.REASON}")
+    sessions = [_session(os.urandom(KEY_LEN), outbound=True) for _ in sinks]
+    pair = object()
+    targets = [fastpath.Target(fastpath.Rewrite(ssrc=10_000 + i, payload_type=111,
+                                                audio_level_id=1),
+                               session, aiortc_bridge.srtp_context_address(session), sink,
+                               {1: pair}, pair)
+               for i, (session, sink) in enumerate(zip(sessions, sinks, strict=True))]
+    fd = sock.fileno()
+    fanout = fastpath.fanout
+    # One outgoing stream per receiver, so one running sequence (the publishers' own
+    # sequences overlap and libsrtp would refuse them as replays).
+    sequence = itertools.count(1)
+
+    def send(clear: bytes) -> None:
+        seq = next(sequence)
+        fanout(fd, 0x90, False, seq & 0xFFFF, seq * 960, 0xABC, clear[20:], 30, targets)
+
+    send.sessions = sessions  # type: ignore[attr-defined]  # keeps the contexts alive
+    return send
+
+
 def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
-            repeats: int, pace_ms: float = 1.0) -> dict[str, float]:
+            repeats: int, pace_ms: float = 1.0, engine: str = "python",
+            sink: bool = False) -> dict[str, Any]:
     """CPU µs per sent packet, median of `repeats` runs of at least `min_sent` packets."""
-    drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(receivers)],
-                             stdout=subprocess.PIPE, text=True)
+    probes = probes_for(receivers + 1) if sink else 0
+    drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(receivers), str(probes),
+                              PROBE_ADDRESS], stdout=subprocess.PIPE, text=True)
+    meter: SinkMeter | None = None
     try:
         ports = drain.stdout.readline().split()  # type: ignore[union-attr]
-        sinks = [("127.0.0.1", int(port)) for port in ports]
+        sinks = [(item.rsplit(":", 1)[0], int(item.rsplit(":", 1)[1])) for item in ports]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        sock.bind(("127.0.0.1", 0))
+        if sink:
+            meter = SinkMeter(sock.getsockname()[1], sink=True).open()
         incoming_count = max(50, min_sent // max(1, receivers))
         samples = [opus_sample()] * publishers + ([screen_sample()] if screen else [])
         plain: list[bytes] = []
@@ -112,34 +170,77 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
         wire = [protector.protect(p) for p in plain]
         octets = statistics.fmean(len(p) for p in wire)
         figures = []
+        counts0 = meter.read() if meter else None
+        total_sent = 0
         for _ in range(repeats):
             inbound = _session(sender_key, outbound=False)
-            outbound = [(_session(os.urandom(KEY_LEN), outbound=True), sink)
-                        for sink in sinks]
             sendto = sock.sendto
             pace = pace_ms / 1000
+            if engine == "c":
+                send_c = c_sender(sock, sinks)
+            else:
+                outbound = [(_session(os.urandom(KEY_LEN), outbound=True), dest)
+                            for dest in sinks]
             start = time.thread_time()
             sent = 0
             for packet in wire:
                 clear = inbound.unprotect(packet)
-                for session, sink in outbound:
-                    sendto(session.protect(clear), sink)
+                if engine == "c":
+                    send_c(clear)
+                else:
+                    for session, dest in outbound:
+                        sendto(session.protect(clear), dest)
                 sent += receivers
                 if pace:
                     time.sleep(pace)
             figures.append(1e6 * (time.thread_time() - start) / max(1, sent))
+            total_sent += sent
+        result: dict[str, Any] = {
+            "us_per_packet": statistics.median(figures), "min": min(figures),
+            "max": max(figures), "repeats": repeats, "packets_per_repeat": sent,
+            "pace_ms": pace_ms, "sockets": len(sinks), "engine": engine, "sink": sink,
+            "srtp_profile": PROFILE.openssl_profile.decode(),
+            "receivers": receivers, "mean_packet_octets": round(octets, 1)}
+        if meter is not None and counts0 is not None:
+            time.sleep(0.05)
+            counts = meter.read() - counts0
+            result["meter"] = {"sent": total_sent, "forwarded": counts.forwarded,
+                               "to_probes": counts.to_probes, "dropped": counts.dropped,
+                               "probe_arrived": counts.probe_arrived, "leaked": counts.leaked,
+                               "probes": probes,
+                               "problems": window_checks(
+                                   replace(counts, media_in=total_sent), sink=True)
+                               + ([] if counts.forwarded == total_sent else
+                                  [f"counted {counts.forwarded} of {total_sent} sent"])}
         sock.close()
-        return {"us_per_packet": statistics.median(figures), "min": min(figures),
-                "max": max(figures), "repeats": repeats, "packets_per_repeat": sent,
-                "pace_ms": pace_ms, "sockets": len(sinks),
-                "srtp_profile": PROFILE.openssl_profile.decode(),
-                "receivers": receivers, "mean_packet_octets": round(octets, 1)}
+        return result
     finally:
+        if meter is not None:
+            meter.close()
         drain.kill()
         drain.wait(5)
 
 
+def end_with_parent() -> None:
+    """SIGTERM (as Ctrl-C) when the parent dies or asks: the sink meter and drain go too.
+
+    run_all.py starts this as a child; if it is killed or interrupted, PR_SET_PDEATHSIG
+    (prctl(2), Linux) sends SIGTERM here, and the KeyboardInterrupt it becomes unwinds
+    `measure`'s `finally`: the meter's tables are deleted and the drain child killed.
+    """
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the parent was already gone
+        raise SystemExit(1)
+
+
 def main() -> None:
+    end_with_parent()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--receivers", type=int, default=9)
     parser.add_argument("--publishers", type=int, default=2)
@@ -148,6 +249,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pace-ms", type=float, default=1.0,
                         help="pause after each incoming packet's copies (0: back to back)")
+    parser.add_argument("--engine", choices=("python", "c"), default="python",
+                        help="python: protect + sendto per copy in Python (the default, the "
+                             "recorded floor); c: fastpath.fanout (libsrtp + sendmmsg in C)")
+    parser.add_argument("--sink", action="store_true",
+                        help="count and drop the copies at the loopback device except to "
+                             "a tenth of the receivers, 2 to 8 (bench/sink_meter.py; needs "
+                             "root and nft)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (1 <= args.receivers <= 2000 and 0 <= args.publishers <= 100
@@ -157,8 +265,11 @@ def main() -> None:
                      "pace-ms 0..20")
     if args.publishers == 0 and not args.screen:
         parser.error("nothing to send: give --publishers or --screen")
-    result = measure(args.receivers, args.publishers, args.screen, args.min_sent, args.repeats,
-                     args.pace_ms)
+    try:
+        result = measure(args.receivers, args.publishers, args.screen, args.min_sent,
+                         args.repeats, args.pace_ms, args.engine, args.sink)
+    except KeyboardInterrupt:
+        raise SystemExit("srtp_floor: interrupted (the sink meter's tables were removed)") from None
     print(json.dumps(result) if args.json else
           f"{result['us_per_packet']:.2f} µs CPU per sent packet (median of {args.repeats}, "
           f"{result['receivers']} receivers, {result['mean_packet_octets']:.0f} octets)")

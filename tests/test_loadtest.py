@@ -163,3 +163,54 @@ def test_simulcast_screen_share_reaches_both_layers(serve_factory) -> None:
             continue
         expected, received = receiver["sources"][f"{presenter}/screen"]
         assert expected > 0 and received > 0, receiver
+
+
+def test_probes_alone_are_measured_and_gather_on_their_own_address(server) -> None:
+    """With probes set (the benches' sink meter), loss and delay come from the probes only.
+
+    The probes are spread over the call (first and last joiner among them) and
+    gather on the probe address, which is how a packet filter outside the
+    generator tells them apart; the server must accept and serve them there.
+    """
+    addresses: dict[str, str] = {}
+
+    async def during_window(edge: str) -> None:
+        if edge == "start":
+            for participant in test.participants:
+                addresses[participant.user] = test.address_for(participant)
+
+    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
+                        calls=1, users_per_call=5, unmuted=2, duration=12, join_duration=0.5,
+                        window=2, local_address="127.0.0.1", settle_timeout=5,
+                        probes_per_call=2, probe_address="127.0.0.2")
+    test = LoadTest(config, on_window=during_window)
+    report = asyncio.run(test.run()).to_dict()
+
+    assert report["participants"]["joined"] == 5, report["participants"]
+    media = report["media"]
+    probes = {"loadtest-1-u1", "loadtest-1-u5"}
+    assert {r["user"] for r in media["per_receiver"]} == probes
+    assert media["receivers_measured"] == 2
+    assert media["loss"] <= 0.02, media
+    assert report["delay_ms"]["samples"] > 0
+    assert {u for u, a in addresses.items() if a == "127.0.0.2"} == probes
+    assert {a for u, a in addresses.items() if u not in probes} == {"127.0.0.1"}
+
+
+def test_probe_settings_are_checked() -> None:
+    def refused(**settings: Any) -> str:
+        config = LoadConfig(ws_url="ws://127.0.0.1:1/ws", token_for=lambda c, u: "t",
+                            **settings)
+        try:
+            config.validate()
+        except LoadConfigError as exc:
+            return str(exc)
+        return ""
+
+    assert "probe address" in refused(users_per_call=10, probes_per_call=2)
+    assert "probes per call must be 0..10" in refused(users_per_call=10, probes_per_call=11,
+                                                      probe_address="127.0.0.2")
+    # Probed runs read only the probes' packets: they may hold more participants.
+    assert refused(calls=1, users_per_call=1500, probes_per_call=8,
+                   probe_address="127.0.0.2") == ""
+    assert "at most 1000" in refused(calls=3, users_per_call=500)

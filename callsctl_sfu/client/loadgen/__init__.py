@@ -42,6 +42,11 @@ from each sender of its call. Sending stops before the window closes and the
 in-flight packets drain, so expected vs received compare the same packets
 (up to the few in flight when the window opened).
 
+Probes (`probes_per_call`, for benches only): a bench that drops most
+receivers' media outside the generator (bench/sink_meter.py) names a few
+receivers per call, spread over the join order, that gather on their own
+address; loss, delay and settling are then measured on those alone.
+
 The package, one job per module:
 
 - config.py       what to simulate (`LoadConfig`, `Role`) and the limits every caller is held to

@@ -17,6 +17,9 @@ from callsctl_sfu.errors import CallsctlError
 # -- limits: admission control for every caller (CLI, bench, tests) ----------------------------
 
 MAX_PARTICIPANTS = 1000  # one process cannot hold more: ~3 fds and ~1 MB each, one core
+# With probes set (a bench's sink meter drops the other receivers' media before their
+# sockets), the generator reads only the probes' packets, so it can hold more of them.
+MAX_PROBED_PARTICIPANTS = 3000
 MAX_CALLS = 200
 MAX_DURATION_S = 2 * 3600.0
 MIN_DURATION_S = 1.0
@@ -64,10 +67,22 @@ class LoadConfig:
     processes: int = 1
     # Which share of the participants this process runs (set for each worker: index, count).
     share: tuple[int, int] = (0, 1)
+    # Benches with a sink meter outside the generator (bench/sink_meter.py): only these
+    # receivers of each call ("probes", spread over the join order) are measured for
+    # loss, delay and settling; the others' media may be dropped before their sockets.
+    # Probes gather on probe_address so a packet filter can tell them apart. 0: every
+    # receiver is measured (the default, and what `callsctl loadtest` does).
+    probes_per_call: int = 0
+    probe_address: str | None = None
 
     @property
     def participants(self) -> int:
         return self.calls * self.users_per_call
+
+    def is_probe(self, user_index: int) -> bool:
+        """Whether participant `user_index` (0-based) of a call is measured (`probes_per_call`)."""
+        return not self.probes_per_call or user_index in probe_indices(
+            self.users_per_call, self.probes_per_call)
 
     def in_share(self, call_number: int, user_index: int) -> bool:
         """Whether this process runs participant `user_index` (0-based) of call `call_number`.
@@ -89,11 +104,12 @@ class LoadConfig:
                 raise LoadConfigError(message)
 
         need(1 <= self.calls <= MAX_CALLS, f"--calls must be 1..{MAX_CALLS}, not {self.calls}")
-        need(1 <= self.users_per_call <= MAX_PARTICIPANTS,
-             f"--users-per-call must be 1..{MAX_PARTICIPANTS}, not {self.users_per_call}")
-        need(self.participants <= MAX_PARTICIPANTS,
+        most = MAX_PROBED_PARTICIPANTS if self.probes_per_call else MAX_PARTICIPANTS
+        need(1 <= self.users_per_call <= most,
+             f"--users-per-call must be 1..{most}, not {self.users_per_call}")
+        need(self.participants <= most,
              f"{self.calls} calls x {self.users_per_call} users = {self.participants} "
-             f"participants; one load generator holds at most {MAX_PARTICIPANTS}")
+             f"participants; one load generator holds at most {most}")
         need(0 <= self.unmuted <= self.users_per_call,
              f"--unmuted must be 0..--users-per-call ({self.users_per_call}), not {self.unmuted}")
         need(MIN_DURATION_S <= self.duration <= MAX_DURATION_S,
@@ -112,8 +128,25 @@ class LoadConfig:
              f"--processes must be 0..{MAX_PROCESSES} (0: one per usable CPU), "
              f"not {self.processes}")
         need(0 <= self.share[0] < self.share[1], "a worker's share must be 0..count-1")
+        need(0 <= self.probes_per_call <= self.users_per_call,
+             f"probes per call must be 0..{self.users_per_call}, not {self.probes_per_call}")
+        need(not self.probes_per_call or bool(self.probe_address),
+             "probes per call need a probe address to gather on")
         need(bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", self.call_prefix)),
              "the call prefix must be 1-40 letters, digits, '.', '_' or '-'")
+
+
+def probe_indices(users: int, probes: int) -> frozenset[int]:
+    """`probes` user indices of a call of `users`, evenly spread from the first to the last.
+
+    Spread, not the first few: a fan-out sends copies in its receivers' order,
+    so the last joiner of a big call waits longest and must be among them.
+    """
+    if probes >= users:
+        return frozenset(range(users))
+    if probes == 1:
+        return frozenset({users - 1})
+    return frozenset(round(k * (users - 1) / (probes - 1)) for k in range(probes))
 
 
 @dataclass(frozen=True)

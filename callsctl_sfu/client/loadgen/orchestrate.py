@@ -147,6 +147,18 @@ class LoadTest:
         """(call, user, role) of every participant of the run in join order (`join_order`)."""
         return join_order(self.config)
 
+    def is_probe(self, user: str) -> bool:
+        """Whether `user` (a `join_order` name) is measured: every one unless probes are set."""
+        if not self.config.probes_per_call:
+            return True
+        return self.config.is_probe(int(user.rsplit("-u", 1)[1]) - 1)
+
+    def address_for(self, participant: LightParticipant) -> str:
+        """Where a participant gathers: probes on the probe address, when one is set."""
+        if self.config.probes_per_call and participant.probe and self.config.probe_address:
+            return self.config.probe_address
+        return self.local_address
+
     def mine(self, call: str, user: str) -> bool:
         """Whether this process runs `user` of `call` (names as `join_order` makes them)."""
         return runs_here(self.config, call, user)
@@ -273,7 +285,7 @@ class LoadTest:
 
     def _flowing(self) -> bool:
         for receiver in self.participants:
-            if not receiver.connected:
+            if not receiver.connected or not receiver.probe:
                 continue
             have = {receiver.streams.get(ssrc) for ssrc, n in receiver.received.items() if n}
             for sender in self._expected_sources(receiver):

@@ -56,6 +56,8 @@ class LightParticipant:
         self.call = call
         self.user = user
         self.role = role
+        # Measured for loss and delay (every receiver unless a bench set probes_per_call).
+        self.probe = test.is_probe(user)
         self.session_id: str | None = None
         self.failure: str | None = None
         self.started_at = 0.0
@@ -147,7 +149,7 @@ class LightParticipant:
             await self._send({"type": "screen_on", "stream_id": screen_stream})
         if self.role.camera:
             await self._send({"type": "video_on"})
-        await gather_on(pc, test.local_address)
+        await gather_on(pc, test.address_for(self))
         self._tasks.append(asyncio.create_task(self._signal_loop()))
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
@@ -300,7 +302,7 @@ class LightParticipant:
                 received[ssrc] = count
                 if count == 1 and self.first_media_at is None:
                     self.first_media_at = loop.time()
-                if count % every == 0:
+                if count % every == 0 and self.probe:
                     self._sample_delay(data)
                 return
             original(data, addr)

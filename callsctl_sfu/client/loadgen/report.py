@@ -109,7 +109,7 @@ def raw_figures(test: LoadTest, cpu_seconds: float, wall: float) -> dict[str, An
             for ssrc, n in counts["recv1"].get(id(p), {}).items():
                 got[p.streams.get(ssrc, (None, f"ssrc-{ssrc}"))] += n - before.get(ssrc, 0)
             receivers.append({"user": p.user, "call": p.call, "session_id": p.session_id,
-                              "got": dict(got)})
+                              "got": dict(got), "probe": p.probe})
     return {
         "participants": participants, "senders": senders, "receivers": receivers,
         "windowed": windowed,
@@ -219,7 +219,8 @@ def media_figures(raws: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Loss over the steady window, in total, per media label and per receiver and source.
 
     A receiver expects every sender of its call but itself, across every
-    process's figures.
+    process's figures. With probes set (`LoadConfig.probes_per_call`) only the
+    probes count: the others' media may have been dropped on purpose.
     """
     if not raws or not all(raw["windowed"] for raw in raws):
         return None
@@ -233,7 +234,8 @@ def media_figures(raws: list[dict[str, Any]]) -> dict[str, Any] | None:
     worst = 0.0
     extra = 0
     by_label: dict[str, list[int]] = {}
-    for receiver in (r for raw in raws for r in raw["receivers"]):
+    measured = [r for raw in raws for r in raw["receivers"] if r.get("probe", True)]
+    for receiver in measured:
         got = receiver["got"]
         expected = received = 0
         sources: dict[str, list[int]] = {}
@@ -267,6 +269,8 @@ def media_figures(raws: list[dict[str, Any]]) -> dict[str, Any] | None:
         "senders": sum(raw["all_senders"] for raw in raws), "packets_sent": sent,
         "expected": total_expected, "received": total_received,
         "loss": round(1 - total_received / total_expected, 5) if total_expected else None,
+        # Receivers measured: every one, or the probes when a bench set probes_per_call.
+        "receivers_measured": len(measured),
         "pairs": pairs, "pairs_over_1pct_loss": lossy_pairs, "worst_pair_loss": round(worst, 5),
         # More than was sent in the window: in flight when it opened, or duplicates.
         "received_beyond_expected": extra,

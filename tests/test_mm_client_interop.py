@@ -207,6 +207,9 @@ def test_mute_is_enforced_on_a_reused_transceiver(browser, page_url, server):
         ann.call("unmute")
         bob.call("unmute")  # bob's addTrack reuses the transceiver that brings ann's audio
         call.wait_flowing({ann: ["audio"], bob: ["audio"]})
+        # Speaking is detected from the audio level (Chromium's fake microphone beeps),
+        # which can come a moment after the first packets: voice_off needs a voice_on first.
+        call.wait_voice_on(bob)
         bob.call("muteSignalOnly")  # only the signaling message: the track keeps sending
         call.wait_voice_off(bob)
         call.assert_silent(bob)

@@ -20,6 +20,12 @@ core, and the load generator would measure itself rather than the server. Here:
 - Receivers count datagrams per SSRC without decrypting them (the SSRC is in the
   clear, RFC 3711 §3.1); the SSRC -> publisher map comes from the server's SDP
   (msid `<publisher>-<label>`, the SFU's track ids).
+- Receivers send RTCP as a browser would: an RTCP receiver report on
+  libwebrtc's schedule (every 5 s when only audio is received, every 1 s with
+  video), each interval drawn from 0.5-1.5 times that (RFC 3550 §6.3.1), so
+  the server sees the per-session RTCP load real clients cause, not a burst
+  from every receiver at once. (Before, every receiver reported every second,
+  all together: five times an audio client's rate.)
 
 Forwarding delay: every sent packet carries its send time in RTP padding
 (RFC 3550 §5.1: P bit set, the last padding octet counts the padding octets).

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -35,7 +36,11 @@ from callsctl_sfu.client.loadgen.sender import StreamSender
 
 MAX_CATCH_UP = 5  # frames one stream may send late in one tick before frames are skipped
 MAX_DELAY_SAMPLES = 500_000
-RECEIVER_REPORT_INTERVAL = 1.0
+# How often a receiving participant sends RTCP: libwebrtc's defaults (its RTCP sender
+# reports every 5 s for an audio stream, every 1 s for video), each interval drawn from
+# 0.5-1.5 times that (RFC 3550 §6.3.1), so a thousand receivers do not report at once.
+AUDIO_REPORT_INTERVAL_S = 5.0
+VIDEO_REPORT_INTERVAL_S = 1.0
 SETTLED_DELAY_MS = 100.0  # the window opens once recent forwarding delay is below this
 
 # Builds one participant: (test, call, user, role). The signaling dialect seam: the
@@ -393,13 +398,28 @@ class LoadTest:
                 wake = min(wake, sender.next_due)
             await asyncio.sleep(max(0.0, wake - loop.time()))
 
+    def report_interval(self) -> float:
+        """The RTCP interval of this run's receivers: video is received if anyone sends it."""
+        video = self.config.video or self.config.screen_sharing
+        return VIDEO_REPORT_INTERVAL_S if video else AUDIO_REPORT_INTERVAL_S
+
     async def _receiver_reports(self, end: float) -> None:
+        """Each connected participant's RTCP, on its own randomised schedule."""
         loop = asyncio.get_running_loop()
+        interval = self.report_interval()
+        due: dict[int, float] = {}  # id(participant) -> when it reports next
         while loop.time() < end:
-            await asyncio.sleep(RECEIVER_REPORT_INTERVAL)
+            now = loop.time()
             for participant in self.participants:
-                if participant.connected:
+                if not participant.connected:
+                    continue
+                key = id(participant)
+                if key not in due:  # its first report comes at a random point of one interval
+                    due[key] = now + interval * random.random()
+                elif due[key] <= now:
                     participant.send_receiver_report()
+                    due[key] = now + interval * random.uniform(0.5, 1.5)
+            await asyncio.sleep(0.1)
 
     async def _watch_loop_lag(self, end: float) -> None:
         """How late this process's event loop runs: a loaded generator inflates delays."""

@@ -401,7 +401,7 @@ class ServeConfig:
     preload_media: bool = _setting(
         False, "load the media stack (aiortc, PyAV, pyOpenSSL, pylibsrtp: about 33 MB) and "
         "check aiortc's internals at start, before any port is taken, instead of in the "
-        "background at the first call", _boolean,
+        "background at the first call (a fleet node, with cluster set, always does)", _boolean,
         section="rtc", flag=SWITCH,
     )
 

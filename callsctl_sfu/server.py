@@ -102,7 +102,10 @@ class Server:
             medialoader.check_versions()
         except medialoader.BridgeError as exc:
             raise StartupError(str(exc), code=exc.code) from None
-        if config.preload_media:  # and their internals, by loading them now (as it was)
+        # And their internals, by loading them now (as it was): with preload_media, and
+        # always on a fleet node, which exists to host calls and whose CPU placement
+        # compares: its first call's load (about a second of CPU) must not read as load.
+        if config.preload_media or config.cluster:
             try:
                 await self.media.preload()
             except medialoader.MediaUnavailable as exc:

@@ -18,6 +18,7 @@ import aiohttp
 import httpx
 import pytest
 
+from callsctl_sfu.rtc.medialoader import mapped_media_libraries
 from tests.support.fleet import (
     RedisServer,
     admin_headers,
@@ -109,6 +110,10 @@ def test_least_loaded_spreads_new_calls(tmp_path, redis, nodes):
     b = start_node(tmp_path, redis.url, node_id="node-b")
     c = start_node(tmp_path, redis.url, node_id="node-c")
     nodes += [a, b, c]
+    # A fleet node loads the media stack at start: a node's first call (about a second
+    # of CPU to load it) would otherwise read as load and steer the next calls away.
+    for node in (a, b, c):
+        assert mapped_media_libraries(node.process.pid), f"{node} has not loaded media"
     time.sleep(1.5)  # all have sampled their CPU once
 
     async def joins() -> list[dict]:

@@ -210,6 +210,8 @@ class MediaLoader:
 
         Cancelling one waiting join does not cancel the load the others wait for.
         """
+        if self.stack is not None:  # every join after the first: no timer, no shield
+            return self.stack
         try:
             stack = await asyncio.wait_for(asyncio.shield(self.start()), LOAD_TIMEOUT_S)
         except TimeoutError:  # a stuck import must not hold joins forever

@@ -45,6 +45,14 @@ class Peer:
     def drop_ingress_routes(self) -> None:
         pass
 
+    @property
+    def video_published(self) -> tuple[PublishedTrack, ...]:
+        return tuple(t for t in self.published.values() if t.kind == "video")
+
+    @property
+    def simulcast_published(self) -> tuple[PublishedTrack, ...]:
+        return tuple(t for t in self.video_published if t.rids)
+
     def publish_audio(self, ssrc: int) -> None:
         self.published["0"] = PublishedTrack("0", "audio", "audio", None, ssrcs={ssrc})
         self.ssrc_to_mid[ssrc] = "0"

@@ -541,9 +541,7 @@ class Forwarder:
         if interval >= 1.0:
             self._last_layer_rates = now
         for member in self._members.values():
-            for track in member.peer.published.values():
-                if not track.rids:
-                    continue
+            for track in member.peer.simulcast_published:
                 if interval >= 1.0:
                     track.layer_bps = {rid: 8 * count / interval
                                        for rid, count in track.layer_bytes.items()}
@@ -582,7 +580,9 @@ class Forwarder:
         # Only video needs keyframes: look up the video sources' downtracks rather than
         # scanning every receiver's every track (n² in a large audio call, 4 times a second).
         video_keys = [f"{m.session_id}:{t.label}" for m in self._members.values()
-                      for t in m.peer.published.values() if t.kind == "video"]
+                      for t in m.peer.video_published]
+        if not video_keys:  # an audio-only server: nothing waits for a keyframe
+            return
         for member in self._members.values():
             downtracks = member.peer.downtracks
             for key in video_keys:
@@ -592,7 +592,7 @@ class Forwarder:
                 switching = down.target_layer is not None and down.target_layer != down.layer
                 if down.needs_keyframe or switching:
                     self.rtcp.keyframe_for_downtrack(down)
-            for track in member.peer.published.values():
+            for track in member.peer.video_published:  # only video keeps a NACK ring
                 if track.missing and now - min(track.missing.values()) > UNREPAIRED_AFTER:
                     track.missing.clear()
                     if track.keyframes.request() == 0:

@@ -39,6 +39,9 @@ EventSender = Callable[[dict[str, Any]], Awaitable[None]]
 
 VOICE_OFF_AFTER = 1.0
 HOUSEKEEPING_INTERVAL = 0.25
+# The timeouts (reconnect grace, media connect, no media) are seconds to minutes long: every
+# participant is checked against them once a second, not on every housekeeping pass.
+TIMEOUT_SCAN_EVERY = 4  # passes
 
 
 class JoinRefused(CallsctlError):
@@ -96,6 +99,13 @@ class CallManager:
         self.participants: dict[str, Member] = {}
         self.control_stats = ControlStats()
         self._loop = asyncio.get_event_loop()
+        # Sessions heard speaking (voice on): the only ones the 4-a-second voice-off check
+        # looks at, so that a call's silent majority costs that check nothing.
+        self._speaking: set[str] = set()
+        self._housekeeping_passes = 0
+        # Set while anyone is joined: housekeeping sleeps on it instead of waking an empty
+        # server 4 times a second (each wake-up of an idle process costs CPU of its own).
+        self._occupied = asyncio.Event()
         self._housekeeping = spawn(self._housekeep(), "housekeeping")
         # The media plane: routes, plans, the per-packet path, RTCP (calls/forwarder.py).
         self.forwarder = Forwarder(mux, metrics, on_loud=self._on_loud)
@@ -172,6 +182,7 @@ class CallManager:
         # about them, and the call it joins does not end in between).
         participant = Member(session, peer, None, created_at=self._loop.time())
         self.participants[session.session_id] = participant
+        self._occupied.set()
         call.add(session)  # no route changes: the new peer has no downtracks yet
         forwarder.add_session(session.session_id, call_id, peer)
         for old_id in replaced:
@@ -312,6 +323,7 @@ class CallManager:
                                                     session_id=session_id).wire())
         if attribute == "muted" and value and state.voice:
             state.voice = False
+            self._speaking.discard(session_id)
             await self.broadcast(call, events.UserState(type="user_voice_off",
                                                         session_id=session_id).wire())
         return True
@@ -478,6 +490,7 @@ class CallManager:
         session.last_loud = self._loop.time()
         if not session.state.voice:
             session.state.voice = True
+            self._speaking.add(session_id)
             call = self.calls.get(session.call_id)
             if call is not None:
                 spawn(self.broadcast(call, events.UserState(
@@ -489,6 +502,9 @@ class CallManager:
     async def _housekeep(self) -> None:
         """Voice-off detection, vanished participants and expired reconnect windows."""
         while True:
+            if not self.participants:
+                self._occupied.clear()
+                await self._occupied.wait()
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 await self._housekeep_once()
@@ -496,16 +512,35 @@ class CallManager:
                 log.exception("housekeeping pass failed")
 
     async def _housekeep_once(self) -> None:
+        """One pass: voice-off for the speaking, then (once a second) every timeout.
+
+        Why not everything on every pass: this runs 4 times a second, and a scan of
+        every participant on each pass was most of what an idle joined session cost
+        the server (docs/performance-small-calls.md, "Per-session background").
+        """
         now = self._loop.time()
         self.forwarder.housekeep(now)
-        for participant in list(self.participants.values()):
+        for session_id in list(self._speaking):
+            participant = self.participants.get(session_id)
+            if participant is None or not participant.session.state.voice:
+                self._speaking.discard(session_id)
+                continue
             session = participant.session
-            if session.state.voice and now - session.last_loud > VOICE_OFF_AFTER:
+            if now - session.last_loud > VOICE_OFF_AFTER:
                 session.state.voice = False
+                self._speaking.discard(session_id)
                 call = self.calls.get(session.call_id)
                 if call is not None:
                     await self.broadcast(call, events.UserState(
                         type="user_voice_off", session_id=session.session_id).wire())
+        self._housekeeping_passes += 1
+        if self._housekeeping_passes % TIMEOUT_SCAN_EVERY == 0:
+            await self._expire_sessions(now)
+
+    async def _expire_sessions(self, now: float) -> None:
+        """Vanished participants, media that never connected or stopped, expired grace."""
+        for participant in list(self.participants.values()):
+            session = participant.session
             if participant.detached_at is not None and \
                     now - participant.detached_at > self.config.reconnect_grace:
                 await self.leave(session.session_id, "signaling connection lost")

@@ -182,6 +182,11 @@ class MediaPeer:
         self.client_sending: set[str] = set()
         self.active_mids: set[str] = set()
         self.published: dict[str, PublishedTrack] = {}
+        # The published video tracks, and the simulcast ones among them, as of the last
+        # description: the forwarder's housekeeping (4 times a second) reads these instead
+        # of scanning every participant's every track.
+        self.video_published: tuple[PublishedTrack, ...] = ()
+        self.simulcast_published: tuple[PublishedTrack, ...] = ()
         self.ssrc_to_mid: dict[int, str] = {}
         self.screen_stream: str | None = None
         # Every stream this client ever announced as a screen share: a track stays a
@@ -441,6 +446,8 @@ class MediaPeer:
                                             self.ring_size, self.published, self.active_mids)
         for mid, track in self.published.items():
             track.rids = self.layers.get(mid, [])
+        self.video_published = tuple(t for t in self.published.values() if t.kind == "video")
+        self.simulcast_published = tuple(t for t in self.video_published if t.rids)
         for mid, track in self.published.items():
             for ssrc in track.ssrcs:
                 self.ssrc_to_mid[ssrc] = mid

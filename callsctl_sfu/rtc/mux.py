@@ -227,7 +227,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     @property
     def consent(self) -> ConsentScheduler:
-        """The consent scheduler, made at first use (a session, or GET /stats)."""
+        """The consent scheduler, made with the first session (the media stack is loaded)."""
         consent = self._consent
         if consent is None:
             from callsctl_sfu.rtc.consent import ConsentScheduler
@@ -238,6 +238,10 @@ class UdpMux(asyncio.DatagramProtocol):
     @consent.setter
     def consent(self, scheduler: ConsentScheduler) -> None:
         self._consent = scheduler
+
+    def consent_stats(self) -> dict[str, int]:
+        """The scheduler's counters for GET /stats; empty before the first session."""
+        return {} if self._consent is None else self._consent.stats.as_dict()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._sock = None

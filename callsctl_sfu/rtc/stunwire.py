@@ -37,6 +37,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from callsctl_sfu.errors import CallsctlError
+
 Address = tuple[str, int]
 
 MAGIC_COOKIE = 0x2112A442
@@ -73,8 +75,10 @@ _HEADER = struct.Struct("!HHI12s")
 _COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
 
 
-class StunFormatError(ValueError):
+class StunFormatError(CallsctlError, ValueError):
     """Not a STUN message this codec can read (the mux counts it as malformed)."""
+
+    code = "malformed_stun"
 
 
 def message_type(method: int, message_class: int) -> int:

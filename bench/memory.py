@@ -75,28 +75,30 @@ MAX_SIZE = 300  # one load generator on a shared 2-core machine
 
 # What `callsctl serve` imports, in an order where each step adds only itself
 # (its own dependencies that no earlier step imported count towards it).
-# The first group is what an idle server imports; the steps "at the first call" are the
-# media stack rtc/medialoader.py loads when a call starts (or at start with
-# --preload-media); the last is what only the parsing pass of `callsctl serve` imports.
+# The first group is what an idle server imports (its serving pass: callsctl/serving.py);
+# the steps "at the first call" are what the first participant brings: PyJWT with its
+# token check, and the media stack rtc/medialoader.py loads (or at start with
+# --preload-media); the last are what only the parsing pass of `callsctl serve` imports.
 IMPORT_STEPS = (
     ("interpreter", None),
     ("asyncio (+ ssl, OpenSSL's libssl/libcrypto)", "asyncio"),
     ("aiohttp.web", "aiohttp.web"),
-    ("jwt (+ cryptography, which PyJWT imports when installed)", "jwt"),
-    ("aioice (+ dnspython, ifaddr: the media socket's STUN)", "aioice"),
     ("prometheus_client", "prometheus_client"),
     ("aiosqlite", "aiosqlite"),
     ("callsctl_sfu.server (the engine, without the media stack)", "callsctl_sfu.server"),
-    ("typer + rich (the CLI framework)", "typer,rich.console"),
-    ("callsctl.serve (the serve command)", "callsctl.serve"),
+    ("callsctl.serving (the serving pass, its banner)", "callsctl.serving,callsctl.banner"),
+    ("at the first call: jwt (+ cryptography, which PyJWT imports when installed)", "jwt"),
+    ("at the first call: aioice (+ dnspython, ifaddr: ICE for sessions)", "aioice"),
     ("at the first call: pyOpenSSL (aiortc's DTLS)", "OpenSSL"),
     ("at the first call: pylibsrtp (libsrtp)", "pylibsrtp"),
     ("at the first call: av (PyAV + FFmpeg libraries)", "av"),
     ("at the first call: aiortc (its own modules)", "aiortc"),
     ("at the first call: callsctl's media modules (rtc/peer.py...)",
      "callsctl_sfu.rtc.peer,callsctl_sfu.rtc.rtcp_routing"),
-    ("never in the server: pydantic (typer 0.29's value conversion; serve parses, then "
-     "starts over without it)", "typer._adapters"),
+    ("never in the server: typer + click + rich (the CLI; serve parses, then starts over "
+     "without them)", "typer,rich.console"),
+    ("never in the server: callsctl.serve (the serve command)", "callsctl.serve"),
+    ("never in the server: pydantic (typer 0.29's value conversion)", "typer._adapters"),
 )
 
 _IMPORT_PROBE = r"""

@@ -1,5 +1,5 @@
 """Allow `python -m callsctl`."""
 
-from callsctl.app import main
+from callsctl.entry import main
 
 main()

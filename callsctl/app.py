@@ -157,13 +157,13 @@ def main() -> None:
 
     serving = sys.argv[1:2] == ["serve"]
     try:
-        # `callsctl serve ...` started over with its settings parsed (callsctl/serve.py):
-        # no command line parsing, so typer's pydantic is never imported.
-        if serving and os.environ.get("_CALLSCTL_SERVE_CONFIG_FD"):
-            from callsctl.serve import run_parsed
+        # `callsctl serve ...` started over with its settings parsed (callsctl/serve.py),
+        # entered here rather than through callsctl/entry.py (a script installed before
+        # the entry point moved, or a caller of app.main): serve without parsing again.
+        from callsctl import serving as serving_pass
 
-            if run_parsed():
-                sys.exit(0)
+        if serving_pass.started_over() and serving_pass.run_parsed():
+            sys.exit(0)
         # `callsctl serve ...` runs with serve alone registered: a server's memory holds
         # nothing of the other commands (docs/performance-memory.md).
         app = _register_commands("serve" if serving else None)

@@ -278,7 +278,7 @@ class Server:
     def stats(self) -> dict[str, Any]:
         assert self.mux is not None and self.manager is not None
         return {"media_socket": self.mux.stats.as_dict(),
-                "consent": self.mux.consent.stats.as_dict(),
+                "consent": self.mux.consent_stats(),
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
                 # --media-threads in effect, and how many fan-outs used more than one
                 "fanout_pool": {"threads": fastpath.pool_threads(),

@@ -24,8 +24,9 @@ from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.rtc import aiortc_bridge
 from callsctl_sfu.rtc.connectivity import Connectivity
 from callsctl_sfu.rtc.consent import ConsentScheduler
-from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
+from callsctl_sfu.rtc.icetcp import Deframer, frame, tcp_candidate_priority
 from callsctl_sfu.rtc.mux import UdpMux
+from callsctl_sfu.rtc.muxproto import TcpStunProtocol
 from tests.support.helpers import ipv6_loopback
 from tests.support.ice import connect_agents, connect_pairs
 

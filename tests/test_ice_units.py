@@ -33,8 +33,9 @@ from callsctl_sfu.iceconfig import (
 )
 from callsctl_sfu.rtc import aiortc_bridge, icetcp
 from callsctl_sfu.rtc.connectivity import Connectivity, ConnectivityError
-from callsctl_sfu.rtc.icetcp import Deframer, TcpStunProtocol, frame, tcp_candidate_priority
-from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
+from callsctl_sfu.rtc.icetcp import Deframer, frame, tcp_candidate_priority
+from callsctl_sfu.rtc.mux import UdpMux
+from callsctl_sfu.rtc.muxproto import MuxedStunProtocol, TcpStunProtocol
 from callsctl_sfu.rtc.publicaddr import discover_public_address
 from tests.support.helpers import free_port, free_udp_tcp_port, ipv6_loopback, run_cli
 from tests.support.ice import connect_agents

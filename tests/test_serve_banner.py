@@ -1,8 +1,9 @@
 """The startup banner prints values as they are.
 
-rich reads `:cd:` as an emoji code and `[red]` as markup: a TLS fingerprint
-`...CC:CD:08...` came out with a CD emoji in it, and a data dir with brackets
-lost them. Values are printed with markup and emoji off.
+When it was printed with rich, `:cd:` was read as an emoji code and `[red]`
+as markup: a TLS fingerprint `...CC:CD:08...` came out with a CD emoji in it,
+and a data dir with brackets lost them. It is plain text now (the serving pass
+imports no rich); these values must still come out as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from callsctl.serve import _print_banner
+from callsctl.banner import print_banner
 from callsctl_sfu.config import ServeConfig
 
 FINGERPRINT = "AB:CC:CD:08:" + ":".join(["0F"] * 28)
@@ -29,7 +30,7 @@ def fake_server(data_dir: Path) -> SimpleNamespace:
 
 def test_banner_prints_the_fingerprint_and_paths_verbatim(tmp_path: Path, capsys) -> None:
     data_dir = tmp_path / "data[red]:cd:"
-    _print_banner(fake_server(data_dir))  # type: ignore[arg-type]
+    print_banner(fake_server(data_dir))  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert FINGERPRINT in out, out
     assert "\U0001f4bf" not in out  # the CD emoji

@@ -11,6 +11,7 @@ clear line in the log and a clear error to every join, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 from pathlib import Path
@@ -194,3 +195,43 @@ def test_the_server_runs_without_the_cli_parsers_memory_and_keeps_no_settings_pi
     assert not fd.exists() or not os.readlink(fd).startswith("pipe:")
     assert httpx.get(f"{server.api_url}/readyz", timeout=5).status_code == 200
     assert server.log().count("callsctl serve ") == 1  # the banner, once
+
+
+def serving_pass_imports(server) -> set[str]:
+    """The modules the server's serving pass imported (PYTHONPROFILEIMPORTTIME=1's log).
+
+    Each interpreter start prints its own header: the last part of the log is
+    the pass that serves (after `callsctl serve` started over).
+    """
+    serving = server.log().split("import time: self [us]")[-1]
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", serving, re.M))
+
+
+async def test_idle_server_answers_stun_without_importing_aioice(serve_factory):
+    """`callsctl check rtc` (a real STUN client, UDP and ICE-TCP) gets its answers from a
+    server that has not imported aioice; the first join imports it and media flows."""
+    server = serve_factory(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    check = run_cli("check", "rtc", "--host", "127.0.0.1", "--udp-port", str(server.udp_port),
+                    "--tcp-port", str(server.udp_port), "--api-port", str(server.api_port),
+                    "--json", timeout=30)
+    results = {r["name"]: r for r in json.loads(check.stdout)["results"]}
+    for name in ("rtc udp", "rtc tcp"):
+        assert results[name]["status"] == "pass", results[name]
+        assert results[name]["details"]["server_saw_us_as"].startswith("127.0.0.1:")
+    idle = serving_pass_imports(server)
+    assert "aiohttp.web" in idle  # the log is read right
+    assert not {name for name in idle if name.split(".")[0] in ("aioice", "dns", "ifaddr")}
+    # Nor the CLI's libraries: the serving pass reads its settings from a pipe.
+    assert not {name for name in idle if name.split(".")[0] in ("typer", "click", "rich")}
+    people = [participant(server, "alice", 440.0), participant(server, "bob", 660.0)]
+    try:
+        for person in people:
+            await person.join()
+        for person in people:
+            await person.wait_connected(15)
+        alice, bob = people
+        assert await wait_until(lambda: bob.frames_from[alice.session_id] > 10
+                                and alice.frames_from[bob.session_id] > 10, 10)
+        assert "aioice.ice" in serving_pass_imports(server)
+    finally:
+        await close_all(people)

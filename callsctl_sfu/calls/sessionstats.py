@@ -30,11 +30,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from callsctl_sfu.rtc.consent import ConsentScheduler, RoundTrip
-
 if TYPE_CHECKING:
     from callsctl_sfu.calls.manager import CallManager, Member
     from callsctl_sfu.calls.model import Call
+    from callsctl_sfu.rtc.consent import RoundTrip
 
 log = logging.getLogger("callsctl_sfu.calls.stats")
 
@@ -98,6 +97,10 @@ def install_rtt_probe(pair: Any) -> RttProbe | RoundTrip | None:
     if protocol is None:
         return None
     owner = getattr(protocol, "primary", protocol)  # ICE-TCP and IPv6 paths: the UDP one's
+    # rtc/consent.py needs aioice, so it is imported here, with a session, not by an
+    # idle server that imports this module.
+    from callsctl_sfu.rtc.consent import ConsentScheduler
+
     scheduler = getattr(getattr(owner, "mux", None), "consent", None)
     if isinstance(scheduler, ConsentScheduler):
         checked = scheduler.round_trip(getattr(protocol, "receiver", None))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aioice import stun
-from aioice.ice import StunProtocol
+if TYPE_CHECKING:  # aioice is imported with the media stack, not by an idle server
+    from aioice import stun
+    from aioice.ice import StunProtocol
 
-if TYPE_CHECKING:
-    from callsctl_sfu.rtc.mux import MuxedStunProtocol
+    from callsctl_sfu.rtc.muxproto import MuxedStunProtocol
 
 Address = tuple[str, int]
 
@@ -19,8 +19,11 @@ def parse_stun(data: bytes) -> stun.Message | Exception:
     The parser unpacks each attribute by its type without checking the length
     first, so a 2-octet FINGERPRINT or a 0-octet LIFETIME raises struct.error,
     others IndexError or ValueError: every exception means "not a STUN message
-    we can use" here, and the caller counts it.
+    we can use" here, and the caller counts it. Only called for sessions, so
+    aioice is loaded already (an idle server reads STUN with rtc/stunwire.py).
     """
+    from aioice import stun
+
     try:
         return stun.parse_message(data)
     except Exception as exc:  # noqa: BLE001 - any parser failure is a malformed packet
@@ -29,6 +32,8 @@ def parse_stun(data: bytes) -> stun.Message | Exception:
 
 def dispatch_stun(path: StunProtocol, message: stun.Message, addr: Address) -> None:
     """What aioice's StunProtocol.datagram_received does once a message has parsed."""
+    from aioice import stun
+
     if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
         transaction = path.transactions.get(message.transaction_id)
         if transaction is not None:

@@ -15,9 +15,11 @@ ICE-TCP, so this module supplies it the way the UDP mux supplies one-port UDP:
   connection is bound to that session only after MESSAGE-INTEGRITY verifies
   with the session's password — the rule the UDP mux applies to a new address;
 - once bound, the connection is a path of that session's aioice Connection:
-  `TcpStunProtocol` is the aioice protocol object of the session's TCP
-  candidate, and the client's address is registered as a peer-reflexive TCP
-  candidate (RFC 8445 §7.3.1.3) so aioice pairs it with that protocol.
+  `TcpStunProtocol` (rtc/muxproto.py, loaded with the media stack) is the
+  aioice protocol object of the session's TCP candidate, and the client's
+  address is registered as a peer-reflexive TCP candidate (RFC 8445 §7.3.1.3)
+  so aioice pairs it with that protocol. Before any session, a connection's
+  first frame is read with rtc/stunwire.py (an idle server imports no aioice).
 
 STUN transactions over TCP are not retransmitted (RFC 8489 §6.2.2): the
 stream is reliable, so a request aioice would resend is sent once.
@@ -28,19 +30,19 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 
-from aioice import stun
-from aioice.candidate import Candidate, candidate_priority
-from aioice.ice import Connection, StunProtocol
-
 from callsctl_sfu.ratelog import RateLimitedLog
-from callsctl_sfu.rtc.demux import deliver, parse_stun
+from callsctl_sfu.rtc import stunwire
+from callsctl_sfu.rtc.demux import parse_stun
 
-if TYPE_CHECKING:
-    from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
+if TYPE_CHECKING:  # aioice comes with the media stack: an idle server never imports it
+    from aioice import stun
+    from aioice.ice import Connection
+
+    from callsctl_sfu.rtc.mux import UdpMux
+    from callsctl_sfu.rtc.muxproto import MuxedStunProtocol, TcpStunProtocol
 
 log = logging.getLogger("callsctl_sfu.rtc.icetcp")
 
@@ -122,6 +124,8 @@ def tcp_local_preference(candidate_type: str, tcptype: str, other_pref: int = 81
 def tcp_candidate_priority(candidate_type: str, tcptype: str = "passive",
                            other_pref: int = 8191) -> int:
     """RFC 5245 §4.1.2.1 priority with RFC 6544's TCP local preference (component 1)."""
+    from aioice.candidate import candidate_priority  # with a session: aioice is loaded
+
     return candidate_priority(1, candidate_type,
                               tcp_local_preference(candidate_type, tcptype, other_pref))
 
@@ -158,20 +162,12 @@ class TcpStats:
 
 
 def _binding_error(request: stun.Message, code: int, reason: str) -> bytes:
+    from aioice import stun  # a check for a session: aioice is loaded
+
     response = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.ERROR,
                             transaction_id=request.transaction_id)
     response.attributes["ERROR-CODE"] = (code, reason)
     response.add_fingerprint()  # 401s are not signed (RFC 8489 §9.1.3)
-    return bytes(response)
-
-
-def _bare_binding_answer(request: stun.Message, addr: Address) -> bytes:
-    response = stun.Message(message_method=stun.Method.BINDING,
-                            message_class=stun.Class.RESPONSE,
-                            transaction_id=request.transaction_id)
-    response.attributes["XOR-MAPPED-ADDRESS"] = addr
-    response.attributes["SOFTWARE"] = "callsctl"
-    response.add_fingerprint()
     return bytes(response)
 
 
@@ -243,28 +239,39 @@ class IceTcpStream(asyncio.Protocol):
             self.mux.udp_mux.malformed_packet("tcp", "frame", self.peer)
             self.close()
             return
+        try:
+            header = stunwire.parse(packet)
+        except stunwire.StunFormatError as exc:
+            stats.rejected += 1
+            self.mux.udp_mux.malformed_packet("tcp", "stun", self.peer, exc)
+            self.close()
+            return
+        if header.method != stunwire.BINDING or header.message_class != stunwire.REQUEST:
+            stats.rejected += 1
+            self.close()
+            return
+        if header.is_bare_binding_request:
+            stats.bare_binding_answered += 1
+            self.write_frame(stunwire.binding_success(header.transaction_id, self.peer))
+            return
+        username = header.attributes[stunwire.USERNAME].decode("utf8", "replace")
+        primary = self.mux.udp_mux.by_ufrag.get(username.split(":", 1)[0])
+        proto = None
+        if primary is not None:
+            # A session exists, so the media stack (aioice, rtc/muxproto.py) is loaded.
+            from callsctl_sfu.rtc.muxproto import TcpStunProtocol
+
+            proto = primary.siblings.get("tcp6" if ":" in self.peer[0] else "tcp4")
+            if not isinstance(proto, TcpStunProtocol):
+                proto = None
+        if primary is None or proto is None:
+            stats.unknown_session += 1
+            self.close()
+            return
         message = parse_stun(packet)
         if isinstance(message, Exception):
             stats.rejected += 1
             self.mux.udp_mux.malformed_packet("tcp", "stun", self.peer, message)
-            self.close()
-            return
-        if message.message_class != stun.Class.REQUEST or \
-                message.message_method != stun.Method.BINDING:
-            stats.rejected += 1
-            self.close()
-            return
-        username = message.attributes.get("USERNAME")
-        if username is None:
-            stats.bare_binding_answered += 1
-            self.write_frame(_bare_binding_answer(message, self.peer))
-            return
-        primary = self.mux.udp_mux.by_ufrag.get(str(username).split(":", 1)[0])
-        proto = None
-        if primary is not None:
-            proto = primary.siblings.get("tcp6" if ":" in self.peer[0] else "tcp4")
-        if primary is None or not isinstance(proto, TcpStunProtocol):
-            stats.unknown_session += 1
             self.close()
             return
         password = primary.connection.local_password.encode("utf8")
@@ -313,105 +320,6 @@ class IceTcpStream(asyncio.Protocol):
         self._closed = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
-
-
-class TcpStunProtocol(StunProtocol):
-    """The aioice protocol of one session's passive TCP candidate, over bound TCP streams.
-
-    It has the interface the media path uses on MuxedStunProtocol: `send_datagram`
-    (synchronous send to an address) and the session's `fast_rx`/`last_rx`, which
-    live on the session's primary (UDP) protocol so that whichever path the
-    client ends up on, SRTP goes to the same fast path and counts as activity.
-    """
-
-    def __init__(self, connection: Connection, mux: TcpMux, primary: MuxedStunProtocol) -> None:
-        super().__init__(connection)
-        self.mux = mux
-        self.primary = primary
-        self.streams: dict[Address, IceTcpStream] = {}
-        self._sent_requests: dict[bytes, None] = {}
-        self._closed_once = False
-        self._loop = asyncio.get_event_loop()
-
-    @property
-    def connection(self) -> Connection:
-        return self.receiver
-
-    # -- receiving --------------------------------------------------------------------
-
-    def frame_received(self, data: bytes, addr: Address) -> None:
-        """Demultiplex one frame as the UDP mux does a datagram (RFC 7983 first byte)."""
-        deliver(data, addr, self.primary, self, self._loop.time(), "tcp")
-
-    def bind(self, stream: IceTcpStream, addr: Address, request: stun.Message) -> None:
-        """Route addr to stream and make the client's TCP address a remote candidate.
-
-        aioice would learn the address as a peer-reflexive *UDP* candidate; it is
-        registered first as what it is, a TCP active one (RFC 6544 §7.1), with the
-        PRIORITY the client put in its check (RFC 8445 §7.3.1.3).
-        """
-        old = self.streams.get(addr)
-        if old is not None and old is not stream:
-            old.close()
-        self.streams[addr] = stream
-        connection = self.connection
-        from callsctl_sfu.rtc import aiortc_bridge  # loaded with the first session
-
-        remote = aiortc_bridge.remote_candidates(connection)
-        for candidate in remote:
-            if aiortc_bridge.candidate_network_host(candidate) == addr[0] \
-                    and candidate.port == addr[1]:
-                return
-        priority = request.attributes.get("PRIORITY")
-        if not isinstance(priority, int):
-            priority = tcp_candidate_priority("prflx", "active")
-        remote.append(Candidate(
-            foundation=secrets.token_hex(5), component=1, transport="tcp", priority=priority,
-            host=addr[0], port=addr[1], type="prflx", tcptype="active"))
-
-    def stream_lost(self, stream: IceTcpStream) -> None:
-        """A bound TCP connection closed; if it carried the selected pair, the path is gone."""
-        addr = stream.peer
-        if self.streams.get(addr) is not stream:
-            return
-        del self.streams[addr]
-        from callsctl_sfu.rtc import aiortc_bridge  # loaded with the first session
-
-        pair = aiortc_bridge.nominated_pair(self.connection)
-        if pair is not None and pair.protocol is self and pair.remote_addr == addr:
-            log.info("%s: ICE-TCP connection from %s:%d closed", self.connection, *addr)
-            self.connection.protocol_lost(self)
-
-    # -- sending ----------------------------------------------------------------------
-
-    def send_datagram(self, data: bytes, addr: Address) -> None:
-        stream = self.streams.get(addr)
-        if stream is not None:
-            stream.write_frame(data)
-
-    async def send_data(self, data: bytes, addr: Address) -> None:
-        self.send_datagram(data, addr)
-
-    def send_stun(self, message: stun.Message, addr: Address) -> None:
-        if message.message_class == stun.Class.REQUEST:
-            sent = self._sent_requests
-            if message.transaction_id in sent:
-                return  # a retransmission: never on a reliable transport (RFC 8489 §6.2.2)
-            sent[message.transaction_id] = None
-            if len(sent) > REMEMBERED_REQUESTS:
-                del sent[next(iter(sent))]
-        self.send_datagram(bytes(message), addr)
-
-    async def close(self) -> None:
-        if self._closed_once:
-            return
-        self._closed_once = True
-        streams = list(self.streams.values())
-        self.streams.clear()
-        for stream in streams:
-            stream.proto = None
-            stream.close()
-        self.connection_lost(None)
 
 
 class TcpMux:
@@ -480,6 +388,8 @@ class TcpMux:
                 del self.unbound_by_source[key]
 
     def make_protocol(self, connection: Connection, primary: MuxedStunProtocol) -> TcpStunProtocol:
+        from callsctl_sfu.rtc.muxproto import TcpStunProtocol  # a session: the stack is loaded
+
         return TcpStunProtocol(connection, self, primary)
 
     def close(self) -> None:

@@ -15,6 +15,11 @@ Demultiplexing (RFC 7983 first-byte ranges, RFC 8445 §7.3):
   (RFC 8489 §6.3.1), so `callsctl check rtc` can prove the port is reachable
   from outside before any call exists.
 
+An idle server (no session yet) imports no aioice: what it must read and
+answer before a call, bare Binding requests and the STUN server's answer at
+start, goes through rtc/stunwire.py; the sessions' aioice protocols are in
+rtc/muxproto.py, imported with the first session.
+
 Each session gets one *primary* protocol (IPv4 UDP, the one the media path
 hooks its SRTP fast path into) and, when enabled, siblings for the same
 session on other paths: IPv6 UDP (a second, v6-only socket on the same port
@@ -33,17 +38,19 @@ import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from aioice import stun
-from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aioice.ice import Connection, StunProtocol
+from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu.ratelog import RateLimitedLog
-from callsctl_sfu.rtc import fastpath
-from callsctl_sfu.rtc.consent import ConsentScheduler
+from callsctl_sfu.rtc import fastpath, stunwire
 from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
-from callsctl_sfu.rtc.icetcp import TcpMux, tcp_candidate_priority
+
+if TYPE_CHECKING:  # aioice and what is built on it come with the media stack (module doc)
+    from aioice.candidate import Candidate
+    from aioice.ice import Connection, StunProtocol
+
+    from callsctl_sfu.rtc.consent import ConsentScheduler
+    from callsctl_sfu.rtc.icetcp import TcpMux
+    from callsctl_sfu.rtc.muxproto import MuxedStunProtocol
 
 log = logging.getLogger("callsctl_sfu.rtc.mux")
 
@@ -72,6 +79,11 @@ class CandidateSpec:
         return f"{self.transport}{6 if ':' in self.host else 4}"
 
     def candidate(self) -> Candidate:
+        # Called when a session gathers, so after the media stack (aioice) is loaded.
+        from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+
+        from callsctl_sfu.rtc.icetcp import tcp_candidate_priority
+
         base = self.related[0] if self.related else self.host
         v6 = ":" in self.host
         if self.transport == "tcp":
@@ -113,104 +125,6 @@ class MuxStats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class MuxedStunProtocol(StunProtocol):
-    """aioice's per-candidate protocol, speaking through the shared socket.
-
-    It keeps aioice's transaction handling and checks, and replaces only the
-    socket: sending goes to the shared transport, closing unregisters from the
-    mux instead of closing the socket everyone uses.
-    """
-
-    def __init__(self, connection: Connection, mux: UdpMux) -> None:
-        super().__init__(connection)
-        self.mux = mux
-        self.transport = mux.transport  # type: ignore[assignment]
-        self._last_rx = 0.0
-        # Set by the session once DTLS is up: decrypts and forwards SRTP directly.
-        self.fast_rx: Callable[[bytes], None] | None = None
-        # The session's inbound state in the C ingress (fastpath.InSession), once DTLS is
-        # up and the C engine runs: its audio is then forwarded without coming up here.
-        self.ingress_session: Any = None
-        self._closed_once = False
-        # The same session's protocols on other paths, keyed udp6/tcp4/tcp6.
-        self.siblings: dict[str, StunProtocol] = {}
-        # Synchronous send on this path (the media path's per-packet call).
-        self.send_datagram: Callable[[bytes, Address], None] = mux.send4
-
-    @property
-    def connection(self) -> Connection:
-        return self.receiver
-
-    @property
-    def last_rx(self) -> float:
-        """Loop time of the last packet from the peer, whichever path read it."""
-        session = self.ingress_session
-        if session is not None and session.last_rx > self._last_rx:
-            return float(session.last_rx)
-        return self._last_rx
-
-    @last_rx.setter
-    def last_rx(self, value: float) -> None:
-        self._last_rx = value
-
-    async def request(self, request: stun.Message, addr: Address,
-                      integrity_key: bytes | None = None,
-                      retransmissions: int | None = None) -> tuple[stun.Message, Address]:
-        self.mux.transactions[request.transaction_id] = self
-        try:
-            response = await super().request(request, addr, integrity_key, retransmissions)
-        finally:
-            self.mux.transactions.pop(request.transaction_id, None)
-        # A verified answer from addr proves the peer is there: route it to us.
-        self.mux.learn(addr, self)
-        return response
-
-    async def send_data(self, data: bytes, addr: Address) -> None:
-        self.mux.sendto(data, addr)
-
-    def send_stun(self, message: stun.Message, addr: Address) -> None:
-        # This path's synchronous send (send4 on the IPv4 socket: straight to the
-        # kernel), as for media: answers to checks and consent checks are as frequent.
-        self.mux.stats.stun_out += 1
-        self.send_datagram(bytes(message), addr)
-
-    async def close(self) -> None:
-        if self._closed_once:
-            return
-        self._closed_once = True
-        self.fast_rx = None
-        self.mux.detach_ingress(self)
-        self.mux.consent.discard(self.connection)
-        self.mux.unregister(self)
-        self.connection_lost(None)
-
-
-class SiblingUdpProtocol(MuxedStunProtocol):
-    """A session's IPv6 UDP path: its own candidate and pairs, the primary's fast path."""
-
-    def __init__(self, connection: Connection, mux: UdpMux, primary: MuxedStunProtocol) -> None:
-        self.primary = primary
-        super().__init__(connection, mux)
-        self.send_datagram = mux.sendto  # picks the IPv6 socket by address family
-
-    @property
-    def fast_rx(self) -> Callable[[bytes], None] | None:
-        return self.primary.fast_rx
-
-    @fast_rx.setter
-    def fast_rx(self, _value: Callable[[bytes], None] | None) -> None:
-        pass  # the session sets its fast path on the primary only
-
-    @property
-    def last_rx(self) -> float:
-        return self.primary.last_rx
-
-    @last_rx.setter
-    def last_rx(self, value: float) -> None:
-        if value:
-            self.primary.last_rx = value
-
-
 class UdpMux(asyncio.DatagramProtocol):
     """The shared media socket and its routing tables."""
 
@@ -229,13 +143,14 @@ class UdpMux(asyncio.DatagramProtocol):
         self._backlogged = False
         self.tcp: TcpMux | None = None  # ICE-TCP, when enabled
         # Answers to the server's own STUN requests (public address discovery).
-        self.stun_waiters: dict[bytes, asyncio.Future[tuple[stun.Message, Address]]] = {}
+        self.stun_waiters: dict[bytes, asyncio.Future[tuple[stunwire.StunMessage, Address]]] = {}
         # (transport, kind) -> malformed packets (callsctl_rtc_malformed_packets_total):
         # anyone can send them, so each costs a count, and a log line only now and then.
         self.malformed: Counter[tuple[str, str]] = Counter()
         self._malformed_log = RateLimitedLog(log)
-        # ICE consent freshness of every attached connection (RFC 7675), one timer for all.
-        self.consent = ConsentScheduler()
+        # ICE consent freshness of every attached connection (RFC 7675), one timer for all:
+        # made with the first session (the `consent` property), as it needs aioice.
+        self._consent: ConsentScheduler | None = None
         # The C reader of the IPv4 socket (rtc/_ingress.c), None with the Python engine.
         self.ingress: Any = fastpath.Ingress() if fastpath.Ingress is not None else None
         # What the ingress did besides reading, for the forwarder (set by it): counters,
@@ -310,9 +225,28 @@ class UdpMux(asyncio.DatagramProtocol):
             for data, addr in slow:
                 self.handle_datagram(data, addr)
 
+    @property
+    def consent(self) -> ConsentScheduler:
+        """The consent scheduler, made with the first session (the media stack is loaded)."""
+        consent = self._consent
+        if consent is None:
+            from callsctl_sfu.rtc.consent import ConsentScheduler
+
+            consent = self._consent = ConsentScheduler()
+        return consent
+
+    @consent.setter
+    def consent(self, scheduler: ConsentScheduler) -> None:
+        self._consent = scheduler
+
+    def consent_stats(self) -> dict[str, int]:
+        """The scheduler's counters for GET /stats; empty before the first session."""
+        return {} if self._consent is None else self._consent.stats.as_dict()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._sock = None
-        self.consent.close()
+        if self._consent is not None:
+            self._consent.close()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable from a vanished client) must not stop the socket.
@@ -393,7 +327,39 @@ class UdpMux(asyncio.DatagramProtocol):
     # -- routing -----------------------------------------------------------------
 
     def _unknown_stun(self, data: bytes, addr: Address) -> None:
+        """STUN from an address no session has: a bare Binding, an answer to us, a first check.
+
+        Read with rtc/stunwire.py, which is all an idle server needs; a message
+        for a session (a check with USERNAME, an answer to a session's own
+        check) goes on to aioice's parser in `_session_stun`, and only when a
+        session exists, so an idle server never imports aioice.
+        """
         self.stats.stun_in += 1
+        try:
+            message = stunwire.parse(data)
+        except stunwire.StunFormatError as exc:
+            self.stats.unknown_dropped += 1
+            self.malformed_packet("udp", "stun", addr, exc)
+            return
+        if message.is_bare_binding_request:
+            self.stats.bare_binding_answered += 1
+            self.sendto(stunwire.binding_success(message.transaction_id, addr), addr)
+            return
+        if message.message_class in (stunwire.SUCCESS, stunwire.ERROR):
+            waiter = self.stun_waiters.get(message.transaction_id)
+            if waiter is not None and message.transaction_id not in self.transactions:
+                if not waiter.done():
+                    waiter.set_result((message, addr))
+                return
+        if not self.by_ufrag and not self.transactions:  # no session it could be for
+            self.stats.unknown_dropped += 1
+            return
+        self._session_stun(data, addr)
+
+    def _session_stun(self, data: bytes, addr: Address) -> None:
+        """A first check for a session, or an answer to a session's check (aioice's codec)."""
+        from aioice import stun  # imported with the media stack, before any session exists
+
         message = parse_stun(data)
         if isinstance(message, Exception):
             self.stats.unknown_dropped += 1
@@ -401,11 +367,8 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         if message.message_class in (stun.Class.RESPONSE, stun.Class.ERROR):
             proto = self.transactions.get(message.transaction_id)
-            waiter = self.stun_waiters.get(message.transaction_id)
             if proto is not None:
                 dispatch_stun(proto, message, addr)
-            elif waiter is not None and not waiter.done():
-                waiter.set_result((message, addr))
             else:
                 self.stats.unknown_dropped += 1
             return
@@ -414,9 +377,6 @@ class UdpMux(asyncio.DatagramProtocol):
             self.stats.unknown_dropped += 1
             return
         username = message.attributes.get("USERNAME")
-        if username is None:
-            self._answer_bare_binding(message, addr)
-            return
         proto = self.by_ufrag.get(str(username).split(":", 1)[0])
         if proto is None:
             self.stats.unknown_dropped += 1
@@ -435,16 +395,6 @@ class UdpMux(asyncio.DatagramProtocol):
         self.learn(addr, proto)
         proto.last_rx = self._loop.time()
         dispatch_stun(proto, message, addr)
-
-    def _answer_bare_binding(self, request: stun.Message, addr: Address) -> None:
-        response = stun.Message(message_method=stun.Method.BINDING,
-                                message_class=stun.Class.RESPONSE,
-                                transaction_id=request.transaction_id)
-        response.attributes["XOR-MAPPED-ADDRESS"] = addr
-        response.attributes["SOFTWARE"] = "callsctl"
-        response.add_fingerprint()
-        self.stats.bare_binding_answered += 1
-        self.sendto(bytes(response), addr)
 
     def learn(self, addr: Address, proto: MuxedStunProtocol) -> None:
         if proto._closed_once:
@@ -580,6 +530,7 @@ class UdpMux(asyncio.DatagramProtocol):
         mux = self
         # A connection exists only once the media stack is loaded (rtc/medialoader.py).
         from callsctl_sfu.rtc import aiortc_bridge
+        from callsctl_sfu.rtc.muxproto import MuxedStunProtocol, SiblingUdpProtocol
 
         aiortc_bridge.replace_consent(connection, self.consent.add)
 

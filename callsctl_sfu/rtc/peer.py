@@ -36,7 +36,8 @@ from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
-from callsctl_sfu.rtc.mux import MuxedStunProtocol, UdpMux
+from callsctl_sfu.rtc.mux import UdpMux
+from callsctl_sfu.rtc.muxproto import MuxedStunProtocol
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import (
     harmonise,

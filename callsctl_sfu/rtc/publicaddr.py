@@ -9,6 +9,7 @@ address and says why.
 RFC 8489: a Binding Request over UDP, retransmitted with a doubling RTO
 starting at 500 ms (§6.2.1) until the deadline; the answer's
 XOR-MAPPED-ADDRESS (§14.2), or MAPPED-ADDRESS from an RFC 3489 server (§14.1).
+Encoded and read with rtc/stunwire.py: the start imports no aioice.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aioice import stun
+from callsctl_sfu.rtc import stunwire
 
 if TYPE_CHECKING:
     from callsctl_sfu.rtc.mux import UdpMux
@@ -60,28 +61,29 @@ async def _discover(mux: UdpMux, host: str, port: int, server: str,
     if not infos:
         return Discovery(server, None, f"{host} has no IPv4 address")
     dest = infos[0][4][0], infos[0][4][1]
-    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    request.attributes["SOFTWARE"] = "callsctl"
-    waiter: asyncio.Future[tuple[stun.Message, tuple[str, int]]] = loop.create_future()
-    mux.stun_waiters[request.transaction_id] = waiter
+    transaction_id, request = stunwire.binding_request()
+    waiter: asyncio.Future[tuple[stunwire.StunMessage, tuple[str, int]]] = loop.create_future()
+    mux.stun_waiters[transaction_id] = waiter
     try:
         rto = INITIAL_RTO
         while True:
-            mux.sendto(bytes(request), dest)
+            mux.sendto(request, dest)
             done, _ = await asyncio.wait({waiter}, timeout=rto)
             if done:
                 break
             rto *= 2
         response, _source = waiter.result()
     finally:
-        mux.stun_waiters.pop(request.transaction_id, None)
+        mux.stun_waiters.pop(transaction_id, None)
         if not waiter.done():
             waiter.cancel()
-    if response.message_class != stun.Class.RESPONSE:
-        code = response.attributes.get("ERROR-CODE", (0, "error"))
-        return Discovery(server, None, f"STUN error {code[0]} {code[1]}")
-    mapped = response.attributes.get("XOR-MAPPED-ADDRESS") or \
-        response.attributes.get("MAPPED-ADDRESS")
+    try:
+        if response.message_class != stunwire.SUCCESS:
+            code = response.error_code() or (0, "error")
+            return Discovery(server, None, f"STUN error {code[0]} {code[1]}")
+        mapped = response.mapped_address()
+    except stunwire.StunFormatError as exc:
+        return Discovery(server, None, f"a malformed answer ({exc})")
     if not mapped:
         return Discovery(server, None, "the answer has no mapped address")
     return Discovery(server, (str(mapped[0]), int(mapped[1])))

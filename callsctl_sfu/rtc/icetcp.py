@@ -261,9 +261,8 @@ class IceTcpStream(asyncio.Protocol):
             # A session exists, so the media stack (aioice, rtc/muxproto.py) is loaded.
             from callsctl_sfu.rtc.muxproto import TcpStunProtocol
 
-            proto = primary.siblings.get("tcp6" if ":" in self.peer[0] else "tcp4")
-            if not isinstance(proto, TcpStunProtocol):
-                proto = None
+            sibling = primary.siblings.get("tcp6" if ":" in self.peer[0] else "tcp4")
+            proto = sibling if isinstance(sibling, TcpStunProtocol) else None
         if primary is None or proto is None:
             stats.unknown_session += 1
             self.close()

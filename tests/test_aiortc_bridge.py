@@ -330,9 +330,10 @@ async def test_transport_parameters_are_one_object_across_and_within_sessions() 
             await asyncio.wait_for(pc.close(), 10)
 
 
-async def test_shared_parameters_and_idle_sctp_queues_connect_and_carry_messages() -> None:
-    """A server connection with both memory changes applied still connects, and its data
-    channel carries a burst both ways in order; the queues are empty again afterwards."""
+async def test_shared_parameters_and_idle_queues_connect_and_carry_messages() -> None:
+    """A server connection with the memory changes applied (shared parameters, idle SCTP
+    and asyncio queue parts) still connects, and its data channel carries a burst both
+    ways in order; the SCTP queues are empty again afterwards."""
     client, server = _pc(), _pc()
     bridge.use_certificate(server, bridge.shared_certificate())
     client.addTransceiver("audio")  # first: the channel bundles on the audio's transport
@@ -344,7 +345,7 @@ async def test_shared_parameters_and_idle_sctp_queues_connect_and_carry_messages
     try:
         await gather_on(client, "127.0.0.1")
         await _negotiate(client, server, gather=True)  # shares as rtc/peer.py does
-        bridge.share_idle_sctp(server)
+        bridge.share_idle_parts(server)  # SCTP queues; aioice's queues carry every record
         assert all(isinstance(q, bridge.IdleQueue) for q in bridge.sctp_queues(server.sctp))
         await _until(lambda: bool(served) and channel.readyState == "open",
                      "the data channel to open on both sides")
@@ -361,6 +362,33 @@ async def test_shared_parameters_and_idle_sctp_queues_connect_and_carry_messages
 
 
 # -- the data channel's SCTP transport -----------------------------------------------------------
+
+async def test_remote_track_with_idle_queue_parts_still_gets_frames(pair: Pair) -> None:
+    """A started receiver's track (the recorder's kind) keeps working with shared parts."""
+    bridge.share_idle_queues(pair.answerer)
+    bridge.share_idle_queues(pair.offerer)
+    frame = await asyncio.wait_for(pair.receiver().track.recv(), 10)
+    assert frame.samples > 0
+
+
+async def test_queues_with_idle_parts_still_queue_and_bounded_ones_still_wait() -> None:
+    bounded: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue(), asyncio.Queue()]
+    for queue in (bounded, *queues):
+        bridge.share_idle_queue_parts(queue)
+    for n in range(3):
+        queues[0].put_nowait(n)
+        queues[1].put_nowait(10 + n)
+    assert [queues[0].get_nowait() for _ in range(3)] == [0, 1, 2]
+    assert [queues[1].get_nowait() for _ in range(3)] == [10, 11, 12]
+    bounded.put_nowait(1)
+    waiting = asyncio.ensure_future(bounded.put(2))  # a producer waits for room
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert bounded.get_nowait() == 1
+    await asyncio.wait_for(waiting, 5)
+    assert bounded.get_nowait() == 2
+
 
 def test_idle_queue_does_what_aiortc_asks_of_a_deque() -> None:
     queue = bridge.IdleQueue()
@@ -704,6 +732,15 @@ async def test_missing_internal_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
         await bridge.check()
     message = str(error.value)
     assert "\n" not in message and "_send_rtcp_pli" in message
+
+
+async def test_an_unexpected_number_of_asyncio_queues_is_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if an aioice upgrade had added a queue share_idle_queues was not verified with.
+    monkeypatch.setitem(bridge._QUEUES_VERIFIED, "Connection", 3)
+    with pytest.raises(bridge.BridgeError) as error:
+        await bridge.check()
+    assert "\n" not in str(error.value) and "Connection's asyncio queues" in str(error.value)
 
 
 def test_no_private_reach_outside_the_bridge() -> None:

@@ -21,6 +21,7 @@ they return (the nominated-pair dict, the SRTP sessions), never per packet.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import time
@@ -219,13 +220,16 @@ class _Idle:
     """What every never-started sender and receiver shares (see share_idle_receiver)."""
 
     def __init__(self) -> None:
-        import asyncio
         import queue
         import threading
 
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error = threading.Event()
         self.event = asyncio.Event()  # never set, never awaited
+        # An unbounded asyncio.Queue's putters (never one: put never waits) and
+        # join()'s event (nobody joins these queues), see share_idle_queue_parts.
+        self.putters: collections.deque[Any] = collections.deque()
+        self.finished = asyncio.Event()
 
 
 _idle: _Idle | None = None
@@ -356,6 +360,64 @@ def share_idle_sctp(pc: Any) -> None:
         queue = getattr(sctp, name)
         if type(queue) is collections.deque and not queue:
             setattr(sctp, name, IdleQueue())
+
+
+# -- asyncio queues of aioice's connection and aiortc's remote tracks -----------------------------
+
+def share_idle_queue_parts(queue: Any) -> None:
+    """Give an unbounded asyncio.Queue that nobody joins the shared idle putters and event.
+
+    (`asyncio.Queue._putters`, `_finished`.) Every asyncio.Queue keeps a
+    deque of producers waiting for room and an Event for join(), about 1.6 KB
+    together. A queue without maxsize never makes a producer wait, so its
+    putters deque is only ever read (empty); and join() is the only reader of
+    the event, which put_nowait() and task_done() merely clear and set. A
+    bounded queue, or one with a producer waiting, keeps its own.
+    """
+    if queue.maxsize > 0 or queue._putters:
+        return
+    idle = _idle_parts()
+    queue._putters = idle.putters
+    queue._finished = idle.finished
+
+
+# How many asyncio queues each object holds, in the versions verified (VERIFIED):
+# aioice's Connection two (the check-list state and received data), aiortc's
+# RemoteStreamTrack one (decoded frames). check() counts them again: an upgrade that
+# adds one, which might be joined, is a review of share_idle_queues first.
+_QUEUES_VERIFIED = {"Connection": 2, "RemoteStreamTrack": 1}
+
+
+def _asyncio_queues(obj: Any) -> list[Any]:
+    """The asyncio.Queue objects among an object's instance attributes, whatever their names."""
+    return [value for value in vars(obj).values() if type(value) is asyncio.Queue]
+
+
+def share_idle_queues(pc: Any) -> None:
+    """share_idle_queue_parts for the unbounded queues of a connection's aioice agents
+    and of its receivers' remote tracks (`RTCRtpReceiver.track`).
+
+    About 1.6 KB for each of a session's five (two of aioice's connection, one
+    per receiving transceiver's track; three for a listener of two speakers).
+    Neither aioice nor aiortc joins any of them (the pinned versions: no
+    join() or task_done() anywhere in either), and all are unbounded. They are
+    found by type rather than by their private names.
+    """
+    for ice in ice_transports(pc):
+        for queue in _asyncio_queues(ice_connection(ice)):
+            share_idle_queue_parts(queue)
+    for transceiver in pc.getTransceivers():
+        track = transceiver.receiver.track
+        if track is not None:
+            for queue in _asyncio_queues(track):
+                share_idle_queue_parts(queue)
+
+
+def share_idle_parts(pc: Any) -> None:
+    """After each negotiation: the SCTP queues (share_idle_sctp) and asyncio queues'
+    idle parts (share_idle_queues) of this connection."""
+    share_idle_sctp(pc)
+    share_idle_queues(pc)
 
 
 # -- aiortc: negotiated codecs and header extensions --------------------------------------------
@@ -665,6 +727,18 @@ async def _self_test() -> None:
             if type(queue) is not collections.deque:
                 raise AttributeError(f"RTCSctpTransport.{name} (a deque)")
         share_idle_sctp(pc)
+        probe: asyncio.Queue[Any] = asyncio.Queue()
+        if type(probe._putters) is not collections.deque or \
+                type(probe._finished) is not asyncio.Event:
+            raise AttributeError("asyncio.Queue._putters, _finished")
+        from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+        for holder in (connection, RemoteStreamTrack("audio")):
+            name = type(holder).__name__
+            if len(_asyncio_queues(holder)) != _QUEUES_VERIFIED[name]:
+                raise AttributeError(f"{name}'s asyncio queues (share_idle_queues counted "
+                                     f"{_QUEUES_VERIFIED[name]})")
+        share_idle_queues(pc)
         negotiated_codecs(transceiver)
         description_media(pc, "local")
         transceiver._headerExtensions  # noqa: B018 - share_negotiated replaces its items

@@ -24,6 +24,9 @@ Three measurements, each on loopback with ephemeral ports and a temporary data d
   on, a snapshot dumped on SIGUSR2): the allocation sites that grew between
   idle and joined, per session, by file and line. Traced RSS is not a figure
   (tracemalloc doubles the heap); the sites are.
+- with --data-channel on (or both: each size without, then with), every load
+  generator participant also opens the `calls-dc` data channel as the web and
+  Mattermost clients do (SCTP over DTLS; LoadConfig.data_channel) and pings once.
 - with --native, the server runs with heaptrack's preload library instead:
   every malloc is recorded (OpenSSL, libsrtp, the C fan-out: what tracemalloc
   cannot see) and the sites holding the heap at its peak are listed per session.
@@ -35,6 +38,7 @@ Three measurements, each on loopback with ephemeral ports and a temporary data d
     python bench/memory.py --json                           # one JSON document
     python bench/memory.py --sizes 200 --before /tmp/base   # another checkout vs this one
     python bench/memory.py --sizes 200 --preload-media      # the media stack loaded at start
+    python bench/memory.py --sizes 200 --data-channel both  # sessions without, then with calls-dc
 """
 
 from __future__ import annotations
@@ -335,10 +339,14 @@ async def _first_join(running: Running) -> float:
 async def sessions(size: int, unmuted: int, window: float, workdir: Path,
                    trace: bool, top: int, trim: bool = False,
                    native: bool = False, repo: Path = REPO, extra: tuple[str, ...] = (),
-                   server: str = "this checkout") -> dict[str, Any]:
+                   server: str = "this checkout",
+                   data_channel: bool = False) -> dict[str, Any]:
     """One server, one call of `size` audio participants: RSS idle, after one join, joined."""
-    prefix = workdir / f"trace-{size}" if trace else None
-    raw = workdir / f"heaptrack-{size}.raw" if native else None
+    # A directory of this run's own: several runs of one size (--before, --data-channel
+    # both) must not read each other's snapshots or heaptrack records.
+    own = Path(tempfile.mkdtemp(prefix=f"run-{size}-", dir=workdir))
+    prefix = own / f"trace-{size}" if trace else None
+    raw = own / f"heaptrack-{size}.raw" if native else None
     running = await start_serve(workdir, prefix, raw, repo, extra)
     snapshots: list[tracemalloc.Snapshot] = []
     readings: dict[str, dict[str, int]] = {}
@@ -370,7 +378,8 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
                             calls=1, users_per_call=size, unmuted=unmuted,
                             duration=join_s + 15 + window + (60 if trace else 5),
                             join_duration=join_s, window=window, call_prefix="memory",
-                            local_address="127.0.0.1", settle_timeout=15, join_timeout=60)
+                            local_address="127.0.0.1", settle_timeout=15, join_timeout=60,
+                            data_channel=data_channel)
         report = (await LoadTest(config, on_window=on_window).run()).to_dict()
     finally:
         await running.stop()
@@ -379,6 +388,8 @@ async def sessions(size: int, unmuted: int, window: float, workdir: Path,
     result: dict[str, Any] = {
         "server": server, "size": size, "unmuted": unmuted, "joined": joined,
         "failed": report["participants"]["failed"], "traced": trace or native,
+        "data_channel": data_channel,
+        "data_channels_open": report["participants"].get("data_channels_open"),
         "rss_idle_kb": idle["VmRSS"], "anon_idle_kb": idle["RssAnon"],
         "file_idle_kb": idle["RssFile"], "media_mapped_idle": idle_media,
         "idle_mappings": maps,
@@ -479,12 +490,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     servers.append(("after" + (", --preload-media" if extra else "")
                     if args.before is not None else
                     "this checkout" + (", --preload-media" if extra else ""), REPO, extra))
+    channels = {"off": (False,), "on": (True,), "both": (False, True)}[args.data_channel]
+    runs = [(name + (", data channel" if channel else ""), repo, options, channel)
+            for name, repo, options in servers for channel in channels]
     with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
         for size in args.sizes:
-            for name, repo, options in servers:
+            for name, repo, options, channel in runs:
                 result = await sessions(size, args.unmuted, args.window, Path(tmp),
                                         args.trace, args.top, args.malloc_trim, args.native,
-                                        repo, options, name)
+                                        repo, options, name, channel)
                 if not args.json:
                     print(json.dumps({k: v for k, v in result.items() if k != "sites"}),
                           flush=True)
@@ -511,6 +525,10 @@ def main() -> None:
                         help="also measure the server of this other checkout (same run, first)")
     parser.add_argument("--preload-media", action="store_true",
                         help="run this checkout's server with --preload-media")
+    parser.add_argument("--data-channel", choices=("off", "on", "both"), default="off",
+                        help="participants also open the calls-dc data channel like real "
+                             "clients: off (default, as the recorded figures), on, or both "
+                             "(each size and server without, then with)")
     parser.add_argument("--json", action="store_true", help="print one JSON document only")
     parser.add_argument("--write", type=Path, help="update this results file in place")
     parser.add_argument("--label", default="after", help="the section's name (default after)")
@@ -538,6 +556,7 @@ def main() -> None:
     if args.write:
         key = "-".join(re.findall(r"[a-z0-9]+", args.label.lower()))
         kind = "-trace" if args.trace else "-native" if args.native else ""
+        kind += "-dc" if args.data_channel != "off" else ""
         write_section(args.write, f"memory-{key}{kind}", body)
 
 

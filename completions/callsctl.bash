@@ -188,7 +188,7 @@ _callsctl() {
                 --processes) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host --calls --users-per-call --unmuted --screen-sharing --video --duration --join-duration --data-dir --secret-file --token-secret --call-prefix --allow-remote --insecure --processes --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host --calls --users-per-call --unmuted --screen-sharing --video --duration --join-duration --data-dir --secret-file --token-secret --call-prefix --allow-remote --insecure --processes --data-channel --no-data-channel --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check")
             if [[ $cur == -* ]]; then

@@ -142,6 +142,7 @@ complete -c callsctl -n '__callsctl_at callsctl loadtest' -l call-prefix -x -d '
 complete -c callsctl -n '__callsctl_at callsctl loadtest' -l allow-remote -d 'Allow a target that is not loopback (a server you run).'
 complete -c callsctl -n '__callsctl_at callsctl loadtest' -l insecure -d 'Accept any TLS certificate (a self-signed one).'
 complete -c callsctl -n '__callsctl_at callsctl loadtest' -l processes -x -d 'Load-generator processes sharing the participants (whole calls each, or one call\'s partic…'
+complete -c callsctl -n '__callsctl_at callsctl loadtest' -l data-channel -l no-data-channel -d 'Each participant also opens the calls-dc data channel (SCTP over DTLS) like the web and M…'
 complete -c callsctl -n '__callsctl_at callsctl loadtest' -l json -d 'Print the report as JSON.'
 complete -c callsctl -n '__callsctl_at callsctl loadtest' -l help -s h -d 'Show this message and exit.'
 

@@ -293,6 +293,122 @@ async def test_shared_codecs_renegotiate_and_connect() -> None:
             await asyncio.wait_for(pc.close(), 10)
 
 
+async def test_transport_parameters_are_one_object_across_and_within_sessions() -> None:
+    """The server's candidates and fingerprints: one object for every session; the client's
+    ICE and DTLS parameters: one per session however many m-sections repeat them."""
+    candidate = Candidate(foundation="1", component=1, transport="udp", priority=1,
+                          host="127.0.0.1", port=9, type="host")  # as the shared socket's
+    clients, servers = [_pc() for _ in range(2)], [_pc() for _ in range(2)]
+    try:
+        for client, server in zip(clients, servers, strict=True):
+            bridge.use_certificate(server, bridge.shared_certificate())
+            client.addTransceiver("audio")
+            client.createDataChannel("calls-dc")  # a second m-section on the same transport
+            await gather_on(client, "127.0.0.1")
+            await client.setLocalDescription(await client.createOffer())
+            await server.setRemoteDescription(client.localDescription)
+            bridge.set_local_candidates(bridge.ice_connection(bridge.ice_transports(server)[0]),
+                                        [candidate])
+            await server.setLocalDescription(await server.createAnswer())
+            bridge.share_negotiated(server)
+        local = [bridge.description_media(s, "local") for s in servers]
+        remote = [bridge.description_media(s, "remote") for s in servers]
+        assert [m.kind for m in local[0]] == ["audio", "application"]
+        first = local[0][0]
+        for media in local[0] + local[1]:
+            assert media.ice_candidates[0] is first.ice_candidates[0]
+            assert media.dtls is first.dtls
+        assert local[0][0].ice is local[0][1].ice  # a session's own credentials, once
+        assert local[0][0].ice is not local[1][0].ice
+        assert local[0][0].ice != local[1][0].ice
+        for media in remote:
+            assert media[0].dtls is media[1].dtls and media[0].ice is media[1].ice
+        assert remote[0][0].dtls is not remote[1][0].dtls  # each client's own fingerprint
+        assert remote[0][0].dtls.fingerprints != remote[1][0].dtls.fingerprints
+    finally:
+        for pc in clients + servers:
+            await asyncio.wait_for(pc.close(), 10)
+
+
+async def test_shared_parameters_and_idle_queues_connect_and_carry_messages() -> None:
+    """A server connection with the memory changes applied (shared parameters, idle SCTP
+    and asyncio queue parts) still connects, and its data channel carries a burst both
+    ways in order; the SCTP queues are empty again afterwards."""
+    client, server = _pc(), _pc()
+    bridge.use_certificate(server, bridge.shared_certificate())
+    client.addTransceiver("audio")  # first: the channel bundles on the audio's transport
+    channel = client.createDataChannel("calls-dc")
+    served: list[Any] = []
+    answers: list[str] = []
+    server.on("datachannel", served.append)
+    channel.on("message", answers.append)
+    try:
+        await gather_on(client, "127.0.0.1")
+        await _negotiate(client, server, gather=True)  # shares as rtc/peer.py does
+        bridge.share_idle_parts(server)  # SCTP queues; aioice's queues carry every record
+        assert all(isinstance(q, bridge.IdleQueue) for q in bridge.sctp_queues(server.sctp))
+        await _until(lambda: bool(served) and channel.readyState == "open",
+                     "the data channel to open on both sides")
+        served[0].on("message", lambda m: served[0].send(m.replace("ping", "pong")))
+        for n in range(200):  # more than the first congestion window holds
+            channel.send(f"ping {n}")
+        await _until(lambda: len(answers) == 200, "200 pongs")
+        assert answers == [f"pong {n}" for n in range(200)]
+        await _until(lambda: not any(bridge.sctp_queues(server.sctp)), "the queues to empty")
+        assert all(len(q) == 0 for q in bridge.sctp_queues(server.sctp))
+    finally:
+        await asyncio.wait_for(client.close(), 10)
+        await asyncio.wait_for(server.close(), 10)
+
+
+# -- the data channel's SCTP transport -----------------------------------------------------------
+
+async def test_remote_track_with_idle_queue_parts_still_gets_frames(pair: Pair) -> None:
+    """A started receiver's track (the recorder's kind) keeps working with shared parts."""
+    bridge.share_idle_queues(pair.answerer)
+    bridge.share_idle_queues(pair.offerer)
+    frame = await asyncio.wait_for(pair.receiver().track.recv(), 10)
+    assert frame.samples > 0
+
+
+async def test_queues_with_idle_parts_still_queue_and_bounded_ones_still_wait() -> None:
+    bounded: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+    queues: list[asyncio.Queue[int]] = [asyncio.Queue(), asyncio.Queue()]
+    for queue in (bounded, *queues):
+        bridge.share_idle_queue_parts(queue)
+    for n in range(3):
+        queues[0].put_nowait(n)
+        queues[1].put_nowait(10 + n)
+    assert [queues[0].get_nowait() for _ in range(3)] == [0, 1, 2]
+    assert [queues[1].get_nowait() for _ in range(3)] == [10, 11, 12]
+    bounded.put_nowait(1)
+    waiting = asyncio.ensure_future(bounded.put(2))  # a producer waits for room
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    assert bounded.get_nowait() == 1
+    await asyncio.wait_for(waiting, 5)
+    assert bounded.get_nowait() == 2
+
+
+def test_idle_queue_does_what_aiortc_asks_of_a_deque() -> None:
+    queue = bridge.IdleQueue()
+    assert not queue and len(queue) == 0 and list(queue) == []
+    with pytest.raises(IndexError):
+        queue.popleft()
+    with pytest.raises(IndexError):
+        queue[0]  # noqa: B018
+    with pytest.raises(ValueError):
+        queue.index("a")
+    for item in "abc":
+        queue.append(item)
+    assert queue and len(queue) == 3 and list(queue) == ["a", "b", "c"]
+    assert (queue[0], queue[-1], queue.index("b")) == ("a", "c", 1)
+    assert [queue.popleft() for _ in range(3)] == ["a", "b", "c"]
+    assert not queue and list(queue) == []
+    queue.append("d")  # usable again once emptied
+    assert list(queue) == ["d"]
+
+
 # -- the idle parts of never-started senders and receivers ---------------------------------------
 
 async def _never(*_args: Any) -> None:
@@ -616,6 +732,15 @@ async def test_missing_internal_is_one_line(monkeypatch: pytest.MonkeyPatch) -> 
         await bridge.check()
     message = str(error.value)
     assert "\n" not in message and "_send_rtcp_pli" in message
+
+
+async def test_an_unexpected_number_of_asyncio_queues_is_one_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if an aioice upgrade had added a queue share_idle_queues was not verified with.
+    monkeypatch.setitem(bridge._QUEUES_VERIFIED, "Connection", 3)
+    with pytest.raises(bridge.BridgeError) as error:
+        await bridge.check()
+    assert "\n" not in str(error.value) and "Connection's asyncio queues" in str(error.value)
 
 
 def test_no_private_reach_outside_the_bridge() -> None:

@@ -64,6 +64,34 @@ def test_loadtest_json_report_against_a_real_server(server) -> None:
     assert window["forwarded_packets"] > 0 and window["cpu_us_per_forwarded_packet"] > 0
 
 
+def test_data_channel_opens_and_the_server_answers_its_ping(server) -> None:
+    """--data-channel: every participant opens `calls-dc` as the clients do.
+
+    The pong comes from the server's peer (rtc/peer.py answers "ping" only on
+    a channel labelled calls-dc), so a pong per participant shows the server
+    saw each channel open over SCTP/DTLS, next to the media.
+    """
+    result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
+                     "--users-per-call", "3", "--unmuted", "1", "--duration", "5s",
+                     "--join-duration", "1s", "--data-channel", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr + server.log()[-2000:]
+    report = json.loads(result.stdout)
+    assert report["settings"]["data_channel"] is True
+    people = report["participants"]
+    assert people["joined"] == 3, people
+    assert people["data_channels_open"] == 3 and people["data_channel_pongs"] == 3, people
+    assert report["media"]["loss"] <= 0.02, report["media"]
+
+    # Without the option (the default) no channel is opened and none is reported.
+    result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
+                     "--users-per-call", "2", "--unmuted", "1", "--duration", "4s",
+                     "--join-duration", "1s", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["settings"]["data_channel"] is False
+    assert report["participants"]["data_channels_open"] is None
+
+
 def test_loadtest_human_report(server) -> None:
     # No --join-duration: its default scales with --duration (here 2 s of joins).
     result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),

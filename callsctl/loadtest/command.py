@@ -121,6 +121,12 @@ def loadtest(
                                "calls each, or one call's participants dealt out); 0: one "
                                "per usable CPU. More than 1 keeps a big run from measuring "
                                "the generator's own event loop."),
+    data_channel: bool = typer.Option(
+        False, "--data-channel/--no-data-channel",
+        help="Each participant also opens the calls-dc data channel (SCTP over DTLS) like "
+             "the web and Mattermost clients, and pings once on it. Off by default so runs "
+             "compare with recorded figures, which were measured without it; on, a session "
+             "costs what a real client's does (more server memory)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Load-test a server: synthetic participants join, talk, and measure what comes back.
@@ -167,7 +173,7 @@ def loadtest(
                         users_per_call=users_per_call, unmuted=unmuted,
                         screen_sharing=screen_sharing, video=video, duration=seconds,
                         join_duration=join_seconds, call_prefix=call_prefix, ssl=tls,
-                        processes=processes)
+                        processes=processes, data_channel=data_channel)
     try:
         config.validate()
     except LoadConfigError as exc:
@@ -191,6 +197,10 @@ def loadtest(
         if participants["failed"] or participants["joined"] < participants["requested"]:
             fail(f"{participants['requested'] - participants['joined']} of "
                  f"{participants['requested']} participants did not join")
+        dc_open = participants.get("data_channels_open")
+        if dc_open is not None and dc_open < participants["joined"]:
+            fail(f"the calls-dc data channel of {participants['joined'] - dc_open} of "
+                 f"{participants['joined']} joined participants did not open")
         if media.get("loss") is None:
             fail("no steady window was measured (raise --duration)")
         fail(f"loss {100 * media['loss']:.2f} % is above {100 * MAX_OK_LOSS:g} %")

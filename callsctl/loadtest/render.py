@@ -110,6 +110,7 @@ class Reporter:
             f"{settings['users_per_call']} users, {settings['unmuted']} unmuted"
             + (", screen sharing" if settings["screen_sharing"] else "")
             + (", video" if settings["video"] else "")
+            + (", data channel" if settings.get("data_channel") else "")
             + f"; {settings['duration_s']:g} s, joins over {settings['join_duration_s']:g} s")
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
@@ -119,6 +120,9 @@ class Reporter:
         for reason, example in people["failure_examples"].items():
             joined += f"\n{people['failures'][reason]} x {escape(example)}"
         grid.add_row("participants", joined)
+        if people.get("data_channels_open") is not None:
+            grid.add_row("data channel", f"{people['data_channels_open']}/{people['joined']} "
+                                         f"open, {people['data_channel_pongs']} answered a ping")
         grid.add_row("join time", _pct(data["join_s"], "s"))
         grid.add_row("first packet", _pct(data["first_media_s"], "s"))
         window = data["window"]

@@ -21,10 +21,12 @@ they return (the nominated-pair dict, the SRTP sessions), never per packet.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 from aiortc import RTCCertificate
@@ -218,13 +220,16 @@ class _Idle:
     """What every never-started sender and receiver shares (see share_idle_receiver)."""
 
     def __init__(self) -> None:
-        import asyncio
         import queue
         import threading
 
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error = threading.Event()
         self.event = asyncio.Event()  # never set, never awaited
+        # An unbounded asyncio.Queue's putters (never one: put never waits) and
+        # join()'s event (nobody joins these queues), see share_idle_queue_parts.
+        self.putters: collections.deque[Any] = collections.deque()
+        self.finished = asyncio.Event()
 
 
 _idle: _Idle | None = None
@@ -277,6 +282,144 @@ def share_idle_sender(sender: Any) -> None:
     sender._RTCRtpSender__rtcp_exited = event
 
 
+# -- aiortc: the data channel's SCTP transport --------------------------------------------------
+
+class IdleQueue:
+    """A deque that exists only while it holds something: what an idle association's queues cost.
+
+    aiortc's RTCSctpTransport keeps three deques (`_outbound_queue`,
+    `_sent_queue`, `_data_channel_queue`: chunks waiting for the congestion
+    window, chunks waiting for their SACK, messages waiting for a free
+    stream) of which every empty one holds CPython's first 64-slot block
+    (about 750 bytes each). A session's `calls-dc` carries a ping a second
+    at most, so they are empty almost always. This stands for a deque with
+    exactly the operations aiortc uses on them (append, popleft, len, truth,
+    iteration, indexing, index): the deque is made by the first append and
+    dropped when the last item leaves. aiortc replaces `_data_channel_queue`
+    with a new deque when streams are reset; that one then stays a deque.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] | None = None
+
+    def append(self, item: Any) -> None:
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+
+    def popleft(self) -> Any:
+        if self._items is None:
+            raise IndexError("pop from an empty deque")
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def index(self, item: Any) -> int:
+        if self._items is None:
+            raise ValueError(f"{item!r} is not in deque")
+        return self._items.index(item)
+
+    def __getitem__(self, index: int) -> Any:
+        if self._items is None:
+            raise IndexError("deque index out of range")
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items) if self._items is not None else iter(())
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+
+_SCTP_QUEUES = ("_outbound_queue", "_sent_queue", "_data_channel_queue")
+
+
+def sctp_queues(sctp: Any) -> list[Any]:
+    """The SCTP transport's three queues share_idle_sctp replaces (`_outbound_queue`...)."""
+    return [getattr(sctp, name) for name in _SCTP_QUEUES]
+
+
+def share_idle_sctp(pc: Any) -> None:
+    """Give the connection's SCTP transport queues that cost nothing while empty (IdleQueue).
+
+    (`RTCSctpTransport._outbound_queue`, `_sent_queue`, `_data_channel_queue`.)
+    Only an empty deque is replaced, so calling it again, or after the
+    association has started, loses nothing; no SCTP transport (a client that
+    negotiated no data channel): nothing to do.
+    """
+    sctp = pc.sctp
+    if sctp is None:
+        return
+    for name in _SCTP_QUEUES:
+        queue = getattr(sctp, name)
+        if type(queue) is collections.deque and not queue:
+            setattr(sctp, name, IdleQueue())
+
+
+# -- asyncio queues of aioice's connection and aiortc's remote tracks -----------------------------
+
+def share_idle_queue_parts(queue: Any) -> None:
+    """Give an unbounded asyncio.Queue that nobody joins the shared idle putters and event.
+
+    (`asyncio.Queue._putters`, `_finished`.) Every asyncio.Queue keeps a
+    deque of producers waiting for room and an Event for join(), about 1.6 KB
+    together. A queue without maxsize never makes a producer wait, so its
+    putters deque is only ever read (empty); and join() is the only reader of
+    the event, which put_nowait() and task_done() merely clear and set. A
+    bounded queue, or one with a producer waiting, keeps its own.
+    """
+    if queue.maxsize > 0 or queue._putters:
+        return
+    idle = _idle_parts()
+    queue._putters = idle.putters
+    queue._finished = idle.finished
+
+
+# How many asyncio queues each object holds, in the versions verified (VERIFIED):
+# aioice's Connection two (the check-list state and received data), aiortc's
+# RemoteStreamTrack one (decoded frames). check() counts them again: an upgrade that
+# adds one, which might be joined, is a review of share_idle_queues first.
+_QUEUES_VERIFIED = {"Connection": 2, "RemoteStreamTrack": 1}
+
+
+def _asyncio_queues(obj: Any) -> list[Any]:
+    """The asyncio.Queue objects among an object's instance attributes, whatever their names."""
+    return [value for value in vars(obj).values() if type(value) is asyncio.Queue]
+
+
+def share_idle_queues(pc: Any) -> None:
+    """share_idle_queue_parts for the unbounded queues of a connection's aioice agents
+    and of its receivers' remote tracks (`RTCRtpReceiver.track`).
+
+    About 1.6 KB for each of a session's five (two of aioice's connection, one
+    per receiving transceiver's track; three for a listener of two speakers).
+    Neither aioice nor aiortc joins any of them (the pinned versions: no
+    join() or task_done() anywhere in either), and all are unbounded. They are
+    found by type rather than by their private names.
+    """
+    for ice in ice_transports(pc):
+        for queue in _asyncio_queues(ice_connection(ice)):
+            share_idle_queue_parts(queue)
+    for transceiver in pc.getTransceivers():
+        track = transceiver.receiver.track
+        if track is not None:
+            for queue in _asyncio_queues(track):
+                share_idle_queue_parts(queue)
+
+
+def share_idle_parts(pc: Any) -> None:
+    """After each negotiation: the SCTP queues (share_idle_sctp) and asyncio queues'
+    idle parts (share_idle_queues) of this connection."""
+    share_idle_sctp(pc)
+    share_idle_queues(pc)
+
+
 # -- aiortc: negotiated codecs and header extensions --------------------------------------------
 
 # Each distinct codec / header extension object stands for all equal ones while any
@@ -297,22 +440,40 @@ def _frozen(value: Any) -> Hashable:
     return value
 
 
-def _share_equal(items: list[Any]) -> None:
+def _canonical_of(item: Any, table: Any = None) -> Any:
+    """The object equal to dataclass `item` in `table` (`item` itself when it is the first).
+
+    `table` defaults to the process's weak table: for objects equal across
+    sessions. Objects equal only within one session (its ICE credentials, its
+    client's fingerprint) go into a table of that session's alone: an entry
+    in the weak table costs more than a copy of them (its key and weak
+    reference, about 0.3 KB each), so only what many sessions share goes there.
+    """
+    try:
+        key = _frozen(item)
+    except TypeError:  # an unhashable parameter value: keep this one as it is
+        return item
+    table = _canonical if table is None else table
+    canonical = table.get(key)
+    if canonical is None:
+        table[key] = item
+        return item
+    return canonical
+
+
+def _share_equal(items: list[Any], table: Any = None) -> None:
     """Replace each dataclass in `items` by the canonical equal one, in place."""
     for index, item in enumerate(items):
-        try:
-            key = _frozen(item)
-        except TypeError:  # an unhashable parameter value: keep this one as it is
-            continue
-        canonical = _canonical.get(key)
-        if canonical is None:
-            _canonical[key] = item
-        elif canonical is not item:
+        canonical = _canonical_of(item, table)
+        if canonical is not item:
             items[index] = canonical
 
 
 _DESCRIPTIONS = tuple(f"_RTCPeerConnection__{state}{side}Description"
                       for state in ("current", "pending") for side in ("Local", "Remote"))
+# The remote ICE and DTLS parameters aiortc keeps per transceiver (and per SCTP
+# transport) until its transports start: the very objects of the remote description.
+_REMOTE_PARAMETERS = ("_RTCPeerConnection__remoteDtls", "_RTCPeerConnection__remoteIce")
 
 
 def share_negotiated(pc: Any) -> None:
@@ -329,6 +490,7 @@ def share_negotiated(pc: Any) -> None:
     itself shares header extensions between description and transceiver
     (`find_common_header_extensions`). So equal ones can be one object.
     """
+    session: dict[Hashable, Any] = {}  # what is equal within this session only
     for name in _DESCRIPTIONS:
         description = getattr(pc, name)
         if description is None:
@@ -336,9 +498,52 @@ def share_negotiated(pc: Any) -> None:
         for media in description.media:
             _share_equal(media.rtp.codecs)
             _share_equal(media.rtp.headerExtensions)
+            _share_transport_parameters(media, session, local="Local" in name)
     for transceiver in pc.getTransceivers():
         _share_equal(transceiver._codecs)
         _share_equal(transceiver._headerExtensions)
+    for name in _REMOTE_PARAMETERS:
+        table = getattr(pc, name)
+        for key, value in table.items():  # values replaced, no key added: safe to iterate
+            table[key] = _canonical_of(value, session)
+
+
+def _share_transport_parameters(media: Any, session: dict[Hashable, Any], local: bool) -> None:
+    """One object for equal ICE candidates, ICE and DTLS parameters and SCTP capabilities.
+
+    (`MediaDescription.ice_candidates`, `.ice`, `.dtls` and its `fingerprints`,
+    `.sctpCapabilities` of a stored description; `__remoteDtls`, `__remoteIce`.)
+    Every m-section of a description carries its own parsed copy of the same
+    transport's parameters (max-bundle: one transport, so a session with the
+    data channel has two equal copies of each, and aiortc's per-transport
+    tables a third), and the server's own candidates, fingerprints and
+    capabilities are equal across sessions (the shared socket's, the shared
+    certificate's): those go to the process's table, the rest (ICE
+    credentials, the client's candidates and fingerprint) to the session's.
+    aiortc reads these once stored and never changes them: it parses each new
+    description into new objects, appends trickled candidates to the list
+    (whose items it leaves alone) and sets a DTLS role only on the
+    descriptions it is building.
+    """
+    shared = None if local else session
+    _share_equal(media.ice_candidates, shared)
+    if media.ice is not None:
+        media.ice = _canonical_of(media.ice, session)
+    if media.dtls is not None:
+        _share_equal(media.dtls.fingerprints, shared)
+        media.dtls = _canonical_of(media.dtls, shared)
+    if media.sctpCapabilities is not None:
+        media.sctpCapabilities = _canonical_of(media.sctpCapabilities)
+
+
+def description_media(pc: Any, side: str) -> list[Any]:
+    """The m-sections of the stored local or remote description (`__currentLocalDescription`,
+    `__currentRemoteDescription`, else the pending one): what share_negotiated works on."""
+    for state in ("current", "pending"):
+        description = getattr(pc, f"_RTCPeerConnection__{state}{side.title()}Description")
+        if description is not None:
+            return list(description.media)
+    return []
 
 
 def negotiated_codecs(transceiver: Any) -> list[Any]:
@@ -515,9 +720,27 @@ async def _self_test() -> None:
             getattr(connection, name)
         for name in ("_local_candidates", "_local_candidates_end"):
             getattr(connection, name)
-        for name in _DESCRIPTIONS:
+        for name in _DESCRIPTIONS + _REMOTE_PARAMETERS:
             getattr(pc, name)  # share_negotiated reads them
+        pc.createDataChannel("calls-dc")  # an SCTP transport: share_idle_sctp's queues
+        for name, queue in zip(_SCTP_QUEUES, sctp_queues(pc.sctp), strict=True):
+            if type(queue) is not collections.deque:
+                raise AttributeError(f"RTCSctpTransport.{name} (a deque)")
+        share_idle_sctp(pc)
+        probe: asyncio.Queue[Any] = asyncio.Queue()
+        if type(probe._putters) is not collections.deque or \
+                type(probe._finished) is not asyncio.Event:
+            raise AttributeError("asyncio.Queue._putters, _finished")
+        from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+        for holder in (connection, RemoteStreamTrack("audio")):
+            name = type(holder).__name__
+            if len(_asyncio_queues(holder)) != _QUEUES_VERIFIED[name]:
+                raise AttributeError(f"{name}'s asyncio queues (share_idle_queues counted "
+                                     f"{_QUEUES_VERIFIED[name]})")
+        share_idle_queues(pc)
         negotiated_codecs(transceiver)
+        description_media(pc, "local")
         transceiver._headerExtensions  # noqa: B018 - share_negotiated replaces its items
         share_negotiated(pc)
         sender_ssrc(sender)

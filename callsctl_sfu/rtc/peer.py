@@ -407,6 +407,7 @@ class MediaPeer:
         if remote is None:
             return
         aiortc_bridge.share_negotiated(self.pc)  # equal codecs: one object (memory)
+        aiortc_bridge.share_idle_parts(self.pc)  # calls-dc's SCTP queues, idle asyncio queues
         current = merge_numbering(numbering_of(remote.sdp), self.numbering)
         self.numbering = current
         self.drop_ingress_routes()  # payload types and extension ids may have changed

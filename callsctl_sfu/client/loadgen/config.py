@@ -74,6 +74,11 @@ class LoadConfig:
     # receiver is measured (the default, and what `callsctl loadtest` does).
     probes_per_call: int = 0
     probe_address: str | None = None
+    # Each participant also opens the `calls-dc` data channel (SCTP over DTLS) as the web
+    # client and Mattermost's client do, and sends one "ping" on it once open (the server
+    # answers "pong"; real clients ping every second, which adds CPU but no state). Off by
+    # default: the recorded figures (bench/RESULTS.md) were measured without it.
+    data_channel: bool = False
 
     @property
     def participants(self) -> int:

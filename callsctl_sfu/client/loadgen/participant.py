@@ -81,6 +81,8 @@ class LightParticipant:
         self._rtcp_send: Callable[[bytes], None] | None = None
         self._rx: pylibsrtp.Session | None = None
         self._rr_ssrc = random.getrandbits(32) or 1
+        self.dc_open_at: float | None = None  # `calls-dc` open (LoadConfig.data_channel)
+        self.dc_pongs = 0
         self.closed = False
 
     @property
@@ -149,6 +151,8 @@ class LightParticipant:
             await self._send({"type": "screen_on", "stream_id": screen_stream})
         if self.role.camera:
             await self._send({"type": "video_on"})
+        if test.config.data_channel:
+            self._open_data_channel(pc)
         await gather_on(pc, test.address_for(self))
         self._tasks.append(asyncio.create_task(self._signal_loop()))
         offer = await pc.createOffer()
@@ -161,6 +165,25 @@ class LightParticipant:
                 sdp = simulcast_offer(sdp, sender.transceiver.mid,
                                       [s.rid for s in reversed(sender.all_layers()) if s.rid])
         await self._send({"type": "signal", "data": {"type": "offer", "sdp": sdp}})
+
+    def _open_data_channel(self, pc: RTCPeerConnection) -> None:
+        """`calls-dc` as the clients make it: one "ping" once open, "pong" counted.
+
+        One ping, not one a second like the clients: it proves the channel
+        works end to end, and the association state it leaves on the server
+        (the stream's inbound and outbound sequence) is what steady pinging keeps.
+        """
+        channel = pc.createDataChannel("calls-dc")
+
+        @channel.on("open")
+        def on_open() -> None:
+            self.dc_open_at = asyncio.get_running_loop().time()
+            channel.send("ping")
+
+        @channel.on("message")
+        def on_message(message: Any) -> None:
+            if message == "pong":
+                self.dc_pongs += 1
 
     def all_senders(self) -> list[StreamSender]:
         """Every stream this participant sends, simulcast layers included."""

@@ -92,7 +92,8 @@ def raw_figures(test: LoadTest, cpu_seconds: float, wall: float) -> dict[str, An
             "join_s": None if p.connected_at is None else p.connected_at - p.started_at,
             "first_media_s": None if p.connected_at is None or p.first_media_at is None
             else p.first_media_at - p.started_at,
-            "errors": dict(p.error_codes), "senders": len(p.senders)})
+            "errors": dict(p.error_codes), "senders": len(p.senders),
+            "dc_open": p.dc_open_at is not None, "dc_pongs": p.dc_pongs})
     senders = []
     receivers = []
     if windowed:
@@ -161,8 +162,10 @@ def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
     window_cpu = [raw["window_cpu_percent"] for raw in raws]
     requested = config.participants
     silent = not any(p["senders"] for p in people)  # --unmuted 0: joins only
+    dc_open = sum(1 for p in joined if p.get("dc_open"))
     ok = len(joined) == requested and (silent or (
-        media is not None and media["loss"] is not None and media["loss"] <= MAX_OK_LOSS))
+        media is not None and media["loss"] is not None and media["loss"] <= MAX_OK_LOSS)) \
+        and (not config.data_channel or dc_open == len(joined))
     loadgen: dict[str, Any] = {
         "cpu_percent": round(sum(raw["cpu_percent"] for raw in raws), 1),
         "window_cpu_percent": None if None in window_cpu else round(sum(window_cpu), 1),
@@ -191,10 +194,16 @@ def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
                   "video": config.video, "duration_s": config.duration,
                   "join_duration_s": config.join_duration,
                   "delay_sample_every": config.delay_sample_every,
+                  "data_channel": config.data_channel,
                   "processes": len(raws)},
         participants={"requested": requested, "started": len(people),
                       "joined": len(joined), "failed": sum(failures.values()),
-                      "failures": dict(failures), "failure_examples": examples},
+                      "failures": dict(failures), "failure_examples": examples,
+                      # With LoadConfig.data_channel: joined participants whose `calls-dc`
+                      # opened, and those the server answered a ping on.
+                      "data_channels_open": dc_open if config.data_channel else None,
+                      "data_channel_pongs": sum(1 for p in joined if p.get("dc_pongs"))
+                      if config.data_channel else None},
         join_s=rounded(percentiles(p["join_s"] for p in joined), 3),
         first_media_s=rounded(percentiles(p["first_media_s"] for p in joined
                                           if p["first_media_s"] is not None), 3),

@@ -729,7 +729,7 @@ async def _self_test() -> None:
         share_idle_sctp(pc)
         probe: asyncio.Queue[Any] = asyncio.Queue()
         if type(probe._putters) is not collections.deque or \
-                type(probe._finished) is not asyncio.Event:
+                type(getattr(probe, "_finished", None)) is not asyncio.Event:
             raise AttributeError("asyncio.Queue._putters, _finished")
         from aiortc.rtcrtpreceiver import RemoteStreamTrack
 

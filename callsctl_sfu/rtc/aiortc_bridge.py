@@ -728,7 +728,7 @@ async def _self_test() -> None:
                 raise AttributeError(f"RTCSctpTransport.{name} (a deque)")
         share_idle_sctp(pc)
         probe: asyncio.Queue[Any] = asyncio.Queue()
-        if type(probe._putters) is not collections.deque or \
+        if type(getattr(probe, "_putters", None)) is not collections.deque or \
                 type(getattr(probe, "_finished", None)) is not asyncio.Event:
             raise AttributeError("asyncio.Queue._putters, _finished")
         from aiortc.rtcrtpreceiver import RemoteStreamTrack

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 
 import typer
 
 from callsctl import __version__
-from callsctl.errors import EXIT_FAIL, EXIT_USAGE, exit_code_of, print_error
-from callsctl_sfu.errors import CallsctlError
+from callsctl.errors import EXIT_FAIL, EXIT_USAGE, exit_reporting_errors, print_error
 
 # The root group; `app` (below, PEP 562) is this with every command registered.
 _root = typer.Typer(
@@ -156,38 +154,33 @@ def main() -> None:
     )
 
     serving = sys.argv[1:2] == ["serve"]
-    try:
-        # `callsctl serve ...` started over with its settings parsed (callsctl/serve.py),
-        # entered here rather than through callsctl/entry.py (a script installed before
-        # the entry point moved, or a caller of app.main): serve without parsing again.
-        from callsctl import serving as serving_pass
 
-        if serving_pass.started_over() and serving_pass.run_parsed():
-            sys.exit(0)
-        # `callsctl serve ...` runs with serve alone registered: a server's memory holds
-        # nothing of the other commands (docs/performance-memory.md).
-        app = _register_commands("serve" if serving else None)
-        code = app(standalone_mode=False, prog_name="callsctl")
-    except NoArgsIsHelpError as exc:  # a bare group: its help, exit 2, as click does
-        # With rich, typer has already printed the help while making this error.
-        if exc.format_message().strip():
-            typer.echo(exc.format_message(), err=True)
-        sys.exit(EXIT_USAGE)
-    except ClickException as exc:
-        print_error(usage_line(exc, sys.argv[1:]))
-        sys.exit(usage_exit_code(exc))
-    except Abort:  # end of input at a prompt
-        print_error("aborted; nothing was done")
-        sys.exit(EXIT_FAIL)
-    except CallsctlError as exc:  # ours, from the CLI or the engine: its one line
-        print_error(exc.message)
-        sys.exit(exit_code_of(exc))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # last resort: never show a traceback to operators
-        print_error(f"{type(exc).__name__}: {exc} (run with CALLSCTL_DEBUG=1 for details)")
-        if os.environ.get("CALLSCTL_DEBUG"):
-            raise
-        sys.exit(EXIT_FAIL)
-    # click returns an Exit's code, or the command's return value (None).
-    sys.exit(code if isinstance(code, int) else 0)
+    def run() -> int:
+        try:
+            # `callsctl serve ...` started over with its settings parsed (callsctl/serve.py),
+            # entered here rather than through callsctl/entry.py (a script installed before
+            # the entry point moved, or a caller of app.main): serve without parsing again.
+            from callsctl import serving as serving_pass
+
+            if serving_pass.started_over() and serving_pass.run_parsed():
+                return 0
+            # `callsctl serve ...` runs with serve alone registered: a server's memory holds
+            # nothing of the other commands (docs/performance-memory.md).
+            app = _register_commands("serve" if serving else None)
+            code = app(standalone_mode=False, prog_name="callsctl")
+        except NoArgsIsHelpError as exc:  # a bare group: its help, exit 2, as click does
+            # With rich, typer has already printed the help while making this error.
+            if exc.format_message().strip():
+                typer.echo(exc.format_message(), err=True)
+            return EXIT_USAGE
+        except ClickException as exc:
+            print_error(usage_line(exc, sys.argv[1:]))
+            return usage_exit_code(exc)
+        except Abort:  # end of input at a prompt
+            print_error("aborted; nothing was done")
+            return EXIT_FAIL
+        # click returns an Exit's code, or the command's return value (None).
+        return code if isinstance(code, int) else 0
+
+    # Ours (one line), Ctrl-C (130) and, as a last resort, anything else: never a traceback.
+    exit_reporting_errors(run)

@@ -14,7 +14,9 @@ re-raise them.
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from callsctl_sfu.errors import CallsctlError
@@ -57,3 +59,24 @@ def bad_option(option: str, message: str) -> NoReturn:
 def print_error(message: str) -> None:
     sys.stderr.write(f"callsctl: error: {message}\n")
     sys.stderr.flush()
+
+
+def exit_reporting_errors(body: Callable[[], int]) -> NoReturn:
+    """Run a command's body and exit with its status; an error is one line, never a traceback.
+
+    Shared by the CLI (callsctl.app.main) and the serving pass (callsctl/serving.py),
+    which must not import the CLI's libraries: this module imports none of them.
+    """
+    try:
+        code = body()
+    except CallsctlError as exc:  # ours, from the CLI or the engine: its one line
+        print_error(exc.message)
+        sys.exit(exit_code_of(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # last resort: never show a traceback to operators
+        print_error(f"{type(exc).__name__}: {exc} (run with CALLSCTL_DEBUG=1 for details)")
+        if os.environ.get("CALLSCTL_DEBUG"):
+            raise
+        sys.exit(EXIT_FAIL)
+    sys.exit(code)

@@ -17,9 +17,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from callsctl.errors import exit_code_of, fail, print_error
+from callsctl.errors import exit_reporting_errors, fail
 from callsctl_sfu.config import ServeConfig
-from callsctl_sfu.errors import CallsctlError
 
 if TYPE_CHECKING:
     from callsctl_sfu.server import Server
@@ -36,19 +35,12 @@ def started_over() -> bool:
 
 def main() -> None:
     """Serve with the piped settings; every error is one line and an exit code."""
-    try:
-        run_parsed()
-    except CallsctlError as exc:  # ours, from reading the pipe or the engine: its one line
-        print_error(exc.message)
-        sys.exit(exit_code_of(exc))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # last resort: never show a traceback to operators
-        print_error(f"{type(exc).__name__}: {exc} (run with CALLSCTL_DEBUG=1 for details)")
-        if os.environ.get("CALLSCTL_DEBUG"):
-            raise
-        sys.exit(1)
-    sys.exit(0)
+    exit_reporting_errors(_serve_parsed)
+
+
+def _serve_parsed() -> int:
+    run_parsed()
+    return 0
 
 
 def run_parsed() -> bool:

@@ -43,6 +43,20 @@ def participant(server, user: str, tone: float | None = 440.0, call: str = "room
     return Participant(server.ws_url, server.token(call, user), call, user, tone=tone)
 
 
+async def hear_each_other(people: list[Participant], frames: int, racing: bool = False) -> None:
+    """Alice and bob join (one after the other, or at once), connect, and hear each other."""
+    if racing:
+        await asyncio.gather(*(person.join() for person in people))
+    else:
+        for person in people:
+            await person.join()
+    await asyncio.gather(*(person.wait_connected(15) for person in people))
+    alice, bob = people
+    assert await wait_until(lambda: bob.frames_from[alice.session_id] > frames
+                            and alice.frames_from[bob.session_id] > frames, 10), \
+        f"bob got {dict(bob.frames_from)}, alice got {dict(alice.frames_from)}"
+
+
 async def test_idle_server_has_not_loaded_the_media_stack_and_serves_its_api(server):
     assert media_mapped(server) == []
     assert media_state(server) == {"state": "idle", "error": ""}
@@ -75,14 +89,7 @@ async def test_first_join_loads_the_media_stack_and_media_flows(server):
     assert media_mapped(server) == []
     people = [participant(server, "alice", 440.0), participant(server, "bob", 660.0)]
     try:
-        for person in people:
-            await person.join()
-        for person in people:
-            await person.wait_connected(15)
-        alice, bob = people
-        assert await wait_until(lambda: bob.frames_from[alice.session_id] > 25
-                                and alice.frames_from[bob.session_id] > 25, 10), \
-            f"bob got {dict(bob.frames_from)}, alice got {dict(alice.frames_from)}"
+        await hear_each_other(people, 25)
         mapped = media_mapped(server)
         for marker in MAPPED_MARKERS:
             assert any(marker in path for path in mapped), f"{marker} not mapped: {mapped}"
@@ -109,11 +116,7 @@ async def test_two_joins_racing_the_load_both_succeed(server):
     people = [participant(server, "alice", 440.0), participant(server, "bob", 660.0)]
     try:
         # Both /ws connections and joins arrive while nothing is loaded yet.
-        await asyncio.gather(*(person.join() for person in people))
-        await asyncio.gather(*(person.wait_connected(15) for person in people))
-        alice, bob = people
-        assert await wait_until(lambda: bob.frames_from[alice.session_id] > 10
-                                and alice.frames_from[bob.session_id] > 10, 10)
+        await hear_each_other(people, 10, racing=True)
         assert "media stack loaded" in server.log()
         assert server.log().count("loading the media stack") == 1  # one load for both
     finally:
@@ -225,13 +228,7 @@ async def test_idle_server_answers_stun_without_importing_aioice(serve_factory):
     assert not {name for name in idle if name.split(".")[0] in ("typer", "click", "rich")}
     people = [participant(server, "alice", 440.0), participant(server, "bob", 660.0)]
     try:
-        for person in people:
-            await person.join()
-        for person in people:
-            await person.wait_connected(15)
-        alice, bob = people
-        assert await wait_until(lambda: bob.frames_from[alice.session_id] > 10
-                                and alice.frames_from[bob.session_id] > 10, 10)
+        await hear_each_other(people, 10)
         assert "aioice.ice" in serving_pass_imports(server)
     finally:
         await close_all(people)

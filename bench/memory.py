@@ -195,9 +195,8 @@ async def start_serve(workdir: Path, trace: Path | None,
     log = workdir / f"serve-{api}.log"
     head = [str(BENCH / "traced_serve.py"), str(trace)] if trace else ["-m", "callsctl"]
     env = None
-    if native is not None:
-        env = dict(os.environ, LD_PRELOAD=str(_heaptrack_tools()[0]),
-                   DUMP_HEAPTRACK_OUTPUT=str(native))
+    if native is not None:  # the serving pass under heaptrack (bench/native_serve.py says why)
+        head = [str(BENCH / "native_serve.py"), str(_heaptrack_tools()[0]), str(native)]
     with log.open("w") as out:
         process = await asyncio.create_subprocess_exec(
             sys.executable, *head, "serve", "--bind", "127.0.0.1", "--api-port", str(api),

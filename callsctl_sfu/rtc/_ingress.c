@@ -567,6 +567,9 @@ static PyTypeObject InSessionType = {
 
 /* ---- Ingress: the source table and drain() ------------------------------------------ */
 
+static void media_lock_with_gil(void);
+static void media_unlock(void);
+
 /* The counters of one drain (DrainResult's numbers). */
 typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
@@ -597,8 +600,7 @@ typedef struct {
    section below): the reader thread for each drain, and pylibsrtp's calls on the event
    loop (fastpath.py wraps them) whose cffi call releases the GIL inside libsrtp. */
 static pthread_mutex_t media_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_t media_owner;
-static int media_depth = 0;     /* nesting on the owner thread (changed with the lock held) */
+static __thread int media_held = 0; /* this thread's nesting of media_lock */
 
 /* The receive buffers: used only by drain(), which runs with the GIL held. */
 static struct {
@@ -1215,7 +1217,11 @@ Ingress_drain(IngressObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "Ingress.drain: the reader thread reads this socket");
         return NULL;
     }
-    return drain_once(self, recv_fd, send_fd, now, NULL);
+    /* Another Ingress's reader thread may be draining (the receive buffers are shared). */
+    media_lock_with_gil();
+    PyObject *result = drain_once(self, recv_fd, send_fd, now, NULL);
+    media_unlock();
+    return result;
 }
 
 /* ---- The reader thread ------------------------------------------------------------------
@@ -1250,14 +1256,30 @@ static void
 media_lock_blocking(void)
 {
     pthread_mutex_lock(&media_lock);
-    media_owner = pthread_self();
-    media_depth = 1;
+    media_held = 1;
+}
+
+/* Take media_lock on a thread that holds the GIL: a try first; if the reader thread has
+   it (or waits for the GIL with it), wait with the GIL released so it can finish. */
+static void
+media_lock_with_gil(void)
+{
+    if (media_held > 0) {
+        media_held += 1; /* nested on the thread that holds it */
+        return;
+    }
+    if (pthread_mutex_trylock(&media_lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&media_lock);
+        Py_END_ALLOW_THREADS
+    }
+    media_held = 1;
 }
 
 static void
 media_unlock(void)
 {
-    if (--media_depth == 0)
+    if (--media_held == 0)
         pthread_mutex_unlock(&media_lock);
 }
 
@@ -1561,25 +1583,14 @@ set_unprotect(PyObject *module, PyObject *arg)
 static PyObject *
 media_acquire(PyObject *module, PyObject *unused)
 {
-    if (media_depth > 0 && pthread_equal(media_owner, pthread_self())) {
-        media_depth += 1; /* nested on the thread that holds it */
-        Py_RETURN_NONE;
-    }
-    if (pthread_mutex_trylock(&media_lock) != 0) {
-        /* The reader thread holds it, or waits for the GIL with it: let it finish. */
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&media_lock);
-        Py_END_ALLOW_THREADS
-    }
-    media_owner = pthread_self();
-    media_depth = 1;
+    media_lock_with_gil();
     Py_RETURN_NONE;
 }
 
 static PyObject *
 media_release(PyObject *module, PyObject *unused)
 {
-    if (media_depth <= 0 || !pthread_equal(media_owner, pthread_self())) {
+    if (media_held <= 0) {
         PyErr_SetString(PyExc_RuntimeError, "media_release: this thread does not hold it");
         return NULL;
     }

@@ -247,7 +247,8 @@ def _serialise_pylibsrtp() -> None:
     for name in ("protect", "protect_rtcp", "unprotect", "unprotect_rtcp", "add_stream",
                  "remove_stream"):
         setattr(session, name, locked(getattr(session, name)))
-    session._callsctl_serialised = True  # type: ignore[attr-defined]
+    patched: Any = session
+    patched._callsctl_serialised = True
 
 
 # Ingress objects whose reader thread runs: stopped at exit, before the interpreter

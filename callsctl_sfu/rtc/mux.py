@@ -197,13 +197,14 @@ class UdpMux(asyncio.DatagramProtocol):
         watches the thread's eventfd instead, readable only when something needs Python.
         """
         fd = sock.fileno()
-        self._loop._remove_reader(fd)  # type: ignore[attr-defined]
+        loop: Any = self._loop  # the selector loop's own reader calls (see above)
+        loop._remove_reader(fd)
         try:
             self._wake_fd = self.ingress.start(fd, self.fanout_fd())
         except OSError as exc:
             log.warning("the C ingress cannot read on a thread of its own (%s); the event "
                         "loop reads the media socket", exc)
-            self._loop._add_reader(fd, self._ingress_ready)  # type: ignore[attr-defined]
+            loop._add_reader(fd, self._ingress_ready)
             return False
         fastpath.reader_started(self.ingress)
         self._loop.add_reader(self._wake_fd, self._reader_thread_ready)

@@ -14,6 +14,8 @@ import os
 import select
 import socket
 import struct
+import subprocess
+import sys
 
 import pylibsrtp
 import pytest
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.reports import ReceptionStats
+from tests.support.helpers import REPO
 from tests.support.srtp import Receiver, srtp_pair
 
 pytestmark = pytest.mark.skipif(fastpath.Ingress is None,
@@ -409,3 +412,28 @@ def test_the_reader_thread_forwards_alone_and_wakes_python_only_for_what_it_need
     assert not server.ingress.running and server.ingress.failure is None
     server.send(rtp(6, level=90))  # the socket is the caller's again
     assert server.drain().forwarded == 2
+
+
+EXIT_WITH_A_RUNNING_READER = """
+import socket, sys
+from callsctl_sfu.rtc import aiortc_bridge, fastpath  # wires libsrtp, as a server does
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+ingress = fastpath.Ingress()
+ingress.start(sock.fileno(), sock.fileno())
+fastpath.reader_started(ingress)
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(50):
+    sender.sendto(b"\\x16\\xfe\\xfd" + bytes(20), sock.getsockname())
+print("exiting with the reader running", flush=True)
+"""
+
+
+def test_a_process_exits_cleanly_with_its_reader_thread_running():
+    """The server's process may end without closing its socket first (a signal, an error):
+    the reader thread is stopped at exit, with no hang and no crash."""
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_A_RUNNING_READER], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "exiting with the reader running" in done.stdout
+    assert "Traceback" not in done.stderr and "Fatal" not in done.stderr, done.stderr

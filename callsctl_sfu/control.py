@@ -298,6 +298,7 @@ class ControlPlane:
 
     def _tick(self, ticks: int) -> None:
         assert self.sampler is not None and self.manager is not None
+        self.manager.forwarder.collect_ingress()  # the C reader thread's counters and samples
         self.sampler.sample()
         if self.metrics is not None:
             self.metrics.tick(self.sampler)

@@ -168,6 +168,8 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def exposition(self) -> bytes:
+        # The C ingress reader thread's counters and write-time samples, folded first.
+        self.manager.forwarder.collect_ingress()
         return generate_latest(self.registry)
 
     # -- events (CallManager observer) -------------------------------------------------------

@@ -277,8 +277,10 @@ class Server:
 
     def stats(self) -> dict[str, Any]:
         assert self.mux is not None and self.manager is not None
+        self.manager.forwarder.collect_ingress()  # the reader thread's counters, exact
         return {"media_socket": self.mux.stats.as_dict(),
                 "consent": self.mux.consent_stats(),
+                "ingress": self.mux.ingress_stats(),
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
                 # --media-threads in effect, and how many fan-outs used more than one
                 "fanout_pool": {"threads": fastpath.pool_threads(),

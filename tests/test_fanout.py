@@ -188,15 +188,22 @@ def test_without_the_c_extension_the_python_engine_runs_with_a_reason():
     assert out.stdout.strip().splitlines()[-1].startswith("python | C extension not built")
 
 
-@pytest.mark.parametrize("engine", ["c", "python", "no-c-extension"])
+@pytest.mark.parametrize("engine", ["c", "c-event-loop", "python", "no-c-extension"])
 async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory, tmp_path,
                                                                    engine):
-    """The same call through the C fan-out, the Python path (CALLSCTL_FAST_PATH=0) and a
-    server whose C extension cannot be imported (as on a machine without a compiler)."""
-    if engine == "c" and not fastpath.AVAILABLE:
+    """The same call through the C fan-out (its ingress on a reader thread of its own, or
+    with CALLSCTL_INGRESS_THREAD=0 in the event loop), the Python path
+    (CALLSCTL_FAST_PATH=0) and a server whose C extension cannot be imported (as on a
+    machine without a compiler)."""
+    c_engine = engine.startswith("c")
+    if c_engine and not fastpath.AVAILABLE:
         pytest.skip(fastpath.REASON)
     env = None
-    if engine == "python":
+    if engine == "c":
+        env = {"CALLSCTL_INGRESS_THREAD": "1"}
+    elif engine == "c-event-loop":
+        env = {"CALLSCTL_INGRESS_THREAD": "0"}
+    elif engine == "python":
         env = {"CALLSCTL_FAST_PATH": "0"}
     elif engine == "no-c-extension":
         hide = tmp_path / "hide_c"
@@ -206,7 +213,7 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
         env = {"PYTHONPATH": str(hide)}
     server = serve_factory(env=env)
     running = httpx.get(f"{server.api_url}/version").json()["forwarding_engine"]
-    assert running["engine"] == ("c" if engine == "c" else "python")
+    assert running["engine"] == ("c" if c_engine else "python")
     if engine == "no-c-extension":
         assert running["reason"].startswith("C extension not built"), running
     people = await join_all(server, 3, call=f"engine-{engine}")
@@ -217,20 +224,30 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
             assert await wait_until(lambda p=person, o=others: all(p.frames_from[s] > 25
                                                                    for s in o), 10), \
                 f"{engine}: {person.name} got {dict(person.frames_from)}"
+        # Speech is seen (RFC 6464 levels; with the reader thread, handed up at most every
+        # 200 ms per speaker), and a muted speaker is never shown speaking again.
+        for person in (a, b):
+            await person.wait_for(lambda e: e["type"] == "user_voice_on"
+                                  and e["session_id"] == loud.session_id, 5)
         await loud.send({"type": "mute"})  # its client keeps sending
         await a.wait_for(lambda e: e["type"] == "user_muted"
                          and e["session_id"] == loud.session_id, 5)
+        muted_at = len(a.events)
         await asyncio.sleep(0.5)
         before, still = a.frames_from[loud.session_id], b.frames_from[a.session_id]
         muted_before = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
         await asyncio.sleep(1.5)
         assert a.frames_from[loud.session_id] == before
+        assert not [e for e in a.events[muted_at:] if e["type"] == "user_voice_on"
+                    and e["session_id"] == loud.session_id]
         assert b.frames_from[a.session_id] > still + 30
         forwarding = httpx.get(f"{server.api_url}/stats").json()["forwarding"]
         assert forwarding["rtp_forwarded"] > 150 and forwarding["srtp_protect_errors"] == 0
         # The server drops the muted speaker's packets itself (its client kept sending).
         assert forwarding["dropped_muted"] > muted_before["dropped_muted"] + 30, forwarding
-        if engine == "c":
+        reader = httpx.get(f"{server.api_url}/stats").json()["ingress"]["reader"]
+        assert reader == {"c": "thread", "c-event-loop": "event-loop"}.get(engine, "python")
+        if c_engine:
             # The C ingress (rtc/_ingress.c) handled the audio after each stream's first
             # packets, before and after the mute; the Python engines never use it.
             assert forwarding["rtp_in_c"] > 0.9 * forwarding["rtp_in"], forwarding

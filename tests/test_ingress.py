@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import struct
+import subprocess
+import sys
 
 import pylibsrtp
 import pytest
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 
 from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.reports import ReceptionStats
+from tests.support.helpers import REPO
 from tests.support.srtp import Receiver, srtp_pair
 
 pytestmark = pytest.mark.skipif(fastpath.Ingress is None,
@@ -369,3 +373,67 @@ def test_two_calls_read_together_are_sent_on_two_threads(server, two_threads, sa
 
 # A real server forwarding through the ingress, with mute enforced there: test_fanout.py
 # (test_both_engines_forward_audio_and_stop_a_muted_speaker, the "c" engine).
+
+
+def readable(fd: int, timeout: float = 5.0) -> bool:
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_the_reader_thread_forwards_alone_and_wakes_python_only_for_what_it_needs(server):
+    """start(): the socket is read on the ingress's own thread. Audio of a routed speaker
+    reaches the receivers with no Python call; its speech is handed up once (not per
+    packet); a datagram Python must see comes up untouched; counters wait for collect()."""
+    receivers = [Receiver(0xF0 + i, level_id=3) for i in range(2)]
+    route = server.route(receivers)
+    wake = server.ingress.start(server.sock.fileno(), server.sock.fileno())
+    try:
+        assert server.ingress.running
+        for sequence in range(1, 6):
+            server.send(rtp(sequence, level=30))
+        for receiver in receivers:
+            assert [receiver.receive().sequence for _ in range(5)] == [1, 2, 3, 4, 5]
+        assert readable(wake)
+        handed = server.ingress.take()
+        assert [result.loud for result in handed] == [["alice"]]
+        assert not readable(wake, 0)  # take() consumed the wake-up
+        dtls = b"\x16\xfe\xfd" + b"\x00" * 20
+        server.publisher.sendto(dtls, server.sock.getsockname())
+        assert readable(wake)
+        [result] = server.ingress.take()
+        assert result.slow == [(dtls, server.publisher.getsockname())]
+        counted = server.ingress.collect()
+        assert (counted.datagrams_in, counted.rtp_in, counted.forwarded) == (5, 5, 10)
+        assert server.ingress.collect().forwarded == 0  # collected once
+        assert route.packets == 5 and server.reception.received == 5
+        with pytest.raises(RuntimeError, match="reader thread"):
+            server.ingress.drain(server.sock.fileno(), -1, 1.0)
+    finally:
+        server.ingress.stop()
+    assert not server.ingress.running and server.ingress.failure is None
+    server.send(rtp(6, level=90))  # the socket is the caller's again
+    assert server.drain().forwarded == 2
+
+
+EXIT_WITH_A_RUNNING_READER = """
+import socket, sys
+from callsctl_sfu.rtc import aiortc_bridge, fastpath  # wires libsrtp, as a server does
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+ingress = fastpath.Ingress()
+ingress.start(sock.fileno(), sock.fileno())
+fastpath.reader_started(ingress)
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(50):
+    sender.sendto(b"\\x16\\xfe\\xfd" + bytes(20), sock.getsockname())
+print("exiting with the reader running", flush=True)
+"""
+
+
+def test_a_process_exits_cleanly_with_its_reader_thread_running():
+    """The server's process may end without closing its socket first (a signal, an error):
+    the reader thread is stopped at exit, with no hang and no crash."""
+    done = subprocess.run([sys.executable, "-c", EXIT_WITH_A_RUNNING_READER], cwd=REPO,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "exiting with the reader running" in done.stdout
+    assert "Traceback" not in done.stderr and "Fatal" not in done.stderr, done.stderr

@@ -8,6 +8,7 @@ import socket
 import pytest
 from aioice import Connection, stun
 
+from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from tests.support.ice import connect_pairs
 
@@ -132,6 +133,8 @@ async def test_wrong_password_is_refused_and_address_not_learned():
 class BrokenIngress:
     """A C ingress that fails on every read (a bug, or memory exhausted)."""
 
+    running = False  # read by the event loop (no reader thread)
+
     def drain(self, *_args: object) -> tuple[object, ...]:
         raise RuntimeError("boom")
 
@@ -142,14 +145,39 @@ class BrokenIngress:
         pass
 
 
-async def test_a_failing_c_ingress_costs_speed_never_media(caplog):
-    """The socket is then read in Python: every request is still answered, one error line."""
+class FailedThread:
+    """The real C ingress whose reader thread reports that a drain raised."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+
+    @property
+    def failure(self) -> BaseException:
+        return RuntimeError("boom")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("reader", ["asyncio", "thread"])
+async def test_a_failing_c_ingress_costs_speed_never_media(caplog, monkeypatch, reader):
+    """The socket is then read in Python: every request is still answered, one error line.
+
+    asyncio: the drain called from the event loop raises. thread: the reader thread
+    (rtc/_ingress.c) hands a failure up; it must be stopped and the loop read instead.
+    """
+    if reader == "asyncio":
+        monkeypatch.setattr(fastpath, "INGRESS_THREAD", False)
+    elif not fastpath.INGRESS_THREAD:
+        pytest.skip("no reader thread (CALLSCTL_INGRESS_THREAD=0 or the Python engine)")
     mux, port = await open_mux()
     try:
         await asyncio.sleep(0)  # the C reader takes the socket over after connection_made
         if mux.ingress is None:
             pytest.skip("the Python engine runs: there is no C ingress to fail")
-        mux.ingress = BrokenIngress()
+        real = mux.ingress
+        assert real.running == (reader == "thread")
+        mux.ingress = BrokenIngress() if reader == "asyncio" else FailedThread(real)
         client = udp_client()
         for _ in range(3):
             request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
@@ -157,6 +185,7 @@ async def test_a_failing_c_ingress_costs_speed_never_media(caplog):
             response = stun.parse_message(await recv(client))
             assert response.transaction_id == request.transaction_id
         assert mux.ingress is None and mux.stats.bare_binding_answered == 3
+        assert not real.running
         failures = [r for r in caplog.records if "the C ingress failed" in r.getMessage()]
         assert len(failures) == 1 and "RuntimeError: boom" in failures[0].getMessage()
         client.close()

@@ -75,6 +75,9 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
     "NO_COLOR": "When set, human output has no colours (rich honours it).",
     "CALLSCTL_FAST_PATH": "Set to 0 to make `callsctl serve` forward in Python instead of its "
                           "C fan-out (for comparisons; GET /version names the engine).",
+    "CALLSCTL_INGRESS_THREAD": "Set to 0 to make `callsctl serve` read its media socket with "
+                               "the C ingress from the event loop (one wake-up per packet) "
+                               "instead of on the ingress's own thread (GET /stats `ingress`).",
     "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
                  "run (default ~/.shiv).",
 }

@@ -389,9 +389,20 @@ class Forwarder:
             track_routes.fast_route = route
         ingress.set_route(packet.ssrc, route)
 
+    def collect_ingress(self) -> None:
+        """Fold the C ingress's reader-thread counters into `stats` now (call before reading).
+
+        The reader thread (rtc/_ingress.c) counts in C and wakes the event loop only
+        when something needs Python; readers of the counters collect first so what they
+        show is exact.
+        """
+        if self.mux is not None:
+            self.mux.collect_ingress()
+
     def ingress_done(self, result: Any) -> None:
-        """What one read of the C ingress forwarded (a _fanout.DrainResult; rtc/mux.py calls
-        this per read)."""
+        """What the C ingress forwarded (a _fanout.DrainResult): rtc/mux.py calls this per
+        read, or, with the reader thread, with its counters since the last collection and
+        with each hand-up (speech heard)."""
         loud, samples = result.loud, result.samples
         stats = self.stats
         stats.rtp_in += result.rtp_in

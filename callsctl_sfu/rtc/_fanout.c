@@ -575,6 +575,11 @@ typedef struct {
     Py_ssize_t item[BATCH];     /* which Copy each slot holds */
 } Buffers;
 
+/* While a reader thread runs (_ingress.c), no fan-out releases the GIL: the pool still
+   sends in parallel, but no Python (nor the other media thread) runs meanwhile, so the
+   srtp_t contexts, Rewrites and these buffers keep one user at a time. Read and written
+   with the GIL held. */
+int fanout_keep_gil = 0;
 static unsigned long long parallel_runs = 0; /* fan-outs split across the pool (GIL held) */
 static Buffers gil_buffers;      /* the single-thread path: used with the GIL held only */
 static Buffers caller_buffers;   /* the calling thread's slice: used under pool.dispatch only */
@@ -1005,9 +1010,10 @@ fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObj
 
     /* Phase 2: send. */
     if (count >= PARALLEL_MIN_TARGETS && pool.threads > 1) {
-        Py_BEGIN_ALLOW_THREADS
+        PyThreadState *save = fanout_keep_gil ? NULL : PyEval_SaveThread();
         run_parallel(&p, copies, count, slices, &slice_count);
-        Py_END_ALLOW_THREADS
+        if (save != NULL)
+            PyEval_RestoreThread(save);
         parallel_runs += slice_count > 1;
     } else if (count > 0) {
         slices[0].copies = copies;
@@ -1191,7 +1197,7 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
 
     /* Phase 2: every part on its thread, the GIL released. */
     BatchTask task = {items, n};
-    Py_BEGIN_ALLOW_THREADS
+    PyThreadState *save = fanout_keep_gil ? NULL : PyEval_SaveThread();
     pthread_mutex_lock(&pool.dispatch);
     /* The pool may have shrunk while waiting for the lock: the parts beyond it run here. */
     if (pool.threads < parts) {
@@ -1202,7 +1208,8 @@ fanout_send_many(const Packet *packets, PyObject *const *targets, const long lon
     }
     pool_run_locked(run_batch_part, &task, parts);
     pthread_mutex_unlock(&pool.dispatch);
-    Py_END_ALLOW_THREADS
+    if (save != NULL)
+        PyEval_RestoreThread(save);
     int busy = 0; /* parts that had copies to send: more than one is a parallel read */
     for (int k = 0; k < parts; k++)
         busy += load[k] > 0;

@@ -5,8 +5,9 @@
  * to every receiver of a plan (fanout_send). _ingress.c receives: it reads the
  * media socket, decrypts the audio of publishers whose routes Python has
  * registered, and hands each packet to fanout_send; everything else goes up to
- * Python. Both run on the thread that holds the GIL (the server's event loop);
- * only fanout_send's parallel phase releases it (see _fanout.c).
+ * Python. Both run on the thread that holds the GIL: the server's event loop, or
+ * the ingress's reader thread (_ingress.c); fanout_send's parallel phase releases
+ * it only while no reader thread runs (fanout_keep_gil).
  */
 #ifndef CALLSCTL_FANOUT_H
 #define CALLSCTL_FANOUT_H
@@ -54,6 +55,9 @@ int fanout_send_many(const Packet *packets, PyObject *const *targets, const long
 
 /* 1 when every item is a Target whose nominated pair is still current, 0 if not, -1 error. */
 int fanout_targets_fresh(PyObject *targets);
+
+/* Non-zero while an ingress reader thread runs: fan-outs then keep the GIL (_fanout.c). */
+extern int fanout_keep_gil;
 
 /* Adds the ingress types and functions to the module (_ingress.c). 0 or -1. */
 int ingress_add_to_module(PyObject *module);

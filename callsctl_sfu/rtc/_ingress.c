@@ -36,14 +36,21 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define RECV_SLOT 4096          /* WebRTC datagrams stay under the path MTU (~1200-1500) */
 #define VOICE_LEVEL_DBOV 50     /* RFC 6464 -dBov at or below which a packet is "loud" */
 #define SILENT_LEVEL 127
 #define WRITE_SAMPLE_EVERY 64   /* one fan-out in this many is timed */
+#define LOUD_EVERY 0.2          /* reader thread: a route's speech handed up at most this often */
+#define MAX_SAMPLES 1024        /* reader thread: write-time samples kept until collect() */
 
 static srtp_fn srtp_unprotect_ptr = NULL;
 
@@ -199,6 +206,7 @@ typedef struct {
     unsigned long long packets;
     unsigned long long octets;  /* payload octets, as PublishedTrack.octets */
     unsigned long long loud_drain; /* the drain that last reported it loud */
+    double loud_at;             /* reader thread: when it was last handed up loud, < 0 never */
     long long group;            /* the call: different calls' fan-outs may run in parallel */
     /* Video (no simulcast): only the next packet in sequence that does not start a
        keyframe is handled here; it is also stored in the NACK ring and its sequence
@@ -243,6 +251,7 @@ InRoute_init(InRouteObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->reception, Py_NewRef(reception));
     Py_XSETREF(self->targets, Py_NewRef(Py_None));
     self->highest = -1;
+    self->loud_at = -1.0;
     self->payload_type = payload_type;
     self->level_id = level_id;
     self->muted = muted;
@@ -558,12 +567,40 @@ static PyTypeObject InSessionType = {
 
 /* ---- Ingress: the source table and drain() ------------------------------------------ */
 
+static void media_lock_with_gil(void);
+static void media_unlock(void);
+
+/* The counters of one drain (DrainResult's numbers). */
+typedef struct {
+    long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
+        send_errors, srtp_protect_errors, dropped_muted, dropped_malformed;
+} DrainCounts;
+
 typedef struct {
     PyObject_HEAD
     PyObject *sources;          /* dict: (IPv4 << 16 | port) -> InSession */
     unsigned long long drains;
     unsigned long long fanouts;
+    /* The reader thread (start()/stop()); every field below is used with the GIL held,
+       except the descriptors, which are fixed while it runs. */
+    pthread_t thread;
+    int running;
+    int recv_fd;
+    int send_fd;                /* the fan-out's socket, -1 while asyncio holds queued data */
+    int stop_fd;                /* eventfd: stop() writes it */
+    int wake_fd;                /* eventfd: written when `handups` becomes non-empty */
+    PyObject *handups;          /* DrainResults with something for Python, in order */
+    PyObject *samples;          /* (kind, seconds) write-time samples, or NULL */
+    PyObject *failure;          /* the exception that stopped the thread, or NULL */
+    DrainCounts totals;         /* counters of the thread's drains since collect() */
+    unsigned long long wakes;   /* times the thread woke the event loop */
 } IngressObject;
+
+/* Whoever uses an srtp_t while the GIL may be released holds this (see the reader thread
+   section below): the reader thread for each drain, and pylibsrtp's calls on the event
+   loop (fastpath.py wraps them) whose cffi call releases the GIL inside libsrtp. */
+static pthread_mutex_t media_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread int media_held = 0; /* this thread's nesting of media_lock */
 
 /* The receive buffers: used only by drain(), which runs with the GIL held. */
 static struct {
@@ -606,6 +643,7 @@ Ingress_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     IngressObject *self = (IngressObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->recv_fd = self->send_fd = self->stop_fd = self->wake_fd = -1;
     self->sources = PyDict_New();
     if (self->sources == NULL) {
         Py_DECREF(self);
@@ -618,6 +656,9 @@ static int
 Ingress_traverse(IngressObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->sources);
+    Py_VISIT(self->handups);
+    Py_VISIT(self->samples);
+    Py_VISIT(self->failure);
     return 0;
 }
 
@@ -625,6 +666,9 @@ static int
 Ingress_clear(IngressObject *self)
 {
     Py_CLEAR(self->sources);
+    Py_CLEAR(self->handups);
+    Py_CLEAR(self->samples);
+    Py_CLEAR(self->failure);
     return 0;
 }
 
@@ -871,12 +915,6 @@ static PyStructSequence_Desc drain_desc = {
 
 static PyTypeObject *DrainResultType = NULL;
 
-/* The counters of one drain (DrainResult's numbers). */
-typedef struct {
-    long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
-        send_errors, srtp_protect_errors, dropped_muted, dropped_malformed;
-} DrainCounts;
-
 PyDoc_STRVAR(drain_doc,
 "drain(recv_fd, send_fd, now) -> DrainResult\n\n"
 "Read up to BATCH datagrams from recv_fd (non-blocking) and forward what the\n"
@@ -884,13 +922,17 @@ PyDoc_STRVAR(drain_doc,
 "datagram goes up). The result names what was handed up (slow, plain), heard\n"
 "(loud), deferred (unsent), timed (samples) and counted; see DrainResult's fields.");
 
+/*
+ * One drain: the method's work, and the reader thread's. With `totals` NULL (the method)
+ * the result carries this drain's counters and samples, and every route's speech is
+ * reported once per drain. With `totals` (the thread) the counters are added there
+ * (datagrams handed up excluded: Python counts those as it handles them), samples go to
+ * self->samples, a route's speech is handed up at most every LOUD_EVERY seconds, and the
+ * result is None when nothing needs Python.
+ */
 static PyObject *
-Ingress_drain(IngressObject *self, PyObject *args)
+drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCounts *totals)
 {
-    int recv_fd, send_fd;
-    double now;
-    if (!PyArg_ParseTuple(args, "iid:drain", &recv_fd, &send_fd, &now))
-        return NULL;
     PyObject *slow = NULL, *loud = NULL, *unsent = NULL, *samples = NULL, *plain = NULL;
     DrainCounts c;
     memset(&c, 0, sizeof(c));
@@ -898,8 +940,10 @@ Ingress_drain(IngressObject *self, PyObject *args)
     /* The fan-outs to make once the batch is read: one per forwarded packet. */
     Packet jobs[BATCH];
     PyObject *job_targets[BATCH];
+    PyObject *held_session = NULL, *held_route = NULL;
     long long job_groups[BATCH];
     int job_count = 0, first_job_video = 0;
+    long long slow_datagrams = 0, slow_bytes = 0;
     self->drains += 1;
 
     for (int i = 0; i < BATCH; i++) {
@@ -935,9 +979,14 @@ Ingress_drain(IngressObject *self, PyObject *args)
             continue;
         InSessionObject *session = NULL;
         InRouteObject *route = NULL;
+        /* Strong references for this datagram: Python run from here (a ring's put, a
+           collection) may let the event loop drop the session or route meanwhile. */
+        Py_XSETREF(held_session, NULL);
+        Py_XSETREF(held_route, NULL);
         if (!blocked && length >= 12 && (data[0] & 0xC0) == 0x80 &&
             !(data[1] >= 192 && data[1] <= 223) &&
             (session = lookup_session(self, sa)) != NULL) {
+            held_session = Py_NewRef((PyObject *)session);
             unsigned int ssrc = ((unsigned int)data[8] << 24) | ((unsigned int)data[9] << 16) |
                                 ((unsigned int)data[10] << 8) | data[11];
             route = lookup_route(session, ssrc);
@@ -957,8 +1006,11 @@ Ingress_drain(IngressObject *self, PyObject *args)
                                            address_tuple(sa));
             if (append_new(&slow, item) < 0)
                 goto fail;
+            slow_datagrams += 1;
+            slow_bytes += length;
             continue;
         }
+        held_route = Py_NewRef((PyObject *)route);
 
         /* The fast path: this stream's packets are ours to forward. */
         int plain_len = length;
@@ -1028,8 +1080,10 @@ Ingress_drain(IngressObject *self, PyObject *args)
             continue;
         }
         int level_value = level >= 0 ? (level & 0x7F) : SILENT_LEVEL;
-        if (level_value <= VOICE_LEVEL_DBOV && route->loud_drain != self->drains) {
+        if (level_value <= VOICE_LEVEL_DBOV && route->loud_drain != self->drains &&
+            (totals == NULL || route->loud_at < 0 || now - route->loud_at >= LOUD_EVERY)) {
             route->loud_drain = self->drains;
+            route->loud_at = now;
             if (append_new(&loud, Py_NewRef(route->tag)) < 0)
                 goto fail;
         }
@@ -1054,6 +1108,8 @@ Ingress_drain(IngressObject *self, PyObject *args)
         job_count += 1;
     }
 
+    Py_CLEAR(held_session);
+    Py_CLEAR(held_route);
     /* The fan-outs, once every datagram is read (payloads stay in the receive buffers):
        different calls' packets may go out on different threads at once. */
     if (job_count > 0) {
@@ -1083,6 +1139,35 @@ Ingress_drain(IngressObject *self, PyObject *args)
                 goto fail;
         }
     }
+    if (totals != NULL) {
+        /* The reader thread: counters to the totals, samples kept for collect(). */
+        totals->datagrams_in += c.datagrams_in - slow_datagrams;
+        totals->bytes_in += c.bytes_in - slow_bytes;
+        totals->truncated += c.truncated;
+        totals->rtp_in += c.rtp_in;
+        totals->forwarded += c.forwarded;
+        totals->plain_octets += c.plain_octets;
+        totals->wire_octets += c.wire_octets;
+        totals->send_errors += c.send_errors;
+        totals->srtp_protect_errors += c.srtp_protect_errors;
+        totals->dropped_muted += c.dropped_muted;
+        totals->dropped_malformed += c.dropped_malformed;
+        memset(&c, 0, sizeof(c));
+        if (samples != NULL) {
+            if (self->samples == NULL)
+                self->samples = PyList_New(0);
+            if (self->samples == NULL)
+                goto fail;
+            Py_ssize_t kept = PyList_GET_SIZE(self->samples);
+            /* Never collected (no stats reader): the oldest samples are enough. */
+            if (kept + PyList_GET_SIZE(samples) <= MAX_SAMPLES &&
+                PyList_SetSlice(self->samples, kept, kept, samples) < 0)
+                goto fail;
+            Py_CLEAR(samples);
+        }
+        if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
+            Py_RETURN_NONE;
+    }
     {
         PyObject *result = PyStructSequence_New(DrainResultType);
         PyObject *values[DRAIN_FIELDS] = {
@@ -1111,6 +1196,8 @@ Ingress_drain(IngressObject *self, PyObject *args)
 fail:
     for (int j = 0; j < job_count; j++)
         Py_CLEAR(job_targets[j]);
+    Py_XDECREF(held_session);
+    Py_XDECREF(held_route);
     Py_XDECREF(slow);
     Py_XDECREF(loud);
     Py_XDECREF(unsent);
@@ -1119,7 +1206,323 @@ fail:
     return NULL;
 }
 
+static PyObject *
+Ingress_drain(IngressObject *self, PyObject *args)
+{
+    int recv_fd, send_fd;
+    double now;
+    if (!PyArg_ParseTuple(args, "iid:drain", &recv_fd, &send_fd, &now))
+        return NULL;
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "Ingress.drain: the reader thread reads this socket");
+        return NULL;
+    }
+    /* Another Ingress's reader thread may be draining (the receive buffers are shared). */
+    media_lock_with_gil();
+    PyObject *result = drain_once(self, recv_fd, send_fd, now, NULL);
+    media_unlock();
+    return result;
+}
+
+/* ---- The reader thread ------------------------------------------------------------------
+ *
+ * Why: each incoming packet of a small call cost an event-loop wake-up (epoll return,
+ * asyncio's loop pass, the callback) around a drain that is itself a few microseconds.
+ * The thread waits in poll(2) without the GIL and runs the same drain (drain_once) with
+ * it; only what needs Python is handed to the event loop (`handups`, and one write of
+ * `wake_fd`, which the loop watches, when the list was empty): datagrams for Python, the
+ * decrypted video Python decides on, datagrams the kernel would not take, a read error,
+ * and a route's speech at most every LOUD_EVERY seconds. Counters accumulate here until
+ * collect().
+ *
+ * Locking rule: an srtp_t (and a Rewrite, and the static buffers) is used by one thread
+ * at a time. The thread drains holding media_lock and then the GIL; the event loop's
+ * pylibsrtp calls hold media_lock (cffi releases the GIL inside libsrtp); and while a
+ * reader thread runs, fan-outs never release the GIL (fanout_keep_gil), so the event
+ * loop's C fan-out and the thread's drain exclude each other by the GIL. media_lock is
+ * always taken before the GIL, or with a try-lock while holding it (media_acquire), so
+ * the two cannot deadlock.
+ */
+
+static double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the clock of asyncio's loop.time() */
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+media_lock_blocking(void)
+{
+    pthread_mutex_lock(&media_lock);
+    media_held = 1;
+}
+
+/* Take media_lock on a thread that holds the GIL: a try first; if the reader thread has
+   it (or waits for the GIL with it), wait with the GIL released so it can finish. */
+static void
+media_lock_with_gil(void)
+{
+    if (media_held > 0) {
+        media_held += 1; /* nested on the thread that holds it */
+        return;
+    }
+    if (pthread_mutex_trylock(&media_lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&media_lock);
+        Py_END_ALLOW_THREADS
+    }
+    media_held = 1;
+}
+
+static void
+media_unlock(void)
+{
+    if (--media_held == 0)
+        pthread_mutex_unlock(&media_lock);
+}
+
+/* A hand-up is waiting: wake the loop (the GIL held). */
+static void
+wake_loop(IngressObject *self)
+{
+    uint64_t one = 1;
+    self->wakes += 1;
+    if (write(self->wake_fd, &one, sizeof(one)) < 0) {
+        /* EAGAIN: the counter is already non-zero, the loop will wake anyway */
+    }
+}
+
+/* The drain raised: keep the exception for the loop, which gives up on the C reader. */
+static void
+record_failure(IngressObject *self)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (value == NULL)
+        value = Py_NewRef(PyExc_RuntimeError);
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+    Py_XSETREF(self->failure, value);
+    wake_loop(self);
+}
+
+static void *
+reader_main(void *arg)
+{
+    IngressObject *self = (IngressObject *)arg;
+    PyGILState_STATE gil = PyGILState_Ensure(); /* this thread's state, kept until the end */
+    PyThreadState *state = PyEval_SaveThread();
+    struct pollfd fds[2] = {{self->recv_fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
+    for (;;) {
+        int ready = poll(fds, 2, -1);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            int error = errno;
+            PyEval_RestoreThread(state);
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            record_failure(self);
+            state = PyEval_SaveThread();
+            break;
+        }
+        if (fds[1].revents)
+            break; /* stop() */
+        if (fds[0].revents == 0)
+            continue;
+        media_lock_blocking();
+        PyEval_RestoreThread(state);
+        int stop = 0;
+        if (fds[0].revents & POLLNVAL) {
+            PyErr_SetString(PyExc_OSError, "the media socket was closed under the reader thread");
+            record_failure(self);
+            stop = 1;
+        } else {
+            PyObject *result = drain_once(self, self->recv_fd, self->send_fd, monotonic_now(),
+                                          &self->totals);
+            if (result == NULL) {
+                record_failure(self);
+                stop = 1;
+            } else if (result != Py_None) {
+                int was_empty = PyList_GET_SIZE(self->handups) == 0;
+                if (PyList_Append(self->handups, result) < 0) {
+                    record_failure(self);
+                    stop = 1;
+                } else if (was_empty) {
+                    wake_loop(self);
+                }
+            }
+            Py_XDECREF(result);
+        }
+        state = PyEval_SaveThread();
+        media_unlock();
+        if (stop)
+            break;
+    }
+    PyEval_RestoreThread(state);
+    PyGILState_Release(gil);
+    return NULL;
+}
+
+static int
+make_eventfd(void)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        PyErr_SetFromErrno(PyExc_OSError);
+    return fd;
+}
+
+PyDoc_STRVAR(start_doc,
+"start(recv_fd, send_fd) -> wake_fd\n\n"
+"Read recv_fd on a thread of its own from now on (see the reader thread in _ingress.c).\n"
+"Returns the eventfd to watch: readable when take() has hand-ups or `failure` is set.\n"
+"send_fd is the fan-out's socket; set the `send_fd` attribute to -1 while asyncio holds\n"
+"queued datagrams. Stopped by stop(), which must run before recv_fd is closed.");
+
+static PyObject *
+Ingress_start(IngressObject *self, PyObject *args)
+{
+    int recv_fd, send_fd;
+    if (!PyArg_ParseTuple(args, "ii:start", &recv_fd, &send_fd))
+        return NULL;
+    if (self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "Ingress.start: the reader thread already runs");
+        return NULL;
+    }
+    if (recv_fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "Ingress.start: recv_fd must be an open socket");
+        return NULL;
+    }
+    if (self->handups == NULL && (self->handups = PyList_New(0)) == NULL)
+        return NULL;
+    int stop_fd = make_eventfd();
+    if (stop_fd < 0)
+        return NULL;
+    int wake_fd = make_eventfd();
+    if (wake_fd < 0) {
+        close(stop_fd);
+        return NULL;
+    }
+    Py_CLEAR(self->failure);
+    self->recv_fd = recv_fd;
+    self->send_fd = send_fd;
+    self->stop_fd = stop_fd;
+    self->wake_fd = wake_fd;
+    /* The thread never runs Python signal handlers: keep signals for the main thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    Py_INCREF(self); /* the thread's reference, dropped by stop() */
+    int rc = pthread_create(&self->thread, NULL, reader_main, self);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        Py_DECREF(self);
+        close(stop_fd);
+        close(wake_fd);
+        self->stop_fd = self->wake_fd = -1;
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->running = 1;
+    fanout_keep_gil += 1;
+    return PyLong_FromLong(wake_fd);
+}
+
+static PyObject *
+Ingress_stop(IngressObject *self, PyObject *unused)
+{
+    if (!self->running)
+        Py_RETURN_NONE;
+    uint64_t one = 1;
+    if (write(self->stop_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    pthread_t thread = self->thread;
+    self->running = 0;
+    Py_BEGIN_ALLOW_THREADS /* it may be waiting for the GIL to finish a drain */
+    pthread_join(thread, NULL);
+    Py_END_ALLOW_THREADS
+    fanout_keep_gil -= 1;
+    close(self->stop_fd);
+    close(self->wake_fd);
+    self->stop_fd = self->wake_fd = self->recv_fd = -1;
+    Py_DECREF(self); /* the thread's; the caller still holds one */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Ingress_take(IngressObject *self, PyObject *unused)
+{
+    uint64_t count;
+    if (self->wake_fd >= 0 && read(self->wake_fd, &count, sizeof(count)) < 0) {
+        /* EAGAIN: nothing was signalled since the last take() */
+    }
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    PyObject *taken = self->handups ? self->handups : PyList_New(0);
+    self->handups = fresh;
+    return taken;
+}
+
+static PyObject *
+Ingress_collect(IngressObject *self, PyObject *unused)
+{
+    DrainCounts c = self->totals;
+    PyObject *samples = self->samples ? self->samples : Py_NewRef(Py_None);
+    self->samples = NULL;
+    memset(&self->totals, 0, sizeof(self->totals));
+    PyObject *result = PyStructSequence_New(DrainResultType);
+    PyObject *values[DRAIN_FIELDS] = {
+        Py_NewRef(Py_None), Py_NewRef(Py_None), Py_NewRef(Py_None), samples,
+        PyLong_FromLong(0), PyLong_FromLongLong(c.datagrams_in),
+        PyLong_FromLongLong(c.bytes_in), PyLong_FromLongLong(c.truncated),
+        PyLong_FromLongLong(c.rtp_in), PyLong_FromLongLong(c.forwarded),
+        PyLong_FromLongLong(c.plain_octets), PyLong_FromLongLong(c.wire_octets),
+        PyLong_FromLongLong(c.send_errors), PyLong_FromLongLong(c.srtp_protect_errors),
+        PyLong_FromLongLong(c.dropped_muted), PyLong_FromLongLong(c.dropped_malformed),
+        Py_NewRef(Py_None)};
+    int failed = result == NULL;
+    for (int i = 0; i < DRAIN_FIELDS; i++)
+        failed = failed || values[i] == NULL;
+    if (failed) {
+        for (int i = 0; i < DRAIN_FIELDS; i++)
+            Py_XDECREF(values[i]);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    for (int i = 0; i < DRAIN_FIELDS; i++)
+        PyStructSequence_SET_ITEM(result, i, values[i]);
+    return result;
+}
+
+static PyObject *
+Ingress_get_failure(IngressObject *self, void *closure)
+{
+    return Py_NewRef(self->failure ? self->failure : Py_None);
+}
+
+static PyObject *
+Ingress_get_running(IngressObject *self, void *closure)
+{
+    return PyBool_FromLong(self->running);
+}
+
+static PyGetSetDef Ingress_getset[] = {
+    {"failure", (getter)Ingress_get_failure, NULL,
+     "the exception that stopped the reader thread, or None", NULL},
+    {"running", (getter)Ingress_get_running, NULL, "whether the reader thread runs", NULL},
+    {NULL}
+};
+
 static PyMemberDef Ingress_members[] = {
+    {"send_fd", T_INT, offsetof(IngressObject, send_fd), 0,
+     "reader thread: the fan-out's socket, -1 while asyncio holds queued datagrams"},
+    {"wakes", T_ULONGLONG, offsetof(IngressObject, wakes), READONLY,
+     "times the reader thread woke the event loop"},
     {"drains", T_ULONGLONG, offsetof(IngressObject, drains), READONLY, "drain() calls"},
     {"fanouts", T_ULONGLONG, offsetof(IngressObject, fanouts), READONLY,
      "drain() calls that forwarded something"},
@@ -1132,6 +1535,15 @@ static PyMethodDef Ingress_methods[] = {
     {"remove", (PyCFunction)Ingress_remove, METH_VARARGS,
      "remove((host, port)): forget a source (no error if unknown)."},
     {"drain", (PyCFunction)Ingress_drain, METH_VARARGS, drain_doc},
+    {"start", (PyCFunction)Ingress_start, METH_VARARGS, start_doc},
+    {"stop", (PyCFunction)Ingress_stop, METH_NOARGS,
+     "stop(): stop and join the reader thread (no-op when none runs)."},
+    {"take", (PyCFunction)Ingress_take, METH_NOARGS,
+     "take() -> list: the reader thread's DrainResults for Python, in order (and clears "
+     "the wake-up)."},
+    {"collect", (PyCFunction)Ingress_collect, METH_NOARGS,
+     "collect() -> DrainResult: the reader thread's counters and write-time samples since "
+     "the last collect()."},
     {NULL}
 };
 
@@ -1150,6 +1562,7 @@ static PyTypeObject IngressType = {
     .tp_traverse = (traverseproc)Ingress_traverse,
     .tp_clear = (inquiry)Ingress_clear,
     .tp_members = Ingress_members,
+    .tp_getset = Ingress_getset,
     .tp_methods = Ingress_methods,
     .tp_as_sequence = &Ingress_as_sequence,
 };
@@ -1167,7 +1580,29 @@ set_unprotect(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+media_acquire(PyObject *module, PyObject *unused)
+{
+    media_lock_with_gil();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+media_release(PyObject *module, PyObject *unused)
+{
+    if (media_held <= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "media_release: this thread does not hold it");
+        return NULL;
+    }
+    media_unlock();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef ingress_functions[] = {
+    {"media_acquire", media_acquire, METH_NOARGS,
+     "media_acquire(): take the lock the reader thread drains under (around a libsrtp call "
+     "that releases the GIL)."},
+    {"media_release", media_release, METH_NOARGS, "media_release(): give it back."},
     {"set_unprotect", set_unprotect, METH_O,
      "set_unprotect(address): libsrtp's srtp_unprotect, as pylibsrtp's cffi module exposes it."},
     {NULL}

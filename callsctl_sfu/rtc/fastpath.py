@@ -19,11 +19,18 @@ setting): the C side then makes the copies of one packet on a small pool of
 native threads with the GIL released, and `fanout()` still returns only when
 every copy is sent, with the same result as on one thread. Why that is safe is
 explained where it happens, in rtc/_fanout.c.
+
+The IPv4 media socket is read by the C ingress on a thread of its own
+(`Ingress.start`, rtc/_ingress.c) unless CALLSCTL_INGRESS_THREAD=0: the event
+loop then wakes only for what needs Python. That thread uses the same srtp_t
+contexts as the event loop, so pylibsrtp's calls, which release the GIL inside
+libsrtp, are made under the ingress's media lock (`_serialise_pylibsrtp`).
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import ipaddress
 import logging
 import os
@@ -36,6 +43,9 @@ from callsctl_sfu.rtc.rtp import PyRewrite
 EXPECTED_PROTECT = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 # The environment switch for side-by-side measurements and tests of the Python path.
 DISABLE_ENV = "CALLSCTL_FAST_PATH"
+# CALLSCTL_INGRESS_THREAD=0: the C ingress reads the media socket from asyncio's reader
+# callback (one event-loop wake-up per incoming packet) instead of its own thread.
+THREAD_ENV = "CALLSCTL_INGRESS_THREAD"
 
 try:  # the compiled extension, when the install built it
     from callsctl_sfu.rtc import _fanout
@@ -74,6 +84,9 @@ _unavailable = _import_error
 if not _unavailable and os.environ.get(DISABLE_ENV, "").lower() in ("0", "off", "false", "no"):
     _unavailable = f"disabled by {DISABLE_ENV}"
 _wired = False
+# Whether the C ingress reads on its own thread (decided by wire(), which also makes
+# pylibsrtp's calls take the media lock that thread drains under).
+INGRESS_THREAD = False
 
 AVAILABLE = not _unavailable
 ENGINE = "c" if AVAILABLE else "python"
@@ -180,12 +193,15 @@ def wire() -> str:
     /version and the log, as the old import-time wiring did.
     """
     global _wired, _unavailable, AVAILABLE, ENGINE, REASON, Rewrite, Target, Ingress
-    global InSession, InRoute, Reception, fanout
+    global InSession, InRoute, Reception, fanout, INGRESS_THREAD
     if _wired or not AVAILABLE:
         _wired = True
         return REASON
     _wired = True
     reason = _wire_protect()
+    if not reason and _fanout is not None and thread_wanted():
+        _serialise_pylibsrtp()
+        INGRESS_THREAD = True
     if reason:
         logging.getLogger("callsctl_sfu.rtc.fastpath").warning(
             "forwarding engine: Python, up to 2.4x the CPU per packet: %s", reason)
@@ -194,6 +210,66 @@ def wire() -> str:
         Rewrite, Target, fanout = PyRewrite, PyTarget, _no_fanout
         Ingress = InSession = InRoute = Reception = None
     return reason
+
+
+def thread_wanted() -> bool:
+    """Whether CALLSCTL_INGRESS_THREAD leaves the ingress's reader thread on (the default)."""
+    return os.environ.get(THREAD_ENV, "").lower() not in ("0", "off", "false", "no")
+
+
+def _serialise_pylibsrtp() -> None:
+    """Make every pylibsrtp Session call hold the C ingress's media lock.
+
+    cffi releases the GIL for the duration of a C call, so without this the
+    ingress's reader thread could take the GIL and use an srtp_t (its
+    unprotect, a receiver's protect) while the event loop is inside libsrtp
+    with the same context; libsrtp contexts are not thread-safe. The lock is
+    taken with a try first (free: the thread holds it only while draining).
+    """
+    import pylibsrtp  # the media stack is loading (wire() is called from aiortc_bridge)
+
+    assert _fanout is not None
+    acquire, release = _fanout.media_acquire, _fanout.media_release
+    session = pylibsrtp.Session
+    if getattr(session, "_callsctl_serialised", False):
+        return
+
+    def locked(method: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        @functools.wraps(method)
+        def call(self: Any, arg: Any) -> Any:
+            acquire()
+            try:
+                return method(self, arg)
+            finally:
+                release()
+        return call
+
+    for name in ("protect", "protect_rtcp", "unprotect", "unprotect_rtcp", "add_stream",
+                 "remove_stream"):
+        setattr(session, name, locked(getattr(session, name)))
+    patched: Any = session
+    patched._callsctl_serialised = True
+
+
+# Ingress objects whose reader thread runs: stopped at exit, before the interpreter
+# tears down what they use.
+_readers: set[Any] = set()
+
+
+def reader_started(ingress: Any) -> None:
+    """Remember a running reader thread so that exit stops it (see stop_readers)."""
+    _readers.add(ingress)
+
+
+def reader_stopped(ingress: Any) -> None:
+    _readers.discard(ingress)
+
+
+def stop_readers() -> None:
+    """Stop and join every ingress reader thread still running (at exit)."""
+    for ingress in list(_readers):
+        ingress.stop()
+    _readers.clear()
 
 
 def usable_cpus() -> int:
@@ -240,3 +316,4 @@ def parallel_batches() -> int:
 
 # Workers must not outlive the interpreter's teardown of the objects they read.
 atexit.register(shutdown_pool)
+atexit.register(stop_readers)

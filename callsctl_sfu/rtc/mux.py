@@ -156,6 +156,8 @@ class UdpMux(asyncio.DatagramProtocol):
         # What the ingress did besides reading, for the forwarder (set by it): counters,
         # speakers heard, send-cost samples.
         self.ingress_sink: Callable[[Any], None] | None = None
+        # The eventfd the ingress's reader thread wakes the loop with, while it runs.
+        self._wake_fd = -1
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -184,7 +186,76 @@ class UdpMux(asyncio.DatagramProtocol):
         if sock is None or transport is None or transport.is_closing() or add_reader is None:
             self.ingress = None
             return
+        if fastpath.INGRESS_THREAD and self._start_reader_thread(sock):
+            return
         add_reader(sock.fileno(), self._ingress_ready)
+
+    def _start_reader_thread(self, sock: socket.socket) -> bool:
+        """Read the socket on the ingress's own thread (rtc/_ingress.c); False if it cannot.
+
+        asyncio's reader of the socket is removed (the thread reads it now); the loop
+        watches the thread's eventfd instead, readable only when something needs Python.
+        """
+        fd = sock.fileno()
+        loop: Any = self._loop  # the selector loop's own reader calls (see above)
+        loop._remove_reader(fd)
+        try:
+            self._wake_fd = self.ingress.start(fd, self.fanout_fd())
+        except OSError as exc:
+            log.warning("the C ingress cannot read on a thread of its own (%s); the event "
+                        "loop reads the media socket", exc)
+            loop._add_reader(fd, self._ingress_ready)
+            return False
+        fastpath.reader_started(self.ingress)
+        self._loop.add_reader(self._wake_fd, self._reader_thread_ready)
+        return True
+
+    def _stop_reader_thread(self) -> None:
+        """Stop and join the reader thread (before the socket closes); its counters are kept."""
+        ingress = self.ingress
+        if ingress is None or not ingress.running:
+            return
+        if self._wake_fd >= 0:
+            self._loop.remove_reader(self._wake_fd)
+            self._wake_fd = -1
+        ingress.stop()
+        fastpath.reader_stopped(ingress)
+        self._handle_drain(ingress.collect(), counted=True)
+        for result in ingress.take():
+            self._handle_drain(result, counted=True)
+
+    def _reader_thread_ready(self) -> None:
+        """The reader thread handed something up: its counters, then each hand-up in order."""
+        ingress = self.ingress
+        if ingress is None:
+            return
+        results = ingress.take()
+        self._handle_drain(ingress.collect(), counted=True)
+        for result in results:
+            self._handle_drain(result, counted=True)
+        failure = ingress.failure
+        if failure is not None:
+            self._give_up_ingress(failure)
+
+    def collect_ingress(self) -> None:
+        """Fold what the reader thread counted into the stats now (before they are read).
+
+        The thread counts in C and hands up only what needs Python, so /stats,
+        /metrics and the once-a-second sampler call this first to read exact counters.
+        """
+        ingress = self.ingress
+        if ingress is not None and ingress.running:
+            self._handle_drain(ingress.collect(), counted=True)
+
+    def ingress_stats(self) -> dict[str, Any]:
+        """How the media socket is read, for GET /stats: reader "thread" (the C ingress on
+        its own thread), "event-loop" (the C ingress from asyncio's callback) or "python";
+        wakes: times the thread woke the event loop."""
+        ingress = self.ingress
+        if ingress is None:
+            return {"reader": "python", "wakes": 0}
+        return {"reader": "thread" if ingress.running else "event-loop",
+                "wakes": int(getattr(ingress, "wakes", 0))}
 
     def _ingress_ready(self) -> None:
         """The socket is readable: one C drain, then what it handed up, in order."""
@@ -199,11 +270,19 @@ class UdpMux(asyncio.DatagramProtocol):
         except Exception as exc:  # noqa: BLE001 - a failure must cost speed, never media
             self._give_up_ingress(exc)
             return
+        self._handle_drain(result, counted=False)
+
+    def _handle_drain(self, result: Any, counted: bool) -> None:
+        """Account for one drain's result and handle what it handed up, in order.
+
+        counted: the reader thread already left the handed-up datagrams out of the
+        counters (asyncio mode: they are subtracted here); handle_datagram counts
+        them, like any other.
+        """
         stats = self.stats
         slow = result.slow
         datagrams_in, bytes_in = result.datagrams_in, result.bytes_in
-        # Datagrams handed up are counted by handle_datagram below, like any other.
-        if slow:
+        if slow and not counted:
             datagrams_in -= len(slow)
             bytes_in -= sum(len(data) for data, _addr in slow)
         stats.datagrams_in += datagrams_in
@@ -244,6 +323,7 @@ class UdpMux(asyncio.DatagramProtocol):
         return {} if self._consent is None else self._consent.stats.as_dict()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_reader_thread()  # asyncio closes the socket after this returns
         self._sock = None
         if self._consent is not None:
             self._consent.close()
@@ -261,7 +341,12 @@ class UdpMux(asyncio.DatagramProtocol):
         """
         log.error("the C ingress failed (%s: %s); the media socket is read in Python from "
                   "now on, at a higher CPU cost per packet", type(exc).__name__, exc)
+        threaded = self.ingress is not None and self.ingress.running
+        self._stop_reader_thread()
         self.ingress = None
+        sock, add_reader = self._sock, getattr(self._loop, "_add_reader", None)
+        if threaded and sock is not None and add_reader is not None:
+            add_reader(sock.fileno(), self._ingress_ready)  # the Python reader, as before
         for proto in set(self.by_addr.values()):
             session = getattr(proto, "ingress_session", None)
             if session is not None:
@@ -407,6 +492,12 @@ class UdpMux(asyncio.DatagramProtocol):
         """The session's DTLS is up: the C ingress may read its IPv4 sources' media."""
         if self.ingress is None or proto._closed_once:
             return
+        sock = self._sock
+        if fastpath.INGRESS_THREAD and not self.ingress.running and sock is not None \
+                and self.transport is not None and not self.transport.is_closing():
+            # The media stack (and with it the thread's locking, fastpath.wire) loads with
+            # the first session: an idle server's socket was read by the event loop so far.
+            self._start_reader_thread(sock)
         proto.ingress_session = session
         for addr, owner in self.by_addr.items():
             if owner is proto and ":" not in addr[0]:
@@ -462,7 +553,7 @@ class UdpMux(asyncio.DatagramProtocol):
             try:
                 sock.sendto(data, addr)
             except (BlockingIOError, InterruptedError):
-                self._backlogged = True
+                self._set_backlogged(True)
             except OSError:
                 self.stats.send_errors += 1
                 return
@@ -474,7 +565,14 @@ class UdpMux(asyncio.DatagramProtocol):
         self.sendto(data, addr)
         transport = self.transport
         if transport is not None and not transport.get_write_buffer_size():
-            self._backlogged = False
+            self._set_backlogged(False)
+
+    def _set_backlogged(self, backlogged: bool) -> None:
+        """asyncio holds queued datagrams (or no longer): the reader thread's fan-out follows."""
+        self._backlogged = backlogged
+        ingress = self.ingress
+        if ingress is not None and ingress.running:
+            ingress.send_fd = self.fanout_fd()
 
     def fanout_fd(self) -> int:
         """The IPv4 socket for the C fan-out, or -1 while asyncio holds queued data.
@@ -495,7 +593,7 @@ class UdpMux(asyncio.DatagramProtocol):
         stats.bytes_out += wire_octets
         stats.send_errors += errors
         if unsent:
-            self._backlogged = True
+            self._set_backlogged(True)
             transport = self.transport
             if transport is None or transport.is_closing():
                 return

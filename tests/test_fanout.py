@@ -224,11 +224,17 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
             assert await wait_until(lambda p=person, o=others: all(p.frames_from[s] > 25
                                                                    for s in o), 10), \
                 f"{engine}: {person.name} got {dict(person.frames_from)}"
-        # Speech is seen (RFC 6464 levels; with the reader thread, handed up at most every
-        # 200 ms per speaker), and a muted speaker is never shown speaking again.
+        # Speech is seen (RFC 6464 levels; with the reader thread, handed up when it starts
+        # after a quiet), and a muted speaker is never shown speaking again.
         for person in (a, b):
             await person.wait_for(lambda e: e["type"] == "user_voice_on"
                                   and e["session_id"] == loud.session_id, 5)
+        # One who goes on speaking stays shown speaking: voice-off needs 1 s of quiet, and
+        # the reader thread hands speech up only when it starts (the rest is heard_at).
+        speaking_since = len(a.events)
+        await asyncio.sleep(2.0)
+        assert not [e for e in a.events[speaking_since:] if e["type"] == "user_voice_off"
+                    and e["session_id"] == loud.session_id], engine
         await loud.send({"type": "mute"})  # its client keeps sending
         await a.wait_for(lambda e: e["type"] == "user_muted"
                          and e["session_id"] == loud.session_id, 5)

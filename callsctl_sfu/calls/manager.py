@@ -526,6 +526,9 @@ class CallManager:
                 self._speaking.discard(session_id)
                 continue
             session = participant.session
+            # The C ingress's reader thread says when speech starts again, not every loud
+            # packet: how recently the peer was heard is in its routes (rtc/_ingress.c).
+            session.last_loud = max(session.last_loud, participant.peer.heard_at())
             if now - session.last_loud > VOICE_OFF_AFTER:
                 session.state.voice = False
                 self._speaking.discard(session_id)

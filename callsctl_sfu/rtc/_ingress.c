@@ -49,7 +49,9 @@
 #define VOICE_LEVEL_DBOV 50     /* RFC 6464 -dBov at or below which a packet is "loud" */
 #define SILENT_LEVEL 127
 #define WRITE_SAMPLE_EVERY 64   /* one fan-out in this many is timed */
-#define LOUD_EVERY 0.2          /* reader thread: a route's speech handed up at most this often */
+/* Reader thread: a route's speech is handed up only when it starts again after this much
+   quiet (voice on); while it goes on, Python reads `heard_at` for the voice-off rule. */
+#define LOUD_AFTER_QUIET 0.5
 #define MAX_SAMPLES 1024        /* reader thread: write-time samples kept until collect() */
 
 static srtp_fn srtp_unprotect_ptr = NULL;
@@ -206,7 +208,7 @@ typedef struct {
     unsigned long long packets;
     unsigned long long octets;  /* payload octets, as PublishedTrack.octets */
     unsigned long long loud_drain; /* the drain that last reported it loud */
-    double loud_at;             /* reader thread: when it was last handed up loud, < 0 never */
+    double heard_at;            /* when its last loud packet arrived (loop time), < 0 never */
     long long group;            /* the call: different calls' fan-outs may run in parallel */
     /* Video (no simulcast): only the next packet in sequence that does not start a
        keyframe is handled here; it is also stored in the NACK ring and its sequence
@@ -251,7 +253,7 @@ InRoute_init(InRouteObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->reception, Py_NewRef(reception));
     Py_XSETREF(self->targets, Py_NewRef(Py_None));
     self->highest = -1;
-    self->loud_at = -1.0;
+    self->heard_at = -1.0;
     self->payload_type = payload_type;
     self->level_id = level_id;
     self->muted = muted;
@@ -376,6 +378,9 @@ static PyMemberDef InRoute_members[] = {
     {"muted", T_INT, offsetof(InRouteObject, muted), 0, "drop after accounting"},
     {"packets", T_ULONGLONG, offsetof(InRouteObject, packets), 0, "packets handled here"},
     {"octets", T_ULONGLONG, offsetof(InRouteObject, octets), 0, "their payload octets"},
+    {"heard_at", T_DOUBLE, offsetof(InRouteObject, heard_at), READONLY,
+     "loop time of its last loud packet (RFC 6464), -1 for never: the voice-off rule reads "
+     "it, since the reader thread hands speech up only when it starts again"},
     {"group", T_LONGLONG, offsetof(InRouteObject, group), 0,
      "the call it belongs to: no two routes of one call may send at once, so only "
      "different groups' packets are sent on different threads"},
@@ -927,8 +932,9 @@ PyDoc_STRVAR(drain_doc,
  * the result carries this drain's counters and samples, and every route's speech is
  * reported once per drain. With `totals` (the thread) the counters are added there
  * (datagrams handed up excluded: Python counts those as it handles them), samples go to
- * self->samples, a route's speech is handed up at most every LOUD_EVERY seconds, and the
- * result is None when nothing needs Python.
+ * self->samples, a route's speech is handed up only when it starts after LOUD_AFTER_QUIET
+ * seconds of quiet (its `heard_at` says when it was last heard), and the result is None
+ * when nothing needs Python.
  */
 static PyObject *
 drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCounts *totals)
@@ -1080,12 +1086,14 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             continue;
         }
         int level_value = level >= 0 ? (level & 0x7F) : SILENT_LEVEL;
-        if (level_value <= VOICE_LEVEL_DBOV && route->loud_drain != self->drains &&
-            (totals == NULL || route->loud_at < 0 || now - route->loud_at >= LOUD_EVERY)) {
-            route->loud_drain = self->drains;
-            route->loud_at = now;
-            if (append_new(&loud, Py_NewRef(route->tag)) < 0)
-                goto fail;
+        if (level_value <= VOICE_LEVEL_DBOV) {
+            int after_quiet = route->heard_at < 0 || now - route->heard_at >= LOUD_AFTER_QUIET;
+            route->heard_at = now;
+            if (route->loud_drain != self->drains && (totals == NULL || after_quiet)) {
+                route->loud_drain = self->drains;
+                if (append_new(&loud, Py_NewRef(route->tag)) < 0)
+                    goto fail;
+            }
         }
         if (payload_len > MAX_PAYLOAD) {
             c.dropped_malformed += 1;
@@ -1232,7 +1240,7 @@ Ingress_drain(IngressObject *self, PyObject *args)
  * it; only what needs Python is handed to the event loop (`handups`, and one write of
  * `wake_fd`, which the loop watches, when the list was empty): datagrams for Python, the
  * decrypted video Python decides on, datagrams the kernel would not take, a read error,
- * and a route's speech at most every LOUD_EVERY seconds. Counters accumulate here until
+ * and a route's speech when it starts again after a quiet. Counters accumulate here until
  * collect().
  *
  * Locking rule: an srtp_t (and a Rewrite, and the static buffers) is used by one thread

@@ -619,6 +619,15 @@ class MediaPeer:
         pair = self._nominated.get(1) if self.connected else None
         return pair.remote_addr if pair else None
 
+    def heard_at(self) -> float:
+        """Loop time the C ingress last heard this peer speak (RFC 6464 level), -1: never.
+
+        The ingress's reader thread hands speech up to Python only when it starts
+        after a quiet; the voice-off rule reads this for the rest (calls/manager.py).
+        """
+        return max((track.fast_route.heard_at for track in self.published.values()
+                    if track.fast_route is not None), default=-1.0)
+
     def selected_pair(self) -> Any | None:
         """aioice's nominated candidate pair for this peer, None before it connects."""
         return self._nominated.get(1) if self.connected else None

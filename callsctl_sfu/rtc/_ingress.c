@@ -927,6 +927,37 @@ PyDoc_STRVAR(drain_doc,
 "datagram goes up). The result names what was handed up (slow, plain), heard\n"
 "(loud), deferred (unsent), timed (samples) and counted; see DrainResult's fields.");
 
+/* A DrainResult of these lists (each NULL for None; their references are stolen, also on
+   failure) and counters: what drain() returns, and what collect() returns for the thread. */
+static PyObject *
+drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples, int error,
+             const DrainCounts *c, PyObject *plain)
+{
+    PyObject *result = PyStructSequence_New(DrainResultType);
+    PyObject *values[DRAIN_FIELDS] = {
+        slow ? slow : Py_NewRef(Py_None), loud ? loud : Py_NewRef(Py_None),
+        unsent ? unsent : Py_NewRef(Py_None), samples ? samples : Py_NewRef(Py_None),
+        PyLong_FromLong(error), PyLong_FromLongLong(c->datagrams_in),
+        PyLong_FromLongLong(c->bytes_in), PyLong_FromLongLong(c->truncated),
+        PyLong_FromLongLong(c->rtp_in), PyLong_FromLongLong(c->forwarded),
+        PyLong_FromLongLong(c->plain_octets), PyLong_FromLongLong(c->wire_octets),
+        PyLong_FromLongLong(c->send_errors), PyLong_FromLongLong(c->srtp_protect_errors),
+        PyLong_FromLongLong(c->dropped_muted), PyLong_FromLongLong(c->dropped_malformed),
+        plain ? plain : Py_NewRef(Py_None)};
+    int failed = result == NULL;
+    for (int i = 0; i < DRAIN_FIELDS; i++)
+        failed = failed || values[i] == NULL;
+    if (failed) {
+        for (int i = 0; i < DRAIN_FIELDS; i++)
+            Py_XDECREF(values[i]);
+        Py_XDECREF(result);
+        return NULL;
+    }
+    for (int i = 0; i < DRAIN_FIELDS; i++)
+        PyStructSequence_SET_ITEM(result, i, values[i]);
+    return result;
+}
+
 /*
  * One drain: the method's work, and the reader thread's. With `totals` NULL (the method)
  * the result carries this drain's counters and samples, and every route's speech is
@@ -1176,31 +1207,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
             Py_RETURN_NONE;
     }
-    {
-        PyObject *result = PyStructSequence_New(DrainResultType);
-        PyObject *values[DRAIN_FIELDS] = {
-            slow ? slow : Py_NewRef(Py_None), loud ? loud : Py_NewRef(Py_None),
-            unsent ? unsent : Py_NewRef(Py_None), samples ? samples : Py_NewRef(Py_None),
-            PyLong_FromLong(error), PyLong_FromLongLong(c.datagrams_in),
-            PyLong_FromLongLong(c.bytes_in), PyLong_FromLongLong(c.truncated),
-            PyLong_FromLongLong(c.rtp_in), PyLong_FromLongLong(c.forwarded),
-            PyLong_FromLongLong(c.plain_octets), PyLong_FromLongLong(c.wire_octets),
-            PyLong_FromLongLong(c.send_errors), PyLong_FromLongLong(c.srtp_protect_errors),
-            PyLong_FromLongLong(c.dropped_muted), PyLong_FromLongLong(c.dropped_malformed),
-            plain ? plain : Py_NewRef(Py_None)};
-        int failed = result == NULL;
-        for (int i = 0; i < DRAIN_FIELDS; i++)
-            failed = failed || values[i] == NULL;
-        if (failed) {
-            for (int i = 0; i < DRAIN_FIELDS; i++)
-                Py_XDECREF(values[i]);
-            Py_XDECREF(result);
-            return NULL;
-        }
-        for (int i = 0; i < DRAIN_FIELDS; i++)
-            PyStructSequence_SET_ITEM(result, i, values[i]);
-        return result;
-    }
+    return drain_result(slow, loud, unsent, samples, error, &c, plain);
 fail:
     for (int j = 0; j < job_count; j++)
         Py_CLEAR(job_targets[j]);
@@ -1480,31 +1487,10 @@ static PyObject *
 Ingress_collect(IngressObject *self, PyObject *unused)
 {
     DrainCounts c = self->totals;
-    PyObject *samples = self->samples ? self->samples : Py_NewRef(Py_None);
+    PyObject *samples = self->samples;
     self->samples = NULL;
     memset(&self->totals, 0, sizeof(self->totals));
-    PyObject *result = PyStructSequence_New(DrainResultType);
-    PyObject *values[DRAIN_FIELDS] = {
-        Py_NewRef(Py_None), Py_NewRef(Py_None), Py_NewRef(Py_None), samples,
-        PyLong_FromLong(0), PyLong_FromLongLong(c.datagrams_in),
-        PyLong_FromLongLong(c.bytes_in), PyLong_FromLongLong(c.truncated),
-        PyLong_FromLongLong(c.rtp_in), PyLong_FromLongLong(c.forwarded),
-        PyLong_FromLongLong(c.plain_octets), PyLong_FromLongLong(c.wire_octets),
-        PyLong_FromLongLong(c.send_errors), PyLong_FromLongLong(c.srtp_protect_errors),
-        PyLong_FromLongLong(c.dropped_muted), PyLong_FromLongLong(c.dropped_malformed),
-        Py_NewRef(Py_None)};
-    int failed = result == NULL;
-    for (int i = 0; i < DRAIN_FIELDS; i++)
-        failed = failed || values[i] == NULL;
-    if (failed) {
-        for (int i = 0; i < DRAIN_FIELDS; i++)
-            Py_XDECREF(values[i]);
-        Py_XDECREF(result);
-        return NULL;
-    }
-    for (int i = 0; i < DRAIN_FIELDS; i++)
-        PyStructSequence_SET_ITEM(result, i, values[i]);
-    return result;
+    return drain_result(NULL, NULL, NULL, samples, 0, &c, NULL);
 }
 
 static PyObject *

@@ -220,22 +220,24 @@ class UdpMux(asyncio.DatagramProtocol):
             self._wake_fd = -1
         ingress.stop()
         fastpath.reader_stopped(ingress)
-        self._handle_drain(ingress.collect(), counted=True)
-        for result in ingress.take():
-            self._handle_drain(result, counted=True)
+        self._handle_thread_output(ingress)
 
     def _reader_thread_ready(self) -> None:
         """The reader thread handed something up: its counters, then each hand-up in order."""
         ingress = self.ingress
         if ingress is None:
             return
+        self._handle_thread_output(ingress)
+        failure = ingress.failure
+        if failure is not None:
+            self._give_up_ingress(failure)
+
+    def _handle_thread_output(self, ingress: Any) -> None:
+        """The reader thread's counters since the last collection, then its hand-ups in order."""
         results = ingress.take()
         self._handle_drain(ingress.collect(), counted=True)
         for result in results:
             self._handle_drain(result, counted=True)
-        failure = ingress.failure
-        if failure is not None:
-            self._give_up_ingress(failure)
 
     def collect_ingress(self) -> None:
         """Fold what the reader thread counted into the stats now (before they are read).

@@ -16,6 +16,8 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 
 import pylibsrtp
 import pytest
@@ -412,6 +414,48 @@ def test_the_reader_thread_forwards_alone_and_wakes_python_only_for_what_it_need
     assert not server.ingress.running and server.ingress.failure is None
     server.send(rtp(6, level=90))  # the socket is the caller's again
     assert server.drain().forwarded == 2
+
+
+@pytest.mark.parametrize("pool_threads", [1, 2])
+def test_the_threads_copies_and_a_fanout_from_python_to_the_same_receivers_interleave_whole(
+        server, pool_threads):
+    """The reader thread sends its copies with the GIL released, so Python runs meanwhile;
+    a fan-out from Python to the same receivers (the event loop's path, here another
+    thread) waits for the media lock: every receiver decrypts all 100 copies, numbered
+    without a gap or a repeat, however the two streams interleaved."""
+    # 1 thread: both send from the calling thread; 2: 80 receivers split over the pool.
+    receivers = [Receiver(0x300 + i) for i in range(40 * pool_threads)]
+    server.route(receivers)
+    targets = [r.target for r in receivers]
+    server.ingress.start(server.sock.fileno(), server.sock.fileno())
+    sent_from_python: list[int] = []
+
+    def python_side() -> None:
+        for sequence in range(50):
+            result = fastpath.fanout(server.sock.fileno(), 0x90, False, sequence,
+                                     sequence * 960, 0xABCDEF, b"from-python", 20, targets)
+            sent_from_python.append(result.sent)
+            time.sleep(0.0005)
+
+    fastpath.start_pool(pool_threads)
+    other = threading.Thread(target=python_side)
+    try:
+        other.start()
+        for sequence in range(1, 51):
+            server.send(rtp(sequence))
+            time.sleep(0.0005)
+        other.join(30)
+        assert sent_from_python == [len(receivers)] * 50
+        for receiver in receivers:
+            numbers = [receiver.receive().sequence for _ in range(100)]
+            steps = [(b - a) & 0xFFFF for a, b in zip(numbers, numbers[1:], strict=False)]
+            assert steps == [1] * 99
+        assert server.ingress.collect().forwarded == 50 * len(receivers)
+    finally:
+        server.ingress.stop()
+        fastpath.shutdown_pool()
+        for receiver in receivers:
+            receiver.sock.close()
 
 
 EXIT_WITH_A_RUNNING_READER = """

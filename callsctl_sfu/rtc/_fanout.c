@@ -256,9 +256,12 @@ Rewrite_build(RewriteObject *self, PyObject *args, PyObject *kwds)
     PyObject *out = PyBytes_FromStringAndSize(NULL, MAX_HEADER + payload.len);
     if (out != NULL) {
         unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(out);
+        /* The reader thread may be writing this Rewrite with the GIL released. */
+        media_lock_with_gil();
         Py_ssize_t header = write_header(self, buf, (int)first_byte, marker, sequence,
                                          timestamp, ssrc, level_byte, retransmission,
                                          payload.len);
+        media_unlock();
         memcpy(buf + header, payload.buf, (size_t)payload.len);
         if (_PyBytes_Resize(&out, header + payload.len) < 0)
             out = NULL;
@@ -498,10 +501,11 @@ static PyTypeObject TargetType = {
  *     Target per receiver of a track), so each srtp_t and each Rewrite is in
  *     exactly one slice and written by one thread; libsrtp keeps no shared
  *     mutable state between contexts once initialised;
- *   - nothing in Python can touch those contexts meanwhile: they are used by the
- *     server's one asyncio thread only (NACK retransmissions, RTCP, the Python
- *     send path), and that thread is the caller, blocked in fanout() until every
- *     slice is done;
+ *   - nothing else touches those contexts meanwhile: every other user of an
+ *     srtp_t or a Rewrite holds the media lock (_ingress.c) as the caller does:
+ *     the event loop's fanout() and Rewrite.build(), pylibsrtp's calls (NACK
+ *     retransmissions, RTCP, the Python send path; wrapped by fastpath.py) and
+ *     the ingress's reader thread for each read;
  *   - every send goes out of the one media socket `fd`: sendmmsg(2) from several
  *     threads on one UDP socket is safe (each call queues whole datagrams), so
  *     the server keeps its one UDP port.
@@ -510,7 +514,9 @@ static PyTypeObject TargetType = {
  */
 
 #define PARALLEL_MIN_TARGETS 64 /* fewer sendable targets: no hand-off to the pool */
-#define MIN_SLICE 32            /* a worker gets at least this many copies */
+#define MIN_SLICE 32            /* a slice has at least this many copies */
+#define MAX_SLICES 64           /* a fan-out is cut into at most this many slices */
+#define SLICES_PER_THREAD 4     /* slices per pool thread in a big fan-out */
 #define MAX_THREADS 64          /* start_pool's upper bound */
 #define LOCAL_COPIES 64         /* items kept on the stack before falling back to malloc */
 
@@ -575,13 +581,10 @@ typedef struct {
     Py_ssize_t item[BATCH];     /* which Copy each slot holds */
 } Buffers;
 
-/* While a reader thread runs (_ingress.c), no fan-out releases the GIL: the pool still
-   sends in parallel, but no Python (nor the other media thread) runs meanwhile, so the
-   srtp_t contexts, Rewrites and these buffers keep one user at a time. Read and written
-   with the GIL held. */
-int fanout_keep_gil = 0;
-static unsigned long long parallel_runs = 0; /* fan-outs split across the pool (GIL held) */
-static Buffers gil_buffers;      /* the single-thread path: used with the GIL held only */
+/* Every fan-out runs under the media lock (_ingress.c), so the srtp_t contexts,
+   Rewrites and these buffers keep one user at a time whether the GIL is held or not. */
+static unsigned long long parallel_runs = 0; /* fan-outs split across the pool */
+static Buffers gil_buffers;      /* the calling thread's path: used under the media lock */
 static Buffers caller_buffers;   /* the calling thread's slice: used under pool.dispatch only */
 
 static int
@@ -847,23 +850,35 @@ pool_run_locked(void (*task)(void *, int, Buffers *), void *arg, int parts)
 typedef struct {
     const Packet *packet;
     Slice *slices;
+    int count;
+    int next;                   /* the next slice to take (atomic) */
 } SliceTask;
 
+/* Every part takes the next slice not yet taken until none is left: a thread that gets
+   the CPU late (the machine is shared with the load, the event loop) or is preempted
+   between slices leaves its share to the others instead of making the caller wait. */
 static void
 run_slice_part(void *arg, int number, Buffers *buffers)
 {
     SliceTask *task = (SliceTask *)arg;
-    run_slice(task->packet, &task->slices[number], buffers);
+    for (;;) {
+        int taken = __atomic_fetch_add(&task->next, 1, __ATOMIC_RELAXED);
+        if (taken >= task->count)
+            break;
+        run_slice(task->packet, &task->slices[taken], buffers);
+    }
 }
 
-/* Phase 2 over `count` copies on the pool; GIL released by the caller. */
+/* Phase 2 over `count` copies on the pool; GIL released by the caller, media lock held.
+   The copies are cut into contiguous slices of at least MIN_SLICE (at most `cap`
+   slices), taken in turn by the calling thread and the workers, so a slow thread delays
+   only the slice it holds; *slice_count says how many slices the results are in. */
 static void
-run_parallel(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slices,
+run_parallel(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slices, int cap,
              int *slice_count)
 {
-    pthread_mutex_lock(&pool.dispatch);
     Py_ssize_t wanted = count / MIN_SLICE;
-    int n = pool.threads < wanted ? pool.threads : (int)(wanted > 0 ? wanted : 1);
+    int n = wanted < cap ? (int)(wanted > 0 ? wanted : 1) : cap;
     Py_ssize_t base = count / n, extra = count % n, start = 0;
     for (int i = 0; i < n; i++) {
         Py_ssize_t size = base + (i < extra ? 1 : 0);
@@ -872,9 +887,23 @@ run_parallel(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slice
         start += size;
     }
     *slice_count = n;
-    SliceTask task = {p, slices};
-    pool_run_locked(run_slice_part, &task, n);
+    SliceTask task = {p, slices, n, 0};
+    pthread_mutex_lock(&pool.dispatch);
+    int parts = pool.threads < n ? pool.threads : n;
+    pool_run_locked(run_slice_part, &task, parts);
     pthread_mutex_unlock(&pool.dispatch);
+}
+
+/* How many slices run_parallel may cut `count` copies into: SLICES_PER_THREAD per
+   thread, so a late thread's share is taken by the others, but no smaller than
+   MIN_SLICE copies (each slice is at least one sendmmsg). */
+static int
+slice_cap_for(Py_ssize_t count)
+{
+    Py_ssize_t n = count / MIN_SLICE, most = (Py_ssize_t)pool.threads * SLICES_PER_THREAD;
+    if (most > MAX_SLICES)
+        most = MAX_SLICES;
+    return n < 1 ? 1 : (n > most ? (int)most : (int)n);
 }
 
 /* ---- fanout() --------------------------------------------------------------------- */
@@ -985,7 +1014,7 @@ fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObj
     Copy local[LOCAL_COPIES];
     Copy *copies = local;
     Py_ssize_t total = PyList_GET_SIZE(targets), count = 0;
-    Slice slices[MAX_THREADS];
+    Slice slices[MAX_SLICES];
     int slice_count = 0;
     memset(totals, 0, sizeof(*totals));
     memset(slices, 0, sizeof(slices));
@@ -1008,12 +1037,11 @@ fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObj
     if (copy_targets(targets, copies, &count, &stale) < 0)
         goto done;
 
-    /* Phase 2: send. */
+    /* Phase 2: send (the caller holds the media lock). */
     if (count >= PARALLEL_MIN_TARGETS && pool.threads > 1) {
-        PyThreadState *save = fanout_keep_gil ? NULL : PyEval_SaveThread();
-        run_parallel(&p, copies, count, slices, &slice_count);
-        if (save != NULL)
-            PyEval_RestoreThread(save);
+        PyThreadState *save = PyEval_SaveThread();
+        run_parallel(&p, copies, count, slices, slice_cap_for(count), &slice_count);
+        PyEval_RestoreThread(save);
         parallel_runs += slice_count > 1;
     } else if (count > 0) {
         slices[0].copies = copies;
@@ -1048,187 +1076,235 @@ done:
 /* ---- A batch of packets: different calls' fan-outs on different threads ---------------- */
 
 /*
- * fanout_send_many: the fan-outs of the packets one read of the media socket brought
- * (rtc/_ingress.c). Packets of different `groups` (calls) go to disjoint receivers, so
- * their fan-outs can run on different threads at once under the rule that makes the
- * pool lock-free (each srtp_t and Rewrite written by one thread): a group's packets all
- * run on one thread, in batch order; the caller waits with the GIL released. One group,
- * or no pool: one fanout_send per packet (a big one still split into slices).
+ * The fan-outs of the packets one read of the media socket brought (rtc/_ingress.c),
+ * in the three steps _fanout.h describes. Packets of different `groups` (calls) go to
+ * disjoint receivers, so their fan-outs can run on different threads at once under the
+ * rule that makes the pool lock-free (each srtp_t and Rewrite written by one thread): a
+ * group's packets all run on one thread, in batch order. One group, or no pool: the
+ * packets run in order on the calling thread, a big one split into slices.
  */
 
 typedef struct {
     Packet packet;
-    Copy *copies;               /* each holds a reference on its Target until the end */
-    Slice slice;                /* the whole fan-out, as one slice */
-    int owner;                  /* the part (thread) that sends it */
+    Copy *copies;               /* each holds a reference on its Target until finish */
+    Py_ssize_t copy_count;
+    Slice *slices;              /* slice_cap of them: [0] the whole fan-out, or its parts */
+    int slice_cap;
+    int slice_count;            /* set by run */
+    int owner;                  /* groups mode: the part (thread) that sends it */
 } BatchItem;
 
-typedef struct {
+struct FanoutBatch {
     BatchItem *items;
     Py_ssize_t count;
-} BatchTask;
+    int parts;                  /* > 1: groups mode, items run by owner on the pool */
+    int parallel;               /* run uses the pool (groups mode or a split item) */
+    int spread;                 /* groups mode with copies for more than one part */
+    int deferred;               /* run deferred at least one datagram */
+};
 
 static void
 run_batch_part(void *arg, int number, Buffers *buffers)
 {
-    BatchTask *task = (BatchTask *)arg;
-    for (Py_ssize_t i = 0; i < task->count; i++) {
-        BatchItem *item = &task->items[i];
-        if (item->owner == number && item->slice.count > 0)
-            run_slice(&item->packet, &item->slice, buffers);
+    FanoutBatch *batch = (FanoutBatch *)arg;
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        BatchItem *item = &batch->items[i];
+        if (item->owner == number && item->copy_count > 0)
+            run_slice(&item->packet, &item->slices[0], buffers);
     }
 }
 
 static unsigned long long parallel_batches = 0; /* batches whose calls ran on several threads */
 
-static int
-append_sequential(const Packet *packet, PyObject *targets, FanoutTotals *totals,
-                  PyObject **unsent)
+/* Frees what prepare allocated and drops the Target references (GIL held). */
+static void
+batch_free(FanoutBatch *batch)
 {
-    FanoutTotals one;
-    PyObject *stale = NULL, *deferred = NULL;
-    if (fanout_send(packet, targets, &one, &stale, &deferred) < 0)
-        return -1;
-    Py_XDECREF(stale); /* the caller checked: nothing renominated since */
-    totals->sent += one.sent;
-    totals->send_errors += one.send_errors;
-    totals->srtp_errors += one.srtp_errors;
-    totals->plain_octets += one.plain_octets;
-    totals->wire_octets += one.wire_octets;
-    if (deferred == NULL)
-        return 0;
-    if (*unsent == NULL) {
-        *unsent = deferred;
-        return 0;
+    for (Py_ssize_t i = 0; i < batch->count; i++) {
+        BatchItem *item = &batch->items[i];
+        for (Py_ssize_t c = 0; c < item->copy_count; c++)
+            Py_DECREF(item->copies[c].target);
+        for (int k = 0; k < item->slice_cap; k++) {
+            free(item->slices[k].deferred);
+            free(item->slices[k].deferred_data);
+        }
+        PyMem_Free(item->slices);
+        PyMem_Free(item->copies);
     }
-    Py_ssize_t size = PyList_GET_SIZE(*unsent);
-    int rc = PyList_SetSlice(*unsent, size, size, deferred);
-    Py_DECREF(deferred);
-    return rc;
+    PyMem_Free(batch->items);
+    PyMem_Free(batch);
 }
 
-int
-fanout_send_many(const Packet *packets, PyObject *const *targets, const long long *groups,
-                 Py_ssize_t n, FanoutTotals *totals, PyObject **unsent)
+FanoutBatch *
+fanout_prepare(const Packet *packets, PyObject *const *targets, const long long *groups,
+               Py_ssize_t n)
 {
-    memset(totals, 0, sizeof(*totals));
-    *unsent = NULL;
     if (srtp_protect_ptr == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "set_protect() was not called");
-        return -1;
+        return NULL;
     }
-    /* Which part (thread) each group goes to: a new group to the least loaded part. */
-    int parts = pool.threads, owner[BATCH];
-    long long group_of_part_seen[BATCH];
-    Py_ssize_t load[MAX_THREADS];
-    int seen = 0, rc = -1;
-    memset(load, 0, sizeof(load));
-    /* Handing work to another thread costs more than a few copies: split only a read
-       with at least as many copies as a fan-out the pool would split. */
+    if (n < 0 || n > BATCH) {
+        PyErr_Format(PyExc_ValueError, "fanout_prepare: %zd packets (at most %d)", n, BATCH);
+        return NULL;
+    }
+    FanoutBatch *batch = PyMem_Calloc(1, sizeof(FanoutBatch));
+    if (batch == NULL || (n > 0 && (batch->items = PyMem_Calloc((size_t)n,
+                                                                  sizeof(BatchItem))) == NULL)) {
+        PyMem_Free(batch);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    batch->count = n;
+    batch->parts = 1;
+    /* Which part (thread) each group goes to: handing work to another thread costs more
+       than a few copies, so only a read with at least as many copies as a fan-out the
+       pool would split, and of two calls or more, runs in groups mode. */
+    int threads = pool.threads, group_index[BATCH], seen = 0;
+    long long group_seen[BATCH];
     Py_ssize_t total_copies = 0;
     for (Py_ssize_t i = 0; i < n; i++)
         total_copies += PyList_GET_SIZE(targets[i]);
-    if (parts > 1 && n >= 2 && n <= BATCH && total_copies >= PARALLEL_MIN_TARGETS) {
+    if (threads > 1 && n >= 2 && total_copies >= PARALLEL_MIN_TARGETS) {
         for (Py_ssize_t i = 0; i < n; i++) {
             int found = -1;
             for (int g = 0; g < seen; g++) {
-                if (group_of_part_seen[g] == groups[i]) {
+                if (group_seen[g] == groups[i]) {
                     found = g;
                     break;
                 }
             }
             if (found < 0) {
                 found = seen;
-                group_of_part_seen[seen++] = groups[i];
+                group_seen[seen++] = groups[i];
             }
-            owner[i] = found; /* the group's index for now */
+            group_index[i] = found;
         }
     }
-    if (seen < 2) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (append_sequential(&packets[i], targets[i], totals, unsent) < 0)
-                goto sequential_failed;
-        return 0;
-    sequential_failed:
-        Py_CLEAR(*unsent);
-        return -1;
-    }
-
-    BatchItem *items = PyMem_Calloc((size_t)n, sizeof(BatchItem));
-    if (items == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    /* Phase 1 for every packet, with the GIL: the copies, a reference on each Target. */
+    if (seen >= 2)
+        batch->parts = threads;
     int part_of_group[BATCH];
+    Py_ssize_t load[MAX_THREADS];
+    memset(load, 0, sizeof(load));
     for (int g = 0; g < seen; g++)
         part_of_group[g] = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
-        BatchItem *item = &items[i];
+        BatchItem *item = &batch->items[i];
         PyObject *list = targets[i];
-        Py_ssize_t total = PyList_GET_SIZE(list), count = 0;
+        Py_ssize_t total = PyList_GET_SIZE(list);
         item->packet = packets[i];
         /* Too big for a slot (the caller checked) or nobody to send to: nothing to copy. */
         if (packets[i].payload_len <= MAX_PAYLOAD && total > 0) {
             item->copies = PyMem_Malloc((size_t)total * sizeof(Copy));
             if (item->copies == NULL) {
                 PyErr_NoMemory();
-                goto done;
+                goto fail;
             }
             PyObject *stale = NULL;
-            int copied = copy_targets(list, item->copies, &count, &stale);
-            item->slice.count = count; /* references taken: released at `done` either way */
+            int copied = copy_targets(list, item->copies, &item->copy_count, &stale);
             Py_XDECREF(stale); /* renominated since the caller's check: Python replans */
             if (copied < 0)
-                goto done;
+                goto fail;
         }
-        item->slice.copies = item->copies;
-        int g = owner[i];
-        if (part_of_group[g] < 0) {
-            int best = 0;
-            for (int k = 1; k < parts; k++)
-                if (load[k] < load[best])
-                    best = k;
-            part_of_group[g] = best;
+        int split = batch->parts == 1 && threads > 1 &&
+                    item->copy_count >= PARALLEL_MIN_TARGETS;
+        item->slice_cap = split ? slice_cap_for(item->copy_count) : 1;
+        item->slices = PyMem_Calloc((size_t)item->slice_cap, sizeof(Slice));
+        if (item->slices == NULL) {
+            PyErr_NoMemory();
+            goto fail;
         }
-        item->owner = part_of_group[g];
-        load[item->owner] += count;
+        batch->parallel |= split;
+        if (batch->parts > 1) {
+            int g = group_index[i];
+            if (part_of_group[g] < 0) {
+                int best = 0;
+                for (int k = 1; k < threads && k < MAX_THREADS; k++)
+                    if (load[k] < load[best])
+                        best = k;
+                part_of_group[g] = best;
+            }
+            item->owner = part_of_group[g];
+            load[item->owner] += item->copy_count;
+        }
     }
+    if (batch->parts > 1) {
+        int busy = 0; /* parts with copies to send: more than one is a parallel read */
+        for (int k = 0; k < threads && k < MAX_THREADS; k++)
+            busy += load[k] > 0;
+        batch->spread = busy > 1;
+        batch->parallel = 1;
+    }
+    return batch;
+fail:
+    batch_free(batch);
+    return NULL;
+}
 
-    /* Phase 2: every part on its thread, the GIL released. */
-    BatchTask task = {items, n};
-    PyThreadState *save = fanout_keep_gil ? NULL : PyEval_SaveThread();
-    pthread_mutex_lock(&pool.dispatch);
-    /* The pool may have shrunk while waiting for the lock: the parts beyond it run here. */
-    if (pool.threads < parts) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (items[i].owner >= pool.threads)
-                items[i].owner = 0;
-        parts = pool.threads;
-    }
-    pool_run_locked(run_batch_part, &task, parts);
-    pthread_mutex_unlock(&pool.dispatch);
-    if (save != NULL)
-        PyEval_RestoreThread(save);
-    int busy = 0; /* parts that had copies to send: more than one is a parallel read */
-    for (int k = 0; k < parts; k++)
-        busy += load[k] > 0;
-    parallel_batches += busy > 1;
+int
+fanout_batch_parallel(const FanoutBatch *batch)
+{
+    return batch->parallel;
+}
 
-    /* Phase 3: counters, and the deferred datagrams in batch order. */
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (collect_slice(&items[i].slice, totals, unsent) < 0)
-            goto done;
-    rc = 0;
-done:
-    for (Py_ssize_t i = 0; i < n; i++) {
-        for (Py_ssize_t c = 0; c < items[i].slice.count; c++)
-            Py_DECREF(items[i].copies[c].target);
-        free(items[i].slice.deferred);
-        free(items[i].slice.deferred_data);
-        PyMem_Free(items[i].copies);
+int
+fanout_batch_deferred(const FanoutBatch *batch)
+{
+    return batch->deferred;
+}
+
+void
+fanout_run(FanoutBatch *batch)
+{
+    if (batch->parts > 1) {
+        for (Py_ssize_t i = 0; i < batch->count; i++) {
+            batch->items[i].slices[0].copies = batch->items[i].copies;
+            batch->items[i].slices[0].count = batch->items[i].copy_count;
+            batch->items[i].slice_count = 1;
+        }
+        pthread_mutex_lock(&pool.dispatch);
+        int parts = batch->parts;
+        /* The pool may have shrunk since prepare: the parts beyond it run here. */
+        if (pool.threads < parts) {
+            for (Py_ssize_t i = 0; i < batch->count; i++)
+                if (batch->items[i].owner >= pool.threads)
+                    batch->items[i].owner = 0;
+            parts = pool.threads;
+        }
+        pool_run_locked(run_batch_part, batch, parts);
+        pthread_mutex_unlock(&pool.dispatch);
+        parallel_batches += batch->spread;
+    } else {
+        for (Py_ssize_t i = 0; i < batch->count; i++) {
+            BatchItem *item = &batch->items[i];
+            if (item->copy_count == 0)
+                continue;
+            if (item->slice_cap > 1) {
+                run_parallel(&item->packet, item->copies, item->copy_count, item->slices,
+                             item->slice_cap, &item->slice_count);
+                parallel_runs += item->slice_count > 1;
+            } else {
+                item->slices[0].copies = item->copies;
+                item->slices[0].count = item->copy_count;
+                item->slice_count = 1;
+                run_slice(&item->packet, &item->slices[0], &gil_buffers);
+            }
+        }
     }
-    PyMem_Free(items);
+    for (Py_ssize_t i = 0; i < batch->count; i++)
+        for (int k = 0; k < batch->items[i].slice_count; k++)
+            batch->deferred |= batch->items[i].slices[k].deferred_count > 0;
+}
+
+int
+fanout_finish(FanoutBatch *batch, FanoutTotals *totals, PyObject **unsent)
+{
+    int rc = 0;
+    memset(totals, 0, sizeof(*totals));
+    *unsent = NULL;
+    for (Py_ssize_t i = 0; i < batch->count && rc == 0; i++)
+        for (int k = 0; k < batch->items[i].slice_count && rc == 0; k++)
+            rc = collect_slice(&batch->items[i].slices[k], totals, unsent);
+    batch_free(batch);
     if (rc < 0)
         Py_CLEAR(*unsent);
     return rc;
@@ -1267,7 +1343,9 @@ fanout(PyObject *module, PyObject *args)
         return NULL;
     p.payload = (const unsigned char *)payload.buf;
     p.payload_len = payload.len;
+    media_lock_with_gil(); /* the reader thread may be sending with the GIL released */
     int rc = fanout_send(&p, targets, &totals, &stale, &unsent);
+    media_unlock();
     PyBuffer_Release(&payload);
     if (rc < 0)
         return NULL;

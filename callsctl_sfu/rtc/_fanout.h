@@ -5,9 +5,11 @@
  * to every receiver of a plan (fanout_send). _ingress.c receives: it reads the
  * media socket, decrypts the audio of publishers whose routes Python has
  * registered, and hands each packet to fanout_send; everything else goes up to
- * Python. Both run on the thread that holds the GIL: the server's event loop, or
- * the ingress's reader thread (_ingress.c); fanout_send's parallel phase releases
- * it only while no reader thread runs (fanout_keep_gil).
+ * Python. Whoever makes copies holds the media lock (media_lock_with_gil): the
+ * server's event loop for its own fan-outs, the ingress's reader thread for each
+ * read. The copies themselves (phase 2: rewrite, protect, send) need no GIL, so the
+ * reader thread makes them with the GIL released and the event loop runs Python
+ * meanwhile.
  */
 #ifndef CALLSCTL_FANOUT_H
 #define CALLSCTL_FANOUT_H
@@ -48,16 +50,32 @@ typedef struct {
 int fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals,
                 PyObject **stale, PyObject **unsent);
 
-/* The fan-outs of n packets of one read; packets of different groups (calls) may run on
-   different pool threads at once. Totals summed; unsent in batch order. 0, or -1. */
-int fanout_send_many(const Packet *packets, PyObject *const *targets, const long long *groups,
-                     Py_ssize_t n, FanoutTotals *totals, PyObject **unsent);
+/*
+ * The fan-outs of n packets of one read, in three steps so the sending needs no GIL:
+ * fanout_prepare (GIL held: checks the targets, copies out what the copies need and
+ * holds a reference on every Target), fanout_run (no GIL needed, the media lock held:
+ * every copy rewritten, protected and sent or deferred; packets of different groups,
+ * i.e. calls, may run on different pool threads at once, a big fan-out is split in
+ * slices) and fanout_finish (GIL held: totals summed, the deferred datagrams as
+ * (bytes, addr) in batch order, references dropped, the batch freed). The packets'
+ * payloads must stay valid until fanout_run returns.
+ */
+typedef struct FanoutBatch FanoutBatch;
+FanoutBatch *fanout_prepare(const Packet *packets, PyObject *const *targets,
+                            const long long *groups, Py_ssize_t n);
+void fanout_run(FanoutBatch *batch);
+int fanout_batch_parallel(const FanoutBatch *batch);  /* 1 when run uses the pool */
+int fanout_batch_deferred(const FanoutBatch *batch);  /* 1 when run deferred a datagram */
+int fanout_finish(FanoutBatch *batch, FanoutTotals *totals, PyObject **unsent);
 
 /* 1 when every item is a Target whose nominated pair is still current, 0 if not, -1 error. */
 int fanout_targets_fresh(PyObject *targets);
 
-/* Non-zero while an ingress reader thread runs: fan-outs then keep the GIL (_fanout.c). */
-extern int fanout_keep_gil;
+/* The media lock (_ingress.c): one user at a time of every srtp_t, Rewrite and the
+   static send and receive buffers. Taken with the GIL held: a try first, else waited
+   for with the GIL released; nests on the thread that holds it. */
+void media_lock_with_gil(void);
+void media_unlock(void);
 
 /* Adds the ingress types and functions to the module (_ingress.c). 0 or -1. */
 int ingress_add_to_module(PyObject *module);

@@ -572,9 +572,6 @@ static PyTypeObject InSessionType = {
 
 /* ---- Ingress: the source table and drain() ------------------------------------------ */
 
-static void media_lock_with_gil(void);
-static void media_unlock(void);
-
 /* The counters of one drain (DrainResult's numbers). */
 typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
@@ -599,15 +596,22 @@ typedef struct {
     PyObject *failure;          /* the exception that stopped the thread, or NULL */
     DrainCounts totals;         /* counters of the thread's drains since collect() */
     unsigned long long wakes;   /* times the thread woke the event loop */
+    /* The thread's last fan-out, sent with the GIL released and finished (counters,
+       references dropped) with the GIL by whoever next holds both locks: the thread's
+       next read, collect() or stop(). Under media_lock. */
+    FanoutBatch *pending;
+    double pending_seconds;     /* its write time when sampled, else < 0 */
+    int pending_video;          /* the sample's label: its first stream was video */
 } IngressObject;
 
-/* Whoever uses an srtp_t while the GIL may be released holds this (see the reader thread
-   section below): the reader thread for each drain, and pylibsrtp's calls on the event
-   loop (fastpath.py wraps them) whose cffi call releases the GIL inside libsrtp. */
+/* Whoever uses an srtp_t, a Rewrite or the static buffers holds this (see the reader
+   thread section below): the reader thread for each wake-up (it sends with the GIL
+   released), drain(), the C fanout() and Rewrite.build(), and pylibsrtp's calls on the
+   event loop (fastpath.py wraps them: cffi releases the GIL inside libsrtp). */
 static pthread_mutex_t media_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread int media_held = 0; /* this thread's nesting of media_lock */
 
-/* The receive buffers: used only by drain(), which runs with the GIL held. */
+/* The receive buffers: used by drains only, under media_lock. */
 static struct {
     unsigned char data[BATCH][RECV_SLOT];
     struct mmsghdr messages[BATCH];
@@ -966,9 +970,15 @@ drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples
  * self->samples, a route's speech is handed up only when it starts after LOUD_AFTER_QUIET
  * seconds of quiet (its `heard_at` says when it was last heard), and the result is None
  * when nothing needs Python.
+ *
+ * The fan-outs: with `batch_out` NULL they are made and finished here (the GIL released
+ * while they are sent if the pool takes part); with `batch_out` (the thread) they are
+ * only prepared and *batch_out is set (or NULL): the caller sends them with the GIL
+ * released and finishes them later (finish_pending).
  */
 static PyObject *
-drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCounts *totals)
+drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCounts *totals,
+           FanoutBatch **batch_out)
 {
     PyObject *slow = NULL, *loud = NULL, *unsent = NULL, *samples = NULL, *plain = NULL;
     DrainCounts c;
@@ -1156,26 +1166,41 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         struct timespec t0, t1;
         if (timed)
             clock_gettime(CLOCK_MONOTONIC, &t0);
-        FanoutTotals totals;
-        int rc = fanout_send_many(jobs, job_targets, job_groups, job_count, &totals, &unsent);
+        FanoutBatch *batch = fanout_prepare(jobs, job_targets, job_groups, job_count);
         for (int j = 0; j < job_count; j++)
             Py_CLEAR(job_targets[j]);
         job_count = 0;
-        if (rc < 0)
+        if (batch == NULL)
             goto fail;
-        c.forwarded += totals.sent;
-        c.plain_octets += (long long)totals.plain_octets;
-        c.wire_octets += (long long)totals.wire_octets;
-        c.send_errors += totals.send_errors;
-        c.srtp_protect_errors += totals.srtp_errors;
-        if (timed && totals.sent > 0) {
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            double seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-            /* Labelled by the read's first forwarded stream (a read rarely mixes kinds). */
-            PyObject *sample = Py_BuildValue("(sd)", first_job_video ? "video" : "audio",
-                                             seconds / (double)totals.sent);
-            if (append_new(&samples, sample) < 0)
+        if (batch_out != NULL) {
+            *batch_out = batch;
+            self->pending_video = first_job_video;
+            self->pending_seconds = -1.0;
+            if (timed)
+                self->pending_seconds = (double)t0.tv_sec + t0.tv_nsec / 1e9; /* start */
+        } else {
+            PyThreadState *save = fanout_batch_parallel(batch) ? PyEval_SaveThread() : NULL;
+            fanout_run(batch);
+            if (save != NULL)
+                PyEval_RestoreThread(save);
+            FanoutTotals sent;
+            if (fanout_finish(batch, &sent, &unsent) < 0)
                 goto fail;
+            c.forwarded += sent.sent;
+            c.plain_octets += (long long)sent.plain_octets;
+            c.wire_octets += (long long)sent.wire_octets;
+            c.send_errors += sent.send_errors;
+            c.srtp_protect_errors += sent.srtp_errors;
+            if (timed && sent.sent > 0) {
+                clock_gettime(CLOCK_MONOTONIC, &t1);
+                double seconds = (double)(t1.tv_sec - t0.tv_sec) +
+                                 (t1.tv_nsec - t0.tv_nsec) / 1e9;
+                /* Labelled by the read's first forwarded stream (a read rarely mixes kinds). */
+                PyObject *sample = Py_BuildValue("(sd)", first_job_video ? "video" : "audio",
+                                                 seconds / (double)sent.sent);
+                if (append_new(&samples, sample) < 0)
+                    goto fail;
+            }
         }
     }
     if (totals != NULL) {
@@ -1192,18 +1217,6 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         totals->dropped_muted += c.dropped_muted;
         totals->dropped_malformed += c.dropped_malformed;
         memset(&c, 0, sizeof(c));
-        if (samples != NULL) {
-            if (self->samples == NULL)
-                self->samples = PyList_New(0);
-            if (self->samples == NULL)
-                goto fail;
-            Py_ssize_t kept = PyList_GET_SIZE(self->samples);
-            /* Never collected (no stats reader): the oldest samples are enough. */
-            if (kept + PyList_GET_SIZE(samples) <= MAX_SAMPLES &&
-                PyList_SetSlice(self->samples, kept, kept, samples) < 0)
-                goto fail;
-            Py_CLEAR(samples);
-        }
         if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
             Py_RETURN_NONE;
     }
@@ -1234,7 +1247,7 @@ Ingress_drain(IngressObject *self, PyObject *args)
     }
     /* Another Ingress's reader thread may be draining (the receive buffers are shared). */
     media_lock_with_gil();
-    PyObject *result = drain_once(self, recv_fd, send_fd, now, NULL);
+    PyObject *result = drain_once(self, recv_fd, send_fd, now, NULL, NULL);
     media_unlock();
     return result;
 }
@@ -1251,12 +1264,17 @@ Ingress_drain(IngressObject *self, PyObject *args)
  * collect().
  *
  * Locking rule: an srtp_t (and a Rewrite, and the static buffers) is used by one thread
- * at a time. The thread drains holding media_lock and then the GIL; the event loop's
- * pylibsrtp calls hold media_lock (cffi releases the GIL inside libsrtp); and while a
- * reader thread runs, fan-outs never release the GIL (fanout_keep_gil), so the event
- * loop's C fan-out and the thread's drain exclude each other by the GIL. media_lock is
- * always taken before the GIL, or with a try-lock while holding it (media_acquire), so
- * the two cannot deadlock.
+ * at a time, and that thread holds media_lock. The reader thread takes it for each
+ * wake-up: with the GIL it reads and prepares the fan-outs (Python objects: the routes,
+ * the target lists), then it sends the copies with the GIL released, so the event loop
+ * runs Python meanwhile, and lets media_lock go. On the event loop, the C fanout() and
+ * Rewrite.build() take media_lock themselves, and pylibsrtp's calls (cffi releases the
+ * GIL inside libsrtp) are wrapped by fastpath.py. media_lock is always taken before the
+ * GIL, or with a try-lock while holding it and, if that fails, waited for with the GIL
+ * released (media_lock_with_gil), so the two cannot deadlock. The sent read is finished
+ * (counters, references dropped) with both locks by the next wake-up, collect() or
+ * stop(); at once when the kernel would not take some copies, which asyncio must queue
+ * before anything else goes to those receivers.
  */
 
 static double
@@ -1276,7 +1294,7 @@ media_lock_blocking(void)
 
 /* Take media_lock on a thread that holds the GIL: a try first; if the reader thread has
    it (or waits for the GIL with it), wait with the GIL released so it can finish. */
-static void
+void
 media_lock_with_gil(void)
 {
     if (media_held > 0) {
@@ -1291,7 +1309,7 @@ media_lock_with_gil(void)
     media_held = 1;
 }
 
-static void
+void
 media_unlock(void)
 {
     if (--media_held == 0)
@@ -1324,6 +1342,129 @@ record_failure(IngressObject *self)
     wake_loop(self);
 }
 
+/* Append a result for the loop, waking it when the list was empty (GIL held). 0 or -1. */
+static int
+hand_up(IngressObject *self, PyObject *result)
+{
+    int was_empty = PyList_GET_SIZE(self->handups) == 0;
+    if (PyList_Append(self->handups, result) < 0)
+        return -1;
+    if (was_empty)
+        wake_loop(self);
+    return 0;
+}
+
+/* Finish the thread's last fan-out, if any (GIL and media_lock held): its counters to the
+   totals, its write-time sample kept for collect(), its references dropped, and what the
+   kernel would not take handed up for asyncio's queue. 0, or -1 with an exception. */
+static int
+finish_pending(IngressObject *self)
+{
+    FanoutBatch *batch = self->pending;
+    if (batch == NULL)
+        return 0;
+    self->pending = NULL;
+    FanoutTotals sent;
+    PyObject *unsent = NULL;
+    if (fanout_finish(batch, &sent, &unsent) < 0)
+        return -1;
+    DrainCounts *t = &self->totals;
+    t->forwarded += sent.sent;
+    t->plain_octets += (long long)sent.plain_octets;
+    t->wire_octets += (long long)sent.wire_octets;
+    t->send_errors += sent.send_errors;
+    t->srtp_protect_errors += sent.srtp_errors;
+    if (self->pending_seconds >= 0 && sent.sent > 0) {
+        if (self->samples == NULL && (self->samples = PyList_New(0)) == NULL) {
+            Py_XDECREF(unsent);
+            return -1;
+        }
+        /* Never collected (no stats reader): the oldest samples are enough. */
+        if (PyList_GET_SIZE(self->samples) < MAX_SAMPLES) {
+            PyObject *sample = Py_BuildValue("(sd)", self->pending_video ? "video" : "audio",
+                                             self->pending_seconds / (double)sent.sent);
+            if (sample == NULL || PyList_Append(self->samples, sample) < 0) {
+                Py_XDECREF(sample);
+                Py_XDECREF(unsent);
+                return -1;
+            }
+            Py_DECREF(sample);
+        }
+    }
+    if (unsent == NULL)
+        return 0;
+    DrainCounts none;
+    memset(&none, 0, sizeof(none));
+    PyObject *result = drain_result(NULL, NULL, unsent, NULL, 0, &none, NULL);
+    if (result == NULL)
+        return -1;
+    int rc = hand_up(self, result);
+    Py_DECREF(result);
+    return rc;
+}
+
+/*
+ * One wake-up of the thread, media_lock held and the GIL released on entry and on
+ * return: with the GIL, finish the previous read's fan-out and read this one (its
+ * hand-ups go to the loop at once); without it, send the read's copies, so the event
+ * loop runs Python meanwhile. The copies are finished with the GIL again at once only
+ * when the kernel would not take some (asyncio must queue them before anything else is
+ * sent); otherwise at the next wake-up, or by collect(). Returns 0, or -1 when the
+ * thread must stop (the failure recorded for the loop).
+ */
+static int
+reader_wake(IngressObject *self, PyThreadState **state, int closed)
+{
+    PyEval_RestoreThread(*state);
+    FanoutBatch *batch = NULL;
+    int rc = 0;
+    if (finish_pending(self) < 0) {
+        rc = -1;
+    } else if (closed) {
+        PyErr_SetString(PyExc_OSError, "the media socket was closed under the reader thread");
+        rc = -1;
+    } else {
+        PyObject *result = drain_once(self, self->recv_fd, self->send_fd, monotonic_now(),
+                                      &self->totals, &batch);
+        if (result == NULL)
+            rc = -1;
+        else if (result != Py_None && hand_up(self, result) < 0)
+            rc = -1;
+        Py_XDECREF(result);
+    }
+    if (rc < 0) {
+        record_failure(self);
+        if (batch != NULL) {
+            /* Not sent: drop its references (its counters are lost with the thread). */
+            FanoutTotals ignored;
+            PyObject *unsent = NULL;
+            if (fanout_finish(batch, &ignored, &unsent) < 0)
+                PyErr_Clear();
+            Py_XDECREF(unsent);
+        }
+        *state = PyEval_SaveThread();
+        return -1;
+    }
+    if (batch == NULL) {
+        *state = PyEval_SaveThread();
+        return 0;
+    }
+    *state = PyEval_SaveThread();
+    fanout_run(batch);
+    if (self->pending_seconds >= 0)
+        self->pending_seconds = monotonic_now() - self->pending_seconds;
+    self->pending = batch;
+    if (!fanout_batch_deferred(batch))
+        return 0;
+    PyEval_RestoreThread(*state);
+    if (finish_pending(self) < 0) {
+        record_failure(self);
+        rc = -1;
+    }
+    *state = PyEval_SaveThread();
+    return rc;
+}
+
 static void *
 reader_main(void *arg)
 {
@@ -1349,32 +1490,9 @@ reader_main(void *arg)
         if (fds[0].revents == 0)
             continue;
         media_lock_blocking();
-        PyEval_RestoreThread(state);
-        int stop = 0;
-        if (fds[0].revents & POLLNVAL) {
-            PyErr_SetString(PyExc_OSError, "the media socket was closed under the reader thread");
-            record_failure(self);
-            stop = 1;
-        } else {
-            PyObject *result = drain_once(self, self->recv_fd, self->send_fd, monotonic_now(),
-                                          &self->totals);
-            if (result == NULL) {
-                record_failure(self);
-                stop = 1;
-            } else if (result != Py_None) {
-                int was_empty = PyList_GET_SIZE(self->handups) == 0;
-                if (PyList_Append(self->handups, result) < 0) {
-                    record_failure(self);
-                    stop = 1;
-                } else if (was_empty) {
-                    wake_loop(self);
-                }
-            }
-            Py_XDECREF(result);
-        }
-        state = PyEval_SaveThread();
+        int rc = reader_wake(self, &state, (fds[0].revents & POLLNVAL) != 0);
         media_unlock();
-        if (stop)
+        if (rc < 0)
             break;
     }
     PyEval_RestoreThread(state);
@@ -1443,7 +1561,6 @@ Ingress_start(IngressObject *self, PyObject *args)
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     self->running = 1;
-    fanout_keep_gil += 1;
     return PyLong_FromLong(wake_fd);
 }
 
@@ -1460,11 +1577,15 @@ Ingress_stop(IngressObject *self, PyObject *unused)
     Py_BEGIN_ALLOW_THREADS /* it may be waiting for the GIL to finish a drain */
     pthread_join(thread, NULL);
     Py_END_ALLOW_THREADS
-    fanout_keep_gil -= 1;
+    media_lock_with_gil();
+    int finished = finish_pending(self); /* the thread's last read, sent but not counted */
+    media_unlock();
     close(self->stop_fd);
     close(self->wake_fd);
     self->stop_fd = self->wake_fd = self->recv_fd = -1;
     Py_DECREF(self); /* the thread's; the caller still holds one */
+    if (finished < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1486,6 +1607,11 @@ Ingress_take(IngressObject *self, PyObject *unused)
 static PyObject *
 Ingress_collect(IngressObject *self, PyObject *unused)
 {
+    media_lock_with_gil(); /* the thread may be sending its last read */
+    int finished = finish_pending(self);
+    media_unlock();
+    if (finished < 0)
+        return NULL;
     DrainCounts c = self->totals;
     PyObject *samples = self->samples;
     self->samples = NULL;

@@ -22,9 +22,12 @@ explained where it happens, in rtc/_fanout.c.
 
 The IPv4 media socket is read by the C ingress on a thread of its own
 (`Ingress.start`, rtc/_ingress.c) unless CALLSCTL_INGRESS_THREAD=0: the event
-loop then wakes only for what needs Python. That thread uses the same srtp_t
-contexts as the event loop, so pylibsrtp's calls, which release the GIL inside
-libsrtp, are made under the ingress's media lock (`_serialise_pylibsrtp`).
+loop then wakes only for what needs Python. That thread sends its copies with
+the GIL released, so the event loop's Python runs on another core meanwhile;
+every other user of the same srtp_t contexts and Rewrites holds the ingress's
+media lock instead: the C `fanout()` and `Rewrite.build()` take it themselves,
+and pylibsrtp's calls, which release the GIL inside libsrtp, are wrapped
+(`_serialise_pylibsrtp`).
 """
 
 from __future__ import annotations

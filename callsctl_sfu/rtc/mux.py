@@ -35,6 +35,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ Address = tuple[str, int]
 IPV6_LOCAL_PREFERENCE = 65534
 # Datagrams read per wake-up of the media socket (datagram_received) and the largest one.
 READ_BATCH = 64
+# How long a thread keeps the GIL once another asks for it, while the reader thread
+# runs (CPython's default is 5 ms): the reader needs the GIL for each read of the
+# socket, so a busy event loop would otherwise delay the next packets by up to that
+# (bench/RESULTS.md: at 1 x 900, 8 speaking, on one core, delay p50 4.6 ms against 37.6).
+READER_SWITCH_INTERVAL = 0.001
 MAX_DATAGRAM = 65536
 
 
@@ -207,6 +213,8 @@ class UdpMux(asyncio.DatagramProtocol):
             loop._add_reader(fd, self._ingress_ready)
             return False
         fastpath.reader_started(self.ingress)
+        if sys.getswitchinterval() > READER_SWITCH_INTERVAL:
+            sys.setswitchinterval(READER_SWITCH_INTERVAL)
         self._loop.add_reader(self._wake_fd, self._reader_thread_ready)
         return True
 

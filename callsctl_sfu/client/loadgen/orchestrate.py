@@ -33,6 +33,7 @@ from callsctl_sfu.client.loadgen.monitor import ServerMonitor
 from callsctl_sfu.client.loadgen.participant import LightParticipant
 from callsctl_sfu.client.loadgen.report import LoadReport, Progress, merge_report, raw_figures
 from callsctl_sfu.client.loadgen.sender import StreamSender
+from callsctl_sfu.tasks import install_exception_handler
 
 MAX_CATCH_UP = 5  # frames one stream may send late in one tick before frames are skipped
 MAX_DELAY_SAMPLES = 500_000
@@ -179,8 +180,18 @@ class LoadTest:
                 self.samples["screen-l"] = screen_low_sample()
 
     async def run(self) -> LoadReport:
-        config = self.config
         loop = asyncio.get_running_loop()
+        # aiortc's own connect task fails when a participant that could not join is
+        # closed under it: one line per kind of failure, not a traceback per participant.
+        previous_handler = loop.get_exception_handler()
+        install_exception_handler(loop)
+        try:
+            return await self._run(loop)
+        finally:
+            loop.set_exception_handler(previous_handler)
+
+    async def _run(self, loop: asyncio.AbstractEventLoop) -> LoadReport:
+        config = self.config
         self.prepare_media()
         if config.local_address is None:
             self.local_address = local_address_for(urlsplit(config.ws_url).hostname or "")

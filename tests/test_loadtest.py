@@ -7,7 +7,9 @@ measurement works, never a performance figure: figures live in bench/.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -242,3 +244,36 @@ def test_probe_settings_are_checked() -> None:
     assert refused(calls=1, users_per_call=1500, probes_per_call=8,
                    probe_address="127.0.0.2") == ""
     assert "at most 1000" in refused(calls=3, users_per_call=500)
+
+
+def test_a_library_task_failing_during_a_run_is_one_line_not_a_traceback(server, caplog):
+    """aiortc's own connect task fails when a participant that could not join is closed
+    under it; nobody can await that task, so asyncio would print "Task exception was
+    never retrieved" with a traceback per participant. During a run it is one line."""
+    async def doomed_connect() -> None:
+        raise RuntimeError("RTCIceTransport is closed")
+
+    async def on_window(edge: str) -> None:
+        if edge == "start":  # like aiortc's __connect: a task nobody keeps or awaits
+            asyncio.get_running_loop().create_task(doomed_connect())
+            await asyncio.sleep(0.05)
+            gc.collect()
+
+    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
+                        calls=1, users_per_call=2, unmuted=1, duration=4, join_duration=1,
+                        window=1, local_address="127.0.0.1", settle_timeout=8)
+
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        report = await LoadTest(config, on_window=on_window).run()
+        assert loop.get_exception_handler() is None  # the caller's handler is back
+        return report
+
+    with caplog.at_level(logging.INFO):
+        report = asyncio.run(run())
+    assert report.to_dict()["participants"]["joined"] == 2
+    lines = [r for r in caplog.records if "RTCIceTransport is closed" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].name == "callsctl_sfu.tasks", lines
+    assert lines[0].exc_info is None
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()
+                and r.name == "asyncio"]

@@ -894,16 +894,36 @@ run_parallel(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slice
     pthread_mutex_unlock(&pool.dispatch);
 }
 
-/* How many slices run_parallel may cut `count` copies into: SLICES_PER_THREAD per
-   thread, so a late thread's share is taken by the others, but no smaller than
-   MIN_SLICE copies (each slice is at least one sendmmsg). */
+/* How many slices one packet's `count` copies are cut into: 1 (no hand-off to the pool)
+   below PARALLEL_MIN_TARGETS or without a pool; else SLICES_PER_THREAD per thread, so a
+   late thread's share is taken by the others, but no smaller than MIN_SLICE copies
+   (each slice is at least one sendmmsg). */
 static int
 slice_cap_for(Py_ssize_t count)
 {
+    if (count < PARALLEL_MIN_TARGETS || pool.threads <= 1)
+        return 1;
     Py_ssize_t n = count / MIN_SLICE, most = (Py_ssize_t)pool.threads * SLICES_PER_THREAD;
     if (most > MAX_SLICES)
         most = MAX_SLICES;
-    return n < 1 ? 1 : (n > most ? (int)most : (int)n);
+    return n > most ? (int)most : (int)n;
+}
+
+/* Phase 2 of one packet's fan-out, media lock held: in up to `cap` slices on the pool
+   (the GIL released by the caller) when cap > 1, else as one slice on this thread. */
+static void
+send_copies(const Packet *p, const Copy *copies, Py_ssize_t count, Slice *slices, int cap,
+            int *slice_count)
+{
+    if (cap > 1) {
+        run_parallel(p, copies, count, slices, cap, slice_count);
+        parallel_runs += *slice_count > 1;
+        return;
+    }
+    slices[0].copies = copies;
+    slices[0].count = count;
+    *slice_count = 1;
+    run_slice(p, &slices[0], &gil_buffers);
 }
 
 /* ---- fanout() --------------------------------------------------------------------- */
@@ -1037,17 +1057,14 @@ fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals, PyObj
     if (copy_targets(targets, copies, &count, &stale) < 0)
         goto done;
 
-    /* Phase 2: send (the caller holds the media lock). */
-    if (count >= PARALLEL_MIN_TARGETS && pool.threads > 1) {
+    /* Phase 2: send (the caller holds the media lock), the GIL released for the pool. */
+    int cap = slice_cap_for(count);
+    if (cap > 1) {
         PyThreadState *save = PyEval_SaveThread();
-        run_parallel(&p, copies, count, slices, slice_cap_for(count), &slice_count);
+        send_copies(&p, copies, count, slices, cap, &slice_count);
         PyEval_RestoreThread(save);
-        parallel_runs += slice_count > 1;
     } else if (count > 0) {
-        slices[0].copies = copies;
-        slices[0].count = count;
-        slice_count = 1;
-        run_slice(&p, &slices[0], &gil_buffers);
+        send_copies(&p, copies, count, slices, 1, &slice_count);
     }
 
     /* Phase 3: aggregate, slices in order so `unsent` stays in target order. */
@@ -1205,15 +1222,13 @@ fanout_prepare(const Packet *packets, PyObject *const *targets, const long long 
             if (copied < 0)
                 goto fail;
         }
-        int split = batch->parts == 1 && threads > 1 &&
-                    item->copy_count >= PARALLEL_MIN_TARGETS;
-        item->slice_cap = split ? slice_cap_for(item->copy_count) : 1;
+        item->slice_cap = batch->parts == 1 ? slice_cap_for(item->copy_count) : 1;
         item->slices = PyMem_Calloc((size_t)item->slice_cap, sizeof(Slice));
         if (item->slices == NULL) {
             PyErr_NoMemory();
             goto fail;
         }
-        batch->parallel |= split;
+        batch->parallel |= item->slice_cap > 1;
         if (batch->parts > 1) {
             int g = group_index[i];
             if (part_of_group[g] < 0) {
@@ -1276,18 +1291,9 @@ fanout_run(FanoutBatch *batch)
     } else {
         for (Py_ssize_t i = 0; i < batch->count; i++) {
             BatchItem *item = &batch->items[i];
-            if (item->copy_count == 0)
-                continue;
-            if (item->slice_cap > 1) {
-                run_parallel(&item->packet, item->copies, item->copy_count, item->slices,
-                             item->slice_cap, &item->slice_count);
-                parallel_runs += item->slice_count > 1;
-            } else {
-                item->slices[0].copies = item->copies;
-                item->slices[0].count = item->copy_count;
-                item->slice_count = 1;
-                run_slice(&item->packet, &item->slices[0], &gil_buffers);
-            }
+            if (item->copy_count > 0)
+                send_copies(&item->packet, item->copies, item->copy_count, item->slices,
+                            item->slice_cap, &item->slice_count);
         }
     }
     for (Py_ssize_t i = 0; i < batch->count; i++)

@@ -962,6 +962,25 @@ drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples
     return result;
 }
 
+/* What a finished read's fan-outs sent, added to counters (the drain's or the thread's). */
+static void
+count_sent(DrainCounts *c, const FanoutTotals *sent)
+{
+    c->forwarded += sent->sent;
+    c->plain_octets += (long long)sent->plain_octets;
+    c->wire_octets += (long long)sent->wire_octets;
+    c->send_errors += sent->send_errors;
+    c->srtp_protect_errors += sent->srtp_errors;
+}
+
+/* A write-time sample: seconds per copy sent, labelled by the read's first forwarded
+   stream (a read rarely mixes kinds). A new reference, or NULL. */
+static PyObject *
+write_sample(int video, double seconds, Py_ssize_t copies)
+{
+    return Py_BuildValue("(sd)", video ? "video" : "audio", seconds / (double)copies);
+}
+
 /*
  * One drain: the method's work, and the reader thread's. With `totals` NULL (the method)
  * the result carries this drain's counters and samples, and every route's speech is
@@ -1186,19 +1205,12 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             FanoutTotals sent;
             if (fanout_finish(batch, &sent, &unsent) < 0)
                 goto fail;
-            c.forwarded += sent.sent;
-            c.plain_octets += (long long)sent.plain_octets;
-            c.wire_octets += (long long)sent.wire_octets;
-            c.send_errors += sent.send_errors;
-            c.srtp_protect_errors += sent.srtp_errors;
+            count_sent(&c, &sent);
             if (timed && sent.sent > 0) {
                 clock_gettime(CLOCK_MONOTONIC, &t1);
                 double seconds = (double)(t1.tv_sec - t0.tv_sec) +
                                  (t1.tv_nsec - t0.tv_nsec) / 1e9;
-                /* Labelled by the read's first forwarded stream (a read rarely mixes kinds). */
-                PyObject *sample = Py_BuildValue("(sd)", first_job_video ? "video" : "audio",
-                                                 seconds / (double)sent.sent);
-                if (append_new(&samples, sample) < 0)
+                if (append_new(&samples, write_sample(first_job_video, seconds, sent.sent)) < 0)
                     goto fail;
             }
         }
@@ -1368,12 +1380,7 @@ finish_pending(IngressObject *self)
     PyObject *unsent = NULL;
     if (fanout_finish(batch, &sent, &unsent) < 0)
         return -1;
-    DrainCounts *t = &self->totals;
-    t->forwarded += sent.sent;
-    t->plain_octets += (long long)sent.plain_octets;
-    t->wire_octets += (long long)sent.wire_octets;
-    t->send_errors += sent.send_errors;
-    t->srtp_protect_errors += sent.srtp_errors;
+    count_sent(&self->totals, &sent);
     if (self->pending_seconds >= 0 && sent.sent > 0) {
         if (self->samples == NULL && (self->samples = PyList_New(0)) == NULL) {
             Py_XDECREF(unsent);
@@ -1381,8 +1388,8 @@ finish_pending(IngressObject *self)
         }
         /* Never collected (no stats reader): the oldest samples are enough. */
         if (PyList_GET_SIZE(self->samples) < MAX_SAMPLES) {
-            PyObject *sample = Py_BuildValue("(sd)", self->pending_video ? "video" : "audio",
-                                             self->pending_seconds / (double)sent.sent);
+            PyObject *sample = write_sample(self->pending_video, self->pending_seconds,
+                                            sent.sent);
             if (sample == NULL || PyList_Append(self->samples, sample) < 0) {
                 Py_XDECREF(sample);
                 Py_XDECREF(unsent);

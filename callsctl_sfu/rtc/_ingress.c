@@ -600,7 +600,7 @@ typedef struct {
        references dropped) with the GIL by whoever next holds both locks: the thread's
        next read, collect() or stop(). Under media_lock. */
     FanoutBatch *pending;
-    double pending_seconds;     /* its write time when sampled, else < 0 */
+    double pending_seconds;     /* sampled: its start time, then (once sent) its write time; else < 0 */
     int pending_video;          /* the sample's label: its first stream was video */
 } IngressObject;
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import httpx
 import pytest
 
+from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.tokens import issue_token
 from tests.support.browser import JOIN_TIMEOUT_MS, UI_TIMEOUT_MS, BrowserParticipant, wait_for_audio
 from tests.support.chromium import CHROMIUM
@@ -133,6 +135,12 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
 def test_three_browsers_talk_mute_and_leave(browser, server) -> None:
     urls = [server.join_url("e2e-call", user) for user in ("alice", "bob", "carol")]
     run_three_party_call(browser, urls, server.log)
+    # Chromium's consent checks and its answers to the server's were handled by the
+    # media socket's reader thread (rtc/_iceanswer.c), not by the event loop.
+    ingress = httpx.get(f"{server.api_url}/stats", timeout=10).json()["ingress"]
+    if fastpath.Ingress is not None:  # the C extension is built (the server's too)
+        assert ingress["reader"] == "thread", ingress
+        assert ingress["stun_in"] > 0 and ingress["stun_out"] > 0, ingress
 
 
 def test_bad_or_missing_token_shows_error(browser, server) -> None:

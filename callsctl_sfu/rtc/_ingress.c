@@ -30,6 +30,7 @@
  * held, so the srtp_t contexts are used by one thread at a time, as before.
  */
 #include "_fanout.h"
+#include "_iceanswer.h"
 
 #include <structmember.h>
 
@@ -430,6 +431,7 @@ typedef struct {
     double last_rx;             /* loop time of the last packet handled here */
     unsigned long long srtp_errors;
     unsigned long long packets;
+    IceState ice;               /* consent STUN handled here once set_ice() was called */
 } InSessionObject;
 
 static PyObject *
@@ -474,7 +476,7 @@ InSession_traverse(InSessionObject *self, visitproc visit, void *arg)
     Py_VISIT(self->srtp_session);
     Py_VISIT(self->routes);
     Py_VISIT(self->on_plain);
-    return 0;
+    return ice_state_traverse(&self->ice, visit, arg);
 }
 
 static int
@@ -483,6 +485,7 @@ InSession_clear(InSessionObject *self)
     Py_CLEAR(self->srtp_session);
     Py_CLEAR(self->routes);
     Py_CLEAR(self->on_plain);
+    ice_state_clear(&self->ice);
     return 0;
 }
 
@@ -525,6 +528,29 @@ InSession_clear_routes(InSessionObject *self, PyObject *unused)
 }
 
 static PyObject *
+InSession_set_ice(InSessionObject *self, PyObject *args, PyObject *kwds)
+{
+    if (ice_state_set(&self->ice, args, kwds) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+InSession_send_check(InSessionObject *self, PyObject *args)
+{
+    Py_ssize_t sent = ice_state_send_check(&self->ice, args);
+    return sent < 0 ? NULL : PyLong_FromSsize_t(sent);
+}
+
+static PyObject *
+InSession_expect_answer(InSessionObject *self, PyObject *args)
+{
+    if (ice_state_expect(&self->ice, args) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 InSession_get_routes(InSessionObject *self, void *closure)
 {
     return PyDictProxy_New(self->routes);
@@ -536,6 +562,14 @@ static PyMemberDef InSession_members[] = {
     {"srtp_errors", T_ULONGLONG, offsetof(InSessionObject, srtp_errors), 0,
      "packets srtp_unprotect refused here"},
     {"packets", T_ULONGLONG, offsetof(InSessionObject, packets), 0, "packets handled here"},
+    {"consent_at", T_DOUBLE, offsetof(InSessionObject, ice.consent_at), READONLY,
+     "loop time of the last answer to the server's consent checks taken here, or 0"},
+    {"consent_round_trip", T_DOUBLE, offsetof(InSessionObject, ice.round_trip), READONLY,
+     "that answer's round trip in seconds"},
+    {"consent_answers_taken", T_ULONGLONG, offsetof(InSessionObject, ice.taken), READONLY,
+     "answers to the server's consent checks taken here"},
+    {"checks_answered", T_ULONGLONG, offsetof(InSessionObject, ice.answered), READONLY,
+     "the peer's consent checks answered here"},
     {NULL}
 };
 
@@ -551,6 +585,19 @@ static PyMethodDef InSession_methods[] = {
      "remove_route(ssrc): that SSRC's packets go up to Python (no error if unknown)."},
     {"clear_routes", (PyCFunction)InSession_clear_routes, METH_NOARGS,
      "clear_routes(): every packet goes up to Python until routes are set again."},
+    {"set_ice", (PyCFunction)(void (*)(void))InSession_set_ice, METH_VARARGS | METH_KEYWORDS,
+     "set_ice(*, username, local_key, remote_key, controlling, nominated, check_username,\n"
+     "tie_breaker, priority): answer the peer's consent checks on the nominated pair here\n"
+     "(username: the USERNAME they carry, b'ours:theirs'; the keys: both ICE passwords;\n"
+     "nominated: aioice's live dict component -> pair), send ours with send_check()\n"
+     "(check_username b'theirs:ours', our role's tie_breaker, the PRIORITY they carry) and\n"
+     "take the answers to those and to the checks expect_answer() names."},
+    {"send_check", (PyCFunction)InSession_send_check, METH_VARARGS,
+     "send_check(transaction_id, sent_at, (host, port), fd) -> octets: one consent check\n"
+     "built, signed and sent on fd; 0 when the kernel would not take it now."},
+    {"expect_answer", (PyCFunction)InSession_expect_answer, METH_VARARGS,
+     "expect_answer(transaction_id, sent_at, (host, port)): a consent check the server\n"
+     "sent; its authentic answer from that address sets consent_at (IPv4 only)."},
     {NULL}
 };
 
@@ -575,7 +622,8 @@ static PyTypeObject InSessionType = {
 /* The counters of one drain (DrainResult's numbers). */
 typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
-        send_errors, srtp_protect_errors, dropped_muted, dropped_malformed;
+        send_errors, srtp_protect_errors, dropped_muted, dropped_malformed, stun_in, stun_out,
+        stun_octets_out;
 } DrainCounts;
 
 typedef struct {
@@ -618,13 +666,6 @@ static struct {
     struct iovec vectors[BATCH];
     struct sockaddr_in addrs[BATCH];
 } rx;
-
-/* The sources table's key of an IPv4 address and port (host byte order port). */
-static unsigned long long
-address_key(struct in_addr address, unsigned int port)
-{
-    return ((unsigned long long)ntohl(address.s_addr) << 16) | (port & 0xFFFFu);
-}
 
 static PyObject *
 source_key(PyObject *args, const char *what)
@@ -913,9 +954,12 @@ static PyStructSequence_Field drain_fields[] = {
     {"dropped_muted", "packets of muted routes dropped"},
     {"dropped_malformed", "packets whose RTP header did not fit"},
     {"plain", "(on_plain, packet) decrypted video packets for Python, in order, or None"},
+    {"stun_in", "consent STUN messages handled here (checks answered, answers taken)"},
+    {"stun_out", "consent check answers sent from here"},
+    {"stun_octets_out", "octets of those answers"},
     {NULL}
 };
-#define DRAIN_FIELDS 17
+#define DRAIN_FIELDS 20
 
 static PyStructSequence_Desc drain_desc = {
     "callsctl_sfu.rtc._fanout.DrainResult", "What one Ingress.drain() did.", drain_fields,
@@ -947,7 +991,8 @@ drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples
         PyLong_FromLongLong(c->plain_octets), PyLong_FromLongLong(c->wire_octets),
         PyLong_FromLongLong(c->send_errors), PyLong_FromLongLong(c->srtp_protect_errors),
         PyLong_FromLongLong(c->dropped_muted), PyLong_FromLongLong(c->dropped_malformed),
-        plain ? plain : Py_NewRef(Py_None)};
+        plain ? plain : Py_NewRef(Py_None), PyLong_FromLongLong(c->stun_in),
+        PyLong_FromLongLong(c->stun_out), PyLong_FromLongLong(c->stun_octets_out)};
     int failed = result == NULL;
     for (int i = 0; i < DRAIN_FIELDS; i++)
         failed = failed || values[i] == NULL;
@@ -1049,6 +1094,24 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
            collection) may let the event loop drop the session or route meanwhile. */
         Py_XSETREF(held_session, NULL);
         Py_XSETREF(held_route, NULL);
+        if (data[0] < 4 && srtp_unprotect_ptr != NULL &&
+            (session = lookup_session(self, sa)) != NULL) {
+            /* ICE consent on an established session's nominated pair (_iceanswer.c). The
+               session stays alive: nothing here lets the event loop run. */
+            int answer_octets = 0;
+            if (ice_handle(&session->ice, data, length, sa,
+                           address_key(sa->sin_addr, ntohs(sa->sin_port)), send_fd, now,
+                           &answer_octets)) {
+                session->last_rx = now;
+                c.stun_in += 1;
+                if (answer_octets > 0) {
+                    c.stun_out += 1;
+                    c.stun_octets_out += answer_octets;
+                }
+                continue;
+            }
+            session = NULL;
+        }
         if (!blocked && length >= 12 && (data[0] & 0xC0) == 0x80 &&
             !(data[1] >= 192 && data[1] <= 223) &&
             (session = lookup_session(self, sa)) != NULL) {
@@ -1228,6 +1291,9 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         totals->srtp_protect_errors += c.srtp_protect_errors;
         totals->dropped_muted += c.dropped_muted;
         totals->dropped_malformed += c.dropped_malformed;
+        totals->stun_in += c.stun_in;
+        totals->stun_out += c.stun_out;
+        totals->stun_octets_out += c.stun_octets_out;
         memset(&c, 0, sizeof(c));
         if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
             Py_RETURN_NONE;

@@ -597,6 +597,15 @@ def nominated_pair(connection: Any) -> Any | None:
     return connection._nominated.get(1)
 
 
+def tie_breaker(connection: Any) -> int:
+    """The agent's 64-bit role tie-breaker (`Connection._tie_breaker`, RFC 8445 §7.1.3).
+
+    Its checks carry it in ICE-CONTROLLING / ICE-CONTROLLED; the C ingress
+    builds the consent checks itself and needs the same value.
+    """
+    return int(connection._tie_breaker)
+
+
 def protocols(connection: Any) -> list[Any]:
     """aioice's live list of the connection's per-socket protocols (`Connection._protocols`).
 
@@ -718,6 +727,7 @@ async def _self_test() -> None:
         consent_task(connection)
         for name in ("query_consent", "build_request", "remote_password"):
             getattr(connection, name)
+        tie_breaker(connection)  # the C ingress's consent checks carry it
         for name in ("_local_candidates", "_local_candidates_end"):
             getattr(connection, name)
         for name in _DESCRIPTIONS + _REMOTE_PARAMETERS:

@@ -30,6 +30,15 @@ What RFC 7675 asks, and where it is kept:
   and the server removes the session as before.
 - Media or STUN the peer sends us grants nothing: the peer's own consent
   checks (answered by aioice) say it wants *our* replies, not our media.
+
+With the C ingress (rtc/_iceanswer.c), a session whose nominated pair is on
+the shared IPv4 socket has both kinds of consent STUN handled where the
+datagram is read, without waking the event loop: the peer's checks are
+answered there, and the answers to our checks are verified there (the same
+rules: the transaction id of a check we sent, from the address it went to,
+authentic with the peer's password) and noted in the ingress session, which
+this scheduler reads before it decides on the session (`take_from_ingress`).
+Everything else still comes through the transaction table.
 """
 
 from __future__ import annotations
@@ -39,12 +48,14 @@ import heapq
 import ipaddress
 import itertools
 import logging
+import os
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from aioice import stun
+from aioice.candidate import candidate_priority
 
 log = logging.getLogger("callsctl_sfu.rtc.consent")
 
@@ -111,7 +122,7 @@ class SessionConsent:
     """
 
     __slots__ = ("scheduler", "connection", "key", "last_success", "next_check", "pending",
-                 "round_trip", "active")
+                 "round_trip", "active", "ingress", "ingress_taken")
 
     def __init__(self, scheduler: ConsentScheduler, connection: Any, now: float) -> None:
         self.scheduler = scheduler
@@ -123,6 +134,10 @@ class SessionConsent:
         self.pending: dict[bytes, tuple[float, Address, Any]] = {}
         self.round_trip = RoundTrip()
         self.active = True
+        # The C ingress session that also takes answers (rtc/_iceanswer.c), and how many
+        # of its answers this session has counted.
+        self.ingress: Any = None
+        self.ingress_taken = 0
 
     def response_received(self, message: stun.Message, addr: Address) -> None:
         """An answer to one of our checks: consent when it is an authenticated success."""
@@ -145,25 +160,69 @@ class SessionConsent:
         self.scheduler.stats.checks_answered += 1
 
     def send_check(self, now: float) -> None:
-        """Send one consent check on the selected pair, remembered for its answer."""
+        """Send one consent check on the selected pair, remembered for its answer.
+
+        On the shared IPv4 socket with the C ingress, the ingress builds, signs and
+        sends it and takes its answer (rtc/_iceanswer.c); otherwise aioice's codec
+        builds it and the answer comes through the path's transaction table.
+        """
         from callsctl_sfu.rtc import aiortc_bridge  # loaded with the first session
 
         pair = aiortc_bridge.nominated_pair(self.connection)
         if pair is None:
             return
+        protocol, addr = pair.protocol, pair.remote_addr
+        ingress = getattr(protocol, "ingress_session", None)
+        if ingress is not None and ":" not in addr[0]:
+            if ingress is not self.ingress:
+                self.take_from_ingress()
+                self.ingress, self.ingress_taken = ingress, ingress.consent_answers_taken
+            if self._send_from_ingress(ingress, protocol, addr, now):
+                return
         request = self.connection.build_request(pair, nominate=False)
         request.add_message_integrity(self.key)  # also adds FINGERPRINT
-        protocol, addr = pair.protocol, pair.remote_addr
         tid = request.transaction_id
         self.pending[tid] = (now, addr, protocol)
         protocol.transactions[tid] = self
         while len(self.pending) > MAX_PENDING:
             self._forget(next(iter(self.pending)))
+        if ingress is not None and ":" not in addr[0]:
+            ingress.expect_answer(tid, now, addr)  # the reader thread may take the answer
         try:
             protocol.send_stun(request, addr)
         except Exception as exc:  # noqa: BLE001 - a closing path; the next check tells
             log.debug("consent check to %s:%d not sent: %s", addr[0], addr[1], exc)
         self.scheduler.stats.checks_sent += 1
+
+    def _send_from_ingress(self, ingress: Any, protocol: Any, addr: Address, now: float) -> bool:
+        """The C ingress sends the check on the IPv4 socket; False if it cannot now."""
+        mux = getattr(protocol, "mux", None)
+        fd = mux.fanout_fd() if mux is not None else -1  # -1: asyncio holds queued datagrams
+        if fd < 0:
+            return False
+        octets = ingress.send_check(os.urandom(12), now, addr, fd)
+        if not octets:
+            return False
+        stats = mux.stats
+        stats.stun_out += 1
+        stats.datagrams_out += 1
+        stats.bytes_out += octets
+        self.scheduler.stats.checks_sent += 1
+        return True
+
+    def take_from_ingress(self) -> None:
+        """Count the answers the C ingress took since last time; consent if it took any."""
+        ingress = self.ingress
+        if ingress is None:
+            return
+        taken = ingress.consent_answers_taken
+        if taken == self.ingress_taken:
+            return
+        self.scheduler.stats.checks_answered += taken - self.ingress_taken
+        self.ingress_taken = taken
+        if ingress.consent_at > self.last_success:
+            self.last_success = ingress.consent_at
+            self.round_trip.record(ingress.consent_round_trip)
 
     def _forget(self, tid: bytes) -> None:
         entry = self.pending.pop(tid, None)
@@ -230,7 +289,10 @@ class ConsentScheduler:
     def round_trip(self, connection: Any) -> RoundTrip | None:
         """The consent checks' round trip of a connection, None if not checked here."""
         session = self._sessions.get(id(connection))
-        return session.round_trip if session is not None else None
+        if session is None:
+            return None
+        session.take_from_ingress()
+        return session.round_trip
 
     def close(self) -> None:
         """Stop the timer (the media socket is closing); nothing is checked any more."""
@@ -241,6 +303,12 @@ class ConsentScheduler:
         self._heap.clear()
         if self._task is not None:
             self._task.cancel()
+
+    def stats_now(self) -> dict[str, int]:
+        """The counters, with the answers the C ingress took since the sessions' last turn."""
+        for session in self._sessions.values():
+            session.take_from_ingress()
+        return self.stats.as_dict()
 
     # -- the timer -----------------------------------------------------------------
 
@@ -269,6 +337,7 @@ class ConsentScheduler:
             if not session.active:
                 continue
             try:
+                session.take_from_ingress()
                 if aiortc_bridge.nominated_pair(session.connection) is None:
                     self.discard(session.connection)  # closed meanwhile (aioice clears it)
                     continue
@@ -302,3 +371,28 @@ async def _close(connection: Any) -> None:
         await connection.close()
     except Exception as exc:  # noqa: BLE001 - nothing awaits this task to hear about it
         log.debug("closing %s after consent expiry: %s", connection.local_username, exc)
+
+
+def hand_to_ingress(connection: Any, ingress_session: Any) -> None:
+    """Let the C ingress handle this connection's consent STUN on its nominated pair.
+
+    It answers the peer's checks as aioice would (USERNAME "ours:theirs", our
+    password) unless the request carries the attribute of our own role (a
+    conflict aioice must resolve), and takes the answers to the checks
+    `SessionConsent.send_check` names (the peer's password). The nominated-pair
+    dict is aioice's live one, so a renomination moves the C answering with it.
+    """
+    from callsctl_sfu.rtc import aiortc_bridge
+
+    local, remote = connection.local_username, connection.remote_username
+    if not remote or connection.remote_password is None:
+        return  # not connected yet: aioice answers
+    ingress_session.set_ice(
+        username=f"{local}:{remote}".encode(),
+        local_key=str(connection.local_password).encode("utf8"),
+        remote_key=str(connection.remote_password).encode("utf8"),
+        controlling=bool(connection.ice_controlling),
+        nominated=aiortc_bridge.nominated_pairs(connection),
+        check_username=f"{remote}:{local}".encode(),
+        tie_breaker=aiortc_bridge.tie_breaker(connection),
+        priority=candidate_priority(1, "prflx"))  # what aioice's build_request puts

@@ -164,6 +164,9 @@ class UdpMux(asyncio.DatagramProtocol):
         self.ingress_sink: Callable[[Any], None] | None = None
         # The eventfd the ingress's reader thread wakes the loop with, while it runs.
         self._wake_fd = -1
+        # Consent STUN the ingress handled itself (rtc/_iceanswer.c): received, answers sent.
+        self.ingress_stun_in = 0
+        self.ingress_stun_out = 0
 
     # -- asyncio.DatagramProtocol ------------------------------------------------
 
@@ -260,12 +263,15 @@ class UdpMux(asyncio.DatagramProtocol):
     def ingress_stats(self) -> dict[str, Any]:
         """How the media socket is read, for GET /stats: reader "thread" (the C ingress on
         its own thread), "event-loop" (the C ingress from asyncio's callback) or "python";
-        wakes: times the thread woke the event loop."""
+        wakes: times the thread woke the event loop; stun_in / stun_out: ICE consent
+        messages it handled without Python (checks answered, answers to ours taken) and
+        the answers it sent."""
         ingress = self.ingress
         if ingress is None:
-            return {"reader": "python", "wakes": 0}
+            return {"reader": "python", "wakes": 0, "stun_in": 0, "stun_out": 0}
         return {"reader": "thread" if ingress.running else "event-loop",
-                "wakes": int(getattr(ingress, "wakes", 0))}
+                "wakes": int(getattr(ingress, "wakes", 0)),
+                "stun_in": self.ingress_stun_in, "stun_out": self.ingress_stun_out}
 
     def _ingress_ready(self) -> None:
         """The socket is readable: one C drain, then what it handed up, in order."""
@@ -307,6 +313,13 @@ class UdpMux(asyncio.DatagramProtocol):
             sink(result)
         if result.error:
             self.error_received(OSError(result.error, os.strerror(result.error)))
+        if result.stun_in:  # consent checks answered, answers taken (rtc/_iceanswer.c)
+            self.ingress_stun_in += result.stun_in
+            self.ingress_stun_out += result.stun_out
+            stats.stun_in += result.stun_in
+            stats.stun_out += result.stun_out
+            stats.datagrams_out += result.stun_out
+            stats.bytes_out += result.stun_octets_out
         if result.plain:  # decrypted video packets whose next step Python decides, in order
             for on_plain, packet in result.plain:
                 on_plain(packet)
@@ -330,7 +343,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def consent_stats(self) -> dict[str, int]:
         """The scheduler's counters for GET /stats; empty before the first session."""
-        return {} if self._consent is None else self._consent.stats.as_dict()
+        return {} if self._consent is None else self._consent.stats_now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_reader_thread()  # asyncio closes the socket after this returns
@@ -509,6 +522,9 @@ class UdpMux(asyncio.DatagramProtocol):
             # the first session: an idle server's socket was read by the event loop so far.
             self._start_reader_thread(sock)
         proto.ingress_session = session
+        from callsctl_sfu.rtc.consent import hand_to_ingress  # loaded with the first session
+
+        hand_to_ingress(proto.connection, session)
         for addr, owner in self.by_addr.items():
             if owner is proto and ":" not in addr[0]:
                 self.ingress.add(addr, session)

@@ -197,7 +197,9 @@ class SessionConsent:
     def _send_from_ingress(self, ingress: Any, protocol: Any, addr: Address, now: float) -> bool:
         """The C ingress sends the check on the IPv4 socket; False if it cannot now."""
         mux = getattr(protocol, "mux", None)
-        fd = mux.fanout_fd() if mux is not None else -1  # -1: asyncio holds queued datagrams
+        if mux is None:
+            return False
+        fd = mux.fanout_fd()  # -1: asyncio holds queued datagrams, which go first
         if fd < 0:
             return False
         octets = ingress.send_check(os.urandom(12), now, addr, fd)

@@ -21,6 +21,14 @@ Figures are per session per second of the window.
     python bench/consent.py --sessions 200 --window 30 --json
     python bench/consent.py --sessions 200 --label "after" --write bench/RESULTS.md
     python bench/consent.py --sessions 200 --profile /tmp/consent   # py-spy of the window
+
+With `--unmuted K` that many participants talk (Opus, 50 packets/s), and the
+figures add the server's CPU per forwarded packet (GET /stats
+`forwarding.rtp_forwarded` over the window): a small call's cost measured
+over a long window, where run_all.py's 3 s slices are a few ticks of
+/proc/<pid>/stat. `--server-cpus 0 --loadgen-cpus 1` pins the two apart.
+
+    python bench/consent.py --sessions 10 --unmuted 2 --window 30 --server-cpus 0 --loadgen-cpus 1
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ sys.path.insert(0, str(BENCH))
 
 from forwarding import write_section  # noqa: E402
 from run_all import (  # noqa: E402
+    add_cpu_options,
+    apply_cpu_options,
     machine,
     one_call_config,
     run_queue_wait,
@@ -63,15 +73,16 @@ async def _stats(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
 
 
 async def measure(sessions: int, window: float, workdir: Path,
-                  profile: Path | None) -> dict[str, Any]:
-    """One server, `sessions` muted participants; the figures of an idle window."""
-    running = await start_callsctl(workdir)
+                  profile: Path | None, unmuted: int = 0,
+                  server_cpus: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """One server, `sessions` participants (`unmuted` of them talking); a window's figures."""
+    running = await start_callsctl(workdir, cpus=server_cpus)
     marks: dict[str, dict[str, Any]] = {}
     spy: asyncio.subprocess.Process | None = None
     try:
         pid = running.process.pid
-        config = one_call_config(running, sessions, unmuted=0, window=window, prefix="idle",
-                                 settle_s=20)
+        config = one_call_config(running, sessions, unmuted=unmuted, window=window,
+                                 prefix="idle", settle_s=20)
         async with aiohttp.ClientSession() as http:
 
             async def on_window(name: str) -> None:
@@ -112,6 +123,12 @@ async def measure(sessions: int, window: float, workdir: Path,
         "counts": counts,
         "consent": end["stats"].get("consent"),
     })
+    if unmuted:
+        forwarded = end["stats"]["forwarding"]["rtp_forwarded"] - \
+            start["stats"]["forwarding"]["rtp_forwarded"]
+        result.update({"unmuted": unmuted, "forwarded_per_s": round(forwarded / seconds),
+                       "cpu_us_per_forwarded": round(1e6 * cpu / forwarded, 2)
+                       if forwarded else None})
     return result
 
 
@@ -150,7 +167,8 @@ async def main_async(args: argparse.Namespace) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="consent-bench-") as tmp:
             for size in args.sessions:
-                result = await measure(size, args.window, Path(tmp), args.profile)
+                result = await measure(size, args.window, Path(tmp), args.profile,
+                                       args.unmuted, args.server_cpus)
                 results.append(result)
                 if args.json:
                     print(json.dumps(result), flush=True)
@@ -179,14 +197,20 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="update this results file in place")
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     parser.add_argument("--profile", type=Path, help="py-spy raw profile of the window here")
+    parser.add_argument("--unmuted", type=int, default=0,
+                        help="participants who talk (adds CPU per forwarded packet)")
     parser.add_argument("--from-json", type=Path, help="render these stored --json lines "
                         "instead of running")
     parser.add_argument("--command", help="with --from-json: the command that produced them")
+    add_cpu_options(parser)
     args = parser.parse_args()
     if not all(1 <= n <= 1000 for n in args.sessions):
         parser.error("--sessions must each be 1..1000")
     if not 5 <= args.window <= 600:
         parser.error("--window must be 5..600 seconds")
+    if not all(0 <= args.unmuted <= n for n in args.sessions):
+        parser.error("--unmuted must be 0..the call's size")
+    apply_cpu_options(parser, args)  # pins this process (the load generator) too
     sys.exit(asyncio.run(main_async(args)))
 
 

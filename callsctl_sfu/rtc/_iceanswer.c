@@ -235,6 +235,7 @@ nominated_key(IceState *state)
     if (pair == state->pair)
         return state->pair_key;
     unsigned long long key = 0;
+    Py_INCREF(pair); /* getattr may run Python that changes the dict meanwhile */
     PyObject *addr = PyObject_GetAttrString(pair, "remote_addr");
     const char *host;
     int port;
@@ -244,7 +245,7 @@ nominated_key(IceState *state)
         key = address_key(address, (unsigned int)port);
     Py_XDECREF(addr);
     PyErr_Clear();
-    Py_XSETREF(state->pair, Py_NewRef(pair));
+    Py_XSETREF(state->pair, pair); /* the reference taken above */
     state->pair_key = key;
     return key;
 }
@@ -314,11 +315,15 @@ take_answer(IceState *state, unsigned char *data, int length, const StunView *vi
         IceCheck *check = &state->checks[i];
         if (!check->waiting || check->to != source || memcmp(check->tid, data + 8, 12) != 0)
             continue;
+        double sent_at = check->sent_at;
+        /* The HMAC is a Python call: the event loop may send a check meanwhile and reuse
+           this slot, so the slot is cleared only if it still holds this check. */
         if (!authentic(state->remote_key, data, length, view))
             return 0;
-        check->waiting = 0;
+        if (check->waiting && memcmp(check->tid, data + 8, 12) == 0)
+            check->waiting = 0;
         state->consent_at = now;
-        state->round_trip = now - check->sent_at;
+        state->round_trip = now - sent_at;
         state->taken += 1;
         return 1;
     }

@@ -1096,8 +1096,10 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         Py_XSETREF(held_route, NULL);
         if (data[0] < 4 && srtp_unprotect_ptr != NULL &&
             (session = lookup_session(self, sa)) != NULL) {
-            /* ICE consent on an established session's nominated pair (_iceanswer.c). The
-               session stays alive: nothing here lets the event loop run. */
+            /* ICE consent on an established session's nominated pair (_iceanswer.c). Its
+               HMACs are Python calls, during which the event loop may run and drop the
+               session: hold it. */
+            Py_XSETREF(held_session, Py_NewRef((PyObject *)session));
             int answer_octets = 0;
             if (ice_handle(&session->ice, data, length, sa,
                            address_key(sa->sin_addr, ntohs(sa->sin_port)), send_fd, now,

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import struct
+import threading
+import time
 from types import SimpleNamespace
 
 import pylibsrtp
@@ -338,3 +341,33 @@ def test_the_answer_layout_is_rfc_8489s() -> None:
         assert socket.inet_ntoa(struct.pack("!I", address)) == host
     finally:
         peers.close()
+
+
+def test_the_reader_thread_answers_while_python_is_busy_and_never_wakes_it(peers):
+    """What a muted listener's client sees when the server's event loop is stalled (a join
+    storm): its consent checks are still answered, within milliseconds, by the reader
+    thread, and the session counts as heard; Python is not woken at all."""
+    wake = peers.ingress.start(peers.sock.fileno(), peers.sock.fileno())
+    answered: list[float] = []
+
+    def client() -> None:
+        for _ in range(5):
+            sent = time.monotonic()
+            peers.client.sendto(bytes(check()), peers.sock.getsockname())
+            if peers.answer() is not None:
+                answered.append(time.monotonic() - sent)
+
+    try:
+        talker = threading.Thread(target=client)
+        talker.start()
+        busy_until = time.monotonic() + 1.0
+        while talker.is_alive() and time.monotonic() < busy_until:
+            sum(range(1000))  # this thread holds the GIL between switch intervals
+        talker.join(5)
+        assert len(answered) == 5 and max(answered) < 0.4, answered
+        assert peers.session.checks_answered == 5 and peers.session.last_rx > 0
+        assert peers.ingress.wakes == 0 and not select.select([wake], [], [], 0)[0]
+        counted = peers.ingress.collect()
+        assert (counted.stun_in, counted.stun_out) == (5, 5)
+    finally:
+        peers.ingress.stop()

@@ -87,7 +87,8 @@ def fake_server(make_version: Callable[[dict[str, int]], dict[str, Any]], *, udp
 
     make_version gets the ports picked for the fake ({"api": .., "media": ..}).
     """
-    ports = {"api": free_port(), "media": free_udp_tcp_port()}
+    api = free_port()
+    ports = {"api": api, "media": free_udp_tcp_port(avoid=(api,))}
     version = make_version(ports)
     loop = asyncio.new_event_loop()
     ready = threading.Event()

@@ -519,7 +519,8 @@ async def test_joined_and_turn_credentials_endpoint_hand_out_the_same_servers(
 
 
 def test_startup_errors_of_the_connectivity_settings_are_one_line(tmp_path) -> None:
-    api, udp = free_port(), free_udp_tcp_port()
+    api = free_port()
+    udp = free_udp_tcp_port(avoid=(api,))
     common = ("serve", "--bind", "127.0.0.1", "--api-port", str(api), "--udp-port", str(udp),
               "--data-dir", str(tmp_path / "data"), "--stun-server", "")
     # A port map without an entry for any of this host's addresses.

@@ -136,7 +136,7 @@ def start_node(tmp_path: Path, redis_url: str, *args: str, node_id: str = "",
                host: str = "127.0.0.1") -> ServeProcess:
     """`callsctl serve --cluster URL` with the fleet's shared secrets in its data dir."""
     api_port = free_port()
-    udp_port = free_udp_tcp_port()
+    udp_port = free_udp_tcp_port(avoid=(api_port,))
     data_dir = tmp_path / f"node-{node_id or api_port}"
     data_dir.mkdir(mode=0o700, exist_ok=True)
     shared = seed_shared(tmp_path)

@@ -23,10 +23,16 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return sock.getsockname()[1]
 
 
-def free_udp_tcp_port() -> int:
-    """A port free for both UDP and TCP (the media port is both)."""
+def free_udp_tcp_port(avoid: tuple[int, ...] = ()) -> int:
+    """A port free for both UDP and TCP (the media port is both), none of `avoid`.
+
+    `avoid`: ports the caller already picked but has not bound yet (the API
+    port): the kernel may hand the same free number out again.
+    """
     for _ in range(50):
         port = free_port(socket.SOCK_DGRAM)
+        if port in avoid:
+            continue
         try:
             with socket.socket() as tcp:
                 tcp.bind(("127.0.0.1", port))

@@ -60,7 +60,7 @@ def start_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
                 wait: bool = True) -> ServeProcess:
     """Start `python -m callsctl serve` on loopback and wait until /readyz answers 200."""
     api_port = free_port()
-    udp_port = free_udp_tcp_port()
+    udp_port = free_udp_tcp_port(avoid=(api_port,))  # its TCP side must not be the API's
     data_dir = tmp_path / f"data-{api_port}"
     log_path = tmp_path / f"serve-{api_port}.log"
     cmd = [sys.executable, "-m", "callsctl", "serve", "--bind", "127.0.0.1",

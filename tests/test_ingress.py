@@ -481,3 +481,115 @@ def test_a_process_exits_cleanly_with_its_reader_thread_running():
     assert done.returncode == 0, done.stderr
     assert "exiting with the reader running" in done.stdout
     assert "Traceback" not in done.stderr and "Fatal" not in done.stderr, done.stderr
+
+
+# -- RTCP of established sessions: decrypted here, receiver reports held back -------------
+
+
+def receiver_report(sender_ssrc: int = 0xBEEF) -> bytes:
+    """A receiver's compound: RR + SDES CNAME (RFC 3550 §6.1), as libwebrtc sends it."""
+    from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtcpSdesPacket, RtcpSourceInfo
+
+    block = RtcpReceiverInfo(ssrc=0xA0, fraction_lost=12, packets_lost=3, highest_sequence=99,
+                             jitter=40, lsr=0x12345678, dlsr=655)
+    return bytes(RtcpRrPacket(ssrc=sender_ssrc, reports=[block])) + bytes(RtcpSdesPacket(
+        chunks=[RtcpSourceInfo(ssrc=sender_ssrc, items=[(1, b"cname")])]))
+
+
+def nack_compound(sender_ssrc: int = 0xBEEF) -> bytes:
+    """RR + a generic NACK (RFC 4585 §6.2.1): the SFU must answer it at once."""
+    from aiortc.rtp import RtcpRrPacket, RtcpRtpfbPacket
+
+    return bytes(RtcpRrPacket(ssrc=sender_ssrc)) + bytes(
+        RtcpRtpfbPacket(fmt=1, ssrc=sender_ssrc, media_ssrc=0xA0, lost=[7, 9]))
+
+
+class RtcpSink:
+    """The peer's on_rtcp: what came up, and when."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, float]] = []
+
+    def __call__(self, plain: bytes, arrived: float) -> None:
+        self.got.append((plain, arrived))
+
+
+def rtcp_session(server: Server, sink: RtcpSink):
+    session = fastpath.InSession(aiortc_bridge.srtp_context_address(server.unprotect),
+                                 server.unprotect, None, sink)
+    server.ingress.add(server.publisher.getsockname(), session)
+    return session
+
+
+def send_rtcp(server: Server, plain: bytes, corrupt: bool = False) -> None:
+    data = bytearray(server.protect.protect_rtcp(plain))
+    if corrupt:
+        data[-1] ^= 0xFF  # the authentication tag no longer matches
+    server.publisher.sendto(bytes(data), server.sock.getsockname())
+
+
+@pytest.mark.parametrize("compound", [receiver_report, nack_compound])
+def test_rtcp_of_an_established_session_comes_up_decrypted_with_its_arrival(server, compound):
+    sink = RtcpSink()
+    session = rtcp_session(server, sink)
+    plain = compound()
+    send_rtcp(server, plain)
+    result = server.drain(now=4.5)
+    assert result.slow is None
+    assert result.rtcp == [(sink, plain, 4.5)]  # drain(): nothing is held back
+    assert session.last_rx == 4.5 and session.srtp_errors == 0
+
+
+def test_rtcp_that_fails_authentication_is_counted_and_dropped(server):
+    sink = RtcpSink()
+    session = rtcp_session(server, sink)
+    send_rtcp(server, receiver_report(), corrupt=True)
+    result = server.drain()
+    assert result.slow is None and result.rtcp is None and session.srtp_errors == 1
+
+
+def test_rtcp_without_an_on_rtcp_comes_up_untouched(server):
+    data = server.protect.protect_rtcp(receiver_report())
+    server.publisher.sendto(data, server.sock.getsockname())
+    assert server.drain().slow == [(data, server.publisher.getsockname())]
+
+
+def test_the_reader_thread_holds_receiver_reports_back_but_not_a_nack(server):
+    """A receiver report alone does not wake the event loop: it goes up with the next
+    hand-up or within 0.25 s, dated when it arrived; a NACK goes up at once."""
+    sink = RtcpSink()
+    rtcp_session(server, sink)
+    wake = server.ingress.start(server.sock.fileno(), server.sock.fileno())
+    try:
+        sent_at = time.monotonic()
+        send_rtcp(server, receiver_report())
+        assert not readable(wake, 0.1), "a receiver report woke the loop at once"
+        assert readable(wake, 1.0)
+        waited = time.monotonic() - sent_at
+        [result] = server.ingress.take()
+        [(handler, plain, arrived)] = result.rtcp
+        assert handler is sink and plain == receiver_report()
+        assert sent_at <= arrived < sent_at + 0.1 and 0.2 <= waited < 1.0, (arrived, waited)
+
+        send_rtcp(server, nack_compound())
+        assert readable(wake, 0.1), "a NACK waited"
+        [result] = server.ingress.take()
+        assert [plain for _h, plain, _at in result.rtcp] == [nack_compound()]
+
+        # A held report goes up first with the next hand-up (here a DTLS record).
+        send_rtcp(server, receiver_report())
+        time.sleep(0.05)
+        dtls = b"\x16\xfe\xfd" + b"\x00" * 20
+        server.publisher.sendto(dtls, server.sock.getsockname())
+        assert readable(wake, 0.1)
+        reports, record = server.ingress.take()
+        assert [plain for _h, plain, _at in reports.rtcp] == [receiver_report()]
+        assert record.slow == [(dtls, server.publisher.getsockname())]
+
+        # And one still held when the thread stops goes up for the loop's last take().
+        send_rtcp(server, receiver_report())
+        time.sleep(0.05)
+    finally:
+        server.ingress.stop()
+    [last] = server.ingress.take()
+    assert [plain for _h, plain, _at in last.rtcp] == [receiver_report()]

@@ -78,7 +78,8 @@ class RtcpRouter:
     def __init__(self, forwarder: ForwardingPlane) -> None:
         self.forwarder = forwarder
 
-    def on_rtcp(self, peer: MediaPeer, data: bytes) -> None:
+    def on_rtcp(self, peer: MediaPeer, data: bytes, arrived: float | None = None) -> None:
+        """One decrypted compound; `arrived` (loop time) dates its reports' round trip."""
         try:
             packets = RtcpPacket.parse(data)
         except ValueError:
@@ -96,9 +97,9 @@ class RtcpRouter:
             elif isinstance(packet, RtcpSrPacket):
                 self._note_sender_report(peer, packet)
                 self._forward_sender_report(peer, packet)
-                self._record_reports(peer, packet.reports)
+                self._record_reports(peer, packet.reports, arrived)
             elif isinstance(packet, RtcpRrPacket):
-                self._record_reports(peer, packet.reports)
+                self._record_reports(peer, packet.reports, arrived)
 
     # -- keyframes ----------------------------------------------------------------
 
@@ -184,9 +185,10 @@ class RtcpRouter:
                 while len(sent) > 8:
                     del sent[next(iter(sent))]
 
-    def _record_reports(self, receiver: MediaPeer, reports: list) -> None:
+    def _record_reports(self, receiver: MediaPeer, reports: list,
+                        arrived: float | None = None) -> None:
         """Loss, jitter and round trip of what the SFU sends this receiver (RFC 3550 §6.4.1)."""
-        now = self._now()
+        now = self._now() if arrived is None else arrived
         for block in reports:
             down = receiver.downtracks_by_ssrc.get(block.ssrc)
             if down is None:

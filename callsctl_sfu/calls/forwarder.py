@@ -18,7 +18,7 @@ membership -> forwarder
     housekeep(now)                           layer choice, keyframe upkeep, reports
 
 peer -> forwarder (callbacks MediaPeer is built with)
-    on_rtp(peer, data), on_rtcp(peer, data, arrived), on_downtracks_ready(peer, tracks)
+    on_rtp(peer, data), on_rtcp(peer, data), on_downtracks_ready(peer, tracks)
 
 forwarder -> membership
     on_loud(session_id)                      a loud audio packet (voice activity, RFC 6464)
@@ -225,10 +225,9 @@ class Forwarder:
             if track.kind == "video":
                 self.rtcp.keyframe_for_downtrack(track)
 
-    def on_rtcp(self, peer: MediaPeer, data: bytes, arrived: float | None = None) -> None:
-        """Decrypted RTCP from a participant (rtc/rtcp_routing.py); `arrived`: the loop time
-        it was read, when that was earlier than now (the C ingress holds reports back)."""
-        self.rtcp.on_rtcp(peer, data, arrived)
+    def on_rtcp(self, peer: MediaPeer, data: bytes) -> None:
+        """Decrypted RTCP from a participant (rtc/rtcp_routing.py)."""
+        self.rtcp.on_rtcp(peer, data)
 
     # -- lookups for RTCP routing -----------------------------------------------------------
 

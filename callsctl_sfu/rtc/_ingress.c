@@ -56,10 +56,6 @@
 #define MAX_SAMPLES 1024        /* reader thread: write-time samples kept until collect() */
 
 static srtp_fn srtp_unprotect_ptr = NULL;
-static srtp_fn srtp_unprotect_rtcp_ptr = NULL;
-/* Reader thread: a compound of receiver reports only (RR, SDES) waits at most this long
-   for another hand-up to go with; anything else in RTCP goes up at once. */
-#define REPORT_DELAY 0.25
 
 /* ---- Reception: RFC 3550 Appendix A bookkeeping for one incoming SSRC ------------- */
 
@@ -432,7 +428,6 @@ typedef struct {
     PyObject *srtp_session;     /* the pylibsrtp Session owning it: kept alive */
     PyObject *routes;           /* dict: SSRC (int) -> InRoute */
     PyObject *on_plain;         /* called with a decrypted packet the ingress hands up */
-    PyObject *on_rtcp;          /* called with decrypted RTCP and its arrival time, or NULL */
     double last_rx;             /* loop time of the last packet handled here */
     unsigned long long srtp_errors;
     unsigned long long packets;
@@ -442,14 +437,13 @@ typedef struct {
 static PyObject *
 InSession_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"context", "srtp_session", "on_plain", "on_rtcp", NULL};
-    PyObject *context, *session, *on_plain = Py_None, *on_rtcp = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OO:InSession", kwlist, &context, &session,
-                                     &on_plain, &on_rtcp))
+    static char *kwlist[] = {"context", "srtp_session", "on_plain", NULL};
+    PyObject *context, *session, *on_plain = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|O:InSession", kwlist, &context, &session,
+                                     &on_plain))
         return NULL;
-    if ((on_plain != Py_None && !PyCallable_Check(on_plain)) ||
-        (on_rtcp != Py_None && !PyCallable_Check(on_rtcp))) {
-        PyErr_SetString(PyExc_TypeError, "InSession: on_plain and on_rtcp must be callable or None");
+    if (on_plain != Py_None && !PyCallable_Check(on_plain)) {
+        PyErr_SetString(PyExc_TypeError, "InSession: on_plain must be callable or None");
         return NULL;
     }
     if (!PyLong_Check(context)) {
@@ -473,7 +467,6 @@ InSession_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->ctx = ctx;
     self->srtp_session = Py_NewRef(session);
     self->on_plain = on_plain == Py_None ? NULL : Py_NewRef(on_plain);
-    self->on_rtcp = on_rtcp == Py_None ? NULL : Py_NewRef(on_rtcp);
     return (PyObject *)self;
 }
 
@@ -483,7 +476,6 @@ InSession_traverse(InSessionObject *self, visitproc visit, void *arg)
     Py_VISIT(self->srtp_session);
     Py_VISIT(self->routes);
     Py_VISIT(self->on_plain);
-    Py_VISIT(self->on_rtcp);
     return ice_state_traverse(&self->ice, visit, arg);
 }
 
@@ -493,7 +485,6 @@ InSession_clear(InSessionObject *self)
     Py_CLEAR(self->srtp_session);
     Py_CLEAR(self->routes);
     Py_CLEAR(self->on_plain);
-    Py_CLEAR(self->on_rtcp);
     ice_state_clear(&self->ice);
     return 0;
 }
@@ -649,8 +640,6 @@ typedef struct {
     int stop_fd;                /* eventfd: stop() writes it */
     int wake_fd;                /* eventfd: written when `handups` becomes non-empty */
     PyObject *handups;          /* DrainResults with something for Python, in order */
-    PyObject *reports;          /* reader thread: (on_rtcp, plain, at) receiver reports held back */
-    double reports_due;         /* when they go up without another hand-up; 0: none held */
     PyObject *samples;          /* (kind, seconds) write-time samples, or NULL */
     PyObject *failure;          /* the exception that stopped the thread, or NULL */
     DrainCounts totals;         /* counters of the thread's drains since collect() */
@@ -718,7 +707,6 @@ Ingress_traverse(IngressObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->sources);
     Py_VISIT(self->handups);
-    Py_VISIT(self->reports);
     Py_VISIT(self->samples);
     Py_VISIT(self->failure);
     return 0;
@@ -729,7 +717,6 @@ Ingress_clear(IngressObject *self)
 {
     Py_CLEAR(self->sources);
     Py_CLEAR(self->handups);
-    Py_CLEAR(self->reports);
     Py_CLEAR(self->samples);
     Py_CLEAR(self->failure);
     return 0;
@@ -922,20 +909,6 @@ vp8_keyframe(const unsigned char *payload, Py_ssize_t size)
 
 /* A video packet handled here: into the track's NACK ring and highest_seq, as the Python
    path keeps them. 0, or -1 with an exception set. */
-/* Whether a decrypted RTCP compound holds receiver reports and SDES only (RFC 3550
-   §6.4.2, §6.5): nothing in it asks the SFU to act now. */
-static int
-receiver_reports_only(const unsigned char *data, int length)
-{
-    int offset = 0;
-    while (offset + 4 <= length) {
-        if ((data[offset] & 0xC0) != 0x80 || (data[offset + 1] != 201 && data[offset + 1] != 202))
-            return 0;
-        offset += 4 * (((data[offset + 2] << 8) | data[offset + 3]) + 1);
-    }
-    return offset == length && length > 0;
-}
-
 static int
 keep_for_nack(InRouteObject *route, const unsigned char *data, int length,
               unsigned int sequence, unsigned int ssrc)
@@ -984,10 +957,9 @@ static PyStructSequence_Field drain_fields[] = {
     {"stun_in", "consent STUN messages handled here (checks answered, answers taken)"},
     {"stun_out", "consent check answers sent from here"},
     {"stun_octets_out", "octets of those answers"},
-    {"rtcp", "(on_rtcp, packet, arrival) decrypted RTCP for Python, in order, or None"},
     {NULL}
 };
-#define DRAIN_FIELDS 21
+#define DRAIN_FIELDS 20
 
 static PyStructSequence_Desc drain_desc = {
     "callsctl_sfu.rtc._fanout.DrainResult", "What one Ingress.drain() did.", drain_fields,
@@ -1007,7 +979,7 @@ PyDoc_STRVAR(drain_doc,
    failure) and counters: what drain() returns, and what collect() returns for the thread. */
 static PyObject *
 drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples, int error,
-             const DrainCounts *c, PyObject *plain, PyObject *rtcp)
+             const DrainCounts *c, PyObject *plain)
 {
     PyObject *result = PyStructSequence_New(DrainResultType);
     PyObject *values[DRAIN_FIELDS] = {
@@ -1020,8 +992,7 @@ drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples
         PyLong_FromLongLong(c->send_errors), PyLong_FromLongLong(c->srtp_protect_errors),
         PyLong_FromLongLong(c->dropped_muted), PyLong_FromLongLong(c->dropped_malformed),
         plain ? plain : Py_NewRef(Py_None), PyLong_FromLongLong(c->stun_in),
-        PyLong_FromLongLong(c->stun_out), PyLong_FromLongLong(c->stun_octets_out),
-        rtcp ? rtcp : Py_NewRef(Py_None)};
+        PyLong_FromLongLong(c->stun_out), PyLong_FromLongLong(c->stun_octets_out)};
     int failed = result == NULL;
     for (int i = 0; i < DRAIN_FIELDS; i++)
         failed = failed || values[i] == NULL;
@@ -1073,8 +1044,7 @@ static PyObject *
 drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCounts *totals,
            FanoutBatch **batch_out)
 {
-    PyObject *slow = NULL, *loud = NULL, *unsent = NULL, *samples = NULL, *plain = NULL,
-             *rtcp = NULL;
+    PyObject *slow = NULL, *loud = NULL, *unsent = NULL, *samples = NULL, *plain = NULL;
     DrainCounts c;
     memset(&c, 0, sizeof(c));
     int error = 0, blocked = send_fd < 0 || srtp_unprotect_ptr == NULL;
@@ -1144,29 +1114,6 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             }
             session = NULL;
         }
-        if ((data[0] & 0xC0) == 0x80 && data[1] >= 192 && data[1] <= 223 && length >= 8 &&
-            srtp_unprotect_rtcp_ptr != NULL && (session = lookup_session(self, sa)) != NULL &&
-            session->on_rtcp != NULL) {
-            /* SRTCP (RFC 5761 §4) of an established session: decrypted here. Receiver
-               reports alone wait (reader thread) to go up with the next hand-up; anything
-               else (a sender report, NACK, PLI, REMB) goes up at once. */
-            Py_XSETREF(held_session, Py_NewRef((PyObject *)session));
-            int plain_len = length;
-            if (srtp_unprotect_rtcp_ptr(session->ctx, data, &plain_len) != 0) {
-                session->srtp_errors += 1;
-                continue;
-            }
-            session->last_rx = now;
-            int later = totals != NULL && receiver_reports_only(data, plain_len);
-            if (later && self->reports == NULL)
-                self->reports_due = now + REPORT_DELAY;
-            PyObject *item = Py_BuildValue("(Oy#d)", session->on_rtcp, (const char *)data,
-                                           (Py_ssize_t)plain_len, now);
-            if (append_new(later ? &self->reports : &rtcp, item) < 0)
-                goto fail;
-            continue;
-        }
-        session = NULL;
         if (!blocked && length >= 12 && (data[0] & 0xC0) == 0x80 &&
             !(data[1] >= 192 && data[1] <= 223) &&
             (session = lookup_session(self, sa)) != NULL) {
@@ -1350,11 +1297,10 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         totals->stun_out += c.stun_out;
         totals->stun_octets_out += c.stun_octets_out;
         memset(&c, 0, sizeof(c));
-        if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && rtcp == NULL &&
-            error == 0)
+        if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
             Py_RETURN_NONE;
     }
-    return drain_result(slow, loud, unsent, samples, error, &c, plain, rtcp);
+    return drain_result(slow, loud, unsent, samples, error, &c, plain);
 fail:
     for (int j = 0; j < job_count; j++)
         Py_CLEAR(job_targets[j]);
@@ -1365,7 +1311,6 @@ fail:
     Py_XDECREF(unsent);
     Py_XDECREF(samples);
     Py_XDECREF(plain);
-    Py_XDECREF(rtcp);
     return NULL;
 }
 
@@ -1489,26 +1434,6 @@ hand_up(IngressObject *self, PyObject *result)
     return 0;
 }
 
-/* Hand the receiver reports held back up (GIL held), as one result of their own, before
-   whatever else goes up now. 0, or -1 with an exception. */
-static int
-flush_reports(IngressObject *self)
-{
-    PyObject *reports = self->reports;
-    if (reports == NULL)
-        return 0;
-    self->reports = NULL;
-    self->reports_due = 0.0;
-    DrainCounts none;
-    memset(&none, 0, sizeof(none));
-    PyObject *result = drain_result(NULL, NULL, NULL, NULL, 0, &none, NULL, reports);
-    if (result == NULL)
-        return -1;
-    int rc = hand_up(self, result);
-    Py_DECREF(result);
-    return rc;
-}
-
 /* Finish the thread's last fan-out, if any (GIL and media_lock held): its counters to the
    totals, its write-time sample kept for collect(), its references dropped, and what the
    kernel would not take handed up for asyncio's queue. 0, or -1 with an exception. */
@@ -1545,7 +1470,7 @@ finish_pending(IngressObject *self)
         return 0;
     DrainCounts none;
     memset(&none, 0, sizeof(none));
-    PyObject *result = drain_result(NULL, NULL, unsent, NULL, 0, &none, NULL, NULL);
+    PyObject *result = drain_result(NULL, NULL, unsent, NULL, 0, &none, NULL);
     if (result == NULL)
         return -1;
     int rc = hand_up(self, result);
@@ -1578,10 +1503,7 @@ reader_wake(IngressObject *self, PyThreadState **state, int closed)
                                       &self->totals, &batch);
         if (result == NULL)
             rc = -1;
-        else if (result != Py_None && (flush_reports(self) < 0 || hand_up(self, result) < 0))
-            rc = -1;
-        else if (self->reports != NULL && monotonic_now() >= self->reports_due &&
-                 flush_reports(self) < 0)
+        else if (result != Py_None && hand_up(self, result) < 0)
             rc = -1;
         Py_XDECREF(result);
     }
@@ -1626,23 +1548,7 @@ reader_main(void *arg)
     PyThreadState *state = PyEval_SaveThread();
     struct pollfd fds[2] = {{self->recv_fd, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
     for (;;) {
-        /* reports_due is this thread's own (set by its drains, cleared by its flushes). */
-        int timeout = -1;
-        if (self->reports_due > 0) {
-            double left = self->reports_due - monotonic_now();
-            timeout = left <= 0 ? 0 : (int)(left * 1000.0) + 1;
-        }
-        int ready = poll(fds, 2, timeout);
-        if (ready == 0) {
-            PyEval_RestoreThread(state);
-            int flushed = flush_reports(self);
-            if (flushed < 0)
-                record_failure(self);
-            state = PyEval_SaveThread();
-            if (flushed < 0)
-                break;
-            continue;
-        }
+        int ready = poll(fds, 2, -1);
         if (ready < 0) {
             if (errno == EINTR)
                 continue;
@@ -1749,8 +1655,6 @@ Ingress_stop(IngressObject *self, PyObject *unused)
     media_lock_with_gil();
     int finished = finish_pending(self); /* the thread's last read, sent but not counted */
     media_unlock();
-    if (finished == 0)
-        finished = flush_reports(self); /* for the loop's last take() */
     close(self->stop_fd);
     close(self->wake_fd);
     self->stop_fd = self->wake_fd = self->recv_fd = -1;
@@ -1787,7 +1691,7 @@ Ingress_collect(IngressObject *self, PyObject *unused)
     PyObject *samples = self->samples;
     self->samples = NULL;
     memset(&self->totals, 0, sizeof(self->totals));
-    return drain_result(NULL, NULL, NULL, samples, 0, &c, NULL, NULL);
+    return drain_result(NULL, NULL, NULL, samples, 0, &c, NULL);
 }
 
 static PyObject *
@@ -1859,19 +1763,6 @@ static PyTypeObject IngressType = {
 };
 
 static PyObject *
-set_unprotect_rtcp(PyObject *module, PyObject *arg)
-{
-    void *address = PyLong_AsVoidPtr(arg);
-    if (address == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "null srtp_unprotect_rtcp address");
-        return NULL;
-    }
-    srtp_unprotect_rtcp_ptr = (srtp_fn)address;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
 set_unprotect(PyObject *module, PyObject *arg)
 {
     void *address = PyLong_AsVoidPtr(arg);
@@ -1909,8 +1800,6 @@ static PyMethodDef ingress_functions[] = {
     {"media_release", media_release, METH_NOARGS, "media_release(): give it back."},
     {"set_unprotect", set_unprotect, METH_O,
      "set_unprotect(address): libsrtp's srtp_unprotect, as pylibsrtp's cffi module exposes it."},
-    {"set_unprotect_rtcp", set_unprotect_rtcp, METH_O,
-     "set_unprotect_rtcp(address): libsrtp's srtp_unprotect_rtcp, likewise."},
     {NULL}
 };
 

@@ -68,17 +68,14 @@ def _wire_protect() -> str:
     try:
         protect, protect_signature = aiortc_bridge.srtp_function("srtp_protect")
         unprotect, unprotect_signature = aiortc_bridge.srtp_function("srtp_unprotect")
-        unprotect_rtcp, rtcp_signature = aiortc_bridge.srtp_function("srtp_unprotect_rtcp")
     except ImportError as error:
         return f"pylibsrtp has no cffi binding ({error})"
     for name, signature in (("srtp_protect", protect_signature),
-                            ("srtp_unprotect", unprotect_signature),
-                            ("srtp_unprotect_rtcp", rtcp_signature)):
+                            ("srtp_unprotect", unprotect_signature)):
         if signature != EXPECTED_PROTECT:
             return f"pylibsrtp's {name} is {signature!r}, not the libsrtp 2 signature"
     _fanout.set_protect(protect)
     _fanout.set_unprotect(unprotect)
-    _fanout.set_unprotect_rtcp(unprotect_rtcp)
     return ""
 
 

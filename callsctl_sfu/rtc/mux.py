@@ -320,9 +320,6 @@ class UdpMux(asyncio.DatagramProtocol):
             stats.stun_out += result.stun_out
             stats.datagrams_out += result.stun_out
             stats.bytes_out += result.stun_octets_out
-        if result.rtcp:  # decrypted RTCP of established sessions, with its arrival time
-            for on_rtcp, packet, arrived in result.rtcp:
-                on_rtcp(packet, arrived)
         if result.plain:  # decrypted video packets whose next step Python decides, in order
             for on_plain, packet in result.plain:
                 on_plain(packet)

@@ -141,7 +141,7 @@ class MediaPeer:
         send_signal: SignalSender,
         on_rtp: Callable[[MediaPeer, bytes], None],
         on_state: Callable[[MediaPeer, str], None],
-        on_rtcp: Callable[[MediaPeer, bytes, float | None], None] | None = None,
+        on_rtcp: Callable[[MediaPeer, bytes], None] | None = None,
         on_tracks: Callable[[MediaPeer], None] | None = None,
         on_downtracks_ready: Callable[[MediaPeer, list[DownTrack]], None] | None = None,
         ring_size: int = 256,
@@ -512,7 +512,7 @@ class MediaPeer:
         if fastpath.InSession is not None and self.mux.ingress is not None:
             # The C ingress decrypts this peer's media with the same inbound srtp_t.
             self.ingress = fastpath.InSession(aiortc_bridge.srtp_context_address(rx_srtp),
-                                              rx_srtp, self._plain_rtp, self._plain_rtcp)
+                                              rx_srtp, self._plain_rtp)
             self.mux.attach_ingress(proto, self.ingress)
         self._on_state(self, "connected")
 
@@ -523,22 +523,13 @@ class MediaPeer:
                 plain_rtcp = self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
                 self.rtcp_in += 1
                 if self._on_rtcp is not None:
-                    self._on_rtcp(self, plain_rtcp, None)  # arrived: now
+                    self._on_rtcp(self, plain_rtcp)
                 return
             plain = self._rx_srtp.unprotect(data)  # type: ignore[union-attr]
         except pylibsrtp.Error:
             self.srtp_errors += 1
             return
         self._on_rtp(self, plain)
-
-    def _plain_rtcp(self, plain: bytes, arrived: float) -> None:
-        """RTCP the C ingress decrypted (receiver reports may come up to 0.25 s late, with
-        the time they arrived, so a round trip is measured from then)."""
-        if self.closed:
-            return
-        self.rtcp_in += 1
-        if self._on_rtcp is not None:
-            self._on_rtcp(self, plain, arrived)
 
     def _plain_rtp(self, plain: bytes) -> None:
         """A packet the C ingress decrypted but left to Python (a video gap or keyframe)."""

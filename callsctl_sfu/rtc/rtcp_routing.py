@@ -78,8 +78,7 @@ class RtcpRouter:
     def __init__(self, forwarder: ForwardingPlane) -> None:
         self.forwarder = forwarder
 
-    def on_rtcp(self, peer: MediaPeer, data: bytes, arrived: float | None = None) -> None:
-        """One decrypted compound; `arrived` (loop time) dates its reports' round trip."""
+    def on_rtcp(self, peer: MediaPeer, data: bytes) -> None:
         try:
             packets = RtcpPacket.parse(data)
         except ValueError:
@@ -97,9 +96,9 @@ class RtcpRouter:
             elif isinstance(packet, RtcpSrPacket):
                 self._note_sender_report(peer, packet)
                 self._forward_sender_report(peer, packet)
-                self._record_reports(peer, packet.reports, arrived)
+                self._record_reports(peer, packet.reports)
             elif isinstance(packet, RtcpRrPacket):
-                self._record_reports(peer, packet.reports, arrived)
+                self._record_reports(peer, packet.reports)
 
     # -- keyframes ----------------------------------------------------------------
 
@@ -185,10 +184,9 @@ class RtcpRouter:
                 while len(sent) > 8:
                     del sent[next(iter(sent))]
 
-    def _record_reports(self, receiver: MediaPeer, reports: list,
-                        arrived: float | None = None) -> None:
+    def _record_reports(self, receiver: MediaPeer, reports: list) -> None:
         """Loss, jitter and round trip of what the SFU sends this receiver (RFC 3550 §6.4.1)."""
-        now = self._now() if arrived is None else arrived
+        now = self._now()
         for block in reports:
             down = receiver.downtracks_by_ssrc.get(block.ssrc)
             if down is None:

@@ -223,6 +223,40 @@ authentic(PyObject *key, unsigned char *data, int length, const StunView *view)
     return differ == 0;
 }
 
+/* Append MESSAGE-INTEGRITY (HMAC-SHA1 with `key`) and FINGERPRINT to the `length` octets
+   of a message whose header is written, setting the header's length for each as RFC 8489
+   §14.5 and §14.7 say. The new length, or -1 (error cleared). The buffer has room for 32
+   more octets. */
+static int
+seal(PyObject *key, unsigned char *message, int length)
+{
+    write16(message + 2, (unsigned int)(length + 24 - STUN_HEADER));
+    write16(message + length, ATTR_MESSAGE_INTEGRITY);
+    write16(message + length + 2, HMAC_SHA1_LEN);
+    if (hmac_sha1(key, message, length, message + length + 4) < 0)
+        return -1;
+    length += 24;
+    write16(message + 2, (unsigned int)(length + 8 - STUN_HEADER));
+    unsigned int fingerprint;
+    if (fingerprint_of(message, length, &fingerprint) < 0)
+        return -1;
+    write16(message + length, ATTR_FINGERPRINT);
+    write16(message + length + 2, 4);
+    write32(message + length + 4, fingerprint);
+    return length + 8;
+}
+
+/* One datagram to `to`: 1 when the kernel took all of it, else 0. */
+static int
+send_whole(int fd, const unsigned char *message, int length, const struct sockaddr_in *to)
+{
+    ssize_t sent;
+    do {
+        sent = sendto(fd, message, (size_t)length, 0, (const struct sockaddr *)to, sizeof(*to));
+    } while (sent < 0 && errno == EINTR);
+    return sent == length;
+}
+
 /* The address_key of the nominated pair's remote address, or 0 (none, or not IPv4). */
 static unsigned long long
 nominated_key(IceState *state)
@@ -240,9 +274,9 @@ nominated_key(IceState *state)
     const char *host;
     int port;
     struct in_addr address;
-    if (addr != NULL && PyArg_ParseTuple(addr, "si", &host, &port) && port >= 0 &&
-        port <= 65535 && inet_pton(AF_INET, host, &address) == 1)
-        key = address_key(address, (unsigned int)port);
+    if (addr == NULL || !PyArg_ParseTuple(addr, "si", &host, &port) ||
+        !ipv4_key(host, port, &address, &key))
+        key = 0;
     Py_XDECREF(addr);
     PyErr_Clear();
     Py_XSETREF(state->pair, pair); /* the reference taken above */
@@ -270,7 +304,6 @@ answer_check(IceState *state, unsigned char *data, int length, const StunView *v
 
     unsigned char answer[ANSWER_LEN];
     write16(answer, BINDING_SUCCESS);
-    write16(answer + 2, 12 + 24);  /* up to MESSAGE-INTEGRITY while it is computed */
     memcpy(answer + 4, data + 4, 16); /* the cookie and the transaction id */
     unsigned char *attr = answer + STUN_HEADER;
     write16(attr, ATTR_XOR_MAPPED_ADDRESS);
@@ -279,25 +312,9 @@ answer_check(IceState *state, unsigned char *data, int length, const StunView *v
     attr[5] = 0x01; /* IPv4 */
     write16(attr + 6, ntohs(sa->sin_port) ^ (STUN_COOKIE >> 16));
     write32(attr + 8, ntohl(sa->sin_addr.s_addr) ^ STUN_COOKIE);
-    attr += 12;
-    write16(attr, ATTR_MESSAGE_INTEGRITY);
-    write16(attr + 2, HMAC_SHA1_LEN);
-    if (hmac_sha1(state->local_key, answer, STUN_HEADER + 12, attr + 4) < 0)
+    if (seal(state->local_key, answer, STUN_HEADER + 12) != ANSWER_LEN)
         return 0;
-    attr += 24;
-    write16(answer + 2, 12 + 24 + 8);
-    unsigned int fingerprint;
-    if (fingerprint_of(answer, ANSWER_LEN - 8, &fingerprint) < 0)
-        return 0;
-    write16(attr, ATTR_FINGERPRINT);
-    write16(attr + 2, 4);
-    write32(attr + 4, fingerprint);
-
-    ssize_t sent;
-    do {
-        sent = sendto(send_fd, answer, ANSWER_LEN, 0, (const struct sockaddr *)sa, sizeof(*sa));
-    } while (sent < 0 && errno == EINTR);
-    if (sent != ANSWER_LEN)
+    if (!send_whole(send_fd, answer, ANSWER_LEN, sa))
         return 0; /* the kernel would not take it now: Python answers through asyncio */
     state->answered += 1;
     *sent_octets = ANSWER_LEN;
@@ -415,12 +432,12 @@ ice_state_send_check(IceState *state, PyObject *args)
     const char *host;
     int port, fd;
     struct sockaddr_in to;
+    unsigned long long to_key;
     if (!PyArg_ParseTuple(args, "y*d(si)i:send_check", &tid, &sent_at, &host, &port, &fd))
         return -1;
     memset(&to, 0, sizeof(to));
     to.sin_family = AF_INET;
-    int ok = tid.len == 12 && port >= 0 && port <= 65535 &&
-             inet_pton(AF_INET, host, &to.sin_addr) == 1;
+    int ok = tid.len == 12 && ipv4_key(host, port, &to.sin_addr, &to_key);
     if (!ok || state->check_username == NULL) {
         PyBuffer_Release(&tid);
         PyErr_SetString(PyExc_ValueError, state->check_username == NULL
@@ -452,33 +469,14 @@ ice_state_send_check(IceState *state, PyObject *args)
     write16(request + length + 2, 8);
     write32(request + length + 4, (unsigned int)(state->tie_breaker >> 32));
     write32(request + length + 8, (unsigned int)state->tie_breaker);
-    length += 12;
-    write16(request + 2, (unsigned int)(length + 24 - STUN_HEADER));
-    write16(request + length, ATTR_MESSAGE_INTEGRITY);
-    write16(request + length + 2, HMAC_SHA1_LEN);
-    if (hmac_sha1(state->remote_key, request, length, request + length + 4) < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "send_check: HMAC-SHA1 failed");
+    length = seal(state->remote_key, request, length + 12);
+    if (length < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "send_check: HMAC-SHA1 or CRC-32 failed");
         return -1;
     }
-    length += 24;
-    write16(request + 2, (unsigned int)(length + 8 - STUN_HEADER));
-    unsigned int fingerprint;
-    if (fingerprint_of(request, length, &fingerprint) < 0) {
-        PyErr_SetString(PyExc_RuntimeError, "send_check: CRC-32 failed");
-        return -1;
-    }
-    write16(request + length, ATTR_FINGERPRINT);
-    write16(request + length + 2, 4);
-    write32(request + length + 4, fingerprint);
-    length += 8;
-
-    ssize_t sent;
-    do {
-        sent = sendto(fd, request, (size_t)length, 0, (const struct sockaddr *)&to, sizeof(to));
-    } while (sent < 0 && errno == EINTR);
-    if (sent != length)
+    if (!send_whole(fd, request, length, &to))
         return 0;
-    remember_check(state, request + 8, address_key(to.sin_addr, (unsigned int)port), sent_at);
+    remember_check(state, request + 8, to_key, sent_at);
     return length;
 }
 
@@ -490,11 +488,12 @@ ice_state_expect(IceState *state, PyObject *args)
     const char *host;
     int port;
     struct in_addr address;
+    unsigned long long key;
     if (!PyArg_ParseTuple(args, "y*d(si):expect_answer", &tid, &sent_at, &host, &port))
         return -1;
     int ok = tid.len == 12;
-    if (ok && port >= 0 && port <= 65535 && inet_pton(AF_INET, host, &address) == 1)
-        remember_check(state, tid.buf, address_key(address, (unsigned int)port), sent_at);
+    if (ok && ipv4_key(host, port, &address, &key))
+        remember_check(state, tid.buf, key, sent_at);
     PyBuffer_Release(&tid);
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "expect_answer: a transaction id is 12 octets");

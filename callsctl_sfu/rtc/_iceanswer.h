@@ -28,6 +28,16 @@ address_key(struct in_addr address, unsigned int port)
     return ((unsigned long long)ntohl(address.s_addr) << 16) | (port & 0xFFFFu);
 }
 
+/* A (host, port) as Python gives it, when it is IPv4: 1 with *address and *key set, else 0. */
+static inline int
+ipv4_key(const char *host, int port, struct in_addr *address, unsigned long long *key)
+{
+    if (port < 0 || port > 65535 || inet_pton(AF_INET, host, address) != 1)
+        return 0;
+    *key = address_key(*address, (unsigned int)port);
+    return 1;
+}
+
 /* One consent check the server sent, waiting for its answer. */
 typedef struct {
     unsigned char tid[12];

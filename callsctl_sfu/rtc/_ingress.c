@@ -673,14 +673,15 @@ source_key(PyObject *args, const char *what)
     const char *host;
     int port;
     struct in_addr address;
+    unsigned long long key;
     if (!PyArg_ParseTuple(args, "(si)", &host, &port))
         return NULL;
-    if (port < 0 || port > 65535 || inet_pton(AF_INET, host, &address) != 1) {
+    if (!ipv4_key(host, port, &address, &key)) {
         PyErr_Format(PyExc_ValueError, "%s: not an IPv4 (host, port): (%.100s, %d)", what, host,
                      port);
         return NULL;
     }
-    return PyLong_FromUnsignedLongLong(address_key(address, (unsigned int)port));
+    return PyLong_FromUnsignedLongLong(key);
 }
 
 static PyObject *

@@ -172,8 +172,9 @@ class SessionConsent:
         if pair is None:
             return
         protocol, addr = pair.protocol, pair.remote_addr
-        ingress = getattr(protocol, "ingress_session", None)
-        if ingress is not None and ":" not in addr[0]:
+        # The C ingress reads the IPv4 socket only; other paths have no ingress session.
+        ingress = getattr(protocol, "ingress_session", None) if ":" not in addr[0] else None
+        if ingress is not None:
             if ingress is not self.ingress:
                 self.take_from_ingress()
                 self.ingress, self.ingress_taken = ingress, ingress.consent_answers_taken
@@ -186,7 +187,7 @@ class SessionConsent:
         protocol.transactions[tid] = self
         while len(self.pending) > MAX_PENDING:
             self._forget(next(iter(self.pending)))
-        if ingress is not None and ":" not in addr[0]:
+        if ingress is not None:
             ingress.expect_answer(tid, now, addr)  # the reader thread may take the answer
         try:
             protocol.send_stun(request, addr)
@@ -196,19 +197,14 @@ class SessionConsent:
 
     def _send_from_ingress(self, ingress: Any, protocol: Any, addr: Address, now: float) -> bool:
         """The C ingress sends the check on the IPv4 socket; False if it cannot now."""
-        mux = getattr(protocol, "mux", None)
-        if mux is None:
-            return False
+        mux = protocol.mux  # a session's protocol on the mux (only those have an ingress)
         fd = mux.fanout_fd()  # -1: asyncio holds queued datagrams, which go first
         if fd < 0:
             return False
         octets = ingress.send_check(os.urandom(12), now, addr, fd)
         if not octets:
             return False
-        stats = mux.stats
-        stats.stun_out += 1
-        stats.datagrams_out += 1
-        stats.bytes_out += octets
+        mux.count_stun_sent(1, octets)
         self.scheduler.stats.checks_sent += 1
         return True
 

@@ -317,9 +317,7 @@ class UdpMux(asyncio.DatagramProtocol):
             self.ingress_stun_in += result.stun_in
             self.ingress_stun_out += result.stun_out
             stats.stun_in += result.stun_in
-            stats.stun_out += result.stun_out
-            stats.datagrams_out += result.stun_out
-            stats.bytes_out += result.stun_octets_out
+            self.count_stun_sent(result.stun_out, result.stun_octets_out)
         if result.plain:  # decrypted video packets whose next step Python decides, in order
             for on_plain, packet in result.plain:
                 on_plain(packet)
@@ -340,6 +338,13 @@ class UdpMux(asyncio.DatagramProtocol):
     @consent.setter
     def consent(self, scheduler: ConsentScheduler) -> None:
         self._consent = scheduler
+
+    def count_stun_sent(self, messages: int, octets: int) -> None:
+        """STUN the C ingress sent on the IPv4 socket itself (consent checks and answers)."""
+        stats = self.stats
+        stats.stun_out += messages
+        stats.datagrams_out += messages
+        stats.bytes_out += octets
 
     def consent_stats(self) -> dict[str, int]:
         """The scheduler's counters for GET /stats; empty before the first session."""

@@ -226,7 +226,12 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
                 f"{engine}: {person.name} got {dict(person.frames_from)}"
         # Speech is seen (RFC 6464 levels; with the reader thread, handed up when it starts
         # after a quiet), and a muted speaker is never shown speaking again.
+        # One who joined while the speaker already spoke learns it from the join's snapshot
+        # (`participants[].voice`), not from an event: voice-on is sent on changes only.
         for person in (a, b):
+            if any(p["session_id"] == loud.session_id and p["voice"]
+                   for p in person.joined["participants"]):
+                continue
             await person.wait_for(lambda e: e["type"] == "user_voice_on"
                                   and e["session_id"] == loud.session_id, 5)
         # One who goes on speaking stays shown speaking: voice-off needs 1 s of quiet, and

@@ -63,6 +63,26 @@ async def test_three_participants_hear_each_other_through_one_udp_socket(server)
         await close_all(people)
 
 
+async def test_a_late_joiner_is_told_who_is_already_speaking(server):
+    """voice-on is sent when speech starts; one who joins mid-sentence reads it at join."""
+    people = await join_all(server, 1, call="late-voice")
+    speaker = people[0]
+    listener, late = (Participant(server.ws_url, server.token("late-voice", name), "late-voice",
+                                  name, send_audio=False) for name in ("listener", "late"))
+    people.append(listener)
+    try:
+        await listener.join()
+        await speaker.wait_for(lambda e: e["type"] == "user_voice_on"
+                               and e["session_id"] == speaker.session_id, 10)
+        await late.join()
+        snapshot = {p["session_id"]: p for p in late.joined["participants"]}
+        assert snapshot[speaker.session_id]["voice"] is True, snapshot
+        assert snapshot[listener.session_id]["voice"] is False, snapshot
+    finally:
+        await late.close()
+        await close_all(people)
+
+
 async def test_muted_participant_is_not_forwarded_even_if_it_keeps_sending(server):
     people = await join_all(server, 3)
     loud, a, b = people

@@ -13,7 +13,9 @@ them settle, and over a window of idle seconds reads:
 - the server's CPU seconds (utime + stime from /proc/<pid>/stat) and how long
   it waited for a CPU (/proc/<pid>/schedstat; the machine may be shared);
 - the media socket's counters (GET /stats "media_socket"): datagrams and STUN
-  messages in and out, and whether any session was removed.
+  messages in and out, and whether any session was removed;
+- this process's own CPU (`time.process_time()`): the load generator's cost
+  per idle participant, which bounds how many it can hold on a shared machine.
 
 Figures are per session per second of the window.
 
@@ -88,6 +90,7 @@ async def measure(sessions: int, window: float, workdir: Path,
             async def on_window(name: str) -> None:
                 nonlocal spy
                 marks[name] = {"at": time.monotonic(), "cpu": proc_cpu_seconds(pid),
+                               "loadgen_cpu": time.process_time(),
                                "waited": run_queue_wait(pid),
                                "stats": await _stats(http, running.base_url)}
                 if name == "start" and profile is not None:
@@ -119,6 +122,9 @@ async def measure(sessions: int, window: float, workdir: Path,
         "server_waited_s": round(end["waited"] - start["waited"], 2),
         "cpu_us_per_session_s": round(1e6 * cpu / per, 1),
         "cpu_fraction_of_core": round(cpu / seconds, 3),
+        # This process is the load generator: its CPU over the same window.
+        "loadgen_cpu_us_per_session_s": round(
+            1e6 * (end["loadgen_cpu"] - start["loadgen_cpu"]) / per, 1),
         "per_session_s": {name: round(value / per, 3) for name, value in counts.items()},
         "counts": counts,
         "consent": end["stats"].get("consent"),
@@ -141,20 +147,22 @@ def render(results: list[dict[str, Any]], command: str, host: str, label: str) -
         "running.",
         "",
         "| N | joined | removed | window s | server CPU s (waited s) | CPU µs/session/s "
-        "| core fraction | STUN in/session/s | STUN out/session/s | datagrams in/out/session/s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| core fraction | STUN in/session/s | STUN out/session/s | datagrams in/out/session/s "
+        "| load generator CPU µs/session/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['sessions']} | {r['joined']} | {r['session_removed']} | "
-                         f"{r['error']} | | | | | | |")
+                         f"{r['error']} | | | | | | | |")
             continue
         p = r["per_session_s"]
         lines.append(
             f"| {r['sessions']} | {r['joined']} | {r['session_removed']} | {r['window_s']} | "
             f"{r['server_cpu_s']} ({r['server_waited_s']}) | {r['cpu_us_per_session_s']} | "
             f"{r['cpu_fraction_of_core']} | {p['stun_in']} | {p['stun_out']} | "
-            f"{p['datagrams_in']}/{p['datagrams_out']} |")
+            f"{p['datagrams_in']}/{p['datagrams_out']} | "
+            f"{r.get('loadgen_cpu_us_per_session_s', 'n/a')} |")
     return "\n".join(lines)
 
 

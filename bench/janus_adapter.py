@@ -479,7 +479,7 @@ class JanusParticipant(LightParticipant):
         dtls = pc.getTransceivers()[0].sender.transport  # BUNDLE: one transport for all
         setattr(dtls, LIGHT_FLAG, True)
         dtls.on("statechange", lambda: self._on_publisher_dtls(dtls))
-        await gather_on(pc, self.test.local_address)
+        await gather_on(pc, self.test.local_address, consent=self.test.consent.add)
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
         sdp = pc.localDescription.sdp
@@ -574,7 +574,7 @@ class JanusParticipant(LightParticipant):
             dtls = pc.getTransceivers()[0].receiver.transport
             setattr(dtls, LIGHT_FLAG, True)
             dtls.on("statechange", lambda: self._on_subscriber_dtls(dtls))
-            await gather_on(pc, self.test.local_address)
+            await gather_on(pc, self.test.local_address, consent=self.test.consent.add)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         await self._message(self._subscriber_handle,  # type: ignore[arg-type]

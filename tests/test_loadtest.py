@@ -277,3 +277,49 @@ def test_a_library_task_failing_during_a_run_is_one_line_not_a_traceback(server,
     assert lines[0].exc_info is None
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()
                 and r.name == "asyncio"]
+
+
+def test_one_timer_checks_every_participants_consent_and_sends_their_reports(server, monkeypatch):
+    """The generator's ICE consent (RFC 7675) and RTCP reports, from one timer each.
+
+    Its participants' consent is checked by one `ConsentScheduler` (aioice's task
+    per connection ends at once) and answered by the server; every connected
+    participant sends receiver reports on its own schedule, late joiners too.
+    """
+    from callsctl_sfu.client.loadgen.participant import LightParticipant
+    from callsctl_sfu.rtc import aiortc_bridge
+    from callsctl_sfu.rtc.consent import ConsentScheduler
+
+    reports: dict[str, int] = {}
+    original = LightParticipant.send_receiver_report
+
+    def counted(self: LightParticipant) -> None:
+        reports[self.user] = reports.get(self.user, 0) + 1
+        original(self)
+
+    monkeypatch.setattr(LightParticipant, "send_receiver_report", counted)
+    aioice_tasks_ended: list[bool] = []
+
+    async def during_window(edge: str) -> None:
+        if edge == "start":
+            for participant in test.participants:
+                transport = participant.pc.getTransceivers()[0].sender.transport.transport
+                task = aiortc_bridge.consent_task(aiortc_bridge.ice_connection(transport))
+                aioice_tasks_ended.append(task is not None and task.done())
+
+    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
+                        calls=1, users_per_call=4, unmuted=1, duration=10, join_duration=1.5,
+                        window=4, local_address="127.0.0.1", settle_timeout=5)
+    test = LoadTest(config, on_window=during_window)
+    test.consent = ConsentScheduler(interval=0.5)
+    monkeypatch.setattr(test, "report_interval", lambda: 0.5)
+    report = asyncio.run(test.run()).to_dict()
+
+    assert report["participants"]["joined"] == 4, report["participants"]
+    assert aioice_tasks_ended == [True] * 4
+    stats = test.consent.stats
+    # About 4 participants x 6 s connected / 0.5 s; a few may be outstanding at the close.
+    assert stats.checks_sent >= 30 and stats.checks_answered >= stats.checks_sent - 8, stats
+    assert stats.expired == 0
+    assert sorted(reports) == [f"loadtest-1-u{i}" for i in range(1, 5)], reports
+    assert min(reports.values()) >= 5, reports

@@ -236,7 +236,10 @@ class SessionConsent:
 
 
 class ConsentScheduler:
-    """Consent freshness of every server-side ICE connection from one asyncio task.
+    """Consent freshness of many ICE connections from one asyncio task.
+
+    The server's media socket has one for every session; the load generator one
+    for all its participants (they are the controlling side there).
 
     `interval`, `timeout` and `tick` are injectable so tests can watch a
     consent expire in seconds; the server uses RFC 7675's 5 s and 30 s.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import (
@@ -55,13 +56,18 @@ def install_light_switch() -> None:
     RTCRtpReceiver.receive = receive  # type: ignore[method-assign]
 
 
-async def gather_on(pc: RTCPeerConnection, address: str) -> None:
+async def gather_on(pc: RTCPeerConnection, address: str,
+                    consent: Callable[[Any], None] | None = None) -> None:
     """Give `pc` exactly one host candidate, on `address`, before it gathers.
 
     aioice would bind one socket per interface address (and never loopback,
     which is where a local server is): for hundreds of participants that is
     hundreds of useless sockets and connectivity checks. Call after the first
     transceiver exists and before setLocalDescription; `pc` must use max-bundle.
+    With `consent` (a `ConsentScheduler.add`), that scheduler checks the
+    connection's consent once ICE completes, instead of a task of aioice's own
+    per connection: the generator's loop then wakes once per tick for all of
+    them, as the server's does.
     """
     transceivers = pc.getTransceivers()
     if not transceivers:
@@ -69,6 +75,8 @@ async def gather_on(pc: RTCPeerConnection, address: str) -> None:
     connection = aiortc_bridge.ice_connection(transceivers[0].sender.transport.transport)
     if aiortc_bridge.gathering_started(connection):
         return
+    if consent is not None:
+        aiortc_bridge.replace_consent(connection, consent)
     candidates = await connection.get_component_candidates(component=1, addresses=[address])
     if not candidates:
         raise OSError(f"cannot bind a UDP socket on {address}")

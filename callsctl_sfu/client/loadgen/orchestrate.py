@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from callsctl_sfu.client.loadgen.monitor import ServerMonitor
 from callsctl_sfu.client.loadgen.participant import LightParticipant
 from callsctl_sfu.client.loadgen.report import LoadReport, Progress, merge_report, raw_figures
 from callsctl_sfu.client.loadgen.sender import StreamSender
+from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.tasks import install_exception_handler
 
 MAX_CATCH_UP = 5  # frames one stream may send late in one tick before frames are skipped
@@ -128,6 +131,9 @@ class LoadTest:
         self.notes: list[str] = []
         # Set in a worker process: the parent's start, sender list and window timing.
         self.coordinator: Coordinator | None = None
+        # Every participant's ICE consent checks (RFC 7675) from one timer, as the server
+        # does its own, instead of an aioice task per connection (handshake.gather_on).
+        self.consent = ConsentScheduler()
         # Streams sent by other worker processes: (call, session id, label).
         self.remote_senders: list[tuple[str, str, str]] = []
         self.raw: dict[str, Any] = {}  # what this process measured, plain data (`raw_figures`)
@@ -249,6 +255,7 @@ class LoadTest:
                 await asyncio.wait_for(asyncio.gather(
                     *(p.close() for p in self.participants), return_exceptions=True),
                     CLOSE_TIMEOUT_S)
+            self.consent.close()
             await self.http.close()
             if self.monitor is not None:
                 await self.monitor.close()
@@ -415,21 +422,39 @@ class LoadTest:
         return VIDEO_REPORT_INTERVAL_S if video else AUDIO_REPORT_INTERVAL_S
 
     async def _receiver_reports(self, end: float) -> None:
-        """Each connected participant's RTCP, on its own randomised schedule."""
+        """Each connected participant's RTCP, on its own randomised schedule.
+
+        The due times are a heap, so a pass touches the participants that are due
+        and those not connected yet, not every participant ten times a second: at
+        1000 and more that scan was a share of the generator's one event loop of
+        its own (docs/performance-loadgen.md).
+        """
         loop = asyncio.get_running_loop()
         interval = self.report_interval()
-        due: dict[int, float] = {}  # id(participant) -> when it reports next
+        due: list[tuple[float, int, LightParticipant]] = []
+        order = itertools.count()
+        unscheduled: list[LightParticipant] = []  # not connected (yet), or not any more
+        seen = 0  # self.participants[:seen] are in `due` or `unscheduled`
         while loop.time() < end:
             now = loop.time()
-            for participant in self.participants:
+            unscheduled.extend(self.participants[seen:])
+            seen = len(self.participants)
+            waiting = []
+            for participant in unscheduled:
+                if participant.connected:  # its first report at a random point of one interval
+                    heapq.heappush(due, (now + interval * random.random(), next(order),
+                                         participant))
+                elif participant.failure is None:
+                    waiting.append(participant)
+            unscheduled = waiting
+            while due and due[0][0] <= now:
+                _at, _order, participant = heapq.heappop(due)
                 if not participant.connected:
+                    unscheduled.append(participant)
                     continue
-                key = id(participant)
-                if key not in due:  # its first report comes at a random point of one interval
-                    due[key] = now + interval * random.random()
-                elif due[key] <= now:
-                    participant.send_receiver_report()
-                    due[key] = now + interval * random.uniform(0.5, 1.5)
+                participant.send_receiver_report()
+                heapq.heappush(due, (now + interval * random.uniform(0.5, 1.5), next(order),
+                                     participant))
             await asyncio.sleep(0.1)
 
     async def _watch_loop_lag(self, end: float) -> None:

@@ -153,7 +153,7 @@ class LightParticipant:
             await self._send({"type": "video_on"})
         if test.config.data_channel:
             self._open_data_channel(pc)
-        await gather_on(pc, test.address_for(self))
+        await gather_on(pc, test.address_for(self), consent=test.consent.add)
         self._tasks.append(asyncio.create_task(self._signal_loop()))
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)

@@ -133,6 +133,10 @@ class Forwarder:
         self._rtcp: RtcpRouter | None = None
         self._loop = asyncio.get_event_loop()
         self._members: dict[str, _Member] = {}
+        # The members that publish video, and those of them that simulcast: housekeeping
+        # (4 times a second) walks these, not every member (published_changed keeps them).
+        self._video_members: dict[str, _Member] = {}
+        self._simulcast_members: dict[str, _Member] = {}
         # Call id -> its members in join order (the receivers of each other's tracks).
         self._calls: dict[str, dict[str, _Member]] = {}
         # Publisher track key -> its receivers and fan-out plan (calls/forwarding.py),
@@ -171,10 +175,22 @@ class Forwarder:
         member = _Member(session_id, call_id, peer)
         self._members[session_id] = member
         self._calls.setdefault(call_id, {})[session_id] = member
+        self._note_video(member)
+
+    def _note_video(self, member: _Member) -> None:
+        """Whether this member publishes video, and simulcast video, as its peer now says."""
+        for table, tracks in ((self._video_members, member.peer.video_published),
+                              (self._simulcast_members, member.peer.simulcast_published)):
+            if tracks:
+                table[member.session_id] = member
+            else:
+                table.pop(member.session_id, None)
 
     def remove_session(self, session_id: str) -> None:
         """A participant left: its tracks stop, and it receives no other track."""
         member = self._members.pop(session_id, None)
+        self._video_members.pop(session_id, None)
+        self._simulcast_members.pop(session_id, None)
         if member is not None:
             in_call = self._calls.get(member.call_id)
             if in_call is not None:
@@ -204,10 +220,15 @@ class Forwarder:
                 track_routes.refresh(peer.session_id)
 
     def published_changed(self, publisher: MediaPeer) -> None:
-        """What a participant publishes changed: the others' new video needs a keyframe."""
+        """What a participant publishes changed: the others' new video needs a keyframe.
+
+        MediaPeer calls this (through the manager) whenever its tracks' labels or
+        simulcast layers change, which is also when its video tuples change.
+        """
         member = self._members.get(publisher.session_id)
         if member is None:
             return
+        self._note_video(member)
         for other in list(self._calls.get(member.call_id, {}).values()):
             if other.session_id != publisher.session_id:
                 self.request_keyframes_for(other.peer)
@@ -551,7 +572,7 @@ class Forwarder:
         interval = now - self._last_layer_rates
         if interval >= 1.0:
             self._last_layer_rates = now
-        for member in self._members.values():
+        for member in self._simulcast_members.values():
             for track in member.peer.simulcast_published:
                 if interval >= 1.0:
                     track.layer_bps = {rid: 8 * count / interval
@@ -590,7 +611,7 @@ class Forwarder:
         """
         # Only video needs keyframes: look up the video sources' downtracks rather than
         # scanning every receiver's every track (n² in a large audio call, 4 times a second).
-        video_keys = [f"{m.session_id}:{t.label}" for m in self._members.values()
+        video_keys = [f"{m.session_id}:{t.label}" for m in self._video_members.values()
                       for t in m.peer.video_published]
         if not video_keys:  # an audio-only server: nothing waits for a keyframe
             return
@@ -603,6 +624,7 @@ class Forwarder:
                 switching = down.target_layer is not None and down.target_layer != down.layer
                 if down.needs_keyframe or switching:
                     self.rtcp.keyframe_for_downtrack(down)
+        for member in self._video_members.values():
             for track in member.peer.video_published:  # only video keeps a NACK ring
                 if track.missing and now - min(track.missing.values()) > UNREPAIRED_AFTER:
                     track.missing.clear()

@@ -49,12 +49,6 @@ class Rates:
 
 
 @dataclass
-class _Sample:
-    at: float
-    counters: tuple[int, int, int, int]  # in packets, in octets, out packets, out octets
-
-
-@dataclass
 class RttProbe:
     """Round trips of STUN transactions sent without retransmission on one ICE pair."""
 
@@ -66,13 +60,25 @@ class RttProbe:
         self.samples += 1
 
 
-def counters(participant: Member) -> tuple[int, int, int, int]:
-    """(in packets, in payload octets, out packets, out payload octets) so far."""
+Counters = tuple[int, int, int, int]  # in packets, in octets, out packets, out octets
+
+
+def counters(participant: Member) -> Counters:
+    """(in packets, in payload octets, out packets, out payload octets) so far.
+
+    One pass over each table without copies: the sampler calls this for every
+    session every second.
+    """
     peer = participant.peer
-    published = list(getattr(peer, "published", {}).values())
-    down = list(getattr(peer, "downtracks", {}).values())
-    return (sum(t.packets for t in published), sum(t.octets for t in published),
-            sum(d.rewrite.packets for d in down), sum(d.rewrite.octets for d in down))
+    in_packets = in_octets = out_packets = out_octets = 0
+    for track in getattr(peer, "published", {}).values():
+        in_packets += track.packets
+        in_octets += track.octets
+    for down in getattr(peer, "downtracks", {}).values():
+        rewrite = down.rewrite
+        out_packets += rewrite.packets
+        out_octets += rewrite.octets
+    return in_packets, in_octets, out_packets, out_octets
 
 
 def nominated_pair(participant: Member) -> Any | None:
@@ -134,7 +140,7 @@ class SessionSampler:
 
     def __init__(self, manager: CallManager) -> None:
         self.manager = manager
-        self._last: dict[str, _Sample] = {}
+        self._last: dict[str, tuple[float, Counters]] = {}  # session -> (when, counters)
         self.rates: dict[str, Rates] = {}
         self.rtt: dict[str, RttProbe | RoundTrip] = {}
 
@@ -145,20 +151,25 @@ class SessionSampler:
             self._last.pop(session_id, None)
             self.rates.pop(session_id, None)
             self.rtt.pop(session_id, None)
-        for session_id, participant in list(live.items()):
+        last, rates = self._last, self.rates
+        for session_id, participant in live.items():  # no await in this loop
             try:
                 current = counters(participant)
             except (AttributeError, TypeError):
                 continue
-            previous = self._last.get(session_id)
-            self._last[session_id] = _Sample(now, current)
-            if previous is not None and now > previous.at:
-                dt = now - previous.at
-                delta = [max(0, c - p) for c, p in zip(current, previous.counters,
-                                                          strict=True)]
-                self.rates[session_id] = Rates(in_bps=delta[1] * 8 / dt,
-                                               out_bps=delta[3] * 8 / dt,
-                                               in_pps=delta[0] / dt, out_pps=delta[2] / dt)
+            previous = last.get(session_id)
+            last[session_id] = (now, current)
+            if previous is not None and now > previous[0]:
+                dt = now - previous[0]
+                before = previous[1]
+                rate = rates.get(session_id)
+                if rate is None:
+                    rate = rates[session_id] = Rates()
+                # Updated in place: a second's worth of objects less for every session.
+                rate.in_pps = max(0, current[0] - before[0]) / dt
+                rate.in_bps = max(0, current[1] - before[1]) * 8 / dt
+                rate.out_pps = max(0, current[2] - before[2]) / dt
+                rate.out_bps = max(0, current[3] - before[3]) * 8 / dt
             if session_id not in self.rtt:
                 pair = nominated_pair(participant)
                 probe = install_rtt_probe(pair) if pair is not None else None

@@ -442,7 +442,9 @@ class MediaPeer:
         remote = self.pc.remoteDescription
         if remote is None:
             return
-        before = {mid: t.label for mid, t in self.published.items()}
+        # Labels and simulcast layers: a change of either is announced (the forwarder
+        # keeps its video publishers by it, calls/forwarder.py published_changed).
+        before = {mid: (t.label, tuple(t.rids)) for mid, t in self.published.items()}
         self.drop_ingress_routes()  # what is published, and how, may have changed
         self.published = discover_published(remote.sdp, self.server_mids, self.screen_streams,
                                             self.ring_size, self.published, self.active_mids)
@@ -453,7 +455,8 @@ class MediaPeer:
         for mid, track in self.published.items():
             for ssrc in track.ssrcs:
                 self.ssrc_to_mid[ssrc] = mid
-        if {mid: t.label for mid, t in self.published.items()} != before and self._on_tracks:
+        after = {mid: (t.label, tuple(t.rids)) for mid, t in self.published.items()}
+        if after != before and self._on_tracks:
             self._on_tracks(self)
 
     def track_for(self, ssrc: int, mid: bytes | None) -> PublishedTrack | None:

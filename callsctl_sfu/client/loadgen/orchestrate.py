@@ -427,7 +427,7 @@ class LoadTest:
         The due times are a heap, so a pass touches the participants that are due
         and those not connected yet, not every participant ten times a second: at
         1000 and more that scan was a share of the generator's one event loop of
-        its own (docs/performance-loadgen.md).
+        its own (docs/performance-saturation.md, "The load generator's own CPU").
         """
         loop = asyncio.get_running_loop()
         interval = self.report_interval()

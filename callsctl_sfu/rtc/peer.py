@@ -442,9 +442,7 @@ class MediaPeer:
         remote = self.pc.remoteDescription
         if remote is None:
             return
-        # Labels and simulcast layers: a change of either is announced (the forwarder
-        # keeps its video publishers by it, calls/forwarder.py published_changed).
-        before = {mid: (t.label, tuple(t.rids)) for mid, t in self.published.items()}
+        before = _published_shape(self.published)
         self.drop_ingress_routes()  # what is published, and how, may have changed
         self.published = discover_published(remote.sdp, self.server_mids, self.screen_streams,
                                             self.ring_size, self.published, self.active_mids)
@@ -455,8 +453,7 @@ class MediaPeer:
         for mid, track in self.published.items():
             for ssrc in track.ssrcs:
                 self.ssrc_to_mid[ssrc] = mid
-        after = {mid: (t.label, tuple(t.rids)) for mid, t in self.published.items()}
-        if after != before and self._on_tracks:
+        if _published_shape(self.published) != before and self._on_tracks:
             self._on_tracks(self)
 
     def track_for(self, ssrc: int, mid: bytes | None) -> PublishedTrack | None:
@@ -670,6 +667,15 @@ class MediaPeer:
             log.debug("session %s: close: %s", self.session_id, exc)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._worker
+
+
+def _published_shape(published: dict[str, PublishedTrack]) -> dict[str, Any]:
+    """mid -> (label, simulcast rids): what a change of is announced to the call.
+
+    Labels and simulcast layers both: the forwarder keeps its video and simulcast
+    publishers by this announcement (calls/forwarder.py published_changed).
+    """
+    return {mid: (track.label, tuple(track.rids)) for mid, track in published.items()}
 
 
 def _sdp_of(data: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ This script starts `callsctl serve` on loopback, joins N muted participants
 with the load generator (callsctl_sfu.client.loadgen) in this process, lets
 them settle, and over a window of idle seconds reads:
 
-- the server's CPU seconds (utime + stime from /proc/<pid>/stat) and how long
+- the server's CPU seconds (its CPU-time clock, in nanoseconds) and how long
   it waited for a CPU (/proc/<pid>/schedstat; the machine may be shared);
 - the media socket's counters (GET /stats "media_socket"): datagrams and STUN
   messages in and out, and whether any session was removed;
@@ -27,8 +27,8 @@ Figures are per session per second of the window.
 With `--unmuted K` that many participants talk (Opus, 50 packets/s), and the
 figures add the server's CPU per forwarded packet (GET /stats
 `forwarding.rtp_forwarded` over the window): a small call's cost measured
-over a long window, where run_all.py's 3 s slices are a few ticks of
-/proc/<pid>/stat. `--server-cpus 0 --loadgen-cpus 1` pins the two apart.
+over one long window rather than run_all.py's slices, which the machine's
+spread moves more. `--server-cpus 0 --loadgen-cpus 1` pins the two apart.
 
     python bench/consent.py --sessions 10 --unmuted 2 --window 30 --server-cpus 0 --loadgen-cpus 1
 """
@@ -143,7 +143,7 @@ def render(results: list[dict[str, Any]], command: str, host: str, label: str) -
         f"### Idle sessions (ICE consent): {label}",
         "",
         f"Command: `{command}` on {host}. The machine is shared and busy: CPU is the "
-        "server process's own utime+stime, \"waited\" how long it was runnable but not "
+        "server process's own CPU time, \"waited\" how long it was runnable but not "
         "running.",
         "",
         "| N | joined | removed | window s | server CPU s (waited s) | CPU µs/session/s "

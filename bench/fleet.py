@@ -7,8 +7,8 @@ Three figures the fleet must not make worse, or must show:
    fleet code alone), then on two `serve --cluster` nodes on this machine
    sharing a real redis-server. Every participant's
    signaling goes to node A (one load balancer URL), so about half of them
-   are relayed to node B. CPU = utime+stime of each node process
-   (/proc/<pid>/stat) over a steady window, divided by the packets the nodes
+   are relayed to node B. CPU = the CPU time of each node process
+   (its CPU-time clock) over a steady window, divided by the packets the nodes
    forwarded in it (their /stats `rtp_forwarded`). The fleet figure counts
    both nodes together, relaying and registry work included.
 2. Placement balance: calls and forwarded packets on the busiest and the

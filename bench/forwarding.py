@@ -2,8 +2,8 @@
 
 Starts `callsctl serve` on loopback, joins N scripted participants (K of them
 sending Opus, the rest receive-only), waits for a steady state, then reads the
-server's CPU time from /proc/<pid>/stat and its forwarded-packet counter from
-/stats over a fixed window. The figure is (utime+stime delta) / (forwarded
+server's CPU time (its CPU-time clock) and its forwarded-packet counter from
+/stats over a fixed window. The figure is (CPU time delta) / (forwarded
 packets delta), the method of the seed deployment guide's performance table.
 
     python bench/forwarding.py --participants 10 --speakers 2 --window 10 --write bench/RESULTS.md
@@ -30,11 +30,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from callsctl_sfu.client.loadgen import proc_cpu_seconds  # noqa: E402
 from callsctl_sfu.client.participant import Participant  # noqa: E402
 from callsctl_sfu.datadir import load_or_create_secret  # noqa: E402
 from callsctl_sfu.tokens import issue_token  # noqa: E402
-
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port(kind: int) -> int:
@@ -44,8 +43,8 @@ def free_port(kind: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    """The server's CPU time so far (its CPU-time clock; the load generator's meter)."""
+    return proc_cpu_seconds(pid)
 
 
 def rss_bytes(pid: int) -> int:

@@ -9,8 +9,8 @@ Janus WebSocket API but sends and counts media exactly as callsctl's
 participants do. For each scenario, in the same run, `callsctl serve` runs
 the same load, so the ratios are within one run.
 
-The meter is bench/run_all.py's: server CPU (utime + stime of the whole
-process from /proc/<pid>/stat, all threads) per forwarded packet over slices
+The meter is bench/run_all.py's: server CPU (the CPU time of the whole
+process, all threads, from its CPU-time clock) per forwarded packet over slices
 of a steady window, median slice. Janus has no forwarded-packets counter, so
 for Janus "forwarded" is the packets its receivers got (its loss is next to
 it); callsctl's figure uses its own /stats counter, as in run_all.py. Memory

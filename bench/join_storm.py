@@ -10,7 +10,7 @@ Anything growing faster makes the storm fall behind at some N and never recover.
 For each size this script starts `callsctl serve` on loopback, runs the load
 generator (callsctl_sfu.client.loadgen) in this process, and reads:
 
-- the server's CPU seconds (utime + stime from /proc/<pid>/stat; not wall time,
+- the server's CPU seconds (its CPU-time clock; not wall time,
   the machine may be shared) from the first join to the moment every
   participant has connected or failed;
 - the server's control-plane counters (GET /stats "control": events sent,

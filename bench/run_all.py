@@ -13,11 +13,13 @@ For every scenario, in one run on this machine, three measurements:
 3. The raw floor (bench/srtp_floor.py): SRTP unprotect once, protect + sendto
    per receiver, no SFU logic.
 
-Figures: server CPU per forwarded packet = (utime+stime of the server process
-from /proc/<pid>/stat) / (packets forwarded, the server's /stats `rtp_forwarded`
-counter; for the reference, which has no such counter, the packets its
-receivers got), taken over slices of a steady window; the median slice is the
-figure (min-max beside it) because the machine is shared and noisy. Memory per
+Figures: server CPU per forwarded packet = (CPU time of the server process,
+all threads, from its CPU-time clock, clock_getcpuclockid(3), in nanoseconds;
+utime+stime from /proc/<pid>/stat where that clock is missing) / (packets
+forwarded, the server's /stats `rtp_forwarded` counter; for the reference,
+which has no such counter, the packets its receivers got), taken over slices
+of a steady window; the median slice is the figure (min-max beside it)
+because the machine is shared and noisy. Memory per
 session = (RSS at the end of the window - RSS of the idle server before any
 join) / participants. Join p99, forwarding delay p99 and loss come from the
 load generator. Ratios to the floor and to the reference are within one run.
@@ -400,7 +402,7 @@ def ksoftirqd_pids() -> list[int]:
 
 
 def cpu_of(pids: list[int]) -> float:
-    """utime + stime of these processes, seconds (gone ones count 0)."""
+    """CPU time of these processes, seconds (gone ones count 0)."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
@@ -409,13 +411,21 @@ def cpu_of(pids: list[int]) -> float:
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (utime + stime) of every thread of pid, by thread id."""
+    """CPU seconds of every thread of pid, by thread id.
+
+    From each thread's /proc/<pid>/task/<tid>/schedstat (its run time in
+    nanoseconds); utime + stime from its stat file, in 10 ms ticks, where that is
+    missing (a kernel without schedstats).
+    """
     out: dict[int, float] = {}
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                try:
+                    out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+                except FileNotFoundError:
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return out
 
 

@@ -355,7 +355,7 @@ def render(report: dict[str, Any]) -> str:
                          + contention_caveat(report["configs"]))
     lines += [
         "- Columns: packets/s forwarded = the server's /stats `rtp_forwarded` over the window; "
-        "server CPU = its utime+stime (all threads) in % of one core, in brackets its main "
+        "server CPU = its CPU time (all threads) in % of one core, in brackets its main "
         "thread's (event loop and media socket reader) and the busiest others' "
         "(+ the kernel's ksoftirqd "
         "threads' when they worked: softirq work, loopback delivery among it, deferred there "

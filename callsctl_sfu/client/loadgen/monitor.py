@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import time
@@ -15,8 +16,39 @@ import aiohttp
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _cpu_clock_getter() -> Any:
+    """glibc's clock_getcpuclockid(3), or None where the C library has none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).clock_getcpuclockid
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
+    function.restype = ctypes.c_int
+    return function
+
+
+_clock_getcpuclockid = _cpu_clock_getter()
+
+
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of pid from /proc/<pid>/stat (the figure `top` shows)."""
+    """CPU time pid has used, every thread of it, running or ended, in seconds.
+
+    Read from the kernel's CPU-time clock of the process (clock_getcpuclockid(3),
+    clock_gettime(2)), which counts nanoseconds. /proc/<pid>/stat's utime + stime,
+    the figure `top` shows and the fallback here, counts 10 ms ticks: a server at
+    1 % of a core over a 10 s slice reads 10 ticks, so one tick more or less moved
+    a small call's CPU per packet by a tenth.
+    """
+    if _clock_getcpuclockid is not None:
+        clock = ctypes.c_int()
+        if _clock_getcpuclockid(pid, ctypes.byref(clock)) == 0:
+            with contextlib.suppress(OSError):
+                return time.clock_gettime(clock.value)
+    return proc_ticks_seconds(pid)
+
+
+def proc_ticks_seconds(pid: int) -> float:
+    """utime + stime of pid from /proc/<pid>/stat, in seconds (10 ms resolution)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
 

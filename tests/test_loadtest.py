@@ -22,6 +22,7 @@ from callsctl_sfu.client.loadgen import (
     percentiles,
     source_of,
 )
+from tests.support.admin import admin_client
 from tests.support.helpers import run_cli
 
 
@@ -300,12 +301,17 @@ def test_one_timer_checks_every_participants_consent_and_sends_their_reports(ser
     monkeypatch.setattr(LightParticipant, "send_receiver_report", counted)
     aioice_tasks_ended: list[bool] = []
 
+    sessions: list[dict] = []
+
     async def during_window(edge: str) -> None:
         if edge == "start":
             for participant in test.participants:
                 transport = participant.pc.getTransceivers()[0].sender.transport.transport
                 task = aiortc_bridge.consent_task(aiortc_bridge.ice_connection(transport))
                 aioice_tasks_ended.append(task is not None and task.done())
+        else:
+            async with admin_client(server) as admin:
+                sessions.extend((await admin.get("/api/v1/calls/loadtest-1")).json()["sessions"])
 
     config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
                         calls=1, users_per_call=4, unmuted=1, duration=10, join_duration=1.5,
@@ -323,3 +329,7 @@ def test_one_timer_checks_every_participants_consent_and_sends_their_reports(ser
     assert stats.expired == 0
     assert sorted(reports) == [f"loadtest-1-u{i}" for i in range(1, 5)], reports
     assert min(reports.values()) >= 5, reports
+    # The reports carry a block per stream received, as browsers' do: the server
+    # knows every listener's downlink loss and jitter from them.
+    assert len(sessions) == 4, sessions
+    assert all(s["loss"] == 0.0 and s["jitter_ms"] is not None for s in sessions), sessions

@@ -364,10 +364,23 @@ class LightParticipant:
             offset += length
 
     def send_receiver_report(self) -> None:
-        """An empty RTCP RR (RFC 3550 §6.4.2): the regular RTCP a receiving client sends."""
-        if self._rtcp_send is not None and not self.closed:
-            with contextlib.suppress(pylibsrtp.Error, OSError):
-                self._rtcp_send(struct.pack("!BBHI", 0x80, 201, 1, self._rr_ssrc))
+        """An RTCP RR (RFC 3550 §6.4.2): the regular RTCP a receiving client sends.
+
+        One report block per stream received so far, at most 31, as libwebrtc
+        sends them, so the server reads what it reads from browsers. The generator
+        keeps no reception statistics: the blocks say no loss, no jitter, and the
+        packets counted as the highest sequence; LSR and DLSR are 0 (RFC 3550
+        §6.4.1: no sender report received).
+        """
+        if self._rtcp_send is None or self.closed:
+            return
+        ssrcs = list(self.received.items())[:31]
+        packet = struct.pack("!BBHI", 0x80 | len(ssrcs), 201, 1 + 6 * len(ssrcs),
+                             self._rr_ssrc)
+        packet += b"".join(struct.pack("!IIIIII", ssrc, 0, count & 0xFFFFFFFF, 0, 0, 0)
+                           for ssrc, count in ssrcs)
+        with contextlib.suppress(pylibsrtp.Error, OSError):
+            self._rtcp_send(packet)
 
     # -- leaving ---------------------------------------------------------------------------------
 

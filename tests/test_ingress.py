@@ -199,6 +199,108 @@ def test_a_packet_that_fails_srtp_is_counted_not_forwarded(server):
     assert receiver.nothing_waiting()
 
 
+def report_block(ssrc: int, fraction_lost: int, jitter: int, lsr: int = 0,
+                 dlsr: int = 0) -> bytes:
+    """One RFC 3550 §6.4.1 report block (cumulative lost 5, highest sequence 1000)."""
+    return struct.pack("!IB3sIIII", ssrc, fraction_lost, b"\x00\x00\x05", 1000, jitter, lsr,
+                       dlsr)
+
+
+def receiver_report(*blocks: bytes, sender: int = 0x4321) -> bytes:
+    return struct.pack("!BBHI", 0x80 | len(blocks), 201, 1 + 6 * len(blocks), sender) \
+        + b"".join(blocks)
+
+
+def sdes_cname(ssrc: int, cname: bytes = b"alice") -> bytes:
+    """An SDES chunk with one CNAME item, its item list ended and padded (RFC 3550 §6.5)."""
+    body = struct.pack("!IBB", ssrc, 1, len(cname)) + cname
+    body += b"\x00" * (4 - len(body) % 4)
+    return struct.pack("!BBH", 0x81, 202, len(body) // 4) + body
+
+
+class ReportsSession:
+    """The server fixture's publisher, now also reporting: its session reads RTCP in C."""
+
+    def __init__(self, server: Server) -> None:
+        self.reports: list[tuple[float, list]] = []
+        self.plain: list[bytes] = []
+        self.session = fastpath.InSession(aiortc_bridge.srtp_context_address(server.unprotect),
+                                          server.unprotect, self.plain.append)
+        self.session.on_reports = lambda now, blocks: self.reports.append((now, blocks))
+        server.ingress.add(server.publisher.getsockname(), self.session)
+
+
+def send_rtcp(server: Server, compound: bytes) -> bytes:
+    data = server.protect.protect_rtcp(compound)
+    server.publisher.sendto(data, server.sock.getsockname())
+    return data
+
+
+def test_receiver_reports_are_read_in_c_and_reach_python_without_the_datagram(server):
+    listener = ReportsSession(server)
+    send_rtcp(server, receiver_report(report_block(0xA0, 64, 120, 0x11112222, 0x10000),
+                                      report_block(0xA1, 0, 7)) + sdes_cname(0x4321))
+    result = server.drain(now=7.5)
+    assert result.slow is None and result.plain is None  # nothing for the event loop
+    assert listener.reports == [(7.5, [(0xA0, 64, 120, 0x11112222, 0x10000),
+                                       (0xA1, 0, 7, 0, 0)])]
+    assert listener.session.rtcp_packets == 1 and listener.session.last_rx == 7.5
+
+
+def test_an_empty_receiver_report_is_taken_with_nothing_to_record(server):
+    listener = ReportsSession(server)
+    send_rtcp(server, receiver_report())
+    result = server.drain()
+    assert result.slow is None and result.plain is None and listener.reports == []
+    assert listener.session.rtcp_packets == 1
+
+
+@pytest.mark.parametrize("extra", ["pli", "sender report", "bye"])
+def test_rtcp_holding_more_than_receiver_reports_goes_up_decrypted_whole(server, extra):
+    listener = ReportsSession(server)
+    if extra == "pli":  # a keyframe request after the report, as browsers send it
+        compound = receiver_report(report_block(0xA0, 0, 3)) + \
+            struct.pack("!BBHII", 0x81, 206, 2, 0x4321, 0xA0)
+    elif extra == "sender report":  # a publisher's SR is translated for receivers
+        compound = struct.pack("!BBHIQIII", 0x80, 200, 6, 0x4321, 1 << 40, 960, 10, 1000)
+    else:
+        compound = receiver_report() + struct.pack("!BBHI", 0x81, 203, 1, 0x4321)
+    send_rtcp(server, compound)
+    result = server.drain()
+    assert result.slow is None and listener.reports == []
+    assert result.plain == [(listener.plain.append, compound)]
+    assert listener.session.rtcp_packets == 1
+
+
+def test_rtcp_that_fails_srtcp_is_counted_and_dropped(server):
+    listener = ReportsSession(server)
+    data = bytearray(server.protect.protect_rtcp(receiver_report(report_block(0xA0, 1, 1))))
+    data[10] ^= 0xFF  # inside the encrypted part: the authentication tag no longer holds
+    server.publisher.sendto(bytes(data), server.sock.getsockname())
+    result = server.drain()
+    assert result.slow is None and result.plain is None and listener.reports == []
+    assert listener.session.srtp_errors == 1 and listener.session.rtcp_packets == 0
+
+
+def test_a_failing_reports_callback_loses_only_that_report(server):
+    listener = ReportsSession(server)
+    calls = []
+
+    def fails_once(now: float, blocks: list) -> None:
+        calls.append(blocks)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the callback")
+
+    listener.session.on_reports = fails_once
+    send_rtcp(server, receiver_report(report_block(0xA0, 1, 1)))
+    assert server.drain().plain is None
+    send_rtcp(server, receiver_report(report_block(0xA0, 2, 2)))
+    assert server.drain().plain is None
+    assert [blocks[0][1] for blocks in calls] == [1, 2]
+    with pytest.raises(TypeError):
+        listener.session.on_reports = 42
+
+
 def test_a_datagram_too_big_for_webrtc_is_counted_and_dropped(server):
     server.publisher.sendto(b"\x80" * (fastpath_recv_slot() + 100), server.sock.getsockname())
     result = server.drain()

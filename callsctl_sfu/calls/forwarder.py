@@ -44,7 +44,7 @@ from callsctl_sfu.calls.forward_metrics import ForwardMetrics, NoMetrics
 from callsctl_sfu.calls.forwarding import Plan, Route, TrackRoutes
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
-from callsctl_sfu.rtc.rtcp import missing_between, nack, pli
+from callsctl_sfu.rtc.rtcp import ReportBlock, missing_between, nack, pli
 from callsctl_sfu.rtc.rtp import ParsedRtp, audio_level, parse_rtp, vp8_keyframe
 from callsctl_sfu.rtc.simulcast import choose_layer
 
@@ -249,6 +249,10 @@ class Forwarder:
     def on_rtcp(self, peer: MediaPeer, data: bytes) -> None:
         """Decrypted RTCP from a participant (rtc/rtcp_routing.py)."""
         self.rtcp.on_rtcp(peer, data)
+
+    def on_receiver_reports(self, peer: MediaPeer, now: float, blocks: list[ReportBlock]) -> None:
+        """Receiver report blocks the C ingress read (on its reader thread)."""
+        self.rtcp.on_receiver_reports(peer, now, blocks)
 
     # -- lookups for RTCP routing -----------------------------------------------------------
 

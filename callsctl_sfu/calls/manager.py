@@ -174,7 +174,8 @@ class CallManager:
         forwarder = self.forwarder
         peer: MediaPeer = stack.peer_class(
             session.session_id, self.mux, self._peer_signal_sender(session), forwarder.on_rtp,
-            self._on_peer_state, on_rtcp=forwarder.on_rtcp, on_tracks=self._on_tracks,
+            self._on_peer_state, on_rtcp=forwarder.on_rtcp,
+            on_reports=forwarder.on_receiver_reports, on_tracks=self._on_tracks,
             on_downtracks_ready=forwarder.on_downtracks_ready,
             ring_size=self.config.nack_buffer_size, simulcast=self.config.enable_simulcast)
         # Registered before any await, so concurrent joins of the same user count it;

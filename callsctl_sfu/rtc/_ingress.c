@@ -18,10 +18,15 @@
  *     same ReceptionStats object Python reports from), mute enforcement, the
  *     RFC 6464 level (voice activity is reported up once per drain) and
  *     fanout_send to every receiver;
- *   - everything else (STUN, DTLS, RTCP, video, unknown sources or SSRCs,
- *     a route whose plan changed, a receiver that renominated) goes up to
- *     Python as (bytes, addr), untouched, in arrival order, exactly as the
- *     asyncio reader delivered it before.
+ *   - SRTCP from such a session, once Python gave it `on_reports`, is
+ *     decrypted here (srtp_unprotect_rtcp, the same inbound srtp_t): a
+ *     compound of receiver reports only (RFC 3550 §6.4.2, SDES beside them),
+ *     a listener's regular RTCP, has its report blocks handed to on_reports
+ *     on the spot; any other compound goes up decrypted (on_plain);
+ *   - everything else (STUN, DTLS, RTCP of sessions without on_reports,
+ *     video, unknown sources or SSRCs, a route whose plan changed, a receiver
+ *     that renominated) goes up to Python as (bytes, addr), untouched, in
+ *     arrival order, exactly as the asyncio reader delivered it before.
  *
  * Python stays the only decider: it registers a route when its own path has
  * forwarded a packet of that stream with a complete plan, and drops routes
@@ -56,6 +61,15 @@
 #define MAX_SAMPLES 1024        /* reader thread: write-time samples kept until collect() */
 
 static srtp_fn srtp_unprotect_ptr = NULL;
+static srtp_fn srtcp_unprotect_ptr = NULL; /* srtp_unprotect_rtcp; NULL: RTCP goes up */
+
+/* A 32-bit network-order field. */
+static inline unsigned long
+read_u32(const unsigned char *at)
+{
+    return ((unsigned long)at[0] << 24) | ((unsigned long)at[1] << 16) |
+           ((unsigned long)at[2] << 8) | at[3];
+}
 
 /* ---- Reception: RFC 3550 Appendix A bookkeeping for one incoming SSRC ------------- */
 
@@ -428,9 +442,11 @@ typedef struct {
     PyObject *srtp_session;     /* the pylibsrtp Session owning it: kept alive */
     PyObject *routes;           /* dict: SSRC (int) -> InRoute */
     PyObject *on_plain;         /* called with a decrypted packet the ingress hands up */
+    PyObject *on_reports;       /* on_reports(now, blocks): receiver reports read here */
     double last_rx;             /* loop time of the last packet handled here */
     unsigned long long srtp_errors;
     unsigned long long packets;
+    unsigned long long rtcp_packets; /* RTCP compounds decrypted here */
     IceState ice;               /* consent STUN handled here once set_ice() was called */
 } InSessionObject;
 
@@ -476,6 +492,7 @@ InSession_traverse(InSessionObject *self, visitproc visit, void *arg)
     Py_VISIT(self->srtp_session);
     Py_VISIT(self->routes);
     Py_VISIT(self->on_plain);
+    Py_VISIT(self->on_reports);
     return ice_state_traverse(&self->ice, visit, arg);
 }
 
@@ -485,6 +502,7 @@ InSession_clear(InSessionObject *self)
     Py_CLEAR(self->srtp_session);
     Py_CLEAR(self->routes);
     Py_CLEAR(self->on_plain);
+    Py_CLEAR(self->on_reports);
     ice_state_clear(&self->ice);
     return 0;
 }
@@ -556,12 +574,31 @@ InSession_get_routes(InSessionObject *self, void *closure)
     return PyDictProxy_New(self->routes);
 }
 
+static PyObject *
+InSession_get_on_reports(InSessionObject *self, void *closure)
+{
+    return Py_NewRef(self->on_reports ? self->on_reports : Py_None);
+}
+
+static int
+InSession_set_on_reports(InSessionObject *self, PyObject *value, void *closure)
+{
+    if (value != NULL && value != Py_None && !PyCallable_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "InSession.on_reports must be callable or None");
+        return -1;
+    }
+    Py_XSETREF(self->on_reports, value == NULL || value == Py_None ? NULL : Py_NewRef(value));
+    return 0;
+}
+
 static PyMemberDef InSession_members[] = {
     {"last_rx", T_DOUBLE, offsetof(InSessionObject, last_rx), 0,
      "loop time of the last packet the ingress handled"},
     {"srtp_errors", T_ULONGLONG, offsetof(InSessionObject, srtp_errors), 0,
      "packets srtp_unprotect refused here"},
     {"packets", T_ULONGLONG, offsetof(InSessionObject, packets), 0, "packets handled here"},
+    {"rtcp_packets", T_ULONGLONG, offsetof(InSessionObject, rtcp_packets), READONLY,
+     "RTCP compounds decrypted here (receiver reports read here, the rest handed up)"},
     {"consent_at", T_DOUBLE, offsetof(InSessionObject, ice.consent_at), READONLY,
      "loop time of the last answer to the server's consent checks taken here, or 0"},
     {"consent_round_trip", T_DOUBLE, offsetof(InSessionObject, ice.round_trip), READONLY,
@@ -575,6 +612,10 @@ static PyMemberDef InSession_members[] = {
 
 static PyGetSetDef InSession_getset[] = {
     {"routes", (getter)InSession_get_routes, NULL, "SSRC -> InRoute (read-only view)", NULL},
+    {"on_reports", (getter)InSession_get_on_reports, (setter)InSession_set_on_reports,
+     "on_reports(now, [(ssrc, fraction_lost, jitter, lsr, dlsr), ...]), called on the reader\n"
+     "thread for a compound of receiver reports only; None: this peer's RTCP goes up\n"
+     "encrypted, as before", NULL},
     {NULL}
 };
 
@@ -1027,6 +1068,67 @@ write_sample(int video, double seconds, Py_ssize_t copies)
     return Py_BuildValue("(sd)", video ? "video" : "audio", seconds / (double)copies);
 }
 
+/* RFC 3550 §6.4.2 receiver reports, with SDES beside them (§6.5) and nothing else: the
+   regular RTCP of a participant that only listens. Their report blocks go to
+   on_reports(now, [(ssrc, fraction_lost, jitter, lsr, dlsr), ...]) here, on the reader
+   thread, so the event loop is not woken for a statistic; 1 when taken so, 0 when the
+   compound holds anything else (a sender report, feedback, BYE, APP) or is malformed,
+   for the caller to hand up whole; -1 with an exception set. */
+static int
+take_receiver_reports(InSessionObject *session, const unsigned char *data, int length,
+                      double now)
+{
+    int offset = 0, blocks = 0;
+    while (offset < length) {
+        if (length - offset < 4 || (data[offset] & 0xC0) != 0x80)
+            return 0;
+        int type = data[offset + 1];
+        int size = 4 * (((data[offset + 2] << 8) | data[offset + 3]) + 1);
+        if (size > length - offset)
+            return 0;
+        if (type == 201) {
+            int count = data[offset] & 0x1F;
+            if (8 + 24 * count > size)
+                return 0;
+            blocks += count;
+        } else if (type != 202) {
+            return 0;
+        }
+        offset += size;
+    }
+    if (offset == 0)
+        return 0;
+    if (blocks == 0)
+        return 1; /* an empty report (RFC 3550 §6.4.2): nothing to record */
+    PyObject *list = PyList_New(blocks);
+    if (list == NULL)
+        return -1;
+    int filled = 0;
+    for (offset = 0; offset < length;) {
+        int size = 4 * (((data[offset + 2] << 8) | data[offset + 3]) + 1);
+        if (data[offset + 1] == 201) {
+            int count = data[offset] & 0x1F;
+            for (int b = 0; b < count; b++) {
+                const unsigned char *block = data + offset + 8 + 24 * b;
+                PyObject *item = Py_BuildValue("(kikkk)", read_u32(block), (int)block[4],
+                                               read_u32(block + 12), read_u32(block + 16),
+                                               read_u32(block + 20));
+                if (item == NULL) {
+                    Py_DECREF(list);
+                    return -1;
+                }
+                PyList_SET_ITEM(list, filled++, item);
+            }
+        }
+        offset += size;
+    }
+    PyObject *result = PyObject_CallFunction(session->on_reports, "dN", now, list);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 1;
+}
+
 /*
  * One drain: the method's work, and the reader thread's. With `totals` NULL (the method)
  * the result carries this drain's counters and samples, and every route's speech is
@@ -1115,6 +1217,34 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             }
             session = NULL;
         }
+        if (!blocked && srtcp_unprotect_ptr != NULL && length >= 12 &&
+            (data[0] & 0xC0) == 0x80 && data[1] >= 192 && data[1] <= 223 &&
+            (session = lookup_session(self, sa)) != NULL && session->on_reports != NULL &&
+            session->on_plain != NULL) {
+            /* SRTCP (RFC 5761 §4) from an established session: decrypted here; a compound
+               of receiver reports only is read here, the rest goes up decrypted. */
+            Py_XSETREF(held_session, Py_NewRef((PyObject *)session));
+            int plain_len = length;
+            if (srtcp_unprotect_ptr(session->ctx, data, &plain_len) != 0) {
+                session->srtp_errors += 1;
+                continue;
+            }
+            session->last_rx = now;
+            session->rtcp_packets += 1;
+            int taken = take_receiver_reports(session, data, plain_len, now);
+            if (taken < 0) {
+                PyErr_Clear(); /* the reports are statistics: a failure loses only them */
+                continue;
+            }
+            if (taken)
+                continue;
+            PyObject *item = Py_BuildValue("(Oy#)", session->on_plain, (const char *)data,
+                                           (Py_ssize_t)plain_len);
+            if (append_new(&plain, item) < 0)
+                goto fail;
+            continue;
+        }
+        session = NULL;
         if (!blocked && length >= 12 && (data[0] & 0xC0) == 0x80 &&
             !(data[1] >= 192 && data[1] <= 223) &&
             (session = lookup_session(self, sa)) != NULL) {
@@ -1777,6 +1907,19 @@ set_unprotect(PyObject *module, PyObject *arg)
 }
 
 static PyObject *
+set_unprotect_rtcp(PyObject *module, PyObject *arg)
+{
+    void *address = PyLong_AsVoidPtr(arg);
+    if (address == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "null srtp_unprotect_rtcp address");
+        return NULL;
+    }
+    srtcp_unprotect_ptr = (srtp_fn)address;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 media_acquire(PyObject *module, PyObject *unused)
 {
     media_lock_with_gil();
@@ -1801,6 +1944,9 @@ static PyMethodDef ingress_functions[] = {
     {"media_release", media_release, METH_NOARGS, "media_release(): give it back."},
     {"set_unprotect", set_unprotect, METH_O,
      "set_unprotect(address): libsrtp's srtp_unprotect, as pylibsrtp's cffi module exposes it."},
+    {"set_unprotect_rtcp", set_unprotect_rtcp, METH_O,
+     "set_unprotect_rtcp(address): libsrtp's srtp_unprotect_rtcp, likewise; until it is\n"
+     "given, sessions' RTCP goes up to Python encrypted."},
     {NULL}
 };
 

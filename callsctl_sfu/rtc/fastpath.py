@@ -33,6 +33,7 @@ and pylibsrtp's calls, which release the GIL inside libsrtp, are wrapped
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import ipaddress
 import logging
@@ -76,6 +77,12 @@ def _wire_protect() -> str:
             return f"pylibsrtp's {name} is {signature!r}, not the libsrtp 2 signature"
     _fanout.set_protect(protect)
     _fanout.set_unprotect(unprotect)
+    # SRTCP too, so the ingress reads receiver reports without waking the event loop;
+    # optional: where it is missing or differs, RTCP goes up to Python as before.
+    with contextlib.suppress(AttributeError, ImportError):
+        unprotect_rtcp, rtcp_signature = aiortc_bridge.srtp_function("srtp_unprotect_rtcp")
+        if rtcp_signature == EXPECTED_PROTECT:
+            _fanout.set_unprotect_rtcp(unprotect_rtcp)
     return ""
 
 

@@ -38,6 +38,7 @@ from callsctl_sfu.rtc import aiortc_bridge, fastpath
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.muxproto import MuxedStunProtocol
+from callsctl_sfu.rtc.rtcp import ReportBlock
 from callsctl_sfu.rtc.rtp import AUDIO_LEVEL_URI, MID_URI, is_rtcp
 from callsctl_sfu.rtc.sdp_munge import (
     harmonise,
@@ -142,6 +143,7 @@ class MediaPeer:
         on_rtp: Callable[[MediaPeer, bytes], None],
         on_state: Callable[[MediaPeer, str], None],
         on_rtcp: Callable[[MediaPeer, bytes], None] | None = None,
+        on_reports: Callable[[MediaPeer, float, list[ReportBlock]], None] | None = None,
         on_tracks: Callable[[MediaPeer], None] | None = None,
         on_downtracks_ready: Callable[[MediaPeer, list[DownTrack]], None] | None = None,
         ring_size: int = 256,
@@ -153,6 +155,7 @@ class MediaPeer:
         self._on_rtp = on_rtp
         self._on_state = on_state
         self._on_rtcp = on_rtcp
+        self._on_reports = on_reports
         self._on_tracks = on_tracks
         self._on_downtracks_ready = on_downtracks_ready
         self.ring_size = ring_size
@@ -210,7 +213,7 @@ class MediaPeer:
         self.glare_ignored = 0
         self.offers_sent = 0
         self._srtp_errors = 0
-        self.rtcp_in = 0
+        self._rtcp_in = 0
         # This peer in the C ingress (fastpath.InSession) once DTLS is up, else None.
         self.ingress: Any = None
 
@@ -224,6 +227,12 @@ class MediaPeer:
     def srtp_errors(self, value: int) -> None:
         ingress = self.ingress
         self._srtp_errors = value - (int(ingress.srtp_errors) if ingress is not None else 0)
+
+    @property
+    def rtcp_in(self) -> int:
+        """RTCP compounds received, decrypted in Python or in the C ingress."""
+        ingress = self.ingress
+        return self._rtcp_in + (int(ingress.rtcp_packets) if ingress is not None else 0)
 
     def drop_ingress_routes(self) -> None:
         """Every packet of this peer goes up to Python until the forwarder routes it again."""
@@ -513,6 +522,10 @@ class MediaPeer:
             # The C ingress decrypts this peer's media with the same inbound srtp_t.
             self.ingress = fastpath.InSession(aiortc_bridge.srtp_context_address(rx_srtp),
                                               rx_srtp, self._plain_rtp)
+            if self._on_reports is not None:
+                # Receiver reports are read on the ingress's thread; other RTCP comes
+                # up decrypted to _plain_rtp.
+                self.ingress.on_reports = self._reports_from_ingress
             self.mux.attach_ingress(proto, self.ingress)
         self._on_state(self, "connected")
 
@@ -521,7 +534,7 @@ class MediaPeer:
         try:
             if is_rtcp(data):
                 plain_rtcp = self._rx_srtp.unprotect_rtcp(data)  # type: ignore[union-attr]
-                self.rtcp_in += 1
+                self._rtcp_in += 1
                 if self._on_rtcp is not None:
                     self._on_rtcp(self, plain_rtcp)
                 return
@@ -532,9 +545,20 @@ class MediaPeer:
         self._on_rtp(self, plain)
 
     def _plain_rtp(self, plain: bytes) -> None:
-        """A packet the C ingress decrypted but left to Python (a video gap or keyframe)."""
-        if not self.closed:
-            self._on_rtp(self, plain)
+        """A packet the C ingress decrypted but left to Python: a video gap or keyframe,
+        or an RTCP compound that holds more than receiver reports (counted there)."""
+        if self.closed:
+            return
+        if is_rtcp(plain):
+            if self._on_rtcp is not None:
+                self._on_rtcp(self, plain)
+            return
+        self._on_rtp(self, plain)
+
+    def _reports_from_ingress(self, now: float, blocks: list[ReportBlock]) -> None:
+        """Receiver report blocks the C ingress read, on its reader thread (GIL held)."""
+        if not self.closed and self._on_reports is not None:
+            self._on_reports(self, now, blocks)
 
     def send_rtp(self, packet: bytes) -> bool:
         """Protect with this receiver's SRTP context and send on its selected pair's path.

@@ -17,6 +17,10 @@ PLI_FMT = 1
 NACK_FMT = 1
 SFU_SSRC = 1  # sender SSRC of feedback the SFU originates (RFC 4585 allows any)
 
+# One report block of a receiver report (RFC 3550 §6.4.1) as the C ingress hands it up:
+# (SSRC it is about, fraction lost in 1/256, interarrival jitter, LSR, DLSR).
+ReportBlock = tuple[int, int, int, int, int]
+
 
 def pli(media_ssrc: int, sender_ssrc: int = SFU_SSRC) -> bytes:
     """Picture Loss Indication (RFC 4585 §6.3.1): "send me a keyframe"."""

@@ -38,6 +38,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
+from callsctl_sfu.rtc.rtcp import ReportBlock
 from callsctl_sfu.rtc.rtp import parse_rtp
 
 if TYPE_CHECKING:
@@ -188,15 +189,31 @@ class RtcpRouter:
         """Loss, jitter and round trip of what the SFU sends this receiver (RFC 3550 §6.4.1)."""
         now = self._now()
         for block in reports:
-            down = receiver.downtracks_by_ssrc.get(block.ssrc)
-            if down is None:
-                continue
-            down.fraction_lost = block.fraction_lost / 256
-            down.jitter = block.jitter
-            down.jitter_ms = 1000 * block.jitter / (48000 if down.kind == "audio" else 90000)
-            sent = down.sr_sent.get(block.lsr) if block.lsr else None
-            if sent is not None:
-                down.rtt_ms = max(0.0, 1000 * (now - sent - block.dlsr / 65536))
+            self._record_block(receiver, now, block.ssrc, block.fraction_lost, block.jitter,
+                               block.lsr, block.dlsr)
+
+    def on_receiver_reports(self, receiver: MediaPeer, now: float,
+                            blocks: list[ReportBlock]) -> None:
+        """Report blocks the C ingress read from a compound of receiver reports only.
+
+        Runs on the ingress's reader thread with the GIL held, not on the event
+        loop, so it only records: `now` is the loop's clock, read by that thread.
+        """
+        for ssrc, fraction_lost, jitter, lsr, dlsr in blocks:
+            self._record_block(receiver, now, ssrc, fraction_lost, jitter, lsr, dlsr)
+
+    @staticmethod
+    def _record_block(receiver: MediaPeer, now: float, ssrc: int, fraction_lost: int,
+                      jitter: int, lsr: int, dlsr: int) -> None:
+        down = receiver.downtracks_by_ssrc.get(ssrc)
+        if down is None:
+            return
+        down.fraction_lost = fraction_lost / 256
+        down.jitter = jitter
+        down.jitter_ms = 1000 * jitter / (48000 if down.kind == "audio" else 90000)
+        sent = down.sr_sent.get(lsr) if lsr else None
+        if sent is not None:
+            down.rtt_ms = max(0.0, 1000 * (now - sent - dlsr / 65536))
 
     @staticmethod
     def _record_remb(receiver: MediaPeer, fci: bytes) -> None:

@@ -1122,7 +1122,14 @@ take_receiver_reports(InSessionObject *session, const unsigned char *data, int l
         }
         offset += size;
     }
-    PyObject *result = PyObject_CallFunction(session->on_reports, "dN", now, list);
+    if (session->on_reports == NULL) { /* taken away meanwhile (a collection ran Python) */
+        Py_DECREF(list);
+        return 1;
+    }
+    /* Held across the call: the callback may replace session.on_reports meanwhile. */
+    PyObject *callback = Py_NewRef(session->on_reports);
+    PyObject *result = PyObject_CallFunction(callback, "dN", now, list);
+    Py_DECREF(callback);
     if (result == NULL)
         return -1;
     Py_DECREF(result);

@@ -301,6 +301,23 @@ def test_a_failing_reports_callback_loses_only_that_report(server):
         listener.session.on_reports = 42
 
 
+def test_a_callback_that_takes_itself_away_ends_the_c_reading_of_reports(server):
+    listener = ReportsSession(server)
+    calls = []
+
+    def once(now: float, blocks: list) -> None:
+        calls.append(blocks)
+        listener.session.on_reports = None  # its last reference but the call's own
+
+    listener.session.on_reports = once
+    del once
+    send_rtcp(server, receiver_report(report_block(0xA0, 1, 1)))
+    assert server.drain().plain is None and len(calls) == 1
+    data = send_rtcp(server, receiver_report(report_block(0xA0, 2, 2)))
+    assert server.drain().slow == [(data, server.publisher.getsockname())]  # as before C
+    assert len(calls) == 1
+
+
 def test_a_datagram_too_big_for_webrtc_is_counted_and_dropped(server):
     server.publisher.sendto(b"\x80" * (fastpath_recv_slot() + 100), server.sock.getsockname())
     result = server.drain()

@@ -1434,13 +1434,8 @@ parallel_batches_count(PyObject *module, PyObject *unused)
 static PyObject *
 set_protect(PyObject *module, PyObject *arg)
 {
-    void *address = PyLong_AsVoidPtr(arg);
-    if (address == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "null srtp_protect address");
+    if (srtp_fn_from(arg, "srtp_protect", &srtp_protect_ptr) < 0)
         return NULL;
-    }
-    srtp_protect_ptr = (srtp_fn)address;
     Py_RETURN_NONE;
 }
 

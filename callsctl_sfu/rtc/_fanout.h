@@ -20,6 +20,21 @@
 /* libsrtp 2: srtp_err_status_t srtp_protect/srtp_unprotect(srtp_t ctx, void *rtp, int *len). */
 typedef int (*srtp_fn)(void *ctx, void *rtp, int *len);
 
+/* A libsrtp function's address as Python hands it over (an int from pylibsrtp's cffi
+   module) into *out: 0, or -1 with an exception naming `name`. */
+static inline int
+srtp_fn_from(PyObject *address_obj, const char *name, srtp_fn *out)
+{
+    void *address = PyLong_AsVoidPtr(address_obj);
+    if (address == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "null %s address", name);
+        return -1;
+    }
+    *out = (srtp_fn)address;
+    return 0;
+}
+
 #define BATCH 64                /* datagrams per sendmmsg / recvmmsg call */
 #define MAX_HEADER 20           /* 12-octet header + 8-octet audio-level extension */
 #define MAX_PAYLOAD (2048 - MAX_HEADER - 144)

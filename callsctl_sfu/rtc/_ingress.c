@@ -1903,26 +1903,16 @@ static PyTypeObject IngressType = {
 static PyObject *
 set_unprotect(PyObject *module, PyObject *arg)
 {
-    void *address = PyLong_AsVoidPtr(arg);
-    if (address == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "null srtp_unprotect address");
+    if (srtp_fn_from(arg, "srtp_unprotect", &srtp_unprotect_ptr) < 0)
         return NULL;
-    }
-    srtp_unprotect_ptr = (srtp_fn)address;
     Py_RETURN_NONE;
 }
 
 static PyObject *
 set_unprotect_rtcp(PyObject *module, PyObject *arg)
 {
-    void *address = PyLong_AsVoidPtr(arg);
-    if (address == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "null srtp_unprotect_rtcp address");
+    if (srtp_fn_from(arg, "srtp_unprotect_rtcp", &srtcp_unprotect_ptr) < 0)
         return NULL;
-    }
-    srtcp_unprotect_ptr = (srtp_fn)address;
     Py_RETURN_NONE;
 }
 

@@ -42,11 +42,6 @@ def free_port(kind: int) -> int:
         return sock.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """The server's CPU time so far (its CPU-time clock; the load generator's meter)."""
-    return proc_cpu_seconds(pid)
-
-
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -101,9 +96,9 @@ async def run(participants: int, speakers: int, window: float) -> dict[str, floa
         await asyncio.sleep(3)  # steady state: every renegotiation done
         joined_rss = rss_bytes(server.pid)
         stats0 = httpx.get(f"{base}/stats").json()["forwarding"]
-        cpu0, wall0 = cpu_seconds(server.pid), time.monotonic()
+        cpu0, wall0 = proc_cpu_seconds(server.pid), time.monotonic()
         await asyncio.sleep(window)
-        cpu1, wall1 = cpu_seconds(server.pid), time.monotonic()
+        cpu1, wall1 = proc_cpu_seconds(server.pid), time.monotonic()
         stats1 = httpx.get(f"{base}/stats").json()["forwarding"]
         forwarded = stats1["rtp_forwarded"] - stats0["rtp_forwarded"]
         received = stats1["rtp_in"] - stats0["rtp_in"]

@@ -1068,6 +1068,21 @@ write_sample(int video, double seconds, Py_ssize_t copies)
     return Py_BuildValue("(sd)", video ? "video" : "audio", seconds / (double)copies);
 }
 
+/* Decrypt one of the session's datagrams in place with `unprotect` (srtp_unprotect or
+   srtp_unprotect_rtcp on its inbound srtp_t): 0 and the peer counts as heard now, or -1
+   with the refusal counted. */
+static inline int
+session_unprotect(InSessionObject *session, srtp_fn unprotect, unsigned char *data,
+                  int *length, double now)
+{
+    if (unprotect(session->ctx, data, length) != 0) {
+        session->srtp_errors += 1;
+        return -1;
+    }
+    session->last_rx = now;
+    return 0;
+}
+
 /* RFC 3550 §6.4.2 receiver reports, with SDES beside them (§6.5) and nothing else: the
    regular RTCP of a participant that only listens. Their report blocks go to
    on_reports(now, [(ssrc, fraction_lost, jitter, lsr, dlsr), ...]) here, on the reader
@@ -1232,11 +1247,8 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
                of receiver reports only is read here, the rest goes up decrypted. */
             Py_XSETREF(held_session, Py_NewRef((PyObject *)session));
             int plain_len = length;
-            if (srtcp_unprotect_ptr(session->ctx, data, &plain_len) != 0) {
-                session->srtp_errors += 1;
+            if (session_unprotect(session, srtcp_unprotect_ptr, data, &plain_len, now) < 0)
                 continue;
-            }
-            session->last_rx = now;
             session->rtcp_packets += 1;
             int taken = take_receiver_reports(session, data, plain_len, now);
             if (taken < 0) {
@@ -1283,11 +1295,8 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
 
         /* The fast path: this stream's packets are ours to forward. */
         int plain_len = length;
-        if (srtp_unprotect_ptr(session->ctx, data, &plain_len) != 0) {
-            session->srtp_errors += 1;
+        if (session_unprotect(session, srtp_unprotect_ptr, data, &plain_len, now) < 0)
             continue;
-        }
-        session->last_rx = now;
         session->packets += 1;
         int first = data[0], offset = 12 + 4 * (first & 0x0F), level = -1;
         if (first & 0x10) {

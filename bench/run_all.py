@@ -713,14 +713,24 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
 
 
 async def floor(shape: Shape, cpus: Cpus = None, sink: bool = False,
-                engine: str = "python") -> dict[str, Any]:
+                engine: str = "python", at_call_rate: bool = False) -> dict[str, Any]:
     """bench/srtp_floor.py for the shape, on the server's CPUs when it is pinned.
 
     `sink`/`engine`: its --sink (the server's meter) and --engine (python or c).
+    `at_call_rate` (C engine): the floor of the server's own conditions, not a
+    warm loop: incoming packets as far apart as the server receives them
+    (--calls) and one outgoing stream per speaker per receiver (--streams),
+    about 1000 incoming packets three times.
     """
-    args = [sys.executable, str(BENCH / "srtp_floor.py"), "--receivers", str(shape.users - 1),
+    receivers = shape.users - 1
+    sent, repeats = ("50000", "5") if not at_call_rate else \
+        (str(min(5_000_000, max(1_000, 1000 * receivers))), "3")
+    args = [sys.executable, str(BENCH / "srtp_floor.py"), "--receivers", str(receivers),
             "--publishers", str(shape.unmuted),
-            "--min-sent", "50000", "--repeats", "5", "--json", "--engine", engine]
+            "--min-sent", sent, "--repeats", repeats, "--json", "--engine", engine]
+    if at_call_rate:
+        args += ["--calls", str(shape.calls),
+                 "--streams", str(max(1, shape.unmuted) + (1 if shape.screen else 0))]
     if sink:
         args.append("--sink")
     if shape.screen or shape.video:
@@ -778,13 +788,15 @@ async def run_scenario(scenario: Scenario, window: float, slices: int, relay_max
         # Python floor beside it; both metered like the server.
         floor_result = await floor(scenario.shape, cpus, sink, "c" if sink else "python")
         floor_python = await floor(scenario.shape, cpus, sink) if sink else None
+        floor_paced = await floor(scenario.shape, cpus, sink, "c", at_call_rate=True) \
+            if sink else None
     return {"key": scenario.key, "title": scenario.title, "shape": asdict(scenario.shape),
             "server_cpus": cpu_list(cpus), "loadgen_cpus": affinity_of(os.getpid()),
             "measured_at": started.strftime("%Y-%m-%d %H:%M UTC"),
             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "callsctl": sfu, "callsctl_python": python_engine, "mediarelay": relay,
             "relay_shape": asdict(rshape), "sink": sink,
-            "floor": floor_result, "floor_python": floor_python}
+            "floor": floor_result, "floor_python": floor_python, "floor_paced": floor_paced}
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -843,6 +855,10 @@ def _floor_row(fl: dict[str, Any], base_us: float) -> str:
     what = ("C floor: SRTP unprotect once, libsrtp protect + sendmmsg per receiver "
             "(fastpath.fanout, one thread)" if fl.get("engine") == "c" else
             "raw floor (Python): SRTP unprotect once, protect + sendto per receiver")
+    if fl.get("calls"):
+        what += (f", at the call's packet rate ({fl['pace_ms']:.1f} ms apart, "
+                 f"{fl['streams']} streams per receiver; the fan-out alone "
+                 f"{fl['fanout_us_per_copy']:.2f} µs per copy)")
     if fl.get("sink"):
         what += ", sink meter"
     us = fl["us_per_packet"]
@@ -874,7 +890,8 @@ def sink_notes(result: dict[str, Any]) -> list[str]:
         if meter.get("problems"):
             text += "; METER PROBLEMS: " + "; ".join(meter["problems"])
         notes.append(text + ".")
-    for floor_result in (result.get("floor"), result.get("floor_python")):
+    for floor_result in (result.get("floor"), result.get("floor_python"),
+                         result.get("floor_paced")):
         meter = (floor_result or {}).get("meter")
         if meter:
             notes.append(f"{floor_result['engine']} floor: the meter counted "  # type: ignore
@@ -930,7 +947,7 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
                           python_engine, floor_us))
     if relay is not None:
         lines.append(_row("aiortc MediaRelay (reference)", relay, floor_us))
-    for floor_result in (fl, result.get("floor_python")):
+    for floor_result in (fl, result.get("floor_python"), result.get("floor_paced")):
         if floor_result is not None:
             lines.append(_floor_row(floor_result, floor_us))
     lines.append("")
@@ -1028,12 +1045,14 @@ def render_sink_summary(runs: list[dict[str, Any]]) -> str:
         "",
         "| scenario | packets/s out | server CPU (+ksoftirqd) | its main thread "
         "| server µs / packet, median "
-        "slice (min-max) | C floor µs | x C floor | Python floor µs | delay p50 / p99 "
-        "(probes) | loss, all receivers (probes) | load generator CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "slice (min-max) | C floor µs | x C floor | C floor at the call's rate µs: "
+        "whole (fan-out alone) | x C floor at the call's rate | Python floor µs "
+        "| delay p50 / p99 (probes) | loss, all receivers (probes) | load generator CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         sfu, fl, py = r["callsctl"], r["floor"], r.get("floor_python")
+        paced = r.get("floor_paced")
         cpu = sfu["cpu"]
         us = cpu.get("us_per_packet")
         delay = sfu.get("delay_ms") or {}
@@ -1046,6 +1065,10 @@ def render_sink_summary(runs: list[dict[str, Any]]) -> str:
             "n/a" if us is None else f"**{us:.2f}** ({cpu['us_min']:.2f}-{cpu['us_max']:.2f})",
             f"{fl['us_per_packet']:.2f}",
             "n/a" if us is None else f"{us / fl['us_per_packet']:.1f}x",
+            "n/a" if paced is None else
+            f"{paced['us_per_packet']:.2f} ({paced['fanout_us_per_copy']:.2f})",
+            "n/a" if us is None or paced is None else
+            f"{us / paced['us_per_packet']:.2f}x",
             "n/a" if py is None else f"{py['us_per_packet']:.2f}",
             f"{_cell_f(delay.get('p50'), '.1f')} / {_cell_f(delay.get('p99'), '.1f')} ms",
             f"{_loss(sfu.get('loss'))} ({_loss(sfu.get('probe_loss'))})",
@@ -1058,7 +1081,10 @@ def render_sink_summary(runs: list[dict[str, Any]]) -> str:
               "copies counted and dropped at the loopback device, except to a tenth of each "
               f"call's receivers (2 to {PROBES}), the probes. C floor = SRTP unprotect once, "
               "then libsrtp protect + sendmmsg per copy through the C fan-out on one thread "
-              "(`srtp_floor.py --engine c --sink`); Python "
+              "(`srtp_floor.py --engine c --sink`), incoming packets 1 ms apart; C floor "
+              "at the call's rate = the same with the incoming packets as far apart as the "
+              "server receives them and one outgoing stream per speaker per receiver "
+              "(`--calls C --streams K`), its fan-out calls alone in brackets; Python "
               "floor = protect + sendto per copy in Python (`srtp_floor.py --sink`).",
               "- Meter checks: " + ("; ".join(problems) if problems else
                                     "every window counted SRTP in and out, every copy counted "

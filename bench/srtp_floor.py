@@ -22,6 +22,15 @@ does it: libsrtp protect and `sendmmsg` in batches, through `fastpath.fanout`
 (rtc/_fanout.c, one thread) rather than a Python loop; the one unprotect per
 incoming packet stays a pylibsrtp call.
 
+`--streams K` (C engine): K outgoing streams per receiver, the incoming packets
+taking turns, as the server gives each receiver one outgoing SSRC per forwarded
+speaker (each a stream of its own in the receiver's srtp_t, with its own
+replay window). `--pace-ms` then sets how cold each copy is: the server of a
+1 x N call with 2 speakers receives 100 packets a second, so its copies are
+made 10 ms apart, while the default 1 ms keeps the floor's state in cache.
+`fanout_us_per_copy` in the JSON is the CPU of the fan-out calls alone (no
+unprotect, no pacing), the per-copy floor.
+
 `--sink`: the sink meter (bench/sink_meter.py) on the sending socket: every
 copy goes through the send path up to the loopback device, where all but those
 to the first `probes_for(receivers + 1)` receivers (bound on the probe
@@ -31,6 +40,7 @@ meter's counts go in the JSON (`meter`: forwarded must equal sent).
 
     python bench/srtp_floor.py --receivers 9 --publishers 2 --json
     python bench/srtp_floor.py --receivers 199 --engine c --sink --json
+    python bench/srtp_floor.py --receivers 199 --engine c --sink --streams 2 --calls 1 --json
 """
 
 from __future__ import annotations
@@ -115,28 +125,36 @@ def _wire_packets(sample: MediaSample, count: int, ssrc: int) -> list[bytes]:
     return out
 
 
-def c_sender(sock: socket.socket, sinks: list[tuple[str, int]]) -> Any:
-    """The C floor's per-incoming-packet step: `fastpath.fanout` to every sink, own contexts."""
+def c_sender(sock: socket.socket, sinks: list[tuple[str, int]], streams: int = 1) -> Any:
+    """The C floor's per-incoming-packet step: `fastpath.fanout` to every sink, own contexts.
+
+    `streams`: outgoing streams per receiver (SSRCs in its srtp_t); incoming
+    packets take turns among them, as a call's speakers do.
+    """
     from callsctl_sfu.rtc import aiortc_bridge, fastpath
 
     if not fastpath.AVAILABLE:
         raise SystemExit(f"srtp_floor: the C fan-out is not available: {fastpath.REASON}")
     sessions = [_session(os.urandom(KEY_LEN), outbound=True) for _ in sinks]
     pair = object()
-    targets = [fastpath.Target(fastpath.Rewrite(ssrc=10_000 + i, payload_type=111,
-                                                audio_level_id=1),
-                               session, aiortc_bridge.srtp_context_address(session), sink,
-                               {1: pair}, pair)
-               for i, (session, sink) in enumerate(zip(sessions, sinks, strict=True))]
+    per_stream = [[fastpath.Target(fastpath.Rewrite(ssrc=10_000 + stream * 4096 + i,
+                                                    payload_type=111, audio_level_id=1),
+                                   session, aiortc_bridge.srtp_context_address(session), sink,
+                                   {1: pair}, pair)
+                   for i, (session, sink) in enumerate(zip(sessions, sinks, strict=True))]
+                  for stream in range(streams)]
     fd = sock.fileno()
     fanout = fastpath.fanout
-    # One outgoing stream per receiver, so one running sequence (the publishers' own
-    # sequences overlap and libsrtp would refuse them as replays).
-    sequence = itertools.count(1)
+    # One running sequence per outgoing stream (the publishers' own sequences
+    # overlap and libsrtp would refuse them as replays).
+    sequences = [itertools.count(1) for _ in range(streams)]
+    turns = itertools.cycle(range(streams))
 
     def send(clear: bytes) -> None:
-        seq = next(sequence)
-        fanout(fd, 0x90, False, seq & 0xFFFF, seq * 960, 0xABC, clear[20:], 30, targets)
+        stream = next(turns)
+        seq = next(sequences[stream])
+        fanout(fd, 0x90, False, seq & 0xFFFF, seq * 960, 0xABC + stream, clear[20:], 30,
+               per_stream[stream])
 
     send.sessions = sessions  # type: ignore[attr-defined]  # keeps the contexts alive
     return send
@@ -144,8 +162,12 @@ def c_sender(sock: socket.socket, sinks: list[tuple[str, int]]) -> Any:
 
 def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
             repeats: int, pace_ms: float = 1.0, engine: str = "python",
-            sink: bool = False) -> dict[str, Any]:
-    """CPU µs per sent packet, median of `repeats` runs of at least `min_sent` packets."""
+            sink: bool = False, streams: int = 1, calls: int = 0) -> dict[str, Any]:
+    """CPU µs per sent packet, median of `repeats` runs of at least `min_sent` packets.
+
+    `calls` > 0 replaces `pace_ms`: incoming packets as far apart as a server of
+    that many such calls receives them (its publishers' packet rates summed).
+    """
     probes = probes_for(receivers + 1) if sink else 0
     drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(receivers), str(probes),
                               PROBE_ADDRESS], stdout=subprocess.PIPE, text=True)
@@ -162,6 +184,8 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
         samples = [opus_sample()] * publishers + ([screen_sample()] if screen else [])
         plain: list[bytes] = []
         rate = sum(s.packets_per_second for s in samples)
+        if calls:
+            pace_ms = 1000 / (calls * rate)
         for number, sample in enumerate(samples):  # the streams' mix, by packet rate
             count = max(1, round(incoming_count * sample.packets_per_second / rate))
             plain += _wire_packets(sample, count, 0x1000 + number)
@@ -170,6 +194,7 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
         wire = [protector.protect(p) for p in plain]
         octets = statistics.fmean(len(p) for p in wire)
         figures = []
+        fanout_figures = []
         counts0 = meter.read() if meter else None
         total_sent = 0
         for _ in range(repeats):
@@ -177,16 +202,19 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
             sendto = sock.sendto
             pace = pace_ms / 1000
             if engine == "c":
-                send_c = c_sender(sock, sinks)
+                send_c = c_sender(sock, sinks, streams)
             else:
                 outbound = [(_session(os.urandom(KEY_LEN), outbound=True), dest)
                             for dest in sinks]
             start = time.thread_time()
+            fanout_cpu = 0.0
             sent = 0
             for packet in wire:
                 clear = inbound.unprotect(packet)
                 if engine == "c":
+                    before = time.thread_time()
                     send_c(clear)
+                    fanout_cpu += time.thread_time() - before
                 else:
                     for session, dest in outbound:
                         sendto(session.protect(clear), dest)
@@ -194,11 +222,14 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
                 if pace:
                     time.sleep(pace)
             figures.append(1e6 * (time.thread_time() - start) / max(1, sent))
+            fanout_figures.append(1e6 * fanout_cpu / max(1, sent))
             total_sent += sent
         result: dict[str, Any] = {
             "us_per_packet": statistics.median(figures), "min": min(figures),
             "max": max(figures), "repeats": repeats, "packets_per_repeat": sent,
             "pace_ms": pace_ms, "sockets": len(sinks), "engine": engine, "sink": sink,
+            "streams": streams, "calls": calls or None,
+            "fanout_us_per_copy": statistics.median(fanout_figures) if engine == "c" else None,
             "srtp_profile": PROFILE.openssl_profile.decode(),
             "receivers": receivers, "mean_packet_octets": round(octets, 1)}
         if meter is not None and counts0 is not None:
@@ -256,18 +287,28 @@ def main() -> None:
                         help="count and drop the copies at the loopback device except to "
                              "a tenth of the receivers, 2 to 8 (bench/sink_meter.py; needs "
                              "root and nft)")
+    parser.add_argument("--streams", type=int, default=1,
+                        help="C engine: outgoing streams (SSRCs) per receiver, taking turns "
+                             "(the server gives a receiver one per forwarded speaker)")
+    parser.add_argument("--calls", type=int, default=0,
+                        help="pace the incoming packets as a server of this many such calls "
+                             "receives them (replaces --pace-ms; 1 call with 2 speakers: 10 ms)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (1 <= args.receivers <= 2000 and 0 <= args.publishers <= 100
             and 1_000 <= args.min_sent <= 5_000_000 and 1 <= args.repeats <= 50
-            and 0 <= args.pace_ms <= 20):
+            and 0 <= args.pace_ms <= 20 and 1 <= args.streams <= 16
+            and 0 <= args.calls <= 1000):
         parser.error("receivers 1..2000, publishers 0..100, min-sent 1e3..5e6, repeats 1..50, "
-                     "pace-ms 0..20")
+                     "pace-ms 0..20, streams 1..16, calls 0..1000")
+    if args.streams > 1 and args.engine != "c":
+        parser.error("--streams needs --engine c")
     if args.publishers == 0 and not args.screen:
         parser.error("nothing to send: give --publishers or --screen")
     try:
         result = measure(args.receivers, args.publishers, args.screen, args.min_sent,
-                         args.repeats, args.pace_ms, args.engine, args.sink)
+                         args.repeats, args.pace_ms, args.engine, args.sink, args.streams,
+                         args.calls)
     except KeyboardInterrupt:
         raise SystemExit("srtp_floor: interrupted (the sink meter's tables were removed)") from None
     print(json.dumps(result) if args.json else

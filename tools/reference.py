@@ -78,6 +78,10 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
     "CALLSCTL_INGRESS_THREAD": "Set to 0 to make `callsctl serve` read its media socket with "
                                "the C ingress from the event loop (one wake-up per packet) "
                                "instead of on the ingress's own thread (GET /stats `ingress`).",
+    "CALLSCTL_SRTP_THREAD": "Set to 0 to make `callsctl serve` create each session's SRTP "
+                            "contexts on the thread that keys it instead of on one thread of "
+                            "their own, which keeps receivers' contexts together in memory "
+                            "(for comparisons).",
     "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
                  "run (default ~/.shiv).",
 }

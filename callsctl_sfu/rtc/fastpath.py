@@ -41,6 +41,7 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from callsctl_sfu.rtc import srtparena
 from callsctl_sfu.rtc.rtp import PyRewrite
 
 # libsrtp 2.x, as pylibsrtp 1.0's cffi declares srtp_protect and srtp_unprotect.
@@ -209,6 +210,8 @@ def wire() -> str:
         return REASON
     _wired = True
     reason = _wire_protect()
+    if not reason:
+        srtparena.install()  # receivers' contexts together in memory (rtc/srtparena.py)
     if not reason and _fanout is not None and thread_wanted():
         _serialise_pylibsrtp()
         INGRESS_THREAD = True

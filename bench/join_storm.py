@@ -99,10 +99,14 @@ def _ranked(values: list[float]) -> dict[str, float] | None:
             "max": round(1000 * ordered[-1], 1)}
 
 
-async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, int]:
+async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+    """GET /stats `control`, with the collector's full-collection pauses as `gen2`."""
     async with http.get(f"{base}/stats") as response:
         body = await response.json()
-    return dict(body.get("control") or {})
+    gc = body.get("gc") or {}
+    return {**(body.get("control") or {}),
+            "gen2": (gc.get("pauses") or {}).get("gen2") or {},
+            "gc_freezes": gc.get("freezes")}
 
 
 async def storm(size: int, unmuted: int, window: float, workdir: Path,
@@ -164,6 +168,10 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
         "server_waited_s": round(span["waited"], 1),
         "per_join": {name: round(value / size, 2) for name, value in counts.items()},
         "removals": span["control"].get("removals", {}),
+        # The server's full collections from its start to the span's end (gcpolicy.py):
+        # each one holds the GIL the reader thread decides with, a gap in every call's media.
+        "gen2_pauses": span["control"].get("gen2"),
+        "gc_freezes": span["control"].get("gc_freezes"),
         "loadgen": {k: report["loadgen"].get(k) for k in ("cpu_percent", "loop_lag_ms")},
         "counts": counts,
         "delay_ms": report["delay_ms"],
@@ -202,6 +210,13 @@ def render_first_join(results: list[dict[str, Any]], command: str, host: str,
     return "\n".join(lines)
 
 
+def _pauses(result: dict[str, Any]) -> str:
+    gen2 = result.get("gen2_pauses") or {}
+    if not gen2:
+        return "-"
+    return f"{gen2['count']}, {gen2['max_ms']:.0f}, {gen2['total_ms']:.0f}"
+
+
 def render(results: list[dict[str, Any]], command: str, host: str, label: str) -> str:
     unmuted = results[0]["unmuted"] if results else 0
     lines = [
@@ -212,8 +227,8 @@ def render(results: list[dict[str, Any]], command: str, host: str, label: str) -
         "| N | unmuted | joined | failed | removed | span s | server CPU s (waited s) "
         "| CPU ms/join | events/join "
         "| events/join/N | offers/join | rewires/join | route builds/join | plan builds/join "
-        "| targets/join | delay p50/p99 ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| targets/join | delay p50/p99 ms | full collections: count, longest, total ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         per = r["per_join"]
@@ -225,7 +240,7 @@ def render(results: list[dict[str, Any]], command: str, host: str, label: str) -
             f"{per['events_sent']} | {per['events_sent'] / r['size']:.2f} | "
             f"{per['offers_sent']} | {per['rewires']} | {per['route_builds']} | "
             f"{per['plan_builds']} | {per['targets_computed']} | "
-            f"{delay.get('p50', '-')}/{delay.get('p99', '-')} |")
+            f"{delay.get('p50', '-')}/{delay.get('p99', '-')} | {_pauses(r)} |")
     return "\n".join(lines)
 
 

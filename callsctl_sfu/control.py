@@ -38,6 +38,7 @@ from callsctl_sfu.calls.sessionstats import SessionSampler
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.datadir import DataDirError, load_or_create_secret, tighten_mode
 from callsctl_sfu.errors import CallsctlError
+from callsctl_sfu.gcpolicy import CollectorPolicy
 from callsctl_sfu.metrics import Metrics, read_udp_snmp
 from callsctl_sfu.store import CallSettings, Store, StoreError
 from callsctl_sfu.tasks import spawn
@@ -103,6 +104,8 @@ class ControlPlane:
         self.tls = tls
         self.ssl_context = ssl_context
         self.hub = EventHub()
+        # Full collections kept short while a big call fills (gcpolicy.py); GET /stats `gc`.
+        self.collector = CollectorPolicy()
         self.manager: CallManager | None = None
         self.host: HostControls | None = None
         self.sampler: SessionSampler | None = None
@@ -164,6 +167,7 @@ class ControlPlane:
         ws_stats.setdefault("rate_limited", 0)
         self.metrics = Metrics(manager, mux, ws_stats, {"events": self.hub})
         manager.observers.append(self._on_event)
+        self.collector.install()
         manager.join_checks.append(self._check_join)
         app[CONTROL] = self
         add_admin_routes(app)
@@ -176,6 +180,7 @@ class ControlPlane:
 
     async def close(self) -> None:
         """After the calls ended: stop sampling, write what is queued, close the database."""
+        self.collector.close()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,6 +216,7 @@ class ControlPlane:
             self._queue(self.store.call_ended, entry[0], time.time(),
                         str(event.get("reason") or "ended"))
         elif kind == "user_joined":
+            self.collector.joined()
             entry = self._instances.get(call_id)
             session = call.sessions.get(event.get("session_id", ""))
             if entry is not None and session is not None:
@@ -300,6 +306,7 @@ class ControlPlane:
         assert self.sampler is not None and self.manager is not None
         self.manager.forwarder.collect_ingress()  # the C reader thread's counters and samples
         self.sampler.sample()
+        self.collector.tick(len(self.manager.participants))
         if self.metrics is not None:
             self.metrics.tick(self.sampler)
         if self.hub.subscribers and ticks % STATS_EVENT_EVERY == 0:

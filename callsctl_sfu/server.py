@@ -295,6 +295,8 @@ class Server:
                 "offers_sent": sum(p.peer.offers_sent
                                    for p in self.manager.participants.values()),
                 "simulcast": self.manager.forwarder.simulcast_snapshot(),
+                # the collector's pauses per generation and its freezing (gcpolicy.py)
+                "gc": self.control.collector.stats() if self.control is not None else {},
                 "pid": os.getpid()}
 
     async def stop(self) -> None:

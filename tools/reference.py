@@ -82,6 +82,11 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
                             "contexts on the thread that keys it instead of on one thread of "
                             "their own, which keeps receivers' contexts together in memory "
                             "(for comparisons).",
+    "CALLSCTL_GC_FREEZE": "Set to 0 to stop `callsctl serve` freezing its established "
+                          "sessions' objects out of Python's garbage collector while a call "
+                          "of 100 or more fills (full collections then stall media for "
+                          "hundreds of ms at 1000 sessions); a number N freezes from N "
+                          "sessions on. GET /stats `gc` shows the collections' pauses.",
     "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
                  "run (default ~/.shiv).",
 }

@@ -1,0 +1,140 @@
+"""Python's cyclic garbage collector, kept from stalling media while a big call fills.
+
+Why: the C ingress's reader thread decides where each packet goes while
+holding the GIL (docs/multicore.md), so any long GIL hold on the event loop
+delays every call's media. The longest is a full (generation 2) collection:
+CPython 3.11 runs one whenever the objects that survived into the old
+generation since the last one exceed a quarter of those already there, and
+each one walks every tracked object. A join storm grows the heap by a join's
+worth of long-lived objects (peer connection, transports, descriptions) 25
+times a second, so full collections come every few seconds and each is
+longer than the last: at 1 call x 1000 joining at 25/s they grew from 30 to
+over 300 ms (bench/RESULTS.md, "Garbage-collector pauses during a join
+storm"), each one a gap in everyone's audio.
+
+What: while sessions keep joining, once a second (the control tick) the
+objects alive are moved out of the collector's view with `gc.freeze()`
+(the permanent generation, which collections do not walk), so each
+collection walks only what was made since the last freeze. Frozen objects
+are still freed by reference counting as usual; only cyclic garbage among
+them (a departed session's reference cycles) waits. So the freeze is undone
+(`gc.unfreeze()` and one full collection) when the server falls under
+MIN_SESSIONS sessions (the big call ended: the pause hurts few), and at
+least every MAX_FROZEN_S while it stays big, so such cycles are collected
+within minutes: one full collection in ten minutes while a big call lasts,
+instead of one every few seconds while it fills. Below MIN_SESSIONS nothing
+is frozen: a full collection of a small server is short.
+
+Each collection's pause is timed (`gc.callbacks`) per generation, for
+GET /stats `gc` and bench/join_storm.py. CALLSCTL_GC_FREEZE=0 turns the
+freezing off (the timing stays), for side-by-side measurements; a number N
+freezes from N sessions on instead of MIN_SESSIONS (tests use 1).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+ENV = "CALLSCTL_GC_FREEZE"
+MAX_FROZEN_S = 600.0    # never frozen longer than this without one full collection
+MIN_SESSIONS = 100      # smaller servers' full collections are short: leave them be
+
+
+def min_sessions_from_env() -> int | None:
+    """CALLSCTL_GC_FREEZE: None when off ("0", "off"...), else the sessions to freeze from."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return None
+    return int(value) if value.isdigit() else MIN_SESSIONS
+
+
+@dataclass
+class Pauses:
+    """One generation's collections: how many, the longest and the total, in ms."""
+
+    count: int = 0
+    max_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        self.total_ms += ms
+        self.max_ms = max(self.max_ms, ms)
+
+
+@dataclass
+class CollectorPolicy:
+    """Freezes the collector's view of established sessions while a call fills."""
+
+    max_frozen_s: float = MAX_FROZEN_S
+    # None: never freeze (only time the collections)
+    min_sessions: int | None = field(default_factory=min_sessions_from_env)
+    clock: Callable[[], float] = time.monotonic
+    pauses: dict[int, Pauses] = field(default_factory=lambda: {g: Pauses() for g in range(3)})
+    frozen: bool = False
+    freezes: int = 0
+    thaws: int = 0
+    _joined_since_tick: bool = False
+    _frozen_since: float = 0.0
+    _started: float = 0.0
+
+    def install(self) -> None:
+        """Start timing collections (the server's start)."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def close(self) -> None:
+        """Stop timing and give everything frozen back to the collector (the server's stop)."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        if self.frozen:
+            self._thaw(collect=False)
+
+    def joined(self) -> None:
+        """A session joined: the next tick freezes (when the server is big enough)."""
+        self._joined_since_tick = True
+
+    def tick(self, sessions: int) -> None:
+        """Once a second: freeze after joins; thaw when small again or frozen too long."""
+        now = self.clock()
+        joined, self._joined_since_tick = self._joined_since_tick, False
+        big = self.min_sessions is not None and sessions >= self.min_sessions
+        if self.frozen and (not big or now - self._frozen_since >= self.max_frozen_s):
+            self._thaw(collect=True)
+            return
+        if joined and big:
+            if not self.frozen:
+                self._frozen_since = now
+            gc.freeze()
+            self.frozen = True
+            self.freezes += 1
+
+    def stats(self) -> dict[str, Any]:
+        """GET /stats `gc`: the freeze state and each generation's pauses."""
+        return {"freeze_from_sessions": self.min_sessions, "frozen": self.frozen,
+                "frozen_objects": gc.get_freeze_count(), "freezes": self.freezes,
+                "thaws": self.thaws,
+                "pauses": {f"gen{g}": {k: round(v, 2) if isinstance(v, float) else v
+                                       for k, v in asdict(p).items()}
+                           for g, p in self.pauses.items()}}
+
+    def _thaw(self, collect: bool) -> None:
+        gc.unfreeze()
+        self.frozen = False
+        self.thaws += 1
+        if collect:
+            gc.collect()  # timed by _on_gc like any other
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            generation = int(info.get("generation", 2))
+            self.pauses[min(2, max(0, generation))].add(
+                (time.perf_counter() - self._started) * 1000)
+            self._started = 0.0

@@ -1,0 +1,146 @@
+"""The collector policy (callsctl_sfu/gcpolicy.py): freeze while a call fills, thaw and collect.
+
+What a user would notice if it were wrong: full collections walking every
+session during a join storm (long gaps in everyone's audio), or a departed
+session's reference cycles never freed (memory that only grows). Both are
+checked on the real collector: a cycle made before a freeze survives
+`gc.collect()` while frozen and is gone after the thaw. The server's GET
+/stats shows the freezes and the collections' pauses.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from callsctl_sfu import gcpolicy
+from callsctl_sfu.gcpolicy import CollectorPolicy
+from tests.support.clients import close_all, join_all
+from tests.support.helpers import wait_until
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Cycle:
+    """A departed session's leftovers: garbage only the cyclic collector frees."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def policy() -> Iterator[tuple[CollectorPolicy, Clock]]:
+    clock = Clock()
+    made = CollectorPolicy(max_frozen_s=600, min_sessions=10, clock=clock)
+    made.install()
+    yield made, clock
+    made.close()
+    gc.unfreeze()
+
+
+def _cycle_garbage() -> weakref.ref:
+    leftover = Cycle()
+    ref = weakref.ref(leftover)
+    del leftover
+    return ref
+
+
+def test_joins_freeze_and_the_end_of_the_big_call_thaws_and_frees_departed_cycles(policy) -> None:
+    collector, clock = policy
+    gone = _cycle_garbage()  # made before the freeze, garbage from the start
+    collector.joined()
+    collector.tick(sessions=50)
+    assert collector.frozen and gc.get_freeze_count() > 0
+    gc.collect()
+    assert gone() is not None, "a frozen cycle was collected: the freeze did nothing"
+    clock.now += 60
+    collector.tick(sessions=50)  # no join since, still big: stays frozen
+    assert collector.frozen
+    collector.tick(sessions=9)  # the big call ended: thaw and one full collection
+    assert not collector.frozen and gc.get_freeze_count() == 0
+    assert gone() is None, "the departed session's cycle outlived the thaw"
+    assert collector.pauses[2].count >= 1 and collector.thaws == 1
+
+
+def test_a_server_that_never_stops_taking_joins_still_collects_every_max_frozen_s(policy) -> None:
+    collector, clock = policy
+    gone = None
+    for second in range(700):
+        if second == 1:
+            gone = _cycle_garbage()
+        collector.joined()
+        collector.tick(sessions=500)
+        clock.now += 1
+        if not collector.frozen:
+            break
+    assert gone is not None and gone() is None
+    assert collector.thaws == 1 and 600 <= second <= 601
+    collector.joined()
+    collector.tick(sessions=500)
+    assert collector.frozen  # and it freezes again for the joins that keep coming
+
+
+def test_small_servers_and_quiet_servers_are_never_frozen(policy) -> None:
+    collector, _clock = policy
+    collector.joined()
+    collector.tick(sessions=9)  # under min_sessions
+    collector.tick(sessions=50)  # big, but nobody joined since the last tick
+    assert not collector.frozen and collector.freezes == 0
+
+
+def test_off_by_the_switch_it_only_times_the_collections(monkeypatch) -> None:
+    monkeypatch.setenv(gcpolicy.ENV, "0")
+    collector = CollectorPolicy()
+    assert collector.min_sessions is None
+    collector.install()
+    try:
+        collector.joined()
+        collector.tick(sessions=5000)
+        gc.collect()
+    finally:
+        collector.close()
+    assert not collector.frozen and gc.get_freeze_count() == 0
+    assert collector.pauses[2].count >= 1 and collector.pauses[2].max_ms > 0
+    monkeypatch.setenv(gcpolicy.ENV, "3")
+    assert CollectorPolicy().min_sessions == 3
+    monkeypatch.delenv(gcpolicy.ENV)
+    assert CollectorPolicy().min_sessions == gcpolicy.MIN_SESSIONS
+
+
+def test_close_gives_the_frozen_objects_back(policy) -> None:
+    collector, _clock = policy
+    collector.joined()
+    collector.tick(sessions=50)
+    assert gc.get_freeze_count() > 0
+    collector.close()
+    assert gc.get_freeze_count() == 0
+
+
+async def test_the_server_freezes_as_a_call_fills_and_stats_show_the_pauses(serve_factory):
+    server = serve_factory(env={gcpolicy.ENV: "2"})  # freeze from 2 sessions on
+    people = await join_all(server, 3)
+    try:
+        def frozen() -> dict:
+            return httpx.get(f"{server.api_url}/stats", timeout=5).json()["gc"]
+
+        assert await wait_until(lambda: frozen()["freezes"] >= 1, 10), frozen()
+        stats = frozen()
+        assert stats["frozen"] and stats["frozen_objects"] > 0
+        assert stats["freeze_from_sessions"] == 2
+        assert set(stats["pauses"]) == {"gen0", "gen1", "gen2"}
+        assert stats["pauses"]["gen0"]["count"] > 0  # the server's own collections, timed
+        # and media still flows to everyone with the session objects frozen
+        assert await wait_until(lambda: all(sum(p.frames_from.values()) > 25
+                                            for p in people), 10)
+    finally:
+        await close_all(people)

@@ -23,6 +23,11 @@ _recent_ports: collections.deque[int] = collections.deque(maxlen=512)
 # The ports tests pick from: below the kernel's ephemeral range and below the ones
 # tests/support/coturn.py takes for its listeners (20000-29000) and relays (30000-32200).
 _LOWEST_PORT, _HIGHEST_PORT = 10000, 20000
+# Ports browsers refuse to load pages from (Chromium's restricted ports, the WHATWG
+# Fetch standard's "bad ports"; net::ERR_UNSAFE_PORT): a test page served there fails.
+# The ones above 1024; only 10080 lies in the range above, the rest are for safety.
+_BROWSER_BAD_PORTS = frozenset({1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061, 6000,
+                                6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080})
 
 
 def _port_slice() -> tuple[int, int] | None:
@@ -64,7 +69,8 @@ def _pick_port(kinds: tuple[int, ...], avoid: tuple[int, ...] = ()) -> int:
     if span is not None:
         for _ in range(200):
             port = random.randrange(*span)
-            if port in avoid or port in _recent_ports or not _bindable(port, kinds):
+            if port in avoid or port in _recent_ports or port in _BROWSER_BAD_PORTS \
+                    or not _bindable(port, kinds):
                 continue
             _recent_ports.append(port)
             return port
@@ -72,7 +78,7 @@ def _pick_port(kinds: tuple[int, ...], avoid: tuple[int, ...] = ()) -> int:
         with socket.socket(socket.AF_INET, kinds[0]) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in avoid and _bindable(port, kinds):
+        if port not in avoid and port not in _BROWSER_BAD_PORTS and _bindable(port, kinds):
             return port
     raise RuntimeError("no free port on 127.0.0.1")
 

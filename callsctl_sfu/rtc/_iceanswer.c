@@ -56,13 +56,6 @@ read16(const unsigned char *p)
     return ((unsigned int)p[0] << 8) | p[1];
 }
 
-static unsigned int
-read32(const unsigned char *p)
-{
-    return ((unsigned int)p[0] << 24) | ((unsigned int)p[1] << 16) | ((unsigned int)p[2] << 8) |
-           p[3];
-}
-
 static void
 write16(unsigned char *p, unsigned int value)
 {

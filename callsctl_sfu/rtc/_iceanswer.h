@@ -21,6 +21,14 @@
 
 #define ICE_CHECKS 8            /* the server's outstanding consent checks remembered */
 
+/* A 32-bit network-order field (STUN, RTP and RTCP headers alike). */
+static inline unsigned int
+read32(const unsigned char *p)
+{
+    return ((unsigned int)p[0] << 24) | ((unsigned int)p[1] << 16) | ((unsigned int)p[2] << 8) |
+           p[3];
+}
+
 /* The sources table's key of an IPv4 address and port (host byte order port). */
 static inline unsigned long long
 address_key(struct in_addr address, unsigned int port)

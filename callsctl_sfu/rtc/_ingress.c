@@ -63,14 +63,6 @@
 static srtp_fn srtp_unprotect_ptr = NULL;
 static srtp_fn srtcp_unprotect_ptr = NULL; /* srtp_unprotect_rtcp; NULL: RTCP goes up */
 
-/* A 32-bit network-order field. */
-static inline unsigned long
-read_u32(const unsigned char *at)
-{
-    return ((unsigned long)at[0] << 24) | ((unsigned long)at[1] << 16) |
-           ((unsigned long)at[2] << 8) | at[3];
-}
-
 /* ---- Reception: RFC 3550 Appendix A bookkeeping for one incoming SSRC ------------- */
 
 typedef struct {
@@ -1125,9 +1117,9 @@ take_receiver_reports(InSessionObject *session, const unsigned char *data, int l
             int count = data[offset] & 0x1F;
             for (int b = 0; b < count; b++) {
                 const unsigned char *block = data + offset + 8 + 24 * b;
-                PyObject *item = Py_BuildValue("(kikkk)", read_u32(block), (int)block[4],
-                                               read_u32(block + 12), read_u32(block + 16),
-                                               read_u32(block + 20));
+                PyObject *item = Py_BuildValue("(IiIII)", read32(block), (int)block[4],
+                                               read32(block + 12), read32(block + 16),
+                                               read32(block + 20));
                 if (item == NULL) {
                     Py_DECREF(list);
                     return -1;
@@ -1268,8 +1260,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             !(data[1] >= 192 && data[1] <= 223) &&
             (session = lookup_session(self, sa)) != NULL) {
             held_session = Py_NewRef((PyObject *)session);
-            unsigned int ssrc = ((unsigned int)data[8] << 24) | ((unsigned int)data[9] << 16) |
-                                ((unsigned int)data[10] << 8) | data[11];
+            unsigned int ssrc = read32(data + 8);
             route = lookup_route(session, ssrc);
             if (route != NULL && (route->targets == NULL || route->targets == Py_None ||
                                   (data[1] & 0x7F) != route->payload_type))
@@ -1323,10 +1314,8 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             continue;
         }
         unsigned int sequence = ((unsigned int)data[2] << 8) | data[3];
-        unsigned int timestamp = ((unsigned int)data[4] << 24) | ((unsigned int)data[5] << 16) |
-                                 ((unsigned int)data[6] << 8) | data[7];
-        unsigned int ssrc = ((unsigned int)data[8] << 24) | ((unsigned int)data[9] << 16) |
-                            ((unsigned int)data[10] << 8) | data[11];
+        unsigned int timestamp = read32(data + 4);
+        unsigned int ssrc = read32(data + 8);
         Py_ssize_t payload_len = plain_len - offset;
         if (route->video) {
             /* Anything but the next packet of a frame goes up to Python, decrypted: a gap

@@ -706,7 +706,7 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
         "loss_by_label": media.get("by_label"),
         "loadgen": {k: report["loadgen"].get(k) for k in (
             "cpu_percent", "window_cpu_percent", "loop_lag_ms", "loop_lag_joining_ms",
-            "processes")},
+            "gc_full_collections", "processes")},
         "notes": report["notes"],
         "simulcast": sampler.layers(),
     }
@@ -1012,6 +1012,12 @@ def render_scenario(result: dict[str, Any], command: str, host: str) -> str:
     if lag is not None and lag > 20:
         notes.append(f"The load generator's event loop lagged (p99 {lag:.0f} ms) during "
                      "the callsctl run: delay percentiles include that lag.")
+    full = sfu["loadgen"].get("gc_full_collections")
+    if full:
+        notes.append(f"The load generator's own full garbage collections over the run: "
+                     f"{full['count']}, the longest {full['max_ms']:g} ms (each one stalls its "
+                     f"reads and delay stamps; frozen {full['freezes']} times while joining, "
+                     "callsctl_sfu/gcpolicy.py).")
     for note in sfu["notes"]:
         notes.append(f"Load generator: {note}.")
     notes.append("Load generator CPU: this process's own CPU time over the window, in % of "

@@ -185,6 +185,8 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
         server_wait_percent=cpu.get("server_wait_percent"),
         ksoftirqd_percent=cpu.get("ksoftirqd_percent"), threads=cpu.get("threads_percent"),
         loadgen_cpu_percent=loadgen,
+        # its own full collections (gcpolicy.py): each one stalls its reads and delay stamps
+        loadgen_gc=(result.get("loadgen") or {}).get("gc_full_collections"),
         loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,
         cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"))
     return row

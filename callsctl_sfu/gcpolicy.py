@@ -29,6 +29,12 @@ Each collection's pause is timed (`gc.callbacks`) per generation, for
 GET /stats `gc` and bench/join_storm.py. CALLSCTL_GC_FREEZE=0 turns the
 freezing off (the timing stays), for side-by-side measurements; a number N
 freezes from N sessions on instead of MIN_SESSIONS (tests use 1).
+
+The load generator runs the same policy over its own participants
+(CALLSCTL_LOADGEN_GC_FREEZE, the same values): its reads and its delay
+stamps wait behind its own full collections just as the server's media
+does, and those grew to over 400 ms while it joined 1000, which its delay
+figures then reported as the server's (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -41,13 +47,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 ENV = "CALLSCTL_GC_FREEZE"
+LOADGEN_ENV = "CALLSCTL_LOADGEN_GC_FREEZE"  # the same policy in `callsctl loadtest`
 MAX_FROZEN_S = 600.0    # never frozen longer than this without one full collection
 MIN_SESSIONS = 100      # smaller servers' full collections are short: leave them be
 
 
-def min_sessions_from_env() -> int | None:
-    """CALLSCTL_GC_FREEZE: None when off ("0", "off"...), else the sessions to freeze from."""
-    value = os.environ.get(ENV, "").strip().lower()
+def min_sessions_from_env(name: str = ENV) -> int | None:
+    """The variable `name`: None when off ("0", "off"...), else the sessions to freeze from."""
+    value = os.environ.get(name, "").strip().lower()
     if value in ("0", "off", "false", "no"):
         return None
     return int(value) if value.isdigit() else MIN_SESSIONS
@@ -122,6 +129,12 @@ class CollectorPolicy:
                 "pauses": {f"gen{g}": {k: round(v, 2) if isinstance(v, float) else v
                                        for k, v in asdict(p).items()}
                            for g, p in self.pauses.items()}}
+
+    def full_collections(self) -> dict[str, Any]:
+        """The full (generation 2) collections and the freezes: a load test's report."""
+        full = self.pauses[2]
+        return {"count": full.count, "max_ms": round(full.max_ms, 1),
+                "total_ms": round(full.total_ms, 1), "freezes": self.freezes}
 
     def _thaw(self, collect: bool) -> None:
         gc.unfreeze()

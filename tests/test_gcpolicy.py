@@ -115,6 +115,11 @@ def test_off_by_the_switch_it_only_times_the_collections(monkeypatch) -> None:
     assert CollectorPolicy().min_sessions == 3
     monkeypatch.delenv(gcpolicy.ENV)
     assert CollectorPolicy().min_sessions == gcpolicy.MIN_SESSIONS
+    # the load generator has a switch of its own, so a bench can turn the server's off alone
+    monkeypatch.setenv(gcpolicy.ENV, "0")
+    assert gcpolicy.min_sessions_from_env(gcpolicy.LOADGEN_ENV) == gcpolicy.MIN_SESSIONS
+    monkeypatch.setenv(gcpolicy.LOADGEN_ENV, "off")
+    assert gcpolicy.min_sessions_from_env(gcpolicy.LOADGEN_ENV) is None
 
 
 def test_close_gives_the_frozen_objects_back(policy) -> None:

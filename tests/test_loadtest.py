@@ -10,6 +10,7 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 from typing import Any
 
 import httpx
@@ -35,12 +36,17 @@ def _one_line_error(result) -> str:
 
 
 def test_loadtest_json_report_against_a_real_server(server) -> None:
+    # The load generator's own collector policy, from 2 participants on (gcpolicy.py).
     result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
                      "--calls", "1", "--users-per-call", "4", "--unmuted", "2",
-                     "--duration", "5s", "--join-duration", "1s", "--json", timeout=60)
+                     "--duration", "5s", "--join-duration", "1s", "--json", timeout=60,
+                     env={"CALLSCTL_LOADGEN_GC_FREEZE": "2"})
     assert result.returncode == 0, result.stderr + server.log()[-2000:]
     report = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert report["ok"] is True
+    # it froze its participants while they joined, and still measured everyone's media below
+    collections = report["loadgen"]["gc_full_collections"]
+    assert collections["freezes"] >= 1 and collections["count"] >= 0, collections
     people = report["participants"]
     assert people == {**people, "requested": 4, "joined": 4, "failed": 0}
     assert report["join_s"]["p99"] > 0
@@ -103,6 +109,7 @@ def test_loadtest_human_report(server) -> None:
     assert result.returncode == 0, result.stderr
     assert "2/2 joined, 0 failed" in result.stdout
     assert "forwarding delay" in result.stdout and "loss" in result.stdout
+    assert "full collections (longest" in result.stdout  # its own GC pauses, shown
 
 
 def test_a_short_duration_alone_is_admitted() -> None:
@@ -333,3 +340,57 @@ def test_one_timer_checks_every_participants_consent_and_sends_their_reports(ser
     # knows every listener's downlink loss and jitter from them.
     assert len(sessions) == 4, sessions
     assert all(s["loss"] == 0.0 and s["jitter_ms"] is not None for s in sessions), sessions
+
+
+async def test_a_participant_drains_its_socket_in_batches_not_one_datagram_a_wake_up() -> None:
+    """A receiver socket that fell behind (a busy generator during the joins) catches up.
+
+    asyncio reads one datagram per wake-up; the participant reads the rest of
+    what is queued in the same call (up to 64), so a backlog drains in a few
+    loop passes instead of standing for the whole run and reading as delay.
+    Real sockets on loopback; non-RTP datagrams (STUN, DTLS) still reach the
+    ICE protocol underneath.
+    """
+    from callsctl_sfu.client.loadgen.config import Role
+    from callsctl_sfu.client.loadgen.participant import READ_BATCH, LightParticipant
+
+    loop = asyncio.get_running_loop()
+    test = LoadTest(LoadConfig(ws_url="ws://127.0.0.1:9/ws", token_for=lambda _c, _u: "t"))
+    participant = LightParticipant(test, "c", "loadtest-1-u1", Role())
+    participant.probe = False  # counted only: no keys to read the stamps with here
+    underneath: list[bytes] = []
+
+    class IceProtocol(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            underneath.append(data)
+
+    transport, protocol = await loop.create_datagram_endpoint(
+        IceProtocol, local_addr=("127.0.0.1", 0))
+    wake_ups = 0
+    batched = participant._receiver(protocol.datagram_received, protocol.error_received,
+                                    transport)
+
+    def counted(data: bytes, addr: Any) -> None:
+        nonlocal wake_ups
+        wake_ups += 1
+        batched(data, addr)
+
+    protocol.datagram_received = counted  # type: ignore[method-assign]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rtp = bytes([0x80, 111]) + b"\x00\x01" + b"\x00" * 4 + (0x1234).to_bytes(4, "big")
+        stun = b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + b"\x00" * 12
+        backlog = 3 * READ_BATCH
+        for number in range(backlog):  # queued before the loop runs again: a backlog
+            sender.sendto(stun if number == 10 else rtp + bytes(20), transport.get_extra_info(
+                "sockname"))
+        for _ in range(100):
+            if sum(participant.received.values()) + len(underneath) >= backlog:
+                break
+            await asyncio.sleep(0.01)
+        assert participant.received == {0x1234: backlog - 1}
+        assert underneath == [stun]
+        assert wake_ups <= 4, wake_ups  # 192 datagrams: 3 batches, not 192 wake-ups
+    finally:
+        sender.close()
+        transport.close()

@@ -87,6 +87,9 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
                           "of 100 or more fills (full collections then stall media for "
                           "hundreds of ms at 1000 sessions); a number N freezes from N "
                           "sessions on. GET /stats `gc` shows the collections' pauses.",
+    "CALLSCTL_LOADGEN_GC_FREEZE": "The same for `callsctl loadtest` over its own participants "
+                                  "(0: off; N: from N participants per process, default "
+                                  "100); its report shows its own full collections.",
     "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
                  "run (default ~/.shiv).",
 }

@@ -146,8 +146,11 @@ class Reporter:
         lag = loadgen.get("loop_lag_ms") or {}
         processes = loadgen.get("processes", 1)
         joining = (loadgen.get("loop_lag_joining_ms") or {}).get("p99", 0)
+        full = loadgen.get("gc_full_collections") or {}
         grid.add_row("load generator", f"CPU {loadgen['cpu_percent']:g} %, event-loop lag "
-                                       f"p99 {lag.get('p99', 0):g} ms (joining {joining:g} ms)"
+                                       f"p99 {lag.get('p99', 0):g} ms (joining {joining:g} ms), "
+                                       f"{full.get('count', 0)} full collections "
+                                       f"(longest {full.get('max_ms', 0):g} ms)"
                      + (f" (worst of {processes} processes, CPU summed)"
                         if processes > 1 else ""))
         samples = ", ".join(f"{name} {s['bitrate_kbps']:g} kbit/s "

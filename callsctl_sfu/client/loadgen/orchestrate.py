@@ -35,6 +35,7 @@ from callsctl_sfu.client.loadgen.monitor import ServerMonitor
 from callsctl_sfu.client.loadgen.participant import LightParticipant
 from callsctl_sfu.client.loadgen.report import LoadReport, Progress, merge_report, raw_figures
 from callsctl_sfu.client.loadgen.sender import StreamSender
+from callsctl_sfu.gcpolicy import LOADGEN_ENV, CollectorPolicy, min_sessions_from_env
 from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.tasks import install_exception_handler
 
@@ -134,6 +135,10 @@ class LoadTest:
         # Every participant's ICE consent checks (RFC 7675) from one timer, as the server
         # does its own, instead of an aioice task per connection (handshake.gather_on).
         self.consent = ConsentScheduler()
+        # The server's collector policy over this process's participants (gcpolicy.py): its
+        # own full collections would otherwise stall every read and delay stamp here for
+        # hundreds of ms while a big call joins, and read as the server's delay.
+        self.collector = CollectorPolicy(min_sessions=min_sessions_from_env(LOADGEN_ENV))
         # Streams sent by other worker processes: (call, session id, label).
         self.remote_senders: list[tuple[str, str, str]] = []
         self.raw: dict[str, Any] = {}  # what this process measured, plain data (`raw_figures`)
@@ -146,6 +151,7 @@ class LoadTest:
 
     def on_connected(self, participant: LightParticipant) -> None:
         self.active.extend(participant.all_senders())
+        self.collector.joined()
 
     def request_stop(self) -> None:
         """Finish early (Ctrl-C): measure what ran, then leave."""
@@ -204,6 +210,7 @@ class LoadTest:
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         background: list[asyncio.Task[Any]] = []
         cpu_start = time.process_time()
+        self.collector.install()
         try:
             self.started = loop.time()
             if self.coordinator is not None:
@@ -211,7 +218,8 @@ class LoadTest:
             end = self.started + config.duration
             background = [asyncio.create_task(self._media_clock(end)),
                           asyncio.create_task(self._receiver_reports(end)),
-                          asyncio.create_task(self._watch_loop_lag(end))]
+                          asyncio.create_task(self._watch_loop_lag(end)),
+                          asyncio.create_task(self._collector_ticks(end))]
             if self.monitor is not None:
                 if self.monitor.source is None:
                     await self.monitor.detect()
@@ -256,6 +264,7 @@ class LoadTest:
                     *(p.close() for p in self.participants), return_exceptions=True),
                     CLOSE_TIMEOUT_S)
             self.consent.close()
+            self.collector.close()
             await self.http.close()
             if self.monitor is not None:
                 await self.monitor.close()
@@ -466,6 +475,13 @@ class LoadTest:
             self.loop_lag.append(max(0.0, loop.time() - before - 0.05))
             if len(self.loop_lag) > 100_000:
                 del self.loop_lag[:50_000]
+
+    async def _collector_ticks(self, end: float) -> None:
+        """Once a second, the collector policy's tick over the participants connected here."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < end:
+            await asyncio.sleep(1.0)
+            self.collector.tick(sum(1 for p in self.participants if p.connected))
 
     # -- reporting ---------------------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ def raw_figures(test: LoadTest, cpu_seconds: float, wall: float) -> dict[str, An
         "loop_lag_joining_ms": rounded(percentiles(
             [x * 1000 for x in test.lag_before_window], (50, 99)), 2),
         "cpu_percent": 100 * cpu_seconds / max(wall, 1e-9),
+        "gc": test.collector.full_collections(),
         "window_cpu_percent": 100 * counts.get("loadgen_cpu", 0.0) if test.window else None,
         "window": None if test.window is None else {
             "starts_at_s": round(test.window[0], 2), "seconds": round(test.window[1], 2)},
@@ -136,6 +137,15 @@ def raw_figures(test: LoadTest, cpu_seconds: float, wall: float) -> dict[str, An
         "local_address": test.local_address,
         "notes": list(test.notes),
     }
+
+
+def _collections(per_process: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Full collections summed over the processes, with the longest one of any."""
+    known = [c for c in per_process if c]
+    return {"count": sum(c["count"] for c in known),
+            "max_ms": max((c["max_ms"] for c in known), default=0.0),
+            "total_ms": round(sum(c["total_ms"] for c in known), 1),
+            "freezes": sum(c["freezes"] for c in known)}
 
 
 def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
@@ -171,6 +181,9 @@ def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
         "window_cpu_percent": None if None in window_cpu else round(sum(window_cpu), 1),
         # Over the window; before it (joins, settling) apart: that is where it lags most.
         "loop_lag_ms": lag, "loop_lag_joining_ms": joining_lag,
+        # Its own full collections over the whole run (the longest is the worst process's):
+        # each one stalls its reads and delay stamps (gcpolicy.py).
+        "gc_full_collections": _collections([raw.get("gc") for raw in raws]),
         "local_address": raws[0]["local_address"],
         "signaling_errors": dict(errors), "processes": len(raws)}
     if len(raws) > 1:

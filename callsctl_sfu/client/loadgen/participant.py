@@ -339,8 +339,10 @@ class LightParticipant:
         loop = asyncio.get_running_loop()
         watch_rtcp = any(s.sample.kind == "video" for s in self.senders)
         sock = getattr(transport, "_sock", None)  # asyncio's own socket (rtc/mux.py reads it too)
-        recvfrom = sock.recvfrom if isinstance(sock, socket.socket) else None
-        fd = sock.fileno() if recvfrom is not None else -1
+        if not isinstance(sock, socket.socket):
+            sock = None
+        recvfrom = sock.recvfrom if sock is not None else None
+        fd = sock.fileno() if sock is not None else -1
         next_size = array.array("i", [0])
         ioctl, closing = fcntl.ioctl, transport.is_closing
 

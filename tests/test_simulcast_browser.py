@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from callsctl_sfu.rtc import simulcast
 from tests.support.browser import BrowserParticipant
 from tests.support.chromium import CHROMIUM
 
@@ -88,13 +89,18 @@ def test_simulcast_layers_arrive_and_the_viewer_gets_the_best(browser, serve_fac
     viewer = BrowserParticipant(browser, "viewer")
     try:
         viewer.join(server.join_url("room", "viewer"), "Viewer")
-        deadline = time.monotonic() + 25
+        # The viewer's bandwidth estimate (REMB) starts low and can dip on a loaded
+        # machine; the server then moves it down to `l` and tries `h` again after
+        # simulcast.PROBE_AFTER seconds. So wait for the viewer on `h` in the same
+        # snapshot as the 640-pixel frames, with room for such a round.
+        deadline = time.monotonic() + 25 + 2 * simulcast.PROBE_AFTER
         snapshot, seen = [], None
         while time.monotonic() < deadline:
             snapshot = httpx.get(f"{server.api_url}/stats", timeout=5).json()["simulcast"]
             seen = viewer.page.evaluate(SCREEN_WIDTH_JS)
             layers = snapshot[0]["layers_bps"] if snapshot else {}
-            if seen and seen["width"] == 640 and seen["frames"] > 20 and \
+            on = list(snapshot[0]["receivers"].values()) if snapshot else []
+            if seen and seen["width"] == 640 and seen["frames"] > 20 and on == ["h"] and \
                     all(layers.get(rid, 0) > 0 for rid in ("l", "h")):
                 break
             time.sleep(0.5)

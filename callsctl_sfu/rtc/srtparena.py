@@ -79,6 +79,9 @@ class ContextThread:
         return value
 
     def _ensure_started(self) -> None:
+        # A thread that is gone is replaced: after a fork the child has none of the
+        # parent's threads (a ThreadPoolExecutor would keep its dead worker and never
+        # run the job), so this is a queue and thread of its own, not an executor.
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name=THREAD_NAME,

@@ -294,6 +294,9 @@ class Server:
                                    for p in self.manager.participants.values()),
                 "offers_sent": sum(p.peer.offers_sent
                                    for p in self.manager.participants.values()),
+                # sessions whose finished DTLS is carried by rtc/dtlsrecord.py, not OpenSSL
+                "dtls_records": sum(p.peer.dtls_released
+                                    for p in self.manager.participants.values()),
                 "simulcast": self.manager.forwarder.simulcast_snapshot(),
                 # the collector's pauses per generation and its freezing (gcpolicy.py)
                 "gc": self.control.collector.stats() if self.control is not None else {},

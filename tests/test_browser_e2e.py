@@ -31,8 +31,11 @@ pytestmark = [
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
-def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: "") -> None:
-    """Three join, all hear each other, mute/hand/reactions show elsewhere, leave removes."""
+def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: "",
+                         while_joined: Any = None) -> None:
+    """Three join, all hear each other, mute/hand/reactions show elsewhere, leave removes.
+
+    `while_joined()`, when given, runs once all three hear each other."""
     labels = ["alice", "bob", "carol"]
     people = [BrowserParticipant(browser, label) for label in labels]
     try:
@@ -73,6 +76,12 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
         for person in people:
             others = [sid for sid in sids if sid != person.session_id]
             wait_for_audio(person, others)
+        # Each page's data channel pings were answered (its round-trip time is shown).
+        for person in people:
+            person.page.wait_for_function("window.callsctl.rtt !== null",
+                                          timeout=UI_TIMEOUT_MS)
+        if while_joined is not None:
+            while_joined()
             playing = person.page.evaluate(
                 "[...document.querySelectorAll('#media audio')]"
                 ".filter((a) => !a.paused && a.srcObject).length")
@@ -134,7 +143,12 @@ def run_three_party_call(browser: Any, join_urls: list[str], server_log=lambda: 
 
 def test_three_browsers_talk_mute_and_leave(browser, server) -> None:
     urls = [server.join_url("e2e-call", user) for user in ("alice", "bob", "carol")]
-    run_three_party_call(browser, urls, server.log)
+    stats_while_joined: list[dict] = []
+    run_three_party_call(browser, urls, server.log, while_joined=lambda: stats_while_joined.append(
+        httpx.get(f"{server.api_url}/stats", timeout=10).json()))
+    # The server answered each browser's offer, so it was the DTLS client, and the
+    # data channel's records (the pongs above) went through rtc/dtlsrecord.py.
+    assert stats_while_joined[0]["dtls_records"] == 3, stats_while_joined[0]
     # Chromium's consent checks and its answers to the server's were handled by the
     # media socket's reader thread (rtc/_iceanswer.c), not by the event loop.
     ingress = httpx.get(f"{server.api_url}/stats", timeout=10).json()["ingress"]

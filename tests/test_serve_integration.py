@@ -57,6 +57,9 @@ async def test_three_participants_hear_each_other_through_one_udp_socket(server)
             assert nominated_remote(person) == ("127.0.0.1", server.udp_port)
         # The calls-dc data channel gets pong for ping; voice activity came from RFC 6464.
         assert await wait_until(lambda: all(p.dc_pongs > 0 for p in people), 5)
+        # Those records went through rtc/dtlsrecord.py: the server answered each offer,
+        # so it was the DTLS client, and released OpenSSL's connection at connect.
+        assert stats(server)["dtls_records"] == 3
         assert any(e["type"] == "user_voice_on" for e in people[0].events)
         assert stats(server)["forwarding"]["rtp_forwarded"] > 100
     finally:

@@ -87,6 +87,10 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
                           "of 100 or more fills (full collections then stall media for "
                           "hundreds of ms at 1000 sessions); a number N freezes from N "
                           "sessions on. GET /stats `gc` shows the collections' pauses.",
+    "CALLSCTL_DTLS_RECORDS": "Set to 0 to make `callsctl serve` keep each session's OpenSSL "
+                             "DTLS connection after the handshake instead of carrying the data "
+                             "channel's records itself (about 70 KB less per session; GET "
+                             "/stats `dtls_records` counts the sessions carried).",
     "CALLSCTL_LOADGEN_GC_FREEZE": "The same for `callsctl loadtest` over its own participants "
                                   "(0: off; N: from N participants per process, default "
                                   "100); its report shows its own full collections.",

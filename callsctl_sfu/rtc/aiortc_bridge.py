@@ -24,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 from aiortc import RTCCertificate
+
+from callsctl_sfu.rtc.dtlsrecord import OutgoingRecords, RecordLayer
 
 # The verified ranges and their check live with the loader, which runs it at start
 # without importing this module (and so aiortc): rtc/medialoader.py.
@@ -167,6 +170,73 @@ def srtp_sessions(dtls: Any) -> tuple[Any, Any]:
     encrypts media with them directly, bypassing aiortc's RTP machinery.
     """
     return dtls._rx_srtp, dtls._tx_srtp
+
+
+def dtls_connection(dtls: Any) -> Any:
+    """What carries a DTLS transport's records (`RTCDtlsTransport._ssl`): None before it
+    starts, then a pyOpenSSL Connection, or a RecordLayer once release_dtls took over."""
+    return dtls._ssl
+
+
+# Set to 0 to keep every session's OpenSSL DTLS connection for its whole life.
+RECORDS_ENV = "CALLSCTL_DTLS_RECORDS"
+
+
+def records_enabled() -> bool:
+    """Whether finished DTLS connections are handed to rtc/dtlsrecord.py (RECORDS_ENV)."""
+    return os.environ.get(RECORDS_ENV, "").strip().lower() not in ("0", "off", "false", "no")
+
+
+def note_dtls_records(dtls: Any) -> None:
+    """At DTLS "connecting": see the records the new OpenSSL connection sends (`_ssl`).
+
+    aiortc has just made the connection (`RTCDtlsTransport._ssl`, a pyOpenSSL
+    Connection) and flushes what it writes with `bio_read`; wrapping that one
+    method on the instance lets release_dtls continue the sequence numbers
+    after the last record OpenSSL sent.
+    """
+    connection = dtls._ssl
+    if connection is None or not records_enabled():
+        return
+    sent = OutgoingRecords()
+    read = connection.bio_read
+
+    def bio_read(bufsiz: int) -> bytes:
+        data = read(bufsiz)
+        sent.note(data)
+        return data
+
+    connection.bio_read = bio_read
+    dtls._callsctl_sent = sent
+
+
+def release_dtls(dtls: Any) -> bool:
+    """At DTLS "connected": put a RecordLayer in place of the OpenSSL connection.
+
+    What the session's DTLS does from now on (the data channel's records,
+    close_notify) needs about 1 KB of keys and counters; OpenSSL's connection
+    keeps about 70 KB (rtc/dtlsrecord.py). Only as the DTLS client: the
+    client's handshake ends with the server's last flight, so nothing of the
+    handshake can be asked of it again, while a server may have to resend its
+    last flight if it was lost. A suite rtc/dtlsrecord.py does not carry, or
+    data OpenSSL decrypted and aiortc has not read, leave the connection as it
+    is. True when released.
+    """
+    connection = dtls._ssl
+    sent = dtls.__dict__.pop("_callsctl_sent", None)
+    if connection is None or sent is None:
+        return False
+    del connection.bio_read  # the wrapper's closure holds the connection: undo it either way
+    if dtls._role != "client":
+        return False
+    sequence = sent.next_in(1)
+    if sequence is None:
+        return False
+    layer = RecordLayer.from_connection(connection, is_client=True, write_sequence=sequence)
+    if layer is None:
+        return False
+    dtls._ssl = layer
+    return True
 
 
 # -- aiortc: RTCRtpSender -----------------------------------------------------------------------
@@ -718,6 +788,18 @@ async def _self_test() -> None:
         ice_transports(pc)
         dtls = sender.transport
         srtp_sessions(dtls)
+        if dtls._ssl is not None or dtls._role not in ("auto", "client", "server"):
+            raise AttributeError("RTCDtlsTransport._ssl, _role")  # note/release_dtls read them
+        from OpenSSL import SSL
+
+        dtls._ssl = SSL.Connection(shared_certificate()._create_ssl_context(
+            [SRTP_AES128_CM_SHA1_80]))
+        note_dtls_records(dtls)  # wraps bio_read on the instance, as at "connecting"
+        dtls._ssl.bio_read  # noqa: B018
+        dtls._ssl.master_key, dtls._ssl.client_random, dtls._ssl.server_random  # noqa: B018
+        if release_dtls(dtls):  # not connected: nothing to release
+            raise AttributeError("release_dtls released an unfinished connection")
+        dtls._ssl = None
         connection = ice_connection(dtls.transport)
         nominated_pairs(connection).get(1)
         nominated_pair(connection)

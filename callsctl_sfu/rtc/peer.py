@@ -203,6 +203,7 @@ class MediaPeer:
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
         self.connected = False
+        self.dtls_released = False  # its DTLS record layer is rtc/dtlsrecord.py's
         self._nominated: dict[int, Any] = {}  # aioice's, bound at connect
         self._pair: Any = None
         self._addr: tuple[str, int] = ("", 0)
@@ -503,7 +504,14 @@ class MediaPeer:
     # -- media --------------------------------------------------------------------
 
     def _on_dtls_state(self, dtls: Any) -> None:
-        if dtls.state != "connected" or self.connected:
+        if dtls.state == "connecting":
+            aiortc_bridge.note_dtls_records(dtls)
+            return
+        if dtls.state != "connected":
+            return
+        # Before aiortc's data channel starts on it: OpenSSL's connection is done with.
+        self.dtls_released = aiortc_bridge.release_dtls(dtls)
+        if self.connected:
             return
         connection = aiortc_bridge.ice_connection(dtls.transport)
         proto = next((p for p in aiortc_bridge.protocols(connection)

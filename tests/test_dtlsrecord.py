@@ -305,3 +305,22 @@ def test_prf_is_rfc_5246s_p_sha256() -> None:
     expected = (hmac.new(secret, a1 + label + seed, "sha256").digest()
                 + hmac.new(secret, a2 + label + seed, "sha256").digest())[:40]
     assert prf(secret, label, seed, 40, "sha256") == expected
+
+
+def test_malformed_datagrams_are_dropped_without_an_exception() -> None:
+    """Whatever arrives on the session's address (a stray, a truncated or damaged record,
+    junk of the right first byte) is counted and dropped; the connection keeps working."""
+    import random
+
+    client, server = _pair("ECDHE-ECDSA-AES128-GCM-SHA256")
+    genuine = _records(client, b"still here")[0]
+    chance = random.Random(7)
+    junk = [b"", b"\x17", genuine[:12], genuine[:13], genuine[:-1], b"\x17\xfe" + genuine,
+            b"\x17\xfe\xfd" + bytes(8) + b"\xff\xff", b"\x15\xfe\xfd\x00\x01" + bytes(8)]
+    junk += [bytes([chance.randrange(20, 64)]) + chance.randbytes(chance.randrange(0, 200))
+             for _ in range(500)]
+    for datagram in junk:
+        server.bio_write(datagram)
+    assert _recv_all(server) == []
+    server.bio_write(genuine)
+    assert _recv_all(server) == [b"still here"]

@@ -9,7 +9,7 @@ TEST_WORKERS ?= 2
 .PHONY: install serve test lint typecheck clean docs dist
 
 $(BIN)/callsctl: pyproject.toml setup.py callsctl_sfu/rtc/_fanout.c callsctl_sfu/rtc/_ingress.c callsctl_sfu/rtc/_fanout.h \
-		callsctl_sfu/rtc/_iceanswer.c callsctl_sfu/rtc/_iceanswer.h
+		callsctl_sfu/rtc/_iceanswer.c callsctl_sfu/rtc/_iceanswer.h callsctl_sfu/rtc/_recvpump.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

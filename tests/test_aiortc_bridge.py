@@ -23,12 +23,10 @@ import pytest
 from aioice import Candidate, Connection
 from aiortc import (
     RTCCertificate,
-    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCSessionDescription,
 )
-from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.rtp import RtcpPsfbPacket, RtpPacket
 
 from callsctl_sfu.client.loadgen import gather_on
@@ -39,14 +37,12 @@ from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.peer import MediaPeer
 from tests.support.helpers import REPO
 from tests.support.ice import connect_agents
+from tests.support.peers import max_bundle_pc, until
 from tests.support.private_reaches import private_reaches
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[],
-                                              bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
 
 @dataclass
@@ -62,12 +58,6 @@ class Pair:
         return self.answerer.getTransceivers()[0].receiver
 
 
-async def _until(condition: Any, what: str, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection,
@@ -82,7 +72,7 @@ async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection,
     await answerer.setLocalDescription(await answerer.createAnswer())
     await offerer.setRemoteDescription(RTCSessionDescription(
         answerer.localDescription.sdp, "answer"))
-    await _until(lambda: offerer.connectionState == answerer.connectionState == "connected",
+    await until(lambda: offerer.connectionState == answerer.connectionState == "connected",
                  "both peer connections to connect")
     return Pair(offerer, answerer, tone)
 
@@ -90,7 +80,7 @@ async def _connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection,
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
     """An offerer sending a tone to an answerer, connected on 127.0.0.1."""
-    offerer, answerer, tone = _pc(), _pc(), ToneTrack()
+    offerer, answerer, tone = max_bundle_pc(), max_bundle_pc(), ToneTrack()
     try:
         yield await _connect(offerer, answerer, tone)
     finally:
@@ -132,7 +122,7 @@ async def _no_signal(_message: dict[str, Any]) -> None:
 
 async def _connected_pair(answerer: RTCPeerConnection) -> Pair:
     """A new offerer with a tone and a data channel, connected to `answerer`."""
-    return await _connect(_pc(), answerer, ToneTrack())
+    return await _connect(max_bundle_pc(), answerer, ToneTrack())
 
 
 def _fingerprint(sdp: str) -> str:
@@ -145,7 +135,7 @@ async def test_connections_on_the_shared_certificate_connect_with_their_own_keys
     pairs: list[Pair] = []
     try:
         for _ in range(2):
-            answerer = _pc()
+            answerer = max_bundle_pc()
             bridge.use_certificate(answerer, shared)
             pairs.append(await _connected_pair(answerer))
         expected = next(f.value for f in shared.getFingerprints() if f.algorithm == "sha-256")
@@ -209,7 +199,7 @@ async def test_media_peer_drops_a_signal_once_it_is_handled() -> None:
     class Signal(dict[str, Any]):  # a dict a weak reference can watch
         pass
 
-    client = _pc()
+    client = max_bundle_pc()
     peer = MediaPeer("s1", UdpMux(), on_signal, lambda _p, _b: None, lambda _p, _s: None)
     try:
         client.addTransceiver("audio")
@@ -218,7 +208,7 @@ async def test_media_peer_drops_a_signal_once_it_is_handled() -> None:
         watch = weakref.ref(offer)
         peer.handle_signal(offer)
         del offer
-        await _until(lambda: answers, "the server's answer")
+        await until(lambda: answers, "the server's answer")
         assert answers[0]["data"]["type"] == "answer"
         gc.collect()
         assert watch() is None, "the handled offer (its SDP) is still referenced"
@@ -246,7 +236,7 @@ async def _negotiate(client: RTCPeerConnection, server: RTCPeerConnection,
 
 
 async def test_equal_codecs_of_two_sessions_are_one_object_and_others_stay_apart() -> None:
-    clients, servers = [_pc() for _ in range(3)], [_pc() for _ in range(3)]
+    clients, servers = [max_bundle_pc() for _ in range(3)], [max_bundle_pc() for _ in range(3)]
     try:
         for client in clients:
             client.addTransceiver("audio")
@@ -268,7 +258,7 @@ async def test_equal_codecs_of_two_sessions_are_one_object_and_others_stay_apart
 
 
 async def test_shared_codecs_renegotiate_and_connect() -> None:
-    client, server, other_client, other = _pc(), _pc(), _pc(), _pc()
+    client, server, other_client, other = (max_bundle_pc() for _ in range(4))
     tone = ToneTrack()
     try:
         other_client.addTransceiver("audio")
@@ -285,7 +275,7 @@ async def test_shared_codecs_renegotiate_and_connect() -> None:
         assert after.count("m=audio") == 2
         assert [line for line in after.splitlines() if line.startswith("a=rtpmap")] == \
             2 * [line for line in before.splitlines() if line.startswith("a=rtpmap")]
-        await _until(lambda: client.connectionState == server.connectionState == "connected",
+        await until(lambda: client.connectionState == server.connectionState == "connected",
                      "the renegotiated connection to connect")
     finally:
         tone.stop()
@@ -298,7 +288,7 @@ async def test_transport_parameters_are_one_object_across_and_within_sessions() 
     ICE and DTLS parameters: one per session however many m-sections repeat them."""
     candidate = Candidate(foundation="1", component=1, transport="udp", priority=1,
                           host="127.0.0.1", port=9, type="host")  # as the shared socket's
-    clients, servers = [_pc() for _ in range(2)], [_pc() for _ in range(2)]
+    clients, servers = [max_bundle_pc() for _ in range(2)], [max_bundle_pc() for _ in range(2)]
     try:
         for client, server in zip(clients, servers, strict=True):
             bridge.use_certificate(server, bridge.shared_certificate())
@@ -334,7 +324,7 @@ async def test_shared_parameters_and_idle_queues_connect_and_carry_messages() ->
     """A server connection with the memory changes applied (shared parameters, idle SCTP
     and asyncio queue parts) still connects, and its data channel carries a burst both
     ways in order; the SCTP queues are empty again afterwards."""
-    client, server = _pc(), _pc()
+    client, server = max_bundle_pc(), max_bundle_pc()
     bridge.use_certificate(server, bridge.shared_certificate())
     client.addTransceiver("audio")  # first: the channel bundles on the audio's transport
     channel = client.createDataChannel("calls-dc")
@@ -347,14 +337,14 @@ async def test_shared_parameters_and_idle_queues_connect_and_carry_messages() ->
         await _negotiate(client, server, gather=True)  # shares as rtc/peer.py does
         bridge.share_idle_parts(server)  # SCTP queues; aioice's queues carry every record
         assert all(isinstance(q, bridge.IdleQueue) for q in bridge.sctp_queues(server.sctp))
-        await _until(lambda: bool(served) and channel.readyState == "open",
+        await until(lambda: bool(served) and channel.readyState == "open",
                      "the data channel to open on both sides")
         served[0].on("message", lambda m: served[0].send(m.replace("ping", "pong")))
         for n in range(200):  # more than the first congestion window holds
             channel.send(f"ping {n}")
-        await _until(lambda: len(answers) == 200, "200 pongs")
+        await until(lambda: len(answers) == 200, "200 pongs")
         assert answers == [f"pong {n}" for n in range(200)]
-        await _until(lambda: not any(bridge.sctp_queues(server.sctp)), "the queues to empty")
+        await until(lambda: not any(bridge.sctp_queues(server.sctp)), "the queues to empty")
         assert all(len(q) == 0 for q in bridge.sctp_queues(server.sctp))
     finally:
         await asyncio.wait_for(client.close(), 10)
@@ -416,7 +406,7 @@ async def _never(*_args: Any) -> None:
 
 
 async def test_idle_senders_and_receivers_renegotiate() -> None:
-    client, server = _pc(), _pc()
+    client, server = max_bundle_pc(), max_bundle_pc()
     try:
         client.addTransceiver("audio", direction="sendrecv")
         for round_ in range(2):  # the second offer is a renegotiation with one more track
@@ -438,7 +428,7 @@ async def test_idle_senders_and_receivers_renegotiate() -> None:
 
 
 async def test_never_started_senders_and_receivers_share_idle_parts_and_still_close() -> None:
-    pc = _pc()
+    pc = max_bundle_pc()
     try:
         transceivers = [pc.addTransceiver("audio") for _ in range(2)]
         receivers = [t.receiver for t in transceivers]
@@ -455,7 +445,7 @@ async def test_never_started_senders_and_receivers_share_idle_parts_and_still_cl
 
 async def test_a_decoding_receiver_keeps_its_decoder(pair: Pair) -> None:
     receiver = pair.receiver()
-    await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
+    await until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
     own = bridge.decoder_queue(receiver)
     bridge.share_idle_receiver(receiver)
     bridge.share_idle_sender(pair.sender())
@@ -482,7 +472,7 @@ async def test_srtp_sessions_carry_media_from_one_peer_to_the_other(pair: Pair) 
 
 
 async def test_srtp_sessions_are_none_before_dtls() -> None:
-    pc = _pc()
+    pc = max_bundle_pc()
     try:
         transceiver = pc.addTransceiver("audio")
         assert bridge.srtp_sessions(transceiver.sender.transport) == (None, None)
@@ -493,7 +483,7 @@ async def test_srtp_sessions_are_none_before_dtls() -> None:
 # -- RTCRtpSender --------------------------------------------------------------------------------
 
 async def test_sender_identity_is_what_the_offer_announces() -> None:
-    pc = _pc()
+    pc = max_bundle_pc()
     try:
         sender = pc.addTransceiver("video", direction="sendonly").sender
         bridge.set_sender_identity(sender, ssrc=0xCAFE, stream_id="alice-screen",
@@ -509,7 +499,7 @@ async def test_sender_identity_is_what_the_offer_announces() -> None:
 
 
 async def test_set_sender_identity_leaves_unnamed_fields_alone() -> None:
-    pc = _pc()
+    pc = max_bundle_pc()
     try:
         sender = pc.addTransceiver("audio").sender
         ssrc = bridge.sender_ssrc(sender)
@@ -522,7 +512,7 @@ async def test_set_sender_identity_leaves_unnamed_fields_alone() -> None:
 
 async def test_sender_ssrc_is_the_one_on_the_wire(pair: Pair) -> None:
     receiver = pair.receiver()
-    await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
+    await until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
     assert bridge.active_ssrcs(receiver) == [bridge.sender_ssrc(pair.sender())]
 
 
@@ -549,7 +539,7 @@ async def test_decoder_queue_replacement_gets_the_encoded_frames(pair: Pair) -> 
     tap = _Tap(original)
     bridge.set_decoder_queue(receiver, tap)
     assert bridge.decoder_queue(receiver) is tap
-    await _until(lambda: tap.frames >= 3, "encoded frames in the replaced queue")
+    await until(lambda: tap.frames >= 3, "encoded frames in the replaced queue")
 
 
 async def test_rtp_packet_handler_wrapper_sees_every_packet(pair: Pair) -> None:
@@ -563,7 +553,7 @@ async def test_rtp_packet_handler_wrapper_sees_every_packet(pair: Pair) -> None:
         await handle(packet, arrival_time_ms=arrival_time_ms)
 
     bridge.set_rtp_packet_handler(receiver, counting)
-    await _until(lambda: len(seen) >= 3, "packets through the wrapped handler")
+    await until(lambda: len(seen) >= 3, "packets through the wrapped handler")
     assert seen == sorted(seen)
 
 
@@ -578,9 +568,9 @@ async def test_send_pli_reaches_the_sender(pair: Pair) -> None:
 
     sender._handle_rtcp_packet = recording
     receiver = pair.receiver()
-    await _until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
+    await until(lambda: bridge.active_ssrcs(receiver), "the first RTP packet")
     await bridge.send_pli(receiver, bridge.active_ssrcs(receiver)[-1])
-    await _until(lambda: any(isinstance(p, RtcpPsfbPacket) and p.fmt == 1 for p in got),
+    await until(lambda: any(isinstance(p, RtcpPsfbPacket) and p.fmt == 1 for p in got),
                  "the PLI at the sender")
 
 
@@ -599,7 +589,7 @@ async def test_nominated_pair_is_the_path_in_use(pair: Pair) -> None:
 
 
 async def test_nominated_pair_is_none_before_connecting() -> None:
-    pc = _pc()
+    pc = max_bundle_pc()
     try:
         transceiver = pc.addTransceiver("audio")
         connection = bridge.ice_connection(transceiver.sender.transport.transport)
@@ -630,7 +620,7 @@ async def test_candidate_network_host_is_the_address_not_the_name() -> None:
 
 
 async def test_set_local_candidates_replaces_gathering() -> None:
-    pc = _pc()
+    pc = max_bundle_pc()
     try:
         transceiver = pc.addTransceiver("audio")
         connection = bridge.ice_connection(transceiver.sender.transport.transport)

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 from aioice import Connection, stun
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc import RTCSessionDescription
 
 from callsctl_sfu.client.loadgen import gather_on
 from callsctl_sfu.config import ServeConfig
@@ -29,6 +28,7 @@ from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.muxproto import TcpStunProtocol
 from tests.support.helpers import ipv6_loopback
 from tests.support.ice import connect_agents, connect_pairs
+from tests.support.peers import max_bundle_pc
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -160,15 +160,12 @@ async def test_checks_are_spread_over_the_interval_not_sent_in_bursts() -> None:
         await close_all(mux, servers + clients)
 
 
-def _pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[],
-                                              bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
 
 async def test_lost_consent_fails_the_server_side_peer_connection() -> None:
     """What ends the session: aiortc reports the server's peer connection failed/closed."""
     mux = await open_mux(ConsentScheduler(interval=0.2, timeout=1.5, tick=0.02))
-    client, server = _pc(), _pc()
+    client, server = max_bundle_pc(), max_bundle_pc()
     try:
         client.addTransceiver("audio")
         client.createDataChannel("calls-dc")

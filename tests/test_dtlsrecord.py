@@ -18,8 +18,7 @@ import struct
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from OpenSSL import SSL
 
 from callsctl_sfu.client.loadgen import gather_on
@@ -33,35 +32,27 @@ from callsctl_sfu.rtc.dtlsrecord import (
     derive_keys,
     prf,
 )
+from tests.support.peers import max_bundle_pc, until
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[],
-                                              bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 
 
 def _client() -> RTCPeerConnection:
     """A client with an audio transceiver first: its data channel bundles on that transport."""
-    client = _pc()
+    client = max_bundle_pc()
     client.addTransceiver("audio")
     return client
 
 
-async def _until(condition: Any, what: str, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Served:
     """A server-side connection with rtc/peer.py's DTLS hooks and an echoing channel."""
 
     def __init__(self) -> None:
-        self.pc = _pc()
+        self.pc = max_bundle_pc()
         bridge.use_certificate(self.pc, bridge.shared_certificate())
         self.released: list[bool] = []
         self.channels: list[Any] = []
@@ -120,11 +111,11 @@ async def _server_offers(client: RTCPeerConnection, served: Served) -> Any:
 async def _ping_pong(channel: Any, count: int) -> list[Any]:
     answers: list[Any] = []
     channel.on("message", answers.append)
-    await _until(lambda: channel.readyState == "open", "the data channel to open")
+    await until(lambda: channel.readyState == "open", "the data channel to open")
     for n in range(count):
         channel.send(f"ping {n}")
     channel.send(b"\x00" * 5000)  # larger than a record: SCTP splits it into several
-    await _until(lambda: len(answers) == count + 1, f"{count + 1} answers")
+    await until(lambda: len(answers) == count + 1, f"{count + 1} answers")
     return answers
 
 
@@ -133,7 +124,7 @@ async def test_released_connection_carries_the_data_channel_and_sends_close_noti
     channel = client.createDataChannel("calls-dc")
     try:
         await _client_offers(client, served)
-        await _until(lambda: served.released, "the server's DTLS to connect")
+        await until(lambda: served.released, "the server's DTLS to connect")
         assert served.released == [True]
         assert isinstance(bridge.dtls_connection(served.dtls), RecordLayer)
         answers = await _ping_pong(channel, 200)  # more than SCTP's first window holds
@@ -143,7 +134,7 @@ async def test_released_connection_carries_the_data_channel_and_sends_close_noti
         # The server closes: the client's OpenSSL reads our close_notify as the end.
         client_dtls = bridge.dtls_transports(client)[0]
         await asyncio.wait_for(served.pc.close(), 10)
-        await _until(lambda: client_dtls.state == "closed", "the client to see close_notify")
+        await until(lambda: client_dtls.state == "closed", "the client to see close_notify")
     finally:
         await asyncio.wait_for(client.close(), 10)
         await asyncio.wait_for(served.pc.close(), 10)
@@ -157,7 +148,7 @@ async def test_released_connection_reads_the_peers_close_notify() -> None:
         await _ping_pong(channel, 3)
         assert isinstance(bridge.dtls_connection(served.dtls), RecordLayer)
         await asyncio.wait_for(client.close(), 10)
-        await _until(lambda: served.dtls.state == "closed",
+        await until(lambda: served.dtls.state == "closed",
                      "the server's DTLS to close on the client's close_notify")
     finally:
         await asyncio.wait_for(client.close(), 10)
@@ -166,10 +157,10 @@ async def test_released_connection_reads_the_peers_close_notify() -> None:
 
 async def test_the_dtls_server_keeps_openssl_and_still_works() -> None:
     """As the DTLS server its last flight may have to be sent again: nothing is released."""
-    client, served = _pc(), Served()
+    client, served = max_bundle_pc(), Served()
     try:
         channel = await _server_offers(client, served)
-        await _until(lambda: served.released, "the server's DTLS to connect")
+        await until(lambda: served.released, "the server's DTLS to connect")
         assert served.released == [False]
         assert isinstance(bridge.dtls_connection(served.dtls), SSL.Connection)
         assert "bio_read" not in vars(bridge.dtls_connection(served.dtls))  # the wrapper is gone
@@ -185,7 +176,7 @@ async def test_the_setting_keeps_openssl(monkeypatch: pytest.MonkeyPatch) -> Non
     channel = client.createDataChannel("calls-dc")
     try:
         await _client_offers(client, served)
-        await _until(lambda: served.released, "the server's DTLS to connect")
+        await until(lambda: served.released, "the server's DTLS to connect")
         assert served.released == [False]
         assert isinstance(bridge.dtls_connection(served.dtls), SSL.Connection)
         await _ping_pong(channel, 3)

@@ -10,10 +10,12 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import socket
 from typing import Any
 
 import httpx
+import pytest
 
 from callsctl.loadtest.command import default_join_duration
 from callsctl_sfu.client.loadgen import (
@@ -23,6 +25,7 @@ from callsctl_sfu.client.loadgen import (
     percentiles,
     source_of,
 )
+from callsctl_sfu.rtc import fastpath
 from tests.support.admin import admin_client
 from tests.support.helpers import run_cli
 
@@ -35,15 +38,26 @@ def _one_line_error(result) -> str:
     return lines[0]
 
 
-def test_loadtest_json_report_against_a_real_server(server) -> None:
+@pytest.mark.parametrize("receive_thread", ["on", "off"])
+def test_loadtest_json_report_against_a_real_server(server, receive_thread: str) -> None:
+    """Both receive paths measure the same: the C thread (pump.py) and asyncio's."""
+    if receive_thread == "on" and fastpath.receive_pump_type() is None:
+        pytest.skip("the C extension is not built")
     # The load generator's own collector policy, from 2 participants on (gcpolicy.py).
     result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
                      "--calls", "1", "--users-per-call", "4", "--unmuted", "2",
                      "--duration", "5s", "--join-duration", "1s", "--json", timeout=60,
-                     env={"CALLSCTL_LOADGEN_GC_FREEZE": "2"})
+                     env={"CALLSCTL_LOADGEN_GC_FREEZE": "2",
+                          "CALLSCTL_LOADGEN_PUMP": "1" if receive_thread == "on" else "0"})
     assert result.returncode == 0, result.stderr + server.log()[-2000:]
     report = json.loads(result.stdout)  # stdout is exactly one JSON object
     assert report["ok"] is True
+    pumped = report["loadgen"]["receive_thread"]
+    if receive_thread == "on":  # every copy read there; only STUN, DTLS and samples came up
+        assert pumped["datagrams"] > 0 and pumped["dropped"] == 0, pumped
+        assert pumped["wakes"] < pumped["datagrams"], pumped
+    else:
+        assert pumped is None
     # it froze its participants while they joined, and still measured everyone's media below
     collections = report["loadgen"]["gc_full_collections"]
     assert collections["freezes"] >= 1 and collections["count"] >= 0, collections
@@ -355,18 +369,11 @@ async def test_a_participant_drains_its_socket_in_batches_not_one_datagram_a_wak
     from callsctl_sfu.client.loadgen.config import Role
     from callsctl_sfu.client.loadgen.participant import READ_BATCH, LightParticipant
 
-    loop = asyncio.get_running_loop()
     test = LoadTest(LoadConfig(ws_url="ws://127.0.0.1:9/ws", token_for=lambda _c, _u: "t"))
     participant = LightParticipant(test, "c", "loadtest-1-u1", Role())
     participant.probe = False  # counted only: no keys to read the stamps with here
     underneath: list[bytes] = []
-
-    class IceProtocol(asyncio.DatagramProtocol):
-        def datagram_received(self, data: bytes, addr: Any) -> None:
-            underneath.append(data)
-
-    transport, protocol = await loop.create_datagram_endpoint(
-        IceProtocol, local_addr=("127.0.0.1", 0))
+    transport, protocol = await _ice_endpoint(underneath)
     wake_ups = 0
     batched = participant._receiver(protocol.datagram_received, protocol.error_received,
                                     transport)
@@ -395,3 +402,74 @@ async def test_a_participant_drains_its_socket_in_batches_not_one_datagram_a_wak
     finally:
         sender.close()
         transport.close()
+
+
+@pytest.mark.skipif(fastpath.receive_pump_type() is None, reason="the C extension is not built")
+async def test_the_receive_thread_counts_samples_and_hands_up_the_rest() -> None:
+    """A participant's socket read by the C receive thread (pump.py, rtc/_recvpump.c).
+
+    Real sockets on loopback: SRTP is counted per SSRC on the thread, every Nth
+    packet of a probe comes up with the time it was read, STUN reaches the ICE
+    protocol underneath, SRTCP is counted; once the participant releases the
+    socket its counts stay and the thread reads it no more.
+    """
+    import time
+
+    from callsctl_sfu.client.loadgen.config import Role
+    from callsctl_sfu.client.loadgen.participant import LightParticipant
+
+    test = LoadTest(LoadConfig(ws_url="ws://127.0.0.1:9/ws", token_for=lambda _c, _u: "t",
+                               delay_sample_every=5))
+    participant = LightParticipant(test, "c", "loadtest-1-u1", Role())
+    participant.probe = True
+    samples: list[tuple[bytes, float]] = []
+    participant._sample_read = lambda data, arrived: samples.append((data, arrived))
+    underneath: list[bytes] = []
+    transport, protocol = await _ice_endpoint(underneath)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    address = transport.get_extra_info("sockname")
+    try:
+        assert participant._read_on_pump(protocol, transport) is True
+        started = time.monotonic()
+        rtp = bytes([0x80, 111]) + b"\x00\x01" + b"\x00" * 4
+        stun = b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + b"\x00" * 12
+        srtcp = bytes([0x81, 201]) + b"\x00\x07" + b"\x00" * 28
+        for number in range(200):
+            ssrc = 0x1234 if number % 2 else 0x5678
+            sender.sendto(rtp + ssrc.to_bytes(4, "big") + bytes(20), address)
+        sender.sendto(stun, address)
+        sender.sendto(srtcp, address)
+        for _ in range(200):
+            if sum(participant.received.values()) == 200 and underneath:
+                break
+            await asyncio.sleep(0.01)
+        assert participant.received == {0x1234: 100, 0x5678: 100}
+        assert participant.rtcp_in == 1
+        assert underneath == [stun]
+        assert len(samples) == 40  # every 5th of each stream
+        assert all(started <= arrived <= time.monotonic() for _data, arrived in samples)
+        assert started <= participant.first_media_at <= time.monotonic()
+
+        participant.release_socket()
+        assert participant.received == {0x1234: 100, 0x5678: 100}  # kept
+        sender.sendto(stun, address)
+        await asyncio.sleep(0.1)
+        assert underneath == [stun]  # the thread no longer reads it ...
+        fd = transport.get_extra_info("socket").fileno()
+        assert os.read(fd, 100) == stun  # ... it is still queued
+    finally:
+        sender.close()
+        transport.close()
+        test.receive_pump().close()
+
+
+async def _ice_endpoint(underneath: list[bytes]) -> tuple[Any, Any]:
+    """A loopback datagram endpoint standing for a participant's ICE protocol: what
+    reaches it (STUN, DTLS) is appended to `underneath`."""
+
+    class IceProtocol(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            underneath.append(data)
+
+    return await asyncio.get_running_loop().create_datagram_endpoint(
+        IceProtocol, local_addr=("127.0.0.1", 0))

@@ -94,6 +94,9 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
     "CALLSCTL_LOADGEN_GC_FREEZE": "The same for `callsctl loadtest` over its own participants "
                                   "(0: off; N: from N participants per process, default "
                                   "100); its report shows its own full collections.",
+    "CALLSCTL_LOADGEN_PUMP": "Set to 0 to make `callsctl loadtest` read its participants' "
+                             "sockets through asyncio instead of one C thread per process "
+                             "(its report's `loadgen.receive_thread` is then null).",
     "SHIV_ROOT": "For the single-file build (dist/callsctl): where it unpacks itself on first "
                  "run (default ~/.shiv).",
 }

@@ -1502,7 +1502,7 @@ PyInit__fanout(void)
     PyModule_AddIntConstant(module, "PARALLEL_MIN_TARGETS", PARALLEL_MIN_TARGETS);
     PyModule_AddIntConstant(module, "MIN_SLICE", MIN_SLICE);
     PyModule_AddIntConstant(module, "MAX_THREADS", MAX_THREADS);
-    if (ingress_add_to_module(module) < 0) {
+    if (ingress_add_to_module(module) < 0 || recvpump_add_to_module(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -95,4 +95,7 @@ void media_unlock(void);
 /* Adds the ingress types and functions to the module (_ingress.c). 0 or -1. */
 int ingress_add_to_module(PyObject *module);
 
+/* Adds ReceivePump, the load generator's receive thread (_recvpump.c). 0 or -1. */
+int recvpump_add_to_module(PyObject *module);
+
 #endif

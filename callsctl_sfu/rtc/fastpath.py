@@ -285,6 +285,16 @@ def stop_readers() -> None:
     _readers.clear()
 
 
+def receive_pump_type() -> Any | None:
+    """The load generator's C receive thread type (rtc/_recvpump.c), None when not built.
+
+    Independent of CALLSCTL_FAST_PATH, which chooses the server's engine: the load
+    generator reads its participants' sockets with it whenever the extension is built
+    (client/loadgen/pump.py has its own switch).
+    """
+    return getattr(_fanout, "ReceivePump", None) if _fanout is not None else None
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, so `taskset` is honoured)."""
     try:

@@ -33,6 +33,7 @@ from callsctl_sfu.client.loadgen.media import (
 )
 from callsctl_sfu.client.loadgen.monitor import ServerMonitor
 from callsctl_sfu.client.loadgen.participant import LightParticipant
+from callsctl_sfu.client.loadgen.pump import SharedPump, pump_enabled
 from callsctl_sfu.client.loadgen.report import LoadReport, Progress, merge_report, raw_figures
 from callsctl_sfu.client.loadgen.sender import StreamSender
 from callsctl_sfu.gcpolicy import LOADGEN_ENV, CollectorPolicy, min_sessions_from_env
@@ -139,6 +140,11 @@ class LoadTest:
         # own full collections would otherwise stall every read and delay stamp here for
         # hundreds of ms while a big call joins, and read as the server's delay.
         self.collector = CollectorPolicy(min_sessions=min_sessions_from_env(LOADGEN_ENV))
+        # The C thread that reads connected participants' sockets (pump.py), made at the
+        # first connect; None when the extension is not built or CALLSCTL_LOADGEN_PUMP=0.
+        self._pump: SharedPump | None = None
+        self._pump_wanted = pump_enabled()
+        self.pump_stats: dict[str, int] | None = None  # its counters, once it stopped
         # Streams sent by other worker processes: (call, session id, label).
         self.remote_senders: list[tuple[str, str, str]] = []
         self.raw: dict[str, Any] = {}  # what this process measured, plain data (`raw_figures`)
@@ -148,6 +154,12 @@ class LoadTest:
     def record_delay(self, nanoseconds: int) -> None:
         if len(self.delays) < MAX_DELAY_SAMPLES:
             self.delays.append(nanoseconds)
+
+    def receive_pump(self) -> SharedPump | None:
+        """This process's receive thread, started at the first connected participant."""
+        if self._pump is None and self._pump_wanted:
+            self._pump = SharedPump(asyncio.get_running_loop())
+        return self._pump
 
     def on_connected(self, participant: LightParticipant) -> None:
         self.active.extend(participant.all_senders())
@@ -265,6 +277,16 @@ class LoadTest:
                     CLOSE_TIMEOUT_S)
             self.consent.close()
             self.collector.close()
+            if self._pump is not None:
+                for participant in self.participants:  # any that did not close in time
+                    participant.release_socket()
+                self.pump_stats = self._pump.stats()
+                self._pump.close()
+                if self.pump_stats["dropped"]:
+                    self.notes.append(
+                        f"the receive thread's queue to Python overflowed: "
+                        f"{self.pump_stats['dropped']} STUN/DTLS datagrams or delay samples "
+                        f"dropped")
             await self.http.close()
             if self.monitor is not None:
                 await self.monitor.close()

@@ -128,6 +128,8 @@ def raw_figures(test: LoadTest, cpu_seconds: float, wall: float) -> dict[str, An
             [x * 1000 for x in test.lag_before_window], (50, 99)), 2),
         "cpu_percent": 100 * cpu_seconds / max(wall, 1e-9),
         "gc": test.collector.full_collections(),
+        # The C receive thread's counters (pump.py), None when sockets were read by asyncio.
+        "receive_thread": test.pump_stats,
         "window_cpu_percent": 100 * counts.get("loadgen_cpu", 0.0) if test.window else None,
         "window": None if test.window is None else {
             "starts_at_s": round(test.window[0], 2), "seconds": round(test.window[1], 2)},
@@ -146,6 +148,14 @@ def _collections(per_process: list[dict[str, Any] | None]) -> dict[str, Any]:
             "max_ms": max((c["max_ms"] for c in known), default=0.0),
             "total_ms": round(sum(c["total_ms"] for c in known), 1),
             "freezes": sum(c["freezes"] for c in known)}
+
+
+def _receive_threads(per_process: list[dict[str, int] | None]) -> dict[str, int] | None:
+    """The C receive threads' counters summed; None when every process read with asyncio."""
+    known = [c for c in per_process if c]
+    if not known:
+        return None
+    return {name: sum(c[name] for c in known) for name in ("datagrams", "dropped", "wakes")}
 
 
 def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
@@ -184,6 +194,8 @@ def merge_report(config: LoadConfig, raws: list[dict[str, Any]],
         # Its own full collections over the whole run (the longest is the worst process's):
         # each one stalls its reads and delay stamps (gcpolicy.py).
         "gc_full_collections": _collections([raw.get("gc") for raw in raws]),
+        # Participants' sockets read by a C thread per process (pump.py), or by asyncio.
+        "receive_thread": _receive_threads([raw.get("receive_thread") for raw in raws]),
         "local_address": raws[0]["local_address"],
         "signaling_errors": dict(errors), "processes": len(raws)}
     if len(raws) > 1:

@@ -140,7 +140,7 @@ async def test_the_server_freezes_as_a_call_fills_and_stats_show_the_pauses(serv
 
         assert await wait_until(lambda: frozen()["freezes"] >= 1, 10), frozen()
         stats = frozen()
-        assert stats["frozen"] and stats["frozen_objects"] > 0
+        assert stats["frozen"] and "frozen_objects" not in stats  # an O(n) walk: not polled
         assert stats["freeze_from_sessions"] == 2
         assert set(stats["pauses"]) == {"gen0", "gen1", "gen2"}
         assert stats["pauses"]["gen0"]["count"] > 0  # the server's own collections, timed

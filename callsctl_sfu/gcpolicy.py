@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from callsctl_sfu.switches import switched_off
+
 ENV = "CALLSCTL_GC_FREEZE"
 LOADGEN_ENV = "CALLSCTL_LOADGEN_GC_FREEZE"  # the same policy in `callsctl loadtest`
 MAX_FROZEN_S = 600.0    # never frozen longer than this without one full collection
@@ -54,9 +56,9 @@ MIN_SESSIONS = 100      # smaller servers' full collections are short: leave the
 
 def min_sessions_from_env(name: str = ENV) -> int | None:
     """The variable `name`: None when off ("0", "off"...), else the sessions to freeze from."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("0", "off", "false", "no"):
+    if switched_off(name):
         return None
+    value = os.environ.get(name, "").strip()
     return int(value) if value.isdigit() else MIN_SESSIONS
 
 

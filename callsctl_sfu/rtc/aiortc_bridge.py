@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Hashable, Iterator
@@ -39,6 +38,7 @@ from callsctl_sfu.rtc.dtlsrecord import OutgoingRecords, RecordLayer
 from callsctl_sfu.rtc.medialoader import VERIFIED as VERIFIED
 from callsctl_sfu.rtc.medialoader import BridgeError as BridgeError
 from callsctl_sfu.rtc.medialoader import check_versions as check_versions
+from callsctl_sfu.switches import switched_off
 
 # -- aiortc: RTCPeerConnection ------------------------------------------------------------------
 
@@ -184,7 +184,7 @@ RECORDS_ENV = "CALLSCTL_DTLS_RECORDS"
 
 def records_enabled() -> bool:
     """Whether finished DTLS connections are handed to rtc/dtlsrecord.py (RECORDS_ENV)."""
-    return os.environ.get(RECORDS_ENV, "").strip().lower() not in ("0", "off", "false", "no")
+    return not switched_off(RECORDS_ENV)
 
 
 def note_dtls_records(dtls: Any) -> None:

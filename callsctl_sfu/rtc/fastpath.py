@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 from callsctl_sfu.rtc import srtparena
 from callsctl_sfu.rtc.rtp import PyRewrite
+from callsctl_sfu.switches import switched_off
 
 # libsrtp 2.x, as pylibsrtp 1.0's cffi declares srtp_protect and srtp_unprotect.
 EXPECTED_PROTECT = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
@@ -92,7 +93,7 @@ def _wire_protect() -> str:
 # only handed over then, because pylibsrtp is part of the stack an idle server does
 # not import. Nothing forwards before that: no session exists yet.
 _unavailable = _import_error
-if not _unavailable and os.environ.get(DISABLE_ENV, "").lower() in ("0", "off", "false", "no"):
+if not _unavailable and switched_off(DISABLE_ENV):
     _unavailable = f"disabled by {DISABLE_ENV}"
 _wired = False
 # Whether the C ingress reads on its own thread (decided by wire(), which also makes
@@ -227,7 +228,7 @@ def wire() -> str:
 
 def thread_wanted() -> bool:
     """Whether CALLSCTL_INGRESS_THREAD leaves the ingress's reader thread on (the default)."""
-    return os.environ.get(THREAD_ENV, "").lower() not in ("0", "off", "false", "no")
+    return not switched_off(THREAD_ENV)
 
 
 def _serialise_pylibsrtp() -> None:

@@ -36,11 +36,12 @@ nothing but the hand-over.
 from __future__ import annotations
 
 import functools
-import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from callsctl_sfu.switches import switched_off
 
 ENV = "CALLSCTL_SRTP_THREAD"
 THREAD_NAME = "callsctl-srtp-contexts"
@@ -51,7 +52,7 @@ HAND_OVER_TIMEOUT_S = 10.0
 
 def wanted() -> bool:
     """Whether CALLSCTL_SRTP_THREAD leaves the context thread on (the default)."""
-    return os.environ.get(ENV, "").lower() not in ("0", "off", "false", "no")
+    return not switched_off(ENV)
 
 
 class ContextThread:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.switches import switched_off
 
 ENV = "CALLSCTL_LOADGEN_PUMP"
 DATAGRAM, SAMPLE, RTCP, ERROR = 0, 1, 2, 3  # the kinds ReceivePump.take() hands up
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def pump_enabled() -> bool:
     """The C extension is built and CALLSCTL_LOADGEN_PUMP is not 0/off."""
-    if os.environ.get(ENV, "").strip().lower() in ("0", "off", "false", "no"):
+    if switched_off(ENV):
         return False
     return fastpath.receive_pump_type() is not None
 

@@ -45,7 +45,7 @@ from callsctl_sfu.client.loadgen.negotiation import (
     simulcast_offer,
     source_of,
 )
-from callsctl_sfu.client.loadgen.pump import Handlers, SharedPump
+from callsctl_sfu.client.loadgen.pump import Counts, Handlers, SharedPump
 from callsctl_sfu.client.loadgen.sender import STAMP, STAMP_LEN, STAMP_MAGIC, StreamSender
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.rtc import aiortc_bridge
@@ -102,28 +102,35 @@ class LightParticipant:
     def connected(self) -> bool:
         return self.connected_at is not None and not self.closed
 
+    def _pump_counts(self) -> Counts | None:
+        """What the C receive thread counted on this socket, while it reads it."""
+        if self._pumped is None:
+            return None
+        pump, slot = self._pumped
+        return pump.counts(slot)
+
     @property
     def received(self) -> dict[int, int]:
         """SRTP packets received per SSRC so far (a copy while the C thread counts them)."""
-        if self._pumped is not None:
-            pump, slot = self._pumped
-            return pump.counts(slot).received
-        return self._received
+        counts = self._pump_counts()
+        return self._received if counts is None else counts.received
 
     @property
     def rtcp_in(self) -> int:
-        if self._pumped is not None:
-            pump, slot = self._pumped
-            return pump.counts(slot).rtcp_in
-        return self._rtcp_in
+        counts = self._pump_counts()
+        return self._rtcp_in if counts is None else counts.rtcp_in
 
     @property
     def first_media_at(self) -> float | None:
         """loop.time() (time.monotonic()) of the first SRTP packet received."""
-        if self._pumped is not None and self._first_media_at is None:
-            pump, slot = self._pumped
-            self._first_media_at = pump.counts(slot).first_media
+        if self._first_media_at is None and (counts := self._pump_counts()) is not None:
+            self._first_media_at = counts.first_media
         return self._first_media_at
+
+    @property
+    def _watches_rtcp(self) -> bool:
+        """SRTCP is read for keyframe requests only when this participant sends video."""
+        return any(s.sample.kind == "video" for s in self.senders)
 
     # -- joining -------------------------------------------------------------------------------
 
@@ -349,20 +356,16 @@ class LightParticipant:
         pump = self.test.receive_pump()
         if pump is None:
             return False
-        watch_rtcp = any(s.sample.kind == "video" for s in self.senders)
         closing = transport.is_closing
 
         def on_error(exc: Exception) -> None:
             if not closing():
                 protocol.error_received(exc)
 
-        def on_rtcp(data: bytes) -> None:
-            self._on_rtcp(data)
-
         handlers = Handlers(datagram=protocol.datagram_received, sample=self._sample_read,
-                            rtcp=on_rtcp, error=on_error)
+                            rtcp=self._on_rtcp, error=on_error)
         every = self.test.config.delay_sample_every if self.probe else 0
-        slot = pump.add(transport, every, watch_rtcp, handlers)
+        slot = pump.add(transport, every, self._watches_rtcp, handlers)
         if slot is None:
             return False
         self._pumped = (pump, slot)
@@ -403,7 +406,7 @@ class LightParticipant:
         received = self._received
         every = self.test.config.delay_sample_every
         loop = asyncio.get_running_loop()
-        watch_rtcp = any(s.sample.kind == "video" for s in self.senders)
+        watch_rtcp = self._watches_rtcp
         sock = getattr(transport, "_sock", None)  # asyncio's own socket (rtc/mux.py reads it too)
         if not isinstance(sock, socket.socket):
             sock = None

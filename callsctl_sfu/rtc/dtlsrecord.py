@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from OpenSSL import SSL
 
 DTLS_1_2 = 0xFEFD
+DTLS_1_2_NAME = "DTLSv1.2"  # as OpenSSL names it (Connection.get_protocol_version_name)
 HEADER = struct.Struct("!BHHHIH")  # type, version, epoch, sequence (high 16 + low 32 bits), length
 HEADER_SIZE = HEADER.size  # 13
 TAG_SIZE = 16
@@ -79,7 +80,7 @@ SUITES = {
 
 def suite_of(protocol: str | None, cipher: str | None) -> Suite | None:
     """The suite a finished handshake negotiated, if this module can carry its records."""
-    if protocol != "DTLSv1.2" or cipher is None:
+    if protocol != DTLS_1_2_NAME or cipher is None:
         return None
     return SUITES.get(cipher)
 
@@ -192,7 +193,7 @@ class RecordLayer:
     """
 
     __slots__ = ("_write", "_read", "_write_sequence", "_replay", "_inbox", "_outbox",
-                 "_closed", "_sent_close", "protocol", "cipher", "dropped")
+                 "_closed", "_sent_close", "cipher", "dropped")
 
     def __init__(self, write: Direction, read: Direction, write_sequence: int,
                  cipher: str) -> None:
@@ -204,7 +205,6 @@ class RecordLayer:
         self._outbox: list[bytes] = []
         self._closed = False
         self._sent_close = False
-        self.protocol = "DTLSv1.2"
         self.cipher = cipher
         self.dropped = 0  # records dropped: forged, replayed, of another epoch, or not data
 
@@ -315,7 +315,7 @@ class RecordLayer:
         return False
 
     def get_protocol_version_name(self) -> str:
-        return self.protocol
+        return DTLS_1_2_NAME
 
     def get_cipher_name(self) -> str:
         return self.cipher

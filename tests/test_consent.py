@@ -160,8 +160,6 @@ async def test_checks_are_spread_over_the_interval_not_sent_in_bursts() -> None:
         await close_all(mux, servers + clients)
 
 
-
-
 async def test_lost_consent_fails_the_server_side_peer_connection() -> None:
     """What ends the session: aiortc reports the server's peer connection failed/closed."""
     mux = await open_mux(ConsentScheduler(interval=0.2, timeout=1.5, tick=0.02))

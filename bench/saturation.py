@@ -122,7 +122,11 @@ def verdict(result: dict[str, Any], participants: int) -> list[str]:
         if probe_loss is not None and probe_loss >= MAX_LOSS:
             reasons.append(f"probe loss {100 * probe_loss:.2f} % >= {100 * MAX_LOSS:g} %")
     if result["joined"] < participants:
-        reasons.append(f"{participants - result['joined']} did not join")
+        # One example per stage that failed (the load generator's report), so a
+        # failed step says where the joins stopped, not only how many.
+        stages = "; ".join((result.get("failures") or {}).values())
+        reasons.append(f"{participants - result['joined']} did not join"
+                       + (f" ({stages})" if stages else ""))
     loss = result.get("loss")
     if loss is None:
         reasons.append("no loss figure (no media measured)")

@@ -35,14 +35,15 @@ class Down:
 class Receiver:
     """Stands in for a MediaPeer: counts how often its fan-out target is worked out."""
 
-    def __init__(self, session_id: str, connected: bool = True) -> None:
+    def __init__(self, session_id: str, connected: bool = True, tcp: bool = False) -> None:
         self.session_id = session_id
         self.connected = connected
+        self.tcp = tcp  # on ICE-TCP: connected, but only the Python path sends to it
         self.computed = 0
 
     def fanout_target(self, down: Down) -> tuple | None:
         self.computed += 1
-        return (self.session_id,) if self.connected else None
+        return (self.session_id,) if self.connected and not self.tcp else None
 
 
 def test_one_receiver_changing_recomputes_only_its_own_target() -> None:
@@ -56,22 +57,48 @@ def test_one_receiver_changing_recomputes_only_its_own_target() -> None:
     routes.set("new", (newcomer, down))  # added before its negotiation finished
     assert len(routes.plan().targets) == 1000 and routes.targets_computed == 1000
 
-    down.negotiated = True  # negotiated, not yet connected: the Python path
-    routes.set("new", (newcomer, down))
+    down.negotiated = True  # negotiated, not yet connected: no path can send to it yet,
+    routes.set("new", (newcomer, down))  # so it keeps the track off neither
     plan = routes.plan()
-    assert [r[0] for r in plan.slow] == [newcomer] and routes.targets_computed == 1001
+    assert not plan.slow and len(plan.targets) == 1000 and routes.targets_computed == 1000
 
     newcomer.connected = True  # connected: now a C fan-out target
     routes.refresh("new")
     plan = routes.plan()
     assert len(plan.targets) == 1001 and not plan.slow
-    assert routes.targets_computed == 1002
+    assert routes.targets_computed == 1001
     assert sum(r.computed for r in receivers) == 1000  # nobody else was worked out again
 
     routes.set("s7", None)  # a receiver leaves
     plan = routes.plan()
     assert len(plan.targets) == 1000 and ("s7",) not in plan.targets
-    assert routes.targets_computed == 1002 and routes.plan() is plan
+    assert routes.targets_computed == 1001 and routes.plan() is plan
+
+    routes.set("tcp", (Receiver("tcp", tcp=True), Down()))  # connected over ICE-TCP
+    plan = routes.plan()
+    assert [r[0].session_id for r in plan.slow] == ["tcp"] and len(plan.targets) == 1000
+
+
+def test_a_change_is_reported_once_until_the_plan_is_assembled_again() -> None:
+    """The forwarder replans a changed track in the same turn of the event loop; one
+    report per change-set, and the C ingress's route is emptied at the change."""
+
+    class Route:
+        targets: list | None = None
+
+    changes: list[TrackRoutes] = []
+    routes = TrackRoutes({f"s{i}": (Receiver(f"s{i}"), Down()) for i in range(3)},
+                         on_change=changes.append)
+    routes.fast_route = Route()
+    routes.fast_route.targets = routes.plan().targets
+    routes.set("a", (Receiver("a"), Down()))
+    routes.refresh("s1")
+    routes.set("s2", None)
+    assert changes == [routes] and routes.fast_route.targets is None
+    routes.fast_route.targets = routes.plan().targets
+    assert [t[0] for t in routes.fast_route.targets] == ["s0", "s1", "a"]
+    routes.refresh("a")
+    assert changes == [routes, routes]
 
 
 # -- on a real server ------------------------------------------------------------------------------
@@ -194,3 +221,34 @@ async def test_a_client_that_stops_reading_still_gets_every_event_in_order():
             numbers.append(event["n"])
         assert numbers == list(range(count))
         await ws.close()
+
+
+def test_speakers_stay_on_the_c_ingress_while_listeners_join(server) -> None:
+    """30 listeners joining at 15/s while 2 speak: their packets are forwarded by the reader
+    thread, not handed up to the event loop at every join.
+
+    Each join changes every speaker's receivers twice (negotiated, then connected). The
+    plan used to wait for the speaker's next packet, which the ingress handed up and the
+    event loop fanned out, and a receiver still in its handshake kept the whole track on
+    the Python path: in a storm most packets went through Python. /stats counts both.
+    """
+    size = 32
+    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
+                        calls=1, users_per_call=size, unmuted=2, duration=12,
+                        join_duration=2, window=1, local_address="127.0.0.1",
+                        settle_timeout=6)
+    seen: dict[str, int] = {}
+
+    async def at_window(edge: str) -> None:
+        if edge == "start":  # every listener joined: the storm is over
+            async with httpx.AsyncClient() as http:
+                seen.update((await http.get(f"{server.api_url}/stats", timeout=5)).json()[
+                    "forwarding"])
+
+    report = asyncio.run(LoadTest(config, on_window=at_window).run()).to_dict()
+    assert report["participants"]["joined"] == size, report["participants"]
+    assert seen["rtp_in"] > 100, seen  # the speakers spoke during the joins
+    in_python = seen["rtp_in"] - seen["rtp_in_c"]
+    # A track's first packet registers its route, and a speaker's own negotiations take
+    # its routes away once each: a few packets per speaker, not a few per join.
+    assert in_python <= 12, seen

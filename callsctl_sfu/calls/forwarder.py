@@ -354,7 +354,8 @@ class Forwarder:
         key = member.track_keys.get(track.label) or member.track_key(track.label)
         track_routes = self._tracks.get(key)
         if track_routes is None:
-            track_routes = self._tracks[key] = TrackRoutes(self._build_routes(member, key))
+            track_routes = self._tracks[key] = TrackRoutes(self._build_routes(member, key),
+                                                           on_change=self._track_changed)
             self.routing_stats.route_builds += 1
         if rid is not None or not fastpath.AVAILABLE:
             # Simulcast picks a layer per receiver: decided here, in Python.
@@ -363,10 +364,7 @@ class Forwarder:
             return
         plan = track_routes.current
         if plan is None:
-            computed = track_routes.targets_computed
-            plan = track_routes.plan()
-            self.routing_stats.plan_builds += 1
-            self.routing_stats.targets_computed += track_routes.targets_computed - computed
+            plan = self._assemble(track_routes)
         forwarded = self._fan_out(track_routes, plan, packet, level_byte, keyframe,
                                   track.kind)
         if plan.slow:
@@ -374,6 +372,32 @@ class Forwarder:
         elif track_routes.current is plan:
             self._route_in_c(peer, member, track, packet, track_routes, plan)
         stats.rtp_forwarded += forwarded
+
+    def _assemble(self, track_routes: TrackRoutes) -> Plan:
+        """The track's plan, re-assembled after a change (counted for GET /stats)."""
+        computed = track_routes.targets_computed
+        plan = track_routes.plan()
+        self.routing_stats.plan_builds += 1
+        self.routing_stats.targets_computed += track_routes.targets_computed - computed
+        return plan
+
+    def _track_changed(self, track_routes: TrackRoutes) -> None:
+        """A track's receivers changed: if the C ingress forwards it, hand it the new plan now.
+
+        Until then the ingress hands the track's packets up to on_rtp, which fans each
+        out from the event loop. Deferring the re-assembly even to the loop's next turn
+        left that window open for the rest of a busy turn (a join's negotiation runs
+        for milliseconds): in a join storm most of the speakers' packets then came up.
+        Each change re-assembles once (O(receivers) list building, the targets of the
+        changed receiver only). A plan with receivers on the Python path (ICE-TCP,
+        IPv6) stays with on_rtp, as does a muted publisher's route.
+        """
+        route = track_routes.fast_route
+        if route is None or route.muted:
+            return  # not on the ingress: its next packet is decided in on_rtp anyway
+        plan = self._assemble(track_routes)
+        if not plan.slow:
+            route.targets = plan.targets
 
     def _route_in_c(self, peer: MediaPeer, member: _Member, track: PublishedTrack,
                     packet: ParsedRtp, track_routes: TrackRoutes | None,

@@ -13,10 +13,20 @@ re-assembled from the entries, a copy with no per-receiver decisions, the next
 time the track forwards. A join in a call of N thus costs O(1) target
 computations per track, where rebuilding every plan from scratch cost O(N) per
 change and made a join storm quadratic (bench/join_storm.py).
+
+A change empties the track's route in the C ingress (its packets would come up
+to Python, which decides them afresh) and tells the forwarder (`on_change`),
+which re-assembles the plan at once and hands it back to the ingress. Waiting
+for the track's next packet instead sent that packet's whole fan-out from the
+event loop, and so did every packet the reader thread read meanwhile: in a join
+storm, where every join changes every speaker's receivers twice (negotiated,
+connected), that was a large share of the call's packets, and the joins
+themselves waited behind them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +49,10 @@ class Plan:
 class TrackRoutes:
     """One publisher track's receivers (session id -> route), updated one receiver at a time."""
 
-    __slots__ = ("_entries", "_routes", "_plan", "targets_computed", "fast_route")
+    __slots__ = ("_entries", "_routes", "_plan", "targets_computed", "fast_route", "on_change")
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+    def __init__(self, routes: dict[str, Route],
+                 on_change: Callable[[TrackRoutes], None] | None = None) -> None:
         # session id -> [route, fan-out target or None (Python path) or _UNKNOWN]
         self._entries: dict[str, list[Any]] = {sid: [route, _UNKNOWN]
                                                 for sid, route in routes.items()}
@@ -49,13 +60,19 @@ class TrackRoutes:
         self._plan: Plan | None = None
         self.targets_computed = 0  # fanout_target calls (bench/join_storm.py counts them)
         # The track's route in the C ingress (fastpath.InRoute) while it forwards the
-        # current plan; emptied with the plan, so the next packet comes up to Python.
+        # current plan; emptied with the plan, then given the new one (on_change).
         self.fast_route: Any = None
+        # Told of each change (the forwarder re-assembles the plan for the C ingress).
+        self.on_change = on_change
 
     def _invalidate(self) -> None:
+        if self._plan is None:
+            return  # already waiting to be assembled: the forwarder was told then
         self._plan = None
         if self.fast_route is not None:
             self.fast_route.targets = None
+        if self.on_change is not None:
+            self.on_change(self)
 
     def set(self, receiver_id: str, route: Route | None) -> None:
         """A receiver's route (None: it no longer receives this track)."""
@@ -101,6 +118,11 @@ class TrackRoutes:
             if not down.negotiated:
                 continue
             if target is _UNKNOWN:
+                if not route[0].connected:
+                    # Nothing can be sent to it yet, by either path: left out until
+                    # Forwarder.peer_connected refreshes it. Counting it as the Python
+                    # path's kept the track off the C ingress for every join's handshake.
+                    continue
                 target = entry[1] = route[0].fanout_target(down)
                 self.targets_computed += 1
             if target is None:

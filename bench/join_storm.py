@@ -104,9 +104,14 @@ async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     async with http.get(f"{base}/stats") as response:
         body = await response.json()
     gc = body.get("gc") or {}
+    forwarding = body.get("forwarding") or {}
     return {**(body.get("control") or {}),
             "gen2": (gc.get("pauses") or {}).get("gen2") or {},
-            "gc_freezes": gc.get("freezes")}
+            "gc_freezes": gc.get("freezes"),
+            # Publishers' packets the event loop handled (the rest the C ingress did):
+            # each one's fan-out then ran on the loop, beside the joins.
+            "rtp_in_python": forwarding.get("rtp_in", 0) - forwarding.get("rtp_in_c", 0),
+            "rtp_in": forwarding.get("rtp_in", 0)}
 
 
 async def storm(size: int, unmuted: int, window: float, workdir: Path,
@@ -172,6 +177,8 @@ async def storm(size: int, unmuted: int, window: float, workdir: Path,
         # each one holds the GIL the reader thread decides with, a gap in every call's media.
         "gen2_pauses": span["control"].get("gen2"),
         "gc_freezes": span["control"].get("gc_freezes"),
+        "rtp_in_python": span["control"].get("rtp_in_python"),
+        "rtp_in": span["control"].get("rtp_in"),
         "loadgen": {k: report["loadgen"].get(k) for k in ("cpu_percent", "loop_lag_ms",
                                                                "gc_full_collections")},
         "counts": counts,

@@ -104,24 +104,31 @@ def test_a_change_is_reported_once_until_the_plan_is_assembled_again() -> None:
 # -- on a real server ------------------------------------------------------------------------------
 
 
-def test_joins_cost_constant_offers_and_fanout_work(server) -> None:
-    """40 joins at 20/s with 2 speakers: per join O(1) offers, rewires and targets."""
-    size = 40
+def _storm(server, size: int, duration: float, settle: float, edge: str,
+           part: str) -> tuple[dict, dict[str, int]]:
+    """`size` join one call over 2 s, 2 of them speaking; GET /stats `part` at the
+    steady window's `edge` ("start": right after the joins; "end": everyone still in)."""
     config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
-                        calls=1, users_per_call=size, unmuted=2, duration=20,
+                        calls=1, users_per_call=size, unmuted=2, duration=duration,
                         join_duration=2, window=1, local_address="127.0.0.1",
-                        settle_timeout=8)
+                        settle_timeout=settle)
     seen: dict[str, int] = {}
 
-    async def at_window(edge: str) -> None:
-        if edge == "end":  # everyone still in the call (leaving is not part of joining)
+    async def at_window(at: str) -> None:
+        if at == edge:
             async with httpx.AsyncClient() as http:
-                seen.update((await http.get(f"{server.api_url}/stats", timeout=5)).json()[
-                    "control"])
+                seen.update((await http.get(f"{server.api_url}/stats", timeout=5)).json()[part])
 
     report = asyncio.run(LoadTest(config, on_window=at_window).run()).to_dict()
     assert report["participants"]["joined"] == size, report["participants"]
-    counts = seen
+    return report, seen
+
+
+def test_joins_cost_constant_offers_and_fanout_work(server) -> None:
+    """40 joins at 20/s with 2 speakers: per join O(1) offers, rewires and targets."""
+    size = 40
+    # At the window's end: everyone still in the call (leaving is not part of joining).
+    _report, counts = _storm(server, size, duration=20, settle=8, edge="end", part="control")
     assert counts["joins"] == size
     # The N user_joined deliveries are the protocol: one to each participant present.
     assert counts["events_sent"] >= size * (size - 1) // 2
@@ -232,21 +239,8 @@ def test_speakers_stay_on_the_c_ingress_while_listeners_join(server) -> None:
     event loop fanned out, and a receiver still in its handshake kept the whole track on
     the Python path: in a storm most packets went through Python. /stats counts both.
     """
-    size = 32
-    config = LoadConfig(ws_url=server.ws_url, token_for=lambda c, u: server.token(c, u),
-                        calls=1, users_per_call=size, unmuted=2, duration=12,
-                        join_duration=2, window=1, local_address="127.0.0.1",
-                        settle_timeout=6)
-    seen: dict[str, int] = {}
-
-    async def at_window(edge: str) -> None:
-        if edge == "start":  # every listener joined: the storm is over
-            async with httpx.AsyncClient() as http:
-                seen.update((await http.get(f"{server.api_url}/stats", timeout=5)).json()[
-                    "forwarding"])
-
-    report = asyncio.run(LoadTest(config, on_window=at_window).run()).to_dict()
-    assert report["participants"]["joined"] == size, report["participants"]
+    # At the window's start: every listener joined, the storm just over.
+    _report, seen = _storm(server, 32, duration=12, settle=6, edge="start", part="forwarding")
     assert seen["rtp_in"] > 100, seen  # the speakers spoke during the joins
     in_python = seen["rtp_in"] - seen["rtp_in_c"]
     # A track's first packet registers its route, and a speaker's own negotiations take

@@ -100,7 +100,8 @@ def _ranked(values: list[float]) -> dict[str, float] | None:
 
 
 async def _control(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    """GET /stats `control`, with the collector's full-collection pauses as `gen2`."""
+    """GET /stats `control`, with the collector's full-collection pauses as `gen2` and the
+    publishers' packets so far (`rtp_in`), of them handled on the event loop (`rtp_in_python`)."""
     async with http.get(f"{base}/stats") as response:
         body = await response.json()
     gc = body.get("gc") or {}

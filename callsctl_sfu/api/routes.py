@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,11 @@ from callsctl_sfu.api.signaling import websocket_handler
 from callsctl_sfu.api.turn import add_turn_routes
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# nginx's "client closed request": the status an access log shows for an answer
+# that had no one left to go to.
+CLIENT_CLOSED_REQUEST = 499
+
+log = logging.getLogger("callsctl_sfu.api")
 
 
 async def index(_request: web.Request) -> web.StreamResponse:
@@ -43,7 +49,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn aiohttp's HTML error pages into JSON bodies scripts can read."""
+    """Turn aiohttp's HTML error pages into JSON bodies scripts can read.
+
+    A client that resets its connection before the answer is written (a load
+    test's teardown, a browser tab closed mid-join: the /ws upgrade's 101 then
+    meets a closing transport) is not an error of the server's: aiohttp would log
+    it with a traceback; here it is a debug line and a 499 nobody receives.
+    """
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -51,6 +63,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         return web.json_response({"error": exc.reason, "status": exc.status,
                                   "path": request.path}, status=exc.status)
+    except ConnectionResetError as exc:
+        log.debug("%s %s: the client went away before the answer (%s)",
+                  request.method, request.path, exc)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
 
 
 def add_routes(app: web.Application) -> None:

@@ -457,6 +457,9 @@ class WindowSampler:
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
+        # GET /stats forwarding.dropped_late at the last sample: audio the server did not
+        # forward because it waited too long in its socket (media_late_drop_ms).
+        self.late: float | None = None
         # GET /stats "simulcast" entries seen while media flowed: the layer bitrates
         # the server measured and the layer each receiver got.
         self.simulcast: list[list[dict[str, Any]]] = []
@@ -470,6 +473,8 @@ class WindowSampler:
                 stats = await response.json()
                 if stats.get("simulcast"):
                     self.simulcast.append(stats["simulcast"])
+                late = stats["forwarding"].get("dropped_late")
+                self.late = float(late) if late is not None else None
                 return float(stats["forwarding"]["rtp_forwarded"])
         except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
             return None
@@ -498,7 +503,7 @@ class WindowSampler:
         steal, total = machine_steal()
         self.samples.append({
             "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
-            "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded,
+            "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded, "late": self.late,
             "delivered": float(self.test.progress().packets_received),
             "wait": run_queue_wait(self.pid), "steal": steal, "total": total,
             "ksoftirqd": cpu_of(self.softirq_threads)})
@@ -547,6 +552,12 @@ class WindowSampler:
             "packets_per_s": round(packets / seconds, 1) if seconds > 0 else None,
             "cpu_percent": round(100 * cpu / seconds, 1) if seconds > 0 else None,
             "rss_end": last["rss"],
+            # Audio not forwarded for waiting too long in the socket (the server behind):
+            # before the window (the joins) and in it. None: a server without the count.
+            "dropped_late_before_window": first["late"],
+            "dropped_late_in_window": (last["late"] - first["late"]  # type: ignore[operator]
+                                       if first["late"] is not None and last["late"] is not None
+                                       else None),
             # Contention: the server's main thread waiting for a CPU, and the VM's steal.
             "server_wait_percent": round(100 * (last["wait"] - first["wait"])  # type: ignore
                                          / seconds, 1) if seconds > 0 else None,

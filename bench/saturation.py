@@ -189,10 +189,15 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
         server_wait_percent=cpu.get("server_wait_percent"),
         ksoftirqd_percent=cpu.get("ksoftirqd_percent"), threads=cpu.get("threads_percent"),
         loadgen_cpu_percent=loadgen,
+        # audio the server skipped for waiting too long in its socket: in the joins, in the window
+        dropped_late_before_window=cpu.get("dropped_late_before_window"),
+        dropped_late_in_window=cpu.get("dropped_late_in_window"),
         # its own full collections (gcpolicy.py): each one stalls its reads and delay stamps
         loadgen_gc=(result.get("loadgen") or {}).get("gc_full_collections"),
         loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,
-        cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"))
+        cpus=result.get("cpus"), delay_sample_every=result.get("delay_sample_every"),
+        # the joins' durations and the load generator's notes: why a window did not open
+        join_s=result.get("join_s"), notes=result.get("notes"))
     return row
 
 

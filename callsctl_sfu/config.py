@@ -112,6 +112,12 @@ def _media_threads(value: Any) -> str | None:
     return None
 
 
+def _late_drop_ms(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 60_000:
+        return "must be a whole number of milliseconds from 0 (never) to 60000"
+    return None
+
+
 def _positive_number(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return "must be a number greater than 0"
@@ -340,6 +346,13 @@ class ServeConfig:
         "receivers are split across them, on the one UDP port); 1 = the event loop's thread "
         "only; 0 = one per usable CPU (the process's affinity mask)", _media_threads,
         section="rtc",
+    )
+    media_late_drop_ms: int = _setting(
+        250, "an audio packet that waited longer than this in the media socket's receive "
+        "queue (the server behind: a full core) is counted but not forwarded, so the server "
+        "catches up and the ICE/DTLS of joining sessions queued behind it is not held up; "
+        "0 = forward however late (C engine only)", _late_drop_ms,
+        section="rtc", metavar="MS",
     )
 
     allow_screen_sharing: bool = _setting(

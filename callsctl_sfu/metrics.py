@@ -343,7 +343,7 @@ class _LiveCollector(Collector):
             yield family
         dropped = CounterMetricFamily("callsctl_dropped_packets",
                                       "RTP packets not forwarded, by reason", labels=["reason"])
-        for reason in ("muted", "unknown_pt", "malformed"):
+        for reason in ("muted", "unknown_pt", "malformed", "late"):
             dropped.add_metric([reason], forwarding.get(f"dropped_{reason}", 0))
         yield dropped
 

@@ -134,6 +134,8 @@ class Server:
                                   "--udp-port") from None
             undo.callback(transport.close)
             self.mux = mux
+            if mux.ingress is not None:
+                mux.ingress.late_drop = config.media_late_drop_ms / 1000
             self.udp_port = transport.get_extra_info("sockname")[1]
             self._size_socket(transport)
             try:

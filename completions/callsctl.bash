@@ -5,7 +5,7 @@
 # Does option $2 of command path $1 take a value (so the next word is not a command)?
 _callsctl_takes_value() {
     case "$1" in
-        "callsctl serve") case "$2" in --config|--bind|--data-dir|--log-level|--log-format|--udp-port|--ice-host-override|--udp-buffer-size|--media-threads|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--max-call-participants|--default-call|--session-timeout|--api-port|--tls-cert|--tls-key|--public-url|--admin-key-file|--metrics-port|--metrics-bind|--metrics-auth|--cluster|--cluster-policy|--node-id|--node-url|--drain-timeout) return 0 ;; esac ;;
+        "callsctl serve") case "$2" in --config|--bind|--data-dir|--log-level|--log-format|--udp-port|--ice-host-override|--udp-buffer-size|--media-threads|--media-late-drop-ms|--tcp-port|--ice-tcp|--ice-host-port-override|--stun-server|--ice-servers|--turn-static-auth-secret|--turn-credentials-expiration-minutes|--max-call-participants|--default-call|--session-timeout|--api-port|--tls-cert|--tls-key|--public-url|--admin-key-file|--metrics-port|--metrics-bind|--metrics-auth|--cluster|--cluster-policy|--node-id|--node-url|--drain-timeout) return 0 ;; esac ;;
         "callsctl token") case "$2" in --call|-c|--user|-u|--ttl|--data-dir|--config|--url) return 0 ;; esac ;;
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
         "callsctl worker") case "$2" in --queue|-q|--data-dir|--max-jobs) return 0 ;; esac ;;
@@ -104,6 +104,7 @@ _callsctl() {
                 --ice-host-override) return ;;  # free-form value
                 --udp-buffer-size) return ;;  # free-form value
                 --media-threads) return ;;  # free-form value
+                --media-late-drop-ms) return ;;  # free-form value
                 --tcp-port) return ;;  # free-form value
                 --ice-tcp) return ;;  # free-form value
                 --ice-host-port-override) return ;;  # free-form value
@@ -129,7 +130,7 @@ _callsctl() {
                 --drain-timeout) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--config --bind --data-dir --log-level --log-format --udp-port --ice-host-override --udp-buffer-size --media-threads --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --preload-media --max-call-participants --default-call --session-timeout --default-enabled --no-default-enabled --api-port --tls-cert --tls-key --tls-self-signed --public-url --admin-key-file --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--config --bind --data-dir --log-level --log-format --udp-port --ice-host-override --udp-buffer-size --media-threads --media-late-drop-ms --tcp-port --ice-tcp --ice-host-port-override --stun-server --ice-servers --turn-static-auth-secret --turn-credentials-expiration-minutes --enable-ipv6 --preload-media --max-call-participants --default-call --session-timeout --default-enabled --no-default-enabled --api-port --tls-cert --tls-key --tls-self-signed --public-url --admin-key-file --metrics-port --metrics-bind --metrics-auth --cluster --cluster-policy --node-id --node-url --drain-timeout --print-config --help -h" -- "$cur"))
             fi ;;
         "callsctl token")
             case $prev in

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -186,6 +187,52 @@ def test_without_the_c_extension_the_python_engine_runs_with_a_reason():
     assert out.returncode == 0, out.stderr
     assert "the C fan-out is not available: C extension not built" in out.stdout
     assert out.stdout.strip().splitlines()[-1].startswith("python | C extension not built")
+
+
+@pytest.mark.parametrize("limit_ms", [250, 0])
+async def test_a_server_that_fell_behind_skips_stale_audio_and_catches_up(serve_factory,
+                                                                           limit_ms):
+    """Stopped for 1.5 s (as a full core stalls it), the server finds its socket full of
+    audio that can no longer be played in time. With media_late_drop_ms (default 250) it
+    counts those packets and forwards only what is fresh, so it is current again at once;
+    with 0 it forwards every one of them, late."""
+    if not fastpath.AVAILABLE:
+        pytest.skip(fastpath.REASON)
+    server = serve_factory("--media-late-drop-ms", str(limit_ms))
+    people = await join_all(server, 3, call=f"late-{limit_ms}")
+    try:
+        listener = people[1]
+        speaker = people[0].session_id
+        assert await wait_until(lambda: listener.frames_from[speaker] > 25, 10)
+
+        def forwarding() -> dict:
+            return httpx.get(f"{server.api_url}/stats").json()["forwarding"]
+
+        before = forwarding()
+        got_before = listener.frames_from[speaker]
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.5)  # the clients go on sending 50 packets a second each
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        await asyncio.sleep(1.0)
+        after = forwarding()
+        late = after["dropped_late"] - before["dropped_late"]
+        got = listener.frames_from[speaker] - got_before
+        # 1.5 s + 1 s of one speaker's audio is about 125 packets.
+        if limit_ms:
+            # 3 speakers x ~60 packets older than 250 ms when the server read them again.
+            assert late > 90, after
+            assert got < 100, got
+        else:
+            assert late == 0, after
+            assert got > 100, got
+        assert after["rtp_in_c"] - before["rtp_in_c"] > 300, after  # all read, in C
+        found = samples(httpx.get(f"{server.api_url}/metrics", timeout=5).text)
+        assert value(found, "callsctl_dropped_packets_total", reason="late") == \
+            after["dropped_late"]
+    finally:
+        await close_all(people)
 
 
 @pytest.mark.parametrize("engine", ["c", "c-event-loop", "python", "no-c-extension"])

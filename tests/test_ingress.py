@@ -137,6 +137,39 @@ def test_a_muted_route_drops_after_counting_reception(server):
     assert route.packets == 1 and server.reception.received == 1  # receiver reports stay true
 
 
+def test_audio_that_waited_past_late_drop_in_the_socket_is_counted_not_forwarded(server):
+    """A server that fell behind (a full core) skips stale audio and catches up.
+
+    The packet that sat in the receive queue longer than `late_drop` is still
+    decrypted and counted (reception statistics stay true) but reaches no
+    receiver; the next one, read at once, is forwarded. With no limit the same
+    wait forwards it.
+    """
+    receiver = Receiver(0xC8)
+    route = server.route([receiver])
+    server.ingress.late_drop = 0.05
+    server.send(rtp(1))
+    first = server.drain()  # the socket's receive times are turned on by this first read
+    assert (first.dropped_late, first.forwarded) == (0, 1), first
+    assert receiver.receive().sequence == 1
+    server.send(rtp(2))
+    time.sleep(0.2)  # four times the limit in the receive queue
+    stale = server.drain()
+    assert (stale.rtp_in, stale.dropped_late, stale.forwarded) == (1, 1, 0), stale
+    assert receiver.nothing_waiting()
+    assert route.packets == 2 and server.reception.received == 2
+    server.send(rtp(3))
+    fresh = server.drain()
+    assert (fresh.dropped_late, fresh.forwarded) == (0, 1), fresh
+    assert receiver.receive().sequence == 3
+    server.ingress.late_drop = 0.0
+    server.send(rtp(4))
+    time.sleep(0.2)
+    unlimited = server.drain()
+    assert (unlimited.dropped_late, unlimited.forwarded) == (0, 1), unlimited
+    assert receiver.receive().sequence == 4
+
+
 @pytest.mark.parametrize("case", ["unknown ssrc", "rtcp", "other payload type", "no route",
                                   "not srtp", "unknown source", "send blocked"])
 def test_what_the_ingress_does_not_cover_comes_up_untouched(server, case):

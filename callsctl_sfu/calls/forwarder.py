@@ -73,6 +73,8 @@ class ForwardingStats:
     rtp_forwarded: int = 0
     bytes_forwarded: int = 0
     dropped_muted: int = 0
+    # Audio not forwarded: it waited over media_late_drop_ms in the socket (C ingress).
+    dropped_late: int = 0
     dropped_unknown_pt: int = 0
     dropped_malformed: int = 0
     nacks_received: int = 0
@@ -460,6 +462,7 @@ class Forwarder:
         stats.bytes_forwarded += result.plain_octets
         stats.srtp_protect_errors += result.srtp_protect_errors
         stats.dropped_muted += result.dropped_muted
+        stats.dropped_late += result.dropped_late
         stats.dropped_malformed += result.dropped_malformed
         if samples:
             for kind, seconds in samples:

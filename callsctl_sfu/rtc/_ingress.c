@@ -23,6 +23,12 @@
  *     compound of receiver reports only (RFC 3550 §6.4.2, SDES beside them),
  *     a listener's regular RTCP, has its report blocks handed to on_reports
  *     on the spot; any other compound goes up decrypted (on_plain);
+ *   - a forwarded packet that waited in the socket's receive queue longer than
+ *     `late_drop` seconds (its kernel receive time, SO_TIMESTAMPNS) is still
+ *     decrypted and counted, but not fanned out (dropped_late): when the server
+ *     falls behind (a full core), a fan-out of stale audio would only keep it
+ *     behind, and the STUN and DTLS of joining sessions queued behind that audio
+ *     in the same socket would wait as long (their handshakes time out);
  *   - everything else (STUN, DTLS, RTCP of sessions without on_reports,
  *     video, unknown sources or SSRCs, a route whose plan changed, a receiver
  *     that renominated) goes up to Python as (bytes, addr), untouched, in
@@ -656,7 +662,7 @@ static PyTypeObject InSessionType = {
 typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
         send_errors, srtp_protect_errors, dropped_muted, dropped_malformed, stun_in, stun_out,
-        stun_octets_out;
+        stun_octets_out, dropped_late;
 } DrainCounts;
 
 typedef struct {
@@ -683,6 +689,9 @@ typedef struct {
     FanoutBatch *pending;
     double pending_seconds;     /* sampled: its start time, then (once sent) its write time; else < 0 */
     int pending_video;          /* the sample's label: its first stream was video */
+    double late_drop;           /* seconds in the receive queue after which media is not
+                                   forwarded; 0: never (see the module doc) */
+    int stamped_fd;             /* the socket SO_TIMESTAMPNS was turned on for, or -1 */
 } IngressObject;
 
 /* Whoever uses an srtp_t, a Rewrite or the static buffers holds this (see the reader
@@ -698,6 +707,11 @@ static struct {
     struct mmsghdr messages[BATCH];
     struct iovec vectors[BATCH];
     struct sockaddr_in addrs[BATCH];
+    /* SO_TIMESTAMPNS: each datagram's kernel receive time (CLOCK_REALTIME). */
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(struct timespec))];
+    } control[BATCH];
 } rx;
 
 static PyObject *
@@ -728,6 +742,7 @@ Ingress_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     self->recv_fd = self->send_fd = self->stop_fd = self->wake_fd = -1;
+    self->stamped_fd = -1;
     self->sources = PyDict_New();
     if (self->sources == NULL) {
         Py_DECREF(self);
@@ -969,6 +984,25 @@ keep_for_nack(InRouteObject *route, const unsigned char *data, int length,
     return rc;
 }
 
+/* Whether a datagram waited in the socket's receive queue more than `limit` seconds: its
+   SO_TIMESTAMPNS receive time (a control message; none: not late) against `wall`, read
+   after the recvmmsg(2) that returned it. */
+static int
+queued_longer_than(struct msghdr *header, const struct timespec *wall, double limit)
+{
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(header); cm != NULL; cm = CMSG_NXTHDR(header, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS ||
+            cm->cmsg_len < CMSG_LEN(sizeof(struct timespec)))
+            continue;
+        struct timespec stamp;
+        memcpy(&stamp, CMSG_DATA(cm), sizeof(stamp));
+        double waited = (double)(wall->tv_sec - stamp.tv_sec) +
+                        (double)(wall->tv_nsec - stamp.tv_nsec) / 1e9;
+        return waited > limit;
+    }
+    return 0;
+}
+
 /* What one drain() did, by name (a struct sequence, so it also indexes like a tuple). */
 static PyStructSequence_Field drain_fields[] = {
     {"slow", "(bytes, (host, port)) handed up untouched, in arrival order, or None"},
@@ -991,9 +1025,10 @@ static PyStructSequence_Field drain_fields[] = {
     {"stun_in", "consent STUN messages handled here (checks answered, answers taken)"},
     {"stun_out", "consent check answers sent from here"},
     {"stun_octets_out", "octets of those answers"},
+    {"dropped_late", "packets not forwarded: longer than late_drop in the receive queue"},
     {NULL}
 };
-#define DRAIN_FIELDS 20
+#define DRAIN_FIELDS 21
 
 static PyStructSequence_Desc drain_desc = {
     "callsctl_sfu.rtc._fanout.DrainResult", "What one Ingress.drain() did.", drain_fields,
@@ -1026,7 +1061,8 @@ drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples
         PyLong_FromLongLong(c->send_errors), PyLong_FromLongLong(c->srtp_protect_errors),
         PyLong_FromLongLong(c->dropped_muted), PyLong_FromLongLong(c->dropped_malformed),
         plain ? plain : Py_NewRef(Py_None), PyLong_FromLongLong(c->stun_in),
-        PyLong_FromLongLong(c->stun_out), PyLong_FromLongLong(c->stun_octets_out)};
+        PyLong_FromLongLong(c->stun_out), PyLong_FromLongLong(c->stun_octets_out),
+        PyLong_FromLongLong(c->dropped_late)};
     int failed = result == NULL;
     for (int i = 0; i < DRAIN_FIELDS; i++)
         failed = failed || values[i] == NULL;
@@ -1182,6 +1218,14 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         rx.messages[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_in);
         rx.messages[i].msg_hdr.msg_iov = &rx.vectors[i];
         rx.messages[i].msg_hdr.msg_iovlen = 1;
+        rx.messages[i].msg_hdr.msg_control = rx.control[i].space;
+        rx.messages[i].msg_hdr.msg_controllen = sizeof(rx.control[i].space);
+    }
+    if (self->late_drop > 0 && self->stamped_fd != recv_fd) {
+        /* Once per socket; if the kernel refuses, datagrams carry no time and none is late. */
+        int on = 1;
+        (void)setsockopt(recv_fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on));
+        self->stamped_fd = recv_fd;
     }
     int n;
     do {
@@ -1192,6 +1236,9 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             error = errno;
         n = 0;
     }
+    struct timespec wall = {0, 0}; /* now, on the kernel's receive-time clock */
+    if (self->late_drop > 0 && n > 0)
+        clock_gettime(CLOCK_REALTIME, &wall);
 
     for (int i = 0; i < n; i++) {
         unsigned char *data = rx.data[i];
@@ -1360,6 +1407,13 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             c.dropped_malformed += 1;
             continue;
         }
+        /* Audio only: a video packet not sent would come back as a NACK (answered from the
+           ring, in Python: more work, not less). */
+        if (!route->video && wall.tv_sec != 0 &&
+            queued_longer_than(&rx.messages[i].msg_hdr, &wall, self->late_drop)) {
+            c.dropped_late += 1;
+            continue;
+        }
         Packet *packet = &jobs[job_count];
         packet->fd = send_fd;
         packet->first_byte = first;
@@ -1432,6 +1486,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         totals->stun_in += c.stun_in;
         totals->stun_out += c.stun_out;
         totals->stun_octets_out += c.stun_octets_out;
+        totals->dropped_late += c.dropped_late;
         memset(&c, 0, sizeof(c));
         if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
             Py_RETURN_NONE;
@@ -1857,6 +1912,9 @@ static PyMemberDef Ingress_members[] = {
     {"drains", T_ULONGLONG, offsetof(IngressObject, drains), READONLY, "drain() calls"},
     {"fanouts", T_ULONGLONG, offsetof(IngressObject, fanouts), READONLY,
      "drain() calls that forwarded something"},
+    {"late_drop", T_DOUBLE, offsetof(IngressObject, late_drop), 0,
+     "seconds an audio packet may wait in the receive queue and still be forwarded; "
+     "0 = no limit"},
     {NULL}
 };
 

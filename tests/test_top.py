@@ -108,6 +108,26 @@ def test_rates_come_from_counter_deltas_and_a_restart_gives_no_rate() -> None:
         == ServerRates()
 
 
+def test_stale_audio_skipped_by_a_server_short_of_cpu_is_named_on_the_udp_line() -> None:
+    """forwarding.dropped_late rising (media_late_drop_ms) shows as a rate, in red, first."""
+    from callsctl.top.view import BAD_STYLE
+    from callsctl.top.widgets import udp_text
+
+    def overview(late: int) -> Overview:
+        return Overview(calls=[], stats={"forwarding": {"rtp_in": 0, "dropped_late": late}},
+                        rcvbuf_errors=0)
+
+    state = TopState()
+    state.apply_overview(overview(40), 10.0)
+    state.apply_overview(overview(40), 11.0)
+    assert state.rates.late_per_s == 0 and "late" not in udp_text(state).plain
+    state.apply_overview(overview(340), 13.0)
+    line = udp_text(state)
+    assert state.rates.late_per_s == 150
+    assert line.plain.startswith("late 150/s  UDP drops 0/s"), line.plain
+    assert [str(span.style) for span in line.spans][0] == BAD_STYLE
+
+
 def test_session_history_is_kept_while_the_session_lives_and_then_dropped() -> None:
     state = TopState()
     detail = {"sessions": [{"session_id": "a", "rtt_ms": 10, "loss": 0.0},
@@ -543,6 +563,7 @@ def test_once_json_and_cli_errors(serve_factory: Any) -> None:
     assert snapshot["host"] == server.api_url and snapshot["calls"] == []
     assert snapshot["server"]["version"] and snapshot["server"]["udp_rcvbuf_errors"] is not None
     assert snapshot["server"]["in_pps"] == 0
+    assert snapshot["server"]["late_audio_per_s"] == 0  # no call: nothing skipped as stale
     # The server process's own CPU (a rate over --refresh) and drops since it started.
     assert 0 <= snapshot["server"]["process_cpu"] < 4
     assert snapshot["server"]["udp_rcvbuf_errors_since_start"] >= 0

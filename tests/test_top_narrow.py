@@ -102,6 +102,14 @@ def test_once_summary_lines_fit_80_columns() -> None:
     assert len(lines) == 4, text  # nothing wrapped
     assert "server CPU 87%" in text and "host load 0.91/core" in text
     assert "1,234/s, 123,456 since start" in text
+    # A server skipping stale audio (short of CPU) says so first, still in 80 columns.
+    snapshot["server"]["late_audio_per_s"] = 1500
+    console = Console(width=80, record=True, file=io.StringIO(), highlight=False)
+    for line in snapshot_lines(snapshot):
+        console.print(line, highlight=False)
+    text = console.export_text()
+    assert len(text.splitlines()) == 4, text
+    assert "late 1,500/s  UDP drops 1,234/s" in text
 
 
 def test_calls_show_fits_80_columns_with_ids_and_addresses_whole() -> None:

@@ -167,6 +167,8 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
             "udp_rcvbuf_errors": _int(overview.host_rcvbuf_errors()),  # host, since boot
             "udp_rcvbuf_errors_since_start": _int(overview.rcvbuf_errors_since_start()),
             "udp_rcvbuf_errors_per_s": _round(rates.rcvbuf_errors_per_s),
+            # Audio skipped as stale (media_late_drop_ms): the server is short of CPU.
+            "late_audio_per_s": _round(rates.late_per_s),
         },
         "calls": calls,
         # The fleet's nodes when this server is one of a fleet (serve --cluster), else null.
@@ -199,6 +201,9 @@ def snapshot_lines(snapshot: dict[str, Any]) -> list[str]:
         drops += f", {server['udp_rcvbuf_errors']:,} since boot"
     if per_s:
         drops += ": run `callsctl tune`"
+    late = server.get("late_audio_per_s")
+    if late:  # the server skips stale audio: it is short of CPU (media_late_drop_ms)
+        drops = f"late {late:,.0f}/s  " + drops
     return [
         f"[bold]{escape(str(snapshot['host']))}[/]  callsctl {server.get('version') or '?'}  "
         f"up {view.fmt_duration(server.get('uptime_s'))}  calls {server.get('calls')}  "

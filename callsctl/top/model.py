@@ -107,6 +107,8 @@ class ServerSample:
     bytes_out: float | None
     rcvbuf_errors: float | None
     cpu_seconds: float | None = None
+    # Audio the server skipped for waiting too long in its socket (it is short of CPU).
+    late: float | None = None
 
     @classmethod
     def of(cls, overview: Overview, at: float) -> ServerSample:
@@ -116,7 +118,8 @@ class ServerSample:
                    bytes_in=_counter(stats, "media_socket", "bytes_in"),
                    bytes_out=_counter(stats, "media_socket", "bytes_out"),
                    rcvbuf_errors=overview.host_rcvbuf_errors(),
-                   cpu_seconds=overview.server_cpu_seconds())
+                   cpu_seconds=overview.server_cpu_seconds(),
+                   late=_counter(stats, "forwarding", "dropped_late"))
 
 
 @dataclass
@@ -129,6 +132,7 @@ class ServerRates:
     out_bps: float | None = None
     rcvbuf_errors_per_s: float | None = None
     cpu: float | None = None  # the server process's CPU, in cores (1.0 = one core busy)
+    late_per_s: float | None = None  # audio packets skipped as stale (media_late_drop_ms)
 
     @classmethod
     def between(cls, old: ServerSample, new: ServerSample) -> ServerRates:
@@ -146,7 +150,8 @@ class ServerRates:
                    in_bps=rate(old.bytes_in, new.bytes_in, 8),
                    out_bps=rate(old.bytes_out, new.bytes_out, 8),
                    rcvbuf_errors_per_s=rate(old.rcvbuf_errors, new.rcvbuf_errors),
-                   cpu=rate(old.cpu_seconds, new.cpu_seconds))
+                   cpu=rate(old.cpu_seconds, new.cpu_seconds),
+                   late_per_s=rate(old.late, new.late))
 
 
 SERVER_SERIES = ("cpu", "load", "in_bps", "out_bps", "in_pps", "out_pps", "rcvbuf")

@@ -270,6 +270,8 @@ def udp_text(state: TopState) -> Text:
 
     The kernel counter is host-wide and counts from boot, so the raw number says
     little; what matters is whether it rises now, and how much since this server ran.
+    Audio the server skipped as stale (`media_late_drop_ms`: it is short of CPU, not
+    of buffer) is named first when it happens, as it is the more urgent of the two.
     """
     overview = state.overview
     per_s = state.rates.rcvbuf_errors_per_s
@@ -277,6 +279,9 @@ def udp_text(state: TopState) -> Text:
     total = overview.host_rcvbuf_errors() if overview else None
     style = BAD_STYLE if per_s else ""
     text = Text(no_wrap=True)
+    late = state.rates.late_per_s
+    if late:
+        text.append(f"late {late:,.0f}/s  ", style=BAD_STYLE)
     text.append("UDP drops ")
     text.append(NONE if per_s is None else f"{per_s:,.0f}/s", style=style)
     if since is not None:

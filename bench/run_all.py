@@ -457,16 +457,15 @@ class WindowSampler:
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
-        # GET /stats forwarding.dropped_late at the last sample: audio the server did not
-        # forward because it waited too long in its socket (media_late_drop_ms).
-        self.late: float | None = None
         # GET /stats "simulcast" entries seen while media flowed: the layer bitrates
         # the server measured and the layer each receiver got.
         self.simulcast: list[list[dict[str, Any]]] = []
 
-    async def _forwarded(self) -> float | None:
+    async def _forwarded(self) -> tuple[float | None, float | None]:
+        """GET /stats: packets forwarded, and audio not forwarded for waiting too long in
+        the socket (forwarding.dropped_late, media_late_drop_ms); None where unknown."""
         if not self.running.has_stats or self._http is None:
-            return None
+            return None, None
         try:
             async with self._http.get(f"{self.running.base_url}/stats",
                                       timeout=aiohttp.ClientTimeout(total=3)) as response:
@@ -474,10 +473,10 @@ class WindowSampler:
                 if stats.get("simulcast"):
                     self.simulcast.append(stats["simulcast"])
                 late = stats["forwarding"].get("dropped_late")
-                self.late = float(late) if late is not None else None
-                return float(stats["forwarding"]["rtp_forwarded"])
+                return (float(stats["forwarding"]["rtp_forwarded"]),
+                        float(late) if late is not None else None)
         except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
-            return None
+            return None, None
 
     def layers(self) -> dict[str, Any] | None:
         """The screen's layers over the window: median bitrate per rid, receivers per rid.
@@ -499,11 +498,11 @@ class WindowSampler:
 
     async def sample(self) -> None:
         assert self.test is not None
-        forwarded = await self._forwarded()
+        forwarded, late = await self._forwarded()
         steal, total = machine_steal()
         self.samples.append({
             "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
-            "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded, "late": self.late,
+            "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded, "late": late,
             "delivered": float(self.test.progress().packets_received),
             "wait": run_queue_wait(self.pid), "steal": steal, "total": total,
             "ksoftirqd": cpu_of(self.softirq_threads)})

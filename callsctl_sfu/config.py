@@ -11,10 +11,8 @@ from. Names follow the seed deployment guide's vocabulary
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import os
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +34,7 @@ from callsctl_sfu.iceconfig import (
     parse_ice_servers,
     parse_port_override,
 )
-from callsctl_sfu.tuning import DEFAULT_UDP_BUFFER_SIZE
+from callsctl_sfu.udpbuffer import DEFAULT_UDP_BUFFER_SIZE
 
 ENV_PREFIX = "CALLSCTL_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -671,6 +669,8 @@ def _coerce(key: str, raw: Any, source: str) -> Any:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config; settings may sit at the top level or under [serve]."""
+    import tomllib  # only a server started with a config file pays for the parser (idle RSS)
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -697,6 +697,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def _unknown(key: str, value: Any, where: str, names: list[str]) -> ConfigError:
     """An unknown key, with the setting (or table) it most likely meant."""
+    import difflib  # an error path: not in an idle server's memory
+
     if isinstance(value, dict):
         if difflib.get_close_matches(key, ["serve"], n=1, cutoff=0.6):
             hint = "did you mean [serve]?"

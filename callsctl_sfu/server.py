@@ -44,7 +44,7 @@ from callsctl_sfu.rtc.connectivity import (
 )
 from callsctl_sfu.rtc.mux import UdpMux, socket_buffer_sizes
 from callsctl_sfu.tasks import install_exception_handler
-from callsctl_sfu.tuning import udp_buffer_warning
+from callsctl_sfu.udpbuffer import udp_buffer_warning
 
 log = logging.getLogger("callsctl_sfu.server")
 

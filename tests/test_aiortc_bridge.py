@@ -705,9 +705,28 @@ async def test_check_passes_on_the_installed_libraries() -> None:
     await bridge.check()
 
 
+def test_versions_read_from_dist_info_names_agree_with_importlib_metadata() -> None:
+    from importlib import metadata
+
+    for name in [*bridge.VERIFIED, "pyOpenSSL", "aiohttp", "prometheus-client"]:
+        assert medialoader.installed_version(name) == metadata.version(name), name
+
+
+def test_dist_info_lookup_normalises_names_and_takes_the_first_path(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in ("pyOpenSSL-25.1.0.dist-info", "zope.interface-7.2.dist-info",
+                      "not_a_dist-1.0.egg-info"):
+        (first / directory).mkdir(parents=True)
+    (second / "pyopenssl-24.0.0.dist-info").mkdir(parents=True)
+    paths = [str(tmp_path / "missing"), str(first), str(second)]
+    assert medialoader.installed_version("pyopenssl", paths) == "25.1.0"
+    assert medialoader.installed_version("Zope-Interface", paths) == "7.2"
+    assert medialoader.installed_version("callsctl-no-such-dist", paths) is None
+
+
 def test_version_out_of_range_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = medialoader.metadata.version
-    monkeypatch.setattr(medialoader.metadata, "version",
+    real = medialoader.installed_version
+    monkeypatch.setattr(medialoader, "installed_version",
                         lambda name: "1.17.0" if name == "aiortc" else real(name))
     with pytest.raises(bridge.BridgeError) as error:
         bridge.check_versions()

@@ -226,6 +226,18 @@ async def test_idle_server_answers_stun_without_importing_aioice(serve_factory):
     assert not {name for name in idle if name.split(".")[0] in ("aioice", "dns", "ifaddr")}
     # Nor the CLI's libraries: the serving pass reads its settings from a pipe.
     assert not {name for name in idle if name.split(".")[0] in ("typer", "click", "rich")}
+    # Nor what only a config file, an error, /system or a legacy install needs, nor
+    # frozenlist's C++ build (libstdc++): an idle server's RSS (docs/performance-memory.md).
+    assert not idle & {"psutil", "importlib.metadata", "tomllib", "difflib",
+                       "frozenlist._frozenlist"}
+    assert "frozenlist" in idle
+    with open(f"/proc/{server.process.pid}/maps") as maps:
+        assert "libstdc++" not in maps.read()
+    # Without the host's MIME table the web client's files keep their types.
+    for path, wanted in (("/", "text/html"), ("/web/app.js", "javascript"),
+                         ("/web/style.css", "text/css")):
+        answer = httpx.get(f"{server.api_url}{path}", timeout=5)
+        assert answer.status_code == 200 and wanted in answer.headers["content-type"], path
     people = [participant(server, "alice", 440.0), participant(server, "bob", 660.0)]
     try:
         await hear_each_other(people, 10)

@@ -21,7 +21,6 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from aiohttp import web
 
 from callsctl_sfu.api import paths
@@ -288,6 +287,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def system(request: web.Request) -> web.Response:
     """Load for placement (rtcd's /system has "load"); plus what the TUI shows."""
+    import psutil  # loaded by the first /system request, not by an idle server (1.6 MB)
+
     control = _control(request)
     manager = control.manager
     cpus = os.cpu_count() or 1

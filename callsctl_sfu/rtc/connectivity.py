@@ -38,11 +38,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.iceconfig import parse_host_port, parse_ice_servers, parse_port_override
+from callsctl_sfu.rtc.hostaddrs import interface_addresses
 from callsctl_sfu.rtc.icetcp import TcpMux
 from callsctl_sfu.rtc.mux import CandidateSpec, UdpMux
 from callsctl_sfu.rtc.publicaddr import DISCOVERY_TIMEOUT, Discovery, discover_public_address
@@ -323,11 +322,9 @@ def local_address(bind: str) -> tuple[str, str]:
     address = ipaddress.ip_address(bind)
     if not address.is_unspecified:
         return bind, "bind"
-    for addresses in psutil.net_if_addrs().values():
-        for item in addresses:
-            if item.family == socket.AF_INET and not ipaddress.ip_address(
-                    item.address).is_loopback:
-                return item.address, "interface"
+    for family, item in interface_addresses():
+        if family == socket.AF_INET and not ipaddress.ip_address(item).is_loopback:
+            return item, "interface"
     return "127.0.0.1", "loopback"
 
 
@@ -336,12 +333,9 @@ def _local_ips(bind: str) -> list[str]:
     ips: list[str] = []
     if not ipaddress.ip_address(bind).is_unspecified:
         ips.append(bind)
-    for addresses in psutil.net_if_addrs().values():
-        for item in addresses:
-            if item.family in (socket.AF_INET, socket.AF_INET6):
-                address = item.address.split("%", 1)[0]
-                if address not in ips:
-                    ips.append(address)
+    for _family, address in interface_addresses():
+        if address not in ips:
+            ips.append(address)
     return ips
 
 
@@ -353,15 +347,14 @@ def _ipv6_addresses(bound: str) -> list[str]:
     if bound == "::1":
         return ["::1"]
     found = []
-    for addresses in psutil.net_if_addrs().values():
-        for item in addresses:
-            if item.family != socket.AF_INET6:
-                continue
-            address = ipaddress.ip_address(item.address.split("%", 1)[0])
-            if address.is_loopback or address.is_link_local or address.is_multicast:
-                continue
-            if str(address) not in found:
-                found.append(str(address))
+    for family, item in interface_addresses():
+        if family != socket.AF_INET6:
+            continue
+        address = ipaddress.ip_address(item)
+        if address.is_loopback or address.is_link_local or address.is_multicast:
+            continue
+        if str(address) not in found:
+            found.append(str(address))
     return found
 
 

@@ -14,10 +14,15 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from unittest import mock
 
 import aiohttp
 import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from callsctl_sfu.calls import forwarding
 from callsctl_sfu.calls.forwarding import TrackRoutes
 from callsctl_sfu.client.loadgen import LoadConfig, LoadTest
 from callsctl_sfu.client.participant import Participant
@@ -96,9 +101,75 @@ def test_a_change_is_reported_once_until_the_plan_is_assembled_again() -> None:
     routes.set("s2", None)
     assert changes == [routes] and routes.fast_route.targets is None
     routes.fast_route.targets = routes.plan().targets
-    assert [t[0] for t in routes.fast_route.targets] == ["s0", "s1", "a"]
+    assert sorted(t[0] for t in routes.fast_route.targets) == ["a", "s0", "s1"]
     routes.refresh("a")
     assert changes == [routes, routes]
+
+
+def _contents(plan) -> tuple[list, list]:
+    """A plan as what a user of it sees: (receiver, target) pairs and slow receivers."""
+    for route, target in zip(plan.fast, plan.targets, strict=True):
+        assert target == (route[0].session_id, route[0].generation)  # still paired
+    return (sorted((r[0].session_id, t) for r, t in zip(plan.fast, plan.targets, strict=True)),
+            sorted(r[0].session_id for r in plan.slow))
+
+
+class Versioned(Receiver):
+    """A receiver whose target names the state it was worked out in."""
+
+    generation = 0
+
+    def fanout_target(self, down: Down) -> tuple | None:
+        self.computed += 1
+        return (self.session_id, self.generation) if self.connected and not self.tcp else None
+
+
+@pytest.mark.parametrize("share", [0, forwarding.REBUILD_SHARE])  # 0: never from scratch
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "leave", "refresh", "reconnect", "tcp",
+                                           "unnegotiate", "plan"]),
+                          st.integers(0, 11)), max_size=80))
+def test_a_plan_assembled_from_the_last_one_is_the_plan_assembled_from_scratch(
+        share, ops) -> None:
+    """Whatever the changes, the incremental plan holds what a full assembly holds."""
+    with mock.patch.object(forwarding, "REBUILD_SHARE", share):
+        _compare_with_scratch(ops)
+
+
+def _compare_with_scratch(ops) -> None:
+    receivers = {i: Versioned(f"s{i}") for i in range(12)}
+    downs = {i: Down() for i in range(12)}
+    start = {f"s{i}": (receivers[i], downs[i]) for i in range(6)}
+    incremental, scratch = TrackRoutes(dict(start)), TrackRoutes(dict(start))
+    both = (incremental, scratch)
+    assert _contents(incremental.plan()) == _contents(scratch.plan())
+    for op, i in ops:
+        sid, receiver, down = f"s{i}", receivers[i], downs[i]
+        if op == "add":
+            down.negotiated = True
+            for routes in both:
+                routes.set(sid, (receiver, down))
+        elif op == "leave":
+            for routes in both:
+                routes.set(sid, None)
+        elif op in ("refresh", "reconnect", "tcp"):
+            if op == "reconnect":
+                receiver.connected = not receiver.connected
+                receiver.generation += 1
+            elif op == "tcp":
+                receiver.tcp = not receiver.tcp
+                receiver.generation += 1
+            for routes in both:
+                routes.refresh(sid)
+        elif op == "unnegotiate":  # the peer tells the forwarder: set() with its route
+            down.negotiated = False
+            for routes in both:
+                routes.set(sid, (receiver, down))
+        else:
+            scratch._base = None  # assemble this one from every entry
+            assert _contents(incremental.plan()) == _contents(scratch.plan())
+    scratch._base = None
+    assert _contents(incremental.plan()) == _contents(scratch.plan())
 
 
 # -- on a real server ------------------------------------------------------------------------------

@@ -4,9 +4,9 @@ A media server that receives a burst larger than its socket's receive buffer
 drops packets in the kernel (RcvbufErrors), so `serve` asks for
 DEFAULT_UDP_BUFFER_SIZE of SO_RCVBUF and SO_SNDBUF and says so, with the fix,
 when net.core.rmem_max / wmem_max cap it (the deployment guide's UDP buffer
-tuning; docs/tuning.md). Kept apart from tuning.py, the sysctl show / apply /
-persist / revert machinery of `callsctl tune`, so a serving process imports
-only this.
+tuning, which `callsctl tune --apply` makes). Kept apart from tuning.py, the
+sysctl show / apply / persist / revert machinery of `callsctl tune`, so a
+serving process imports only this.
 """
 
 from __future__ import annotations

@@ -128,6 +128,8 @@ def test_a_netlink_error_or_a_truncated_answer_is_an_oserror_and_ifaddr_answers(
     with pytest.raises(OSError) as error:
         hostaddrs._parse(refused, 1, found)
     assert error.value.errno == errno.EPERM
+    acknowledged = _message(hostaddrs.NLMSG_ERROR, struct.pack("=i", 0) + bytes(16))
+    assert hostaddrs._parse(acknowledged, 1, found)  # an acknowledgement ends the dump
     with pytest.raises(OSError):
         hostaddrs._parse(_message(hostaddrs.RTM_NEWADDR, bytes(8))[:-4] + b"\xff" * 20, 1, found)
     assert found == []

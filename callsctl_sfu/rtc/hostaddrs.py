@@ -65,6 +65,8 @@ def _parse(data: bytes, sequence: int, out: list[tuple[int, Address]]) -> bool:
                 return True
             if kind == NLMSG_ERROR:
                 (error,) = struct.unpack_from("=i", data, body)
+                if error == 0:  # an acknowledgement (not asked for): nothing more comes
+                    return True
                 raise OSError(-error, os.strerror(-error))
             if kind == RTM_NEWADDR and body + IFADDRMSG.size <= offset + length:
                 family, _prefix, _flags, _scope, index = IFADDRMSG.unpack_from(data, body)

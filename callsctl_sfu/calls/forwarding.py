@@ -149,32 +149,11 @@ class TrackRoutes:
         return plan
 
     def _assemble_all(self) -> Plan:
-        """The plan from every entry: _place's decisions, written out for the long loop."""
+        """The plan from every entry (a track's first, or after many changes at once)."""
+        self._where, self._fast_ids, self._slow_ids = {}, [], []
         plan = Plan()
-        targets, fast, slow = plan.targets, plan.fast, plan.slow
-        where: dict[str, int] = {}
-        fast_ids: list[str] = []
-        slow_ids: list[str] = []
         for receiver_id, entry in self._entries.items():
-            route, target = entry
-            down = route[1]
-            if not down.negotiated:
-                continue
-            if target is _UNKNOWN:
-                if not route[0].connected:
-                    continue  # as in _place: left out until peer_connected refreshes it
-                target = entry[1] = route[0].fanout_target(down)
-                self.targets_computed += 1
-            if target is None:
-                where[receiver_id] = ~len(slow)
-                slow_ids.append(receiver_id)
-                slow.append(route)
-            else:
-                where[receiver_id] = len(fast)
-                fast_ids.append(receiver_id)
-                targets.append(target)
-                fast.append(route)
-        self._where, self._fast_ids, self._slow_ids = where, fast_ids, slow_ids
+            self._place(receiver_id, entry, plan)
         return plan
 
     def _place(self, receiver_id: str, entry: list[Any], plan: Plan) -> None:

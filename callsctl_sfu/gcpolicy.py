@@ -88,6 +88,9 @@ class CollectorPolicy:
     frozen: bool = False
     freezes: int = 0
     thaws: int = 0
+    # Unreachable objects the last thaw's full collection found: the reference cycles
+    # the freeze had kept (departed sessions'); what a longer freeze would hold on to.
+    thaw_collected: int = 0
     _joined_since_tick: bool = False
     _frozen_since: float = 0.0
     _started: float = 0.0
@@ -134,6 +137,7 @@ class CollectorPolicy:
         """
         return {"freeze_from_sessions": self.min_sessions, "frozen": self.frozen,
                 "freezes": self.freezes, "thaws": self.thaws,
+                "thaw_collected": self.thaw_collected,
                 "pauses": {f"gen{g}": {k: round(v, 2) if isinstance(v, float) else v
                                        for k, v in asdict(p).items()}
                            for g, p in self.pauses.items()}}
@@ -149,7 +153,7 @@ class CollectorPolicy:
         self.frozen = False
         self.thaws += 1
         if collect:
-            gc.collect()  # timed by _on_gc like any other
+            self.thaw_collected = gc.collect()  # timed by _on_gc like any other
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":

@@ -70,6 +70,8 @@ def test_joins_freeze_and_the_end_of_the_big_call_thaws_and_frees_departed_cycle
     assert not collector.frozen and gc.get_freeze_count() == 0
     assert gone() is None, "the departed session's cycle outlived the thaw"
     assert collector.pauses[2].count >= 1 and collector.thaws == 1
+    assert collector.thaw_collected >= 1  # the cycle, at least
+    assert collector.stats()["thaw_collected"] == collector.thaw_collected
 
 
 def test_a_server_that_never_stops_taking_joins_still_collects_every_max_frozen_s(policy) -> None:

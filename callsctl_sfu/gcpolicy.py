@@ -19,11 +19,19 @@ collection walks only what was made since the last freeze. Frozen objects
 are still freed by reference counting as usual; only cyclic garbage among
 them (a departed session's reference cycles) waits. So the freeze is undone
 (`gc.unfreeze()` and one full collection) when the server falls under
-MIN_SESSIONS sessions (the big call ended: the pause hurts few), and at
-least every MAX_FROZEN_S while it stays big, so such cycles are collected
-within minutes: one full collection in ten minutes while a big call lasts,
-instead of one every few seconds while it fills. Below MIN_SESSIONS nothing
-is frozen: a full collection of a small server is short.
+MIN_SESSIONS sessions (the big call ended: the pause hurts few); when the
+sessions that left since the freeze began reach a quarter of those still in
+(DEPARTED_SHARE: their cycles are what the freeze keeps, about 345 objects
+each, and CPython's own rule runs a full collection when the old generation
+grew by a quarter); and at least every MAX_FROZEN_S while it stays big.
+That thaw is itself the longest stall there is, 582 ms at 1000 sessions
+(bench/RESULTS.md, "The collector's thaw at 1000 sessions"), so it comes as
+rarely as the garbage allows: a big call that few leave thaws once an hour,
+where a fixed ten minutes thawed it six times. The transient garbage frozen
+at each freeze was measured too small to matter (42 freezes left fewer
+unreachable objects than 10, for the same 200 departures). Below
+MIN_SESSIONS nothing is frozen: a full collection of a small server is
+short.
 
 Each collection's pause is timed (`gc.callbacks`) per generation, for
 GET /stats `gc` and bench/join_storm.py. CALLSCTL_GC_FREEZE=0 turns the
@@ -50,7 +58,8 @@ from callsctl_sfu.switches import switched_off
 
 ENV = "CALLSCTL_GC_FREEZE"
 LOADGEN_ENV = "CALLSCTL_LOADGEN_GC_FREEZE"  # the same policy in `callsctl loadtest`
-MAX_FROZEN_S = 600.0    # never frozen longer than this without one full collection
+MAX_FROZEN_S = 3600.0   # never frozen longer than this without one full collection
+DEPARTED_SHARE = 4      # thaw once those who left since the freeze reach 1/4 of those in
 MIN_SESSIONS = 100      # smaller servers' full collections are short: leave them be
 
 
@@ -93,6 +102,9 @@ class CollectorPolicy:
     thaw_collected: int = 0
     _joined_since_tick: bool = False
     _frozen_since: float = 0.0
+    # Sessions at the first freeze, and joins since: what is in now tells who left.
+    _sessions_at_freeze: int = 0
+    _joins_while_frozen: int = 0
     _started: float = 0.0
 
     def install(self) -> None:
@@ -110,18 +122,28 @@ class CollectorPolicy:
     def joined(self) -> None:
         """A session joined: the next tick freezes (when the server is big enough)."""
         self._joined_since_tick = True
+        if self.frozen:
+            self._joins_while_frozen += 1
+
+    def departed_while_frozen(self, sessions: int) -> int:
+        """How many of the sessions in at the freeze, or joined since, have left."""
+        return max(0, self._sessions_at_freeze + self._joins_while_frozen - sessions)
 
     def tick(self, sessions: int) -> None:
-        """Once a second: freeze after joins; thaw when small again or frozen too long."""
+        """Once a second: freeze after joins; thaw when small again, when a quarter as many
+        as are in have left since the freeze, or when frozen too long."""
         now = self.clock()
         joined, self._joined_since_tick = self._joined_since_tick, False
         big = self.min_sessions is not None and sessions >= self.min_sessions
-        if self.frozen and (not big or now - self._frozen_since >= self.max_frozen_s):
+        if self.frozen and (
+                not big or self.departed_while_frozen(sessions) * DEPARTED_SHARE >= sessions
+                or now - self._frozen_since >= self.max_frozen_s):
             self._thaw(collect=True)
             return
         if joined and big:
             if not self.frozen:
                 self._frozen_since = now
+                self._sessions_at_freeze, self._joins_while_frozen = sessions, 0
             gc.freeze()
             self.frozen = True
             self.freezes += 1

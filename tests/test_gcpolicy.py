@@ -81,15 +81,35 @@ def test_a_server_that_never_stops_taking_joins_still_collects_every_max_frozen_
         if second == 1:
             gone = _cycle_garbage()
         collector.joined()
-        collector.tick(sessions=500)
+        collector.tick(sessions=500 + second)  # one more each second, nobody leaving
         clock.now += 1
         if not collector.frozen:
             break
     assert gone is not None and gone() is None
     assert collector.thaws == 1 and 600 <= second <= 601
     collector.joined()
-    collector.tick(sessions=500)
+    collector.tick(sessions=1200)
     assert collector.frozen  # and it freezes again for the joins that keep coming
+
+
+def test_a_quarter_as_many_departures_as_sessions_thaws_the_big_call(policy) -> None:
+    """Departed sessions' cycles are what a freeze keeps: a quarter as many as are in,
+    and the thaw frees them; fewer, and the call stays frozen (no stall)."""
+    collector, clock = policy
+    collector.joined()
+    collector.tick(sessions=400)  # frozen with 400 in
+    for _ in range(20):  # 20 more join
+        collector.joined()
+    gone = _cycle_garbage()  # made after the freeze: a gen2 collection would free it
+    gc.freeze()  # as the next tick's freeze would: now only a thaw frees it
+    clock.now += 5
+    collector.tick(sessions=420 - 83)  # 83 left: 83 * 4 < 337
+    assert collector.frozen and gone() is not None
+    assert collector.departed_while_frozen(337) == 83
+    clock.now += 5
+    collector.tick(sessions=420 - 84)  # 84 left: 84 * 4 >= 336
+    assert not collector.frozen and collector.thaws == 1
+    assert gone() is None and collector.thaw_collected >= 1
 
 
 def test_small_servers_and_quiet_servers_are_never_frozen(policy) -> None:

@@ -86,8 +86,8 @@ MAX_SIZE = 300  # one load generator on a shared 2-core machine
 IMPORT_STEPS = (
     ("interpreter", None),
     ("asyncio (+ ssl, OpenSSL's libssl/libcrypto)", "asyncio"),
-    ("aiohttp.web (frozenlist's pure-Python build, as the serving pass loads it)",
-     "aiohttp.web"),
+    ("aiohttp.web (imported as the serving pass does: callsctl/leanimports.py)",
+     "callsctl.leanimports:import_web_stack,aiohttp.web"),
     ("prometheus_client", "prometheus_client"),
     ("aiosqlite", "aiosqlite"),
     ("callsctl_sfu.server (the engine, without the media stack)", "callsctl_sfu.server"),
@@ -118,7 +118,10 @@ def status():
 rows = [status()]
 for step in json.loads(sys.argv[1]):
     for name in step.split(','):
-        importlib.import_module(name)
+        module, _, call = name.partition(':')
+        imported = importlib.import_module(module)
+        if call:
+            getattr(imported, call)()
     rows.append(status())
 print(json.dumps(rows))
 """
@@ -162,11 +165,8 @@ def _library(path: str) -> str:
 def import_costs() -> list[dict[str, Any]]:
     """Each import step's VmRSS increment in a fresh interpreter, KiB."""
     modules = [m for _, m in IMPORT_STEPS if m]
-    # callsctl/serving.py loads frozenlist without its C++ extension; so does the probe.
-    env = {**os.environ, "FROZENLIST_NO_EXTENSIONS": "1"}
     done = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(modules)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO, check=True,
-                          env=env)
+                          capture_output=True, text=True, timeout=120, cwd=REPO, check=True)
     rows = json.loads(done.stdout)
     out = []
     for index, (label, _module) in enumerate(IMPORT_STEPS):

@@ -18,6 +18,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from callsctl.errors import exit_reporting_errors, fail
+from callsctl.leanimports import import_web_stack
 from callsctl_sfu.config import ServeConfig
 
 if TYPE_CHECKING:
@@ -76,45 +77,8 @@ def serve(config: ServeConfig, banner_token: str | None = None) -> None:
     from callsctl_sfu.logsetup import configure_logging
 
     configure_logging(config.log_level, config.log_format)
-    _import_frozenlist_without_its_extension()
-    _leave_out_the_system_mime_table()
+    import_web_stack()
     asyncio.run(_run(config, banner_token))
-
-
-def _leave_out_the_system_mime_table() -> None:
-    """Keep the host's /etc/mime.types out of the server: nothing in it reads that table.
-
-    aiohttp builds its FileResponse type table at import with `mimetypes.MimeTypes()`,
-    which holds only Python's built-in types, but which first runs `mimetypes.init()`
-    once, and that parses every file in `mimetypes.knownfiles` into the module's
-    global table (0.4 MB of an idle server's RSS with Debian's /etc/mime.types).
-    Only `mimetypes.guess_type` reads that table, and the server never calls it: the
-    web client's files and the jobs' recordings are typed by aiohttp's table, which
-    is the same with or without the host's file. The documented list is emptied
-    before aiohttp is imported.
-    """
-    import mimetypes
-
-    if not mimetypes.inited:
-        mimetypes.knownfiles = []
-
-
-def _import_frozenlist_without_its_extension() -> None:
-    """Load frozenlist (aiohttp's signals and middleware lists) as its pure-Python build.
-
-    Its compiled build is C++ and maps libstdc++: 1.0 MB of an idle server's RSS
-    (bench/RESULTS.md) for lists read a few times per HTTP request and never by the
-    media path. frozenlist documents the switch, FROZENLIST_NO_EXTENSIONS, and reads
-    it once, at import; it is taken back at once, so child processes do not inherit
-    it. An operator's own setting of the variable is left as it is.
-    """
-    if "frozenlist" in sys.modules or "FROZENLIST_NO_EXTENSIONS" in os.environ:
-        return
-    os.environ["FROZENLIST_NO_EXTENSIONS"] = "1"
-    try:
-        import frozenlist  # noqa: F401
-    finally:
-        del os.environ["FROZENLIST_NO_EXTENSIONS"]
 
 
 async def _run(config: ServeConfig, banner_token: str | None = None) -> None:

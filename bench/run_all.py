@@ -81,6 +81,7 @@ from sink_meter import (  # noqa: E402
 )
 from sink_meter import figures as meter_figures  # noqa: E402
 
+from callsctl_sfu.calls.queuedelay import QueueDelay  # noqa: E402
 from callsctl_sfu.client.loadgen import (  # noqa: E402
     MAX_PROCESSES,
     LightParticipant,
@@ -460,12 +461,14 @@ class WindowSampler:
         # GET /stats "simulcast" entries seen while media flowed: the layer bitrates
         # the server measured and the layer each receiver got.
         self.simulcast: list[list[dict[str, Any]]] = []
+        self.queue_bounds_ms: tuple[float, ...] = ()  # GET /stats media_queue_delay's buckets
 
-    async def _forwarded(self) -> tuple[float | None, float | None]:
-        """GET /stats: packets forwarded, and audio not forwarded for waiting too long in
-        the socket (forwarding.dropped_late, media_late_drop_ms); None where unknown."""
+    async def _forwarded(self) -> tuple[float | None, float | None, list[int] | None]:
+        """GET /stats: packets forwarded, audio not forwarded for waiting too long in the
+        socket (forwarding.dropped_late, media_late_drop_ms) and the queue-wait histogram's
+        bucket counts (media_queue_delay, calls/queuedelay.py); None where unknown."""
         if not self.running.has_stats or self._http is None:
-            return None, None
+            return None, None, None
         try:
             async with self._http.get(f"{self.running.base_url}/stats",
                                       timeout=aiohttp.ClientTimeout(total=3)) as response:
@@ -473,10 +476,13 @@ class WindowSampler:
                 if stats.get("simulcast"):
                     self.simulcast.append(stats["simulcast"])
                 late = stats["forwarding"].get("dropped_late")
+                queue = stats.get("media_queue_delay") or {}
+                if queue.get("bounds_ms"):
+                    self.queue_bounds_ms = tuple(queue["bounds_ms"])
                 return (float(stats["forwarding"]["rtp_forwarded"]),
-                        float(late) if late is not None else None)
+                        float(late) if late is not None else None, queue.get("counts"))
         except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
-            return None, None
+            return None, None, None
 
     def layers(self) -> dict[str, Any] | None:
         """The screen's layers over the window: median bitrate per rid, receivers per rid.
@@ -498,11 +504,12 @@ class WindowSampler:
 
     async def sample(self) -> None:
         assert self.test is not None
-        forwarded, late = await self._forwarded()
+        forwarded, late, queue = await self._forwarded()
         steal, total = machine_steal()
         self.samples.append({
             "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
             "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded, "late": late,
+            "queue": queue,
             "delivered": float(self.test.progress().packets_received),
             "wait": run_queue_wait(self.pid), "steal": steal, "total": total,
             "ksoftirqd": cpu_of(self.softirq_threads)})
@@ -567,7 +574,21 @@ class WindowSampler:
             "ksoftirqd_percent": round(100 * (last["ksoftirqd"] - first["ksoftirqd"])  # type: ignore
                                        / seconds, 1) if seconds > 0 else None,
             "threads_percent": self.thread_figures(),
+            # How long the forwarded RTP waited in the server's socket over the window
+            # (its C ingress's histogram): the server's own share of the delay.
+            **self.queue_figures(first["queue"], last["queue"]),
         }
+
+    def queue_figures(self, first: Any, last: Any) -> dict[str, float | None]:
+        """server_queue_p50_ms / _p99_ms of the packets counted between two samples."""
+        bounds = self.queue_bounds_ms
+        if (not bounds or not isinstance(first, list) or not isinstance(last, list)
+                or len(first) != len(last) or len(last) != len(bounds) + 1):
+            return {"server_queue_p50_ms": None, "server_queue_p99_ms": None}
+        delay = QueueDelay(tuple(round(bound * 1000) for bound in bounds))
+        delay.counts = [b - a for a, b in zip(first, last, strict=True)]
+        return {"server_queue_p50_ms": delay.quantile(0.5),
+                "server_queue_p99_ms": delay.quantile(0.99)}
 
     def thread_figures(self) -> dict[str, Any] | None:
         """The server's main thread (event loop, media socket reader) and the busiest others.

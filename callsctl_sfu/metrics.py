@@ -43,6 +43,7 @@ from prometheus_client import (
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     UnknownMetricFamily,
 )
@@ -324,6 +325,19 @@ class _LiveCollector(Collector):
 
         yield from self._own(forwarding, mux_stats)
 
+    def _queue_delay(self) -> Metric:
+        """callsctl_media_queue_delay_seconds, from the C ingress (calls/queuedelay.py)."""
+        delay = self.m.manager.forwarder.queue_delay
+        family = HistogramMetricFamily(
+            "callsctl_media_queue_delay_seconds",
+            "How long RTP packets waited in the media socket's receive queue before the "
+            "server read them (kernel receive time to read; the server's own share of "
+            "the media's delay, rising when its reading thread falls behind)")
+        family.add_metric([], [("+Inf" if bound == float("inf") else repr(bound), count)
+                               for bound, count in delay.cumulative()],
+                          sum_value=delay.sum_us / 1e6)
+        return family
+
     def _own(self, forwarding: dict[str, int], mux_stats: dict[str, int]) -> Iterable[Metric]:
         m = self.m
         own = {
@@ -346,6 +360,7 @@ class _LiveCollector(Collector):
         for reason in ("muted", "unknown_pt", "malformed", "late"):
             dropped.add_metric([reason], forwarding.get(f"dropped_{reason}", 0))
         yield dropped
+        yield self._queue_delay()
 
         calls = GaugeMetricFamily("callsctl_active_calls", "Calls with at least one session")
         calls.add_metric([], len(m.manager.calls))

@@ -284,6 +284,8 @@ class Server:
                 "consent": self.mux.consent_stats(),
                 "ingress": self.mux.ingress_stats(),
                 "forwarding": dataclasses.asdict(self.manager.forwarder.stats),
+                # how long forwarded RTP waited in the media socket (calls/queuedelay.py)
+                "media_queue_delay": self.manager.forwarder.queue_delay.as_dict(),
                 # --media-threads in effect, and how many fan-outs used more than one
                 "fanout_pool": {"threads": fastpath.pool_threads(),
                                 "parallel_fanouts": fastpath.parallel_fanouts(),

@@ -231,6 +231,16 @@ async def test_a_server_that_fell_behind_skips_stale_audio_and_catches_up(serve_
         found = samples(httpx.get(f"{server.api_url}/metrics", timeout=5).text)
         assert value(found, "callsctl_dropped_packets_total", reason="late") == \
             after["dropped_late"]
+        # The stall shows in the queue-delay histogram, limit or not: what the clients
+        # sent while the server was stopped waited up to 1.5 s in its socket.
+        name = "callsctl_media_queue_delay_seconds"
+        waited_over_half_s = (value(found, f"{name}_count")
+                              - value(found, f"{name}_bucket", le="0.5"))
+        assert waited_over_half_s > 90, found.get(f"{name}_bucket")
+        assert value(found, f"{name}_sum") > 60  # > 90 packets x over 0.5 s, and the rest
+        delay = httpx.get(f"{server.api_url}/stats").json()["media_queue_delay"]
+        assert delay["count"] >= value(found, f"{name}_count") > 300
+        assert delay["p99_ms"] > 500, delay
     finally:
         await close_all(people)
 

@@ -165,11 +165,16 @@ def test_audio_that_waited_past_late_drop_in_the_socket_is_counted_not_forwarded
         assert receiver.receive().sequence == sequence  # forwarded, not stamped yet
         sequence += 1
     assert (stale.rtp_in, stale.dropped_late, stale.forwarded) == (1, 1, 0), stale
+    # Its wait is counted in the queue-wait histogram: 0.2 s falls in (100, 250] ms.
+    bounds = list(fastpath.queue_wait_bounds_us())
+    assert stale.queue_wait[bounds.index(250_000)] == 1, stale.queue_wait
+    assert sum(stale.queue_wait[:-1]) == 1 and 200_000 <= stale.queue_wait[-1] < 250_000
     assert receiver.nothing_waiting()
     assert route.packets == sequence and server.reception.received == sequence
     server.send(rtp(sequence + 1))
     fresh = server.drain()
     assert (fresh.dropped_late, fresh.forwarded) == (0, 1), fresh
+    assert sum(fresh.queue_wait[:bounds.index(20_000) + 1]) == 1, fresh.queue_wait  # read at once
     assert receiver.receive().sequence == sequence + 1
     server.ingress.late_drop = 0.0
     server.send(rtp(sequence + 2))

@@ -43,6 +43,7 @@ OWN_NAMES = [
     "callsctl_forwarded_packets_total", "callsctl_forwarded_bytes_total",
     "callsctl_nacks_answered_total", "callsctl_plis_sent_total", "callsctl_plis_received_total",
     "callsctl_active_calls", "callsctl_udp_rcvbuf_errors_total",
+    "callsctl_media_queue_delay_seconds_bucket",
 ]
 
 
@@ -85,6 +86,10 @@ async def test_metrics_with_a_live_call_parse_lint_and_are_scraped(server, tmp_p
         assert value(found, "rtcd_ws_messages_total", direction="in", type="join") >= 2
         assert value(found, "rtcd_ws_messages_total", direction="out", type="joined") >= 2
         assert value(found, "callsctl_forwarded_packets_total") > 50
+        # The forwarded audio's wait in the media socket: counted, and short on an idle host.
+        queued = value(found, "callsctl_media_queue_delay_seconds_count")
+        assert queued > 50
+        assert value(found, "callsctl_media_queue_delay_seconds_bucket", le="0.05") > 0.9 * queued
         assert value(found, "rtcd_rtc_rtp_packets_total", direction="in") > 50
         assert value(found, "rtcd_process_resident_memory_bytes") > 10_000_000
 

@@ -169,6 +169,8 @@ def snapshot_json(state: TopState, base_url: str) -> dict[str, Any]:
             "udp_rcvbuf_errors_per_s": _round(rates.rcvbuf_errors_per_s),
             # Audio skipped as stale (media_late_drop_ms): the server is short of CPU.
             "late_audio_per_s": _round(rates.late_per_s),
+            # How long media waited in the server's socket, 99th percentile over --refresh.
+            "media_queue_p99_ms": _round(rates.queue_p99_ms, 2),
         },
         "calls": calls,
         # The fleet's nodes when this server is one of a fleet (serve --cluster), else null.
@@ -204,6 +206,9 @@ def snapshot_lines(snapshot: dict[str, Any]) -> list[str]:
     late = server.get("late_audio_per_s")
     if late:  # the server skips stale audio: it is short of CPU (media_late_drop_ms)
         drops = f"late {late:,.0f}/s  " + drops
+    queued = server.get("media_queue_p99_ms")
+    if queued is not None and queued >= view.QUEUE_P99_WARN_MS:  # its reader falls behind
+        drops = f"queue p99 {queued:,.0f} ms  " + drops
     return [
         f"[bold]{escape(str(snapshot['host']))}[/]  callsctl {server.get('version') or '?'}  "
         f"up {view.fmt_duration(server.get('uptime_s'))}  calls {server.get('calls')}  "

@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from callsctl_sfu.calls.queuedelay import QueueDelay
+
 HISTORY_SAMPLES = 300  # five minutes at the default one-second refresh
 
 ActionKind = Literal["mute", "mute_others", "lower_hand", "stop_screen", "remove",
@@ -109,6 +111,9 @@ class ServerSample:
     cpu_seconds: float | None = None
     # Audio the server skipped for waiting too long in its socket (it is short of CPU).
     late: float | None = None
+    # GET /stats media_queue_delay: bucket bounds (ms) and counts so far (calls/queuedelay.py).
+    queue_bounds_ms: tuple[float, ...] = ()
+    queue_counts: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, overview: Overview, at: float) -> ServerSample:
@@ -119,7 +124,8 @@ class ServerSample:
                    bytes_out=_counter(stats, "media_socket", "bytes_out"),
                    rcvbuf_errors=overview.host_rcvbuf_errors(),
                    cpu_seconds=overview.server_cpu_seconds(),
-                   late=_counter(stats, "forwarding", "dropped_late"))
+                   late=_counter(stats, "forwarding", "dropped_late"),
+                   **_queue_histogram(stats))
 
 
 @dataclass
@@ -133,6 +139,8 @@ class ServerRates:
     rcvbuf_errors_per_s: float | None = None
     cpu: float | None = None  # the server process's CPU, in cores (1.0 = one core busy)
     late_per_s: float | None = None  # audio packets skipped as stale (media_late_drop_ms)
+    # The 99th percentile of the media's wait in the server's socket over the interval.
+    queue_p99_ms: float | None = None
 
     @classmethod
     def between(cls, old: ServerSample, new: ServerSample) -> ServerRates:
@@ -151,7 +159,34 @@ class ServerRates:
                    out_bps=rate(old.bytes_out, new.bytes_out, 8),
                    rcvbuf_errors_per_s=rate(old.rcvbuf_errors, new.rcvbuf_errors),
                    cpu=rate(old.cpu_seconds, new.cpu_seconds),
-                   late_per_s=rate(old.late, new.late))
+                   late_per_s=rate(old.late, new.late),
+                   queue_p99_ms=_interval_p99(old, new))
+
+
+def _queue_histogram(stats: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
+    """ServerSample's queue fields from GET /stats `media_queue_delay`; empty if absent."""
+    delay = stats.get("media_queue_delay") if isinstance(stats, dict) else None
+    if not isinstance(delay, dict):
+        return {}
+    bounds, counts = delay.get("bounds_ms"), delay.get("counts")
+    if (not isinstance(bounds, list) or not isinstance(counts, list)
+            or len(counts) != len(bounds) + 1
+            or not all(isinstance(v, (int, float)) for v in bounds + counts)):
+        return {}
+    return {"queue_bounds_ms": tuple(bounds), "queue_counts": tuple(int(c) for c in counts)}
+
+
+def _interval_p99(old: ServerSample, new: ServerSample) -> float | None:
+    """p99 of the packets counted between two samples (None: none, or the server restarted)."""
+    if (not new.queue_counts or old.queue_bounds_ms != new.queue_bounds_ms
+            or len(old.queue_counts) != len(new.queue_counts)):
+        return None
+    added = [b - a for a, b in zip(old.queue_counts, new.queue_counts, strict=True)]
+    if any(count < 0 for count in added):
+        return None
+    delay = QueueDelay(tuple(round(bound * 1000) for bound in new.queue_bounds_ms))
+    delay.counts = added
+    return delay.quantile(0.99)
 
 
 SERVER_SERIES = ("cpu", "load", "in_bps", "out_bps", "in_pps", "out_pps", "rcvbuf")

@@ -28,6 +28,9 @@ WARN_STYLE = "yellow"
 BAD_STYLE = "bold red"
 DIM_STYLE = "dim"
 NONE = "–"
+# Media waiting this long in the server's socket (p99 over a refresh) is named on the UDP
+# line: a 20 ms audio frame's worth, where the reading thread has fallen behind.
+QUEUE_P99_WARN_MS = 20.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from callsctl.top.view import (
     BAD_STYLE,
     CPU_LOAD,
     NONE,
+    QUEUE_P99_WARN_MS,
     ColumnSpec,
     TableRow,
     fmt_bps,
@@ -279,6 +280,9 @@ def udp_text(state: TopState) -> Text:
     total = overview.host_rcvbuf_errors() if overview else None
     style = BAD_STYLE if per_s else ""
     text = Text(no_wrap=True)
+    queued = state.rates.queue_p99_ms
+    if queued is not None and queued >= QUEUE_P99_WARN_MS:
+        text.append(f"queue p99 {queued:,.0f} ms  ", style=BAD_STYLE)
     late = state.rates.late_per_s
     if late:
         text.append(f"late {late:,.0f}/s  ", style=BAD_STYLE)

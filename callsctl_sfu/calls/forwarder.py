@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu.calls.forward_metrics import ForwardMetrics, NoMetrics
 from callsctl_sfu.calls.forwarding import Plan, Route, TrackRoutes
+from callsctl_sfu.calls.queuedelay import QueueDelay
 from callsctl_sfu.rtc import fastpath
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.rtcp import ReportBlock, missing_between, nack, pli
@@ -131,6 +132,8 @@ class Forwarder:
         self.metrics: ForwardMetrics = metrics if metrics is not None else NoMetrics()
         self.on_loud: Callable[[str], None] = on_loud or (lambda _session_id: None)
         self.stats = ForwardingStats()
+        # How long the packets the C ingress forwarded waited in the media socket.
+        self.queue_delay = QueueDelay(fastpath.queue_wait_bounds_us())
         self.routing_stats = RoutingStats()
         self._rtcp: RtcpRouter | None = None
         self._loop = asyncio.get_event_loop()
@@ -463,6 +466,7 @@ class Forwarder:
         stats.srtp_protect_errors += result.srtp_protect_errors
         stats.dropped_muted += result.dropped_muted
         stats.dropped_late += result.dropped_late
+        self.queue_delay.add(result.queue_wait)
         stats.dropped_malformed += result.dropped_malformed
         if samples:
             for kind, seconds in samples:

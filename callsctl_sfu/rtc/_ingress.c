@@ -29,6 +29,10 @@
  *     falls behind (a full core), a fan-out of stale audio would only keep it
  *     behind, and the STUN and DTLS of joining sessions queued behind that audio
  *     in the same socket would wait as long (their handshakes time out);
+ *   - every RTP packet handled here has that wait counted in a histogram
+ *     (queue_wait: QUEUE_WAIT_BOUNDS_US buckets and the sum), the server's own
+ *     share of the media's delay, which an operator reads as
+ *     callsctl_media_queue_delay_seconds;
  *   - everything else (STUN, DTLS, RTCP of sessions without on_reports,
  *     video, unknown sources or SSRCs, a route whose plan changed, a receiver
  *     that renominated) goes up to Python as (bytes, addr), untouched, in
@@ -57,6 +61,11 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Upper bounds (µs) of the queue-wait histogram's buckets; one more counts the rest.
+   From well under a 20 ms audio frame to the seconds of an overloaded core. */
+static const long long QUEUE_WAIT_BOUNDS_US[] = {500, 1000, 2000, 5000, 10000, 20000,
+                                                 50000, 100000, 250000, 500000, 1000000};
+#define QUEUE_WAIT_BUCKETS ((int)(sizeof(QUEUE_WAIT_BOUNDS_US) / sizeof(long long)) + 1)
 #define RECV_SLOT 4096          /* WebRTC datagrams stay under the path MTU (~1200-1500) */
 #define VOICE_LEVEL_DBOV 50     /* RFC 6464 -dBov at or below which a packet is "loud" */
 #define SILENT_LEVEL 127
@@ -663,6 +672,8 @@ typedef struct {
     long long datagrams_in, bytes_in, truncated, rtp_in, forwarded, plain_octets, wire_octets,
         send_errors, srtp_protect_errors, dropped_muted, dropped_malformed, stun_in, stun_out,
         stun_octets_out, dropped_late;
+    long long queue_wait[QUEUE_WAIT_BUCKETS]; /* RTP packets by their wait, in buckets */
+    long long queue_wait_us;                  /* the sum of those waits */
 } DrainCounts;
 
 typedef struct {
@@ -984,11 +995,11 @@ keep_for_nack(InRouteObject *route, const unsigned char *data, int length,
     return rc;
 }
 
-/* Whether a datagram waited in the socket's receive queue more than `limit` seconds: its
-   SO_TIMESTAMPNS receive time (a control message; none: not late) against `wall`, read
-   after the recvmmsg(2) that returned it. */
-static int
-queued_longer_than(struct msghdr *header, const struct timespec *wall, double limit)
+/* How long a datagram waited in the socket's receive queue, in seconds: its
+   SO_TIMESTAMPNS receive time (a control message) against `wall`, read after the
+   recvmmsg(2) that returned it; -1 without a receive time. */
+static double
+queue_wait(struct msghdr *header, const struct timespec *wall)
 {
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(header); cm != NULL; cm = CMSG_NXTHDR(header, cm)) {
         if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_TIMESTAMPNS ||
@@ -998,9 +1009,21 @@ queued_longer_than(struct msghdr *header, const struct timespec *wall, double li
         memcpy(&stamp, CMSG_DATA(cm), sizeof(stamp));
         double waited = (double)(wall->tv_sec - stamp.tv_sec) +
                         (double)(wall->tv_nsec - stamp.tv_nsec) / 1e9;
-        return waited > limit;
+        return waited > 0 ? waited : 0; /* the realtime clock stepped back: no wait */
     }
-    return 0;
+    return -1;
+}
+
+/* One RTP packet's wait, into the histogram. */
+static void
+count_queue_wait(DrainCounts *c, double waited)
+{
+    long long us = (long long)(waited * 1e6);
+    int b = 0;
+    while (b < QUEUE_WAIT_BUCKETS - 1 && us > QUEUE_WAIT_BOUNDS_US[b])
+        b++;
+    c->queue_wait[b] += 1;
+    c->queue_wait_us += us;
 }
 
 /* What one drain() did, by name (a struct sequence, so it also indexes like a tuple). */
@@ -1026,9 +1049,11 @@ static PyStructSequence_Field drain_fields[] = {
     {"stun_out", "consent check answers sent from here"},
     {"stun_octets_out", "octets of those answers"},
     {"dropped_late", "packets not forwarded: longer than late_drop in the receive queue"},
+    {"queue_wait", "RTP packets handled here by their wait in the receive queue: a count "
+                   "per QUEUE_WAIT_BOUNDS_US bucket, the rest, then the sum in µs; or None"},
     {NULL}
 };
-#define DRAIN_FIELDS 21
+#define DRAIN_FIELDS 22
 
 static PyStructSequence_Desc drain_desc = {
     "callsctl_sfu.rtc._fanout.DrainResult", "What one Ingress.drain() did.", drain_fields,
@@ -1043,6 +1068,31 @@ PyDoc_STRVAR(drain_doc,
 "registered routes cover, sending on send_fd (-1: forward nothing here, every\n"
 "datagram goes up). The result names what was handed up (slow, plain), heard\n"
 "(loud), deferred (unsent), timed (samples) and counted; see DrainResult's fields.");
+
+/* The queue-wait histogram of `c` as (count per bucket..., sum µs), or None when it is
+   empty (most drains of the method have no RTP). */
+static PyObject *
+queue_wait_tuple(const DrainCounts *c)
+{
+    long long any = 0;
+    for (int b = 0; b < QUEUE_WAIT_BUCKETS; b++)
+        any += c->queue_wait[b];
+    if (any == 0)
+        return Py_NewRef(Py_None);
+    PyObject *out = PyTuple_New(QUEUE_WAIT_BUCKETS + 1);
+    if (out == NULL)
+        return NULL;
+    for (int b = 0; b <= QUEUE_WAIT_BUCKETS; b++) {
+        PyObject *value = PyLong_FromLongLong(b < QUEUE_WAIT_BUCKETS ? c->queue_wait[b]
+                                                                     : c->queue_wait_us);
+        if (value == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, b, value);
+    }
+    return out;
+}
 
 /* A DrainResult of these lists (each NULL for None; their references are stolen, also on
    failure) and counters: what drain() returns, and what collect() returns for the thread. */
@@ -1062,7 +1112,7 @@ drain_result(PyObject *slow, PyObject *loud, PyObject *unsent, PyObject *samples
         PyLong_FromLongLong(c->dropped_muted), PyLong_FromLongLong(c->dropped_malformed),
         plain ? plain : Py_NewRef(Py_None), PyLong_FromLongLong(c->stun_in),
         PyLong_FromLongLong(c->stun_out), PyLong_FromLongLong(c->stun_octets_out),
-        PyLong_FromLongLong(c->dropped_late)};
+        PyLong_FromLongLong(c->dropped_late), queue_wait_tuple(c)};
     int failed = result == NULL;
     for (int i = 0; i < DRAIN_FIELDS; i++)
         failed = failed || values[i] == NULL;
@@ -1221,8 +1271,9 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         rx.messages[i].msg_hdr.msg_control = rx.control[i].space;
         rx.messages[i].msg_hdr.msg_controllen = sizeof(rx.control[i].space);
     }
-    if (self->late_drop > 0 && self->stamped_fd != recv_fd) {
-        /* Once per socket; if the kernel refuses, datagrams carry no time and none is late. */
+    if (self->stamped_fd != recv_fd) {
+        /* Once per socket; if the kernel refuses, datagrams carry no time: none is late and
+           none is counted in the queue-wait histogram. */
         int on = 1;
         (void)setsockopt(recv_fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof(on));
         self->stamped_fd = recv_fd;
@@ -1237,7 +1288,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         n = 0;
     }
     struct timespec wall = {0, 0}; /* now, on the kernel's receive-time clock */
-    if (self->late_drop > 0 && n > 0)
+    if (n > 0)
         clock_gettime(CLOCK_REALTIME, &wall);
 
     for (int i = 0; i < n; i++) {
@@ -1385,6 +1436,9 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
                 PyErr_Clear(); /* the ring is a cache: a packet not kept is only not repaired */
         }
         c.rtp_in += 1;
+        double waited = wall.tv_sec != 0 ? queue_wait(&rx.messages[i].msg_hdr, &wall) : -1;
+        if (waited >= 0)
+            count_queue_wait(&c, waited);
         if (route->reception != NULL && route->reception != Py_None)
             reception_update((ReceptionObject *)route->reception, sequence, timestamp, now);
         route->packets += 1;
@@ -1409,8 +1463,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         }
         /* Audio only: a video packet not sent would come back as a NACK (answered from the
            ring, in Python: more work, not less). */
-        if (!route->video && wall.tv_sec != 0 &&
-            queued_longer_than(&rx.messages[i].msg_hdr, &wall, self->late_drop)) {
+        if (!route->video && self->late_drop > 0 && waited > self->late_drop) {
             c.dropped_late += 1;
             continue;
         }
@@ -1487,6 +1540,9 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         totals->stun_out += c.stun_out;
         totals->stun_octets_out += c.stun_octets_out;
         totals->dropped_late += c.dropped_late;
+        for (int b = 0; b < QUEUE_WAIT_BUCKETS; b++)
+            totals->queue_wait[b] += c.queue_wait[b];
+        totals->queue_wait_us += c.queue_wait_us;
         memset(&c, 0, sizeof(c));
         if (slow == NULL && loud == NULL && unsent == NULL && plain == NULL && error == 0)
             Py_RETURN_NONE;
@@ -2030,5 +2086,20 @@ ingress_add_to_module(PyObject *module)
     if (PyModule_AddIntConstant(module, "RECV_SLOT", RECV_SLOT) < 0 ||
         PyModule_AddIntConstant(module, "VOICE_LEVEL_DBOV", VOICE_LEVEL_DBOV) < 0)
         return -1;
+    PyObject *bounds = PyTuple_New(QUEUE_WAIT_BUCKETS - 1);
+    if (bounds == NULL)
+        return -1;
+    for (int b = 0; b < QUEUE_WAIT_BUCKETS - 1; b++) {
+        PyObject *value = PyLong_FromLongLong(QUEUE_WAIT_BOUNDS_US[b]);
+        if (value == NULL) {
+            Py_DECREF(bounds);
+            return -1;
+        }
+        PyTuple_SET_ITEM(bounds, b, value);
+    }
+    if (PyModule_AddObject(module, "QUEUE_WAIT_BOUNDS_US", bounds) < 0) {
+        Py_DECREF(bounds);
+        return -1;
+    }
     return 0;
 }

@@ -323,6 +323,11 @@ def shutdown_pool() -> None:
         _fanout.shutdown_pool()
 
 
+def queue_wait_bounds_us() -> tuple[int, ...]:
+    """The C ingress's queue-wait histogram buckets, µs (calls/queuedelay.py); () without it."""
+    return tuple(_fanout.QUEUE_WAIT_BOUNDS_US) if _fanout is not None else ()
+
+
 def pool_threads() -> int:
     """Threads a big fan-out runs on now (1 without a pool or with the Python engine)."""
     return int(_fanout.pool_threads()) if AVAILABLE and _fanout is not None else 1

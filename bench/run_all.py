@@ -386,6 +386,20 @@ def machine_steal() -> tuple[float, float]:
     return (fields[7] if len(fields) > 7 else 0.0), sum(fields[:8])
 
 
+def gc_in_window(first: Any, last: Any) -> dict[str, dict[str, float]] | None:
+    """Per generation, the server's collections between two GET /stats `gc.pauses`
+    readings: how many and their total ms (None when the server does not report them)."""
+    if not isinstance(first, dict) or not isinstance(last, dict):
+        return None
+    out = {}
+    for generation, now in last.items():
+        then = first.get(generation) or {}
+        out[generation] = {"count": now.get("count", 0) - then.get("count", 0),
+                           "total_ms": round(now.get("total_ms", 0.0)
+                                             - then.get("total_ms", 0.0), 1)}
+    return out
+
+
 def ksoftirqd_pids() -> list[int]:
     """The kernel's per-CPU softirq threads (ksoftirqd/N).
 
@@ -463,12 +477,14 @@ class WindowSampler:
         self.simulcast: list[list[dict[str, Any]]] = []
         self.queue_bounds_ms: tuple[float, ...] = ()  # GET /stats media_queue_delay's buckets
 
-    async def _forwarded(self) -> tuple[float | None, float | None, list[int] | None]:
+    async def _forwarded(self) -> tuple[float | None, float | None, list[int] | None,
+                                        dict[str, Any] | None]:
         """GET /stats: packets forwarded, audio not forwarded for waiting too long in the
         socket (forwarding.dropped_late, media_late_drop_ms) and the queue-wait histogram's
-        bucket counts (media_queue_delay, calls/queuedelay.py); None where unknown."""
+        bucket counts (media_queue_delay, calls/queuedelay.py), and its collector's pauses
+        per generation (gc.pauses, gcpolicy.py); None where unknown."""
         if not self.running.has_stats or self._http is None:
-            return None, None, None
+            return None, None, None, None
         try:
             async with self._http.get(f"{self.running.base_url}/stats",
                                       timeout=aiohttp.ClientTimeout(total=3)) as response:
@@ -480,9 +496,10 @@ class WindowSampler:
                 if queue.get("bounds_ms"):
                     self.queue_bounds_ms = tuple(queue["bounds_ms"])
                 return (float(stats["forwarding"]["rtp_forwarded"]),
-                        float(late) if late is not None else None, queue.get("counts"))
+                        float(late) if late is not None else None, queue.get("counts"),
+                        (stats.get("gc") or {}).get("pauses"))
         except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
-            return None, None, None
+            return None, None, None, None
 
     def layers(self) -> dict[str, Any] | None:
         """The screen's layers over the window: median bitrate per rid, receivers per rid.
@@ -504,12 +521,12 @@ class WindowSampler:
 
     async def sample(self) -> None:
         assert self.test is not None
-        forwarded, late, queue = await self._forwarded()
+        forwarded, late, queue, pauses = await self._forwarded()
         steal, total = machine_steal()
         self.samples.append({
             "t": time.monotonic(), "cpu": proc_cpu_seconds(self.pid),
             "rss": float(proc_rss_bytes(self.pid)), "forwarded": forwarded, "late": late,
-            "queue": queue,
+            "queue": queue, "gc": pauses,
             "delivered": float(self.test.progress().packets_received),
             "wait": run_queue_wait(self.pid), "steal": steal, "total": total,
             "ksoftirqd": cpu_of(self.softirq_threads)})
@@ -577,6 +594,9 @@ class WindowSampler:
             # How long the forwarded RTP waited in the server's socket over the window
             # (its C ingress's histogram): the server's own share of the delay.
             **self.queue_figures(first["queue"], last["queue"]),
+            # The server's garbage collections in the window, per generation: each holds
+            # the GIL its media reader thread decides with.
+            "server_gc_in_window": gc_in_window(first["gc"], last["gc"]),
         }
 
     def queue_figures(self, first: Any, last: Any) -> dict[str, float | None]:

@@ -196,6 +196,8 @@ async def run_step(system: str, participants: int, cpus: Cpus, window: float,
         # a delay failure with a short wait there was added outside the server's reading
         server_queue_p50_ms=cpu.get("server_queue_p50_ms"),
         server_queue_p99_ms=cpu.get("server_queue_p99_ms"),
+        # the server's own collections in the window (each holds the GIL its reader needs)
+        server_gc_in_window=cpu.get("server_gc_in_window"),
         # its own full collections (gcpolicy.py): each one stalls its reads and delay stamps
         loadgen_gc=(result.get("loadgen") or {}).get("gc_full_collections"),
         loadgen_bound=loadgen is not None and loadgen >= LOADGEN_BOUND_PERCENT,

@@ -447,6 +447,17 @@ def thread_cpu(pid: int) -> dict[int, float]:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def thread_waits(pid: int) -> dict[int, float]:
+    """Seconds every thread of pid spent runnable but waiting for a CPU, by thread id
+    (the second field of /proc/<pid>/task/<tid>/schedstat; empty without schedstats)."""
+    out: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                out[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
+    return out
+
+
 def run_queue_wait(pid: int) -> float:
     """Seconds pid's main thread spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
     try:
@@ -469,6 +480,7 @@ class WindowSampler:
         self.samples: list[dict[str, float | None]] = []
         self.softirq_threads = ksoftirqd_pids()
         self.threads: list[dict[int, float]] = []  # per-thread CPU at the window's edges
+        self.waits: list[dict[int, float]] = []  # per-thread run-queue waits, the same
         self._task: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self.slice_s = 1.0
@@ -533,6 +545,7 @@ class WindowSampler:
 
     async def hook(self, edge: str) -> None:
         self.threads.append(thread_cpu(self.pid))
+        self.waits.append(thread_waits(self.pid))
         if edge == "start":
             self._http = aiohttp.ClientSession()
             await self.sample()
@@ -621,9 +634,16 @@ class WindowSampler:
         before, after = self.threads[0], self.threads[-1]
         seconds = max(1e-9, self.samples[-1]["t"] - self.samples[0]["t"])  # type: ignore
         used = {tid: 100 * (after[tid] - before.get(tid, 0.0)) / seconds for tid in after}
-        others = sorted((v for tid, v in used.items() if tid != self.pid), reverse=True)
+        busiest = sorted((tid for tid in used if tid != self.pid), key=lambda t: -used[t])
+        busiest = [tid for tid in busiest[:4] if used[tid] >= 0.5]
+        # Each of those threads' time runnable but not running (a CPU given to another).
+        waits_before, waits_after = (self.waits[0], self.waits[-1]) if len(self.waits) > 1 \
+            else ({}, {})
+        waited = [round(100 * (waits_after[tid] - waits_before.get(tid, 0.0)) / seconds, 1)
+                  for tid in busiest if tid in waits_after]
         return {"main": round(used.get(self.pid, 0.0), 1),
-                "others": [round(v, 1) for v in others[:4] if v >= 0.5]}
+                "others": [round(used[tid], 1) for tid in busiest],
+                "others_waited": waited if len(waited) == len(busiest) else None}
 
 
 async def measure(kind: str, shape: Shape, window: float, slices: int,

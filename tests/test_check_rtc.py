@@ -22,6 +22,7 @@ from aioice import stun
 from callsctl.check.report import Context, Step, run_steps
 from callsctl.check.result import CheckResult
 from callsctl.check.rtc import RtcProbe, RtcTarget, classify
+from tests.support.clients import close_all, join_all
 from tests.support.helpers import free_port, free_udp_tcp_port, run_cli
 
 
@@ -188,15 +189,34 @@ def test_rtc_flags_an_advertised_address_that_does_not_answer(serve_factory) -> 
 def test_all_against_live_server(server) -> None:
     code, results = _run("all", *_ports(server))
     assert code == 0, results
-    assert list(results) == ["server", "api", "rtc udp", "rtc tcp", "advertised address"]
+    assert list(results) == ["server", "api", "rtc udp", "rtc tcp", "advertised address",
+                             "media queue"]
     assert results["api"]["status"] == "pass"
     assert results["api"]["details"]["version"]
+    assert results["media queue"]["status"] == "pass"  # no call: nothing waited
+    assert results["media queue"]["figure"] == "idle"
     # STUN runs only when asked; a dead STUN server fails the report.
     code, results = _run("all", *_ports(server), "--stun-server",
                          f"127.0.0.1:{free_port()}", "--timeout", "0.5")
     assert code == 1
     assert list(results)[-1] == "stun binding"
     assert results["stun binding"]["status"] == "fail"
+
+
+async def test_all_reports_how_long_a_live_calls_media_waits_in_the_server(server) -> None:
+    """With audio flowing, `check all` reads the server's own queue-delay histogram twice
+    and reports the p99 of the packets forwarded in between (a healthy server: a few ms)."""
+    people = await join_all(server, 2, call="queue-check")
+    try:
+        # The check blocks for its two readings: run it beside the participants' loop.
+        code, results = await asyncio.to_thread(_run, "all", *_ports(server))
+    finally:
+        await close_all(people)
+    queue = results["media queue"]
+    assert code == 0 and queue["status"] == "pass", queue
+    assert queue["details"]["window_packets"] > 100  # 2 speakers x 50/s x 2 s, forwarded
+    assert queue["details"]["window_p99_ms"] < 20
+    assert queue["figure"].startswith("p99 ") and "since it started" in queue["summary"]
 
 
 # --- closed ports and fake servers ----------------------------------------------------------

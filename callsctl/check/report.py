@@ -3,8 +3,9 @@
 An operator asking "why can't people join?" wants one command and one table:
 pass / warn / fail, the measured figure, and what to do. The checks run in
 the order a connection is made (API, media over UDP, media over TCP, the
-advertised address, optionally STUN), sharing one `RtcProbe` so nothing is
-measured twice.
+advertised address; then, against callsctl, whether the server keeps up with
+its media; optionally STUN), sharing one `RtcProbe` so nothing is measured
+twice.
 
 Adding a check is one line in `STEPS`: a name, a function from the run's
 `Context` to CheckResults and, optionally, a condition for running it. For
@@ -26,6 +27,8 @@ import typer
 from callsctl.check import app
 from callsctl.check.fleet_checks import fleet_results, is_fleet_node
 from callsctl.check.mattermost import MattermostTarget, load_target, run_mattermost
+from callsctl.check.media_load import applies as media_load_applies
+from callsctl.check.media_load import media_load_results
 from callsctl.check.render import emit
 from callsctl.check.result import CheckResult
 from callsctl.check.rtc import (
@@ -77,6 +80,8 @@ STEPS: list[Step] = [
     Step("rtc tcp", lambda ctx: [tcp_result(ctx.rtc)]),
     Step("advertised address", lambda ctx: [advertised_result(ctx.rtc)]),
     Step("fleet", lambda ctx: fleet_results(ctx.rtc), when=lambda ctx: is_fleet_node(ctx.rtc)),
+    Step("media queue", lambda ctx: media_load_results(ctx.rtc),
+         when=lambda ctx: media_load_applies(ctx.rtc)),
     Step("stun", lambda ctx: stun_results(ctx.stun_server or DEFAULT_STUN_SERVER, ctx.timeout),
          when=lambda ctx: ctx.stun_server is not None),
     Step("webrtc", lambda ctx: asyncio.run(run_call(ctx.call)),  # type: ignore[arg-type]
@@ -151,7 +156,8 @@ def all_command(
 
     Order: the server's kind (callsctl, rtcd, Mattermost: what the probes can
     prove against it), API, media over UDP, media over TCP, the advertised ICE
-    address; STUN only with --stun-server or --with-stun; a real session with
+    address; against callsctl, how long its media waits in its socket (GET /stats
+    twice, 2 s apart); STUN only with --stun-server or --with-stun; a real session with
     --token/--data-dir (callsctl), --rtcd-url (rtcd) or --mattermost. Exit 0 when nothing
     failed (warnings allowed), 1 when a check failed, 2 on a usage error.
     """

@@ -206,8 +206,9 @@ class RtcProbe:
         ip = self.target_ip
         return ip is not None and (ipaddress.ip_address(ip).is_loopback or ip in self.local_ips)
 
-    def api(self, path: str) -> ApiOutcome:
-        if path not in self._api:
+    def api(self, path: str, fresh: bool = False) -> ApiOutcome:
+        """GET `path` on the API port, asked once (`fresh`: asked again, for counters)."""
+        if fresh or path not in self._api:
             url = self.target.api_base + path
             outcome = ApiOutcome(url)
             import httpx  # here: every command, serve too, imports this module

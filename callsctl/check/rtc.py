@@ -12,7 +12,11 @@ check proves both from wherever it runs, before any call exists:
   address the server sees us from come from one round trip;
 - GET /version on the API port says what the server advertises
   (`ice.host`, `ice.udp_port`, `ice.tcp_port`, `ice.source`), which is then
-  compared with the address and port that actually answered.
+  compared with the address and port that actually answered;
+- a UDP probe that hears nothing looks once more from an unconnected socket:
+  a server that answers from another of its host's addresses (bound to every
+  address of a multi-homed host, probed on a secondary one) is named as such,
+  since clients' ICE drops that answer too.
 
 The probing lives in `RtcProbe`, which measures lazily and remembers, so the
 steps of `check rtc` and `check all` share one set of measurements.
@@ -81,6 +85,9 @@ class ProbeOutcome:
     seen_as: Address | None = None
     local: Address | None = None
     error: str | None = None
+    # A UDP probe that timed out, but whose request was answered from another address
+    # of the server (a multi-homed host: `_answered_from_elsewhere`).
+    answered_from: Address | None = None
 
     @property
     def ok(self) -> bool:
@@ -91,6 +98,7 @@ class ProbeOutcome:
                 "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
                 "server_saw_us_as": fmt_addr(self.seen_as) if self.seen_as else None,
                 "local_address": fmt_addr(self.local) if self.local else None,
+                "answered_from": fmt_addr(self.answered_from) if self.answered_from else None,
                 "error": self.error}
 
 
@@ -121,7 +129,8 @@ def probe_udp(dest: Address, timeout: float) -> ProbeOutcome:
                                 error="ICMP port unreachable: nothing listens there")
         except StunTimeout:
             return ProbeOutcome("udp", dest, "timeout", local=local,
-                                error=f"no answer within {timeout:g} s")
+                                error=f"no answer within {timeout:g} s",
+                                answered_from=_answered_from_elsewhere(dest, timeout))
         except StunErrorResponse as exc:
             return ProbeOutcome("udp", dest, "error", local=local,
                                 error=f"STUN error response {exc}")
@@ -129,6 +138,32 @@ def probe_udp(dest: Address, timeout: float) -> ProbeOutcome:
             return ProbeOutcome("udp", dest, "error", local=local, error=str(exc))
     return ProbeOutcome("udp", dest, "ok", rtt_ms=reply.rtt_ms,
                         seen_as=mapped_address(reply.message), local=local)
+
+
+ELSEWHERE_TIMEOUT_S = 1.0  # the second look, after a connected probe heard nothing
+
+
+def _answered_from_elsewhere(dest: Address, timeout: float) -> Address | None:
+    """After silence on the connected socket, whether the server answers from another address.
+
+    A connected UDP socket only takes datagrams from the address it sent to. A
+    server bound to every address of a host with several (a secondary address, a
+    floating VIP) sends its answer from the address the kernel's route prefers,
+    not from the one the request reached, and clients' ICE drops that answer as
+    well: RFC 8445 §7.2.5.2.1 makes the pair fail when the response's source is
+    not the request's destination. One more Binding from an unconnected socket
+    sees such an answer; None when nothing, or only `dest` itself, answered.
+    """
+    try:
+        channel = Channel.udp(dest, connect=False)
+    except OSError:
+        return None
+    with channel:
+        try:
+            reply = channel.transact(binding_request(), dest, min(timeout, ELSEWHERE_TIMEOUT_S))
+        except (StunTimeout, StunErrorResponse, StunProtocolError, OSError):
+            return None
+    return reply.source if reply.source != dest else None
 
 
 def probe_tcp(dest: Address, timeout: float) -> ProbeOutcome:
@@ -406,6 +441,16 @@ def udp_result(probe: RtcProbe) -> CheckResult:
                            f"STUN Binding answered on {where}{_seen_as_note(outcome)}",
                            figure=f"{outcome.rtt_ms:.1f} ms", details=details)
     details.update(_scope(probe))
+    if outcome.answered_from is not None:
+        other = fmt_addr(outcome.answered_from)
+        return CheckResult(
+            name, "fail", f"{where}: the server answered from {other}, not from the address "
+            "probed; clients' ICE checks to it fail the same way (RFC 8445 §7.2.5.2.1)",
+            figure="wrong source",
+            fix=f"the server's host has several addresses and replies from another one (a "
+                f"secondary address or a VIP): bind the server to the address clients use "
+                f"(callsctl serve --bind {outcome.dest[0]}), or advertise {other}",
+            details=details)
     kind = probe.kind()
     if outcome.kind == "timeout" and kind.kind != "callsctl":
         why = (f"{kind.label} is pion-based: {PION_SILENCE}" if kind.is_pion else

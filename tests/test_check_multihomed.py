@@ -1,0 +1,115 @@
+"""`check rtc` names a server that answers from another of its addresses.
+
+A host with a secondary address (a floating VIP, a second address in a subnet)
+and a server bound to every address: the server's answer to a request sent to
+the secondary address leaves from the primary one, the address the kernel's
+route prefers, and a client's ICE drops it (RFC 8445 §7.2.5.2.1), so a call
+advertised on that address never connects. The test builds it: a server
+namespace with 10.79.0.1/24 and the secondary 10.79.0.9/24 on one veth, a
+client namespace with 10.79.0.2/24 on its peer, a real `callsctl serve` in the
+first and `callsctl check rtc` in the second. Probing the primary passes;
+probing the secondary fails as "wrong source", naming the address that
+answered and the `--bind` that fixes it; bound to the secondary, it passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.helpers import REPO, have, is_root
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not is_root(), reason="needs root for network namespaces"),
+    pytest.mark.skipif(not have("ip"), reason="needs iproute2"),
+]
+
+PRIMARY, SECONDARY, CLIENT = "10.79.0.1", "10.79.0.9", "10.79.0.2"
+API_PORT, MEDIA_PORT = 18045, 18443
+
+
+def sh(*args: str, ns: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = ["ip", "netns", "exec", ns, *args] if ns else list(args)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
+    if done.returncode not in (0, 1):
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr}")
+    return done
+
+
+@pytest.fixture
+def hosts() -> Iterator[tuple[str, str]]:
+    """(server namespace, client namespace), joined by a veth pair; removed after."""
+    server, client = f"cs-mh-s-{os.getpid()}", f"cs-mh-c-{os.getpid()}"
+    for ns in (server, client):
+        sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", "mhs0", "netns", server, "type", "veth", "peer", "name", "mhc0",
+           "netns", client)
+        sh("ip", "addr", "add", f"{PRIMARY}/24", "dev", "mhs0", ns=server)
+        sh("ip", "addr", "add", f"{SECONDARY}/24", "dev", "mhs0", ns=server)  # secondary
+        sh("ip", "addr", "add", f"{CLIENT}/24", "dev", "mhc0", ns=client)
+        for ns, link in ((server, "mhs0"), (client, "mhc0")):
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+            sh("ip", "link", "set", link, "up", ns=ns)
+        yield server, client
+    finally:
+        for ns in (server, client):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def serve_in(ns: str, tmp_path: Path, bind: str) -> subprocess.Popen[bytes]:
+    log = tmp_path / f"serve-{bind}.log"
+    env = {**os.environ, "CALLSCTL_STUN_SERVER": ""}
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "callsctl", "serve", "--bind", bind,
+             "--api-port", str(API_PORT), "--udp-port", str(MEDIA_PORT),
+             "--data-dir", str(tmp_path / f"data-{bind}")],
+            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while "advertising" not in log.read_text() and time.monotonic() < deadline:
+        assert server.poll() is None, log.read_text()
+        time.sleep(0.2)
+    assert "advertising" in log.read_text(), log.read_text()
+    return server
+
+
+def check_udp(client: str, host: str) -> dict:
+    done = sh(sys.executable, "-m", "callsctl", "check", "rtc", "--host", host, "--udp-port",
+              str(MEDIA_PORT), "--tcp-port", str(MEDIA_PORT), "--api-port", str(API_PORT),
+              "--timeout", "1", "--json", ns=client)
+    assert "Traceback" not in done.stderr, done.stderr
+    return {r["name"]: r for r in json.loads(done.stdout)["results"]}["rtc udp"]
+
+
+def test_a_server_answering_from_another_address_is_named_with_the_bind_that_fixes_it(
+        hosts: tuple[str, str], tmp_path: Path) -> None:
+    server_ns, client_ns = hosts
+    server = serve_in(server_ns, tmp_path, "0.0.0.0")
+    try:
+        assert check_udp(client_ns, PRIMARY)["status"] == "pass"
+        wrong = check_udp(client_ns, SECONDARY)
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert wrong["status"] == "fail" and wrong["figure"] == "wrong source", wrong
+    assert f"answered from {PRIMARY}:{MEDIA_PORT}" in wrong["summary"]
+    assert wrong["details"]["answered_from"] == f"{PRIMARY}:{MEDIA_PORT}"
+    assert f"--bind {SECONDARY}" in wrong["fix"]
+
+    # The fix: bound to the address clients use, the answer leaves from it.
+    server = serve_in(server_ns, tmp_path, SECONDARY)
+    try:
+        fixed = check_udp(client_ns, SECONDARY)
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert fixed["status"] == "pass", fixed

@@ -487,14 +487,13 @@ class WindowSampler:
         # GET /stats "simulcast" entries seen while media flowed: the layer bitrates
         # the server measured and the layer each receiver got.
         self.simulcast: list[list[dict[str, Any]]] = []
-        self.queue_bounds_ms: tuple[float, ...] = ()  # GET /stats media_queue_delay's buckets
 
-    async def _forwarded(self) -> tuple[float | None, float | None, list[int] | None,
+    async def _forwarded(self) -> tuple[float | None, float | None, QueueDelay | None,
                                         dict[str, Any] | None]:
         """GET /stats: packets forwarded, audio not forwarded for waiting too long in the
-        socket (forwarding.dropped_late, media_late_drop_ms) and the queue-wait histogram's
-        bucket counts (media_queue_delay, calls/queuedelay.py), and its collector's pauses
-        per generation (gc.pauses, gcpolicy.py); None where unknown."""
+        socket (forwarding.dropped_late, media_late_drop_ms), the queue-wait histogram
+        (media_queue_delay, calls/queuedelay.py) and its collector's pauses per
+        generation (gc.pauses, gcpolicy.py); None where unknown."""
         if not self.running.has_stats or self._http is None:
             return None, None, None, None
         try:
@@ -504,11 +503,9 @@ class WindowSampler:
                 if stats.get("simulcast"):
                     self.simulcast.append(stats["simulcast"])
                 late = stats["forwarding"].get("dropped_late")
-                queue = stats.get("media_queue_delay") or {}
-                if queue.get("bounds_ms"):
-                    self.queue_bounds_ms = tuple(queue["bounds_ms"])
                 return (float(stats["forwarding"]["rtp_forwarded"]),
-                        float(late) if late is not None else None, queue.get("counts"),
+                        float(late) if late is not None else None,
+                        QueueDelay.from_stats(stats.get("media_queue_delay")),
                         (stats.get("gc") or {}).get("pauses"))
         except (aiohttp.ClientError, OSError, TimeoutError, KeyError, ValueError):
             return None, None, None, None
@@ -612,16 +609,12 @@ class WindowSampler:
             "server_gc_in_window": gc_in_window(first["gc"], last["gc"]),
         }
 
-    def queue_figures(self, first: Any, last: Any) -> dict[str, float | None]:
+    @staticmethod
+    def queue_figures(first: Any, last: Any) -> dict[str, float | None]:
         """server_queue_p50_ms / _p99_ms of the packets counted between two samples."""
-        bounds = self.queue_bounds_ms
-        if (not bounds or not isinstance(first, list) or not isinstance(last, list)
-                or len(first) != len(last) or len(last) != len(bounds) + 1):
-            return {"server_queue_p50_ms": None, "server_queue_p99_ms": None}
-        delay = QueueDelay(tuple(round(bound * 1000) for bound in bounds))
-        delay.counts = [b - a for a, b in zip(first, last, strict=True)]
-        return {"server_queue_p50_ms": delay.quantile(0.5),
-                "server_queue_p99_ms": delay.quantile(0.99)}
+        window = last.since(first) if isinstance(last, QueueDelay) else None
+        return {"server_queue_p50_ms": window.quantile(0.5) if window else None,
+                "server_queue_p99_ms": window.quantile(0.99) if window else None}
 
     def thread_figures(self) -> dict[str, Any] | None:
         """The server's main thread (event loop, media socket reader) and the busiest others.

@@ -71,3 +71,20 @@ def test_top_names_a_media_backlog_on_the_udp_line_only_when_it_builds_up() -> N
     # A restarted server (counts went down) gives no figure rather than a wrong one.
     state.apply_overview(overview(b500=10), 13.0)
     assert state.rates.queue_p99_ms is None
+
+
+def test_a_stats_reading_round_trips_and_windows_between_two_readings() -> None:
+    earlier = QueueDelay(BOUNDS_US)
+    earlier.add(drained(b500=10, sum_us=2_000))
+    later = QueueDelay(BOUNDS_US)
+    later.add(drained(b500=15, b50000=5, sum_us=200_000))
+    read_earlier = QueueDelay.from_stats(earlier.as_dict())
+    read_later = QueueDelay.from_stats(later.as_dict())
+    assert read_earlier is not None and read_later is not None
+    assert read_later.counts == later.counts and read_later.bounds_us == BOUNDS_US
+    window = read_later.since(read_earlier)
+    assert window is not None and window.count == 10 and window.counts[0] == 5
+    assert read_earlier.since(read_later) is None  # counts went down: a restarted server
+    assert read_later.since(None) is None
+    assert QueueDelay.from_stats({"bounds_ms": [1.0], "counts": [1]}) is None  # malformed
+    assert QueueDelay.from_stats(None) is None

@@ -50,20 +50,6 @@ def media_load_results(probe: RtcProbe, sample_s: float = SAMPLE_S) -> list[Chec
     return [judge(first.body, second.body, sample_s)]
 
 
-def _histogram(stats: dict[str, Any]) -> QueueDelay | None:
-    delay = stats.get("media_queue_delay")
-    if not isinstance(delay, dict):
-        return None
-    bounds, counts = delay.get("bounds_ms"), delay.get("counts")
-    if (not isinstance(bounds, list) or not isinstance(counts, list)
-            or len(counts) != len(bounds) + 1
-            or not all(isinstance(v, (int, float)) for v in bounds + counts)):
-        return None
-    histogram = QueueDelay(tuple(round(bound * 1000) for bound in bounds))
-    histogram.counts = [int(count) for count in counts]
-    return histogram
-
-
 def _late(stats: dict[str, Any]) -> int | None:
     forwarding = stats.get("forwarding")
     value = forwarding.get("dropped_late") if isinstance(forwarding, dict) else None
@@ -72,7 +58,8 @@ def _late(stats: dict[str, Any]) -> int | None:
 
 def judge(first: dict[str, Any], second: dict[str, Any], seconds: float) -> CheckResult:
     """The verdict from two GET /stats bodies taken `seconds` apart."""
-    before, after = _histogram(first), _histogram(second)
+    before = QueueDelay.from_stats(first.get("media_queue_delay"))
+    after = QueueDelay.from_stats(second.get("media_queue_delay"))
     if after is None:
         return CheckResult(NAME, "warn", "the server's GET /stats has no media_queue_delay (a "
                            "callsctl older than this check, or no C extension)",
@@ -80,12 +67,7 @@ def judge(first: dict[str, Any], second: dict[str, Any], seconds: float) -> Chec
     lifetime = after.quantile(0.99)
     since_start = ("no media forwarded since it started" if lifetime is None else
                    f"p99 {lifetime:.1f} ms over {after.count:,} packets since it started")
-    window = QueueDelay(after.bounds_us)
-    restarted = before is None or before.bounds_us != after.bounds_us or any(
-        b < a for a, b in zip(before.counts, after.counts, strict=True))
-    if not restarted:
-        assert before is not None
-        window.counts = [b - a for a, b in zip(before.counts, after.counts, strict=True)]
+    window = after.since(before) or QueueDelay(after.bounds_us)  # restarted: no window
     late_then, late_now = _late(first), _late(second)
     late = (late_now - late_then if late_then is not None and late_now is not None
             and late_now >= late_then else 0)

@@ -111,9 +111,8 @@ class ServerSample:
     cpu_seconds: float | None = None
     # Audio the server skipped for waiting too long in its socket (it is short of CPU).
     late: float | None = None
-    # GET /stats media_queue_delay: bucket bounds (ms) and counts so far (calls/queuedelay.py).
-    queue_bounds_ms: tuple[float, ...] = ()
-    queue_counts: tuple[int, ...] = ()
+    # GET /stats media_queue_delay: the histogram so far (calls/queuedelay.py).
+    queue: QueueDelay | None = None
 
     @classmethod
     def of(cls, overview: Overview, at: float) -> ServerSample:
@@ -125,7 +124,7 @@ class ServerSample:
                    rcvbuf_errors=overview.host_rcvbuf_errors(),
                    cpu_seconds=overview.server_cpu_seconds(),
                    late=_counter(stats, "forwarding", "dropped_late"),
-                   **_queue_histogram(stats))
+                   queue=QueueDelay.from_stats((stats or {}).get("media_queue_delay")))
 
 
 @dataclass
@@ -163,30 +162,10 @@ class ServerRates:
                    queue_p99_ms=_interval_p99(old, new))
 
 
-def _queue_histogram(stats: dict[str, Any] | None) -> dict[str, tuple[Any, ...]]:
-    """ServerSample's queue fields from GET /stats `media_queue_delay`; empty if absent."""
-    delay = stats.get("media_queue_delay") if isinstance(stats, dict) else None
-    if not isinstance(delay, dict):
-        return {}
-    bounds, counts = delay.get("bounds_ms"), delay.get("counts")
-    if (not isinstance(bounds, list) or not isinstance(counts, list)
-            or len(counts) != len(bounds) + 1
-            or not all(isinstance(v, (int, float)) for v in bounds + counts)):
-        return {}
-    return {"queue_bounds_ms": tuple(bounds), "queue_counts": tuple(int(c) for c in counts)}
-
-
 def _interval_p99(old: ServerSample, new: ServerSample) -> float | None:
     """p99 of the packets counted between two samples (None: none, or the server restarted)."""
-    if (not new.queue_counts or old.queue_bounds_ms != new.queue_bounds_ms
-            or len(old.queue_counts) != len(new.queue_counts)):
-        return None
-    added = [b - a for a, b in zip(old.queue_counts, new.queue_counts, strict=True)]
-    if any(count < 0 for count in added):
-        return None
-    delay = QueueDelay(tuple(round(bound * 1000) for bound in new.queue_bounds_ms))
-    delay.counts = added
-    return delay.quantile(0.99)
+    window = new.queue.since(old.queue) if new.queue is not None else None
+    return window.quantile(0.99) if window is not None else None
 
 
 SERVER_SERIES = ("cpu", "load", "in_bps", "out_bps", "in_pps", "out_pps", "rcvbuf")

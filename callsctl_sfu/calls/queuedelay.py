@@ -35,6 +35,34 @@ class QueueDelay:
             self.counts[index] += count
         self.sum_us += drained[-1]
 
+    @classmethod
+    def from_stats(cls, delay: Any) -> QueueDelay | None:
+        """A histogram from GET /stats `media_queue_delay` (as `as_dict` gives it); None when
+        it is missing or malformed (an older server, another kind of server)."""
+        if not isinstance(delay, dict):
+            return None
+        bounds, counts = delay.get("bounds_ms"), delay.get("counts")
+        if (not isinstance(bounds, list) or not isinstance(counts, list)
+                or len(counts) != len(bounds) + 1
+                or not all(isinstance(v, (int, float)) for v in bounds + counts)):
+            return None
+        histogram = cls(tuple(round(bound * 1000) for bound in bounds))
+        histogram.counts = [int(count) for count in counts]
+        return histogram
+
+    def since(self, earlier: QueueDelay | None) -> QueueDelay | None:
+        """The packets counted after `earlier` was read (a window between two readings);
+        None when there is no earlier reading or the server restarted in between."""
+        if earlier is None or earlier.bounds_us != self.bounds_us:
+            return None
+        added = [now - then for then, now in zip(earlier.counts, self.counts, strict=True)]
+        if any(count < 0 for count in added):
+            return None
+        window = QueueDelay(self.bounds_us)
+        window.counts = added
+        window.sum_us = max(0, self.sum_us - earlier.sum_us)
+        return window
+
     @property
     def count(self) -> int:
         return sum(self.counts)

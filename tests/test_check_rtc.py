@@ -213,10 +213,13 @@ async def test_all_reports_how_long_a_live_calls_media_waits_in_the_server(serve
     finally:
         await close_all(people)
     queue = results["media queue"]
-    assert code == 0 and queue["status"] == "pass", queue
-    assert queue["details"]["window_packets"] > 100  # 2 speakers x 50/s x 2 s, forwarded
-    assert queue["details"]["window_p99_ms"] < 20
+    assert queue["details"]["window_packets"] > 100, queue  # 2 speakers x 50/s x 2 s
     assert queue["figure"].startswith("p99 ") and "since it started" in queue["summary"]
+    # The verdict is the server's load: a few ms on an idle machine (pass), more on a busy
+    # one (a warning with its fix, never a failure); test_check_media_load pins each verdict.
+    assert code == 0 and queue["status"] in ("pass", "warn"), queue
+    assert (queue["status"] == "pass") == (queue["details"]["window_p99_ms"] < 20), queue
+    assert (queue["status"] == "warn") == (queue["fix"] is not None), queue
 
 
 # --- closed ports and fake servers ----------------------------------------------------------

@@ -170,7 +170,9 @@ def test_passive_tcp_candidates_rank_below_udp_host() -> None:
 async def open_muxes() -> tuple[UdpMux, int]:
     """UDP mux + ICE-TCP listener on 127.0.0.1, like `serve` with --stun-server ''."""
     loop = asyncio.get_running_loop()
-    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
+    # A port free for TCP too: Connectivity opens the ICE-TCP listener on the same number.
+    transport, mux = await loop.create_datagram_endpoint(
+        UdpMux, local_addr=("127.0.0.1", free_udp_tcp_port()))
     port = transport.get_extra_info("sockname")[1]
     config = ServeConfig(bind="127.0.0.1", udp_port=port, stun_server="")
     await Connectivity.open(config, mux, port)
@@ -388,7 +390,9 @@ async def fake_stun(mapped: tuple[str, int] | None) -> tuple[FakeStun, int]:
 async def test_stun_discovery_behind_nat_advertises_host_and_srflx() -> None:
     stun_server, stun_port = await fake_stun(("203.0.113.7", 40000))
     loop = asyncio.get_running_loop()
-    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
+    # A port free for TCP too: Connectivity opens the ICE-TCP listener on the same number.
+    transport, mux = await loop.create_datagram_endpoint(
+        UdpMux, local_addr=("127.0.0.1", free_udp_tcp_port()))
     port = transport.get_extra_info("sockname")[1]
     config = ServeConfig(bind="127.0.0.1", udp_port=port,
                          stun_server=f"127.0.0.1:{stun_port}", ice_host_port_override="9000")
@@ -437,7 +441,9 @@ async def test_silent_stun_server_costs_at_most_the_timeout() -> None:
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
 async def test_ipv6_candidates_and_a_session_over_ipv6(monkeypatch) -> None:
     loop = asyncio.get_running_loop()
-    transport, mux = await loop.create_datagram_endpoint(UdpMux, local_addr=("127.0.0.1", 0))
+    # A port free for TCP too: Connectivity opens the ICE-TCP listener on the same number.
+    transport, mux = await loop.create_datagram_endpoint(
+        UdpMux, local_addr=("127.0.0.1", free_udp_tcp_port()))
     port = transport.get_extra_info("sockname")[1]
     config = ServeConfig(bind="127.0.0.1", udp_port=port, stun_server="", enable_ipv6=True)
     connectivity = await Connectivity.open(config, mux, port)

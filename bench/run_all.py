@@ -425,37 +425,32 @@ def cpu_of(pids: list[int]) -> float:
     return total
 
 
-def thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of every thread of pid, by thread id.
+def thread_times(pid: int) -> tuple[dict[int, float], dict[int, float]]:
+    """CPU seconds and run-queue wait seconds of every thread of pid, by thread id.
 
-    From each thread's /proc/<pid>/task/<tid>/schedstat (its run time in
-    nanoseconds); utime + stime from its stat file, in 10 ms ticks, where that is
-    missing (a kernel without schedstats).
+    From each thread's /proc/<pid>/task/<tid>/schedstat, read once: its run time and
+    its time runnable but waiting for a CPU, in nanoseconds. Where that is missing (a
+    kernel without schedstats) the CPU is utime + stime from its stat file, in 10 ms
+    ticks, and there is no wait.
     """
-    out: dict[int, float] = {}
+    cpu: dict[int, float] = {}
+    waits: dict[int, float] = {}
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError, IndexError, ValueError):
+                tid = int(task.name)
                 try:
-                    out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+                    fields = (task / "schedstat").read_text().split()
                 except FileNotFoundError:
                     fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return out
+                    cpu[tid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                    continue
+                cpu[tid] = int(fields[0]) / 1e9
+                waits[tid] = int(fields[1]) / 1e9
+    return cpu, waits
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def thread_waits(pid: int) -> dict[int, float]:
-    """Seconds every thread of pid spent runnable but waiting for a CPU, by thread id
-    (the second field of /proc/<pid>/task/<tid>/schedstat; empty without schedstats)."""
-    out: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                out[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
-    return out
 
 
 def run_queue_wait(pid: int) -> float:
@@ -541,8 +536,9 @@ class WindowSampler:
             "ksoftirqd": cpu_of(self.softirq_threads)})
 
     async def hook(self, edge: str) -> None:
-        self.threads.append(thread_cpu(self.pid))
-        self.waits.append(thread_waits(self.pid))
+        cpu, waits = thread_times(self.pid)
+        self.threads.append(cpu)
+        self.waits.append(waits)
         if edge == "start":
             self._http = aiohttp.ClientSession()
             await self.sample()

@@ -44,6 +44,7 @@ from callsctl.check.render import emit
 from callsctl.check.result import CheckResult
 from callsctl.check.signalstop import SignalStop
 from callsctl.errors import EXIT_USAGE, CliError, fail
+from callsctl_sfu.rtc.hostaddrs import interface_addresses
 
 EventSink = Callable[[str], None]
 StopCheck = Callable[[], bool]
@@ -576,10 +577,7 @@ def _unprivileged_port_start() -> int:
 
 def _local_addresses() -> list[str]:
     try:
-        import psutil
-
-        return sorted({a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
-                       for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)})
+        return sorted({address for _family, address in interface_addresses()})
     except Exception:
         return []
 

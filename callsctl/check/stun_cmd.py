@@ -21,7 +21,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import stun as pystun
 import typer
 
@@ -42,6 +41,7 @@ from callsctl.check.stunclient import (
     route_local_ip,
 )
 from callsctl.errors import EXIT_USAGE, fail
+from callsctl_sfu.rtc.hostaddrs import interface_addresses
 
 DEFAULT_STUN_SERVER = "stun.global.calls.mattermost.com:3478"
 STUN_PORT = 3478
@@ -91,13 +91,8 @@ def parse_stun_server(text: str) -> tuple[str, int]:
 
 
 def local_addresses() -> set[str]:
-    """Every address configured on this host's interfaces."""
-    found: set[str] = set()
-    for addrs in psutil.net_if_addrs().values():
-        for addr in addrs:
-            if addr.family in (socket.AF_INET, socket.AF_INET6):
-                found.add(addr.address.split("%", 1)[0])
-    return found
+    """Every address configured on this host's interfaces (rtc/hostaddrs.py)."""
+    return {address for _family, address in interface_addresses()}
 
 
 @dataclass

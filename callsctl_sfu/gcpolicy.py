@@ -20,10 +20,14 @@ are still freed by reference counting as usual; only cyclic garbage among
 them (a departed session's reference cycles) waits. So the freeze is undone
 (`gc.unfreeze()` and one full collection) when the server falls under
 MIN_SESSIONS sessions (the big call ended: the pause hurts few); when the
-sessions that left since the freeze began reach a quarter of those still in
-(DEPARTED_SHARE: their cycles are what the freeze keeps, about 345 objects
-each, and CPython's own rule runs a full collection when the old generation
-grew by a quarter); and at least every MAX_FROZEN_S while it stays big.
+sessions that left since the freeze began reach as many as are still in
+(DEPARTED_SHARE); and at least every MAX_FROZEN_S while it stays big.
+Departed sessions' cycles were once what the freeze kept, about 300 objects
+each (aiohttp's closed WebSockets: api/wsrelease.py now breaks those), and
+the thaw came once a quarter of a call had turned over; with next to nothing
+left per departure (bench/RESULTS.md, "Departed sessions' reference
+cycles"), the departure rule is a backstop for cycles not yet found, and a
+call that turns over pays the stall four times less often.
 That thaw is itself the longest stall there is, 582 ms at 1000 sessions
 (bench/RESULTS.md, "The collector's thaw at 1000 sessions"), so it comes as
 rarely as the garbage allows: a big call that few leave thaws once an hour,
@@ -59,7 +63,7 @@ from callsctl_sfu.switches import switched_off
 ENV = "CALLSCTL_GC_FREEZE"
 LOADGEN_ENV = "CALLSCTL_LOADGEN_GC_FREEZE"  # the same policy in `callsctl loadtest`
 MAX_FROZEN_S = 3600.0   # never frozen longer than this without one full collection
-DEPARTED_SHARE = 4      # thaw once those who left since the freeze reach 1/4 of those in
+DEPARTED_SHARE = 1      # thaw once those who left since the freeze reach 1/1 of those in
 MIN_SESSIONS = 100      # smaller servers' full collections are short: leave them be
 
 
@@ -130,8 +134,8 @@ class CollectorPolicy:
         return max(0, self._sessions_at_freeze + self._joins_while_frozen - sessions)
 
     def tick(self, sessions: int) -> None:
-        """Once a second: freeze after joins; thaw when small again, when a quarter as many
-        as are in have left since the freeze, or when frozen too long."""
+        """Once a second: freeze after joins; thaw when small again, when as many as are in
+        have left since the freeze, or when frozen too long."""
         now = self.clock()
         joined, self._joined_since_tick = self._joined_since_tick, False
         big = self.min_sessions is not None and sessions >= self.min_sessions

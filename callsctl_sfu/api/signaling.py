@@ -34,6 +34,7 @@ from callsctl_sfu.api.invite import mint_invite
 from callsctl_sfu.api.protocol import BEFORE_JOIN, ProtocolError, parse_message
 from callsctl_sfu.api.ratelimit import TokenBucket
 from callsctl_sfu.api.wsframe import text_frame
+from callsctl_sfu.api.wsrelease import release_websocket
 from callsctl_sfu.calls.host import HostControlError, HostControls
 from callsctl_sfu.calls.manager import CallManager, JoinRefused
 from callsctl_sfu.calls.shared import SharedEvent
@@ -342,4 +343,5 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             await connection.relay.close()
         if connection.session_id is not None:
             manager.detach(connection.session_id)
+        release_websocket(ws, request)
     return ws

@@ -235,6 +235,20 @@ class MediaPeer:
         ingress = self.ingress
         return self._rtcp_in + (int(ingress.rtcp_packets) if ingress is not None else 0)
 
+    def _let_go_of_ingress(self) -> None:
+        """Drop the C ingress's session, keeping its counts (the peer closes).
+
+        Why: the InSession holds this peer's bound methods (on_plain, on_reports) and
+        the peer holds it, a reference cycle that only the cyclic collector frees, and
+        a frozen server's collector only at its next thaw (gcpolicy.py): it kept each
+        departed session's whole peer, some 500 objects, until then.
+        """
+        ingress, self.ingress = self.ingress, None
+        if ingress is not None:
+            self._srtp_errors += int(ingress.srtp_errors)
+            self._rtcp_in += int(ingress.rtcp_packets)
+            ingress.on_reports = None
+
     def drop_ingress_routes(self) -> None:
         """Every packet of this peer goes up to Python until the forwarder routes it again."""
         if self.ingress is not None:
@@ -692,11 +706,13 @@ class MediaPeer:
         if self.proto is not None:
             self.proto.fast_rx = None
             self.mux.detach_ingress(self.proto)
+        self._let_go_of_ingress()
         self._worker.cancel()
         try:
             await asyncio.wait_for(self.pc.close(), timeout=5)
         except (TimeoutError, Exception) as exc:  # never let one peer block shutdown
             log.debug("session %s: close: %s", self.session_id, exc)
+        aiortc_bridge.release_listeners(self.pc)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._worker
 

@@ -23,7 +23,10 @@ from pathlib import Path
 LIBRARIES = ("aiortc", "aioice", "pylibsrtp")
 BRIDGE = Path("callsctl_sfu/rtc/aiortc_bridge.py")
 # Private names of other libraries that happen to match one of the three's.
-NOT_THESE_LIBRARIES = {"_server"}  # aiohttp TCPSite._server (server.py)
+NOT_THESE_LIBRARIES = {
+    "_server",  # aiohttp TCPSite._server (server.py)
+    "_reader",  # aiohttp WebSocketResponse._reader (api/wsrelease.py)
+}
 MANGLED = re.compile(r"_[A-Za-z]\w*__\w+")
 
 

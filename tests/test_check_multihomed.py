@@ -1,15 +1,21 @@
-"""`check rtc` names a server that answers from another of its addresses.
+"""A server bound to every address answers from the address it was asked on.
 
 A host with a secondary address (a floating VIP, a second address in a subnet)
-and a server bound to every address: the server's answer to a request sent to
-the secondary address leaves from the primary one, the address the kernel's
-route prefers, and a client's ICE drops it (RFC 8445 §7.2.5.2.1), so a call
-advertised on that address never connects. The test builds it: a server
-namespace with 10.79.0.1/24 and the secondary 10.79.0.9/24 on one veth, a
-client namespace with 10.79.0.2/24 on its peer, a real `callsctl serve` in the
-first and `callsctl check rtc` in the second. Probing the primary passes;
-probing the secondary fails as "wrong source", naming the address that
-answered and the `--bind` that fixes it; bound to the secondary, it passes.
+and a server bound to every address: unless the server names its source
+(IP_PKTINFO, rtc/pktinfo.py), its answer to a request sent to the secondary
+address leaves from the primary one, the address the kernel's route prefers,
+and a client's ICE drops it (RFC 8445 §7.2.5.2.1), so a call advertised on
+that address never connects. The test builds it: a server namespace with
+10.79.0.1/24 and the secondary 10.79.0.9/24 on one veth, a client namespace
+with 10.79.0.2/24 on its peer, a real `callsctl serve` in the first and
+`callsctl check rtc` or two aiortc participants in the second.
+
+- `callsctl serve` itself: `check rtc` passes on both addresses, and a call
+  advertised on the secondary address only connects and carries audio.
+- A server that lets the kernel choose (this one with CALLSCTL_PKTINFO=0, as
+  other servers do): probing the secondary fails as "wrong source", naming
+  the address that answered and the `--bind` that fixes it; bound to the
+  secondary, it passes; and the same call never connects.
 """
 
 from __future__ import annotations
@@ -65,14 +71,15 @@ def hosts() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-def serve_in(ns: str, tmp_path: Path, bind: str) -> subprocess.Popen[bytes]:
+def serve_in(ns: str, tmp_path: Path, bind: str, *extra: str,
+             pktinfo: bool = True) -> subprocess.Popen[bytes]:
     log = tmp_path / f"serve-{bind}.log"
-    env = {**os.environ, "CALLSCTL_STUN_SERVER": ""}
+    env = {**os.environ, "CALLSCTL_STUN_SERVER": "", "CALLSCTL_PKTINFO": "1" if pktinfo else "0"}
     with log.open("w") as out:
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "callsctl", "serve", "--bind", bind,
              "--api-port", str(API_PORT), "--udp-port", str(MEDIA_PORT),
-             "--data-dir", str(tmp_path / f"data-{bind}")],
+             "--data-dir", str(tmp_path / f"data-{bind}"), *extra],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     deadline = time.monotonic() + 30
     while "advertising" not in log.read_text() and time.monotonic() < deadline:
@@ -90,10 +97,34 @@ def check_udp(client: str, host: str) -> dict:
     return {r["name"]: r for r in json.loads(done.stdout)["results"]}["rtc udp"]
 
 
+def call_on(client: str, host: str, tmp_path: Path) -> dict:
+    """A 2-person call of aiortc participants from the client namespace to `host`."""
+    done = sh(sys.executable, "-m", "tests.support.netns_call", f"ws://{host}:{API_PORT}/ws",
+              str(tmp_path / "data-0.0.0.0"), ns=client)
+    assert "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_serve_bound_to_every_address_answers_from_the_one_asked(
+        hosts: tuple[str, str], tmp_path: Path) -> None:
+    server_ns, client_ns = hosts
+    # Advertised on the secondary address only, as a VIP would be.
+    server = serve_in(server_ns, tmp_path, "0.0.0.0", "--ice-host-override", SECONDARY)
+    try:
+        assert check_udp(client_ns, PRIMARY)["status"] == "pass"
+        assert check_udp(client_ns, SECONDARY)["status"] == "pass"
+        report = call_on(client_ns, SECONDARY, tmp_path)
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert report["connected"] == [True, True], report
+    assert min(report["frames"]) > 25, report  # each heard the other
+
+
 def test_a_server_answering_from_another_address_is_named_with_the_bind_that_fixes_it(
         hosts: tuple[str, str], tmp_path: Path) -> None:
     server_ns, client_ns = hosts
-    server = serve_in(server_ns, tmp_path, "0.0.0.0")
+    server = serve_in(server_ns, tmp_path, "0.0.0.0", pktinfo=False)
     try:
         assert check_udp(client_ns, PRIMARY)["status"] == "pass"
         wrong = check_udp(client_ns, SECONDARY)

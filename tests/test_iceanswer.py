@@ -23,7 +23,6 @@ import threading
 import time
 from types import SimpleNamespace
 
-import pylibsrtp
 import pytest
 from aioice import stun
 
@@ -32,32 +31,19 @@ from callsctl_sfu.rtc.consent import ConsentScheduler
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.muxproto import MuxedStunProtocol
 from tests.support.ice import connect_pairs
+from tests.support.icecheck import (
+    CLIENT_PASSWORD,
+    CLIENT_UFRAG,
+    SERVER_PASSWORD,
+    SERVER_UFRAG,
+    TIE_BREAKER,
+    check,
+    inbound_session,
+    set_ice,
+)
 
 pytestmark = pytest.mark.skipif(fastpath.Ingress is None,
                                 reason=fastpath.REASON or "C extension not built")
-
-SERVER_UFRAG, SERVER_PASSWORD = "srvU", "server-password-22chars"
-CLIENT_UFRAG, CLIENT_PASSWORD = "cliU", "client-password-22chars"
-TIE_BREAKER = 0x0102030405060708
-
-
-def inbound_session() -> tuple[pylibsrtp.Session, object]:
-    """A real inbound SRTP context and the C session around it (no routes: no media here)."""
-    policy = pylibsrtp.Policy(key=os.urandom(30), ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND)
-    srtp = pylibsrtp.Session(policy)
-    return srtp, fastpath.InSession(aiortc_bridge.srtp_context_address(srtp), srtp)
-
-
-def set_ice(session, nominated: dict, **changes) -> None:
-    """The server side is controlled (it answers the client's offer), as in a call."""
-    settings = dict(username=f"{SERVER_UFRAG}:{CLIENT_UFRAG}".encode(),
-                    local_key=SERVER_PASSWORD.encode(), remote_key=CLIENT_PASSWORD.encode(),
-                    controlling=False, nominated=nominated,
-                    check_username=f"{CLIENT_UFRAG}:{SERVER_UFRAG}".encode(),
-                    tie_breaker=TIE_BREAKER, priority=1853824767)
-    settings.update(changes)
-    session.set_ice(**settings)
-
 
 class Peers:
     """The server's socket and ingress, a client socket on the nominated pair, a stranger."""
@@ -107,25 +93,6 @@ def peers():
     p.close()
 
 
-def check(username: str = f"{SERVER_UFRAG}:{CLIENT_UFRAG}", password: str = SERVER_PASSWORD,
-          role: str = "ICE-CONTROLLING", use_candidate: bool = True,
-          extra: dict | None = None, fingerprint: bool = True) -> stun.Message:
-    """A consent check as a controlling client sends it (RFC 8445 §7.2.2), aioice-built."""
-    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    request.attributes["USERNAME"] = username
-    request.attributes["PRIORITY"] = 1853824767
-    request.attributes[role] = TIE_BREAKER
-    if use_candidate:
-        request.attributes["USE-CANDIDATE"] = None
-    request.attributes.update(extra or {})
-    if fingerprint:
-        request.add_message_integrity(password.encode())  # aioice adds FINGERPRINT too
-    else:
-        request.attributes["MESSAGE-INTEGRITY"] = stun.message_integrity(
-            bytes(request) + b"\x00" * 24, password.encode())
-    return request
-
-
 def test_a_check_on_the_nominated_pair_is_answered_as_aioice_would(peers):
     request = check()
     result = peers.drain(bytes(request), now=7.5)
@@ -171,7 +138,7 @@ def test_what_the_ice_agent_must_decide_comes_up_untouched(peers, case, request_
     if isinstance(made, tuple):
         sender, made = peers.stranger, made[1]
     result = peers.drain(made, sender=sender)
-    assert result.slow == [(made, (sender or peers.client).getsockname())], case
+    assert result.slow == [(made, (sender or peers.client).getsockname(), None)], case
     assert (result.stun_in, result.stun_out) == (0, 0)
     assert peers.answer(sender) is None, "the C path answered what aioice must decide"
     assert peers.session.checks_answered == 0

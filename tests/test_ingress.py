@@ -209,7 +209,7 @@ def test_what_the_ingress_does_not_cover_comes_up_untouched(server, case):
         data = server.protect.protect(packet)
     server.publisher.sendto(data, server.sock.getsockname())
     result = server.drain(send=send)
-    assert result.slow == [(data, server.publisher.getsockname())]
+    assert result.slow == [(data, server.publisher.getsockname(), None)]
     assert result.forwarded == 0
     assert receiver.nothing_waiting()
 
@@ -361,7 +361,7 @@ def test_a_callback_that_takes_itself_away_ends_the_c_reading_of_reports(server)
     send_rtcp(server, receiver_report(report_block(0xA0, 1, 1)))
     assert server.drain().plain is None and len(calls) == 1
     data = send_rtcp(server, receiver_report(report_block(0xA0, 2, 2)))
-    assert server.drain().slow == [(data, server.publisher.getsockname())]  # as before C
+    assert server.drain().slow == [(data, server.publisher.getsockname(), None)]  # as before C
     assert len(calls) == 1
 
 
@@ -568,7 +568,7 @@ def test_the_reader_thread_forwards_alone_and_wakes_python_only_for_what_it_need
         server.publisher.sendto(dtls, server.sock.getsockname())
         assert readable(wake)
         [result] = server.ingress.take()
-        assert result.slow == [(dtls, server.publisher.getsockname())]
+        assert result.slow == [(dtls, server.publisher.getsockname(), None)]
         counted = server.ingress.collect()
         assert (counted.datagrams_in, counted.rtp_in, counted.forwarded) == (5, 5, 10)
         assert server.ingress.collect().forwarded == 0  # collected once

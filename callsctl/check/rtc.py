@@ -449,7 +449,9 @@ def udp_result(probe: RtcProbe) -> CheckResult:
             figure="wrong source",
             fix=f"the server's host has several addresses and replies from another one (a "
                 f"secondary address or a VIP): bind the server to the address clients use "
-                f"(callsctl serve --bind {outcome.dest[0]}), or advertise {other}",
+                f"(callsctl serve --bind {outcome.dest[0]}), or advertise {other}; callsctl "
+                f"serve bound to every address answers from the one asked on unless "
+                f"CALLSCTL_PKTINFO=0",
             details=details)
     kind = probe.kind()
     if outcome.kind == "timeout" and kind.kind != "callsctl":

@@ -29,6 +29,7 @@
  * sendmmsg(2); pthreads (POSIX.1-2008: mutexes, condition variables).
  */
 #include "_fanout.h"
+#include "_pktinfo.h"
 
 #include <structmember.h>
 
@@ -330,17 +331,27 @@ typedef struct {
     PyObject *addr;             /* (host, port), for datagrams handed back to asyncio */
     PyObject *nominated;        /* aioice's live nominated-pair dict */
     PyObject *pair;             /* the pair `sockaddr` was taken from */
+    struct in_addr source;      /* the address copies are sent from (IP_PKTINFO) */
+    int has_source;             /* 0: the kernel picks it (no control message) */
 } TargetObject;
 
 static PyObject *
 Target_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"rewrite", "srtp_session", "context", "addr", "nominated", "pair",
-                             NULL};
+                             "source", NULL};
     PyObject *rewrite, *session, *context, *addr, *nominated, *pair;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO:Target", kwlist, &rewrite, &session,
-                                     &context, &addr, &nominated, &pair))
+    const char *source_text = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOO|$z:Target", kwlist, &rewrite,
+                                     &session, &context, &addr, &nominated, &pair,
+                                     &source_text))
         return NULL;
+    struct in_addr source = {0};
+    if (source_text != NULL && !parse_source(source_text, &source)) {
+        PyErr_Format(PyExc_ValueError, "Target: source must be an IPv4 address, not %.100s",
+                     source_text);
+        return NULL;
+    }
     if (!PyObject_TypeCheck(rewrite, &RewriteType)) {
         PyErr_Format(PyExc_TypeError, "Target: rewrite must be a _fanout.Rewrite, not %.100s",
                      Py_TYPE(rewrite)->tp_name);
@@ -392,6 +403,8 @@ Target_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->addr = Py_NewRef(addr);
     self->nominated = Py_NewRef(nominated);
     self->pair = Py_NewRef(pair);
+    self->source = source;
+    self->has_source = source_text != NULL;
     return (PyObject *)self;
 }
 
@@ -432,6 +445,16 @@ Target_get_context(TargetObject *self, void *closure)
 }
 
 static PyObject *
+Target_get_source(TargetObject *self, void *closure)
+{
+    if (!self->has_source)
+        Py_RETURN_NONE;
+    char text[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &self->source, text, sizeof(text));
+    return PyUnicode_FromString(text);
+}
+
+static PyObject *
 Target_repr(TargetObject *self)
 {
     return PyUnicode_FromFormat("Target(addr=%R, rewrite=%R)", self->addr ? self->addr : Py_None,
@@ -453,14 +476,18 @@ static PyMemberDef Target_members[] = {
 
 static PyGetSetDef Target_getset[] = {
     {"context", (getter)Target_get_context, NULL, "address of the srtp_t", NULL},
+    {"source", (getter)Target_get_source, NULL,
+     "the local address copies are sent from (IP_PKTINFO), or None: the kernel's choice",
+     NULL},
     {NULL}
 };
 
 static PyTypeObject TargetType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "callsctl_sfu.rtc._fanout.Target",
-    .tp_doc = "Target(rewrite, srtp_session, context, addr, nominated, pair): one receiver "
-              "of fanout(), checked once when built (IPv4 addr, Rewrite, non-null context).",
+    .tp_doc = "Target(rewrite, srtp_session, context, addr, nominated, pair, *, source=None): "
+              "one receiver of fanout(), checked once when built (IPv4 addr, Rewrite, non-null "
+              "context); source: the local IPv4 address its copies are sent from.",
     .tp_basicsize = sizeof(TargetObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = Target_new,
@@ -543,6 +570,7 @@ typedef struct {
     RewriteObject *rewrite;
     void *ctx;
     const struct sockaddr_in *sockaddr;
+    const struct in_addr *source; /* NULL: the kernel picks the source address */
     Py_ssize_t index;           /* the target's position in the caller's list */
 } Copy;
 
@@ -577,6 +605,7 @@ typedef struct {
     unsigned char slots[BATCH][SLOT];
     struct mmsghdr messages[BATCH];
     struct iovec vectors[BATCH];
+    SourceControl control[BATCH];
     Py_ssize_t plain_len[BATCH];
     Py_ssize_t item[BATCH];     /* which Copy each slot holds */
 } Buffers;
@@ -677,6 +706,8 @@ run_slice(const Packet *p, Slice *slice, Buffers *b)
         b->messages[filled].msg_hdr.msg_namelen = (socklen_t)sizeof(struct sockaddr_in);
         b->messages[filled].msg_hdr.msg_iov = &b->vectors[filled];
         b->messages[filled].msg_hdr.msg_iovlen = 1;
+        if (copy->source != NULL)
+            set_source(&b->messages[filled].msg_hdr, &b->control[filled], copy->source);
         b->item[filled] = i;
         filled += 1;
         if (filled == BATCH) {
@@ -984,6 +1015,7 @@ copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stal
         copy->rewrite = (RewriteObject *)target->rewrite;
         copy->ctx = target->ctx;
         copy->sockaddr = &target->sockaddr;
+        copy->source = target->has_source ? &target->source : NULL;
         copy->index = t;
     }
     return 0;

@@ -14,6 +14,7 @@
  * a Binding success with XOR-MAPPED-ADDRESS, MESSAGE-INTEGRITY and FINGERPRINT.
  */
 #include "_iceanswer.h"
+#include "_pktinfo.h"
 
 #include <errno.h>
 #include <string.h>
@@ -239,13 +240,24 @@ seal(PyObject *key, unsigned char *message, int length)
     return length + 8;
 }
 
-/* One datagram to `to`: 1 when the kernel took all of it, else 0. */
+/* One datagram to `to`, from `from` (NULL: the kernel's choice of source address): 1 when
+   the kernel took all of it, else 0. */
 static int
-send_whole(int fd, const unsigned char *message, int length, const struct sockaddr_in *to)
+send_whole(int fd, const unsigned char *message, int length, const struct sockaddr_in *to,
+           const struct in_addr *from)
 {
+    struct iovec vector = {(void *)message, (size_t)length};
+    struct msghdr header;
+    memset(&header, 0, sizeof(header));
+    header.msg_name = (void *)to;
+    header.msg_namelen = sizeof(*to);
+    header.msg_iov = &vector;
+    header.msg_iovlen = 1;
+    SourceControl control;
+    set_source(&header, &control, from);
     ssize_t sent;
     do {
-        sent = sendto(fd, message, (size_t)length, 0, (const struct sockaddr *)to, sizeof(*to));
+        sent = sendmsg(fd, &header, 0);
     } while (sent < 0 && errno == EINTR);
     return sent == length;
 }
@@ -281,8 +293,8 @@ nominated_key(IceState *state)
    answer it (RFC 8445 §7.3.1: authenticated, no role conflict), else 0. */
 static int
 answer_check(IceState *state, unsigned char *data, int length, const StunView *view,
-             const struct sockaddr_in *sa, unsigned long long source, int send_fd,
-             int *sent_octets)
+             const struct sockaddr_in *sa, const struct in_addr *destination,
+             unsigned long long source, int send_fd, int *sent_octets)
 {
     if (view->unknown_required || view->username < 0 || source != nominated_key(state))
         return 0;
@@ -307,7 +319,8 @@ answer_check(IceState *state, unsigned char *data, int length, const StunView *v
     write32(attr + 8, ntohl(sa->sin_addr.s_addr) ^ STUN_COOKIE);
     if (seal(state->local_key, answer, STUN_HEADER + 12) != ANSWER_LEN)
         return 0;
-    if (!send_whole(send_fd, answer, ANSWER_LEN, sa))
+    /* From the address the check went to: a host with several has to say which. */
+    if (!send_whole(send_fd, answer, ANSWER_LEN, sa, destination))
         return 0; /* the kernel would not take it now: Python answers through asyncio */
     state->answered += 1;
     *sent_octets = ANSWER_LEN;
@@ -342,7 +355,8 @@ take_answer(IceState *state, unsigned char *data, int length, const StunView *vi
 
 int
 ice_handle(IceState *state, unsigned char *data, int length, const struct sockaddr_in *sa,
-           unsigned long long source, int send_fd, double now, int *sent_octets)
+           const struct in_addr *destination, unsigned long long source, int send_fd,
+           double now, int *sent_octets)
 {
     *sent_octets = 0;
     if (state->nominated == NULL || load_functions() < 0) {
@@ -353,7 +367,8 @@ ice_handle(IceState *state, unsigned char *data, int length, const struct sockad
     if (stun_view(data, length, &view) < 0)
         return 0; /* malformed: Python counts and logs it */
     if (view.type == BINDING_REQUEST && send_fd >= 0)
-        return answer_check(state, data, length, &view, sa, source, send_fd, sent_octets);
+        return answer_check(state, data, length, &view, sa, destination, source, send_fd,
+                            sent_octets);
     if (view.type == BINDING_SUCCESS)
         return take_answer(state, data, length, &view, source, now);
     return 0;
@@ -422,20 +437,24 @@ ice_state_send_check(IceState *state, PyObject *args)
 {
     Py_buffer tid;
     double sent_at;
-    const char *host;
+    const char *host, *from_text = NULL;
     int port, fd;
     struct sockaddr_in to;
+    struct in_addr from;
     unsigned long long to_key;
-    if (!PyArg_ParseTuple(args, "y*d(si)i:send_check", &tid, &sent_at, &host, &port, &fd))
+    if (!PyArg_ParseTuple(args, "y*d(si)i|z:send_check", &tid, &sent_at, &host, &port, &fd,
+                          &from_text))
         return -1;
     memset(&to, 0, sizeof(to));
     to.sin_family = AF_INET;
-    int ok = tid.len == 12 && ipv4_key(host, port, &to.sin_addr, &to_key);
+    int ok = tid.len == 12 && ipv4_key(host, port, &to.sin_addr, &to_key) &&
+             (from_text == NULL || parse_source(from_text, &from));
     if (!ok || state->check_username == NULL) {
         PyBuffer_Release(&tid);
         PyErr_SetString(PyExc_ValueError, state->check_username == NULL
                         ? "send_check: set_ice() first"
-                        : "send_check: a 12-octet transaction id and an IPv4 (host, port)");
+                        : "send_check: a 12-octet transaction id, an IPv4 (host, port) and "
+                          "an IPv4 source or None");
         return -1;
     }
     to.sin_port = htons((unsigned short)port);
@@ -467,7 +486,7 @@ ice_state_send_check(IceState *state, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "send_check: HMAC-SHA1 or CRC-32 failed");
         return -1;
     }
-    if (!send_whole(fd, request, length, &to))
+    if (!send_whole(fd, request, length, &to, from_text != NULL ? &from : NULL))
         return 0;
     remember_check(state, request + 8, to_key, sent_at);
     return length;

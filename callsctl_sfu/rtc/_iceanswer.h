@@ -76,8 +76,9 @@ typedef struct {
 
 /* set_ice(**keywords): see InSession.set_ice. 0, or -1 with an error. */
 int ice_state_set(IceState *state, PyObject *args, PyObject *kwds);
-/* send_check(transaction_id, sent_at, (host, port), fd): our consent check, built, signed
-   and sent here and remembered for its answer. Octets sent, 0 when the kernel would not
+/* send_check(transaction_id, sent_at, (host, port), fd, source=None): our consent check,
+   built, signed and sent here (from the local IPv4 address `source`, when given) and
+   remembered for its answer. Octets sent, 0 when the kernel would not
    take it now, or -1 with an error. */
 Py_ssize_t ice_state_send_check(IceState *state, PyObject *args);
 /* expect_answer(transaction_id, sent_at, (host, port)). 0, or -1 with an error. */
@@ -87,10 +88,12 @@ void ice_state_clear(IceState *state);
 
 /*
  * A STUN datagram (RFC 7983: first byte 0-3) from `source` (address_key of `sa`) for
- * this session, GIL held: 1 when handled here (answered on send_fd, *sent_octets set;
- * or an answer to our check taken), 0 to hand it up to Python. Never raises.
+ * this session, sent to our `destination` (NULL: unknown), GIL held: 1 when handled here
+ * (answered on send_fd from `destination`, *sent_octets set; or an answer to our check
+ * taken), 0 to hand it up to Python. Never raises.
  */
 int ice_handle(IceState *state, unsigned char *data, int length, const struct sockaddr_in *sa,
-               unsigned long long source, int send_fd, double now, int *sent_octets);
+               const struct in_addr *destination, unsigned long long source, int send_fd,
+               double now, int *sent_octets);
 
 #endif

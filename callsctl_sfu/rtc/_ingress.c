@@ -46,6 +46,7 @@
  */
 #include "_fanout.h"
 #include "_iceanswer.h"
+#include "_pktinfo.h"
 
 #include <structmember.h>
 
@@ -641,8 +642,9 @@ static PyMethodDef InSession_methods[] = {
      "(check_username b'theirs:ours', our role's tie_breaker, the PRIORITY they carry) and\n"
      "take the answers to those and to the checks expect_answer() names."},
     {"send_check", (PyCFunction)InSession_send_check, METH_VARARGS,
-     "send_check(transaction_id, sent_at, (host, port), fd) -> octets: one consent check\n"
-     "built, signed and sent on fd; 0 when the kernel would not take it now."},
+     "send_check(transaction_id, sent_at, (host, port), fd, source=None) -> octets: one\n"
+     "consent check built, signed and sent on fd (from the local IPv4 address source, when\n"
+     "given); 0 when the kernel would not take it now."},
     {"expect_answer", (PyCFunction)InSession_expect_answer, METH_VARARGS,
      "expect_answer(transaction_id, sent_at, (host, port)): a consent check the server\n"
      "sent; its authentic answer from that address sets consent_at (IPv4 only)."},
@@ -718,10 +720,11 @@ static struct {
     struct mmsghdr messages[BATCH];
     struct iovec vectors[BATCH];
     struct sockaddr_in addrs[BATCH];
-    /* SO_TIMESTAMPNS: each datagram's kernel receive time (CLOCK_REALTIME). */
+    /* SO_TIMESTAMPNS: each datagram's kernel receive time (CLOCK_REALTIME); IP_PKTINFO,
+       when rtc/mux.py turned it on: the address it was sent to (_pktinfo.h). */
     union {
         struct cmsghdr align;
-        char space[CMSG_SPACE(sizeof(struct timespec))];
+        char space[CMSG_SPACE(sizeof(struct timespec)) + CMSG_SPACE(sizeof(struct in_pktinfo))];
     } control[BATCH];
 } rx;
 
@@ -860,6 +863,16 @@ address_tuple(const struct sockaddr_in *sa)
     if (inet_ntop(AF_INET, &sa->sin_addr, host, sizeof(host)) == NULL)
         host[0] = '\0';
     return Py_BuildValue("(si)", host, (int)ntohs(sa->sin_port));
+}
+
+/* "a.b.c.d" of a datagram's destination, or None when it is not known (a new reference). */
+static PyObject *
+destination_text(const struct in_addr *destination)
+{
+    char host[INET_ADDRSTRLEN];
+    if (destination == NULL || inet_ntop(AF_INET, destination, host, sizeof(host)) == NULL)
+        Py_RETURN_NONE;
+    return PyUnicode_FromString(host);
 }
 
 /* The session whose source sent datagram i, or NULL (borrowed). */
@@ -1028,7 +1041,8 @@ count_queue_wait(DrainCounts *c, double waited)
 
 /* What one drain() did, by name (a struct sequence, so it also indexes like a tuple). */
 static PyStructSequence_Field drain_fields[] = {
-    {"slow", "(bytes, (host, port)) handed up untouched, in arrival order, or None"},
+    {"slow", "(bytes, (host, port), destination) handed up untouched, in arrival order, or "
+             "None; destination: the local address it was sent to (IP_PKTINFO), or None"},
     {"loud", "tags of the routes that carried speech, or None"},
     {"unsent", "(bytes, addr) the kernel would not take now, or None"},
     {"samples", "(kind, seconds per copy) of the timed fan-outs, or None"},
@@ -1295,6 +1309,9 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         unsigned char *data = rx.data[i];
         int length = (int)rx.messages[i].msg_len;
         const struct sockaddr_in *sa = &rx.addrs[i];
+        struct in_addr destination;
+        const struct in_addr *to_us =
+            destination_of(&rx.messages[i].msg_hdr, &destination) ? &destination : NULL;
         c.datagrams_in += 1;
         c.bytes_in += length;
         if (rx.messages[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -1316,7 +1333,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
                session: hold it. */
             Py_XSETREF(held_session, Py_NewRef((PyObject *)session));
             int answer_octets = 0;
-            if (ice_handle(&session->ice, data, length, sa,
+            if (ice_handle(&session->ice, data, length, sa, to_us,
                            address_key(sa->sin_addr, ntohs(sa->sin_port)), send_fd, now,
                            &answer_octets)) {
                 session->last_rx = now;
@@ -1372,8 +1389,8 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             }
         }
         if (route == NULL) {
-            PyObject *item = Py_BuildValue("(y#N)", (const char *)data, (Py_ssize_t)length,
-                                           address_tuple(sa));
+            PyObject *item = Py_BuildValue("(y#NN)", (const char *)data, (Py_ssize_t)length,
+                                           address_tuple(sa), destination_text(to_us));
             if (append_new(&slow, item) < 0)
                 goto fail;
             slow_datagrams += 1;

@@ -201,7 +201,8 @@ class SessionConsent:
         fd = mux.fanout_fd()  # -1: asyncio holds queued datagrams, which go first
         if fd < 0:
             return False
-        octets = ingress.send_check(os.urandom(12), now, addr, fd)
+        octets = ingress.send_check(os.urandom(12), now, addr, fd, getattr(protocol, "source", None)
+                                    if mux.pktinfo else None)
         if not octets:
             return False
         mux.count_stun_sent(1, octets)

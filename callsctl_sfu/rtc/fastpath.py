@@ -114,13 +114,14 @@ class PyTarget:
     srtp_t copies are protected with (kept alive by the target); context: that
     srtp_t's address; addr: the IPv4 (host, port) sent to; nominated: aioice's
     live nominated-pair dict; pair: the pair addr was taken from (a different
-    pair in `nominated` means the client renominated: the target is stale).
+    pair in `nominated` means the client renominated: the target is stale); source:
+    the local IPv4 address copies are sent from (rtc/pktinfo.py), None: the kernel's.
     """
 
-    __slots__ = ("rewrite", "srtp_session", "context", "addr", "nominated", "pair")
+    __slots__ = ("rewrite", "srtp_session", "context", "addr", "nominated", "pair", "source")
 
     def __init__(self, rewrite: Any, srtp_session: Any, context: int, addr: tuple[str, int],
-                 nominated: dict[int, Any], pair: Any) -> None:
+                 nominated: dict[int, Any], pair: Any, *, source: str | None = None) -> None:
         if not callable(getattr(rewrite, "build", None)):
             raise TypeError(f"Target: rewrite must be a Rewrite, not {type(rewrite).__name__}")
         if not isinstance(context, int) or isinstance(context, bool):
@@ -148,6 +149,13 @@ class PyTarget:
         self.addr = addr
         self.nominated = nominated
         self.pair = pair
+        if source is not None:
+            try:
+                ipaddress.IPv4Address(source)
+            except ValueError:
+                raise ValueError(f"Target: source must be an IPv4 address, not {source}") \
+                    from None
+        self.source = source
 
     def __repr__(self) -> str:
         return f"Target(addr={self.addr!r}, rewrite={self.rewrite!r})"

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from callsctl_sfu.ratelog import RateLimitedLog
-from callsctl_sfu.rtc import fastpath, stunwire
+from callsctl_sfu.rtc import fastpath, hostaddrs, pktinfo, stunwire
 from callsctl_sfu.rtc.demux import deliver, dispatch_stun, parse_stun
 
 if TYPE_CHECKING:  # aioice and what is built on it come with the media stack (module doc)
@@ -147,6 +147,10 @@ class UdpMux(asyncio.DatagramProtocol):
         self.transport6: asyncio.DatagramTransport | None = None  # --enable-ipv6
         self._sock: socket.socket | None = None
         self._backlogged = False
+        # IP_PKTINFO on the IPv4 socket (rtc/pktinfo.py): bound to every address, each
+        # session's datagrams are sent from the address its peer wrote to.
+        self.pktinfo = False
+        self.local_ipv4: frozenset[str] = frozenset()  # this host's IPv4 addresses, then
         self.tcp: TcpMux | None = None  # ICE-TCP, when enabled
         # Answers to the server's own STUN requests (public address discovery).
         self.stun_waiters: dict[bytes, asyncio.Future[tuple[stunwire.StunMessage, Address]]] = {}
@@ -177,9 +181,17 @@ class UdpMux(asyncio.DatagramProtocol):
         # datagram_received reads the rest of a batch from it.
         sock = getattr(transport, "_sock", None)
         self._sock = sock if isinstance(sock, socket.socket) else None
+        if self._sock is not None and pktinfo.enable(self._sock):
+            self.pktinfo = True
+            self.local_ipv4 = frozenset(address for family, address in
+                                        hostaddrs.interface_addresses()
+                                        if family == socket.AF_INET)
         if self.ingress is not None and self._sock is not None:
             # asyncio adds its reader right after this call; take the socket over after it.
             self._loop.call_soon(self._read_with_ingress)
+        elif self.pktinfo and self._sock is not None:
+            # asyncio's reader gives no destination address: read with recvmsg instead.
+            self._loop.call_soon(self._read_with_python)
 
     def _read_with_ingress(self) -> None:
         """Read the IPv4 socket with the C ingress instead of asyncio's one-datagram reader.
@@ -198,6 +210,18 @@ class UdpMux(asyncio.DatagramProtocol):
         if fastpath.INGRESS_THREAD and self._start_reader_thread(sock):
             return
         add_reader(sock.fileno(), self._ingress_ready)
+
+    def _read_with_python(self) -> None:
+        """Read the IPv4 socket in Python with recvmsg, which gives each datagram's
+        destination (IP_PKTINFO), instead of asyncio's reader (the same private
+        selector calls as _read_with_ingress)."""
+        sock, transport = self._sock, self.transport
+        loop: Any = self._loop
+        if sock is None or transport is None or transport.is_closing() or \
+                getattr(loop, "_add_reader", None) is None:
+            return
+        loop._remove_reader(sock.fileno())
+        loop._add_reader(sock.fileno(), self._read_batch, READ_BATCH)
 
     def _start_reader_thread(self, sock: socket.socket) -> bool:
         """Read the socket on the ingress's own thread (rtc/_ingress.c); False if it cannot.
@@ -300,7 +324,7 @@ class UdpMux(asyncio.DatagramProtocol):
         datagrams_in, bytes_in = result.datagrams_in, result.bytes_in
         if slow and not counted:
             datagrams_in -= len(slow)
-            bytes_in -= sum(len(data) for data, _addr in slow)
+            bytes_in -= sum(len(item[0]) for item in slow)
         stats.datagrams_in += datagrams_in
         stats.bytes_in += bytes_in
         if result.truncated:
@@ -322,8 +346,8 @@ class UdpMux(asyncio.DatagramProtocol):
             for on_plain, packet in result.plain:
                 on_plain(packet)
         if slow:
-            for data, addr in slow:
-                self.handle_datagram(data, addr)
+            for data, addr, destination in slow:
+                self.handle_datagram(data, addr, destination)
 
     @property
     def consent(self) -> ConsentScheduler:
@@ -399,18 +423,29 @@ class UdpMux(asyncio.DatagramProtocol):
         sock = self._sock
         if sock is None:
             return
+        with_destination = self.pktinfo
+        destination = None
         for _ in range(count):
             try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
+                if with_destination:
+                    data, ancdata, _flags, addr = sock.recvmsg(MAX_DATAGRAM,
+                                                               pktinfo.CONTROL_SPACE)
+                    destination = pktinfo.destination(ancdata)
+                else:
+                    data, addr = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # an ICMP error queued on the socket, as asyncio reports it
                 self.error_received(exc)
                 return
-            self.handle_datagram(data, addr)
+            self.handle_datagram(data, addr, destination)
 
-    def handle_datagram(self, data: bytes, addr: Any) -> None:
-        """Route one datagram (either socket: IPv6 datagrams come here directly)."""
+    def handle_datagram(self, data: bytes, addr: Any, destination: str | None = None) -> None:
+        """Route one datagram (either socket: IPv6 datagrams come here directly).
+
+        destination: the local address it was sent to, when IP_PKTINFO is on; what
+        the session (or a bare STUN answer) is sent from from now on.
+        """
         addr = (addr[0], addr[1])
         stats = self.stats
         stats.datagrams_in += 1
@@ -420,10 +455,12 @@ class UdpMux(asyncio.DatagramProtocol):
         try:
             proto = self.by_addr.get(addr)
             if proto is not None:
+                if destination is not None:
+                    proto.source = destination
                 deliver(data, addr, proto, proto, self._loop.time())
                 return
             if data[0] < 4:
-                self._unknown_stun(data, addr)
+                self._unknown_stun(data, addr, destination)
             else:
                 stats.unknown_dropped += 1
         except Exception as exc:  # noqa: BLE001 - one datagram never costs a traceback
@@ -439,7 +476,7 @@ class UdpMux(asyncio.DatagramProtocol):
 
     # -- routing -----------------------------------------------------------------
 
-    def _unknown_stun(self, data: bytes, addr: Address) -> None:
+    def _unknown_stun(self, data: bytes, addr: Address, destination: str | None = None) -> None:
         """STUN from an address no session has: a bare Binding, an answer to us, a first check.
 
         Read with rtc/stunwire.py, which is all an idle server needs; a message
@@ -456,7 +493,8 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         if message.is_bare_binding_request:
             self.stats.bare_binding_answered += 1
-            self.sendto(stunwire.binding_success(message.transaction_id, addr), addr)
+            self.sendto(stunwire.binding_success(message.transaction_id, addr), addr,
+                        destination)
             return
         if message.message_class in (stunwire.SUCCESS, stunwire.ERROR):
             waiter = self.stun_waiters.get(message.transaction_id)
@@ -467,9 +505,9 @@ class UdpMux(asyncio.DatagramProtocol):
         if not self.by_ufrag and not self.transactions:  # no session it could be for
             self.stats.unknown_dropped += 1
             return
-        self._session_stun(data, addr)
+        self._session_stun(data, addr, destination)
 
-    def _session_stun(self, data: bytes, addr: Address) -> None:
+    def _session_stun(self, data: bytes, addr: Address, destination: str | None = None) -> None:
         """A first check for a session, or an answer to a session's check (aioice's codec)."""
         from aioice import stun  # imported with the media stack, before any session exists
 
@@ -507,6 +545,8 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         self.learn(addr, proto)
         proto.last_rx = self._loop.time()
+        if destination is not None:
+            proto.source = destination  # aioice answers it at once, from there
         dispatch_stun(proto, message, addr)
 
     def learn(self, addr: Address, proto: MuxedStunProtocol) -> None:
@@ -558,7 +598,11 @@ class UdpMux(asyncio.DatagramProtocol):
         for tid in [t for t, p in self.transactions.items() if p is proto]:
             del self.transactions[tid]
 
-    def sendto(self, data: bytes, addr: Address) -> None:
+    def sendto(self, data: bytes, addr: Address, source: str | None = None) -> None:
+        """Send on the socket of addr's family, from `source` when IP_PKTINFO is on."""
+        if source is not None and self.pktinfo and ":" not in addr[0]:
+            self.send4(data, addr, source)
+            return
         transport = self.transport
         if self.transport6 is not None and ":" in addr[0]:
             transport = self.transport6
@@ -572,17 +616,22 @@ class UdpMux(asyncio.DatagramProtocol):
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
 
-    def send4(self, data: bytes, addr: Address) -> None:
+    def send4(self, data: bytes, addr: Address, source: str | None = None) -> None:
         """The forwarding path's send on the IPv4 socket: straight to the kernel.
 
         asyncio's transport.sendto does the same after several checks that cost
         about as much as the send; only when the kernel's buffer is full does this
-        fall back to it, which queues and drains when the socket is writable.
+        fall back to it, which queues and drains when the socket is writable (from
+        the kernel's choice of source address: asyncio has no control messages).
+        source: the local address to send from (IP_PKTINFO on), else the kernel's.
         """
         sock = self._sock
         if sock is not None and not self._backlogged:
             try:
-                sock.sendto(data, addr)
+                if source is not None and self.pktinfo:
+                    sock.sendmsg([data], pktinfo.source_control(source), 0, addr)
+                else:
+                    sock.sendto(data, addr)
             except (BlockingIOError, InterruptedError):
                 self._set_backlogged(True)
             except OSError:
@@ -593,10 +642,47 @@ class UdpMux(asyncio.DatagramProtocol):
                 stats.datagrams_out += 1
                 stats.bytes_out += len(data)
                 return
-        self.sendto(data, addr)
+        self._queue_in_asyncio(data, addr)
         transport = self.transport
         if transport is not None and not transport.get_write_buffer_size():
             self._set_backlogged(False)
+
+    def _queue_in_asyncio(self, data: bytes, addr: Address) -> None:
+        """asyncio's send, which queues what the kernel will not take now."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            transport.sendto(data, addr)
+        except OSError:
+            self.stats.send_errors += 1
+            return
+        self.stats.datagrams_out += 1
+        self.stats.bytes_out += len(data)
+
+    def source_for(self, proto: Any, pair: Any) -> str | None:
+        """The local address a session's fanned-out media to `pair` must name, or None.
+
+        The nominated pair's local candidate when it is one of this host's addresses
+        (what the peer checked); else (an advertised address that is not the host's,
+        as behind a 1:1 NAT) the address the session's datagrams last came to. None
+        when that is what the kernel would choose anyway (one lookup per session and
+        peer address): the copies then carry no control message, which measured
+        about 5 % more CPU per copy (bench/RESULTS.md, "Source addresses").
+        """
+        if not self.pktinfo:
+            return None
+        host = getattr(getattr(pair, "local_candidate", None), "host", None)
+        wanted = str(host) if host in self.local_ipv4 else getattr(proto, "source", None)
+        if wanted is None:
+            return None
+        peer_ip = pair.remote_addr[0]
+        known = getattr(proto, "kernel_source", None)
+        if known is None or known[0] != peer_ip:
+            known = (peer_ip, pktinfo.kernel_source(peer_ip))
+            if hasattr(proto, "kernel_source"):
+                proto.kernel_source = known
+        return None if known[1] == wanted else wanted
 
     def _set_backlogged(self, backlogged: bool) -> None:
         """asyncio holds queued datagrams (or no longer): the reader thread's fan-out follows."""

@@ -41,6 +41,9 @@ class MuxedStunProtocol(StunProtocol):
     mux instead of closing the socket everyone uses.
     """
 
+    # This path is the shared IPv4 socket: the C fan-out and ingress may serve it.
+    shared_ipv4 = True
+
     def __init__(self, connection: Connection, mux: UdpMux) -> None:
         super().__init__(connection)
         self.mux = mux
@@ -54,8 +57,17 @@ class MuxedStunProtocol(StunProtocol):
         self._closed_once = False
         # The same session's protocols on other paths, keyed udp6/tcp4/tcp6.
         self.siblings: dict[str, StunProtocol] = {}
+        # The local address the peer's datagrams last came to (IP_PKTINFO on, rtc/pktinfo.py):
+        # what everything for this session is sent from. None: the kernel's choice.
+        self.source: str | None = None
+        # (peer IP, the source the kernel's route to it prefers): UdpMux.source_for.
+        self.kernel_source: tuple[str, str | None] | None = None
         # Synchronous send on this path (the media path's per-packet call).
-        self.send_datagram: Callable[[bytes, Address], None] = mux.send4
+        self.send_datagram: Callable[[bytes, Address], None] = (
+            self._send_from_source if mux.pktinfo else mux.send4)
+
+    def _send_from_source(self, data: bytes, addr: Address) -> None:
+        self.mux.send4(data, addr, self.source)
 
     @property
     def connection(self) -> Connection:
@@ -86,7 +98,7 @@ class MuxedStunProtocol(StunProtocol):
         return response
 
     async def send_data(self, data: bytes, addr: Address) -> None:
-        self.mux.sendto(data, addr)
+        self.mux.sendto(data, addr, self.source)
 
     def send_stun(self, message: stun.Message, addr: Address) -> None:
         # This path's synchronous send (send4 on the IPv4 socket: straight to the
@@ -107,6 +119,8 @@ class MuxedStunProtocol(StunProtocol):
 
 class SiblingUdpProtocol(MuxedStunProtocol):
     """A session's IPv6 UDP path: its own candidate and pairs, the primary's fast path."""
+
+    shared_ipv4 = False
 
     def __init__(self, connection: Connection, mux: UdpMux, primary: MuxedStunProtocol) -> None:
         self.primary = primary

@@ -618,13 +618,14 @@ class MediaPeer:
             return None
         nominated = self._nominated
         pair = nominated.get(1)
-        if pair is None or pair.protocol.send_datagram != self.mux.send4:
+        if pair is None or not getattr(pair.protocol, "shared_ipv4", False):
             return None
         addr = (pair.remote_addr[0], pair.remote_addr[1])
         if ":" in addr[0]:
             return None
         return Target(down.rewrite, self._tx_srtp,
-                      aiortc_bridge.srtp_context_address(self._tx_srtp), addr, nominated, pair)
+                      aiortc_bridge.srtp_context_address(self._tx_srtp), addr, nominated, pair,
+                      source=self.mux.source_for(pair.protocol, pair))
 
     def send_rtcp(self, packet: bytes) -> bool:
         """Protect an RTCP compound with this peer's context and send it."""

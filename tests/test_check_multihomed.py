@@ -71,10 +71,11 @@ def hosts() -> Iterator[tuple[str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-def serve_in(ns: str, tmp_path: Path, bind: str, *extra: str,
-             pktinfo: bool = True) -> subprocess.Popen[bytes]:
+def serve_in(ns: str, tmp_path: Path, bind: str, *extra: str, pktinfo: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log = tmp_path / f"serve-{bind}.log"
-    env = {**os.environ, "CALLSCTL_STUN_SERVER": "", "CALLSCTL_PKTINFO": "1" if pktinfo else "0"}
+    env = {**os.environ, "CALLSCTL_STUN_SERVER": "", "CALLSCTL_PKTINFO": "1" if pktinfo else "0",
+           **(env or {})}
     with log.open("w") as out:
         server = subprocess.Popen(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "callsctl", "serve", "--bind", bind,
@@ -105,11 +106,15 @@ def call_on(client: str, host: str, tmp_path: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("engine", ["c", "python"])
 def test_serve_bound_to_every_address_answers_from_the_one_asked(
-        hosts: tuple[str, str], tmp_path: Path) -> None:
+        hosts: tuple[str, str], tmp_path: Path, engine: str) -> None:
+    """Both engines: the C paths (ingress, fan-out, consent) and the Python ones (the
+    recvmsg reader, the mux's sends) that CALLSCTL_FAST_PATH=0 runs instead."""
     server_ns, client_ns = hosts
     # Advertised on the secondary address only, as a VIP would be.
-    server = serve_in(server_ns, tmp_path, "0.0.0.0", "--ice-host-override", SECONDARY)
+    server = serve_in(server_ns, tmp_path, "0.0.0.0", "--ice-host-override", SECONDARY,
+                      env={"CALLSCTL_FAST_PATH": "0"} if engine == "python" else None)
     try:
         assert check_udp(client_ns, PRIMARY)["status"] == "pass"
         assert check_udp(client_ns, SECONDARY)["status"] == "pass"

@@ -13,13 +13,18 @@ aiortc's strict ICE) is tests/test_check_multihomed.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
 from callsctl_sfu.rtc import fastpath, pktinfo
 from callsctl_sfu.rtc.mux import UdpMux
+from tests.support.helpers import REPO, have, is_root
 from tests.support.icecheck import check, inbound_session, set_ice
 from tests.support.srtp import Receiver
 
@@ -140,3 +145,34 @@ async def test_the_mux_answers_from_the_address_it_was_asked_on() -> None:
     finally:
         transport.close()
         client.close()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not is_root(), reason="needs root for a network namespace")
+@pytest.mark.skipif(not have("ip"), reason="needs iproute2")
+def test_the_ipv6_socket_answers_from_the_address_it_was_asked_on() -> None:
+    """--enable-ipv6's socket on ::, in a namespace whose loopback has three addresses."""
+    ns = f"cs-pk6-{os.getpid()}"
+    addresses = ["fd00:79::1", "fd00:79::2", "fd00:79::3"]
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=30)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=30)
+        for address in addresses:
+            subprocess.run(["ip", "-n", ns, "-6", "addr", "add", f"{address}/128", "dev", "lo",
+                            "nodad"], check=True, timeout=30)
+
+        def probe(switch: str) -> dict:
+            done = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.support.pktinfo6_probe",
+                 addresses[0], *addresses[1:]], capture_output=True, text=True, timeout=60,
+                cwd=REPO, env={**os.environ, pktinfo.ENV: switch})
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        on = probe("1")
+        assert on == {"pktinfo6": True, "answered_from": {a: a for a in addresses[1:]}}, on
+        # The kernel's own choice, for comparison: the client's address, not the one asked.
+        off = probe("0")
+        assert not off["pktinfo6"] and off["answered_from"] != on["answered_from"], off
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)

@@ -82,6 +82,11 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
                             "contexts on the thread that keys it instead of on one thread of "
                             "their own, which keeps receivers' contexts together in memory "
                             "(for comparisons).",
+    "CALLSCTL_PKTINFO": "Set to 0 to let the kernel choose the source address of what "
+                        "`callsctl serve` sends on a media socket bound to every address, "
+                        "instead of the address each peer wrote to (IP_PKTINFO; a host "
+                        "with several addresses then answers from the wrong one, which "
+                        "`callsctl check rtc` reports; for comparisons).",
     "CALLSCTL_GC_FREEZE": "Set to 0 to stop `callsctl serve` freezing its established "
                           "sessions' objects out of Python's garbage collector while a call "
                           "of 100 or more fills (full collections then stall media for "

@@ -41,6 +41,7 @@ from typing import Any
 from callsctl_sfu.config import ServeConfig
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.iceconfig import parse_host_port, parse_ice_servers, parse_port_override
+from callsctl_sfu.rtc import pktinfo
 from callsctl_sfu.rtc.hostaddrs import interface_addresses
 from callsctl_sfu.rtc.icetcp import TcpMux
 from callsctl_sfu.rtc.mux import CandidateSpec, UdpMux
@@ -287,7 +288,12 @@ class Connectivity:
 
 
 class _Ipv6Intake(asyncio.DatagramProtocol):
-    """Feeds the IPv6 socket's datagrams into the same mux as the IPv4 socket's."""
+    """Feeds the IPv6 socket's datagrams into the same mux as the IPv4 socket's.
+
+    Bound to ::, with the packet info on (rtc/pktinfo.py), it reads with recvmsg
+    (each datagram's destination, what the session is sent from) instead of
+    asyncio's reader, through the selector's own reader calls as rtc/mux.py does.
+    """
 
     def __init__(self, mux: UdpMux) -> None:
         self.mux = mux
@@ -295,6 +301,20 @@ class _Ipv6Intake(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.mux.transport6 = transport  # type: ignore[assignment]
+        sock = getattr(transport, "_sock", None)
+        if isinstance(sock, socket.socket) and pktinfo.enable(sock):
+            self.mux.pktinfo6 = True
+            asyncio.get_running_loop().call_soon(self._read_with_recvmsg, sock)
+
+    def _read_with_recvmsg(self, sock: socket.socket) -> None:
+        loop: Any = asyncio.get_running_loop()
+        transport = self.mux.transport6
+        if transport is None or transport.is_closing() or \
+                getattr(loop, "_add_reader", None) is None:
+            self.mux.pktinfo6 = False
+            return
+        loop._remove_reader(sock.fileno())
+        loop._add_reader(sock.fileno(), self.mux.read_ipv6, sock)
 
     def error_received(self, exc: Exception) -> None:
         self.mux.error_received(exc)

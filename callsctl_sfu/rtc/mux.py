@@ -150,6 +150,7 @@ class UdpMux(asyncio.DatagramProtocol):
         # IP_PKTINFO on the IPv4 socket (rtc/pktinfo.py): bound to every address, each
         # session's datagrams are sent from the address its peer wrote to.
         self.pktinfo = False
+        self.pktinfo6 = False  # the same on the IPv6 socket (--enable-ipv6), bound to ::
         self.local_ipv4: frozenset[str] = frozenset()  # this host's IPv4 addresses, then
         self.tcp: TcpMux | None = None  # ICE-TCP, when enabled
         # Answers to the server's own STUN requests (public address discovery).
@@ -418,12 +419,13 @@ class UdpMux(asyncio.DatagramProtocol):
         self.handle_datagram(data, addr)
         self._read_batch(READ_BATCH - 1)
 
-    def _read_batch(self, count: int) -> None:
-        """Read and route up to `count` queued datagrams in Python, as many as are there."""
-        sock = self._sock
+    def _read_batch(self, count: int, sock: socket.socket | None = None) -> None:
+        """Read and route up to `count` queued datagrams in Python, as many as are there
+        (from the IPv4 socket, or `sock`: the IPv6 one)."""
+        with_destination = self.pktinfo if sock is None else self.pktinfo6
+        sock = sock or self._sock
         if sock is None:
             return
-        with_destination = self.pktinfo
         destination = None
         for _ in range(count):
             try:
@@ -439,6 +441,10 @@ class UdpMux(asyncio.DatagramProtocol):
                 self.error_received(exc)
                 return
             self.handle_datagram(data, addr, destination)
+
+    def read_ipv6(self, sock: socket.socket) -> None:
+        """The IPv6 socket is readable (its packet info on): a batch, with destinations."""
+        self._read_batch(READ_BATCH, sock)
 
     def handle_datagram(self, data: bytes, addr: Any, destination: str | None = None) -> None:
         """Route one datagram (either socket: IPv6 datagrams come here directly).
@@ -599,9 +605,12 @@ class UdpMux(asyncio.DatagramProtocol):
             del self.transactions[tid]
 
     def sendto(self, data: bytes, addr: Address, source: str | None = None) -> None:
-        """Send on the socket of addr's family, from `source` when IP_PKTINFO is on."""
-        if source is not None and self.pktinfo and ":" not in addr[0]:
+        """Send on the socket of addr's family, from `source` when the packet info is on."""
+        if source is not None and ":" not in addr[0] and self.pktinfo:
             self.send4(data, addr, source)
+            return
+        if source is not None and ":" in addr[0] and self.pktinfo6 and \
+                self._send6_from(data, addr, source):
             return
         transport = self.transport
         if self.transport6 is not None and ":" in addr[0]:
@@ -646,6 +655,24 @@ class UdpMux(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is not None and not transport.get_write_buffer_size():
             self._set_backlogged(False)
+
+    def _send6_from(self, data: bytes, addr: Address, source: str) -> bool:
+        """The IPv6 socket's send from `source`; False: let asyncio queue it (kernel full)."""
+        transport: Any = self.transport6  # a selector datagram transport (a write buffer)
+        sock = getattr(transport, "_sock", None)  # as connection_made reads the IPv4 one
+        if not isinstance(sock, socket.socket) or transport is None or \
+                transport.get_write_buffer_size():
+            return False  # asyncio holds datagrams for it: they go first
+        try:
+            sock.sendmsg([data], pktinfo.source_control(source), 0, addr)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            self.stats.send_errors += 1
+            return True
+        self.stats.datagrams_out += 1
+        self.stats.bytes_out += len(data)
+        return True
 
     def _queue_in_asyncio(self, data: bytes, addr: Address) -> None:
         """asyncio's send, which queues what the kernel will not take now."""

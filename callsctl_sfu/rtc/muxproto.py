@@ -125,7 +125,12 @@ class SiblingUdpProtocol(MuxedStunProtocol):
     def __init__(self, connection: Connection, mux: UdpMux, primary: MuxedStunProtocol) -> None:
         self.primary = primary
         super().__init__(connection, mux)
-        self.send_datagram = mux.sendto  # picks the IPv6 socket by address family
+        # mux.sendto picks the IPv6 socket by address family (from `source` with --bind ::'s
+        # packet info on).
+        self.send_datagram = self._send6_from_source if mux.pktinfo6 else mux.sendto
+
+    def _send6_from_source(self, data: bytes, addr: Address) -> None:
+        self.mux.sendto(data, addr, self.source)
 
     @property
     def fast_rx(self) -> Callable[[bytes], None] | None:

@@ -12,11 +12,15 @@ another address".
 What: with the socket bound to 0.0.0.0, IP_PKTINFO (ip(7)) is turned on, so
 every datagram read carries the address it was sent to, and every datagram
 sent can name its source address in the same kind of control message
-(`ipi_spec_dst`). The C paths (rtc/_pktinfo.h) read and set it for what they
-receive and send; rtc/mux.py does the same for the Python paths, through
-these helpers. A socket bound to one address needs none of it: the kernel
-sends from that address. CALLSCTL_PKTINFO=0 turns it off (the kernel's choice
-again), for side-by-side measurements and for tests of `check`'s diagnosis.
+(`ipi_spec_dst`). The IPv6 socket (--enable-ipv6) bound to :: does the same
+with IPV6_RECVPKTINFO and IPV6_PKTINFO (RFC 3542 §6): hosts with several
+IPv6 addresses are the rule rather than the exception (the IPv6 socket is
+read and written in Python only). The C paths (rtc/_pktinfo.h) read and set
+it for what they receive and send on the IPv4 socket; rtc/mux.py does the
+same for the Python paths, through these helpers. A socket bound to one
+address needs none of it: the kernel sends from that address.
+CALLSCTL_PKTINFO=0 turns it off (the kernel's choice again), for side-by-side
+measurements and for tests of `check`'s diagnosis.
 """
 
 from __future__ import annotations
@@ -32,22 +36,25 @@ ENV = "CALLSCTL_PKTINFO"
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 # struct in_pktinfo { int ipi_ifindex; struct in_addr ipi_spec_dst, ipi_addr; }
 _IN_PKTINFO = struct.Struct("=i4s4s")
-# Room for the control messages of one datagram read: IP_PKTINFO and a timestamp.
-CONTROL_SPACE = socket.CMSG_SPACE(_IN_PKTINFO.size) + socket.CMSG_SPACE(16)
+# struct in6_pktinfo { struct in6_addr ipi6_addr; unsigned int ipi6_ifindex; }
+_IN6_PKTINFO = struct.Struct("=16sI")
+# Room for the control messages of one datagram read: the packet info and a timestamp.
+CONTROL_SPACE = socket.CMSG_SPACE(_IN6_PKTINFO.size) + socket.CMSG_SPACE(16)
 
 
 def enable(sock: socket.socket) -> bool:
-    """Turn IP_PKTINFO on for a wildcard-bound IPv4 socket; whether it is on.
+    """Turn the packet info on for a wildcard-bound UDP socket; whether it is on.
 
     Off (False) for a socket bound to one address, with CALLSCTL_PKTINFO=0, or when
     the kernel refuses the option (then the kernel picks the source, as before).
     """
-    if switched_off(ENV) or sock.family != socket.AF_INET:
-        return False
-    if sock.getsockname()[0] != "0.0.0.0":
+    if switched_off(ENV) or sock.getsockname()[0] not in ("0.0.0.0", "::"):
         return False
     try:
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     except OSError:
         return False
     return True
@@ -55,7 +62,10 @@ def enable(sock: socket.socket) -> bool:
 
 @lru_cache(maxsize=64)
 def source_control(source: str) -> list[tuple[int, int, bytes]]:
-    """The control message that sends a datagram from the local IPv4 address `source`."""
+    """The control message that sends a datagram from the local address `source`."""
+    if ":" in source:
+        info6 = _IN6_PKTINFO.pack(socket.inet_pton(socket.AF_INET6, source), 0)
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info6)]
     info = _IN_PKTINFO.pack(0, socket.inet_aton(source), bytes(4))
     return [(socket.IPPROTO_IP, IP_PKTINFO, info)]
 
@@ -76,8 +86,11 @@ def kernel_source(peer_ip: str) -> str | None:
 
 
 def destination(ancdata: list[tuple[int, int, bytes]]) -> str | None:
-    """The address a datagram read with recvmsg was sent to, from its IP_PKTINFO."""
+    """The address a datagram read with recvmsg was sent to, from its packet info."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= _IN_PKTINFO.size:
             return socket.inet_ntoa(_IN_PKTINFO.unpack_from(data)[2])
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and \
+                len(data) >= _IN6_PKTINFO.size:
+            return socket.inet_ntop(socket.AF_INET6, _IN6_PKTINFO.unpack_from(data)[0])
     return None

@@ -615,15 +615,7 @@ class UdpMux(asyncio.DatagramProtocol):
         transport = self.transport
         if self.transport6 is not None and ":" in addr[0]:
             transport = self.transport6
-        if transport is None or transport.is_closing():
-            return
-        try:
-            transport.sendto(data, addr)
-        except OSError:
-            self.stats.send_errors += 1
-            return
-        self.stats.datagrams_out += 1
-        self.stats.bytes_out += len(data)
+        self._queue_in_asyncio(data, addr, transport)
 
     def send4(self, data: bytes, addr: Address, source: str | None = None) -> None:
         """The forwarding path's send on the IPv4 socket: straight to the kernel.
@@ -651,7 +643,7 @@ class UdpMux(asyncio.DatagramProtocol):
                 stats.datagrams_out += 1
                 stats.bytes_out += len(data)
                 return
-        self._queue_in_asyncio(data, addr)
+        self._queue_in_asyncio(data, addr, self.transport)
         transport = self.transport
         if transport is not None and not transport.get_write_buffer_size():
             self._set_backlogged(False)
@@ -674,9 +666,9 @@ class UdpMux(asyncio.DatagramProtocol):
         self.stats.bytes_out += len(data)
         return True
 
-    def _queue_in_asyncio(self, data: bytes, addr: Address) -> None:
+    def _queue_in_asyncio(self, data: bytes, addr: Address,
+                          transport: asyncio.DatagramTransport | None) -> None:
         """asyncio's send, which queues what the kernel will not take now."""
-        transport = self.transport
         if transport is None or transport.is_closing():
             return
         try:

@@ -16,6 +16,9 @@ with 10.79.0.2/24 on its peer, a real `callsctl serve` in the first and
   other servers do): probing the secondary fails as "wrong source", naming
   the address that answered and the `--bind` that fixes it; bound to the
   secondary, it passes; and the same call never connects.
+- Headless Chromium in the client namespace, where the primary address is
+  unreachable (a blackhole route: only the VIP is), joins the web client on
+  the secondary address and hears the other page.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from pathlib import Path
 
 import pytest
 
+from callsctl_sfu.datadir import load_or_create_secret
+from callsctl_sfu.tokens import issue_token
+from tests.support.browser import BrowserParticipant, wait_for_audio
+from tests.support.chromium import CHROMIUM, launched
 from tests.support.helpers import REPO, have, is_root
 
 pytestmark = [
@@ -104,6 +111,45 @@ def call_on(client: str, host: str, tmp_path: Path) -> dict:
               str(tmp_path / "data-0.0.0.0"), ns=client)
     assert "Traceback" not in done.stderr, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.browser
+def test_browsers_reach_a_call_on_the_secondary_address_only(
+        hosts: tuple[str, str], tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    server_ns, client_ns = hosts
+    sh("ip", "route", "add", "blackhole", f"{PRIMARY}/32", ns=client_ns)  # only the VIP answers
+    wrapper = tmp_path / "chromium-in-namespace"
+    wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {client_ns} {CHROMIUM} "$@"\n')
+    wrapper.chmod(0o755)
+    origin = f"http://{SECONDARY}:{API_PORT}"
+    # UDP only: over ICE-TCP the connection has its address, and a browser falls back to it.
+    server = serve_in(server_ns, tmp_path, "0.0.0.0", "--ice-host-override", SECONDARY,
+                      "--ice-tcp", "off")
+    secret = load_or_create_secret(tmp_path / "data-0.0.0.0")
+    try:
+        # The page is served from the VIP, not localhost: let it use the (fake) microphone.
+        with launched(sync_api, f"--unsafely-treat-insecure-origin-as-secure={origin}",
+                      executable=str(wrapper)) as chromium:
+            people: list[BrowserParticipant] = []
+            try:
+                for label in ("ann", "bob"):
+                    person = BrowserParticipant(chromium, label)
+                    people.append(person)
+                    person.join(f"{origin}/?token={issue_token(secret, 'vip', label)}",
+                                label.title())
+                for person in people:
+                    person.wait_media_connected()
+                people[0].unmute()
+                wait_for_audio(people[1], [people[0].session_id])
+            except Exception as exc:
+                raise AssertionError("\n".join(p.diagnostics() for p in people)) from exc
+            finally:
+                for person in people:
+                    person.close()
+    finally:
+        server.terminate()
+        server.wait(15)
 
 
 @pytest.mark.parametrize("engine", ["c", "python"])

@@ -679,6 +679,13 @@ class UdpMux(asyncio.DatagramProtocol):
         self.stats.datagrams_out += 1
         self.stats.bytes_out += len(data)
 
+    def default_source(self) -> str | None:
+        """What a session sends from before its peer's first datagram says where it wrote:
+        the advertised IPv4 address when it is one of this host's (a VIP given as
+        ice_host_override), else None (the kernel's choice)."""
+        host = self.advertised[0]
+        return host if self.pktinfo and host in self.local_ipv4 else None
+
     def source_for(self, proto: Any, pair: Any) -> str | None:
         """The local address a session's fanned-out media to `pair` must name, or None.
 

@@ -67,7 +67,9 @@ class MuxedStunProtocol(StunProtocol):
             self._send_from_source if mux.pktinfo else mux.send4)
 
     def _send_from_source(self, data: bytes, addr: Address) -> None:
-        self.mux.send4(data, addr, self.source)
+        # Before the peer's first datagram (aioice checks the candidates the peer
+        # signalled at once): the advertised address, when it is the host's.
+        self.mux.send4(data, addr, self.source or self.mux.default_source())
 
     @property
     def connection(self) -> Connection:
@@ -98,7 +100,7 @@ class MuxedStunProtocol(StunProtocol):
         return response
 
     async def send_data(self, data: bytes, addr: Address) -> None:
-        self.mux.sendto(data, addr, self.source)
+        self.mux.sendto(data, addr, self.source or self.mux.default_source())
 
     def send_stun(self, message: stun.Message, addr: Address) -> None:
         # This path's synchronous send (send4 on the IPv4 socket: straight to the

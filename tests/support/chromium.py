@@ -25,15 +25,16 @@ CHROMIUM_FLAGS = [
 
 
 @contextmanager
-def launched(sync_api: Any, *extra_args: str) -> Iterator[Any]:
+def launched(sync_api: Any, *extra_args: str, executable: str = CHROMIUM) -> Iterator[Any]:
     """Headless Chromium with fake devices and sound on (played remote audio has a level).
 
     `extra_args` add Chromium flags, e.g. `--use-file-for-fake-audio-capture=WAV`
     for a fake microphone that speaks. Playwright gives every launch a fresh
-    temporary profile directory.
+    temporary profile directory. `executable`: a wrapper that starts CHROMIUM
+    elsewhere (in a network namespace, `ip netns exec NS` keeps Playwright's pipes).
     """
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
                                              args=[*CHROMIUM_FLAGS, *extra_args],
                                              ignore_default_args=["--mute-audio"])
         try:

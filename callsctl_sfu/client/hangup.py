@@ -28,6 +28,12 @@ async def hang_up(tasks: Iterable[asyncio.Task[Any]], pc: Any, ws: Any, http: An
     if pc is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(pc.close(), PEER_CLOSE_TIMEOUT_S)
+        # Freed by reference counting, not left in cycles for the collector (as the server's
+        # peers are: aiortc_bridge.release_listeners).
+        from callsctl_sfu.rtc import aiortc_bridge  # loaded with aiortc, which made `pc`
+
+        with contextlib.suppress(Exception):
+            aiortc_bridge.release_listeners(pc)
     if ws is not None:
         with contextlib.suppress(Exception):
             await ws.close()

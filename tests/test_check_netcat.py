@@ -540,3 +540,24 @@ def test_udp_stun_probe_against_running_server(server) -> None:  # noqa: ANN001
     assert result.details["answered"] == 2
     assert result.details["replies"][0]["mapped_address"].startswith("127.0.0.1:")
     assert "Binding Success Response" in result.details["replies"][0]["preview"]
+
+
+@needs_nc
+def test_listen_udp_on_every_address_echoes_from_the_one_written_to() -> None:
+    """Bound to 0.0.0.0 (the default), `check listen --echo` answers `nc -u 127.0.0.3` from
+    127.0.0.3: nc's connected socket takes nothing from another address (a host with
+    several would otherwise read as "UDP blocked")."""
+    port = free_port(socket.SOCK_DGRAM)
+    listen = subprocess.Popen([*CLI, "check", "listen", "--udp", "--port", str(port), "--echo",
+                               "--count", "1", "--duration", "20", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    try:
+        read_until(listen.stderr, b"listening on udp")
+        echoed = subprocess.run(["nc", "-u", "-w1", "127.0.0.3", str(port)], input=b"vip?\n",
+                                capture_output=True, timeout=10, check=False)
+        out, err = listen.communicate(timeout=20)
+    finally:
+        stop(listen)
+    assert listen.returncode == 0, err
+    assert echoed.stdout == b"vip?\n"
+    assert result_of(out.decode())["details"]["packets"] == 1

@@ -44,6 +44,7 @@ from callsctl.check.render import emit
 from callsctl.check.result import CheckResult
 from callsctl.check.signalstop import SignalStop
 from callsctl.errors import EXIT_USAGE, CliError, fail
+from callsctl_sfu.rtc import pktinfo
 from callsctl_sfu.rtc.hostaddrs import interface_addresses
 
 EventSink = Callable[[str], None]
@@ -730,19 +731,31 @@ def _wait_time(deadline: float | None) -> float:
 def _serve_udp(sock: socket.socket, listener: _Listener, stop: SignalStop,
                deadline: float | None, count: int | None) -> str:
     # Runs until a signal, --count or --duration; each turn waits at most 0.2 s so
-    # the stop conditions are seen promptly.
+    # the stop conditions are seen promptly. Bound to every address, an echo leaves
+    # from the address the datagram came to (IP_PKTINFO, as `serve` does): on a host
+    # with several, the kernel's choice is another, and a client's connected socket
+    # (`nc -u`) drops it, which would read as UDP blocked.
+    to_each_address = listener.echo and pktinfo.enable(sock)
+    destination = None
     while not (reason := _should_stop(stop, deadline, count, listener)):
         ready, _, _ = select.select([sock], [], [], _wait_time(deadline))
         if not ready:
             continue
         try:
-            data, peer = sock.recvfrom(65535)
+            if to_each_address:
+                data, ancdata, _flags, peer = sock.recvmsg(65535, pktinfo.CONTROL_SPACE)
+                destination = pktinfo.destination(ancdata)
+            else:
+                data, peer = sock.recvfrom(65535)
         except OSError:
             continue
         listener.packet(hostport(peer[0], peer[1]), data)
         if listener.echo:
             with contextlib.suppress(OSError):
-                sock.sendto(data, peer)
+                if destination is not None:
+                    sock.sendmsg([data], pktinfo.source_control(destination), 0, peer)
+                else:
+                    sock.sendto(data, peer)
     return reason
 
 

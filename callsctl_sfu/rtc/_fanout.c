@@ -828,6 +828,9 @@ pool_start_locked(int threads)
             free(workers[started].buffers);
             break;
         }
+        /* Named here, not by the thread, so the name is there when this returns: for
+           `top -H`, perf and /proc/PID/task/TID/comm (15 characters at most). */
+        (void)pthread_setname_np(workers[started].thread, "callsctl-fanout");
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pool.threads = started + 1;

@@ -1891,6 +1891,8 @@ Ingress_start(IngressObject *self, PyObject *args)
     Py_INCREF(self); /* the thread's reference, dropped by stop() */
     int rc = pthread_create(&self->thread, NULL, reader_main, self);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc == 0) /* for `top -H`, perf and /proc/PID/task/TID/comm (15 characters at most) */
+        (void)pthread_setname_np(self->thread, "callsctl-reader");
     if (rc != 0) {
         Py_DECREF(self);
         close(stop_fd);

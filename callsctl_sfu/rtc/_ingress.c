@@ -865,6 +865,13 @@ address_tuple(const struct sockaddr_in *sa)
     return Py_BuildValue("(si)", host, (int)ntohs(sa->sin_port));
 }
 
+/* Datagram i's destination address (IP_PKTINFO) in *space, or NULL when it carries none. */
+static const struct in_addr *
+datagram_destination(int i, struct in_addr *space)
+{
+    return destination_of(&rx.messages[i].msg_hdr, space) ? space : NULL;
+}
+
 /* "a.b.c.d" of a datagram's destination, or None when it is not known (a new reference). */
 static PyObject *
 destination_text(const struct in_addr *destination)
@@ -1309,9 +1316,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         unsigned char *data = rx.data[i];
         int length = (int)rx.messages[i].msg_len;
         const struct sockaddr_in *sa = &rx.addrs[i];
-        struct in_addr destination;
-        const struct in_addr *to_us =
-            destination_of(&rx.messages[i].msg_hdr, &destination) ? &destination : NULL;
+        struct in_addr destination; /* read only for what is answered or handed up */
         c.datagrams_in += 1;
         c.bytes_in += length;
         if (rx.messages[i].msg_hdr.msg_flags & MSG_TRUNC) {
@@ -1333,7 +1338,8 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
                session: hold it. */
             Py_XSETREF(held_session, Py_NewRef((PyObject *)session));
             int answer_octets = 0;
-            if (ice_handle(&session->ice, data, length, sa, to_us,
+            if (ice_handle(&session->ice, data, length, sa,
+                           datagram_destination(i, &destination),
                            address_key(sa->sin_addr, ntohs(sa->sin_port)), send_fd, now,
                            &answer_octets)) {
                 session->last_rx = now;
@@ -1390,7 +1396,8 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         }
         if (route == NULL) {
             PyObject *item = Py_BuildValue("(y#NN)", (const char *)data, (Py_ssize_t)length,
-                                           address_tuple(sa), destination_text(to_us));
+                                           address_tuple(sa),
+                                           destination_text(datagram_destination(i, &destination)));
             if (append_new(&slow, item) < 0)
                 goto fail;
             slow_datagrams += 1;

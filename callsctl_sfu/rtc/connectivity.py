@@ -290,9 +290,10 @@ class Connectivity:
 class _Ipv6Intake(asyncio.DatagramProtocol):
     """Feeds the IPv6 socket's datagrams into the same mux as the IPv4 socket's.
 
-    Bound to ::, with the packet info on (rtc/pktinfo.py), it reads with recvmsg
+    Bound to ::, with the packet info on (rtc/pktinfo.py), it is read with recvmsg
     (each datagram's destination, what the session is sent from) instead of
-    asyncio's reader, through the selector's own reader calls as rtc/mux.py does.
+    asyncio's reader, as the IPv4 socket is without the C ingress
+    (UdpMux.read_with_recvmsg).
     """
 
     def __init__(self, mux: UdpMux) -> None:
@@ -307,14 +308,8 @@ class _Ipv6Intake(asyncio.DatagramProtocol):
             asyncio.get_running_loop().call_soon(self._read_with_recvmsg, sock)
 
     def _read_with_recvmsg(self, sock: socket.socket) -> None:
-        loop: Any = asyncio.get_running_loop()
-        transport = self.mux.transport6
-        if transport is None or transport.is_closing() or \
-                getattr(loop, "_add_reader", None) is None:
+        if not self.mux.read_with_recvmsg(sock, self.mux.transport6):
             self.mux.pktinfo6 = False
-            return
-        loop._remove_reader(sock.fileno())
-        loop._add_reader(sock.fileno(), self.mux.read_ipv6, sock)
 
     def error_received(self, exc: Exception) -> None:
         self.mux.error_received(exc)

@@ -192,7 +192,7 @@ class UdpMux(asyncio.DatagramProtocol):
             self._loop.call_soon(self._read_with_ingress)
         elif self.pktinfo and self._sock is not None:
             # asyncio's reader gives no destination address: read with recvmsg instead.
-            self._loop.call_soon(self._read_with_python)
+            self._loop.call_soon(self.read_with_recvmsg, self._sock, transport)
 
     def _read_with_ingress(self) -> None:
         """Read the IPv4 socket with the C ingress instead of asyncio's one-datagram reader.
@@ -212,17 +212,19 @@ class UdpMux(asyncio.DatagramProtocol):
             return
         add_reader(sock.fileno(), self._ingress_ready)
 
-    def _read_with_python(self) -> None:
-        """Read the IPv4 socket in Python with recvmsg, which gives each datagram's
-        destination (IP_PKTINFO), instead of asyncio's reader (the same private
-        selector calls as _read_with_ingress)."""
-        sock, transport = self._sock, self.transport
+    def read_with_recvmsg(self, sock: socket.socket, transport: Any) -> bool:
+        """Read `sock` (the IPv4 socket, or the IPv6 one) in Python with recvmsg, which
+        gives each datagram's destination (rtc/pktinfo.py), instead of asyncio's reader,
+        through the same private selector calls as _read_with_ingress. False (asyncio's
+        reader kept) when the transport is closing or the loop has no such calls."""
         loop: Any = self._loop
-        if sock is None or transport is None or transport.is_closing() or \
+        if transport is None or transport.is_closing() or \
                 getattr(loop, "_add_reader", None) is None:
-            return
+            return False
         loop._remove_reader(sock.fileno())
-        loop._add_reader(sock.fileno(), self._read_batch, READ_BATCH)
+        loop._add_reader(sock.fileno(), self._read_batch, READ_BATCH,
+                         None if sock is self._sock else sock)
+        return True
 
     def _start_reader_thread(self, sock: socket.socket) -> bool:
         """Read the socket on the ingress's own thread (rtc/_ingress.c); False if it cannot.
@@ -441,10 +443,6 @@ class UdpMux(asyncio.DatagramProtocol):
                 self.error_received(exc)
                 return
             self.handle_datagram(data, addr, destination)
-
-    def read_ipv6(self, sock: socket.socket) -> None:
-        """The IPv6 socket is readable (its packet info on): a batch, with destinations."""
-        self._read_batch(READ_BATCH, sock)
 
     def handle_datagram(self, data: bytes, addr: Any, destination: str | None = None) -> None:
         """Route one datagram (either socket: IPv6 datagrams come here directly).

@@ -66,10 +66,14 @@ class MuxedStunProtocol(StunProtocol):
         self.send_datagram: Callable[[bytes, Address], None] = (
             self._send_from_source if mux.pktinfo else mux.send4)
 
+    def _sending_from(self) -> str | None:
+        """The address this session sends from: where its peer writes; before the peer's
+        first datagram (aioice checks the candidates the peer signalled at once), the
+        advertised address, when it is the host's."""
+        return self.source or self.mux.default_source()
+
     def _send_from_source(self, data: bytes, addr: Address) -> None:
-        # Before the peer's first datagram (aioice checks the candidates the peer
-        # signalled at once): the advertised address, when it is the host's.
-        self.mux.send4(data, addr, self.source or self.mux.default_source())
+        self.mux.send4(data, addr, self._sending_from())
 
     @property
     def connection(self) -> Connection:
@@ -100,7 +104,7 @@ class MuxedStunProtocol(StunProtocol):
         return response
 
     async def send_data(self, data: bytes, addr: Address) -> None:
-        self.mux.sendto(data, addr, self.source or self.mux.default_source())
+        self.mux.sendto(data, addr, self._sending_from())
 
     def send_stun(self, message: stun.Message, addr: Address) -> None:
         # This path's synchronous send (send4 on the IPv4 socket: straight to the

@@ -125,21 +125,28 @@ def _wire_packets(sample: MediaSample, count: int, ssrc: int) -> list[bytes]:
     return out
 
 
-def c_sender(sock: socket.socket, sinks: list[tuple[str, int]], streams: int = 1) -> Any:
+def c_sender(sock: socket.socket, sinks: list[tuple[str, int]], streams: int = 1,
+             sealer: bool = False) -> Any:
     """The C floor's per-incoming-packet step: `fastpath.fanout` to every sink, own contexts.
 
     `streams`: outgoing streams per receiver (SSRCs in its srtp_t); incoming
-    packets take turns among them, as a call's speakers do.
+    packets take turns among them, as a call's speakers do. `sealer`: each
+    receiver's copies protected by the server's own AES-GCM sender
+    (fastpath.SrtpSealer) instead of a libsrtp context.
     """
     from callsctl_sfu.rtc import aiortc_bridge, fastpath
 
     if not fastpath.AVAILABLE:
         raise SystemExit(f"srtp_floor: the C fan-out is not available: {fastpath.REASON}")
-    sessions = [_session(os.urandom(KEY_LEN), outbound=True) for _ in sinks]
+    if sealer and fastpath.SrtpSealer is None:
+        raise SystemExit("srtp_floor: --sealer: this build or CPU has no SrtpSealer")
+    sessions: list[Any] = [fastpath.SrtpSealer(os.urandom(KEY_LEN)) if sealer
+                           else _session(os.urandom(KEY_LEN), outbound=True) for _ in sinks]
     pair = object()
     per_stream = [[fastpath.Target(fastpath.Rewrite(ssrc=10_000 + stream * 4096 + i,
                                                     payload_type=111, audio_level_id=1),
-                                   session, aiortc_bridge.srtp_context_address(session), sink,
+                                   session, 0 if sealer
+                                   else aiortc_bridge.srtp_context_address(session), sink,
                                    {1: pair}, pair)
                    for i, (session, sink) in enumerate(zip(sessions, sinks, strict=True))]
                   for stream in range(streams)]
@@ -201,8 +208,8 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
             inbound = _session(sender_key, outbound=False)
             sendto = sock.sendto
             pace = pace_ms / 1000
-            if engine == "c":
-                send_c = c_sender(sock, sinks, streams)
+            if engine != "python":
+                send_c = c_sender(sock, sinks, streams, sealer=engine == "c-sealer")
             else:
                 outbound = [(_session(os.urandom(KEY_LEN), outbound=True), dest)
                             for dest in sinks]
@@ -211,7 +218,7 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
             sent = 0
             for packet in wire:
                 clear = inbound.unprotect(packet)
-                if engine == "c":
+                if engine != "python":
                     before = time.thread_time()
                     send_c(clear)
                     fanout_cpu += time.thread_time() - before
@@ -229,7 +236,8 @@ def measure(receivers: int, publishers: int, screen: bool, min_sent: int,
             "max": max(figures), "repeats": repeats, "packets_per_repeat": sent,
             "pace_ms": pace_ms, "sockets": len(sinks), "engine": engine, "sink": sink,
             "streams": streams, "calls": calls or None,
-            "fanout_us_per_copy": statistics.median(fanout_figures) if engine == "c" else None,
+            "fanout_us_per_copy": (statistics.median(fanout_figures) if engine != "python"
+                                   else None),
             "srtp_profile": PROFILE.openssl_profile.decode(),
             "receivers": receivers, "mean_packet_octets": round(octets, 1)}
         if meter is not None and counts0 is not None:
@@ -280,9 +288,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pace-ms", type=float, default=1.0,
                         help="pause after each incoming packet's copies (0: back to back)")
-    parser.add_argument("--engine", choices=("python", "c"), default="python",
+    parser.add_argument("--engine", choices=("python", "c", "c-sealer"), default="python",
                         help="python: protect + sendto per copy in Python (the default, the "
-                             "recorded floor); c: fastpath.fanout (libsrtp + sendmmsg in C)")
+                             "recorded floor); c: fastpath.fanout (libsrtp + sendmmsg in C); "
+                             "c-sealer: the same with the server's own AES-GCM sender "
+                             "(fastpath.SrtpSealer) instead of libsrtp")
     parser.add_argument("--sink", action="store_true",
                         help="count and drop the copies at the loopback device except to "
                              "a tenth of the receivers, 2 to 8 (bench/sink_meter.py; needs "
@@ -301,8 +311,8 @@ def main() -> None:
             and 0 <= args.calls <= 1000):
         parser.error("receivers 1..2000, publishers 0..100, min-sent 1e3..5e6, repeats 1..50, "
                      "pace-ms 0..20, streams 1..16, calls 0..1000")
-    if args.streams > 1 and args.engine != "c":
-        parser.error("--streams needs --engine c")
+    if args.streams > 1 and args.engine == "python":
+        parser.error("--streams needs --engine c or c-sealer")
     if args.publishers == 0 and not args.screen:
         parser.error("nothing to send: give --publishers or --screen")
     try:

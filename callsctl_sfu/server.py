@@ -35,7 +35,7 @@ from callsctl_sfu.control import ControlError, ControlPlane
 from callsctl_sfu.datadir import DataDirError, ensure_data_dir, load_or_create_secret
 from callsctl_sfu.errors import CallsctlError
 from callsctl_sfu.jobs.service import attach_jobs
-from callsctl_sfu.rtc import fastpath, medialoader
+from callsctl_sfu.rtc import fastpath, medialoader, sealing
 from callsctl_sfu.rtc.connectivity import (
     Advertised,
     Connectivity,
@@ -208,8 +208,10 @@ class Server:
             threads = fastpath.start_pool(config.media_threads or fastpath.usable_cpus())
             self.fanout_threads = threads
             log.info("forwarding engine: C fan-out (rewrite, SRTP protect, sendmmsg) on %d "
-                     "thread%s for fan-outs of %d+ receivers", threads,
-                     "" if threads == 1 else "s", fastpath.PARALLEL_MIN_TARGETS)
+                     "thread%s for fan-outs of %d+ receivers; AES-GCM sessions' RTP protected "
+                     "by %s", threads, "" if threads == 1 else "s",
+                     fastpath.PARALLEL_MIN_TARGETS,
+                     "the server's own sender (AES-NI)" if sealing.wanted() else "libsrtp")
         else:
             log.warning("forwarding engine: Python, up to 2.4x the CPU per packet: %s",
                         fastpath.REASON)
@@ -271,7 +273,9 @@ class Server:
             "calls": len(self.manager.calls) if self.manager else 0,
             "sessions": len(self.manager.participants) if self.manager else 0,
             "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON,
-                                  "fanout_threads": fastpath.pool_threads()},
+                                  "fanout_threads": fastpath.pool_threads(),
+                                  # who protects outgoing RTP of AES-GCM sessions
+                                  "srtp_sender": "sealer" if sealing.wanted() else "libsrtp"},
             # idle (no call yet), loading, loaded or failed (with the one-line error)
             "media_stack": {"state": self.media.state, "error": self.media.error},
             **({"node": self.fleet.node_id} if self.fleet is not None else {}),
@@ -301,6 +305,14 @@ class Server:
                 # sessions whose finished DTLS is carried by rtc/dtlsrecord.py, not OpenSSL
                 "dtls_records": sum(p.peer.dtls_released
                                     for p in self.manager.participants.values()),
+                # sessions whose outgoing RTP the server's own AES-GCM sender protects
+                # (rtc/sealing.py), and the packets it protected for them
+                "srtp_sealer": {
+                    "sessions": sum(p.peer.sealer is not None
+                                    for p in self.manager.participants.values()),
+                    "packets": sum(p.peer.sealer.packets
+                                   for p in self.manager.participants.values()
+                                   if p.peer.sealer is not None)},
                 "simulcast": self.manager.forwarder.simulcast_snapshot(),
                 # the collector's pauses per generation and its freezing (gcpolicy.py)
                 "gc": self.control.collector.stats() if self.control is not None else {},

@@ -471,6 +471,25 @@ async def test_srtp_sessions_carry_media_from_one_peer_to_the_other(pair: Pair) 
     assert peer_rx.unprotect(protected) == packet
 
 
+async def test_srtp_send_key_is_the_key_the_outgoing_session_holds(pair: Pair) -> None:
+    """What the server's own AES-GCM sender is keyed with (rtc/sealing.py): the same
+    bytes as aiortc's `_tx_srtp` makes, which the other side's session decrypts."""
+    dtls = pair.sender().transport
+    profile, key = bridge.srtp_send_key(dtls)
+    _, tx = bridge.srtp_sessions(dtls)
+    peer_rx, _ = bridge.srtp_sessions(pair.receiver().transport)
+    assert profile == "SRTP_AEAD_AES_256_GCM" and len(key) == 44  # aiortc's first choice
+    policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                              srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM)
+    packet = RtpPacket(payload_type=111, sequence_number=9, timestamp=960,
+                       ssrc=0x5EA1, payload=b"same key").serialize()
+    assert pylibsrtp.Session(policy).protect(packet) == tx.protect(packet)
+    assert peer_rx.unprotect(tx.protect(packet)) == packet
+    # the receiving side's key is the other half of the exporter's output
+    _, other_key = bridge.srtp_send_key(pair.receiver().transport)
+    assert other_key != key
+
+
 async def test_srtp_sessions_are_none_before_dtls() -> None:
     pc = max_bundle_pc()
     try:

@@ -247,7 +247,7 @@ async def test_a_server_that_fell_behind_skips_stale_audio_and_catches_up(serve_
         await close_all(people)
 
 
-@pytest.mark.parametrize("engine", ["c", "c-event-loop", "python", "no-c-extension"])
+@pytest.mark.parametrize("engine", ["c", "c-libsrtp", "c-event-loop", "python", "no-c-extension"])
 async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory, tmp_path,
                                                                    engine):
     """The same call through the C fan-out (its ingress on a reader thread of its own, or
@@ -260,6 +260,8 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
     env = None
     if engine == "c":
         env = {"CALLSCTL_INGRESS_THREAD": "1"}
+    elif engine == "c-libsrtp":
+        env = {"CALLSCTL_SRTP_SEALER": "0"}
     elif engine == "c-event-loop":
         env = {"CALLSCTL_INGRESS_THREAD": "0"}
     elif engine == "python":
@@ -316,7 +318,16 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
         # The server drops the muted speaker's packets itself (its client kept sending).
         assert forwarding["dropped_muted"] > muted_before["dropped_muted"] + 30, forwarding
         reader = httpx.get(f"{server.api_url}/stats").json()["ingress"]["reader"]
-        assert reader == {"c": "thread", "c-event-loop": "event-loop"}.get(engine, "python")
+        assert reader == {"c": "thread", "c-libsrtp": "thread",
+                          "c-event-loop": "event-loop"}.get(engine, "python")
+        # aiortc's participants negotiate AES-GCM: with the C engine the server's own
+        # sender protects what they receive, unless switched off (rtc/sealing.py).
+        sealer = httpx.get(f"{server.api_url}/stats").json()["srtp_sealer"]
+        if c_engine and engine != "c-libsrtp" and fastpath.SrtpSealer is not None:
+            assert sealer["sessions"] == 3 and sealer["packets"] > 150, sealer
+            assert running["srtp_sender"] == "sealer"
+        else:
+            assert sealer == {"sessions": 0, "packets": 0}, sealer
         if c_engine:
             # The C ingress (rtc/_ingress.c) handled the audio after each stream's first
             # packets, before and after the mute; the Python engines never use it.

@@ -325,8 +325,9 @@ static PyTypeObject RewriteType = {
 typedef struct {
     PyObject_HEAD
     PyObject *rewrite;          /* a Rewrite: this receiver's header state */
-    PyObject *srtp_session;     /* pylibsrtp Session owning `ctx`: kept alive here */
-    void *ctx;                  /* its srtp_t */
+    PyObject *srtp_session;     /* pylibsrtp Session owning `ctx`, or a SrtpSealer */
+    void *ctx;                  /* its srtp_t, or the SrtpSealer itself */
+    srtp_fn protect;            /* NULL: libsrtp's srtp_protect; else sealer_protect */
     struct sockaddr_in sockaddr;
     PyObject *addr;             /* (host, port), for datagrams handed back to asyncio */
     PyObject *nominated;        /* aioice's live nominated-pair dict */
@@ -357,16 +358,24 @@ Target_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                      Py_TYPE(rewrite)->tp_name);
         return NULL;
     }
-    if (!PyLong_Check(context)) {
-        PyErr_Format(PyExc_TypeError, "Target: context must be the srtp_t address as an int, "
-                     "not %.100s", Py_TYPE(context)->tp_name);
-        return NULL;
-    }
-    void *ctx = PyLong_AsVoidPtr(context);
-    if (ctx == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "Target: null SRTP context");
-        return NULL;
+    void *ctx;
+    srtp_fn protect = NULL;
+    if (PyObject_TypeCheck(session, &SealerType)) {
+        /* The receiver's own AES-GCM sender (_srtpgcm.c): `context` is not used. */
+        ctx = session;
+        protect = sealer_protect;
+    } else {
+        if (!PyLong_Check(context)) {
+            PyErr_Format(PyExc_TypeError, "Target: context must be the srtp_t address as an "
+                         "int, not %.100s", Py_TYPE(context)->tp_name);
+            return NULL;
+        }
+        ctx = PyLong_AsVoidPtr(context);
+        if (ctx == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "Target: null SRTP context");
+            return NULL;
+        }
     }
     if (!PyDict_Check(nominated)) {
         PyErr_Format(PyExc_TypeError, "Target: nominated must be aioice's nominated-pair dict, "
@@ -399,6 +408,7 @@ Target_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->rewrite = Py_NewRef(rewrite);
     self->srtp_session = Py_NewRef(session);
     self->ctx = ctx;
+    self->protect = protect;
     self->sockaddr = sockaddr;
     self->addr = Py_NewRef(addr);
     self->nominated = Py_NewRef(nominated);
@@ -569,6 +579,7 @@ typedef struct {
     TargetObject *target;       /* a reference held for the whole call */
     RewriteObject *rewrite;
     void *ctx;
+    srtp_fn protect;            /* NULL: libsrtp's srtp_protect */
     const struct sockaddr_in *sockaddr;
     const struct in_addr *source; /* NULL: the kernel picks the source address */
     Py_ssize_t index;           /* the target's position in the caller's list */
@@ -695,7 +706,8 @@ run_slice(const Packet *p, Slice *slice, Buffers *b)
         memcpy(slot + header, p->payload, (size_t)p->payload_len);
         int length = (int)(header + p->payload_len);
         b->plain_len[filled] = length;
-        if (srtp_protect_ptr(copy->ctx, slot, &length) != 0) {
+        srtp_fn protect = copy->protect != NULL ? copy->protect : srtp_protect_ptr;
+        if (protect(copy->ctx, slot, &length) != 0) {
             slice->srtp_errors += 1;
             continue;
         }
@@ -1017,6 +1029,7 @@ copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stal
         copy->target = (TargetObject *)Py_NewRef(item);
         copy->rewrite = (RewriteObject *)target->rewrite;
         copy->ctx = target->ctx;
+        copy->protect = target->protect;
         copy->sockaddr = &target->sockaddr;
         copy->source = target->has_source ? &target->source : NULL;
         copy->index = t;
@@ -1537,7 +1550,8 @@ PyInit__fanout(void)
     PyModule_AddIntConstant(module, "PARALLEL_MIN_TARGETS", PARALLEL_MIN_TARGETS);
     PyModule_AddIntConstant(module, "MIN_SLICE", MIN_SLICE);
     PyModule_AddIntConstant(module, "MAX_THREADS", MAX_THREADS);
-    if (ingress_add_to_module(module) < 0 || recvpump_add_to_module(module) < 0) {
+    if (ingress_add_to_module(module) < 0 || recvpump_add_to_module(module) < 0 ||
+        sealer_add_to_module(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

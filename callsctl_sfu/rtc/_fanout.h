@@ -95,6 +95,14 @@ void media_unlock(void);
 /* Adds the ingress types and functions to the module (_ingress.c). 0 or -1. */
 int ingress_add_to_module(PyObject *module);
 
+/* SrtpSealer (_srtpgcm.c): a receiver's outgoing RTP protected with AES-GCM by this
+   module, not libsrtp. sealer_protect has srtp_protect's signature; the media lock
+   guards a sealer as it guards an srtp_t. */
+extern PyTypeObject SealerType;
+int sealer_protect(void *sealer, void *rtp, int *len);
+int sealer_supported(void);
+int sealer_add_to_module(PyObject *module);
+
 /* Adds ReceivePump, the load generator's receive thread (_recvpump.c). 0 or -1. */
 int recvpump_add_to_module(PyObject *module);
 

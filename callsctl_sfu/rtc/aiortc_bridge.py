@@ -195,6 +195,29 @@ def srtp_sessions(dtls: Any) -> tuple[Any, Any]:
     return dtls._rx_srtp, dtls._tx_srtp
 
 
+def srtp_send_key(dtls: Any) -> tuple[str, bytes] | None:
+    """(profile name, master key + salt) of the outgoing SRTP, or None when unknown.
+
+    aiortc keys its pylibsrtp Sessions in `_setup_srtp` and keeps neither key;
+    this derives the sending one again the same way (RFC 5764 §4.2: the
+    "EXTRACTOR-dtls_srtp" exporter gives client key, server key, client salt,
+    server salt, in that order), from `_ssl` (the pyOpenSSL Connection, so
+    before release_dtls) and `_role`. The exporter is deterministic (RFC 5705),
+    so this is the key `_tx_srtp` holds.
+    """
+    connection = dtls._ssl
+    if connection is None or isinstance(connection, RecordLayer):
+        return None  # not started, or OpenSSL's connection already released
+    selected = connection.get_selected_srtp_profile()
+    profile = next((p for p in dtls._srtp_profiles if p.openssl_profile == selected), None)
+    if profile is None:
+        return None
+    material = connection.export_keying_material(
+        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length))
+    ours = 1 if dtls._role == "server" else 0
+    return profile.openssl_profile.decode(), profile.get_key_and_salt(material, ours)
+
+
 def dtls_connection(dtls: Any) -> Any:
     """What carries a DTLS transport's records (`RTCDtlsTransport._ssl`): None before it
     starts, then a pyOpenSSL Connection, or a RecordLayer once release_dtls took over."""
@@ -818,6 +841,9 @@ async def _self_test() -> None:
         dtls._ssl = SSL.Connection(shared_certificate()._create_ssl_context(
             [SRTP_AES128_CM_SHA1_80]))
         note_dtls_records(dtls)  # wraps bio_read on the instance, as at "connecting"
+        dtls._ssl.export_keying_material  # noqa: B018 - srtp_send_key calls it
+        if srtp_send_key(dtls) is not None:  # no handshake, so no profile selected yet
+            raise AttributeError("srtp_send_key keyed an unfinished connection")
         dtls._ssl.bio_read  # noqa: B018
         dtls._ssl.master_key, dtls._ssl.client_random, dtls._ssl.server_random  # noqa: B018
         if release_dtls(dtls):  # not connected: nothing to release

@@ -34,7 +34,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from callsctl_sfu import events
 from callsctl_sfu.errors import CallsctlError
-from callsctl_sfu.rtc import aiortc_bridge, fastpath
+from callsctl_sfu.rtc import aiortc_bridge, fastpath, sealing
 from callsctl_sfu.rtc.fastpath import Rewrite, Target
 from callsctl_sfu.rtc.mux import UdpMux
 from callsctl_sfu.rtc.muxproto import MuxedStunProtocol
@@ -202,6 +202,9 @@ class MediaPeer:
         self.proto: MuxedStunProtocol | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
+        # This peer's outgoing RTP protected by the server's own AES-GCM sender, or None:
+        # _tx_srtp protects it (rtc/sealing.py). SRTCP always takes _tx_srtp.
+        self._tx_rtp: Any | None = None
         self.connected = False
         self.dtls_released = False  # its DTLS record layer is rtc/dtlsrecord.py's
         self._nominated: dict[int, Any] = {}  # aioice's, bound at connect
@@ -523,6 +526,8 @@ class MediaPeer:
             return
         if dtls.state != "connected":
             return
+        # The sending key, derived again while OpenSSL's connection is still there.
+        send_key = None if self.connected else aiortc_bridge.srtp_send_key(dtls)
         # Before aiortc's data channel starts on it: OpenSSL's connection is done with.
         self.dtls_released = aiortc_bridge.release_dtls(dtls)
         if self.connected:
@@ -536,6 +541,7 @@ class MediaPeer:
         self.proto = proto
         self._rx_srtp = rx_srtp
         self._tx_srtp = tx_srtp
+        self._tx_rtp = sealing.outbound_rtp(send_key)
         # aioice's live nominated-pair dict, bound once: the media path reads it per packet.
         self._nominated = aiortc_bridge.nominated_pairs(connection)
         self.connected = True
@@ -598,12 +604,17 @@ class MediaPeer:
             self._pair, self._addr = pair, pair.remote_addr
             self._send = pair.protocol.send_datagram
         try:
-            data = self._tx_srtp.protect(packet)  # type: ignore[union-attr]
-        except pylibsrtp.Error:
+            data = (self._tx_rtp or self._tx_srtp).protect(packet)  # type: ignore[union-attr]
+        except (pylibsrtp.Error, ValueError):
             self.srtp_errors += 1
             return False
         self._send(data, self._addr)
         return True
+
+    @property
+    def sealer(self) -> Any | None:
+        """The SrtpSealer protecting this peer's outgoing RTP, or None: libsrtp does."""
+        return self._tx_rtp
 
     def fanout_target(self, down: DownTrack) -> Any | None:
         """This receiver as a Target of the C fan-out (fastpath.fanout), or None.
@@ -623,8 +634,11 @@ class MediaPeer:
         addr = (pair.remote_addr[0], pair.remote_addr[1])
         if ":" in addr[0]:
             return None
-        return Target(down.rewrite, self._tx_srtp,
-                      aiortc_bridge.srtp_context_address(self._tx_srtp), addr, nominated, pair,
+        if self._tx_rtp is not None:
+            protector, context = self._tx_rtp, 0
+        else:
+            protector, context = self._tx_srtp, aiortc_bridge.srtp_context_address(self._tx_srtp)
+        return Target(down.rewrite, protector, context, addr, nominated, pair,
                       source=self.mux.source_for(pair.protocol, pair))
 
     def send_rtcp(self, packet: bytes) -> bool:

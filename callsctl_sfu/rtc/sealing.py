@@ -1,0 +1,51 @@
+"""Which context protects a receiver's outgoing RTP: the server's own AES-GCM sender or libsrtp.
+
+Why: every forwarded copy is protected with its receiver's context, and at a
+call's packet rate that context is cold. libsrtp's is a chain of allocations
+(srtp_t, stream list, stream, replay bitmap, cipher, OpenSSL's EVP context) and
+its GCM protect re-initialises OpenSSL's cipher per packet; the extension's
+SrtpSealer (rtc/_srtpgcm.c) is one object of about 400 bytes on AES-NI and
+PCLMULQDQ. bench/RESULTS.md ("The server's own AES-GCM sender") has both
+side by side.
+
+What it keeps: the keys are the ones DTLS-SRTP gave aiortc's `_tx_srtp`
+(aiortc_bridge.srtp_send_key derives them again), its output is byte for byte
+libsrtp's (tests/test_srtpgcm.py compares them), and every RTP packet of the
+session goes through it, the C fan-out's copies and the Python path's
+(`MediaPeer.send_rtp`, NACK retransmissions) alike, so each SSRC's rollover
+counter has one owner. SRTCP keeps libsrtp (its index and keys are separate,
+RFC 3711 §3.4).
+
+When it is not used: the Python engine, a CPU without the instructions, a
+session that negotiated AES_CM_128_HMAC_SHA1_80 (RFC 5764; the server offers
+the GCM profiles first, RFC 7714), or CALLSCTL_SRTP_SEALER=0 (for side-by-side
+measurements). Then libsrtp protects everything, as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from callsctl_sfu.rtc import fastpath
+from callsctl_sfu.switches import switched_off
+
+ENV = "CALLSCTL_SRTP_SEALER"
+GCM_PROFILES = ("SRTP_AEAD_AES_128_GCM", "SRTP_AEAD_AES_256_GCM")
+
+
+def wanted() -> bool:
+    """Whether this build, this CPU and CALLSCTL_SRTP_SEALER let the sealer run."""
+    return fastpath.SrtpSealer is not None and not switched_off(ENV)
+
+
+def outbound_rtp(send_key: tuple[str, bytes] | None) -> Any | None:
+    """A SrtpSealer for the session's outgoing RTP, or None: libsrtp protects it.
+
+    `send_key` is aiortc_bridge.srtp_send_key's (profile name, master key + salt).
+    """
+    if send_key is None or not wanted():
+        return None
+    profile, key_and_salt = send_key
+    if profile not in GCM_PROFILES:
+        return None
+    return fastpath.SrtpSealer(key_and_salt)

@@ -12,7 +12,7 @@ setup(
             "callsctl_sfu.rtc._fanout",
             sources=["callsctl_sfu/rtc/_fanout.c", "callsctl_sfu/rtc/_ingress.c",
                      "callsctl_sfu/rtc/_iceanswer.c", "callsctl_sfu/rtc/_recvpump.c",
-                     "callsctl_sfu/rtc/_srtpgcm.c"],
+                     "callsctl_sfu/rtc/_srtpseal.c"],
             depends=["callsctl_sfu/rtc/_fanout.h", "callsctl_sfu/rtc/_iceanswer.h",
                      "callsctl_sfu/rtc/_pktinfo.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",

@@ -79,9 +79,17 @@ from callsctl_sfu.client.loadgen import (  # noqa: E402
 )
 
 # The SRTP profile aiortc negotiates first (AEAD_AES_256_GCM where libsrtp has it), which
-# is what the server's sessions with the load generator and with Chrome use.
+# is what the server's sessions with the load generator use; --profile picks another
+# (Chromium, the DTLS server of its sessions, picks AES_CM_128_HMAC_SHA1_80).
 PROFILE = SRTP_PROFILES[0]
 KEY_LEN = PROFILE.key_length + PROFILE.salt_length
+
+
+def use_profile(name: str) -> None:
+    """Make `name` (an RFC 5764 profile name aiortc knows) the one every context uses."""
+    global PROFILE, KEY_LEN
+    PROFILE = next(p for p in SRTP_PROFILES if p.openssl_profile.decode() == name)
+    KEY_LEN = PROFILE.key_length + PROFILE.salt_length
 DRAIN = ("import ctypes,ctypes.util,selectors,signal,socket,sys\n"
          "ctypes.CDLL(ctypes.util.find_library('c')).prctl(1,signal.SIGKILL)\n"
          "sel=selectors.DefaultSelector()\n"
@@ -303,8 +311,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=0,
                         help="pace the incoming packets as a server of this many such calls "
                              "receives them (replaces --pace-ms; 1 call with 2 speakers: 10 ms)")
+    parser.add_argument("--profile", default=PROFILE.openssl_profile.decode(),
+                        choices=[p.openssl_profile.decode() for p in SRTP_PROFILES],
+                        help="the SRTP profile of every context (default: aiortc's first)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    use_profile(args.profile)
     if not (1 <= args.receivers <= 2000 and 0 <= args.publishers <= 100
             and 1_000 <= args.min_sent <= 5_000_000 and 1 <= args.repeats <= 50
             and 0 <= args.pace_ms <= 20 and 1 <= args.streams <= 16

@@ -9,6 +9,7 @@ Shutdown ends every call with call_end, closes peers and frees the ports.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -208,9 +209,8 @@ class Server:
             threads = fastpath.start_pool(config.media_threads or fastpath.usable_cpus())
             self.fanout_threads = threads
             log.info("forwarding engine: C fan-out (rewrite, SRTP protect, sendmmsg) on %d "
-                     "thread%s for fan-outs of %d+ receivers; AES-GCM sessions' RTP protected "
-                     "by %s", threads, "" if threads == 1 else "s",
-                     fastpath.PARALLEL_MIN_TARGETS,
+                     "thread%s for fan-outs of %d+ receivers; outgoing RTP protected by %s",
+                     threads, "" if threads == 1 else "s", fastpath.PARALLEL_MIN_TARGETS,
                      "the server's own sender (AES-NI)" if sealing.wanted() else "libsrtp")
         else:
             log.warning("forwarding engine: Python, up to 2.4x the CPU per packet: %s",
@@ -274,7 +274,7 @@ class Server:
             "sessions": len(self.manager.participants) if self.manager else 0,
             "forwarding_engine": {"engine": fastpath.ENGINE, "reason": fastpath.REASON,
                                   "fanout_threads": fastpath.pool_threads(),
-                                  # who protects outgoing RTP of AES-GCM sessions
+                                  # who protects sessions' outgoing RTP (rtc/sealing.py)
                                   "srtp_sender": "sealer" if sealing.wanted() else "libsrtp"},
             # idle (no call yet), loading, loaded or failed (with the one-line error)
             "media_stack": {"state": self.media.state, "error": self.media.error},
@@ -305,18 +305,20 @@ class Server:
                 # sessions whose finished DTLS is carried by rtc/dtlsrecord.py, not OpenSSL
                 "dtls_records": sum(p.peer.dtls_released
                                     for p in self.manager.participants.values()),
-                # sessions whose outgoing RTP the server's own AES-GCM sender protects
-                # (rtc/sealing.py), and the packets it protected for them
-                "srtp_sealer": {
-                    "sessions": sum(p.peer.sealer is not None
-                                    for p in self.manager.participants.values()),
-                    "packets": sum(p.peer.sealer.packets
-                                   for p in self.manager.participants.values()
-                                   if p.peer.sealer is not None)},
+                # sessions whose outgoing RTP the server's own SRTP sender protects
+                # (rtc/sealing.py), by negotiated profile, and the packets it protected
+                "srtp_sealer": self._sealer_stats(),
                 "simulcast": self.manager.forwarder.simulcast_snapshot(),
                 # the collector's pauses per generation and its freezing (gcpolicy.py)
                 "gc": self.control.collector.stats() if self.control is not None else {},
                 "pid": os.getpid()}
+
+    def _sealer_stats(self) -> dict[str, Any]:
+        assert self.manager is not None
+        sealers = [p.peer.sealer for p in self.manager.participants.values()
+                   if p.peer.sealer is not None]
+        return {"sessions": len(sealers), "packets": sum(s.packets for s in sealers),
+                "profiles": dict(collections.Counter(s.profile for s in sealers))}
 
     async def stop(self) -> None:
         if self.stopping:

@@ -149,6 +149,13 @@ def test_three_browsers_talk_mute_and_leave(browser, server) -> None:
     # The server answered each browser's offer, so it was the DTLS client, and the
     # data channel's records (the pongs above) went through rtc/dtlsrecord.py.
     assert stats_while_joined[0]["dtls_records"] == 3, stats_while_joined[0]
+    # What each browser heard above was protected by the server's own sender
+    # (rtc/_srtpseal.c) and decrypted by Chromium's libsrtp, in the profile Chromium
+    # picks as the DTLS server: AES-CM with HMAC-SHA1.
+    if fastpath.SrtpSealer is not None:
+        sealer = stats_while_joined[0]["srtp_sealer"]
+        assert sealer["sessions"] == 3 and sealer["packets"] > 100, sealer
+        assert sealer["profiles"] == {"SRTP_AES128_CM_SHA1_80": 3}, sealer
     # Chromium's consent checks and its answers to the server's were handled by the
     # media socket's reader thread (rtc/_iceanswer.c), not by the event loop.
     ingress = httpx.get(f"{server.api_url}/stats", timeout=10).json()["ingress"]

@@ -320,14 +320,15 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
         reader = httpx.get(f"{server.api_url}/stats").json()["ingress"]["reader"]
         assert reader == {"c": "thread", "c-libsrtp": "thread",
                           "c-event-loop": "event-loop"}.get(engine, "python")
-        # aiortc's participants negotiate AES-GCM: with the C engine the server's own
-        # sender protects what they receive, unless switched off (rtc/sealing.py).
+        # With the C engine the server's own sender protects what they receive, unless
+        # switched off (rtc/sealing.py); aiortc's participants negotiate AES-256-GCM.
         sealer = httpx.get(f"{server.api_url}/stats").json()["srtp_sealer"]
         if c_engine and engine != "c-libsrtp" and fastpath.SrtpSealer is not None:
             assert sealer["sessions"] == 3 and sealer["packets"] > 150, sealer
+            assert sealer["profiles"] == {"SRTP_AEAD_AES_256_GCM": 3}, sealer
             assert running["srtp_sender"] == "sealer"
         else:
-            assert sealer == {"sessions": 0, "packets": 0}, sealer
+            assert sealer == {"sessions": 0, "packets": 0, "profiles": {}}, sealer
         if c_engine:
             # The C ingress (rtc/_ingress.c) handled the audio after each stream's first
             # packets, before and after the mute; the Python engines never use it.

@@ -82,8 +82,8 @@ EXTRA_ENVIRONMENT: dict[str, str] = {
                             "contexts on the thread that keys it instead of on one thread of "
                             "their own, which keeps receivers' contexts together in memory "
                             "(for comparisons).",
-    "CALLSCTL_SRTP_SEALER": "Set to 0 to make libsrtp protect the outgoing RTP of sessions "
-                            "that negotiated AES-GCM, instead of `callsctl serve`'s own "
+    "CALLSCTL_SRTP_SEALER": "Set to 0 to make libsrtp protect the outgoing RTP of every "
+                            "session instead of `callsctl serve`'s own "
                             "sender (the same packets, byte for byte, for less CPU per "
                             "forwarded copy; for comparisons).",
     "CALLSCTL_PKTINFO": "Set to 0 to let the kernel choose the source address of what "

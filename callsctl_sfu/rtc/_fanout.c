@@ -361,7 +361,7 @@ Target_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     void *ctx;
     srtp_fn protect = NULL;
     if (PyObject_TypeCheck(session, &SealerType)) {
-        /* The receiver's own AES-GCM sender (_srtpgcm.c): `context` is not used. */
+        /* The receiver's SRTP sender of this module (_srtpseal.c): `context` is not used. */
         ctx = session;
         protect = sealer_protect;
     } else {

@@ -95,8 +95,8 @@ void media_unlock(void);
 /* Adds the ingress types and functions to the module (_ingress.c). 0 or -1. */
 int ingress_add_to_module(PyObject *module);
 
-/* SrtpSealer (_srtpgcm.c): a receiver's outgoing RTP protected with AES-GCM by this
-   module, not libsrtp. sealer_protect has srtp_protect's signature; the media lock
+/* SrtpSealer (_srtpseal.c): a receiver's outgoing RTP protected by this module, not
+   libsrtp (AES-CM + HMAC-SHA1 or AES-GCM). sealer_protect has srtp_protect's signature; the media lock
    guards a sealer as it guards an srtp_t. */
 extern PyTypeObject SealerType;
 int sealer_protect(void *sealer, void *rtp, int *len);

@@ -171,9 +171,9 @@ Target: Any = _fanout.Target if AVAILABLE and _fanout is not None else PyTarget
 Ingress: Any = _fanout.Ingress if AVAILABLE and _fanout is not None else None
 InSession: Any = _fanout.InSession if AVAILABLE and _fanout is not None else None
 InRoute: Any = _fanout.InRoute if AVAILABLE and _fanout is not None else None
-# A receiver's outgoing RTP protected with AES-GCM by the extension, not libsrtp
-# (rtc/_srtpgcm.c, chosen per session by rtc/sealing.py). None with the Python engine
-# or on a CPU without AES-NI and PCLMULQDQ.
+# A receiver's outgoing RTP protected by the extension, not libsrtp (rtc/_srtpseal.c,
+# chosen per session by rtc/sealing.py). None with the Python engine or on a CPU
+# without AES-NI and PCLMULQDQ.
 SrtpSealer: Any = (_fanout.SrtpSealer if AVAILABLE and _fanout is not None
                    and _fanout.sealer_supported() else None)
 # RFC 3550 reception state both paths update: the C one when the ingress runs.

@@ -202,7 +202,7 @@ class MediaPeer:
         self.proto: MuxedStunProtocol | None = None
         self._rx_srtp: pylibsrtp.Session | None = None
         self._tx_srtp: pylibsrtp.Session | None = None
-        # This peer's outgoing RTP protected by the server's own AES-GCM sender, or None:
+        # This peer's outgoing RTP protected by the server's own SRTP sender, or None:
         # _tx_srtp protects it (rtc/sealing.py). SRTCP always takes _tx_srtp.
         self._tx_rtp: Any | None = None
         self.connected = False

@@ -1,24 +1,25 @@
 /*
- * SRTP protect with AES-GCM (RFC 7714) for a receiver's outgoing RTP: the fan-out's
- * own sending context, on the CPU's AES and carry-less multiply instructions.
+ * SRTP protect for a receiver's outgoing RTP (RFC 3711, RFC 7714): the fan-out's own
+ * sending context, on the CPU's AES (and, for GCM, carry-less multiply) instructions.
  *
  * Why this exists: every forwarded copy is protected with its receiver's context,
  * and at a call's own packet rate each copy starts from cold memory. libsrtp's
  * context is a chain of small allocations (srtp_t, its stream list, the stream, its
  * 1024-packet replay bitmap, the cipher, OpenSSL's EVP context and its provider
- * data), and its GCM protect re-initialises OpenSSL's cipher for every packet; a
+ * data), and its protect re-initialises OpenSSL's cipher for every packet; a
  * profile of the server at 1 x 500 put libsrtp with its OpenSSL at about 1 µs per
  * copy, four times what the same calls cost when their contexts are warm
  * (bench/RESULTS.md, "Where the time above the floor goes"). A SrtpSealer is one
- * allocation of about 400 bytes: the expanded AES key, the hash key, the salt and
- * the per-SSRC rollover counters inline, so one copy touches a few cache lines.
+ * allocation of about 450 bytes: the expanded AES key, the GHASH key or the HMAC's
+ * two precomputed SHA-1 states, the salt and the per-SSRC rollover counters inline,
+ * so one copy touches a few cache lines.
  *
  * What it is not: a general SRTP library. It protects RTP only (SRTCP stays with
  * libsrtp, whose index and keys are separate: RFC 3711 §3.4, §4.3), only for the
- * two AEAD profiles (RFC 7714 §14.2: AEAD_AES_128_GCM, AEAD_AES_256_GCM; the
- * server's DTLS offers them first, so aiortc and browsers select them), and only
- * as a sender. A session whose profile is AES_CM_128_HMAC_SHA1_80, or a CPU
- * without AES-NI and PCLMULQDQ, keeps libsrtp (sealer_supported()).
+ * three profiles aiortc offers (RFC 5764 §4.1.2: AES_CM_128_HMAC_SHA1_80, which
+ * Chromium picks; RFC 7714 §14.2: AEAD_AES_128_GCM, AEAD_AES_256_GCM, which aiortc
+ * clients end up with), and only as a sender. A CPU without AES-NI and PCLMULQDQ
+ * keeps libsrtp (sealer_supported()).
  *
  * Sending state, as libsrtp keeps it for a sender (RFC 3711 §3.3.1): per SSRC the
  * rollover counter and the highest sequence number sent; a packet's index is
@@ -38,6 +39,10 @@
  *   - GCM (NIST SP 800-38D): 96-bit IV, J0 = IV || 1, GCTR from inc32(J0), GHASH
  *     over the additional data and the ciphertext, each zero-padded, then their
  *     lengths in bits; the tag is the full 16 octets (RFC 7714 §9.2);
+ *   - AES_CM_128_HMAC_SHA1_80 (RFC 3711 §4.1.1, §4.2.1): AES-128 in counter mode
+ *     from IV = salt * 2^16 XOR SSRC * 2^64 XOR index * 2^16 over the payload, then
+ *     HMAC-SHA1 (RFC 2104, SHA-1 of FIPS 180-4) over header, ciphertext and ROC,
+ *     its first 80 bits appended; the 112-bit salt used whole;
  *   - the RTP nonce (RFC 7714 §8.1): 00 00 || SSRC || ROC || SEQ, XOR the session
  *     salt; the additional data is the whole RTP header with CSRCs and extension
  *     (RFC 7714 §8.2), the plaintext the payload;
@@ -60,8 +65,15 @@
 #define SEALER_BUILT 0
 #endif
 
-#define SEALER_SALT 12           /* RFC 7714 §11: 96-bit salt */
-#define SEALER_TAG 16            /* RFC 7714 §9.2: 16-octet tag */
+#define GCM_SALT 12              /* RFC 7714 §11: 96-bit salt */
+#define GCM_TAG 16               /* RFC 7714 §9.2: 16-octet tag */
+#define CM_SALT 14               /* RFC 3711 §8.2: 112-bit salt */
+#define CM_AUTH_KEY 20           /* RFC 3711 §4.2.1: 160-bit HMAC-SHA1 key */
+#define CM_TAG 10                /* RFC 3711 §5.2 (and RFC 4568 §6.2.1): 80-bit tag */
+#define MAX_SEALER_TAG 16
+
+/* What a sealer protects with (RFC 5764 §4.1.2 names the DTLS-SRTP profiles). */
+enum { PROFILE_AES_CM_SHA1_80 = 1, PROFILE_AEAD_AES_128_GCM = 7, PROFILE_AEAD_AES_256_GCM = 8 };
 #define INLINE_STREAMS 6         /* SSRCs kept in the object itself; more go to the heap */
 #define MAX_STREAMS 4096         /* a receiver with more outgoing SSRCs is refused */
 
@@ -75,8 +87,11 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     uint8_t round_keys[15][16]; /* AES-128 uses 11, AES-256 15 */
-    uint8_t hash_key[16];       /* H = E(K, 0^128), byte-reversed for ghash_multiply */
-    uint8_t salt[SEALER_SALT];
+    uint8_t hash_key[16];       /* GCM: H = E(K, 0^128), byte-reversed for ghash_multiply */
+    uint32_t hmac_inner[5];     /* AES-CM: SHA-1 state after the key XOR ipad block */
+    uint32_t hmac_outer[5];     /* AES-CM: SHA-1 state after the key XOR opad block */
+    uint8_t salt[CM_SALT];      /* session salt: GCM uses the first 12 octets */
+    int profile;                /* PROFILE_* */
     int rounds;                 /* 10 or 14 */
     int stream_count;
     int stream_cap;             /* 0: only the inline ones */
@@ -87,6 +102,7 @@ typedef struct {
 
 static int cpu_checked = 0;
 static int cpu_ok = 0;
+static void sha1_choose(void);
 
 int
 sealer_supported(void)
@@ -96,6 +112,8 @@ sealer_supported(void)
         __builtin_cpu_init();
         cpu_ok = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul") &&
                  __builtin_cpu_supports("ssse3") && __builtin_cpu_supports("sse4.1");
+        if (cpu_ok)
+            sha1_choose();
         cpu_checked = 1;
     }
     return cpu_ok;
@@ -268,10 +286,10 @@ ghash_update(__m128i state, __m128i h, const uint8_t *data, size_t len)
    (master salt, zero-padded to 112 bits, XOR label at octet 7) || 16-bit counter. */
 ACCEL static void
 derive(const uint8_t master_round_keys[15][16], int rounds, const uint8_t *master_salt,
-       uint8_t label, uint8_t *out, size_t len)
+       size_t salt_len, uint8_t label, uint8_t *out, size_t len)
 {
     uint8_t block[16] = {0};
-    memcpy(block, master_salt, SEALER_SALT);
+    memcpy(block, master_salt, salt_len);
     block[7] ^= label;
     for (uint16_t counter = 0; len > 0; counter++) {
         block[14] = (uint8_t)(counter >> 8);
@@ -287,27 +305,67 @@ derive(const uint8_t master_round_keys[15][16], int rounds, const uint8_t *maste
     }
 }
 
+static void hmac_key(SealerObject *self, const uint8_t *auth_key);
+
+/* Session keys from the master key and salt (labels: RFC 3711 §4.3.2). */
 ACCEL static void
 sealer_key(SealerObject *self, const uint8_t *master_key, size_t key_len,
-           const uint8_t *master_salt)
+           const uint8_t *master_salt, size_t salt_len)
 {
     uint8_t master_schedule[15][16];
     uint8_t session_key[32];
+    uint8_t auth_key[CM_AUTH_KEY];
     if (key_len == 16)
         expand_128(master_key, master_schedule);
     else
         expand_256(master_key, master_schedule);
     self->rounds = key_len == 16 ? 10 : 14;
-    derive(master_schedule, self->rounds, master_salt, 0x00, session_key, key_len);
-    derive(master_schedule, self->rounds, master_salt, 0x02, self->salt, SEALER_SALT);
+    derive(master_schedule, self->rounds, master_salt, salt_len, 0x00, session_key, key_len);
+    derive(master_schedule, self->rounds, master_salt, salt_len, 0x02, self->salt, salt_len);
     if (key_len == 16)
         expand_128(session_key, self->round_keys);
     else
         expand_256(session_key, self->round_keys);
-    __m128i h = aes_encrypt(self->round_keys, self->rounds, _mm_setzero_si128());
-    _mm_storeu_si128((__m128i *)self->hash_key, byte_reverse(h));
+    if (self->profile == PROFILE_AES_CM_SHA1_80) {
+        derive(master_schedule, self->rounds, master_salt, salt_len, 0x01, auth_key,
+               CM_AUTH_KEY);
+        hmac_key(self, auth_key);
+    } else {
+        __m128i h = aes_encrypt(self->round_keys, self->rounds, _mm_setzero_si128());
+        _mm_storeu_si128((__m128i *)self->hash_key, byte_reverse(h));
+    }
     memset(master_schedule, 0, sizeof(master_schedule));
     memset(session_key, 0, sizeof(session_key));
+    memset(auth_key, 0, sizeof(auth_key));
+}
+
+/* AES in counter mode over `len` octets in place, the counter in the block's last 16
+   bits (RFC 3711 §4.1.1) or 32 bits (GCM's inc32, SP 800-38D §6.2), from `first`. */
+ACCEL static void
+counter_mode(const SealerObject *self, uint8_t counter_block[16], int counter_bits,
+             uint32_t first, uint8_t *data, size_t len)
+{
+    uint32_t counter = first;
+    for (size_t done = 0; done < len; done += 16, counter++) {
+        if (counter_bits == 32) {
+            counter_block[12] = (uint8_t)(counter >> 24);
+            counter_block[13] = (uint8_t)(counter >> 16);
+        }
+        counter_block[14] = (uint8_t)(counter >> 8);
+        counter_block[15] = (uint8_t)counter;
+        __m128i stream = aes_encrypt(self->round_keys, self->rounds,
+                                     _mm_loadu_si128((const __m128i *)counter_block));
+        size_t take = len - done < 16 ? len - done : 16;
+        if (take == 16) {
+            __m128i text = _mm_loadu_si128((const __m128i *)(data + done));
+            _mm_storeu_si128((__m128i *)(data + done), _mm_xor_si128(text, stream));
+        } else {
+            uint8_t bytes[16];
+            _mm_storeu_si128((__m128i *)bytes, stream);
+            for (size_t i = 0; i < take; i++)
+                data[done + i] ^= bytes[i];
+        }
+    }
 }
 
 /* ---- Protect ---------------------------------------------------------------------- */
@@ -325,25 +383,7 @@ gcm_seal(const SealerObject *self, const uint8_t nonce[12], uint8_t *packet,
     __m128i tag_mask = aes_encrypt(self->round_keys, self->rounds,
                                    _mm_loadu_si128((const __m128i *)counter_block));
     uint8_t *payload = packet + header_len;
-    uint32_t counter = 2;
-    for (size_t done = 0; done < payload_len; done += 16, counter++) {
-        counter_block[12] = (uint8_t)(counter >> 24);
-        counter_block[13] = (uint8_t)(counter >> 16);
-        counter_block[14] = (uint8_t)(counter >> 8);
-        counter_block[15] = (uint8_t)counter;
-        __m128i stream = aes_encrypt(self->round_keys, self->rounds,
-                                     _mm_loadu_si128((const __m128i *)counter_block));
-        size_t take = payload_len - done < 16 ? payload_len - done : 16;
-        if (take == 16) {
-            __m128i text = _mm_loadu_si128((const __m128i *)(payload + done));
-            _mm_storeu_si128((__m128i *)(payload + done), _mm_xor_si128(text, stream));
-        } else {
-            uint8_t bytes[16];
-            _mm_storeu_si128((__m128i *)bytes, stream);
-            for (size_t i = 0; i < take; i++)
-                payload[done + i] ^= bytes[i];
-        }
-    }
+    counter_mode(self, counter_block, 32, 2, payload, payload_len);
     __m128i h = _mm_loadu_si128((const __m128i *)self->hash_key);
     __m128i state = ghash_update(_mm_setzero_si128(), h, packet, header_len);
     state = ghash_update(state, h, payload, payload_len);
@@ -355,7 +395,230 @@ gcm_seal(const SealerObject *self, const uint8_t nonce[12], uint8_t *packet,
     _mm_storeu_si128((__m128i *)(payload + payload_len), tag);
 }
 
+/* AES_CM_128_HMAC_SHA1_80 (RFC 3711 §4.1.1, §4.2.1): the payload in counter mode from
+   IV = salt * 2^16 XOR SSRC * 2^64 XOR index * 2^16, then HMAC-SHA1 over the header, the
+   encrypted payload and the ROC, its first 80 bits appended. */
+static void hmac_tag(const SealerObject *self, const uint8_t *packet, size_t len,
+                     uint32_t roc, uint8_t tag[20]);
+
+ACCEL static void
+cm_seal(const SealerObject *self, uint32_t roc, uint8_t *packet, size_t header_len,
+        size_t payload_len)
+{
+    uint8_t counter_block[16] = {0};
+    memcpy(counter_block, self->salt, CM_SALT);
+    for (int i = 0; i < 4; i++) {
+        counter_block[4 + i] ^= packet[8 + i];                          /* SSRC */
+        counter_block[8 + i] ^= (uint8_t)(roc >> (24 - 8 * i));          /* ROC */
+    }
+    counter_block[12] ^= packet[2];                                       /* SEQ */
+    counter_block[13] ^= packet[3];
+    counter_mode(self, counter_block, 16, 0, packet + header_len, payload_len);
+    uint8_t digest[20];
+    hmac_tag(self, packet, header_len + payload_len, roc, digest);
+    memcpy(packet + header_len + payload_len, digest, CM_TAG);
+}
+
 #endif /* SEALER_BUILT */
+
+/* ---- SHA-1 (FIPS 180-4 §6.1.2) and HMAC (RFC 2104) ----------------------------------- */
+
+static const uint32_t SHA1_INITIAL[5] = {0x67452301u, 0xEFCDAB89u, 0x98BADCFEu, 0x10325476u,
+                                         0xC3D2E1F0u};
+
+static inline uint32_t
+rotate_left(uint32_t x, int bits)
+{
+    return (x << bits) | (x >> (32 - bits));
+}
+
+static void
+sha1_block_portable(uint32_t state[5], const uint8_t block[64])
+{
+    uint32_t w[80];
+    for (int t = 0; t < 16; t++)
+        w[t] = ((uint32_t)block[4 * t] << 24) | ((uint32_t)block[4 * t + 1] << 16) |
+               ((uint32_t)block[4 * t + 2] << 8) | block[4 * t + 3];
+    for (int t = 16; t < 80; t++)
+        w[t] = rotate_left(w[t - 3] ^ w[t - 8] ^ w[t - 14] ^ w[t - 16], 1);
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3], e = state[4];
+    for (int t = 0; t < 80; t++) {
+        uint32_t f, k;
+        if (t < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5A827999u;
+        } else if (t < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ED9EBA1u;
+        } else if (t < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8F1BBCDCu;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xCA62C1D6u;
+        }
+        uint32_t next = rotate_left(a, 5) + f + e + k + w[t];
+        e = d;
+        d = c;
+        c = rotate_left(b, 30);
+        b = a;
+        a = next;
+    }
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+    state[4] += e;
+}
+
+#if SEALER_BUILT
+/*
+ * The same compression on the SHA extensions (Intel SDM vol. 2: SHA1RNDS4 runs four
+ * rounds on A..D with E + W added to the first word, SHA1NEXTE gives the next four
+ * rounds' E (A of four rounds before, rotated by 30) plus their W, SHA1MSG1/SHA1MSG2
+ * extend the schedule W[t] = ROTL1(W[t-3] ^ W[t-8] ^ W[t-14] ^ W[t-16]) four words at
+ * a time). Words are kept with the earliest in the highest lane.
+ */
+#define SHA_ACCEL __attribute__((target("sha,sse4.1,ssse3")))
+#define ROUNDS4(group, func) \
+    do { \
+        __m128i e_and_w = (group) == 0 ? _mm_add_epi32(e_start, msg[0]) \
+                                       : _mm_sha1nexte_epu32(before, msg[(group) & 3]); \
+        before = abcd; \
+        abcd = _mm_sha1rnds4_epu32(abcd, e_and_w, func); \
+        if ((group) >= 3 && (group) < 19) \
+            msg[((group) + 1) & 3] = _mm_sha1msg2_epu32( \
+                _mm_xor_si128(_mm_sha1msg1_epu32(msg[((group) + 1) & 3], \
+                                                 msg[((group) + 2) & 3]), \
+                              msg[((group) + 3) & 3]), \
+                msg[(group) & 3]); \
+    } while (0)
+
+SHA_ACCEL static void
+sha1_block_sha_ni(uint32_t state[5], const uint8_t block[64])
+{
+    const __m128i order = _mm_set_epi64x(0x0001020304050607LL, 0x08090a0b0c0d0e0fLL);
+    __m128i abcd = _mm_set_epi32((int)state[0], (int)state[1], (int)state[2], (int)state[3]);
+    __m128i e_start = _mm_set_epi32((int)state[4], 0, 0, 0);
+    __m128i abcd_start = abcd, before = abcd;
+    __m128i msg[4];
+    for (int i = 0; i < 4; i++)
+        msg[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(block + 16 * i)), order);
+    ROUNDS4(0, 0); ROUNDS4(1, 0); ROUNDS4(2, 0); ROUNDS4(3, 0); ROUNDS4(4, 0);
+    ROUNDS4(5, 1); ROUNDS4(6, 1); ROUNDS4(7, 1); ROUNDS4(8, 1); ROUNDS4(9, 1);
+    ROUNDS4(10, 2); ROUNDS4(11, 2); ROUNDS4(12, 2); ROUNDS4(13, 2); ROUNDS4(14, 2);
+    ROUNDS4(15, 3); ROUNDS4(16, 3); ROUNDS4(17, 3); ROUNDS4(18, 3); ROUNDS4(19, 3);
+    __m128i e = _mm_sha1nexte_epu32(before, e_start);
+    abcd = _mm_add_epi32(abcd, abcd_start);
+    state[0] = (uint32_t)_mm_extract_epi32(abcd, 3);
+    state[1] = (uint32_t)_mm_extract_epi32(abcd, 2);
+    state[2] = (uint32_t)_mm_extract_epi32(abcd, 1);
+    state[3] = (uint32_t)_mm_extract_epi32(abcd, 0);
+    state[4] = (uint32_t)_mm_extract_epi32(e, 3);
+}
+#endif
+
+/* The compression in use: the SHA extensions when the CPU has them and they give the
+   FIPS 180-4 example's digest (checked once, sha1_choose), else the portable one. */
+static void (*sha1_block)(uint32_t state[5], const uint8_t block[64]) = sha1_block_portable;
+
+typedef void (*sha1_block_fn)(uint32_t state[5], const uint8_t block[64]);
+
+/* The SHA-1 of (`prefix` octets already in `state`, whole blocks) || data || extra. */
+static void
+sha1_finish_with(sha1_block_fn sha1_block, uint32_t state[5], size_t prefix,
+                 const uint8_t *data, size_t len, const uint8_t *extra, size_t extra_len,
+                 uint8_t digest[20])
+{
+    uint64_t bits = ((uint64_t)prefix + len + extra_len) * 8;
+    while (len >= 64) {
+        sha1_block(state, data);
+        data += 64;
+        len -= 64;
+    }
+    uint8_t tail[128] = {0};
+    memcpy(tail, data, len);
+    if (extra_len)
+        memcpy(tail + len, extra, extra_len);
+    size_t used = len + extra_len;
+    tail[used++] = 0x80;
+    size_t total = used + 8 <= 64 ? 64 : 128;
+    for (int i = 0; i < 8; i++)
+        tail[total - 1 - i] = (uint8_t)(bits >> (8 * i));
+    sha1_block(state, tail);
+    if (total == 128)
+        sha1_block(state, tail + 64);
+    for (int i = 0; i < 5; i++) {
+        digest[4 * i] = (uint8_t)(state[i] >> 24);
+        digest[4 * i + 1] = (uint8_t)(state[i] >> 16);
+        digest[4 * i + 2] = (uint8_t)(state[i] >> 8);
+        digest[4 * i + 3] = (uint8_t)state[i];
+    }
+}
+
+/* The HMAC's: after the key's 64-octet block, data, then `extra` (the ROC, or nothing). */
+static void
+sha1_finish(uint32_t state[5], const uint8_t *data, size_t len, const uint8_t extra[4],
+            size_t extra_len, uint8_t digest[20])
+{
+    sha1_finish_with(sha1_block, state, 64, data, len, extra, extra_len, digest);
+}
+
+/* "abc" (FIPS 180-4 examples): a9993e36 4706816a ba3e2571 7850c26c 9cd0d89d. */
+static int
+sha1_known_answer(void (*block)(uint32_t state[5], const uint8_t block[64]))
+{
+    static const uint32_t expected[5] = {0xa9993e36u, 0x4706816au, 0xba3e2571u, 0x7850c26cu,
+                                         0x9cd0d89du};
+    uint8_t message[64] = {'a', 'b', 'c', 0x80};
+    message[63] = 24;           /* the length in bits */
+    uint32_t state[5];
+    memcpy(state, SHA1_INITIAL, sizeof(state));
+    block(state, message);
+    return memcmp(state, expected, sizeof(state)) == 0;
+}
+
+static void
+sha1_choose(void)
+{
+#if SEALER_BUILT
+    if (__builtin_cpu_supports("sha") && sha1_known_answer(sha1_block_sha_ni))
+        sha1_block = sha1_block_sha_ni;
+#endif
+}
+
+/* The HMAC key's two padded blocks hashed once (RFC 2104 §2), so a tag costs the
+   message's blocks and one more. */
+static void
+hmac_key(SealerObject *self, const uint8_t *auth_key)
+{
+    uint8_t inner[64], outer[64];
+    for (int i = 0; i < 64; i++) {
+        uint8_t k = i < CM_AUTH_KEY ? auth_key[i] : 0;
+        inner[i] = k ^ 0x36;
+        outer[i] = k ^ 0x5c;
+    }
+    memcpy(self->hmac_inner, SHA1_INITIAL, sizeof(SHA1_INITIAL));
+    memcpy(self->hmac_outer, SHA1_INITIAL, sizeof(SHA1_INITIAL));
+    sha1_block(self->hmac_inner, inner);
+    sha1_block(self->hmac_outer, outer);
+    memset(inner, 0, sizeof(inner));
+    memset(outer, 0, sizeof(outer));
+}
+
+static void
+hmac_tag(const SealerObject *self, const uint8_t *packet, size_t len, uint32_t roc,
+         uint8_t tag[20])
+{
+    uint8_t roc_octets[4] = {(uint8_t)(roc >> 24), (uint8_t)(roc >> 16), (uint8_t)(roc >> 8),
+                             (uint8_t)roc};
+    uint32_t state[5];
+    uint8_t inner_digest[20];
+    memcpy(state, self->hmac_inner, sizeof(state));
+    sha1_finish(state, packet, len, roc_octets, 4, inner_digest);
+    memcpy(state, self->hmac_outer, sizeof(state));
+    sha1_finish(state, inner_digest, 20, roc_octets, 0, tag);
+}
 
 /* The RTP header's length with CSRCs and extension (RFC 3550 §5.1, §5.3.1), or -1. */
 static long
@@ -437,7 +700,7 @@ index_roc(SendStream *stream, uint16_t sequence)
 }
 
 /*
- * Protects the RTP packet at `rtp` (*len octets, room for SEALER_TAG more) in place
+ * Protects the RTP packet at `rtp` (*len octets, room for MAX_SEALER_TAG more) in place
  * and appends the tag; srtp_protect's signature, so the fan-out calls either. 0 on
  * success; 1 for a packet that is not RTP, 2 for a sender with no room for one more
  * SSRC (the packet is left as it was, as libsrtp leaves a bad one).
@@ -458,6 +721,12 @@ sealer_protect(void *context, void *rtp, int *len)
     if (stream == NULL && (stream = add_stream(self, ssrc, sequence)) == NULL)
         return 2;
     uint32_t roc = index_roc(stream, sequence);
+    if (self->profile == PROFILE_AES_CM_SHA1_80) {
+        cm_seal(self, roc, packet, (size_t)header, (size_t)(*len - header));
+        *len += CM_TAG;
+        self->protected_packets += 1;
+        return 0;
+    }
     uint8_t nonce[12] = {0, 0,
                          packet[8], packet[9], packet[10], packet[11],
                          (uint8_t)(roc >> 24), (uint8_t)(roc >> 16), (uint8_t)(roc >> 8),
@@ -466,7 +735,7 @@ sealer_protect(void *context, void *rtp, int *len)
     for (int i = 0; i < 12; i++)
         nonce[i] ^= self->salt[i];
     gcm_seal(self, nonce, packet, (size_t)header, (size_t)(*len - header));
-    *len += SEALER_TAG;
+    *len += GCM_TAG;
     self->protected_packets += 1;
     return 0;
 #else
@@ -483,14 +752,19 @@ Sealer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_buffer material;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*:SrtpSealer", kwlist, &material))
         return NULL;
-    Py_ssize_t key_len = material.len - SEALER_SALT;
-    if (key_len != 16 && key_len != 32) {
-        PyErr_Format(PyExc_ValueError, "SrtpSealer: key_and_salt must be a 16- or 32-octet "
-                     "AES key and a 12-octet salt (28 or 44 octets), not %zd octets",
-                     material.len);
+    /* The length names the profile: AES-CM 16 + 14, AES-GCM 16 + 12 or 32 + 12. */
+    int profile = material.len == 30 ? PROFILE_AES_CM_SHA1_80
+                  : material.len == 28 ? PROFILE_AEAD_AES_128_GCM
+                  : material.len == 44 ? PROFILE_AEAD_AES_256_GCM : 0;
+    if (profile == 0) {
+        PyErr_Format(PyExc_ValueError, "SrtpSealer: key_and_salt must be an AES master key "
+                     "and salt of 30 (AES_CM_128_HMAC_SHA1_80), 28 (AEAD_AES_128_GCM) or 44 "
+                     "(AEAD_AES_256_GCM) octets, not %zd octets", material.len);
         PyBuffer_Release(&material);
         return NULL;
     }
+    size_t salt_len = profile == PROFILE_AES_CM_SHA1_80 ? CM_SALT : GCM_SALT;
+    size_t key_len = (size_t)material.len - salt_len;
     if (!sealer_supported()) {
         PyErr_SetString(PyExc_RuntimeError, "SrtpSealer: this CPU has no AES-NI and PCLMULQDQ "
                         "(or this build is not for x86-64); use libsrtp");
@@ -499,9 +773,10 @@ Sealer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     }
     SealerObject *self = (SealerObject *)type->tp_alloc(type, 0);
     if (self != NULL) {
+        self->profile = profile;
 #if SEALER_BUILT
         const uint8_t *bytes = (const uint8_t *)material.buf;
-        sealer_key(self, bytes, (size_t)key_len, bytes + key_len);
+        sealer_key(self, bytes, key_len, bytes + key_len, salt_len);
 #endif
     }
     PyBuffer_Release(&material);
@@ -524,12 +799,12 @@ Sealer_protect(SealerObject *self, PyObject *arg)
     Py_buffer packet;
     if (PyObject_GetBuffer(arg, &packet, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (packet.len > 65536 - SEALER_TAG) {
+    if (packet.len > 65536 - MAX_SEALER_TAG) {
         PyBuffer_Release(&packet);
         PyErr_SetString(PyExc_ValueError, "SrtpSealer.protect: packet too long");
         return NULL;
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, packet.len + SEALER_TAG);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, packet.len + MAX_SEALER_TAG);
     if (out == NULL) {
         PyBuffer_Release(&packet);
         return NULL;
@@ -548,6 +823,8 @@ Sealer_protect(SealerObject *self, PyObject *arg)
                         : "SrtpSealer.protect: no room for another SSRC");
         return NULL;
     }
+    if (len < PyBytes_GET_SIZE(out) && _PyBytes_Resize(&out, len) < 0)
+        return NULL;
     return out;
 }
 
@@ -555,6 +832,15 @@ static PyObject *
 Sealer_get_streams(SealerObject *self, void *closure)
 {
     return PyLong_FromLong(self->stream_count);
+}
+
+static PyObject *
+Sealer_get_profile(SealerObject *self, void *closure)
+{
+    return PyUnicode_FromString(self->profile == PROFILE_AES_CM_SHA1_80
+                                ? "SRTP_AES128_CM_SHA1_80"
+                                : self->profile == PROFILE_AEAD_AES_128_GCM
+                                ? "SRTP_AEAD_AES_128_GCM" : "SRTP_AEAD_AES_256_GCM");
 }
 
 static PyMemberDef Sealer_members[] = {
@@ -567,6 +853,8 @@ static PyMemberDef Sealer_members[] = {
 
 static PyGetSetDef Sealer_getset[] = {
     {"streams", (getter)Sealer_get_streams, NULL, "SSRCs protected so far", NULL},
+    {"profile", (getter)Sealer_get_profile, NULL, "the DTLS-SRTP profile (RFC 5764 name)",
+     NULL},
     {NULL}
 };
 
@@ -596,9 +884,51 @@ supported(PyObject *module, PyObject *unused)
     return PyBool_FromLong(sealer_supported());
 }
 
+static PyObject *
+sha1_in_use(PyObject *module, PyObject *unused)
+{
+    sealer_supported();
+    return PyUnicode_FromString(sha1_block == sha1_block_portable ? "portable" : "sha-ni");
+}
+
+/* sealer_sha1_digest(data, implementation) -> bytes: the plain SHA-1 of `data` with
+   the 'portable' or the 'sha-ni' compression, so tests can hold both to hashlib's. */
+static PyObject *
+sha1_digest(PyObject *module, PyObject *args)
+{
+    Py_buffer data;
+    const char *which;
+    if (!PyArg_ParseTuple(args, "y*s:sealer_sha1_digest", &data, &which))
+        return NULL;
+    sha1_block_fn block = NULL;
+    if (strcmp(which, "portable") == 0)
+        block = sha1_block_portable;
+#if SEALER_BUILT
+    else if (strcmp(which, "sha-ni") == 0 && sealer_supported() &&
+             __builtin_cpu_supports("sha"))
+        block = sha1_block_sha_ni;
+#endif
+    if (block == NULL) {
+        PyBuffer_Release(&data);
+        PyErr_Format(PyExc_ValueError, "sealer_sha1_digest: no %.20s SHA-1 here", which);
+        return NULL;
+    }
+    uint32_t state[5];
+    uint8_t digest[20];
+    memcpy(state, SHA1_INITIAL, sizeof(state));
+    sha1_finish_with(block, state, 0, data.buf, (size_t)data.len, NULL, 0, digest);
+    PyBuffer_Release(&data);
+    return PyBytes_FromStringAndSize((const char *)digest, 20);
+}
+
 static PyMethodDef sealer_functions[] = {
+    {"sealer_sha1_digest", sha1_digest, METH_VARARGS,
+     "sealer_sha1_digest(data, 'portable' | 'sha-ni') -> bytes: SHA-1 with one of the "
+     "sealer's compressions (for tests)."},
     {"sealer_supported", supported, METH_NOARGS,
      "sealer_supported() -> bool: this build and CPU can run SrtpSealer (AES-NI, PCLMULQDQ)."},
+    {"sealer_sha1", sha1_in_use, METH_NOARGS,
+     "sealer_sha1() -> 'sha-ni' or 'portable': the SHA-1 the AES-CM profile's HMAC runs on."},
     {NULL}
 };
 

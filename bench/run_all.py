@@ -84,6 +84,7 @@ from sink_meter import figures as meter_figures  # noqa: E402
 from callsctl_sfu.calls.queuedelay import QueueDelay  # noqa: E402
 from callsctl_sfu.client.loadgen import (  # noqa: E402
     MAX_PROCESSES,
+    SRTP_PROFILE_NAMES,
     LightParticipant,
     LoadConfig,
     LoadTest,
@@ -108,6 +109,9 @@ TARGET_SESSION_KB = 1024.0
 JOIN_RATE = 25.0  # joins per second: the pacing of every scenario (the guide's)
 # Load-generator worker processes (--loadgen-processes); 1: the recorded figures' one process.
 LOADGEN_PROCESSES = 1
+# The one SRTP profile the load generator's participants accept (--loadgen-srtp-profile);
+# None: aiortc's choice (AES-256-GCM), as every figure recorded before it.
+LOADGEN_SRTP_PROFILE: str | None = None
 
 
 @dataclass(frozen=True)
@@ -712,6 +716,7 @@ async def measure_running(running: Running, kind: str, shape: Shape, window: flo
                             local_address=local_address, settle_timeout=15,
                             delay_sample_every=delay_sample_every,
                             processes=LOADGEN_PROCESSES,
+                            srtp_profile=LOADGEN_SRTP_PROFILE,
                             probes_per_call=probes_for(shape.users) if sink else 0,
                             probe_address=PROBE_ADDRESS if sink else None)
         sampler = WindowSampler(pid, running, slices)
@@ -1262,6 +1267,8 @@ def command_line(key: str, args: argparse.Namespace) -> str:
         parts.append(f"--loadgen-cpus {cpu_list(args.loadgen_cpus)}")
     if getattr(args, "loadgen_processes", 1) != 1:
         parts.append(f"--loadgen-processes {args.loadgen_processes}")
+    if getattr(args, "loadgen_srtp_profile", None):
+        parts.append(f"--loadgen-srtp-profile {args.loadgen_srtp_profile}")
     if getattr(args, "sink", False):
         parts.append("--sink")
     return " ".join(parts)
@@ -1298,6 +1305,11 @@ def add_cpu_options(parser: argparse.ArgumentParser, loadgen_processes: bool = F
         parser.add_argument("--loadgen-processes", metavar="N", type=int, default=1,
                             help="load-generator worker processes (0: one per usable CPU); "
                                  "default: 1, as every recorded figure")
+        parser.add_argument("--loadgen-srtp-profile", default=None,
+                            choices=list(SRTP_PROFILE_NAMES),
+                            help="the one SRTP profile the participants accept "
+                                 "(SRTP_AES128_CM_SHA1_80: what Chromium picks); default: "
+                                 "aiortc's, SRTP_AEAD_AES_256_GCM")
 
 
 def add_sink_option(parser: argparse.ArgumentParser) -> None:
@@ -1342,8 +1354,9 @@ def apply_cpu_options(parser: argparse.ArgumentParser, args: argparse.Namespace)
     processes = getattr(args, "loadgen_processes", 1)
     if not 0 <= processes <= MAX_PROCESSES:
         parser.error(f"--loadgen-processes must be 0..{MAX_PROCESSES} (0: one per usable CPU)")
-    global LOADGEN_PROCESSES
+    global LOADGEN_PROCESSES, LOADGEN_SRTP_PROFILE
     LOADGEN_PROCESSES = processes
+    LOADGEN_SRTP_PROFILE = getattr(args, "loadgen_srtp_profile", None)
     pin_process(os.getpid(), args.loadgen_cpus)
 
 

@@ -10,7 +10,7 @@ _callsctl_takes_value() {
         "callsctl tune") case "$2" in --data-dir|--server) return 0 ;; esac ;;
         "callsctl worker") case "$2" in --queue|-q|--data-dir|--max-jobs) return 0 ;; esac ;;
         "callsctl top") case "$2" in --host|--server|--admin-key|--admin-key-file|--data-dir|--ca-cert|--client-config|--refresh) return 0 ;; esac ;;
-        "callsctl loadtest") case "$2" in --host|--calls|--users-per-call|--unmuted|--duration|--join-duration|--data-dir|--secret-file|--token-secret|--call-prefix|--processes) return 0 ;; esac ;;
+        "callsctl loadtest") case "$2" in --host|--calls|--users-per-call|--unmuted|--duration|--join-duration|--data-dir|--secret-file|--token-secret|--call-prefix|--processes|--srtp-profile) return 0 ;; esac ;;
         "callsctl check udp") case "$2" in --host|-H|--port|-p|--message|-m|--count|-c|--timeout|-t) return 0 ;; esac ;;
         "callsctl check tcp") case "$2" in --host|-H|--port|-p|--message|-m|--count|-c|--timeout|-t) return 0 ;; esac ;;
         "callsctl check listen") case "$2" in --port|-p|--bind|-b|--count|-c|--duration|-d) return 0 ;; esac ;;
@@ -187,9 +187,10 @@ _callsctl() {
                 --token-secret) return ;;  # free-form value
                 --call-prefix) return ;;  # free-form value
                 --processes) return ;;  # free-form value
+                --srtp-profile) return ;;  # free-form value
             esac
             if [[ $cur == -* ]]; then
-                COMPREPLY=($(compgen -W "--host --calls --users-per-call --unmuted --screen-sharing --video --duration --join-duration --data-dir --secret-file --token-secret --call-prefix --allow-remote --insecure --processes --data-channel --no-data-channel --json --help -h" -- "$cur"))
+                COMPREPLY=($(compgen -W "--host --calls --users-per-call --unmuted --screen-sharing --video --duration --join-duration --data-dir --secret-file --token-secret --call-prefix --allow-remote --insecure --processes --data-channel --no-data-channel --srtp-profile --json --help -h" -- "$cur"))
             fi ;;
         "callsctl check")
             if [[ $cur == -* ]]; then

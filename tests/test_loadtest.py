@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import httpx
@@ -27,7 +29,7 @@ from callsctl_sfu.client.loadgen import (
 )
 from callsctl_sfu.rtc import fastpath
 from tests.support.admin import admin_client
-from tests.support.helpers import run_cli
+from tests.support.helpers import REPO, run_cli, wait_until
 
 
 def _one_line_error(result) -> str:
@@ -115,6 +117,37 @@ def test_data_channel_opens_and_the_server_answers_its_ping(server) -> None:
     assert report["participants"]["data_channels_open"] is None
 
 
+async def test_srtp_profile_makes_participants_pick_as_chromium_does(server) -> None:
+    """--srtp-profile SRTP_AES128_CM_SHA1_80: participants, the DTLS servers of their
+    sessions, pick AES-CM as Chromium does; they hear each other, and while they are in
+    the call the server reports that profile for the sessions its own sender protects."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "callsctl", "loadtest", "--host", server.api_url, "--data-dir",
+         str(server.data_dir), "--users-per-call", "3", "--unmuted", "2", "--duration", "8s",
+         "--join-duration", "1s", "--srtp-profile", "SRTP_AES128_CM_SHA1_80",
+         "--call-prefix", "cm", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        seen: list[dict] = []
+
+        def three_sealed() -> bool:
+            seen.append(httpx.get(f"{server.api_url}/stats", timeout=5).json()["srtp_sealer"])
+            return seen[-1]["sessions"] == 3 and seen[-1]["packets"] > 50
+
+        if fastpath.SrtpSealer is not None:
+            assert await wait_until(three_sealed, 20, interval=0.3), seen[-3:]
+            assert seen[-1]["profiles"] == {"SRTP_AES128_CM_SHA1_80": 3}, seen[-1]
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 0, err + server.log()[-2000:]
+    report = json.loads(out)
+    assert report["settings"]["srtp_profile"] == "SRTP_AES128_CM_SHA1_80"
+    assert report["participants"]["joined"] == 3 and report["media"]["loss"] <= 0.02
+
+
 def test_loadtest_human_report(server) -> None:
     # No --join-duration: its default scales with --duration (here 2 s of joins).
     result = run_cli("loadtest", "--host", server.api_url, "--data-dir", str(server.data_dir),
@@ -146,7 +179,8 @@ def test_non_loopback_target_is_refused_without_allow_remote(tmp_path) -> None:
 
 def test_absurd_values_are_refused(tmp_path) -> None:
     cases = [("--users-per-call", "100000"), ("--calls", "0"), ("--unmuted", "50"),
-             ("--duration", "9h"), ("--join-duration", "10s")]
+             ("--duration", "9h"), ("--join-duration", "10s"),
+             ("--srtp-profile", "SRTP_NULL_HMAC_SHA1_80")]
     for flag, value in cases:
         args = ["loadtest", "--host", "http://127.0.0.1:9", "--token-secret", "s",
                 "--duration", "5s", "--join-duration", "1s", flag, value]

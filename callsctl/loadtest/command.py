@@ -127,6 +127,11 @@ def loadtest(
              "the web and Mattermost clients, and pings once on it. Off by default so runs "
              "compare with recorded figures, which were measured without it; on, a session "
              "costs what a real client's does (more server memory)."),
+    srtp_profile: str | None = typer.Option(
+        None, "--srtp-profile",
+        help="The one SRTP profile participants accept: SRTP_AES128_CM_SHA1_80 (what "
+             "Chromium, and so Mattermost's clients, pick), SRTP_AEAD_AES_128_GCM or "
+             "SRTP_AEAD_AES_256_GCM. [default: aiortc's choice, SRTP_AEAD_AES_256_GCM]"),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Load-test a server: synthetic participants join, talk, and measure what comes back.
@@ -173,7 +178,8 @@ def loadtest(
                         users_per_call=users_per_call, unmuted=unmuted,
                         screen_sharing=screen_sharing, video=video, duration=seconds,
                         join_duration=join_seconds, call_prefix=call_prefix, ssl=tls,
-                        processes=processes, data_channel=data_channel)
+                        processes=processes, data_channel=data_channel,
+                        srtp_profile=srtp_profile)
     try:
         config.validate()
     except LoadConfigError as exc:

@@ -218,6 +218,23 @@ def srtp_send_key(dtls: Any) -> tuple[str, bytes] | None:
     return profile.openssl_profile.decode(), profile.get_key_and_salt(material, ours)
 
 
+def set_srtp_profiles(dtls: Any, names: list[str]) -> None:
+    """Offer only these SRTP profiles (RFC 5764 names) in this transport's DTLS handshake.
+
+    aiortc offers every profile its libsrtp has (`RTCDtlsTransport._srtp_profiles`,
+    read when the handshake starts); the side that is the DTLS server picks from its
+    own list. The load generator uses this to pick as Chromium does. Raises
+    ValueError for a name aiortc does not know.
+    """
+    from aiortc.rtcdtlstransport import SRTP_PROFILES
+
+    known = {p.openssl_profile.decode(): p for p in SRTP_PROFILES}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"SRTP profiles must be some of {', '.join(known)}, not {unknown}")
+    dtls._srtp_profiles = [known[name] for name in names]
+
+
 def dtls_connection(dtls: Any) -> Any:
     """What carries a DTLS transport's records (`RTCDtlsTransport._ssl`): None before it
     starts, then a pyOpenSSL Connection, or a RecordLayer once release_dtls took over."""
@@ -842,6 +859,7 @@ async def _self_test() -> None:
             [SRTP_AES128_CM_SHA1_80]))
         note_dtls_records(dtls)  # wraps bio_read on the instance, as at "connecting"
         dtls._ssl.export_keying_material  # noqa: B018 - srtp_send_key calls it
+        set_srtp_profiles(dtls, [p.openssl_profile.decode() for p in dtls._srtp_profiles])
         if srtp_send_key(dtls) is not None:  # no handshake, so no profile selected yet
             raise AttributeError("srtp_send_key keyed an unfinished connection")
         dtls._ssl.bio_read  # noqa: B018

@@ -83,6 +83,7 @@ from callsctl_sfu.client.loadgen.config import (
     MAX_PARTICIPANTS,
     MAX_PROCESSES,
     MIN_DURATION_S,
+    SRTP_PROFILE_NAMES,
     LoadConfig,
     LoadConfigError,
     Role,
@@ -118,6 +119,7 @@ from callsctl_sfu.client.loadgen.report import LoadReport, Progress, percentiles
 from callsctl_sfu.client.loadgen.sender import STAMP_LEN, STAMP_MAGIC, StreamSender
 
 __all__ = [
+    "SRTP_PROFILE_NAMES",
     "CLOSE_TIMEOUT_S",
     "MAX_CALLS",
     "MAX_DURATION_S",

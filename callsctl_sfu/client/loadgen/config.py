@@ -29,6 +29,10 @@ MAX_PROCESSES = 64
 MAX_OK_LOSS = 0.05  # above this a run is reported as failed (exit code 1)
 
 
+# The SRTP profiles aiortc offers (RFC 5764 §4.1.2, RFC 7714 §14.2), for --srtp-profile.
+SRTP_PROFILE_NAMES = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM", "SRTP_AEAD_AES_256_GCM")
+
+
 class LoadConfigError(CallsctlError, ValueError):
     """A load-test setting is out of bounds; the message names it and the limit."""
 
@@ -79,6 +83,10 @@ class LoadConfig:
     # answers "pong"; real clients ping every second, which adds CPU but no state). Off by
     # default: the recorded figures (bench/RESULTS.md) were measured without it.
     data_channel: bool = False
+    # The one SRTP profile each participant accepts (RFC 5764 name), or None: aiortc's
+    # list, AES-256-GCM first. Participants are the DTLS server of their sessions, so
+    # this is what they pick, as Chromium picks SRTP_AES128_CM_SHA1_80 from its own list.
+    srtp_profile: str | None = None
 
     @property
     def participants(self) -> int:
@@ -137,6 +145,9 @@ class LoadConfig:
              f"probes per call must be 0..{self.users_per_call}, not {self.probes_per_call}")
         need(not self.probes_per_call or bool(self.probe_address),
              "probes per call need a probe address to gather on")
+        need(self.srtp_profile is None or self.srtp_profile in SRTP_PROFILE_NAMES,
+             f"--srtp-profile must be one of {', '.join(SRTP_PROFILE_NAMES)}, "
+             f"not {self.srtp_profile!r}")
         need(bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", self.call_prefix)),
              "the call prefix must be 1-40 letters, digits, '.', '_' or '-'")
 

@@ -173,6 +173,8 @@ class LightParticipant:
         first = pc.addTransceiver("audio", direction="sendrecv" if self.role.audio else "recvonly")
         dtls = first.sender.transport
         setattr(dtls, LIGHT_FLAG, True)
+        if test.config.srtp_profile is not None:
+            aiortc_bridge.set_srtp_profiles(dtls, [test.config.srtp_profile])
         dtls.on("statechange", lambda: self._on_dtls_state(dtls))
         if self.role.audio:
             self.senders.append(StreamSender(self, "audio", test.samples["audio"], first))

@@ -176,6 +176,9 @@ InRoute: Any = _fanout.InRoute if AVAILABLE and _fanout is not None else None
 # without AES-NI and PCLMULQDQ.
 SrtpSealer: Any = (_fanout.SrtpSealer if AVAILABLE and _fanout is not None
                    and _fanout.sealer_supported() else None)
+# The SHA-1 its AES-CM HMAC runs on: "sha-ni", or "portable" (slower than libsrtp's
+# OpenSSL there, so rtc/sealing.py leaves AES-CM sessions to libsrtp). None: no sealer.
+SEALER_SHA1: str | None = _fanout.sealer_sha1() if SrtpSealer is not None else None
 # RFC 3550 reception state both paths update: the C one when the ingress runs.
 Reception: Any = _fanout.Reception if AVAILABLE and _fanout is not None else None
 

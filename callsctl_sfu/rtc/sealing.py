@@ -21,9 +21,10 @@ one: AES_CM_128_HMAC_SHA1_80 (RFC 3711; what Chromium picks as the DTLS
 server of its sessions), AEAD_AES_128_GCM and AEAD_AES_256_GCM (RFC 7714;
 what aiortc clients such as the load generator end up with).
 
-When it is not used: the Python engine, a CPU without the instructions, or
-CALLSCTL_SRTP_SEALER=0 (for side-by-side measurements). Then libsrtp protects
-everything, as before.
+When it is not used: the Python engine, a CPU without AES-NI and PCLMULQDQ,
+AES-CM sessions on a CPU without the SHA extensions (the portable SHA-1 costs
+more than libsrtp's OpenSSL: bench/RESULTS.md), or CALLSCTL_SRTP_SEALER=0
+(for side-by-side measurements). Then libsrtp protects everything, as before.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from callsctl_sfu.switches import switched_off
 
 ENV = "CALLSCTL_SRTP_SEALER"
 # RFC 5764 §4.1.2 / RFC 7714 §14.2 names: every profile aiortc offers.
-PROFILES = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM", "SRTP_AEAD_AES_256_GCM")
+AES_CM = "SRTP_AES128_CM_SHA1_80"
+PROFILES = (AES_CM, "SRTP_AEAD_AES_128_GCM", "SRTP_AEAD_AES_256_GCM")
 
 
 def wanted() -> bool:
@@ -53,4 +55,6 @@ def outbound_rtp(send_key: tuple[str, bytes] | None) -> Any | None:
     profile, key_and_salt = send_key
     if profile not in PROFILES:
         return None
+    if profile == AES_CM and fastpath.SEALER_SHA1 != "sha-ni":
+        return None  # its portable SHA-1 costs more per copy than libsrtp's OpenSSL
     return fastpath.SrtpSealer(key_and_salt)

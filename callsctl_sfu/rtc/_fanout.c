@@ -485,7 +485,8 @@ static PyMemberDef Target_members[] = {
 };
 
 static PyGetSetDef Target_getset[] = {
-    {"context", (getter)Target_get_context, NULL, "address of the srtp_t", NULL},
+    {"context", (getter)Target_get_context, NULL,
+     "address of the srtp_t (or of the SrtpSealer that protects instead)", NULL},
     {"source", (getter)Target_get_source, NULL,
      "the local address copies are sent from (IP_PKTINFO), or None: the kernel's choice",
      NULL},

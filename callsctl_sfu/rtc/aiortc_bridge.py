@@ -208,12 +208,17 @@ def srtp_send_key(dtls: Any) -> tuple[str, bytes] | None:
     connection = dtls._ssl
     if connection is None or isinstance(connection, RecordLayer):
         return None  # not started, or OpenSSL's connection already released
+    from OpenSSL import SSL
+
     selected = connection.get_selected_srtp_profile()
     profile = next((p for p in dtls._srtp_profiles if p.openssl_profile == selected), None)
     if profile is None:
         return None
-    material = connection.export_keying_material(
-        b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length))
+    try:
+        material = connection.export_keying_material(
+            b"EXTRACTOR-dtls_srtp", 2 * (profile.key_length + profile.salt_length))
+    except SSL.Error:
+        return None  # libsrtp (aiortc's _tx_srtp) then protects the session's RTP
     ours = 1 if dtls._role == "server" else 0
     return profile.openssl_profile.decode(), profile.get_key_and_salt(material, ours)
 

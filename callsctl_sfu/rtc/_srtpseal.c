@@ -280,6 +280,35 @@ ghash_update(__m128i state, __m128i h, const uint8_t *data, size_t len)
     return state;
 }
 
+/* AES in counter mode over `len` octets in place, the counter in the block's last 16
+   bits (RFC 3711 §4.1.1) or 32 bits (GCM's inc32, SP 800-38D §6.2), from `first`. */
+ACCEL static void
+counter_mode(const uint8_t round_keys[15][16], int rounds, uint8_t counter_block[16],
+             int counter_bits, uint32_t first, uint8_t *data, size_t len)
+{
+    uint32_t counter = first;
+    for (size_t done = 0; done < len; done += 16, counter++) {
+        if (counter_bits == 32) {
+            counter_block[12] = (uint8_t)(counter >> 24);
+            counter_block[13] = (uint8_t)(counter >> 16);
+        }
+        counter_block[14] = (uint8_t)(counter >> 8);
+        counter_block[15] = (uint8_t)counter;
+        __m128i stream = aes_encrypt(round_keys, rounds,
+                                     _mm_loadu_si128((const __m128i *)counter_block));
+        size_t take = len - done < 16 ? len - done : 16;
+        if (take == 16) {
+            __m128i text = _mm_loadu_si128((const __m128i *)(data + done));
+            _mm_storeu_si128((__m128i *)(data + done), _mm_xor_si128(text, stream));
+        } else {
+            uint8_t bytes[16];
+            _mm_storeu_si128((__m128i *)bytes, stream);
+            for (size_t i = 0; i < take; i++)
+                data[done + i] ^= bytes[i];
+        }
+    }
+}
+
 /* ---- Key derivation (RFC 3711 §4.3.1, RFC 7714 §11) ------------------------------- */
 
 /* `len` octets of the PRF for `label`: AES-CTR under the master key from
@@ -291,18 +320,8 @@ derive(const uint8_t master_round_keys[15][16], int rounds, const uint8_t *maste
     uint8_t block[16] = {0};
     memcpy(block, master_salt, salt_len);
     block[7] ^= label;
-    for (uint16_t counter = 0; len > 0; counter++) {
-        block[14] = (uint8_t)(counter >> 8);
-        block[15] = (uint8_t)counter;
-        uint8_t stream[16];
-        _mm_storeu_si128((__m128i *)stream,
-                         aes_encrypt(master_round_keys, rounds,
-                                     _mm_loadu_si128((const __m128i *)block)));
-        size_t take = len < 16 ? len : 16;
-        memcpy(out, stream, take);
-        out += take;
-        len -= take;
-    }
+    memset(out, 0, len);        /* the keystream itself */
+    counter_mode(master_round_keys, rounds, block, 16, 0, out, len);
 }
 
 static void hmac_key(SealerObject *self, const uint8_t *auth_key);
@@ -339,51 +358,26 @@ sealer_key(SealerObject *self, const uint8_t *master_key, size_t key_len,
     memset(auth_key, 0, sizeof(auth_key));
 }
 
-/* AES in counter mode over `len` octets in place, the counter in the block's last 16
-   bits (RFC 3711 §4.1.1) or 32 bits (GCM's inc32, SP 800-38D §6.2), from `first`. */
-ACCEL static void
-counter_mode(const SealerObject *self, uint8_t counter_block[16], int counter_bits,
-             uint32_t first, uint8_t *data, size_t len)
-{
-    uint32_t counter = first;
-    for (size_t done = 0; done < len; done += 16, counter++) {
-        if (counter_bits == 32) {
-            counter_block[12] = (uint8_t)(counter >> 24);
-            counter_block[13] = (uint8_t)(counter >> 16);
-        }
-        counter_block[14] = (uint8_t)(counter >> 8);
-        counter_block[15] = (uint8_t)counter;
-        __m128i stream = aes_encrypt(self->round_keys, self->rounds,
-                                     _mm_loadu_si128((const __m128i *)counter_block));
-        size_t take = len - done < 16 ? len - done : 16;
-        if (take == 16) {
-            __m128i text = _mm_loadu_si128((const __m128i *)(data + done));
-            _mm_storeu_si128((__m128i *)(data + done), _mm_xor_si128(text, stream));
-        } else {
-            uint8_t bytes[16];
-            _mm_storeu_si128((__m128i *)bytes, stream);
-            for (size_t i = 0; i < take; i++)
-                data[done + i] ^= bytes[i];
-        }
-    }
-}
-
 /* ---- Protect ---------------------------------------------------------------------- */
 
+/* AEAD_AES_*_GCM (RFC 7714): J0 = the nonce 00 00 || SSRC || ROC || SEQ XOR the salt
+   (§8.1), then 00 00 00 01; the payload in GCTR from inc32(J0); the tag over the header
+   (the additional data, §8.2) and the ciphertext, appended. */
 ACCEL static void
-gcm_seal(const SealerObject *self, const uint8_t nonce[12], uint8_t *packet,
-         size_t header_len, size_t payload_len)
+gcm_seal(const SealerObject *self, uint32_t roc, uint8_t *packet, size_t header_len,
+         size_t payload_len)
 {
-    uint8_t counter_block[16];
-    memcpy(counter_block, nonce, 12);
-    counter_block[12] = 0;
-    counter_block[13] = 0;
-    counter_block[14] = 0;
-    counter_block[15] = 1;
+    uint8_t counter_block[16] = {0, 0,
+                                 packet[8], packet[9], packet[10], packet[11],
+                                 (uint8_t)(roc >> 24), (uint8_t)(roc >> 16),
+                                 (uint8_t)(roc >> 8), (uint8_t)roc,
+                                 packet[2], packet[3], 0, 0, 0, 1};
+    for (int i = 0; i < GCM_SALT; i++)
+        counter_block[i] ^= self->salt[i];
     __m128i tag_mask = aes_encrypt(self->round_keys, self->rounds,
                                    _mm_loadu_si128((const __m128i *)counter_block));
     uint8_t *payload = packet + header_len;
-    counter_mode(self, counter_block, 32, 2, payload, payload_len);
+    counter_mode(self->round_keys, self->rounds, counter_block, 32, 2, payload, payload_len);
     __m128i h = _mm_loadu_si128((const __m128i *)self->hash_key);
     __m128i state = ghash_update(_mm_setzero_si128(), h, packet, header_len);
     state = ghash_update(state, h, payload, payload_len);
@@ -413,7 +407,8 @@ cm_seal(const SealerObject *self, uint32_t roc, uint8_t *packet, size_t header_l
     }
     counter_block[12] ^= packet[2];                                       /* SEQ */
     counter_block[13] ^= packet[3];
-    counter_mode(self, counter_block, 16, 0, packet + header_len, payload_len);
+    counter_mode(self->round_keys, self->rounds, counter_block, 16, 0, packet + header_len,
+                 payload_len);
     uint8_t digest[20];
     hmac_tag(self, packet, header_len + payload_len, roc, digest);
     memcpy(packet + header_len + payload_len, digest, CM_TAG);
@@ -721,21 +716,14 @@ sealer_protect(void *context, void *rtp, int *len)
     if (stream == NULL && (stream = add_stream(self, ssrc, sequence)) == NULL)
         return 2;
     uint32_t roc = index_roc(stream, sequence);
+    size_t payload = (size_t)(*len - header);
     if (self->profile == PROFILE_AES_CM_SHA1_80) {
-        cm_seal(self, roc, packet, (size_t)header, (size_t)(*len - header));
+        cm_seal(self, roc, packet, (size_t)header, payload);
         *len += CM_TAG;
-        self->protected_packets += 1;
-        return 0;
+    } else {
+        gcm_seal(self, roc, packet, (size_t)header, payload);
+        *len += GCM_TAG;
     }
-    uint8_t nonce[12] = {0, 0,
-                         packet[8], packet[9], packet[10], packet[11],
-                         (uint8_t)(roc >> 24), (uint8_t)(roc >> 16), (uint8_t)(roc >> 8),
-                         (uint8_t)roc,
-                         packet[2], packet[3]};
-    for (int i = 0; i < 12; i++)
-        nonce[i] ^= self->salt[i];
-    gcm_seal(self, nonce, packet, (size_t)header, (size_t)(*len - header));
-    *len += GCM_TAG;
     self->protected_packets += 1;
     return 0;
 #else

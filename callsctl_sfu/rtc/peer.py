@@ -526,8 +526,10 @@ class MediaPeer:
             return
         if dtls.state != "connected":
             return
-        # The sending key, derived again while OpenSSL's connection is still there.
-        send_key = None if self.connected else aiortc_bridge.srtp_send_key(dtls)
+        # The sending key, derived again while OpenSSL's connection is still there, when
+        # the server's own sender can use it (rtc/sealing.py).
+        send_key = (aiortc_bridge.srtp_send_key(dtls)
+                    if not self.connected and sealing.wanted() else None)
         # Before aiortc's data channel starts on it: OpenSSL's connection is done with.
         self.dtls_released = aiortc_bridge.release_dtls(dtls)
         if self.connected:

@@ -618,6 +618,34 @@ async def test_nominated_pair_is_none_before_connecting() -> None:
         await pc.close()
 
 
+@pytest.mark.skipif(not fastpath.AVAILABLE, reason=fastpath.REASON or "C engine off")
+async def test_aioice_announces_its_nominations_through_the_servers_dict() -> None:
+    """The dict nominated_pairs puts in aioice's place is the one aioice then updates.
+
+    The C fan-out checks a route's receivers again only when this dict says a
+    pair changed (fastpath.NominatedPairs): if aioice kept writing to a dict of
+    its own, a renominated receiver would go on being sent to at its old address.
+    """
+    controlled = Connection(ice_controlling=False, use_ipv6=False)
+    controlling = Connection(ice_controlling=True, use_ipv6=False)
+    try:
+        pairs = bridge.nominated_pairs(controlled)  # before ICE, as early as the server can
+        assert type(pairs) is fastpath.NominatedPairs and pairs == {}
+        assert controlled._nominated is pairs and bridge.nominated_pairs(controlled) is pairs
+        epoch = fastpath.nomination_epoch()
+        for connection in (controlled, controlling):
+            await connection.gather_candidates()
+        await connect_agents(controlled, controlling, timeout=20)
+        assert pairs.get(1) is bridge.nominated_pair(controlled) is not None
+        assert fastpath.nomination_epoch() > epoch  # aioice's nomination went through it
+        epoch = fastpath.nomination_epoch()
+        await controlled.close()
+        assert pairs == {} and fastpath.nomination_epoch() > epoch
+    finally:
+        await controlled.close()
+        await controlling.close()
+
+
 async def test_protocols_hold_the_selected_pairs_protocol(pair: Pair) -> None:
     connection = bridge.ice_connection(pair.sender().transport.transport)
     selected = bridge.nominated_pair(connection)

@@ -333,6 +333,11 @@ async def test_both_engines_forward_audio_and_stop_a_muted_speaker(serve_factory
             # The C ingress (rtc/_ingress.c) handled the audio after each stream's first
             # packets, before and after the mute; the Python engines never use it.
             assert forwarding["rtp_in_c"] > 0.9 * forwarding["rtp_in"], forwarding
+            # Its routes' receivers were looked up once per change of a nominated pair,
+            # not once per packet: the server's sessions announce their changes
+            # (fastpath.NominatedPairs in aioice's place).
+            checks = httpx.get(f"{server.api_url}/stats").json()["ingress"]["plan_checks"]
+            assert 0 < checks < 0.2 * forwarding["rtp_in_c"], (checks, forwarding)
             assert forwarding["rtp_in_c"] > muted_before["rtp_in_c"] + 100, forwarding
         else:
             assert forwarding["rtp_in_c"] == 0, forwarding

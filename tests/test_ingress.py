@@ -214,14 +214,49 @@ def test_what_the_ingress_does_not_cover_comes_up_untouched(server, case):
     assert receiver.nothing_waiting()
 
 
-def test_a_renominated_receiver_sends_the_packet_up_for_python_to_replan(server):
-    receivers = [Receiver(0xE0), Receiver(0xE1)]
+@pytest.mark.parametrize("pairs", ["aioice's dict", "the server's watched dict", "mixed"])
+def test_a_renominated_receiver_sends_the_packet_up_for_python_to_replan(server, pairs):
+    """No copy goes to a receiver's old address once its client switched candidate pairs.
+
+    With the watched dict the route's plan is checked only after a change it
+    announces, so the plan is first found fresh (a packet forwarded), then the
+    pair changes: the next packet must still go up, and once the pair is back
+    the route forwards again. "mixed": one receiver's dict is aioice's own
+    (looked up per packet) and it is the one that renominates.
+    """
+    receivers = [Receiver(0xE0, watched=pairs != "aioice's dict"),
+                 Receiver(0xE1, watched=pairs == "the server's watched dict")]
     server.route(receivers)
-    receivers[1].nominated[1] = object()  # the client switched candidate pairs
     server.send(rtp(1))
+    assert server.drain().forwarded == 2
+    assert all(r.receive().sequence == 1 for r in receivers)
+    epoch = fastpath.nomination_epoch()
+    pair = receivers[1].pair
+    receivers[1].nominated[1] = object()  # the client switched candidate pairs
+    assert (fastpath.nomination_epoch() > epoch) == (pairs == "the server's watched dict")
+    server.send(rtp(2))
     result = server.drain()
     assert result.slow is not None and len(result.slow) == 1 and result.forwarded == 0
     assert all(r.nothing_waiting() for r in receivers)
+    receivers[1].nominated[1] = pair  # back on the pair the plan was made with
+    server.send(rtp(3))
+    assert server.drain().forwarded == 2
+    assert all(r.receive().sequence == 3 for r in receivers)
+
+
+def test_every_change_to_the_watched_dict_is_announced():
+    """Whatever aioice (or anyone) does to a session's nominated pairs moves the epoch."""
+    pairs = fastpath.NominatedPairs({1: "a"})
+    changes = [lambda: pairs.__setitem__(1, "b"), lambda: pairs.update({2: "c"}),
+               lambda: pairs.setdefault(3, "d"), lambda: pairs.pop(3),
+               lambda: pairs.__delitem__(2), lambda: pairs.__ior__({4: "e"}),
+               lambda: pairs.popitem(), pairs.clear]
+    for change in changes:
+        epoch = fastpath.nomination_epoch()
+        change()
+        assert fastpath.nomination_epoch() == epoch + 1, change
+    assert pairs == {}
+    assert pairs.get(1) is None and isinstance(pairs, dict)
 
 
 def test_a_plan_taken_away_sends_packets_up_until_routed_again(server):

@@ -1038,6 +1038,159 @@ copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stal
     return 0;
 }
 
+/* ---- A plan's copies laid out once (the C ingress's routes) ------------------------------
+ *
+ * Why: a route's fan-out used to start each packet by walking its list of Targets twice
+ * with the GIL held: a freshness check (the receiver's nominated pair looked up in aioice's
+ * dict) and copy_targets (the same lookup again, a reference taken, a Copy written into an
+ * array allocated for that packet). At 1 x 500 those dict lookups alone were 7.8 % of the
+ * server's CPU (bench/RESULTS.md, "A plan's copies laid out once"), and all of it ran with
+ * the GIL, where no other core can help. A route's list changes at join rate, its packets
+ * arrive at 50 a second per speaker: so the Copy array is built when Python hands the route
+ * its list (InRoute.targets), kept with a reference on every Target, and used by every
+ * packet as it is.
+ *
+ * Freshness (a receiver that renominated must not be sent to at its old address) is then
+ * checked once per change of any nominated pair, not per packet: fastpath.NominatedPairs,
+ * the dict aioice's connections keep their nominated pairs in once the server bound them
+ * (aiortc_bridge.nominated_pairs), calls nominations_changed() after every change, which
+ * moves `nomination_epoch`; a plan whose Targets all use such dicts and were all fresh at
+ * the current epoch needs no look-up. A Target with any other dict is checked per packet,
+ * as before.
+ */
+
+static unsigned long long nomination_epoch = 1; /* moved by nominations_changed() */
+static unsigned long long plan_walks = 0;       /* fanout_compiled_fresh's look-ups of a plan */
+static PyTypeObject *watched_dict_type = NULL;   /* fastpath.NominatedPairs, once registered */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *source;           /* the list of Target it was made from */
+    Copy *copies;               /* one per Target, each holding a reference on it */
+    Py_ssize_t count;
+    int watched;                /* every Target's nominated dict reports its changes */
+    unsigned long long fresh_epoch; /* the epoch all were last found fresh at; 0: never */
+} CompiledObject;
+
+static int
+Compiled_traverse(CompiledObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->source);
+    for (Py_ssize_t i = 0; i < self->count; i++)
+        Py_VISIT(self->copies[i].target);
+    return 0;
+}
+
+static int
+Compiled_clear(CompiledObject *self)
+{
+    Py_ssize_t count = self->count;
+    self->count = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_CLEAR(self->copies[i].target);
+    PyMem_Free(self->copies);
+    self->copies = NULL;
+    Py_CLEAR(self->source);
+    return 0;
+}
+
+static void
+Compiled_dealloc(CompiledObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    Compiled_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject CompiledType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "callsctl_sfu.rtc._fanout.CompiledTargets",
+    .tp_doc = "A route's Targets as the fan-out's Copy array (made by InRoute.targets).",
+    .tp_basicsize = sizeof(CompiledObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)Compiled_dealloc,
+    .tp_traverse = (traverseproc)Compiled_traverse,
+    .tp_clear = (inquiry)Compiled_clear,
+};
+
+PyObject *
+fanout_compile(PyObject *targets)
+{
+    if (!PyList_Check(targets)) {
+        PyErr_Format(PyExc_TypeError, "fanout_compile: a list of Target, not %.100s",
+                     Py_TYPE(targets)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t total = PyList_GET_SIZE(targets);
+    for (Py_ssize_t t = 0; t < total; t++) {
+        PyObject *item = PyList_GET_ITEM(targets, t);
+        if (!Py_IS_TYPE(item, &TargetType) || ((TargetObject *)item)->nominated == NULL ||
+            ((TargetObject *)item)->rewrite == NULL) {
+            PyErr_Format(PyExc_TypeError, "fanout_compile: targets[%zd] is not a live Target", t);
+            return NULL;
+        }
+    }
+    CompiledObject *self = PyObject_GC_New(CompiledObject, &CompiledType);
+    if (self == NULL)
+        return NULL;
+    self->source = Py_NewRef(targets);
+    self->count = 0;
+    self->watched = 1;
+    self->fresh_epoch = 0;
+    self->copies = PyMem_Malloc((size_t)(total > 0 ? total : 1) * sizeof(Copy));
+    if (self->copies == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t t = 0; t < total; t++) {
+        TargetObject *target = (TargetObject *)PyList_GET_ITEM(targets, t);
+        Copy *copy = &self->copies[t];
+        copy->target = (TargetObject *)Py_NewRef((PyObject *)target);
+        copy->rewrite = (RewriteObject *)target->rewrite;
+        copy->ctx = target->ctx;
+        copy->protect = target->protect;
+        copy->sockaddr = &target->sockaddr;
+        copy->source = target->has_source ? &target->source : NULL;
+        copy->index = t;
+        self->watched &= watched_dict_type != NULL && Py_IS_TYPE(target->nominated,
+                                                                 watched_dict_type);
+        self->count = t + 1;
+    }
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+int
+fanout_compiled_fresh(PyObject *compiled_obj)
+{
+    CompiledObject *compiled = (CompiledObject *)compiled_obj;
+    if (compiled->watched && compiled->fresh_epoch == nomination_epoch)
+        return 1;
+    unsigned long long epoch = nomination_epoch;
+    plan_walks += 1;
+    for (Py_ssize_t i = 0; i < compiled->count; i++) {
+        TargetObject *target = compiled->copies[i].target;
+        if (target->nominated == NULL || target->rewrite == NULL)
+            return 0;
+        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
+        if (current == NULL && PyErr_Occurred())
+            return -1;
+        if (current != target->pair)
+            return 0;
+    }
+    if (compiled->watched)
+        compiled->fresh_epoch = epoch;
+    return 1;
+}
+
+static Py_ssize_t
+targets_length(PyObject *targets)
+{
+    if (Py_IS_TYPE(targets, &CompiledType))
+        return ((CompiledObject *)targets)->count;
+    return PyList_GET_SIZE(targets);
+}
+
 /* Phase 3 for one slice: add its counters to *totals and its deferred datagrams, as
    (bytes, addr), to *unsent (created on first use). 0, or -1 with an exception set. */
 static int
@@ -1152,7 +1305,8 @@ done:
 
 typedef struct {
     Packet packet;
-    Copy *copies;               /* each holds a reference on its Target until finish */
+    Copy *copies;               /* each holds a reference on its Target until finish, */
+    PyObject *shared;           /* unless they are a CompiledTargets' (held until finish) */
     Py_ssize_t copy_count;
     Slice *slices;              /* slice_cap of them: [0] the whole fan-out, or its parts */
     int slice_cap;
@@ -1188,14 +1342,18 @@ batch_free(FanoutBatch *batch)
 {
     for (Py_ssize_t i = 0; i < batch->count; i++) {
         BatchItem *item = &batch->items[i];
-        for (Py_ssize_t c = 0; c < item->copy_count; c++)
-            Py_DECREF(item->copies[c].target);
+        if (item->shared != NULL) {
+            Py_DECREF(item->shared);
+        } else {
+            for (Py_ssize_t c = 0; c < item->copy_count; c++)
+                Py_DECREF(item->copies[c].target);
+            PyMem_Free(item->copies);
+        }
         for (int k = 0; k < item->slice_cap; k++) {
             free(item->slices[k].deferred);
             free(item->slices[k].deferred_data);
         }
         PyMem_Free(item->slices);
-        PyMem_Free(item->copies);
     }
     PyMem_Free(batch->items);
     PyMem_Free(batch);
@@ -1229,7 +1387,7 @@ fanout_prepare(const Packet *packets, PyObject *const *targets, const long long 
     long long group_seen[BATCH];
     Py_ssize_t total_copies = 0;
     for (Py_ssize_t i = 0; i < n; i++)
-        total_copies += PyList_GET_SIZE(targets[i]);
+        total_copies += targets_length(targets[i]);
     if (threads > 1 && n >= 2 && total_copies >= PARALLEL_MIN_TARGETS) {
         for (Py_ssize_t i = 0; i < n; i++) {
             int found = -1;
@@ -1256,10 +1414,25 @@ fanout_prepare(const Packet *packets, PyObject *const *targets, const long long 
     for (Py_ssize_t i = 0; i < n; i++) {
         BatchItem *item = &batch->items[i];
         PyObject *list = targets[i];
-        Py_ssize_t total = PyList_GET_SIZE(list);
+        Py_ssize_t total = targets_length(list);
         item->packet = packets[i];
+        if (Py_IS_TYPE(list, &CompiledType) && total > 0 && packets[i].payload_len <= MAX_PAYLOAD) {
+            /* A route's plan: its copies as they are, when still fresh; else the stale
+               receivers are left out as for a list (a renomination since the caller's check). */
+            int fresh = fanout_compiled_fresh(list);
+            if (fresh < 0)
+                goto fail;
+            if (fresh) {
+                item->shared = Py_NewRef(list);
+                item->copies = ((CompiledObject *)list)->copies;
+                item->copy_count = total;
+            } else {
+                list = ((CompiledObject *)list)->source;
+                total = PyList_GET_SIZE(list);
+            }
+        }
         /* Too big for a slot (the caller checked) or nobody to send to: nothing to copy. */
-        if (packets[i].payload_len <= MAX_PAYLOAD && total > 0) {
+        if (item->shared == NULL && packets[i].payload_len <= MAX_PAYLOAD && total > 0) {
             item->copies = PyMem_Malloc((size_t)total * sizeof(Copy));
             if (item->copies == NULL) {
                 PyErr_NoMemory();
@@ -1488,7 +1661,49 @@ set_protect(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+nominations_changed(PyObject *module, PyObject *unused)
+{
+    nomination_epoch += 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+watch_nominations(PyObject *module, PyObject *arg)
+{
+    if (!PyType_Check(arg) || !PyType_IsSubtype((PyTypeObject *)arg, &PyDict_Type)) {
+        PyErr_SetString(PyExc_TypeError, "watch_nominations: a dict subclass that calls "
+                        "nominations_changed() after every change");
+        return NULL;
+    }
+    Py_XSETREF(watched_dict_type, (PyTypeObject *)Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+current_nomination_epoch(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(nomination_epoch);
+}
+
+static PyObject *
+plan_checks(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(plan_walks);
+}
+
 static PyMethodDef module_methods[] = {
+    {"plan_checks", plan_checks, METH_NOARGS,
+     "plan_checks() -> times a route's plan had its receivers' pairs looked up (once per "
+     "nomination change, or per packet for Targets on dicts that do not announce changes)."},
+    {"nominations_changed", nominations_changed, METH_NOARGS,
+     "nominations_changed(): some nominated pair changed; every route's plan is checked "
+     "again before its next packet."},
+    {"watch_nominations", watch_nominations, METH_O,
+     "watch_nominations(dict_type): Targets whose nominated dict is of this type are "
+     "checked once per nominations_changed(), not per packet."},
+    {"nomination_epoch", current_nomination_epoch, METH_NOARGS,
+     "nomination_epoch() -> how many times nominations_changed() was called, plus one."},
     {"fanout", fanout, METH_VARARGS, fanout_doc},
     {"set_protect", set_protect, METH_O,
      "set_protect(address): libsrtp's srtp_protect, as pylibsrtp's cffi module exposes it."},
@@ -1517,7 +1732,8 @@ static struct PyModuleDef fanout_module = {
 PyMODINIT_FUNC
 PyInit__fanout(void)
 {
-    if (PyType_Ready(&RewriteType) < 0 || PyType_Ready(&TargetType) < 0)
+    if (PyType_Ready(&RewriteType) < 0 || PyType_Ready(&TargetType) < 0 ||
+        PyType_Ready(&CompiledType) < 0)
         return NULL;
     FanoutResultType = PyStructSequence_NewType(&result_desc);
     if (FanoutResultType == NULL)

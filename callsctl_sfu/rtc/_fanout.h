@@ -86,6 +86,13 @@ int fanout_finish(FanoutBatch *batch, FanoutTotals *totals, PyObject **unsent);
 /* 1 when every item is a Target whose nominated pair is still current, 0 if not, -1 error. */
 int fanout_targets_fresh(PyObject *targets);
 
+/* A route's plan as the fan-out's copies, laid out once (see _fanout.c): a new reference,
+   or NULL with TypeError when an item is not a live Target. fanout_prepare takes it in
+   place of a list. */
+PyObject *fanout_compile(PyObject *targets);
+/* As fanout_targets_fresh for a compiled plan; no look-up while no nomination changed. */
+int fanout_compiled_fresh(PyObject *compiled);
+
 /* The media lock (_ingress.c): one user at a time of every srtp_t, Rewrite and the
    static send and receive buffers. Taken with the GIL held: a try first, else waited
    for with the GIL released; nests on the thread that holds it. */

@@ -224,6 +224,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *tag;              /* the publisher's session id: reported when loud */
     PyObject *targets;          /* list of Target, or None: "ask Python" */
+    PyObject *compiled;         /* the same as the fan-out's copies (fanout_compile), or
+                                   NULL: "ask Python" (None, or an item not a live Target) */
     PyObject *reception;        /* a Reception, or None */
     int payload_type;           /* packets of another type go up to Python (RTX, DTMF) */
     int level_id;               /* publisher's RFC 6464 extension id, -1 none */
@@ -288,6 +290,7 @@ InRoute_traverse(InRouteObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->tag);
     Py_VISIT(self->targets);
+    Py_VISIT(self->compiled);
     Py_VISIT(self->reception);
     Py_VISIT(self->ring);
     Py_VISIT(self->highest_seq);
@@ -299,6 +302,7 @@ InRoute_clear(InRouteObject *self)
 {
     Py_CLEAR(self->tag);
     Py_CLEAR(self->targets);
+    Py_CLEAR(self->compiled);
     Py_CLEAR(self->reception);
     Py_CLEAR(self->ring);
     Py_CLEAR(self->highest_seq);
@@ -329,7 +333,19 @@ InRoute_set_targets(InRouteObject *self, PyObject *value, void *closure)
                      "not %.100s", Py_TYPE(value)->tp_name);
         return -1;
     }
+    PyObject *compiled = NULL;
+    if (value != Py_None) {
+        /* Laid out now, once per plan, not per packet. A list the fan-out cannot use
+           leaves the route to Python, as before: its packets go up. */
+        compiled = fanout_compile(value);
+        if (compiled == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError))
+                return -1;
+            PyErr_Clear();
+        }
+    }
     Py_XSETREF(self->targets, Py_NewRef(value));
+    Py_XSETREF(self->compiled, compiled);
     return 0;
 }
 
@@ -1383,11 +1399,11 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
             held_session = Py_NewRef((PyObject *)session);
             unsigned int ssrc = read32(data + 8);
             route = lookup_route(session, ssrc);
-            if (route != NULL && (route->targets == NULL || route->targets == Py_None ||
+            if (route != NULL && (route->compiled == NULL ||
                                   (data[1] & 0x7F) != route->payload_type))
                 route = NULL;
             if (route != NULL && !route->muted) {
-                int fresh = fanout_targets_fresh(route->targets);
+                int fresh = fanout_compiled_fresh(route->compiled);
                 if (fresh < 0)
                     PyErr_Clear();
                 if (fresh != 1)
@@ -1503,7 +1519,7 @@ drain_once(IngressObject *self, int recv_fd, int send_fd, double now, DrainCount
         packet->payload_len = payload_len;
         if (job_count == 0)
             first_job_video = route->video;
-        job_targets[job_count] = Py_NewRef(route->targets);
+        job_targets[job_count] = Py_NewRef(route->compiled);
         job_groups[job_count] = route->group;
         job_count += 1;
     }

@@ -720,11 +720,17 @@ def send_pli(receiver: Any, media_ssrc: int) -> Awaitable[None]:
 def nominated_pairs(connection: Any) -> dict[int, Any]:
     """aioice's live {component: CandidatePair} of nominated pairs (`Connection._nominated`).
 
-    The very dict aioice updates on (re)nomination, never replaced (only
-    cleared on close): the media path keeps it from connect on and reads
-    `.get(1)` per packet; the C fan-out compares its entry on every packet.
+    The very dict aioice updates on (re)nomination (only cleared on close): the
+    media path keeps it from connect on and reads `.get(1)` per packet. The first
+    call puts a fastpath.NominatedPairs with the same items in aioice's place,
+    which aioice then updates as its own (it reads the attribute every time), so
+    the C fan-out hears of each change instead of looking the pair up per packet;
+    every later call returns that same dict.
     """
-    return connection._nominated
+    pairs = connection._nominated
+    if type(pairs) is dict and fastpath.AVAILABLE:
+        pairs = connection._nominated = fastpath.NominatedPairs(pairs)
+    return pairs
 
 
 def nominated_pair(connection: Any) -> Any | None:

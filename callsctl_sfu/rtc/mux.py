@@ -292,13 +292,17 @@ class UdpMux(asyncio.DatagramProtocol):
         its own thread), "event-loop" (the C ingress from asyncio's callback) or "python";
         wakes: times the thread woke the event loop; stun_in / stun_out: ICE consent
         messages it handled without Python (checks answered, answers to ours taken) and
-        the answers it sent."""
+        the answers it sent; plan_checks: times a route's receivers had their nominated
+        pairs looked up, once per change of any pair (fastpath.NominatedPairs), not per
+        packet."""
         ingress = self.ingress
         if ingress is None:
-            return {"reader": "python", "wakes": 0, "stun_in": 0, "stun_out": 0}
+            return {"reader": "python", "wakes": 0, "stun_in": 0, "stun_out": 0,
+                    "plan_checks": 0}
         return {"reader": "thread" if ingress.running else "event-loop",
                 "wakes": int(getattr(ingress, "wakes", 0)),
-                "stun_in": self.ingress_stun_in, "stun_out": self.ingress_stun_out}
+                "stun_in": self.ingress_stun_in, "stun_out": self.ingress_stun_out,
+                "plan_checks": fastpath.plan_checks()}
 
     def _ingress_ready(self) -> None:
         """The socket is readable: one C drain, then what it handed up, in order."""

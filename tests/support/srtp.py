@@ -32,14 +32,18 @@ def srtp_pair(key: bytes | None = None) -> tuple[pylibsrtp.Session, pylibsrtp.Se
 class Receiver:
     """One receiving participant: a socket, its SRTP context and its target tuple."""
 
-    def __init__(self, ssrc: int, level_id: int | None = 1, key: bytes | None = None) -> None:
+    def __init__(self, ssrc: int, level_id: int | None = 1, key: bytes | None = None,
+                 watched: bool = False) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(2)
         self.outbound, self.inbound = srtp_pair(key)
         self.rewrite = fastpath.Rewrite(ssrc=ssrc, payload_type=111, audio_level_id=level_id)
         self.pair = object()
-        self.nominated = {1: self.pair}
+        # watched: the dict the server puts in aioice's place (aiortc_bridge.nominated_pairs),
+        # which tells the C fan-out of each change; a plain dict is looked up per packet.
+        pairs_type = fastpath.NominatedPairs if watched else dict
+        self.nominated = pairs_type({1: self.pair})
         self.addr = self.sock.getsockname()
         self.target = self.target_to(self.addr)
 

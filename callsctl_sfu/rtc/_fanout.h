@@ -68,7 +68,8 @@ int fanout_send(const Packet *packet, PyObject *targets, FanoutTotals *totals,
 /*
  * The fan-outs of n packets of one read, in three steps so the sending needs no GIL:
  * fanout_prepare (GIL held: checks the targets, copies out what the copies need and
- * holds a reference on every Target), fanout_run (no GIL needed, the media lock held:
+ * holds a reference on every Target; a targets[i] made by fanout_compile is used as it
+ * is, holding one reference on it), fanout_run (no GIL needed, the media lock held:
  * every copy rewritten, protected and sent or deferred; packets of different groups,
  * i.e. calls, may run on different pool threads at once, a big fan-out is split in
  * slices) and fanout_finish (GIL held: totals summed, the deferred datagrams as

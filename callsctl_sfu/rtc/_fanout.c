@@ -995,6 +995,19 @@ PyDoc_STRVAR(fanout_doc,
  * GIL is released). The indexes of the others go to *stale (created on first use).
  * 0, or -1 with an exception set (anything but a Target is a TypeError).
  */
+/* What phase 2 needs of `target` (at `index` in its list), with a new reference on it. */
+static void
+fill_copy(Copy *copy, TargetObject *target, Py_ssize_t index)
+{
+    copy->target = (TargetObject *)Py_NewRef((PyObject *)target);
+    copy->rewrite = (RewriteObject *)target->rewrite;
+    copy->ctx = target->ctx;
+    copy->protect = target->protect;
+    copy->sockaddr = &target->sockaddr;
+    copy->source = target->has_source ? &target->source : NULL;
+    copy->index = index;
+}
+
 static int
 copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stale)
 {
@@ -1026,14 +1039,7 @@ copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stal
             Py_DECREF(index);
             continue;
         }
-        Copy *copy = &copies[(*count)++];
-        copy->target = (TargetObject *)Py_NewRef(item);
-        copy->rewrite = (RewriteObject *)target->rewrite;
-        copy->ctx = target->ctx;
-        copy->protect = target->protect;
-        copy->sockaddr = &target->sockaddr;
-        copy->source = target->has_source ? &target->source : NULL;
-        copy->index = t;
+        fill_copy(&copies[(*count)++], target, t);
     }
     return 0;
 }
@@ -1144,14 +1150,7 @@ fanout_compile(PyObject *targets)
     }
     for (Py_ssize_t t = 0; t < total; t++) {
         TargetObject *target = (TargetObject *)PyList_GET_ITEM(targets, t);
-        Copy *copy = &self->copies[t];
-        copy->target = (TargetObject *)Py_NewRef((PyObject *)target);
-        copy->rewrite = (RewriteObject *)target->rewrite;
-        copy->ctx = target->ctx;
-        copy->protect = target->protect;
-        copy->sockaddr = &target->sockaddr;
-        copy->source = target->has_source ? &target->source : NULL;
-        copy->index = t;
+        fill_copy(&self->copies[t], target, t);
         self->watched &= watched_dict_type != NULL && Py_IS_TYPE(target->nominated,
                                                                  watched_dict_type);
         self->count = t + 1;

@@ -995,6 +995,17 @@ PyDoc_STRVAR(fanout_doc,
  * GIL is released). The indexes of the others go to *stale (created on first use).
  * 0, or -1 with an exception set (anything but a Target is a TypeError).
  */
+/* 1 when the receiver still uses the pair `target` was made from (its client did not
+   renominate), 0 when it does not, -1 with an exception set. The target is live. */
+static int
+pair_current(const TargetObject *target)
+{
+    PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
+    if (current == NULL && PyErr_Occurred())
+        return -1;
+    return current == target->pair;
+}
+
 /* What phase 2 needs of `target` (at `index` in its list), with a new reference on it. */
 static void
 fill_copy(Copy *copy, TargetObject *target, Py_ssize_t index)
@@ -1026,10 +1037,10 @@ copy_targets(PyObject *targets, Copy *copies, Py_ssize_t *count, PyObject **stal
             PyErr_Format(PyExc_TypeError, "fanout: targets[%zd] was cleared", t);
             return -1;
         }
-        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
-        if (current == NULL && PyErr_Occurred())
+        int current = pair_current(target);
+        if (current < 0)
             return -1;
-        if (current != target->pair) {
+        if (!current) {
             PyObject *index = PyLong_FromSsize_t(t);
             if (index == NULL || (*stale == NULL && (*stale = PyList_New(0)) == NULL) ||
                 PyList_Append(*stale, index) < 0) {
@@ -1171,11 +1182,9 @@ fanout_compiled_fresh(PyObject *compiled_obj)
         TargetObject *target = compiled->copies[i].target;
         if (target->nominated == NULL || target->rewrite == NULL)
             return 0;
-        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
-        if (current == NULL && PyErr_Occurred())
-            return -1;
-        if (current != target->pair)
-            return 0;
+        int current = pair_current(target);
+        if (current != 1)
+            return current;
     }
     if (compiled->watched)
         compiled->fresh_epoch = epoch;
@@ -1535,26 +1544,6 @@ fanout_finish(FanoutBatch *batch, FanoutTotals *totals, PyObject **unsent)
     if (rc < 0)
         Py_CLEAR(*unsent);
     return rc;
-}
-
-int
-fanout_targets_fresh(PyObject *targets)
-{
-    Py_ssize_t total = PyList_GET_SIZE(targets);
-    for (Py_ssize_t t = 0; t < total; t++) {
-        PyObject *item = PyList_GET_ITEM(targets, t);
-        if (!Py_IS_TYPE(item, &TargetType))
-            return 0;
-        TargetObject *target = (TargetObject *)item;
-        if (target->nominated == NULL || target->rewrite == NULL)
-            return 0;
-        PyObject *current = PyDict_GetItemWithError(target->nominated, key_component);
-        if (current == NULL && PyErr_Occurred())
-            return -1;
-        if (current != target->pair)
-            return 0;
-    }
-    return 1;
 }
 
 static PyObject *

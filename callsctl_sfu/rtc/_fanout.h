@@ -84,14 +84,12 @@ int fanout_batch_parallel(const FanoutBatch *batch);  /* 1 when run uses the poo
 int fanout_batch_deferred(const FanoutBatch *batch);  /* 1 when run deferred a datagram */
 int fanout_finish(FanoutBatch *batch, FanoutTotals *totals, PyObject **unsent);
 
-/* 1 when every item is a Target whose nominated pair is still current, 0 if not, -1 error. */
-int fanout_targets_fresh(PyObject *targets);
-
 /* A route's plan as the fan-out's copies, laid out once (see _fanout.c): a new reference,
    or NULL with TypeError when an item is not a live Target. fanout_prepare takes it in
    place of a list. */
 PyObject *fanout_compile(PyObject *targets);
-/* As fanout_targets_fresh for a compiled plan; no look-up while no nomination changed. */
+/* 1 when every Target of a compiled plan still uses the nominated pair it was made from,
+   0 if not, -1 with an exception set; no look-up while no nomination changed. */
 int fanout_compiled_fresh(PyObject *compiled);
 
 /* The media lock (_ingress.c): one user at a time of every srtp_t, Rewrite and the

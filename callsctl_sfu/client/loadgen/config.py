@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callsctl_sfu.errors import CallsctlError
+from callsctl_sfu.rtc.sealing import PROFILES
 
 # -- limits: admission control for every caller (CLI, bench, tests) ----------------------------
 
@@ -29,8 +30,9 @@ MAX_PROCESSES = 64
 MAX_OK_LOSS = 0.05  # above this a run is reported as failed (exit code 1)
 
 
-# The SRTP profiles aiortc offers (RFC 5764 §4.1.2, RFC 7714 §14.2), for --srtp-profile.
-SRTP_PROFILE_NAMES = ("SRTP_AES128_CM_SHA1_80", "SRTP_AEAD_AES_128_GCM", "SRTP_AEAD_AES_256_GCM")
+# The SRTP profiles aiortc offers (RFC 5764 §4.1.2, RFC 7714 §14.2), for --srtp-profile:
+# the server's list of them (rtc/sealing.py), so the two cannot drift apart.
+SRTP_PROFILE_NAMES = PROFILES
 
 
 class LoadConfigError(CallsctlError, ValueError):
